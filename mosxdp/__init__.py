@@ -1,0 +1,1 @@
+"""mosxdp: the mOS monitoring stack in Python on eBPF/XDP."""
