@@ -1,0 +1,282 @@
+"""Bytestream reassembly: an infinite but windowed buffer over 64-bit stream offsets.
+
+A `StreamBuffer` holds the bytes one side of a connection received, addressed by stream
+offsets (0 = first payload byte after the SYN; Python ints, so they never wrap). Only the
+window ``[head, head + capacity)`` is kept: data ending beyond it moves `head` forward and
+the oldest bytes (and holes) are dropped, as mOS does with its tcp ring buffer.
+
+Storage is a ``bytearray`` ring of ``capacity`` bytes indexed by ``offset % capacity``:
+the window maps one-to-one onto the ring, so a contiguous range is at most two slice
+copies. Which offsets are actually held is kept as sorted, disjoint, non-touching runs in
+two parallel lists (``_starts``, ``_ends``) searched with `bisect`.
+
+Sans-IO: stdlib and mosxdp.constants only.
+"""
+from bisect import bisect_left, bisect_right
+
+from mosxdp.constants import MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST
+
+__all__ = ["StreamBuffer", "DEFAULT_MAX_FRAGMENTS"]
+
+# Bounds the run lists so a peer sending many tiny out-of-order segments cannot make each
+# insert O(n) on a huge list.
+DEFAULT_MAX_FRAGMENTS = 1024
+
+_POLICIES = (MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST)
+
+
+class StreamBuffer:
+    """The received bytes of one side, within a window of `capacity` bytes.
+
+    `insert` stores data and returns how many of its bytes had been received before
+    (held, or below `head` and therefore already discarded). Overlapping bytes are
+    resolved by `policy`: MOS_OVERLAP_POLICY_FIRST keeps the held bytes,
+    MOS_OVERLAP_POLICY_LAST overwrites them.
+
+    At most `max_fragments` runs are held (``len(fragments()) <= max_fragments``). An
+    insert that would create one more run (new data touching no held run) is refused:
+    nothing changes but `refused_fragments` (incremented) and `last_insert_refused`
+    (True until the next non-empty insert); the overlap count is returned as usual.
+    """
+
+    __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_view", "_head",
+                 "_starts", "_ends", "_tail", "refused_fragments", "last_insert_refused")
+
+    def __init__(self, capacity: int, policy: int = MOS_OVERLAP_POLICY_FIRST, *,
+                 max_fragments: int = DEFAULT_MAX_FRAGMENTS):
+        if max_fragments < 1:
+            raise ValueError(f"max_fragments must be >= 1, not {max_fragments!r}")
+        self._alloc(capacity)
+        self.policy = policy
+        self._max_fragments = max_fragments
+        self._head = 0
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        # End of the only held run, or None when there is not exactly one run (or the
+        # fast path must be skipped once): insert() takes its fast path when offset == _tail.
+        self._tail = None
+        self.refused_fragments = 0
+        self.last_insert_refused = False
+
+    def _alloc(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0 bytes, not {capacity!r}")
+        self._capacity = capacity
+        self._ring = bytearray(capacity)
+        self._view = memoryview(self._ring)
+
+    # -- configuration ------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def max_fragments(self) -> int:
+        return self._max_fragments
+
+    @property
+    def policy(self) -> int:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: int) -> None:
+        if value not in _POLICIES:
+            raise ValueError(f"overlap policy must be MOS_OVERLAP_POLICY_FIRST (0) or "
+                             f"MOS_OVERLAP_POLICY_LAST (1), not {value!r}")
+        self._policy = int(value)
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity; only allowed while nothing was ever inserted."""
+        # The first non-empty insert can never be refused, and a run never disappears
+        # without a newer one taking its place.
+        if self._ends:
+            raise ValueError("cannot resize a stream buffer after data was inserted")
+        self._alloc(capacity)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        """Oldest offset of the window: every byte below it is discarded."""
+        return self._head
+
+    @property
+    def next_offset(self) -> int:
+        """End of the contiguous run from `head` (== head when the byte at head is missing)."""
+        starts = self._starts
+        if starts and starts[0] == self._head:
+            return self._ends[0]
+        return self._head
+
+    @property
+    def last_received_end(self) -> int:
+        """Largest end offset of any insert that was not refused (0 before the first)."""
+        # Held bytes are only ever discarded from below, so this is the last run's end.
+        ends = self._ends
+        return ends[-1] if ends else 0
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self._ends) - sum(self._starts)
+
+    def fragments(self) -> list[tuple[int, int]]:
+        """Held runs as (offset, length), in offset order."""
+        return [(s, e - s) for s, e in zip(self._starts, self._ends)]
+
+    # -- insert -------------------------------------------------------------------------
+
+    def insert(self, offset: int, data) -> int:
+        """Store bytes-like `data` at stream `offset`; return the count of overlapped bytes."""
+        # Fast path: in-order append to the only run (the common case), short enough
+        # not to fragment the ring more than once.
+        n = len(data)
+        if offset == self._tail and 0 < n <= self._capacity:
+            end = offset + n
+            cap = self._capacity
+            pos = offset % cap
+            if pos + n <= cap:
+                self._ring[pos:pos + n] = data
+            else:
+                self._store(offset, memoryview(data))
+            self._tail = self._ends[0] = end
+            head = end - cap
+            if head > self._head:
+                self._head = head
+                if self._starts[0] < head:
+                    self._starts[0] = head
+            return 0
+        return self._insert(offset, data, n)
+
+    def _insert(self, offset: int, data, n: int) -> int:
+        if offset < 0:
+            raise ValueError(f"stream offset must be >= 0, not {offset!r}")
+        if n == 0:
+            return 0
+        end = offset + n
+        head = self._head
+        starts, ends = self._starts, self._ends
+
+        # Overlap is measured against what was received before this insert, even if the
+        # window slide below discards it right after.
+        overlap = head - offset if offset < head else 0
+        if overlap >= n:
+            self.last_insert_refused = False
+            self._tail = ends[0] if len(ends) == 1 else None
+            return n
+        start = offset + overlap
+        first = bisect_right(ends, start)
+        for idx in range(first, bisect_left(starts, end)):
+            overlap += min(ends[idx], end) - max(starts[idx], start)
+
+        # Window slide: runs ending at or below the new head disappear entirely.
+        new_head = end - self._capacity
+        if new_head < head:
+            new_head = head
+        dead = bisect_right(ends, new_head)
+        if new_head > start:
+            start = new_head
+        # Runs [lo, hi) touch or overlap [start, end) and merge with it.
+        lo = max(dead, bisect_left(ends, start))
+        hi = bisect_right(starts, end)
+        if lo >= hi and len(ends) - dead >= self._max_fragments:
+            self.refused_fragments += 1
+            self.last_insert_refused = True
+            # Route the next insert through here so it clears last_insert_refused.
+            self._tail = None
+            return overlap
+        self.last_insert_refused = False
+
+        if dead:
+            del starts[:dead], ends[:dead]
+            lo -= dead
+            hi -= dead
+        if new_head > head:
+            self._head = new_head
+            if starts and starts[0] < new_head:
+                starts[0] = new_head
+
+        view = memoryview(data)
+        if self._policy == MOS_OVERLAP_POLICY_LAST or lo >= hi:
+            self._store(start, view[start - offset:])
+        else:
+            # FIRST: fill only the gaps between the held runs.
+            cursor = start
+            for idx in range(lo, hi):
+                run_start = starts[idx]
+                if run_start > cursor:
+                    self._store(cursor, view[cursor - offset:run_start - offset])
+                if ends[idx] > cursor:
+                    cursor = ends[idx]
+            if cursor < end:
+                self._store(cursor, view[cursor - offset:])
+
+        if lo < hi:
+            merged_start = min(start, starts[lo])
+            merged_end = max(end, ends[hi - 1])
+        else:
+            merged_start, merged_end = start, end
+        starts[lo:hi] = (merged_start,)
+        ends[lo:hi] = (merged_end,)
+        self._tail = ends[0] if len(ends) == 1 else None
+        return overlap
+
+    def _store(self, offset: int, chunk: memoryview) -> None:
+        """Copy chunk (at most capacity bytes, inside the window) into the ring."""
+        n = len(chunk)
+        pos = offset % self._capacity
+        split = self._capacity - pos
+        if n <= split:
+            self._ring[pos:pos + n] = chunk
+        else:
+            self._ring[pos:] = chunk[:split]
+            self._ring[:n - split] = chunk[split:]
+
+    # -- read ---------------------------------------------------------------------------
+
+    def _span(self, offset: int, max_len: int) -> int:
+        """How many bytes are held contiguously from offset, up to max_len."""
+        if max_len < 0:
+            raise ValueError(f"max_len must be >= 0, not {max_len!r}")
+        if offset < self._head:
+            return 0
+        idx = bisect_right(self._starts, offset) - 1
+        if idx < 0:
+            return 0
+        run_end = self._ends[idx]
+        if run_end <= offset:
+            return 0
+        return min(run_end - offset, max_len)
+
+    def read(self, offset: int, max_len: int) -> bytes:
+        """Up to max_len held bytes from offset, stopping at a hole (b"" if none held)."""
+        n = self._span(offset, max_len)
+        if not n:
+            return b""
+        pos = offset % self._capacity
+        split = self._capacity - pos
+        view = self._view
+        if n <= split:
+            return bytes(view[pos:pos + n])
+        return b"".join((view[pos:], view[:n - split]))
+
+    def read_into(self, offset: int, buffer) -> int:
+        """Like read(offset, len(buffer)) but fills writable `buffer`; returns the count."""
+        target = memoryview(buffer)
+        n = self._span(offset, len(target))
+        if not n:
+            return 0
+        pos = offset % self._capacity
+        split = self._capacity - pos
+        view = self._view
+        if n <= split:
+            target[:n] = view[pos:pos + n]
+        else:
+            target[:split] = view[pos:]
+            target[split:n] = view[:n - split]
+        return n
+
+    def __repr__(self) -> str:
+        return (f"StreamBuffer(capacity={self._capacity}, policy={self._policy}, "
+                f"head={self._head}, next_offset={self.next_offset}, "
+                f"fragments={self.fragments()})")

@@ -1,0 +1,469 @@
+"""StreamBuffer: golden cases, then a hypothesis state machine against a naive model."""
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from mosxdp.constants import MOS_OVERLAP_POLICY_FIRST as FIRST
+from mosxdp.constants import MOS_OVERLAP_POLICY_LAST as LAST
+from mosxdp.core.reassembly import DEFAULT_MAX_FRAGMENTS, StreamBuffer
+
+
+# -- golden cases ---------------------------------------------------------------------------
+
+def test_empty_buffer():
+    sb = StreamBuffer(16)
+    assert (sb.head, sb.next_offset, sb.last_received_end, sb.held_bytes) == (0, 0, 0, 0)
+    assert sb.fragments() == []
+    assert sb.read(0, 10) == b""
+    assert sb.policy == FIRST
+    assert sb.max_fragments == DEFAULT_MAX_FRAGMENTS
+    assert sb.refused_fragments == 0 and not sb.last_insert_refused
+
+
+def test_in_order():
+    sb = StreamBuffer(64)
+    assert sb.insert(0, b"hello ") == 0
+    assert sb.insert(6, b"world") == 0
+    assert sb.next_offset == 11 == sb.last_received_end
+    assert sb.fragments() == [(0, 11)]
+    assert sb.read(0, 100) == b"hello world"
+    assert sb.read(6, 3) == b"wor"
+    assert sb.held_bytes == 11
+
+
+def test_out_of_order_fills_hole():
+    sb = StreamBuffer(64)
+    sb.insert(10, b"KLMNO")
+    assert sb.next_offset == 0
+    assert sb.fragments() == [(10, 5)]
+    assert sb.last_received_end == 15
+    sb.insert(0, b"ABCDE")
+    assert sb.fragments() == [(0, 5), (10, 5)]
+    assert sb.next_offset == 5
+    assert sb.insert(5, b"FGHIJ") == 0
+    assert sb.fragments() == [(0, 15)]
+    assert sb.next_offset == 15
+    assert sb.read(0, 15) == b"ABCDEFGHIJKLMNO"
+
+
+def test_holes_and_read_stops_at_hole():
+    sb = StreamBuffer(64)
+    sb.insert(0, b"abc")
+    sb.insert(5, b"fg")
+    sb.insert(9, b"j")
+    assert sb.fragments() == [(0, 3), (5, 2), (9, 1)]
+    assert sb.read(0, 10) == b"abc"
+    assert sb.read(1, 10) == b"bc"
+    assert sb.read(3, 10) == b""  # hole
+    assert sb.read(5, 10) == b"fg"
+    assert sb.read(9, 10) == b"j"
+    assert sb.read(10, 10) == b""
+    assert sb.read(0, 0) == b""
+    assert sb.held_bytes == 6
+    with pytest.raises(ValueError):
+        sb.read(0, -1)
+
+
+def test_touching_runs_merge():
+    sb = StreamBuffer(64)
+    sb.insert(4, b"efgh")
+    sb.insert(12, b"mn")
+    sb.insert(8, b"ijkl")  # touches both neighbours, overlaps neither
+    assert sb.fragments() == [(4, 10)]
+    assert sb.read(4, 100) == b"efghijklmn"
+
+
+@pytest.mark.parametrize("policy, expected", [(FIRST, b"abcdef"), (LAST, b"aXYZef")])
+def test_overlap_policy(policy, expected):
+    sb = StreamBuffer(64, policy)
+    sb.insert(0, b"abcdef")
+    assert sb.insert(1, b"XYZ") == 3
+    assert sb.read(0, 6) == expected
+    assert sb.fragments() == [(0, 6)]
+
+
+@pytest.mark.parametrize("policy, expected", [(FIRST, b"abcdefXY"), (LAST, b"abcdWXXY")])
+def test_partial_overlap_extends(policy, expected):
+    sb = StreamBuffer(64, policy)
+    sb.insert(0, b"abcdef")
+    assert sb.insert(4, b"WXXY") == 2
+    assert sb.read(0, 8) == expected
+    assert sb.next_offset == 8
+
+
+@pytest.mark.parametrize("policy", [FIRST, LAST])
+def test_exact_duplicate(policy):
+    sb = StreamBuffer(64, policy)
+    sb.insert(0, b"0123456789")
+    assert sb.insert(0, b"0123456789") == 10
+    assert sb.insert(3, b"345") == 3
+    assert sb.fragments() == [(0, 10)]
+    assert sb.read(0, 10) == b"0123456789"
+
+
+@pytest.mark.parametrize("policy, expected", [(FIRST, b"aZbbZZccZd"), (LAST, b"ZZZZZZZZZZ")])
+def test_overlap_across_several_fragments(policy, expected):
+    sb = StreamBuffer(64, policy)
+    sb.insert(0, b"a")
+    sb.insert(2, b"bb")
+    sb.insert(6, b"cc")
+    sb.insert(9, b"d")
+    # Overlaps 1 + 2 + 2 + 1 held bytes; the three holes are new.
+    assert sb.insert(0, b"Z" * 10) == 6
+    assert sb.fragments() == [(0, 10)]
+    assert sb.read(0, 10) == expected
+
+
+def test_overlap_counts_only_held_bytes_with_holes_inside():
+    sb = StreamBuffer(64)
+    sb.insert(2, b"cd")
+    sb.insert(6, b"gh")
+    assert sb.insert(3, b"DEFG") == 2  # 'd' at 3 and 'g' at 6
+    assert sb.read(2, 10) == b"cdEFgh"
+
+
+def test_window_slide_discards_oldest_bytes():
+    sb = StreamBuffer(8)
+    sb.insert(0, b"abcdef")
+    sb.insert(6, b"ghij")  # end 10 > 0 + 8: head moves to 2
+    assert sb.head == 2
+    assert sb.fragments() == [(2, 8)]
+    assert sb.read(0, 4) == b""  # below head
+    assert sb.read(2, 100) == b"cdefghij"
+    assert sb.next_offset == 10
+    assert sb.last_received_end == 10
+
+
+def test_window_slide_discards_holes():
+    sb = StreamBuffer(8)
+    sb.insert(0, b"ab")
+    sb.insert(4, b"ef")
+    assert sb.next_offset == 2
+    sb.insert(10, b"kl")  # head -> 4: the hole [2, 4) is gone, the run at 4 is now first
+    assert sb.head == 4
+    assert sb.fragments() == [(4, 2), (10, 2)]
+    assert sb.next_offset == 6
+    sb.insert(13, b"n")  # head -> 6: next_offset stays at head since byte 6 is missing
+    assert sb.head == 6
+    assert sb.fragments() == [(10, 2), (13, 1)]
+    assert sb.next_offset == 6
+
+
+def test_window_slide_into_the_middle_of_a_run():
+    sb = StreamBuffer(8)
+    sb.insert(0, b"abcd")
+    sb.insert(7, b"hijkl")  # head -> 4; run [0, 4) dropped whole
+    assert sb.head == 4
+    assert sb.fragments() == [(7, 5)]
+    sb.insert(13, b"n")  # head -> 6: the run at 7 survives whole
+    sb.insert(14, b"op")  # head -> 8: clips the run at 7
+    assert sb.head == 8
+    assert sb.fragments() == [(8, 4), (13, 3)]
+    assert sb.read(8, 10) == b"ijkl"
+
+
+def test_jump_far_ahead_discards_everything_before():
+    sb = StreamBuffer(16)
+    sb.insert(0, b"x" * 10)
+    big = 2**63 + 5
+    assert sb.insert(big, b"far") == 0
+    assert sb.head == big + 3 - 16
+    assert sb.fragments() == [(big, 3)]
+    assert sb.next_offset == sb.head
+    assert sb.read(big, 3) == b"far"
+    assert sb.last_received_end == big + 3
+
+
+def test_insert_longer_than_capacity_keeps_its_tail():
+    sb = StreamBuffer(4)
+    assert sb.insert(0, b"abcdefghij") == 0
+    assert sb.head == 6
+    assert sb.fragments() == [(6, 4)]
+    assert sb.read(6, 4) == b"ghij"
+    # An in-order append longer than the ring takes the general path too.
+    sb.insert(10, b"klmnopq")
+    assert sb.read(sb.head, 10) == b"nopq"
+
+
+def test_ring_wrap():
+    sb = StreamBuffer(10)
+    stream = bytes(range(97, 97 + 26))
+    for off in range(0, 26, 3):
+        sb.insert(off, stream[off:off + 3])
+        assert sb.read(sb.head, 10) == stream[sb.head:off + 3]
+    assert sb.head == 16
+    buf = bytearray(10)
+    assert sb.read_into(17, buf) == 9
+    assert bytes(buf[:9]) == stream[17:26]
+    assert sb.read_into(5, buf) == 0
+
+
+def test_wrap_out_of_order_and_overwrite_last():
+    sb = StreamBuffer(8, LAST)
+    sb.insert(0, b"01234567")
+    sb.insert(14, b"EF")  # head -> 8; everything held is dropped
+    assert sb.fragments() == [(14, 2)]
+    sb.insert(9, b"9ABCD")  # wraps: offset 9 -> slot 1 ... offset 13 -> slot 5
+    assert sb.fragments() == [(9, 7)]
+    assert sb.insert(12, b"cdeF") == 4
+    assert sb.read(9, 10) == b"9ABcdeF"
+    assert sb.next_offset == 8  # byte 8 was never received
+
+
+def test_data_below_head_is_overlap():
+    sb = StreamBuffer(4)
+    sb.insert(0, b"abcdef")  # head 2
+    assert sb.insert(0, b"AB") == 2
+    assert sb.insert(0, b"ABCD") == 4  # 2 below head + 2 held
+    assert sb.insert(1, b"BCDEFGH") == 5  # 1 below head + 4 held; 2 new bytes, head -> 4
+    assert sb.head == 4
+    assert sb.read(4, 4) == b"efGH"
+    assert sb.fragments() == [(4, 4)]
+
+
+def test_overlap_counted_even_when_slide_discards_it():
+    sb = StreamBuffer(4)
+    sb.insert(0, b"ab")
+    # 'ab' was held when the insert arrived, then the slide drops its first bytes.
+    assert sb.insert(0, b"ABCDEFGH") == 2
+    assert sb.fragments() == [(4, 4)]
+    assert sb.read(4, 4) == b"EFGH"
+
+
+def test_policy_setter_and_switch():
+    sb = StreamBuffer(16)
+    sb.insert(0, b"aaaa")
+    sb.policy = LAST
+    sb.insert(0, b"bb")
+    sb.policy = FIRST
+    assert sb.insert(1, b"cccc") == 3
+    assert sb.read(0, 10) == b"bbaac"
+    for bad in (2, -1, None, "0"):
+        with pytest.raises(ValueError):
+            sb.policy = bad
+    with pytest.raises(ValueError):
+        StreamBuffer(16, policy=7)
+
+
+def test_zero_length_and_negative_offsets():
+    sb = StreamBuffer(16)
+    assert sb.insert(5, b"") == 0
+    assert sb.fragments() == [] and sb.last_received_end == 0
+    with pytest.raises(ValueError):
+        sb.insert(-1, b"x")
+    with pytest.raises(ValueError):
+        sb.insert(-1, b"")
+    sb.insert(0, b"x")
+    with pytest.raises(ValueError):
+        sb.insert(-1, b"x")
+    assert sb.fragments() == [(0, 1)]
+
+
+def test_bytes_like_inputs():
+    sb = StreamBuffer(8)
+    frame = bytearray(b"....payload")
+    sb.insert(0, memoryview(frame)[4:])
+    sb.insert(7, bytearray(b"!!"))  # in-order append that wraps the ring and slides head
+    assert sb.head == 1
+    assert sb.read(1, 8) == b"ayload!!"
+
+
+def test_resize():
+    sb = StreamBuffer(16)
+    sb.resize(4)
+    assert sb.capacity == 4
+    sb.insert(3, b"")  # a no-op is not an insert
+    sb.resize(8)
+    sb.insert(0, b"abcdefghij")
+    assert sb.head == 2
+    with pytest.raises(ValueError):
+        sb.resize(32)
+    with pytest.raises(ValueError):
+        StreamBuffer(16).resize(0)
+    with pytest.raises(ValueError):
+        StreamBuffer(0)
+    with pytest.raises(ValueError):
+        StreamBuffer(-5)
+
+
+def test_max_fragments_must_be_positive():
+    with pytest.raises(ValueError):
+        StreamBuffer(16, max_fragments=0)
+
+
+def test_repr_shows_the_window():
+    sb = StreamBuffer(16)
+    sb.insert(4, b"xy")
+    assert repr(sb) == ("StreamBuffer(capacity=16, policy=0, head=0, next_offset=0, "
+                        "fragments=[(4, 2)])")
+
+
+def test_refused_fragments():
+    sb = StreamBuffer(64, max_fragments=2)
+    sb.insert(0, b"ab")
+    sb.insert(10, b"kl")
+    assert sb.insert(20, b"uv") == 0
+    assert sb.last_insert_refused and sb.refused_fragments == 1
+    assert sb.fragments() == [(0, 2), (10, 2)]
+    assert sb.last_received_end == 12  # refused data was not received
+    # Data touching a held run is never refused, nor data that is all overlap.
+    sb.insert(12, b"mn")
+    assert not sb.last_insert_refused
+    assert sb.insert(0, b"AB") == 2
+    sb.insert(5, b"f")
+    assert sb.last_insert_refused and sb.refused_fragments == 2
+    # Closing the hole frees a slot.
+    sb.insert(2, b"cdefghij")
+    assert sb.fragments() == [(0, 14)]
+    sb.insert(20, b"uv")
+    assert not sb.last_insert_refused
+    assert sb.fragments() == [(0, 14), (20, 2)]
+
+
+def test_refusal_clears_on_next_fast_path_insert():
+    sb = StreamBuffer(64, max_fragments=1)
+    sb.insert(0, b"ab")
+    sb.insert(5, b"f")
+    assert sb.last_insert_refused
+    sb.insert(2, b"cd")  # in-order append: must report not refused
+    assert not sb.last_insert_refused
+    assert sb.fragments() == [(0, 4)]
+
+
+def test_refusal_counts_runs_surviving_the_slide():
+    sb = StreamBuffer(8, max_fragments=2)
+    sb.insert(0, b"a")
+    sb.insert(2, b"c")
+    # Ends at 12: head would move to 4 and drop both runs, so this one fits.
+    sb.insert(10, b"kl")
+    assert not sb.last_insert_refused
+    assert sb.fragments() == [(10, 2)]
+
+
+def test_refused_insert_reports_overlap_below_head():
+    sb = StreamBuffer(8, max_fragments=1)
+    sb.insert(0, b"ab")
+    sb.insert(6, b"ghij")  # head -> 2 drops [0, 2): fits, the hole [2, 6) is at head
+    assert sb.fragments() == [(6, 4)] and sb.head == 2
+    assert sb.insert(1, b"BC") == 1  # byte 1 below head; [2, 3) would be a second run
+    assert sb.last_insert_refused and sb.refused_fragments == 1
+    assert sb.fragments() == [(6, 4)]
+
+
+# -- naive model ----------------------------------------------------------------------------
+
+class NaiveStream:
+    """A dict offset -> byte with the same window, policy and fragment-cap rules."""
+
+    def __init__(self, capacity, policy, max_fragments):
+        self.capacity = capacity
+        self.policy = policy
+        self.max_fragments = max_fragments
+        self.held = {}
+        self.head = 0
+        self.last_received_end = 0
+        self.refused = 0
+        self.last_refused = False
+
+    def fragments(self):
+        runs = []
+        for off in sorted(self.held):
+            if runs and runs[-1][0] + runs[-1][1] == off:
+                runs[-1][1] += 1
+            else:
+                runs.append([off, 1])
+        return [tuple(r) for r in runs]
+
+    def insert(self, offset, data):
+        if not data:
+            return 0
+        end = offset + len(data)
+        overlap = sum(1 for off in range(offset, end) if off < self.head or off in self.held)
+        saved = dict(self.held), self.head
+        self.head = max(self.head, end - self.capacity)
+        self.held = {off: b for off, b in self.held.items() if off >= self.head}
+        for off, byte in zip(range(offset, end), data):
+            if off >= self.head and (self.policy == LAST or off not in self.held):
+                self.held[off] = byte
+        if len(self.fragments()) > self.max_fragments:
+            self.held, self.head = saved
+            self.refused += 1
+            self.last_refused = True
+            return overlap
+        self.last_refused = False
+        self.last_received_end = max(self.last_received_end, end)
+        return overlap
+
+    @property
+    def next_offset(self):
+        off = self.head
+        while off in self.held:
+            off += 1
+        return off
+
+    def read(self, offset, max_len):
+        if offset < self.head:
+            return b""
+        out = bytearray()
+        while len(out) < max_len and offset + len(out) in self.held:
+            out.append(self.held[offset + len(out)])
+        return bytes(out)
+
+
+class ReassemblyMachine(RuleBasedStateMachine):
+    """Random inserts, policy switches and reads; every observable must match the model."""
+
+    @initialize(capacity=st.integers(1, 24), policy=st.sampled_from([FIRST, LAST]),
+                max_fragments=st.sampled_from([1, 2, 3, 5, DEFAULT_MAX_FRAGMENTS]))
+    def setup(self, capacity, policy, max_fragments):
+        self.sb = StreamBuffer(capacity, policy, max_fragments=max_fragments)
+        self.model = NaiveStream(capacity, policy, max_fragments)
+
+    def _insert(self, offset, data):
+        assert self.sb.insert(offset, data) == self.model.insert(offset, data)
+        assert self.sb.last_insert_refused == self.model.last_refused
+
+    @rule(rel=st.integers(-30, 50), data=st.binary(max_size=40))
+    def insert_near_head(self, rel, data):
+        self._insert(max(0, self.model.head + rel), data)
+
+    @rule(data=st.binary(min_size=1, max_size=30))
+    def append_in_order(self, data):
+        self._insert(self.model.last_received_end, data)
+
+    @rule(gap=st.integers(1, 2**64), data=st.binary(min_size=1, max_size=8))
+    def jump_ahead(self, gap, data):
+        self._insert(self.model.last_received_end + gap, data)
+
+    @rule(policy=st.sampled_from([FIRST, LAST]))
+    def set_policy(self, policy):
+        self.sb.policy = self.model.policy = policy
+
+    @rule(rel=st.integers(-8, 50), max_len=st.integers(0, 50))
+    def read(self, rel, max_len):
+        offset = max(0, self.model.head + rel)
+        expected = self.model.read(offset, max_len)
+        assert self.sb.read(offset, max_len) == expected
+        buf = bytearray(max_len)
+        assert self.sb.read_into(offset, buf) == len(expected)
+        assert bytes(buf[:len(expected)]) == expected
+
+    @invariant()
+    def observables_match(self):
+        sb, model = self.sb, self.model
+        assert sb.head == model.head
+        assert sb.next_offset == model.next_offset
+        assert sb.last_received_end == model.last_received_end
+        assert sb.fragments() == model.fragments()
+        assert sb.held_bytes == len(model.held)
+        assert sb.refused_fragments == model.refused
+        assert len(sb.fragments()) <= sb.max_fragments
+        for off, length in sb.fragments():
+            assert sb.read(off, length + 1) == model.read(off, length + 1)
+
+
+ReassemblyMachine.TestCase.settings = settings(
+    max_examples=400, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestReassemblyMachine = ReassemblyMachine.TestCase
