@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * mosxdp.h: everything that crosses the kernel/user boundary.
+ *
+ * Every struct here is read or written by user space (mosxdp/io/bpfstructs.py mirrors
+ * them with ctypes; tests/bpf/test_structs.py checks sizes and offsets against the
+ * compiled program). Rules:
+ *   - explicit padding, no implicit holes, sizes are multiples of the largest member;
+ *   - byte order is in the type: __be16/__be32 are network order, __u16/__u32/__u64 host order;
+ *   - a constant used by user space is a #define or an enum value in this file
+ *     (bpfstructs.py parses them from here, so they cannot drift).
+ *
+ * Included by bpf/mosxdp.c, which bcc compiles at run time. Only stable UAPI types.
+ */
+#ifndef MOSXDP_H
+#define MOSXDP_H
+
+#include <linux/types.h>
+
+/* ---- sizes ---------------------------------------------------------------------- */
+
+/* XSKMAP layout: index = slot * MX_MAX_QUEUES + rx_queue_index. A slot is a monitored
+ * interface (0 = first --iface, 1 = its --peer, ...). Queues >= MX_MAX_QUEUES never
+ * reach a socket (they take the no-socket fallback). */
+#define MX_MAX_QUEUES 64
+#define MX_MAX_SLOTS 16
+#define MX_XSKMAP_SIZE (MX_MAX_SLOTS * MX_MAX_QUEUES)
+
+/* Entries of the per-interface configuration hash (key: ingress ifindex). */
+#define MX_MAX_IFACES MX_MAX_SLOTS
+
+/* Entries of the per-flow verdict LRU hash. */
+#define MX_VERDICT_ENTRIES 65536
+
+/* Parser bounds: VLAN tags (802.1Q / 802.1ad / 0x9100) and IPv6 extension headers walked
+ * before giving up; a frame beyond them is "unparsed" and takes the kernel path. */
+#define MX_MAX_VLAN_DEPTH 4
+#define MX_MAX_IPV6_EXT 8
+
+/* ---- per-interface configuration ------------------------------------------------ */
+
+/* mx_if_config.flags */
+#define MX_IF_INLINE (1U << 0)         /* kernel path = redirect to tx_ports[egress_slot]; else XDP_PASS */
+#define MX_IF_FAIL_CLOSED (1U << 1)    /* no socket bound at the XSKMAP index: XDP_DROP instead of the kernel path */
+#define MX_IF_BYPASS_CONSUME (1U << 2) /* passive only: frames of a BYPASS flow are consumed (XDP_DROP), not passed */
+
+/* Value of the if_config hash, key = ingress ifindex (__u32, host order).
+ * One program serves every monitored interface; the slot keeps their XSKMAP
+ * ranges apart and names their devmap entry. */
+struct mx_if_config {
+	__u32 slot;           /* this interface's slot: XSKMAP block and its tx_ports index */
+	__u32 egress_slot;    /* inline: tx_ports index of the peer interface (= the peer's slot) */
+	__u32 egress_ifindex; /* inline: the ifindex stored at tx_ports[egress_slot] (for status and checks) */
+	__u32 flags;          /* MX_IF_* */
+};
+
+/* ---- the flow as monitor filters see it ----------------------------------------- */
+
+/* What a generated monitor-filter expression (mx_filter.h) is evaluated on: one TCP
+ * frame as seen on the wire, source/destination NOT canonicalised. IPv4 addresses
+ * are in src[0]/dst[0] with src[1..3]/dst[1..3] zero. The expression may use
+ * bpf_htons()/bpf_htonl() for constants. */
+struct mx_flow_view {
+	__u8 ip_version; /* 4 or 6 */
+	__u8 ip_proto;   /* upper-layer protocol after IPv6 extension headers (6 = TCP) */
+	__be16 sport;
+	__be16 dport;
+	__u8 pad[2];
+	__be32 src[4];
+	__be32 dst[4];
+};
+
+/* ---- per-flow verdicts ---------------------------------------------------------- */
+
+/* Key of the verdicts LRU hash: a flow, the same for both directions.
+ * The two endpoints are ordered canonically: endpoint "lo" is the one whose
+ * (address bytes, port bytes), compared as big-endian byte strings, is the smaller;
+ * "hi" is the other (for src == dst both orders are equal). VLAN ids are those of the
+ * frame's outermost two tags (0 = absent), host order, 12 bits; a frame without tags
+ * and the same frame with tag 0 are the same flow. */
+struct mx_flow_key {
+	__be32 lo_addr[4]; /* IPv4: lo_addr[0], the rest zero */
+	__be32 hi_addr[4];
+	__be16 lo_port;
+	__be16 hi_port;
+	__u16 vlan_outer;  /* host order, 0..4095, 0 = untagged */
+	__u16 vlan_inner;  /* host order, 0..4095, 0 = single tag or untagged */
+	__u8 ip_version;   /* 4 or 6 */
+	__u8 ip_proto;     /* 6 (TCP) */
+	__u8 pad[2];
+};
+
+/* mx_verdict.action */
+#define MX_ACTION_BYPASS 1 /* forward in the kernel (inline: peer; passive: XDP_PASS or consume) */
+#define MX_ACTION_DROP 2   /* XDP_DROP */
+
+/* Direction index of mx_verdict counters, relative to the key. */
+#define MX_DIR_FROM_LO 0 /* frames whose source endpoint is the key's lo endpoint */
+#define MX_DIR_FROM_HI 1
+#define MX_NUM_DIRS 2
+
+/* Value of the verdicts LRU hash. Counts only the frames the program handled by the
+ * verdict (forwarded or dropped in the kernel); SYN/FIN/RST frames of the flow go to
+ * user space and are not counted here. Counters are updated with atomic adds. */
+struct mx_verdict {
+	__u32 action;                     /* MX_ACTION_* (other values: entry ignored) */
+	__u32 pad;
+	__u64 last_seen_ns;               /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last frame of the flow */
+	__u64 packets[MX_NUM_DIRS];       /* frames handled in the kernel */
+	__u64 bytes[MX_NUM_DIRS];         /* TCP payload bytes of those frames (from IP lengths) */
+	__u64 frame_bytes[MX_NUM_DIRS];   /* L2 frame bytes of those frames */
+};
+
+/* ---- counters ------------------------------------------------------------------- */
+
+/* Indexes of the per-CPU counters array (each a __u64).
+ * Every frame counts once in MX_CNT_RX_TOTAL and once in exactly one ACTION counter
+ * (to_xsk, kernel_forward, pass, drop), so rx_total = to_xsk + kernel_forward + pass + drop.
+ * The REASON counters say why a frame did not go to a socket, or which path it took.
+ * Names for user space are the lowercase suffixes (MX_CNT_NO_XSK_FALLBACK -> "no_xsk_fallback"). */
+enum mx_counter {
+	/* total */
+	MX_CNT_RX_TOTAL = 0,       /* frames seen by the program */
+	/* actions */
+	MX_CNT_TO_XSK,             /* redirected to an AF_XDP socket */
+	MX_CNT_KERNEL_FORWARD,     /* inline: redirected to the peer through tx_ports */
+	MX_CNT_PASS,               /* XDP_PASS */
+	MX_CNT_DROP,               /* XDP_DROP */
+	/* reasons */
+	MX_CNT_NO_CONFIG,          /* ingress ifindex not in if_config: XDP_PASS */
+	MX_CNT_NOT_IP,             /* ethertype neither IPv4 nor IPv6 (ARP, LLDP, ...) */
+	MX_CNT_NOT_TCP,            /* IP, upper-layer protocol not TCP */
+	MX_CNT_IP_FRAGMENT,        /* IPv4 fragment or IPv6 Fragment header: L4 not parsed */
+	MX_CNT_UNPARSED,           /* truncated or malformed header, or beyond the parser bounds */
+	MX_CNT_FILTER_MISS,        /* TCP, no monitor filter matches */
+	MX_CNT_VERDICT_BYPASS,     /* verdict BYPASS applied in the kernel */
+	MX_CNT_VERDICT_DROP,       /* verdict DROP applied in the kernel */
+	MX_CNT_VERDICT_CTRL,       /* SYN/FIN/RST of a flow with a verdict: sent on to user space */
+	MX_CNT_NO_XSK_FALLBACK,    /* meant for a socket, none bound at the index: kernel path */
+	MX_CNT_FAIL_CLOSED_DROP,   /* meant for a socket, none bound, fail_closed: dropped */
+	MX_CNT_DEVMAP_MISS,        /* inline, tx_ports has no entry for egress_slot: XDP_PASS */
+	MX_CNT__MAX
+};
+
+#endif /* MOSXDP_H */
