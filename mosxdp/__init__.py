@@ -1,1 +1,19 @@
-"""mosxdp: the mOS monitoring stack in Python on eBPF/XDP."""
+"""mosxdp: the mOS monitoring stack in Python on eBPF/XDP.
+
+`from mosxdp import *` gives the whole mOS API: the mtcp_* calls, the MOS_*
+constants with their C values, and the C structures (PktInfo, TcpBufInfo,
+TcpRingFragment) plus TcpState.
+"""
+from .api import *  # noqa: F401,F403
+from .api import __all__ as _api_all
+from .constants import *  # noqa: F401,F403
+from .constants import TcpState, MosEvent, MosHook, SocketType
+from .types import FlowStats, MonitorFilter, MtcpConf, PktInfo, TcpBufInfo, TcpRingFragment, monitor_filter
+
+from . import constants as _constants
+
+__all__ = list(_api_all) + [name for name in dir(_constants)
+                            if name.isupper() or name.startswith(("MOS", "TCP_", "SOL_", "SO_", "TH_"))] + [
+    "TcpState", "MosEvent", "MosHook", "SocketType", "FlowStats", "MonitorFilter", "MtcpConf",
+    "PktInfo", "TcpBufInfo", "TcpRingFragment", "monitor_filter",
+]

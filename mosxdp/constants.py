@@ -113,6 +113,7 @@ MOS_SVROVERLAP = 0x10
 # mosxdp extensions: hand the rest of a flow to the kernel (see docs).
 MOSX_BYPASS = 0x100
 MOSX_DROP_FLOW = 0x101
+MOSX_FLOW_STATS = 0x102   # getsockopt: a FlowStats of the flow (packets, bytes, history)
 
 MOS_OVERLAP_POLICY_FIRST = 0
 MOS_OVERLAP_POLICY_LAST = 1

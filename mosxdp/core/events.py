@@ -1,0 +1,202 @@
+"""Event ids, hook points, per-socket callback tables and user-defined events.
+
+Built-in events are single bits (MosEvent). User-defined events (UDEs) get
+bits 32..63: `define` makes one raised when its base event fires and its
+filter returns true; `alloc` makes a child raised explicitly with
+mtcp_raise_event from inside a filter or callback. UDEs nest: a UDE may be the
+base of another.
+"""
+import errno
+
+from ..constants import (
+    MOS_HK_RCV,
+    MOS_HK_SND,
+    MOS_NULL,
+    MOS_ON_CONN_END,
+    MOS_ON_CONN_NEW_DATA,
+    MOS_ON_CONN_START,
+    MOS_ON_ERROR,
+    MOS_ON_ORPHAN,
+    MOS_ON_PKT_IN,
+    MOS_ON_REXMIT,
+    MOS_ON_TCP_STATE_CHANGE,
+    MOS_ON_TIMEOUT,
+    UDE_FIRST_BIT,
+    UDE_LAST_BIT,
+)
+
+HOOK_NULL = int(MOS_NULL)
+HOOK_RCV = int(MOS_HK_RCV)
+HOOK_SND = int(MOS_HK_SND)
+HOOKS = (HOOK_NULL, HOOK_RCV, HOOK_SND)
+HOOK_NAMES = {HOOK_NULL: "MOS_NULL", HOOK_RCV: "MOS_HK_RCV", HOOK_SND: "MOS_HK_SND"}
+
+EV_PKT_IN = int(MOS_ON_PKT_IN)
+EV_CONN_START = int(MOS_ON_CONN_START)
+EV_CONN_NEW_DATA = int(MOS_ON_CONN_NEW_DATA)
+EV_ERROR = int(MOS_ON_ERROR)
+EV_TIMEOUT = int(MOS_ON_TIMEOUT)
+EV_TCP_STATE_CHANGE = int(MOS_ON_TCP_STATE_CHANGE)
+EV_ORPHAN = int(MOS_ON_ORPHAN)
+EV_REXMIT = int(MOS_ON_REXMIT)
+EV_CONN_END = int(MOS_ON_CONN_END)
+
+# Events mosxdp raises; the deprecated mOS bits are refused.
+RAISED_BUILTINS = (EV_PKT_IN | EV_CONN_START | EV_CONN_NEW_DATA | EV_ERROR | EV_TIMEOUT
+                   | EV_TCP_STATE_CHANGE | EV_ORPHAN | EV_REXMIT | EV_CONN_END)
+# Valid (event, hook) combinations, as in mOS.
+REFUSED_AT_NULL = EV_CONN_START | EV_REXMIT | EV_TCP_STATE_CHANGE | EV_CONN_END
+REFUSED_AT_HK = EV_CONN_NEW_DATA | EV_ORPHAN | EV_ERROR
+# Raw sockets see packets, not connections.
+RAW_SOCKET_EVENTS = EV_PKT_IN | EV_ORPHAN
+
+BUILTIN_NAMES = {
+    EV_PKT_IN: "MOS_ON_PKT_IN", EV_CONN_START: "MOS_ON_CONN_START",
+    EV_CONN_NEW_DATA: "MOS_ON_CONN_NEW_DATA", EV_ERROR: "MOS_ON_ERROR",
+    EV_TIMEOUT: "MOS_ON_TIMEOUT", EV_TCP_STATE_CHANGE: "MOS_ON_TCP_STATE_CHANGE",
+    EV_ORPHAN: "MOS_ON_ORPHAN", EV_REXMIT: "MOS_ON_REXMIT", EV_CONN_END: "MOS_ON_CONN_END",
+}
+
+
+class EventError(OSError):
+    def __init__(self, err, message):
+        super().__init__(err, message)
+
+
+class UserEvent:
+    __slots__ = ("event_id", "base", "filter", "arg", "root", "allocated")
+
+    def __init__(self, event_id, base, filter_fn, arg, root, allocated):
+        self.event_id = event_id
+        self.base = base
+        self.filter = filter_fn
+        self.arg = arg
+        self.root = root
+        self.allocated = allocated
+
+
+class EventRegistry:
+    """The user-defined events of one process (mOS keeps them global too)."""
+
+    def __init__(self):
+        self.udes = {}
+        self.defined_on = {}     # base event -> [UDEs raised by their filter]
+        self._by_definition = {}
+        self._next_bit = UDE_FIRST_BIT
+
+    def is_valid(self, event):
+        return (event in BUILTIN_NAMES) or (event in self.udes)
+
+    def root_of(self, event):
+        ude = self.udes.get(event)
+        return ude.root if ude is not None else event
+
+    def _new_id(self):
+        if self._next_bit > UDE_LAST_BIT:
+            raise EventError(errno.ENOSPC, "no more user-defined event ids (32 in use)")
+        event_id = 1 << self._next_bit
+        self._next_bit += 1
+        return event_id
+
+    def _check_base(self, base):
+        if not self.is_valid(base):
+            raise EventError(errno.EINVAL, f"base event {base:#x} is not a built-in or defined event")
+
+    def define(self, base, filter_fn, arg):
+        self._check_base(base)
+        if not callable(filter_fn):
+            raise EventError(errno.EINVAL, "the filter of a user-defined event must be callable")
+        try:
+            definition = (base, filter_fn, arg)
+            hash(definition)
+        except TypeError:
+            definition = (base, filter_fn, id(arg))
+        existing = self._by_definition.get(definition)
+        if existing is not None:
+            return existing
+        event_id = self._new_id()
+        ude = UserEvent(event_id, base, filter_fn, arg, self.root_of(base), allocated=False)
+        self.udes[event_id] = ude
+        self.defined_on.setdefault(base, []).append(ude)
+        self._by_definition[definition] = event_id
+        return event_id
+
+    def alloc(self, parent):
+        self._check_base(parent)
+        event_id = self._new_id()
+        self.udes[event_id] = UserEvent(event_id, parent, None, None, self.root_of(parent),
+                                        allocated=True)
+        return event_id
+
+    def ancestors(self, event):
+        """The event itself and every UDE/base it derives from, up to its root."""
+        chain = [event]
+        ude = self.udes.get(event)
+        while ude is not None:
+            chain.append(ude.base)
+            ude = self.udes.get(ude.base)
+        return chain
+
+
+def check_combination(event, hook, root, raw_socket):
+    """Refuse the (event, hook) combinations mOS refuses, with a message."""
+    if hook not in HOOK_NAMES:
+        raise EventError(errno.EINVAL, f"hook {hook:#x} is not MOS_NULL, MOS_HK_RCV or MOS_HK_SND")
+    name = BUILTIN_NAMES.get(root, hex(root))
+    if raw_socket:
+        if not root & RAW_SOCKET_EVENTS or hook != HOOK_NULL:
+            raise EventError(errno.EINVAL, "raw monitor sockets take only MOS_ON_PKT_IN and "
+                             "MOS_ON_ORPHAN at MOS_NULL")
+        return
+    if hook == HOOK_NULL and root & REFUSED_AT_NULL:
+        raise EventError(errno.EINVAL, f"{name} cannot be hooked at MOS_NULL (use MOS_HK_SND or MOS_HK_RCV)")
+    if hook != HOOK_NULL and root & REFUSED_AT_HK:
+        raise EventError(errno.EINVAL, f"{name} is raised only at MOS_NULL, not at {HOOK_NAMES[hook]}")
+
+
+class CallbackTable:
+    """Callbacks of one socket: hook -> {event id -> callback}.
+
+    `masks[hook]` has the bit of every built-in event that some registration
+    at that hook depends on (directly or as the root of a UDE), so dispatch can
+    skip work for events nobody waits for with one AND. `wanted_udes[hook]`
+    is the set of UDEs whose filters must run at that hook.
+    """
+
+    __slots__ = ("callbacks", "masks", "wanted_udes", "shared")
+
+    def __init__(self):
+        self.callbacks = {HOOK_NULL: {}, HOOK_RCV: {}, HOOK_SND: {}}
+        self.masks = {HOOK_NULL: 0, HOOK_RCV: 0, HOOK_SND: 0}
+        self.wanted_udes = {HOOK_NULL: frozenset(), HOOK_RCV: frozenset(), HOOK_SND: frozenset()}
+        # True while a flow socket still uses its listener's table (copy on write).
+        self.shared = False
+
+    def copy(self):
+        table = CallbackTable()
+        table.callbacks = {hook: dict(cbs) for hook, cbs in self.callbacks.items()}
+        table.masks = dict(self.masks)
+        table.wanted_udes = dict(self.wanted_udes)
+        return table
+
+    def set(self, registry, event, hook, callback):
+        cbs = self.callbacks[hook]
+        if callback is None:
+            cbs.pop(event, None)
+        else:
+            cbs[event] = callback
+        mask = 0
+        wanted = set()
+        for registered in cbs:
+            mask |= registry.root_of(registered)
+            for ancestor in registry.ancestors(registered):
+                if ancestor in registry.udes:
+                    wanted.add(ancestor)
+        # A UDE raised by a filter needs its base's filter chain too; an
+        # allocated child needs the filter of its parent, which raises it.
+        for ude_id in list(wanted):
+            for ancestor in registry.ancestors(ude_id):
+                if ancestor in registry.udes:
+                    wanted.add(ancestor)
+        self.masks[hook] = mask
+        self.wanted_udes[hook] = frozenset(wanted)

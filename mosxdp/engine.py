@@ -1,0 +1,92 @@
+"""Engines: where a context's frames come from and where its verdicts go.
+
+The offline engine replays a pcap through the core with the packet
+timestamps as the clock and writes what inline mode would have transmitted:
+forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
+frames in order, each before the frame whose callbacks made it. The live
+engine (mosxdp.live) drives the same core from AF_XDP sockets.
+"""
+from contextlib import nullcontext
+
+from .core.stack import VERDICT_FORWARD
+from .io.pcap import PcapReader, PcapWriter
+
+
+class OfflineEngine:
+    """Feeds (ts_us, frame) items to a context's stack in batches."""
+
+    def __init__(self, mctx, source, sink=None, batch_size=64):
+        self.mctx = mctx
+        self.stack = mctx.stack
+        self.source = source
+        self.sink = sink              # fn(ts_us, frame) or None
+        self.batch_size = batch_size
+        self.frames_in = 0
+        self.frames_out = 0
+        mctx.engine = self
+
+    def filters_changed(self):
+        """Offline, filters are applied in user space only."""
+
+    def _flush_outbox(self, ts_us):
+        outbox = self.stack.outbox
+        if outbox:
+            if self.sink is not None:
+                for frame, _port in outbox:
+                    self.sink(ts_us, frame)
+                    self.frames_out += 1
+            outbox.clear()
+
+    def run(self):
+        stack = self.stack
+        process = stack.process
+        sink = self.sink
+        batch_size = self.batch_size
+        in_batch = 0
+        ts_us = 0
+        for ts_us, frame in self.source:
+            verdict = process(frame, ts_us, 0)
+            if stack.outbox:
+                self._flush_outbox(ts_us)
+            if verdict == VERDICT_FORWARD and sink is not None:
+                sink(ts_us, frame)
+                self.frames_out += 1
+            self.frames_in += 1
+            in_batch += 1
+            if in_batch == batch_size:
+                stack.end_batch()
+                in_batch = 0
+                self._flush_outbox(ts_us)
+        stack.finish()
+        self._flush_outbox(ts_us)
+        return 0
+
+
+def run_offline(mctx, pcap_path, write_path=None, batch_size=64):
+    with PcapReader(pcap_path) as reader:
+        with (PcapWriter(write_path) if write_path else nullcontext()) as writer:
+            engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
+            return engine.run()
+
+
+def run_frames(mctx, frames, batch_size=1):
+    """Run crafted frames through a context; returns the transmitted frames.
+
+    `frames` is an iterable of (ts_us, bytes-like); each is copied into a
+    writable buffer, as a pcap reader or the UMEM would give it."""
+    output = []
+    source = ((ts, memoryview(bytearray(frame))) for ts, frame in frames)
+    engine = OfflineEngine(mctx, source, lambda ts, f: output.append((ts, bytes(f))), batch_size)
+    engine.run()
+    return output
+
+
+def run_context(mctx):
+    """mtcp_app_join: run the datapath the configuration names."""
+    config = mctx.config
+    if config.pcap is not None:
+        return run_offline(mctx, config.pcap, config.write, config.batch_size)
+    if config.iface is None:
+        raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
+    from .live import run_live
+    return run_live(mctx)

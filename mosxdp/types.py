@@ -1,0 +1,115 @@
+"""C-compatible structures of the mOS API (ctypes layouts, C field names)."""
+import ctypes
+
+
+class PktInfo(ctypes.Structure):
+    """struct pkt_info: metadata of a frame in host byte order.
+
+    `ethh`, `iph`, `tcph` and `payload` are writable memoryviews into the copy
+    of the frame that mtcp_getlastpkt made (C pointers into that copy). The
+    copy buffer is reused by the next mtcp_getlastpkt call on the context.
+    `cur_ts` is in milliseconds modulo 2**32, as mOS's.
+    """
+    _fields_ = [
+        ("cur_ts", ctypes.c_uint32),
+        ("in_ifidx", ctypes.c_int8),
+        ("eth_len", ctypes.c_uint16),
+        ("ip_len", ctypes.c_uint16),
+        ("offset", ctypes.c_uint64),
+        ("payloadlen", ctypes.c_uint16),
+        ("seq", ctypes.c_uint32),
+        ("ack_seq", ctypes.c_uint32),
+        ("window", ctypes.c_uint16),
+    ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ethh = None
+        self.iph = None
+        self.tcph = None
+        self.payload = None
+
+    def frame(self):
+        """The whole copied frame (bytes), as mtcp_sendpkt would rebuild it."""
+        parts = [self.ethh, self.iph, self.tcph, self.payload]
+        return b"".join(bytes(p) for p in parts if p is not None)
+
+
+class TcpBufInfo(ctypes.Structure):
+    """struct tcp_buf_info (sequence numbers, modulo 2**32)."""
+    _fields_ = [
+        ("tcpbi_init_seq", ctypes.c_uint32),
+        ("tcpbi_last_byte_read", ctypes.c_uint32),
+        ("tcpbi_next_byte_expected", ctypes.c_uint32),
+        ("tcpbi_last_byte_received", ctypes.c_uint32),
+    ]
+
+    def __repr__(self):
+        return ("TcpBufInfo(init_seq={0.tcpbi_init_seq}, last_byte_read={0.tcpbi_last_byte_read}, "
+                "next_byte_expected={0.tcpbi_next_byte_expected}, "
+                "last_byte_received={0.tcpbi_last_byte_received})").format(self)
+
+
+class TcpRingFragment(ctypes.Structure):
+    """struct tcp_ring_fragment: a run of buffered bytes at a stream offset."""
+    _fields_ = [("offset", ctypes.c_uint64), ("len", ctypes.c_uint32)]
+
+    def __repr__(self):
+        return f"TcpRingFragment(offset={self.offset}, len={self.len})"
+
+    def __eq__(self, other):
+        if isinstance(other, TcpRingFragment):
+            return (self.offset, self.len) == (other.offset, other.len)
+        if isinstance(other, tuple):
+            return (self.offset, self.len) == other
+        return NotImplemented
+
+
+class FlowStats(ctypes.Structure):
+    """mosxdp extension (MOSX_FLOW_STATS): per-side counters of a flow.
+
+    Index 0 is what the client sent, 1 what the server sent. Packet and byte
+    counts include frames handled by a kernel verdict once merged.
+    """
+    _fields_ = [
+        ("start_ts", ctypes.c_uint64),        # microseconds
+        ("last_ts", ctypes.c_uint64),
+        ("pkts", ctypes.c_uint64 * 2),
+        ("ip_bytes", ctypes.c_uint64 * 2),
+        ("l2_bytes", ctypes.c_uint64 * 2),
+        ("stream_bytes", ctypes.c_uint64 * 2),   # bytes of stream extent (received + missed)
+        ("missed_bytes", ctypes.c_uint64 * 2),
+    ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.history = ""
+        self.end_reason = None
+
+
+class MtcpConf(ctypes.Structure):
+    """struct mtcp_conf (the fields mtcp_getconf/mtcp_setconf exchange)."""
+    _fields_ = [
+        ("num_cores", ctypes.c_int),
+        ("max_concurrency", ctypes.c_int),
+        ("max_num_buffers", ctypes.c_int),
+        ("rcvbuf_size", ctypes.c_int),
+        ("sndbuf_size", ctypes.c_int),
+        ("tcp_timewait", ctypes.c_int),
+        ("tcp_timeout", ctypes.c_int),
+    ]
+
+
+class MonitorFilter:
+    """union monitor_filter: raw_pkt_filter for raw sockets, the two stream
+    filters for stream sockets. None means "everything"."""
+
+    __slots__ = ("raw_pkt_filter", "stream_syn_filter", "stream_orphan_filter")
+
+    def __init__(self, raw_pkt_filter=None, stream_syn_filter=None, stream_orphan_filter=None):
+        self.raw_pkt_filter = raw_pkt_filter
+        self.stream_syn_filter = stream_syn_filter
+        self.stream_orphan_filter = stream_orphan_filter
+
+
+monitor_filter = MonitorFilter
