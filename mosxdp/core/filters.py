@@ -103,6 +103,9 @@ class FilterError(ValueError):
             where = "at end of filter"
         super().__init__(f"bad filter {text!r}: {reason} {where}")
 
+    def __reduce__(self):
+        return (type(self), (self.text, self.reason, self.token, self.position, self.offset))
+
 
 class _Tok:
     __slots__ = ("kind", "text", "low", "offset", "index")

@@ -4,6 +4,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -373,6 +374,14 @@ def test_error_message_example_from_brief():
                              "at token 3")
 
 
+def test_error_pickles():
+    import pickle
+    with pytest.raises(FilterError) as ei:
+        compile_filter("port x")
+    e = pickle.loads(pickle.dumps(ei.value))
+    assert str(e) == str(ei.value) and e.position == 2 and e.token == "x"
+
+
 def test_depth_limit():
     ok = "(" * (MAX_DEPTH - 2) + "port 80" + ")" * (MAX_DEPTH - 2)
     assert compile_filter(ok).match(T4)
@@ -451,6 +460,12 @@ struct mx_flow_view {
 
 C_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 
+# The XDP program's own definition of the struct (bpf/mosxdp.h: __be32 addresses, a pad).
+REAL_HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mosxdp.h"
+PRELUDES = {"standalone": C_PRELUDE}
+if REAL_HEADER.exists():
+    PRELUDES["bpf/mosxdp.h"] = f'#include <linux/types.h>\n#include "{REAL_HEADER}"\n'
+
 
 def test_c_expr_constants_and_byteorder():
     f = compile_filter("dst port 80")
@@ -468,7 +483,8 @@ SYNTAX_FILTERS = [text for text, _ in STREAM_CASES] + [text for text, _ in RAW_C
 
 
 @needs_gcc
-def test_c_expr_is_valid_c(tmp_path):
+@pytest.mark.parametrize("prelude", list(PRELUDES))
+def test_c_expr_is_valid_c(tmp_path, prelude):
     funcs = []
     for i, text in enumerate(SYNTAX_FILTERS):
         f = compile_filter(text, raw=True)
@@ -479,7 +495,7 @@ def test_c_expr_is_valid_c(tmp_path):
             funcs.append(f"int s{i}(struct mx_flow_view *v) "
                          f"{{ return {compile_filter(text).c_expr()}; }}")
     src = tmp_path / "syntax.c"
-    src.write_text(C_PRELUDE + "\n".join(funcs) + "\n")
+    src.write_text(PRELUDES[prelude] + "\n".join(funcs) + "\n")
     r = subprocess.run([GCC, "-fsyntax-only", *C_FLAGS, str(src)], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr[:4000]
@@ -489,7 +505,7 @@ def _c_bytes(b):
     return "{" + ", ".join(str(x) for x in b) + "}"
 
 
-def run_c_harness(tmp_path, filters, packets):
+def run_c_harness(tmp_path, filters, packets, prelude=C_PRELUDE):
     """Evaluate each filter's C expression on each packet with gcc; returns rows of 0/1."""
     rows = []
     for p in packets:
@@ -506,7 +522,7 @@ def run_c_harness(tmp_path, filters, packets):
                     f"{_c_bytes(src)}, {_c_bytes(dst)}}}")
     funcs = [f"static int f{i}(struct mx_flow_view *v) {{ return {f.c_expr()}; }}"
              for i, f in enumerate(filters)]
-    src = C_PRELUDE + r"""
+    src = prelude + r"""
 #include <stdio.h>
 #include <string.h>
 struct raw { unsigned char ver, proto, sport[2], dport[2], src[16], dst[16]; };
@@ -542,11 +558,12 @@ int main(void) {
 
 
 @needs_gcc
-def test_c_expr_agrees_with_match_on_the_tables(tmp_path):
+@pytest.mark.parametrize("prelude", list(PRELUDES))
+def test_c_expr_agrees_with_match_on_the_tables(tmp_path, prelude):
     filters = [compile_filter(t) for t, _ in STREAM_CASES]
     filters += [compile_filter(t, raw=True) for t, _ in STREAM_CASES + RAW_CASES]
     packets = list(ALL.values()) + EXTRA_PACKETS
-    table = run_c_harness(tmp_path, filters, packets)
+    table = run_c_harness(tmp_path, filters, packets, PRELUDES[prelude])
     for p, row in zip(packets, table):
         for f, c_result in zip(filters, row):
             assert f.match(p) == c_result, (f, p, f.c_expr())
