@@ -1,0 +1,673 @@
+"""The live engine: AF_XDP sockets on real interfaces feeding a frame processor.
+
+``LiveEngine`` runs a processor (``mosxdp.core.stack.Stack`` or anything with the same
+interface: ``process(frame, ts_us, port) -> verdict``, ``outbox``, ``end_batch()``,
+``advance_clock(ts_us)``, ``finish()``) on every frame the XDP program redirects to our
+sockets:
+
+* inline (``iface`` A, ``peer`` B): A's frames leave through B's TX ring and B's through
+  A's, by moving the descriptor inside one shared UMEM (no byte copy); a drop verdict
+  returns the frame to a fill ring;
+* passive (``iface`` or ``ifaces``): every frame is recycled to the fill ring after
+  processing; the processor's outbox frames leave through the monitored interface.
+
+Everything is entered through one ``contextlib.ExitStack`` and unwound in reverse
+order: XSKMAP entries removed (the XDP program then takes the kernel path: fail-open,
+or drop with ``fail_closed``), sockets and UMEM deleted, XDP program detached.
+
+``python -m mosxdp.live --iface A [--peer B] [--drop-syn-port N]`` runs it from a shell
+(interim, until ``mosxdp run``): SIGINT/SIGTERM stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+from .io import libxdp as _x
+from .io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
+    xskmap_delete, xskmap_update
+
+__all__ = ["LiveEngine", "Passthrough", "DropSyn", "VERDICT_FORWARD", "VERDICT_DROP", "main"]
+
+VERDICT_FORWARD = 0
+VERDICT_DROP = 1
+_POLLIN = select.POLLIN
+
+
+class Passthrough:
+    """The trivial processor: forwards every frame, sends nothing."""
+
+    def __init__(self):
+        self.outbox: list = []
+        self.counters: dict = {}
+
+    def process(self, frame, ts_us: int, port: int) -> int:
+        return VERDICT_FORWARD
+
+    def end_batch(self) -> None:
+        pass
+
+    def advance_clock(self, ts_us: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class DropSyn(Passthrough):
+    """Drops TCP SYNs (without ACK) to the given destination ports; forwards the rest.
+
+    ``crash_after``: raise RuntimeError at that many frames (tests of the exception path)."""
+
+    def __init__(self, ports=(), crash_after: int | None = None):
+        super().__init__()
+        self.ports = frozenset(ports)
+        self.crash_after = crash_after
+        self.seen = 0
+        self.counters = {"syn_dropped": 0}
+
+    def process(self, frame, ts_us: int, port: int) -> int:
+        self.seen += 1
+        if self.crash_after is not None and self.seen >= self.crash_after:
+            raise RuntimeError(f"DropSyn: crash_after={self.crash_after} reached (test hook)")
+        n = len(frame)
+        if n < 34:
+            return VERDICT_FORWARD
+        et = frame[12] << 8 | frame[13]
+        off = 14
+        while et in (0x8100, 0x88A8) and n >= off + 4:
+            et = frame[off + 2] << 8 | frame[off + 3]
+            off += 4
+        if et == 0x0800:
+            if frame[off + 9] != 6:
+                return VERDICT_FORWARD
+            off += (frame[off] & 0x0F) * 4
+        elif et == 0x86DD:
+            if n < off + 40 or frame[off + 6] != 6:
+                return VERDICT_FORWARD
+            off += 40
+        else:
+            return VERDICT_FORWARD
+        if n < off + 14:
+            return VERDICT_FORWARD
+        if frame[off + 13] & 0x12 == 0x02 and (frame[off + 2] << 8 | frame[off + 3]) in self.ports:
+            self.counters["syn_dropped"] += 1
+            return VERDICT_DROP
+        return VERDICT_FORWARD
+
+
+class _Lane:
+    """One RX socket and where its frames go."""
+
+    __slots__ = ("sock", "port", "fwd", "egress")
+
+    def __init__(self, sock, port, fwd, egress):
+        self.sock = sock      # the RX socket
+        self.port = port      # port number given to the processor
+        self.fwd = fwd        # TX socket for forwarded frames (inline), else None
+        self.egress = egress  # egress port -> TX socket for outbox frames
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class LiveEngine:
+    """AF_XDP datapath around a processor. A context manager; :meth:`run` loops.
+
+    Parameters:
+      ``iface``: interface A (str), or for passive mode a list of interfaces;
+      ``peer``: interface B (inline mode) or None (passive);
+      ``processor``: the frame processor; None = forward (inline) / recycle (passive)
+        every frame without looking at it (the fast path: descriptors move ring to ring);
+      ``queues``: RX queues to bind per interface (default: all of each interface);
+      ``frame_count``: UMEM frames (default: enough for every fill and TX ring);
+      ``ring_size``: size of every RX, TX, fill and completion ring;
+      ``batch_size``: most frames taken from one RX ring per batch;
+      ``zero_copy``: bind with XDP_ZEROCOPY instead of XDP_COPY; ``need_wakeup``;
+      ``xdp_mode``: "native", "generic" or "auto" (how the XDP program is attached);
+      ``fail_closed``: the program drops instead of forwarding when no socket is bound;
+      ``program``: "mosxdp" (``mosxdp.io.xdp.XdpProgram``, default), "libxdp"
+        (libxdp's default per-queue redirect program: tests without ours), or a
+        callable ``(engine) -> context manager`` whose value has ``xsks_map_fd`` and
+        ``xsk_index(ifname, queue)``;
+      ``poll_timeout_ms``: idle wait before ``advance_clock``;
+      ``check_accounting``: verify the frame accounting after every loop iteration.
+    """
+
+    def __init__(self, iface, peer: str | None = None, processor=None, *,
+                 queues: int | None = None, frame_count: int | None = None,
+                 frame_size: int = 4096, ring_size: int = 2048, batch_size: int = 64,
+                 zero_copy: bool = False, need_wakeup: bool = True, xdp_mode: str = "native",
+                 fail_closed: bool = False, program="mosxdp", poll_timeout_ms: int = 100,
+                 check_accounting: bool = False):
+        ifaces = [iface] if isinstance(iface, str) else list(iface)
+        if not ifaces:
+            raise ValueError("LiveEngine needs at least one interface")
+        if peer is not None:
+            if len(ifaces) != 1:
+                raise ValueError("inline mode takes one iface and one peer")
+            if peer == ifaces[0]:
+                raise ValueError("iface and peer must differ")
+            ifaces.append(peer)
+        if len(set(ifaces)) != len(ifaces):
+            raise ValueError(f"interface listed twice: {ifaces}")
+        if xdp_mode not in ("native", "generic", "auto"):
+            raise ValueError(f"xdp_mode must be native, generic or auto, not {xdp_mode!r}")
+        if batch_size < 1 or batch_size > ring_size:
+            raise ValueError("batch_size must be in [1, ring_size]")
+        self.inline = peer is not None
+        self.ifaces = ifaces
+        self.processor = processor
+        self.queues = queues
+        self.frame_count = frame_count
+        self.frame_size = frame_size
+        self.ring_size = ring_size
+        self.batch_size = batch_size
+        self.zero_copy = zero_copy
+        self.need_wakeup = need_wakeup
+        self.xdp_mode = xdp_mode
+        self.fail_closed = fail_closed
+        self.program_spec = program
+        self.poll_timeout_ms = poll_timeout_ms
+        self.check = check_accounting
+        self.program = None
+        self.umem: Umem | None = None
+        self.lanes: list[_Lane] = []
+        self.sockets = []
+        self._stack: contextlib.ExitStack | None = None
+        self._stop = threading.Event()
+        self.counters = dict.fromkeys((
+            "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
+            "recycled", "tx_ring_full", "polls", "idle_timeouts"), 0)
+        self.frames_by_port: list[int] = []
+
+    # ------------------------------------------------------------------ setup
+    def __enter__(self) -> "LiveEngine":
+        with contextlib.ExitStack() as stack:
+            self._open(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _open(self, stack: contextlib.ExitStack) -> None:
+        _x.load()  # a clear error when libxdp is missing, before anything is attached
+        nq = {}
+        for ifn in self.ifaces:
+            avail = rx_queue_count(ifn)
+            want = avail if self.queues is None else self.queues
+            if not 1 <= want <= avail:
+                raise ValueError(f"{ifn} has {avail} RX queue(s); cannot bind {want}")
+            nq[ifn] = want
+        nsock = sum(nq.values())
+        frames = self.frame_count or nsock * 2 * self.ring_size
+        use_libxdp = self.program_spec == "libxdp"
+        if not use_libxdp:
+            self.program = stack.enter_context(self._program_context())
+        bind = _x.XDP_ZEROCOPY if self.zero_copy else _x.XDP_COPY
+        if self.need_wakeup:
+            bind |= _x.XDP_USE_NEED_WAKEUP
+        self.umem = umem = stack.enter_context(Umem(
+            frames, self.frame_size, fill_size=self.ring_size, comp_size=self.ring_size,
+            bind_flags=bind))
+        xdp_flags = {"native": _x.XDP_FLAGS_DRV_MODE, "generic": _x.XDP_FLAGS_SKB_MODE,
+                     "auto": 0}[self.xdp_mode]
+        by_iface = {}
+        for ifn in self.ifaces:
+            by_iface[ifn] = [umem.socket(ifn, q, rx_size=self.ring_size, tx_size=self.ring_size,
+                                         xdp_flags=xdp_flags, inhibit_prog_load=not use_libxdp)
+                             for q in range(nq[ifn])]
+        self.sockets = [s for ifn in self.ifaces for s in by_iface[ifn]]
+        # Frames first, then the XSKMAP entries: the kernel redirects only to a socket
+        # that has somewhere to put the frame.
+        for s in self.sockets:
+            s.fill_from(umem.free)
+        if self.program is not None:
+            map_fd = self.program.xsks_map_fd
+            entries = []
+            stack.callback(self._unmap, map_fd, entries)
+            for s in self.sockets:
+                idx = self.program.xsk_index(s.ifname, s.queue)
+                xskmap_update(map_fd, idx, s.fd)
+                entries.append(idx)
+        # lanes: where each socket's frames go
+        txq = {ifn: max(1, min(len(by_iface[ifn]), tx_queue_count(ifn))) for ifn in self.ifaces}
+
+        def tx_sock(ifn, q):
+            socks = by_iface[ifn]
+            return socks[q % txq[ifn]]
+
+        for port, ifn in enumerate(self.ifaces):
+            for s in by_iface[ifn]:
+                if self.inline:
+                    other = self.ifaces[1 - port]
+                    egress = [tx_sock(self.ifaces[0], s.queue), tx_sock(self.ifaces[1], s.queue)]
+                    self.lanes.append(_Lane(s, port, tx_sock(other, s.queue), egress))
+                else:
+                    own = tx_sock(ifn, s.queue)
+                    self.lanes.append(_Lane(s, port, None, [own] * len(self.ifaces)))
+        self.frames_by_port = [0] * len(self.ifaces)
+
+    def _program_context(self):
+        spec = self.program_spec
+        if callable(spec):
+            return spec(self)
+        if spec != "mosxdp":
+            raise ValueError(f"program must be 'mosxdp', 'libxdp' or a callable, not {spec!r}")
+        from .io.xdp import XdpProgram
+        return XdpProgram(self.ifaces, mode="inline" if self.inline else "passive",
+                          xdp_mode=self.xdp_mode, fail_closed=self.fail_closed)
+
+    @staticmethod
+    def _unmap(map_fd, entries) -> None:
+        for idx in entries:
+            xskmap_delete(map_fd, idx)
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (thread- and signal-safe)."""
+        self._stop.set()
+
+    def accounting(self) -> dict:
+        return self.umem.accounting()
+
+    def stats(self) -> dict:
+        out = dict(self.counters)
+        out["frames_by_port"] = list(self.frames_by_port)
+        out["accounting"] = self.umem.accounting() if self.umem else None
+        out["sockets"] = [s.stats() for s in self.sockets if not s.closed]
+        if self.program is not None and hasattr(self.program, "counters"):
+            try:
+                out["xdp"] = dict(self.program.counters())
+            except Exception as exc:  # stats must not fail
+                out["xdp"] = {"error": repr(exc)}
+        proc = self.processor
+        if proc is not None and isinstance(getattr(proc, "counters", None), dict):
+            out["processor"] = dict(proc.counters)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def run(self, duration: float | None = None, *, handle_signals: bool = True) -> dict:
+        """Process frames until :meth:`stop`, SIGINT/SIGTERM (when run in the main thread
+        and ``handle_signals``) or ``duration`` seconds. Returns :meth:`stats`."""
+        if self.umem is None:
+            raise RuntimeError("LiveEngine.run() outside its context (use `with LiveEngine(...)`)")
+        saved = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                saved[sig] = signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            if self.processor is None:
+                self._loop_fast(duration)
+            else:
+                self._loop(duration)
+                self.processor.finish()
+                self._flush_outbox_and_tx()
+        finally:
+            for sig, h in saved.items():
+                signal.signal(sig, h)
+        return self.stats()
+
+    def _idle(self, poller, deadline) -> bool:
+        """Wait for frames; False when it is time to stop."""
+        if self._stop.is_set():
+            return False
+        timeout = self.poll_timeout_ms
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            timeout = min(timeout, max(1, int(left * 1000)))
+        for s in self.sockets:
+            if s.tx_pending():
+                timeout = 0  # the kernel still has frames to send: keep kicking
+                s.kick()
+        self.counters["polls"] += 1
+        events = poller.poll(timeout)
+        if not events and timeout:
+            self.counters["idle_timeouts"] += 1
+            if self.processor is not None:
+                self.processor.advance_clock(_monotonic_us())
+                self._send_outbox_idle()
+        return True
+
+    def _poller(self):
+        p = select.poll()
+        for s in self.sockets:
+            p.register(s.fd, _POLLIN)
+        return p
+
+    def _housekeeping(self) -> None:
+        """Kick TX, reap completions, refill fill rings (once per loop iteration)."""
+        umem = self.umem
+        free = umem.free
+        for s in self.sockets:
+            if s.tx_p != s.tx.cons[0]:
+                s.kick()
+            s.reap_into(free)
+        reserve = 64  # kept free for outbox frames
+        for s in self.sockets:
+            if len(free) > reserve:
+                s.fill_from(free, len(free) - reserve)
+            s.wake_rx()
+        if self.check:
+            umem.check_accounting()
+
+    def _loop_fast(self, duration) -> None:
+        """No processor: inline moves descriptors RX ring -> peer TX ring; passive puts
+        them back on the fill ring."""
+        poller = self._poller()
+        deadline = None if duration is None else time.monotonic() + duration
+        batch = self.batch_size
+        lanes = self.lanes
+        umem = self.umem
+        c = self.counters
+        stop = self._stop
+        fbp = self.frames_by_port
+        while not stop.is_set():
+            work = 0
+            for ln in lanes:
+                s = ln.sock
+                if ln.fwd is not None:
+                    n = ln.fwd.tx_forward_from(s, batch)
+                    if not n and s.rx_avail():
+                        c["tx_ring_full"] += 1
+                        ln.fwd.kick()
+                        ln.fwd.reap_into(umem.free)
+                else:
+                    d = s.rx_take(batch)
+                    if d is None:
+                        continue
+                    n = len(d) >> 1
+                    left = n - s.fill_put(d[0::2])
+                    if left:
+                        umem.free += d[0::2][n - left:]
+                        umem.app -= left
+                if n:
+                    work += n
+                    fbp[ln.port] += n
+            if work:
+                c["batches"] += 1
+                c["frames"] += work
+            self._housekeeping()
+            if not work and not self._idle(poller, deadline):
+                break
+            if deadline is not None and work and time.monotonic() > deadline:
+                break
+        c["forwarded" if self.inline else "recycled"] = c["frames"]
+
+    def _loop(self, duration) -> None:
+        poller = self._poller()
+        deadline = None if duration is None else time.monotonic() + duration
+        batch = self.batch_size
+        lanes = self.lanes
+        umem = self.umem
+        buf = umem.buf
+        free = umem.free
+        c = self.counters
+        stop = self._stop
+        proc = self.processor
+        process = proc.process
+        fbp = self.frames_by_port
+        inline = self.inline
+        while not stop.is_set():
+            work = 0
+            for ln in lanes:
+                s = ln.sock
+                fwd_sock = ln.fwd
+                limit = batch
+                if fwd_sock is not None:
+                    space = fwd_sock.tx_free()
+                    if space < limit:
+                        fwd_sock.kick()
+                        fwd_sock.reap_into(free)
+                        space = fwd_sock.tx_free()
+                        if space < limit:
+                            limit = space
+                            if not limit:
+                                if s.rx_avail():
+                                    c["tx_ring_full"] += 1
+                                continue
+                d = s.rx_take(limit)
+                if d is None:
+                    continue
+                n = len(d) >> 1
+                work += n
+                fbp[ln.port] += n
+                ts = _monotonic_us()
+                port = ln.port
+                fwd = []
+                recycle = []
+                extra = None  # outbox frames for other TX sockets: {sock: flat list}
+                try:
+                    for i in range(0, n + n, 2):
+                        a = d[i]
+                        v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                        if proc.outbox:
+                            extra = self._take_outbox(ln, fwd, extra)
+                        if v == VERDICT_FORWARD and fwd_sock is not None:
+                            fwd.append(a)
+                            fwd.append(d[i + 1])
+                        else:
+                            recycle.append(a)
+                except BaseException:
+                    self._give_back(d, fwd, extra)
+                    raise
+                if inline:
+                    c["dropped"] += len(recycle)
+                else:
+                    c["recycled"] += n
+                if fwd:
+                    put = fwd_sock.tx_put(fwd)
+                    c["forwarded"] += put
+                    if put < len(fwd) >> 1:  # TX ring full: the rest is dropped
+                        lost = fwd[2 * put::2]
+                        c["tx_ring_full"] += len(lost)
+                        recycle += lost
+                if extra:
+                    for ts_sock, flat in extra.items():
+                        put = ts_sock.tx_put(flat)
+                        c["outbox_sent"] += put
+                        if put < len(flat) >> 1:
+                            lost = flat[2 * put::2]
+                            c["outbox_dropped"] += len(lost)
+                            free += lost
+                            umem.app -= len(lost)
+                if recycle:
+                    put = s.fill_put(recycle)
+                    if put < len(recycle):
+                        free += recycle[put:]
+                        umem.app -= len(recycle) - put
+                proc.end_batch()
+                if proc.outbox:
+                    self._send_outbox_idle()
+            if work:
+                c["batches"] += 1
+                c["frames"] += work
+            self._housekeeping()
+            if not work and not self._idle(poller, deadline):
+                break
+            if deadline is not None and work and time.monotonic() > deadline:
+                break
+
+    def _give_back(self, d, fwd, extra) -> None:
+        """An exception in the processor: the batch's frames (and outbox frames already
+        copied) go back to the free pool so that the accounting still balances."""
+        held = set(d[0::2]) | set(fwd[0::2])
+        for flat in (extra or {}).values():
+            held.update(flat[0::2])
+        self.umem.free += held
+        self.umem.app -= len(held)
+
+    def _take_outbox(self, ln: _Lane, fwd, extra):
+        """Copy the processor's outbox frames into free UMEM frames, queued before the
+        frame being processed: on the forward list ``fwd`` when they leave the same way
+        (``fwd`` None: everything goes to ``extra``, {TX socket: flat list})."""
+        proc = self.processor
+        umem = self.umem
+        free = umem.free
+        buf = umem.buf
+        fmask = umem.frame_mask
+        fsize = umem.frame_size
+        box = proc.outbox
+        for frame, eport in box:
+            if not self.inline:
+                eport = 0
+            try:
+                ts_sock = ln.egress[eport]
+            except (IndexError, TypeError):
+                self.counters["outbox_dropped"] += 1
+                continue
+            n = len(frame)
+            if n > fsize or n == 0:
+                self.counters["outbox_dropped"] += 1
+                continue
+            if not free:
+                for s in self.sockets:
+                    s.reap_into(free)
+                if not free:
+                    self.counters["outbox_dropped"] += 1
+                    continue
+            a = free.pop() & fmask
+            umem.app += 1
+            buf[a:a + n] = frame
+            if fwd is not None and ts_sock is ln.fwd:
+                fwd.append(a)
+                fwd.append(n)
+            else:
+                if extra is None:
+                    extra = {}
+                extra.setdefault(ts_sock, []).extend((a, n))
+        box.clear()
+        return extra
+
+    def _send_outbox_idle(self) -> None:
+        """Outbox frames produced outside process() (timers, end_batch, finish)."""
+        proc = self.processor
+        if not proc.outbox:
+            return
+        extra = self._take_outbox(self.lanes[0], None, None) or {}
+        for ts_sock, flat in extra.items():
+            put = ts_sock.tx_put(flat)
+            self.counters["outbox_sent"] += put
+            if put < len(flat) >> 1:
+                lost = flat[2 * put::2]
+                self.counters["outbox_dropped"] += len(lost)
+                self.umem.free += lost
+                self.umem.app -= len(lost)
+
+    def _flush_outbox_and_tx(self, timeout: float = 0.5) -> None:
+        self._send_outbox_idle()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(s.tx_pending() for s in self.sockets):
+            self._housekeeping()
+            time.sleep(0.001)
+        self._housekeeping()
+
+
+# ---------------------------------------------------------------------- CLI (interim)
+def _load_processor(spec: str):
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"--processor wants MODULE:FACTORY, got {spec!r}")
+    return getattr(importlib.import_module(mod), attr)()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m mosxdp.live",
+        description="Run the live AF_XDP datapath (interim entry point until `mosxdp run`).")
+    ap.add_argument("--iface", action="append", required=True,
+                    help="interface A (inline) / monitored interface (passive; repeatable)")
+    ap.add_argument("--peer", help="interface B: inline mode")
+    ap.add_argument("--drop-syn-port", type=int, action="append", default=[],
+                    help="drop TCP SYNs to this port (repeatable)")
+    ap.add_argument("--processor", help="MODULE:FACTORY building the frame processor")
+    ap.add_argument("--no-app", action="store_true",
+                    help="no processor: move descriptors without looking at frames")
+    ap.add_argument("--queues", type=int, help="RX queues per interface (default: all)")
+    ap.add_argument("--frames", type=int, help="UMEM frame count")
+    ap.add_argument("--ring-size", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--zero-copy", action="store_true")
+    ap.add_argument("--no-need-wakeup", action="store_true")
+    ap.add_argument("--xdp-mode", choices=("native", "generic", "auto"), default="native")
+    ap.add_argument("--fail-closed", action="store_true")
+    ap.add_argument("--program", choices=("mosxdp", "libxdp"), default="mosxdp")
+    ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--stats", help="write JSON statistics (accounting, audit) here at exit")
+    ap.add_argument("--check-accounting", action="store_true",
+                    help="verify the frame accounting after every loop iteration")
+    ap.add_argument("--crash-after", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.peer and len(args.iface) != 1:
+        ap.error("inline mode takes one --iface and one --peer")
+    if args.no_app:
+        proc = None
+    elif args.processor:
+        proc = _load_processor(args.processor)
+    else:
+        proc = DropSyn(args.drop_syn_port, crash_after=args.crash_after)
+    iface = args.iface[0] if args.peer else args.iface
+    eng = LiveEngine(iface, args.peer, proc, queues=args.queues, frame_count=args.frames,
+                     ring_size=args.ring_size, batch_size=args.batch, zero_copy=args.zero_copy,
+                     need_wakeup=not args.no_need_wakeup, xdp_mode=args.xdp_mode,
+                     fail_closed=args.fail_closed, program=args.program,
+                     check_accounting=args.check_accounting)
+    stats = {"error": None}
+    code = 0
+    try:
+        with eng:
+            print(f"mosxdp.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
+                  flush=True)
+            try:
+                stats = eng.run(args.duration)
+                stats["error"] = None
+            except BaseException as exc:
+                stats = eng.stats()
+                stats["error"] = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                try:
+                    # let the kernel finish sending, then check every frame's place
+                    eng._flush_outbox_and_tx() if eng.processor else None
+                    stats["accounting"] = eng.umem.check_accounting()
+                    stats["audit"] = eng.umem.audit()
+                except AccountingError as exc:
+                    stats["accounting_error"] = str(exc)
+                    code = 3
+                if args.stats:
+                    tmp = args.stats + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(stats, f, indent=1, default=str)
+                    os.replace(tmp, args.stats)
+    except KeyboardInterrupt:
+        return 130
+    except _x.LibxdpMissing as exc:
+        print(f"mosxdp.live: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mosxdp.live: {exc}", file=sys.stderr)
+        return 2
+    print(f"mosxdp.live: stopped: {stats.get('frames', 0)} frames", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
