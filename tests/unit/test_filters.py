@@ -761,3 +761,28 @@ def test_arbitrary_text_never_crashes(text, raw):
         return
     for p in ALL.values():
         assert type(f.match(p)) is bool
+
+
+# -- with the real parser ---------------------------------------------------------------------
+
+def test_on_parsed_frames():
+    from mosxdp.core.packet import build_tcp_frame, parse_frame
+    mac = b"\x02\0\0\0\0\x01"
+
+    def frame(src, dst, sport, dport, **kw):
+        s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+        return parse_frame(memoryview(build_tcp_frame(mac, mac, s, d, sport, dport, 1, 0,
+                                                      0x02, 65535, **kw)))
+
+    p4 = frame("10.0.0.1", "192.168.1.20", 40000, 80, vlan_ids=(7,))
+    p6 = frame("2001:db8::1", "2001:db8:1::80", 50000, 443)
+    arp = parse_frame(memoryview(bytearray(mac + mac + b"\x08\x06" + b"\0" * 28)))
+    for text, raw, expected in [
+        ("tcp port 80 and src net 10.0.0.0/8", False, (True, False, False)),
+        ("dst net 2001:db8:1::/48 and dst port 443", False, (False, True, False)),
+        (None, False, (True, True, False)),
+        ("not ip and not ip6", True, (False, False, True)),
+        ("host 192.168.1.20 or 2001:db8::1", True, (True, True, False)),
+    ]:
+        f = compile_filter(text, raw=raw)
+        assert (f.match(p4), f.match(p6), f.match(arp)) == expected, text
