@@ -141,7 +141,9 @@ class LiveEngine:
         callable ``(engine) -> context manager`` whose value has ``xsks_map_fd`` and
         ``xsk_index(ifname, queue)``;
       ``poll_timeout_ms``: idle wait before ``advance_clock``;
-      ``check_accounting``: verify the frame accounting after every loop iteration.
+      ``check_accounting``: verify the frame accounting after every loop iteration;
+      ``filter_c_expr``: the monitor filter's C expression for the XDP program (None:
+        every TCP frame comes to user space); ``force``: replace a foreign XDP program.
     """
 
     def __init__(self, iface, peer: str | None = None, processor=None, *,
@@ -149,7 +151,8 @@ class LiveEngine:
                  frame_size: int = 4096, ring_size: int = 2048, batch_size: int = 64,
                  zero_copy: bool = False, need_wakeup: bool = True, xdp_mode: str = "native",
                  fail_closed: bool = False, program="mosxdp", poll_timeout_ms: int = 100,
-                 check_accounting: bool = False):
+                 check_accounting: bool = False, filter_c_expr: str | None = None,
+                 force: bool = False):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if not ifaces:
             raise ValueError("LiveEngine needs at least one interface")
@@ -180,6 +183,8 @@ class LiveEngine:
         self.program_spec = program
         self.poll_timeout_ms = poll_timeout_ms
         self.check = check_accounting
+        self.filter_c_expr = filter_c_expr
+        self.force = force
         self.program = None
         self.umem: Umem | None = None
         self.lanes: list[_Lane] = []
@@ -202,9 +207,17 @@ class LiveEngine:
         self.close()
 
     def close(self) -> None:
+        """Unwind everything (reverse order). SIGINT/SIGTERM are held back meanwhile so
+        that a signal cannot cut the teardown short; they are delivered afterwards."""
         stack, self._stack = self._stack, None
-        if stack is not None:
+        if stack is None:
+            return
+        sigs = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        try:
             stack.close()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         _x.load()  # a clear error when libxdp is missing, before anything is attached
@@ -271,8 +284,10 @@ class LiveEngine:
         if spec != "mosxdp":
             raise ValueError(f"program must be 'mosxdp', 'libxdp' or a callable, not {spec!r}")
         from .io.xdp import XdpProgram
-        return XdpProgram(self.ifaces, mode="inline" if self.inline else "passive",
-                          xdp_mode=self.xdp_mode, fail_closed=self.fail_closed)
+        peers = {self.ifaces[0]: self.ifaces[1]} if self.inline else None
+        return XdpProgram(self.ifaces, peers=peers, mode=self.xdp_mode,
+                          fail_closed=self.fail_closed, filter_c_expr=self.filter_c_expr,
+                          force=self.force)
 
     @staticmethod
     def _unmap(map_fd, entries) -> None:
@@ -589,6 +604,10 @@ def _load_processor(spec: str):
     return getattr(importlib.import_module(mod), attr)()
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m mosxdp.live",
@@ -610,6 +629,7 @@ def main(argv=None) -> int:
     ap.add_argument("--xdp-mode", choices=("native", "generic", "auto"), default="native")
     ap.add_argument("--fail-closed", action="store_true")
     ap.add_argument("--program", choices=("mosxdp", "libxdp"), default="mosxdp")
+    ap.add_argument("--force", action="store_true", help="replace a foreign XDP program")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--stats", help="write JSON statistics (accounting, audit) here at exit")
     ap.add_argument("--check-accounting", action="store_true",
@@ -629,7 +649,10 @@ def main(argv=None) -> int:
                      ring_size=args.ring_size, batch_size=args.batch, zero_copy=args.zero_copy,
                      need_wakeup=not args.no_need_wakeup, xdp_mode=args.xdp_mode,
                      fail_closed=args.fail_closed, program=args.program,
-                     check_accounting=args.check_accounting)
+                     check_accounting=args.check_accounting, force=args.force)
+    # Until run() takes over SIGINT/SIGTERM (stop flag), they unwind through the
+    # context managers like an exception: nothing stays attached.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     stats = {"error": None}
     code = 0
     try:
@@ -663,6 +686,11 @@ def main(argv=None) -> int:
         print(f"mosxdp.live: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        print(f"mosxdp.live: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ != "XdpError":
+            raise
         print(f"mosxdp.live: {exc}", file=sys.stderr)
         return 2
     print(f"mosxdp.live: stopped: {stats.get('frames', 0)} frames", flush=True)
