@@ -1,0 +1,140 @@
+"""flowdump: each direction's reassembled bytestream in its own file.
+
+Files are named as tcpflow names them: SRCIP.SRCPORT-DSTIP.DSTPORT with
+zero-padded IPv4 octets and ports (IPv6 in its compressed form), and a
+`c1`, `c2`... suffix when the same 4-tuple carries another connection.
+Bytes of a hole that is never filled are zeros, as tcpflow writes them.
+Written only against the public mOS API.
+"""
+import ipaddress
+import os
+import socket
+
+from mosxdp import (
+    MOS_FRAGINFO_CLIBUF, MOS_FRAGINFO_SVRBUF, MOS_HK_RCV, MOS_HK_SND, MOS_NULL,
+    MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI,
+    MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, SOL_MONSOCKET, MonitorFilter, PeekOverrunError,
+    mtcp_bind_monitor_filter, mtcp_get_uctx, mtcp_getpeername, mtcp_getsockopt, mtcp_peek,
+    mtcp_ppeek, mtcp_register_callback, mtcp_set_uctx, mtcp_socket,
+)
+
+DESCRIPTION = "write each direction's reassembled bytestream to a file named like tcpflow's"
+
+
+def add_arguments(parser):
+    parser.add_argument("--outdir", required=True, help="directory for the stream files")
+    parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+
+
+def endpoint_name(addr, port):
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        host = ".".join(f"{int(octet):03d}" for octet in str(ip).split("."))
+    else:
+        host = str(ip)
+    return f"{host}.{port:05d}"
+
+
+class _Direction:
+    """The file of one direction: bytes are written at their stream offset."""
+    __slots__ = ("name", "fd", "written_to")
+
+    def __init__(self, name):
+        self.name = name
+        self.fd = None
+        self.written_to = 0
+
+    def write_at(self, outdir, offset, data):
+        if self.fd is None:
+            self.fd = os.open(os.path.join(outdir, self.name),
+                              os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self.fd, data, offset)
+        self.written_to = max(self.written_to, offset + len(data))
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FlowDump:
+    def __init__(self, outdir):
+        self.outdir = outdir
+        self.connections = {}        # directed 4-tuple name -> flows seen
+        self.buf = bytearray(1 << 16)
+        self.lost_bytes = 0
+        self.files = 0
+
+    def on_start(self, mctx, sock, side, event, arg):
+        self._state(mctx, sock)
+
+    def _state(self, mctx, sock):
+        state = mtcp_get_uctx(mctx, sock)
+        if state is not None:
+            return state
+        cli, svr = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        base = (endpoint_name(*cli), endpoint_name(*svr))
+        count = self.connections.get(base, 0)
+        self.connections[base] = count + 1
+        suffix = f"c{count}" if count else ""
+        # The server side's buffer holds what the client sent, and vice versa.
+        state = {
+            MOS_SIDE_SVR: _Direction(f"{base[0]}-{base[1]}{suffix}"),
+            MOS_SIDE_CLI: _Direction(f"{base[1]}-{base[0]}{suffix}"),
+            "offset": {MOS_SIDE_CLI: 0, MOS_SIDE_SVR: 0},
+        }
+        mtcp_set_uctx(mctx, sock, state)
+        return state
+
+    def _drain(self, mctx, sock, side, state):
+        direction = state[side]
+        offset = state["offset"]
+        view = memoryview(self.buf)
+        while True:
+            try:
+                count = mtcp_peek(mctx, sock, side, self.buf, len(self.buf))
+            except PeekOverrunError as exc:
+                # Bytes lost before we read them: keep later bytes at their place.
+                self.lost_bytes += exc.lost
+                offset[side] += exc.lost
+                continue
+            if count == 0:
+                return
+            if direction.fd is None:
+                self.files += 1
+            direction.write_at(self.outdir, offset[side], view[:count])
+            offset[side] += count
+
+    def on_new_data(self, mctx, sock, side, event, arg):
+        self._drain(mctx, sock, side, self._state(mctx, sock))
+
+    def on_end(self, mctx, sock, side, event, arg):
+        state = self._state(mctx, sock)
+        self._drain(mctx, sock, side, state)
+        direction = state[side]
+        # Out-of-order fragments beyond a hole that never filled.
+        option = MOS_FRAGINFO_SVRBUF if side == MOS_SIDE_SVR else MOS_FRAGINFO_CLIBUF
+        for fragment in mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, option):
+            position = fragment.offset
+            end = fragment.offset + fragment.len
+            position = max(position, state["offset"][side])
+            while position < end:
+                count = mtcp_ppeek(mctx, sock, side, self.buf, min(len(self.buf), end - position),
+                                   position)
+                if direction.fd is None:
+                    self.files += 1
+                direction.write_at(self.outdir, position, memoryview(self.buf)[:count])
+                position += count
+        direction.close()
+
+
+def setup(mctx, args):
+    os.makedirs(args.outdir, exist_ok=True)
+    app = FlowDump(args.outdir)
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    if args.filter:
+        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    return app

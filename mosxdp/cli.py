@@ -1,0 +1,203 @@
+"""The mosxdp command line: run, detach, status, demo."""
+import argparse
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+
+from . import apps as apps_package
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, no traceback."""
+
+    def __init__(self, message, code=EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def builtin_apps():
+    names = {}
+    for info in pkgutil.iter_modules(apps_package.__path__):
+        if not info.name.startswith("_"):
+            names[info.name] = f"{apps_package.__name__}.{info.name}"
+    return names
+
+
+def load_app(name):
+    """A built-in app by name, or a Python file that defines setup(mctx, args)."""
+    if name.endswith(".py") or os.sep in name:
+        if not os.path.isfile(name):
+            raise CliError(f"app file {name!r} does not exist", EXIT_USAGE)
+        spec = importlib.util.spec_from_file_location(
+            "mosxdp_user_app_" + os.path.splitext(os.path.basename(name))[0], name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        known = builtin_apps()
+        if name not in known:
+            raise CliError(f"unknown app {name!r} (apps: {', '.join(sorted(known))}; "
+                           "or give a path to a .py file)", EXIT_USAGE)
+        module = importlib.import_module(known[name])
+    if not hasattr(module, "setup"):
+        raise CliError(f"app {name!r} has no setup(mctx, args) function", EXIT_USAGE)
+    return module
+
+
+def _apps_epilog():
+    lines = ["apps:"]
+    for name, module_name in sorted(builtin_apps().items()):
+        module = importlib.import_module(module_name)
+        lines.append(f"  {name:<16} {getattr(module, 'DESCRIPTION', '')}")
+    lines.append("  PATH.py          your own app: a file with setup(mctx, args)")
+    lines.append("")
+    lines.append("'mosxdp run APP --help' shows the app's own options.")
+    return "\n".join(lines)
+
+
+def _datapath_options(parser):
+    group = parser.add_argument_group("input and datapath")
+    group.add_argument("--pcap", metavar="IN", help="offline: read frames from a pcap/pcapng file")
+    group.add_argument("--write", metavar="OUT",
+                       help="offline: write what inline mode would transmit to a pcap file")
+    group.add_argument("--iface", metavar="A", help="live: the monitored interface")
+    group.add_argument("--peer", metavar="B",
+                       help="live inline: the other interface (A's frames go out of B and back)")
+    group.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    group.add_argument("--xdp-mode", choices=("native", "generic", "auto"), help="XDP attach mode")
+    group.add_argument("--bind", choices=("copy", "zerocopy"), help="AF_XDP bind mode")
+    group.add_argument("--fail-closed", action="store_true", default=None,
+                       help="drop instead of forwarding when the monitor process is gone")
+    group.add_argument("--force", action="store_true", default=None,
+                       help="replace an XDP program that is not ours")
+    group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
+    group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
+                       help="what a callback exception does to its packet (default forward)")
+    group.add_argument("--stats", action="store_true", help="print a status line every second")
+
+
+def _run_parser():
+    parser = argparse.ArgumentParser(
+        prog="mosxdp run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a monitor app on a pcap file (offline) or an interface (live).",
+        epilog=_apps_epilog())
+    parser.add_argument("app", help="app name or path to a .py file")
+    _datapath_options(parser)
+    return parser
+
+
+def cmd_run(argv):
+    parser = _run_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    app_name = argv[0]
+    module = load_app(app_name)
+    app_parser = argparse.ArgumentParser(
+        prog=f"mosxdp run {app_name}", description=getattr(module, "DESCRIPTION", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _datapath_options(app_parser)
+    app_group = app_parser.add_argument_group(f"{app_name} options")
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(app_group)
+    args = app_parser.parse_args(argv[1:])
+    if args.pcap is None and args.iface is None:
+        app_parser.error("give --pcap IN (offline) or --iface A [--peer B] (live)")
+    if args.pcap is not None and args.iface is not None:
+        app_parser.error("--pcap and --iface are exclusive")
+    if args.peer is not None and args.iface is None:
+        app_parser.error("--peer needs --iface")
+
+    from . import api
+    overrides = {
+        "pcap": args.pcap, "write": args.write, "iface": args.iface, "peer": args.peer,
+        "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
+        "force": args.force, "batch_size": args.batch_size,
+        "on_callback_error": args.on_callback_error,
+    }
+    if args.iface is not None:
+        overrides["mode"] = "inline" if args.peer else "passive"
+    try:
+        api.mtcp_init(args.config, **overrides)
+    except OSError as exc:
+        raise CliError(exc.strerror, EXIT_USAGE) from None
+    mctx = api.mtcp_create_context(0)
+    mctx.stats = args.stats
+    try:
+        try:
+            app = module.setup(mctx, args)
+        except OSError as exc:
+            raise CliError(f"{app_name}: {exc.strerror}", EXIT_USAGE) from None
+        try:
+            api.mtcp_app_join(mctx)
+        finally:
+            if hasattr(module, "teardown"):
+                module.teardown(app)
+    finally:
+        api.mtcp_destroy()
+    return 0
+
+
+def cmd_detach(argv):
+    parser = argparse.ArgumentParser(prog="mosxdp detach",
+                                     description="Remove an XDP program left attached to an interface.")
+    parser.add_argument("--iface", required=True, action="append", help="interface (repeatable)")
+    parser.add_argument("--force", action="store_true", help="also remove a program that is not mosxdp's")
+    args = parser.parse_args(argv)
+    from .io import xdp
+    for ifname in args.iface:
+        removed = xdp.detach(ifname, force=args.force)
+        print(f"{ifname}: {'detached ' + removed if removed else 'no XDP program attached'}")
+    return 0
+
+
+COMMANDS = {
+    "run": (cmd_run, "run a monitor app offline (--pcap) or live (--iface)"),
+    "detach": (cmd_detach, "remove an XDP program left behind"),
+}
+
+
+def _known_errors():
+    """Exception types that are user errors: one line, no traceback."""
+    from .io.pcap import PcapFormatError
+    errors = [CliError, PcapFormatError, OSError]
+    try:
+        from .io.xdp import XdpError
+        errors.append(XdpError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mosxdp COMMAND [ARGS]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<10} {text}")
+        print("\n'mosxdp COMMAND --help' for details.")
+        return 0 if argv else EXIT_USAGE
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"mosxdp: error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return command[0](argv[1:])
+    except KeyboardInterrupt:
+        return 130
+    except _known_errors() as exc:
+        code = getattr(exc, "code", EXIT_FAILURE)
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and getattr(exc, "filename", None):
+            message = f"{exc.filename}: {message}"
+        print(f"mosxdp: error: {message}", file=sys.stderr)
+        return code if isinstance(code, int) else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
