@@ -12,10 +12,10 @@ import socket
 import sys
 
 from mosxdp import (
-    MOS_HK_RCV, MOS_ON_CONN_END, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
+    MOS_CLIBUF, MOS_HK_RCV, MOS_ON_CONN_END, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET, MonitorFilter,
     mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
-    mtcp_socket,
+    mtcp_setsockopt, mtcp_socket,
 )
 
 DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
@@ -112,6 +112,9 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+    # State only: no bytestream buffers (mOS's no_ring_buffers, per socket).
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     return app
 
