@@ -44,21 +44,25 @@ class OfflineEngine:
         batch_size = self.batch_size
         in_batch = 0
         ts_us = 0
-        for ts_us, frame in self.source:
-            verdict = process(frame, ts_us, 0)
-            if stack.outbox:
-                self._flush_outbox(ts_us)
-            if verdict == VERDICT_FORWARD and sink is not None:
-                sink(ts_us, frame)
-                self.frames_out += 1
-            self.frames_in += 1
-            in_batch += 1
-            if in_batch == batch_size:
-                stack.end_batch()
-                in_batch = 0
-                self._flush_outbox(ts_us)
-        stack.finish()
-        self._flush_outbox(ts_us)
+        try:
+            for ts_us, frame in self.source:
+                verdict = process(frame, ts_us, 0)
+                if stack.outbox:
+                    self._flush_outbox(ts_us)
+                if verdict == VERDICT_FORWARD and sink is not None:
+                    sink(ts_us, frame)
+                    self.frames_out += 1
+                self.frames_in += 1
+                in_batch += 1
+                if in_batch == batch_size:
+                    stack.end_batch()
+                    in_batch = 0
+                    self._flush_outbox(ts_us)
+        finally:
+            # Also when the input is cut short: what was read is complete
+            # and its flows end (reason eof) before the error is reported.
+            stack.finish()
+            self._flush_outbox(ts_us)
         return 0
 
 
