@@ -52,8 +52,8 @@ class StreamBuffer:
         self._head = 0
         self._starts: list[int] = []
         self._ends: list[int] = []
-        # End of the only held run, or None when there is not exactly one run (or the
-        # fast path must be skipped once): insert() takes its fast path when offset == _tail.
+        # End of the last held run, or None before the first insert and right after a
+        # refused one: insert() takes its fast path when offset == _tail.
         self._tail = None
         self.refused_fragments = 0
         self.last_insert_refused = False
@@ -128,23 +128,28 @@ class StreamBuffer:
 
     def insert(self, offset: int, data) -> int:
         """Store bytes-like `data` at stream `offset`; return the count of overlapped bytes."""
-        # Fast path: in-order append to the only run (the common case), short enough
-        # not to fragment the ring more than once.
+        # Fast path: append at most one window to the end of the last run (in-order data,
+        # also behind a hole). It overlaps nothing and creates no run, so it is never
+        # refused. Empty data passes through it unchanged, as a no-op.
         n = len(data)
-        if offset == self._tail and 0 < n <= self._capacity:
+        if offset == self._tail and n <= self._capacity:
             end = offset + n
             cap = self._capacity
             pos = offset % cap
             if pos + n <= cap:
                 self._ring[pos:pos + n] = data
             else:
-                self._store(offset, memoryview(data))
-            self._tail = self._ends[0] = end
+                self._store(offset, data)
+            self._tail = self._ends[-1] = end
             head = end - cap
             if head > self._head:
+                # The ring slots just written held bytes below the new head: no loss.
                 self._head = head
                 if self._starts[0] < head:
-                    self._starts[0] = head
+                    if self._ends[0] > head:
+                        self._starts[0] = head
+                    else:
+                        self._discard_below(head)
             return 0
         return self._insert(offset, data, n)
 
@@ -156,51 +161,62 @@ class StreamBuffer:
         end = offset + n
         head = self._head
         starts, ends = self._starts, self._ends
+        self.last_insert_refused = False
 
-        # Overlap is measured against what was received before this insert, even if the
-        # window slide below discards it right after.
-        overlap = head - offset if offset < head else 0
-        if overlap >= n:
-            self.last_insert_refused = False
-            self._tail = ends[0] if len(ends) == 1 else None
-            return n
-        start = offset + overlap
-        first = bisect_right(ends, start)
-        for idx in range(first, bisect_left(starts, end)):
-            overlap += min(ends[idx], end) - max(starts[idx], start)
-
-        # Window slide: runs ending at or below the new head disappear entirely.
-        new_head = end - self._capacity
-        if new_head < head:
-            new_head = head
-        dead = bisect_right(ends, new_head)
-        if new_head > start:
-            start = new_head
-        # Runs [lo, hi) touch or overlap [start, end) and merge with it.
-        lo = max(dead, bisect_left(ends, start))
+        # Overlap counts what was received before this insert (below head, or held),
+        # even where the window slide below discards it right after.
+        if offset < head:
+            if end <= head:
+                return n
+            below = head - offset
+            start = head
+        else:
+            below = 0
+            start = offset
+        # Runs [lo, hi) touch or overlap [start, end) and will merge with it; a run
+        # that only touches adds 0 to the overlap.
+        lo = bisect_left(ends, start)
         hi = bisect_right(starts, end)
+        overlap = below
+        for idx in range(lo, hi):
+            run_start = starts[idx]
+            run_end = ends[idx]
+            overlap += ((run_end if run_end < end else end)
+                        - (run_start if run_start > start else start))
+        if overlap == n:
+            # Nothing new (a retransmission), hence no slide: only LAST rewrites bytes.
+            if self._policy == MOS_OVERLAP_POLICY_LAST:
+                self._store(start, memoryview(data)[below:])
+            return n
+
+        # Window slide: runs ending at or below the new head disappear entirely (also
+        # those that touched or overlapped the new bytes below it).
+        new_head = end - self._capacity
+        dead = 0
+        if new_head > head:
+            dead = bisect_right(ends, new_head)
+            if new_head > start:
+                start = new_head
+            if lo < dead:
+                lo = dead
         if lo >= hi and len(ends) - dead >= self._max_fragments:
             self.refused_fragments += 1
             self.last_insert_refused = True
             # Route the next insert through here so it clears last_insert_refused.
             self._tail = None
             return overlap
-        self.last_insert_refused = False
 
-        if dead:
-            del starts[:dead], ends[:dead]
-            lo -= dead
-            hi -= dead
         if new_head > head:
             self._head = new_head
-            if starts and starts[0] < new_head:
-                starts[0] = new_head
+            self._discard_below(new_head)
+            lo -= dead
+            hi -= dead
 
-        view = memoryview(data)
-        if self._policy == MOS_OVERLAP_POLICY_LAST or lo >= hi:
-            self._store(start, view[start - offset:])
+        if overlap == below or self._policy == MOS_OVERLAP_POLICY_LAST:
+            self._store(start, data if start == offset else memoryview(data)[start - offset:])
         else:
             # FIRST: fill only the gaps between the held runs.
+            view = memoryview(data)
             cursor = start
             for idx in range(lo, hi):
                 run_start = starts[idx]
@@ -212,23 +228,34 @@ class StreamBuffer:
                 self._store(cursor, view[cursor - offset:])
 
         if lo < hi:
-            merged_start = min(start, starts[lo])
-            merged_end = max(end, ends[hi - 1])
+            run_start = starts[lo]
+            run_end = ends[hi - 1]
+            starts[lo:hi] = (run_start if run_start < start else start,)
+            ends[lo:hi] = (run_end if run_end > end else end,)
         else:
-            merged_start, merged_end = start, end
-        starts[lo:hi] = (merged_start,)
-        ends[lo:hi] = (merged_end,)
-        self._tail = ends[0] if len(ends) == 1 else None
+            starts.insert(lo, start)
+            ends.insert(lo, end)
+        self._tail = ends[-1]
         return overlap
 
-    def _store(self, offset: int, chunk: memoryview) -> None:
-        """Copy chunk (at most capacity bytes, inside the window) into the ring."""
+    def _discard_below(self, head: int) -> None:
+        """Drop the runs, or the parts of a run, below the (new) head."""
+        starts, ends = self._starts, self._ends
+        dead = bisect_right(ends, head)
+        if dead:
+            del starts[:dead], ends[:dead]
+        if starts and starts[0] < head:
+            starts[0] = head
+
+    def _store(self, offset: int, chunk) -> None:
+        """Copy bytes-like chunk (at most capacity bytes, inside the window) into the ring."""
         n = len(chunk)
         pos = offset % self._capacity
         split = self._capacity - pos
         if n <= split:
             self._ring[pos:pos + n] = chunk
         else:
+            chunk = memoryview(chunk)
             self._ring[pos:] = chunk[:split]
             self._ring[:n - split] = chunk[split:]
 

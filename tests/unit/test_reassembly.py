@@ -163,6 +163,17 @@ def test_window_slide_into_the_middle_of_a_run():
     assert sb.read(8, 10) == b"ijkl"
 
 
+def test_slide_drops_a_run_ending_exactly_at_the_new_head():
+    sb = StreamBuffer(4)
+    sb.insert(0, b"ab")
+    sb.insert(5, b"f")
+    # Ends at 6: head -> 2, so [0, 2) is dropped although it touches the new bytes.
+    assert sb.insert(2, b"CDEF") == 1
+    assert sb.head == 2
+    assert sb.fragments() == [(2, 4)]
+    assert sb.read(2, 4) == b"CDEf"
+
+
 def test_jump_far_ahead_discards_everything_before():
     sb = StreamBuffer(16)
     sb.insert(0, b"x" * 10)
@@ -431,6 +442,18 @@ class ReassemblyMachine(RuleBasedStateMachine):
     @rule(data=st.binary(min_size=1, max_size=30))
     def append_in_order(self, data):
         self._insert(self.model.last_received_end, data)
+
+    @rule(start=st.tuples(st.integers(0, 63), st.integers(-2, 2)),
+          stop=st.tuples(st.integers(0, 63), st.integers(-2, 2)), fill=st.binary(min_size=60))
+    def insert_between_boundaries(self, start, stop, fill):
+        # Edge cases live at run edges, head and head + capacity: start and end there.
+        model = self.model
+        edges = [model.head, model.head + model.capacity]
+        for off, length in model.fragments():
+            edges += [off, off + length]
+        offset = max(0, edges[start[0] % len(edges)] + start[1])
+        end = edges[stop[0] % len(edges)] + stop[1]
+        self._insert(offset, fill[:max(0, end - offset)])
 
     @rule(gap=st.integers(1, 2**64), data=st.binary(min_size=1, max_size=8))
     def jump_ahead(self, gap, data):
