@@ -487,6 +487,6 @@ class ReassemblyMachine(RuleBasedStateMachine):
 
 
 ReassemblyMachine.TestCase.settings = settings(
-    max_examples=400, stateful_step_count=40, deadline=None,
+    max_examples=600, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestReassemblyMachine = ReassemblyMachine.TestCase
