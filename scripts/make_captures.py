@@ -857,8 +857,8 @@ README_HEAD = """\
 
 Made by `scripts/make_captures.py` (root; regenerate with
 `.venv/bin/python scripts/make_captures.py`, or `--only NAME` for some). File contents
-come from a fixed seed, so the payload bytes are the same on every run; ISNs, ports, MACs
-of the ARP/ND exchange and timestamps are those of the run.
+come from a fixed seed, so the files served and uploaded are the same on every run; ISNs,
+ephemeral ports, TCP timestamps, HTTP `Date:` headers and capture times are those of the run.
 
 Real captures: one scenario each, run between two network namespaces of a fresh
 `mosxdp.testbed.Testbed(kind="direct")` (client `cli0` 10.77.0.1 / fd77::1, server `srv0`
@@ -872,10 +872,10 @@ Crafted captures: scapy rewrites of one real flow, written with `mosxdp.io.pcap.
 every packet has valid IPv4 header and TCP checksums (checked by the script and by
 `tests/unit/test_pcap.py`). Timestamps are kept non-decreasing.
 
-Columns: packets (all / TCP), TCP 4-tuples (conversations as `tshark -z conv,tcp` counts
-them), TCP connections (SYN-initiated connections, a reused 4-tuple counted per SYN, plus
-4-tuples seen without a SYN), TCP payload bytes summed over every segment (retransmissions
-and duplicates included), file size.
+Columns: packets (all / TCP), distinct TCP 4-tuples, TCP connections (one per distinct
+SYN, so a reused 4-tuple counts once per connection, as `tshark -z conv,tcp` lists them,
+plus 4-tuples seen without a SYN), TCP payload bytes summed over every segment
+(retransmissions and duplicates included), file size in bytes.
 
 | file | packets | 4-tuples | connections | TCP payload | size | what |
 |---|---|---|---|---|---|---|

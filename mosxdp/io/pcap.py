@@ -155,7 +155,7 @@ class PcapReader:
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size >= _MMAP_THRESHOLD:
+                if size and size >= _MMAP_THRESHOLD:
                     self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
                     self._buf = self._mmap
                 else:

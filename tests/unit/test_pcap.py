@@ -131,6 +131,29 @@ def test_frames_are_writable_views_and_the_file_is_untouched(tmp_path):
     assert len(seen[0]) == 60 and len(seen[1]) == 61
 
 
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_large_files_are_mapped_copy_on_write(tmp_path, monkeypatch, kind):
+    import mosxdp.io.pcap as pcapmod
+    monkeypatch.setattr(pcapmod, "_MMAP_THRESHOLD", 1)
+    p = tmp_path / f"big.{kind}"
+    if kind == "pcap":
+        p.write_bytes(classic("<", FRAMES[:3]))
+    else:
+        p.write_bytes(shb("<") + idb("<") + b"".join(epb("<", 0, ts, f) for ts, f in FRAMES[:3]))
+    before = p.read_bytes()
+    r = PcapReader(p)
+    assert r._mmap is not None
+    views = []
+    for ts, f in r:
+        assert not f.readonly
+        f[0] = 0xEE
+        views.append(f)
+    r.close()  # views still referenced: the mapping stays until they go
+    assert [bytes(v) for v in views] == [b"\xee" + f[1:] for _, f in FRAMES[:3]]
+    assert p.read_bytes() == before
+    del views
+
+
 def test_writer_snaplen_and_orig_len(tmp_path):
     p = tmp_path / "snap.pcap"
     with PcapWriter(p, snaplen=100) as w:
