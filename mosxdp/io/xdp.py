@@ -661,26 +661,23 @@ def _attach(ipr, ifname: str, ifindex: int, prog_fd: int, mode: str, notes: list
     raise XdpError("attaching XDP to %r failed: %s" % (ifname, last))
 
 
-def detach(ifname: str, *, netns: str | None = None, force: bool = False) -> XdpState:
+def detach(ifname: str, *, netns: str | None = None, force: bool = False) -> str | None:
     """Remove the XDP program(s) from ``ifname`` (``mosxdp detach --iface X``).
 
-    Refuses to remove a program that is not mosxdp's unless ``force``. Returns the state
-    found before detaching (``.attached`` False: nothing was there).
+    Refuses to remove a program that is not mosxdp's unless ``force``. Returns what was
+    removed, e.g. "native program id 42 'mosxdp_rx'", or None when nothing was attached
+    (``xdp_state()`` gives the details beforehand).
     """
     check_privileges()
     with _iproute(netns) as ipr:
         st = _state(ipr, ifname, _ifindex(ipr, ifname, netns))
         if not st.attached:
-            return st
+            return None
         if not st.ours and not force:
             raise XdpError("%s is not a mosxdp program; not detaching it without --force" % st.describe())
         for m in st.prog_ids:
             _detach_mode(ipr, st.ifindex, m)
-        return st
-
-
-def _prog_fd_by_id(prog_id: int) -> int:
-    return _check(_libbpf().bpf_prog_get_fd_by_id(prog_id), "BPF_PROG_GET_FD_BY_ID %d" % prog_id)
+        return st.describe().split(": ", 1)[1]
 
 
 # ---------------------------------------------------------------------------------------
