@@ -101,7 +101,6 @@ _MMAP_THRESHOLD = 64 << 20
 _MAX_RECORD = 256 << 20
 
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
-_II = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 _PCAP_HDR = {"<": struct.Struct("<HHiIII"), ">": struct.Struct(">HHiIII")}
 _REC_HDR = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 _EPB_HDR = {"<": struct.Struct("<IIIIIII"), ">": struct.Struct(">IIIIIII")}
