@@ -78,7 +78,7 @@ _IPV4_CHECKSUM_OFF = 10
 
 
 class PacketError(ValueError):
-    """A frame that cannot be parsed. `counter` names the malformation (snake_case), for statistics."""
+    """A frame that cannot be parsed; `counter` names the malformation, for statistics."""
 
     def __init__(self, counter, message):
         super().__init__(message)
@@ -416,7 +416,7 @@ def _ipv4_header(pkt):
 
 
 def verify_ipv4_checksum(pkt):
-    """True when the IPv4 header checksum is right (sum over the header is ones' complement zero)."""
+    """True when the IPv4 header checksum is right (the header sums to ones' complement zero)."""
     return _word_sum(_ipv4_header(pkt)) == 0
 
 
@@ -535,38 +535,41 @@ def build_tcp_frame(eth_dst, eth_src, src, dst, sport, dport, seq, ack, flags, w
     for vlan_id in vlan_ids:
         if not 0 <= vlan_id <= 0xFFF:
             raise ValueError(f"VLAN id {vlan_id} is not in 0..4095")
+    is_ipv4 = len(src) == 4
     tcp_hdr_len = TCP_HDR_LEN + len(options)
     tcp_len = tcp_hdr_len + len(payload)
-    l3_off = ETH_HDR_LEN + 4 * len(vlan_ids)
-    ip_hdr_len = IPV4_HDR_LEN if len(src) == 4 else IPV6_HDR_LEN
-    if tcp_len + (ip_hdr_len if len(src) == 4 else 0) > 0xFFFF:
+    # The 16-bit length field holds the whole packet in IPv4, the payload in IPv6.
+    if tcp_len + (IPV4_HDR_LEN if is_ipv4 else 0) > 0xFFFF:
         raise ValueError(f"TCP segment of {tcp_len} bytes does not fit an IP packet")
-    l4_off = l3_off + ip_hdr_len
+    l3_off = ETH_HDR_LEN + 4 * len(vlan_ids)
+    l4_off = l3_off + (IPV4_HDR_LEN if is_ipv4 else IPV6_HDR_LEN)
     frame = bytearray(l4_off + tcp_len)
 
-    ethertype = ETH_P_IP if len(src) == 4 else ETH_P_IPV6
     _ETH_ADDRS.pack_into(frame, 0, eth_dst, eth_src)
     off = 12
     for depth, vlan_id in enumerate(vlan_ids):
         tpid = ETH_P_8021Q if depth == len(vlan_ids) - 1 else ETH_P_8021AD
         _VLAN_TAG.pack_into(frame, off, tpid, vlan_id)
         off += 4
-    _U16.pack_into(frame, off, ethertype)
-
+    _U16.pack_into(frame, off, ETH_P_IP if is_ipv4 else ETH_P_IPV6)
     try:
-        if ethertype == ETH_P_IP:
+        if is_ipv4:
             _IPV4_HEADER.pack_into(frame, l3_off, 0x45, 0, IPV4_HDR_LEN + tcp_len, 0, _IPV4_DF,
                                    ttl, IPPROTO_TCP, 0, src, dst)
-            _U16.pack_into(frame, l3_off + _IPV4_CHECKSUM_OFF,
-                           ipv4_header_checksum(memoryview(frame)[l3_off:l4_off]))
         else:
             _IPV6_HEADER.pack_into(frame, l3_off, 6 << 28, tcp_len, IPPROTO_TCP, ttl, src, dst)
         _TCP_HEADER.pack_into(frame, l4_off, sport, dport, seq, ack, (tcp_hdr_len // 4) << 4,
                               flags, window, 0, urgent)
     except struct.error as exc:
         raise ValueError(f"cannot build TCP frame: {exc}") from None
-    frame[l4_off + TCP_HDR_LEN:] = options + bytes(payload)
-    segment = memoryview(frame)[l4_off:]
-    _U16.pack_into(frame, l4_off + _TCP_CHECKSUM_OFF,
-                   _checksum_of(_tcp_word_sum(src, dst, segment)))
+    payload_off = l4_off + tcp_hdr_len
+    frame[l4_off + TCP_HDR_LEN:payload_off] = options
+    frame[payload_off:] = payload
+
+    with memoryview(frame) as view:
+        if is_ipv4:
+            _U16.pack_into(frame, l3_off + _IPV4_CHECKSUM_OFF,
+                           ipv4_header_checksum(view[l3_off:l4_off]))
+        _U16.pack_into(frame, l4_off + _TCP_CHECKSUM_OFF,
+                       _checksum_of(_tcp_word_sum(src, dst, view[l4_off:])))
     return frame
