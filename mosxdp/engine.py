@@ -92,5 +92,21 @@ def run_context(mctx):
         return run_offline(mctx, config.pcap, config.write, config.batch_size)
     if config.iface is None:
         raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
-    from .live import run_live
     return run_live(mctx)
+
+
+def run_live(mctx):
+    """Drive the context from AF_XDP sockets on its interfaces until a signal."""
+    from .live import LiveEngine
+    config = mctx.config
+    engine = LiveEngine(
+        config.iface, config.peer, mctx.stack,
+        queues=None if config.queues == "all" else config.queues,
+        frame_count=config.frame_count, ring_size=config.ring_size,
+        batch_size=min(config.batch_size, config.ring_size),
+        zero_copy=config.bind == "zerocopy", xdp_mode=config.xdp_mode,
+        fail_closed=config.fail_closed, force=config.force)
+    mctx.engine = engine
+    with engine:
+        engine.run()
+    return 0
