@@ -46,7 +46,7 @@ from .bpfstructs import (COUNTER_NAMES, FlowVerdict, MxFlowKey, MxIfConfig, MxVe
 __all__ = [
     "XdpError", "XdpProgram", "LoadedProgram", "MosxdpMaps", "XdpState",
     "compile_program", "filter_header_text", "check_privileges", "check_environment",
-    "detach", "attach_pass_program", "PassProgram", "xdp_state", "num_rx_queues",
+    "detach", "attach_pass_program", "PassProgram", "xdp_state", "num_rx_queues", "status",
     "prog_test_run", "make_flow_key", "BPF_DIR", "PROG_NAME_PREFIX",
     "XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT",
 ]
@@ -233,13 +233,15 @@ def check_privileges() -> None:
     if not (have(_CAP_BPF) or have(_CAP_SYS_ADMIN)):
         missing.append("CAP_BPF")
     if missing:
-        who = "not running as root" if os.geteuid() != 0 else "running as root without"
+        if os.geteuid() != 0:
+            what = "not running as root (missing %s)" % " and ".join(missing)
+        else:
+            what = "running as root but without %s (a restricted container?)" % " and ".join(missing)
         raise XdpError(
-            "%s %s: loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN "
-            "(bcc also wants CAP_PERFMON/CAP_SYS_ADMIN). Run as root (sudo), or grant "
-            "them, e.g. `sudo setpriv --inh-caps +bpf,+net_admin,+perfmon,+sys_admin "
-            "--ambient-caps +bpf,+net_admin,+perfmon,+sys_admin -- ...`"
-            % (who, " and ".join(missing) if os.geteuid() == 0 else "(missing " + ", ".join(missing) + ")"))
+            "%s: loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN (bcc also "
+            "uses CAP_PERFMON and CAP_SYS_ADMIN). Run as root (sudo), or grant the capabilities, "
+            "e.g. `sudo setpriv --inh-caps +bpf,+net_admin,+perfmon,+sys_admin --ambient-caps "
+            "+bpf,+net_admin,+perfmon,+sys_admin -- mosxdp ...`" % what)
 
 
 def _import_bcc():
@@ -551,7 +553,11 @@ def compile_program(filter_c_expr: str | None = None, *, extra_cflags: tuple[str
 
 @contextlib.contextmanager
 def _iproute(netns: str | None = None):
-    from pyroute2 import IPRoute
+    try:
+        from pyroute2 import IPRoute
+    except ImportError as e:
+        raise XdpError("pyroute2 is not importable (%s): install mosxdp with its dependencies "
+                       "(scripts/setup.sh, or pip install -e .)" % e) from e
     ipr = IPRoute(netns=netns) if netns else IPRoute()
     try:
         yield ipr
@@ -650,13 +656,15 @@ def _attach(ipr, ifname: str, ifindex: int, prog_fd: int, mode: str, notes: list
                              "slower" % (ifname, os.strerror(e.code) if e.code else e))
                 log.warning(notes[-1])
                 continue
-            if e.code in (errno.EOPNOTSUPP, errno.EINVAL, errno.ERANGE):
+            other = "generic" if m == "native" else "native"
+            if e.code == errno.EOPNOTSUPP:
+                raise XdpError("interface %r does not support %s XDP: use --xdp-mode %s or auto"
+                               % (ifname, m, other)) from e
+            if e.code in (errno.EINVAL, errno.ERANGE):
                 raise XdpError(
-                    "interface %r does not support %s XDP (%s): use --xdp-mode %s or auto%s"
-                    % (ifname, m, os.strerror(e.code),
-                       "generic" if m == "native" else "native",
-                       "; generic mode also fails when the MTU is above what XDP handles, check "
-                       "`ip link show %s`" % ifname if m == "generic" else "")) from e
+                    "interface %r refused %s XDP (%s): usually an MTU too large for XDP, or a driver "
+                    "limit (a veth needs at least as many RX queues as its peer has TX queues); "
+                    "lower the MTU, or use --xdp-mode %s or auto" % (ifname, m, os.strerror(e.code), other)) from e
             raise XdpError("attaching XDP to %r in %s mode failed: %s" % (ifname, m, e)) from e
     raise XdpError("attaching XDP to %r failed: %s" % (ifname, last))
 
@@ -678,6 +686,48 @@ def detach(ifname: str, *, netns: str | None = None, force: bool = False) -> str
         for m in st.prog_ids:
             _detach_mode(ipr, st.ifindex, m)
         return st.describe().split(": ", 1)[1]
+
+
+def status(ifnames: list[str] | None = None, *, netns: str | None = None) -> dict:
+    """JSON-able state for ``mosxdp status``: per interface, the attached programs; per
+    attached mosxdp_rx program, its counters (summed over CPUs), verdict-map occupancy
+    and interface configuration. ``ifnames`` None: every interface."""
+    check_privileges()
+    out: dict = {"interfaces": {}, "programs": {}}
+    with _iproute(netns) as ipr:
+        if ifnames is None:
+            links = [(m.get_attr("IFLA_IFNAME"), m["index"]) for m in ipr.get_links()]
+        else:
+            links = [(n, _ifindex(ipr, n, netns)) for n in ifnames]
+        states = [_state(ipr, n, i) for n, i in links]
+    for st in states:
+        out["interfaces"][st.ifname] = {
+            "ifindex": st.ifindex,
+            "programs": [{"mode": m, "id": i, "name": st.prog_names.get(m),
+                          "ours": st.prog_names.get(m, "").startswith(PROG_NAME_PREFIX)}
+                         for m, i in st.prog_ids.items()],
+        }
+        for m, pid in st.prog_ids.items():
+            if st.prog_names.get(m) != MAIN_FUNC or str(pid) in out["programs"]:
+                continue
+            try:
+                maps = MosxdpMaps.from_prog_id(pid)
+            except (OSError, XdpError) as e:
+                out["programs"][str(pid)] = {"error": str(e)}
+                continue
+            try:
+                out["programs"][str(pid)] = {
+                    "counters": maps.counters(),
+                    "verdicts": maps.verdict_count(),
+                    "verdicts_max": bs.MX_VERDICT_ENTRIES,
+                    "interfaces": {str(k): {"slot": c.slot, "egress_ifindex": c.egress_ifindex,
+                                            "inline": bool(c.flags & MX_IF_INLINE),
+                                            "fail_closed": bool(c.flags & MX_IF_FAIL_CLOSED)}
+                                   for k, c in maps.iface_configs().items()},
+                }
+            finally:
+                maps.close()
+    return out
 
 
 # ---------------------------------------------------------------------------------------

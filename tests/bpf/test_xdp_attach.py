@@ -156,6 +156,13 @@ def test_keep_attached_then_detach_standalone(devs):
         assert set(maps.counters()) >= {"rx_total"} and maps.iface_configs()
     finally:
         maps.close()
+    import json
+    st = json.loads(json.dumps(xdp.status([devs.a, devs.b])))
+    assert st["interfaces"][devs.a]["programs"] == [{"mode": "native", "id": pid, "name": "mosxdp_rx", "ours": True}]
+    assert st["interfaces"][devs.b]["programs"] == []
+    prog = st["programs"][str(pid)]
+    assert prog["verdicts"] == 0 and "rx_total" in prog["counters"]
+    assert prog["interfaces"][str(devs.ifindex(devs.a))]["inline"] is False
     removed = xdp.detach(devs.a)
     assert removed == "native program id %d 'mosxdp_rx'" % pid and not attached(devs.a).attached
     assert xdp.detach(devs.a) is None  # nothing left: a no-op
