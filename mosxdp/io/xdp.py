@@ -28,7 +28,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import shutil
 import socket
 import struct
@@ -314,6 +313,13 @@ def _capture_stderr() -> Iterator[list[str]]:
             out.append(text)
 
 
+def _replay(text: str) -> None:
+    """Give back what was captured from fd 2 on success (warnings, other threads)."""
+    if text:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(text)
+
+
 class MosxdpMaps:
     """The program's maps by fd, with typed access (no bcc needed).
 
@@ -520,18 +526,17 @@ def compile_program(filter_c_expr: str | None = None, *, extra_cflags: tuple[str
     try:
         Path(build, "mx_filter.h").write_text(filter_header_text(filter_c_expr))
         cflags = ["-I" + build, "-I" + str(BPF_DIR), "-Wno-unused-function", *extra_cflags]
+        err: Exception | None = None
         with _capture_stderr() as errs:
             try:
                 bpf = BPF(src_file=str(BPF_DIR / "mosxdp.c").encode(), cflags=cflags)
             except Exception as e:
                 err = e
-            else:
-                err = None
         if err is not None:
-            msg = errs[0].strip()
-            sys.stderr.write(errs[0])
             hint = (" (the monitor filter expression was: %s)" % filter_c_expr) if filter_c_expr else ""
-            raise XdpError("compiling %s failed%s:\n%s" % (BPF_DIR / "mosxdp.c", hint, msg[-4000:])) from err
+            raise XdpError("compiling %s failed%s:\n%s"
+                           % (BPF_DIR / "mosxdp.c", hint, errs[0].strip()[-4000:])) from err
+        _replay(errs[0])
         with _capture_stderr() as errs:
             try:
                 func = bpf.load_func(MAIN_FUNC.encode(), BPF.XDP)
@@ -539,9 +544,9 @@ def compile_program(filter_c_expr: str | None = None, *, extra_cflags: tuple[str
                 err = e
         if err is not None:
             bpf.cleanup()
-            log_text = errs[0].strip()
             raise XdpError("the kernel refused the XDP program (%s); verifier log tail:\n%s"
-                           % (err, log_text[-4000:])) from err
+                           % (err, errs[0].strip()[-4000:])) from err
+        _replay(errs[0])
         return LoadedProgram(bpf, func)
     finally:
         shutil.rmtree(build, ignore_errors=True)

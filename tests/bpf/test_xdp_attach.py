@@ -3,7 +3,6 @@ attached, refused, replaced and detached, including on errors, with keep_attache
 after kill -9 (fail-open in the kernel); and the start-up error messages."""
 from __future__ import annotations
 
-import ctypes as ct
 import os
 import signal
 import socket
