@@ -101,7 +101,9 @@ struct mx_flow_key {
 
 /* Value of the verdicts LRU hash. Counts only the frames the program handled by the
  * verdict (forwarded or dropped in the kernel); SYN/FIN/RST frames of the flow go to
- * user space and are not counted here. Counters are updated with atomic adds. */
+ * user space and are not counted here (unless no socket is bound: then the verdict
+ * applies to them and they count). Counters are updated with atomic adds. An LRU entry
+ * may be evicted under pressure; user space removes entries when flows end. */
 struct mx_verdict {
 	__u32 action;                     /* MX_ACTION_* (other values: entry ignored) */
 	__u32 pad;
