@@ -155,8 +155,20 @@ def cmd_detach(argv):
     return 0
 
 
+def cmd_demo(argv):
+    parser = argparse.ArgumentParser(
+        prog="mosxdp demo",
+        description="Build a veth/netns testbed, run real TCP transfers through the inline "
+                    "monitor, print a summary, and clean up (root).")
+    parser.add_argument("--keep", action="store_true", help="keep the demo's files (logs, data)")
+    args = parser.parse_args(argv)
+    from .demo import run_demo
+    return run_demo(keep=args.keep)
+
+
 COMMANDS = {
     "run": (cmd_run, "run a monitor app offline (--pcap) or live (--iface)"),
+    "demo": (cmd_demo, "real TCP through the inline monitor on a netns testbed (root)"),
     "detach": (cmd_detach, "remove an XDP program left behind"),
 }
 

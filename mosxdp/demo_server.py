@@ -1,0 +1,35 @@
+"""The demo's HTTP server: GET serves files, PUT stores the body as uploaded.bin."""
+import http.server
+import os
+import sys
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_PUT(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        remaining = length
+        with open(os.path.join(self.server.upload_dir, "uploaded.bin"), "wb") as f:
+            while remaining:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    break
+                f.write(chunk)
+                remaining -= len(chunk)
+        self.send_response(201 if not remaining else 400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def main():
+    port, root, upload_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    os.chdir(root)
+    server = http.server.ThreadingHTTPServer(("::", port), Handler)
+    server.upload_dir = upload_dir
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
