@@ -190,6 +190,7 @@ class LiveEngine:
         self.lanes: list[_Lane] = []
         self.sockets = []
         self._stack: contextlib.ExitStack | None = None
+        self._xskmap = None  # (XSKMAP fd, indexes we set)
         self._stop = threading.Event()
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
@@ -253,7 +254,7 @@ class LiveEngine:
             s.fill_from(umem.free)
         if self.program is not None:
             map_fd = self.program.xsks_map_fd
-            entries = []
+            self._xskmap = (map_fd, entries := [])
             stack.callback(self._unmap, map_fd, entries)
             for s in self.sockets:
                 idx = self.program.xsk_index(s.ifname, s.queue)
@@ -293,6 +294,27 @@ class LiveEngine:
     def _unmap(map_fd, entries) -> None:
         for idx in entries:
             xskmap_delete(map_fd, idx)
+        entries.clear()
+
+    def quiesce(self, settle: float = 0.02) -> None:
+        """Take our sockets out of the XSKMAP (frames take the kernel path: forwarded, or
+        dropped with fail_closed), let frames in flight land, finish sending."""
+        if self._xskmap is not None:
+            self._unmap(*self._xskmap)
+        time.sleep(settle)
+        self._flush_outbox_and_tx()
+
+    def final_stats(self) -> dict:
+        """Quiesce, then :meth:`stats` with the checked frame accounting and the audit
+        of every frame's place (``accounting_error`` when they do not balance)."""
+        self.quiesce()
+        st = self.stats()
+        try:
+            st["accounting"] = self.umem.check_accounting()
+            st["audit"] = self.umem.audit()
+        except AccountingError as exc:
+            st["accounting_error"] = str(exc)
+        return st
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -575,7 +597,7 @@ class LiveEngine:
     def _send_outbox_idle(self) -> None:
         """Outbox frames produced outside process() (timers, end_batch, finish)."""
         proc = self.processor
-        if not proc.outbox:
+        if proc is None or not proc.outbox:
             return
         extra = self._take_outbox(self.lanes[0], None, None) or {}
         for ts_sock, flat in extra.items():
@@ -642,8 +664,10 @@ def main(argv=None) -> int:
         proc = None
     elif args.processor:
         proc = _load_processor(args.processor)
-    else:
+    elif args.drop_syn_port or args.crash_after is not None:
         proc = DropSyn(args.drop_syn_port, crash_after=args.crash_after)
+    else:
+        proc = Passthrough()
     iface = args.iface[0] if args.peer else args.iface
     eng = LiveEngine(iface, args.peer, proc, queues=args.queues, frame_count=args.frames,
                      ring_size=args.ring_size, batch_size=args.batch, zero_copy=args.zero_copy,
@@ -659,21 +683,16 @@ def main(argv=None) -> int:
         with eng:
             print(f"mosxdp.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
                   flush=True)
+            error = None
             try:
-                stats = eng.run(args.duration)
-                stats["error"] = None
+                eng.run(args.duration)
             except BaseException as exc:
-                stats = eng.stats()
-                stats["error"] = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
-                try:
-                    # let the kernel finish sending, then check every frame's place
-                    eng._flush_outbox_and_tx() if eng.processor else None
-                    stats["accounting"] = eng.umem.check_accounting()
-                    stats["audit"] = eng.umem.audit()
-                except AccountingError as exc:
-                    stats["accounting_error"] = str(exc)
+                stats = eng.final_stats()
+                stats["error"] = error
+                if "accounting_error" in stats:
                     code = 3
                 if args.stats:
                     tmp = args.stats + ".tmp"
