@@ -99,11 +99,11 @@ def mtcp_destroy():
     _runtime.contexts = {}
 
 
-def mtcp_getconf(conf=None):
+def mtcp_getconf(conf):
     _require_init()
     config = _runtime.config
-    if conf is None:
-        conf = MtcpConf()
+    if not isinstance(conf, MtcpConf):
+        raise _error(errno.EINVAL, "conf must be an MtcpConf() to fill (mtcp_getconf(3): NULL is EINVAL)")
     conf.num_cores = config.num_cores
     conf.max_concurrency = config.max_concurrency
     conf.max_num_buffers = config.max_concurrency
@@ -116,8 +116,8 @@ def mtcp_getconf(conf=None):
 
 def mtcp_setconf(conf):
     _require_init()
-    if conf is None:
-        raise _error(errno.EINVAL, "conf is None")
+    if not isinstance(conf, MtcpConf):
+        raise _error(errno.EINVAL, f"conf must be an MtcpConf, not {type(conf).__name__}")
     if _runtime.contexts:
         raise _error(errno.EBUSY, "mtcp_setconf must be called before mtcp_create_context")
     config = _runtime.config
@@ -260,7 +260,11 @@ def _registry():
 
 def mtcp_register_callback(mctx, sock, event, hook_point, cb):
     stack = _stack(mctx)
-    sock_obj = _sock(stack, sock)
+    try:
+        sock_obj = _sock(stack, sock)
+    except OSError as exc:
+        # mtcp_register_callback(3): an invalid sockid is EINVAL.
+        raise _error(errno.EINVAL, exc.strerror) from None
     registry = stack.registry
     if not registry.is_valid(event):
         raise _error(errno.EINVAL, f"event {event!r} is not a built-in or user-defined event")
@@ -347,8 +351,8 @@ def mtcp_getpeername(mctx, sock, side):
 
 
 # -------------------------------------------------------------- bytestreams
-def _readable(stack, sock, side):
-    sock_obj = _flow_sock(stack, sock, errno.ESOCKTNOSUPPORT)
+def _readable(stack, sock, side, wrong_type_errno=errno.ESOCKTNOSUPPORT):
+    sock_obj = _flow_sock(stack, sock, wrong_type_errno)
     _side(side)
     if not sock_obj.monitoring[side]:
         raise _error(errno.ENOTCONN, f"socket {sock} stopped monitoring side {side} (MOS_STOP_MON)")
@@ -360,7 +364,7 @@ def _readable(stack, sock, side):
 
 def mtcp_peek(mctx, sock, side, buf, len=None):
     stack = _stack(mctx)
-    sock_obj, flow_side = _readable(stack, sock, side)
+    sock_obj, flow_side = _readable(stack, sock, side, errno.ENOTSOCK)
     view = memoryview(buf).cast("B")
     want = view.nbytes if len is None else min(len, view.nbytes)
     ring = flow_side.buf
@@ -501,13 +505,15 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
 
 
 # ------------------------------------------------------------------ packets
-def _packet_context(stack, sock, side):
+def _packet_context(stack, sock, side, getlast=False):
     sock_obj = _sock(stack, sock)
-    if sock_obj.kind == "listener":
-        raise _error(errno.ESOCKTNOSUPPORT, f"socket {sock} is a listening socket: it has no packets")
-    if sock_obj.kind == "raw":
+    if sock_obj.kind == "listener" and not getlast:
+        raise _error(errno.ESOCKTNOSUPPORT, f"socket {sock} is a listening socket: edit packets "
+                     "through the flow sockets callbacks receive")
+    if sock_obj.kind != "flow":
+        # A raw socket's packet, or a listener's orphan (MOS_ON_ORPHAN passes MOS_SIDE_BOTH).
         if side not in (C.MOS_NULL, C.MOS_SIDE_CLI, C.MOS_SIDE_SVR, C.MOS_SIDE_BOTH):
-            raise _error(errno.EINVAL, f"side {side!r} is not valid for a raw socket (MOS_NULL)")
+            raise _error(errno.EINVAL, f"side {side!r} is not valid for a {sock_obj.kind} socket")
     else:
         _side(side)
         if not sock_obj.monitoring[side]:
@@ -523,7 +529,7 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
     stack = _stack(mctx)
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EINVAL, "pinfo must be a PktInfo()")
-    sock_obj, pkt = _packet_context(stack, sock, side)
+    sock_obj, pkt = _packet_context(stack, sock, side, getlast=True)
     frame = pkt.buf
     size = pkt.l3_off + pkt.ip_len if pkt.ip_version else len(frame)
     copy = mctx.pkt_copy

@@ -347,6 +347,8 @@ class Stack:
         udes = self.registry.defined_on.get(event)
         if udes:
             self._fire_udes(sock, hook, side, event, udes)
+        # Outside filters and callbacks mtcp_raise_event has no socket to raise on.
+        self.cur_sock = self.cur_hook = None
 
     def _fire_udes(self, sock, hook, side, base, udes):
         wanted = sock.table.wanted_udes[hook]
@@ -381,6 +383,8 @@ class Stack:
             remaining = events
             while remaining:
                 if remaining & bit:
+                    if not sock.monitoring[side]:
+                        break   # a callback of this packet stopped monitoring (MOS_STOP_MON)
                     self._fire(sock, hook, side, bit)
                     remaining &= ~bit
                 bit <<= 1
@@ -671,13 +675,15 @@ class Stack:
             if flags & TH_SYN:
                 if snd_events & EV_REXMIT:
                     rcv_events |= EV_REXMIT
-                elif flags & TH_ACK:
+                if flags & TH_ACK:
+                    # Also when it repeats the sender's SYN: in a simultaneous open the
+                    # SYN-ACK carries the ISN of the crossing SYN and completes the open.
                     if rcv.isn is not None and pkt.ack == (rcv.isn + 1) & SEQ_MASK:
                         nxt = tcp.next_state(tcp.RECEIVER_TRANSITIONS, rcv.state, tcp.RECV_SYNACK)
                         if nxt is not None:
                             rcv.state = nxt
                             rcv_transitions += 1
-                else:
+                elif not snd_events & EV_REXMIT:
                     nxt = tcp.next_state(tcp.RECEIVER_TRANSITIONS, rcv.state, tcp.RECV_SYN)
                     if nxt is not None:
                         if rcv.state == tcp.LISTEN and receiver == MOS_SIDE_SVR:

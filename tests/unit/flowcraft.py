@@ -1,0 +1,255 @@
+"""Crafted TCP conversations (scapy) and a recording harness for the mtcp_* API tests.
+
+`Conv` keeps the sequence numbers of both directions of one connection, so a test reads as
+the conversation it is: ``c.handshake(); c.data("c", b"GET /"); c.fin("c")``. Every
+method builds one frame, appends ``(ts_us, bytes)`` to ``c.frames`` (unless
+``emit=False``, for reordering by hand) and returns the bytes. The clock moves by ``dt``
+microseconds per frame, or by ``c.wait(us)``.
+
+Sides are named "c" (the client: the sender of the first SYN) and "s".
+
+`Monitor` is a context with one stream listener (and optionally a raw socket) whose
+callbacks append `Call` records to ``mon.log``; `Monitor.run` drives frames through
+mosxdp.engine.run_frames.
+"""
+import socket
+from dataclasses import dataclass, field
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from mosxdp import *  # noqa: F401,F403  (the public API only)
+from mosxdp import MosEvent
+from mosxdp.engine import run_frames
+
+MAC = {"c": "02:00:00:00:00:01", "s": "02:00:00:00:00:02"}
+SEQ_MASK = 0xFFFFFFFF
+OTHER = {"c": "s", "s": "c"}
+
+
+class Conv:
+    """One TCP connection between a client "c" and a server "s"."""
+
+    def __init__(self, cli="10.0.0.1", svr="10.0.0.2", cport=40000, sport=80,
+                 isn_c=1000, isn_s=5000, t0=1_000_000, dt=1000, win=65535):
+        self.addr = {"c": cli, "s": svr}
+        self.port = {"c": cport, "s": sport}
+        self.v6 = ":" in cli
+        self.isn = {"c": isn_c & SEQ_MASK, "s": isn_s & SEQ_MASK}
+        # Next sequence number each side sends, and what it acknowledges.
+        self.nxt = {"c": isn_c & SEQ_MASK, "s": isn_s & SEQ_MASK}
+        self.acked = {"c": 0, "s": 0}
+        self.win = {"c": win, "s": win}
+        self.ts = t0
+        self.dt = dt
+        self.frames = []
+
+    # ----------------------------------------------------------------- building
+    def wait(self, us):
+        self.ts += us
+
+    def packet(self, frm, flags, payload=b"", seq=None, ack=None, window=None, options=None):
+        """The scapy packet of one segment from `frm` (nothing is recorded)."""
+        to = OTHER[frm]
+        if seq is None:
+            seq = self.nxt[frm]
+        if ack is None:
+            ack = self.acked[frm] if "A" in flags else 0
+        if window is None:
+            window = self.win[frm]
+        ip = (IPv6(src=self.addr[frm], dst=self.addr[to]) if self.v6
+              else IP(src=self.addr[frm], dst=self.addr[to]))
+        tcp = TCP(sport=self.port[frm], dport=self.port[to], flags=flags, seq=seq & SEQ_MASK,
+                  ack=ack & SEQ_MASK, window=window, options=options or [])
+        pkt = Ether(src=MAC[frm], dst=MAC[to]) / ip / tcp
+        if payload:
+            pkt = pkt / Raw(payload)
+        return pkt
+
+    def seg(self, frm, flags, payload=b"", seq=None, ack=None, window=None, options=None,
+            emit=True, advance=True):
+        """One segment; advances `frm`'s next sequence number past it (if beyond)."""
+        explicit = seq is not None
+        if seq is None:
+            seq = self.nxt[frm]
+        frame = bytes(self.packet(frm, flags, payload, seq, ack, window, options))
+        if advance:
+            end = (seq + len(payload) + ("S" in flags) + ("F" in flags)) & SEQ_MASK
+            if not explicit or ((end - self.nxt[frm]) & SEQ_MASK) < (1 << 31):
+                self.nxt[frm] = end
+        if emit:
+            self.emit(frame)
+        return frame
+
+    def emit(self, frame, ts=None):
+        if ts is None:
+            ts = self.ts
+            self.ts += self.dt
+        self.frames.append((ts, frame))
+        return frame
+
+    # ------------------------------------------------------------ conversation
+    def syn(self, wscale=None, emit=True, frm="c", **kw):
+        opts = [("MSS", 1460)] + ([("WScale", wscale)] if wscale is not None else [])
+        return self.seg(frm, "S", seq=self.isn[frm], options=opts, emit=emit, **kw)
+
+    def synack(self, wscale=None, emit=True, **kw):
+        self.acked["s"] = (self.isn["c"] + 1) & SEQ_MASK
+        opts = [("MSS", 1460)] + ([("WScale", wscale)] if wscale is not None else [])
+        return self.seg("s", "SA", seq=self.isn["s"], options=opts, emit=emit, **kw)
+
+    def ack(self, frm, emit=True, **kw):
+        self.acked[frm] = kw.pop("ack", None) or self.acked_now(frm)
+        return self.seg(frm, "A", emit=emit, **kw)
+
+    def acked_now(self, frm):
+        """What `frm` acknowledges now: everything the other side sent."""
+        return self.nxt[OTHER[frm]]
+
+    def handshake(self, wscale_c=None, wscale_s=None):
+        self.syn(wscale=wscale_c)
+        self.synack(wscale=wscale_s)
+        self.acked["c"] = self.nxt["s"]
+        self.seg("c", "A")
+
+    def data(self, frm, payload, seq=None, emit=True, flags="PA", **kw):
+        self.acked[frm] = self.nxt[OTHER[frm]]
+        return self.seg(frm, flags, payload, seq=seq, emit=emit, **kw)
+
+    def fin(self, frm, payload=b"", emit=True, **kw):
+        self.acked[frm] = self.nxt[OTHER[frm]]
+        return self.seg(frm, "FA", payload, emit=emit, **kw)
+
+    def rst(self, frm, seq=None, emit=True, ack=True):
+        self.acked[frm] = self.nxt[OTHER[frm]]
+        return self.seg(frm, "RA" if ack else "R", seq=seq, emit=emit, advance=False)
+
+    def close(self):
+        """FIN from the client, FIN+ACK from the server, last ACK from the client."""
+        self.fin("c")
+        self.fin("s")
+        self.ack("c")
+
+    def full(self, request=b"GET / HTTP/1.0\r\n\r\n", response=b"HTTP/1.0 200 OK\r\n\r\nhi"):
+        self.handshake()
+        self.data("c", request)
+        self.data("s", response)
+        self.close()
+        return self
+
+
+def base_of(frame):
+    """The scapy packet of a frame, with its checksums as they are in the bytes."""
+    return Ether(frame)
+
+
+def checksums_ok(frame):
+    """True when the IPv4 header checksum (if any) and the TCP checksum are valid."""
+    pkt = Ether(frame)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    tcp = pkt[TCP]
+    good = True
+    if IP in pkt:
+        stated = ip.chksum
+        fresh = IP(bytes(ip))
+        del fresh.chksum
+        good &= IP(bytes(fresh))[IP].chksum == stated
+    stated = tcp.chksum
+    del tcp.chksum
+    rebuilt = Ether(bytes(pkt))
+    good &= rebuilt[TCP].chksum == stated
+    return good
+
+
+def tcp_of(frame):
+    return Ether(frame)[TCP]
+
+
+def payload_of(frame):
+    return bytes(Ether(frame)[TCP].payload)
+
+
+# ------------------------------------------------------------------ monitor
+ALL_HOOK_EVENTS = (MOS_ON_PKT_IN, MOS_ON_CONN_START, MOS_ON_REXMIT, MOS_ON_TCP_STATE_CHANGE,
+                   MOS_ON_CONN_END)
+NULL_EVENTS = (MOS_ON_CONN_NEW_DATA, MOS_ON_ERROR)
+HOOK_NAMES = {int(MOS_HK_SND): "SND", int(MOS_HK_RCV): "RCV", int(MOS_NULL): "NULL"}
+
+
+@dataclass
+class Call:
+    event: str
+    hook: str
+    side: int
+    sock: int
+    cli: object = None        # TcpState of each side when the callback ran
+    svr: object = None
+    extra: dict = field(default_factory=dict)
+
+
+def ev_name(event):
+    try:
+        return MosEvent(event).name.replace("MOS_ON_", "")
+    except ValueError:
+        return hex(event)
+
+
+class Monitor:
+    """A context with one stream listener; records callbacks."""
+
+    def __init__(self, cpu=0, domain=socket.AF_INET):
+        self.mctx = mtcp_create_context(cpu)
+        self.sock = mtcp_socket(self.mctx, domain, MOS_SOCK_MONITOR_STREAM, 0)
+        self.log = []
+        self.hooks = {}          # (event, hook) -> extra function(mctx, sock, side, event)
+        self.out = None
+
+    def record(self, events=ALL_HOOK_EVENTS, hooks=(MOS_HK_SND, MOS_HK_RCV), extra=None):
+        """Register a recording callback for each event at each hook."""
+        for event in events:
+            for hook in hooks:
+                mtcp_register_callback(self.mctx, self.sock, event, hook,
+                                       self.recorder(hook, extra))
+        return self
+
+    def record_null(self, events=NULL_EVENTS, extra=None):
+        for event in events:
+            mtcp_register_callback(self.mctx, self.sock, event, MOS_NULL,
+                                   self.recorder(MOS_NULL, extra))
+        return self
+
+    def recorder(self, hook, extra=None):
+        hook_name = HOOK_NAMES[int(hook)]
+
+        def cb(mctx, sock, side, event, arg):
+            call = Call(ev_name(event), hook_name, side, sock)
+            if side in (MOS_SIDE_CLI, MOS_SIDE_SVR):
+                try:
+                    call.cli = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI)
+                    call.svr = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR)
+                except OSError:
+                    pass
+            self.log.append(call)
+            if extra is not None:
+                extra(mctx, sock, side, event, call)
+        return cb
+
+    def run(self, frames, batch_size=1):
+        if isinstance(frames, Conv):
+            frames = frames.frames
+        self.out = run_frames(self.mctx, frames, batch_size)
+        return self.out
+
+    def events(self, *names, hook=None, side=None):
+        """(event, hook, side) tuples of the log, optionally filtered."""
+        return [(c.event, c.hook, c.side) for c in self.log
+                if (not names or c.event in names) and (hook is None or c.hook == hook)
+                and (side is None or c.side == side)]
+
+    def count(self, name, hook=None, side=None):
+        return len(self.events(name, hook=hook, side=side))
+
+    def setsockopt(self, opt, value):
+        mtcp_setsockopt(self.mctx, self.sock, SOL_MONSOCKET, opt, value)
