@@ -131,7 +131,8 @@ def cmd_run(argv):
         try:
             app = module.setup(mctx, args)
         except OSError as exc:
-            raise CliError(f"{app_name}: {exc.strerror}", EXIT_USAGE) from None
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(f"{app_name}: {where}{exc.strerror or exc}", EXIT_USAGE) from None
         try:
             api.mtcp_app_join(mctx)
         finally:

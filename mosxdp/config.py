@@ -3,6 +3,7 @@
 Every key has a default; a bad key or value is refused with one line that
 names the key and what is allowed. Command-line options override the file.
 """
+import os
 import tomllib
 from dataclasses import dataclass, fields
 
@@ -181,4 +182,15 @@ def load_config(path=None, **overrides):
             apply(config, key, value)
     if config.pcap is None and config.write is not None:
         raise ConfigError("--write needs an offline input (--pcap)")
+    if config.pcap is not None and config.write is not None and _same_file(config.pcap, config.write):
+        # Opening OUT for writing truncates IN while it is being read (a large
+        # input is mapped, and reading a truncated mapping is a SIGBUS).
+        raise ConfigError(f"--write {config.write}: is the input file (--pcap); write elsewhere")
     return config
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
