@@ -48,13 +48,15 @@ from .events import (
 )
 from .packet import PacketError, parse_frame
 from .reassembly import StreamBuffer
-from .tcp import SEQ_MASK, seq_delta
+from .tcp import SEQ_HALF, SEQ_MASK, SEQ_MOD, seq_delta
 
 VERDICT_FORWARD = 0
 VERDICT_DROP = 1
 
 SIDE_NAMES = ("client", "server")
 _SYN_ACK = TH_SYN | TH_ACK
+_SYN_FIN_RST = TH_SYN | TH_FIN | TH_RST
+_NO_DATA_STATES = (tcp.CLOSED, tcp.LISTEN)
 _NULL_SIDE = int(MOS_NULL)  # the side value raw-socket callbacks receive, as in mOS
 
 
@@ -116,7 +118,7 @@ class Flow:
         "keys", "ip_version", "vlan_ids", "addrs", "ports_tcp", "sides", "socks",
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
-        "destroyed", "midstream", "kernel_verdict",
+        "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -140,6 +142,8 @@ class Flow:
         self.destroyed = False
         self.midstream = False
         self.kernel_verdict = None
+        self.masks = (0, 0, 0)     # union over the flow's sockets: (MOS_NULL, HK_SND, HK_RCV)
+        self.masks_epoch = -1
 
 
 class Listener:
@@ -228,6 +232,9 @@ class Stack:
         self.cur_hook = None
         self.cur_side = None
         self._next_socket_id = 1
+        # Bumped whenever a registration or a socket's monitoring changes, so
+        # flows recompute the event masks they cache.
+        self.mask_epoch = 0
 
     # ----------------------------------------------------------------- sockets
     def new_socket_id(self):
@@ -258,6 +265,7 @@ class Stack:
         self.sockets.pop(sock_id, None)
 
     def close_socket(self, sock):
+        self.mask_epoch += 1
         if sock.kind == "listener":
             for cbs in sock.table.callbacks.values():
                 cbs.clear()
@@ -281,11 +289,26 @@ class Stack:
         if sock.kind == "flow" and table is sock.listener.table:
             table = sock.table = table.copy()
         table.set(self.registry, event, hook, callback)
+        self.mask_epoch += 1
+
+    def _flow_masks(self, flow):
+        """The events any socket of the flow waits for, per hook (cached)."""
+        if flow.masks_epoch != self.mask_epoch:
+            null_mask = snd_mask = rcv_mask = 0
+            for sock in flow.socks:
+                masks = sock.table.masks
+                null_mask |= masks[HOOK_NULL]
+                snd_mask |= masks[HOOK_SND]
+                rcv_mask |= masks[HOOK_RCV]
+            flow.masks = (null_mask, snd_mask, rcv_mask)
+            flow.masks_epoch = self.mask_epoch
+        return flow.masks
 
     def stop_monitoring(self, sock, side):
         sides = (MOS_SIDE_CLI, MOS_SIDE_SVR) if side == MOS_SIDE_BOTH else (side,)
         for s in sides:
             sock.monitoring[s] = False
+        self.mask_epoch += 1
         flow = sock.flow
         if not flow.destroyed and not any(any(fs.monitoring) for fs in flow.socks):
             # Nobody looks at this flow any more: the rest of it bypasses user space.
@@ -476,7 +499,10 @@ class Stack:
             self.counters["bypassed_packets"] += 1
             self._history(flow, snd, sender, pkt, flags)
             return VERDICT_DROP if flow.kernel_verdict == "drop" else VERDICT_FORWARD
-        return self._segment(flow, pkt, sender, snd, flow.sides[1 - sender])
+        rcv = flow.sides[1 - sender]
+        if not flags & _SYN_FIN_RST and snd.snd_nxt is not None and snd.peer_base is not None:
+            return self._data_segment(flow, pkt, sender, snd, rcv, flags)
+        return self._segment(flow, pkt, sender, snd, rcv)
 
     def _orphan(self, pkt, key, ts):
         self.counters["orphans"] += 1
@@ -575,16 +601,16 @@ class Stack:
         return 0 <= delta < window or (delta == -1 and rcv.fin_received)
 
     def _segment(self, flow, pkt, sender, snd, rcv):
+        """A segment with SYN, FIN or RST, or one of a stream not yet known."""
         flags = pkt.flags
         seq = pkt.seq
         payload_len = pkt.payload_len
         receiver = 1 - sender
         self._history(flow, snd, sender, pkt, flags)
         self.cur_drop = False
-        # PKT_IN at MOS_NULL comes before any update.
-        for sock in flow.socks:
-            if sock.table.masks[HOOK_NULL] & EV_PKT_IN and sock.monitoring[sender]:
-                self._fire(sock, HOOK_NULL, sender, EV_PKT_IN)
+        null_mask, snd_mask, rcv_mask = self._flow_masks(flow)
+        if null_mask & EV_PKT_IN:
+            self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
 
         rst_ok = False
         if flags & TH_RST:
@@ -638,13 +664,13 @@ class Stack:
             elif snd.fin_seq == fin_seq:
                 snd_events |= EV_REXMIT
         if flags & TH_ACK:
-            self._sender_ack(flow, pkt, snd, rcv)
+            snd_transitions += self._sender_ack(flow, pkt, snd)
         if rst_ok and snd.state != tcp.CLOSED:
             snd.state = tcp.CLOSED
             snd_transitions += 1
         if snd_transitions:
             snd_events |= EV_TCP_STATE_CHANGE
-        if flow.socks:
+        if snd_mask & snd_events:
             self._fire_flow(flow, HOOK_SND, sender, snd_events)
         if self.cur_drop:
             # Fix (API.md): a packet dropped at HK_SND never reaches the receiver.
@@ -661,17 +687,7 @@ class Stack:
                 rcv_transitions += 1
         else:
             if flags & TH_ACK:
-                ack = pkt.ack
-                if rcv.isn is not None and rcv.state == tcp.SYN_RCVD and not flags & TH_SYN \
-                        and seq_delta(ack, rcv.isn) > 0:
-                    rcv.state = tcp.ESTABLISHED
-                    rcv_transitions += 1
-                if rcv.fin_seq is not None and not rcv.fin_acked and seq_delta(ack, rcv.fin_seq) > 0:
-                    rcv.fin_acked = True
-                    nxt = tcp.next_state(tcp.RECEIVER_TRANSITIONS, rcv.state, tcp.RECV_ACK_OF_FIN)
-                    if nxt is not None:
-                        rcv.state = nxt
-                        rcv_transitions += 1
+                rcv_transitions += self._receiver_ack(rcv, pkt.ack, flags)
             if flags & TH_SYN:
                 if snd_events & EV_REXMIT:
                     rcv_events |= EV_REXMIT
@@ -694,7 +710,7 @@ class Stack:
                 if flags & TH_SYN:
                     # Like a non-TFO Linux receiver: data on a SYN is not delivered.
                     self.counters["syn_payload_ignored"] += 1
-                elif rcv.peer_base is not None and rcv.state not in (tcp.CLOSED, tcp.LISTEN):
+                elif rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
                     rcv_events |= self._receive_payload(flow, pkt, receiver, rcv)
             if flags & TH_FIN and rcv.peer_base is not None and rcv.peer_fin_off is None:
                 fin_seq = (seq + payload_len + (1 if flags & TH_SYN else 0)) & SEQ_MASK
@@ -706,12 +722,77 @@ class Stack:
                 rcv_transitions += self._receive_fin(rcv)
         if rcv_transitions:
             rcv_events |= EV_TCP_STATE_CHANGE
-        if flow.socks:
+        if rcv_mask & rcv_events:
             self._fire_flow(flow, HOOK_RCV, receiver, rcv_events & ~EV_ERROR)
-            if rcv_events & EV_ERROR:
-                self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
+        if rcv_events & EV_ERROR and null_mask & EV_ERROR:
+            self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
         self._after_packet(flow)
         return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
+
+    def _data_segment(self, flow, pkt, sender, snd, rcv, flags):
+        """The common case, kept lean: no SYN, FIN or RST, both streams known."""
+        payload_len = pkt.payload_len
+        if payload_len:
+            if not snd.history_bits & 32:
+                self._history(flow, snd, sender, pkt, flags)
+        elif not snd.history_bits & 4:
+            self._history(flow, snd, sender, pkt, flags)
+        self.cur_drop = False
+        null_mask, snd_mask, rcv_mask = self._flow_masks(flow)
+        if null_mask & EV_PKT_IN:
+            self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
+        # Sender: a segment ending at or before snd_nxt was sent before.
+        snd_events = EV_PKT_IN
+        seq_end = (pkt.seq + payload_len) & SEQ_MASK
+        ahead = (seq_end - snd.snd_nxt) & SEQ_MASK
+        if ahead and ahead < SEQ_HALF:
+            snd.snd_nxt = seq_end
+        elif payload_len:
+            snd_events |= EV_REXMIT
+        snd_transitions = 0
+        if flags & TH_ACK:
+            if flow.window_known or snd.peer_fin_off is not None:
+                snd_transitions = self._sender_ack(flow, pkt, snd)
+                if snd_transitions:
+                    snd_events |= EV_TCP_STATE_CHANGE
+        if snd_mask & snd_events:
+            self._fire_flow(flow, HOOK_SND, sender, snd_events)
+        if self.cur_drop:
+            self._after_packet(flow)
+            return VERDICT_DROP
+        # Receiver.
+        rcv_events = EV_PKT_IN
+        rcv_transitions = 0
+        if flags & TH_ACK and (rcv.state == tcp.SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+            rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
+        if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
+            rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
+        if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
+            rcv_transitions += self._receive_fin(rcv)
+        if rcv_transitions:
+            rcv_events |= EV_TCP_STATE_CHANGE
+        if rcv_mask & rcv_events:
+            self._fire_flow(flow, HOOK_RCV, 1 - sender, rcv_events & ~EV_ERROR)
+        if rcv_events & EV_ERROR and null_mask & EV_ERROR:
+            self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
+        if snd_transitions or rcv_transitions:
+            self._after_packet(flow)
+        return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
+
+    def _receiver_ack(self, rcv, ack, flags):
+        """What an ACK arriving at `rcv` acknowledges of what it sent."""
+        transitions = 0
+        if rcv.isn is not None and rcv.state == tcp.SYN_RCVD and not flags & TH_SYN \
+                and seq_delta(ack, rcv.isn) > 0:
+            rcv.state = tcp.ESTABLISHED
+            transitions += 1
+        if rcv.fin_seq is not None and not rcv.fin_acked and seq_delta(ack, rcv.fin_seq) > 0:
+            rcv.fin_acked = True
+            nxt = tcp.next_state(tcp.RECEIVER_TRANSITIONS, rcv.state, tcp.RECV_ACK_OF_FIN)
+            if nxt is not None:
+                rcv.state = nxt
+                transitions += 1
+        return transitions
 
     def _restart_side(self, flow, snd, rcv):
         """A new SYN with another ISN: the stream starts over."""
@@ -725,14 +806,16 @@ class Stack:
         for sock in flow.socks:
             sock.peek_off[1 - flow.sides.index(snd)] = 0
 
-    def _sender_ack(self, flow, pkt, snd, rcv):
-        """What the sender's ACK tells about its own receive side."""
+    def _sender_ack(self, flow, pkt, snd):
+        """What the sender's ACK tells about its own receive side; returns the
+        number of state transitions it caused."""
         ack = pkt.ack
         if snd.peer_base is None:
             snd.peer_base = ack  # no handshake seen: offset 0 is the next byte expected
-            return
-        nxt_seq = (snd.peer_base + snd.rcv_nxt) & SEQ_MASK
-        ack_off = snd.rcv_nxt + seq_delta(ack, nxt_seq)
+            return 0
+        rcv_nxt = snd.rcv_nxt
+        delta = (ack - snd.peer_base - rcv_nxt) & SEQ_MASK
+        ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
         if flow.window_known and not pkt.flags & TH_SYN:
             window = pkt.window << snd.wscale if flow.window_scaled else pkt.window
             edge = ack_off + window
@@ -741,7 +824,8 @@ class Stack:
         if snd.peer_fin_off is not None and not snd.fin_received and ack_off > snd.peer_fin_off:
             # The endpoint acknowledges a FIN the monitor could not deliver in
             # order (it missed bytes before it): the endpoint has it, so do we.
-            self._receive_fin(snd)
+            return self._receive_fin(snd)
+        return 0
 
     def _receive_fin(self, side):
         side.fin_received = True
@@ -754,8 +838,9 @@ class Stack:
     def _receive_payload(self, flow, pkt, receiver, rcv):
         """Reassemble the segment's payload into the receiver's buffer."""
         events = 0
-        nxt_seq = (rcv.peer_base + rcv.rcv_nxt) & SEQ_MASK
-        offset = rcv.rcv_nxt + seq_delta(pkt.seq, nxt_seq)
+        before = rcv.rcv_nxt
+        delta = (pkt.seq - rcv.peer_base - before) & SEQ_MASK
+        offset = before + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
         start = pkt.payload_off
         length = pkt.payload_len
         end = offset + length
@@ -777,7 +862,6 @@ class Stack:
                 events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
             return events
         data = pkt.buf[start:start + (end - offset)]
-        before = rcv.rcv_nxt
         if rcv.bufsize:
             buf = rcv.buf
             if buf is None:
