@@ -41,6 +41,17 @@ def _wait_attached(tb, timeout=60.0):
     return False
 
 
+def _attach_endpoint_programs(tb, python):
+    """A veth takes frames redirected into its peer only when it runs XDP itself."""
+    code = ("import os, sys; from mosxdp.io.xdp import attach_pass_program; "
+            "os.close(attach_pass_program(sys.argv[1]).fd)")
+    for ns, ifname in (("cli", tb.cli_if), ("srv", tb.srv_if)):
+        result = tb.run(ns, [python, "-c", code, ifname], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"cannot attach the XDP pass program to {ifname}: "
+                               f"{result.stderr.strip().splitlines()[-1:]}")
+
+
 def _start_monitor(tb, python, app_argv, log_path):
     argv = [python, "-m", "mosxdp.cli", "run", *app_argv, "--iface", tb.iface_a, "--peer", tb.iface_b]
     log = open(log_path, "w")
@@ -55,7 +66,7 @@ def _start_monitor(tb, python, app_argv, log_path):
 def _curl(tb, url, out, upload=None, extra=()):
     argv = ["curl", "-sS", "--max-time", "60", "-o", out, "-w", "%{http_code} %{size_download} %{size_upload}"]
     if upload:
-        argv += ["-T", upload]
+        argv += ["-T", upload, "-H", "Expect:"]
     started = time.monotonic()
     result = tb.run("cli", [*argv, *extra, url], capture_output=True, text=True)
     return result, time.monotonic() - started
@@ -81,12 +92,13 @@ def run_demo(keep=False):
     started = time.monotonic()
     results = []
     try:
-        with Testbed(kind="inline", endpoint_gro=True) as tb:
+        with Testbed(kind="inline") as tb:
             print(f"testbed: {tb.cli_ns} ({tb.cli_ip}, {tb.cli_ip6}) -- [{tb.mon_ns}: "
                   f"{tb.iface_a} | {tb.iface_b}] -- {tb.srv_ns} ({tb.srv_ip}, {tb.srv_ip6})")
             server = tb.popen("srv", [python, "-m", "mosxdp.demo_server", str(PORT), www, work],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             tb.wait_listen("srv", PORT)
+            _attach_endpoint_programs(tb, python)
             monitor, log = _start_monitor(
                 tb, python, ["connlog", "--output", conn_log], os.path.join(work, "connlog.out"))
             print("monitor: mosxdp run connlog --iface A --peer B (inline, AF_XDP)")

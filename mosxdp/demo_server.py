@@ -1,6 +1,7 @@
 """The demo's HTTP server: GET serves files, PUT stores the body as uploaded.bin."""
 import http.server
 import os
+import socket
 import sys
 
 
@@ -23,10 +24,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class DualStackServer(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        # One socket for IPv4 and IPv6 clients.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def main():
     port, root, upload_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     os.chdir(root)
-    server = http.server.ThreadingHTTPServer(("::", port), Handler)
+    server = DualStackServer(("::", port), Handler)
     server.upload_dir = upload_dir
     server.serve_forever()
 
