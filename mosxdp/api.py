@@ -247,7 +247,7 @@ def mtcp_bind_monitor_filter(mctx, sock, ft):
     else:
         raise _error(errno.ENOPROTOOPT, f"socket {sock} is a flow socket: bind filters to its "
                      "listening socket")
-    if mctx.engine is not None:
+    if getattr(mctx.engine, "filters_changed", None) is not None:
         mctx.engine.filters_changed()
     return 0
 
@@ -440,14 +440,14 @@ def mtcp_getsockopt(mctx, sock, level, optname):
         side = C.MOS_SIDE_CLI if optname == C.MOS_CLIOVERLAP else C.MOS_SIDE_SVR
         return flow.sides[side].policy
     if optname == C.MOSX_FLOW_STATS:
-        return _flow_stats(flow)
+        return _flow_stats(stack, flow)
     raise _error(errno.ENOSYS, f"option {optname!r} is not implemented at SOL_MONSOCKET")
 
 
-def _flow_stats(flow):
+def _flow_stats(stack, flow):
     stats = FlowStats()
-    stats.start_ts = flow.start_ts
-    stats.last_ts = flow.last_ts
+    stats.start_ts = flow.start_ts + stack.wall_offset_us
+    stats.last_ts = flow.last_ts + stack.wall_offset_us
     for index, side in enumerate(flow.sides):
         receiver = flow.sides[1 - index]
         stats.pkts[index] = side.pkts

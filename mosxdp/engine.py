@@ -6,6 +6,7 @@ forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
 frames in order, each before the frame whose callbacks made it. The live
 engine (mosxdp.live) drives the same core from AF_XDP sockets.
 """
+import time
 from contextlib import nullcontext
 
 from .core.stack import VERDICT_FORWARD
@@ -107,6 +108,7 @@ def run_live(mctx):
         zero_copy=config.bind == "zerocopy", xdp_mode=config.xdp_mode,
         fail_closed=config.fail_closed, force=config.force)
     mctx.engine = engine
+    mctx.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
     with engine:
         engine.run()
     return 0

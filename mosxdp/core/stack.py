@@ -208,6 +208,9 @@ class Stack:
         self.outbox = []
         self.kernel_updates = []             # (action, flow) for the engine's kernel verdict map
         self.now = 0
+        # Added to flow timestamps reported to apps: live clocks are monotonic,
+        # logs want wall-clock time (0 offline: packet timestamps are wall-clock).
+        self.wall_offset_us = 0
         self.timers = []
         self._timer_seq = 0
         self.new_data_flows = []
