@@ -77,7 +77,8 @@ def _datapath_options(parser):
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
-    group.add_argument("--stats", action="store_true", help="print a status line every second")
+    group.add_argument("--stats", action="store_true",
+                       help="print counters on stderr (offline: a summary at the end)")
 
 
 def _run_parser():

@@ -6,6 +6,7 @@ forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
 frames in order, each before the frame whose callbacks made it. The live
 engine (mosxdp.live) drives the same core from AF_XDP sockets.
 """
+import sys
 import time
 from contextlib import nullcontext
 
@@ -71,7 +72,28 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64):
     with PcapReader(pcap_path) as reader:
         with (PcapWriter(write_path) if write_path else nullcontext()) as writer:
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
-            return engine.run()
+            started = time.perf_counter()
+            try:
+                return engine.run()
+            finally:
+                if getattr(mctx, "stats", False):
+                    print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
+                                       time.perf_counter() - started), file=sys.stderr)
+
+
+def summary_line(stack, frames_in, frames_out, seconds):
+    """One line of what the core saw: frames, flows, and every malformation by kind."""
+    c = stack.counters
+    parts = [f"frames in {frames_in} out {frames_out}", f"{seconds:.2f} s",
+             f"{frames_in / seconds / 1e3:.0f} kpps" if seconds > 0 else "",
+             f"tcp {c['tcp_segments']}", f"non-tcp {c['non_tcp']}", f"ip fragments {c['ip_fragments']}",
+             f"flows {c['flows_created']} (ended {c['flows_ended']}, evicted {c['flows_evicted']})",
+             f"orphans {c['orphans']}", f"dropped {c['dropped']}",
+             f"malformed {c['malformed']}" + (
+                 " (" + ", ".join(f"{k} {v}" for k, v in sorted(stack.malformed.items())) + ")"
+                 if stack.malformed else ""),
+             f"callback errors {c['callback_errors']}"]
+    return "mosxdp: " + ", ".join(p for p in parts if p)
 
 
 def run_frames(mctx, frames, batch_size=1):
