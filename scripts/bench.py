@@ -87,6 +87,244 @@ def bench_offline(pcap, repeat):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# =====================================================================================
+# --live: the AF_XDP datapath on a veth testbed (section owned by the live datapath)
+#
+# One inline testbed (client ns -- A [monitor ns] B -- server ns). Every row is a
+# command run in the monitor namespace; each is measured with the same three loads:
+# TCP with iperf3 (1 and 4 streams) and small TCP frames from a raw-socket flooder in
+# the client namespace, counted at the server's interface. Rows run in rounds
+# (baseline, row 2, ..., baseline, ...) so that a noisy machine hits them alike; the
+# median of the rounds is reported with [min-max] and its ratio to the baseline's median.
+# Endpoints are pinned to CPU 0 and the monitor to CPU 1 when there are two CPUs.
+#
+# Adding a row is one line in LIVE_ROWS: (label, argv in the monitor namespace,
+# AF_XDP sockets it binds). "{py}", "{A}", "{B}" and "{tmp}" are substituted.
+# =====================================================================================
+
+_BASELINE_HOLDER = (
+    "import signal, sys, time\n"
+    "from mosxdp.io.xdp import XdpProgram\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "with XdpProgram([sys.argv[1], sys.argv[2]], peers={sys.argv[1]: sys.argv[2]}):\n"
+    "    print('ready', flush=True)\n"
+    "    while True: time.sleep(1)\n")
+
+LIVE_ROWS = [
+    # label                                  argv (monitor namespace)                          sockets
+    ("XDP devmap, no socket (kernel baseline)", ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0),
+    ("mosxdp inline, no app",                 ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}", "--no-app"], 2),
+    ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}"], 2),
+    ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
+    ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
+]
+
+# Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an
+# answer) sent as fast as one Python process can through an AF_PACKET socket.
+_FLOODER = r'''
+import socket, struct, sys, time
+ifname, dmac, smac, sip, dip, size, seconds = sys.argv[1:8]
+size, seconds = int(size), float(seconds)
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+src, dst = socket.inet_aton(sip), socket.inet_aton(dip)
+payload = bytes(max(0, size - 54))
+frames = []
+for i in range(64):
+    tcp = struct.pack("!HHIIBBHHH", 40000 + i, 9, 1000 + i, 1, 5 << 4, 0x14, 512, 0, 0) + payload
+    tcp = tcp[:16] + struct.pack("!H", csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    frames.append(bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00" + ip + tcp)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+send = s.send
+n = 0
+end = time.monotonic() + seconds
+while True:
+    for f in frames:
+        try:
+            send(f)
+        except OSError:
+            pass
+    n += 64
+    if time.monotonic() >= end:
+        break
+print(n)
+'''
+
+
+def _pin(cpu):
+    return ["taskset", "-c", str(cpu)] if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else []
+
+
+def _link_rx(tb, ns, ifname):
+    import json as _json
+    r = tb.run(ns, ["ip", "-s", "-j", "link", "show", ifname], capture_output=True, text=True)
+    return _json.loads(r.stdout)[0]["stats64"]["rx"]["packets"]
+
+
+def _prog_id(tb, ifname):
+    import json as _json
+    r = tb.run("mon", ["ip", "-j", "-d", "link", "show", ifname], capture_output=True, text=True)
+    try:
+        return _json.loads(r.stdout)[0]["xdp"]["prog"]["id"]
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def _xdp_ready(tb, want_sockets, deadline, flooder):
+    """Both monitor interfaces carry our XDP program and, when the row binds sockets,
+    probe TCP frames from the client reach an AF_XDP socket (the program's to_xsk
+    counter moves)."""
+    from mosxdp.io.xdp import MosxdpMaps
+    while time.monotonic() < deadline:
+        ids = [_prog_id(tb, ifn) for ifn in (tb.iface_a, tb.iface_b)]
+        if None in ids:
+            time.sleep(0.2)
+            continue
+        if not want_sockets:
+            return True
+        maps = MosxdpMaps.from_prog_id(ids[0])
+        try:
+            before = maps.counters()["to_xsk"]
+            tb.run("cli", [sys.executable, flooder, tb.cli_if, tb.srv_mac, tb.cli_mac, tb.cli_ip,
+                           tb.srv_ip, "60", "0"], capture_output=True)
+            time.sleep(0.05)
+            if maps.counters()["to_xsk"] > before:
+                return True
+        finally:
+            maps.close()
+        time.sleep(0.2)
+    return False
+
+
+def _iperf(tb, streams, seconds):
+    import json as _json
+    r = tb.run("cli", _pin(0) + ["iperf3", "-c", tb.srv_ip, "-t", str(seconds), "-P", str(streams),
+                                 "-J"], capture_output=True, text=True, timeout=seconds + 60)
+    if r.returncode != 0:
+        return None
+    j = _json.loads(r.stdout)
+    return j["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def _flood(tb, seconds, size, script):
+    before = _link_rx(tb, "srv", tb.srv_if)
+    r = tb.run("cli", _pin(0) + [sys.executable, script, tb.cli_if, tb.srv_mac, tb.cli_mac,
+                                 tb.cli_ip, tb.srv_ip, str(size), str(seconds)],
+               capture_output=True, text=True, timeout=seconds + 60)
+    time.sleep(0.3)
+    after = _link_rx(tb, "srv", tb.srv_if)
+    sent = int(r.stdout.strip() or 0)
+    return (after - before) / seconds / 1e3, sent / seconds / 1e3
+
+
+def _measure_row(tb, row, seconds, size, workdir, flooder):
+    label, argv, nsock = row
+    subst = {"{py}": sys.executable, "{A}": tb.iface_a, "{B}": tb.iface_b, "{tmp}": workdir}
+    argv = [subst.get(a, a) for a in argv]
+    argv = [a.replace("{tmp}", workdir) for a in argv]
+    os.makedirs(os.path.join(workdir, "flows"), exist_ok=True)
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    log = open(os.path.join(workdir, "monitor.log"), "a")
+    mon = tb.popen("mon", _pin(1) + argv, cwd=root, stdout=log, stderr=log)
+    try:
+        if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
+            raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
+        res = {"tcp1": _iperf(tb, 1, seconds), "tcp4": _iperf(tb, 4, seconds)}
+        res["kpps"], res["gen_kpps"] = _flood(tb, seconds, size, flooder)
+        if mon.poll() is not None:
+            raise RuntimeError(f"{label}: the monitor died during the run (see {log.name})")
+        return res
+    finally:
+        tb.stop(mon, 2)
+        log.close()
+
+
+def bench_live(argv, rounds=3):
+    import statistics
+    p = argparse.ArgumentParser(prog="bench.py --live")
+    p.add_argument("--seconds", type=float, default=5, help="length of each load (default 5)")
+    p.add_argument("--frame-size", type=int, default=106, help="small-frame size (default 106)")
+    p.add_argument("--rows", help="comma-separated row numbers to run (1 = baseline, always run)")
+    p.add_argument("--json", help="also write the raw results here")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.py --live: needs root (network namespaces, XDP)", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "ethtool", "ip", "ss"):
+        if shutil.which(tool) is None:
+            print(f"bench.py --live: {tool} is not installed", file=sys.stderr)
+            return 2
+    from mosxdp.testbed import Testbed
+    rows = LIVE_ROWS
+    if args.rows:
+        keep = {int(x) for x in args.rows.split(",")} | {1}
+        rows = [r for i, r in enumerate(LIVE_ROWS, 1) if i in keep]
+    workdir = tempfile.mkdtemp(prefix="mosxdp-bench-live-")
+    flooder = os.path.join(workdir, "flood.py")
+    with open(flooder, "w") as f:
+        f.write(_FLOODER)
+    results = {r[0]: [] for r in rows}
+    try:
+        with Testbed("inline") as tb:
+            for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
+                tb.run(ns, [sys.executable, "-c", "import os, sys; from mosxdp.io.xdp import "
+                            "attach_pass_program as a; os.close(a(sys.argv[1]).fd)", ifn],
+                       check=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+            srv = tb.popen("srv", _pin(0) + ["iperf3", "-s"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            tb.wait_listen("srv", 5201)
+            for rnd in range(rounds):
+                for row in rows:
+                    try:
+                        res = _measure_row(tb, row, args.seconds, args.frame_size, workdir, flooder)
+                    except RuntimeError as exc:
+                        print(f"  round {rnd + 1}: {exc}", file=sys.stderr)
+                        res = None
+                    results[row[0]].append(res)
+                    if res:
+                        print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "
+                              f"4 streams {res['tcp4'] or 0:.2f} Gbps, small frames {res['kpps']:.0f} kpps "
+                              f"(generator {res['gen_kpps']:.0f})", flush=True)
+            tb.stop(srv)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def med(label, key):
+        vals = [r[key] for r in results[label] if r and r.get(key) is not None]
+        if not vals:
+            return None, None, None
+        return statistics.median(vals), min(vals), max(vals)
+
+    base = rows[0][0]
+    print(f"\nlive benchmark: veth inline testbed, {rounds} rounds of {args.seconds:g} s, "
+          f"median [min-max]; ratio = median / baseline median; "
+          f"small frames: {args.frame_size}-byte TCP, counted at the server")
+    head = f"{'configuration':<42} {'TCP 1 stream Gbps':>26} {'TCP 4 streams Gbps':>26} {'small frames kpps':>26}"
+    print(head)
+    for label, _, _ in rows:
+        cells = []
+        for key, fmt in (("tcp1", "{:.2f}"), ("tcp4", "{:.2f}"), ("kpps", "{:.0f}")):
+            m, lo, hi = med(label, key)
+            b = med(base, key)[0]
+            if m is None:
+                cells.append(f"{'-':>26}")
+                continue
+            ratio = f" {m / b:.2f}x" if b else ""
+            cells.append(f"{(fmt.format(m) + ' [' + fmt.format(lo) + '-' + fmt.format(hi) + ']' + ratio):>26}")
+        print(f"{label:<42} " + " ".join(cells))
+    if args.json:
+        import json as _json
+        with open(args.json, "w") as f:
+            _json.dump(results, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--offline", metavar="PCAP", help="benchmark the core on a pcap file")
@@ -98,8 +336,7 @@ def main(argv=None):
     if args.offline:
         bench_offline(args.offline, args.repeat)
     if args.live:
-        import bench_live
-        return bench_live.main(rest)
+        return bench_live(rest, rounds=args.repeat)
     return 0
 
 
