@@ -139,9 +139,27 @@ def cmd_run(argv):
         finally:
             if hasattr(module, "teardown"):
                 module.teardown(app)
+            if args.stats and args.iface is not None:
+                _print_live_summary(mctx)
     finally:
         api.mtcp_destroy()
     return 0
+
+
+def _print_live_summary(mctx):
+    """At exit of a live run: the core's counters and the datapath's."""
+    from .engine import summary_line
+    stats = getattr(mctx, "live_stats", None) or {}
+    print(summary_line(mctx.stack, stats.get("frames", 0),
+                       stats.get("forwarded", 0) + stats.get("outbox_sent", 0), None), file=sys.stderr)
+    xdp = stats.get("xdp")
+    if isinstance(xdp, dict) and xdp:
+        print("mosxdp: xdp " + ", ".join(f"{k} {v}" for k, v in xdp.items() if v), file=sys.stderr)
+    accounting = stats.get("accounting")
+    if accounting:
+        print(f"mosxdp: umem frames {accounting}"
+              + (f" ERROR {stats['accounting_error']}" if "accounting_error" in stats else ""),
+              file=sys.stderr)
 
 
 def cmd_detach(argv):

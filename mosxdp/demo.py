@@ -16,9 +16,13 @@ import sys
 import tempfile
 import time
 
-from .testbed import Testbed, probe
+from .testbed import Testbed, TestbedError, probe
 
 PORT = 8080
+
+
+class DemoError(RuntimeError):
+    """The demo could not run: one line says why."""
 
 
 def _sha256(path):
@@ -29,10 +33,10 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _wait_attached(tb, timeout=60.0):
+def _wait_attached(tb, proc, timeout=60.0):
     """The monitor is ready when both interfaces carry an XDP program."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         out = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
         if out.count("prog/xdp") >= 2:
             time.sleep(0.5)
@@ -56,10 +60,12 @@ def _start_monitor(tb, python, app_argv, log_path):
     argv = [python, "-m", "mosxdp.cli", "run", *app_argv, "--iface", tb.iface_a, "--peer", tb.iface_b]
     log = open(log_path, "w")
     proc = tb.popen("mon", argv, stdout=log, stderr=subprocess.STDOUT)
-    if not _wait_attached(tb):
+    if not _wait_attached(tb, proc):
         tb.stop(proc)
         log.close()
-        raise RuntimeError("the monitor did not attach within 60 s; see " + log_path)
+        with open(log_path) as f:
+            last = f.read().strip().splitlines()[-1:] or ["(no output)"]
+        raise DemoError(f"the monitor did not start: {last[0]}")
     return proc, log
 
 
@@ -72,6 +78,20 @@ def _curl(tb, url, out, upload=None, extra=()):
     return result, time.monotonic() - started
 
 
+SECRET = b"CONFIDENTIAL"
+RULES = """# mosxdp demo rules (mOS simple_firewall format)
+DROP    0.0.0.0      10.77.0.2/32  dport:8081
+DROP    ::           fd77::2/128   dport:8081
+"""
+
+
+def _read_lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def run_demo(keep=False):
     reason = probe()
     if reason:
@@ -81,27 +101,37 @@ def run_demo(keep=False):
     work = tempfile.mkdtemp(prefix="mosxdp-demo-")
     www = os.path.join(work, "www")
     os.makedirs(www)
-    files = {"small.bin": 1024, "big.bin": 20 * 1024 * 1024}
-    for name, size in files.items():
+    for name, size in {"small.bin": 1024, "big.bin": 20 * 1024 * 1024}.items():
         with open(os.path.join(www, name), "wb") as f:
             f.write(os.urandom(size))
+    with open(os.path.join(www, "secret.txt"), "wb") as f:
+        f.write(b"quarterly numbers: " + SECRET + b" do not forward\n" * 1 + b"x" * 3000 + b"\n")
     upload_src = os.path.join(work, "upload.bin")
     with open(upload_src, "wb") as f:
         f.write(os.urandom(2 * 1024 * 1024))
-    conn_log = os.path.join(work, "conn.log")
+    rules = os.path.join(work, "rules.conf")
+    with open(rules, "w") as f:
+        f.write(RULES)
+    logs = {name: os.path.join(work, name) for name in ("conn.log", "scrub.log", "fw.json")}
     started = time.monotonic()
     results = []
     try:
         with Testbed(kind="inline") as tb:
             print(f"testbed: {tb.cli_ns} ({tb.cli_ip}, {tb.cli_ip6}) -- [{tb.mon_ns}: "
                   f"{tb.iface_a} | {tb.iface_b}] -- {tb.srv_ns} ({tb.srv_ip}, {tb.srv_ip6})")
-            server = tb.popen("srv", [python, "-m", "mosxdp.demo_server", str(PORT), www, work],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers = [tb.popen("srv", [python, "-m", "mosxdp.demo_server", str(port), www, work],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for port in (PORT, PORT + 1)]
             tb.wait_listen("srv", PORT)
+            tb.wait_listen("srv", PORT + 1)
             _attach_endpoint_programs(tb, python)
             monitor, log = _start_monitor(
-                tb, python, ["connlog", "--output", conn_log], os.path.join(work, "connlog.out"))
-            print("monitor: mosxdp run connlog --iface A --peer B (inline, AF_XDP)")
+                tb, python,
+                [os.path.join(os.path.dirname(__file__), "demo_app.py"),
+                 "--rules", rules, "--fw-stats", logs["fw.json"], "--pattern", SECRET.decode(),
+                 "--scrub-log", logs["scrub.log"], "--conn-log", logs["conn.log"], "--stats"],
+                os.path.join(work, "monitor.out"))
+            print("monitor: simple_firewall + scrub + connlog, inline on A|B (XDP + AF_XDP)")
             transfers = [
                 ("IPv4 download 1 KiB", f"http://{tb.srv_ip}:{PORT}/small.bin", "small.bin", None),
                 ("IPv4 download 20 MiB", f"http://{tb.srv_ip}:{PORT}/big.bin", "big.bin", None),
@@ -118,25 +148,45 @@ def run_demo(keep=False):
                 else:
                     ok = result.returncode == 0 and _sha256(out) == _sha256(os.path.join(www, name))
                 results.append((label, ok, seconds, result.stdout.strip() or result.stderr.strip()))
-            tb.stop(monitor, timeout=15)
+            # Blocked by a firewall rule: the SYN never reaches the server.
+            blocked, seconds = _curl(tb, f"http://{tb.srv_ip}:{PORT + 1}/small.bin", "/dev/null",
+                                     extra=("--connect-timeout", "2"))
+            results.append(("IPv4 to port 8081 (DROP rule)", blocked.returncode != 0, seconds,
+                            blocked.stderr.strip() or blocked.stdout.strip()))
+            # Scrubbed: the server's CONFIDENTIAL leaves the monitor as XXXXXXXXXXXX.
+            scrubbed_path = os.path.join(work, "secret-received.txt")
+            scrubbed, seconds = _curl(tb, f"http://{tb.srv_ip}:{PORT}/secret.txt", scrubbed_path)
+            got = open(scrubbed_path, "rb").read() if os.path.exists(scrubbed_path) else b""
+            results.append(("IPv4 secret.txt (scrubbed)", SECRET not in got and b"X" * len(SECRET) in got,
+                            seconds, got[:40].decode(errors="replace").strip()))
+            tb.stop(monitor, sig=2, timeout=15)
             log.close()
-            tb.stop(server)
+            for server in servers:
+                tb.stop(server)
             detached = "prog/xdp" not in tb.run("mon", ["ip", "-d", "link", "show"],
                                                 capture_output=True, text=True).stdout
         print()
-        print("transfers through the inline monitor (sha256 of what arrived vs what was sent):")
+        print("transfers through the inline monitor:")
         for label, ok, seconds, detail in results:
-            print(f"  {'OK ' if ok else 'BAD'} {label:<22} {seconds:6.2f} s   curl: {detail}")
+            print(f"  {'OK ' if ok else 'BAD'} {label:<30} {seconds:6.2f} s   {detail}")
         print()
-        print("connlog (one Zeek conn.log line per flow, written by the monitor):")
-        if os.path.exists(conn_log):
-            with open(conn_log) as f:
-                for line in f:
-                    rec = json.loads(line)
-                    print(f"  {rec['id.orig_h']}:{rec['id.orig_p']} -> {rec['id.resp_h']}:{rec['id.resp_p']}"
-                          f"  {rec['conn_state']:<4} {rec['history']:<10} orig_bytes={rec['orig_bytes']}"
-                          f" resp_bytes={rec['resp_bytes']} pkts={rec['orig_pkts']}/{rec['resp_pkts']}"
-                          f" states={rec['client_state']}/{rec['server_state']} end={rec['end_reason']}")
+        print("simple_firewall rule hits:")
+        if os.path.exists(logs["fw.json"]):
+            with open(logs["fw.json"]) as f:
+                print("  " + json.dumps(json.load(f)))
+        print("scrub hits:")
+        for hit in _read_lines(logs["scrub.log"]):
+            print(f"  {hit}")
+        print("connlog (one Zeek conn.log line per flow):")
+        for rec in _read_lines(logs["conn.log"]):
+            print(f"  {rec['id.orig_h']}:{rec['id.orig_p']} -> {rec['id.resp_h']}:{rec['id.resp_p']}"
+                  f"  {rec['conn_state']:<6} {rec['history']:<10} orig_bytes={rec['orig_bytes']}"
+                  f" resp_bytes={rec['resp_bytes']} pkts={rec['orig_pkts']}/{rec['resp_pkts']}"
+                  f" states={rec['client_state']}/{rec['server_state']} end={rec['end_reason']}")
+        print("datapath (monitor's last words):")
+        with open(os.path.join(work, "monitor.out")) as f:
+            for line in f.read().splitlines()[-4:]:
+                print(f"  {line}")
         print()
         print(f"XDP programs detached after exit: {'yes' if detached else 'NO'}")
         print(f"demo finished in {time.monotonic() - started:.1f} s")
@@ -144,6 +194,9 @@ def run_demo(keep=False):
     except KeyboardInterrupt:
         print("\nmosxdp demo: interrupted; testbed removed", file=sys.stderr)
         return 130
+    except (DemoError, TestbedError) as exc:
+        print(f"mosxdp demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -84,8 +84,9 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64):
 def summary_line(stack, frames_in, frames_out, seconds):
     """One line of what the core saw: frames, flows, and every malformation by kind."""
     c = stack.counters
-    parts = [f"frames in {frames_in} out {frames_out}", f"{seconds:.2f} s",
-             f"{frames_in / seconds / 1e3:.0f} kpps" if seconds > 0 else "",
+    parts = [f"frames in {frames_in} out {frames_out}",
+             f"{seconds:.2f} s" if seconds else "",
+             f"{frames_in / seconds / 1e3:.0f} kpps" if seconds else "",
              f"tcp {c['tcp_segments']}", f"non-tcp {c['non_tcp']}", f"ip fragments {c['ip_fragments']}",
              f"flows {c['flows_created']} (ended {c['flows_ended']}, evicted {c['flows_evicted']})",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
@@ -133,4 +134,7 @@ def run_live(mctx):
     mctx.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
     with engine:
         engine.run()
+        # Read while the sockets and the program still exist: the accounting
+        # of every UMEM frame and the XDP counters.
+        mctx.live_stats = engine.final_stats()
     return 0
