@@ -5,7 +5,9 @@
  *   parse ─► verdict lookup ─► monitor filter ─► XSKMAP[slot * MX_MAX_QUEUES + rx queue]
  *
  * Anything that is not a TCP frame of interest takes the kernel path: inline, a
- * redirect to the peer interface through tx_ports; passive, XDP_PASS. The program
+ * redirect to the peer interface through tx_ports; passive, XDP_PASS (with
+ * MX_IF_FILTER_ALL_IP, non-TCP IP frames the monitor filter matches go to user space
+ * too: raw sockets with UDP/ICMP filters). The program
  * drops only on an explicit verdict (MX_ACTION_DROP) or, with MX_IF_FAIL_CLOSED, when a
  * frame meant for user space finds no socket bound.
  *
@@ -114,6 +116,7 @@ static __always_inline int mx_apply_verdict(struct mx_if_config *cfg, struct mx_
 		__sync_fetch_and_add(&vd->packets[dir & 1], 1);
 		__sync_fetch_and_add(&vd->bytes[dir & 1], pkt->payload_len);
 		__sync_fetch_and_add(&vd->frame_bytes[dir & 1], pkt->frame_len);
+		__sync_fetch_and_add(&vd->ip_bytes[dir & 1], pkt->ip_len);
 	}
 	if (vd->action == MX_ACTION_DROP) {
 		mx_count(MX_CNT_VERDICT_DROP);
@@ -154,6 +157,8 @@ int mosxdp_rx(struct xdp_md *ctx)
 		mx_count(MX_CNT_NOT_IP);
 		return mx_kernel_path(cfg);
 	case MX_PARSE_NOT_TCP:
+		if ((cfg->flags & MX_IF_FILTER_ALL_IP) && mx_filter_match(&pkt.view))
+			goto to_user;
 		mx_count(MX_CNT_NOT_TCP);
 		return mx_kernel_path(cfg);
 	case MX_PARSE_FRAGMENT:
@@ -168,9 +173,21 @@ int mosxdp_rx(struct xdp_md *ctx)
 	dir = mx_flow_key_of(&pkt, &key);
 	vd = verdicts.lookup(&key);
 	if (vd && (vd->action == MX_ACTION_BYPASS || vd->action == MX_ACTION_DROP)) {
+		int d = dir & 1;
+
 		vd->last_seen_ns = bpf_ktime_get_ns();
-		if (!(pkt.tcp_flags & (MX_TCP_SYN | MX_TCP_FIN | MX_TCP_RST)))
-			return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
+		if (!(pkt.tcp_flags & (MX_TCP_SYN | MX_TCP_FIN | MX_TCP_RST))) {
+			/* the first ACK of a FIN (ACK watch) goes to user space too */
+			if (!(vd->watch_armed[d] && (pkt.tcp_flags & MX_TCP_ACK) &&
+			      (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0))
+				return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
+			vd->watch_armed[d] = 0;
+		} else if ((pkt.tcp_flags & MX_TCP_FIN) && vd->action == MX_ACTION_BYPASS) {
+			/* arm the other direction's watch: its ACK of this FIN ends the flow */
+			vd->ack_watch[d ^ 1] = pkt.seq + pkt.payload_len + 1 +
+					       ((pkt.tcp_flags & MX_TCP_SYN) ? 1 : 0);
+			vd->watch_armed[d ^ 1] = 1;
+		}
 		/* connection control: user space must see it; skip the filter */
 		mx_count(MX_CNT_VERDICT_CTRL);
 	} else {
@@ -181,6 +198,7 @@ int mosxdp_rx(struct xdp_md *ctx)
 		}
 	}
 
+to_user:
 	if (queue < MX_MAX_QUEUES && cfg->slot < MX_MAX_SLOTS) {
 		index = cfg->slot * MX_MAX_QUEUES + queue;
 		rc = xsks_map.redirect_map(index, XDP_PASS);

@@ -43,6 +43,7 @@
 #define MX_IF_INLINE (1U << 0)         /* kernel path = redirect to tx_ports[egress_slot]; else XDP_PASS */
 #define MX_IF_FAIL_CLOSED (1U << 1)    /* no socket bound at the XSKMAP index: XDP_DROP instead of the kernel path */
 #define MX_IF_BYPASS_CONSUME (1U << 2) /* passive only: frames of a BYPASS flow are consumed (XDP_DROP), not passed */
+#define MX_IF_FILTER_ALL_IP (1U << 3)  /* run the monitor filter on every parsed IP frame, not only TCP (raw sockets) */
 
 /* Value of the if_config hash, key = ingress ifindex (__u32, host order).
  * One program serves every monitored interface; the slot keeps their XSKMAP
@@ -59,7 +60,9 @@ struct mx_if_config {
 /* What a generated monitor-filter expression (mx_filter.h) is evaluated on: one TCP
  * frame as seen on the wire, source/destination NOT canonicalised. IPv4 addresses
  * are in src[0]/dst[0] with src[1..3]/dst[1..3] zero. The expression may use
- * bpf_htons()/bpf_htonl() for constants. */
+ * bpf_htons()/bpf_htonl() for constants. With MX_IF_FILTER_ALL_IP the filter also
+ * sees non-TCP IP frames (not fragments): UDP ports are filled in, other protocols
+ * have sport = dport = 0. */
 struct mx_flow_view {
 	__u8 ip_version; /* 4 or 6 */
 	__u8 ip_proto;   /* upper-layer protocol after IPv6 extension headers (6 = TCP) */
@@ -103,7 +106,13 @@ struct mx_flow_key {
  * verdict (forwarded or dropped in the kernel); SYN/FIN/RST frames of the flow go to
  * user space and are not counted here (unless no socket is bound: then the verdict
  * applies to them and they count). Counters are updated with atomic adds. An LRU entry
- * may be evicted under pressure; user space removes entries when flows end. */
+ * may be evicted under pressure; user space removes entries when flows end.
+ *
+ * ACK watch (BYPASS entries only): a FIN of the flow seen by the program arms the watch
+ * of the other direction with the FIN's sequence number + 1; the first frame from that
+ * direction with ACK set and an acknowledgment number at or beyond it goes to user space
+ * too (verdict_ctrl, not counted here) and disarms the watch, so that the state emulation
+ * sees the ACK of every FIN and the connection ends there instead of idling out. */
 struct mx_verdict {
 	__u32 action;                     /* MX_ACTION_* (other values: entry ignored) */
 	__u32 pad;
@@ -111,6 +120,9 @@ struct mx_verdict {
 	__u64 packets[MX_NUM_DIRS];       /* frames handled in the kernel */
 	__u64 bytes[MX_NUM_DIRS];         /* TCP payload bytes of those frames (from IP lengths) */
 	__u64 frame_bytes[MX_NUM_DIRS];   /* L2 frame bytes of those frames */
+	__u64 ip_bytes[MX_NUM_DIRS];      /* IP bytes of those frames (IPv4 total length; IPv6 40 + payload length) */
+	__u32 ack_watch[MX_NUM_DIRS];     /* host order: acknowledgment number that ends the watch of that direction */
+	__u32 watch_armed[MX_NUM_DIRS];   /* 1: the ACK watch of that direction is armed */
 };
 
 /* ---- counters ------------------------------------------------------------------- */

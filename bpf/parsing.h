@@ -18,6 +18,7 @@
 #include <linux/ipv6.h>
 #include <linux/in.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 
 #include "mosxdp.h"
 
@@ -42,6 +43,7 @@
 #define MX_TCP_FIN 0x01
 #define MX_TCP_SYN 0x02
 #define MX_TCP_RST 0x04
+#define MX_TCP_ACK 0x10
 
 /* Where the walk is: the next unread byte and the end of the frame. */
 struct mx_cursor {
@@ -73,7 +75,7 @@ struct mx_ipv6_frag {
 enum mx_parse_result {
 	MX_PARSE_TCP = 0,  /* struct mx_pkt fully filled */
 	MX_PARSE_NOT_IP,   /* L2 parsed; not IPv4/IPv6 */
-	MX_PARSE_NOT_TCP,  /* IP parsed; upper-layer protocol not TCP */
+	MX_PARSE_NOT_TCP,  /* IP parsed; upper-layer protocol not TCP (UDP: ports in the view) */
 	MX_PARSE_FRAGMENT, /* IP fragment: L4 not parsed */
 	MX_PARSE_UNPARSED, /* truncated, malformed, or past the parser bounds */
 };
@@ -86,6 +88,9 @@ struct mx_pkt {
 	__u8 pad;
 	__u32 payload_len;        /* TCP payload bytes per the IP length fields */
 	__u32 frame_len;          /* data_end - data */
+	__u32 ip_len;             /* IPv4 total length; IPv6 40 + payload length */
+	__u32 seq;                /* TCP sequence number, host order */
+	__u32 ack_seq;            /* TCP acknowledgment number, host order */
 };
 
 /* Return a pointer to the next `len` bytes and advance, or NULL if they pass `end`. */
@@ -154,6 +159,7 @@ static __always_inline int mx_parse_ipv4(struct mx_cursor *c, struct mx_pkt *pkt
 	pkt->view.ip_proto = ip->protocol;
 	pkt->view.src[0] = ip->saddr;
 	pkt->view.dst[0] = ip->daddr;
+	pkt->ip_len = tot_len;
 	*ip_payload = tot_len - hlen;
 
 	if (bpf_ntohs(ip->frag_off) & (MX_IP_MF | MX_IP_OFFMASK))
@@ -182,6 +188,7 @@ static __always_inline int mx_parse_ipv6(struct mx_cursor *c, struct mx_pkt *pkt
 	__builtin_memcpy(pkt->view.src, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->view.dst, &ip6->daddr, 16);
 	remaining = bpf_ntohs(ip6->payload_len);
+	pkt->ip_len = remaining + sizeof(*ip6);
 	nexthdr = ip6->nexthdr;
 
 #pragma unroll
@@ -249,6 +256,8 @@ static __always_inline int mx_parse_tcp(struct mx_cursor *c, struct mx_pkt *pkt,
 	pkt->view.sport = tcp->source;
 	pkt->view.dport = tcp->dest;
 	pkt->tcp_flags = ((__u8 *)tcp)[13];
+	pkt->seq = bpf_ntohl(tcp->seq);
+	pkt->ack_seq = bpf_ntohl(tcp->ack_seq);
 	pkt->payload_len = ip_payload - hlen;
 	return MX_PARSE_TCP;
 }
@@ -271,6 +280,16 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_pkt *p
 		rc = mx_parse_ipv6(&c, pkt, &ip_payload);
 	else
 		return MX_PARSE_NOT_IP;
+	if (rc == MX_PARSE_NOT_TCP && pkt->view.ip_proto == IPPROTO_UDP) {
+		/* ports for a raw monitor filter (MX_IF_FILTER_ALL_IP); a short UDP header
+		 * leaves them 0 */
+		struct udphdr *udp = mx_cursor_take(&c, sizeof(*udp));
+
+		if (udp) {
+			pkt->view.sport = udp->source;
+			pkt->view.dport = udp->dest;
+		}
+	}
 	if (rc != MX_PARSE_TCP)
 		return rc;
 	return mx_parse_tcp(&c, pkt, ip_payload);

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 __all__ = [
     "MX_MAX_QUEUES", "MX_MAX_SLOTS", "MX_XSKMAP_SIZE", "MX_MAX_IFACES", "MX_VERDICT_ENTRIES",
     "MX_MAX_VLAN_DEPTH", "MX_MAX_IPV6_EXT",
-    "MX_IF_INLINE", "MX_IF_FAIL_CLOSED", "MX_IF_BYPASS_CONSUME",
+    "MX_IF_INLINE", "MX_IF_FAIL_CLOSED", "MX_IF_BYPASS_CONSUME", "MX_IF_FILTER_ALL_IP",
     "MX_ACTION_BYPASS", "MX_ACTION_DROP", "ACTION_NAMES",
     "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
@@ -40,6 +40,7 @@ MX_MAX_IPV6_EXT = 8
 MX_IF_INLINE = 1 << 0
 MX_IF_FAIL_CLOSED = 1 << 1
 MX_IF_BYPASS_CONSUME = 1 << 2
+MX_IF_FILTER_ALL_IP = 1 << 3
 
 # ---- verdicts -----------------------------------------------------------------------
 MX_ACTION_BYPASS = 1
@@ -135,6 +136,9 @@ class MxVerdict(ct.Structure):
         ("packets", ct.c_uint64 * MX_NUM_DIRS),
         ("bytes", ct.c_uint64 * MX_NUM_DIRS),
         ("frame_bytes", ct.c_uint64 * MX_NUM_DIRS),
+        ("ip_bytes", ct.c_uint64 * MX_NUM_DIRS),
+        ("ack_watch", ct.c_uint32 * MX_NUM_DIRS),
+        ("watch_armed", ct.c_uint32 * MX_NUM_DIRS),
     ]
 
 
@@ -146,10 +150,14 @@ class FlowVerdict:
     packets: tuple[int, int]
     bytes: tuple[int, int]
     frame_bytes: tuple[int, int]
+    ip_bytes: tuple[int, int] = (0, 0)
+    ack_watch: tuple[int, int] = (0, 0)
+    watch_armed: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_struct(cls, v: MxVerdict) -> "FlowVerdict":
-        return cls(v.action, v.last_seen_ns, tuple(v.packets), tuple(v.bytes), tuple(v.frame_bytes))
+        return cls(v.action, v.last_seen_ns, tuple(v.packets), tuple(v.bytes), tuple(v.frame_bytes),
+                   tuple(v.ip_bytes), tuple(v.ack_watch), tuple(v.watch_armed))
 
     @property
     def action_name(self) -> str:

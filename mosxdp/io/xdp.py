@@ -40,7 +40,8 @@ from typing import Iterator
 from . import bpfstructs as bs
 from .bpfstructs import (COUNTER_NAMES, FlowVerdict, MxFlowKey, MxIfConfig, MxVerdict,
                          MX_ACTION_BYPASS, MX_ACTION_DROP, MX_MAX_QUEUES, MX_MAX_SLOTS,
-                         MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, MX_IF_INLINE, make_flow_key)
+                         MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, MX_IF_FILTER_ALL_IP, MX_IF_INLINE,
+                         make_flow_key)
 
 __all__ = [
     "XdpError", "XdpProgram", "LoadedProgram", "MosxdpMaps", "XdpState",
@@ -727,7 +728,8 @@ def status(ifnames: list[str] | None = None, *, netns: str | None = None) -> dic
                     "verdicts_max": bs.MX_VERDICT_ENTRIES,
                     "interfaces": {str(k): {"slot": c.slot, "egress_ifindex": c.egress_ifindex,
                                             "inline": bool(c.flags & MX_IF_INLINE),
-                                            "fail_closed": bool(c.flags & MX_IF_FAIL_CLOSED)}
+                                            "fail_closed": bool(c.flags & MX_IF_FAIL_CLOSED),
+                                            "filter_all_ip": bool(c.flags & MX_IF_FILTER_ALL_IP)}
                                    for k, c in maps.iface_configs().items()},
                 }
             finally:
@@ -850,11 +852,15 @@ class XdpProgram:
     ``force``: replace a foreign XDP program (a stale mosxdp one is always replaced).
     ``keep_attached``: leave the program attached on exit too (fail-open after we stop).
     ``passive_bypass``: "pass" or "consume": what a BYPASS verdict does on a passive interface.
+    ``filter_all_ip``: evaluate the filter on every parsed IP frame, not only TCP (raw
+    monitor sockets whose filters can match UDP/ICMP); non-TCP frames it matches go to
+    the sockets.
     """
 
     def __init__(self, ifaces: list[str], *, peers: dict[str, str] | None = None,
                  mode: str = "native", fail_closed: bool = False, filter_c_expr: str | None = None,
-                 force: bool = False, keep_attached: bool = False, passive_bypass: str = "pass"):
+                 force: bool = False, keep_attached: bool = False, passive_bypass: str = "pass",
+                 filter_all_ip: bool = False):
         if mode not in ("native", "generic", "auto"):
             raise XdpError("XDP mode must be one of native, generic, auto; got %r" % (mode,))
         if passive_bypass not in ("pass", "consume"):
@@ -883,6 +889,7 @@ class XdpProgram:
         self.force = force
         self.keep_attached = keep_attached
         self.passive_bypass = passive_bypass
+        self.filter_all_ip = filter_all_ip
         self.slots: dict[str, int] = {n: i for i, n in enumerate(names)}
         self.ifindexes: dict[str, int] = {}
         self.modes: dict[str, str] = {}
@@ -929,6 +936,8 @@ class XdpProgram:
         for n in self.ifaces:
             cfg = MxIfConfig(slot=self.slots[n])
             flags = MX_IF_FAIL_CLOSED if self.fail_closed else 0
+            if self.filter_all_ip:
+                flags |= MX_IF_FILTER_ALL_IP
             if n in self.peers:
                 p = self.peers[n]
                 flags |= MX_IF_INLINE
