@@ -12,6 +12,7 @@ import os
 import socket
 
 from . import constants as C
+from .callback_log import log_callback_error
 from .config import ConfigError, apply, load_config
 from .core import packet as P
 from .core.events import EventError, EventRegistry, check_combination
@@ -64,7 +65,9 @@ class MtcpContext:
     def __init__(self, cpu, config, registry):
         self.cpu = cpu
         self.config = config
-        self.stack = Stack(config.stack_config(), handle=self, registry=registry)
+        # A callback's first exception is logged with its traceback; all are counted.
+        self.stack = Stack(config.stack_config(), handle=self, registry=registry,
+                           on_callback_error=log_callback_error)
         self.alive = True
         self.pkt_copy = None      # the buffer mtcp_getlastpkt reuses
         self.engine = None        # set by the engine that drives this context
@@ -453,9 +456,12 @@ def _flow_stats(stack, flow):
         stats.pkts[index] = side.pkts
         stats.ip_bytes[index] = side.ip_bytes
         stats.l2_bytes[index] = side.l2_bytes
-        extent = receiver.max_end
+        # Bytes of a bypassed flow that went by in the kernel since the emulation last
+        # caught up (no FIN/RST after them) count as delivered: the payload counted.
+        carried = side.bypassed_bytes
+        extent = max(receiver.max_end, receiver.rcv_nxt + carried)
         stats.stream_bytes[index] = extent
-        stats.missed_bytes[index] = max(0, extent - receiver.unique_bytes)
+        stats.missed_bytes[index] = max(0, extent - receiver.unique_bytes - carried)
     stats.history = "".join(flow.history)
     stats.end_reason = flow.end_reason
     return stats

@@ -120,21 +120,52 @@ def run_context(mctx):
 
 
 def run_live(mctx):
-    """Drive the context from AF_XDP sockets on its interfaces until a signal."""
+    """Drive the context from AF_XDP sockets on its interfaces until a signal.
+
+    The hybrid fast path (mosxdp.hybrid): the XDP program filters with the sockets'
+    monitor filters as they are now, and the stack's kernel verdicts are kept in its
+    verdict map (the processor is the stack wrapped by HybridProcessor)."""
+    from .hybrid import HybridProcessor, kernel_filter
     from .live import LiveEngine
     config = mctx.config
+    kfilter = kernel_filter(mctx.stack)
+    processor = HybridProcessor(mctx.stack)
+    program = "mosxdp"
+    if kfilter.filter_all_ip:
+        def program(eng):
+            from .io.xdp import XdpProgram
+            return XdpProgram(eng.ifaces, peers={eng.ifaces[0]: eng.ifaces[1]} if eng.inline else None,
+                              mode=eng.xdp_mode, fail_closed=eng.fail_closed,
+                              filter_c_expr=kfilter.c_expr, force=eng.force, filter_all_ip=True)
     engine = LiveEngine(
-        config.iface, config.peer, mctx.stack,
+        config.iface, config.peer, processor,
         queues=None if config.queues == "all" else config.queues,
         frame_count=config.frame_count, ring_size=config.ring_size,
         batch_size=min(config.batch_size, config.ring_size),
         zero_copy=config.bind == "zerocopy", xdp_mode=config.xdp_mode,
-        fail_closed=config.fail_closed, force=config.force)
+        fail_closed=config.fail_closed, force=config.force,
+        filter_c_expr=kfilter.c_expr, program=program)
+    warned = []
+
+    def filters_changed():
+        # The program was compiled with the filters of the start: say so once when
+        # they change (a socket or filter added later may miss frames the kernel keeps).
+        if not warned and kernel_filter(mctx.stack) != kfilter:
+            warned.append(True)
+            print("mosxdp: warning: monitor filters changed after the start; the kernel "
+                  "filter keeps the start's (restart to apply them)", file=sys.stderr)
+    engine.filters_changed = filters_changed
     mctx.engine = engine
+    mctx.kernel_filter = kfilter
     mctx.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
     with engine:
+        processor.program = engine.program
         engine.run()
         # Read while the sockets and the program still exist: the accounting
         # of every UMEM frame and the XDP counters.
-        mctx.live_stats = engine.final_stats()
+        stats = mctx.live_stats = engine.final_stats()
+        stats["kernel_filter"] = {"c_expr": kfilter.c_expr, "all_ip": kfilter.filter_all_ip,
+                                  "why": kfilter.why}
+        stats["verdict_entries_left"] = processor.occupancy()
+        processor.program = None
     return 0

@@ -84,6 +84,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
+        "bypassed_bytes",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -111,6 +112,10 @@ class Side:
         self.history_bits = 0
         self.l2_header = None      # Ethernet (+tags) header of this side's first frame
         self.port = None           # port this side's frames come in on
+        # Payload bytes this side sent in frames of a bypassed flow that the emulation did
+        # not process (the kernel's, once merged, and the bypass path's), since its stream
+        # was last caught up (_catch_up).
+        self.bypassed_bytes = 0
 
 
 class Flow:
@@ -207,6 +212,14 @@ class Stack:
         self._ended_lookup = set()
         self.outbox = []
         self.kernel_updates = []             # (action, flow) for the engine's kernel verdict map
+        # Hooks of an engine with a kernel verdict map (None: sans-IO, offline). Both take a
+        # flow with a kernel verdict and add what the kernel counted for it to its sides
+        # (Side.pkts/ip_bytes/l2_bytes/bypassed_bytes) and move flow.last_ts to the kernel's
+        # last-seen time. on_flow_end also removes the kernel entry: it runs in destroy_flow
+        # before the CONN_END callbacks. kernel_sync runs before the emulation processes a
+        # frame of a bypassed flow, and before such a flow would idle out.
+        self.on_flow_end = None
+        self.kernel_sync = None
         self.now = 0
         # Added to flow timestamps reported to apps: live clocks are monotonic,
         # logs want wall-clock time (0 offline: packet timestamps are wall-clock).
@@ -497,15 +510,57 @@ class Stack:
         if snd.port is None:
             snd.port = port
             snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
-        if flow.bypass and not flags & (TH_SYN | TH_FIN | TH_RST):
-            # The kernel handles such frames live; offline we only count them.
-            self.counters["bypassed_packets"] += 1
-            self._history(flow, snd, sender, pkt, flags)
-            return VERDICT_DROP if flow.kernel_verdict == "drop" else VERDICT_FORWARD
         rcv = flow.sides[1 - sender]
+        if flow.bypass:
+            if not flags & _SYN_FIN_RST and not (
+                    flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
+                    and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
+                # The kernel handles such frames live (the few that reach user space
+                # meanwhile are counted here); offline we only count them.
+                self.counters["bypassed_packets"] += 1
+                snd.bypassed_bytes += pkt.payload_len
+                self._history(flow, snd, sender, pkt, flags)
+                return VERDICT_DROP if flow.kernel_verdict == "drop" else VERDICT_FORWARD
+            # SYN, FIN, RST, or the first ACK of a FIN (the kernel's ACK watch): the
+            # emulation sees it, after the streams the kernel carried.
+            if self.kernel_sync is not None:
+                self.kernel_sync(flow)
+            self._catch_up(snd, rcv, pkt)
         if not flags & _SYN_FIN_RST and snd.snd_nxt is not None and snd.peer_base is not None:
             return self._data_segment(flow, pkt, sender, snd, rcv, flags)
         return self._segment(flow, pkt, sender, snd, rcv)
+
+    def _catch_up(self, snd, rcv, pkt):
+        """A segment of a bypassed flow: the bytes `snd` sent before it went through the
+        kernel (or the bypass path), so its receiver's stream jumps to the segment's
+        sequence number as if they had arrived; they count as received, not missed.
+        The stream buffer stops (there is a gap nobody will fill) and the receive
+        window is unknown until the receiver's next ACK."""
+        if rcv.peer_base is None or pkt.flags & TH_SYN:
+            return
+        carried = snd.bypassed_bytes
+        snd.bypassed_bytes = 0
+        ahead = (pkt.seq - rcv.peer_base - rcv.rcv_nxt) & SEQ_MASK
+        if carried >= SEQ_HALF:
+            # More than 2 GiB went by: the wrap count comes from the bytes carried (an
+            # upper bound: retransmissions count too), the nearest distance that fits.
+            dist = ahead + ((carried - ahead + SEQ_HALF) // SEQ_MOD) * SEQ_MOD
+        else:
+            dist = ahead - SEQ_MOD if ahead >= SEQ_HALF else ahead
+        if dist <= 0:
+            return
+        end = rcv.rcv_nxt + dist
+        if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
+            end = rcv.peer_fin_off
+        if end <= rcv.rcv_nxt:
+            return
+        rcv.unique_bytes += end - rcv.rcv_nxt
+        rcv.rcv_nxt = end
+        if end > rcv.max_end:
+            rcv.max_end = end
+        rcv.buf = None
+        rcv.bufsize = 0
+        rcv.right_edge = None
 
     def _orphan(self, pkt, key, ts):
         self.counters["orphans"] += 1
@@ -912,6 +967,9 @@ class Stack:
         self._flush_new_data(flow)
         flow.destroyed = True
         flow.end_reason = reason
+        if flow.kernel_verdict is not None and self.on_flow_end is not None:
+            # The kernel's counters join the flow's before anyone reads its totals.
+            self.on_flow_end(flow)
         saved_pkt = self.cur_pkt
         self.cur_pkt = None   # CONN_END has no packet context
         try:
@@ -978,10 +1036,17 @@ class Stack:
         if timeout > 0:
             limit = now - int(timeout * 1e6)
             lru = self.lru
+            sync = self.kernel_sync
             while lru:
                 flow = next(iter(lru))
                 if flow.last_ts > limit:
                     break
+                if flow.kernel_verdict is not None and sync is not None:
+                    # Idle here, maybe busy in the kernel: its last-seen time decides.
+                    sync(flow)
+                    if flow.last_ts > limit:
+                        lru.move_to_end(flow)
+                        continue
                 self.destroy_flow(flow, "timeout")
 
     def finish(self):

@@ -1,0 +1,247 @@
+"""The hybrid fast path: what the live engine keeps in the kernel for the core.
+
+Two things, both set up by ``engine.run_live``:
+
+* **The kernel filter** (``kernel_filter``): one C expression for the XDP program from
+  every monitor socket's filters, so that frames no socket can want never leave the
+  kernel. A listening socket contributes its SYN filter, and its orphan filter when
+  orphans can matter to it (an ORPHAN callback, or ``midstream_pickup``); a raw socket
+  its raw filter. A socket without a filter wants everything: then there is no kernel
+  filter at all. The program evaluates the expression on the frame as seen; a flow's
+  frames travel both ways, so a stream filter is evaluated on the frame and on the frame
+  with source and destination swapped (``src host C`` selects C's SYN, and the server's
+  replies, which have ``dst C``, must reach the core too). User space still applies each
+  socket's exact filter.
+
+* **Kernel verdicts in step with the core** (``HybridProcessor``): the live engine's
+  processor is the stack wrapped so that, after every batch, clock advance and at the
+  end, the stack's ``kernel_updates`` (BYPASS/DROP verdicts, removals) are written to the
+  program's verdict map; the stack's ``on_flow_end`` hook removes a flow's entry and
+  merges its counters (packets, IP bytes, frame bytes, payload bytes per direction, last
+  seen time) into the flow before the CONN_END callbacks, and ``kernel_sync`` merges them
+  without removing before the emulation processes a control frame of a bypassed flow or
+  lets one idle out. Entries never outlive their flows: every flow that ends (FIN, RST,
+  idle timeout, eviction, end of run) has its entry popped.
+
+The flow key follows bpf/mosxdp.c's ``mx_flow_key_of`` exactly (``bpfstructs.make_flow_key``):
+the flow's client 4-tuple, its first two VLAN ids, IPv4 or IPv6.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+from .core.events import EV_ORPHAN, HOOK_NULL
+from .io.bpfstructs import make_flow_key
+
+__all__ = ["KernelFilter", "kernel_filter", "swap_sides", "flow_key", "HybridProcessor"]
+
+_SWAP = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
+_SIDE_RE = re.compile(r"\bv->(src|dst|sport|dport)\b")
+
+
+def swap_sides(c_expr: str) -> str:
+    """The same filter expression evaluated on the frame with source and destination
+    swapped (the generated C names the view's fields ``v->src[i]``, ``v->dst[i]``,
+    ``v->sport``, ``v->dport``)."""
+    return _SIDE_RE.sub(lambda m: "v->" + _SWAP[m.group(1)], c_expr)
+
+
+def _guard(domain, expr):
+    return expr if not domain else f"(v->ip_version == {domain} && {expr})"
+
+
+class KernelFilter:
+    """What the XDP program filters on: ``c_expr`` (None: every TCP frame goes to user
+    space), ``filter_all_ip`` (raw sockets: the filter also decides for non-TCP IP
+    frames), ``why`` (a short description for logs and --stats)."""
+
+    __slots__ = ("c_expr", "filter_all_ip", "why")
+
+    def __init__(self, c_expr, filter_all_ip, why):
+        self.c_expr = c_expr
+        self.filter_all_ip = filter_all_ip
+        self.why = why
+
+    def __eq__(self, other):
+        return isinstance(other, KernelFilter) and (self.c_expr, self.filter_all_ip) == (
+            other.c_expr, other.filter_all_ip)
+
+    def __repr__(self):
+        return f"<KernelFilter {self.why}: {self.c_expr}>"
+
+
+def _orphans_matter(stack, listener):
+    return stack.config.midstream_pickup or bool(listener.table.masks[HOOK_NULL] & EV_ORPHAN)
+
+
+def kernel_filter(stack) -> KernelFilter:
+    """The kernel filter for the sockets of ``stack`` as they are now."""
+    stream, raw = [], []
+    for sock in stack.listeners:
+        filters = [sock.syn_filter]
+        if _orphans_matter(stack, sock):
+            filters.append(sock.orphan_filter)
+        for f in filters:
+            if f is None:
+                return KernelFilter(None, bool(stack.raw_sockets),
+                                    f"socket {sock.id} has no filter: every TCP frame")
+            stream.append(_guard(sock.domain, f.c_expr()))
+    for sock in stack.raw_sockets:
+        if sock.raw_filter is None:
+            return KernelFilter(None, True, f"raw socket {sock.id} has no filter: every frame")
+        raw.append(_guard(sock.domain, sock.raw_filter.c_expr()))
+    parts = list(dict.fromkeys(stream))
+    parts += [swap_sides(p) for p in parts]
+    parts += [p for p in dict.fromkeys(raw) if p not in parts]
+    parts = list(dict.fromkeys(parts))
+    if not parts:
+        return KernelFilter("(0)", False, "no monitor socket: no frame")
+    expr = parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
+    return KernelFilter(expr, bool(raw), f"{len(stream)} stream and {len(raw)} raw filter(s)")
+
+
+def flow_key(flow):
+    """``(MxFlowKey, client direction)`` of a core flow: the key bpf/mosxdp.c builds for
+    any frame of it, and the MX_DIR_* index of the client's frames in its counters."""
+    src, sport, dst, dport, vlan_ids = flow.keys[0]
+    return make_flow_key(src, sport, dst, dport, vlan_ids=vlan_ids)
+
+
+class HybridProcessor:
+    """The stack as the live engine's processor, with the kernel verdict map in step.
+
+    ``process`` is the stack's bound method and ``outbox`` the stack's list (the engine's
+    per-frame path is unchanged); ``end_batch``, ``advance_clock`` and ``finish`` run the
+    stack's and then apply its ``kernel_updates``. Set ``program`` (an ``XdpProgram``, or
+    anything with set_verdict/get_verdict/pop_verdict) once the engine is entered; without
+    one, updates are discarded.
+    """
+
+    def __init__(self, stack, program=None):
+        self.stack = stack
+        self.process = stack.process
+        self.outbox = stack.outbox
+        self.program = program
+        self._keys = {}     # flow -> (key, client dir), flows that have or had an entry
+        self._merged = {}   # flow -> counters already added to the flow (per kernel dir)
+        self.kernel = dict.fromkeys((
+            "verdicts_set", "verdicts_removed", "entries_popped", "merged_packets",
+            "merged_ip_bytes", "syncs", "map_errors"), 0)
+        stack.on_flow_end = self._flow_end
+        stack.kernel_sync = self._sync
+
+    @property
+    def counters(self) -> dict:
+        out = dict(self.stack.counters)
+        out.update(("kernel_" + k, v) for k, v in self.kernel.items())
+        return out
+
+    # ------------------------------------------------------------ processor interface
+    def end_batch(self) -> None:
+        self.stack.end_batch()
+        if self.stack.kernel_updates:
+            self.apply()
+
+    def advance_clock(self, ts_us: int) -> None:
+        self.stack.advance_clock(ts_us)
+        if self.stack.kernel_updates:
+            self.apply()
+
+    def finish(self) -> None:
+        self.stack.finish()
+        self.apply()
+
+    # ------------------------------------------------------------ the verdict map
+    def _key(self, flow):
+        k = self._keys.get(flow)
+        if k is None:
+            k = self._keys[flow] = flow_key(flow)
+        return k
+
+    def apply(self) -> None:
+        """Write the stack's pending kernel updates to the verdict map, in order."""
+        stack = self.stack
+        updates, stack.kernel_updates = stack.kernel_updates, []
+        prog = self.program
+        if prog is None:
+            return
+        for action, flow in updates:
+            try:
+                if action == "remove":
+                    self._pop(flow)
+                    self._forget(flow)
+                elif not flow.destroyed:   # ended in the same batch: nothing to install
+                    prog.set_verdict(self._key(flow)[0], action)
+                    self.kernel["verdicts_set"] += 1
+            except OSError as exc:
+                self._error(exc)
+
+    def _forget(self, flow):
+        self._keys.pop(flow, None)
+        self._merged.pop(flow, None)
+
+    def _pop(self, flow):
+        prog = self.program
+        if prog is None or flow not in self._keys:
+            return
+        v = prog.pop_verdict(self._keys[flow][0])
+        if v is not None:
+            self.kernel["entries_popped"] += 1
+            self._merge(flow, v)
+        self.kernel["verdicts_removed"] += 1
+
+    def _flow_end(self, flow) -> None:
+        """stack.on_flow_end: before CONN_END, the entry goes and its counts join the flow."""
+        try:
+            self._pop(flow)
+        except OSError as exc:
+            self._error(exc)
+        self._forget(flow)
+
+    def _sync(self, flow) -> None:
+        """stack.kernel_sync: the counts so far join the flow; the entry stays."""
+        prog = self.program
+        if prog is None or flow not in self._keys:
+            return
+        try:
+            v = prog.get_verdict(self._keys[flow][0])
+        except OSError as exc:
+            self._error(exc)
+            return
+        self.kernel["syncs"] += 1
+        if v is not None:
+            self._merge(flow, v)
+
+    def _merge(self, flow, v) -> None:
+        cli_dir = self._keys[flow][1]
+        now = (v.packets, v.ip_bytes, v.frame_bytes, v.bytes)
+        base = self._merged.get(flow)
+        if base is None or any(n[d] < b[d] for n, b in zip(now, base) for d in (0, 1)):
+            base = ((0, 0),) * 4   # first merge, or an entry evicted and made again
+        for index, side in enumerate(flow.sides):
+            d = cli_dir if index == 0 else 1 - cli_dir
+            pkts = now[0][d] - base[0][d]
+            ip_bytes = now[1][d] - base[1][d]
+            side.pkts += pkts
+            side.ip_bytes += ip_bytes
+            side.l2_bytes += now[2][d] - base[2][d]
+            side.bypassed_bytes += now[3][d] - base[3][d]
+            self.kernel["merged_packets"] += pkts
+            self.kernel["merged_ip_bytes"] += ip_bytes
+        self._merged[flow] = now
+        last_us = v.last_seen_ns // 1000
+        if last_us > flow.last_ts:
+            flow.last_ts = last_us
+
+    def _error(self, exc) -> None:
+        self.kernel["map_errors"] += 1
+        if self.kernel["map_errors"] <= 3:
+            print(f"mosxdp: kernel verdict map: {exc}", file=sys.stderr)
+
+    def occupancy(self) -> int | None:
+        prog = self.program
+        try:
+            return prog.verdict_count() if prog is not None else None
+        except OSError:
+            return None
