@@ -8,6 +8,7 @@ from .api import *  # noqa: F401,F403
 from .api import __all__ as _api_all
 from .constants import *  # noqa: F401,F403
 from .constants import TcpState, MosEvent, MosHook, SocketType
+from .facade import Monitor  # noqa: F401  (explicit import only: not in __all__, `import *` stays the C API)
 from .types import FlowStats, MonitorFilter, MtcpConf, PktInfo, TcpBufInfo, TcpRingFragment, monitor_filter
 
 from . import constants as _constants
