@@ -2,8 +2,9 @@ import socket
 from mosxdp import *
 
 def on_data(mctx, sock, side, event, arg):
-    buf = bytearray(4096)
-    n = mtcp_peek(mctx, sock, side, buf, len(buf))   # side's receive buffer
+    buf, n = bytearray(65536), 0
+    while count := mtcp_peek(mctx, sock, side, buf, len(buf)):   # side's receive buffer
+        n += count
     (cli, cport), (svr, sport) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
     who = "client" if side == MOS_SIDE_SVR else "server"
     print(f"{cli}:{cport} -> {svr}:{sport}: {n} new bytes from the {who}")
