@@ -79,6 +79,9 @@ def _datapath_options(parser):
                        help="what a callback exception does to its packet (default forward)")
     group.add_argument("--stats", action="store_true",
                        help="print counters on stderr (offline: a summary at the end)")
+    group.add_argument("--stats-json", metavar="FILE",
+                       help="at exit, write the counters as JSON: the core's, and live the "
+                            "datapath's (XDP program, kernel verdicts, UMEM accounting)")
 
 
 def _run_parser():
@@ -141,9 +144,22 @@ def cmd_run(argv):
                 module.teardown(app)
             if args.stats and args.iface is not None:
                 _print_live_summary(mctx)
+            if args.stats_json:
+                _write_stats_json(args.stats_json, mctx)
     finally:
         api.mtcp_destroy()
     return 0
+
+
+def _write_stats_json(path, mctx):
+    import json
+    stack = mctx.stack
+    out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
+           "live": getattr(mctx, "live_stats", None)}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 def _print_live_summary(mctx):
@@ -175,6 +191,60 @@ def cmd_detach(argv):
     return 0
 
 
+def cmd_status(argv):
+    parser = argparse.ArgumentParser(
+        prog="mosxdp status",
+        description="Show the XDP programs attached to the interfaces and, for mosxdp's, "
+                    "their counters (summed over the CPUs) and verdict map occupancy.")
+    parser.add_argument("--iface", action="append", help="only this interface (repeatable)")
+    parser.add_argument("--netns", help="look in this network namespace (ip netns name)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    from .io import xdp
+    state = xdp.status(args.iface, netns=args.netns)
+    if args.json:
+        import json
+        print(json.dumps(state, indent=1, sort_keys=True))
+        return 0
+    for line in status_lines(state, all_ifaces=bool(args.iface)):
+        print(line)
+    return 0
+
+
+def status_lines(state, all_ifaces=False):
+    """`mosxdp status` as text: attached programs per interface, then per mosxdp program
+    its verdict-map occupancy, interfaces and non-zero counters."""
+    lines = []
+    names = {v["ifindex"]: k for k, v in state["interfaces"].items()}
+    for ifname, info in sorted(state["interfaces"].items()):
+        progs = info["programs"]
+        if not progs:
+            if all_ifaces:
+                lines.append(f"{ifname}: no XDP program")
+            continue
+        lines.append(f"{ifname}: " + ", ".join(
+            f"{p['mode']} program id {p['id']} {p['name']!r}" + (" (mosxdp)" if p["ours"] else "")
+            for p in progs))
+    if not lines:
+        lines.append("no XDP program attached")
+    for pid, prog in sorted(state["programs"].items()):
+        if "error" in prog:
+            lines.append(f"program {pid}: cannot read its maps: {prog['error']}")
+            continue
+        lines.append(f"program {pid}: verdict map {prog['verdicts']}/{prog['verdicts_max']} entries")
+        for ifindex, cfg in sorted(prog["interfaces"].items(), key=lambda kv: int(kv[0])):
+            ifname = names.get(int(ifindex), f"ifindex {ifindex}")
+            mode = (f"inline to {names.get(cfg['egress_ifindex'], cfg['egress_ifindex'])}"
+                    if cfg["inline"] else "passive")
+            extra = "".join(f", {k.replace('_', ' ')}" for k in ("fail_closed", "filter_all_ip")
+                            if cfg.get(k))
+            lines.append(f"  {ifname}: slot {cfg['slot']}, {mode}{extra}")
+        counters = prog["counters"]
+        shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v) or "all zero"
+        lines.append(f"  counters: {shown}")
+    return lines
+
+
 def cmd_demo(argv):
     parser = argparse.ArgumentParser(
         prog="mosxdp demo",
@@ -190,6 +260,7 @@ COMMANDS = {
     "run": (cmd_run, "run a monitor app offline (--pcap) or live (--iface)"),
     "demo": (cmd_demo, "real TCP through the inline monitor on a netns testbed (root)"),
     "detach": (cmd_detach, "remove an XDP program left behind"),
+    "status": (cmd_status, "attached XDP programs, their counters and verdict maps"),
 }
 
 

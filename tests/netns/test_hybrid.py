@@ -1,0 +1,610 @@
+"""netns tier: the hybrid fast path live, and the program's part of it under BPF_PROG_TEST_RUN.
+
+Live (mosxdp.testbed inline, XDP pass programs on the endpoints)::
+
+    <p>-cli: cli0 <==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <==> srv0 :<p>-srv
+
+* a 200 MB download through ``connlog --bypass-after-bytes 65536`` is byte-identical, the
+  connlog line's packets, IP bytes and stream bytes per direction equal what tcpdump saw on
+  srv0 (the server's veth), and fewer than 1% of the flow's frames reached the monitor;
+* with a SYN filter ``tcp port 8080`` a transfer on port 9090 never leaves the kernel;
+* MOSX_DROP_FLOW after the first data segment: the kernel drops the rest of the flow;
+* a raw socket with a UDP filter sees its datagrams (MX_IF_FILTER_ALL_IP);
+* ``mosxdp status --json`` shows the program, its counters and the verdict map.
+
+BPF_PROG_TEST_RUN: the verdict key of a core flow (mosxdp.hybrid.flow_key) is the one the
+program builds for frames of both directions; the ACK watch; the kernel filter from
+kernel_filter() matches both directions of a flow; non-TCP frames with filter_all_ip.
+
+Skipped when a probe fails (not root, no AF_XDP, no bcc/libxdp, no curl/tcpdump/tshark);
+with MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+MONITORED, OTHER = 8080, 9090
+BIG = 200 * 1024 * 1024
+AF_XDP = 44
+
+
+# ------------------------------------------------------------------------------ probe
+def _probe() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        from mosxdp import testbed
+    except Exception as e:  # pragma: no cover - an import error is a bug: show it
+        return f"mosxdp.testbed not importable: {e}"
+    why = testbed.probe()
+    if why:
+        return why
+    from mosxdp.io import libxdp
+    try:
+        libxdp.load()
+    except libxdp.LibxdpMissing as e:
+        return str(e)
+    try:
+        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as e:
+        return f"no AF_XDP sockets in this kernel: {e}"
+    try:
+        from mosxdp.io import xdp
+        xdp.check_privileges()
+        xdp.check_environment()
+        xdp._libbpf()
+    except Exception as e:
+        return f"XDP program cannot be built here: {e}"
+    for tool in ("curl", "tcpdump", "tshark", "ethtool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+_PROBE: list = []
+
+
+@pytest.fixture(scope="session")
+def live_env():
+    if not _PROBE:
+        _PROBE.append(_probe())
+    why = _PROBE[0]
+    if why is None:
+        return
+    if os.environ.get("MOSXDP_REQUIRE_PRIVILEGED") == "1":
+        pytest.fail(f"netns tier required (MOSXDP_REQUIRE_PRIVILEGED=1) but: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+# ------------------------------------------------------------------------------ testbed
+HTTP_SERVER = r'''
+import http.server, socket, sys, threading
+root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def log_message(self, *a):
+        pass
+
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+for p in ports:
+    threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
+threading.Event().wait()
+'''
+
+DROP_APP = r'''
+"""Test app: MOSX_DROP_FLOW once the server side received the first data segment;
+one JSON line per flow at CONN_END (the flow's counters)."""
+import json, socket
+from mosxdp import *
+
+def add_arguments(p):
+    p.add_argument("--output", required=True)
+
+class App:
+    def __init__(self, out):
+        self.out = out
+    def on_data(self, mctx, sock, side, ev, arg):
+        if side == MOS_SIDE_SVR:
+            mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_DROP_FLOW, 1)
+    def on_end(self, mctx, sock, side, ev, arg):
+        if side != MOS_SIDE_CLI:
+            return
+        st = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
+        (ch, cp), (sh, sp) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        self.out.write(json.dumps({"cport": cp, "sport": sp, "pkts": list(st.pkts),
+                                   "end_reason": st.end_reason}) + "\n")
+        self.out.flush()
+
+def setup(mctx, args):
+    app = App(open(args.output, "w"))
+    s = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    mtcp_register_callback(mctx, s, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_data)
+    mtcp_register_callback(mctx, s, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    return app
+
+def teardown(app):
+    app.out.close()
+'''
+
+UDP_APP = r'''
+"""Test app: a raw socket with a UDP filter; counts what it sees by destination port."""
+import json, socket
+from mosxdp import *
+
+def add_arguments(p):
+    p.add_argument("--output", required=True)
+
+class App:
+    def __init__(self, path):
+        self.path, self.ports = path, {}
+    def on_pkt(self, mctx, sock, side, ev, arg):
+        pi = PktInfo()
+        mtcp_getlastpkt(mctx, sock, side, pi)
+        copy = pi.ethh.obj                      # the frame copy; UDP after the IP header
+        off = len(pi.ethh) + len(pi.iph)
+        port = int.from_bytes(copy[off + 2:off + 4], "big")
+        self.ports[port] = self.ports.get(port, 0) + 1
+
+def setup(mctx, args):
+    app = App(args.output)
+    s = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_RAW, 0)
+    mtcp_bind_monitor_filter(mctx, s, MonitorFilter(raw_pkt_filter="udp dst port 5353"))
+    mtcp_register_callback(mctx, s, MOS_ON_PKT_IN, MOS_NULL, app.on_pkt)
+    return app
+
+def teardown(app):
+    with open(app.path, "w") as f:
+        json.dump(app.ports, f)
+'''
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def www(live_env, tmp_path_factory):
+    d = tmp_path_factory.mktemp("www")
+    files = {}
+    for name, size in (("f1k", 1024), ("f20m", 20 * 1024 * 1024), ("f200m", BIG)):
+        p = d / name
+        with open(p, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 22)
+                f.write(os.urandom(n))
+                left -= n
+        files[name] = sha256_file(p)
+    (d / "httpd.py").write_text(HTTP_SERVER)
+    return d, files
+
+
+class Bed:
+    def __init__(self, tb, www_dir: Path, tmp: Path):
+        self.tb, self.www, self.tmp = tb, www_dir, tmp
+        for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
+            r = tb.run(ns, [PY, "-c", "import os, sys; from mosxdp.io.xdp import attach_pass_program; "
+                                     "os.close(attach_pass_program(sys.argv[1]).fd)", ifn],
+                       cwd=ROOT, capture_output=True, text=True)
+            assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
+        self.httpd = tb.popen("srv", [PY, www_dir / "httpd.py", www_dir, str(MONITORED), str(OTHER)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tb.wait_listen("srv", MONITORED)
+        tb.wait_listen("srv", OTHER)
+        self.n = 0
+
+    def url(self, family, name, port=MONITORED):
+        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
+        return f"http://{host}:{port}/{name}"
+
+    def curl(self, family, name, port=MONITORED, *extra, timeout=300):
+        """Download; returns (CompletedProcess, output path, client port)."""
+        self.n += 1
+        out = self.tmp / f"dl{self.n}"
+        r = self.tb.run("cli", ["curl", "-sS", "-g", "--fail", "-o", str(out), "-w", "%{local_port}",
+                                *extra, self.url(family, name, port)],
+                        capture_output=True, text=True, timeout=timeout)
+        port_used = int(r.stdout.strip()) if r.stdout.strip().isdigit() else None
+        return r, out, port_used
+
+    def prog_id(self):
+        r = self.tb.run("mon", ["ip", "-j", "-d", "link", "show", self.tb.iface_a], capture_output=True, text=True)
+        try:
+            return json.loads(r.stdout)[0]["xdp"]["prog"]["id"]
+        except (ValueError, KeyError, IndexError):
+            return None
+
+    def counters(self):
+        from mosxdp.io.xdp import MosxdpMaps
+        maps = MosxdpMaps.from_prog_id(self.prog_id())
+        try:
+            return maps.counters()
+        finally:
+            maps.close()
+
+    def verdicts(self):
+        from mosxdp.io.xdp import MosxdpMaps
+        maps = MosxdpMaps.from_prog_id(self.prog_id())
+        try:
+            return list(maps.verdicts())
+        finally:
+            maps.close()
+
+
+@pytest.fixture(scope="module")
+def bed(live_env, www, tmp_path_factory):
+    from mosxdp.testbed import Testbed
+    tmp = tmp_path_factory.mktemp("hybrid")
+    with Testbed("inline") as tb:
+        yield Bed(tb, www[0], tmp)
+
+
+class Monitor:
+    """``mosxdp run APP ... --iface A --peer B --stats-json`` in the monitor namespace."""
+
+    def __init__(self, bed: Bed, app, *args):
+        self.bed = bed
+        tb = bed.tb
+        bed.n += 1
+        self.stats_path = bed.tmp / f"stats{bed.n}.json"
+        self.err_path = bed.tmp / f"mon{bed.n}.err"
+        self._err = open(self.err_path, "w")
+        argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", tb.iface_a, "--peer", tb.iface_b,
+                "--stats-json", str(self.stats_path), *map(str, args)]
+        self.proc = tb.popen("mon", argv, cwd=ROOT, stdout=self._err, stderr=self._err)
+        deadline = time.monotonic() + 120      # bcc compiles the program first
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            out = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
+            if out.count("prog/xdp") >= 2:
+                break
+            time.sleep(0.2)
+        assert self.proc.poll() is None, f"monitor died at start: {self.stderr()}"
+        time.sleep(0.5)  # the sockets enter the XSKMAP right after the attach
+
+    def stderr(self):
+        self._err.flush()
+        return self.err_path.read_text()[-4000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            rc = self.proc.wait(60)
+        finally:
+            self._err.close()
+        assert rc == 0, f"monitor exit {rc}: {self.stderr()}"
+        return json.loads(self.stats_path.read_text())
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.bed.tb.stop(self.proc, signal.SIGKILL)
+        if not self._err.closed:
+            self._err.close()
+
+
+def tshark_truth(pcap, sport_server):
+    """Per direction of the one TCP flow in ``pcap``: frames, IP bytes, stream extent
+    (highest relative sequence number reached by payload, as Zeek's *_bytes)."""
+    r = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "tcp.srcport", "-e", "ip.len",
+                        "-e", "ipv6.plen", "-e", "tcp.seq", "-e", "tcp.len", "-e", "tcp.flags.syn"],
+                       capture_output=True, text=True, check=True)
+    out = {"c": [0, 0, 0], "s": [0, 0, 0]}
+    for line in r.stdout.splitlines():
+        sport, ip_len, plen, seq, tlen, syn = (line.split("\t") + [""] * 6)[:6]
+        d = out["s" if int(sport) == sport_server else "c"]
+        d[0] += 1
+        d[1] += int(ip_len) if ip_len else int(plen) + 40
+        if tlen and int(tlen) and syn not in ("1", "True"):
+            d[2] = max(d[2], int(seq) + int(tlen) - 1)   # relative: the first byte is seq 1
+    return out
+
+
+def conn_lines(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+# ------------------------------------------------------------------------------ (a)
+@pytest.mark.parametrize("family", [4, 6])
+def test_bypass_after_bytes_200mb_complete_counts_and_few_frames_in_python(bed, www, family):
+    tb = bed.tb
+    log = bed.tmp / f"conn{family}.log"
+    pcap = bed.tmp / f"srv{family}.pcap"
+    mon = Monitor(bed, "connlog", "--bypass-after-bytes", 65536, "--output", log)
+    cap_err = open(bed.tmp / f"tcpdump{family}.err", "w")
+    cap = tb.popen("srv", ["tcpdump", "-i", tb.srv_if, "-s", "128", "-B", "131072", "-w", str(pcap),
+                           "-U", f"tcp port {MONITORED}"], stdout=subprocess.DEVNULL, stderr=cap_err)
+    try:
+        time.sleep(1.0)
+        r, out, cport = bed.curl(family, "f200m")
+        assert r.returncode == 0, f"curl failed: {r.stderr}; monitor: {mon.stderr()}"
+        assert sha256_file(out) == www[1]["f200m"]
+        out.unlink()
+        time.sleep(1.0)  # the last ACK, and the monitor's end of batch
+        status = tb.run("mon", [PY, "-m", "mosxdp.cli", "status", "--json"], cwd=ROOT,
+                        capture_output=True, text=True)
+        assert status.returncode == 0, status.stderr
+        st = json.loads(status.stdout)
+        progs = st["interfaces"][tb.iface_a]["programs"]
+        assert progs and progs[0]["name"] == "mosxdp_rx" and progs[0]["ours"]
+        prog = st["programs"][str(progs[0]["id"])]
+        assert prog["verdicts"] == 0, prog          # the flow ended: its entry is gone
+        assert prog["counters"]["verdict_bypass"] > 0.9 * BIG / 1448, prog["counters"]
+        human = tb.run("mon", [PY, "-m", "mosxdp.cli", "status"], cwd=ROOT, capture_output=True, text=True)
+        assert "verdict map 0/65536" in human.stdout and "verdict_bypass" in human.stdout, human.stdout
+    finally:
+        tb.stop(cap, signal.SIGINT)
+        cap_err.close()
+        stats = mon.stop()
+    tcpdump_err = (bed.tmp / f"tcpdump{family}.err").read_text()
+    assert "\n0 packets dropped by kernel" in tcpdump_err, tcpdump_err   # the truth is complete
+    truth = tshark_truth(pcap, MONITORED)
+    lines = [x for x in conn_lines(log) if x["id.orig_p"] == cport]
+    assert len(lines) == 1, conn_lines(log)
+    c = lines[0]
+    got = {"c": [c["orig_pkts"], c["orig_ip_bytes"], c["orig_bytes"]],
+           "s": [c["resp_pkts"], c["resp_ip_bytes"], c["resp_bytes"]]}
+    assert got == truth, (got, truth)
+    assert c["resp_bytes"] > BIG and c["missed_bytes"] == 0
+    assert c["end_reason"] == "fin" and c["conn_state"] == "SF", c
+    # the monitor process handled fewer than 1% of the flow's frames
+    frames = truth["c"][0] + truth["s"][0]
+    live = stats["live"]
+    xdp = live["xdp"]
+    assert live["frames"] < 0.01 * frames, (live["frames"], frames)
+    assert xdp["to_xsk"] < 0.01 * frames, (xdp, frames)
+    assert xdp["verdict_bypass"] + xdp["to_xsk"] >= frames, (xdp, frames)
+    proc = live["processor"]
+    assert proc["kernel_merged_packets"] == xdp["verdict_bypass"], (proc, xdp)
+    assert proc["kernel_verdicts_set"] == 1 and proc["kernel_entries_popped"] == 1, proc
+    assert live["verdict_entries_left"] == 0
+    assert "accounting_error" not in live, live["accounting_error"]
+
+
+# ------------------------------------------------------------------------------ (b)
+def test_filtered_port_never_reaches_python(bed, www):
+    log = bed.tmp / "conn-filter.log"
+    mon = Monitor(bed, "connlog", "--filter", f"tcp port {MONITORED}", "--output", log)
+    try:
+        before = bed.counters()
+        r, out, _ = bed.curl(4, "f20m", OTHER)
+        assert r.returncode == 0, r.stderr
+        assert sha256_file(out) == www[1]["f20m"]
+        r6, out6, _ = bed.curl(6, "f1k", OTHER)
+        assert r6.returncode == 0, r6.stderr
+        after = bed.counters()
+        assert after["to_xsk"] == before["to_xsk"], (before, after)
+        assert after["filter_miss"] - before["filter_miss"] > 20 * 1024 * 1024 / 1448, (before, after)
+        r, out, cport = bed.curl(4, "f1k", MONITORED)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)
+        assert bed.counters()["to_xsk"] > after["to_xsk"]
+    finally:
+        stats = mon.stop()
+    lines = conn_lines(log)
+    assert [x["id.resp_p"] for x in lines] == [MONITORED], lines
+    assert lines[0]["id.orig_p"] == cport and lines[0]["resp_bytes"] > 1024
+    kf = stats["live"]["kernel_filter"]
+    assert kf["c_expr"] and not kf["all_ip"], kf
+
+
+# ------------------------------------------------------------------------------ (c)
+def test_drop_flow_after_first_data_segment_blocks_in_the_kernel(bed, www):
+    app = bed.tmp / "dropapp.py"
+    app.write_text(DROP_APP)
+    log = bed.tmp / "drop.log"
+    mon = Monitor(bed, app, "--output", log)
+    try:
+        before = bed.counters()
+        curl = bed.tb.popen("cli", ["curl", "-sS", "-g", "--max-time", "6", "-o", str(bed.tmp / "dropped"),
+                                    "-w", "%{local_port} %{size_download}", bed.url(4, "f20m")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        entries = bed.verdicts()
+        assert len(entries) == 1, entries
+        key, v1 = entries[0]
+        assert v1.action_name == "drop"
+        time.sleep(2.0)
+        (_, v2), = bed.verdicts()
+        assert sum(v2.packets) > sum(v1.packets) > 0, (v1, v2)      # retransmissions dropped
+        out, err = curl.communicate(timeout=30)
+        assert curl.returncode != 0, "the transfer completed through a DROP verdict"
+        cport, size = (int(x) for x in out.split())
+        assert size < 1024 * 1024, size
+        after = bed.counters()
+        assert after["verdict_drop"] - before["verdict_drop"] >= sum(v2.packets)
+        assert key.as_tuple()[2] == cport or key.as_tuple()[4] == cport
+    finally:
+        stats = mon.stop()
+    line = [x for x in conn_lines(log) if x["cport"] == cport]
+    assert len(line) == 1, conn_lines(log)
+    # the dropped frames joined the flow's counts (merged at its end)
+    assert sum(line[0]["pkts"]) >= sum(v2.packets) + 4, (line, v2)
+    assert stats["live"]["verdict_entries_left"] == 0
+
+
+# ------------------------------------------------------------------------------ raw UDP
+def test_raw_socket_udp_filter_sees_its_datagrams(bed):
+    app = bed.tmp / "udpapp.py"
+    app.write_text(UDP_APP)
+    out = bed.tmp / "udp.json"
+    mon = Monitor(bed, app, "--output", out)
+    try:
+        send = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for i in range(20):\n    s.sendto(b'x' * 20, (sys.argv[1], 5353)); s.sendto(b'y', (sys.argv[1], 5354))\n")
+        r = bed.tb.run("cli", [PY, "-c", send, bed.tb.srv_ip], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+    finally:
+        stats = mon.stop()
+    assert json.loads(out.read_text()) == {"5353": 20}
+    kf = stats["live"]["kernel_filter"]
+    assert kf["all_ip"], kf
+    assert stats["live"]["xdp"]["not_tcp"] >= 20
+
+
+# ------------------------------------------------------------------------------ BPF_PROG_TEST_RUN
+@pytest.fixture
+def prog_run(live_env):
+    """A loaded program (filter as given), loopback configured as a passive interface
+    with an AF_XDP socket in its XSKMAP slot: run(frame) -> counter deltas."""
+    from mosxdp.io import xdp
+    from mosxdp.io.bpfstructs import MX_IF_FILTER_ALL_IP, MxIfConfig
+    made = []
+
+    def make(c_expr=None, all_ip=False):
+        p = xdp.compile_program(c_expr)
+        made.append(p)
+        sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+        made.append(sock)
+        p.maps.set_iface_config(1, MxIfConfig(0, 0, 0, MX_IF_FILTER_ALL_IP if all_ip else 0))
+        p.maps.set_xsk(0, sock.fileno())
+
+        def run(frame):
+            before = p.maps.counters()
+            xdp.prog_test_run(p.prog_fd, frame, ifindex=1, rx_queue=0)
+            after = p.maps.counters()
+            return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        return p, run
+
+    yield make
+    for x in reversed(made):
+        x.close()
+
+
+def _tagged(frame, vlans):
+    return frame[:12] + b"".join(b"\x81\x00" + v.to_bytes(2, "big") for v in vlans) + frame[12:]
+
+
+def _core_flow(frames):
+    """The core's Flow for these frames (a stack with one listener)."""
+    from mosxdp.core.stack import Stack
+    st = Stack()
+    st.add_listener(st.new_socket_id(), 0)
+    for ts, f in frames:
+        st.process(memoryview(bytearray(f)), ts, 0)
+    (flow,) = st.lru
+    return flow
+
+
+USER = {"rx_total": 1, "to_xsk": 1}
+BYPASS = {"rx_total": 1, "pass": 1, "verdict_bypass": 1}
+CTRL = {"rx_total": 1, "to_xsk": 1, "verdict_ctrl": 1}
+
+
+@pytest.mark.parametrize("cli,svr,vlans", [
+    ("10.0.0.1", "10.0.0.2", ()), ("10.0.0.9", "10.0.0.2", ()), ("10.0.0.1", "10.0.0.1", ()),
+    ("fd00::1", "fd00::2", ()), ("fd00::1:0:0:9", "fd00::1:0:0:2", (7,)),
+    ("10.0.0.1", "10.0.0.2", (100, 10)),
+])
+def test_program_keys_a_core_flow_like_hybrid_flow_key(prog_run, cli, svr, vlans):
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from flowcraft import Conv
+
+    from mosxdp.hybrid import flow_key
+    conv = Conv(cli=cli, svr=svr)
+    conv.handshake()
+    c2s = conv.data("c", b"x" * 100)
+    s2c = conv.data("s", b"y" * 300)
+    frames = [(ts, _tagged(f, vlans)) for ts, f in conv.frames]
+    flow = _core_flow(frames)
+    key, cli_dir = flow_key(flow)
+    p, run = prog_run()
+    p.maps.set_verdict(key, "bypass")
+    c2s, s2c = _tagged(c2s, vlans), _tagged(s2c, vlans)
+    assert run(c2s) == BYPASS
+    assert run(s2c) == BYPASS and run(s2c) == BYPASS
+    v = p.maps.get_verdict(key)
+    assert v.packets[cli_dir] == 1 and v.packets[1 - cli_dir] == 2
+    assert v.bytes[cli_dir] == 100 and v.bytes[1 - cli_dir] == 600
+    hdr = 14 + 4 * len(vlans)
+    assert v.frame_bytes[cli_dir] == len(c2s) and v.ip_bytes[cli_dir] == len(c2s) - hdr
+    assert v.ip_bytes[1 - cli_dir] == 2 * (len(s2c) - hdr)
+
+
+def test_program_ack_watch_sends_the_ack_of_each_fin_to_user_space(prog_run):
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from flowcraft import Conv
+
+    from mosxdp.hybrid import flow_key
+    conv = Conv()
+    conv.handshake()
+    flow = _core_flow(conv.frames)
+    key, cli_dir = flow_key(flow)
+    p, run = prog_run()
+    p.maps.set_verdict(key, "bypass")
+    assert run(conv.data("s", b"z" * 50)) == BYPASS
+    early_ack = conv.ack("c")                      # acks data only
+    fin = conv.fin("s", b"last")
+    assert run(fin) == CTRL
+    v = p.maps.get_verdict(key)
+    assert v.watch_armed[cli_dir] == 1 and v.ack_watch[cli_dir] == (conv.nxt["s"]) & 0xFFFFFFFF
+    assert run(early_ack) == BYPASS                # below the FIN: still the kernel's
+    ack_of_fin = conv.ack("c")
+    assert run(ack_of_fin) == CTRL                 # the first ACK of the FIN: user space
+    assert run(ack_of_fin) == BYPASS               # once
+    assert p.maps.get_verdict(key).watch_armed == (0, 0)
+    # DROP entries arm nothing
+    p.maps.set_verdict(key, "drop")
+    assert run(conv.fin("c")) == CTRL
+    assert run(conv.ack("s")) == {"rx_total": 1, "drop": 1, "verdict_drop": 1}
+
+
+@pytest.mark.parametrize("all_ip", [False, True])
+def test_program_kernel_filter_both_directions_and_non_tcp(prog_run, all_ip):
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from flowcraft import Conv
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from mosxdp.core.filters import compile_filter
+    from mosxdp.core.stack import Stack
+    from mosxdp.hybrid import kernel_filter
+    st = Stack()
+    ls = st.add_listener(st.new_socket_id(), 0)
+    ls.syn_filter = compile_filter("src host 10.0.0.1 and dst port 8080")
+    if all_ip:
+        rs = st.add_raw_socket(st.new_socket_id(), 0)
+        rs.raw_filter = compile_filter("udp dst port 53", raw=True)
+    kf = kernel_filter(st)
+    assert kf.filter_all_ip == all_ip
+    p, run = prog_run(kf.c_expr, kf.filter_all_ip)
+    a = Conv(cli="10.0.0.1", svr="10.0.0.2", sport=8080)
+    a.handshake()
+    a.data("s", b"reply")
+    for _, f in a.frames:
+        assert run(f) == USER
+    b = Conv(cli="10.0.0.3", svr="10.0.0.2", sport=8080)
+    b.handshake()
+    for _, f in b.frames:
+        assert run(f) == {"rx_total": 1, "pass": 1, "filter_miss": 1}
+    q = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / UDP(sport=5000, dport=53))
+    r = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=53, dport=5000))
+    assert run(q) == (USER if all_ip else {"rx_total": 1, "pass": 1, "not_tcp": 1})
+    assert run(r) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
