@@ -218,10 +218,13 @@ class LiveEngine:
         try:
             stack.close()
         finally:
+            self._xskmap = None
+            self.lanes, self.sockets = [], []
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         _x.load()  # a clear error when libxdp is missing, before anything is attached
+        self.lanes, self.sockets = [], []
         nq = {}
         for ifn in self.ifaces:
             avail = rx_queue_count(ifn)
@@ -307,8 +310,12 @@ class LiveEngine:
     def final_stats(self) -> dict:
         """Quiesce, then :meth:`stats` with the checked frame accounting and the audit
         of every frame's place (``accounting_error`` when they do not balance)."""
+        xdp = self.stats().get("xdp")  # the program's counters while our sockets were in
         self.quiesce()
         st = self.stats()
+        if xdp is not None:
+            st["xdp_after_quiesce"] = st.get("xdp")
+            st["xdp"] = xdp
         try:
             st["accounting"] = self.umem.check_accounting()
             st["audit"] = self.umem.audit()
@@ -489,22 +496,41 @@ class LiveEngine:
                 fbp[ln.port] += n
                 ts = _monotonic_us()
                 port = ln.port
-                fwd = []
+                # fwd stays None while every frame so far is forwarded and nothing was
+                # sent (the common case: then the batch's own descriptor list is what
+                # goes out); the first drop or outbox frame switches to a list.
+                fwd = None
                 recycle = []
                 extra = None  # outbox frames for other TX sockets: {sock: flat list}
                 try:
-                    for i in range(0, n + n, 2):
-                        a = d[i]
-                        v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
-                        if proc.outbox:
-                            extra = self._take_outbox(ln, fwd, extra)
-                        if v == VERDICT_FORWARD and fwd_sock is not None:
-                            fwd.append(a)
-                            fwd.append(d[i + 1])
-                        else:
-                            recycle.append(a)
+                    if fwd_sock is None:  # passive: every frame goes back to the fill ring
+                        fwd = []
+                        for i in range(0, n + n, 2):
+                            a = d[i]
+                            process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                            if proc.outbox:
+                                extra = self._take_outbox(ln, None, extra)
+                        recycle = d[0::2]
+                    else:
+                        for i in range(0, n + n, 2):
+                            a = d[i]
+                            v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                            if proc.outbox:
+                                if fwd is None:
+                                    fwd = d[:i]
+                                extra = self._take_outbox(ln, fwd, extra)
+                            if v == VERDICT_FORWARD:
+                                if fwd is not None:
+                                    fwd.append(a)
+                                    fwd.append(d[i + 1])
+                            else:
+                                if fwd is None:
+                                    fwd = d[:i]
+                                recycle.append(a)
+                        if fwd is None:
+                            fwd = d
                 except BaseException:
-                    self._give_back(d, fwd, extra)
+                    self._give_back(d, fwd or [], extra)
                     raise
                 if inline:
                     c["dropped"] += len(recycle)
