@@ -97,6 +97,8 @@ def bench_offline(pcap, repeat):
 # (baseline, row 2, ..., baseline, ...) so that a noisy machine hits them alike; the
 # median of the rounds is reported with [min-max] and its ratio to the baseline's median.
 # Endpoints are pinned to CPU 0 and the monitor to CPU 1 when there are two CPUs.
+# The endpoint veths get GRO (what a NIC has by default; it also gives them the NAPI that
+# frames redirected into a veth need); --endpoint-xdp-pass uses XDP_PASS programs instead.
 #
 # Adding a row is one line in LIVE_ROWS: (label, argv in the monitor namespace,
 # AF_XDP sockets it binds). "{py}", "{A}", "{B}" and "{tmp}" are substituted.
@@ -110,6 +112,20 @@ _BASELINE_HOLDER = (
     "    print('ready', flush=True)\n"
     "    while True: time.sleep(1)\n")
 
+# The hybrid fast path's row: an app that stops monitoring each flow (MOS_STOP_MON, both
+# sides) at its first established packet, so the rest of the flow is a kernel BYPASS.
+_BYPASS_APP = (
+    "import socket\n"
+    "from mosxdp import *\n"
+    "def on_state(mctx, sock, side, ev, arg):\n"
+    "    if mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR) == TcpState.TCP_ESTABLISHED:\n"
+    "        mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_STOP_MON, MOS_SIDE_BOTH)\n"
+    "def setup(mctx, args):\n"
+    "    s = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)\n"
+    "    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOS_CLIBUF, 0)\n"
+    "    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOS_SVRBUF, 0)\n"
+    "    mtcp_register_callback(mctx, s, MOS_ON_TCP_STATE_CHANGE, MOS_HK_RCV, on_state)\n")
+
 LIVE_ROWS = [
     # label                                  argv (monitor namespace)                          sockets
     ("XDP devmap, no socket (kernel baseline)", ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0),
@@ -117,6 +133,7 @@ LIVE_ROWS = [
     ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}"], 2),
     ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
     ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
+    ("bypass after handshake (kernel verdict)", ["{py}", "-m", "mosxdp.cli", "run", "{tmp}/bypass_app.py", "--iface", "{A}", "--peer", "{B}"], 2),
 ]
 
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an
@@ -223,6 +240,16 @@ def _flood(tb, seconds, size, script):
     return (after - before) / seconds / 1e3, sent / seconds / 1e3
 
 
+def _cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks (/proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _measure_row(tb, row, seconds, size, workdir, flooder):
     label, argv, nsock = row
     subst = {"{py}": sys.executable, "{A}": tb.iface_a, "{B}": tb.iface_b, "{tmp}": workdir}
@@ -235,7 +262,12 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
     try:
         if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
+        # the monitor's CPU share (of one CPU) over the two TCP loads
+        ticks, started = _cpu_ticks(mon.pid), time.monotonic()
         res = {"tcp1": _iperf(tb, 1, seconds), "tcp4": _iperf(tb, 4, seconds)}
+        after = _cpu_ticks(mon.pid)
+        if ticks is not None and after is not None:
+            res["cpu"] = 100.0 * (after - ticks) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - started)
         res["kpps"], res["gen_kpps"] = _flood(tb, seconds, size, flooder)
         if mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor died during the run (see {log.name})")
@@ -252,6 +284,8 @@ def bench_live(argv, rounds=3):
     p.add_argument("--frame-size", type=int, default=106, help="small-frame size (default 106)")
     p.add_argument("--rows", help="comma-separated row numbers to run (1 = baseline, always run)")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--endpoint-xdp-pass", action="store_true",
+                   help="XDP_PASS programs on the endpoint veths instead of GRO")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.py --live: needs root (network namespaces, XDP)", file=sys.stderr)
@@ -269,13 +303,18 @@ def bench_live(argv, rounds=3):
     flooder = os.path.join(workdir, "flood.py")
     with open(flooder, "w") as f:
         f.write(_FLOODER)
+    with open(os.path.join(workdir, "bypass_app.py"), "w") as f:
+        f.write(_BYPASS_APP)
     results = {r[0]: [] for r in rows}
     try:
         with Testbed("inline") as tb:
             for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-                tb.run(ns, [sys.executable, "-c", "import os, sys; from mosxdp.io.xdp import "
-                            "attach_pass_program as a; os.close(a(sys.argv[1]).fd)", ifn],
-                       check=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+                if args.endpoint_xdp_pass:
+                    tb.run(ns, [sys.executable, "-c", "import os, sys; from mosxdp.io.xdp import "
+                                "attach_pass_program as a; os.close(a(sys.argv[1]).fd)", ifn],
+                           check=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+                else:
+                    tb.run(ns, ["ethtool", "-K", ifn, "gro", "on"], check=True)
             srv = tb.popen("srv", _pin(0) + ["iperf3", "-s"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             tb.wait_listen("srv", 5201)
@@ -290,7 +329,8 @@ def bench_live(argv, rounds=3):
                     if res:
                         print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "
                               f"4 streams {res['tcp4'] or 0:.2f} Gbps, small frames {res['kpps']:.0f} kpps "
-                              f"(generator {res['gen_kpps']:.0f})", flush=True)
+                              f"(generator {res['gen_kpps']:.0f}), monitor CPU {res.get('cpu', 0):.0f}%",
+                              flush=True)
             tb.stop(srv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -304,8 +344,10 @@ def bench_live(argv, rounds=3):
     base = rows[0][0]
     print(f"\nlive benchmark: veth inline testbed, {rounds} rounds of {args.seconds:g} s, "
           f"median [min-max]; ratio = median / baseline median; "
-          f"small frames: {args.frame_size}-byte TCP, counted at the server")
-    head = f"{'configuration':<42} {'TCP 1 stream Gbps':>26} {'TCP 4 streams Gbps':>26} {'small frames kpps':>26}"
+          f"small frames: {args.frame_size}-byte TCP, counted at the server; endpoints with "
+          f"{'XDP_PASS programs' if args.endpoint_xdp_pass else 'GRO'}")
+    head = (f"{'configuration':<42} {'TCP 1 stream Gbps':>26} {'TCP 4 streams Gbps':>26} "
+            f"{'small frames kpps':>26} {'monitor CPU % (TCP)':>20}")
     print(head)
     for label, _, _ in rows:
         cells = []
@@ -317,6 +359,8 @@ def bench_live(argv, rounds=3):
                 continue
             ratio = f" {m / b:.2f}x" if b else ""
             cells.append(f"{(fmt.format(m) + ' [' + fmt.format(lo) + '-' + fmt.format(hi) + ']' + ratio):>26}")
+        cpu = med(label, "cpu")
+        cells.append(f"{(f'{cpu[0]:.1f} [{cpu[1]:.1f}-{cpu[2]:.1f}]' if cpu[0] is not None else '-'):>20}")
         print(f"{label:<42} " + " ".join(cells))
     if args.json:
         import json as _json

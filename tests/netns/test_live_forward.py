@@ -370,6 +370,10 @@ def test_million_frames(shared):
             break
     assert frames >= 1_100_000, f"only {frames} frames in 120 s"
     assert mon.proc.poll() is None, f"monitor died: {mon.stderr()}"
+    _MILLION_RAN.append(True)
+
+
+_MILLION_RAN: list = []
 
 
 def _link_rx_packets(bed) -> int:
@@ -387,7 +391,8 @@ def test_accounting_balances_after_transfers(shared):
     st = mon.stats()
     assert st["error"] is None, st["error"]
     assert_balanced(st)
-    assert st["frames"] >= 1_000_000, st["frames"]
+    if _MILLION_RAN:
+        assert st["frames"] >= 1_000_000, st["frames"]
     # every TCP frame went through our sockets, none took the kernel fallback
     assert st["xdp"]["to_xsk"] >= st["frames"] - st["accounting"]["rx"], st["xdp"]
     assert st["xdp"]["no_xsk_fallback"] == 0, st["xdp"]
