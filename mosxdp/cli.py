@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import signal
 import sys
 
 from . import apps as apps_package
@@ -137,6 +138,10 @@ def cmd_run(argv):
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{app_name}: {where}{exc.strerror or exc}", EXIT_USAGE) from None
+        if args.iface is not None:
+            # The XDP program is attached before the live loop installs its own SIGTERM
+            # handler: a SIGTERM meanwhile must unwind like Ctrl-C (detach), not kill.
+            signal.signal(signal.SIGTERM, _sigterm_unwinds)
         try:
             api.mtcp_app_join(mctx)
         finally:
@@ -149,6 +154,10 @@ def cmd_run(argv):
     finally:
         api.mtcp_destroy()
     return 0
+
+
+def _sigterm_unwinds(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _write_stats_json(path, mctx):

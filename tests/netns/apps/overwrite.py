@@ -1,0 +1,85 @@
+"""Live test app: overwrite payload bytes of the server's segments at MOS_HK_SND
+(public mOS API only).
+
+In every server->client segment of a flow to --csum-port or --nocsum-port, each
+occurrence of --marker is overwritten in place with --replacement (same length) by
+mtcp_setlastpkt(MOS_OVERWRITE | MOS_TCP_PAYLOAD), with MOS_UPDATE_TCP_CHKSUM for
+--csum-port and without it for --nocsum-port (the TCP checksum goes stale).
+--ready: see streamhash.py.
+"""
+import json
+import os
+import socket
+
+from mosxdp import *  # noqa: F401,F403
+
+DESCRIPTION = "overwrite a marker in server payloads, with or without the TCP checksum fix"
+
+
+def add_arguments(parser):
+    parser.add_argument("--marker", required=True)
+    parser.add_argument("--replacement", required=True)
+    parser.add_argument("--csum-port", type=int, required=True)
+    parser.add_argument("--nocsum-port", type=int, required=True)
+    parser.add_argument("--log", required=True, help="JSON counters written at exit")
+    parser.add_argument("--ready", help="file created at the first CONN_START")
+
+
+class Overwrite:
+    def __init__(self, args):
+        self.args = args
+        self.marker = args.marker.encode()
+        self.replacement = args.replacement.encode()
+        if len(self.marker) != len(self.replacement):
+            raise ValueError("--marker and --replacement must have the same length")
+        self.ready = args.ready
+        self.pinfo = PktInfo()
+        self.counters = {"csum": 0, "nocsum": 0}
+
+    def save(self):
+        """The counters, rewritten whenever they change (the test reads them live)."""
+        tmp = self.args.log + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.counters, f)
+        os.replace(tmp, self.args.log)
+
+    def on_start(self, mctx, sock, side, event, arg):
+        if self.ready:
+            open(self.ready, "w").close()
+            self.ready = None
+        _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        if port == self.args.csum_port:
+            mtcp_set_uctx(mctx, sock, "csum")
+        elif port == self.args.nocsum_port:
+            mtcp_set_uctx(mctx, sock, "nocsum")
+
+    def on_packet(self, mctx, sock, side, event, arg):
+        if side != MOS_SIDE_SVR:
+            return
+        mode = mtcp_get_uctx(mctx, sock)
+        if mode is None:
+            return
+        pinfo = self.pinfo
+        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        payload = bytes(pinfo.payload[:pinfo.payloadlen])
+        option = MOS_OVERWRITE | MOS_TCP_PAYLOAD
+        if mode == "csum":
+            option |= MOS_UPDATE_TCP_CHKSUM
+        at = payload.find(self.marker)
+        while at >= 0:
+            mtcp_setlastpkt(mctx, sock, side, at, self.replacement, len(self.replacement), option)
+            self.counters[mode] += 1
+            at = payload.find(self.marker, at + 1)
+            self.save()
+
+
+def setup(mctx, args):
+    app = Overwrite(args)
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
+    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
+    return app
+
+
+def teardown(app):
+    app.save()

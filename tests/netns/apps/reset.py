@@ -1,0 +1,89 @@
+"""Live test app: reset running transfers (public mOS API only).
+
+Once the server has sent --after bytes on a flow:
+- to --sendpkt-port: an RST toward the client is built from mtcp_getlastpkt of the
+  server's segment being processed (same addresses, ports and sequence number, flags
+  RST|ACK, no payload) and sent with mtcp_sendpkt (again on the next segments, at
+  most --max-rst times, in case the first was not in the client's window);
+- to --reset-conn-port: mtcp_reset_conn (an RST to both ends), once.
+--ready: see streamhash.py.
+"""
+import json
+import os
+import socket
+
+from mosxdp import *  # noqa: F401,F403
+
+DESCRIPTION = "reset transfers with mtcp_sendpkt (RST from mtcp_getlastpkt) or mtcp_reset_conn"
+
+
+def add_arguments(parser):
+    parser.add_argument("--sendpkt-port", type=int, required=True)
+    parser.add_argument("--reset-conn-port", type=int, required=True)
+    parser.add_argument("--after", type=int, default=1 << 20, help="server bytes before the reset")
+    parser.add_argument("--max-rst", type=int, default=20)
+    parser.add_argument("--log", required=True, help="JSON counters written at exit")
+    parser.add_argument("--ready", help="file created at the first CONN_START")
+
+
+class Reset:
+    def __init__(self, args):
+        self.args = args
+        self.ready = args.ready
+        self.pinfo = PktInfo()
+        self.counters = {"sendpkt_rst": 0, "reset_conn": 0, "rst_seq": []}
+
+    def save(self):
+        """The counters, rewritten whenever they change (the test reads them live)."""
+        tmp = self.args.log + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.counters, f)
+        os.replace(tmp, self.args.log)
+
+    def on_start(self, mctx, sock, side, event, arg):
+        if self.ready:
+            open(self.ready, "w").close()
+            self.ready = None
+        _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        if port == self.args.sendpkt_port:
+            mtcp_set_uctx(mctx, sock, ["sendpkt", 0])
+        elif port == self.args.reset_conn_port:
+            mtcp_set_uctx(mctx, sock, ["reset_conn", 0])
+
+    def on_packet(self, mctx, sock, side, event, arg):
+        if side != MOS_SIDE_SVR:
+            return
+        state = mtcp_get_uctx(mctx, sock)
+        if state is None:
+            return
+        pinfo = self.pinfo
+        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        if not pinfo.payloadlen or pinfo.offset < self.args.after:
+            return
+        if state[0] == "sendpkt":
+            if state[1] >= self.args.max_rst:
+                return
+            pinfo.tcph[13] = TH_RST | TH_ACK
+            pinfo.payloadlen = 0
+            mtcp_sendpkt(mctx, sock, pinfo)
+            state[1] += 1
+            self.counters["sendpkt_rst"] += 1
+            self.counters["rst_seq"].append([pinfo.seq, pinfo.offset])
+            self.save()
+        elif not state[1]:
+            state[1] = 1
+            mtcp_reset_conn(mctx, sock)
+            self.counters["reset_conn"] += 1
+            self.save()
+
+
+def setup(mctx, args):
+    app = Reset(args)
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
+    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
+    return app
+
+
+def teardown(app):
+    app.save()

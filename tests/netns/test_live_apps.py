@@ -1,0 +1,747 @@
+"""netns tier: mOS apps running live inline through `mosxdp run APP --iface A --peer B`.
+
+Acceptance items 1-5 of issue 3, through the real monitor (mosxdp.cli -> mtcp_app_join ->
+run_live) and apps written against the public API only (tests/netns/apps/*.py)::
+
+    <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
+
+The endpoints carry an XDP_PASS program (a veth takes frames redirected into its peer
+only when the receiving end runs XDP). The server namespace runs a dual-stack HTTP
+server on every port the tests use (GET serves files, PUT answers the sha256 of the
+body). A monitor is ready when both A and B carry an XDP program and its app has seen a
+connection (the apps' --ready file, or flowdump's first stream file): before that a SYN
+could still take the kernel path.
+
+Testbeds and monitors are shared per class (one app per class); every subprocess has a
+timeout. Skipped only when a probe fails (not root, no netns, no bcc/libxdp/AF_XDP, a
+tool missing); tests/conftest.py turns skips into failures with MOSXDP_REQUIRE_PRIVILEGED=1.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = Path(__file__).resolve().parent / "apps"
+PY = sys.executable
+
+PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH = range(8080, 8087)
+SERVER_PORTS = (PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH)
+MARKER = b"<<mosxdp-marker-0123456789>>"
+REPLACEMENT = b"[[REWRITTEN by the mOS app]]"
+assert len(MARKER) == len(REPLACEMENT)
+SIZES = {"f1k": 1024, "f20m": 20 * 1024 * 1024}
+ATTACH_TIMEOUT = 60.0   # bcc compiles the XDP program at start
+READY_TIMEOUT = 30.0
+
+
+# ------------------------------------------------------------------------------ probe
+def _probe() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    from mosxdp import testbed
+    why = testbed.probe()
+    if why:
+        return why
+    from mosxdp.io import libxdp
+    try:
+        libxdp.load()
+    except libxdp.LibxdpMissing as exc:
+        return str(exc)
+    try:
+        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        return f"no AF_XDP sockets in this kernel: {exc}"
+    try:
+        from mosxdp.io import xdp
+        xdp.check_privileges()
+        xdp.check_environment()
+    except Exception as exc:
+        return f"the XDP program cannot be built here: {exc}"
+    for tool in ("curl", "tcpdump", "tcpflow", "nstat", "ethtool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+_PROBE: list = []
+
+
+@pytest.fixture(scope="module")
+def live_env():
+    if not _PROBE:
+        _PROBE.append(_probe())
+    if _PROBE[0] is not None:
+        pytest.skip(_PROBE[0])
+
+
+# ------------------------------------------------------------------------------ data
+HTTPD = r'''
+import hashlib, http.server, socket, sys, threading
+root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def do_PUT(self):
+        left = int(self.headers["Content-Length"])
+        digest = hashlib.sha256()
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+for port in ports:
+    threading.Thread(target=Server(("::", port), Handler).serve_forever, daemon=True).start()
+threading.Event().wait()
+'''
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def www(tmp_path_factory):
+    """Served files: f1k and f20m (random), marked.bin (random with MARKER at 300 and
+    700: one segment holds both), and the server script."""
+    d = tmp_path_factory.mktemp("www")
+    for name, size in SIZES.items():
+        (d / name).write_bytes(os.urandom(size))
+    body = bytearray(os.urandom(1024))
+    for at in (300, 700):
+        body[at:at + len(MARKER)] = MARKER
+    assert bytes(body).count(MARKER) == 2
+    (d / "marked.bin").write_bytes(bytes(body))
+    (d / "httpd.py").write_text(HTTPD)
+    return d
+
+
+_client_ports = itertools.count(41000)
+
+
+class Bed:
+    """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, the HTTP server."""
+
+    def __init__(self, tb, www: Path, tmp: Path):
+        from mosxdp.io.xdp import attach_pass_program
+        self.tb, self.www, self.tmp = tb, www, tmp
+        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
+            os.close(attach_pass_program(ifname, netns=ns).fd)
+        self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, *map(str, SERVER_PORTS)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in SERVER_PORTS:
+            tb.wait_listen("srv", port)
+        self._n = 0
+
+    # -- clients
+    def url(self, family: int, path: str, port: int = PLAIN) -> str:
+        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
+        return f"http://{host}:{port}/{path}"
+
+    def curl(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
+        """curl in the client namespace; stdout is bytes."""
+        return self.tb.run("cli", ["curl", "-sS", "-g", "--fail", *map(str, args)],
+                           capture_output=True, timeout=timeout)
+
+    def out_path(self, tag: str) -> Path:
+        self._n += 1
+        return self.tmp / f"{self._n:03d}-{tag}"
+
+    def download(self, family, name, *extra, port=PLAIN, local_port=None, max_time=30):
+        out = self.out_path(name)
+        args = ["--max-time", max_time, "-o", out, *extra]
+        if local_port:
+            args += ["--local-port", local_port]
+        r = self.curl(*args, self.url(family, name, port), timeout=max_time + 30)
+        return r, out
+
+    def upload(self, family, path, *extra, port=PLAIN, local_port=None, max_time=30):
+        args = ["--max-time", max_time, "-H", "Expect:", "-T", path, *extra]
+        if local_port:
+            args += ["--local-port", local_port]
+        return self.curl(*args, self.url(family, "upload", port), timeout=max_time + 30)
+
+    # -- observations
+    def xdp_attached(self) -> set:
+        """Monitor interfaces that carry an XDP program (`ip -d link` shows prog/xdp)."""
+        found = set()
+        for ifname in (self.tb.iface_a, self.tb.iface_b):
+            r = self.tb.run("mon", ["ip", "-d", "link", "show", ifname], capture_output=True,
+                            text=True, timeout=10)
+            assert r.returncode == 0, r.stderr
+            if "prog/xdp" in r.stdout:
+                found.add(ifname)
+        return found
+
+    def xdp_status(self) -> str:
+        """The attached programs and their counters (`mosxdp status` data), for messages."""
+        code = ("import json, sys; from mosxdp.io import xdp; "
+                "print(json.dumps(xdp.status(sys.argv[1:])))")
+        r = self.tb.run("mon", [PY, "-c", code, self.tb.iface_a, self.tb.iface_b], cwd=ROOT,
+                        capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() or r.stderr.strip()[-2000:]
+
+    def xdp_counters(self) -> dict:
+        """The counters of the one program attached to A and B."""
+        status = json.loads(self.xdp_status())
+        programs = list(status["programs"].values())
+        assert len(programs) == 1 and "counters" in programs[0], status
+        return programs[0]["counters"]
+
+    def nstat(self, ns: str, name: str) -> int:
+        """A kernel SNMP counter (absolute value) in namespace ``ns``."""
+        r = self.tb.run(ns, ["nstat", "-asz", name], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        for line in r.stdout.splitlines():
+            fields = line.split()
+            if fields and fields[0] == name:
+                return int(fields[1])
+        raise AssertionError(f"nstat has no {name}: {r.stdout!r}")
+
+    def monitor(self, app, *args, ready=True) -> "Monitor":
+        return Monitor(self, app, *args, ready=ready)
+
+
+class Monitor:
+    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace."""
+
+    def __init__(self, bed: Bed, app, *args, ready=True):
+        self.bed = bed
+        self.log_path = bed.out_path("monitor.log")
+        self.ready_path = bed.out_path("ready")
+        argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", bed.tb.iface_a,
+                "--peer", bed.tb.iface_b, *map(str, args)]
+        if ready is True:
+            argv += ["--ready", self.ready_path]
+        self._log = open(self.log_path, "w")
+        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        if ready:
+            try:
+                self.wait_attached()
+                self.wait_ready(ready if callable(ready) else self.ready_path.exists)
+            except BaseException:
+                self.close()
+                raise
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def _alive(self) -> None:
+        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
+
+    def wait_attached(self, timeout=ATTACH_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while self.bed.xdp_attached() != {self.bed.tb.iface_a, self.bed.tb.iface_b}:
+            self._alive()
+            assert time.monotonic() < deadline, f"monitor not attached after {timeout}s:\n{self.log()}"
+            time.sleep(0.1)
+
+    def wait_ready(self, is_ready, timeout=READY_TIMEOUT) -> None:
+        """Warm-up downloads until the app has seen one (frames reach user space)."""
+        deadline = time.monotonic() + timeout
+        while not is_ready():
+            self._alive()
+            assert time.monotonic() < deadline, f"the app saw no connection in {timeout}s:\n{self.log()}"
+            self.bed.curl("--max-time", 2, "-o", "/dev/null", self.bed.url(4, "f1k"), timeout=10)
+            time.sleep(0.05)
+
+    def send_signal(self, sig) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout=30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"monitor still running after {timeout}s:\n{self.log()}") from None
+
+    def stop(self, sig=signal.SIGINT, timeout=30) -> int:
+        if self.proc.poll() is None:
+            self.send_signal(sig)
+        return self.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.bed.tb.stop(self.proc, signal.SIGKILL)
+        self._log.close()
+
+
+def _make_bed(www, tmp):
+    from mosxdp.testbed import Testbed
+    tb = Testbed("inline")
+    tb.start()
+    try:
+        return Bed(tb, www, tmp)
+    except BaseException:
+        tb.close()
+        raise
+
+
+@pytest.fixture
+def bed_factory(live_env, www, tmp_path_factory):
+    """Testbeds that live as long as the requesting fixture/test."""
+    made = []
+
+    def make():
+        bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+        made.append(bed)
+        return bed
+
+    yield make
+    for bed in made:
+        bed.tb.close()
+
+
+@pytest.fixture(scope="class")
+def class_bed(live_env, www, tmp_path_factory):
+    bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+    try:
+        yield bed
+    finally:
+        bed.tb.close()
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_counters(path: Path, key: str, at_least: int, timeout=5.0) -> dict:
+    """The app's counters file once ``key`` reaches ``at_least`` (apps rewrite it on change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counters = _json(path)
+        if counters.get(key, 0) >= at_least or time.monotonic() > deadline:
+            return counters
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ 1. transfers
+class TestTransfers:
+    """Item 1: downloads and uploads through the inline monitor running a monitoring app
+    (streamhash: sha256 of each direction's reassembled stream) arrive byte-identical; the
+    app's own view of each flow matches what was transferred."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, class_bed):
+        log = class_bed.out_path("flows.jsonl")
+        mon = class_bed.monitor(APPS / "streamhash.py", "--log", log)
+        mon.flows = log
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+    @staticmethod
+    def flow_record(mon, local_port, timeout=10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            if mon.flows.exists():
+                for line in mon.flows.read_text().splitlines():
+                    rec = json.loads(line)
+                    if rec["cli"][1] == local_port:
+                        return rec
+            assert time.monotonic() < deadline, \
+                f"the app logged no flow from client port {local_port}:\n{mon.log()}"
+            time.sleep(0.05)
+
+    @staticmethod
+    def split_head(rec, direction):
+        """The HTTP header block at the start of one direction of the app's stream."""
+        head = bytes.fromhex(rec[f"{direction}_head"])
+        end = head.find(b"\r\n\r\n")
+        assert end > 0, head
+        return head[:end + 4]
+
+    @pytest.mark.parametrize("family", [4, 6])
+    @pytest.mark.parametrize("name", ["f1k", "f20m"])
+    def test_download(self, class_bed, mon, www, family, name):
+        port = next(_client_ports)
+        r, out = class_bed.download(family, name, local_port=port)
+        assert r.returncode == 0, f"curl: {r.stderr!r}\n{mon.log()}"
+        assert sha256_file(out) == sha256_file(www / name)
+        rec = self.flow_record(mon, port)
+        assert rec["lost"] == 0, rec
+        request = self.split_head(rec, "c2s")
+        assert request.startswith(f"GET /{name} HTTP/1.1\r\n".encode()), request
+        assert rec["c2s_len"] == len(request)
+        headers = self.split_head(rec, "s2c")
+        assert headers.startswith(b"HTTP/1.0 200 OK\r\n"), headers
+        assert rec["s2c_len"] == len(headers) + SIZES[name]
+        assert rec["s2c_sha256"] == sha256_bytes(headers + (www / name).read_bytes())
+
+    @pytest.mark.parametrize("family", [4, 6])
+    @pytest.mark.parametrize("name", ["f1k", "f20m"])
+    def test_upload(self, class_bed, mon, www, family, name):
+        port = next(_client_ports)
+        body = (www / name).read_bytes()
+        r = class_bed.upload(family, www / name, local_port=port)
+        assert r.returncode == 0, f"curl: {r.stderr!r}\n{mon.log()}"
+        assert r.stdout.decode() == sha256_bytes(body), "the server received other bytes"
+        rec = self.flow_record(mon, port)
+        assert rec["lost"] == 0, rec
+        request = self.split_head(rec, "c2s")
+        assert request.startswith(b"PUT /upload HTTP/1.1\r\n"), request
+        assert f"Content-Length: {len(body)}\r\n".encode() in request
+        assert rec["c2s_len"] == len(request) + len(body)
+        assert rec["c2s_sha256"] == sha256_bytes(request + body)
+        headers = self.split_head(rec, "s2c")
+        assert rec["s2c_len"] == len(headers) + 64
+
+    def test_sigint_stops_and_detaches(self, class_bed, mon):
+        """Item 5: a normal exit (SIGINT) detaches the XDP programs from A and B."""
+        assert class_bed.xdp_attached() == {class_bed.tb.iface_a, class_bed.tb.iface_b}
+        rc = mon.stop(signal.SIGINT)
+        assert rc == 0, mon.log()
+        assert class_bed.xdp_attached() == set(), mon.log()
+        # the kernel path between A and B is gone with the program
+        r, _ = class_bed.download(4, "f1k", max_time=2)
+        assert r.returncode == 28, r
+
+
+# ------------------------------------------------------------------------------ 1. flowdump
+class TestFlowdumpLive:
+    """Item 1: `mosxdp run flowdump` live inline writes exactly the bytes transferred:
+    its files for a flow equal tcpflow's on a tcpdump capture taken in the server
+    namespace, and hold the HTTP request/response around the served file."""
+
+    def test_flowdump_matches_capture(self, class_bed, www):
+        from mosxdp.apps.flowdump import endpoint_name
+        bed = class_bed
+        tb = bed.tb
+        outdir = bed.out_path("flowdump")
+        mon = bed.monitor("flowdump", "--outdir", outdir,
+                          ready=lambda: outdir.exists() and any(outdir.iterdir()))
+        cap = bed.out_path("server.pcap")
+        err = bed.out_path("tcpdump.err")
+        ports = {"download": next(_client_ports), "upload": next(_client_ports)}
+        try:
+            with open(err, "w") as errf:
+                dump = tb.popen("srv", ["tcpdump", "-i", tb.srv_if, "-s", "0", "-B", "32768", "--immediate-mode",
+                                        "-w", cap, f"tcp port {ports['download']} or tcp port "
+                                                   f"{ports['upload']}"],
+                                stdout=subprocess.DEVNULL, stderr=errf)
+            deadline = time.monotonic() + 10
+            while "listening on" not in err.read_text():
+                assert dump.poll() is None and time.monotonic() < deadline, err.read_text()
+                time.sleep(0.05)
+            r, out = bed.download(4, "f20m", local_port=ports["download"])
+            assert r.returncode == 0, r.stderr
+            assert sha256_file(out) == sha256_file(www / "f20m")
+            r = bed.upload(6, www / "f20m", local_port=ports["upload"])
+            assert r.returncode == 0, r.stderr
+            time.sleep(0.3)  # the last FIN/ACKs
+            tb.stop(dump, signal.SIGINT, timeout=10)
+            stats = err.read_text()
+            captured = re.search(r"^(\d+) packets captured$", stats, re.M)
+            received = re.search(r"^(\d+) packets received by filter$", stats, re.M)
+            assert captured and received and captured[1] == received[1], stats
+            assert re.search(r"^0 packets dropped by kernel$", stats, re.M), stats
+            assert mon.stop(signal.SIGINT) == 0, mon.log()
+        finally:
+            mon.close()
+        ref = bed.out_path("tcpflow")
+        r = subprocess.run(["tcpflow", "-r", cap, "-o", ref], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+
+        served = (www / "f20m").read_bytes()
+        flows = {
+            "download": (endpoint_name(tb.cli_ip, ports["download"]), endpoint_name(tb.srv_ip, PLAIN)),
+            "upload": (endpoint_name(tb.cli_ip6, ports["upload"]), endpoint_name(tb.srv_ip6, PLAIN)),
+        }
+        for what, (cli, srv) in flows.items():
+            c2s, s2c = f"{cli}-{srv}", f"{srv}-{cli}"
+            live = {p.name for p in outdir.iterdir() if cli in p.name}
+            offline = {p.name for p in ref.iterdir() if cli in p.name}
+            assert live == {c2s, s2c}, (what, live)
+            assert offline == live, (what, offline, live)
+            for name in live:
+                assert sha256_file(outdir / name) == sha256_file(ref / name), \
+                    f"{what}: flowdump's {name} differs from tcpflow's on the capture"
+            if what == "download":
+                request, response = (outdir / c2s).read_bytes(), (outdir / s2c).read_bytes()
+                assert request.startswith(b"GET /f20m HTTP/1.1\r\n") and request.endswith(b"\r\n\r\n")
+                header_end = response.index(b"\r\n\r\n") + 4
+                assert response.startswith(b"HTTP/1.0 200 OK\r\n")
+                assert response[header_end:] == served
+            else:
+                request, response = (outdir / c2s).read_bytes(), (outdir / s2c).read_bytes()
+                header_end = request.index(b"\r\n\r\n") + 4
+                assert request.startswith(b"PUT /upload HTTP/1.1\r\n")
+                assert request[header_end:] == served
+                assert response.endswith(b"\r\n\r\n" + sha256_bytes(served).encode())
+
+
+# ------------------------------------------------------------------------------ 2. SYN drop
+class TestDropSyn:
+    """Item 2: a callback that drops SYNs (MOS_DROP at CONN_START/HK_SND, then PKT_IN for
+    the retransmitted SYNs) makes curl to that port fail while another port works."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, class_bed):
+        log = class_bed.out_path("dropsyn.json")
+        mon = class_bed.monitor(APPS / "dropsyn.py", "--port", BLOCKED, "--log", log)
+        mon.counters = log
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_blocked_port_fails_other_port_works(self, class_bed, mon, www, family):
+        bed = class_bed
+        before = _json(mon.counters).get("syn_dropped", 0)
+        opens = bed.nstat("srv", "TcpPassiveOpens")
+        r = bed.curl("--connect-timeout", 3, "-o", "/dev/null", bed.url(family, "f1k", BLOCKED),
+                     timeout=30)
+        assert r.returncode == 28, f"curl to the blocked port: rc {r.returncode} {r.stderr!r}"
+        assert bed.nstat("srv", "TcpPassiveOpens") == opens, "a connection reached the server"
+        # the first SYN and at least one retransmission were dropped
+        counters = _read_counters(mon.counters, "syn_dropped", before + 2)
+        assert counters["syn_dropped"] >= before + 2, (counters, mon.log())
+        r, out = bed.download(family, "f1k", "--connect-timeout", 5)
+        assert r.returncode == 0, r.stderr
+        assert sha256_file(out) == sha256_file(www / "f1k")
+        assert bed.nstat("srv", "TcpPassiveOpens") == opens + 1
+
+
+# ------------------------------------------------------------------------------ 3. overwrite
+class TestOverwrite:
+    """Item 3: MARKER in the server's response is overwritten at MOS_HK_SND with
+    same-length bytes; with MOS_UPDATE_TCP_CHKSUM the client receives them, without it
+    the client's kernel drops the segment (TcpInCsumErrors grows) and the transfer
+    stalls: the modified bytes never arrive."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, class_bed):
+        log = class_bed.out_path("overwrite.json")
+        mon = class_bed.monitor(APPS / "overwrite.py", "--marker", MARKER.decode(),
+                                "--replacement", REPLACEMENT.decode(), "--csum-port", CSUM,
+                                "--nocsum-port", NOCSUM, "--log", log)
+        mon.counters = log
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_with_checksum_update_arrives_modified(self, class_bed, mon, www, family):
+        bed = class_bed
+        before = _json(mon.counters).get("csum", 0)
+        errors = bed.nstat("cli", "TcpInCsumErrors")
+        r, out = bed.download(family, "marked.bin", port=CSUM)
+        assert r.returncode == 0, f"{r.stderr!r}\n{mon.log()}"
+        original = (www / "marked.bin").read_bytes()
+        got = out.read_bytes()
+        assert got == original.replace(MARKER, REPLACEMENT), "not exactly the overwritten bytes"
+        assert got.count(REPLACEMENT) == 2 and MARKER not in got
+        assert bed.nstat("cli", "TcpInCsumErrors") == errors
+        assert _read_counters(mon.counters, "csum", before + 2)["csum"] >= before + 2
+        # the same file from a port the app leaves alone is untouched
+        r, out = bed.download(family, "marked.bin", port=PLAIN)
+        assert r.returncode == 0 and out.read_bytes() == original
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_without_checksum_update_is_dropped(self, class_bed, mon, family):
+        bed = class_bed
+        before = _json(mon.counters).get("nocsum", 0)
+        errors = bed.nstat("cli", "TcpInCsumErrors")
+        r, out = bed.download(family, "marked.bin", port=NOCSUM, max_time=3)
+        assert r.returncode == 28, f"expected a stall (28), got {r.returncode}: {r.stderr!r}"
+        got = out.read_bytes() if out.exists() else b""
+        assert REPLACEMENT not in got and MARKER not in got, got[:200]
+        # the segment and its retransmissions were overwritten, and each was dropped
+        counters = _read_counters(mon.counters, "nocsum", before + 2)
+        assert counters["nocsum"] >= before + 2, counters
+        grown = bed.nstat("cli", "TcpInCsumErrors") - errors
+        assert grown >= 2, f"TcpInCsumErrors grew by {grown}"
+
+
+# ------------------------------------------------------------------------------ 4. resets
+class TestReset:
+    """Item 4: an RST built from mtcp_getlastpkt and sent with mtcp_sendpkt, and
+    mtcp_reset_conn, reset a running 20 MB download after its first MB."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, class_bed):
+        log = class_bed.out_path("reset.json")
+        mon = class_bed.monitor(APPS / "reset.py", "--sendpkt-port", RST_SENDPKT,
+                                "--reset-conn-port", RST_CONN, "--after", 1 << 20, "--log", log)
+        mon.counters = log
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+    @pytest.mark.parametrize("family", [4, 6])
+    @pytest.mark.parametrize("port,key", [(RST_SENDPKT, "sendpkt_rst"), (RST_CONN, "reset_conn")],
+                             ids=["sendpkt", "reset_conn"])
+    def test_rst_resets_running_download(self, class_bed, mon, family, port, key):
+        bed = class_bed
+        before = _json(mon.counters).get(key, 0)
+        resets = {ns: bed.nstat(ns, "TcpEstabResets") for ns in ("cli", "srv")}
+        r, out = bed.download(family, "f20m", port=port, max_time=20)
+        assert r.returncode == 56, f"curl rc {r.returncode}: {r.stderr!r}\n{mon.log()}"
+        assert b"Connection reset by peer" in r.stderr, r.stderr
+        size = out.stat().st_size if out.exists() else 0
+        assert 1 << 20 <= size < SIZES["f20m"], size
+        assert _read_counters(mon.counters, key, before + 1)[key] >= before + 1
+        # both kernels saw their established connection reset
+        for ns in ("cli", "srv"):
+            assert bed.nstat(ns, "TcpEstabResets") > resets[ns], ns
+
+
+# ------------------------------------------------------------------------------ 5. fail-open/closed
+@pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
+def test_kill9_mid_transfer(bed_factory, www, fail_closed):
+    """Item 5: kill -9 of the monitor mid-transfer: the program stays attached; the
+    transfer completes through the kernel path (fail-open) or stalls (--fail-closed)."""
+    bed = bed_factory()
+    # tcp_rmem's maximum here is 32 MB: the client kernel would take the whole file at
+    # wire speed while curl reads it slowly. A small receive buffer paces the wire.
+    r = bed.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
+                   capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    log = bed.out_path("flows.jsonl")
+    mon = bed.monitor(APPS / "streamhash.py", "--log", log,
+                      *(["--fail-closed"] if fail_closed else []))
+    out = bed.out_path("kill9.out")
+    size = lambda: out.stat().st_size if out.exists() else 0  # noqa: E731
+    try:
+        # 20 MB at 6 MB/s: about 3.5 s; the monitor dies after 1 s.
+        curl = bed.tb.popen("cli", ["curl", "-sS", "-g", "--fail", "--limit-rate", "6M",
+                                    "--max-time", "30", "-o", out, bed.url(4, "f20m")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        assert curl.poll() is None, "the transfer ended before the kill"
+        mon.send_signal(signal.SIGKILL)
+        assert mon.wait(10) == -signal.SIGKILL
+        at_kill = size()
+        before = bed.xdp_counters()  # from here on no socket is bound
+        assert bed.xdp_attached() == {bed.tb.iface_a, bed.tb.iface_b}, \
+            "the XDP program must stay attached when the monitor dies"
+        if fail_closed:
+            # what was in the client's small receive buffer trickles out, then nothing
+            time.sleep(0.5)
+            stalled_at = size()
+            time.sleep(2.5)
+            assert curl.poll() is None, f"curl ended ({curl.returncode}) although the path is closed"
+            stalled = (stalled_at, size())
+            bed.tb.stop(curl, signal.SIGKILL)
+        else:
+            _, err = curl.communicate(timeout=60)
+        after = bed.xdp_counters()
+    finally:
+        mon.close()
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    assert at_kill < SIZES["f20m"] * 3 // 4, f"{at_kill} bytes already there at the kill"
+    if fail_closed:
+        assert stalled[0] == stalled[1] < SIZES["f20m"], (at_kill, stalled)
+        # frames meant for the (gone) sockets were dropped, none took the kernel path
+        assert delta["fail_closed_drop"] > 0 and delta["no_xsk_fallback"] == 0, delta
+    else:
+        assert curl.returncode == 0, f"{err!r}; {delta}\n{mon.log()}"
+        assert sha256_file(out) == sha256_file(www / "f20m")
+        # the rest of the file took the kernel path (no socket left in the XSKMAP)
+        assert delta["no_xsk_fallback"] > 1000, delta
+        assert delta["fail_closed_drop"] == 0, delta
+
+
+# ------------------------------------------------------------------------------ 5. exits
+class TestExitDetaches:
+    """Item 5: after SIGTERM, or an exception raised in the app's setup or (with
+    --on-callback-error stop) in a callback, no XDP program is left on A or B.
+    (SIGINT: TestTransfers.test_sigint_stops_and_detaches.)"""
+
+    def test_sigterm(self, class_bed, www):
+        bed = class_bed
+        mon = bed.monitor(APPS / "streamhash.py", "--log", bed.out_path("flows.jsonl"))
+        try:
+            r, out = bed.download(6, "f1k")
+            assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f1k")
+            assert mon.stop(signal.SIGTERM) == 0, mon.log()
+        finally:
+            mon.close()
+        assert bed.xdp_attached() == set(), mon.log()
+
+    def test_sigterm_right_after_attach(self, class_bed):
+        """SIGTERM as soon as the programs are attached, before the monitor's loop (and its
+        own signal handling) runs: the monitor unwinds and detaches all the same."""
+        bed = class_bed
+        mon = bed.monitor(APPS / "streamhash.py", "--log", bed.out_path("flows.jsonl"),
+                          ready=False)
+        try:
+            mon.wait_attached()
+            rc = mon.stop(signal.SIGTERM)
+        finally:
+            mon.close()
+        assert rc in (0, 130), f"rc {rc}:\n{mon.log()}"
+        assert bed.xdp_attached() == set(), mon.log()
+
+    def test_exception_in_setup(self, class_bed):
+        bed = class_bed
+        mon = bed.monitor(APPS / "crash.py", "--raise-in", "setup", ready=False)
+        try:
+            rc = mon.wait(60)
+        finally:
+            mon.close()
+        assert rc == 1, mon.log()
+        assert "raised in setup" in mon.log()
+        assert bed.xdp_attached() == set(), mon.log()
+
+    def test_exception_in_callback_with_stop(self, class_bed):
+        bed = class_bed
+        mon = bed.monitor(APPS / "crash.py", "--raise-in", "callback", "--port", CRASH,
+                          "--on-callback-error", "stop")
+        try:
+            bed.curl("--max-time", 3, "-o", "/dev/null", bed.url(4, "f1k", CRASH), timeout=20)
+            rc = mon.wait(30)
+        finally:
+            mon.close()
+        assert rc == 1, mon.log()
+        assert "raised in the CONN_START callback" in mon.log(), mon.log()
+        assert bed.xdp_attached() == set(), mon.log()
