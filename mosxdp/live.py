@@ -703,41 +703,41 @@ def main(argv=None) -> int:
     # Until run() takes over SIGINT/SIGTERM (stop flag), they unwind through the
     # context managers like an exception: nothing stays attached.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    stats = {"error": None}
-    code = 0
     try:
-        with eng:
-            print(f"mosxdp.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
-                  flush=True)
-            error = None
-            try:
-                eng.run(args.duration)
-            except BaseException as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                raise
-            finally:
-                stats = eng.final_stats()
-                stats["error"] = error
-                if "accounting_error" in stats:
-                    code = 3
-                if args.stats:
-                    tmp = args.stats + ".tmp"
-                    with open(tmp, "w") as f:
-                        json.dump(stats, f, indent=1, default=str)
-                    os.replace(tmp, args.stats)
+        eng.__enter__()
     except KeyboardInterrupt:
         return 130
-    except _x.LibxdpMissing as exc:
-        print(f"mosxdp.live: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"mosxdp.live: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        if type(exc).__name__ != "XdpError":
+        # set-up errors say the fix in one line; anything else is a bug: traceback
+        if not isinstance(exc, (_x.LibxdpMissing, OSError, ValueError)) and \
+                type(exc).__name__ != "XdpError":
             raise
         print(f"mosxdp.live: {exc}", file=sys.stderr)
         return 2
+    code = 0
+    try:
+        print(f"mosxdp.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
+              flush=True)
+        error = None
+        try:
+            eng.run(args.duration)
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            stats = eng.final_stats()
+            stats["error"] = error
+            if "accounting_error" in stats:
+                code = 3
+            if args.stats:
+                tmp = args.stats + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(stats, f, indent=1, default=str)
+                os.replace(tmp, args.stats)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        eng.close()
     print(f"mosxdp.live: stopped: {stats.get('frames', 0)} frames", flush=True)
     return code
 
