@@ -571,3 +571,24 @@ def test_passive_on_a_mirror_port(fresh_bed, payloads):
     assert_balanced(st)
     assert st["frames"] >= 14000, st["frames"]  # 20 MB in ~1448-byte segments, plus ACKs
     assert st["recycled"] == st["frames"] and st["forwarded"] == 0, st
+
+
+# ------------------------------------------------------------------------------ outbox
+def test_outbox_frames_are_sent_out_of_the_right_port(fresh_bed):
+    """A processor answers SYNs to BLOCKED_PORT with a RST (outbox, egress = ingress
+    port): curl is refused at once (exit 7) instead of timing out; the other port works."""
+    bed = fresh_bed()
+    mon = bed.monitor("--check-accounting", "--processor",
+                      "tests.netns.test_live_units:RstInjector")
+    t0 = time.monotonic()
+    r = bed.curl("--connect-timeout", "5", "-o", "/dev/null", bed.url(4, "f1k", BLOCKED_PORT),
+                 timeout=30)
+    assert r.returncode == 7, f"curl rc {r.returncode}: {r.stderr}; monitor: {mon.stderr()}"
+    assert time.monotonic() - t0 < 4
+    r, _ = bed.download(4, "f1k")
+    assert r.returncode == 0, r.stderr
+    assert mon.stop(signal.SIGINT) == 0, mon.stderr()
+    st = mon.stats()
+    assert_balanced(st)
+    assert st["outbox_sent"] >= 1 and st["outbox_dropped"] == 0, st
+    assert st["processor"]["syn_dropped"] == st["outbox_sent"], st

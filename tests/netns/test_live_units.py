@@ -85,3 +85,53 @@ def test_libxdp_check_names_the_call_and_the_fix():
         libxdp.check(-95, "AF_XDP socket on veth0 queue 0")
     assert "veth0" in str(ei.value) and "copy mode" in str(ei.value)
     assert libxdp.check(3, "x") == 3
+
+
+# ------------------------------------------------------------------------------
+# A processor for the netns tier's outbox test (imported by the monitor subprocess as
+# tests.netns.test_live_units:RstInjector).
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def rst_for_syn(frame) -> bytes:
+    """The RST|ACK a closed IPv4 port answers a SYN with (untagged Ethernet)."""
+    f = bytes(frame)
+    ihl = (f[14] & 0x0F) * 4
+    ip, tcp = f[14:14 + ihl], f[14 + ihl:]
+    sport, dport, seq = struct.unpack_from("!HHI", tcp)
+    src, dst = ip[12:16], ip[16:20]
+    th = struct.pack("!HHIIBBHHH", dport, sport, 0, (seq + 1) & 0xFFFFFFFF, 5 << 4, 0x14, 0, 0, 0)
+    th = th[:16] + struct.pack("!H", _csum(dst + src + struct.pack("!BBH", 0, 6, 20) + th)) + th[18:]
+    ih = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, dst, src)
+    ih = ih[:10] + struct.pack("!H", _csum(ih)) + ih[12:]
+    return f[6:12] + f[0:6] + b"\x08\x00" + ih + th
+
+
+class RstInjector(DropSyn):
+    """Port 8081 refused like a closed port: the SYN is dropped and a RST|ACK goes back
+    to the client through the engine's outbox (egress = the port the SYN came in on)."""
+
+    def __init__(self):
+        super().__init__([8081])
+
+    def process(self, frame, ts_us, port):
+        v = super().process(frame, ts_us, port)
+        if v == VERDICT_DROP and frame[12] == 0x08 and frame[13] == 0x00:
+            self.outbox.append((rst_for_syn(frame), port))
+        return v
+
+
+def test_rst_for_syn_has_valid_checksums():
+    syn = bytearray(_tcp(8081, 0x02))
+    syn[0:6], syn[6:12] = b"\x02\x00\x00\x00\x00\x02", b"\x02\x00\x00\x00\x00\x01"
+    rst = rst_for_syn(syn)
+    assert rst[0:6] == syn[6:12] and len(rst) == 54
+    assert _csum(rst[14:34]) == 0
+    assert _csum(rst[26:34] + struct.pack("!BBH", 0, 6, 20) + rst[34:]) == 0
+    assert rst[47] == 0x14 and struct.unpack_from("!I", rst, 42)[0] == 2  # ack = seq + 1
