@@ -422,7 +422,7 @@ def test_drop_flow_after_first_data_segment_blocks_in_the_kernel(bed, www):
     mon = Monitor(bed, app, "--output", log)
     try:
         before = bed.counters()
-        curl = bed.tb.popen("cli", ["curl", "-sS", "-g", "--max-time", "6", "-o", str(bed.tmp / "dropped"),
+        curl = bed.tb.popen("cli", ["curl", "-sS", "-g", "--max-time", "8", "-o", str(bed.tmp / "dropped"),
                                     "-w", "%{local_port} %{size_download}", bed.url(4, "f20m")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)
@@ -430,7 +430,7 @@ def test_drop_flow_after_first_data_segment_blocks_in_the_kernel(bed, www):
         assert len(entries) == 1, entries
         key, v1 = entries[0]
         assert v1.action_name == "drop"
-        time.sleep(2.0)
+        time.sleep(3.0)  # the server retransmits (RTO backoff): into the DROP verdict
         (_, v2), = bed.verdicts()
         assert sum(v2.packets) > sum(v1.packets) > 0, (v1, v2)      # retransmissions dropped
         out, err = curl.communicate(timeout=30)
