@@ -180,6 +180,14 @@ def _print_live_summary(mctx):
     xdp = stats.get("xdp")
     if isinstance(xdp, dict) and xdp:
         print("mosxdp: xdp " + ", ".join(f"{k} {v}" for k, v in xdp.items() if v), file=sys.stderr)
+    proc = stats.get("processor") or {}
+    kernel = {k[len("kernel_"):]: v for k, v in proc.items() if k.startswith("kernel_") and v}
+    if kernel or stats.get("kernel_filter"):
+        kf = stats.get("kernel_filter") or {}
+        print("mosxdp: kernel " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kernel.items())
+                                            or "none")
+              + f", entries left {stats.get('verdict_entries_left')}; kernel filter: {kf.get('why', '-')}",
+              file=sys.stderr)
     accounting = stats.get("accounting")
     if accounting:
         print(f"mosxdp: umem frames {accounting}"
