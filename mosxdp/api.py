@@ -8,6 +8,7 @@ structs are filled (mtcp_getlastpkt), getsockopt returns the value.
 """
 import errno
 import ipaddress
+import math
 import os
 import socket
 
@@ -173,7 +174,7 @@ def _sock(stack, sock_id):
         if isinstance(sock_id, int) and stack.socket_ended(sock_id):
             raise _error(errno.ENOTCONN, f"socket {sock_id}: its connection already ended")
         for other in _runtime.contexts.values():
-            if other.stack is not stack and sock_id in other.stack.sockets:
+            if other.stack is not stack and isinstance(sock_id, int) and sock_id in other.stack.sockets:
                 raise _error(errno.EPERM, f"socket {sock_id} belongs to another context")
         raise _error(errno.EBADF, f"socket {sock_id!r} is not a valid monitor socket")
     return sock
@@ -199,7 +200,7 @@ _DOMAINS = {socket.AF_INET: 4, socket.AF_INET6: 6, socket.AF_UNSPEC: 0}
 
 def mtcp_socket(mctx, domain, type, protocol=0):
     stack = _stack(mctx)
-    if domain not in _DOMAINS:
+    if not isinstance(domain, int) or domain not in _DOMAINS:
         raise _error(errno.EAFNOSUPPORT, f"domain {domain!r} is not AF_INET, AF_INET6 or AF_UNSPEC")
     if len(stack.listeners) + len(stack.raw_sockets) >= 1024:
         raise _error(errno.ENFILE, "no monitor socket descriptor left (1024 listening/raw sockets)")
@@ -269,8 +270,11 @@ def mtcp_register_callback(mctx, sock, event, hook_point, cb):
         # mtcp_register_callback(3): an invalid sockid is EINVAL.
         raise _error(errno.EINVAL, exc.strerror) from None
     registry = stack.registry
-    if not registry.is_valid(event):
+    if not isinstance(event, int) or not registry.is_valid(event):
         raise _error(errno.EINVAL, f"event {event!r} is not a built-in or user-defined event")
+    if not isinstance(hook_point, int):
+        raise _error(errno.EINVAL, f"hook_point {hook_point!r} is not MOS_HK_SND, MOS_HK_RCV "
+                     "or MOS_NULL")
     if cb is not None and not callable(cb):
         raise _error(errno.EINVAL, "cb must be callable or None")
     try:
@@ -282,23 +286,30 @@ def mtcp_register_callback(mctx, sock, event, hook_point, cb):
     return 0
 
 
+def _event_id(value, what):
+    """An event id argument: an int (an IntEnum member is one), else EINVAL."""
+    if not isinstance(value, int):
+        raise _error(errno.EINVAL, f"{what} {value!r} is not an event id")
+    return int(value)
+
+
 def mtcp_define_event(event, filter, arg=None):
     try:
-        return _registry().define(int(event), filter, arg)
+        return _registry().define(_event_id(event, "event"), filter, arg)
     except EventError as exc:
         raise _error(exc.errno, exc.strerror) from None
 
 
 def mtcp_alloc_event(parent_event):
     try:
-        return _registry().alloc(int(parent_event))
+        return _registry().alloc(_event_id(parent_event, "parent_event"))
     except EventError as exc:
         raise _error(exc.errno, exc.strerror) from None
 
 
 def mtcp_raise_event(mctx, child_event):
     stack = _stack(mctx)
-    ude = stack.registry.udes.get(child_event)
+    ude = stack.registry.udes.get(child_event) if isinstance(child_event, int) else None
     if ude is None or not ude.allocated:
         raise _error(errno.EINVAL, f"event {child_event!r} was not made by mtcp_alloc_event")
     if stack.cur_sock is None or stack.cur_hook is None:
@@ -311,13 +322,16 @@ def mtcp_settimer(mctx, id, timeout, cb):
     stack = _stack(mctx)
     if not callable(cb):
         raise _error(errno.EINVAL, "cb must be callable")
-    if hasattr(timeout, "tv_sec"):
-        seconds = timeout.tv_sec + timeout.tv_usec / 1e6
-    elif isinstance(timeout, tuple):
-        seconds = timeout[0] + timeout[1] / 1e6
-    else:
-        seconds = timeout
-    if not isinstance(seconds, (int, float)) or seconds < 0:
+    try:
+        if hasattr(timeout, "tv_sec"):
+            seconds = timeout.tv_sec + timeout.tv_usec / 1e6
+        elif isinstance(timeout, tuple):
+            seconds = timeout[0] + timeout[1] / 1e6
+        else:
+            seconds = timeout
+    except (TypeError, IndexError, AttributeError):
+        seconds = None
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
         raise _error(errno.EINVAL, f"timeout {timeout!r} is not a non-negative number of seconds")
     stack.add_timer(id, int(seconds * 1_000_000), cb)
     return 0
@@ -365,11 +379,30 @@ def _readable(stack, sock, side, wrong_type_errno=errno.ESOCKTNOSUPPORT):
     return sock_obj, flow_side
 
 
+def _writable_bytes(buf):
+    """A caller's buffer as writable bytes (a NULL or read-only buffer is EINVAL)."""
+    try:
+        view = memoryview(buf).cast("B")
+    except TypeError:
+        raise _error(errno.EINVAL, f"buf must be a writable bytes-like object, not "
+                     f"{type(buf).__name__}") from None
+    if view.readonly:
+        raise _error(errno.EINVAL, "buf is read-only")
+    return view
+
+
+def _length(value):
+    """A byte count argument: a non-negative int, else EINVAL."""
+    if not isinstance(value, int) or value < 0:
+        raise _error(errno.EINVAL, f"len {value!r} is not a non-negative byte count")
+    return value
+
+
 def mtcp_peek(mctx, sock, side, buf, len=None):
     stack = _stack(mctx)
     sock_obj, flow_side = _readable(stack, sock, side, errno.ENOTSOCK)
-    view = memoryview(buf).cast("B")
-    want = view.nbytes if len is None else min(len, view.nbytes)
+    view = _writable_bytes(buf)
+    want = view.nbytes if len is None else min(_length(len), view.nbytes)
     ring = flow_side.buf
     if ring is None:
         return 0
@@ -387,8 +420,8 @@ def mtcp_ppeek(mctx, sock, side, buf, len, off):
     _, flow_side = _readable(stack, sock, side)
     if not isinstance(off, int) or off < 0:
         raise _error(errno.EINVAL, f"offset {off!r} is not a non-negative integer")
-    view = memoryview(buf).cast("B")
-    want = min(len, view.nbytes)
+    view = _writable_bytes(buf)
+    want = min(_length(len), view.nbytes)
     ring = flow_side.buf
     count = ring.read_into(off, view[:want]) if ring is not None and want else 0
     if count == 0:
@@ -582,6 +615,8 @@ _REGIONS = (C.MOS_ETH_HDR, C.MOS_IP_HDR, C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD)
 def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
     stack = _stack(mctx)
     sock_obj, pkt = _packet_context(stack, sock, side)
+    if not isinstance(option, int):
+        raise _error(errno.EINVAL, f"option {option!r} is not a combination of MOS_* flags")
     action = option & (C.MOS_DROP | C.MOS_OVERWRITE | C.MOS_CHOMP | C.MOS_INSERT)
     if action & (C.MOS_CHOMP | C.MOS_INSERT):
         raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
@@ -607,10 +642,15 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
         C.MOS_TCP_HDR: (pkt.l4_off, pkt.payload_off if tcp_ok else pkt.l4_off),
         C.MOS_TCP_PAYLOAD: (pkt.payload_off, pkt.payload_off + pkt.payload_len if tcp_ok else 0),
     }[region]
-    data_view = memoryview(data).cast("B")
+    try:
+        data_view = memoryview(data).cast("B")
+    except TypeError:
+        raise _error(errno.EINVAL, f"data must be a bytes-like object, not "
+                     f"{type(data).__name__}") from None
     if datalen is None:
         datalen = data_view.nbytes
-    if not isinstance(offset, int) or offset < 0 or datalen < 0 or datalen > data_view.nbytes:
+    if not isinstance(offset, int) or offset < 0 or not isinstance(datalen, int) \
+            or datalen < 0 or datalen > data_view.nbytes:
         raise _error(errno.EINVAL, f"offset {offset!r}/datalen {datalen!r} do not fit the data given")
     start, end = bounds
     if start + offset + datalen > end:

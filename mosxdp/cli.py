@@ -151,6 +151,7 @@ def cmd_run(argv):
                 _print_live_summary(mctx)
             if args.stats_json:
                 _write_stats_json(args.stats_json, mctx)
+            _print_callback_errors(mctx)
     finally:
         api.mtcp_destroy()
     return 0
@@ -160,10 +161,20 @@ def _sigterm_unwinds(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _print_callback_errors(mctx):
+    """At exit: how often each callback raised (its first traceback was logged)."""
+    from .callback_log import counts_line
+    line = counts_line(mctx.stack)
+    if line:
+        print(line, file=sys.stderr)
+
+
 def _write_stats_json(path, mctx):
     import json
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
+           "callback_errors": dict(stack.callback_errors),
+           "reassembly_mem_peak": stack.reassembly_mem_peak,
            "live": getattr(mctx, "live_stats", None)}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -284,7 +295,8 @@ COMMANDS = {
 def _known_errors():
     """Exception types that are user errors: one line, no traceback."""
     from .io.pcap import PcapFormatError
-    errors = [CliError, PcapFormatError, OSError]
+    from .core.stack import StopMonitor
+    errors = [CliError, PcapFormatError, OSError, StopMonitor]
     try:
         from .io.xdp import XdpError
         errors.append(XdpError)

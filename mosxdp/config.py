@@ -80,6 +80,8 @@ class Config:
     midstream_pickup: bool = False
     max_fragments: int = StackConfig.max_fragments
     on_callback_error: str = "forward"
+    reassembly_memcap: int = StackConfig.reassembly_memcap
+    tcp_syn_timeout: float = StackConfig.tcp_syn_timeout
     num_cores: int = 1
     # [datapath]: where frames come from and go to.
     mode: str = "offline"
@@ -107,6 +109,8 @@ class Config:
             midstream_pickup=self.midstream_pickup,
             max_fragments=self.max_fragments,
             on_callback_error=self.on_callback_error,
+            reassembly_memcap=self.reassembly_memcap,
+            tcp_syn_timeout=self.tcp_syn_timeout,
         )
 
 
@@ -121,6 +125,8 @@ SECTIONS = {
         "midstream_pickup": _bool,
         "max_fragments": _int(1),
         "on_callback_error": _choice("forward", "drop", "stop"),
+        "reassembly_memcap": _int(0),
+        "tcp_syn_timeout": _number,
         "num_cores": _int(1),
     },
     "datapath": {

@@ -10,8 +10,14 @@ import sys
 import time
 from contextlib import nullcontext
 
+from .callback_log import counts_text
 from .core.stack import VERDICT_FORWARD
 from .io.pcap import PcapReader, PcapWriter
+
+
+# --write keeps whole frames: the largest IPv4 or IPv6 packet with its Ethernet header and
+# tags is over 65535 bytes (tcpdump's default snap length is 262144 too).
+WRITE_SNAPLEN = 262144
 
 
 class OfflineEngine:
@@ -70,7 +76,7 @@ class OfflineEngine:
 
 def run_offline(mctx, pcap_path, write_path=None, batch_size=64):
     with PcapReader(pcap_path) as reader:
-        with (PcapWriter(write_path) if write_path else nullcontext()) as writer:
+        with (PcapWriter(write_path, snaplen=WRITE_SNAPLEN) if write_path else nullcontext()) as writer:
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
             started = time.perf_counter()
             try:
@@ -93,8 +99,26 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"malformed {c['malformed']}" + (
                  " (" + ", ".join(f"{k} {v}" for k, v in sorted(stack.malformed.items())) + ")"
                  if stack.malformed else ""),
-             f"callback errors {c['callback_errors']}"]
+             f"callback errors {c['callback_errors']}" + (
+                 f" ({counts_text(stack)})" if stack.callback_errors else ""),
+             _limits_text(stack)]
     return "mosxdp: " + ", ".join(p for p in parts if p)
+
+
+def _limits_text(stack):
+    """The limits (core/limits.py) that triggered, and the reassembly memory peak."""
+    c = stack.counters
+    parts = [f"{label} {c[name]}" for name, label in (
+        ("half_open_evicted", "half-open evicted"), ("half_open_timeouts", "half-open timeouts"),
+        ("memcap_refused", "memcap refused"), ("refused_fragments", "fragments refused"),
+        ("buffer_overruns", "buffer overruns"), ("window_overruns", "window overruns"),
+        ("rst_ignored", "rst ignored"), ("syn_payload_ignored", "syn payload ignored"),
+        ("bad_tcp_options", "bad tcp options"), ("urgent_data", "urgent data"))
+        if c.get(name)]
+    peak = getattr(stack, "reassembly_mem_peak", 0)
+    if peak:
+        parts.append(f"reassembly memory peak {peak >> 10} KiB")
+    return "limits: " + ", ".join(parts) if parts else ""
 
 
 def run_frames(mctx, frames, batch_size=1):

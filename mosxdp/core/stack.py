@@ -29,8 +29,9 @@ from ..constants import (
     TH_FIN,
     TH_RST,
     TH_SYN,
+    TH_URG,
 )
-from . import tcp
+from . import limits, tcp
 from .events import (
     EV_CONN_END,
     EV_CONN_NEW_DATA,
@@ -71,6 +72,10 @@ class StackConfig:
     midstream_pickup: bool = False   # a non-SYN segment of no flow starts an ESTABLISHED flow
     max_fragments: int = 1024        # out-of-order fragments per side
     on_callback_error: str = "forward"   # forward | drop | stop
+    # Limits (core/limits.py): bytes over all stream buffers (0: no cap), and idle seconds
+    # of a flow whose handshake has not completed (<= 0: only tcp_timeout applies).
+    reassembly_memcap: int = limits.DEFAULT_REASSEMBLY_MEMCAP
+    tcp_syn_timeout: float = limits.DEFAULT_TCP_SYN_TIMEOUT
 
 
 class StopMonitor(Exception):
@@ -235,6 +240,12 @@ class Stack:
             "buffer_overruns": 0, "callback_errors": 0, "dropped": 0, "bypassed_packets": 0,
             "malformed": 0,
         }
+        for name in limits.LIMIT_COUNTERS:
+            self.counters[name] = 0
+        self.half_open = OrderedDict()       # flows before the handshake's end, LRU first
+        self.buffer_mem = {}                 # flow -> bytes of stream buffers charged
+        self.reassembly_mem = 0              # sum of buffer_mem (reassembly_memcap)
+        self.reassembly_mem_peak = 0
         self.malformed = {}
         self.callback_errors = {}
         self.on_callback_error = on_callback_error   # fn(callback, exc, count) for logging
@@ -503,6 +514,8 @@ class Stack:
         self.cur_flow = flow
         flow.last_ts = ts
         self.lru.move_to_end(flow)
+        if flow in self.half_open:
+            self.half_open.move_to_end(flow)
         snd = flow.sides[sender]
         snd.pkts += 1
         snd.ip_bytes += pkt.ip_len
@@ -584,9 +597,7 @@ class Stack:
         if not listeners:
             return None
         if len(self.lru) >= self.config.max_concurrency:
-            victim = next(iter(self.lru))
-            self.counters["flows_evicted"] += 1
-            self.destroy_flow(victim, "evicted")
+            limits.evict_one(self)
         client_is_sender = True
         if midstream:
             # Without the handshake, guess the client: the receiver of a
@@ -616,6 +627,8 @@ class Stack:
         self.flows[key_cli] = (flow, MOS_SIDE_CLI)
         self.flows[key_svr] = (flow, MOS_SIDE_SVR)
         self.lru[flow] = None
+        if not midstream:
+            self.half_open[flow] = None
         for listener in listeners:
             sock = FlowSocket(self.new_socket_id(), listener, flow)
             self.sockets[sock.id] = sock
@@ -684,7 +697,10 @@ class Stack:
             if snd.syn_seen and snd.isn == seq:
                 snd_events |= EV_REXMIT
             else:
-                if snd.syn_seen:
+                # A new ISN, or a first SYN after the stream was based elsewhere (data or
+                # an ACK seen before the SYN): offset 0 moves, the stream starts over.
+                if snd.syn_seen or (rcv.peer_base is not None
+                                    and rcv.peer_base != (seq + 1) & SEQ_MASK):
                     self._restart_side(flow, snd, rcv)
                 snd.syn_seen = True
                 snd.isn = seq
@@ -698,7 +714,10 @@ class Stack:
                         if sender == MOS_SIDE_CLI:
                             snd_events |= EV_CONN_START
                 pkt.parse_options()
-                snd.wscale = pkt.wscale
+                if pkt.bad_options:
+                    self.counters["bad_tcp_options"] += 1
+                # RFC 7323 2.3: a shift count above 14 is used as 14 (as Linux does).
+                snd.wscale = pkt.wscale if pkt.wscale is None or pkt.wscale <= 14 else 14
                 if flags & TH_ACK:
                     flow.window_known = rcv.syn_seen
                     flow.window_scaled = snd.wscale is not None and rcv.wscale is not None
@@ -920,6 +939,10 @@ class Stack:
                 events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
             return events
         data = pkt.buf[start:start + (end - offset)]
+        if pkt.flags & TH_URG:
+            self.counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
+        if rcv.bufsize and rcv.buf is None and not limits.reserve_buffer(self, flow, rcv):
+            events |= EV_ERROR                  # reassembly_memcap: this side is not buffered
         if rcv.bufsize:
             buf = rcv.buf
             if buf is None:
@@ -927,6 +950,8 @@ class Stack:
                                              max_fragments=self.config.max_fragments)
             head_before = buf.head
             overlapped = buf.insert(offset, data)
+            if buf.last_insert_refused:
+                self.counters["refused_fragments"] += 1
             rcv.rcv_nxt = buf.next_offset
             if buf.head != head_before:
                 for sock in flow.socks:
@@ -951,6 +976,8 @@ class Stack:
         return events
 
     def _after_packet(self, flow):
+        if flow in self.half_open:
+            limits.handshake_progress(self, flow)
         cli, svr = flow.sides
         if cli.state in tcp.FINISHED_STATES and svr.state in tcp.FINISHED_STATES:
             if flow.rst_seen or self.config.tcp_tw_interval <= 0 or (
@@ -981,10 +1008,14 @@ class Stack:
         for key in flow.keys:
             self.flows.pop(key, None)
         self.lru.pop(flow, None)
+        limits.forget_flow(self, flow)
         if flow.kernel_verdict is not None:
             self.kernel_updates.append(("remove", flow))
         for sock in flow.socks:
             self._retire_socket_id(sock.id)
+        # Break the flow <-> socket cycle: an ended flow is freed at once, not whenever the
+        # cyclic GC runs (under a SYN flood, ended flows would pile up until then).
+        flow.socks = []
         self.counters["flows_ended"] += 1
 
     def _flush_new_data(self, flow):
@@ -1032,6 +1063,8 @@ class Stack:
                 else:
                     waiting.append(flow)
             self.tw_flows = waiting
+        if self.half_open and self.config.tcp_syn_timeout > 0:
+            limits.expire_half_open(self, now)
         timeout = self.config.tcp_timeout
         if timeout > 0:
             limit = now - int(timeout * 1e6)
