@@ -166,7 +166,7 @@ def test_half_open_timeout_counts_idle_time_not_age(api):
     assert counters(mon)["half_open_timeouts"] == 0
 
 
-def test_half_open_timeout_off_and_shorter_than_idle_time(api):
+def test_half_open_timeout_off_leaves_only_the_idle_timeout(api):
     reinit(tcp_syn_timeout=0)
     mon, reasons = _half_open_and_established(6_000_000)
     assert reasons[41000] == "eof"
