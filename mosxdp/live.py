@@ -406,9 +406,13 @@ class LiveEngine:
                 s.kick()
             s.reap_into(free)
         reserve = 64  # kept free for outbox frames
+        spare = len(free) - reserve
+        # Each socket gets its share of the free frames, so a flooded interface
+        # cannot take every frame and leave the other one's fill ring empty.
+        share = -(-spare // len(self.sockets)) if spare > 0 else 0
         for s in self.sockets:
-            if len(free) > reserve:
-                s.fill_from(free, len(free) - reserve)
+            if share and len(free) > reserve:
+                s.fill_from(free, min(share, len(free) - reserve))
             s.wake_rx()
         if self.check:
             umem.check_accounting()
