@@ -125,6 +125,7 @@ class Nat:
                           nat=_endpoint(self.nat_ip, mapping.port))
         record.update(extra)
         self.log.write(json.dumps(record) + "\n")
+        self.log.flush()     # live: a mapping is in the log when it is made, not at exit
 
     def assign(self, mctx, sock):
         (cli_addr, cli_port), (svr_addr, svr_port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)

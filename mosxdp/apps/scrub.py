@@ -271,6 +271,7 @@ class Scrub:
             "ts": mtcp_cb_get_ts(mctx) / 1e6, "client": state.client, "server": state.server,
             "direction": DIRECTION[side], "offset": match[0], "length": match[1] - match[0],
             "action": action, "masked": masked}) + "\n")
+        self.log.flush()     # live: a hit is in the log when it happens, not at exit
 
     def _masked_in(self, d, match, start, end):
         """Bytes of `match` inside [start, end) or inside held frames."""

@@ -1,0 +1,863 @@
+"""netns tier: the sample apps (midstat, simple_firewall, nat, scrub) on real traffic
+through the live inline monitor, `mosxdp run APP --iface A --peer B` (issue 5, item 2)::
+
+    <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
+
+The apps are run by name, exactly as a user runs them; they are observed only through
+their own outputs (midstat's JSON lines, the firewall's rule tables and --stats-output,
+nat's --log and --stats-output, scrub's hit log), the bytes curl receives, the kernels'
+SNMP counters, `ss`, the server's access log and a capture on srv0.
+
+The endpoints carry an XDP_PASS program (a veth takes frames redirected into its peer
+only when the receiving end runs XDP). The server namespace runs a dual-stack HTTP/1.0
+server that logs each request's peer address. The client's tcp_rmem is capped, so a
+rate-limited curl paces the wire. A monitor is ready when A and B carry an XDP program
+and the app has seen a warm-up connection (the XDP program is attached before the AF_XDP
+sockets are in its map: a SYN meanwhile takes the kernel path).
+
+One testbed for midstat, simple_firewall and scrub (a monitor per class, stopped at the
+end of the class), one for nat (its server namespace routes only to the NAT address).
+Skipped only when a probe fails (not root, no netns, no bcc/libxdp/AF_XDP, a tool
+missing); tests/conftest.py turns skips into failures with MOSXDP_REQUIRE_PRIVILEGED=1.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+PLAIN, BLOCKED, WARM, OTHER = 8080, 8081, 8082, 8083
+SERVER_PORTS = (PLAIN, BLOCKED, WARM, OTHER)
+SPORT_BLOCKED = 45999            # the firewall's sport rule
+SIZES = {"f1k": 1024, "f2m": 2 * 1024 * 1024, "f20m": 20 * 1024 * 1024}
+PATTERN = b"CONFIDENTIAL-7f3a"   # scrub's pattern
+MASK = b"#"
+MSS = {4: 1500 - 20 - 20 - 12, 6: 1500 - 40 - 20 - 12}   # MTU 1500, TCP timestamps on
+SPLIT_AT = 4                     # pattern bytes in the first of the two segments
+NAT_IP = "10.88.0.1"             # outside 10.77.0.0/24: the server routes only to it
+NAT_PORTS = (20000, 20002)
+NAT_POOL = NAT_PORTS[1] - NAT_PORTS[0] + 1
+ATTACH_TIMEOUT = 60.0            # bcc compiles the XDP program at start
+READY_TIMEOUT = 30.0
+CLOSING = {"FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT",
+           "CLOSED"}
+
+
+# ------------------------------------------------------------------------------ probe
+def _probe() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    from mosxdp import testbed
+    why = testbed.probe()
+    if why:
+        return why
+    from mosxdp.io import libxdp
+    try:
+        libxdp.load()
+    except libxdp.LibxdpMissing as exc:
+        return str(exc)
+    try:
+        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        return f"no AF_XDP sockets in this kernel: {exc}"
+    try:
+        from mosxdp.io import xdp
+        xdp.check_privileges()
+        xdp.check_environment()
+    except Exception as exc:
+        return f"the XDP program cannot be built here: {exc}"
+    for tool in ("curl", "tcpdump", "nstat", "ethtool", "ss"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+_PROBE: list = []
+
+
+@pytest.fixture(scope="module")
+def live_env():
+    if not _PROBE:
+        _PROBE.append(_probe())
+    if _PROBE[0] is not None:
+        pytest.skip(_PROBE[0])
+
+
+# ------------------------------------------------------------------------------ data
+HTTPD = r'''
+import http.server, socket, sys, threading
+root, log, ports = sys.argv[1], open(sys.argv[2], "a", buffering=1), [int(p) for p in sys.argv[3:]]
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def log_message(self, fmt, *args):
+        host, port = self.client_address[:2]
+        log.write(f"{host.removeprefix('::ffff:')} {port} {self.server.server_port} "
+                  f"{self.requestline!r}\n")
+
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+for port in ports:
+    threading.Thread(target=Server(("::", port), Handler).serve_forever, daemon=True).start()
+threading.Event().wait()
+'''
+
+# Connect and hold the connection open; with a path: GET it, read to the server's FIN,
+# then hold the half-closed connection open before closing our side.
+HOLD = r'''
+import socket, sys, time
+host, port, local, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", local))
+s.settimeout(secs + 10)
+s.connect((host, port))
+if len(sys.argv) > 5:
+    s.sendall(f"GET /{sys.argv[5]} HTTP/1.0\r\n\r\n".encode())
+    while s.recv(65536):
+        pass
+    print("eof", flush=True)
+time.sleep(secs)
+s.close()
+'''
+
+
+def split_body(family: int) -> bytes:
+    """8 KiB of random bytes with PATTERN at body offset MSS-SPLIT_AT: the server sends
+    its header block in a segment of its own, so the body's first segment ends with
+    PATTERN[:SPLIT_AT] and the next one starts with the rest."""
+    body = bytearray(os.urandom(8192))
+    at = MSS[family] - SPLIT_AT
+    body[at:at + len(PATTERN)] = PATTERN
+    assert bytes(body).count(PATTERN) == 1
+    return bytes(body)
+
+
+@pytest.fixture(scope="module")
+def www(tmp_path_factory):
+    d = tmp_path_factory.mktemp("www")
+    for name, size in SIZES.items():
+        (d / name).write_bytes(os.urandom(size))
+    for family in (4, 6):
+        (d / f"split{family}.bin").write_bytes(split_body(family))
+    (d / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
+    (d / "httpd.py").write_text(HTTPD)
+    (d / "hold.py").write_text(HOLD)
+    return d
+
+
+def sha256_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+_client_ports = itertools.count(42000)
+
+
+def _wait(what, cond, timeout, alive=None, step=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if alive is not None:
+            alive()
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(step)
+
+
+class Bed:
+    """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, the HTTP server,
+    the client's receive buffer capped (a rate-limited curl then paces the wire)."""
+
+    def __init__(self, tb, www: Path, tmp: Path):
+        from mosxdp.io.xdp import attach_pass_program
+        self.tb, self.www, self.tmp = tb, www, tmp
+        self._n = 0
+        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
+            os.close(attach_pass_program(ifname, netns=ns).fd)
+        self.sh("cli", "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144")
+        self.access_log = self.out_path("access.log")
+        self.access_log.touch()
+        self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, self.access_log,
+                                      *map(str, SERVER_PORTS)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in SERVER_PORTS:
+            tb.wait_listen("srv", port)
+
+    def sh(self, ns, *argv, check=True) -> subprocess.CompletedProcess:
+        r = self.tb.run(ns, list(map(str, argv)), capture_output=True, text=True, timeout=20)
+        if check:
+            assert r.returncode == 0, f"{' '.join(map(str, argv))} in {ns}: {r.stderr.strip()}"
+        return r
+
+    def out_path(self, tag: str) -> Path:
+        self._n += 1
+        return self.tmp / f"{self._n:03d}-{tag}"
+
+    def url(self, family: int, path: str, port: int = PLAIN) -> str:
+        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
+        return f"http://{host}:{port}/{path}"
+
+    def curl_argv(self, family, name, out, *extra, port=PLAIN, local_port=None, max_time=30):
+        argv = ["curl", "-sS", "-g", "--fail", "--max-time", str(max_time), "-o", str(out),
+                *map(str, extra)]
+        if local_port:
+            argv += ["--local-port", str(local_port)]
+        return argv + [self.url(family, name, port)]
+
+    def download(self, family, name, *extra, port=PLAIN, local_port=None, max_time=30):
+        out = self.out_path(name)
+        r = self.tb.run("cli", self.curl_argv(family, name, out, *extra, port=port,
+                                              local_port=local_port, max_time=max_time),
+                        capture_output=True, timeout=max_time + 30)
+        return r, out
+
+    def nstat(self, ns: str, name: str) -> int:
+        r = self.sh(ns, "nstat", "-asz", name)
+        for line in r.stdout.splitlines():
+            fields = line.split()
+            if fields and fields[0] == name:
+                return int(fields[1])
+        raise AssertionError(f"nstat has no {name}: {r.stdout!r}")
+
+    def xdp_attached(self) -> set:
+        found = set()
+        for ifname in (self.tb.iface_a, self.tb.iface_b):
+            if "prog/xdp" in self.sh("mon", "ip", "-d", "link", "show", ifname).stdout:
+                found.add(ifname)
+        return found
+
+    def access(self) -> list[tuple[str, int, int, str]]:
+        """The server's access log: (peer address, peer port, server port, request line)."""
+        rows = []
+        for line in self.access_log.read_text().splitlines():
+            host, port, sport, request = line.split(" ", 3)
+            rows.append((host, int(port), int(sport), request))
+        return rows
+
+
+class Monitor:
+    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace."""
+
+    def __init__(self, bed: Bed, app: str, *args):
+        self.bed = bed
+        self.log_path = bed.out_path(f"{app}.monitor.log")
+        argv = [PY, "-m", "mosxdp.cli", "run", app, "--iface", bed.tb.iface_a,
+                "--peer", bed.tb.iface_b, *map(str, args)]
+        self._log = open(self.log_path, "w")
+        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            _wait(f"{app}: XDP on both monitor interfaces",
+                  lambda: bed.xdp_attached() == {bed.tb.iface_a, bed.tb.iface_b},
+                  ATTACH_TIMEOUT, self.alive, step=0.1)
+        except BaseException:
+            self.close()
+            raise
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def alive(self) -> None:
+        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
+
+    def warm_up(self, seen, attempt, timeout=READY_TIMEOUT) -> int:
+        """Warm-up connections (``attempt()``) until ``seen()``: the app saw one."""
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        while not seen():
+            self.alive()
+            assert time.monotonic() < deadline, \
+                f"the app saw no warm-up connection in {timeout}s:\n{self.log()}"
+            attempt()
+            attempts += 1
+            time.sleep(0.1)
+        return attempts
+
+    def stop(self, timeout=30) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"monitor still running after {timeout}s:\n{self.log()}") from None
+        assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
+        assert self.bed.xdp_attached() == set(), "XDP programs left attached"
+        return rc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.bed.tb.stop(self.proc, signal.SIGKILL)
+        self._log.close()
+
+
+def _make_bed(www, tmp):
+    from mosxdp.testbed import Testbed
+    tb = Testbed("inline")
+    tb.start()
+    try:
+        return Bed(tb, www, tmp)
+    except BaseException:
+        tb.close()
+        raise
+
+
+@pytest.fixture(scope="module")
+def bed(live_env, www, tmp_path_factory):
+    bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+    try:
+        yield bed
+    finally:
+        bed.tb.close()
+
+
+def _json_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass            # a line being written
+    return out
+
+
+# ------------------------------------------------------------------------------ midstat
+class TestMidstat:
+    """midstat --json: a rate-limited download is listed with both sides ESTABLISHED while
+    it runs; after it the flow goes through closing states and leaves the table."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, bed, www):
+        out = bed.out_path("midstat.jsonl")
+        mon = Monitor(bed, "midstat", "--json", "--output", out, "--interval", 0.5)
+        mon.out = out
+        try:
+            _wait("midstat's first refresh", lambda: _json_lines(out), 20, mon.alive)
+
+            def seen_port():
+                return any(f["client_port"] == mon.warm for rec in _json_lines(out)
+                           for f in rec["flows"])
+
+            def hold():
+                mon.warm = next(_client_ports)
+                bed.tb.run("cli", [PY, www / "hold.py", bed.tb.srv_ip, str(WARM), str(mon.warm), "1.2"],
+                           capture_output=True, timeout=20)
+                time.sleep(0.6)      # one more refresh
+
+            mon.warm = None
+            mon.warm_up(seen_port, hold)
+            yield mon
+            mon.stop()
+        finally:
+            mon.close()
+
+    @staticmethod
+    def states(mon, port):
+        """[(ts, client_state, server_state) or (ts, None) when not listed] per refresh."""
+        rows, listed = [], False
+        for rec in _json_lines(mon.out):
+            flows = [f for f in rec["flows"] if f["client_port"] == port]
+            if flows:
+                listed = True
+                rows.append((rec["ts"], flows[0]["client_state"], flows[0]["server_state"], flows[0]))
+            elif listed:
+                rows.append((rec["ts"], None, None, None))
+        return rows
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_flow_and_state_changes(self, bed, mon, www, family):
+        port = next(_client_ports)
+        out = bed.out_path("midstat.f2m")
+        # 2 MiB at 1 MiB/s: about 2 s, four refreshes or more while it runs.
+        curl = bed.tb.popen("cli", bed.curl_argv(family, "f2m", out, "--limit-rate", "1M",
+                                                 local_port=port),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            running = _wait("the download listed ESTABLISHED/ESTABLISHED",
+                            lambda: [r for r in self.states(mon, port)
+                                     if r[1:3] == ("ESTABLISHED", "ESTABLISHED")],
+                            10, mon.alive)
+            assert curl.poll() is None, "the download ended before midstat listed it"
+            _, err = curl.communicate(timeout=60)
+        finally:
+            if curl.poll() is None:
+                bed.tb.stop(curl, signal.SIGKILL)
+        assert curl.returncode == 0, err
+        assert sha256_file(out) == sha256_file(www / "f2m")
+        flow = running[0][3]
+        cli_ip = bed.tb.cli_ip if family == 4 else bed.tb.cli_ip6
+        srv_ip = bed.tb.srv_ip if family == 4 else bed.tb.srv_ip6
+        assert (flow["client_addr"], flow["server_addr"], flow["server_port"]) == \
+            (cli_ip, srv_ip, PLAIN), flow
+        ended = time.monotonic()
+        # after the transfer: the flow leaves the table (CONN_END), maybe after closing states
+        rows = _wait("the flow gone from midstat's table",
+                     lambda: (lambda rows: rows if rows and rows[-1][1] is None else None)(
+                         self.states(mon, port)), 10, mon.alive)
+        seq = [r[1:3] for r in rows]
+        established = [i for i, s in enumerate(seq) if s == ("ESTABLISHED", "ESTABLISHED")]
+        assert len(established) >= 2, seq     # listed over several refreshes while running
+        after = seq[established[-1] + 1:]
+        assert after and after[-1] == (None, None), seq
+        # whatever was listed between ESTABLISHED and gone is a closing state
+        for cli_state, svr_state in after[:-1]:
+            assert {cli_state, svr_state} & CLOSING, seq
+            assert {cli_state, svr_state} <= CLOSING | {"ESTABLISHED"}, seq
+        # ... and the flow never comes back
+        time.sleep(max(0.0, 1.1 - (time.monotonic() - ended)))
+        assert self.states(mon, port)[-1][1] is None
+
+    def test_half_closed_flow(self, bed, mon, www):
+        """The server closes first and the client holds its side open for 1.5 s: midstat
+        lists the flow as client CLOSE_WAIT / server FIN_WAIT_2 in that time, then it
+        leaves the table when the client closes."""
+        port = next(_client_ports)
+        hold = bed.tb.popen("cli", [PY, www / "hold.py", bed.tb.srv_ip, str(PLAIN), str(port),
+                                    "1.5", "f1k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = hold.communicate(timeout=20)
+        finally:
+            if hold.poll() is None:
+                bed.tb.stop(hold, signal.SIGKILL)
+        assert hold.returncode == 0 and out == b"eof\n", err
+        rows = _wait("the flow gone from midstat's table",
+                     lambda: (lambda rows: rows if rows and rows[-1][1] is None else None)(
+                         self.states(mon, port)), 10, mon.alive)
+        seq = [r[1:3] for r in rows]
+        half = [i for i, s in enumerate(seq) if s == ("CLOSE_WAIT", "FIN_WAIT_2")]
+        assert len(half) >= 2, seq          # 1.5 s at 0.5 s refreshes
+        # nothing but closing states after it
+        assert all(s[0] is None or set(s) <= CLOSING for s in seq[half[0]:]), seq
+
+
+# ------------------------------------------------------------------------------ simple_firewall
+RULES = f"""# live test rules (mOS simple_firewall format), first match wins
+ACCEPT  0.0.0.0         10.77.0.2       dport:{WARM}     # 1 warm-up connections
+DROP    10.77.0.0/24    10.77.0.2/32    dport:{BLOCKED}  # 2 blocked port, IPv4
+DROP    ::              fd77::2/128     dport:{BLOCKED}  # 3 blocked port, IPv6
+DROP    10.77.0.1       0.0.0.0 sport:{SPORT_BLOCKED} dport:{OTHER}   # 4 one client port
+ACCEPT  10.77.0.1/32    10.77.0.2       dport:{PLAIN}    # 5 explicit accept, IPv4 only
+"""
+
+
+class TestSimpleFirewall:
+    """simple_firewall --rules: DROP rules stop the connection (the server never sees it),
+    ACCEPT rules and the default let downloads through byte-identical, and the per-rule
+    counts (--stats-output) are the connections made."""
+
+    made = {1: 0, 2: 0, 3: 0, 4: 0, 5: 0, "default": 0}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, bed):
+        rules = bed.out_path("rules.conf")
+        rules.write_text(RULES)
+        tables, stats = bed.out_path("fw.tables"), bed.out_path("fw.json")
+        datapath = bed.out_path("fw.datapath.json")
+        mon = Monitor(bed, "simple_firewall", "--rules", rules, "--interval", 0.2,
+                      "--output", tables, "--stats-output", stats, "--stats-json", datapath)
+        mon.tables, mon.stats, mon.datapath = tables, stats, datapath
+        try:
+            def warm():
+                bed.download(4, "f1k", port=WARM, max_time=3)
+                time.sleep(0.3)       # the next table
+
+            cls.warmups = mon.warm_up(lambda: cls.table_count(mon, 1) >= 1, warm)
+            yield mon
+            mon.stop()
+        finally:
+            mon.close()
+
+    @staticmethod
+    def table_count(mon, index):
+        """Rule ``index``'s count in the last table printed."""
+        if not mon.tables.exists():
+            return 0
+        found = re.findall(rf"^{index}\s+(\d+)\s+(?:ACCEPT|DROP)\b", mon.tables.read_text(), re.M)
+        return int(found[-1]) if found else 0
+
+    def blocked(self, bed, family, rule, **kw):
+        opens = bed.nstat("srv", "TcpPassiveOpens")
+        started = time.monotonic()
+        r, out = bed.download(family, "f1k", "--connect-timeout", 2, max_time=10, **kw)
+        assert r.returncode == 28, f"rc {r.returncode} {r.stderr!r} (expected a connect timeout)"
+        assert time.monotonic() - started >= 1.5
+        self.made[rule] += 1
+        assert bed.nstat("srv", "TcpPassiveOpens") == opens, "a connection reached the server"
+        assert not (out.exists() and out.stat().st_size)
+
+    def allowed(self, bed, www, family, name, rule, **kw):
+        opens = bed.nstat("srv", "TcpPassiveOpens")
+        r, out = bed.download(family, name, **kw)
+        assert r.returncode == 0, r.stderr
+        self.made[rule] += 1
+        assert sha256_file(out) == sha256_file(www / name)
+        assert bed.nstat("srv", "TcpPassiveOpens") == opens + 1
+
+    @pytest.mark.parametrize("family,rule", [(4, 2), (6, 3)])
+    def test_drop_rule_blocks_port(self, bed, mon, www, family, rule):
+        self.blocked(bed, family, rule, port=BLOCKED)
+        # the same client, another port: allowed (rule 5 for IPv4, the default for IPv6)
+        self.allowed(bed, www, family, "f1k", 5 if family == 4 else "default")
+
+    def test_accept_rule_bypass_download(self, bed, mon, www):
+        self.allowed(bed, www, 4, "f20m", 5)
+
+    def test_sport_rule_first_match_and_default(self, bed, mon, www):
+        self.blocked(bed, 4, 4, port=OTHER, local_port=SPORT_BLOCKED)
+        self.allowed(bed, www, 4, "f2m", "default", port=OTHER)
+        self.allowed(bed, www, 6, "f2m", "default", port=OTHER, local_port=SPORT_BLOCKED)
+
+    def test_counts_match_connections(self, bed, mon):
+        # the live tables count as we go ...
+        _wait("the rule table's counts", lambda: all(
+            self.table_count(mon, i) == self.made[i] for i in (2, 3, 4, 5)), 5, mon.alive)
+        mon.stop()
+        # ... and the final counts are the connections made, rule by rule
+        stats = json.loads(mon.stats.read_text())
+        counts = {rule["index"]: rule["flows"] for rule in stats["rules"]}
+        assert 1 <= counts[1] <= self.warmups, (counts, self.warmups)
+        assert {i: counts[i] for i in (2, 3, 4, 5)} == {i: self.made[i] for i in (2, 3, 4, 5)}, \
+            (stats, self.made)
+        assert stats["default_accept"] == self.made["default"], (stats, self.made)
+        assert stats["flows"] == sum(counts.values()) + stats["default_accept"]
+        # each blocked connection: its first SYN at least was dropped by the app
+        assert stats["dropped_frames"] >= self.made[2] + self.made[3] + self.made[4], stats
+        assert [(r["action"], r["line"]) for r in stats["rules"]] == \
+            [("ACCEPT", 2), ("DROP", 3), ("DROP", 4), ("DROP", 5), ("ACCEPT", 6)]
+        # every decision became a kernel verdict (ACCEPT: bypass, DROP: drop); the accepted
+        # downloads' data went through the kernel, not user space
+        live = json.loads(mon.datapath.read_text())["live"]
+        assert live["processor"]["kernel_verdicts_set"] == stats["flows"], live["processor"]
+        assert live["xdp"]["verdict_bypass"] > SIZES["f20m"] // 1448, live["xdp"]
+        assert live["frames"] < 500, live["frames"]
+
+
+# ------------------------------------------------------------------------------ scrub
+def _tcp_segments(pcap: Path, server_port: int, client_port: int) -> list[tuple[int, bytes]]:
+    """(seq, payload) of the server -> client segments with data, from a capture."""
+    from mosxdp.io.pcap import PcapReader
+    segs = []
+    with PcapReader(str(pcap)) as reader:
+        for _ts, frame in reader:
+            frame = bytes(frame)
+            etype = struct.unpack_from("!H", frame, 12)[0]
+            if etype == 0x0800:
+                ihl = (frame[14] & 0x0F) * 4
+                total = struct.unpack_from("!H", frame, 16)[0]
+                proto, l4, end = frame[23], 14 + ihl, 14 + total
+            elif etype == 0x86DD:
+                proto, l4 = frame[20], 54
+                end = l4 + struct.unpack_from("!H", frame, 18)[0]
+            else:
+                continue
+            if proto != 6:
+                continue
+            sport, dport, seq = struct.unpack_from("!HHI", frame, l4)
+            payload = frame[l4 + (frame[l4 + 12] >> 4) * 4:end]
+            if (sport, dport) == (server_port, client_port) and payload:
+                segs.append((seq, payload))
+    return segs
+
+
+class _Capture:
+    """tcpdump on srv0 in the server namespace: what the server sent."""
+
+    def __init__(self, bed, port):
+        self.bed, self.path, err = bed, bed.out_path("srv0.pcap"), bed.out_path("tcpdump.err")
+        self._err = open(err, "w")
+        self.proc = bed.tb.popen("srv", ["tcpdump", "-i", bed.tb.srv_if, "-s", "0", "-U",
+                                         "--immediate-mode", "-w", self.path,
+                                         f"tcp port {port}"],
+                                 stdout=subprocess.DEVNULL, stderr=self._err)
+        _wait("tcpdump listening", lambda: "listening on" in err.read_text(), 10)
+
+    def stop(self):
+        time.sleep(0.2)
+        self.bed.tb.stop(self.proc, signal.SIGINT, timeout=10)
+        self._err.close()
+
+
+class TestScrub:
+    """scrub --side server: a pattern split across two TCP segments of the server's
+    response arrives masked (same length, the rest byte-identical) and is logged once
+    (the hit log is read while the monitor runs); with --reset the client's connection
+    is reset at the pattern."""
+
+    @staticmethod
+    def start(bed, *extra):
+        log = bed.out_path("scrub.jsonl")
+        mon = Monitor(bed, "scrub", "--pattern", PATTERN.decode(), "--mask", MASK.decode(),
+                      "--side", "server", "--log", log, *extra)
+        mon.hits = log
+        mon.warm_ports, mon.warm_tried, mon.clients = set(), set(), set()
+        expect_rc = 56 if "--reset" in extra else 0
+
+        def warm():
+            port = next(_client_ports)
+            mon.warm_tried.add(port)
+            r, out = bed.download(4, "warm.txt", port=WARM, local_port=port, max_time=3)
+            if r.returncode == expect_rc and not (out.exists() and PATTERN in out.read_bytes()):
+                mon.warm_ports.add(port)      # it went through the app
+        try:
+            mon.warm_up(lambda: mon.warm_ports, warm)
+        except BaseException:
+            mon.close()
+            raise
+        return mon
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, bed):
+        mon = cls.start(bed)
+        try:
+            yield mon
+            mon.stop()
+        finally:
+            mon.close()
+
+    @staticmethod
+    def check_split(capture, port):
+        """The capture shows PATTERN split by a segment boundary; its stream offset."""
+        segs = _tcp_segments(capture.path, PLAIN, port)
+        assert segs, "nothing captured"
+        base = segs[0][0]          # the header block: offset 0 of the response stream
+        stream = bytearray()
+        ends = set()
+        for seq, payload in segs:
+            off = (seq - base) & 0xFFFFFFFF
+            stream[off:off + len(payload)] = payload
+            ends.add(off + len(payload))
+        pos = bytes(stream).find(PATTERN)
+        assert pos >= 0
+        assert pos + SPLIT_AT in ends, \
+            f"PATTERN at {pos} is not split after {SPLIT_AT} bytes: segments end at {sorted(ends)}"
+        return pos
+
+    @staticmethod
+    def hits_of(mon, client, timeout=5.0):
+        """The hit log's lines for one client endpoint (written as they happen)."""
+        _wait(f"a hit for {client}", lambda: [h for h in _json_lines(mon.hits)
+                                               if h["client"] == client], timeout, mon.alive)
+        time.sleep(0.2)            # no second one
+        return [h for h in _json_lines(mon.hits) if h["client"] == client]
+
+    @pytest.mark.parametrize("family", [4, 6])
+    def test_mask_split_pattern(self, bed, mon, www, family):
+        name = f"split{family}.bin"
+        port = next(_client_ports)
+        capture = _Capture(bed, PLAIN)
+        try:
+            r, out = bed.download(family, name, local_port=port)
+        finally:
+            capture.stop()
+        assert r.returncode == 0, f"{r.stderr!r}\n{mon.log()}"
+        body = (www / name).read_bytes()
+        got = out.read_bytes()
+        assert PATTERN not in got
+        assert got == body.replace(PATTERN, MASK * len(PATTERN)), "not exactly the masked body"
+        pos = self.check_split(capture, port)
+        cli_ip = bed.tb.cli_ip if family == 4 else f"[{bed.tb.cli_ip6}]"
+        srv_ip = bed.tb.srv_ip if family == 4 else f"[{bed.tb.srv_ip6}]"
+        hits = self.hits_of(mon, f"{cli_ip}:{port}")
+        assert hits == [{**hits[0], "server": f"{srv_ip}:{PLAIN}", "direction": "server->client",
+                         "offset": pos, "length": len(PATTERN), "action": "mask",
+                         "masked": len(PATTERN)}], hits
+        # the same file again: masked again, one more hit; the log holds nothing else
+        # than the warm-ups and these downloads' hits
+        again = next(_client_ports)
+        r, out = bed.download(family, name, local_port=again)
+        assert r.returncode == 0 and out.read_bytes() == got
+        assert [h["offset"] for h in self.hits_of(mon, f"{cli_ip}:{again}")] == [pos]
+        mon.clients |= {f"{cli_ip}:{port}", f"{cli_ip}:{again}"}
+        warm = {f"{bed.tb.cli_ip}:{p}" for p in mon.warm_tried}
+        assert {h["client"] for h in _json_lines(mon.hits)} - warm == mon.clients
+
+
+class TestScrubReset:
+    """scrub --reset (a run of its own): at the split pattern the held first part and the
+    completing frame are dropped and both ends get an RST: curl fails with 56 (connection
+    reset), the client's TcpEstabResets grows, and no byte from the pattern's frame on
+    arrives."""
+
+    def test_reset_at_split_pattern(self, bed, www):
+        mon = TestScrub.start(bed, "--reset")
+        try:
+            port = next(_client_ports)
+            resets = bed.nstat("cli", "TcpEstabResets")
+            capture = _Capture(bed, PLAIN)
+            try:
+                r, out = bed.download(4, "split4.bin", local_port=port, max_time=10)
+            finally:
+                capture.stop()
+            assert r.returncode == 56, f"curl rc {r.returncode}: {r.stderr!r}\n{mon.log()}"
+            assert b"reset" in r.stderr.lower(), r.stderr
+            assert bed.nstat("cli", "TcpEstabResets") > resets
+            body = (www / "split4.bin").read_bytes()
+            got = out.read_bytes() if out.exists() else b""
+            # nothing from the frame that ends with the pattern's start on
+            assert len(got) <= MSS[4] - SPLIT_AT and body.startswith(got), len(got)
+            pos = TestScrub.check_split(capture, port)
+            hits = TestScrub.hits_of(mon, f"{bed.tb.cli_ip}:{port}")
+            assert [(h["action"], h["offset"], h["length"], h["direction"]) for h in hits] == \
+                [("reset", pos, len(PATTERN), "server->client")], hits
+            # a file without the pattern still downloads
+            r, out = bed.download(4, "f2m")
+            assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f2m")
+            mon.stop()
+        finally:
+            mon.close()
+
+
+# ------------------------------------------------------------------------------ nat
+class TestNat:
+    """nat --nat-ip: the server namespace has no route to the client's network, only a
+    host route (and a static neighbour) for the NAT address. Downloads through the
+    monitor complete byte-identical (valid checksums both ways), the server sees only
+    the NAT address and pool ports, and every port is returned."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def nat_bed(cls, live_env, www, tmp_path_factory):
+        bed = _make_bed(www, tmp_path_factory.mktemp("natbed"))
+        try:
+            tb = bed.tb
+            bed.sh("srv", "ip", "route", "del", f"10.77.0.0/{tb.prefixlen}", "dev", tb.srv_if)
+            bed.sh("srv", "ip", "route", "add", f"{NAT_IP}/32", "dev", tb.srv_if)
+            bed.sh("srv", "ip", "neigh", "replace", NAT_IP, "lladdr", tb.cli_mac, "dev",
+                   tb.srv_if, "nud", "permanent")
+            bed.sh("cli", "ip", "neigh", "replace", tb.srv_ip, "lladdr", tb.srv_mac, "dev",
+                   tb.cli_if, "nud", "permanent")
+            r = bed.sh("srv", "ip", "route", "get", tb.cli_ip, check=False)
+            assert r.returncode != 0, f"the server still routes to the client: {r.stdout}"
+            assert tb.srv_if in bed.sh("srv", "ip", "route", "get", NAT_IP).stdout
+            yield bed
+        finally:
+            bed.tb.close()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, nat_bed):
+        bed = nat_bed
+        log, stats = bed.out_path("nat.jsonl"), bed.out_path("nat.json")
+        # forwarded by the kernel (no NAT), the server cannot answer the client
+        opens = bed.nstat("srv", "TcpPassiveOpens")
+        bed.tb.kernel_forward(True)
+        try:
+            r, _ = bed.download(4, "f1k", "--connect-timeout", 2, max_time=3)
+        finally:
+            bed.tb.kernel_forward(False)
+        assert r.returncode == 28, (r.returncode, r.stderr)
+        assert bed.nstat("srv", "TcpPassiveOpens") == opens
+        mon = Monitor(bed, "nat", "--nat-ip", NAT_IP, "--port-range", "%d-%d" % NAT_PORTS,
+                      "--inside-net", "10.77.0.0/24", "--log", log, "--stats-output", stats)
+        mon.nat_log, mon.stats = log, stats
+        ok = []
+        try:
+            def warm():
+                r, _ = bed.download(4, "f1k", port=WARM, max_time=2)
+                if r.returncode == 0:
+                    ok.append(1)
+
+            mon.warm_up(lambda: ok, warm)
+            yield mon
+            mon.stop()
+        finally:
+            mon.close()
+
+    def test_transfers_through_nat(self, nat_bed, mon, www):
+        bed = nat_bed
+        csum = {ns: bed.nstat(ns, "TcpInCsumErrors") for ns in ("cli", "srv")}
+        ports = [next(_client_ports), next(_client_ports)]
+        # a slow download: while it runs, both ends' view of the connection
+        out = bed.out_path("nat.f2m")
+        curl = bed.tb.popen("cli", bed.curl_argv(4, "f2m", out, "--limit-rate", "1M",
+                                                 local_port=ports[0]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            def srv_view():
+                r = bed.sh("srv", "ss", "-tnH", "state", "established", f"sport = :{PLAIN}")
+                return r.stdout.strip()
+            seen = _wait("the connection in the server's ss", srv_view, 10, mon.alive)
+            cli_view = bed.sh("cli", "ss", "-tnH", "state", "established",
+                              f"sport = :{ports[0]}").stdout
+            _, err = curl.communicate(timeout=60)
+        finally:
+            if curl.poll() is None:
+                bed.tb.stop(curl, signal.SIGKILL)
+        assert curl.returncode == 0, err
+        assert sha256_file(out) == sha256_file(www / "f2m")
+        peers = re.findall(r"\s\[?(?:::ffff:)?([0-9.]+)\]?:(\d+)\s*$", seen, re.M)   # the peer
+        assert len(peers) == 1 and peers[0][0] == NAT_IP, seen
+        assert NAT_PORTS[0] <= int(peers[0][1]) <= NAT_PORTS[1], seen
+        assert f"{bed.tb.cli_ip}:{ports[0]}" in cli_view and f"{bed.tb.srv_ip}:{PLAIN}" in cli_view
+        # full speed, 20 MiB
+        r, out = bed.download(4, "f20m", local_port=ports[1])
+        assert r.returncode == 0, r.stderr
+        assert sha256_file(out) == sha256_file(www / "f20m")
+        for ns, before in csum.items():
+            assert bed.nstat(ns, "TcpInCsumErrors") == before, ns
+        # the server's access log: the NAT address and pool ports only
+        served = [row for row in bed.access() if row[2] == PLAIN]
+        assert [row[3] for row in served] == ["'GET /f2m HTTP/1.1'", "'GET /f20m HTTP/1.1'"], served
+        assert {row[0] for row in bed.access()} == {NAT_IP}, bed.access()
+        assert all(NAT_PORTS[0] <= row[1] <= NAT_PORTS[1] for row in bed.access())
+        nat_ports = [row[1] for row in served]
+        assert len(set(nat_ports)) == 2
+
+        def entries(local):
+            return [(e["event"], e["nat"], e["server"]) for e in _json_lines(mon.nat_log)
+                    if e.get("client") == f"{bed.tb.cli_ip}:{local}"]
+        # each connection: its port mapped, and returned at CONN_END (the log is live)
+        for local, nat_port in zip(ports, nat_ports):
+            want = [(ev, f"{NAT_IP}:{nat_port}", f"{bed.tb.srv_ip}:{PLAIN}")
+                    for ev in ("map", "unmap")]
+            _wait(f"map and unmap of {local}", lambda: entries(local) == want, 5, mon.alive)
+        # the pool has NAT_POOL ports and more connections than that were made: a
+        # returned port is given out again
+        local = next(_client_ports)
+        r, out = bed.download(4, "f1k", port=OTHER, local_port=local)
+        assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f1k"), r.stderr
+        _wait("the last unmap", lambda: len(entries(local)) == 2, 5, mon.alive)
+        log = _json_lines(mon.nat_log)
+        reused = entries(local)[0][1]
+        first_unmap = next(i for i, e in enumerate(log)
+                           if e["event"] == "unmap" and e["nat"] == reused)
+        assert first_unmap < next(i for i, e in enumerate(log)
+                                  if e.get("client") == f"{bed.tb.cli_ip}:{local}"), log
+        assert {row[0] for row in bed.access()} == {NAT_IP}, bed.access()
+        mon.stop()
+        stats = json.loads(mon.stats.read_text())
+        assert stats["mapped"] == stats["released"] == len(log) // 2 > NAT_POOL, stats
+        assert stats["in_use"] == 0 and stats["free_ports"] == stats["pool_size"] == NAT_POOL
+        assert stats["translated_out"] > 100 and stats["translated_in"] > SIZES["f20m"] // 1448, stats
+        assert stats["no_port_drops"] == 0, stats
