@@ -78,8 +78,10 @@ def _datapath_options(parser):
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
+    group.add_argument("--metrics-port", type=int, metavar="N",
+                       help="live: serve Prometheus metrics on http://127.0.0.1:N/metrics")
     group.add_argument("--stats", action="store_true",
-                       help="print counters on stderr (offline: a summary at the end)")
+                       help="print counters on stderr: live a status line every second and a summary at exit; offline a summary at the end")
     group.add_argument("--stats-json", metavar="FILE",
                        help="at exit, write the counters as JSON: the core's, and live the "
                             "datapath's (XDP program, kernel verdicts, UMEM accounting)")
@@ -122,7 +124,7 @@ def cmd_run(argv):
         "pcap": args.pcap, "write": args.write, "iface": args.iface, "peer": args.peer,
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
         "force": args.force, "batch_size": args.batch_size,
-        "on_callback_error": args.on_callback_error,
+        "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"

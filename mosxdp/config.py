@@ -97,6 +97,7 @@ class Config:
     batch_size: int = 64
     fail_closed: bool = False
     force: bool = False
+    metrics_port: int = 0            # live: serve Prometheus metrics on 127.0.0.1:PORT (0: off)
 
     def stack_config(self):
         return StackConfig(
@@ -143,6 +144,7 @@ SECTIONS = {
         "batch_size": _int(1),
         "fail_closed": _bool,
         "force": _bool,
+        "metrics_port": _int(0),
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -6,6 +6,7 @@ forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
 frames in order, each before the frame whose callbacks made it. The live
 engine (mosxdp.live) drives the same core from AF_XDP sockets.
 """
+import contextlib
 import sys
 import time
 from contextlib import nullcontext
@@ -13,6 +14,7 @@ from contextlib import nullcontext
 from .callback_log import counts_text
 from .core.stack import VERDICT_FORWARD
 from .io.pcap import PcapReader, PcapWriter
+from .monitoring import LiveStatus, MetricsServer
 
 
 # --write keeps whole frames: the largest IPv4 or IPv6 packet with its Ethernet header and
@@ -182,8 +184,14 @@ def run_live(mctx):
     mctx.engine = engine
     mctx.kernel_filter = kfilter
     mctx.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
-    with engine:
+    with contextlib.ExitStack() as resources:
+        resources.enter_context(engine)
         processor.program = engine.program
+        status = LiveStatus(engine, mctx.stack)
+        if getattr(mctx, "stats", False):
+            processor.tick = status.tick
+        if config.metrics_port:
+            resources.enter_context(MetricsServer(config.metrics_port, status))
         engine.run()
         # Read while the sockets and the program still exist: the accounting
         # of every UMEM frame and the XDP counters.

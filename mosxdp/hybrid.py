@@ -123,6 +123,7 @@ class HybridProcessor:
         self.process = stack.process
         self.outbox = stack.outbox
         self.program = program
+        self.tick = None    # called after each batch and idle poll (the --stats line)
         self._keys = {}     # flow -> (key, client dir), flows that have or had an entry
         self._merged = {}   # flow -> counters already added to the flow (per kernel dir)
         self.kernel = dict.fromkeys((
@@ -142,11 +143,15 @@ class HybridProcessor:
         self.stack.end_batch()
         if self.stack.kernel_updates:
             self.apply()
+        if self.tick is not None:
+            self.tick()
 
     def advance_clock(self, ts_us: int) -> None:
         self.stack.advance_clock(ts_us)
         if self.stack.kernel_updates:
             self.apply()
+        if self.tick is not None:
+            self.tick()
 
     def finish(self) -> None:
         self.stack.finish()
