@@ -52,6 +52,10 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "netns"))
+
+import livekit  # noqa: E402  (tests/netns/livekit.py)
+from livekit import rss_kib, sha256_file  # noqa: E402
 
 PY = sys.executable
 HTTP_PORT = 8080
@@ -91,46 +95,7 @@ Server(("::", port), Handler).serve_forever()
 
 def probe():
     """None when the soak can run here, else why not."""
-    if os.geteuid() != 0:
-        return "not root"
-    from mosxdp import testbed
-    why = testbed.probe()
-    if why:
-        return why
-    for tool in ("iperf3", "curl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        import socket
-
-        from mosxdp.io import libxdp, xdp
-        libxdp.load()
-        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-        xdp.check_privileges()
-        xdp.check_environment()
-    except Exception as exc:
-        return f"the live datapath cannot run here: {exc}"
-    return None
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def rss_kib(pid):
-    """VmRSS of a process in KiB (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return livekit.probe(("iperf3", "curl"))
 
 
 def cpu_seconds(pid):
@@ -179,10 +144,8 @@ class Soak:
 
     # ---------------------------------------------------------------- set-up
     def start(self):
-        from mosxdp.io.xdp import attach_pass_program
         tb = self.tb
-        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
-            os.close(attach_pass_program(ifname, netns=ns).fd)
+        livekit.attach_pass_programs(tb)
         tb.popen("srv", [PY, os.path.join(self.work, "httpd.py"), self.www, str(HTTP_PORT)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.popen("srv", ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
@@ -197,9 +160,7 @@ class Soak:
         self._wait_ready()
 
     def _attached(self):
-        r = self.tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True,
-                        timeout=10)
-        return r.stdout.count("prog/xdp") >= 2
+        return livekit.xdp_on_both(self.tb, timeout=10)
 
     def _wait_ready(self):
         """Both interfaces carry the program, then flowdump has written a warm-up flow."""

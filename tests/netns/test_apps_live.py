@@ -22,26 +22,21 @@ missing); tests/conftest.py turns skips into failures with MOSXDP_REQUIRE_PRIVIL
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import livekit
 import pytest
+from livekit import PY, ROOT, sha256_file, wait_until
 
 pytestmark = pytest.mark.netns
-
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
 
 PLAIN, BLOCKED, WARM, OTHER = 8080, 8081, 8082, 8083
 SERVER_PORTS = (PLAIN, BLOCKED, WARM, OTHER)
@@ -61,43 +56,9 @@ CLOSING = {"FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIM
 
 
 # ------------------------------------------------------------------------------ probe
-def _probe() -> str | None:
-    if os.geteuid() != 0:
-        return "not root"
-    from mosxdp import testbed
-    why = testbed.probe()
-    if why:
-        return why
-    from mosxdp.io import libxdp
-    try:
-        libxdp.load()
-    except libxdp.LibxdpMissing as exc:
-        return str(exc)
-    try:
-        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as exc:
-        return f"no AF_XDP sockets in this kernel: {exc}"
-    try:
-        from mosxdp.io import xdp
-        xdp.check_privileges()
-        xdp.check_environment()
-    except Exception as exc:
-        return f"the XDP program cannot be built here: {exc}"
-    for tool in ("curl", "tcpdump", "nstat", "ethtool", "ss"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-_PROBE: list = []
-
-
 @pytest.fixture(scope="module")
 def live_env():
-    if not _PROBE:
-        _PROBE.append(_probe())
-    if _PROBE[0] is not None:
-        pytest.skip(_PROBE[0])
+    livekit.require_live(("curl", "tcpdump", "nstat", "ethtool", "ss"))
 
 
 # ------------------------------------------------------------------------------ data
@@ -170,24 +131,7 @@ def www(tmp_path_factory):
     return d
 
 
-def sha256_file(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 _client_ports = itertools.count(42000)
-
-
-def _wait(what, cond, timeout, alive=None, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if alive is not None:
-            alive()
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(step)
 
 
 class Bed:
@@ -195,11 +139,9 @@ class Bed:
     the client's receive buffer capped (a rate-limited curl then paces the wire)."""
 
     def __init__(self, tb, www: Path, tmp: Path):
-        from mosxdp.io.xdp import attach_pass_program
         self.tb, self.www, self.tmp = tb, www, tmp
         self._n = 0
-        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
-            os.close(attach_pass_program(ifname, netns=ns).fd)
+        livekit.attach_pass_programs(tb)
         self.sh("cli", "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144")
         self.access_log = self.out_path("access.log")
         self.access_log.touch()
@@ -238,19 +180,10 @@ class Bed:
         return r, out
 
     def nstat(self, ns: str, name: str) -> int:
-        r = self.sh(ns, "nstat", "-asz", name)
-        for line in r.stdout.splitlines():
-            fields = line.split()
-            if fields and fields[0] == name:
-                return int(fields[1])
-        raise AssertionError(f"nstat has no {name}: {r.stdout!r}")
+        return livekit.nstat(self.tb, ns, name, timeout=20)
 
     def xdp_attached(self) -> set:
-        found = set()
-        for ifname in (self.tb.iface_a, self.tb.iface_b):
-            if "prog/xdp" in self.sh("mon", "ip", "-d", "link", "show", ifname).stdout:
-                found.add(ifname)
-        return found
+        return livekit.xdp_attached(self.tb, timeout=20)
 
     def access(self) -> list[tuple[str, int, int, str]]:
         """The server's access log: (peer address, peer port, server port, request line)."""
@@ -272,7 +205,7 @@ class Monitor:
         self._log = open(self.log_path, "w")
         self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         try:
-            _wait(f"{app}: XDP on both monitor interfaces",
+            wait_until(f"{app}: XDP on both monitor interfaces",
                   lambda: bed.xdp_attached() == {bed.tb.iface_a, bed.tb.iface_b},
                   ATTACH_TIMEOUT, self.alive, step=0.1)
         except BaseException:
@@ -361,7 +294,7 @@ class TestMidstat:
         mon = Monitor(bed, "midstat", "--json", "--output", out, "--interval", 0.5)
         mon.out = out
         try:
-            _wait("midstat's first refresh", lambda: _json_lines(out), 20, mon.alive)
+            wait_until("midstat's first refresh", lambda: _json_lines(out), 20, mon.alive)
 
             def seen_port():
                 return any(f["client_port"] == mon.warm for rec in _json_lines(out)
@@ -402,7 +335,7 @@ class TestMidstat:
                                                  local_port=port),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            running = _wait("the download listed ESTABLISHED/ESTABLISHED",
+            running = wait_until("the download listed ESTABLISHED/ESTABLISHED",
                             lambda: [r for r in self.states(mon, port)
                                      if r[1:3] == ("ESTABLISHED", "ESTABLISHED")],
                             10, mon.alive)
@@ -420,7 +353,7 @@ class TestMidstat:
             (cli_ip, srv_ip, PLAIN), flow
         ended = time.monotonic()
         # after the transfer: the flow leaves the table (CONN_END), maybe after closing states
-        rows = _wait("the flow gone from midstat's table",
+        rows = wait_until("the flow gone from midstat's table",
                      lambda: (lambda rows: rows if rows and rows[-1][1] is None else None)(
                          self.states(mon, port)), 10, mon.alive)
         seq = [r[1:3] for r in rows]
@@ -449,7 +382,7 @@ class TestMidstat:
             if hold.poll() is None:
                 bed.tb.stop(hold, signal.SIGKILL)
         assert hold.returncode == 0 and out == b"eof\n", err
-        rows = _wait("the flow gone from midstat's table",
+        rows = wait_until("the flow gone from midstat's table",
                      lambda: (lambda rows: rows if rows and rows[-1][1] is None else None)(
                          self.states(mon, port)), 10, mon.alive)
         seq = [r[1:3] for r in rows]
@@ -539,7 +472,7 @@ class TestSimpleFirewall:
 
     def test_counts_match_connections(self, bed, mon):
         # the live tables count as we go ...
-        _wait("the rule table's counts", lambda: all(
+        wait_until("the rule table's counts", lambda: all(
             self.table_count(mon, i) == self.made[i] for i in (2, 3, 4, 5)), 5, mon.alive)
         mon.stop()
         # ... and the final counts are the connections made, rule by rule
@@ -599,7 +532,7 @@ class _Capture:
                                          "--immediate-mode", "-w", self.path,
                                          f"tcp port {port}"],
                                  stdout=subprocess.DEVNULL, stderr=self._err)
-        _wait("tcpdump listening", lambda: "listening on" in err.read_text(), 10)
+        wait_until("tcpdump listening", lambda: "listening on" in err.read_text(), 10)
 
     def stop(self):
         time.sleep(0.2)
@@ -666,7 +599,7 @@ class TestScrub:
     @staticmethod
     def hits_of(mon, client, timeout=5.0):
         """The hit log's lines for one client endpoint (written as they happen)."""
-        _wait(f"a hit for {client}", lambda: [h for h in _json_lines(mon.hits)
+        wait_until(f"a hit for {client}", lambda: [h for h in _json_lines(mon.hits)
                                                if h["client"] == client], timeout, mon.alive)
         time.sleep(0.2)            # no second one
         return [h for h in _json_lines(mon.hits) if h["client"] == client]
@@ -807,7 +740,7 @@ class TestNat:
             def srv_view():
                 r = bed.sh("srv", "ss", "-tnH", "state", "established", f"sport = :{PLAIN}")
                 return r.stdout.strip()
-            seen = _wait("the connection in the server's ss", srv_view, 10, mon.alive)
+            seen = wait_until("the connection in the server's ss", srv_view, 10, mon.alive)
             cli_view = bed.sh("cli", "ss", "-tnH", "state", "established",
                               f"sport = :{ports[0]}").stdout
             _, err = curl.communicate(timeout=60)
@@ -841,13 +774,13 @@ class TestNat:
         for local, nat_port in zip(ports, nat_ports):
             want = [(ev, f"{NAT_IP}:{nat_port}", f"{bed.tb.srv_ip}:{PLAIN}")
                     for ev in ("map", "unmap")]
-            _wait(f"map and unmap of {local}", lambda: entries(local) == want, 5, mon.alive)
+            wait_until(f"map and unmap of {local}", lambda: entries(local) == want, 5, mon.alive)
         # the pool has NAT_POOL ports and more connections than that were made: a
         # returned port is given out again
         local = next(_client_ports)
         r, out = bed.download(4, "f1k", port=OTHER, local_port=local)
         assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f1k"), r.stderr
-        _wait("the last unmap", lambda: len(entries(local)) == 2, 5, mon.alive)
+        wait_until("the last unmap", lambda: len(entries(local)) == 2, 5, mon.alive)
         log = _json_lines(mon.nat_log)
         reused = entries(local)[0][1]
         first_unmap = next(i for i, e in enumerate(log)

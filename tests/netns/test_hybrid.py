@@ -21,10 +21,8 @@ with MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,63 +30,21 @@ import sys
 import time
 from pathlib import Path
 
+import livekit
 import pytest
+from livekit import PY, ROOT, sha256_file
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
 MONITORED, OTHER = 8080, 9090
 BIG = 200 * 1024 * 1024
 AF_XDP = 44
 
 
 # ------------------------------------------------------------------------------ probe
-def _probe() -> str | None:
-    if os.geteuid() != 0:
-        return "not root"
-    try:
-        from mosxdp import testbed
-    except Exception as e:  # pragma: no cover - an import error is a bug: show it
-        return f"mosxdp.testbed not importable: {e}"
-    why = testbed.probe()
-    if why:
-        return why
-    from mosxdp.io import libxdp
-    try:
-        libxdp.load()
-    except libxdp.LibxdpMissing as e:
-        return str(e)
-    try:
-        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as e:
-        return f"no AF_XDP sockets in this kernel: {e}"
-    try:
-        from mosxdp.io import xdp
-        xdp.check_privileges()
-        xdp.check_environment()
-        xdp._libbpf()
-    except Exception as e:
-        return f"XDP program cannot be built here: {e}"
-    for tool in ("curl", "tcpdump", "tshark", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-_PROBE: list = []
-
-
 @pytest.fixture(scope="session")
 def live_env():
-    if not _PROBE:
-        _PROBE.append(_probe())
-    why = _PROBE[0]
-    if why is None:
-        return
-    if os.environ.get("MOSXDP_REQUIRE_PRIVILEGED") == "1":
-        pytest.fail(f"netns tier required (MOSXDP_REQUIRE_PRIVILEGED=1) but: {why}", pytrace=False)
-    pytest.skip(why)
+    livekit.require_live(("curl", "tcpdump", "tshark", "ethtool"), libbpf=True)
 
 
 # ------------------------------------------------------------------------------ testbed
@@ -181,14 +137,6 @@ def teardown(app):
 '''
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def www(live_env, tmp_path_factory):
     d = tmp_path_factory.mktemp("www")
@@ -209,11 +157,7 @@ def www(live_env, tmp_path_factory):
 class Bed:
     def __init__(self, tb, www_dir: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www_dir, tmp
-        for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-            r = tb.run(ns, [PY, "-c", "import os, sys; from mosxdp.io.xdp import attach_pass_program; "
-                                     "os.close(attach_pass_program(sys.argv[1]).fd)", ifn],
-                       cwd=ROOT, capture_output=True, text=True)
-            assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
+        livekit.attach_pass_programs(tb, subprocess=True)
         self.httpd = tb.popen("srv", [PY, www_dir / "httpd.py", www_dir, str(MONITORED), str(OTHER)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", MONITORED)
@@ -281,8 +225,7 @@ class Monitor:
         self.proc = tb.popen("mon", argv, cwd=ROOT, stdout=self._err, stderr=self._err)
         deadline = time.monotonic() + 120      # bcc compiles the program first
         while time.monotonic() < deadline and self.proc.poll() is None:
-            out = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
-            if out.count("prog/xdp") >= 2:
+            if livekit.xdp_on_both(tb):
                 break
             time.sleep(0.2)
         assert self.proc.poll() is None, f"monitor died at start: {self.stderr()}"

@@ -18,26 +18,22 @@ tool missing); tests/conftest.py turns skips into failures with MOSXDP_REQUIRE_P
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import livekit
 import pytest
+from livekit import PY, ROOT, sha256_bytes, sha256_file
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
-PY = sys.executable
 
 PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH = range(8080, 8087)
 SERVER_PORTS = (PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH)
@@ -50,43 +46,12 @@ READY_TIMEOUT = 30.0
 
 
 # ------------------------------------------------------------------------------ probe
-def _probe() -> str | None:
-    if os.geteuid() != 0:
-        return "not root"
-    from mosxdp import testbed
-    why = testbed.probe()
-    if why:
-        return why
-    from mosxdp.io import libxdp
-    try:
-        libxdp.load()
-    except libxdp.LibxdpMissing as exc:
-        return str(exc)
-    try:
-        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as exc:
-        return f"no AF_XDP sockets in this kernel: {exc}"
-    try:
-        from mosxdp.io import xdp
-        xdp.check_privileges()
-        xdp.check_environment()
-    except Exception as exc:
-        return f"the XDP program cannot be built here: {exc}"
-    for tool in ("curl", "tcpdump", "tcpflow", "nstat", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-_PROBE: list = []
+TOOLS = ("curl", "tcpdump", "tcpflow", "nstat", "ethtool")
 
 
 @pytest.fixture(scope="module")
 def live_env():
-    if not _PROBE:
-        _PROBE.append(_probe())
-    if _PROBE[0] is not None:
-        pytest.skip(_PROBE[0])
+    livekit.require_live(TOOLS)
 
 
 # ------------------------------------------------------------------------------ data
@@ -127,18 +92,6 @@ threading.Event().wait()
 '''
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
     """Served files: f1k and f20m (random), marked.bin (random with MARKER at 300 and
@@ -162,10 +115,8 @@ class Bed:
     """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, the HTTP server."""
 
     def __init__(self, tb, www: Path, tmp: Path):
-        from mosxdp.io.xdp import attach_pass_program
         self.tb, self.www, self.tmp = tb, www, tmp
-        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
-            os.close(attach_pass_program(ifname, netns=ns).fd)
+        livekit.attach_pass_programs(tb)
         self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, *map(str, SERVER_PORTS)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in SERVER_PORTS:
@@ -203,14 +154,7 @@ class Bed:
     # -- observations
     def xdp_attached(self) -> set:
         """Monitor interfaces that carry an XDP program (`ip -d link` shows prog/xdp)."""
-        found = set()
-        for ifname in (self.tb.iface_a, self.tb.iface_b):
-            r = self.tb.run("mon", ["ip", "-d", "link", "show", ifname], capture_output=True,
-                            text=True, timeout=10)
-            assert r.returncode == 0, r.stderr
-            if "prog/xdp" in r.stdout:
-                found.add(ifname)
-        return found
+        return livekit.xdp_attached(self.tb)
 
     def xdp_status(self) -> str:
         """The attached programs and their counters (`mosxdp status` data), for messages."""
@@ -229,13 +173,7 @@ class Bed:
 
     def nstat(self, ns: str, name: str) -> int:
         """A kernel SNMP counter (absolute value) in namespace ``ns``."""
-        r = self.tb.run(ns, ["nstat", "-asz", name], capture_output=True, text=True, timeout=10)
-        assert r.returncode == 0, r.stderr
-        for line in r.stdout.splitlines():
-            fields = line.split()
-            if fields and fields[0] == name:
-                return int(fields[1])
-        raise AssertionError(f"nstat has no {name}: {r.stdout!r}")
+        return livekit.nstat(self.tb, ns, name)
 
     def monitor(self, app, *args, ready=True) -> "Monitor":
         return Monitor(self, app, *args, ready=ready)

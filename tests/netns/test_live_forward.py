@@ -14,73 +14,29 @@ MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import livekit
 import pytest
+from livekit import PY, ROOT, sha256_file
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
 HTTP_PORT, BLOCKED_PORT = 8080, 8081
 MONITOR_START_TIMEOUT = 120.0  # bcc compiles the XDP program at start
 
 
 # ------------------------------------------------------------------------------ probe
-def _probe() -> str | None:
-    if os.geteuid() != 0:
-        return "not root"
-    try:
-        from mosxdp import testbed
-    except Exception as e:  # pragma: no cover - an import error is a bug: show it
-        return f"mosxdp.testbed not importable: {e}"
-    why = testbed.probe()
-    if why:
-        return why
-    from mosxdp.io import libxdp
-    try:
-        libxdp.load()
-    except libxdp.LibxdpMissing as e:
-        return str(e)
-    try:
-        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as e:
-        return f"no AF_XDP sockets in this kernel: {e}"
-    try:
-        from mosxdp.io import xdp
-        xdp.check_privileges()
-        xdp.check_environment()
-    except Exception as e:
-        return f"XDP program cannot be built here: {e}"
-    for tool in ("curl", "iperf3", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-_PROBE: list = []
-
-
 @pytest.fixture(scope="session")
 def live_env():
-    if not _PROBE:
-        _PROBE.append(_probe())
-    why = _PROBE[0]
-    if why is None:
-        return
-    if os.environ.get("MOSXDP_REQUIRE_PRIVILEGED") == "1":
-        pytest.fail(f"netns tier required (MOSXDP_REQUIRE_PRIVILEGED=1) but: {why}", pytrace=False)
-    pytest.skip(why)
+    livekit.require_live(("curl", "iperf3", "ethtool"))
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -137,14 +93,6 @@ threading.Event().wait()
 '''
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def payloads(tmp_path_factory):
     d = tmp_path_factory.mktemp("www")
@@ -164,11 +112,7 @@ class Bed:
 
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
-        for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-            r = tb.run(ns, [PY, "-c", "import os, sys; from mosxdp.io.xdp import attach_pass_program; "
-                                     "os.close(attach_pass_program(sys.argv[1]).fd)", ifn],
-                       cwd=ROOT, capture_output=True, text=True)
-            assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
+        livekit.attach_pass_programs(tb, subprocess=True)
         self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, str(HTTP_PORT), str(BLOCKED_PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", HTTP_PORT)
@@ -202,12 +146,8 @@ class Bed:
         assert r.returncode == 0, f"iperf3 failed: {r.stdout[-2000:]} {r.stderr[-2000:]}"
         return json.loads(r.stdout)
 
-    def xdp_attached(self) -> dict:
-        out = {}
-        for ifn in (self.tb.iface_a, self.tb.iface_b):
-            r = self.tb.run("mon", ["ip", "-d", "link", "show", ifn], capture_output=True, text=True)
-            out[ifn] = r.stdout
-        return {k: v for k, v in out.items() if "prog/xdp" in v}
+    def xdp_attached(self) -> set:
+        return livekit.xdp_attached(self.tb, check=False, timeout=None)
 
     def monitor(self, *args, **kw) -> "Monitor":
         return Monitor(self, *args, **kw)

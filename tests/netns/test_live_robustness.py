@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from test_live_apps import APPS, HTTPD, PLAIN, PY, ROOT, Bed, _probe, sha256_bytes, sha256_file
+from livekit import PY, ROOT, require_live, rss_kib, sha256_bytes, sha256_file
+from test_live_apps import APPS, HTTPD, PLAIN, TOOLS, Bed
 
 pytestmark = pytest.mark.netns
 
@@ -49,15 +50,9 @@ MEMCAP = 64 << 20
 FLOOD_RSS_BOUND_MB = 20
 
 
-_PROBE: list = []
-
-
 @pytest.fixture(scope="module")
 def live_env():
-    if not _PROBE:
-        _PROBE.append(_probe())
-    if _PROBE[0] is not None:
-        pytest.skip(_PROBE[0])
+    require_live(TOOLS)
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +73,6 @@ def bed(live_env, www, tmp_path):
         yield Bed(tb, www, tmp_path)
     finally:
         tb.close()
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class RssSampler(threading.Thread):

@@ -15,6 +15,8 @@ mosxdp.engine.run_frames.
 import socket
 from dataclasses import dataclass, field
 
+import pytest
+
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -27,6 +29,21 @@ from mosxdp.engine import run_frames
 MAC = {"c": "02:00:00:00:00:01", "s": "02:00:00:00:00:02"}
 SEQ_MASK = 0xFFFFFFFF
 OTHER = {"c": "s", "s": "c"}
+
+
+@pytest.fixture
+def api():
+    """A fresh mtcp_init(None) for the test, mtcp_destroy() after it."""
+    mtcp_destroy()
+    mtcp_init(None)
+    yield
+    mtcp_destroy()
+
+
+def reinit(**config):
+    """mtcp_destroy(), then mtcp_init(None, **config)."""
+    mtcp_destroy()
+    mtcp_init(None, **config)
 
 
 class Conv:

@@ -94,18 +94,10 @@ import socket
 
 import pytest
 
-from flowcraft import Conv, Monitor, checksums_ok
+from flowcraft import Conv, Monitor, api, checksums_ok  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
 
 AF_INET, AF_INET6, AF_UNSPEC = socket.AF_INET, socket.AF_INET6, socket.AF_UNSPEC
-
-
-@pytest.fixture
-def api():
-    mtcp_destroy()
-    mtcp_init(None)
-    yield
-    mtcp_destroy()
 
 
 def raises(err, fn, *args, **kwargs):

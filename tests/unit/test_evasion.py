@@ -6,21 +6,8 @@ import errno
 import pytest
 from scapy.layers.inet import TCP
 
-from flowcraft import Conv, Monitor
+from flowcraft import Conv, Monitor, api, reinit  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
-
-
-@pytest.fixture
-def api():
-    mtcp_destroy()
-    mtcp_init(None)
-    yield
-    mtcp_destroy()
-
-
-def reinit(**config):
-    mtcp_destroy()
-    mtcp_init(None, **config)
 
 
 class Watch:

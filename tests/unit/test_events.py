@@ -10,23 +10,11 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from flowcraft import Conv, Monitor, checksums_ok, payload_of, tcp_of
+from flowcraft import (Conv, Monitor, api, checksums_ok, payload_of,  # noqa: F401  (api: a fixture)
+                       reinit, tcp_of)
 from mosxdp import *  # noqa: F401,F403
 
 ALL_STATES = set(TcpState)     # the TCP_FINE_WAIT_2 alias is not a member of its own
-
-
-@pytest.fixture
-def api():
-    mtcp_destroy()
-    mtcp_init(None)
-    yield
-    mtcp_destroy()
-
-
-def reinit(**config):
-    mtcp_destroy()
-    mtcp_init(None, **config)
 
 
 def capture(fn, *args):

@@ -5,25 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft import Conv, Monitor
+from flowcraft import Conv, Monitor, api, reinit  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.config import ConfigError, load_config
 from mosxdp.core.limits import DEFAULT_REASSEMBLY_MEMCAP, DEFAULT_TCP_SYN_TIMEOUT, LIMIT_COUNTERS
 from mosxdp.core.stack import StackConfig
 from mosxdp.engine import summary_line
-
-
-@pytest.fixture
-def api():
-    mtcp_destroy()
-    mtcp_init(None)
-    yield
-    mtcp_destroy()
-
-
-def reinit(**config):
-    mtcp_destroy()
-    mtcp_init(None, **config)
 
 
 def end_reasons(mon):

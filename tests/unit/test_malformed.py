@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from flowcraft import Monitor
+from flowcraft import Monitor, api  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
 from mosxdp import cli
 from mosxdp.core.packet import PACKET_ERROR_COUNTERS, build_tcp_frame
@@ -25,14 +25,6 @@ SYN, ACK, PSH_ACK, FIN_ACK = 0x02, 0x10, 0x18, 0x11
 ISN_C, ISN_S = 1000, 5000
 ETH, IP4, IP6, TCP_LEN = 14, 20, 40, 20
 EXT_HBH, EXT_ROUTING, EXT_FRAGMENT, EXT_DSTOPTS = 0, 43, 44, 60
-
-
-@pytest.fixture
-def api():
-    mtcp_destroy()
-    mtcp_init(None)
-    yield
-    mtcp_destroy()
 
 
 def seg(frm, flags, seq, ack, payload=b"", addrs=V4, sport=40000, options=b""):

@@ -1,0 +1,157 @@
+"""Helpers shared by the netns tier's live tests and scripts/soak.py (which puts this
+folder on sys.path): the environment probe and its skip-or-fail, XDP_PASS programs on the
+endpoint veths, the monitor interfaces' `prog/xdp` readiness, kernel SNMP counters,
+sha256 digests, a process's RSS and a polling wait."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+# ------------------------------------------------------------------------------ probe
+def probe(tools=(), *, libbpf: bool = False) -> str | None:
+    """None when the live datapath can run here (root, netns, libxdp, AF_XDP sockets, the
+    XDP program buildable, every one of ``tools`` installed), else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        from mosxdp import testbed
+    except Exception as exc:  # pragma: no cover - an import error is a bug: show it
+        return f"mosxdp.testbed not importable: {exc}"
+    why = testbed.probe()
+    if why:
+        return why
+    from mosxdp.io import libxdp
+    try:
+        libxdp.load()
+    except libxdp.LibxdpMissing as exc:
+        return str(exc)
+    try:
+        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        return f"no AF_XDP sockets in this kernel: {exc}"
+    try:
+        from mosxdp.io import xdp
+        xdp.check_privileges()
+        xdp.check_environment()
+        if libbpf:
+            xdp._libbpf()
+    except Exception as exc:
+        return f"the XDP program cannot be built here: {exc}"
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+_PROBED: dict = {}
+
+
+def require_live(tools=(), *, libbpf: bool = False) -> None:
+    """Skip the requesting test when `probe` fails (probed once per argument set); with
+    MOSXDP_REQUIRE_PRIVILEGED=1 fail instead."""
+    import pytest
+    key = (tuple(tools), libbpf)
+    if key not in _PROBED:
+        _PROBED[key] = probe(tools, libbpf=libbpf)
+    why = _PROBED[key]
+    if why is None:
+        return
+    if os.environ.get("MOSXDP_REQUIRE_PRIVILEGED") == "1":
+        pytest.fail(f"netns tier required (MOSXDP_REQUIRE_PRIVILEGED=1) but: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+# ------------------------------------------------------------------------------ digests
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ testbed
+def attach_pass_programs(tb, *, subprocess: bool = False) -> None:
+    """XDP_PASS on cli0 and srv0 (a veth takes frames redirected into its peer only when
+    the receiving end runs XDP): from this process into each namespace, or with
+    ``subprocess`` from a Python run inside each namespace."""
+    if not subprocess:
+        from mosxdp.io.xdp import attach_pass_program
+        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
+            os.close(attach_pass_program(ifname, netns=ns).fd)
+        return
+    for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
+        r = tb.run(ns, [PY, "-c", "import os, sys; from mosxdp.io.xdp import attach_pass_program; "
+                                 "os.close(attach_pass_program(sys.argv[1]).fd)", ifn],
+                   cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
+
+
+def xdp_attached(tb, *, check: bool = True, timeout: float | None = 10) -> set:
+    """The monitor interfaces (A, B) that carry an XDP program (`ip -d link` shows prog/xdp)."""
+    found = set()
+    for ifname in (tb.iface_a, tb.iface_b):
+        r = tb.run("mon", ["ip", "-d", "link", "show", ifname], capture_output=True,
+                   text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, f"ip -d link show {ifname} in mon: {r.stderr.strip()}"
+        if "prog/xdp" in r.stdout:
+            found.add(ifname)
+    return found
+
+
+def xdp_on_both(tb, timeout: float | None = None) -> bool:
+    """At least two links of the monitor namespace carry an XDP program."""
+    r = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True,
+               timeout=timeout)
+    return r.stdout.count("prog/xdp") >= 2
+
+
+def nstat(tb, ns: str, name: str, timeout: float = 10) -> int:
+    """A kernel SNMP counter (absolute value) in namespace ``ns``."""
+    r = tb.run(ns, ["nstat", "-asz", name], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"nstat -asz {name} in {ns}: {r.stderr.strip()}"
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == name:
+            return int(fields[1])
+    raise AssertionError(f"nstat has no {name}: {r.stdout!r}")
+
+
+# ------------------------------------------------------------------------------ processes
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def wait_until(what, cond, timeout, alive=None, step=0.05):
+    """Poll ``cond()`` until it is true (returned); ``alive()`` is called between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if alive is not None:
+            alive()
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(step)
