@@ -80,6 +80,10 @@ def _datapath_options(parser):
                        help="what a callback exception does to its packet (default forward)")
     group.add_argument("--metrics-port", type=int, metavar="N",
                        help="live: serve Prometheus metrics on http://127.0.0.1:N/metrics")
+    group.add_argument("--keep-privileges", action="store_true", default=None,
+                       help="live: keep every capability for the whole run (default: after "
+                            "set-up keep only CAP_NET_ADMIN, to detach at exit, and set "
+                            "no_new_privs)")
     group.add_argument("--stats", action="store_true",
                        help="print counters on stderr: live a status line every second and a summary at exit; offline a summary at the end")
     group.add_argument("--stats-json", metavar="FILE",
@@ -125,6 +129,7 @@ def cmd_run(argv):
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
+        "keep_privileges": args.keep_privileges,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"
@@ -134,6 +139,11 @@ def cmd_run(argv):
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
     mctx.stats = args.stats
+    stats_json_fd = None
+    if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
+        # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
+        # create a file in a directory root does not own (sudo in a home directory).
+        stats_json_fd = os.open(args.stats_json, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             app = module.setup(mctx, args)
@@ -152,9 +162,11 @@ def cmd_run(argv):
             if args.stats and args.iface is not None:
                 _print_live_summary(mctx)
             if args.stats_json:
-                _write_stats_json(args.stats_json, mctx)
+                _write_stats_json(args.stats_json, mctx, stats_json_fd)
             _print_callback_errors(mctx)
     finally:
+        if stats_json_fd is not None:
+            os.close(stats_json_fd)
         api.mtcp_destroy()
     return 0
 
@@ -171,13 +183,21 @@ def _print_callback_errors(mctx):
         print(line, file=sys.stderr)
 
 
-def _write_stats_json(path, mctx):
+def _write_stats_json(path, mctx, fd=None):
+    """The counters as JSON: through ``fd`` when the file was opened at set-up, else
+    through a temporary file renamed over ``path``."""
     import json
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
            "live": getattr(mctx, "live_stats", None)}
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "w", closefd=False) as f:
+            json.dump(out, f, indent=1, default=str)
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1, default=str)

@@ -98,6 +98,7 @@ class Config:
     fail_closed: bool = False
     force: bool = False
     metrics_port: int = 0            # live: serve Prometheus metrics on 127.0.0.1:PORT (0: off)
+    keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
 
     def stack_config(self):
         return StackConfig(
@@ -145,6 +146,7 @@ SECTIONS = {
         "fail_closed": _bool,
         "force": _bool,
         "metrics_port": _int(0),
+        "keep_privileges": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

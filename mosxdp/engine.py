@@ -152,6 +152,7 @@ def run_live(mctx):
     monitor filters as they are now, and the stack's kernel verdicts are kept in its
     verdict map (the processor is the stack wrapped by HybridProcessor)."""
     from .hybrid import HybridProcessor, kernel_filter
+    from .io.privileges import after_setup
     from .live import LiveEngine
     config = mctx.config
     kfilter = kernel_filter(mctx.stack)
@@ -190,8 +191,18 @@ def run_live(mctx):
         status = LiveStatus(engine, mctx.stack)
         if getattr(mctx, "stats", False):
             processor.tick = status.tick
+        metrics = None
         if config.metrics_port:
-            resources.enter_context(MetricsServer(config.metrics_port, status))
+            metrics = resources.enter_context(
+                MetricsServer(config.metrics_port, status, start_thread=False))
+        # Set-up is done (program attached, sockets and UMEM, map fds, metrics port):
+        # drop the capabilities the loop and the exit do not need, before any thread.
+        privileges = after_setup(config.keep_privileges)
+        line = privileges.pop("line", None)
+        if line and (getattr(mctx, "stats", False) or not privileges["bounding_set_reduced"]):
+            print("mosxdp: " + line, file=sys.stderr)
+        if metrics is not None:
+            metrics.start()
         engine.run()
         # Read while the sockets and the program still exist: the accounting
         # of every UMEM frame and the XDP counters.
@@ -199,5 +210,6 @@ def run_live(mctx):
         stats["kernel_filter"] = {"c_expr": kfilter.c_expr, "all_ip": kfilter.filter_all_ip,
                                   "why": kfilter.why}
         stats["verdict_entries_left"] = processor.occupancy()
+        stats["privileges"] = privileges
         processor.program = None
     return 0

@@ -88,10 +88,15 @@ def prometheus_text(status):
 
 
 class MetricsServer:
-    """Serves GET /metrics on a port, from a daemon thread, until closed."""
+    """Serves GET /metrics on a port, from a daemon thread, until closed.
 
-    def __init__(self, port, status, address="127.0.0.1"):
+    The port is bound when the object is made; the thread starts on entering, or with
+    ``start_thread=False`` at :meth:`start` (after the capability drop: capabilities are
+    per thread, and a thread started before it would keep them)."""
+
+    def __init__(self, port, status, address="127.0.0.1", start_thread=True):
         self.status = status
+        self.start_thread = start_thread
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -114,9 +119,14 @@ class MetricsServer:
                                        daemon=True)
 
     def __enter__(self):
-        self.thread.start()
+        if self.start_thread:
+            self.start()
         return self
 
+    def start(self):
+        self.thread.start()
+
     def __exit__(self, *exc):
-        self.server.shutdown()
+        if self.thread.ident is not None:  # shutdown() waits for serve_forever forever
+            self.server.shutdown()
         self.server.server_close()
