@@ -1,7 +1,8 @@
 """Helpers shared by the netns tier's live tests and scripts/soak.py (which puts this
 folder on sys.path): the environment probe and its skip-or-fail, XDP_PASS programs on the
-endpoint veths, the monitor interfaces' `prog/xdp` readiness, kernel SNMP counters,
-sha256 digests, a process's RSS and a polling wait."""
+endpoint veths, the monitor interfaces' `prog/xdp` readiness, the server namespace routed
+to a NAT address only, kernel SNMP counters, sha256 digests, a process's RSS, a polling
+wait, and HOLD (a client that holds a connection open)."""
 from __future__ import annotations
 
 import hashlib
@@ -100,6 +101,24 @@ def attach_pass_programs(tb, *, subprocess: bool = False) -> None:
         assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
 
 
+def route_via_nat(tb, nat_ip: str) -> None:
+    """The server namespace routes to ``nat_ip`` only (a host route and a static neighbour:
+    the client's MAC, as the inline monitor forwards frames unchanged), not to the client's
+    network: it can answer the client only through a NAT. The client gets a static
+    neighbour for the server (no ARP through the monitor)."""
+    def ip(ns, *argv, check=True):
+        r = tb.run(ns, ["ip", *argv], capture_output=True, text=True, timeout=10)
+        assert not check or r.returncode == 0, f"ip {' '.join(argv)} in {ns}: {r.stderr.strip()}"
+        return r
+    ip("srv", "route", "del", f"10.77.0.0/{tb.prefixlen}", "dev", tb.srv_if)
+    ip("srv", "route", "add", f"{nat_ip}/32", "dev", tb.srv_if)
+    ip("srv", "neigh", "replace", nat_ip, "lladdr", tb.cli_mac, "dev", tb.srv_if, "nud", "permanent")
+    ip("cli", "neigh", "replace", tb.srv_ip, "lladdr", tb.srv_mac, "dev", tb.cli_if, "nud", "permanent")
+    r = ip("srv", "route", "get", tb.cli_ip, check=False)
+    assert r.returncode != 0, f"the server still routes to the client: {r.stdout}"
+    assert tb.srv_if in ip("srv", "route", "get", nat_ip).stdout
+
+
 def xdp_attached(tb, *, check: bool = True, timeout: float | None = 10) -> set:
     """The monitor interfaces (A, B) that carry an XDP program (`ip -d link` shows prog/xdp)."""
     found = set()
@@ -155,3 +174,28 @@ def wait_until(what, cond, timeout, alive=None, step=0.05):
             alive()
         assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
         time.sleep(step)
+
+
+# ------------------------------------------------------------------------------ clients
+# HOST PORT LOCAL SECS [PATH [BEFORE]]: connect from port LOCAL (0: any) and hold the
+# connection open SECS seconds; with a PATH: first wait BEFORE seconds (default 0), GET
+# it, read to the server's FIN ("eof" on stdout), then hold the half-closed connection
+# open SECS seconds before closing our side.
+HOLD = r'''
+import socket, sys, time
+host, port, local, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", local))
+s.settimeout(secs + 10)
+s.connect((host, port))
+if len(sys.argv) > 5:
+    time.sleep(float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
+    s.sendall(f"GET /{sys.argv[5]} HTTP/1.0\r\n\r\n".encode())
+    while s.recv(65536):
+        pass
+    print("eof", flush=True)
+time.sleep(secs)
+s.close()
+'''

@@ -86,27 +86,6 @@ for port in ports:
 threading.Event().wait()
 '''
 
-# Connect and hold the connection open; with a path: GET it, read to the server's FIN,
-# then hold the half-closed connection open before closing our side.
-HOLD = r'''
-import socket, sys, time
-host, port, local, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", local))
-s.settimeout(secs + 10)
-s.connect((host, port))
-if len(sys.argv) > 5:
-    s.sendall(f"GET /{sys.argv[5]} HTTP/1.0\r\n\r\n".encode())
-    while s.recv(65536):
-        pass
-    print("eof", flush=True)
-time.sleep(secs)
-s.close()
-'''
-
-
 def split_body(family: int) -> bytes:
     """8 KiB of random bytes with PATTERN at body offset MSS-SPLIT_AT: the server sends
     its header block in a segment of its own, so the body's first segment ends with
@@ -127,7 +106,7 @@ def www(tmp_path_factory):
         (d / f"split{family}.bin").write_bytes(split_body(family))
     (d / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
     (d / "httpd.py").write_text(HTTPD)
-    (d / "hold.py").write_text(HOLD)
+    (d / "hold.py").write_text(livekit.HOLD)
     return d
 
 
@@ -683,16 +662,7 @@ class TestNat:
     def nat_bed(cls, live_env, www, tmp_path_factory):
         bed = _make_bed(www, tmp_path_factory.mktemp("natbed"))
         try:
-            tb = bed.tb
-            bed.sh("srv", "ip", "route", "del", f"10.77.0.0/{tb.prefixlen}", "dev", tb.srv_if)
-            bed.sh("srv", "ip", "route", "add", f"{NAT_IP}/32", "dev", tb.srv_if)
-            bed.sh("srv", "ip", "neigh", "replace", NAT_IP, "lladdr", tb.cli_mac, "dev",
-                   tb.srv_if, "nud", "permanent")
-            bed.sh("cli", "ip", "neigh", "replace", tb.srv_ip, "lladdr", tb.srv_mac, "dev",
-                   tb.cli_if, "nud", "permanent")
-            r = bed.sh("srv", "ip", "route", "get", tb.cli_ip, check=False)
-            assert r.returncode != 0, f"the server still routes to the client: {r.stdout}"
-            assert tb.srv_if in bed.sh("srv", "ip", "route", "get", NAT_IP).stdout
+            livekit.route_via_nat(bed.tb, NAT_IP)
             yield bed
         finally:
             bed.tb.close()
