@@ -39,8 +39,11 @@ class StreamBuffer:
     (True until the next non-empty insert); the overlap count is returned as usual.
     """
 
-    __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_view", "_head",
-                 "_starts", "_ends", "_tail", "refused_fragments", "last_insert_refused")
+    # `head` and `next_offset` are plain attributes (read-only for callers), kept up to
+    # date by every insert: the stack reads them for each segment.
+    __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_view", "head",
+                 "next_offset", "_starts", "_ends", "_tail", "refused_fragments",
+                 "last_insert_refused")
 
     def __init__(self, capacity: int, policy: int = MOS_OVERLAP_POLICY_FIRST, *,
                  max_fragments: int = DEFAULT_MAX_FRAGMENTS):
@@ -49,7 +52,10 @@ class StreamBuffer:
         self._alloc(capacity)
         self.policy = policy
         self._max_fragments = max_fragments
-        self._head = 0
+        # Oldest offset of the window: every byte below it is discarded.
+        self.head = 0
+        # End of the contiguous run from head (== head when the byte at head is missing).
+        self.next_offset = 0
         self._starts: list[int] = []
         self._ends: list[int] = []
         # End of the last held run, or None before the first insert and right after a
@@ -97,19 +103,6 @@ class StreamBuffer:
     # -- state --------------------------------------------------------------------------
 
     @property
-    def head(self) -> int:
-        """Oldest offset of the window: every byte below it is discarded."""
-        return self._head
-
-    @property
-    def next_offset(self) -> int:
-        """End of the contiguous run from `head` (== head when the byte at head is missing)."""
-        starts = self._starts
-        if starts and starts[0] == self._head:
-            return self._ends[0]
-        return self._head
-
-    @property
     def last_received_end(self) -> int:
         """Largest end offset of any insert that was not refused (0 before the first)."""
         # Held bytes are only ever discarded from below, so this is the last run's end.
@@ -140,16 +133,20 @@ class StreamBuffer:
                 self._ring[pos:pos + n] = data
             else:
                 self._store(offset, data)
-            self._tail = self._ends[-1] = end
+            starts, ends = self._starts, self._ends
+            self._tail = ends[-1] = end
             head = end - cap
-            if head > self._head:
+            if head > self.head:
                 # The ring slots just written held bytes below the new head: no loss.
-                self._head = head
-                if self._starts[0] < head:
-                    if self._ends[0] > head:
-                        self._starts[0] = head
+                self.head = head
+                if starts[0] < head:
+                    if ends[0] > head:
+                        starts[0] = head
                     else:
                         self._discard_below(head)
+            else:
+                head = self.head
+            self.next_offset = ends[0] if starts[0] == head else head
             return 0
         return self._insert(offset, data, n)
 
@@ -159,7 +156,7 @@ class StreamBuffer:
         if n == 0:
             return 0
         end = offset + n
-        head = self._head
+        head = self.head
         starts, ends = self._starts, self._ends
         self.last_insert_refused = False
 
@@ -207,7 +204,7 @@ class StreamBuffer:
             return overlap
 
         if new_head > head:
-            self._head = new_head
+            self.head = head = new_head
             self._discard_below(new_head)
             lo -= dead
             hi -= dead
@@ -236,6 +233,7 @@ class StreamBuffer:
             starts.insert(lo, start)
             ends.insert(lo, end)
         self._tail = ends[-1]
+        self.next_offset = ends[0] if starts[0] == head else head
         return overlap
 
     def _discard_below(self, head: int) -> None:
@@ -265,7 +263,7 @@ class StreamBuffer:
         """How many bytes are held contiguously from offset, up to max_len."""
         if max_len < 0:
             raise ValueError(f"max_len must be >= 0, not {max_len!r}")
-        if offset < self._head:
+        if offset < self.head:
             return 0
         idx = bisect_right(self._starts, offset) - 1
         if idx < 0:
@@ -305,5 +303,5 @@ class StreamBuffer:
 
     def __repr__(self) -> str:
         return (f"StreamBuffer(capacity={self._capacity}, policy={self._policy}, "
-                f"head={self._head}, next_offset={self.next_offset}, "
+                f"head={self.head}, next_offset={self.next_offset}, "
                 f"fragments={self.fragments()})")

@@ -58,6 +58,7 @@ SIDE_NAMES = ("client", "server")
 _SYN_ACK = TH_SYN | TH_ACK
 _SYN_FIN_RST = TH_SYN | TH_FIN | TH_RST
 _NO_DATA_STATES = (tcp.CLOSED, tcp.LISTEN)
+_SYN_RCVD = tcp.SYN_RCVD
 _NULL_SIDE = int(MOS_NULL)  # the side value raw-socket callbacks receive, as in mOS
 
 
@@ -809,13 +810,12 @@ class Stack:
     def _data_segment(self, flow, pkt, sender, snd, rcv, flags):
         """The common case, kept lean: no SYN, FIN or RST, both streams known."""
         payload_len = pkt.payload_len
-        if payload_len:
-            if not snd.history_bits & 32:
-                self._history(flow, snd, sender, pkt, flags)
-        elif not snd.history_bits & 4:
+        if not snd.history_bits & (32 if payload_len else 4):
             self._history(flow, snd, sender, pkt, flags)
         self.cur_drop = False
-        null_mask, snd_mask, rcv_mask = self._flow_masks(flow)
+        if flow.masks_epoch != self.mask_epoch:
+            self._flow_masks(flow)
+        null_mask, snd_mask, rcv_mask = flow.masks
         if null_mask & EV_PKT_IN:
             self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
         # Sender: a segment ending at or before snd_nxt was sent before.
@@ -828,10 +828,24 @@ class Stack:
             snd_events |= EV_REXMIT
         snd_transitions = 0
         if flags & TH_ACK:
-            if flow.window_known or snd.peer_fin_off is not None:
-                snd_transitions = self._sender_ack(flow, pkt, snd)
-                if snd_transitions:
-                    snd_events |= EV_TCP_STATE_CHANGE
+            window_known = flow.window_known
+            peer_fin_off = snd.peer_fin_off
+            if window_known or peer_fin_off is not None:
+                # _sender_ack inlined for a segment without SYN (peer_base is known here).
+                rcv_nxt = snd.rcv_nxt
+                delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
+                ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
+                if window_known:
+                    edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
+                    right_edge = snd.right_edge
+                    if right_edge is None or edge > right_edge:
+                        snd.right_edge = edge
+                if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
+                    # The endpoint acknowledges a FIN the monitor could not deliver in
+                    # order (it missed bytes before it): the endpoint has it, so do we.
+                    snd_transitions = self._receive_fin(snd)
+                    if snd_transitions:
+                        snd_events |= EV_TCP_STATE_CHANGE
         if snd_mask & snd_events:
             self._fire_flow(flow, HOOK_SND, sender, snd_events)
         if self.cur_drop:
@@ -840,7 +854,7 @@ class Stack:
         # Receiver.
         rcv_events = EV_PKT_IN
         rcv_transitions = 0
-        if flags & TH_ACK and (rcv.state == tcp.SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+        if flags & TH_ACK and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
             rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
         if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
             rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
@@ -924,8 +938,9 @@ class Stack:
         if offset < 0:
             start -= offset
             offset = 0
-        if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
-            end = rcv.peer_fin_off  # nothing exists beyond the FIN
+        peer_fin_off = rcv.peer_fin_off
+        if peer_fin_off is not None and end > peer_fin_off:
+            end = peer_fin_off  # nothing exists beyond the FIN
         edge = rcv.right_edge
         if edge is not None and end > edge:
             if not (length == 1 and offset == edge):   # a zero-window probe is legal
@@ -938,38 +953,42 @@ class Stack:
             if length:
                 events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
             return events
-        data = pkt.buf[start:start + (end - offset)]
         if pkt.flags & TH_URG:
             self.counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
-        if rcv.bufsize and rcv.buf is None and not limits.reserve_buffer(self, flow, rcv):
-            events |= EV_ERROR                  # reassembly_memcap: this side is not buffered
-        if rcv.bufsize:
-            buf = rcv.buf
-            if buf is None:
+        buf = rcv.buf
+        if buf is None and rcv.bufsize:
+            if limits.reserve_buffer(self, flow, rcv):
                 buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
                                              max_fragments=self.config.max_fragments)
+            else:
+                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+        if buf is not None:
             head_before = buf.head
-            overlapped = buf.insert(offset, data)
+            overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
                 self.counters["refused_fragments"] += 1
-            rcv.rcv_nxt = buf.next_offset
-            if buf.head != head_before:
+            rcv_nxt = rcv.rcv_nxt = buf.next_offset
+            head = buf.head
+            if head != head_before:
                 for sock in flow.socks:
-                    if sock.peek_off[receiver] < buf.head and sock.monitoring[receiver]:
+                    if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
                         events |= EV_ERROR
                         sock.so_error = errno.ENOBUFS
                         self.counters["buffer_overruns"] += 1
         else:
-            overlapped = max(0, min(end, before) - offset)
+            overlapped = (end if end < before else before) - offset
+            if overlapped < 0:
+                overlapped = 0
+            rcv_nxt = before
             if offset <= before < end:
-                rcv.rcv_nxt = end
+                rcv_nxt = rcv.rcv_nxt = end
         rcv.first_payload_seen = True
         rcv.unique_bytes += (end - offset) - overlapped
         if end > rcv.max_end:
             rcv.max_end = end
         if overlapped:
             events |= EV_REXMIT
-        if rcv.rcv_nxt > before:
+        if rcv_nxt > before:
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
             flow.pending_data |= 1 << receiver
