@@ -265,6 +265,6 @@ def after_setup(keep_all: bool = False) -> dict:
         result = drop_to(RUNTIME_CAPS)
     except PrivilegeError as exc:
         raise OSError(exc.errno, f"could not drop capabilities after set-up ({exc.strerror}); "
-                                 "not running with all of them: fix that, or pass "
-                                 "--keep-privileges (keep_privileges = true)") from None
+                                 "stopping rather than running with them (--keep-privileges, "
+                                 "keep_privileges = true, runs without the drop)") from None
     return result.as_dict() | {"keep_privileges": False, "line": result.line()}
