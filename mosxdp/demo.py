@@ -119,9 +119,9 @@ def run_demo(keep=False):
         with Testbed(kind="inline") as tb:
             print(f"testbed: {tb.cli_ns} ({tb.cli_ip}, {tb.cli_ip6}) -- [{tb.mon_ns}: "
                   f"{tb.iface_a} | {tb.iface_b}] -- {tb.srv_ns} ({tb.srv_ip}, {tb.srv_ip6})")
-            servers = [tb.popen("srv", [python, "-m", "mosxdp.demo_server", str(port), www, work],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                       for port in (PORT, PORT + 1)]
+            servers = [tb.popen("srv", [python, "-m", "mosxdp.demo_server", www, str(PORT), str(PORT + 1),
+                                        "--upload-dir", work],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
             tb.wait_listen("srv", PORT)
             tb.wait_listen("srv", PORT + 1)
             _attach_endpoint_programs(tb, python)

@@ -71,28 +71,6 @@ FILE_WEIGHTS = {"b1": 3, "b517": 3, "b1448": 3, "b4093": 3, "b20k": 3, "b64k": 2
 TRUNCATE_ALLOCATED = 64 << 20   # bytes allocated in a flowdump file before it is truncated
 STALE_SECONDS = 10.0            # flowdump files not written for this long are deleted
 
-HTTPD = r'''
-import http.server, socket, sys, threading
-root, port = sys.argv[1], int(sys.argv[2])
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def log_message(self, *a):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    request_queue_size = 256
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-Server(("::", port), Handler).serve_forever()
-'''
-
-
 def probe():
     """None when the soak can run here, else why not."""
     return livekit.probe(("iperf3", "curl"))
@@ -126,8 +104,6 @@ class Soak:
             with open(os.path.join(self.www, name), "wb") as f:
                 f.write(data)
             self.digests[name] = hashlib.sha256(data).hexdigest()
-        with open(os.path.join(work, "httpd.py"), "w") as f:
-            f.write(HTTPD)
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.curl = dict(connections=0, completed=0, bytes=0, mismatched=0, failed=0,
@@ -146,7 +122,7 @@ class Soak:
     def start(self):
         tb = self.tb
         livekit.attach_pass_programs(tb)
-        tb.popen("srv", [PY, os.path.join(self.work, "httpd.py"), self.www, str(HTTP_PORT)],
+        tb.popen("srv", [PY, "-m", "mosxdp.demo_server", self.www, str(HTTP_PORT)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.popen("srv", ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)

@@ -62,30 +62,6 @@ def live_env():
 
 
 # ------------------------------------------------------------------------------ data
-HTTPD = r'''
-import http.server, socket, sys, threading
-root, log, ports = sys.argv[1], open(sys.argv[2], "a", buffering=1), [int(p) for p in sys.argv[3:]]
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def log_message(self, fmt, *args):
-        host, port = self.client_address[:2]
-        log.write(f"{host.removeprefix('::ffff:')} {port} {self.server.server_port} "
-                  f"{self.requestline!r}\n")
-
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-for port in ports:
-    threading.Thread(target=Server(("::", port), Handler).serve_forever, daemon=True).start()
-threading.Event().wait()
-'''
-
 def split_body(family: int) -> bytes:
     """8 KiB of random bytes with PATTERN at body offset MSS-SPLIT_AT: the server sends
     its header block in a segment of its own, so the body's first segment ends with
@@ -105,7 +81,6 @@ def www(tmp_path_factory):
     for family in (4, 6):
         (d / f"split{family}.bin").write_bytes(split_body(family))
     (d / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
-    (d / "httpd.py").write_text(HTTPD)
     (d / "hold.py").write_text(livekit.HOLD)
     return d
 
@@ -124,8 +99,8 @@ class Bed:
         self.sh("cli", "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144")
         self.access_log = self.out_path("access.log")
         self.access_log.touch()
-        self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, self.access_log,
-                                      *map(str, SERVER_PORTS)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, *map(str, SERVER_PORTS),
+                                      "--access-log", self.access_log],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in SERVER_PORTS:
             tb.wait_listen("srv", port)

@@ -49,28 +49,6 @@ def live_env():
 
 
 # ------------------------------------------------------------------------------ testbed
-HTTP_SERVER = r'''
-import http.server, socket, sys, threading
-root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-
-class H(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def log_message(self, *a):
-        pass
-
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-for p in ports:
-    threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
-threading.Event().wait()
-'''
-
 DROP_APP = r'''
 """Test app: MOSX_DROP_FLOW once the server side received the first data segment;
 one JSON line per flow at CONN_END (the flow's counters)."""
@@ -151,7 +129,6 @@ def www(live_env, tmp_path_factory):
                 f.write(os.urandom(n))
                 left -= n
         files[name] = sha256_file(p)
-    (d / "httpd.py").write_text(HTTP_SERVER)
     return d, files
 
 
@@ -159,7 +136,7 @@ class Bed:
     def __init__(self, tb, www_dir: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www_dir, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, www_dir / "httpd.py", www_dir, str(MONITORED), str(OTHER)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www_dir, str(MONITORED), str(OTHER)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", MONITORED)
         tb.wait_listen("srv", OTHER)

@@ -55,47 +55,10 @@ def live_env():
 
 
 # ------------------------------------------------------------------------------ data
-HTTPD = r'''
-import hashlib, http.server, socket, sys, threading
-root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def do_PUT(self):
-        left = int(self.headers["Content-Length"])
-        digest = hashlib.sha256()
-        while left:
-            chunk = self.rfile.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-        body = digest.hexdigest().encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-for port in ports:
-    threading.Thread(target=Server(("::", port), Handler).serve_forever, daemon=True).start()
-threading.Event().wait()
-'''
-
-
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
     """Served files: f1k and f20m (random), marked.bin (random with MARKER at 300 and
-    700: one segment holds both), and the server script."""
+    700: one segment holds both)."""
     d = tmp_path_factory.mktemp("www")
     for name, size in SIZES.items():
         (d / name).write_bytes(os.urandom(size))
@@ -104,7 +67,6 @@ def www(tmp_path_factory):
         body[at:at + len(MARKER)] = MARKER
     assert bytes(body).count(MARKER) == 2
     (d / "marked.bin").write_bytes(bytes(body))
-    (d / "httpd.py").write_text(HTTPD)
     return d
 
 
@@ -117,7 +79,7 @@ class Bed:
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
         livekit.attach_pass_programs(tb)
-        self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, *map(str, SERVER_PORTS)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, *map(str, SERVER_PORTS)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in SERVER_PORTS:
             tb.wait_listen("srv", port)

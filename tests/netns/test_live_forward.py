@@ -40,59 +40,6 @@ def live_env():
 
 
 # ------------------------------------------------------------------------------ helpers
-HTTP_SERVER = r'''
-import hashlib, http.server, socket, sys, threading
-root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-
-class H(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def do_PUT(self):
-        left = int(self.headers["Content-Length"])
-        h = hashlib.sha256()
-        while left:
-            b = self.rfile.read(min(left, 1 << 16))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-        body = h.hexdigest().encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        if not self.path.startswith("/stream/"):
-            return super().do_GET()
-        left = int(self.path.rsplit("/", 1)[1])
-        self.send_response(200)
-        self.send_header("Content-Length", str(left))
-        self.end_headers()
-        chunk = bytes(1 << 16)
-        try:
-            while left:
-                n = min(left, len(chunk))
-                self.wfile.write(chunk[:n])
-                left -= n
-        except OSError:
-            pass
-    def log_message(self, *a):
-        pass
-
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-for p in ports:
-    threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
-print("listening", flush=True)
-threading.Event().wait()
-'''
-
-
 @pytest.fixture(scope="module")
 def payloads(tmp_path_factory):
     d = tmp_path_factory.mktemp("www")
@@ -101,8 +48,6 @@ def payloads(tmp_path_factory):
         p = d / name
         p.write_bytes(os.urandom(size))
         files[name] = (p, sha256_file(p))
-    script = d / "httpd.py"
-    script.write_text(HTTP_SERVER)
     return d, files
 
 
@@ -113,7 +58,7 @@ class Bed:
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, www / "httpd.py", www, str(HTTP_PORT), str(BLOCKED_PORT)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, str(HTTP_PORT), str(BLOCKED_PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", HTTP_PORT)
         tb.wait_listen("srv", BLOCKED_PORT)
