@@ -20,7 +20,8 @@ timing. Both list only the connections made (addresses and ports), and per flow 
 distinct states listed at two refreshes in a row or more are the same: the states held
 HELD seconds (ESTABLISHED; CLOSE_WAIT / FIN_WAIT_2); the short-lived connections have none.
 
-nat: the server namespace routes only to NAT_IP (livekit.route_via_nat, undone after).
+nat: the server namespace routes only to NAT_IP (livekit.route_via_nat, undone after);
+flows are kept NAT_TIME_WAIT s after they close (tcp_tw_interval: see nat_run).
 Before the capture the warm-ups leave the port pool in its first order, as offline starts
 with it; each connection's SYN waits for the previous one's mapping. Compared: nat's log
 (map and unmap, client, server, NAT address and port) per connection; the translated
@@ -75,9 +76,10 @@ ATTACH_TIMEOUT = 60.0
 READY_TIMEOUT = 30.0
 CAPTURE_FILTER = f"tcp and not port {WARM}"
 MIDSTAT_INTERVAL = 0.3                # midstat --interval
-HELD = 1.5                            # seconds a held state lasts: >= 3 refreshes
+HELD = 2.0                            # seconds a held state lasts: >= 3 refreshes
 NAT_IP = "10.88.0.1"                  # outside 10.77.0.0/24: the server routes only to it
 NAT_PORTS = (20000, 20003)            # a pool of 4, as many as the capture's connections
+NAT_TIME_WAIT = 1.0                   # nat's tcp_tw_interval (see nat_run)
 
 RULES = f"""# replay test rules, first match wins
 ACCEPT  0.0.0.0   0.0.0.0   dport:{WARM}      # 1 warm-up connections
@@ -140,6 +142,11 @@ class Bed:
         self.tb.start()
         try:
             livekit.attach_pass_programs(self.tb)
+            # a small receive buffer: a rate-limited curl paces the wire (else the server
+            # sends megabytes into the buffer at once and the connection is quiet after)
+            r = self.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
+                            capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0, r.stderr
             self.httpd = self.tb.popen("srv", [PY, tmp / "httpd.py", self.www,
                                                str(PLAIN), str(BLOCKED), str(WARM)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -487,10 +494,11 @@ def midstat_run(bed):
             timeout=20))
         cap = Captures(bed, "midstat")
         try:
-            # 2 MiB at 300 KB/s: ~7 s, longer than the rest; its frames are the offline
-            # clock while the held connection is idle
+            # 2 MiB at 100 KB/s: ~20 s, much longer than the rest (killed when they are
+            # done); its frames are the offline clock while the held connection is idle
+            # (offline, a quiet stretch gets one refresh at most: no packet, no time)
             paced, _ = bed.curl(4, "f2m", PLAIN, "--local-port", local["paced"],
-                                "--limit-rate", "300K", max_time=60)
+                                "--limit-rate", "100K", max_time=60)
             try:
                 key = res["flows"]["paced"]
                 wait_until("the paced download listed ESTABLISHED",
@@ -530,8 +538,15 @@ def nat_run(bed):
     refused connection and a half-closed one go through it, one SYN after the other's
     mapping; then offline on the monitor's input with --write."""
     tb, res = bed.tb, {"bed": bed}
-    args = ("--nat-ip", NAT_IP, "--port-range", "%d-%d" % NAT_PORTS, "--inside-net",
-            f"10.77.0.0/{tb.prefixlen}")
+    # a flow ends NAT_TIME_WAIT s after both sides closed, not at the last ACK: a frame
+    # that comes after its end (a late retransmission, or the ACK it draws: frequent on a
+    # loaded machine) would pass untranslated, and whether a frame at that edge came
+    # before or after the end depends on the order the monitor got the two directions in,
+    # which the merged capture cannot reproduce to the microsecond
+    config = bed.path("nat.toml")
+    config.write_text(f"[mos]\ntcp_tw_interval = {NAT_TIME_WAIT}\n")
+    args = ("--config", config, "--nat-ip", NAT_IP, "--port-range", "%d-%d" % NAT_PORTS,
+            "--inside-net", f"10.77.0.0/{tb.prefixlen}")
     log = bed.path("nat.jsonl")
     local = dict(bulk=44001, small=44002, refused=44003, half=44004)
     clients = {name: f"{tb.cli_ip}:{port}" for name, port in local.items()}
