@@ -64,9 +64,6 @@ _IPV6_EXT = struct.Struct("!BB")  # next header, length
 _IPV6_FRAGMENT = struct.Struct("!BxH")  # next header, offset/flags
 # ports, seq, ack, data offset, flags, window, urgent pointer (checksum skipped)
 _TCP = struct.Struct("!HHIIBBH2xH")
-# Both at once, for the common frame: TCP right after an IPv4 header without options.
-_IPV4_TCP = struct.Struct("!BxH2xHxB2x4s4sHHIIBBH2xH")
-_IPV4_NO_OPTIONS = 0x45   # version 4, IHL 5
 _UDP_PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _TIMESTAMPS = struct.Struct("!II")
@@ -211,15 +208,7 @@ def parse_frame(buf):
             raise TruncatedHeader(
                 "truncated_ipv4", f"IPv4 header at offset {l3_off} runs past the "
                 f"{frame_len}-byte frame")
-        if frame_len >= l3_off + IPV4_HDR_LEN + TCP_HDR_LEN:
-            # One unpack for both headers; the TCP fields count only if the frame is TCP
-            # and its IPv4 header has no options (checked below).
-            (version_ihl, ip_len, fragment, ip_proto, src, dst, sport, dport, seq, ack,
-             data_offset, flags, window, urgent) = _IPV4_TCP.unpack_from(buf, l3_off)
-            tcp_unpacked = version_ihl == _IPV4_NO_OPTIONS
-        else:
-            version_ihl, ip_len, fragment, ip_proto, src, dst = _IPV4.unpack_from(buf, l3_off)
-            tcp_unpacked = False
+        version_ihl, ip_len, fragment, ip_proto, src, dst = _IPV4.unpack_from(buf, l3_off)
         if version_ihl >> 4 != 4:
             raise InvalidHeader(
                 "ip_version", f"IP version {version_ihl >> 4} under ethertype 0x0800 "
@@ -241,7 +230,6 @@ def parse_frame(buf):
         pkt.ip_version = 4
     elif ethertype == ETH_P_IPV6:
         ip_proto, src, dst, ip_len, l4_off, is_fragment = _parse_ipv6(buf, frame_len, l3_off)
-        tcp_unpacked = False
         pkt.ip_version = 6
     else:
         pkt.ip_version = pkt.ip_proto = pkt.ip_len = pkt.l4_off = 0
@@ -265,15 +253,8 @@ def parse_frame(buf):
             raise TruncatedHeader(
                 "truncated_tcp", f"TCP header at offset {l4_off} runs past the IP packet "
                 f"ending at {ip_end}")
-        if not tcp_unpacked:
-            (sport, dport, seq, ack, data_offset, flags, window,
-             urgent) = _TCP.unpack_from(buf, l4_off)
-        pkt.sport = sport
-        pkt.dport = dport
-        pkt.seq = seq
-        pkt.ack = ack
-        pkt.window = window
-        pkt.urgent = urgent
+        (pkt.sport, pkt.dport, pkt.seq, pkt.ack, data_offset, flags, pkt.window,
+         pkt.urgent) = _TCP.unpack_from(buf, l4_off)
         tcp_hdr_len = (data_offset >> 4) * 4
         if tcp_hdr_len < TCP_HDR_LEN:
             raise InvalidHeader(

@@ -456,7 +456,8 @@ class Stack:
         self.cur_drop = False
         self.cur_flow = None
         try:
-            if pkt.ip_proto != 6 or pkt.is_fragment or pkt.ip_version == 0:
+            # A non-IP frame has ip_proto 0.
+            if pkt.ip_proto != 6 or pkt.is_fragment:
                 if pkt.is_fragment:
                     counters["ip_fragments"] += 1
                 else:
