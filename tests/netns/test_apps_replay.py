@@ -87,28 +87,6 @@ DROP    10.77.0.0/24  10.77.0.2/32  dport:{BLOCKED}   # 2 the blocked port, IPv4
 DROP    ::            fd77::2/128   dport:{BLOCKED}   # 3 the blocked port, IPv6
 """
 
-HTTPD = r'''
-import http.server, socket, sys, threading
-root, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *a, **k):
-        super().__init__(*a, directory=root, **k)
-    def log_message(self, *args):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-for port in ports:
-    threading.Thread(target=Server(("::", port), Handler).serve_forever, daemon=True).start()
-threading.Event().wait()
-'''
-
 
 def _json_lines(path: Path) -> list[dict]:
     if not path.exists():
@@ -136,7 +114,6 @@ class Bed:
         (self.www / "f1k").write_bytes(os.urandom(1024))
         (self.www / "f2m").write_bytes(os.urandom(2 * 1024 * 1024))
         (self.www / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
-        (tmp / "httpd.py").write_text(HTTPD)
         (tmp / "hold.py").write_text(livekit.HOLD)
         self.tb = Testbed("inline")
         self.tb.start()
@@ -147,8 +124,8 @@ class Bed:
             r = self.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
                             capture_output=True, text=True, timeout=10)
             assert r.returncode == 0, r.stderr
-            self.httpd = self.tb.popen("srv", [PY, tmp / "httpd.py", self.www,
-                                               str(PLAIN), str(BLOCKED), str(WARM)],
+            self.httpd = self.tb.popen("srv", [PY, "-m", "mosxdp.demo_server", self.www,
+                                               str(PLAIN), str(BLOCKED), str(WARM)], cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for port in (PLAIN, BLOCKED, WARM):
                 self.tb.wait_listen("srv", port)
