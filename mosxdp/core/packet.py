@@ -100,7 +100,17 @@ PACKET_ERROR_COUNTERS = (
     "ip_version", "ipv4_ihl", "ipv4_total_length", "ipv6_hbh_position", "tcp_doff",
 )
 
-_OPTION_FIELDS = frozenset(("mss", "wscale", "sack_ok", "ts_val", "ts_ecr", "bad_options"))
+def _lazy_option(name):
+    """A TCP option field of Packet, parsed from the header on first read."""
+    slot = "_" + name
+
+    def get(self):
+        try:
+            return getattr(self, slot)
+        except AttributeError:   # a segment parsed without its options
+            self.parse_options()
+            return getattr(self, slot)
+    return property(get, doc=f"TCP option field {name}, parsed on first read")
 
 
 class Packet:
@@ -118,15 +128,9 @@ class Packet:
         "buf", "vlan_ids", "l3_off", "ip_version", "ip_proto", "src", "dst", "ip_len",
         "is_fragment", "l4_off", "sport", "dport", "seq", "ack", "flags", "window", "urgent",
         "tcp_hdr_len", "payload_off", "payload_len",
-        "mss", "wscale", "sack_ok", "ts_val", "ts_ecr", "bad_options",
+        # the option fields' storage, behind the lazy properties below
+        "_mss", "_wscale", "_sack_ok", "_ts_val", "_ts_ecr", "_bad_options",
     )
-
-    def __getattr__(self, name):
-        # Reached only for unset slots: option fields of a segment parsed without options.
-        if name in _OPTION_FIELDS:
-            self.parse_options()
-            return object.__getattribute__(self, name)
-        raise AttributeError(f"'Packet' object has no attribute {name!r}")
 
     @property
     def payload(self):
@@ -142,8 +146,8 @@ class Packet:
         stays valid. A known option of the wrong size is ignored, as Linux ignores it.
         wscale is the raw shift count (the receiver clamps it to 14).
         """
-        self.mss = self.wscale = self.ts_val = self.ts_ecr = None
-        self.sack_ok = self.bad_options = False
+        self._mss = self._wscale = self._ts_val = self._ts_ecr = None
+        self._sack_ok = self._bad_options = False
         if self.ip_proto != IPPROTO_TCP or self.is_fragment:
             return
         buf = self.buf
@@ -157,18 +161,27 @@ class Packet:
                 pos += 1
                 continue
             if pos + 1 >= end or buf[pos + 1] < 2 or pos + buf[pos + 1] > end:
-                self.bad_options = True
+                self._bad_options = True
                 return
             length = buf[pos + 1]
             if kind == TCPOPT_MSS and length == 4:
-                self.mss = _U16.unpack_from(buf, pos + 2)[0]
+                self._mss = _U16.unpack_from(buf, pos + 2)[0]
             elif kind == TCPOPT_WSCALE and length == 3:
-                self.wscale = buf[pos + 2]
+                self._wscale = buf[pos + 2]
             elif kind == TCPOPT_SACK_PERMITTED and length == 2:
-                self.sack_ok = True
+                self._sack_ok = True
             elif kind == TCPOPT_TIMESTAMP and length == 10:
-                self.ts_val, self.ts_ecr = _TIMESTAMPS.unpack_from(buf, pos + 2)
+                self._ts_val, self._ts_ecr = _TIMESTAMPS.unpack_from(buf, pos + 2)
             pos += length
+
+    # Plain slots for every header field keep attribute reads on CPython's fast path (a
+    # __getattr__ on the class would slow every read); only the options are properties.
+    mss = _lazy_option("mss")
+    wscale = _lazy_option("wscale")
+    sack_ok = _lazy_option("sack_ok")
+    ts_val = _lazy_option("ts_val")
+    ts_ecr = _lazy_option("ts_ecr")
+    bad_options = _lazy_option("bad_options")
 
     def __repr__(self):
         if not self.ip_version:

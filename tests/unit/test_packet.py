@@ -432,19 +432,19 @@ def test_options_of_a_non_syn_are_parsed_on_first_access():
     frame = bytes(Ether() / IP() / TCP(flags="A", options=TS_OPTIONS))
     pkt = parse(frame)
     with pytest.raises(AttributeError):
-        object.__getattribute__(pkt, "ts_val")   # not parsed by parse_frame
+        object.__getattribute__(pkt, "_ts_val")   # not parsed by parse_frame
     assert (pkt.ts_val, pkt.ts_ecr, pkt.mss) == (0xDEADBEEF, 7, None)
 
 
 def test_parse_options_explicitly_on_a_non_syn():
     pkt = parse(bytes(Ether() / IP() / TCP(flags="A", options=[("MSS", 536)])))
     pkt.parse_options()
-    assert object.__getattribute__(pkt, "mss") == 536
+    assert object.__getattribute__(pkt, "_mss") == 536
 
 
 def test_syn_options_are_parsed_by_parse_frame():
     pkt = parse(bytes(Ether() / IP() / TCP(flags="SA", options=[("WScale", 2)])))
-    assert object.__getattribute__(pkt, "wscale") == 2
+    assert object.__getattribute__(pkt, "_wscale") == 2
 
 
 # --- checksums -----------------------------------------------------------------------------
