@@ -2,10 +2,13 @@
 
 Files are named as tcpflow names them: SRCIP.SRCPORT-DSTIP.DSTPORT with
 zero-padded IPv4 octets and ports (IPv6 in its compressed form), and a
-`c1`, `c2`... suffix when the same 4-tuple carries another connection.
+`c1`, `c2`... suffix when the same 4-tuple carries another connection (the
+first suffix no file in the output directory has yet; a connection that
+carries no data makes no file).
 Bytes of a hole that is never filled are zeros, as tcpflow writes them.
 Written only against the public mOS API.
 """
+import errno
 import ipaddress
 import os
 import socket
@@ -40,14 +43,11 @@ class _Direction:
     __slots__ = ("name", "fd", "written_to")
 
     def __init__(self, name):
-        self.name = name
+        self.name = name      # without the connection suffix, chosen when the file is made
         self.fd = None
         self.written_to = 0
 
-    def write_at(self, outdir, offset, data):
-        if self.fd is None:
-            self.fd = os.open(os.path.join(outdir, self.name),
-                              os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    def write_at(self, offset, data):
         os.pwrite(self.fd, data, offset)
         self.written_to = max(self.written_to, offset + len(data))
 
@@ -60,7 +60,6 @@ class _Direction:
 class FlowDump:
     def __init__(self, outdir):
         self.outdir = outdir
-        self.connections = {}        # directed 4-tuple name -> flows seen
         self.buf = bytearray(1 << 16)
         self.lost_bytes = 0
         self.files = 0
@@ -73,18 +72,40 @@ class FlowDump:
         if state is not None:
             return state
         cli, svr = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
-        base = (endpoint_name(*cli), endpoint_name(*svr))
-        count = self.connections.get(base, 0)
-        self.connections[base] = count + 1
-        suffix = f"c{count}" if count else ""
+        cli_name, svr_name = endpoint_name(*cli), endpoint_name(*svr)
         # The server side's buffer holds what the client sent, and vice versa.
         state = {
-            MOS_SIDE_SVR: _Direction(f"{base[0]}-{base[1]}{suffix}"),
-            MOS_SIDE_CLI: _Direction(f"{base[1]}-{base[0]}{suffix}"),
+            MOS_SIDE_SVR: _Direction(f"{cli_name}-{svr_name}"),
+            MOS_SIDE_CLI: _Direction(f"{svr_name}-{cli_name}"),
             "offset": {MOS_SIDE_CLI: 0, MOS_SIDE_SVR: 0},
+            "suffix": None,
         }
         mtcp_set_uctx(mctx, sock, state)
         return state
+
+    def _create(self, state, side):
+        """Open a direction's file. A connection's suffix is the first one (none, c1, c2 ...)
+        that no file of its 4-tuple has: the directory, not a table in memory, remembers
+        earlier connections, so a flood of 4-tuples costs nothing here."""
+        outdir = self.outdir
+        suffix = state["suffix"]
+        if suffix is None:
+            names = (state[MOS_SIDE_SVR].name, state[MOS_SIDE_CLI].name)
+            count = 0
+            while any(os.path.exists(os.path.join(outdir, n + (f"c{count}" if count else "")))
+                      for n in names):
+                count += 1
+            suffix = state["suffix"] = f"c{count}" if count else ""
+        path = os.path.join(outdir, state[side].name + suffix)
+        try:
+            state[side].fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            hint = ""
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                hint = (" (after set-up the live monitor runs without CAP_DAC_OVERRIDE: use an"
+                        " --outdir that root owns, or run with --keep-privileges)")
+            raise OSError(exc.errno, f"flowdump: cannot create {path}: {exc.strerror}{hint}") from None
+        self.files += 1
 
     def _drain(self, mctx, sock, side, state):
         direction = state[side]
@@ -101,8 +122,8 @@ class FlowDump:
             if count == 0:
                 return
             if direction.fd is None:
-                self.files += 1
-            direction.write_at(self.outdir, offset[side], view[:count])
+                self._create(state, side)
+            direction.write_at(offset[side], view[:count])
             offset[side] += count
 
     def on_new_data(self, mctx, sock, side, event, arg):
@@ -122,8 +143,8 @@ class FlowDump:
                 count = mtcp_ppeek(mctx, sock, side, self.buf, min(len(self.buf), end - position),
                                    position)
                 if direction.fd is None:
-                    self.files += 1
-                direction.write_at(self.outdir, position, memoryview(self.buf)[:count])
+                    self._create(state, side)
+                direction.write_at(position, memoryview(self.buf)[:count])
                 position += count
         direction.close()
 

@@ -687,3 +687,43 @@ def test_bad_app_arguments_give_one_line(capsys):
         code, _, err = run(capsys, app, "--pcap", pcap, *args)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert err.startswith(f"mosxdp: error: {app}: ") and words in err, err
+
+
+# ------------------------------------------------------------------ flowdump
+def test_flowdump_second_run_into_same_outdir_takes_next_suffix(tmp_path, capsys):
+    """The output directory, not a table in memory, decides tcpflow's c1, c2 suffixes:
+    a second run into the same directory keeps the first run's files and adds its own
+    with the next free suffix, byte-identical to the first."""
+    pcap = os.path.join(DATA, "reuse.pcap")
+    first = streams(capsys, tmp_path, pcap, "out")
+    assert any(name.endswith("c1") for name in first)     # the capture reuses a 4-tuple
+    again = streams(capsys, tmp_path, pcap, "out")
+    assert {k: v for k, v in again.items() if k in first} == first
+    added = {k: v for k, v in again.items() if k not in first}
+    assert len(added) == len(first)
+    def split(name):
+        stem, _, count = name.rpartition("c") if name[-2:-1] == "c" else (name, "", "0")
+        return stem, int(count)
+    connections = 1 + max(count for _, count in map(split, first))
+    for name, data in first.items():
+        stem, count = split(name)
+        assert added[f"{stem}c{count + connections}"] == data
+
+
+def test_flowdump_keeps_nothing_for_flows_without_data(tmp_path, capsys):
+    """A SYN flood (3000 4-tuples, no data) makes no file, and a data flow after it gets
+    its plain name."""
+    frames = []
+    for i in range(3000):
+        Talk(cli=(f"10.1.{i >> 8}.{i & 255}", 1024 + i), isn_c=i, t0=1_000_000 + 100 * i,
+             frames=frames).seg("c", "S")
+    talk = Talk(t0=2_000_000, frames=frames).handshake()
+    talk.data("c", b"GET /")
+    talk.close()
+    pcap = tmp_path / "flood.pcap"
+    write_pcap(pcap, frames)
+    outdir = tmp_path / "flood"
+    code, _, err = run(capsys, "flowdump", "--pcap", pcap, "--outdir", outdir)
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in outdir.iterdir()} == {
+        "010.000.000.001.40000-010.000.000.002.00080": b"GET /"}
