@@ -12,13 +12,14 @@ per-rule counts (--stats-output), scrub's hits (client, server, direction, strea
 length, action, masked bytes; not the timestamp), midstat's flows and held states, nat's
 translations.
 
-midstat: a paced download (killed at the end: RST), a connection held idle then
-half-closed by the server, a refused connection (RST) and a quick download. Refreshes
-come at least --interval apart, live by the clock, offline by packet timestamps
-(--batch-size 1), so which refresh catches a short state (handshake, close) is a matter of
-timing. Both list only the connections made (addresses and ports), and per flow the
-distinct states listed at two refreshes in a row or more are the same: the states held
-HELD seconds (ESTABLISHED; CLOSE_WAIT / FIN_WAIT_2); the short-lived connections have none.
+midstat: a paced download of an endless stream (killed at the end: RST), a connection
+held idle then half-closed by the server, a refused connection (RST) and a quick
+download. Refreshes come at least --interval apart, live by the clock, offline by packet
+timestamps (--batch-size 1), so which refresh catches a short state (handshake, close) is
+a matter of timing. Both list only the connections made (addresses and ports), and per
+flow the distinct states listed at two refreshes in a row or more are the same: the
+states held HELD seconds (ESTABLISHED; CLOSE_WAIT / FIN_WAIT_2); the short-lived
+connections have none.
 
 nat: the server namespace routes only to NAT_IP (livekit.route_via_nat, undone after);
 flows are kept NAT_TIME_WAIT s after they close (tcp_tw_interval: see nat_run).
@@ -142,7 +143,7 @@ class Bed:
         return f"http://{host}:{port}/{name}"
 
     def curl(self, family, name, port=PLAIN, *extra, max_time=20):
-        out = self.path(name)
+        out = self.path(name.replace("/", "-"))
         argv = ["curl", "-sS", "-g", "--fail", "--max-time", str(max_time), "-o", str(out),
                 *map(str, extra), self.url(family, name, port)]
         return self.tb.popen("cli", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE), out
@@ -471,11 +472,12 @@ def midstat_run(bed):
             timeout=20))
         cap = Captures(bed, "midstat")
         try:
-            # 2 MiB at 100 KB/s: ~20 s, much longer than the rest (killed when they are
-            # done); its frames are the offline clock while the held connection is idle
-            # (offline, a quiet stretch gets one refresh at most: no packet, no time)
-            paced, _ = bed.curl(4, "f2m", PLAIN, "--local-port", local["paced"],
-                                "--limit-rate", "100K", max_time=60)
+            # an endless stream at 1 MB/s (killed when the rest is done): its frames, a
+            # window's worth at most 0.25 s apart, are the offline clock while the held
+            # connection is idle (offline, a quiet stretch gets one refresh at most: no
+            # packet, no time)
+            paced, _ = bed.curl(4, "stream/1000000000", PLAIN, "--local-port", local["paced"],
+                                "--limit-rate", "1M", max_time=60)
             try:
                 key = res["flows"]["paced"]
                 wait_until("the paced download listed ESTABLISHED",
