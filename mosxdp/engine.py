@@ -52,23 +52,27 @@ class OfflineEngine:
         process = stack.process
         sink = self.sink
         batch_size = self.batch_size
-        in_batch = 0
+        # The frame count lives in a local while the loop runs (cheaper than an attribute):
+        # stored at each batch's end and, also when an exception cuts the run short, at the end.
+        frames_in = self.frames_in
+        batch_end = frames_in + batch_size
         ts_us = 0
         try:
             for ts_us, frame in self.source:
                 verdict = process(frame, ts_us, 0)
                 if stack.outbox:
                     self._flush_outbox(ts_us)
-                if verdict == VERDICT_FORWARD and sink is not None:
+                if sink is not None and verdict == VERDICT_FORWARD:
                     sink(ts_us, frame)
                     self.frames_out += 1
-                self.frames_in += 1
-                in_batch += 1
-                if in_batch == batch_size:
+                frames_in += 1
+                if frames_in == batch_end:
+                    batch_end += batch_size
+                    self.frames_in = frames_in
                     stack.end_batch()
-                    in_batch = 0
                     self._flush_outbox(ts_us)
         finally:
+            self.frames_in = frames_in
             # Also when the input is cut short: what was read is complete
             # and its flows end (reason eof) before the error is reported.
             stack.finish()

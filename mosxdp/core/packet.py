@@ -52,6 +52,7 @@ TCPOPT_TIMESTAMP = 8
 
 _IPV4_FRAGMENT_BITS = 0x3FFF  # MF flag and fragment offset; DF is not fragmentation
 _IPV4_DF = 0x4000
+_IPV4_NO_OPTIONS = 0x45  # version 4, IHL 5
 _IPV6_FRAGMENT_BITS = 0xFFF9  # fragment offset and M flag
 
 _ETHERTYPE = struct.Struct("!H")
@@ -222,14 +223,17 @@ def parse_frame(buf):
                 "truncated_ipv4", f"IPv4 header at offset {l3_off} runs past the "
                 f"{frame_len}-byte frame")
         version_ihl, ip_len, fragment, ip_proto, src, dst = _IPV4.unpack_from(buf, l3_off)
-        if version_ihl >> 4 != 4:
-            raise InvalidHeader(
-                "ip_version", f"IP version {version_ihl >> 4} under ethertype 0x0800 "
-                f"at offset {l3_off}")
-        ip_hdr_len = (version_ihl & 0xF) * 4
-        if ip_hdr_len < IPV4_HDR_LEN:
-            raise InvalidHeader(
-                "ipv4_ihl", f"IPv4 IHL {version_ihl & 0xF} < 5 at offset {l3_off}")
+        if version_ihl == _IPV4_NO_OPTIONS:
+            ip_hdr_len = IPV4_HDR_LEN   # the common case, in one comparison
+        else:
+            if version_ihl >> 4 != 4:
+                raise InvalidHeader(
+                    "ip_version", f"IP version {version_ihl >> 4} under ethertype 0x0800 "
+                    f"at offset {l3_off}")
+            ip_hdr_len = (version_ihl & 0xF) * 4
+            if ip_hdr_len < IPV4_HDR_LEN:
+                raise InvalidHeader(
+                    "ipv4_ihl", f"IPv4 IHL {version_ihl & 0xF} < 5 at offset {l3_off}")
         if ip_len < ip_hdr_len:
             raise InvalidHeader(
                 "ipv4_total_length", f"IPv4 total length {ip_len} < header length "

@@ -209,7 +209,8 @@ class Stack:
         self.config = config or StackConfig()
         self.handle = handle                 # what callbacks receive as mctx
         self.registry = registry or EventRegistry()
-        self.flows = {}                      # directed 4-tuple (+ VLANs) -> (flow, sender side)
+        # directed 4-tuple (+ VLANs) -> (flow, sender side index, sender Side, receiver Side)
+        self.flows = {}
         self.lru = OrderedDict()             # flow -> None, least recently active first
         self.sockets = {}                    # id -> Listener | RawSocket | FlowSocket
         self.listeners = []
@@ -234,7 +235,11 @@ class Stack:
         self._timer_seq = 0
         self.new_data_flows = []
         self.tw_flows = []
-        self.counters = {
+        # Read through the `counters` property, which fills in the two counters every frame
+        # moves: tcp_segments is an attribute (cheaper to bump than a dict entry), and frames
+        # is the sum of the four kinds a frame is counted as (exactly one each).
+        self.tcp_segments = 0
+        self._counters = {
             "frames": 0, "tcp_segments": 0, "non_tcp": 0, "ip_fragments": 0,
             "flows_created": 0, "flows_ended": 0, "flows_evicted": 0, "orphans": 0,
             "rst_ignored": 0, "syn_payload_ignored": 0, "window_overruns": 0,
@@ -242,7 +247,7 @@ class Stack:
             "malformed": 0,
         }
         for name in limits.LIMIT_COUNTERS:
-            self.counters[name] = 0
+            self._counters[name] = 0
         self.half_open = OrderedDict()       # flows before the handshake's end, LRU first
         self.buffer_mem = {}                 # flow -> bytes of stream buffers charged
         self.reassembly_mem = 0              # sum of buffer_mem (reassembly_memcap)
@@ -263,6 +268,15 @@ class Stack:
         # Bumped whenever a registration or a socket's monitoring changes, so
         # flows recompute the event masks they cache.
         self.mask_epoch = 0
+
+    @property
+    def counters(self):
+        """The core's counters by name (the dict itself: limits.py adds to it)."""
+        counters = self._counters
+        tcp_segments = counters["tcp_segments"] = self.tcp_segments
+        counters["frames"] = (tcp_segments + counters["non_tcp"] + counters["ip_fragments"]
+                              + counters["malformed"])
+        return counters
 
     # ----------------------------------------------------------------- sockets
     def new_socket_id(self):
@@ -374,7 +388,7 @@ class Stack:
             self.cur_side, self.cur_pkt = saved
 
     def _callback_failed(self, callback, exc):
-        self.counters["callback_errors"] += 1
+        self._counters["callback_errors"] += 1
         name = getattr(callback, "__qualname__", repr(callback))
         count = self.callback_errors.get(name, 0) + 1
         self.callback_errors[name] = count
@@ -443,29 +457,27 @@ class Stack:
     # --------------------------------------------------------------- packets
     def process(self, frame, ts_us, port):
         self.now = ts_us
-        counters = self.counters
-        counters["frames"] += 1
         try:
             pkt = parse_frame(frame)
         except PacketError as exc:
-            counters["malformed"] += 1
+            self._counters["malformed"] += 1
             self.malformed[exc.counter] = self.malformed.get(exc.counter, 0) + 1
             return VERDICT_FORWARD
         self.cur_pkt = pkt
         self.cur_frame = frame
         self.cur_drop = False
-        self.cur_flow = None
+        # cur_flow is None here: the `finally` below resets it.
         try:
             # A non-IP frame has ip_proto 0.
             if pkt.ip_proto != 6 or pkt.is_fragment:
                 if pkt.is_fragment:
-                    counters["ip_fragments"] += 1
+                    self._counters["ip_fragments"] += 1
                 else:
-                    counters["non_tcp"] += 1
+                    self._counters["non_tcp"] += 1
                 if self.raw_sockets:
                     self._raw_packet(pkt, orphan=True)
                 return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
-            counters["tcp_segments"] += 1
+            self.tcp_segments += 1
             if self.raw_sockets:
                 key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlan_ids)
                 self._raw_packet(pkt, orphan=key not in self.flows)
@@ -476,7 +488,7 @@ class Stack:
             self.cur_pkt = None
             self.cur_flow = None
         if verdict == VERDICT_DROP:
-            counters["dropped"] += 1
+            self._counters["dropped"] += 1
         if self._stop_requested:
             raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
         return verdict
@@ -496,7 +508,7 @@ class Stack:
         entry = self.flows.get(key)
         flags = pkt.flags
         if entry is not None:
-            flow, sender = entry
+            flow, sender, snd, rcv = entry
             if flags & TH_SYN and not flags & TH_ACK and sender == MOS_SIDE_CLI:
                 client = flow.sides[MOS_SIDE_CLI]
                 if client.isn is not None and pkt.seq != client.isn and (
@@ -512,27 +524,25 @@ class Stack:
                 flow = self._orphan(pkt, key, ts)
             if flow is None:
                 return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
-            sender = MOS_SIDE_CLI if flow.keys[0] == key else MOS_SIDE_SVR
+            flow, sender, snd, rcv = self.flows[key]
         self.cur_flow = flow
         flow.last_ts = ts
         self.lru.move_to_end(flow)
         if flow in self.half_open:
             self.half_open.move_to_end(flow)
-        snd = flow.sides[sender]
         snd.pkts += 1
         snd.ip_bytes += pkt.ip_len
         snd.l2_bytes += len(pkt.buf)
         if snd.port is None:
             snd.port = port
             snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
-        rcv = flow.sides[1 - sender]
         if flow.bypass:
             if not flags & _SYN_FIN_RST and not (
                     flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
                     and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
                 # The kernel handles such frames live (the few that reach user space
                 # meanwhile are counted here); offline we only count them.
-                self.counters["bypassed_packets"] += 1
+                self._counters["bypassed_packets"] += 1
                 snd.bypassed_bytes += pkt.payload_len
                 self._history(flow, snd, sender, pkt, flags)
                 return VERDICT_DROP if flow.kernel_verdict == "drop" else VERDICT_FORWARD
@@ -578,7 +588,7 @@ class Stack:
         rcv.right_edge = None
 
     def _orphan(self, pkt, key, ts):
-        self.counters["orphans"] += 1
+        self._counters["orphans"] += 1
         matched = []
         for sock in self.listeners:
             if sock.domain and sock.domain != pkt.ip_version:
@@ -626,8 +636,9 @@ class Stack:
         else:
             flow.sides = [Side(tcp.CLOSED, bufsizes[0], policies[0]),
                           Side(tcp.LISTEN, bufsizes[1], policies[1])]
-        self.flows[key_cli] = (flow, MOS_SIDE_CLI)
-        self.flows[key_svr] = (flow, MOS_SIDE_SVR)
+        cli, svr = flow.sides
+        self.flows[key_cli] = (flow, MOS_SIDE_CLI, cli, svr)
+        self.flows[key_svr] = (flow, MOS_SIDE_SVR, svr, cli)
         self.lru[flow] = None
         if not midstream:
             self.half_open[flow] = None
@@ -635,7 +646,7 @@ class Stack:
             sock = FlowSocket(self.new_socket_id(), listener, flow)
             self.sockets[sock.id] = sock
             flow.socks.append(sock)
-        self.counters["flows_created"] += 1
+        self._counters["flows_created"] += 1
         return flow
 
     def _history(self, flow, snd, sender, pkt, flags):
@@ -689,7 +700,7 @@ class Stack:
         if flags & TH_RST:
             rst_ok = self._rst_acceptable(pkt, snd, rcv)
             if not rst_ok:
-                self.counters["rst_ignored"] += 1
+                self._counters["rst_ignored"] += 1
 
         # ------------------------------------------------ sender side update
         snd_events = EV_PKT_IN
@@ -717,7 +728,7 @@ class Stack:
                             snd_events |= EV_CONN_START
                 pkt.parse_options()
                 if pkt.bad_options:
-                    self.counters["bad_tcp_options"] += 1
+                    self._counters["bad_tcp_options"] += 1
                 # RFC 7323 2.3: a shift count above 14 is used as 14 (as Linux does).
                 snd.wscale = pkt.wscale if pkt.wscale is None or pkt.wscale <= 14 else 14
                 if flags & TH_ACK:
@@ -788,7 +799,7 @@ class Stack:
             if payload_len:
                 if flags & TH_SYN:
                     # Like a non-TFO Linux receiver: data on a SYN is not delivered.
-                    self.counters["syn_payload_ignored"] += 1
+                    self._counters["syn_payload_ignored"] += 1
                 elif rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
                     rcv_events |= self._receive_payload(flow, pkt, receiver, rcv)
             if flags & TH_FIN and rcv.peer_base is not None and rcv.peer_fin_off is None:
@@ -813,7 +824,7 @@ class Stack:
         payload_len = pkt.payload_len
         if not snd.history_bits & (32 if payload_len else 4):
             self._history(flow, snd, sender, pkt, flags)
-        self.cur_drop = False
+        # cur_drop is still False from process(): nothing before this ran a callback.
         if flow.masks_epoch != self.mask_epoch:
             self._flow_masks(flow)
         null_mask, snd_mask, rcv_mask = flow.masks
@@ -946,7 +957,7 @@ class Stack:
         if edge is not None and end > edge:
             if not (length == 1 and offset == edge):   # a zero-window probe is legal
                 events |= EV_ERROR
-                self.counters["window_overruns"] += 1
+                self._counters["window_overruns"] += 1
                 for sock in flow.socks:
                     sock.so_error = errno.EMSGSIZE
             end = edge  # the receiver discards what lies beyond its window
@@ -955,7 +966,7 @@ class Stack:
                 events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
             return events
         if pkt.flags & TH_URG:
-            self.counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
+            self._counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
         buf = rcv.buf
         if buf is None and rcv.bufsize:
             if limits.reserve_buffer(self, flow, rcv):
@@ -967,7 +978,7 @@ class Stack:
             head_before = buf.head
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
-                self.counters["refused_fragments"] += 1
+                self._counters["refused_fragments"] += 1
             rcv_nxt = rcv.rcv_nxt = buf.next_offset
             head = buf.head
             if head != head_before:
@@ -975,7 +986,7 @@ class Stack:
                     if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
                         events |= EV_ERROR
                         sock.so_error = errno.ENOBUFS
-                        self.counters["buffer_overruns"] += 1
+                        self._counters["buffer_overruns"] += 1
         else:
             overlapped = (end if end < before else before) - offset
             if overlapped < 0:
@@ -1036,7 +1047,7 @@ class Stack:
         # Break the flow <-> socket cycle: an ended flow is freed at once, not whenever the
         # cyclic GC runs (under a SYN flood, ended flows would pile up until then).
         flow.socks = []
-        self.counters["flows_ended"] += 1
+        self._counters["flows_ended"] += 1
 
     def _flush_new_data(self, flow):
         pending = flow.pending_data
