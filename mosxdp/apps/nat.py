@@ -28,6 +28,13 @@ so it is reused as late as possible. With no port left the SYN is dropped and th
 flow gets a kernel DROP verdict (MOSX_DROP_FLOW). Frames for N whose port has no
 mapping (or whose source is not the mapped server) pass unchanged.
 
+After the end: a released port remembers its connection until a new flow takes it,
+so the frames that come after the monitor ended the flow (a retransmitted FIN, the
+ACK of one: orphans to the stack) are still translated both ways, and the inside
+address does not leak. (Once its port serves another connection, a frame of the old
+one passes unchanged, like a frame of a connection nat never saw: with the FIFO pool
+that takes as many connections as the pool has ports.)
+
 Which flows: SYNs whose client is in `--inside-net` (default: any address of the NAT
 address's family) and whose destination is not N. NAT66 works the same way when
 `--nat-ip` is an IPv6 address. NAT never stops monitoring a flow (a kernel bypass
@@ -45,7 +52,7 @@ import sys
 
 from mosxdp import (
     MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_HK_SND, MOS_IP_HDR, MOS_NULL, MOS_ON_CONN_END,
-    MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW,
+    MOS_ON_ORPHAN, MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW,
     MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_HDR, MOS_UPDATE_IP_CHKSUM, MOS_UPDATE_TCP_CHKSUM,
     MOSX_DROP_FLOW, SOL_MONSOCKET, MonitorFilter, PktInfo, mtcp_bind_monitor_filter,
     mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, mtcp_register_callback,
@@ -96,6 +103,10 @@ class Mapping:
         self.port = port
         self.released = False
 
+    def client_tuple(self):
+        """(src, sport, dst, dport) of the client's frames, addresses packed."""
+        return (self.client[0].packed, self.client[1], self.server[0].packed, self.server[1])
+
 
 def _endpoint(addr, port):
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
@@ -109,11 +120,17 @@ class Nat:
         self.pool = collections.deque(range(ports[0], ports[1] + 1))
         self.pool_size = len(self.pool)
         self.by_port = {}             # NAT port -> Mapping
+        # Released mappings until their port is taken again (at most one per port):
+        # by NAT port, and by the client's frames' (src, sport, dst, dport).
+        self.ended_by_port = {}
+        self.ended_by_tuple = {}
+        self.raw_sock = None          # the raw socket, to edit orphans with
         self.log = log
         self.stats_path = None
         self.pinfo = PktInfo()
         self.counters = collections.Counter(mapped=0, released=0, translated_out=0,
-                                            translated_in=0, passed_in=0, no_port_drops=0)
+                                            translated_in=0, passed_in=0, no_port_drops=0,
+                                            late_translated_out=0, late_translated_in=0)
 
     # ------------------------------------------------------------ mappings
     def _log(self, mctx, event, mapping=None, **extra):
@@ -136,6 +153,9 @@ class Nat:
             self._log(mctx, "no_port", client=_endpoint(*client), server=_endpoint(*server))
             return None
         mapping = Mapping(client, server, self.pool.popleft())
+        ended = self.ended_by_port.pop(mapping.port, None)
+        if ended is not None:
+            del self.ended_by_tuple[ended.client_tuple()]
         self.by_port[mapping.port] = mapping
         mtcp_set_uctx(mctx, sock, mapping)
         self.counters["mapped"] += 1
@@ -150,6 +170,8 @@ class Nat:
         if self.by_port.get(mapping.port) is mapping:
             del self.by_port[mapping.port]
         self.pool.append(mapping.port)
+        self.ended_by_port[mapping.port] = mapping
+        self.ended_by_tuple[mapping.client_tuple()] = mapping
         self.counters["released"] += 1
         self._log(mctx, "unmap", mapping)
 
@@ -169,16 +191,39 @@ class Nat:
             return
         if bytes(iph[IP_DST[self.version]:IP_DST[self.version] + len(self.nat_bytes)]) != self.nat_bytes:
             return
-        mapping = self.by_port.get(int.from_bytes(tcph[TCP_DST_PORT:TCP_DST_PORT + 2], "big"))
+        port = int.from_bytes(tcph[TCP_DST_PORT:TCP_DST_PORT + 2], "big")
+        mapping = self.by_port.get(port)
+        late = mapping is None
+        if late:
+            mapping = self.ended_by_port.get(port)
         src = bytes(iph[IP_SRC[self.version]:IP_SRC[self.version] + len(self.nat_bytes)])
         sport = int.from_bytes(tcph[TCP_SRC_PORT:TCP_SRC_PORT + 2], "big")
-        if mapping is None or mapping.released or (src, sport) != (mapping.server[0].packed,
-                                                                   mapping.server[1]):
+        if mapping is None or (src, sport) != (mapping.server[0].packed, mapping.server[1]):
             self.counters["passed_in"] += 1
             return
         self._rewrite(mctx, sock, side, IP_DST[self.version], mapping.client[0].packed,
                       TCP_DST_PORT, mapping.client[1])
-        self.counters["translated_in"] += 1
+        self.counters["late_translated_in" if late else "translated_in"] += 1
+
+    def on_orphan(self, mctx, sock, side, event, arg):
+        """Stream listener, a frame of no flow that is not for N: a client's late frame
+        of an ended connection gets the connection's NAT address and port. (A server's
+        late frame was translated at MOS_NULL.)"""
+        pinfo = self.pinfo
+        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        iph, tcph = pinfo.iph, pinfo.tcph
+        if len(tcph) < 20 or len(iph) < 20 or iph[0] >> 4 != self.version:
+            return
+        size = len(self.nat_bytes)
+        src = bytes(iph[IP_SRC[self.version]:IP_SRC[self.version] + size])
+        dst = bytes(iph[IP_DST[self.version]:IP_DST[self.version] + size])
+        sport = int.from_bytes(tcph[TCP_SRC_PORT:TCP_SRC_PORT + 2], "big")
+        dport = int.from_bytes(tcph[TCP_DST_PORT:TCP_DST_PORT + 2], "big")
+        mapping = self.ended_by_tuple.get((src, sport, dst, dport))
+        if mapping is not None:
+            self._rewrite(mctx, self.raw_sock, side, IP_SRC[self.version], self.nat_bytes,
+                          TCP_SRC_PORT, mapping.port)
+            self.counters["late_translated_out"] += 1
 
     def on_packet(self, mctx, sock, side, event, arg):
         """Stream socket, HK_RCV (after the stack's update): C:c -> S:s becomes N:n -> S:s."""
@@ -216,7 +261,8 @@ class Nat:
                 f.write("\n")
         print(f"nat: {stats['mapped']} flows mapped to {self.nat_ip}, {stats['released']} ports "
               f"returned, {stats['in_use']} in use; frames translated: {stats['translated_out']} "
-              f"out, {stats['translated_in']} in; {stats['no_port_drops']} flows dropped "
+              f"out, {stats['translated_in']} in, after the end {stats['late_translated_out']} "
+              f"out, {stats['late_translated_in']} in; {stats['no_port_drops']} flows dropped "
               "(no port left)", file=sys.stderr)
         if self.log is not None and self.log is not sys.stdout:
             self.log.close()
@@ -246,16 +292,18 @@ def setup(mctx, args):
     app = Nat(nat_ip, ports, log)
     app.stats_path = args.stats_output
 
-    raw = mtcp_socket(mctx, domain, MOS_SOCK_MONITOR_RAW, 0)
+    raw = app.raw_sock = mtcp_socket(mctx, domain, MOS_SOCK_MONITOR_RAW, 0)
     mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=f"tcp and dst host {nat_ip}"))
     mtcp_register_callback(mctx, raw, MOS_ON_PKT_IN, MOS_NULL, app.on_inbound)
 
     sock = mtcp_socket(mctx, domain, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=syn_filter))
+    mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=syn_filter,
+                                                       stream_orphan_filter=syn_filter))
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
     mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_RCV, app.on_packet)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_SND, app.on_end)
+    mtcp_register_callback(mctx, sock, MOS_ON_ORPHAN, MOS_NULL, app.on_orphan)
     return app
 
 

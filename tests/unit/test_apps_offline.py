@@ -434,6 +434,33 @@ def test_nat_port_pool_exhausted_then_reused(tmp_path, capsys):
     assert [rec["event"] for rec in log] == ["map", "no_port", "unmap", "map", "unmap"]
 
 
+def test_nat_translates_late_frames_of_an_ended_connection(tmp_path, capsys):
+    """The flow ends at the client's last ACK (tcp_tw_interval 0); the server's FIN comes
+    again (that ACK was lost) and the client ACKs it again: both frames are orphans to the
+    stack, and both still get the connection's translation: the inside address does not
+    leak. A frame that comes after the port serves another connection passes unchanged."""
+    def script(view):
+        frames = []
+        cw, sw = ((NAT, 30000), None) if view == "out" else (None, (NAT, 30000))
+        talk = nat_conversation(frames, ("10.0.0.1", 40000), ("10.0.0.2", 80), (NAT, 30000),
+                                1_000_000, b"GET /", b"200", view=view)
+        talk.wait(200_000)
+        talk.seg("s", "FA", seq=talk.nxt["s"] - 1, wire=sw, advance=False)
+        talk.seg("c", "A", wire=cw)
+        nat_conversation(frames, ("10.0.0.3", 40001), ("10.0.0.2", 80), (NAT, 30000),
+                         2_000_000, b"GET /b", b"200 b", view=view)
+        talk.wait(2_000_000)
+        talk.seg("c", "A")          # the port is 10.0.0.3's now
+        return frames
+    out, stats, log = nat_run(capsys, tmp_path, script("in"), "--nat-ip", NAT,
+                              "--port-range", "30000-30000", "--batch-size", 1)
+    expected = script("out")
+    assert [frame for _, frame in out] == [frame for _, frame in sorted(expected, key=lambda x: x[0])]
+    assert all(checksums_ok(frame) for _, frame in out)
+    assert stats["late_translated_in"] == 1 and stats["late_translated_out"] == 1
+    assert [rec["event"] for rec in log] == ["map", "unmap", "map", "unmap"]
+
+
 @pytest.mark.parametrize("name, nat_ip", [("upload.pcap", NAT), ("ipv6.pcap", "2001:db8::1")])
 def test_nat_round_trip_on_real_capture(tmp_path, capsys, name, nat_ip):
     """The server's half of a real capture is rewritten to answer the NAT address; the
