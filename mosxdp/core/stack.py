@@ -551,9 +551,70 @@ class Stack:
             if self.kernel_sync is not None:
                 self.kernel_sync(flow)
             self._catch_up(snd, rcv, pkt)
-        if not flags & _SYN_FIN_RST and snd.snd_nxt is not None and snd.peer_base is not None:
-            return self._data_segment(flow, pkt, sender, snd, rcv, flags)
-        return self._segment(flow, pkt, sender, snd, rcv)
+        if flags & _SYN_FIN_RST or snd.snd_nxt is None or snd.peer_base is None:
+            return self._segment(flow, pkt, sender, snd, rcv)
+        # The common case, kept lean and inline (a Python call costs ~500 instructions a
+        # frame): no SYN, FIN or RST, both streams known.
+        payload_len = pkt.payload_len
+        if not snd.history_bits & (32 if payload_len else 4):
+            self._history(flow, snd, sender, pkt, flags)
+        # cur_drop is still False from process(): nothing before this ran a callback.
+        if flow.masks_epoch != self.mask_epoch:
+            self._flow_masks(flow)
+        null_mask, snd_mask, rcv_mask = flow.masks
+        if null_mask & EV_PKT_IN:
+            self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
+        # Sender: a segment ending at or before snd_nxt was sent before.
+        snd_events = EV_PKT_IN
+        seq_end = (pkt.seq + payload_len) & SEQ_MASK
+        ahead = (seq_end - snd.snd_nxt) & SEQ_MASK
+        if ahead and ahead < SEQ_HALF:
+            snd.snd_nxt = seq_end
+        elif payload_len:
+            snd_events |= EV_REXMIT
+        snd_transitions = 0
+        if flags & TH_ACK:
+            window_known = flow.window_known
+            peer_fin_off = snd.peer_fin_off
+            if window_known or peer_fin_off is not None:
+                # _sender_ack inlined for a segment without SYN (peer_base is known here).
+                rcv_nxt = snd.rcv_nxt
+                delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
+                ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
+                if window_known:
+                    edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
+                    right_edge = snd.right_edge
+                    if right_edge is None or edge > right_edge:
+                        snd.right_edge = edge
+                if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
+                    # The endpoint acknowledges a FIN the monitor could not deliver in
+                    # order (it missed bytes before it): the endpoint has it, so do we.
+                    snd_transitions = self._receive_fin(snd)
+                    if snd_transitions:
+                        snd_events |= EV_TCP_STATE_CHANGE
+        if snd_mask & snd_events:
+            self._fire_flow(flow, HOOK_SND, sender, snd_events)
+        if self.cur_drop:
+            self._after_packet(flow)
+            return VERDICT_DROP
+        # Receiver.
+        rcv_events = EV_PKT_IN
+        rcv_transitions = 0
+        if flags & TH_ACK and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+            rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
+        if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
+            rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
+        if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
+            rcv_transitions += self._receive_fin(rcv)
+        if rcv_transitions:
+            rcv_events |= EV_TCP_STATE_CHANGE
+        if rcv_mask & rcv_events:
+            self._fire_flow(flow, HOOK_RCV, 1 - sender, rcv_events & ~EV_ERROR)
+        if rcv_events & EV_ERROR and null_mask & EV_ERROR:
+            self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
+        if snd_transitions or rcv_transitions:
+            self._after_packet(flow)
+        return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
 
     def _catch_up(self, snd, rcv, pkt):
         """A segment of a bypassed flow: the bytes `snd` sent before it went through the
@@ -817,69 +878,6 @@ class Stack:
         if rcv_events & EV_ERROR and null_mask & EV_ERROR:
             self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
         self._after_packet(flow)
-        return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
-
-    def _data_segment(self, flow, pkt, sender, snd, rcv, flags):
-        """The common case, kept lean: no SYN, FIN or RST, both streams known."""
-        payload_len = pkt.payload_len
-        if not snd.history_bits & (32 if payload_len else 4):
-            self._history(flow, snd, sender, pkt, flags)
-        # cur_drop is still False from process(): nothing before this ran a callback.
-        if flow.masks_epoch != self.mask_epoch:
-            self._flow_masks(flow)
-        null_mask, snd_mask, rcv_mask = flow.masks
-        if null_mask & EV_PKT_IN:
-            self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
-        # Sender: a segment ending at or before snd_nxt was sent before.
-        snd_events = EV_PKT_IN
-        seq_end = (pkt.seq + payload_len) & SEQ_MASK
-        ahead = (seq_end - snd.snd_nxt) & SEQ_MASK
-        if ahead and ahead < SEQ_HALF:
-            snd.snd_nxt = seq_end
-        elif payload_len:
-            snd_events |= EV_REXMIT
-        snd_transitions = 0
-        if flags & TH_ACK:
-            window_known = flow.window_known
-            peer_fin_off = snd.peer_fin_off
-            if window_known or peer_fin_off is not None:
-                # _sender_ack inlined for a segment without SYN (peer_base is known here).
-                rcv_nxt = snd.rcv_nxt
-                delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
-                ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
-                if window_known:
-                    edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
-                    right_edge = snd.right_edge
-                    if right_edge is None or edge > right_edge:
-                        snd.right_edge = edge
-                if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
-                    # The endpoint acknowledges a FIN the monitor could not deliver in
-                    # order (it missed bytes before it): the endpoint has it, so do we.
-                    snd_transitions = self._receive_fin(snd)
-                    if snd_transitions:
-                        snd_events |= EV_TCP_STATE_CHANGE
-        if snd_mask & snd_events:
-            self._fire_flow(flow, HOOK_SND, sender, snd_events)
-        if self.cur_drop:
-            self._after_packet(flow)
-            return VERDICT_DROP
-        # Receiver.
-        rcv_events = EV_PKT_IN
-        rcv_transitions = 0
-        if flags & TH_ACK and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
-            rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
-        if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
-            rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
-        if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
-            rcv_transitions += self._receive_fin(rcv)
-        if rcv_transitions:
-            rcv_events |= EV_TCP_STATE_CHANGE
-        if rcv_mask & rcv_events:
-            self._fire_flow(flow, HOOK_RCV, 1 - sender, rcv_events & ~EV_ERROR)
-        if rcv_events & EV_ERROR and null_mask & EV_ERROR:
-            self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
-        if snd_transitions or rcv_transitions:
-            self._after_packet(flow)
         return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
 
     def _receiver_ack(self, rcv, ack, flags):
