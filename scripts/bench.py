@@ -133,6 +133,9 @@ LIVE_ROWS = [
     ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}"], 2),
     ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
     ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
+    # connlog's counts need no Python per data frame: at its first data the flow becomes a
+    # kernel BYPASS, whose per-flow counters join the line at CONN_END.
+    ("connlog --bypass-after-bytes 0",        ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--bypass-after-bytes", "0", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn0.log"], 2),
     ("bypass after handshake (kernel verdict)", ["{py}", "-m", "mosxdp.cli", "run", "{tmp}/bypass_app.py", "--iface", "{A}", "--peer", "{B}"], 2),
 ]
 
