@@ -181,6 +181,12 @@ def _sock(stack, sock_id):
 
 
 def _flow_sock(stack, sock_id, wrong_type_errno):
+    if type(sock_id) is int:
+        # The usual case, a live flow socket, with one lookup; anything else goes through
+        # _sock and the checks below for its errno.
+        sock = stack.sockets.get(sock_id)
+        if sock is not None and sock.kind == "flow":
+            return sock
     sock = _sock(stack, sock_id)
     if sock.kind != "flow":
         kind = "a listening stream socket" if sock.kind == "listener" else "a raw socket"

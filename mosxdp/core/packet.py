@@ -238,7 +238,8 @@ def parse_frame(buf):
             raise InvalidHeader(
                 "ipv4_total_length", f"IPv4 total length {ip_len} < header length "
                 f"{ip_hdr_len} at offset {l3_off}")
-        if l3_off + ip_len > frame_len:
+        ip_end = l3_off + ip_len
+        if ip_end > frame_len:
             raise TruncatedHeader(
                 "truncated_ipv4", f"IPv4 total length {ip_len} at offset {l3_off} runs past "
                 f"the {frame_len}-byte frame")
@@ -247,6 +248,7 @@ def parse_frame(buf):
         pkt.ip_version = 4
     elif ethertype == ETH_P_IPV6:
         ip_proto, src, dst, ip_len, l4_off, is_fragment = _parse_ipv6(buf, frame_len, l3_off)
+        ip_end = l3_off + ip_len
         pkt.ip_version = 6
     else:
         pkt.ip_version = pkt.ip_proto = pkt.ip_len = pkt.l4_off = 0
@@ -263,7 +265,6 @@ def parse_frame(buf):
     pkt.ip_len = ip_len
     pkt.is_fragment = is_fragment
     pkt.l4_off = l4_off
-    ip_end = l3_off + ip_len
 
     if ip_proto == IPPROTO_TCP and not is_fragment:
         if l4_off + TCP_HDR_LEN > ip_end:
