@@ -59,6 +59,9 @@ _ETHERTYPE = struct.Struct("!H")
 _VLAN_TAG = struct.Struct("!HH")  # TCI, next ethertype
 # version/IHL, total length, flags/fragment offset, protocol, source, destination
 _IPV4 = struct.Struct("!BxH2xHxB2x4s4s")
+# The ethertype of an untagged frame, then the _IPV4 fields behind it.
+_ETH_IPV4 = struct.Struct("!12xHBxH2xHxB2x4s4s")
+_ETH_IPV4_LEN = _ETH_IPV4.size
 # version/traffic class/flow label, payload length, next header, source, destination
 _IPV6 = struct.Struct("!IHBx16s16s")
 _IPV6_EXT = struct.Struct("!BB")  # next header, length
@@ -206,7 +209,11 @@ def parse_frame(buf):
     if frame_len < ETH_HDR_LEN:
         raise TruncatedHeader(
             "truncated_l2", f"{frame_len}-byte frame is shorter than an Ethernet header")
-    ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
+    if frame_len >= _ETH_IPV4_LEN:
+        # Read as if untagged IPv4 (the usual frame): one unpack instead of two.
+        ethertype, version_ihl, ip_len, fragment, ip_proto, src, dst = _ETH_IPV4.unpack_from(buf)
+    else:
+        ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
     l3_off = ETH_HDR_LEN
     vlan_ids = ()
     if ethertype in VLAN_TPIDS:
@@ -222,7 +229,8 @@ def parse_frame(buf):
             raise TruncatedHeader(
                 "truncated_ipv4", f"IPv4 header at offset {l3_off} runs past the "
                 f"{frame_len}-byte frame")
-        version_ihl, ip_len, fragment, ip_proto, src, dst = _IPV4.unpack_from(buf, l3_off)
+        if l3_off != ETH_HDR_LEN:   # tagged: the first unpack read tags, not these fields
+            version_ihl, ip_len, fragment, ip_proto, src, dst = _IPV4.unpack_from(buf, l3_off)
         if version_ihl == _IPV4_NO_OPTIONS:
             ip_hdr_len = IPV4_HDR_LEN   # the common case, in one comparison
         else:

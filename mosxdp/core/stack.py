@@ -507,9 +507,10 @@ class Stack:
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlan_ids)
         entry = self.flows.get(key)
         flags = pkt.flags
+        syn_fin_rst = flags & _SYN_FIN_RST   # 0 for the common data segment: one test
         if entry is not None:
             flow, sender, snd, rcv = entry
-            if flags & TH_SYN and not flags & TH_ACK and sender == MOS_SIDE_CLI:
+            if syn_fin_rst and flags & TH_SYN and not flags & TH_ACK and sender == MOS_SIDE_CLI:
                 client = flow.sides[MOS_SIDE_CLI]
                 if client.isn is not None and pkt.seq != client.isn and (
                         flow.sides[MOS_SIDE_SVR].state in tcp.FINISHED_STATES
@@ -537,7 +538,7 @@ class Stack:
             snd.port = port
             snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
         if flow.bypass:
-            if not flags & _SYN_FIN_RST and not (
+            if not syn_fin_rst and not (
                     flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
                     and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
                 # The kernel handles such frames live (the few that reach user space
@@ -551,7 +552,7 @@ class Stack:
             if self.kernel_sync is not None:
                 self.kernel_sync(flow)
             self._catch_up(snd, rcv, pkt)
-        if flags & _SYN_FIN_RST or snd.snd_nxt is None or snd.peer_base is None:
+        if syn_fin_rst or snd.snd_nxt is None or snd.peer_base is None:
             return self._segment(flow, pkt, sender, snd, rcv)
         # The common case, kept lean and inline (a Python call costs ~500 instructions a
         # frame): no SYN, FIN or RST, both streams known.
@@ -573,7 +574,8 @@ class Stack:
         elif payload_len:
             snd_events |= EV_REXMIT
         snd_transitions = 0
-        if flags & TH_ACK:
+        acked = flags & TH_ACK
+        if acked:
             window_known = flow.window_known
             peer_fin_off = snd.peer_fin_off
             if window_known or peer_fin_off is not None:
@@ -600,7 +602,7 @@ class Stack:
         # Receiver.
         rcv_events = EV_PKT_IN
         rcv_transitions = 0
-        if flags & TH_ACK and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+        if acked and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
             rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
         if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
             rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
