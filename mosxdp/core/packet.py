@@ -118,7 +118,8 @@ def _lazy_option(name):
 
 
 class Packet:
-    """Parsed headers of one frame: ints in host order, addresses as bytes, offsets into `buf`.
+    """Parsed headers of one frame: ints in host order, addresses as bytes, offsets into `buf`
+    (of `frame_len` bytes).
 
     Fields that a protocol does not have are 0 (b"" for addresses): a non-IP frame has only the
     L2 fields and payload_off/payload_len covering the L2 payload; a fragment or a protocol
@@ -129,7 +130,7 @@ class Packet:
     """
 
     __slots__ = (
-        "buf", "vlan_ids", "l3_off", "ip_version", "ip_proto", "src", "dst", "ip_len",
+        "buf", "frame_len", "vlan_ids", "l3_off", "ip_version", "ip_proto", "src", "dst", "ip_len",
         "is_fragment", "l4_off", "sport", "dport", "seq", "ack", "flags", "window", "urgent",
         "tcp_hdr_len", "payload_off", "payload_len",
         # the option fields' storage, behind the lazy properties below
@@ -196,9 +197,6 @@ class Packet:
                 f" flags={self.flags:#04x} payload_len={self.payload_len}>")
 
 
-_new_packet = object.__new__
-
-
 def parse_frame(buf):
     """Parse the headers of an Ethernet frame held in `buf` (a memoryview, or any buffer).
 
@@ -219,8 +217,9 @@ def parse_frame(buf):
     if ethertype in VLAN_TPIDS:
         vlan_ids, ethertype, l3_off = _parse_vlan_tags(buf, frame_len, ethertype)
 
-    pkt = _new_packet(Packet)
+    pkt = Packet()   # no __init__: cheaper than object.__new__(Packet)
     pkt.buf = buf
+    pkt.frame_len = frame_len
     pkt.vlan_ids = vlan_ids
     pkt.l3_off = l3_off
 

@@ -529,11 +529,12 @@ class Stack:
         self.cur_flow = flow
         flow.last_ts = ts
         self.lru.move_to_end(flow)
-        if flow in self.half_open:
-            self.half_open.move_to_end(flow)
+        half_open = self.half_open
+        if half_open and flow in half_open:   # usually empty: no lookup then
+            half_open.move_to_end(flow)
         snd.pkts += 1
         snd.ip_bytes += pkt.ip_len
-        snd.l2_bytes += len(pkt.buf)
+        snd.l2_bytes += pkt.frame_len
         if snd.port is None:
             snd.port = port
             snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
