@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 __all__ = ["CAP_NAMES", "RUNTIME_CAPS", "PrivilegeError", "DropResult", "cap_number",
-           "cap_names", "mask_of", "plan", "read_status", "drop_to", "last_cap"]
+           "cap_names", "mask_of", "plan", "read_status", "drop_to", "last_cap", "runtime_caps"]
 
 #: linux/capability.h, by number.
 CAP_NAMES = (
@@ -40,6 +40,28 @@ CAP_SETPCAP = CAP_NAMES.index("CAP_SETPCAP")
 #: capability even with kernel.unprivileged_bpf_disabled (only map and program creation
 #: and the *_GET_FD_BY_ID commands do, and those happen at set-up).
 RUNTIME_CAPS = ("CAP_NET_ADMIN",)
+
+
+def runtime_caps(release: str | None = None, unprivileged_bpf_disabled: str | None = None) -> tuple:
+    """RUNTIME_CAPS for this kernel: before Linux 6.5, kernel.unprivileged_bpf_disabled
+    (non-zero) refused every bpf() command without CAP_BPF, the verdict map updates of
+    the running loop included, so CAP_BPF stays. The arguments default to this machine's
+    ``uname -r`` and sysctl (a test passes others)."""
+    if release is None:
+        release = os.uname().release
+    if unprivileged_bpf_disabled is None:
+        try:
+            with open("/proc/sys/kernel/unprivileged_bpf_disabled") as f:
+                unprivileged_bpf_disabled = f.read()
+        except OSError:
+            unprivileged_bpf_disabled = "0"
+    numbers = []
+    for part in release.split("-")[0].split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    if tuple(numbers) < (6, 5) and unprivileged_bpf_disabled.strip() not in ("", "0"):
+        return RUNTIME_CAPS + ("CAP_BPF",)
+    return RUNTIME_CAPS
 
 
 class PrivilegeError(OSError):
@@ -252,7 +274,7 @@ def drop_to(keep=RUNTIME_CAPS) -> DropResult:
 
 
 def after_setup(keep_all: bool = False) -> dict:
-    """The live engine's step between set-up and the loop: drop to ``RUNTIME_CAPS``
+    """The live engine's step between set-up and the loop: drop to ``runtime_caps()``
     (``keep_all``: keep everything, the opt-out). Returns what was kept and dropped, for
     the start-up note and --stats-json. A failed drop is an error (OSError, one line):
     a monitor asked to shed its privileges does not run with them silently."""
@@ -262,7 +284,7 @@ def after_setup(keep_all: bool = False) -> dict:
                 "bounding_set_reduced": False, "no_new_privs": bool(have.get("NoNewPrivs")),
                 "keep_privileges": True}
     try:
-        result = drop_to(RUNTIME_CAPS)
+        result = drop_to(runtime_caps())
     except PrivilegeError as exc:
         raise OSError(exc.errno, f"could not drop capabilities after set-up ({exc.strerror}); "
                                  "stopping rather than running with them (--keep-privileges, "

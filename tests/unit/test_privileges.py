@@ -127,3 +127,15 @@ def test_drop_refuses_what_is_not_permitted_or_with_threads():
             stop.set()
     out = _in_child(with_a_thread)
     assert "capabilities are per thread" in out["error"]
+
+
+@pytest.mark.parametrize("release, sysctl, kept", [
+    ("6.18.0-1-amd64", "2", ("CAP_NET_ADMIN",)),        # map commands on an open fd: no cap
+    ("6.5.0", "1", ("CAP_NET_ADMIN",)),
+    ("6.1.0-56-amd64", "2", ("CAP_NET_ADMIN", "CAP_BPF")),   # Debian 12's kernel
+    ("5.15.0-91-generic", "1", ("CAP_NET_ADMIN", "CAP_BPF")),
+    ("6.1.0-56-amd64", "0", ("CAP_NET_ADMIN",)),
+    ("6.1.0-56-amd64", "", ("CAP_NET_ADMIN",)),
+])
+def test_runtime_caps_keep_cap_bpf_only_where_the_kernel_needs_it(release, sysctl, kept):
+    assert P.runtime_caps(release, sysctl) == kept
