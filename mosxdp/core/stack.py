@@ -483,10 +483,134 @@ class Stack:
                 self._raw_packet(pkt, orphan=key not in self.flows)
                 if self.cur_drop:
                     return VERDICT_DROP
-            verdict = self._tcp_packet(pkt, ts_us, port)
+            # The TCP segment is handled here, not in a method of its own (a Python call
+            # costs ~500 instructions per frame). Its verdicts go through _verdict; the
+            # common one, a forwarded data segment with no stop requested, is checked inline.
+            # The key is made after the raw sockets' callbacks: they may rewrite the headers.
+            key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlan_ids)
+            entry = self.flows.get(key)
+            flags = pkt.flags
+            syn_fin_rst = flags & _SYN_FIN_RST   # 0 for the common data segment: one test
+            if entry is not None:
+                flow, sender, snd, rcv = entry
+                if syn_fin_rst and flags & TH_SYN and not flags & TH_ACK and sender == MOS_SIDE_CLI:
+                    client = flow.sides[MOS_SIDE_CLI]
+                    if client.isn is not None and pkt.seq != client.isn and (
+                            flow.sides[MOS_SIDE_SVR].state in tcp.FINISHED_STATES
+                            or client.state in tcp.FINISHED_STATES):
+                        # The 4-tuple is reused by a new connection.
+                        self.destroy_flow(flow, "rst" if flow.rst_seen else "fin")
+                        entry = None
+            if entry is None:
+                if flags & TH_SYN and not flags & TH_ACK:
+                    flow = self._new_flow(pkt, key, ts_us, midstream=False)
+                else:
+                    flow = self._orphan(pkt, key, ts_us)
+                if flow is None:
+                    return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
+                flow, sender, snd, rcv = self.flows[key]
+            self.cur_flow = flow
+            flow.last_ts = ts_us
+            self.lru.move_to_end(flow)
+            half_open = self.half_open
+            if half_open and flow in half_open:   # usually empty: no lookup then
+                half_open.move_to_end(flow)
+            snd.pkts += 1
+            snd.ip_bytes += pkt.ip_len
+            snd.l2_bytes += pkt.frame_len
+            if snd.port is None:
+                snd.port = port
+                snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
+            if flow.bypass:
+                if not syn_fin_rst and not (
+                        flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
+                        and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
+                    # The kernel handles such frames live (the few that reach user space
+                    # meanwhile are counted here); offline we only count them.
+                    self._counters["bypassed_packets"] += 1
+                    snd.bypassed_bytes += pkt.payload_len
+                    self._history(flow, snd, sender, pkt, flags)
+                    return self._verdict(VERDICT_DROP if flow.kernel_verdict == "drop"
+                                         else VERDICT_FORWARD)
+                # SYN, FIN, RST, or the first ACK of a FIN (the kernel's ACK watch): the
+                # emulation sees it, after the streams the kernel carried.
+                if self.kernel_sync is not None:
+                    self.kernel_sync(flow)
+                self._catch_up(snd, rcv, pkt)
+            if syn_fin_rst or snd.snd_nxt is None or snd.peer_base is None:
+                return self._verdict(self._segment(flow, pkt, sender, snd, rcv))
+            # The common case, kept lean: no SYN, FIN or RST, both streams known.
+            payload_len = pkt.payload_len
+            if not snd.history_bits & (32 if payload_len else 4):
+                self._history(flow, snd, sender, pkt, flags)
+            # cur_drop is still False: a callback run since it was cleared returned above, or
+            # its packet went to _segment().
+            if flow.masks_epoch != self.mask_epoch:
+                self._flow_masks(flow)
+            null_mask, snd_mask, rcv_mask = flow.masks
+            if null_mask & EV_PKT_IN:
+                self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
+            # Sender: a segment ending at or before snd_nxt was sent before.
+            snd_events = EV_PKT_IN
+            seq_end = (pkt.seq + payload_len) & SEQ_MASK
+            ahead = (seq_end - snd.snd_nxt) & SEQ_MASK
+            if ahead and ahead < SEQ_HALF:
+                snd.snd_nxt = seq_end
+            elif payload_len:
+                snd_events |= EV_REXMIT
+            snd_transitions = 0
+            acked = flags & TH_ACK
+            if acked:
+                window_known = flow.window_known
+                peer_fin_off = snd.peer_fin_off
+                if window_known or peer_fin_off is not None:
+                    # _sender_ack inlined for a segment without SYN (peer_base is known here).
+                    rcv_nxt = snd.rcv_nxt
+                    delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
+                    ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
+                    if window_known:
+                        edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
+                        right_edge = snd.right_edge
+                        if right_edge is None or edge > right_edge:
+                            snd.right_edge = edge
+                    if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
+                        # The endpoint acknowledges a FIN the monitor could not deliver in
+                        # order (it missed bytes before it): the endpoint has it, so do we.
+                        snd_transitions = self._receive_fin(snd)
+                        if snd_transitions:
+                            snd_events |= EV_TCP_STATE_CHANGE
+            if snd_mask & snd_events:
+                self._fire_flow(flow, HOOK_SND, sender, snd_events)
+            if self.cur_drop:
+                self._after_packet(flow)
+                return self._verdict(VERDICT_DROP)
+            # Receiver.
+            rcv_events = EV_PKT_IN
+            rcv_transitions = 0
+            if acked and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+                rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
+            if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
+                rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
+            if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
+                rcv_transitions += self._receive_fin(rcv)
+            if rcv_transitions:
+                rcv_events |= EV_TCP_STATE_CHANGE
+            if rcv_mask & rcv_events:
+                self._fire_flow(flow, HOOK_RCV, 1 - sender, rcv_events & ~EV_ERROR)
+            if rcv_events & EV_ERROR and null_mask & EV_ERROR:
+                self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
+            if snd_transitions or rcv_transitions:
+                self._after_packet(flow)
+            if self.cur_drop or self._stop_requested:
+                return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
+            return VERDICT_FORWARD
         finally:
             self.cur_pkt = None
             self.cur_flow = None
+
+    def _verdict(self, verdict):
+        """A TCP segment's verdict, its drop counted; StopMonitor when a callback raised
+        and on_callback_error is 'stop'."""
         if verdict == VERDICT_DROP:
             self._counters["dropped"] += 1
         if self._stop_requested:
@@ -502,122 +626,6 @@ class Stack:
             self._fire(sock, HOOK_NULL, _NULL_SIDE, EV_PKT_IN)
             if orphan:
                 self._fire(sock, HOOK_NULL, _NULL_SIDE, EV_ORPHAN)
-
-    def _tcp_packet(self, pkt, ts, port):
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlan_ids)
-        entry = self.flows.get(key)
-        flags = pkt.flags
-        syn_fin_rst = flags & _SYN_FIN_RST   # 0 for the common data segment: one test
-        if entry is not None:
-            flow, sender, snd, rcv = entry
-            if syn_fin_rst and flags & TH_SYN and not flags & TH_ACK and sender == MOS_SIDE_CLI:
-                client = flow.sides[MOS_SIDE_CLI]
-                if client.isn is not None and pkt.seq != client.isn and (
-                        flow.sides[MOS_SIDE_SVR].state in tcp.FINISHED_STATES
-                        or client.state in tcp.FINISHED_STATES):
-                    # The 4-tuple is reused by a new connection.
-                    self.destroy_flow(flow, "rst" if flow.rst_seen else "fin")
-                    entry = None
-        if entry is None:
-            if flags & TH_SYN and not flags & TH_ACK:
-                flow = self._new_flow(pkt, key, ts, midstream=False)
-            else:
-                flow = self._orphan(pkt, key, ts)
-            if flow is None:
-                return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
-            flow, sender, snd, rcv = self.flows[key]
-        self.cur_flow = flow
-        flow.last_ts = ts
-        self.lru.move_to_end(flow)
-        half_open = self.half_open
-        if half_open and flow in half_open:   # usually empty: no lookup then
-            half_open.move_to_end(flow)
-        snd.pkts += 1
-        snd.ip_bytes += pkt.ip_len
-        snd.l2_bytes += pkt.frame_len
-        if snd.port is None:
-            snd.port = port
-            snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
-        if flow.bypass:
-            if not syn_fin_rst and not (
-                    flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
-                    and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
-                # The kernel handles such frames live (the few that reach user space
-                # meanwhile are counted here); offline we only count them.
-                self._counters["bypassed_packets"] += 1
-                snd.bypassed_bytes += pkt.payload_len
-                self._history(flow, snd, sender, pkt, flags)
-                return VERDICT_DROP if flow.kernel_verdict == "drop" else VERDICT_FORWARD
-            # SYN, FIN, RST, or the first ACK of a FIN (the kernel's ACK watch): the
-            # emulation sees it, after the streams the kernel carried.
-            if self.kernel_sync is not None:
-                self.kernel_sync(flow)
-            self._catch_up(snd, rcv, pkt)
-        if syn_fin_rst or snd.snd_nxt is None or snd.peer_base is None:
-            return self._segment(flow, pkt, sender, snd, rcv)
-        # The common case, kept lean and inline (a Python call costs ~500 instructions a
-        # frame): no SYN, FIN or RST, both streams known.
-        payload_len = pkt.payload_len
-        if not snd.history_bits & (32 if payload_len else 4):
-            self._history(flow, snd, sender, pkt, flags)
-        # cur_drop is still False from process(): nothing before this ran a callback.
-        if flow.masks_epoch != self.mask_epoch:
-            self._flow_masks(flow)
-        null_mask, snd_mask, rcv_mask = flow.masks
-        if null_mask & EV_PKT_IN:
-            self._fire_flow(flow, HOOK_NULL, sender, EV_PKT_IN)
-        # Sender: a segment ending at or before snd_nxt was sent before.
-        snd_events = EV_PKT_IN
-        seq_end = (pkt.seq + payload_len) & SEQ_MASK
-        ahead = (seq_end - snd.snd_nxt) & SEQ_MASK
-        if ahead and ahead < SEQ_HALF:
-            snd.snd_nxt = seq_end
-        elif payload_len:
-            snd_events |= EV_REXMIT
-        snd_transitions = 0
-        acked = flags & TH_ACK
-        if acked:
-            window_known = flow.window_known
-            peer_fin_off = snd.peer_fin_off
-            if window_known or peer_fin_off is not None:
-                # _sender_ack inlined for a segment without SYN (peer_base is known here).
-                rcv_nxt = snd.rcv_nxt
-                delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
-                ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
-                if window_known:
-                    edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
-                    right_edge = snd.right_edge
-                    if right_edge is None or edge > right_edge:
-                        snd.right_edge = edge
-                if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
-                    # The endpoint acknowledges a FIN the monitor could not deliver in
-                    # order (it missed bytes before it): the endpoint has it, so do we.
-                    snd_transitions = self._receive_fin(snd)
-                    if snd_transitions:
-                        snd_events |= EV_TCP_STATE_CHANGE
-        if snd_mask & snd_events:
-            self._fire_flow(flow, HOOK_SND, sender, snd_events)
-        if self.cur_drop:
-            self._after_packet(flow)
-            return VERDICT_DROP
-        # Receiver.
-        rcv_events = EV_PKT_IN
-        rcv_transitions = 0
-        if acked and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
-            rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
-        if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
-            rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
-        if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
-            rcv_transitions += self._receive_fin(rcv)
-        if rcv_transitions:
-            rcv_events |= EV_TCP_STATE_CHANGE
-        if rcv_mask & rcv_events:
-            self._fire_flow(flow, HOOK_RCV, 1 - sender, rcv_events & ~EV_ERROR)
-        if rcv_events & EV_ERROR and null_mask & EV_ERROR:
-            self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
-        if snd_transitions or rcv_transitions:
-            self._after_packet(flow)
-        return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
 
     def _catch_up(self, snd, rcv, pkt):
         """A segment of a bypassed flow: the bytes `snd` sent before it went through the
