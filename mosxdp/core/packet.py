@@ -214,7 +214,7 @@ def parse_frame(buf):
         ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
     l3_off = ETH_HDR_LEN
     vlan_ids = ()
-    if ethertype in VLAN_TPIDS:
+    if ethertype != ETH_P_IP and ethertype in VLAN_TPIDS:   # an int test first: the usual frame
         vlan_ids, ethertype, l3_off = _parse_vlan_tags(buf, frame_len, ethertype)
 
     pkt = Packet()   # no __init__: cheaper than object.__new__(Packet)
