@@ -4,8 +4,9 @@
 extension headers) and TCP or UDP headers straight out of the frame buffer with precompiled
 `struct.Struct` objects: the frame is never copied, and the `Packet` it returns keeps the
 buffer so that checksums can be fixed in place. This is the per-packet hot path: the common
-Ethernet/IPv4/TCP case costs one unpack per header and no work for what nobody reads
-(TCP options are parsed for SYN segments only, otherwise on first access).
+Ethernet/IPv4/TCP case costs two unpacks (Ethernet type with the IPv4 header, then TCP) and no
+work for what nobody reads (TCP options are parsed for SYN segments only, otherwise on first
+access).
 
 Malformed frames raise a `PacketError` subclass whose `counter` names the malformation, so the
 caller can count it and move on; no other exception escapes `parse_frame`.

@@ -524,7 +524,8 @@ class Stack:
             if flow.bypass:
                 if not syn_fin_rst and not (
                         flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
-                        and flow.kernel_verdict == "bypass" and seq_delta(pkt.ack, rcv.fin_seq) > 0):
+                        and flow.kernel_verdict == "bypass"
+                        and seq_delta(pkt.ack, rcv.fin_seq) > 0):
                     # The kernel handles such frames live (the few that reach user space
                     # meanwhile are counted here); offline we only count them.
                     self._counters["bypassed_packets"] += 1
@@ -569,7 +570,8 @@ class Stack:
                     delta = (pkt.ack - snd.peer_base - rcv_nxt) & SEQ_MASK
                     ack_off = rcv_nxt + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
                     if window_known:
-                        edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled else pkt.window)
+                        edge = ack_off + (pkt.window << snd.wscale if flow.window_scaled
+                                          else pkt.window)
                         right_edge = snd.right_edge
                         if right_edge is None or edge > right_edge:
                             snd.right_edge = edge
@@ -587,11 +589,13 @@ class Stack:
             # Receiver.
             rcv_events = EV_PKT_IN
             rcv_transitions = 0
-            if acked and (rcv.state == _SYN_RCVD or (rcv.fin_seq is not None and not rcv.fin_acked)):
+            if acked and (rcv.state == _SYN_RCVD
+                          or (rcv.fin_seq is not None and not rcv.fin_acked)):
                 rcv_transitions = self._receiver_ack(rcv, pkt.ack, flags)
             if payload_len and rcv.peer_base is not None and rcv.state not in _NO_DATA_STATES:
                 rcv_events |= self._receive_payload(flow, pkt, 1 - sender, rcv)
-            if rcv.peer_fin_off is not None and not rcv.fin_received and rcv.rcv_nxt >= rcv.peer_fin_off:
+            if rcv.peer_fin_off is not None and not rcv.fin_received \
+                    and rcv.rcv_nxt >= rcv.peer_fin_off:
                 rcv_transitions += self._receive_fin(rcv)
             if rcv_transitions:
                 rcv_events |= EV_TCP_STATE_CHANGE
