@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from livekit import PY, ROOT, require_live, rss_kib, sha256_bytes, sha256_file
-from test_live_apps import APPS, HTTPD, PLAIN, TOOLS, Bed
+from test_live_apps import APPS, PLAIN, TOOLS, Bed
 
 pytestmark = pytest.mark.netns
 
@@ -60,7 +60,6 @@ def www(tmp_path_factory):
     d = tmp_path_factory.mktemp("www")
     (d / "f1k").write_bytes(os.urandom(1024))
     (d / "f20m").write_bytes(os.urandom(SIZE))
-    (d / "httpd.py").write_text(HTTPD)
     return d
 
 
