@@ -528,7 +528,9 @@ class TestReset:
         assert r.returncode == 56, f"curl rc {r.returncode}: {r.stderr!r}\n{mon.log()}"
         assert b"Connection reset by peer" in r.stderr, r.stderr
         size = out.stat().st_size if out.exists() else 0
-        assert 1 << 20 <= size < SIZES["f20m"], size
+        # The reset comes at a server segment at stream offset >= 1 MiB, and the stream
+        # starts with the HTTP response header (well under 1 KiB), which is not in the file.
+        assert (1 << 20) - 1024 <= size < SIZES["f20m"], size
         assert _read_counters(mon.counters, key, before + 1)[key] >= before + 1
         # both kernels saw their established connection reset
         for ns in ("cli", "srv"):
