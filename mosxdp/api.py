@@ -13,7 +13,7 @@ import os
 import socket
 
 from . import constants as C
-from .callback_log import log_callback_error
+from .engine.callback_log import log_callback_error
 from .config import ConfigError, apply, load_config
 from .core import packet as P
 from .core.events import EventError, EventRegistry, check_combination

@@ -177,7 +177,7 @@ def _sigterm_unwinds(signum, _frame):
 
 def _print_callback_errors(mctx):
     """At exit: how often each callback raised (its first traceback was logged)."""
-    from .callback_log import counts_line
+    from .engine.callback_log import counts_line
     line = counts_line(mctx.stack)
     if line:
         print(line, file=sys.stderr)
@@ -302,7 +302,7 @@ def cmd_demo(argv):
                     "monitor, print a summary, and clean up (root).")
     parser.add_argument("--keep", action="store_true", help="keep the demo's files (logs, data)")
     args = parser.parse_args(argv)
-    from .demo import run_demo
+    from .demo.run import run_demo
     return run_demo(keep=args.keep)
 
 

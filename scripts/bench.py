@@ -5,6 +5,9 @@
                                     only) and flowdump (full reassembly), and the
                                     ratio to `tcpflow -r PCAP` on the same file.
   scripts/bench.py --live           the AF_XDP datapath on a veth testbed (root).
+  scripts/bench.py --callgrind PCAP instructions per frame of `mosxdp run` offline
+                                    (connlog, flowdump) under callgrind:
+                                    repeatable whatever else the machine runs.
 
 Figures are printed, never asserted: tests do not time anything.
 """
@@ -87,6 +90,45 @@ def bench_offline(pcap, repeat):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _callgrind_instructions(argv):
+    """Instructions callgrind counts for one run of `argv` (the whole process)."""
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench --callgrind: {' '.join(argv)} failed:\n{out.stderr[-2000:]}")
+    for line in out.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise SystemExit("bench --callgrind: no 'Collected' line from valgrind")
+
+
+def bench_callgrind(pcap, frames):
+    """Per-frame instructions: the difference between runs over the first 2N and the first
+    N frames of the capture, over N (start-up and teardown cancel out)."""
+    for tool in ("valgrind", "editcap"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench --callgrind: {tool} is not installed")
+    workdir = tempfile.mkdtemp(prefix="mosxdp-callgrind-")
+    try:
+        cuts = {}
+        for n in (frames, 2 * frames):
+            cuts[n] = os.path.join(workdir, f"first{n}.pcap")
+            subprocess.run(["editcap", "-F", "pcap", "-r", pcap, cuts[n], f"1-{n}"], check=True,
+                           stdout=subprocess.DEVNULL)
+        apps = [("connlog", ["connlog", "--output", os.path.join(workdir, "conn.log")]),
+                ("flowdump", ["flowdump", "--outdir", os.path.join(workdir, "flows")])]
+        print(f"callgrind: {pcap}, frames {frames + 1}-{2 * frames} (instructions per frame)")
+        for name, app_argv in apps:
+            counts = []
+            for n in (frames, 2 * frames):
+                shutil.rmtree(os.path.join(workdir, "flows"), ignore_errors=True)
+                counts.append(_callgrind_instructions(
+                    [sys.executable, "-m", "mosxdp.cli", "run", *app_argv, "--pcap", cuts[n]]))
+            print(f"{name:<10} {(counts[1] - counts[0]) / frames:>10,.0f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # =====================================================================================
 # --live: the AF_XDP datapath on a veth testbed (section owned by the live datapath)
 #
@@ -129,8 +171,8 @@ _BYPASS_APP = (
 LIVE_ROWS = [
     # label                                  argv (monitor namespace)                          sockets
     ("XDP devmap, no socket (kernel baseline)", ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0),
-    ("mosxdp inline, no app",                 ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}", "--no-app"], 2),
-    ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.live", "--iface", "{A}", "--peer", "{B}"], 2),
+    ("mosxdp inline, no app",                 ["{py}", "-m", "mosxdp.engine.live", "--iface", "{A}", "--peer", "{B}", "--no-app"], 2),
+    ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.engine.live", "--iface", "{A}", "--peer", "{B}"], 2),
     ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
     ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
     # connlog's counts need no Python per data frame: at its first data the flow becomes a
@@ -297,7 +339,7 @@ def bench_live(argv, rounds=3):
         if shutil.which(tool) is None:
             print(f"bench.py --live: {tool} is not installed", file=sys.stderr)
             return 2
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     rows = LIVE_ROWS
     if args.rows:
         keep = {int(x) for x in args.rows.split(",")} | {1}
@@ -376,10 +418,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--offline", metavar="PCAP", help="benchmark the core on a pcap file")
     parser.add_argument("--live", action="store_true", help="benchmark the AF_XDP datapath (root)")
+    parser.add_argument("--callgrind", metavar="PCAP",
+                        help="instructions per frame under callgrind (valgrind, editcap)")
+    parser.add_argument("--frames", type=int, default=700,
+                        help="with --callgrind: N, the per-frame figure is frames N+1..2N")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (best is kept)")
     args, rest = parser.parse_known_args(argv)
-    if not args.offline and not args.live:
-        parser.error("give --offline PCAP and/or --live")
+    if not args.offline and not args.live and not args.callgrind:
+        parser.error("give --offline PCAP, --callgrind PCAP and/or --live")
+    if args.callgrind:
+        bench_callgrind(args.callgrind, args.frames)
     if args.offline:
         bench_offline(args.offline, args.repeat)
     if args.live:

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mosxdp.io.pcap import PcapReader, PcapWriter  # noqa: E402
-from mosxdp.testbed import Testbed, probe  # noqa: E402
+from mosxdp.demo.testbed import Testbed, probe  # noqa: E402
 
 PY = sys.executable
 HTTP_PORT = 8080
@@ -861,7 +861,7 @@ come from a fixed seed, so the files served and uploaded are the same on every r
 ephemeral ports, TCP timestamps, HTTP `Date:` headers and capture times are those of the run.
 
 Real captures: one scenario each, run between two network namespaces of a fresh
-`mosxdp.testbed.Testbed(kind="direct")` (client `cli0` 10.77.0.1 / fd77::1, server `srv0`
+`mosxdp.demo.testbed.Testbed(kind="direct")` (client `cli0` 10.77.0.1 / fd77::1, server `srv0`
 10.77.0.2 / fd77::2, MTU 1500, tx checksum offload, TSO, GSO and GRO off on both veths, so
 every segment is real-size and every checksum is valid), recorded with
 `tcpdump -i srv0 -s 0 -U -B 16384 -w FILE` inside the server namespace, started before the

@@ -122,7 +122,7 @@ class Soak:
     def start(self):
         tb = self.tb
         livekit.attach_pass_programs(tb)
-        tb.popen("srv", [PY, "-m", "mosxdp.demo_server", self.www, str(HTTP_PORT)],
+        tb.popen("srv", [PY, "-m", "mosxdp.demo.server", self.www, str(HTTP_PORT)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.popen("srv", ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
@@ -522,7 +522,7 @@ def main(argv=None):
     if why:
         print(f"soak.py: cannot run here: {why}", file=sys.stderr)
         return 2
-    from mosxdp.testbed import Testbed, TestbedError
+    from mosxdp.demo.testbed import Testbed, TestbedError
     work = tempfile.mkdtemp(prefix="mosxdp-soak-")
     soak = None
     try:

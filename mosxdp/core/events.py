@@ -8,7 +8,7 @@ base of another.
 """
 import errno
 
-from ..constants import (
+from .constants import (
     MOS_HK_RCV,
     MOS_HK_SND,
     MOS_NULL,

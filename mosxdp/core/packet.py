@@ -17,7 +17,7 @@ Checksums use the identity 2**16 == 1 (mod 0xFFFF): the ones' complement sum of 
 """
 import struct
 
-from mosxdp.constants import TH_SYN
+from .constants import TH_SYN
 
 ETH_HDR_LEN = 14
 ETH_P_IP = 0x0800

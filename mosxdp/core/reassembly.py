@@ -14,7 +14,7 @@ Sans-IO: stdlib and mosxdp.constants only.
 """
 from bisect import bisect_left, bisect_right
 
-from mosxdp.constants import MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST
+from .constants import MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST
 
 __all__ = ["StreamBuffer", "DEFAULT_MAX_FRAGMENTS"]
 

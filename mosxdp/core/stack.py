@@ -18,7 +18,7 @@ import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ..constants import (
+from .constants import (
     MOS_NULL,
     MOS_OVERLAP_POLICY_FIRST,
     MOS_OVERLAP_POLICY_LAST,

@@ -8,7 +8,7 @@ leaves the state unchanged. The stack (stack.py) derives the inputs from the
 segment and decides acceptability (in-window RST, ACK of our SYN/FIN, FIN in
 order); this module only knows the states.
 """
-from ..constants import TcpState
+from .constants import TcpState
 
 CLOSED = TcpState.TCP_CLOSED
 LISTEN = TcpState.TCP_LISTEN

@@ -24,9 +24,9 @@ def probe(tools=(), *, libbpf: bool = False) -> str | None:
     if os.geteuid() != 0:
         return "not root"
     try:
-        from mosxdp import testbed
+        from mosxdp.demo import testbed
     except Exception as exc:  # pragma: no cover - an import error is a bug: show it
-        return f"mosxdp.testbed not importable: {exc}"
+        return f"mosxdp.demo.testbed not importable: {exc}"
     why = testbed.probe()
     if why:
         return why

@@ -99,7 +99,7 @@ class Bed:
         self.sh("cli", "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144")
         self.access_log = self.out_path("access.log")
         self.access_log.touch()
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, *map(str, SERVER_PORTS),
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, *map(str, SERVER_PORTS),
                                       "--access-log", self.access_log],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in SERVER_PORTS:
@@ -205,7 +205,7 @@ class Monitor:
 
 
 def _make_bed(www, tmp):
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     tb = Testbed("inline")
     tb.start()
     try:

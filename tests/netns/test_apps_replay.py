@@ -103,7 +103,7 @@ def _json_lines(path: Path) -> list[dict]:
 
 class Bed:
     def __init__(self, tmp: Path):
-        from mosxdp.testbed import Testbed
+        from mosxdp.demo.testbed import Testbed
         self.tmp, self._n = tmp, 0
         self.www = tmp / "www"
         self.www.mkdir()
@@ -125,7 +125,7 @@ class Bed:
             r = self.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
                             capture_output=True, text=True, timeout=10)
             assert r.returncode == 0, r.stderr
-            self.httpd = self.tb.popen("srv", [PY, "-m", "mosxdp.demo_server", self.www,
+            self.httpd = self.tb.popen("srv", [PY, "-m", "mosxdp.demo.server", self.www,
                                                str(PLAIN), str(BLOCKED), str(WARM)], cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for port in (PLAIN, BLOCKED, WARM):

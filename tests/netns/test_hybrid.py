@@ -1,6 +1,6 @@
 """netns tier: the hybrid fast path live, and the program's part of it under BPF_PROG_TEST_RUN.
 
-Live (mosxdp.testbed inline, XDP pass programs on the endpoints)::
+Live (mosxdp.demo.testbed inline, XDP pass programs on the endpoints)::
 
     <p>-cli: cli0 <==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <==> srv0 :<p>-srv
 
@@ -13,7 +13,7 @@ Live (mosxdp.testbed inline, XDP pass programs on the endpoints)::
 * a raw socket with a UDP filter sees its datagrams (MX_IF_FILTER_ALL_IP);
 * ``mosxdp status --json`` shows the program, its counters and the verdict map.
 
-BPF_PROG_TEST_RUN: the verdict key of a core flow (mosxdp.hybrid.flow_key) is the one the
+BPF_PROG_TEST_RUN: the verdict key of a core flow (mosxdp.engine.hybrid.flow_key) is the one the
 program builds for frames of both directions; the ACK watch; the kernel filter from
 kernel_filter() matches both directions of a flow; non-TCP frames with filter_all_ip.
 
@@ -136,7 +136,7 @@ class Bed:
     def __init__(self, tb, www_dir: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www_dir, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www_dir, str(MONITORED), str(OTHER)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www_dir, str(MONITORED), str(OTHER)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", MONITORED)
         tb.wait_listen("srv", OTHER)
@@ -182,7 +182,7 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def bed(live_env, www, tmp_path_factory):
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     tmp = tmp_path_factory.mktemp("hybrid")
     with Testbed("inline") as tb:
         yield Bed(tb, www[0], tmp)
@@ -494,7 +494,7 @@ def test_program_keys_a_core_flow_like_hybrid_flow_key(prog_run, cli, svr, vlans
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from flowcraft import Conv
 
-    from mosxdp.hybrid import flow_key
+    from mosxdp.engine.hybrid import flow_key
     conv = Conv(cli=cli, svr=svr)
     conv.handshake()
     c2s = conv.data("c", b"x" * 100)
@@ -519,7 +519,7 @@ def test_program_ack_watch_sends_the_ack_of_each_fin_to_user_space(prog_run):
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from flowcraft import Conv
 
-    from mosxdp.hybrid import flow_key
+    from mosxdp.engine.hybrid import flow_key
     conv = Conv()
     conv.handshake()
     flow = _core_flow(conv.frames)
@@ -552,7 +552,7 @@ def test_program_kernel_filter_both_directions_and_non_tcp(prog_run, all_ip):
 
     from mosxdp.core.filters import compile_filter
     from mosxdp.core.stack import Stack
-    from mosxdp.hybrid import kernel_filter
+    from mosxdp.engine.hybrid import kernel_filter
     st = Stack()
     ls = st.add_listener(st.new_socket_id(), 0)
     ls.syn_filter = compile_filter("src host 10.0.0.1 and dst port 8080")

@@ -79,7 +79,7 @@ class Bed:
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
         livekit.attach_pass_programs(tb)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, *map(str, SERVER_PORTS)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, *map(str, SERVER_PORTS)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in SERVER_PORTS:
             tb.wait_listen("srv", port)
@@ -207,7 +207,7 @@ class Monitor:
 
 
 def _make_bed(www, tmp):
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     tb = Testbed("inline")
     tb.start()
     try:

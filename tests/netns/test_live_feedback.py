@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from mosxdp.demo import _attach_endpoint_programs, _wait_attached
-from mosxdp.testbed import Testbed, probe
+from mosxdp.demo.run import _attach_endpoint_programs, _wait_attached
+from mosxdp.demo.testbed import Testbed, probe
 
 REASON = probe()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"netns testbed: {REASON}")

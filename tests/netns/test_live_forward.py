@@ -1,8 +1,8 @@
-"""netns tier: real Linux TCP through the live AF_XDP engine (mosxdp.live).
+"""netns tier: real Linux TCP through the live AF_XDP engine (mosxdp.engine.live).
 
-Topology (mosxdp.testbed, inline)::
+Topology (mosxdp.demo.testbed, inline)::
 
-    <p>-cli: cli0 <== veth ==> A [<p>-mon: python -m mosxdp.live --iface A --peer B] B <== veth ==> srv0 :<p>-srv
+    <p>-cli: cli0 <== veth ==> A [<p>-mon: python -m mosxdp.engine.live --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
 The endpoints get an XDP_PASS program (a veth accepts frames redirected into it only
 when its peer runs NAPI: the kernel path of our program is a devmap redirect). The
@@ -58,7 +58,7 @@ class Bed:
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo_server", www, str(HTTP_PORT), str(BLOCKED_PORT)],
+        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, str(HTTP_PORT), str(BLOCKED_PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", HTTP_PORT)
         tb.wait_listen("srv", BLOCKED_PORT)
@@ -99,7 +99,7 @@ class Bed:
 
 
 class Monitor:
-    """``python -m mosxdp.live --iface A --peer B`` in the monitor namespace."""
+    """``python -m mosxdp.engine.live --iface A --peer B`` in the monitor namespace."""
 
     _seq = 0
 
@@ -110,7 +110,7 @@ class Monitor:
         self.stats_path = bed.tmp / f"monitor{Monitor._seq}.json"
         self.err_path = bed.tmp / f"monitor{Monitor._seq}.err"
         self._err = open(self.err_path, "w")
-        argv = [PY, "-m", "mosxdp.live", "--iface", tb.iface_a, "--peer", tb.iface_b,
+        argv = [PY, "-m", "mosxdp.engine.live", "--iface", tb.iface_a, "--peer", tb.iface_b,
                 "--stats", str(self.stats_path), *map(str, args)]
         self.proc = tb.popen("mon", argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._err,
                              text=True)
@@ -160,7 +160,7 @@ class Monitor:
 
 
 def make_bed(tmp_path, www, **kw):
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     tb = Testbed("inline", **kw)
     tb.__enter__()
     try:
@@ -448,7 +448,7 @@ def test_passive_on_a_mirror_port(fresh_bed, payloads):
                "action", "mirred", "egress", "mirror", "dev", mir_tx, "pipe",
                "action", "mirred", "egress", "redirect", "dev", dst)
     stats_path = bed.tmp / "passive.json"
-    proc = tb.popen("mon", [PY, "-m", "mosxdp.live", "--iface", mir_rx, "--check-accounting",
+    proc = tb.popen("mon", [PY, "-m", "mosxdp.engine.live", "--iface", mir_rx, "--check-accounting",
                             "--stats", str(stats_path)], cwd=ROOT, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

@@ -1,6 +1,6 @@
 """netns tier: the live monitor's capabilities after set-up (docs/datapath.md, "Privileges").
 
-Inline testbed (mosxdp.testbed), XDP pass programs on the endpoints::
+Inline testbed (mosxdp.demo.testbed), XDP pass programs on the endpoints::
 
     cli: cli0 <==> A [mon: mosxdp run connlog --iface A --peer B] B <==> srv0 :8080 srv
 
@@ -38,7 +38,7 @@ METRICS_PORT = 9119
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl",))
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     www = tmp_path_factory.mktemp("www")
     (www / "f20m").write_bytes(os.urandom(SIZE))
     with Testbed(kind="inline") as tb:

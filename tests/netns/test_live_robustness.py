@@ -65,7 +65,7 @@ def www(tmp_path_factory):
 
 @pytest.fixture
 def bed(live_env, www, tmp_path):
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     tb = Testbed("inline")
     tb.start()
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from mosxdp.io import libxdp
 from mosxdp.io.xsk import _copy_entries, _read_entries, _write_entries
-from mosxdp.live import VERDICT_DROP, VERDICT_FORWARD, DropSyn
+from mosxdp.engine.live import VERDICT_DROP, VERDICT_FORWARD, DropSyn
 
 
 def ring(size: int, words: int, fill: int = 0) -> memoryview:

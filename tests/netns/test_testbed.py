@@ -1,4 +1,4 @@
-"""mosxdp.testbed: real namespaces and veths (root).
+"""mosxdp.demo.testbed: real namespaces and veths (root).
 
 Skips only when the probe fails (not root, no network namespaces, no veth); with
 MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe is a failure.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mosxdp import testbed
-from mosxdp.testbed import Testbed, cleanup_stale, probe
+from mosxdp.demo import testbed
+from mosxdp.demo.testbed import Testbed, cleanup_stale, probe
 
 pytestmark = pytest.mark.netns
 
@@ -242,7 +242,7 @@ def test_cleanup_when_setup_fails(monkeypatch):
 CHILD = textwrap.dedent('''
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    from mosxdp.testbed import Testbed
+    from mosxdp.demo.testbed import Testbed
     with Testbed(kind=sys.argv[2]) as tb:
         tb.popen("srv", ["sleep", "300"])
         print(tb.prefix, flush=True)

@@ -1,4 +1,4 @@
-"""The hybrid fast path without a kernel: mosxdp.hybrid and the core's bypass semantics.
+"""The hybrid fast path without a kernel: mosxdp.engine.hybrid and the core's bypass semantics.
 
 * kernel_filter: which sockets' filters make the XDP program's expression, and that the
   expression (compiled with gcc against bpf/mosxdp.h) selects both directions of a flow;
@@ -26,7 +26,7 @@ from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.filters import compile_filter
 from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
-from mosxdp.hybrid import HybridProcessor, flow_key, kernel_filter, swap_sides
+from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter, swap_sides
 from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_DIR_FROM_HI, MX_DIR_FROM_LO,
                                   FlowVerdict, make_flow_key)
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 import re
 import sys
 
-from .core.events import EV_ORPHAN, HOOK_NULL
-from .io.bpfstructs import make_flow_key
+from ..core.events import EV_ORPHAN, HOOK_NULL
+from ..io.bpfstructs import make_flow_key
 
 __all__ = ["KernelFilter", "kernel_filter", "swap_sides", "flow_key", "HybridProcessor"]
 

@@ -4,7 +4,7 @@ The offline engine replays a pcap through the core with the packet
 timestamps as the clock and writes what inline mode would have transmitted:
 forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
 frames in order, each before the frame whose callbacks made it. The live
-engine (mosxdp.live) drives the same core from AF_XDP sockets.
+engine (mosxdp.engine.live) drives the same core from AF_XDP sockets.
 """
 import contextlib
 import sys
@@ -12,9 +12,9 @@ import time
 from contextlib import nullcontext
 
 from .callback_log import counts_text
-from .core.stack import VERDICT_FORWARD
-from .io.pcap import PcapReader, PcapWriter
-from .monitoring import LiveStatus, MetricsServer
+from ..core.stack import VERDICT_FORWARD
+from ..io.pcap import PcapReader, PcapWriter
+from .status import LiveStatus, MetricsServer
 
 
 # --write keeps whole frames: the largest IPv4 or IPv6 packet with its Ethernet header and
@@ -152,11 +152,11 @@ def run_context(mctx):
 def run_live(mctx):
     """Drive the context from AF_XDP sockets on its interfaces until a signal.
 
-    The hybrid fast path (mosxdp.hybrid): the XDP program filters with the sockets'
+    The hybrid fast path (mosxdp.engine.hybrid): the XDP program filters with the sockets'
     monitor filters as they are now, and the stack's kernel verdicts are kept in its
     verdict map (the processor is the stack wrapped by HybridProcessor)."""
     from .hybrid import HybridProcessor, kernel_filter
-    from .io.privileges import after_setup
+    from ..io.privileges import after_setup
     from .live import LiveEngine
     config = mctx.config
     kfilter = kernel_filter(mctx.stack)
@@ -164,7 +164,7 @@ def run_live(mctx):
     program = "mosxdp"
     if kfilter.filter_all_ip:
         def program(eng):
-            from .io.xdp import XdpProgram
+            from ..io.xdp import XdpProgram
             return XdpProgram(eng.ifaces, peers={eng.ifaces[0]: eng.ifaces[1]} if eng.inline else None,
                               mode=eng.xdp_mode, fail_closed=eng.fail_closed,
                               filter_c_expr=kfilter.c_expr, force=eng.force, filter_all_ip=True)

@@ -15,7 +15,7 @@ Everything is entered through one ``contextlib.ExitStack`` and unwound in revers
 order: XSKMAP entries removed (the XDP program then takes the kernel path: fail-open,
 or drop with ``fail_closed``), sockets and UMEM deleted, XDP program detached.
 
-``python -m mosxdp.live --iface A [--peer B] [--drop-syn-port N]`` runs it from a shell
+``python -m mosxdp.engine.live --iface A [--peer B] [--drop-syn-port N]`` runs it from a shell
 (interim, until ``mosxdp run``): SIGINT/SIGTERM stop it cleanly.
 """
 
@@ -32,8 +32,8 @@ import sys
 import threading
 import time
 
-from .io import libxdp as _x
-from .io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
+from ..io import libxdp as _x
+from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
     xskmap_delete, xskmap_update
 
 __all__ = ["LiveEngine", "Passthrough", "DropSyn", "VERDICT_FORWARD", "VERDICT_DROP", "main"]
@@ -287,7 +287,7 @@ class LiveEngine:
             return spec(self)
         if spec != "mosxdp":
             raise ValueError(f"program must be 'mosxdp', 'libxdp' or a callable, not {spec!r}")
-        from .io.xdp import XdpProgram
+        from ..io.xdp import XdpProgram
         peers = {self.ifaces[0]: self.ifaces[1]} if self.inline else None
         return XdpProgram(self.ifaces, peers=peers, mode=self.xdp_mode,
                           fail_closed=self.fail_closed, filter_c_expr=self.filter_c_expr,
@@ -662,7 +662,7 @@ def _raise_interrupt(signum, frame):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m mosxdp.live",
+        prog="python -m mosxdp.engine.live",
         description="Run the live AF_XDP datapath (interim entry point until `mosxdp run`).")
     ap.add_argument("--iface", action="append", required=True,
                     help="interface A (inline) / monitored interface (passive; repeatable)")
@@ -716,11 +716,11 @@ def main(argv=None) -> int:
         if not isinstance(exc, (_x.LibxdpMissing, OSError, ValueError)) and \
                 type(exc).__name__ != "XdpError":
             raise
-        print(f"mosxdp.live: {exc}", file=sys.stderr)
+        print(f"mosxdp.engine.live: {exc}", file=sys.stderr)
         return 2
     code = 0
     try:
-        print(f"mosxdp.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
+        print(f"mosxdp.engine.live: ready on {', '.join(f'{s.ifname}:{s.queue}' for s in eng.sockets)}",
               flush=True)
         error = None
         try:
@@ -742,7 +742,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         eng.close()
-    print(f"mosxdp.live: stopped: {stats.get('frames', 0)} frames", flush=True)
+    print(f"mosxdp.engine.live: stopped: {stats.get('frames', 0)} frames", flush=True)
     return code
 
 

@@ -119,7 +119,7 @@ def run_demo(keep=False):
         with Testbed(kind="inline") as tb:
             print(f"testbed: {tb.cli_ns} ({tb.cli_ip}, {tb.cli_ip6}) -- [{tb.mon_ns}: "
                   f"{tb.iface_a} | {tb.iface_b}] -- {tb.srv_ns} ({tb.srv_ip}, {tb.srv_ip6})")
-            servers = [tb.popen("srv", [python, "-m", "mosxdp.demo_server", www, str(PORT), str(PORT + 1),
+            servers = [tb.popen("srv", [python, "-m", "mosxdp.demo.server", www, str(PORT), str(PORT + 1),
                                         "--upload-dir", work],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
             tb.wait_listen("srv", PORT)
@@ -127,7 +127,7 @@ def run_demo(keep=False):
             _attach_endpoint_programs(tb, python)
             monitor, log = _start_monitor(
                 tb, python,
-                [os.path.join(os.path.dirname(__file__), "demo_app.py"),
+                [os.path.join(os.path.dirname(__file__), "app.py"),
                  "--rules", rules, "--fw-stats", logs["fw.json"], "--pattern", SECRET.decode(),
                  "--scrub-log", logs["scrub.log"], "--conn-log", logs["conn.log"], "--stats"],
                 os.path.join(work, "monitor.out"))

@@ -1,6 +1,6 @@
 """The HTTP server of the demo, the live tests and the soak (run in the server namespace).
 
-    python -m mosxdp.demo_server ROOT PORT [PORT ...] [--upload-dir D] [--access-log F]
+    python -m mosxdp.demo.server ROOT PORT [PORT ...] [--upload-dir D] [--access-log F]
 
 One dual-stack (IPv4 and IPv6) listener per port, all serving ROOT:
 - GET /NAME: the file ROOT/NAME;
@@ -80,7 +80,7 @@ class DualStackServer(http.server.ThreadingHTTPServer):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m mosxdp.demo_server", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mosxdp.demo.server", description=__doc__.split("\n")[0])
     ap.add_argument("root", help="directory to serve")
     ap.add_argument("ports", nargs="+", type=int, help="TCP ports to listen on")
     ap.add_argument("--upload-dir", help="store PUT bodies here as uploaded.bin")

@@ -1,0 +1,161 @@
+"""mOS constants with the numeric values of mos_api.h / mtcp_api.h.
+
+Enums are IntEnum/IntFlag so that they compare equal to the C numbers and a
+port of a C app can use them unchanged.
+"""
+from enum import IntEnum, IntFlag
+
+# Sides of a monitored connection.
+MOS_SIDE_CLI = 0
+MOS_SIDE_SVR = 1
+MOS_SIDE_BOTH = 2
+
+
+class MosEvent(IntFlag):
+    """Built-in events (enum mos_event_type)."""
+    MOS_NULL_EVENT = 0
+    MOS_ON_PKT_IN = 1 << 0
+    MOS_ON_PKT_OUT = 1 << 1          # deprecated in mOS, never raised
+    MOS_ON_CONN_START = 1 << 2
+    MOS_ON_CONN_SETUP = 1 << 3       # deprecated in mOS, never raised
+    MOS_ON_CONN_NEW_DATA = 1 << 4
+    MOS_ON_ERROR = 1 << 5
+    MOS_ON_TIMEOUT = 1 << 6
+    MOS_ON_TCP_STATE_CHANGE = 1 << 7
+    MOS_ON_ORPHAN = 1 << 8
+    MOS_ON_REXMIT = 1 << 9
+    MOS_ON_CONN_END = 1 << 10
+    MOS_ON_DEBUG_MESSAGE = 1 << 11
+
+
+class MosHook(IntFlag):
+    """Hook points (enum mtcp_hook_point)."""
+    MOS_NULL = 1 << 29
+    MOS_HK_RCV = 1 << 30
+    MOS_HK_SND = 1 << 31
+
+
+MOS_NULL_EVENT = MosEvent.MOS_NULL_EVENT
+MOS_ON_PKT_IN = MosEvent.MOS_ON_PKT_IN
+MOS_ON_PKT_OUT = MosEvent.MOS_ON_PKT_OUT
+MOS_ON_CONN_START = MosEvent.MOS_ON_CONN_START
+MOS_ON_CONN_SETUP = MosEvent.MOS_ON_CONN_SETUP
+MOS_ON_CONN_NEW_DATA = MosEvent.MOS_ON_CONN_NEW_DATA
+MOS_ON_ERROR = MosEvent.MOS_ON_ERROR
+MOS_ON_TIMEOUT = MosEvent.MOS_ON_TIMEOUT
+MOS_ON_TCP_STATE_CHANGE = MosEvent.MOS_ON_TCP_STATE_CHANGE
+MOS_ON_ORPHAN = MosEvent.MOS_ON_ORPHAN
+MOS_ON_REXMIT = MosEvent.MOS_ON_REXMIT
+MOS_ON_CONN_END = MosEvent.MOS_ON_CONN_END
+MOS_ON_DEBUG_MESSAGE = MosEvent.MOS_ON_DEBUG_MESSAGE
+MOS_NULL = MosHook.MOS_NULL
+MOS_HK_RCV = MosHook.MOS_HK_RCV
+MOS_HK_SND = MosHook.MOS_HK_SND
+
+# Built-in events are bits 0..11; user-defined events take bits 32..63 so an
+# event id stays a uint64_t like mOS's event_t.
+BUILTIN_EVENTS = 0xFFF
+UDE_FIRST_BIT = 32
+UDE_LAST_BIT = 63
+
+# mtcp_setlastpkt options.
+MOS_ETH_HDR = 1 << 0
+MOS_IP_HDR = 1 << 1
+MOS_TCP_HDR = 1 << 2
+MOS_TCP_PAYLOAD = 1 << 3
+MOS_UPDATE_IP_CHKSUM = 1 << 4
+MOS_UPDATE_TCP_CHKSUM = 1 << 5
+MOS_DROP = 1 << 6
+MOS_OVERWRITE = 1 << 7
+MOS_CHOMP = 1 << 8
+MOS_INSERT = 1 << 9
+
+
+class SocketType(IntEnum):
+    """enum socket_type of mtcp_api.h (only the monitor types are usable)."""
+    MOS_SOCK_UNUSED = 0
+    MOS_SOCK_STREAM_LISTEN = 1
+    MOS_SOCK_PROXY = 2
+    MOS_SOCK_STREAM = 3
+    MOS_SOCK_MONITOR_STREAM = 4
+    MOS_SOCK_MONITOR_STREAM_ACTIVE = 5
+    MOS_SOCK_MONITOR_RAW = 6
+
+
+MOS_SOCK_UNUSED = SocketType.MOS_SOCK_UNUSED
+MOS_SOCK_STREAM_LISTEN = SocketType.MOS_SOCK_STREAM_LISTEN
+MOS_SOCK_PROXY = SocketType.MOS_SOCK_PROXY
+MOS_SOCK_STREAM = SocketType.MOS_SOCK_STREAM
+MOS_SOCK_MONITOR_STREAM = SocketType.MOS_SOCK_MONITOR_STREAM
+MOS_SOCK_MONITOR_STREAM_ACTIVE = SocketType.MOS_SOCK_MONITOR_STREAM_ACTIVE
+MOS_SOCK_MONITOR_RAW = SocketType.MOS_SOCK_MONITOR_RAW
+
+# Socket option levels and names.
+SOL_SOCKET = 0xFFFF
+SOL_MONSOCKET = 0xFFFE
+SO_ERROR = 4  # Linux value, as mtcp's SO_ERROR mirrors it
+
+MOS_FRAGINFO_CLIBUF = 0x01
+MOS_FRAGINFO_SVRBUF = 0x02
+MOS_INFO_CLIBUF = 0x03
+MOS_INFO_SVRBUF = 0x04
+MOS_TCP_STATE_CLI = 0x05
+MOS_TCP_STATE_SVR = 0x06
+MOS_TIMESTAMP = 0x07
+MOS_CLIBUF = 0x09
+MOS_SVRBUF = 0x0A
+MOS_SEQ_REMAP = 0x0B
+MOS_STOP_MON = 0x0C
+MOS_FRAG_CLIBUF = 0x0D
+MOS_FRAG_SVRBUF = 0x0E
+MOS_CLIOVERLAP = 0x0F
+MOS_SVROVERLAP = 0x10
+# mosxdp extensions: hand the rest of a flow to the kernel (see docs).
+MOSX_BYPASS = 0x100
+MOSX_DROP_FLOW = 0x101
+MOSX_FLOW_STATS = 0x102   # getsockopt: a FlowStats of the flow (packets, bytes, history)
+
+MOS_OVERLAP_POLICY_FIRST = 0
+MOS_OVERLAP_POLICY_LAST = 1
+MOS_OVERLAP_CNT = 2
+
+
+class TcpState(IntEnum):
+    """enum tcpstate: the emulated state of one side."""
+    TCP_CLOSED = 0
+    TCP_LISTEN = 1
+    TCP_SYN_SENT = 2
+    TCP_SYN_RCVD = 3
+    TCP_ESTABLISHED = 4
+    TCP_FIN_WAIT_1 = 5
+    TCP_FIN_WAIT_2 = 6
+    TCP_CLOSE_WAIT = 7
+    TCP_CLOSING = 8
+    TCP_LAST_ACK = 9
+    TCP_TIME_WAIT = 10
+    # The seed man page's spelling, kept as an alias of TCP_FIN_WAIT_2.
+    TCP_FINE_WAIT_2 = 6
+
+
+TCP_CLOSED = TcpState.TCP_CLOSED
+TCP_LISTEN = TcpState.TCP_LISTEN
+TCP_SYN_SENT = TcpState.TCP_SYN_SENT
+TCP_SYN_RCVD = TcpState.TCP_SYN_RCVD
+TCP_ESTABLISHED = TcpState.TCP_ESTABLISHED
+TCP_FIN_WAIT_1 = TcpState.TCP_FIN_WAIT_1
+TCP_FIN_WAIT_2 = TcpState.TCP_FIN_WAIT_2
+TCP_FINE_WAIT_2 = TcpState.TCP_FINE_WAIT_2
+TCP_CLOSE_WAIT = TcpState.TCP_CLOSE_WAIT
+TCP_CLOSING = TcpState.TCP_CLOSING
+TCP_LAST_ACK = TcpState.TCP_LAST_ACK
+TCP_TIME_WAIT = TcpState.TCP_TIME_WAIT
+
+# TCP header flag bits.
+TH_FIN = 0x01
+TH_SYN = 0x02
+TH_RST = 0x04
+TH_PUSH = 0x08
+TH_ACK = 0x10
+TH_URG = 0x20
+TH_ECE = 0x40
+TH_CWR = 0x80
