@@ -5,8 +5,13 @@ bits 32..63: `define` makes one raised when its base event fires and its
 filter returns true; `alloc` makes a child raised explicitly with
 mtcp_raise_event from inside a filter or callback. UDEs nest: a UDE may be the
 base of another.
+
+`EventDispatch` is the Stack's part that runs callbacks: it raises events on sockets
+(built-in bits in ascending order, then the UDEs defined on them), runs timers, and
+applies the on_callback_error policy when a callback raises.
 """
 import errno
+import heapq
 
 from .constants import (
     MOS_HK_RCV,
@@ -24,6 +29,10 @@ from .constants import (
     UDE_FIRST_BIT,
     UDE_LAST_BIT,
 )
+
+# What Stack.process returns for a frame.
+VERDICT_FORWARD = 0
+VERDICT_DROP = 1
 
 HOOK_NULL = int(MOS_NULL)
 HOOK_RCV = int(MOS_HK_RCV)
@@ -200,3 +209,115 @@ class CallbackTable:
                     wanted.add(ancestor)
         self.masks[hook] = mask
         self.wanted_udes[hook] = frozenset(wanted)
+
+
+class EventDispatch:
+    """The Stack's callback running (a mixin: the per-frame path calls these without a hop).
+
+    The packet context callbacks see through the API lives here: cur_pkt, cur_frame,
+    cur_flow, cur_drop (a callback asked to drop the packet), cur_sock, cur_hook, cur_side."""
+
+    def _init_dispatch(self, handle, registry, on_callback_error):
+        self.handle = handle                 # what callbacks receive as mctx
+        self.registry = registry or EventRegistry()
+        self.on_callback_error = on_callback_error   # fn(callback, exc, count) for logging
+        self.callback_errors = {}
+        self._stop_requested = False
+        self.timers = []
+        self._timer_seq = 0
+        self.cur_pkt = None
+        self.cur_frame = None
+        self.cur_flow = None
+        self.cur_drop = False
+        self.cur_sock = None
+        self.cur_hook = None
+        self.cur_side = None
+
+    def add_timer(self, timer_id, timeout_us, callback):
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (self.now + timeout_us, self._timer_seq, timer_id, callback))
+
+    def _run_timers(self):
+        timers = self.timers
+        while timers and timers[0][0] <= self.now:
+            _, _, timer_id, callback = heapq.heappop(timers)
+            self._call(callback, timer_id, 0, 0, None, no_packet=True)
+
+    def _call(self, callback, sock_id, side, event, arg, no_packet=False):
+        saved = (self.cur_side, self.cur_pkt)
+        self.cur_side = side
+        if no_packet:
+            self.cur_pkt = None
+        try:
+            callback(self.handle, sock_id, side, event, arg)
+        except Exception as exc:  # an app bug must not stop the datapath
+            self._callback_failed(callback, exc)
+        finally:
+            self.cur_side, self.cur_pkt = saved
+
+    def _callback_failed(self, callback, exc):
+        self._counters["callback_errors"] += 1
+        name = getattr(callback, "__qualname__", repr(callback))
+        count = self.callback_errors.get(name, 0) + 1
+        self.callback_errors[name] = count
+        if self.on_callback_error is not None:
+            self.on_callback_error(callback, exc, count)
+        policy = self.config.on_callback_error
+        if policy == "drop":
+            self.cur_drop = True
+        elif policy == "stop":
+            self._stop_requested = True
+
+    def _fire(self, sock, hook, side, event):
+        table = sock.table
+        if not table.masks[hook] & event:
+            return
+        self.cur_sock = sock
+        self.cur_hook = hook
+        callback = table.callbacks[hook].get(event)
+        if callback is not None:
+            self._call(callback, sock.id, side, event, None)
+        udes = self.registry.defined_on.get(event)
+        if udes:
+            self._fire_udes(sock, hook, side, event, udes)
+        # Outside filters and callbacks mtcp_raise_event has no socket to raise on.
+        self.cur_sock = self.cur_hook = None
+
+    def _fire_udes(self, sock, hook, side, base, udes):
+        wanted = sock.table.wanted_udes[hook]
+        for ude in udes:
+            if ude.event_id not in wanted:
+                continue
+            self.cur_sock, self.cur_hook, self.cur_side = sock, hook, side
+            try:
+                matched = ude.filter(self.handle, sock.id, side, base, ude.arg)
+            except Exception as exc:
+                self._callback_failed(ude.filter, exc)
+                matched = False
+            if matched:
+                self.fire_user_event(sock, hook, side, ude.event_id)
+
+    def fire_user_event(self, sock, hook, side, event_id):
+        ude = self.registry.udes[event_id]
+        callback = sock.table.callbacks[hook].get(event_id)
+        if callback is not None:
+            self.cur_sock, self.cur_hook = sock, hook
+            self._call(callback, sock.id, side, event_id, ude.arg)
+        children = self.registry.defined_on.get(event_id)
+        if children:
+            self._fire_udes(sock, hook, side, event_id, children)
+
+    def _fire_flow(self, flow, hook, side, events):
+        """Raise `events` (a bit set) at `hook` for `side` on every socket of the flow."""
+        for sock in flow.socks:
+            if not sock.monitoring[side] or not sock.table.masks[hook] & events:
+                continue
+            bit = 1
+            remaining = events
+            while remaining:
+                if remaining & bit:
+                    if not sock.monitoring[side]:
+                        break   # a callback of this packet stopped monitoring (MOS_STOP_MON)
+                    self._fire(sock, hook, side, bit)
+                    remaining &= ~bit
+                bit <<= 1

@@ -22,7 +22,7 @@ __all__ = ["StreamBuffer", "DEFAULT_MAX_FRAGMENTS"]
 # insert O(n) on a huge list.
 DEFAULT_MAX_FRAGMENTS = 1024
 
-_POLICIES = (MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST)
+OVERLAP_POLICIES = (MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST)
 
 
 class StreamBuffer:
@@ -87,9 +87,7 @@ class StreamBuffer:
 
     @policy.setter
     def policy(self, value: int) -> None:
-        if value not in _POLICIES:
-            raise ValueError(f"overlap policy must be MOS_OVERLAP_POLICY_FIRST (0) or "
-                             f"MOS_OVERLAP_POLICY_LAST (1), not {value!r}")
+        assert value in OVERLAP_POLICIES, value   # checked where it enters (config, API)
         self._policy = int(value)
 
     def resize(self, capacity: int) -> None:

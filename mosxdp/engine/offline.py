@@ -112,7 +112,7 @@ def summary_line(stack, frames_in, frames_out, seconds):
 
 
 def _limits_text(stack):
-    """The limits (core/limits.py) that triggered, and the reassembly memory peak."""
+    """The limits (core/stack.py LIMIT_COUNTERS) that triggered, and the reassembly memory peak."""
     c = stack.counters
     parts = [f"{label} {c[name]}" for name, label in (
         ("half_open_evicted", "half-open evicted"), ("half_open_timeouts", "half-open timeouts"),

@@ -1,4 +1,4 @@
-"""Resource limits (mosxdp/core/limits.py, docs/config.md "Limits"): each has a configuration
+"""Resource limits (mosxdp/core/stack.py, flow.py and streams.py; docs/config.md "Limits"): each has a configuration
 key, a documented default, and a counter that moves when it triggers."""
 import errno
 from pathlib import Path
@@ -8,8 +8,9 @@ import pytest
 from flowcraft import Conv, Monitor, api, reinit  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.config import ConfigError, load_config
-from mosxdp.core.limits import DEFAULT_REASSEMBLY_MEMCAP, DEFAULT_TCP_SYN_TIMEOUT, LIMIT_COUNTERS
-from mosxdp.core.stack import StackConfig
+from mosxdp.core.flow import DEFAULT_TCP_SYN_TIMEOUT
+from mosxdp.core.streams import DEFAULT_REASSEMBLY_MEMCAP
+from mosxdp.core.stack import LIMIT_COUNTERS, StackConfig
 from mosxdp.engine import summary_line
 
 

@@ -1,0 +1,187 @@
+"""Stream delivery: a segment's payload into its receiver's reassembly buffer, the catch-up
+of a stream the kernel carried while its flow was bypassed, and MOS_ON_CONN_NEW_DATA.
+
+`StreamDelivery` is one of the Stack's parts (see stack.py). It also charges stream buffers
+to the reassembly memcap: a side's StreamBuffer is allocated at its first payload byte and
+its capacity is charged to `reassembly_mem` from then until its flow ends. When the charge
+would exceed `reassembly_memcap` the side runs without a buffer (as with buffering off:
+state, events and counters go on, mtcp_peek/ppeek say EINVAL), its sockets get SO_ERROR
+ENOMEM and MOS_ON_ERROR, and `memcap_refused` counts it.
+"""
+import errno
+
+from .constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TH_SYN, TH_URG
+from .events import EV_CONN_NEW_DATA, EV_ERROR, EV_REXMIT, HOOK_NULL
+from .reassembly import OVERLAP_POLICIES, StreamBuffer
+from .tcp import SEQ_HALF, SEQ_MASK, SEQ_MOD
+
+DEFAULT_REASSEMBLY_MEMCAP = 1 << 30   # bytes over all stream buffers (4096 of 256 KiB)
+
+
+class StreamDelivery:
+    """The Stack's stream delivery (a mixin: the per-frame path calls these without a hop)."""
+
+    def _init_streams(self):
+        self.new_data_flows = []             # flows with new in-order data this batch
+        self.buffer_mem = {}                 # flow -> bytes of stream buffers charged
+        self.reassembly_mem = 0              # sum of buffer_mem (reassembly_memcap)
+        self.reassembly_mem_peak = 0
+
+    def _reserve_buffer(self, flow, rcv):
+        """Charge a new stream buffer of rcv.bufsize bytes to the reassembly memcap.
+
+        Returns True when it fits. Otherwise the side's buffering is turned off
+        (rcv.bufsize = 0), its sockets get SO_ERROR ENOMEM, and False is returned: the
+        caller raises MOS_ON_ERROR."""
+        size = rcv.bufsize
+        cap = self.config.reassembly_memcap
+        if cap and self.reassembly_mem + size > cap:
+            self._counters["memcap_refused"] += 1
+            rcv.bufsize = 0
+            for sock in flow.socks:
+                sock.so_error = errno.ENOMEM
+            return False
+        self.buffer_mem[flow] = self.buffer_mem.get(flow, 0) + size
+        self.reassembly_mem += size
+        if self.reassembly_mem > self.reassembly_mem_peak:
+            self.reassembly_mem_peak = self.reassembly_mem
+        return True
+
+    def _release_buffers(self, flow):
+        """A flow ends: its buffers' memory is free."""
+        charged = self.buffer_mem.pop(flow, 0)
+        if charged:
+            self.reassembly_mem -= charged
+
+    def _receive_payload(self, flow, pkt, receiver, rcv):
+        """Reassemble the segment's payload into the receiver's buffer."""
+        events = 0
+        before = rcv.rcv_nxt
+        delta = (pkt.seq - rcv.peer_base - before) & SEQ_MASK
+        offset = before + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
+        start = pkt.payload_off
+        length = pkt.payload_len
+        end = offset + length
+        if offset < 0:
+            start -= offset
+            offset = 0
+        peer_fin_off = rcv.peer_fin_off
+        if peer_fin_off is not None and end > peer_fin_off:
+            end = peer_fin_off  # nothing exists beyond the FIN
+        edge = rcv.right_edge
+        if edge is not None and end > edge:
+            if not (length == 1 and offset == edge):   # a zero-window probe is legal
+                events |= EV_ERROR
+                self._counters["window_overruns"] += 1
+                for sock in flow.socks:
+                    sock.so_error = errno.EMSGSIZE
+            end = edge  # the receiver discards what lies beyond its window
+        if end <= offset:
+            if length:
+                events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
+            return events
+        if pkt.flags & TH_URG:
+            self._counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
+        buf = rcv.buf
+        if buf is None and rcv.bufsize:
+            if self._reserve_buffer(flow, rcv):
+                buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
+                                             max_fragments=self.config.max_fragments)
+            else:
+                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+        if buf is not None:
+            head_before = buf.head
+            overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
+            if buf.last_insert_refused:
+                self._counters["refused_fragments"] += 1
+            rcv_nxt = rcv.rcv_nxt = buf.next_offset
+            head = buf.head
+            if head != head_before:
+                for sock in flow.socks:
+                    if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                        events |= EV_ERROR
+                        sock.so_error = errno.ENOBUFS
+                        self._counters["buffer_overruns"] += 1
+        else:
+            overlapped = (end if end < before else before) - offset
+            if overlapped < 0:
+                overlapped = 0
+            rcv_nxt = before
+            if offset <= before < end:
+                rcv_nxt = rcv.rcv_nxt = end
+        rcv.first_payload_seen = True
+        rcv.unique_bytes += (end - offset) - overlapped
+        if end > rcv.max_end:
+            rcv.max_end = end
+        if overlapped:
+            events |= EV_REXMIT
+        if rcv_nxt > before:
+            if not flow.pending_data:
+                self.new_data_flows.append(flow)
+            flow.pending_data |= 1 << receiver
+        return events
+
+    def _catch_up(self, snd, rcv, pkt):
+        """A segment of a bypassed flow: the bytes `snd` sent before it went through the
+        kernel (or the bypass path), so its receiver's stream jumps to the segment's
+        sequence number as if they had arrived; they count as received, not missed.
+        The stream buffer stops (there is a gap nobody will fill) and the receive
+        window is unknown until the receiver's next ACK."""
+        if rcv.peer_base is None or pkt.flags & TH_SYN:
+            return
+        carried = snd.bypassed_bytes
+        snd.bypassed_bytes = 0
+        ahead = (pkt.seq - rcv.peer_base - rcv.rcv_nxt) & SEQ_MASK
+        if carried >= SEQ_HALF:
+            # More than 2 GiB went by: the wrap count comes from the bytes carried (an
+            # upper bound: retransmissions count too), the nearest distance that fits.
+            dist = ahead + ((carried - ahead + SEQ_HALF) // SEQ_MOD) * SEQ_MOD
+        else:
+            dist = ahead - SEQ_MOD if ahead >= SEQ_HALF else ahead
+        if dist <= 0:
+            return
+        end = rcv.rcv_nxt + dist
+        if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
+            end = rcv.peer_fin_off
+        if end <= rcv.rcv_nxt:
+            return
+        rcv.unique_bytes += end - rcv.rcv_nxt
+        rcv.rcv_nxt = end
+        if end > rcv.max_end:
+            rcv.max_end = end
+        rcv.buf = None
+        rcv.bufsize = 0
+        rcv.right_edge = None
+
+    def _flush_new_data(self, flow):
+        pending = flow.pending_data
+        if not pending:
+            return
+        flow.pending_data = 0
+        saved_pkt = self.cur_pkt
+        self.cur_pkt = None
+        try:
+            for side in (MOS_SIDE_CLI, MOS_SIDE_SVR):
+                if pending & (1 << side):
+                    self._fire_flow(flow, HOOK_NULL, side, EV_CONN_NEW_DATA)
+        finally:
+            self.cur_pkt = saved_pkt
+
+    def stream_buffer(self, sock, side):
+        return sock.flow.sides[side].buf
+
+    def set_buffer_size(self, flow_side, size):
+        if flow_side.first_payload_seen and size:
+            raise OSError(errno.EINVAL, "the buffer size of a flow can change only before its "
+                          "first payload byte (or to 0, which turns buffering off)")
+        flow_side.bufsize = size
+        if size == 0:
+            flow_side.buf = None
+        elif flow_side.buf is not None:
+            flow_side.buf.resize(size)
+
+    def set_overlap_policy(self, flow_side, policy):
+        assert policy in OVERLAP_POLICIES, policy   # the API checked it
+        flow_side.policy = policy
+        if flow_side.buf is not None:
+            flow_side.buf.policy = policy
