@@ -15,11 +15,10 @@ import socket
 from . import constants as C
 from .engine.callback_log import log_callback_error
 from .config import ConfigError, apply, load_config
-from .core import packet as P
+from .core import frames
 from .core.events import EventError, EventRegistry, check_combination
 from .core.filters import FilterError, compile_filter
 from .core.stack import Stack
-from .core.tcp import seq_delta
 from .types import FlowStats, MonitorFilter, MtcpConf, PktInfo, TcpBufInfo, TcpRingFragment
 
 __all__ = [
@@ -599,16 +598,7 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
         pinfo.seq = pkt.seq
         pinfo.ack_seq = pkt.ack
         pinfo.window = pkt.window
-        offset = 0
-        if sock_obj.kind == "flow":
-            flow = sock_obj.flow
-            sender = C.MOS_SIDE_CLI if flow.addrs[0] == pkt.src and flow.ports_tcp[0] == pkt.sport \
-                else C.MOS_SIDE_SVR
-            receiver_side = flow.sides[1 - sender]
-            if receiver_side.peer_base is not None:
-                nxt = (receiver_side.peer_base + receiver_side.rcv_nxt) & 0xFFFFFFFF
-                offset = max(0, receiver_side.rcv_nxt + seq_delta(pkt.seq, nxt))
-        pinfo.offset = offset
+        pinfo.offset = frames.stream_offset(sock_obj.flow, pkt) if sock_obj.kind == "flow" else 0
     else:
         pinfo.tcph = pinfo.payload = view[size:size]
         pinfo.payloadlen = pinfo.seq = pinfo.ack_seq = pinfo.window = pinfo.offset = 0
@@ -628,7 +618,7 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
         raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
                      "payload size, which needs sequence remapping)")
     if action == C.MOS_DROP:
-        stack.cur_drop = True
+        stack.drop_current()
         return 0
     if action != C.MOS_OVERWRITE:
         raise _error(errno.EINVAL, "option needs exactly one of MOS_DROP and MOS_OVERWRITE")
@@ -636,18 +626,6 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
     if len(regions) != 1:
         raise _error(errno.EINVAL, "MOS_OVERWRITE needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "
                      "MOS_TCP_HDR, MOS_TCP_PAYLOAD")
-    region = regions[0]
-    if pkt.ip_version == 0 and region != C.MOS_ETH_HDR:
-        raise _error(errno.EINVAL, "this frame has only an Ethernet header")
-    tcp_ok = pkt.ip_proto == 6 and not pkt.is_fragment
-    if region in (C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD) and not tcp_ok:
-        raise _error(errno.EINVAL, "this packet has no TCP header")
-    bounds = {
-        C.MOS_ETH_HDR: (0, pkt.l3_off),
-        C.MOS_IP_HDR: (pkt.l3_off, pkt.l4_off),
-        C.MOS_TCP_HDR: (pkt.l4_off, pkt.payload_off if tcp_ok else pkt.l4_off),
-        C.MOS_TCP_PAYLOAD: (pkt.payload_off, pkt.payload_off + pkt.payload_len if tcp_ok else 0),
-    }[region]
     try:
         data_view = memoryview(data).cast("B")
     except TypeError:
@@ -658,42 +636,9 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
     if not isinstance(offset, int) or offset < 0 or not isinstance(datalen, int) \
             or datalen < 0 or datalen > data_view.nbytes:
         raise _error(errno.EINVAL, f"offset {offset!r}/datalen {datalen!r} do not fit the data given")
-    start, end = bounds
-    if start + offset + datalen > end:
-        raise _error(errno.EINVAL, f"offset {offset} + datalen {datalen} runs past the region "
-                     f"({end - start} bytes)")
-    frame = pkt.buf
-    at = start + offset
-    saved = bytes(frame[at:at + datalen])
-    frame[at:at + datalen] = data_view[:datalen]
-    if region != C.MOS_TCP_PAYLOAD:
-        try:
-            fresh = P.parse_frame(frame)
-        except P.PacketError as exc:
-            frame[at:at + datalen] = saved
-            raise _error(errno.EINVAL, f"the edit makes the frame unparseable: {exc}") from None
-        _refresh_packet(pkt, fresh)
-    if option & C.MOS_UPDATE_IP_CHKSUM and pkt.ip_version == 4:
-        P.fix_ipv4_checksum(pkt)
-    if option & C.MOS_UPDATE_TCP_CHKSUM and tcp_ok:
-        P.fix_tcp_checksum(pkt)
+    frames.overwrite(pkt, regions[0], offset, data_view, datalen,
+                     bool(option & C.MOS_UPDATE_IP_CHKSUM), bool(option & C.MOS_UPDATE_TCP_CHKSUM))
     return 0
-
-
-def _refresh_packet(pkt, fresh):
-    """Re-read header fields after an edit, in the object callbacks share."""
-    for name in ("vlan_ids", "l3_off", "ip_version", "ip_proto", "src", "dst", "ip_len",
-                 "is_fragment", "l4_off", "sport", "dport", "seq", "ack", "flags", "window",
-                 "urgent", "tcp_hdr_len", "payload_off", "payload_len"):
-        setattr(pkt, name, getattr(fresh, name))
-
-
-def _l3_offset(frame):
-    """Offset of the IP header in an Ethernet frame with any VLAN tags."""
-    offset = 12
-    while offset + 2 <= len(frame) and frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
-        offset += 4
-    return offset + 2
 
 
 def mtcp_sendpkt(mctx, sock, pinfo):
@@ -706,44 +651,9 @@ def mtcp_sendpkt(mctx, sock, pinfo):
         raise _error(errno.ENODATA, "pinfo has no Ethernet, IP or TCP header")
     payload = bytes(pinfo.payload[:pinfo.payloadlen]) if pinfo.payload is not None else b""
     frame = bytearray(bytes(pinfo.ethh) + bytes(pinfo.iph) + bytes(pinfo.tcph) + payload)
-    pkt = _finish_frame(frame)
-    egress = _egress_port(stack, sock_obj, pkt)
-    stack.queue_frame(frame, egress)
-    return 0
-
-
-def _finish_frame(frame):
-    """Fix the IP length fields and the checksums of a frame we built."""
-    l3 = _l3_offset(frame)
-    if len(frame) < l3 + 20:
-        raise _error(errno.ENODATA, "the IP header is missing or too short")
-    version = frame[l3] >> 4
-    if version == 4:
-        frame[l3 + 2:l3 + 4] = (len(frame) - l3).to_bytes(2, "big")
-    elif version == 6 and len(frame) >= l3 + 40:
-        frame[l3 + 4:l3 + 6] = (len(frame) - l3 - 40).to_bytes(2, "big")
-    else:
-        raise _error(errno.ENODATA, f"IP version {version} is not 4 or 6")
-    try:
-        pkt = P.parse_frame(memoryview(frame))
-    except P.PacketError as exc:
-        raise _error(errno.ENODATA, f"pinfo does not hold a valid IP/TCP header: {exc}") from None
-    if pkt.ip_proto != 6 or pkt.is_fragment:
-        raise _error(errno.ENODATA, "pinfo does not hold a TCP header")
-    if version == 4:
-        P.fix_ipv4_checksum(pkt)
-    P.fix_tcp_checksum(pkt)
-    return pkt
-
-
-def _egress_port(stack, sock_obj, pkt):
-    """Toward the destination host: out of the port its own frames come in on."""
+    pkt = frames.finish_frame(frame)
     flow = sock_obj.flow if sock_obj.kind == "flow" else stack.cur_flow
-    if flow is not None:
-        if pkt.dst == flow.addrs[0] and flow.sides[0].port is not None:
-            return flow.sides[0].port
-        if pkt.dst == flow.addrs[1] and flow.sides[1].port is not None:
-            return flow.sides[1].port
+    stack.queue_frame(frame, frames.egress_port(flow, pkt))
     return 0
 
 
@@ -751,24 +661,7 @@ def mtcp_reset_conn(mctx, sock):
     """Send an RST to both ends of the flow (a mosxdp extension)."""
     stack = _stack(mctx)
     sock_obj = _flow_sock(stack, sock, errno.ENOTSOCK)
-    flow = sock_obj.flow
-    for sender in (C.MOS_SIDE_CLI, C.MOS_SIDE_SVR):
-        snd = flow.sides[sender]
-        receiver = 1 - sender
-        l2 = snd.l2_header or flow.sides[receiver].l2_header
-        if l2 is None or snd.snd_nxt is None:
-            continue
-        if snd.l2_header is None:
-            l2 = l2[6:12] + l2[0:6] + l2[12:]
-        # The sender's own receive side says what it would acknowledge.
-        ack = 0
-        if snd.peer_base is not None:
-            ack = (snd.peer_base + snd.rcv_nxt) & 0xFFFFFFFF
-        frame = P.build_tcp_frame(
-            bytes(l2[0:6]), bytes(l2[6:12]), flow.addrs[sender], flow.addrs[receiver],
-            flow.ports_tcp[sender], flow.ports_tcp[receiver], snd.snd_nxt, ack,
-            C.TH_RST | C.TH_ACK, 0, vlan_ids=flow.vlan_ids)
-        port = flow.sides[receiver].port if flow.sides[receiver].port is not None else 0
+    for frame, port in frames.reset_frames(sock_obj.flow):
         stack.queue_frame(frame, port)
     return 0
 

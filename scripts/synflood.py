@@ -10,7 +10,7 @@ ISNs) to 10.1.0.2:80, in `--bursts` bursts at 20000 SYNs/s separated by `--pause
 of silence; the server answers a fraction of them with a SYN-ACK (to nobody). A
 legitimate HTTP transfer (10.1.0.1:40000 -> 10.1.0.2:80, a `--response`-byte answer in
 1448-byte segments, ACKed every second segment) runs from before the first burst to after
-the last. Frames are built with mosxdp.core.packet.build_tcp_frame in timestamp order and
+the last. Frames are built with mosxdp.core.frames.build_tcp_frame in timestamp order and
 fed to the offline engine (or written to `--pcap` first and replayed from it).
 
 The monitor is a flowdump-like collector (every stream's bytes read with mtcp_peek at
@@ -42,7 +42,7 @@ from mosxdp.constants import (  # noqa: E402
     MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_SIDE_CLI, MOS_SIDE_SVR,
     MOS_SOCK_MONITOR_STREAM, MOSX_FLOW_STATS, SOL_MONSOCKET,
 )
-from mosxdp.core.packet import build_tcp_frame  # noqa: E402
+from mosxdp.core.frames import build_tcp_frame  # noqa: E402
 from mosxdp.engine import OfflineEngine  # noqa: E402
 from mosxdp.io.pcap import PcapReader, PcapWriter  # noqa: E402
 

@@ -243,6 +243,10 @@ class EventDispatch:
             _, _, timer_id, callback = heapq.heappop(timers)
             self._call(callback, timer_id, 0, 0, None, no_packet=True)
 
+    def drop_current(self):
+        """MOS_DROP from a callback: the packet being processed is not forwarded."""
+        self.cur_drop = True
+
     def _call(self, callback, sock_id, side, event, arg, no_packet=False):
         saved = (self.cur_side, self.cur_pkt)
         self.cur_side = side

@@ -52,7 +52,6 @@ TCPOPT_SACK_PERMITTED = 4
 TCPOPT_TIMESTAMP = 8
 
 _IPV4_FRAGMENT_BITS = 0x3FFF  # MF flag and fragment offset; DF is not fragmentation
-_IPV4_DF = 0x4000
 _IPV4_NO_OPTIONS = 0x45  # version 4, IHL 5
 _IPV6_FRAGMENT_BITS = 0xFFF9  # fragment offset and M flag
 
@@ -73,13 +72,8 @@ _UDP_PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _TIMESTAMPS = struct.Struct("!II")
 
-_ETH_ADDRS = struct.Struct("!6s6s")
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_IPV6_HEADER = struct.Struct("!IHBB16s16s")
-_TCP_HEADER = struct.Struct("!HHIIBBHHH")
-
-_TCP_CHECKSUM_OFF = 16
-_IPV4_CHECKSUM_OFF = 10
+TCP_CHECKSUM_OFF = 16
+IPV4_CHECKSUM_OFF = 10
 
 
 class PacketError(ValueError):
@@ -431,7 +425,7 @@ def ones_complement_sum(data, initial=0):
 
 def ipv4_header_checksum(header):
     """The checksum field an IPv4 header should carry (its current field is ignored)."""
-    stored = _U16.unpack_from(header, _IPV4_CHECKSUM_OFF)[0]
+    stored = _U16.unpack_from(header, IPV4_CHECKSUM_OFF)[0]
     return _checksum_of(_word_sum(header) - stored)
 
 
@@ -449,7 +443,7 @@ def verify_ipv4_checksum(pkt):
 def fix_ipv4_checksum(pkt):
     """Write the right IPv4 header checksum into pkt.buf (which must be writable)."""
     checksum = ipv4_header_checksum(_ipv4_header(pkt))
-    _U16.pack_into(pkt.buf, pkt.l3_off + _IPV4_CHECKSUM_OFF, checksum)
+    _U16.pack_into(pkt.buf, pkt.l3_off + IPV4_CHECKSUM_OFF, checksum)
     return checksum
 
 
@@ -461,6 +455,11 @@ def _tcp_word_sum(src, dst, segment):
     """
     return (_word_sum(segment) + int.from_bytes(src, "big") + int.from_bytes(dst, "big")
             + IPPROTO_TCP + len(segment))
+
+
+def tcp_segment_checksum(src, dst, segment):
+    """The checksum of a TCP segment (its checksum field zero) between two addresses."""
+    return _checksum_of(_tcp_word_sum(src, dst, segment))
 
 
 def _pseudo_header_dst(pkt):
@@ -504,7 +503,7 @@ def _tcp_segment(pkt):
 def tcp_checksum(pkt):
     """The checksum field pkt's TCP segment should carry (its current field is ignored)."""
     segment = _tcp_segment(pkt)
-    stored = _U16.unpack_from(segment, _TCP_CHECKSUM_OFF)[0]
+    stored = _U16.unpack_from(segment, TCP_CHECKSUM_OFF)[0]
     return _checksum_of(_tcp_word_sum(pkt.src, _pseudo_header_dst(pkt), segment) - stored)
 
 
@@ -516,7 +515,7 @@ def verify_tcp_checksum(pkt):
 def fix_tcp_checksum(pkt):
     """Write the right TCP checksum into pkt.buf (which must be writable)."""
     checksum = tcp_checksum(pkt)
-    _U16.pack_into(pkt.buf, pkt.l4_off + _TCP_CHECKSUM_OFF, checksum)
+    _U16.pack_into(pkt.buf, pkt.l4_off + TCP_CHECKSUM_OFF, checksum)
     return checksum
 
 
@@ -537,65 +536,3 @@ def checksum_update(csum, old, new, offset=0):
         delta <<= 8  # the last byte is a high byte: move every byte up to its word position
     # HC' = ~(~HC + ~m + m') (RFC 1624 eqn 3), with ~m + m' computed as m' - m mod 0xFFFF.
     return _checksum_of(0xFFFF - csum + delta)
-
-
-# --- building ----------------------------------------------------------------------------
-
-def build_tcp_frame(eth_dst, eth_src, src, dst, sport, dport, seq, ack, flags, window,
-                    payload=b"", *, vlan_ids=(), ttl=64, urgent=0, options=b""):
-    """Build an Ethernet(+VLAN tags)/IPv4 or IPv6/TCP frame with valid checksums.
-
-    The IP version follows the address length (4 or 16 bytes). IPv4 gets DF set and id 0;
-    `ttl` is the IPv6 hop limit for IPv6. `vlan_ids` are outer first: the innermost tag is
-    802.1Q (0x8100), the outer ones 802.1ad (0x88a8). `options` are padded with EOL to a
-    multiple of 4 bytes. Raises ValueError for values that do not fit their fields.
-    """
-    if len(src) != len(dst) or len(src) not in (4, 16):
-        raise ValueError(f"addresses of {len(src)} and {len(dst)} bytes: both must be 4 "
-                         "(IPv4) or both 16 (IPv6)")
-    if len(eth_dst) != 6 or len(eth_src) != 6:
-        raise ValueError("Ethernet addresses must be 6 bytes")
-    options = bytes(options) + b"\0" * (-len(options) % 4)
-    if len(options) > TCP_MAX_OPTIONS_LEN:
-        raise ValueError(f"{len(options)} bytes of TCP options: at most 40 fit")
-    for vlan_id in vlan_ids:
-        if not 0 <= vlan_id <= 0xFFF:
-            raise ValueError(f"VLAN id {vlan_id} is not in 0..4095")
-    is_ipv4 = len(src) == 4
-    tcp_hdr_len = TCP_HDR_LEN + len(options)
-    tcp_len = tcp_hdr_len + len(payload)
-    # The 16-bit length field holds the whole packet in IPv4, the payload in IPv6.
-    if tcp_len + (IPV4_HDR_LEN if is_ipv4 else 0) > 0xFFFF:
-        raise ValueError(f"TCP segment of {tcp_len} bytes does not fit an IP packet")
-    l3_off = ETH_HDR_LEN + 4 * len(vlan_ids)
-    l4_off = l3_off + (IPV4_HDR_LEN if is_ipv4 else IPV6_HDR_LEN)
-    frame = bytearray(l4_off + tcp_len)
-
-    _ETH_ADDRS.pack_into(frame, 0, eth_dst, eth_src)
-    off = 12
-    for depth, vlan_id in enumerate(vlan_ids):
-        tpid = ETH_P_8021Q if depth == len(vlan_ids) - 1 else ETH_P_8021AD
-        _VLAN_TAG.pack_into(frame, off, tpid, vlan_id)
-        off += 4
-    _U16.pack_into(frame, off, ETH_P_IP if is_ipv4 else ETH_P_IPV6)
-    try:
-        if is_ipv4:
-            _IPV4_HEADER.pack_into(frame, l3_off, 0x45, 0, IPV4_HDR_LEN + tcp_len, 0, _IPV4_DF,
-                                   ttl, IPPROTO_TCP, 0, src, dst)
-        else:
-            _IPV6_HEADER.pack_into(frame, l3_off, 6 << 28, tcp_len, IPPROTO_TCP, ttl, src, dst)
-        _TCP_HEADER.pack_into(frame, l4_off, sport, dport, seq, ack, (tcp_hdr_len // 4) << 4,
-                              flags, window, 0, urgent)
-    except struct.error as exc:
-        raise ValueError(f"cannot build TCP frame: {exc}") from None
-    payload_off = l4_off + tcp_hdr_len
-    frame[l4_off + TCP_HDR_LEN:payload_off] = options
-    frame[payload_off:] = payload
-
-    with memoryview(frame) as view:
-        if is_ipv4:
-            _U16.pack_into(frame, l3_off + _IPV4_CHECKSUM_OFF,
-                           ipv4_header_checksum(view[l3_off:l4_off]))
-        _U16.pack_into(frame, l4_off + _TCP_CHECKSUM_OFF,
-                       _checksum_of(_tcp_word_sum(src, dst, view[l4_off:])))
-    return frame

@@ -118,7 +118,7 @@ def flow_record(path: Path, cli: list, timeout=10.0) -> dict:
 # ------------------------------------------------------------------------------ (a) SYN flood
 FLOODER = r'''
 import json, os, random, socket, sys, time
-from mosxdp.core.packet import build_tcp_frame
+from mosxdp.core.frames import build_tcp_frame
 ifname, dmac, smac, dst, dport, count, rate = sys.argv[1:8]
 dport, count, rate = int(dport), int(count), float(rate)
 mac = lambda s: bytes.fromhex(s.replace(":", ""))

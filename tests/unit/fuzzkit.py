@@ -18,7 +18,8 @@ from collections import Counter, defaultdict
 import mosxdp.api as api
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.constants import TcpState
-from mosxdp.core.packet import PACKET_ERROR_COUNTERS, build_tcp_frame
+from mosxdp.core.frames import build_tcp_frame
+from mosxdp.core.packet import PACKET_ERROR_COUNTERS
 from mosxdp.engine import run_frames
 
 MASK = 0xFFFFFFFF

@@ -766,7 +766,8 @@ def test_arbitrary_text_never_crashes(text, raw):
 # -- with the real parser ---------------------------------------------------------------------
 
 def test_on_parsed_frames():
-    from mosxdp.core.packet import build_tcp_frame, parse_frame
+    from mosxdp.core.frames import build_tcp_frame
+    from mosxdp.core.packet import parse_frame
     mac = b"\x02\0\0\0\0\x01"
 
     def frame(src, dst, sport, dport, **kw):

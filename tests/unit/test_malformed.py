@@ -14,7 +14,8 @@ import pytest
 from flowcraft import Monitor, api  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
 from mosxdp import cli
-from mosxdp.core.packet import PACKET_ERROR_COUNTERS, build_tcp_frame
+from mosxdp.core.frames import build_tcp_frame
+from mosxdp.core.packet import PACKET_ERROR_COUNTERS
 from mosxdp.io.pcap import PcapReader, PcapWriter
 
 MAC_C, MAC_S = b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"

@@ -16,10 +16,11 @@ from scapy.packet import Raw
 from mosxdp.constants import TH_ACK, TH_FIN, TH_PUSH, TH_SYN
 from mosxdp.core.packet import (
     PACKET_ERROR_COUNTERS, InvalidHeader, PacketError, TruncatedHeader,
-    build_tcp_frame, checksum_update, fix_ipv4_checksum, fix_tcp_checksum,
+    checksum_update, fix_ipv4_checksum, fix_tcp_checksum,
     ipv4_header_checksum, ones_complement_sum, parse_frame, tcp_checksum,
     verify_ipv4_checksum, verify_tcp_checksum,
 )
+from mosxdp.core.frames import build_tcp_frame
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
