@@ -1,0 +1,30 @@
+"""The mOS monitoring API (mtcp_*), a thin adapter over mosxdp.core.
+
+Same names, argument order and constants as C. Where C returns -1 and sets
+errno, these functions raise OSError with that errno and a message saying
+what was wrong. Out-parameters map like Python's socket module: caller
+buffers are filled and a count returned (mtcp_peek, mtcp_ppeek), caller
+structs are filled (mtcp_getlastpkt), getsockopt returns the value.
+
+One module per group of calls (docs/internal/architecture.md lists where each call is):
+context (init, contexts), sockets (sockets, filters, options), events (callbacks, events,
+timers), streams (peek), packets (the packet being processed).
+"""
+from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_destroy,
+                      mtcp_destroy_context, mtcp_getconf, mtcp_init, mtcp_setconf)
+from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
+                     mtcp_register_callback, mtcp_settimer)
+from .packets import mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt, mtcp_setlastpkt
+from .sockets import (mtcp_bind_monitor_filter, mtcp_close, mtcp_get_uctx, mtcp_getpeername,
+                      mtcp_getsockopt, mtcp_set_uctx, mtcp_setsockopt, mtcp_socket)
+from .streams import PeekOverrunError, mtcp_peek, mtcp_ppeek
+
+__all__ = [
+    "mtcp_init", "mtcp_destroy", "mtcp_getconf", "mtcp_setconf", "mtcp_create_context",
+    "mtcp_destroy_context", "mtcp_app_join", "mtcp_socket", "mtcp_close",
+    "mtcp_bind_monitor_filter", "mtcp_register_callback", "mtcp_define_event",
+    "mtcp_alloc_event", "mtcp_raise_event", "mtcp_set_uctx", "mtcp_get_uctx", "mtcp_peek",
+    "mtcp_ppeek", "mtcp_getsockopt", "mtcp_setsockopt", "mtcp_getlastpkt", "mtcp_setlastpkt",
+    "mtcp_sendpkt", "mtcp_reset_conn", "mtcp_getpeername", "mtcp_settimer", "mtcp_cb_get_ts",
+    "PeekOverrunError", "MtcpContext",
+]

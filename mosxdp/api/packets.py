@@ -1,0 +1,125 @@
+"""The packet being processed: mtcp_getlastpkt, mtcp_setlastpkt, mtcp_sendpkt and
+mtcp_reset_conn (the frame work itself is in mosxdp.core.frames)."""
+import errno
+
+from .. import constants as C
+from ..core import frames
+from ..types import PktInfo
+from .context import _error, _flow_sock, _side, _sock, _stack
+
+
+def _packet_context(stack, sock, side, getlast=False):
+    sock_obj = _sock(stack, sock)
+    if sock_obj.kind == "listener" and not getlast:
+        raise _error(errno.ESOCKTNOSUPPORT, f"socket {sock} is a listening socket: edit packets "
+                     "through the flow sockets callbacks receive")
+    if sock_obj.kind != "flow":
+        # A raw socket's packet, or a listener's orphan (MOS_ON_ORPHAN passes MOS_SIDE_BOTH).
+        if side not in (C.MOS_NULL, C.MOS_SIDE_CLI, C.MOS_SIDE_SVR, C.MOS_SIDE_BOTH):
+            raise _error(errno.EINVAL, f"side {side!r} is not valid for a {sock_obj.kind} socket")
+    else:
+        _side(side)
+        if not sock_obj.monitoring[side]:
+            raise _error(errno.ENOTCONN, f"socket {sock} stopped monitoring side {side}")
+    pkt = stack.cur_pkt
+    if pkt is None or (sock_obj.kind == "flow" and stack.cur_flow is not sock_obj.flow):
+        raise _error(errno.ENODATA, "no packet is being processed for this socket "
+                     "(timers, CONN_NEW_DATA and CONN_END have no packet)")
+    return sock_obj, pkt
+
+
+def mtcp_getlastpkt(mctx, sock, side, pinfo):
+    stack = _stack(mctx)
+    if not isinstance(pinfo, PktInfo):
+        raise _error(errno.EINVAL, "pinfo must be a PktInfo()")
+    sock_obj, pkt = _packet_context(stack, sock, side, getlast=True)
+    frame = pkt.buf
+    size = pkt.l3_off + pkt.ip_len if pkt.ip_version else len(frame)
+    copy = mctx.pkt_copy
+    if copy is None or len(copy) < size:
+        copy = mctx.pkt_copy = bytearray(max(size, 2048))
+    copy[:size] = frame[:size]
+    view = memoryview(copy)
+    pinfo.cur_ts = (stack.now // 1000) & 0xFFFFFFFF
+    pinfo.in_ifidx = 0
+    pinfo.eth_len = size
+    pinfo.ethh = view[:pkt.l3_off]
+    if pkt.ip_version:
+        pinfo.ip_len = pkt.ip_len
+        pinfo.iph = view[pkt.l3_off:pkt.l4_off]
+    else:
+        pinfo.ip_len = 0
+        pinfo.iph = view[pkt.l3_off:pkt.l3_off]
+    if pkt.ip_version and pkt.ip_proto == 6 and not pkt.is_fragment:
+        pinfo.tcph = view[pkt.l4_off:pkt.payload_off]
+        pinfo.payload = view[pkt.payload_off:pkt.payload_off + pkt.payload_len]
+        pinfo.payloadlen = pkt.payload_len
+        pinfo.seq = pkt.seq
+        pinfo.ack_seq = pkt.ack
+        pinfo.window = pkt.window
+        pinfo.offset = frames.stream_offset(sock_obj.flow, pkt) if sock_obj.kind == "flow" else 0
+    else:
+        pinfo.tcph = pinfo.payload = view[size:size]
+        pinfo.payloadlen = pinfo.seq = pinfo.ack_seq = pinfo.window = pinfo.offset = 0
+    return 0
+
+
+_REGIONS = (C.MOS_ETH_HDR, C.MOS_IP_HDR, C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD)
+
+
+def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
+    stack = _stack(mctx)
+    sock_obj, pkt = _packet_context(stack, sock, side)
+    if not isinstance(option, int):
+        raise _error(errno.EINVAL, f"option {option!r} is not a combination of MOS_* flags")
+    action = option & (C.MOS_DROP | C.MOS_OVERWRITE | C.MOS_CHOMP | C.MOS_INSERT)
+    if action & (C.MOS_CHOMP | C.MOS_INSERT):
+        raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
+                     "payload size, which needs sequence remapping)")
+    if action == C.MOS_DROP:
+        stack.drop_current()
+        return 0
+    if action != C.MOS_OVERWRITE:
+        raise _error(errno.EINVAL, "option needs exactly one of MOS_DROP and MOS_OVERWRITE")
+    regions = [r for r in _REGIONS if option & r]
+    if len(regions) != 1:
+        raise _error(errno.EINVAL, "MOS_OVERWRITE needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "
+                     "MOS_TCP_HDR, MOS_TCP_PAYLOAD")
+    try:
+        data_view = memoryview(data).cast("B")
+    except TypeError:
+        raise _error(errno.EINVAL, f"data must be a bytes-like object, not "
+                     f"{type(data).__name__}") from None
+    if datalen is None:
+        datalen = data_view.nbytes
+    if not isinstance(offset, int) or offset < 0 or not isinstance(datalen, int) \
+            or datalen < 0 or datalen > data_view.nbytes:
+        raise _error(errno.EINVAL, f"offset {offset!r}/datalen {datalen!r} do not fit the data given")
+    frames.overwrite(pkt, regions[0], offset, data_view, datalen,
+                     bool(option & C.MOS_UPDATE_IP_CHKSUM), bool(option & C.MOS_UPDATE_TCP_CHKSUM))
+    return 0
+
+
+def mtcp_sendpkt(mctx, sock, pinfo):
+    stack = _stack(mctx)
+    if not isinstance(pinfo, PktInfo):
+        raise _error(errno.EACCES, "pinfo must be a PktInfo()")
+    sock_obj = _sock(stack, sock)
+    parts = (pinfo.ethh, pinfo.iph, pinfo.tcph)
+    if any(part is None or len(part) == 0 for part in parts):
+        raise _error(errno.ENODATA, "pinfo has no Ethernet, IP or TCP header")
+    payload = bytes(pinfo.payload[:pinfo.payloadlen]) if pinfo.payload is not None else b""
+    frame = bytearray(bytes(pinfo.ethh) + bytes(pinfo.iph) + bytes(pinfo.tcph) + payload)
+    pkt = frames.finish_frame(frame)
+    flow = sock_obj.flow if sock_obj.kind == "flow" else stack.cur_flow
+    stack.queue_frame(frame, frames.egress_port(flow, pkt))
+    return 0
+
+
+def mtcp_reset_conn(mctx, sock):
+    """Send an RST to both ends of the flow (a mosxdp extension)."""
+    stack = _stack(mctx)
+    sock_obj = _flow_sock(stack, sock, errno.ENOTSOCK)
+    for frame, port in frames.reset_frames(sock_obj.flow):
+        stack.queue_frame(frame, port)
+    return 0

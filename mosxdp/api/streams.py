@@ -1,0 +1,76 @@
+"""Bytestreams: mtcp_peek and mtcp_ppeek over a side's reassembly buffer."""
+import errno
+
+from .context import _error, _flow_sock, _side, _stack
+
+
+class PeekOverrunError(OSError):
+    """mtcp_peek found bytes overwritten before they were read (ENODATA).
+
+    `lost` is how many bytes were lost; the peek offset now points at the
+    oldest byte still held, so the next call continues from there."""
+
+    def __init__(self, lost):
+        super().__init__(errno.ENODATA, f"{lost} bytes were overwritten before mtcp_peek read them")
+        self.lost = lost
+
+
+def _readable(stack, sock, side, wrong_type_errno=errno.ESOCKTNOSUPPORT):
+    sock_obj = _flow_sock(stack, sock, wrong_type_errno)
+    _side(side)
+    if not sock_obj.monitoring[side]:
+        raise _error(errno.ENOTCONN, f"socket {sock} stopped monitoring side {side} (MOS_STOP_MON)")
+    flow_side = sock_obj.flow.sides[side]
+    if not flow_side.bufsize:
+        raise _error(errno.EINVAL, f"buffering is off for side {side} of socket {sock}")
+    return sock_obj, flow_side
+
+
+def _writable_bytes(buf):
+    """A caller's buffer as writable bytes (a NULL or read-only buffer is EINVAL)."""
+    try:
+        view = memoryview(buf).cast("B")
+    except TypeError:
+        raise _error(errno.EINVAL, f"buf must be a writable bytes-like object, not "
+                     f"{type(buf).__name__}") from None
+    if view.readonly:
+        raise _error(errno.EINVAL, "buf is read-only")
+    return view
+
+
+def _length(value):
+    """A byte count argument: a non-negative int, else EINVAL."""
+    if not isinstance(value, int) or value < 0:
+        raise _error(errno.EINVAL, f"len {value!r} is not a non-negative byte count")
+    return value
+
+
+def mtcp_peek(mctx, sock, side, buf, len=None):
+    stack = _stack(mctx)
+    sock_obj, flow_side = _readable(stack, sock, side, errno.ENOTSOCK)
+    view = _writable_bytes(buf)
+    want = view.nbytes if len is None else min(_length(len), view.nbytes)
+    ring = flow_side.buf
+    if ring is None:
+        return 0
+    offset = sock_obj.peek_off[side]
+    if offset < ring.head:
+        sock_obj.peek_off[side] = ring.head
+        raise PeekOverrunError(ring.head - offset)
+    count = ring.read_into(offset, view[:want]) if want else 0
+    sock_obj.peek_off[side] = offset + count
+    return count
+
+
+def mtcp_ppeek(mctx, sock, side, buf, len, off):
+    stack = _stack(mctx)
+    _, flow_side = _readable(stack, sock, side)
+    if not isinstance(off, int) or off < 0:
+        raise _error(errno.EINVAL, f"offset {off!r} is not a non-negative integer")
+    view = _writable_bytes(buf)
+    want = min(_length(len), view.nbytes)
+    ring = flow_side.buf
+    count = ring.read_into(off, view[:want]) if ring is not None and want else 0
+    if count == 0:
+        raise _error(errno.ENODATA, f"no byte at offset {off} in side {side}'s buffer")
+    return count
