@@ -1,0 +1,8 @@
+"""The sans-IO core: frames in, verdicts and callbacks out. No sockets, no clock, no bcc,
+no ctypes; it imports nothing outside this folder.
+
+Its face is `Stack` (stack.py): `process(frame, ts_us, port)` per frame, `end_batch()`,
+`advance_clock(ts_us)`, `finish()`, with `StackConfig` for the mOS knobs. The rest is
+the Stack's parts and the parsers it uses (docs/internal/architecture.md).
+"""
+from .stack import VERDICT_DROP, VERDICT_FORWARD, Stack, StackConfig, StopMonitor  # noqa: F401
