@@ -13,22 +13,10 @@ applies the on_callback_error policy when a callback raises.
 import errno
 import heapq
 
-from .constants import (
-    MOS_HK_RCV,
-    MOS_HK_SND,
-    MOS_NULL,
-    MOS_ON_CONN_END,
-    MOS_ON_CONN_NEW_DATA,
-    MOS_ON_CONN_START,
-    MOS_ON_ERROR,
-    MOS_ON_ORPHAN,
-    MOS_ON_PKT_IN,
-    MOS_ON_REXMIT,
-    MOS_ON_TCP_STATE_CHANGE,
-    MOS_ON_TIMEOUT,
-    UDE_FIRST_BIT,
-    UDE_LAST_BIT,
-)
+from .constants import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
+                        MOS_ON_CONN_START, MOS_ON_ERROR, MOS_ON_ORPHAN, MOS_ON_PKT_IN,
+                        MOS_ON_REXMIT, MOS_ON_TCP_STATE_CHANGE, MOS_ON_TIMEOUT, UDE_FIRST_BIT,
+                        UDE_LAST_BIT)
 
 # What Stack.process returns for a frame.
 VERDICT_FORWARD = 0
@@ -225,13 +213,9 @@ class EventDispatch:
         self._stop_requested = False
         self.timers = []
         self._timer_seq = 0
-        self.cur_pkt = None
-        self.cur_frame = None
-        self.cur_flow = None
+        self.cur_pkt = self.cur_frame = self.cur_flow = None
+        self.cur_sock = self.cur_hook = self.cur_side = None
         self.cur_drop = False
-        self.cur_sock = None
-        self.cur_hook = None
-        self.cur_side = None
 
     def add_timer(self, timer_id, timeout_us, callback):
         self._timer_seq += 1

@@ -34,30 +34,10 @@ Resource limits, each with a configuration key (StackConfig) and a counter:
 """
 from dataclasses import dataclass
 
-from .constants import (
-    MOS_NULL,
-    MOS_OVERLAP_POLICY_FIRST,
-    MOS_SIDE_BOTH,
-    MOS_SIDE_CLI,
-    MOS_SIDE_SVR,
-    TH_ACK,
-    TH_FIN,
-    TH_RST,
-    TH_SYN,
-)
-from .events import (
-    EV_ERROR,
-    EV_ORPHAN,
-    EV_PKT_IN,
-    EV_REXMIT,
-    EV_TCP_STATE_CHANGE,
-    HOOK_NULL,
-    HOOK_RCV,
-    HOOK_SND,
-    VERDICT_DROP,
-    VERDICT_FORWARD,
-    EventDispatch,
-)
+from .constants import (MOS_NULL, MOS_OVERLAP_POLICY_FIRST, MOS_SIDE_BOTH, MOS_SIDE_CLI,
+                        MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_SYN)
+from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE, HOOK_NULL,
+                     HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, EventDispatch)
 from .flow import DEFAULT_TCP_SYN_TIMEOUT, FlowTable
 from .packet import PacketError, parse_frame
 from .sockets import SocketTable

@@ -10,27 +10,9 @@ order) in `TcpEmulation`, the Stack's part that updates both sides for a segment
 SYN, FIN or RST (the common data segment is inlined in Stack.process); every state
 change goes through `next_state` and the tables.
 """
-from .constants import (
-    MOS_SIDE_CLI,
-    MOS_SIDE_SVR,
-    TH_ACK,
-    TH_FIN,
-    TH_RST,
-    TH_SYN,
-    TcpState,
-)
-from .events import (
-    EV_CONN_START,
-    EV_ERROR,
-    EV_PKT_IN,
-    EV_REXMIT,
-    EV_TCP_STATE_CHANGE,
-    HOOK_NULL,
-    HOOK_RCV,
-    HOOK_SND,
-    VERDICT_DROP,
-    VERDICT_FORWARD,
-)
+from .constants import (MOS_SIDE_CLI, MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_SYN, TcpState)
+from .events import (EV_CONN_START, EV_ERROR, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE,
+                     HOOK_NULL, HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD)
 
 CLOSED = TcpState.TCP_CLOSED
 LISTEN = TcpState.TCP_LISTEN
@@ -303,11 +285,8 @@ class TcpEmulation:
     def _restart_side(self, flow, snd, rcv):
         """A new SYN with another ISN: the stream starts over."""
         rcv.rcv_nxt = 0
-        rcv.buf = None
-        rcv.first_payload_seen = False
-        rcv.peer_fin_off = None
-        rcv.fin_received = False
-        rcv.right_edge = None
+        rcv.buf = rcv.peer_fin_off = rcv.right_edge = None
+        rcv.first_payload_seen = rcv.fin_received = False
         snd.fin_seq = None
         for sock in flow.socks:
             sock.peek_off[1 - flow.sides.index(snd)] = 0
