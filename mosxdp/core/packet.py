@@ -229,9 +229,7 @@ def parse_frame(buf):
             ip_hdr_len = IPV4_HDR_LEN   # the common case, in one comparison
         else:
             if version_ihl >> 4 != 4:
-                raise InvalidHeader(
-                    "ip_version", f"IP version {version_ihl >> 4} under ethertype 0x0800 "
-                    f"at offset {l3_off}")
+                raise _wrong_ip_version(version_ihl >> 4, ETH_P_IP, l3_off)
             ip_hdr_len = (version_ihl & 0xF) * 4
             if ip_hdr_len < IPV4_HDR_LEN:
                 raise InvalidHeader(
@@ -242,9 +240,7 @@ def parse_frame(buf):
                 f"{ip_hdr_len} at offset {l3_off}")
         ip_end = l3_off + ip_len
         if ip_end > frame_len:
-            raise TruncatedHeader(
-                "truncated_ipv4", f"IPv4 total length {ip_len} at offset {l3_off} runs past "
-                f"the {frame_len}-byte frame")
+            raise _past_frame("truncated_ipv4", f"IPv4 total length {ip_len}", l3_off, frame_len)
         l4_off = l3_off + ip_hdr_len
         is_fragment = (fragment & _IPV4_FRAGMENT_BITS) != 0
         pkt.ip_version = 4
@@ -305,6 +301,16 @@ def parse_frame(buf):
     return pkt
 
 
+def _wrong_ip_version(version, ethertype, l3_off):
+    return InvalidHeader("ip_version", f"IP version {version} under ethertype {ethertype:#06x} "
+                         f"at offset {l3_off}")
+
+
+def _past_frame(counter, what, l3_off, frame_len):
+    return TruncatedHeader(counter, f"{what} at offset {l3_off} runs past the {frame_len}-byte "
+                           "frame")
+
+
 def _clear_l4(pkt):
     pkt.sport = pkt.dport = pkt.seq = pkt.ack = pkt.flags = pkt.window = pkt.urgent = 0
     pkt.tcp_hdr_len = 0
@@ -334,20 +340,15 @@ def _parse_ipv6(buf, frame_len, l3_off):
     (offset 0, M clear: RFC 6946) is not a fragment and the walk goes on past it.
     """
     if frame_len < l3_off + IPV6_HDR_LEN:
-        raise TruncatedHeader(
-            "truncated_ipv6", f"IPv6 header at offset {l3_off} runs past the "
-            f"{frame_len}-byte frame")
+        raise _past_frame("truncated_ipv6", "IPv6 header", l3_off, frame_len)
     version_class_flow, payload_len, next_header, src, dst = _IPV6.unpack_from(buf, l3_off)
     if version_class_flow >> 28 != 6:
-        raise InvalidHeader(
-            "ip_version", f"IP version {version_class_flow >> 28} under ethertype 0x86dd "
-            f"at offset {l3_off}")
+        raise _wrong_ip_version(version_class_flow >> 28, ETH_P_IPV6, l3_off)
     ip_len = IPV6_HDR_LEN + payload_len
     ip_end = l3_off + ip_len
     if ip_end > frame_len:
-        raise TruncatedHeader(
-            "truncated_ipv6", f"IPv6 payload length {payload_len} at offset {l3_off} runs "
-            f"past the {frame_len}-byte frame")
+        raise _past_frame("truncated_ipv6", f"IPv6 payload length {payload_len}", l3_off,
+                          frame_len)
     off = l3_off + IPV6_HDR_LEN
     while True:
         if next_header in IPV6_EXT_HEADERS_8_OCTET:
