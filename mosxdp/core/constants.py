@@ -1,7 +1,8 @@
 """mOS constants with the numeric values of mos_api.h / mtcp_api.h.
 
 Enums are IntEnum/IntFlag so that they compare equal to the C numbers and a
-port of a C app can use them unchanged.
+port of a C app can use them unchanged. Their members are module names too
+(MOS_ON_PKT_IN, MOS_HK_SND, TCP_ESTABLISHED, ...), as in C.
 """
 from enum import IntEnum, IntFlag
 
@@ -35,22 +36,8 @@ class MosHook(IntFlag):
     MOS_HK_SND = 1 << 31
 
 
-MOS_NULL_EVENT = MosEvent.MOS_NULL_EVENT
-MOS_ON_PKT_IN = MosEvent.MOS_ON_PKT_IN
-MOS_ON_PKT_OUT = MosEvent.MOS_ON_PKT_OUT
-MOS_ON_CONN_START = MosEvent.MOS_ON_CONN_START
-MOS_ON_CONN_SETUP = MosEvent.MOS_ON_CONN_SETUP
-MOS_ON_CONN_NEW_DATA = MosEvent.MOS_ON_CONN_NEW_DATA
-MOS_ON_ERROR = MosEvent.MOS_ON_ERROR
-MOS_ON_TIMEOUT = MosEvent.MOS_ON_TIMEOUT
-MOS_ON_TCP_STATE_CHANGE = MosEvent.MOS_ON_TCP_STATE_CHANGE
-MOS_ON_ORPHAN = MosEvent.MOS_ON_ORPHAN
-MOS_ON_REXMIT = MosEvent.MOS_ON_REXMIT
-MOS_ON_CONN_END = MosEvent.MOS_ON_CONN_END
-MOS_ON_DEBUG_MESSAGE = MosEvent.MOS_ON_DEBUG_MESSAGE
-MOS_NULL = MosHook.MOS_NULL
-MOS_HK_RCV = MosHook.MOS_HK_RCV
-MOS_HK_SND = MosHook.MOS_HK_SND
+globals().update(MosEvent.__members__)
+globals().update(MosHook.__members__)
 
 # Built-in events are bits 0..11; user-defined events take bits 32..63 so an
 # event id stays a uint64_t like mOS's event_t.
@@ -82,13 +69,7 @@ class SocketType(IntEnum):
     MOS_SOCK_MONITOR_RAW = 6
 
 
-MOS_SOCK_UNUSED = SocketType.MOS_SOCK_UNUSED
-MOS_SOCK_STREAM_LISTEN = SocketType.MOS_SOCK_STREAM_LISTEN
-MOS_SOCK_PROXY = SocketType.MOS_SOCK_PROXY
-MOS_SOCK_STREAM = SocketType.MOS_SOCK_STREAM
-MOS_SOCK_MONITOR_STREAM = SocketType.MOS_SOCK_MONITOR_STREAM
-MOS_SOCK_MONITOR_STREAM_ACTIVE = SocketType.MOS_SOCK_MONITOR_STREAM_ACTIVE
-MOS_SOCK_MONITOR_RAW = SocketType.MOS_SOCK_MONITOR_RAW
+globals().update(SocketType.__members__)
 
 # Socket option levels and names.
 SOL_SOCKET = 0xFFFF
@@ -137,18 +118,7 @@ class TcpState(IntEnum):
     TCP_FINE_WAIT_2 = 6
 
 
-TCP_CLOSED = TcpState.TCP_CLOSED
-TCP_LISTEN = TcpState.TCP_LISTEN
-TCP_SYN_SENT = TcpState.TCP_SYN_SENT
-TCP_SYN_RCVD = TcpState.TCP_SYN_RCVD
-TCP_ESTABLISHED = TcpState.TCP_ESTABLISHED
-TCP_FIN_WAIT_1 = TcpState.TCP_FIN_WAIT_1
-TCP_FIN_WAIT_2 = TcpState.TCP_FIN_WAIT_2
-TCP_FINE_WAIT_2 = TcpState.TCP_FINE_WAIT_2
-TCP_CLOSE_WAIT = TcpState.TCP_CLOSE_WAIT
-TCP_CLOSING = TcpState.TCP_CLOSING
-TCP_LAST_ACK = TcpState.TCP_LAST_ACK
-TCP_TIME_WAIT = TcpState.TCP_TIME_WAIT
+globals().update(TcpState.__members__)
 
 # TCP header flag bits.
 TH_FIN = 0x01
