@@ -2,19 +2,25 @@
 folder on sys.path): the environment probe and its skip-or-fail, XDP_PASS programs on the
 endpoint veths, the monitor interfaces' `prog/xdp` readiness, the server namespace routed
 to a NAT address only, kernel SNMP counters, sha256 digests, a process's RSS, a polling
-wait, and HOLD (a client that holds a connection open)."""
+wait, HOLD (a client that holds a connection open), and the inline set-up of the app
+tests: `Bed` (testbed, HTTP server, clients), `Monitor` (`mosxdp run APP` in the monitor
+namespace) and `Tcpdump`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+APPS = Path(__file__).resolve().parent / "apps"      # the test apps (public API only)
 
 
 # ------------------------------------------------------------------------------ probe
@@ -163,8 +169,9 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def wait_until(what, cond, timeout, alive=None, step=0.05):
-    """Poll ``cond()`` until it is true (returned); ``alive()`` is called between polls."""
+def wait_until(what, cond, timeout, alive=None, step=0.05, detail=None):
+    """Poll ``cond()`` until it is true (returned); ``alive()`` is called between polls,
+    ``detail()`` (a log tail) ends the message of a timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -172,8 +179,22 @@ def wait_until(what, cond, timeout, alive=None, step=0.05):
             return value
         if alive is not None:
             alive()
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        assert time.monotonic() < deadline, \
+            f"{what}: not within {timeout}s" + (f"\n{detail()}" if detail else "")
         time.sleep(step)
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log an app writes as it goes (a line being written is skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 # ------------------------------------------------------------------------------ clients
@@ -199,3 +220,255 @@ if len(sys.argv) > 5:
 time.sleep(secs)
 s.close()
 '''
+
+
+# ------------------------------------------------------------------------------ inline bed
+ATTACH_TIMEOUT = 60.0            # bcc compiles the XDP program at start
+READY_TIMEOUT = 30.0
+PACED_RMEM = "4096 65536 262144"
+
+
+class Bed:
+    """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, `mosxdp.demo.server`
+    serving ``www`` on ``ports`` (the first is the clients' default), HOLD as
+    ``hold.py`` in ``tmp``. ``paced``: the client's receive buffer capped, so a
+    rate-limited curl paces the wire (autotuned, the kernel takes megabytes at wire speed).
+    ``access_log``: the server logs each request's peer (`access()`)."""
+
+    def __init__(self, tb, www: Path, tmp: Path, ports, *, paced=False, access_log=False):
+        self.tb, self.www, self.tmp, self.port = tb, www, tmp, ports[0]
+        self._n = 0
+        attach_pass_programs(tb)
+        if paced:
+            self.sh("cli", "sysctl", "-qw", f"net.ipv4.tcp_rmem={PACED_RMEM}")
+        self.hold_script = tmp / "hold.py"
+        self.hold_script.write_text(HOLD)
+        argv = [PY, "-m", "mosxdp.demo.server", www, *map(str, ports)]
+        self.access_log = None
+        if access_log:
+            self.access_log = self.out_path("access.log")
+            self.access_log.touch()
+            argv += ["--access-log", self.access_log]
+        self.httpd = tb.popen("srv", argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        for port in ports:
+            tb.wait_listen("srv", port)
+
+    @classmethod
+    def start(cls, www: Path, tmp: Path, ports, **kw) -> "Bed":
+        """A new inline testbed made ready (closed again if that fails)."""
+        from mosxdp.demo.testbed import Testbed
+        tb = Testbed("inline")
+        tb.start()
+        try:
+            return cls(tb, www, tmp, ports, **kw)
+        except BaseException:
+            tb.close()
+            raise
+
+    def close(self) -> None:
+        self.tb.close()
+
+    def sh(self, ns, *argv, check=True) -> subprocess.CompletedProcess:
+        r = self.tb.run(ns, list(map(str, argv)), capture_output=True, text=True, timeout=20)
+        if check:
+            assert r.returncode == 0, f"{' '.join(map(str, argv))} in {ns}: {r.stderr.strip()}"
+        return r
+
+    def out_path(self, tag: str) -> Path:
+        """A fresh path in the bed's directory, numbered in order of use."""
+        self._n += 1
+        return self.tmp / f"{self._n:03d}-{tag.replace('/', '-')}"
+
+    # -- clients
+    def url(self, family: int, path: str, port: int | None = None) -> str:
+        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
+        return f"http://{host}:{port or self.port}/{path}"
+
+    def curl(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
+        """curl in the client namespace; stdout is bytes."""
+        return self.tb.run("cli", ["curl", "-sS", "-g", "--fail", *map(str, args)],
+                           capture_output=True, timeout=timeout)
+
+    def curl_argv(self, family, name, out, *extra, port=None, local_port=None, max_time=30):
+        argv = ["curl", "-sS", "-g", "--fail", "--max-time", str(max_time), "-o", str(out),
+                *map(str, extra)]
+        if local_port:
+            argv += ["--local-port", str(local_port)]
+        return argv + [self.url(family, name, port)]
+
+    def download(self, family, name, *extra, port=None, local_port=None, max_time=30):
+        """GET ``name`` into a fresh file: (CompletedProcess, the file)."""
+        out = self.out_path(name)
+        r = self.tb.run("cli", self.curl_argv(family, name, out, *extra, port=port,
+                                              local_port=local_port, max_time=max_time),
+                        capture_output=True, timeout=max_time + 30)
+        return r, out
+
+    def start_download(self, family, name, *extra, port=None, local_port=None, max_time=30):
+        """`download` in the background: (Popen, the file)."""
+        out = self.out_path(name)
+        return self.tb.popen("cli", self.curl_argv(family, name, out, *extra, port=port,
+                                                   local_port=local_port, max_time=max_time),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE), out
+
+    def upload(self, family, path, *extra, port=None, local_port=None, max_time=30):
+        """PUT ``path``: stdout is the sha256 of what the server received."""
+        args = ["--max-time", max_time, "-H", "Expect:", "-T", path, *extra]
+        if local_port:
+            args += ["--local-port", local_port]
+        return self.curl(*args, self.url(family, "upload", port), timeout=max_time + 30)
+
+    def hold(self, family, port, local, secs, *get) -> subprocess.Popen:
+        """HOLD from the client: a connection held open (after GET [BEFORE]: half-closed)."""
+        host = self.tb.srv_ip if family == 4 else self.tb.srv_ip6
+        return self.tb.popen("cli", [PY, self.hold_script, host,
+                                     *map(str, (port, local, secs, *get))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    # -- observations
+    def nstat(self, ns: str, name: str) -> int:
+        return nstat(self.tb, ns, name, timeout=20)
+
+    def xdp_attached(self) -> set:
+        return xdp_attached(self.tb, timeout=20)
+
+    def xdp_status(self) -> str:
+        """The attached programs and their counters (`mosxdp status` data), for messages."""
+        code = ("import json, sys; from mosxdp.io import xdp; "
+                "print(json.dumps(xdp.status(sys.argv[1:])))")
+        r = self.tb.run("mon", [PY, "-c", code, self.tb.iface_a, self.tb.iface_b], cwd=ROOT,
+                        capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() or r.stderr.strip()[-2000:]
+
+    def xdp_counters(self) -> dict:
+        """The counters of the one program attached to A and B."""
+        status = json.loads(self.xdp_status())
+        programs = list(status["programs"].values())
+        assert len(programs) == 1 and "counters" in programs[0], status
+        return programs[0]["counters"]
+
+    def access(self) -> list[tuple[str, int, int, str]]:
+        """The server's access log: (peer address, peer port, server port, request line)."""
+        rows = []
+        for line in self.access_log.read_text().splitlines():
+            host, port, sport, request = line.split(" ", 3)
+            rows.append((host, int(port), int(sport), request))
+        return rows
+
+    def monitor(self, app, *args, ready=True) -> "Monitor":
+        """A monitor whose app has seen a warm-up download: ``ready`` True waits for the
+        app's --ready file, a callable for it to be true; False returns at once."""
+        if ready is False:
+            return Monitor(self, app, *args, attach=False)
+        mon = Monitor(self, app, *args, ready_file=ready is True)
+        try:
+            mon.warm_up(mon.ready_path.exists if ready is True else ready)
+        except BaseException:
+            mon.close()
+            raise
+        return mon
+
+
+class Monitor:
+    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace,
+    its output in a log; by default returned once A and B carry its XDP program.
+    ``ready_file``: the app is given `--ready` (``ready_path``)."""
+
+    def __init__(self, bed: Bed, app, *args, ready_file=False, attach=True):
+        self.bed = bed
+        name = Path(str(app)).stem
+        self.log_path = bed.out_path(f"{name}.monitor.log")
+        argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", bed.tb.iface_a,
+                "--peer", bed.tb.iface_b, *map(str, args)]
+        if ready_file:
+            self.ready_path = bed.out_path(f"{name}.ready")
+            argv += ["--ready", self.ready_path]
+        self._log = open(self.log_path, "w")
+        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        if attach:
+            try:
+                self.wait_attached()
+            except BaseException:
+                self.close()
+                raise
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def alive(self) -> None:
+        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
+
+    def wait_attached(self, timeout=ATTACH_TIMEOUT) -> None:
+        both = {self.bed.tb.iface_a, self.bed.tb.iface_b}
+        wait_until("XDP on both monitor interfaces", lambda: self.bed.xdp_attached() == both,
+                   timeout, self.alive, step=0.1, detail=self.log)
+
+    def warm_up(self, seen, attempt=None, timeout=READY_TIMEOUT) -> int:
+        """Warm-up connections until ``seen()``: the app saw one (the XDP program is
+        attached before the AF_XDP sockets are in its map: a SYN meanwhile takes the
+        kernel path). ``attempt`` defaults to a 1 KiB download; returns the attempts."""
+        attempts = 0
+        deadline = time.monotonic() + timeout
+        while not seen():
+            self.alive()
+            assert time.monotonic() < deadline, \
+                f"the app saw no warm-up connection in {timeout}s:\n{self.log()}"
+            if attempt is None:
+                self.bed.curl("--max-time", 2, "-o", "/dev/null", self.bed.url(4, "f1k"),
+                              timeout=10)
+            else:
+                attempt()
+            attempts += 1
+            time.sleep(0.1)
+        return attempts
+
+    def send_signal(self, sig) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout=30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"monitor still running after {timeout}s:\n{self.log()}") from None
+
+    def stop(self, sig=signal.SIGINT, timeout=30) -> int:
+        """Signal the monitor (unless it has exited) and wait: its exit code."""
+        if self.proc.poll() is None:
+            self.send_signal(sig)
+        return self.wait(timeout)
+
+    def stop_clean(self, timeout=30) -> None:
+        """SIGINT: the monitor exits 0 and leaves no XDP program attached."""
+        rc = self.stop(signal.SIGINT, timeout)
+        assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
+        assert self.bed.xdp_attached() == set(), "XDP programs left attached"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.bed.tb.stop(self.proc, signal.SIGKILL)
+        self._log.close()
+
+
+class Tcpdump:
+    """tcpdump writing ``path`` on ``ifname`` in namespace ``ns`` of a bed, returned once
+    it listens; ``opts`` go before the filter ``expr``."""
+
+    def __init__(self, bed: Bed, ns: str, ifname: str, path: Path, expr: str, *opts):
+        self.tb, self.path = bed.tb, path
+        self.err_path = path.with_name(path.name + ".tcpdump.err")
+        self._err = open(self.err_path, "w")
+        self.proc = bed.tb.popen(ns, ["tcpdump", "-i", ifname, "-s", "0", "-U", "--immediate-mode",
+                                      *map(str, opts), "-w", path, expr],
+                                 stdout=subprocess.DEVNULL, stderr=self._err)
+        wait_until(f"tcpdump on {ifname}", lambda: "listening on" in self.err_path.read_text(), 10)
+
+    def stop(self, settle: float = 0.2) -> str:
+        """After ``settle`` seconds (the last frames), SIGINT: tcpdump's closing report."""
+        time.sleep(settle)
+        if self.proc.poll() is None:
+            self.tb.stop(self.proc, signal.SIGINT, timeout=10)
+        self._err.close()
+        return self.err_path.read_text()

@@ -1,4 +1,4 @@
-"""netns tier: robustness of the live inline monitor (issue 6, live halves of items 2 and 5).
+"""netns tier: robustness of the live inline monitor: a SYN flood, a callback that raises.
 
     <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
@@ -13,8 +13,7 @@
     on_callback_error (forward): a 20 MB download still arrives byte-identical and the
     monitor's `callback errors N` equals the app's own count of raises.
 
-Helpers (testbed with XDP_PASS endpoints and an HTTP server, the monitor process) come
-from test_live_apps.py. Skipped only when a probe fails; tests/conftest.py turns skips
+The testbed (XDP_PASS endpoints, an HTTP server) and the monitor process are livekit's. Skipped only when a probe fails; tests/conftest.py turns skips
 into failures with MOSXDP_REQUIRE_PRIVILEGED=1.
 """
 from __future__ import annotations
@@ -30,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from livekit import PY, ROOT, require_live, rss_kib, sha256_bytes, sha256_file
-from test_live_apps import APPS, PLAIN, TOOLS, Bed
+from livekit import APPS, PY, ROOT, Bed, require_live, rss_kib, sha256_bytes, sha256_file
 
 pytestmark = pytest.mark.netns
+
+PLAIN = 8080
+TOOLS = ("curl", "nstat", "ethtool")
 
 SIZE = 20 * 1024 * 1024
 SYNS = 100_000
@@ -65,13 +66,11 @@ def www(tmp_path_factory):
 
 @pytest.fixture
 def bed(live_env, www, tmp_path):
-    from mosxdp.demo.testbed import Testbed
-    tb = Testbed("inline")
-    tb.start()
+    bed = Bed.start(www, tmp_path, (PLAIN,))
     try:
-        yield Bed(tb, www, tmp_path)
+        yield bed
     finally:
-        tb.close()
+        bed.close()
 
 
 class RssSampler(threading.Thread):
@@ -206,7 +205,7 @@ def test_syn_flood_during_download(bed, www):
         assert sha256_file(out) == sha256_file(www / "f20m")
         time.sleep(0.5)   # the last FIN/ACKs
         rss_peak = sampler.stop()
-        mon._alive()
+        mon.alive()
         assert mon.stop(signal.SIGINT) == 0, mon.log()
     finally:
         sampler.stop()

@@ -1,7 +1,9 @@
-"""netns tier: mOS apps running live inline through `mosxdp run APP --iface A --peer B`.
-
-Acceptance items 1-5 of issue 3, through the real monitor (mosxdp.cli -> mtcp_app_join ->
-run_live) and apps written against the public API only (tests/netns/apps/*.py)::
+"""netns tier: the mOS API live inline, through `mosxdp run APP --iface A --peer B`: stream
+reassembly of real transfers, flowdump against tcpflow, dropping SYNs, overwriting payload
+with and without the checksum update, resets (mtcp_sendpkt, mtcp_reset_conn), fail-open
+and fail-closed after kill -9, and the exits that detach. Through the real monitor
+(mosxdp.cli -> mtcp_app_join -> run_live) and apps written against the public API only
+(tests/netns/apps/*.py)::
 
     <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
@@ -10,7 +12,7 @@ only when the receiving end runs XDP). The server namespace runs a dual-stack HT
 server on every port the tests use (GET serves files, PUT answers the sha256 of the
 body). A monitor is ready when both A and B carry an XDP program and its app has seen a
 connection (the apps' --ready file, or flowdump's first stream file): before that a SYN
-could still take the kernel path.
+could still take the kernel path. The set-up (Bed, Monitor, Tcpdump) is livekit's.
 
 Testbeds and monitors are shared per class (one app per class); every subprocess has a
 timeout. Skipped only when a probe fails (not root, no netns, no bcc/libxdp/AF_XDP, a
@@ -29,11 +31,9 @@ from pathlib import Path
 
 import livekit
 import pytest
-from livekit import PY, ROOT, sha256_bytes, sha256_file
+from livekit import APPS, PACED_RMEM, Bed, Tcpdump, sha256_bytes, sha256_file
 
 pytestmark = pytest.mark.netns
-
-APPS = Path(__file__).resolve().parent / "apps"
 
 PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH = range(8080, 8087)
 SERVER_PORTS = (PLAIN, BLOCKED, CSUM, NOCSUM, RST_SENDPKT, RST_CONN, CRASH)
@@ -41,8 +41,6 @@ MARKER = b"<<mosxdp-marker-0123456789>>"
 REPLACEMENT = b"[[REWRITTEN by the mOS app]]"
 assert len(MARKER) == len(REPLACEMENT)
 SIZES = {"f1k": 1024, "f20m": 20 * 1024 * 1024}
-ATTACH_TIMEOUT = 60.0   # bcc compiles the XDP program at start
-READY_TIMEOUT = 30.0
 
 
 # ------------------------------------------------------------------------------ probe
@@ -73,172 +71,28 @@ def www(tmp_path_factory):
 _client_ports = itertools.count(41000)
 
 
-class Bed:
-    """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, the HTTP server."""
-
-    def __init__(self, tb, www: Path, tmp: Path):
-        self.tb, self.www, self.tmp = tb, www, tmp
-        livekit.attach_pass_programs(tb)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, *map(str, SERVER_PORTS)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for port in SERVER_PORTS:
-            tb.wait_listen("srv", port)
-        self._n = 0
-
-    # -- clients
-    def url(self, family: int, path: str, port: int = PLAIN) -> str:
-        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
-        return f"http://{host}:{port}/{path}"
-
-    def curl(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-        """curl in the client namespace; stdout is bytes."""
-        return self.tb.run("cli", ["curl", "-sS", "-g", "--fail", *map(str, args)],
-                           capture_output=True, timeout=timeout)
-
-    def out_path(self, tag: str) -> Path:
-        self._n += 1
-        return self.tmp / f"{self._n:03d}-{tag}"
-
-    def download(self, family, name, *extra, port=PLAIN, local_port=None, max_time=30):
-        out = self.out_path(name)
-        args = ["--max-time", max_time, "-o", out, *extra]
-        if local_port:
-            args += ["--local-port", local_port]
-        r = self.curl(*args, self.url(family, name, port), timeout=max_time + 30)
-        return r, out
-
-    def upload(self, family, path, *extra, port=PLAIN, local_port=None, max_time=30):
-        args = ["--max-time", max_time, "-H", "Expect:", "-T", path, *extra]
-        if local_port:
-            args += ["--local-port", local_port]
-        return self.curl(*args, self.url(family, "upload", port), timeout=max_time + 30)
-
-    # -- observations
-    def xdp_attached(self) -> set:
-        """Monitor interfaces that carry an XDP program (`ip -d link` shows prog/xdp)."""
-        return livekit.xdp_attached(self.tb)
-
-    def xdp_status(self) -> str:
-        """The attached programs and their counters (`mosxdp status` data), for messages."""
-        code = ("import json, sys; from mosxdp.io import xdp; "
-                "print(json.dumps(xdp.status(sys.argv[1:])))")
-        r = self.tb.run("mon", [PY, "-c", code, self.tb.iface_a, self.tb.iface_b], cwd=ROOT,
-                        capture_output=True, text=True, timeout=30)
-        return r.stdout.strip() or r.stderr.strip()[-2000:]
-
-    def xdp_counters(self) -> dict:
-        """The counters of the one program attached to A and B."""
-        status = json.loads(self.xdp_status())
-        programs = list(status["programs"].values())
-        assert len(programs) == 1 and "counters" in programs[0], status
-        return programs[0]["counters"]
-
-    def nstat(self, ns: str, name: str) -> int:
-        """A kernel SNMP counter (absolute value) in namespace ``ns``."""
-        return livekit.nstat(self.tb, ns, name)
-
-    def monitor(self, app, *args, ready=True) -> "Monitor":
-        return Monitor(self, app, *args, ready=ready)
-
-
-class Monitor:
-    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace."""
-
-    def __init__(self, bed: Bed, app, *args, ready=True):
-        self.bed = bed
-        self.log_path = bed.out_path("monitor.log")
-        self.ready_path = bed.out_path("ready")
-        argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", bed.tb.iface_a,
-                "--peer", bed.tb.iface_b, *map(str, args)]
-        if ready is True:
-            argv += ["--ready", self.ready_path]
-        self._log = open(self.log_path, "w")
-        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        if ready:
-            try:
-                self.wait_attached()
-                self.wait_ready(ready if callable(ready) else self.ready_path.exists)
-            except BaseException:
-                self.close()
-                raise
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def _alive(self) -> None:
-        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
-
-    def wait_attached(self, timeout=ATTACH_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while self.bed.xdp_attached() != {self.bed.tb.iface_a, self.bed.tb.iface_b}:
-            self._alive()
-            assert time.monotonic() < deadline, f"monitor not attached after {timeout}s:\n{self.log()}"
-            time.sleep(0.1)
-
-    def wait_ready(self, is_ready, timeout=READY_TIMEOUT) -> None:
-        """Warm-up downloads until the app has seen one (frames reach user space)."""
-        deadline = time.monotonic() + timeout
-        while not is_ready():
-            self._alive()
-            assert time.monotonic() < deadline, f"the app saw no connection in {timeout}s:\n{self.log()}"
-            self.bed.curl("--max-time", 2, "-o", "/dev/null", self.bed.url(4, "f1k"), timeout=10)
-            time.sleep(0.05)
-
-    def send_signal(self, sig) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout=30) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"monitor still running after {timeout}s:\n{self.log()}") from None
-
-    def stop(self, sig=signal.SIGINT, timeout=30) -> int:
-        if self.proc.poll() is None:
-            self.send_signal(sig)
-        return self.wait(timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.bed.tb.stop(self.proc, signal.SIGKILL)
-        self._log.close()
-
-
-def _make_bed(www, tmp):
-    from mosxdp.demo.testbed import Testbed
-    tb = Testbed("inline")
-    tb.start()
-    try:
-        return Bed(tb, www, tmp)
-    except BaseException:
-        tb.close()
-        raise
-
-
 @pytest.fixture
 def bed_factory(live_env, www, tmp_path_factory):
     """Testbeds that live as long as the requesting fixture/test."""
     made = []
 
     def make():
-        bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+        bed = Bed.start(www, tmp_path_factory.mktemp("bed"), SERVER_PORTS)
         made.append(bed)
         return bed
 
     yield make
     for bed in made:
-        bed.tb.close()
+        bed.close()
 
 
 @pytest.fixture(scope="class")
 def class_bed(live_env, www, tmp_path_factory):
-    bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), SERVER_PORTS)
     try:
         yield bed
     finally:
-        bed.tb.close()
+        bed.close()
 
 
 def _json(path: Path) -> dict:
@@ -255,9 +109,21 @@ def _read_counters(path: Path, key: str, at_least: int, timeout=5.0) -> dict:
         time.sleep(0.05)
 
 
-# ------------------------------------------------------------------------------ 1. transfers
+def _counting_monitor(bed, app, *args):
+    """A monitor running the test app APPS/``app``.py, whose counters file (its --log) is
+    ``mon.counters``; closed at the end."""
+    log = bed.out_path(f"{app}.json")
+    mon = bed.monitor(APPS / f"{app}.py", *args, "--log", log)
+    mon.counters = log
+    try:
+        yield mon
+    finally:
+        mon.close()
+
+
+# ------------------------------------------------------------------------------ transfers
 class TestTransfers:
-    """Item 1: downloads and uploads through the inline monitor running a monitoring app
+    """Downloads and uploads through the inline monitor running a monitoring app
     (streamhash: sha256 of each direction's reassembled stream) arrive byte-identical; the
     app's own view of each flow matches what was transferred."""
 
@@ -329,7 +195,7 @@ class TestTransfers:
         assert rec["s2c_len"] == len(headers) + 64
 
     def test_sigint_stops_and_detaches(self, class_bed, mon):
-        """Item 5: a normal exit (SIGINT) detaches the XDP programs from A and B."""
+        """A normal exit (SIGINT) detaches the XDP programs from A and B."""
         assert class_bed.xdp_attached() == {class_bed.tb.iface_a, class_bed.tb.iface_b}
         rc = mon.stop(signal.SIGINT)
         assert rc == 0, mon.log()
@@ -339,9 +205,9 @@ class TestTransfers:
         assert r.returncode == 28, r
 
 
-# ------------------------------------------------------------------------------ 1. flowdump
+# ------------------------------------------------------------------------------ flowdump
 class TestFlowdumpLive:
-    """Item 1: `mosxdp run flowdump` live inline writes exactly the bytes transferred:
+    """`mosxdp run flowdump` live inline writes exactly the bytes transferred:
     its files for a flow equal tcpflow's on a tcpdump capture taken in the server
     namespace, and hold the HTTP request/response around the served file."""
 
@@ -353,26 +219,16 @@ class TestFlowdumpLive:
         mon = bed.monitor("flowdump", "--outdir", outdir,
                           ready=lambda: outdir.exists() and any(outdir.iterdir()))
         cap = bed.out_path("server.pcap")
-        err = bed.out_path("tcpdump.err")
         ports = {"download": next(_client_ports), "upload": next(_client_ports)}
         try:
-            with open(err, "w") as errf:
-                dump = tb.popen("srv", ["tcpdump", "-i", tb.srv_if, "-s", "0", "-B", "32768", "--immediate-mode",
-                                        "-w", cap, f"tcp port {ports['download']} or tcp port "
-                                                   f"{ports['upload']}"],
-                                stdout=subprocess.DEVNULL, stderr=errf)
-            deadline = time.monotonic() + 10
-            while "listening on" not in err.read_text():
-                assert dump.poll() is None and time.monotonic() < deadline, err.read_text()
-                time.sleep(0.05)
+            dump = Tcpdump(bed, "srv", tb.srv_if, cap, f"tcp port {ports['download']} or tcp port "
+                                                       f"{ports['upload']}", "-B", 32768)
             r, out = bed.download(4, "f20m", local_port=ports["download"])
             assert r.returncode == 0, r.stderr
             assert sha256_file(out) == sha256_file(www / "f20m")
             r = bed.upload(6, www / "f20m", local_port=ports["upload"])
             assert r.returncode == 0, r.stderr
-            time.sleep(0.3)  # the last FIN/ACKs
-            tb.stop(dump, signal.SIGINT, timeout=10)
-            stats = err.read_text()
+            stats = dump.stop(settle=0.3)  # the last FIN/ACKs
             captured = re.search(r"^(\d+) packets captured$", stats, re.M)
             received = re.search(r"^(\d+) packets received by filter$", stats, re.M)
             assert captured and received and captured[1] == received[1], stats
@@ -413,21 +269,15 @@ class TestFlowdumpLive:
                 assert response.endswith(b"\r\n\r\n" + sha256_bytes(served).encode())
 
 
-# ------------------------------------------------------------------------------ 2. SYN drop
+# ------------------------------------------------------------------------------ SYN drop
 class TestDropSyn:
-    """Item 2: a callback that drops SYNs (MOS_DROP at CONN_START/HK_SND, then PKT_IN for
+    """A callback that drops SYNs (MOS_DROP at CONN_START/HK_SND, then PKT_IN for
     the retransmitted SYNs) makes curl to that port fail while another port works."""
 
     @pytest.fixture(scope="class")
     @classmethod
     def mon(cls, class_bed):
-        log = class_bed.out_path("dropsyn.json")
-        mon = class_bed.monitor(APPS / "dropsyn.py", "--port", BLOCKED, "--log", log)
-        mon.counters = log
-        try:
-            yield mon
-        finally:
-            mon.close()
+        yield from _counting_monitor(class_bed, "dropsyn", "--port", BLOCKED)
 
     @pytest.mark.parametrize("family", [4, 6])
     def test_blocked_port_fails_other_port_works(self, class_bed, mon, www, family):
@@ -447,9 +297,9 @@ class TestDropSyn:
         assert bed.nstat("srv", "TcpPassiveOpens") == opens + 1
 
 
-# ------------------------------------------------------------------------------ 3. overwrite
+# ------------------------------------------------------------------------------ overwrite
 class TestOverwrite:
-    """Item 3: MARKER in the server's response is overwritten at MOS_HK_SND with
+    """MARKER in the server's response is overwritten at MOS_HK_SND with
     same-length bytes; with MOS_UPDATE_TCP_CHKSUM the client receives them, without it
     the client's kernel drops the segment (TcpInCsumErrors grows) and the transfer
     stalls: the modified bytes never arrive."""
@@ -457,15 +307,9 @@ class TestOverwrite:
     @pytest.fixture(scope="class")
     @classmethod
     def mon(cls, class_bed):
-        log = class_bed.out_path("overwrite.json")
-        mon = class_bed.monitor(APPS / "overwrite.py", "--marker", MARKER.decode(),
-                                "--replacement", REPLACEMENT.decode(), "--csum-port", CSUM,
-                                "--nocsum-port", NOCSUM, "--log", log)
-        mon.counters = log
-        try:
-            yield mon
-        finally:
-            mon.close()
+        yield from _counting_monitor(class_bed, "overwrite", "--marker", MARKER.decode(),
+                                     "--replacement", REPLACEMENT.decode(), "--csum-port", CSUM,
+                                     "--nocsum-port", NOCSUM)
 
     @pytest.mark.parametrize("family", [4, 6])
     def test_with_checksum_update_arrives_modified(self, class_bed, mon, www, family):
@@ -500,22 +344,16 @@ class TestOverwrite:
         assert grown >= 2, f"TcpInCsumErrors grew by {grown}"
 
 
-# ------------------------------------------------------------------------------ 4. resets
+# ------------------------------------------------------------------------------ resets
 class TestReset:
-    """Item 4: an RST built from mtcp_getlastpkt and sent with mtcp_sendpkt, and
+    """An RST built from mtcp_getlastpkt and sent with mtcp_sendpkt, and
     mtcp_reset_conn, reset a running 20 MB download after its first MB."""
 
     @pytest.fixture(scope="class")
     @classmethod
     def mon(cls, class_bed):
-        log = class_bed.out_path("reset.json")
-        mon = class_bed.monitor(APPS / "reset.py", "--sendpkt-port", RST_SENDPKT,
-                                "--reset-conn-port", RST_CONN, "--after", 1 << 20, "--log", log)
-        mon.counters = log
-        try:
-            yield mon
-        finally:
-            mon.close()
+        yield from _counting_monitor(class_bed, "reset", "--sendpkt-port", RST_SENDPKT,
+                                     "--reset-conn-port", RST_CONN, "--after", 1 << 20)
 
     @pytest.mark.parametrize("family", [4, 6])
     @pytest.mark.parametrize("port,key", [(RST_SENDPKT, "sendpkt_rst"), (RST_CONN, "reset_conn")],
@@ -537,17 +375,15 @@ class TestReset:
             assert bed.nstat(ns, "TcpEstabResets") > resets[ns], ns
 
 
-# ------------------------------------------------------------------------------ 5. fail-open/closed
+# ------------------------------------------------------------------------------ fail-open/closed
 @pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
 def test_kill9_mid_transfer(bed_factory, www, fail_closed):
-    """Item 5: kill -9 of the monitor mid-transfer: the program stays attached; the
+    """kill -9 of the monitor mid-transfer: the program stays attached; the
     transfer completes through the kernel path (fail-open) or stalls (--fail-closed)."""
     bed = bed_factory()
     # tcp_rmem's maximum here is 32 MB: the client kernel would take the whole file at
     # wire speed while curl reads it slowly. A small receive buffer paces the wire.
-    r = bed.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
-                   capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
+    bed.sh("cli", "sysctl", "-qw", f"net.ipv4.tcp_rmem={PACED_RMEM}")
     log = bed.out_path("flows.jsonl")
     mon = bed.monitor(APPS / "streamhash.py", "--log", log,
                       *(["--fail-closed"] if fail_closed else []))
@@ -593,9 +429,9 @@ def test_kill9_mid_transfer(bed_factory, www, fail_closed):
         assert delta["fail_closed_drop"] == 0, delta
 
 
-# ------------------------------------------------------------------------------ 5. exits
+# ------------------------------------------------------------------------------ exits
 class TestExitDetaches:
-    """Item 5: after SIGTERM, or an exception raised in the app's setup or (with
+    """After SIGTERM, or an exception raised in the app's setup or (with
     --on-callback-error stop) in a callback, no XDP program is left on A or B.
     (SIGINT: TestTransfers.test_sigint_stops_and_detaches.)"""
 

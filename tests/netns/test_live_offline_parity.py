@@ -1,5 +1,5 @@
 """netns tier: the same apps offline on a capture of the traffic they saw live give the
-same results (issue 5, item 3)::
+same results::
 
     <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
@@ -62,7 +62,7 @@ from pathlib import Path
 
 import livekit
 import pytest
-from livekit import PY, ROOT, wait_until
+from livekit import PY, ROOT, Bed, Monitor, Tcpdump, json_lines, wait_until
 
 from mosxdp.core import packet
 from mosxdp.io.pcap import PcapReader
@@ -74,8 +74,6 @@ CLOSED = 8093                         # nothing listens: the server answers a SY
 PATTERN = b"CONFIDENTIAL-5c1e"
 MASK = b"#"
 PATTERN_AT = (5000, 100_000)          # in secret.bin (160 KiB)
-ATTACH_TIMEOUT = 60.0
-READY_TIMEOUT = 30.0
 CAPTURE_FILTER = f"tcp and not port {WARM}"
 MIDSTAT_INTERVAL = 0.3                # midstat --interval
 HELD = 2.0                            # seconds a held state lasts: >= 3 refreshes
@@ -89,154 +87,20 @@ DROP    ::            fd77::2/128   dport:{BLOCKED}   # 3 the blocked port, IPv6
 """
 
 
-def _json_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-class Bed:
-    def __init__(self, tmp: Path):
-        from mosxdp.demo.testbed import Testbed
-        self.tmp, self._n = tmp, 0
-        self.www = tmp / "www"
-        self.www.mkdir()
-        body = bytearray(os.urandom(160 * 1024))
-        for at in PATTERN_AT:
-            body[at:at + len(PATTERN)] = PATTERN
-        assert bytes(body).count(PATTERN) == len(PATTERN_AT)
-        (self.www / "secret.bin").write_bytes(bytes(body))
-        (self.www / "f1k").write_bytes(os.urandom(1024))
-        (self.www / "f2m").write_bytes(os.urandom(2 * 1024 * 1024))
-        (self.www / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
-        (tmp / "hold.py").write_text(livekit.HOLD)
-        self.tb = Testbed("inline")
-        self.tb.start()
-        try:
-            livekit.attach_pass_programs(self.tb)
-            # a small receive buffer: a rate-limited curl paces the wire (else the server
-            # sends megabytes into the buffer at once and the connection is quiet after)
-            r = self.tb.run("cli", ["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144"],
-                            capture_output=True, text=True, timeout=10)
-            assert r.returncode == 0, r.stderr
-            self.httpd = self.tb.popen("srv", [PY, "-m", "mosxdp.demo.server", self.www,
-                                               str(PLAIN), str(BLOCKED), str(WARM)], cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for port in (PLAIN, BLOCKED, WARM):
-                self.tb.wait_listen("srv", port)
-        except BaseException:
-            self.tb.close()
-            raise
-
-    def path(self, tag: str) -> Path:
-        self._n += 1
-        return self.tmp / f"{self._n:03d}-{tag}"
-
-    def url(self, family, name, port):
-        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
-        return f"http://{host}:{port}/{name}"
-
-    def curl(self, family, name, port=PLAIN, *extra, max_time=20):
-        out = self.path(name.replace("/", "-"))
-        argv = ["curl", "-sS", "-g", "--fail", "--max-time", str(max_time), "-o", str(out),
-                *map(str, extra), self.url(family, name, port)]
-        return self.tb.popen("cli", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE), out
-
-    def download(self, family, name, port=PLAIN, *extra, max_time=20):
-        proc, out = self.curl(family, name, port, *extra, max_time=max_time)
-        _, err = proc.communicate(timeout=max_time + 20)
-        return proc.returncode, out, err
-
-    def hold(self, family, port, local, secs, *get):
-        """livekit.HOLD from the client: hold a connection (after GET [BEFORE]: half-closed)."""
-        host = self.tb.srv_ip if family == 4 else self.tb.srv_ip6
-        return self.tb.popen("cli", [PY, self.tmp / "hold.py", host,
-                                     *map(str, (port, local, secs, *get))],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def xdp_attached(self) -> set:
-        return livekit.xdp_attached(self.tb, timeout=20)
-
-
-class Monitor:
-    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace."""
-
-    def __init__(self, bed: Bed, app: str, *args):
-        self.bed = bed
-        self.log_path = bed.path(f"{app}.monitor.log")
-        self._log = open(self.log_path, "w")
-        argv = [PY, "-m", "mosxdp.cli", "run", app, "--iface", bed.tb.iface_a,
-                "--peer", bed.tb.iface_b, *map(str, args)]
-        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(f"{app}: XDP on both monitor interfaces",
-                       lambda: bed.xdp_attached() == {bed.tb.iface_a, bed.tb.iface_b},
-                       ATTACH_TIMEOUT, self.alive, step=0.1)
-        except BaseException:
-            self.close()
-            raise
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def alive(self) -> None:
-        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
-
-    def warm_up(self, seen, attempt) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not seen():
-            self.alive()
-            assert time.monotonic() < deadline, f"no warm-up seen:\n{self.log()}"
-            attempt()
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        try:
-            rc = self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"monitor still running:\n{self.log()}") from None
-        assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
-        assert self.bed.xdp_attached() == set(), "XDP programs left attached"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.bed.tb.stop(self.proc, signal.SIGKILL)
-        self._log.close()
-
-
 class Captures:
     """tcpdump on cli0 (client namespace) and srv0 (server namespace)."""
 
     def __init__(self, bed: Bed, tag: str):
-        self.bed, self.procs, self.errs = bed, [], []
-        self.cli, self.srv = bed.path(f"{tag}.cli0.pcap"), bed.path(f"{tag}.srv0.pcap")
-        for ns, ifname, path in (("cli", bed.tb.cli_if, self.cli), ("srv", bed.tb.srv_if, self.srv)):
-            err = bed.path(f"{tag}.{ns}.tcpdump.err")
-            f = open(err, "w")
-            self.errs.append(f)
-            self.procs.append(bed.tb.popen(ns, ["tcpdump", "-i", ifname, "-s", "0", "-U",
-                                                "--immediate-mode", "-w", str(path),
-                                                CAPTURE_FILTER],
-                                           stdout=subprocess.DEVNULL, stderr=f))
-            wait_until(f"tcpdump on {ifname}", lambda: "listening on" in err.read_text(), 10)
+        self.bed = bed
+        self.cli, self.srv = bed.out_path(f"{tag}.cli0.pcap"), bed.out_path(f"{tag}.srv0.pcap")
+        self.dumps = [Tcpdump(bed, ns, ifname, path, CAPTURE_FILTER)
+                      for ns, ifname, path in (("cli", bed.tb.cli_if, self.cli),
+                                               ("srv", bed.tb.srv_if, self.srv))]
 
     def stop(self) -> None:
         time.sleep(0.3)
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.bed.tb.stop(proc, signal.SIGINT, timeout=10)
-        for f in self.errs:
-            f.close()
+        for dump in self.dumps:
+            dump.stop(settle=0)
 
     def monitor_input(self) -> Path:
         """What the live monitor received: client -> server frames as cli0 sent them,
@@ -293,7 +157,7 @@ def midstat_flows(path: Path) -> dict:
     """{(client addr, port, server addr, port): [(client state, server state) per refresh
     that lists the flow]} from midstat --json, the warm-up flows left out."""
     flows = {}
-    for rec in _json_lines(path):
+    for rec in json_lines(path):
         for f in rec["flows"]:
             if f["server_port"] != WARM:
                 key = (f["client_addr"], f["client_port"], f["server_addr"], f["server_port"])
@@ -320,7 +184,7 @@ def held_states(flows: dict) -> dict:
 def nat_events(path: Path, clients) -> dict:
     """{client: [(event, server, nat)]} from nat --log, for the given client endpoints."""
     events = {c: [] for c in clients}
-    for e in _json_lines(path):
+    for e in json_lines(path):
         if e.get("client") in events:
             events[e["client"]].append((e["event"], e["server"], e["nat"]))
     return events
@@ -329,7 +193,7 @@ def nat_events(path: Path, clients) -> dict:
 def nat_pool(path: Path) -> tuple:
     """nat's port pool (FIFO) and ports in use after the events of its --log so far."""
     pool, in_use = collections.deque(range(NAT_PORTS[0], NAT_PORTS[1] + 1)), set()
-    for e in _json_lines(path):
+    for e in json_lines(path):
         port = int(e["nat"].rsplit(":", 1)[1]) if "nat" in e else None
         if e["event"] == "map":
             assert pool.popleft() == port, (e, pool)
@@ -359,11 +223,24 @@ def tcp_frames(path: Path) -> list:
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "tcpdump", "mergecap"))
-    bed = Bed(tmp_path_factory.mktemp("replay"))
+    tmp = tmp_path_factory.mktemp("replay")
+    www = tmp / "www"
+    www.mkdir()
+    body = bytearray(os.urandom(160 * 1024))
+    for at in PATTERN_AT:
+        body[at:at + len(PATTERN)] = PATTERN
+    assert bytes(body).count(PATTERN) == len(PATTERN_AT)
+    (www / "secret.bin").write_bytes(bytes(body))
+    (www / "f1k").write_bytes(os.urandom(1024))
+    (www / "f2m").write_bytes(os.urandom(2 * 1024 * 1024))
+    (www / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
+    # paced: a rate-limited curl paces the wire (else the server sends megabytes into the
+    # receive buffer at once and the connection is quiet after)
+    bed = Bed.start(www, tmp, (PLAIN, BLOCKED, WARM), paced=True)
     try:
         yield bed
     finally:
-        bed.tb.close()
+        bed.close()
 
 
 @pytest.fixture(scope="module")
@@ -371,21 +248,22 @@ def results(bed):
     started = time.monotonic()
     res = {"bed": bed}
     # ---- simple_firewall live
-    rules = bed.path("rules.conf")
+    rules = bed.out_path("rules.conf")
     rules.write_text(RULES)
-    tables, stats = bed.path("fw.tables"), bed.path("fw.json")
+    tables, stats = bed.out_path("fw.tables"), bed.out_path("fw.json")
     mon = Monitor(bed, "simple_firewall", "--rules", rules, "--interval", 0.2,
                   "--output", tables, "--stats-output", stats)
     try:
         mon.warm_up(lambda: table_counts(tables).get(1, 0) >= 1,
-                    lambda: (bed.download(4, "f1k", WARM, max_time=3), time.sleep(0.3)))
+                    lambda: (bed.download(4, "f1k", port=WARM, max_time=3), time.sleep(0.3)))
         time.sleep(0.5)                       # warm-ups done: the next table has them
         before = table_counts(tables)
         cap = Captures(bed, "fw")
         try:
-            blocked = [bed.curl(f, "f1k", BLOCKED, "--connect-timeout", "1.5", max_time=5)
+            blocked = [bed.start_download(f, "f1k", "--connect-timeout", "1.5", port=BLOCKED,
+                                          max_time=5)
                        for f in (4, 6)]
-            allowed = [bed.curl(f, name, PLAIN) for f, name in ((4, "f1k"), (6, "f1k"),
+            allowed = [bed.start_download(f, name) for f, name in ((4, "f1k"), (6, "f1k"),
                                                                 (4, "f2m"))]
             rcs = [(p.communicate(timeout=40), p.returncode)[1] for p, _ in blocked + allowed]
         finally:
@@ -393,38 +271,39 @@ def results(bed):
         assert rcs == [28, 28, 0, 0, 0], rcs
         for (_, out), name in zip(allowed, ("f1k", "f1k", "f2m")):
             assert out.read_bytes() == (bed.www / name).read_bytes()
-        mon.stop()
+        mon.stop_clean()
     finally:
         mon.close()
     live = stats_counts(stats)
     res["fw_live"] = {k: live[k] - before.get(k, 0) for k in live}
     res["fw_before"] = before
     fw_input = cap.monitor_input()
-    off_stats = bed.path("fw.offline.json")
+    off_stats = bed.out_path("fw.offline.json")
     offline("simple_firewall", fw_input, "--rules", rules, "--output", os.devnull,
             "--stats-output", off_stats)
     res["fw_offline"] = stats_counts(off_stats)
-    raw_stats = bed.path("fw.offline-cli0.json")
+    raw_stats = bed.out_path("fw.offline-cli0.json")
     offline("simple_firewall", cap.cli, "--rules", rules, "--output", os.devnull,
             "--stats-output", raw_stats)
     res["fw_offline_cli0"] = stats_counts(raw_stats)
 
     # ---- scrub live
-    hits = bed.path("scrub.jsonl")
+    hits = bed.out_path("scrub.jsonl")
     scrub_args = ("--pattern", PATTERN.decode(), "--mask", MASK.decode(), "--side", "server")
     mon = Monitor(bed, "scrub", *scrub_args, "--log", hits)
     try:
         def warm():
-            rc, out, _ = bed.download(4, "warm.txt", WARM, max_time=3)
-            if rc == 0 and PATTERN not in out.read_bytes():
+            r, out = bed.download(4, "warm.txt", port=WARM, max_time=3)
+            if r.returncode == 0 and PATTERN not in out.read_bytes():
                 warmed.append(1)
         warmed = []
         mon.warm_up(lambda: warmed, warm)
         time.sleep(0.2)
-        warm_hits = len(_json_lines(hits))
+        warm_hits = len(json_lines(hits))
         cap = Captures(bed, "scrub")
         try:
-            downloads = [bed.curl(f, "secret.bin") for f in (4, 6)] + [bed.curl(4, "f2m")]
+            downloads = [bed.start_download(f, "secret.bin") for f in (4, 6)] + \
+                [bed.start_download(4, "f2m")]
             rcs = [(p.communicate(timeout=40), p.returncode)[1] for p, _ in downloads]
         finally:
             cap.stop()
@@ -434,17 +313,17 @@ def results(bed):
         assert downloads[1][1].read_bytes() == masked
         assert downloads[2][1].read_bytes() == (bed.www / "f2m").read_bytes()
         time.sleep(0.3)
-        mon.stop()
+        mon.stop_clean()
     finally:
         mon.close()
-    res["scrub_live"] = _json_lines(hits)[warm_hits:]
+    res["scrub_live"] = json_lines(hits)[warm_hits:]
     scrub_input = cap.monitor_input()
-    off_hits = bed.path("scrub.offline.jsonl")
+    off_hits = bed.out_path("scrub.offline.jsonl")
     offline("scrub", scrub_input, *scrub_args, "--log", off_hits)
-    res["scrub_offline"] = _json_lines(off_hits)
-    raw_hits = bed.path("scrub.offline-cli0.jsonl")
+    res["scrub_offline"] = json_lines(off_hits)
+    raw_hits = bed.out_path("scrub.offline-cli0.jsonl")
     offline("scrub", cap.cli, *scrub_args, "--log", raw_hits)
-    res["scrub_offline_cli0"] = _json_lines(raw_hits)
+    res["scrub_offline_cli0"] = json_lines(raw_hits)
     res["elapsed"] = time.monotonic() - started
     return res
 
@@ -456,7 +335,7 @@ def midstat_run(bed):
     the capture (--batch-size 1: a refresh as soon as the interval has passed)."""
     tb, res = bed.tb, {}
     args = ("--json", "--interval", MIDSTAT_INTERVAL)
-    out = bed.path("midstat.jsonl")
+    out = bed.out_path("midstat.jsonl")
     local = dict(paced=43001, half=43002, refused=43003, quick=43004)
     res["flows"] = {
         "paced": (tb.cli_ip, local["paced"], tb.srv_ip, PLAIN),
@@ -467,7 +346,7 @@ def midstat_run(bed):
     mon = Monitor(bed, "midstat", *args, "--output", out)
     try:
         def warm_listed():
-            return any(f["server_port"] == WARM for rec in _json_lines(out) for f in rec["flows"])
+            return any(f["server_port"] == WARM for rec in json_lines(out) for f in rec["flows"])
         mon.warm_up(warm_listed, lambda: bed.hold(4, WARM, 0, 3 * MIDSTAT_INTERVAL).communicate(
             timeout=20))
         cap = Captures(bed, "midstat")
@@ -476,8 +355,8 @@ def midstat_run(bed):
             # window's worth at most 0.25 s apart, are the offline clock while the held
             # connection is idle (offline, a quiet stretch gets one refresh at most: no
             # packet, no time)
-            paced, _ = bed.curl(4, "stream/1000000000", PLAIN, "--local-port", local["paced"],
-                                "--limit-rate", "1M", max_time=60)
+            paced, _ = bed.start_download(4, "stream/1000000000", "--limit-rate", "1M",
+                                          local_port=local["paced"], max_time=60)
             try:
                 key = res["flows"]["paced"]
                 wait_until("the paced download listed ESTABLISHED",
@@ -486,10 +365,10 @@ def midstat_run(bed):
                 # connected, idle HELD s, GET, the server's FIN, HELD s half-closed, close
                 half = bed.hold(6, PLAIN, local["half"], HELD, "f1k", HELD)
                 time.sleep(0.2)
-                res["refused_rc"] = bed.download(4, "f1k", CLOSED, "--local-port",
-                                                 local["refused"], max_time=5)[0]
-                rc, got, err = bed.download(6, "f1k", PLAIN, "--local-port", local["quick"])
-                assert rc == 0 and got.read_bytes() == (bed.www / "f1k").read_bytes(), err
+                res["refused_rc"] = bed.download(4, "f1k", port=CLOSED, local_port=local["refused"],
+                                                 max_time=5)[0].returncode
+                r, got = bed.download(6, "f1k", local_port=local["quick"])
+                assert r.returncode == 0 and got.read_bytes() == (bed.www / "f1k").read_bytes(), r.stderr
                 half_out, half_err = half.communicate(timeout=30)
                 assert half.returncode == 0 and half_out == b"eof\n", half_err
                 time.sleep(2 * MIDSTAT_INTERVAL)
@@ -498,14 +377,14 @@ def midstat_run(bed):
                 tb.stop(paced, signal.SIGKILL)
             wait_until("the paced download gone from midstat's table",
                        lambda: all(f["client_port"] != local["paced"]
-                                   for f in _json_lines(out)[-1]["flows"]), 10, mon.alive)
+                                   for f in json_lines(out)[-1]["flows"]), 10, mon.alive)
         finally:
             cap.stop()
-        mon.stop()
+        mon.stop_clean()
     finally:
         mon.close()
     res["live"] = midstat_flows(out)
-    off = bed.path("midstat.offline.jsonl")
+    off = bed.out_path("midstat.offline.jsonl")
     offline("midstat", cap.monitor_input(), *args, "--batch-size", 1, "--output", off)
     res["offline"] = midstat_flows(off)
     return res
@@ -519,7 +398,7 @@ def nat_run(bed):
     tb, res = bed.tb, {"bed": bed}
     args = ("--nat-ip", NAT_IP, "--port-range", "%d-%d" % NAT_PORTS,
             "--inside-net", f"10.77.0.0/{tb.prefixlen}")
-    log = bed.path("nat.jsonl")
+    log = bed.out_path("nat.jsonl")
     local = dict(bulk=44001, small=44002, refused=44003, half=44004)
     clients = {name: f"{tb.cli_ip}:{port}" for name, port in local.items()}
     res["clients"] = clients
@@ -532,33 +411,34 @@ def nat_run(bed):
             fresh = tuple(range(NAT_PORTS[0], NAT_PORTS[1] + 1))
 
             def warm():
-                if bed.download(4, "f1k", WARM, max_time=3)[0] == 0:
+                if bed.download(4, "f1k", port=WARM, max_time=3)[0].returncode == 0:
                     wait_until("the warm-up's port returned", lambda: not nat_pool(log)[1], 5)
-            mon.warm_up(lambda: _json_lines(log) and nat_pool(log) == (fresh, set()), warm)
+            mon.warm_up(lambda: json_lines(log) and nat_pool(log) == (fresh, set()), warm)
             cap = Captures(bed, "nat")
             try:
                 def mapped(name):
                     wait_until(f"{name} mapped", lambda: nat_events(log, [clients[name]])[
                         clients[name]], 10, mon.alive)
-                bulk, bulk_out = bed.curl(4, "f2m", PLAIN, "--local-port", local["bulk"])
+                bulk, bulk_out = bed.start_download(4, "f2m", local_port=local["bulk"])
                 mapped("bulk")
-                small = bed.download(4, "f1k", PLAIN, "--local-port", local["small"])
-                refused = bed.download(4, "f1k", CLOSED, "--local-port", local["refused"],
+                small = bed.download(4, "f1k", local_port=local["small"])
+                refused = bed.download(4, "f1k", port=CLOSED, local_port=local["refused"],
                                        max_time=5)
                 half = bed.hold(4, PLAIN, local["half"], 0.5, "f1k")
                 half_out, half_err = half.communicate(timeout=30)
                 _, bulk_err = bulk.communicate(timeout=40)
                 assert bulk.returncode == 0, bulk_err
                 assert bulk_out.read_bytes() == (bed.www / "f2m").read_bytes()
-                assert small[0] == 0 and small[1].read_bytes() == (bed.www / "f1k").read_bytes()
-                assert refused[0] == 7, refused          # connection refused: the RST came back
+                assert small[0].returncode == 0
+                assert small[1].read_bytes() == (bed.www / "f1k").read_bytes()
+                assert refused[0].returncode == 7, refused   # connection refused: the RST came back
                 assert half.returncode == 0 and half_out == b"eof\n", half_err
                 wait_until("every port returned",
                            lambda: all(len(ev) == 2 for ev in nat_events(log, clients.values())
                                        .values()), 10, mon.alive)
             finally:
                 cap.stop()
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
     finally:
@@ -568,7 +448,7 @@ def nat_run(bed):
     res["live_log"] = nat_events(log, clients.values())
     res["live_to_srv"] = [f for f in tcp_frames(cap.srv) if f[2] == tb.srv_ip]
     res["live_to_cli"] = [f for f in tcp_frames(cap.cli) if f[2] == tb.cli_ip]
-    off_log, written = bed.path("nat.offline.jsonl"), bed.path("nat.offline-out.pcap")
+    off_log, written = bed.out_path("nat.offline.jsonl"), bed.out_path("nat.offline-out.pcap")
     offline("nat", cap.monitor_input(), *args, "--log", off_log, "--write", written)
     res["offline_log"] = nat_events(off_log, clients.values())
     res["offline_frames"] = tcp_frames(written)

@@ -1,5 +1,5 @@
 """netns tier: the sample apps (midstat, simple_firewall, nat, scrub) on real traffic
-through the live inline monitor, `mosxdp run APP --iface A --peer B` (issue 5, item 2)::
+through the live inline monitor, `mosxdp run APP --iface A --peer B`::
 
     <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
@@ -13,7 +13,8 @@ only when the receiving end runs XDP). The server namespace runs a dual-stack HT
 server that logs each request's peer address. The client's tcp_rmem is capped, so a
 rate-limited curl paces the wire. A monitor is ready when A and B carry an XDP program
 and the app has seen a warm-up connection (the XDP program is attached before the AF_XDP
-sockets are in its map: a SYN meanwhile takes the kernel path).
+sockets are in its map: a SYN meanwhile takes the kernel path). The set-up (Bed,
+Monitor, Tcpdump) is livekit's.
 
 One testbed for midstat, simple_firewall and scrub (a monitor per class, stopped at the
 end of the class), one for nat (its server namespace routes only to the NAT address).
@@ -28,13 +29,12 @@ import os
 import re
 import signal
 import struct
-import subprocess
 import time
 from pathlib import Path
 
 import livekit
 import pytest
-from livekit import PY, ROOT, sha256_file, wait_until
+from livekit import Bed, Monitor, Tcpdump, json_lines, sha256_file, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -49,8 +49,6 @@ SPLIT_AT = 4                     # pattern bytes in the first of the two segment
 NAT_IP = "10.88.0.1"             # outside 10.77.0.0/24: the server routes only to it
 NAT_PORTS = (20000, 20002)
 NAT_POOL = NAT_PORTS[1] - NAT_PORTS[0] + 1
-ATTACH_TIMEOUT = 60.0            # bcc compiles the XDP program at start
-READY_TIMEOUT = 30.0
 CLOSING = {"FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT",
            "CLOSED"}
 
@@ -81,159 +79,19 @@ def www(tmp_path_factory):
     for family in (4, 6):
         (d / f"split{family}.bin").write_bytes(split_body(family))
     (d / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")
-    (d / "hold.py").write_text(livekit.HOLD)
     return d
 
 
 _client_ports = itertools.count(42000)
 
 
-class Bed:
-    """An inline testbed ready for a monitor: XDP_PASS on cli0/srv0, the HTTP server,
-    the client's receive buffer capped (a rate-limited curl then paces the wire)."""
-
-    def __init__(self, tb, www: Path, tmp: Path):
-        self.tb, self.www, self.tmp = tb, www, tmp
-        self._n = 0
-        livekit.attach_pass_programs(tb)
-        self.sh("cli", "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144")
-        self.access_log = self.out_path("access.log")
-        self.access_log.touch()
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, *map(str, SERVER_PORTS),
-                                      "--access-log", self.access_log],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for port in SERVER_PORTS:
-            tb.wait_listen("srv", port)
-
-    def sh(self, ns, *argv, check=True) -> subprocess.CompletedProcess:
-        r = self.tb.run(ns, list(map(str, argv)), capture_output=True, text=True, timeout=20)
-        if check:
-            assert r.returncode == 0, f"{' '.join(map(str, argv))} in {ns}: {r.stderr.strip()}"
-        return r
-
-    def out_path(self, tag: str) -> Path:
-        self._n += 1
-        return self.tmp / f"{self._n:03d}-{tag}"
-
-    def url(self, family: int, path: str, port: int = PLAIN) -> str:
-        host = self.tb.srv_ip if family == 4 else f"[{self.tb.srv_ip6}]"
-        return f"http://{host}:{port}/{path}"
-
-    def curl_argv(self, family, name, out, *extra, port=PLAIN, local_port=None, max_time=30):
-        argv = ["curl", "-sS", "-g", "--fail", "--max-time", str(max_time), "-o", str(out),
-                *map(str, extra)]
-        if local_port:
-            argv += ["--local-port", str(local_port)]
-        return argv + [self.url(family, name, port)]
-
-    def download(self, family, name, *extra, port=PLAIN, local_port=None, max_time=30):
-        out = self.out_path(name)
-        r = self.tb.run("cli", self.curl_argv(family, name, out, *extra, port=port,
-                                              local_port=local_port, max_time=max_time),
-                        capture_output=True, timeout=max_time + 30)
-        return r, out
-
-    def nstat(self, ns: str, name: str) -> int:
-        return livekit.nstat(self.tb, ns, name, timeout=20)
-
-    def xdp_attached(self) -> set:
-        return livekit.xdp_attached(self.tb, timeout=20)
-
-    def access(self) -> list[tuple[str, int, int, str]]:
-        """The server's access log: (peer address, peer port, server port, request line)."""
-        rows = []
-        for line in self.access_log.read_text().splitlines():
-            host, port, sport, request = line.split(" ", 3)
-            rows.append((host, int(port), int(sport), request))
-        return rows
-
-
-class Monitor:
-    """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace."""
-
-    def __init__(self, bed: Bed, app: str, *args):
-        self.bed = bed
-        self.log_path = bed.out_path(f"{app}.monitor.log")
-        argv = [PY, "-m", "mosxdp.cli", "run", app, "--iface", bed.tb.iface_a,
-                "--peer", bed.tb.iface_b, *map(str, args)]
-        self._log = open(self.log_path, "w")
-        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(f"{app}: XDP on both monitor interfaces",
-                  lambda: bed.xdp_attached() == {bed.tb.iface_a, bed.tb.iface_b},
-                  ATTACH_TIMEOUT, self.alive, step=0.1)
-        except BaseException:
-            self.close()
-            raise
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def alive(self) -> None:
-        assert self.proc.poll() is None, f"monitor exited ({self.proc.returncode}):\n{self.log()}"
-
-    def warm_up(self, seen, attempt, timeout=READY_TIMEOUT) -> int:
-        """Warm-up connections (``attempt()``) until ``seen()``: the app saw one."""
-        deadline = time.monotonic() + timeout
-        attempts = 0
-        while not seen():
-            self.alive()
-            assert time.monotonic() < deadline, \
-                f"the app saw no warm-up connection in {timeout}s:\n{self.log()}"
-            attempt()
-            attempts += 1
-            time.sleep(0.1)
-        return attempts
-
-    def stop(self, timeout=30) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"monitor still running after {timeout}s:\n{self.log()}") from None
-        assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
-        assert self.bed.xdp_attached() == set(), "XDP programs left attached"
-        return rc
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.bed.tb.stop(self.proc, signal.SIGKILL)
-        self._log.close()
-
-
-def _make_bed(www, tmp):
-    from mosxdp.demo.testbed import Testbed
-    tb = Testbed("inline")
-    tb.start()
-    try:
-        return Bed(tb, www, tmp)
-    except BaseException:
-        tb.close()
-        raise
-
-
 @pytest.fixture(scope="module")
 def bed(live_env, www, tmp_path_factory):
-    bed = _make_bed(www, tmp_path_factory.mktemp("bed"))
+    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), SERVER_PORTS, paced=True, access_log=True)
     try:
         yield bed
     finally:
-        bed.tb.close()
-
-
-def _json_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass            # a line being written
-    return out
+        bed.close()
 
 
 # ------------------------------------------------------------------------------ midstat
@@ -248,22 +106,21 @@ class TestMidstat:
         mon = Monitor(bed, "midstat", "--json", "--output", out, "--interval", 0.5)
         mon.out = out
         try:
-            wait_until("midstat's first refresh", lambda: _json_lines(out), 20, mon.alive)
+            wait_until("midstat's first refresh", lambda: json_lines(out), 20, mon.alive)
 
             def seen_port():
-                return any(f["client_port"] == mon.warm for rec in _json_lines(out)
+                return any(f["client_port"] == mon.warm for rec in json_lines(out)
                            for f in rec["flows"])
 
             def hold():
                 mon.warm = next(_client_ports)
-                bed.tb.run("cli", [PY, www / "hold.py", bed.tb.srv_ip, str(WARM), str(mon.warm), "1.2"],
-                           capture_output=True, timeout=20)
+                bed.hold(4, WARM, mon.warm, 1.2).communicate(timeout=20)
                 time.sleep(0.6)      # one more refresh
 
             mon.warm = None
             mon.warm_up(seen_port, hold)
             yield mon
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
 
@@ -271,7 +128,7 @@ class TestMidstat:
     def states(mon, port):
         """[(ts, client_state, server_state) or (ts, None) when not listed] per refresh."""
         rows, listed = [], False
-        for rec in _json_lines(mon.out):
+        for rec in json_lines(mon.out):
             flows = [f for f in rec["flows"] if f["client_port"] == port]
             if flows:
                 listed = True
@@ -283,11 +140,8 @@ class TestMidstat:
     @pytest.mark.parametrize("family", [4, 6])
     def test_flow_and_state_changes(self, bed, mon, www, family):
         port = next(_client_ports)
-        out = bed.out_path("midstat.f2m")
         # 2 MiB at 1 MiB/s: about 2 s, four refreshes or more while it runs.
-        curl = bed.tb.popen("cli", bed.curl_argv(family, "f2m", out, "--limit-rate", "1M",
-                                                 local_port=port),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        curl, out = bed.start_download(family, "f2m", "--limit-rate", "1M", local_port=port)
         try:
             running = wait_until("the download listed ESTABLISHED/ESTABLISHED",
                             lambda: [r for r in self.states(mon, port)
@@ -328,8 +182,7 @@ class TestMidstat:
         lists the flow as client CLOSE_WAIT / server FIN_WAIT_2 in that time, then it
         leaves the table when the client closes."""
         port = next(_client_ports)
-        hold = bed.tb.popen("cli", [PY, www / "hold.py", bed.tb.srv_ip, str(PLAIN), str(port),
-                                    "1.5", "f1k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        hold = bed.hold(4, PLAIN, port, 1.5, "f1k")
         try:
             out, err = hold.communicate(timeout=20)
         finally:
@@ -380,7 +233,7 @@ class TestSimpleFirewall:
 
             cls.warmups = mon.warm_up(lambda: cls.table_count(mon, 1) >= 1, warm)
             yield mon
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
 
@@ -428,7 +281,7 @@ class TestSimpleFirewall:
         # the live tables count as we go ...
         wait_until("the rule table's counts", lambda: all(
             self.table_count(mon, i) == self.made[i] for i in (2, 3, 4, 5)), 5, mon.alive)
-        mon.stop()
+        mon.stop_clean()
         # ... and the final counts are the connections made, rule by rule
         stats = json.loads(mon.stats.read_text())
         counts = {rule["index"]: rule["flows"] for rule in stats["rules"]}
@@ -476,22 +329,9 @@ def _tcp_segments(pcap: Path, server_port: int, client_port: int) -> list[tuple[
     return segs
 
 
-class _Capture:
+def _server_capture(bed) -> Tcpdump:
     """tcpdump on srv0 in the server namespace: what the server sent."""
-
-    def __init__(self, bed, port):
-        self.bed, self.path, err = bed, bed.out_path("srv0.pcap"), bed.out_path("tcpdump.err")
-        self._err = open(err, "w")
-        self.proc = bed.tb.popen("srv", ["tcpdump", "-i", bed.tb.srv_if, "-s", "0", "-U",
-                                         "--immediate-mode", "-w", self.path,
-                                         f"tcp port {port}"],
-                                 stdout=subprocess.DEVNULL, stderr=self._err)
-        wait_until("tcpdump listening", lambda: "listening on" in err.read_text(), 10)
-
-    def stop(self):
-        time.sleep(0.2)
-        self.bed.tb.stop(self.proc, signal.SIGINT, timeout=10)
-        self._err.close()
+    return Tcpdump(bed, "srv", bed.tb.srv_if, bed.out_path("srv0.pcap"), f"tcp port {PLAIN}")
 
 
 class TestScrub:
@@ -528,7 +368,7 @@ class TestScrub:
         mon = cls.start(bed)
         try:
             yield mon
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
 
@@ -553,16 +393,16 @@ class TestScrub:
     @staticmethod
     def hits_of(mon, client, timeout=5.0):
         """The hit log's lines for one client endpoint (written as they happen)."""
-        wait_until(f"a hit for {client}", lambda: [h for h in _json_lines(mon.hits)
+        wait_until(f"a hit for {client}", lambda: [h for h in json_lines(mon.hits)
                                                if h["client"] == client], timeout, mon.alive)
         time.sleep(0.2)            # no second one
-        return [h for h in _json_lines(mon.hits) if h["client"] == client]
+        return [h for h in json_lines(mon.hits) if h["client"] == client]
 
     @pytest.mark.parametrize("family", [4, 6])
     def test_mask_split_pattern(self, bed, mon, www, family):
         name = f"split{family}.bin"
         port = next(_client_ports)
-        capture = _Capture(bed, PLAIN)
+        capture = _server_capture(bed)
         try:
             r, out = bed.download(family, name, local_port=port)
         finally:
@@ -587,7 +427,7 @@ class TestScrub:
         assert [h["offset"] for h in self.hits_of(mon, f"{cli_ip}:{again}")] == [pos]
         mon.clients |= {f"{cli_ip}:{port}", f"{cli_ip}:{again}"}
         warm = {f"{bed.tb.cli_ip}:{p}" for p in mon.warm_tried}
-        assert {h["client"] for h in _json_lines(mon.hits)} - warm == mon.clients
+        assert {h["client"] for h in json_lines(mon.hits)} - warm == mon.clients
 
 
 class TestScrubReset:
@@ -601,7 +441,7 @@ class TestScrubReset:
         try:
             port = next(_client_ports)
             resets = bed.nstat("cli", "TcpEstabResets")
-            capture = _Capture(bed, PLAIN)
+            capture = _server_capture(bed)
             try:
                 r, out = bed.download(4, "split4.bin", local_port=port, max_time=10)
             finally:
@@ -620,7 +460,7 @@ class TestScrubReset:
             # a file without the pattern still downloads
             r, out = bed.download(4, "f2m")
             assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f2m")
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
 
@@ -635,12 +475,13 @@ class TestNat:
     @pytest.fixture(scope="class")
     @classmethod
     def nat_bed(cls, live_env, www, tmp_path_factory):
-        bed = _make_bed(www, tmp_path_factory.mktemp("natbed"))
+        bed = Bed.start(www, tmp_path_factory.mktemp("natbed"), SERVER_PORTS, paced=True,
+                        access_log=True)
         try:
             livekit.route_via_nat(bed.tb, NAT_IP)
             yield bed
         finally:
-            bed.tb.close()
+            bed.close()
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -668,7 +509,7 @@ class TestNat:
 
             mon.warm_up(lambda: ok, warm)
             yield mon
-            mon.stop()
+            mon.stop_clean()
         finally:
             mon.close()
 
@@ -677,10 +518,7 @@ class TestNat:
         csum = {ns: bed.nstat(ns, "TcpInCsumErrors") for ns in ("cli", "srv")}
         ports = [next(_client_ports), next(_client_ports)]
         # a slow download: while it runs, both ends' view of the connection
-        out = bed.out_path("nat.f2m")
-        curl = bed.tb.popen("cli", bed.curl_argv(4, "f2m", out, "--limit-rate", "1M",
-                                                 local_port=ports[0]),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        curl, out = bed.start_download(4, "f2m", "--limit-rate", "1M", local_port=ports[0])
         try:
             def srv_view():
                 r = bed.sh("srv", "ss", "-tnH", "state", "established", f"sport = :{PLAIN}")
@@ -713,7 +551,7 @@ class TestNat:
         assert len(set(nat_ports)) == 2
 
         def entries(local):
-            return [(e["event"], e["nat"], e["server"]) for e in _json_lines(mon.nat_log)
+            return [(e["event"], e["nat"], e["server"]) for e in json_lines(mon.nat_log)
                     if e.get("client") == f"{bed.tb.cli_ip}:{local}"]
         # each connection: its port mapped, and returned at CONN_END (the log is live)
         for local, nat_port in zip(ports, nat_ports):
@@ -726,14 +564,14 @@ class TestNat:
         r, out = bed.download(4, "f1k", port=OTHER, local_port=local)
         assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f1k"), r.stderr
         wait_until("the last unmap", lambda: len(entries(local)) == 2, 5, mon.alive)
-        log = _json_lines(mon.nat_log)
+        log = json_lines(mon.nat_log)
         reused = entries(local)[0][1]
         first_unmap = next(i for i, e in enumerate(log)
                            if e["event"] == "unmap" and e["nat"] == reused)
         assert first_unmap < next(i for i, e in enumerate(log)
                                   if e.get("client") == f"{bed.tb.cli_ip}:{local}"), log
         assert {row[0] for row in bed.access()} == {NAT_IP}, bed.access()
-        mon.stop()
+        mon.stop_clean()
         stats = json.loads(mon.stats.read_text())
         assert stats["mapped"] == stats["released"] == len(log) // 2 > NAT_POOL, stats
         assert stats["in_use"] == 0 and stats["free_ports"] == stats["pool_size"] == NAT_POOL
