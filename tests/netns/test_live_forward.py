@@ -1,8 +1,9 @@
-"""netns tier: real Linux TCP through the live AF_XDP engine (mosxdp.engine.live).
+"""netns tier: real Linux TCP through the live AF_XDP engine (mosxdp.engine.live), run by
+xsk_runner (tests/netns/xsk_runner.py) with its test processors.
 
 Topology (mosxdp.demo.testbed, inline)::
 
-    <p>-cli: cli0 <== veth ==> A [<p>-mon: python -m mosxdp.engine.live --iface A --peer B] B <== veth ==> srv0 :<p>-srv
+    <p>-cli: cli0 <== veth ==> A [<p>-mon: python -m tests.netns.xsk_runner --iface A --peer B] B <== veth ==> srv0 :<p>-srv
 
 The endpoints get an XDP_PASS program (a veth accepts frames redirected into it only
 when its peer runs NAPI: the kernel path of our program is a devmap redirect). The
@@ -99,7 +100,7 @@ class Bed:
 
 
 class Monitor:
-    """``python -m mosxdp.engine.live --iface A --peer B`` in the monitor namespace."""
+    """``python -m tests.netns.xsk_runner --iface A --peer B`` in the monitor namespace."""
 
     _seq = 0
 
@@ -110,7 +111,7 @@ class Monitor:
         self.stats_path = bed.tmp / f"monitor{Monitor._seq}.json"
         self.err_path = bed.tmp / f"monitor{Monitor._seq}.err"
         self._err = open(self.err_path, "w")
-        argv = [PY, "-m", "mosxdp.engine.live", "--iface", tb.iface_a, "--peer", tb.iface_b,
+        argv = [PY, "-m", "tests.netns.xsk_runner", "--iface", tb.iface_a, "--peer", tb.iface_b,
                 "--stats", str(self.stats_path), *map(str, args)]
         self.proc = tb.popen("mon", argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._err,
                              text=True)
@@ -448,7 +449,7 @@ def test_passive_on_a_mirror_port(fresh_bed, payloads):
                "action", "mirred", "egress", "mirror", "dev", mir_tx, "pipe",
                "action", "mirred", "egress", "redirect", "dev", dst)
     stats_path = bed.tmp / "passive.json"
-    proc = tb.popen("mon", [PY, "-m", "mosxdp.engine.live", "--iface", mir_rx, "--check-accounting",
+    proc = tb.popen("mon", [PY, "-m", "tests.netns.xsk_runner", "--iface", mir_rx, "--check-accounting",
                             "--stats", str(stats_path)], cwd=ROOT, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -470,7 +471,7 @@ def test_outbox_frames_are_sent_out_of_the_right_port(fresh_bed):
     port): curl is refused at once (exit 7) instead of timing out; the other port works."""
     bed = fresh_bed()
     mon = bed.monitor("--check-accounting", "--processor",
-                      "tests.netns.test_live_units:RstInjector")
+                      "RstInjector")
     t0 = time.monotonic()
     r = bed.curl("--connect-timeout", "5", "-o", "/dev/null", bed.url(4, "f1k", BLOCKED_PORT),
                  timeout=30)
