@@ -1,0 +1,152 @@
+"""The XDP program's side of the hybrid path under BPF_PROG_TEST_RUN: the verdict key of a
+core flow (mosxdp.engine.hybrid.flow_key) is the one the program builds for frames of both
+directions; the ACK watch; the kernel filter from kernel_filter() matches both directions
+of a flow; non-TCP frames with filter_all_ip. (The hybrid path live:
+tests/netns/test_hybrid.py.)
+"""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from flowcraft import Conv  # noqa: E402
+
+pytestmark = pytest.mark.bpf
+
+AF_XDP = 44
+
+
+@pytest.fixture
+def prog_run(bpf_env):
+    """A loaded program (filter as given), loopback configured as a passive interface
+    with an AF_XDP socket in its XSKMAP slot: run(frame) -> counter deltas."""
+    from mosxdp.io import xdp
+    from mosxdp.io.bpfstructs import MX_IF_FILTER_ALL_IP, MxIfConfig
+    made = []
+
+    def make(c_expr=None, all_ip=False):
+        p = xdp.compile_program(c_expr)
+        made.append(p)
+        sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+        made.append(sock)
+        p.maps.set_iface_config(1, MxIfConfig(0, 0, 0, MX_IF_FILTER_ALL_IP if all_ip else 0))
+        p.maps.set_xsk(0, sock.fileno())
+
+        def run(frame):
+            before = p.maps.counters()
+            xdp.prog_test_run(p.prog_fd, frame, ifindex=1, rx_queue=0)
+            after = p.maps.counters()
+            return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        return p, run
+
+    yield make
+    for x in reversed(made):
+        x.close()
+
+
+def _tagged(frame, vlans):
+    return frame[:12] + b"".join(b"\x81\x00" + v.to_bytes(2, "big") for v in vlans) + frame[12:]
+
+
+def _core_flow(frames):
+    """The core's Flow for these frames (a stack with one listener)."""
+    from mosxdp.core.stack import Stack
+    st = Stack()
+    st.add_listener(st.new_socket_id(), 0)
+    for ts, f in frames:
+        st.process(memoryview(bytearray(f)), ts, 0)
+    (flow,) = st.lru
+    return flow
+
+
+USER = {"rx_total": 1, "to_xsk": 1}
+BYPASS = {"rx_total": 1, "pass": 1, "verdict_bypass": 1}
+CTRL = {"rx_total": 1, "to_xsk": 1, "verdict_ctrl": 1}
+
+
+@pytest.mark.parametrize("cli,svr,vlans", [
+    ("10.0.0.1", "10.0.0.2", ()), ("10.0.0.9", "10.0.0.2", ()), ("10.0.0.1", "10.0.0.1", ()),
+    ("fd00::1", "fd00::2", ()), ("fd00::1:0:0:9", "fd00::1:0:0:2", (7,)),
+    ("10.0.0.1", "10.0.0.2", (100, 10)),
+])
+def test_program_keys_a_core_flow_like_hybrid_flow_key(prog_run, cli, svr, vlans):
+    from mosxdp.engine.hybrid import flow_key
+    conv = Conv(cli=cli, svr=svr)
+    conv.handshake()
+    c2s = conv.data("c", b"x" * 100)
+    s2c = conv.data("s", b"y" * 300)
+    frames = [(ts, _tagged(f, vlans)) for ts, f in conv.frames]
+    flow = _core_flow(frames)
+    key, cli_dir = flow_key(flow)
+    p, run = prog_run()
+    p.maps.set_verdict(key, "bypass")
+    c2s, s2c = _tagged(c2s, vlans), _tagged(s2c, vlans)
+    assert run(c2s) == BYPASS
+    assert run(s2c) == BYPASS and run(s2c) == BYPASS
+    v = p.maps.get_verdict(key)
+    assert v.packets[cli_dir] == 1 and v.packets[1 - cli_dir] == 2
+    assert v.bytes[cli_dir] == 100 and v.bytes[1 - cli_dir] == 600
+    hdr = 14 + 4 * len(vlans)
+    assert v.frame_bytes[cli_dir] == len(c2s) and v.ip_bytes[cli_dir] == len(c2s) - hdr
+    assert v.ip_bytes[1 - cli_dir] == 2 * (len(s2c) - hdr)
+
+
+def test_program_ack_watch_sends_the_ack_of_each_fin_to_user_space(prog_run):
+    from mosxdp.engine.hybrid import flow_key
+    conv = Conv()
+    conv.handshake()
+    flow = _core_flow(conv.frames)
+    key, cli_dir = flow_key(flow)
+    p, run = prog_run()
+    p.maps.set_verdict(key, "bypass")
+    assert run(conv.data("s", b"z" * 50)) == BYPASS
+    early_ack = conv.ack("c")                      # acks data only
+    fin = conv.fin("s", b"last")
+    assert run(fin) == CTRL
+    v = p.maps.get_verdict(key)
+    assert v.watch_armed[cli_dir] == 1 and v.ack_watch[cli_dir] == (conv.nxt["s"]) & 0xFFFFFFFF
+    assert run(early_ack) == BYPASS                # below the FIN: still the kernel's
+    ack_of_fin = conv.ack("c")
+    assert run(ack_of_fin) == CTRL                 # the first ACK of the FIN: user space
+    assert run(ack_of_fin) == BYPASS               # once
+    assert p.maps.get_verdict(key).watch_armed == (0, 0)
+    # DROP entries arm nothing
+    p.maps.set_verdict(key, "drop")
+    assert run(conv.fin("c")) == CTRL
+    assert run(conv.ack("s")) == {"rx_total": 1, "drop": 1, "verdict_drop": 1}
+
+
+@pytest.mark.parametrize("all_ip", [False, True])
+def test_program_kernel_filter_both_directions_and_non_tcp(prog_run, all_ip):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from mosxdp.core.filters import compile_filter
+    from mosxdp.core.stack import Stack
+    from mosxdp.engine.hybrid import kernel_filter
+    st = Stack()
+    ls = st.add_listener(st.new_socket_id(), 0)
+    ls.syn_filter = compile_filter("src host 10.0.0.1 and dst port 8080")
+    if all_ip:
+        rs = st.add_raw_socket(st.new_socket_id(), 0)
+        rs.raw_filter = compile_filter("udp dst port 53", raw=True)
+    kf = kernel_filter(st)
+    assert kf.filter_all_ip == all_ip
+    p, run = prog_run(kf.c_expr, kf.filter_all_ip)
+    a = Conv(cli="10.0.0.1", svr="10.0.0.2", sport=8080)
+    a.handshake()
+    a.data("s", b"reply")
+    for _, f in a.frames:
+        assert run(f) == USER
+    b = Conv(cli="10.0.0.3", svr="10.0.0.2", sport=8080)
+    b.handshake()
+    for _, f in b.frames:
+        assert run(f) == {"rx_total": 1, "pass": 1, "filter_miss": 1}
+    q = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / UDP(sport=5000, dport=53))
+    r = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=53, dport=5000))
+    assert run(q) == (USER if all_ip else {"rx_total": 1, "pass": 1, "not_tcp": 1})
+    assert run(r) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
