@@ -423,7 +423,19 @@ class Monitor:
                 attempt()
             attempts += 1
             time.sleep(0.1)
+        self.warmups = attempts
         return attempts
+
+    def running(self, seen=None, attempt=None):
+        """For a fixture, ``yield from mon.running(seen, attempt)``: warm up (with ``seen``),
+        hand the monitor out, then `stop_clean`; closed whatever happens."""
+        try:
+            if seen is not None:
+                self.warm_up(seen, attempt)
+            yield self
+            self.stop_clean()
+        finally:
+            self.close()
 
     def send_signal(self, sig) -> None:
         os.kill(self.proc.pid, sig)

@@ -104,25 +104,18 @@ class TestMidstat:
     def mon(cls, bed, www):
         out = bed.out_path("midstat.jsonl")
         mon = Monitor(bed, "midstat", "--json", "--output", out, "--interval", 0.5)
-        mon.out = out
-        try:
-            wait_until("midstat's first refresh", lambda: json_lines(out), 20, mon.alive)
+        mon.out, mon.warm = out, None
 
-            def seen_port():
-                return any(f["client_port"] == mon.warm for rec in json_lines(out)
-                           for f in rec["flows"])
+        def seen_port():
+            return any(f["client_port"] == mon.warm for rec in json_lines(out)
+                       for f in rec["flows"])
 
-            def hold():
-                mon.warm = next(_client_ports)
-                bed.hold(4, WARM, mon.warm, 1.2).communicate(timeout=20)
-                time.sleep(0.6)      # one more refresh
+        def hold():
+            mon.warm = next(_client_ports)
+            bed.hold(4, WARM, mon.warm, 1.2).communicate(timeout=20)
+            time.sleep(0.6)      # one more refresh
 
-            mon.warm = None
-            mon.warm_up(seen_port, hold)
-            yield mon
-            mon.stop_clean()
-        finally:
-            mon.close()
+        yield from mon.running(seen_port, hold)
 
     @staticmethod
     def states(mon, port):
@@ -226,16 +219,12 @@ class TestSimpleFirewall:
         mon = Monitor(bed, "simple_firewall", "--rules", rules, "--interval", 0.2,
                       "--output", tables, "--stats-output", stats, "--stats-json", datapath)
         mon.tables, mon.stats, mon.datapath = tables, stats, datapath
-        try:
-            def warm():
-                bed.download(4, "f1k", port=WARM, max_time=3)
-                time.sleep(0.3)       # the next table
 
-            cls.warmups = mon.warm_up(lambda: cls.table_count(mon, 1) >= 1, warm)
-            yield mon
-            mon.stop_clean()
-        finally:
-            mon.close()
+        def warm():
+            bed.download(4, "f1k", port=WARM, max_time=3)
+            time.sleep(0.3)       # the next table
+
+        yield from mon.running(lambda: cls.table_count(mon, 1) >= 1, warm)
 
     @staticmethod
     def table_count(mon, index):
@@ -285,7 +274,7 @@ class TestSimpleFirewall:
         # ... and the final counts are the connections made, rule by rule
         stats = json.loads(mon.stats.read_text())
         counts = {rule["index"]: rule["flows"] for rule in stats["rules"]}
-        assert 1 <= counts[1] <= self.warmups, (counts, self.warmups)
+        assert 1 <= counts[1] <= mon.warmups, (counts, mon.warmups)
         assert {i: counts[i] for i in (2, 3, 4, 5)} == {i: self.made[i] for i in (2, 3, 4, 5)}, \
             (stats, self.made)
         assert stats["default_accept"] == self.made["default"], (stats, self.made)
@@ -342,6 +331,8 @@ class TestScrub:
 
     @staticmethod
     def start(bed, *extra):
+        """A scrub monitor; ``mon.warm`` makes a warm-up download, ``mon.warm_ports`` holds
+        those that went through the app."""
         log = bed.out_path("scrub.jsonl")
         mon = Monitor(bed, "scrub", "--pattern", PATTERN.decode(), "--mask", MASK.decode(),
                       "--side", "server", "--log", log, *extra)
@@ -355,22 +346,14 @@ class TestScrub:
             r, out = bed.download(4, "warm.txt", port=WARM, local_port=port, max_time=3)
             if r.returncode == expect_rc and not (out.exists() and PATTERN in out.read_bytes()):
                 mon.warm_ports.add(port)      # it went through the app
-        try:
-            mon.warm_up(lambda: mon.warm_ports, warm)
-        except BaseException:
-            mon.close()
-            raise
+        mon.warm = warm
         return mon
 
     @pytest.fixture(scope="class")
     @classmethod
     def mon(cls, bed):
         mon = cls.start(bed)
-        try:
-            yield mon
-            mon.stop_clean()
-        finally:
-            mon.close()
+        yield from mon.running(lambda: mon.warm_ports, mon.warm)
 
     @staticmethod
     def check_split(capture, port):
@@ -439,6 +422,7 @@ class TestScrubReset:
     def test_reset_at_split_pattern(self, bed, www):
         mon = TestScrub.start(bed, "--reset")
         try:
+            mon.warm_up(lambda: mon.warm_ports, mon.warm)
             port = next(_client_ports)
             resets = bed.nstat("cli", "TcpEstabResets")
             capture = _server_capture(bed)
@@ -501,17 +485,13 @@ class TestNat:
                       "--inside-net", "10.77.0.0/24", "--log", log, "--stats-output", stats)
         mon.nat_log, mon.stats = log, stats
         ok = []
-        try:
-            def warm():
-                r, _ = bed.download(4, "f1k", port=WARM, max_time=2)
-                if r.returncode == 0:
-                    ok.append(1)
 
-            mon.warm_up(lambda: ok, warm)
-            yield mon
-            mon.stop_clean()
-        finally:
-            mon.close()
+        def warm():
+            r, _ = bed.download(4, "f1k", port=WARM, max_time=2)
+            if r.returncode == 0:
+                ok.append(1)
+
+        yield from mon.running(lambda: ok, warm)
 
     def test_transfers_through_nat(self, nat_bed, mon, www):
         bed = nat_bed

@@ -5,46 +5,37 @@ first SYN, at HK_SND) drops the SYN with mtcp_setlastpkt(MOS_DROP); the retransm
 SYNs of the same connection raise no second CONN_START, so PKT_IN at HK_SND drops
 them too. --ready: see streamhash.py (an unfiltered socket sees every CONN_START).
 """
-import json
 import os
 import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
+from appkit import teardown  # noqa: E402,F401
 
 DESCRIPTION = "drop SYNs to one port (netns test app)"
 
 
 def add_arguments(parser):
     parser.add_argument("--port", type=int, required=True, help="server port whose SYNs are dropped")
-    parser.add_argument("--log", required=True, help="JSON counters written at exit")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
+    appkit.add_arguments(parser)
 
 
-class DropSyn:
+class DropSyn(appkit.CountingApp):
     def __init__(self, args):
-        self.args = args
-        self.ready = args.ready
+        super().__init__(args, conn_start=0, syn_dropped=0)
         self.pinfo = PktInfo()
-        self.counters = {"conn_start": 0, "syn_dropped": 0}
-
-    def save(self):
-        """The counters, rewritten whenever they change (the test reads them live)."""
-        tmp = self.args.log + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.counters, f)
-        os.replace(tmp, self.args.log)
 
     def on_any_start(self, mctx, sock, side, event, arg):
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
 
     def on_start(self, mctx, sock, side, event, arg):
         self.counters["conn_start"] += 1
         mtcp_set_uctx(mctx, sock, "blocked")
         mtcp_setlastpkt(mctx, sock, side, 0, b"", 0, MOS_DROP)
-        self.counters["syn_dropped"] += 1
-        self.save()
+        self.count("syn_dropped")
 
     def on_packet(self, mctx, sock, side, event, arg):
         if side != MOS_SIDE_CLI or mtcp_get_uctx(mctx, sock) != "blocked":
@@ -52,8 +43,7 @@ class DropSyn:
         mtcp_getlastpkt(mctx, sock, side, self.pinfo)
         if self.pinfo.tcph[13] & TH_SYN:
             mtcp_setlastpkt(mctx, sock, side, 0, b"", 0, MOS_DROP)
-            self.counters["syn_dropped"] += 1
-            self.save()
+            self.count("syn_dropped")
 
 
 def setup(mctx, args):
@@ -65,7 +55,3 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
     return app
-
-
-def teardown(app):
-    app.save()

@@ -7,11 +7,15 @@ mtcp_setlastpkt(MOS_OVERWRITE | MOS_TCP_PAYLOAD), with MOS_UPDATE_TCP_CHKSUM for
 --csum-port and without it for --nocsum-port (the TCP checksum goes stale).
 --ready: see streamhash.py.
 """
-import json
 import os
 import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
+from appkit import teardown  # noqa: E402,F401
 
 DESCRIPTION = "overwrite a marker in server payloads, with or without the TCP checksum fix"
 
@@ -21,32 +25,20 @@ def add_arguments(parser):
     parser.add_argument("--replacement", required=True)
     parser.add_argument("--csum-port", type=int, required=True)
     parser.add_argument("--nocsum-port", type=int, required=True)
-    parser.add_argument("--log", required=True, help="JSON counters written at exit")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
+    appkit.add_arguments(parser)
 
 
-class Overwrite:
+class Overwrite(appkit.CountingApp):
     def __init__(self, args):
-        self.args = args
+        super().__init__(args, csum=0, nocsum=0)
         self.marker = args.marker.encode()
         self.replacement = args.replacement.encode()
         if len(self.marker) != len(self.replacement):
             raise ValueError("--marker and --replacement must have the same length")
-        self.ready = args.ready
         self.pinfo = PktInfo()
-        self.counters = {"csum": 0, "nocsum": 0}
-
-    def save(self):
-        """The counters, rewritten whenever they change (the test reads them live)."""
-        tmp = self.args.log + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.counters, f)
-        os.replace(tmp, self.args.log)
 
     def on_start(self, mctx, sock, side, event, arg):
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
         _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         if port == self.args.csum_port:
             mtcp_set_uctx(mctx, sock, "csum")
@@ -68,9 +60,8 @@ class Overwrite:
         at = payload.find(self.marker)
         while at >= 0:
             mtcp_setlastpkt(mctx, sock, side, at, self.replacement, len(self.replacement), option)
-            self.counters[mode] += 1
+            self.count(mode)
             at = payload.find(self.marker, at + 1)
-            self.save()
 
 
 def setup(mctx, args):
@@ -79,7 +70,3 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
     return app
-
-
-def teardown(app):
-    app.save()

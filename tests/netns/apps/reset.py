@@ -8,11 +8,15 @@ Once the server has sent --after bytes on a flow:
 - to --reset-conn-port: mtcp_reset_conn (an RST to both ends), once.
 --ready: see streamhash.py.
 """
-import json
 import os
 import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
+from appkit import teardown  # noqa: E402,F401
 
 DESCRIPTION = "reset transfers with mtcp_sendpkt (RST from mtcp_getlastpkt) or mtcp_reset_conn"
 
@@ -22,28 +26,16 @@ def add_arguments(parser):
     parser.add_argument("--reset-conn-port", type=int, required=True)
     parser.add_argument("--after", type=int, default=1 << 20, help="server bytes before the reset")
     parser.add_argument("--max-rst", type=int, default=20)
-    parser.add_argument("--log", required=True, help="JSON counters written at exit")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
+    appkit.add_arguments(parser)
 
 
-class Reset:
+class Reset(appkit.CountingApp):
     def __init__(self, args):
-        self.args = args
-        self.ready = args.ready
+        super().__init__(args, sendpkt_rst=0, reset_conn=0, rst_seq=[])
         self.pinfo = PktInfo()
-        self.counters = {"sendpkt_rst": 0, "reset_conn": 0, "rst_seq": []}
-
-    def save(self):
-        """The counters, rewritten whenever they change (the test reads them live)."""
-        tmp = self.args.log + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.counters, f)
-        os.replace(tmp, self.args.log)
 
     def on_start(self, mctx, sock, side, event, arg):
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
         _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         if port == self.args.sendpkt_port:
             mtcp_set_uctx(mctx, sock, ["sendpkt", 0])
@@ -67,14 +59,12 @@ class Reset:
             pinfo.payloadlen = 0
             mtcp_sendpkt(mctx, sock, pinfo)
             state[1] += 1
-            self.counters["sendpkt_rst"] += 1
             self.counters["rst_seq"].append([pinfo.seq, pinfo.offset])
-            self.save()
+            self.count("sendpkt_rst")
         elif not state[1]:
             state[1] = 1
             mtcp_reset_conn(mctx, sock)
-            self.counters["reset_conn"] += 1
-            self.save()
+            self.count("reset_conn")
 
 
 def setup(mctx, args):
@@ -83,7 +73,3 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
     return app
-
-
-def teardown(app):
-    app.save()
