@@ -96,14 +96,18 @@ def read_streams(directory):
 
 
 # ------------------------------------------------------------------ mosxdp
+def _run_app(app, pcap, config, *args):
+    """`mosxdp run APP --pcap PCAP ARGS [--config CONFIG]`, which must succeed silently."""
+    if config is not None:
+        args += ("--config", config)
+    proc = run_mosxdp("run", app, "--pcap", pcap, *args)
+    if proc.returncode != 0 or proc.stderr:
+        raise AssertionError(f"mosxdp {app} {pcap} failed ({proc.returncode}): {proc.stderr}")
+
+
 def _flowdump(pcap, config):
     outdir = tmpdir("flowdump")
-    args = ["run", "flowdump", "--pcap", pcap, "--outdir", outdir]
-    if config is not None:
-        args += ["--config", config]
-    proc = run_mosxdp(*args)
-    if proc.returncode != 0 or proc.stderr:
-        raise AssertionError(f"mosxdp flowdump {pcap} failed ({proc.returncode}): {proc.stderr}")
+    _run_app("flowdump", pcap, config, "--outdir", outdir)
     return read_streams(outdir)
 
 
@@ -116,12 +120,7 @@ def flowdump(pcap, **mos_keys):
 def _connlog(pcap, config):
     import json
     output = tmpdir("connlog") / "conn.json"
-    args = ["run", "connlog", "--pcap", pcap, "--output", output]
-    if config is not None:
-        args += ["--config", config]
-    proc = run_mosxdp(*args)
-    if proc.returncode != 0 or proc.stderr:
-        raise AssertionError(f"mosxdp connlog {pcap} failed ({proc.returncode}): {proc.stderr}")
+    _run_app("connlog", pcap, config, "--output", output)
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 

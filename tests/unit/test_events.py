@@ -415,33 +415,34 @@ def test_error_on_receive_window_overrun_with_window_scale(api):
     assert streams[MOS_SIDE_SVR] == b"x" * 16     # what lies beyond the window is discarded
 
 
+def recorded_errors(conv, svrbuf=None) -> list:
+    """The ERROR events a monitor (with MOS_SVRBUF ``svrbuf``) records over ``conv``."""
+    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
+    if svrbuf is not None:
+        mon.setsockopt(MOS_SVRBUF, svrbuf)
+    mon.run(conv)
+    return mon.events()
+
+
 def test_window_without_scale_is_not_scaled(api):
-    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
-    conv = Conv()
-    conv.handshake(wscale_c=2)              # only one side offers: no scaling
-    conv.ack("s", window=4)
-    conv.data("c", b"x" * 4)
-    mon.run(conv)
-    assert mon.events() == []
+    def client_sends(n):
+        conv = Conv()
+        conv.handshake(wscale_c=2)              # only one side offers: no scaling
+        conv.ack("s", window=4)
+        conv.data("c", b"x" * n)
+        return conv
+
+    assert recorded_errors(client_sends(4)) == []
     reinit()
-    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
-    conv = Conv()
-    conv.handshake(wscale_c=2)
-    conv.ack("s", window=4)
-    conv.data("c", b"x" * 16)
-    mon.run(conv)
-    assert mon.events() == [("ERROR", "NULL", MOS_SIDE_SVR)]
+    assert recorded_errors(client_sends(16)) == [("ERROR", "NULL", MOS_SIDE_SVR)]
 
 
 def test_error_on_buffer_overrun_of_unpeeked_bytes(api):
-    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
-    mon.setsockopt(MOS_SVRBUF, 16)
     conv = Conv()
     conv.handshake()
     conv.data("c", b"a" * 10)
     conv.data("c", b"b" * 10)
-    mon.run(conv)
-    assert mon.events() == [("ERROR", "NULL", MOS_SIDE_SVR)]
+    assert recorded_errors(conv, svrbuf=16) == [("ERROR", "NULL", MOS_SIDE_SVR)]
 
 
 def test_no_error_when_the_socket_peeks_in_time(api):

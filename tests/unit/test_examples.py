@@ -262,24 +262,30 @@ def test_examples_use_only_the_public_api():
                 raise AssertionError(f"{name} reaches into mctx.{node.attr}")
 
 
-def test_tutorial_excerpts_are_in_the_example_files():
-    """A ```python block of docs/*.md whose first line is `# examples/NAME.py` is an excerpt of
-    that file, verbatim: the docs cannot drift from the code the tests run."""
-    checked = 0
+def doc_python_blocks():
+    """(doc name, code) of every ```python block of docs/*.md."""
     for doc in sorted(os.listdir(DOCS)):
         if not doc.endswith(".md"):
             continue
         with open(os.path.join(DOCS, doc)) as f:
             text = f.read()
         for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M):
-            first, _, body = block.partition("\n")
-            m = re.fullmatch(r"# (examples/[\w.]+\.py)(?: \(excerpt\))?", first.strip())
-            if not m:
-                continue
-            with open(os.path.join(ROOT, m.group(1))) as f:
-                source = f.read()
-            assert body in source, f"{doc}: a block of {m.group(1)} is not in the file:\n{body}"
-            checked += 1
+            yield doc, block
+
+
+def test_tutorial_excerpts_are_in_the_example_files():
+    """A ```python block of docs/*.md whose first line is `# examples/NAME.py` is an excerpt of
+    that file, verbatim: the docs cannot drift from the code the tests run."""
+    checked = 0
+    for doc, block in doc_python_blocks():
+        first, _, body = block.partition("\n")
+        m = re.fullmatch(r"# (examples/[\w.]+\.py)(?: \(excerpt\))?", first.strip())
+        if not m:
+            continue
+        with open(os.path.join(ROOT, m.group(1))) as f:
+            source = f.read()
+        assert body in source, f"{doc}: a block of {m.group(1)} is not in the file:\n{body}"
+        checked += 1
     assert checked >= 5
 
 
@@ -371,22 +377,17 @@ def test_runnable_doc_snippets(monkeypatch, capsys):
     error and prints something."""
     monkeypatch.chdir(ROOT)
     ran = 0
-    for doc in sorted(os.listdir(DOCS)):
-        if not doc.endswith(".md"):
+    for doc, block in doc_python_blocks():
+        if not block.startswith("from mosxdp import") or "tests/data/" not in block:
             continue
-        with open(os.path.join(DOCS, doc)) as f:
-            text = f.read()
-        for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M):
-            if not block.startswith("from mosxdp import") or "tests/data/" not in block:
-                continue
-            try:
-                exec(compile(block, f"{doc} snippet", "exec"), {"__name__": "__snippet__"})
-            finally:
-                from mosxdp import mtcp_destroy
-                mtcp_destroy()
-            out, _ = capsys.readouterr()
-            assert out.strip(), f"{doc}: a snippet printed nothing:\n{block}"
-            ran += 1
+        try:
+            exec(compile(block, f"{doc} snippet", "exec"), {"__name__": "__snippet__"})
+        finally:
+            from mosxdp import mtcp_destroy
+            mtcp_destroy()
+        out, _ = capsys.readouterr()
+        assert out.strip(), f"{doc}: a snippet printed nothing:\n{block}"
+        ran += 1
     assert ran >= 2
 
 

@@ -542,19 +542,15 @@ def naive_streams(path, policy):
                 isn.setdefault((src, sport), seq)
             elif payload:
                 segs.append(((src, sport), seq, payload))
-    out = {}
+    held = {}                                  # per direction: {stream offset: byte}
     for key, seq, payload in segs:
-        buf, have = out.setdefault(key, (bytearray(), bytearray()))
+        stream = held.setdefault(key, {})
         off = (seq - isn[key] - 1) % 2**32
-        end = off + len(payload)
-        if end > len(buf):
-            buf.extend(bytes(end - len(buf)))
-            have.extend(bytes(end - len(have)))
         for i, b in enumerate(payload):
-            if policy == "LAST" or not have[off + i]:
-                buf[off + i] = b
-                have[off + i] = 1
-    return {k: bytes(v[0]) for k, v in out.items()}
+            if policy == "LAST" or off + i not in stream:
+                stream[off + i] = b
+    return {k: bytes(stream.get(i, 0) for i in range(max(stream) + 1))
+            for k, stream in held.items()}
 
 
 def client_key(path):

@@ -74,22 +74,17 @@ def test_touching_runs_merge():
     assert sb.read(4, 100) == b"efghijklmn"
 
 
-@pytest.mark.parametrize("policy, expected", [(FIRST, b"abcdef"), (LAST, b"aXYZef")])
-def test_overlap_policy(policy, expected):
+@pytest.mark.parametrize("policy, at, data, overlapped, expected", [
+    (FIRST, 1, b"XYZ", 3, b"abcdef"), (LAST, 1, b"XYZ", 3, b"aXYZef"),       # inside
+    (FIRST, 4, b"WXXY", 2, b"abcdefXY"), (LAST, 4, b"WXXY", 2, b"abcdWXXY"),  # extends
+], ids=["inside-first", "inside-last", "extends-first", "extends-last"])
+def test_overlap_policy(policy, at, data, overlapped, expected):
     sb = StreamBuffer(64, policy)
     sb.insert(0, b"abcdef")
-    assert sb.insert(1, b"XYZ") == 3
-    assert sb.read(0, 6) == expected
-    assert sb.fragments() == [(0, 6)]
-
-
-@pytest.mark.parametrize("policy, expected", [(FIRST, b"abcdefXY"), (LAST, b"abcdWXXY")])
-def test_partial_overlap_extends(policy, expected):
-    sb = StreamBuffer(64, policy)
-    sb.insert(0, b"abcdef")
-    assert sb.insert(4, b"WXXY") == 2
-    assert sb.read(0, 8) == expected
-    assert sb.next_offset == 8
+    assert sb.insert(at, data) == overlapped
+    assert sb.read(0, len(expected)) == expected
+    assert sb.fragments() == [(0, len(expected))]
+    assert sb.next_offset == len(expected)
 
 
 @pytest.mark.parametrize("policy", [FIRST, LAST])
