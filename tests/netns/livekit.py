@@ -7,6 +7,7 @@ tests: `Bed` (testbed, HTTP server, clients), `Monitor` (`mosxdp run APP` in the
 namespace) and `Tcpdump`."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -325,6 +326,15 @@ class Bed:
         return self.tb.popen("cli", [PY, self.hold_script, host,
                                      *map(str, (port, local, secs, *get))],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    @contextlib.contextmanager
+    def killed_after(self, proc):
+        """The block runs; then ``proc`` (a client) is killed if it is still running."""
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                self.tb.stop(proc, signal.SIGKILL)
 
     # -- observations
     def nstat(self, ns: str, name: str) -> int:

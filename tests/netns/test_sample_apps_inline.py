@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import struct
 import time
 from pathlib import Path
@@ -135,16 +134,13 @@ class TestMidstat:
         port = next(_client_ports)
         # 2 MiB at 1 MiB/s: about 2 s, four refreshes or more while it runs.
         curl, out = bed.start_download(family, "f2m", "--limit-rate", "1M", local_port=port)
-        try:
+        with bed.killed_after(curl):
             running = wait_until("the download listed ESTABLISHED/ESTABLISHED",
                             lambda: [r for r in self.states(mon, port)
                                      if r[1:3] == ("ESTABLISHED", "ESTABLISHED")],
                             10, mon.alive)
             assert curl.poll() is None, "the download ended before midstat listed it"
             _, err = curl.communicate(timeout=60)
-        finally:
-            if curl.poll() is None:
-                bed.tb.stop(curl, signal.SIGKILL)
         assert curl.returncode == 0, err
         assert sha256_file(out) == sha256_file(www / "f2m")
         flow = running[0][3]
@@ -176,11 +172,8 @@ class TestMidstat:
         leaves the table when the client closes."""
         port = next(_client_ports)
         hold = bed.hold(4, PLAIN, port, 1.5, "f1k")
-        try:
+        with bed.killed_after(hold):
             out, err = hold.communicate(timeout=20)
-        finally:
-            if hold.poll() is None:
-                bed.tb.stop(hold, signal.SIGKILL)
         assert hold.returncode == 0 and out == b"eof\n", err
         rows = wait_until("the flow gone from midstat's table",
                      lambda: (lambda rows: rows if rows and rows[-1][1] is None else None)(
@@ -499,7 +492,7 @@ class TestNat:
         ports = [next(_client_ports), next(_client_ports)]
         # a slow download: while it runs, both ends' view of the connection
         curl, out = bed.start_download(4, "f2m", "--limit-rate", "1M", local_port=ports[0])
-        try:
+        with bed.killed_after(curl):
             def srv_view():
                 r = bed.sh("srv", "ss", "-tnH", "state", "established", f"sport = :{PLAIN}")
                 return r.stdout.strip()
@@ -507,9 +500,6 @@ class TestNat:
             cli_view = bed.sh("cli", "ss", "-tnH", "state", "established",
                               f"sport = :{ports[0]}").stdout
             _, err = curl.communicate(timeout=60)
-        finally:
-            if curl.poll() is None:
-                bed.tb.stop(curl, signal.SIGKILL)
         assert curl.returncode == 0, err
         assert sha256_file(out) == sha256_file(www / "f2m")
         peers = re.findall(r"\s\[?(?:::ffff:)?([0-9.]+)\]?:(\d+)\s*$", seen, re.M)   # the peer

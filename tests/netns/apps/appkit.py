@@ -1,9 +1,13 @@
 """What the counting test apps (dropsyn, overwrite, reset) share: the --log counters file,
-rewritten whenever the counters change (the tests read it while the monitor runs), and the
---ready file, created at the first CONN_START (see streamhash.py). An app file imports
-it after putting its own folder on sys.path (`mosxdp run` loads apps by path)."""
+rewritten whenever the counters change (the tests read it while the monitor runs), the
+--ready file, created at the first CONN_START (see streamhash.py), and the packets of the
+flows an app tagged (its uctx). Public mOS API only. An app file imports this after
+putting its own folder on sys.path (`mosxdp run` loads apps by path)."""
 import json
 import os
+
+from mosxdp import MOS_SIDE_BOTH, MOS_SIDE_SVR, PktInfo, mtcp_get_uctx, mtcp_getlastpkt, \
+    mtcp_getpeername
 
 
 def add_arguments(parser):
@@ -16,6 +20,7 @@ class CountingApp:
         self.args = args
         self.ready = args.ready
         self.counters = counters
+        self.pinfo = PktInfo()
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -31,6 +36,24 @@ class CountingApp:
         if self.ready:
             open(self.ready, "w").close()
             self.ready = None
+
+
+    def start(self, mctx, sock) -> int:
+        """At CONN_START: the ready file; the flow's server port."""
+        self.mark_ready()
+        _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        return port
+
+    def tagged_server_packet(self, mctx, sock, side):
+        """(the flow's uctx, the PktInfo of the packet) for a packet of the server in a flow
+        the app tagged; else None."""
+        if side != MOS_SIDE_SVR:
+            return None
+        tag = mtcp_get_uctx(mctx, sock)
+        if tag is None:
+            return None
+        mtcp_getlastpkt(mctx, sock, side, self.pinfo)
+        return tag, self.pinfo
 
 
 def teardown(app):

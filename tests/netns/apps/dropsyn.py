@@ -26,7 +26,6 @@ def add_arguments(parser):
 class DropSyn(appkit.CountingApp):
     def __init__(self, args):
         super().__init__(args, conn_start=0, syn_dropped=0)
-        self.pinfo = PktInfo()
 
     def on_any_start(self, mctx, sock, side, event, arg):
         self.mark_ready()

@@ -35,24 +35,19 @@ class Overwrite(appkit.CountingApp):
         self.replacement = args.replacement.encode()
         if len(self.marker) != len(self.replacement):
             raise ValueError("--marker and --replacement must have the same length")
-        self.pinfo = PktInfo()
 
     def on_start(self, mctx, sock, side, event, arg):
-        self.mark_ready()
-        _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        port = self.start(mctx, sock)
         if port == self.args.csum_port:
             mtcp_set_uctx(mctx, sock, "csum")
         elif port == self.args.nocsum_port:
             mtcp_set_uctx(mctx, sock, "nocsum")
 
     def on_packet(self, mctx, sock, side, event, arg):
-        if side != MOS_SIDE_SVR:
+        tagged = self.tagged_server_packet(mctx, sock, side)
+        if tagged is None:
             return
-        mode = mtcp_get_uctx(mctx, sock)
-        if mode is None:
-            return
-        pinfo = self.pinfo
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        mode, pinfo = tagged
         payload = bytes(pinfo.payload[:pinfo.payloadlen])
         option = MOS_OVERWRITE | MOS_TCP_PAYLOAD
         if mode == "csum":

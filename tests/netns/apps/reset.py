@@ -32,24 +32,19 @@ def add_arguments(parser):
 class Reset(appkit.CountingApp):
     def __init__(self, args):
         super().__init__(args, sendpkt_rst=0, reset_conn=0, rst_seq=[])
-        self.pinfo = PktInfo()
 
     def on_start(self, mctx, sock, side, event, arg):
-        self.mark_ready()
-        _cli, (_addr, port) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        port = self.start(mctx, sock)
         if port == self.args.sendpkt_port:
             mtcp_set_uctx(mctx, sock, ["sendpkt", 0])
         elif port == self.args.reset_conn_port:
             mtcp_set_uctx(mctx, sock, ["reset_conn", 0])
 
     def on_packet(self, mctx, sock, side, event, arg):
-        if side != MOS_SIDE_SVR:
+        tagged = self.tagged_server_packet(mctx, sock, side)
+        if tagged is None:
             return
-        state = mtcp_get_uctx(mctx, sock)
-        if state is None:
-            return
-        pinfo = self.pinfo
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        state, pinfo = tagged
         if not pinfo.payloadlen or pinfo.offset < self.args.after:
             return
         if state[0] == "sendpkt":
