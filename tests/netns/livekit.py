@@ -108,6 +108,16 @@ def attach_pass_programs(tb, *, subprocess: bool = False) -> None:
         assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
 
 
+def start_server(tb, www: Path, ports, *extra) -> subprocess.Popen:
+    """`mosxdp.demo.server` serving ``www`` on ``ports`` in the server namespace, returned
+    once every port listens."""
+    httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, *map(str, ports), *extra],
+                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in ports:
+        tb.wait_listen("srv", port)
+    return httpd
+
+
 def route_via_nat(tb, nat_ip: str) -> None:
     """The server namespace routes to ``nat_ip`` only (a host route and a static neighbour:
     the client's MAC, as the inline monitor forwards frames unchanged), not to the client's
@@ -244,16 +254,13 @@ class Bed:
             self.sh("cli", "sysctl", "-qw", f"net.ipv4.tcp_rmem={PACED_RMEM}")
         self.hold_script = tmp / "hold.py"
         self.hold_script.write_text(HOLD)
-        argv = [PY, "-m", "mosxdp.demo.server", www, *map(str, ports)]
         self.access_log = None
+        extra = ()
         if access_log:
             self.access_log = self.out_path("access.log")
             self.access_log.touch()
-            argv += ["--access-log", self.access_log]
-        self.httpd = tb.popen("srv", argv, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-        for port in ports:
-            tb.wait_listen("srv", port)
+            extra = ("--access-log", self.access_log)
+        self.httpd = start_server(tb, www, ports, *extra)
 
     @classmethod
     def start(cls, www: Path, tmp: Path, ports, **kw) -> "Bed":

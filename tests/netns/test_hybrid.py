@@ -130,10 +130,7 @@ class Bed:
     def __init__(self, tb, www_dir: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www_dir, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www_dir, str(MONITORED), str(OTHER)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        tb.wait_listen("srv", MONITORED)
-        tb.wait_listen("srv", OTHER)
+        self.httpd = livekit.start_server(tb, www_dir, (MONITORED, OTHER))
         self.n = 0
 
     def url(self, family, name, port=MONITORED):

@@ -59,10 +59,7 @@ class Bed:
     def __init__(self, tb, www: Path, tmp: Path):
         self.tb, self.www, self.tmp = tb, www, tmp
         livekit.attach_pass_programs(tb, subprocess=True)
-        self.httpd = tb.popen("srv", [PY, "-m", "mosxdp.demo.server", www, str(HTTP_PORT), str(BLOCKED_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        tb.wait_listen("srv", HTTP_PORT)
-        tb.wait_listen("srv", BLOCKED_PORT)
+        self.httpd = livekit.start_server(tb, www, (HTTP_PORT, BLOCKED_PORT))
         self.iperf_srv = tb.popen("srv", ["iperf3", "-s"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", 5201)

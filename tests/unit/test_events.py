@@ -35,6 +35,13 @@ def read_all(mctx, sock, side, size=4096):
     return bytes(buf[:n])
 
 
+def last_packet(mctx, sock, side) -> PktInfo:
+    """mtcp_getlastpkt into a new PktInfo."""
+    pinfo = PktInfo()
+    mtcp_getlastpkt(mctx, sock, side, pinfo)
+    return pinfo
+
+
 def on(mon, event, hook, fn):
     """Register fn(mctx, sock, side, event, arg) without recording."""
     mtcp_register_callback(mon.mctx, mon.sock, event, hook, fn)
@@ -219,8 +226,7 @@ def test_state_change_simultaneous_open(api):
 
     def packet_flags(mctx, sock, side, ev, call):
         if ev == MOS_ON_TCP_STATE_CHANGE:
-            pinfo = PktInfo()
-            mtcp_getlastpkt(mctx, sock, side, pinfo)
+            pinfo = last_packet(mctx, sock, side)
             flags.append(pinfo.tcph[13])
     mon = Monitor().record(events=(MOS_ON_TCP_STATE_CHANGE, MOS_ON_CONN_START), extra=packet_flags)
     conv = Conv()
@@ -554,8 +560,7 @@ def test_alloc_and_raise_inside_a_filter_triggers_the_child(api):
     hits = []
 
     def classify(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         flags = pinfo.tcph[13]
         if flags & TH_SYN:
             mtcp_raise_event(mctx, children["syn"])
@@ -569,8 +574,7 @@ def test_alloc_and_raise_inside_a_filter_triggers_the_child(api):
     names = {children["syn"]: "syn", children["fin"]: "fin"}
 
     def cb(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)    # the child still has the packet
+        pinfo = last_packet(mctx, sock, side)    # the child still has the packet
         hits.append((names.get(ev, ev), side, pinfo.tcph[13]))
     on(mon, children["syn"], MOS_HK_SND, cb)
     on(mon, children["fin"], MOS_HK_RCV, cb)
@@ -596,8 +600,7 @@ def _overwrite_run(option, hook=MOS_HK_SND):
     seen = []
 
     def edit(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen:
             mtcp_setlastpkt(mctx, sock, side, 6, b"EVIL", 4, option)
 
@@ -644,8 +647,7 @@ def test_header_overwrite_with_ip_checksum_update(api):
     infos = []
 
     def edit(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen:
             mtcp_setlastpkt(mctx, sock, side, 8, bytes([7]), 1,                  # TTL 7
                             MOS_OVERWRITE | MOS_IP_HDR | MOS_UPDATE_IP_CHKSUM)
@@ -669,8 +671,7 @@ def _drop_run(hook, drop_fin=True):
     seen = []
 
     def drop(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen or (drop_fin and pinfo.tcph[13] & TH_FIN):
             mtcp_setlastpkt(mctx, sock, side, 0, None, 0, MOS_DROP)
 
@@ -711,8 +712,7 @@ def test_dropped_then_retransmitted_segment_is_buffered(api):
     seen = []
 
     def drop_first(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen and not dropped:
             dropped.append(pinfo.seq)
             mtcp_setlastpkt(mctx, sock, side, 0, None, 0, MOS_DROP)
@@ -734,8 +734,7 @@ def test_getlastpkt_fields(api):
     infos = []
 
     def grab(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         infos.append((side, pinfo.seq, pinfo.ack_seq, pinfo.payloadlen, pinfo.offset, pinfo.window,
                       pinfo.eth_len, pinfo.ip_len, pinfo.cur_ts, bytes(pinfo.payload),
                       pinfo.frame()))
@@ -765,8 +764,7 @@ def test_getlastpkt_ipv6_fields(api):
     infos = []
 
     def grab(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen:
             infos.append((pinfo.seq, pinfo.offset, pinfo.ip_len, len(pinfo.iph), len(pinfo.tcph),
                           bytes(pinfo.payload)))
@@ -782,8 +780,7 @@ def test_sendpkt_frames_precede_the_current_frame_with_valid_checksums(api):
     mon = Monitor(domain=socket.AF_INET6)
 
     def inject(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen:
             pinfo.payload[:3] = b"INJ"
             pinfo.tcph[16:18] = b"\x00\x00"               # garbage checksum: sendpkt fixes it
@@ -829,8 +826,7 @@ def test_reset_conn_inside_a_packet_callback_precedes_that_frame(api):
     mon = Monitor()
 
     def reset(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        pinfo = last_packet(mctx, sock, side)
         if pinfo.payloadlen:
             mtcp_reset_conn(mctx, sock)
     on(mon, MOS_ON_PKT_IN, MOS_HK_RCV, reset)
@@ -969,8 +965,7 @@ def test_orphans_raise_orphan_on_listeners(api):
     orphans = []
 
     def orphan(mctx, sock, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, sock, side, pinfo)       # the orphan packet itself
+        pinfo = last_packet(mctx, sock, side)       # the orphan packet itself
         orphans.append((sock, side, pinfo.seq, bytes(pinfo.payload)))
     for s in (mon.sock, other, six):
         mtcp_register_callback(mon.mctx, s, MOS_ON_ORPHAN, MOS_NULL, orphan)

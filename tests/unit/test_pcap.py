@@ -466,12 +466,10 @@ def test_interface_index_out_of_range(tmp_path):
 
 
 def ones(b: bytes) -> int:
-    if len(b) & 1:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+    """The 16-bit one's-complement sum of ``b``: 0xFFFF over data with a valid checksum.
+    Folding the carries keeps the sum modulo 0xFFFF, and a non-zero sum never folds to 0."""
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b[:len(b) & ~1])) + (b[-1] << 8 if len(b) & 1 else 0)
+    return (s - 1) % 0xFFFF + 1 if s else 0
 
 
 def tcp_of(f: bytes):
