@@ -1,4 +1,4 @@
-"""Bad input never shows a traceback (issue 2, acceptance 6).
+"""Bad input to `mosxdp run` never shows a traceback.
 
 Each bad input to `mosxdp run` gives exactly one line on stderr, starting
 with "mosxdp: error:", naming what is wrong, and a non-zero exit; never a

@@ -1,4 +1,4 @@
-"""flowdump and connlog against the reference tools (issue 2, acceptance 2 and 5).
+"""flowdump and connlog against the reference tools (tcpflow, tshark).
 
 For every pcap in tests/data, flowdump's files (the CLI in a subprocess, as a
 user runs it) are compared byte for byte, flow by flow and direction by
@@ -11,7 +11,7 @@ Where the two references differ, mosxdp follows one of them on purpose:
 
 - Bytes never captured (a hole that never fills, lost.pcap): tcpflow writes
   zeros, tshark writes a text marker "[N bytes missing in capture file]" in
-  their place.  mosxdp follows tcpflow: the issue asks for zeros, and zeros
+  their place.  mosxdp follows tcpflow: a hole is written as zeros, and zeros
   keep every later byte at its true stream offset (the file size is the
   stream length), which a marker of a different length does not.
 - Overlapping segments whose common bytes differ (overlap_diff.pcap): tshark

@@ -1,4 +1,4 @@
-"""`mosxdp run APP --pcap IN --write OUT` (issue 2, acceptance 5).
+"""`mosxdp run APP --pcap IN --write OUT`: the frames inline mode would transmit.
 
 OUT is what inline mode would have transmitted: every forwarded frame in
 order with the app's overwrites applied, dropped frames absent.  OUT is read

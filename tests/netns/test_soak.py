@@ -1,4 +1,4 @@
-"""netns tier: the one-minute soak (issue 6, item 3): `scripts/soak.py --minutes 1`.
+"""netns tier: the one-minute soak, `scripts/soak.py --minutes 1`.
 
 iperf3 (2 streams) and three loops of short curl downloads through the inline monitor
 running flowdump for a minute (the script: `scripts/soak.py`, 5 minutes by default; its
