@@ -13,8 +13,9 @@
     on_callback_error (forward): a 20 MB download still arrives byte-identical and the
     monitor's `callback errors N` equals the app's own count of raises.
 
-The testbed (XDP_PASS endpoints, an HTTP server) and the monitor process are livekit's. Skipped only when a probe fails; tests/conftest.py turns skips
-into failures with MOSXDP_REQUIRE_PRIVILEGED=1.
+The testbed (XDP_PASS endpoints, an HTTP server) and the monitor process are livekit's.
+Skipped only when a probe fails; tests/conftest.py turns skips into failures with
+MOSXDP_REQUIRE_PRIVILEGED=1.
 """
 from __future__ import annotations
 
