@@ -5,9 +5,11 @@ flows an app tagged (its uctx). Public mOS API only. An app file imports this af
 putting its own folder on sys.path (`mosxdp run` loads apps by path)."""
 import json
 import os
+import socket
 
-from mosxdp import MOS_SIDE_BOTH, MOS_SIDE_SVR, PktInfo, mtcp_get_uctx, mtcp_getlastpkt, \
-    mtcp_getpeername
+from mosxdp import MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN, MOS_SIDE_BOTH, MOS_SIDE_SVR, \
+    MOS_SOCK_MONITOR_STREAM, PktInfo, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, \
+    mtcp_register_callback, mtcp_socket
 
 
 def add_arguments(parser):
@@ -54,6 +56,15 @@ class CountingApp:
             return None
         mtcp_getlastpkt(mctx, sock, side, self.pinfo)
         return tag, self.pinfo
+
+
+def watch_streams(mctx, app):
+    """A stream socket whose CONN_START and PKT_IN, both at MOS_HK_SND, call
+    ``app.on_start`` and ``app.on_packet``; returns ``app`` (setup's result)."""
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
+    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
+    return app
 
 
 def teardown(app):

@@ -8,7 +8,6 @@ mtcp_setlastpkt(MOS_OVERWRITE | MOS_TCP_PAYLOAD), with MOS_UPDATE_TCP_CHKSUM for
 --ready: see streamhash.py.
 """
 import os
-import socket
 import sys
 
 from mosxdp import *  # noqa: F401,F403
@@ -60,8 +59,4 @@ class Overwrite(appkit.CountingApp):
 
 
 def setup(mctx, args):
-    app = Overwrite(args)
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
-    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
-    return app
+    return appkit.watch_streams(mctx, Overwrite(args))

@@ -9,7 +9,6 @@ Once the server has sent --after bytes on a flow:
 --ready: see streamhash.py.
 """
 import os
-import socket
 import sys
 
 from mosxdp import *  # noqa: F401,F403
@@ -63,8 +62,4 @@ class Reset(appkit.CountingApp):
 
 
 def setup(mctx, args):
-    app = Reset(args)
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
-    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
-    return app
+    return appkit.watch_streams(mctx, Reset(args))
