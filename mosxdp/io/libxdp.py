@@ -16,6 +16,12 @@ import ctypes.util
 import errno
 import os
 
+# The kernel's numbers (socket family, bind, ring and attach flags) are defined in uapi;
+# named here too because this library's calls take them.
+from .uapi import (AF_XDP, SOL_XDP, XDP_COPY, XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE,
+                   XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_RING_NEED_WAKEUP,
+                   XDP_SHARED_UMEM, XDP_USE_NEED_WAKEUP, XDP_ZEROCOPY)
+
 __all__ = [
     "LibxdpMissing", "lib", "load", "check",
     "XskRing", "XskUmemConfig", "XskSocketConfig", "XdpDesc",
@@ -28,25 +34,7 @@ __all__ = [
     "XSK_UMEM__DEFAULT_FRAME_SIZE",
 ]
 
-# --- constants (linux/if_xdp.h, linux/if_link.h, xdp/xsk.h) --------------------------
-AF_XDP = 44
-SOL_XDP = 283
-
-# sockaddr_xdp.sxdp_flags (bind flags)
-XDP_SHARED_UMEM = 1 << 0
-XDP_COPY = 1 << 1
-XDP_ZEROCOPY = 1 << 2
-XDP_USE_NEED_WAKEUP = 1 << 3
-
-# ring flags word
-XDP_RING_NEED_WAKEUP = 1 << 0
-
-# xdp_flags (attach mode), used by libxdp only when it loads its own program
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
-
+# --- constants (xdp/xsk.h) -----------------------------------------------------------
 XSK_LIBBPF_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
 XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
 
@@ -59,28 +47,17 @@ XSK_UMEM__DEFAULT_FRAME_SIZE = 4096
 class XskRing(ctypes.Structure):
     """``struct xsk_ring_prod`` / ``struct xsk_ring_cons`` (DEFINE_XSK_RING: same layout)."""
 
-    _fields_ = [
-        ("cached_prod", ctypes.c_uint32),
-        ("cached_cons", ctypes.c_uint32),
-        ("mask", ctypes.c_uint32),
-        ("size", ctypes.c_uint32),
-        ("producer", ctypes.c_void_p),   # __u32 *
-        ("consumer", ctypes.c_void_p),   # __u32 *
-        ("ring", ctypes.c_void_p),       # __u64[] (fill, comp) or struct xdp_desc[] (rx, tx)
-        ("flags", ctypes.c_void_p),      # __u32 *
-    ]
+    # pointers: producer, consumer and flags to a __u32; ring to __u64[] (fill,
+    # completion) or struct xdp_desc[] (rx, tx)
+    _fields_ = ([(n, ctypes.c_uint32) for n in ("cached_prod", "cached_cons", "mask", "size")]
+                + [(n, ctypes.c_void_p) for n in ("producer", "consumer", "ring", "flags")])
 
 
 class XskUmemConfig(ctypes.Structure):
     """``struct xsk_umem_config``."""
 
-    _fields_ = [
-        ("fill_size", ctypes.c_uint32),
-        ("comp_size", ctypes.c_uint32),
-        ("frame_size", ctypes.c_uint32),
-        ("frame_headroom", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-    ]
+    _fields_ = [(n, ctypes.c_uint32)
+                for n in ("fill_size", "comp_size", "frame_size", "frame_headroom", "flags")]
 
 
 class _XskLibFlags(ctypes.Union):
