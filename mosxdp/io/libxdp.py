@@ -29,18 +29,11 @@ __all__ = [
     "XDP_SHARED_UMEM", "XDP_COPY", "XDP_ZEROCOPY", "XDP_USE_NEED_WAKEUP",
     "XDP_RING_NEED_WAKEUP",
     "XDP_FLAGS_UPDATE_IF_NOEXIST", "XDP_FLAGS_SKB_MODE", "XDP_FLAGS_DRV_MODE", "XDP_FLAGS_HW_MODE",
-    "XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD", "XSK_LIBBPF_FLAGS__INHIBIT_PROG_LOAD",
-    "XSK_RING_CONS__DEFAULT_NUM_DESCS", "XSK_RING_PROD__DEFAULT_NUM_DESCS",
-    "XSK_UMEM__DEFAULT_FRAME_SIZE",
+    "XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD",
 ]
 
-# --- constants (xdp/xsk.h) -----------------------------------------------------------
-XSK_LIBBPF_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
+# xdp/xsk.h: xsk_socket_config.libxdp_flags
 XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
-
-XSK_RING_CONS__DEFAULT_NUM_DESCS = 2048
-XSK_RING_PROD__DEFAULT_NUM_DESCS = 2048
-XSK_UMEM__DEFAULT_FRAME_SIZE = 4096
 
 
 # --- structures -----------------------------------------------------------------------
@@ -68,13 +61,8 @@ class XskSocketConfig(ctypes.Structure):
     """``struct xsk_socket_config`` (libxdp 1.3.1: no tx_metadata_len yet)."""
 
     _anonymous_ = ("_u",)
-    _fields_ = [
-        ("rx_size", ctypes.c_uint32),
-        ("tx_size", ctypes.c_uint32),
-        ("_u", _XskLibFlags),
-        ("xdp_flags", ctypes.c_uint32),
-        ("bind_flags", ctypes.c_uint16),
-    ]
+    _fields_ = [("rx_size", ctypes.c_uint32), ("tx_size", ctypes.c_uint32), ("_u", _XskLibFlags),
+                ("xdp_flags", ctypes.c_uint32), ("bind_flags", ctypes.c_uint16)]
 
 
 class XdpDesc(ctypes.Structure):

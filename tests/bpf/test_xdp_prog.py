@@ -233,23 +233,26 @@ def h(prog, netdevs):
 # classification x configuration
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("name", USER_FRAMES)
-def test_tcp_frames_go_to_user_space(h, name, config):
+def configured(h, config: str) -> tuple[bool, bool, bool]:
+    """Configure the harness as CONFIGS[config] says; returns (inline, sock, fail_closed)."""
     inline, sock, fail_closed = CONFIGS[config]
     h.configure(inline=inline, fail_closed=fail_closed)
     if sock:
         h.bind(SLOT_A, 0)
+    return inline, sock, fail_closed
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("name", USER_FRAMES)
+def test_tcp_frames_go_to_user_space(h, name, config):
+    inline, sock, fail_closed = configured(h, config)
     assert h.run(USER_FRAMES[name][0]) == expect_user(inline, sock, fail_closed)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", KERNEL_FRAMES)
 def test_other_frames_take_the_kernel_path(h, name, config):
-    inline, sock, fail_closed = CONFIGS[config]
-    h.configure(inline=inline, fail_closed=fail_closed)
-    if sock:
-        h.bind(SLOT_A, 0)
+    inline, _sock, _fail_closed = configured(h, config)
     frame, reason = KERNEL_FRAMES[name]
     assert h.run(frame) == kernel_path(inline, **{reason: 1})
 
