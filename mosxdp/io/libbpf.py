@@ -1,14 +1,16 @@
 """The one ctypes binding of libbpf (libbpf.so.1): map and program syscalls without bcc.
 
 Everything in io that touches a BPF map or program by fd goes through :func:`load`: the
-XSKMAP updates of the AF_XDP sockets, the typed maps of the xdp package, program
-information by id, BPF_PROG_TEST_RUN and loading a program from raw instructions.
+XSKMAP entries of the AF_XDP sockets (:func:`xskmap_update`), the typed maps of the xdp
+package, program information by id, BPF_PROG_TEST_RUN and loading a program from raw
+instructions.
 libbpf >= 1.0 returns a negative errno (and sets errno); :func:`check` turns that into an
 ``OSError`` that names the call.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
 
 from .errors import XdpError
@@ -16,7 +18,7 @@ from .uapi import BPF_PROG_TYPE_XDP
 
 __all__ = [
     "load", "check", "Insn", "prog_info", "prog_name_by_id", "prog_map_ids", "map_name",
-    "prog_test_run", "prog_load", "num_possible_cpus",
+    "prog_test_run", "prog_load", "num_possible_cpus", "xskmap_update", "xskmap_delete",
 ]
 
 
@@ -181,3 +183,19 @@ def prog_load(name: str, insns: list[Insn], *, prog_type: int = BPF_PROG_TYPE_XD
 def num_possible_cpus() -> int:
     """How many per-CPU slots a per-CPU map value has."""
     return check(load().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+def xskmap_update(map_fd: int, index: int, sock_fd: int) -> None:
+    """XSKMAP[index] = socket (see XdpProgram.xsk_index for the index)."""
+    k, v = ct.c_uint32(index), ct.c_uint32(sock_fd)
+    check(load().bpf_map_update_elem(map_fd, ct.byref(k), ct.byref(v), 0),
+          f"XSKMAP[{index}] = fd {sock_fd}")
+
+
+def xskmap_delete(map_fd: int, index: int) -> int:
+    """Remove XSKMAP[index]; returns 0 or the errno (ENOENT: the slot was empty). A failed
+    delete is returned, not raised: this runs while unwinding."""
+    k = ct.c_uint32(index)
+    if load().bpf_map_delete_elem(map_fd, ct.byref(k)) < 0:
+        return ct.get_errno() or errno.EIO
+    return 0

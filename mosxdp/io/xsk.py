@@ -29,9 +29,10 @@ producer indexes; their sum equals ``frame_count`` at all times (any frame lost 
 duplicated by the bookkeeping breaks it). :meth:`Umem.audit` checks frame identities
 (no address in two places) and is exact when the datapath is idle.
 
-The XSKMAP entries that steer frames to the sockets (:func:`xskmap_update`) and the queue
-counts the sockets are bound by (``rx_queue_count``, from :mod:`mosxdp.io.netdev`, the
-same answer the XDP program's XSKMAP layout uses) complete this module's face.
+The XSKMAP entries that steer frames to the sockets (``xskmap_update``, from
+:mod:`mosxdp.io.libbpf`) and the queue counts the sockets are bound by (``rx_queue_count``,
+from :mod:`mosxdp.io.netdev`, the same answer the XDP program's XSKMAP layout uses)
+complete this module's face.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ import platform
 import socket
 import time
 
-from . import libbpf
 from . import libxdp as _x
+from .libbpf import xskmap_delete, xskmap_update
 from .netdev import rx_queue_count, tx_queue_count
 from .uapi import XDP_STATISTICS
 
@@ -586,20 +587,3 @@ class Umem:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------- XSKMAP
-def xskmap_update(map_fd: int, index: int, sock_fd: int) -> None:
-    """XSKMAP[index] = socket (see XdpProgram.xsk_index for the index)."""
-    k, v = ctypes.c_uint32(index), ctypes.c_uint32(sock_fd)
-    libbpf.check(libbpf.load().bpf_map_update_elem(map_fd, ctypes.byref(k), ctypes.byref(v), 0),
-                 f"XSKMAP[{index}] = fd {sock_fd}")
-
-
-def xskmap_delete(map_fd: int, index: int) -> int:
-    """Remove XSKMAP[index]; returns 0 or the errno (ENOENT: the slot was empty). A failed
-    delete is returned, not raised: this runs while unwinding."""
-    k = ctypes.c_uint32(index)
-    if libbpf.load().bpf_map_delete_elem(map_fd, ctypes.byref(k)) < 0:
-        return ctypes.get_errno() or errno.EIO
-    return 0

@@ -16,7 +16,7 @@ from .. import libbpf
 from ..bpfstructs import (COUNTER_NAMES, FlowVerdict, MX_ACTION_BYPASS, MX_ACTION_DROP, MxFlowKey,
                           MxIfConfig, MxVerdict)
 from ..errors import XdpError
-from ..xsk import xskmap_delete, xskmap_update
+from ..libbpf import xskmap_delete, xskmap_update
 
 __all__ = ["MosxdpMaps"]
 
