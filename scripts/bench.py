@@ -339,6 +339,7 @@ def bench_live(argv, rounds=3):
         if shutil.which(tool) is None:
             print(f"bench.py --live: {tool} is not installed", file=sys.stderr)
             return 2
+    from mosxdp.demo.passprog import attach_to_endpoints
     from mosxdp.demo.testbed import Testbed
     rows = LIVE_ROWS
     if args.rows:
@@ -353,12 +354,10 @@ def bench_live(argv, rounds=3):
     results = {r[0]: [] for r in rows}
     try:
         with Testbed("inline") as tb:
-            for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-                if args.endpoint_xdp_pass:
-                    tb.run(ns, [sys.executable, "-c", "import os, sys; from mosxdp.io.xdp import "
-                                "attach_pass_program as a; os.close(a(sys.argv[1]).fd)", ifn],
-                           check=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-                else:
+            if args.endpoint_xdp_pass:
+                attach_to_endpoints(tb, python=sys.executable)
+            else:
+                for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
                     tb.run(ns, ["ethtool", "-K", ifn, "gro", "on"], check=True)
             srv = tb.popen("srv", _pin(0) + ["iperf3", "-s"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)

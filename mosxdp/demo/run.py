@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from .passprog import attach_to_endpoints
 from .testbed import Testbed, TestbedError, probe
 
 PORT = 8080
@@ -43,17 +44,6 @@ def _wait_attached(tb, proc, timeout=60.0):
             return True
         time.sleep(0.2)
     return False
-
-
-def _attach_endpoint_programs(tb, python):
-    """A veth takes frames redirected into its peer only when it runs XDP itself."""
-    code = ("import os, sys; from mosxdp.io.xdp import attach_pass_program; "
-            "os.close(attach_pass_program(sys.argv[1]).fd)")
-    for ns, ifname in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-        result = tb.run(ns, [python, "-c", code, ifname], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"cannot attach the XDP pass program to {ifname}: "
-                               f"{result.stderr.strip().splitlines()[-1:]}")
 
 
 def _start_monitor(tb, python, app_argv, log_path):
@@ -124,7 +114,7 @@ def run_demo(keep=False):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
             tb.wait_listen("srv", PORT)
             tb.wait_listen("srv", PORT + 1)
-            _attach_endpoint_programs(tb, python)
+            attach_to_endpoints(tb, python=python)
             monitor, log = _start_monitor(
                 tb, python,
                 [os.path.join(os.path.dirname(__file__), "app.py"),

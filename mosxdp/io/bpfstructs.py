@@ -28,13 +28,13 @@ _be16 = ct.c_uint16.__ctype_be__
 _addr16 = ct.c_ubyte * 16
 
 # ---- sizes (mosxdp.h) ---------------------------------------------------------------
-MX_MAX_QUEUES = 64
-MX_MAX_SLOTS = 16
+MX_MAX_QUEUES = 64   # RX queues per interface in the XSKMAP
+MX_MAX_SLOTS = 16    # interfaces per program
 MX_XSKMAP_SIZE = MX_MAX_SLOTS * MX_MAX_QUEUES
 MX_MAX_IFACES = MX_MAX_SLOTS
 MX_VERDICT_ENTRIES = 65536
-MX_MAX_VLAN_DEPTH = 4
-MX_MAX_IPV6_EXT = 8
+# parser limits: VLAN tags, IPv6 extension headers
+MX_MAX_VLAN_DEPTH, MX_MAX_IPV6_EXT = 4, 8
 
 # ---- mx_if_config.flags -------------------------------------------------------------
 MX_IF_INLINE = 1 << 0
@@ -42,13 +42,10 @@ MX_IF_FAIL_CLOSED = 1 << 1
 MX_IF_BYPASS_CONSUME = 1 << 2
 MX_IF_FILTER_ALL_IP = 1 << 3
 
-# ---- verdicts -----------------------------------------------------------------------
-MX_ACTION_BYPASS = 1
-MX_ACTION_DROP = 2
+# ---- verdicts (mx_verdict.action) and the directions of its counters ------------------
+MX_ACTION_BYPASS, MX_ACTION_DROP = 1, 2
 ACTION_NAMES = {MX_ACTION_BYPASS: "bypass", MX_ACTION_DROP: "drop"}
-
-MX_DIR_FROM_LO = 0
-MX_DIR_FROM_HI = 1
+MX_DIR_FROM_LO, MX_DIR_FROM_HI = 0, 1
 MX_NUM_DIRS = 2
 
 # ---- counters (enum mx_counter, in order) ---------------------------------------------
@@ -78,12 +75,7 @@ ACTION_COUNTERS = ("to_xsk", "kernel_forward", "pass", "drop")
 
 class MxIfConfig(ct.Structure):
     """struct mx_if_config: value of if_config (key: ingress ifindex, host-order u32)."""
-    _fields_ = [
-        ("slot", ct.c_uint32),
-        ("egress_slot", ct.c_uint32),
-        ("egress_ifindex", ct.c_uint32),
-        ("flags", ct.c_uint32),
-    ]
+    _fields_ = [(n, ct.c_uint32) for n in ("slot", "egress_slot", "egress_ifindex", "flags")]
 
 
 class MxFlowView(ct.Structure):

@@ -16,6 +16,12 @@ import ctypes.util
 import errno
 import os
 
+# The kernel's numbers (socket family, bind, ring and attach flags) are defined in uapi;
+# named here too because this library's calls take them.
+from .uapi import (AF_XDP, SOL_XDP, XDP_COPY, XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE,
+                   XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_RING_NEED_WAKEUP,
+                   XDP_SHARED_UMEM, XDP_USE_NEED_WAKEUP, XDP_ZEROCOPY)
+
 __all__ = [
     "LibxdpMissing", "lib", "load", "check",
     "XskRing", "XskUmemConfig", "XskSocketConfig", "XdpDesc",
@@ -23,64 +29,28 @@ __all__ = [
     "XDP_SHARED_UMEM", "XDP_COPY", "XDP_ZEROCOPY", "XDP_USE_NEED_WAKEUP",
     "XDP_RING_NEED_WAKEUP",
     "XDP_FLAGS_UPDATE_IF_NOEXIST", "XDP_FLAGS_SKB_MODE", "XDP_FLAGS_DRV_MODE", "XDP_FLAGS_HW_MODE",
-    "XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD", "XSK_LIBBPF_FLAGS__INHIBIT_PROG_LOAD",
-    "XSK_RING_CONS__DEFAULT_NUM_DESCS", "XSK_RING_PROD__DEFAULT_NUM_DESCS",
-    "XSK_UMEM__DEFAULT_FRAME_SIZE",
+    "XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD",
 ]
 
-# --- constants (linux/if_xdp.h, linux/if_link.h, xdp/xsk.h) --------------------------
-AF_XDP = 44
-SOL_XDP = 283
-
-# sockaddr_xdp.sxdp_flags (bind flags)
-XDP_SHARED_UMEM = 1 << 0
-XDP_COPY = 1 << 1
-XDP_ZEROCOPY = 1 << 2
-XDP_USE_NEED_WAKEUP = 1 << 3
-
-# ring flags word
-XDP_RING_NEED_WAKEUP = 1 << 0
-
-# xdp_flags (attach mode), used by libxdp only when it loads its own program
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
-
-XSK_LIBBPF_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
+# xdp/xsk.h: xsk_socket_config.libxdp_flags
 XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD = 1 << 0
-
-XSK_RING_CONS__DEFAULT_NUM_DESCS = 2048
-XSK_RING_PROD__DEFAULT_NUM_DESCS = 2048
-XSK_UMEM__DEFAULT_FRAME_SIZE = 4096
 
 
 # --- structures -----------------------------------------------------------------------
 class XskRing(ctypes.Structure):
     """``struct xsk_ring_prod`` / ``struct xsk_ring_cons`` (DEFINE_XSK_RING: same layout)."""
 
-    _fields_ = [
-        ("cached_prod", ctypes.c_uint32),
-        ("cached_cons", ctypes.c_uint32),
-        ("mask", ctypes.c_uint32),
-        ("size", ctypes.c_uint32),
-        ("producer", ctypes.c_void_p),   # __u32 *
-        ("consumer", ctypes.c_void_p),   # __u32 *
-        ("ring", ctypes.c_void_p),       # __u64[] (fill, comp) or struct xdp_desc[] (rx, tx)
-        ("flags", ctypes.c_void_p),      # __u32 *
-    ]
+    # pointers: producer, consumer and flags to a __u32; ring to __u64[] (fill,
+    # completion) or struct xdp_desc[] (rx, tx)
+    _fields_ = ([(n, ctypes.c_uint32) for n in ("cached_prod", "cached_cons", "mask", "size")]
+                + [(n, ctypes.c_void_p) for n in ("producer", "consumer", "ring", "flags")])
 
 
 class XskUmemConfig(ctypes.Structure):
     """``struct xsk_umem_config``."""
 
-    _fields_ = [
-        ("fill_size", ctypes.c_uint32),
-        ("comp_size", ctypes.c_uint32),
-        ("frame_size", ctypes.c_uint32),
-        ("frame_headroom", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-    ]
+    _fields_ = [(n, ctypes.c_uint32)
+                for n in ("fill_size", "comp_size", "frame_size", "frame_headroom", "flags")]
 
 
 class _XskLibFlags(ctypes.Union):
@@ -91,13 +61,8 @@ class XskSocketConfig(ctypes.Structure):
     """``struct xsk_socket_config`` (libxdp 1.3.1: no tx_metadata_len yet)."""
 
     _anonymous_ = ("_u",)
-    _fields_ = [
-        ("rx_size", ctypes.c_uint32),
-        ("tx_size", ctypes.c_uint32),
-        ("_u", _XskLibFlags),
-        ("xdp_flags", ctypes.c_uint32),
-        ("bind_flags", ctypes.c_uint16),
-    ]
+    _fields_ = [("rx_size", ctypes.c_uint32), ("tx_size", ctypes.c_uint32), ("_u", _XskLibFlags),
+                ("xdp_flags", ctypes.c_uint32), ("bind_flags", ctypes.c_uint16)]
 
 
 class XdpDesc(ctypes.Structure):

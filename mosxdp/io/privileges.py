@@ -1,6 +1,7 @@
-"""Dropping capabilities once the live datapath is set up.
+"""Capabilities: the check before XDP set-up, and the drop once the live datapath is set up.
 
-Loading and attaching the XDP program, creating the AF_XDP sockets and registering the
+:func:`check_privileges` reads the effective set (/proc/self/status) and says what is
+missing for loading and attaching XDP programs. Loading and attaching the XDP program, creating the AF_XDP sockets and registering the
 UMEM need root's capabilities; the running loop and the clean exit need far less (see
 ``RUNTIME_CAPS`` and docs/datapath.md, "Privileges"). :func:`drop_to` keeps only the
 given capabilities in the effective and permitted sets, empties the inheritable and
@@ -17,8 +18,11 @@ import ctypes
 import os
 from dataclasses import dataclass, field
 
+from .errors import XdpError
+
 __all__ = ["CAP_NAMES", "RUNTIME_CAPS", "PrivilegeError", "DropResult", "cap_number",
-           "cap_names", "mask_of", "plan", "read_status", "drop_to", "last_cap", "runtime_caps"]
+           "cap_names", "mask_of", "plan", "read_status", "drop_to", "last_cap", "runtime_caps",
+           "effective_caps", "check_privileges"]
 
 #: linux/capability.h, by number.
 CAP_NAMES = (
@@ -211,6 +215,38 @@ def read_status(pid: int | str = "self") -> dict:
             elif key == "NoNewPrivs":
                 out[key] = int(value)
     return out
+
+
+def effective_caps() -> int:
+    """This process's effective capability set (CapEff); all of them for root when
+    /proc cannot say."""
+    try:
+        caps = read_status().get("CapEff")
+    except OSError:
+        caps = None
+    if caps is None:
+        return (1 << 64) - 1 if os.geteuid() == 0 else 0
+    return caps
+
+
+def check_privileges() -> None:
+    """Raise XdpError unless this process may load and attach XDP programs."""
+    caps = effective_caps()
+    missing = []
+    if not caps & mask_of(["CAP_NET_ADMIN"]):
+        missing.append("CAP_NET_ADMIN")
+    if not caps & mask_of(["CAP_BPF", "CAP_SYS_ADMIN"]):  # CAP_SYS_ADMIN: kernels before CAP_BPF
+        missing.append("CAP_BPF")
+    if missing:
+        if os.geteuid() != 0:
+            what = "not running as root (missing %s)" % " and ".join(missing)
+        else:
+            what = "running as root but without %s (a restricted container?)" % " and ".join(missing)
+        raise XdpError(
+            "%s: loading and attaching XDP programs needs CAP_BPF and CAP_NET_ADMIN (bcc also "
+            "uses CAP_PERFMON and CAP_SYS_ADMIN). Run as root (sudo), or grant the capabilities, "
+            "e.g. `sudo setpriv --inh-caps +bpf,+net_admin,+perfmon,+sys_admin --ambient-caps "
+            "+bpf,+net_admin,+perfmon,+sys_admin -- mosxdp ...`" % what)
 
 
 def _thread_count() -> int:

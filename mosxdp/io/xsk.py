@@ -28,6 +28,11 @@ Frame accounting. Every frame is always in exactly one place:
 producer indexes; their sum equals ``frame_count`` at all times (any frame lost or
 duplicated by the bookkeeping breaks it). :meth:`Umem.audit` checks frame identities
 (no address in two places) and is exact when the datapath is idle.
+
+The XSKMAP entries that steer frames to the sockets (``xskmap_update``, from
+:mod:`mosxdp.io.libbpf`) and the queue counts the sockets are bound by (``rx_queue_count``,
+from :mod:`mosxdp.io.netdev`, the same answer the XDP program's XSKMAP layout uses)
+complete this module's face.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ import socket
 import time
 
 from . import libxdp as _x
+from .libbpf import xskmap_delete, xskmap_update
+from .netdev import rx_queue_count, tx_queue_count
+from .uapi import XDP_STATISTICS
 
 __all__ = [
     "Umem", "XskSocket", "AccountingError", "xskmap_update", "xskmap_delete",
@@ -64,54 +72,6 @@ def _u32_at(ptr: int) -> memoryview:
 
 def _u64s_at(ptr: int, count: int) -> memoryview:
     return memoryview((ctypes.c_char * (8 * count)).from_address(ptr)).cast("B").cast("Q")
-
-
-_SIOCETHTOOL = 0x8946
-_ETHTOOL_GCHANNELS = 0x3C
-
-
-def _channels(ifname: str):
-    """ethtool GCHANNELS of ifname in the caller's network namespace:
-    (rx_count, tx_count, combined_count), or None when the driver does not answer."""
-    import fcntl
-    import struct
-    req = bytearray(struct.pack("9I", _ETHTOOL_GCHANNELS, *([0] * 8)))
-    buf = (ctypes.c_char * len(req)).from_buffer(req)
-    ifr = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(buf))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            fcntl.ioctl(s.fileno(), _SIOCETHTOOL, ifr)
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                raise OSError(errno.ENODEV, f"no such interface: {ifname!r}") from None
-            return None
-    del buf
-    v = struct.unpack("9I", req)
-    return v[5], v[6], v[8]
-
-
-def _queue_count(ifname: str, kind: str) -> int:
-    ch = _channels(ifname)
-    if ch is not None:
-        n = (ch[0] if kind == "rx" else ch[1]) + ch[2]
-        if n > 0:
-            return n
-    socket.if_nametoindex(ifname)  # OSError for an unknown interface
-    try:  # sysfs: right only when /sys was mounted in this network namespace
-        names = os.listdir(f"/sys/class/net/{ifname}/queues")
-        return max(1, sum(1 for n in names if n.startswith(kind + "-")))
-    except OSError:
-        return 1
-
-
-def rx_queue_count(ifname: str) -> int:
-    """Active RX queues of an interface (ethtool channels; sysfs as a fallback)."""
-    return _queue_count(ifname, "rx")
-
-
-def tx_queue_count(ifname: str) -> int:
-    """Active TX queues of an interface."""
-    return _queue_count(ifname, "tx")
 
 
 class _Ring:
@@ -405,7 +365,7 @@ class XskSocket:
     def xdp_statistics(self) -> dict:
         """The kernel's XDP_STATISTICS for this socket (drops at RX, invalid descriptors)."""
         try:
-            raw = self.sock.getsockopt(_x.SOL_XDP, 7, 48)  # XDP_STATISTICS
+            raw = self.sock.getsockopt(_x.SOL_XDP, XDP_STATISTICS, 48)
         except OSError:
             return {}
         names = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs",
@@ -627,34 +587,3 @@ class Umem:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------- XSKMAP
-_libbpf = None
-
-
-def _bpf():
-    global _libbpf
-    if _libbpf is None:
-        so = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        so.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                           ctypes.c_uint64]
-        so.bpf_map_update_elem.restype = ctypes.c_int
-        so.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        so.bpf_map_delete_elem.restype = ctypes.c_int
-        _libbpf = so
-    return _libbpf
-
-
-def xskmap_update(map_fd: int, index: int, sock_fd: int) -> None:
-    """XSKMAP[index] = socket (libbpf's bpf_map_update_elem)."""
-    k, v = ctypes.c_uint32(index), ctypes.c_uint32(sock_fd)
-    ret = _bpf().bpf_map_update_elem(map_fd, ctypes.byref(k), ctypes.byref(v), 0)
-    if ret < 0:
-        err = -ret if ret < -1 else ctypes.get_errno()
-        raise OSError(err, f"XSKMAP[{index}] = fd {sock_fd}: {os.strerror(err)}")
-
-
-def xskmap_delete(map_fd: int, index: int) -> None:
-    k = ctypes.c_uint32(index)
-    _bpf().bpf_map_delete_elem(map_fd, ctypes.byref(k))

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.bpf
 def _probe() -> str | None:
     """Why the bpf tier cannot run here, or None."""
     try:
-        from mosxdp.io import xdp
+        from mosxdp.io import libbpf, xdp
     except Exception as e:  # pragma: no cover - import problems are bugs, show them
         return "mosxdp.io.xdp not importable: %s" % e
     try:
         xdp.check_privileges()
         xdp.check_environment()
-        xdp._libbpf()
+        libbpf.load()
     except xdp.XdpError as e:
         return str(e)
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:

@@ -14,8 +14,11 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from mosxdp.io import xdp
+from mosxdp.demo.passprog import attach_pass_program, load_pass_program
+from mosxdp.io import privileges, xdp
 from mosxdp.io.bpfstructs import MX_MAX_QUEUES
+from mosxdp.io.uapi import XDP_FLAGS_DRV_MODE
+from mosxdp.io.xdp.attach import ifindex_of, iproute, set_xdp
 
 pytestmark = pytest.mark.bpf
 
@@ -24,14 +27,12 @@ ETH_P_ALL = 0x0003
 
 def load_foreign_program() -> int:
     """An XDP_PASS program whose name is not mosxdp's."""
-    insns = (xdp._Insn * 2)(xdp._Insn(0xB7, 0, 0, xdp.XDP_PASS), xdp._Insn(0x95, 0, 0, 0))
-    return xdp._check(xdp._libbpf().bpf_prog_load(xdp.BPF_PROG_TYPE_XDP, b"foreign_xdp", b"GPL",
-                                                  insns, 2, None), "load")
+    return load_pass_program("foreign_xdp")
 
 
-def attach_fd(ifname: str, fd: int, mode_flag: int = xdp.XDP_FLAGS_DRV_MODE) -> None:
-    with xdp._iproute() as ipr:
-        xdp._set_xdp(ipr, xdp._ifindex(ipr, ifname), fd, mode_flag)
+def attach_fd(ifname: str, fd: int, mode_flag: int = XDP_FLAGS_DRV_MODE) -> None:
+    with iproute() as ipr:
+        set_xdp(ipr, ifindex_of(ipr, ifname), fd, mode_flag)
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_foreign_program_is_refused_then_replaced_with_force(devs):
 
 
 def test_stale_mosxdp_program_is_replaced_without_force(devs):
-    stale = xdp.attach_pass_program(devs.a)
+    stale = attach_pass_program(devs.a)
     assert attached(devs.a).prog_names == {"native": "mosxdp_pass"}
     with xdp.XdpProgram([devs.a]) as p:
         assert attached(devs.a).prog_ids == {"native": p.prog_id}
@@ -137,8 +138,8 @@ def test_exit_leaves_a_program_that_is_no_longer_ours(devs):
     fd = load_foreign_program()
     try:
         with xdp.XdpProgram([devs.a], mode="native") as p:
-            with xdp._iproute() as ipr:  # someone else replaces our program meanwhile
-                xdp._set_xdp(ipr, p.ifindex(devs.a), fd, xdp.XDP_FLAGS_DRV_MODE)
+            with iproute() as ipr:  # someone else replaces our program meanwhile
+                set_xdp(ipr, p.ifindex(devs.a), fd, XDP_FLAGS_DRV_MODE)
         assert attached(devs.a).prog_names == {"native": "foreign_xdp"}
         assert any("no longer ours" in n for n in p.notes)
     finally:
@@ -174,11 +175,11 @@ def test_pass_program_and_detach_in_other_netns(bpf_env):
     try:
         with IPRoute(netns=ns) as ipr:
             ipr.link("add", ifname="v0", kind="veth", peer={"ifname": "v1"})
-        with xdp.attach_pass_program("v0", netns=ns) as pp:
+        with attach_pass_program("v0", netns=ns) as pp:
             st = xdp.xdp_state("v0", netns=ns)
             assert st.prog_names == {"native": "mosxdp_pass"} and pp.mode == "native"
         assert not xdp.xdp_state("v0", netns=ns).attached
-        xdp.attach_pass_program("v1", netns=ns, mode="generic")
+        attach_pass_program("v1", netns=ns, mode="generic")
         removed = xdp.detach("v1", netns=ns)
         assert "generic program id" in removed and "'mosxdp_pass'" in removed
         with pytest.raises(xdp.XdpError, match="unknown interface 'v9' in network namespace"):
@@ -232,7 +233,7 @@ def send_and_capture(devs, marker: bytes, tx: str, rx: str, timeout: float = 1.0
 @pytest.fixture
 def live(devs):
     devs.up(devs.a, devs.pa, devs.b, devs.pb)
-    with xdp.attach_pass_program(devs.pb):  # pb receives what a redirects out of b
+    with attach_pass_program(devs.pb):  # pb receives what a redirects out of b
         yield devs
 
 
@@ -292,7 +293,7 @@ def test_program_stays_attached_and_forwards_after_kill_9(live):
 # ---------------------------------------------------------------------------------------
 
 def test_privilege_error_says_the_fix(monkeypatch):
-    monkeypatch.setattr(xdp, "_cap_eff", lambda: 0)
+    monkeypatch.setattr(privileges, "effective_caps", lambda: 0)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(xdp.XdpError) as ei:
         xdp.check_privileges()
@@ -301,7 +302,7 @@ def test_privilege_error_says_the_fix(monkeypatch):
 
 
 def test_root_without_caps_is_told_which(monkeypatch):
-    monkeypatch.setattr(xdp, "_cap_eff", lambda: 1 << 12)  # CAP_NET_ADMIN only
+    monkeypatch.setattr(privileges, "effective_caps", lambda: 1 << 12)  # CAP_NET_ADMIN only
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(xdp.XdpError, match="without CAP_BPF"):
         xdp.check_privileges()

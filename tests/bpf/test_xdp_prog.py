@@ -19,20 +19,20 @@ from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6
 from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from mosxdp.io import xdp
+from mosxdp.io import libbpf, xdp
 from mosxdp.io.bpfstructs import (ACTION_COUNTERS, COUNTER_NAMES, MX_ACTION_BYPASS, MX_ACTION_DROP,
                                   MX_DIR_FROM_HI, MX_DIR_FROM_LO, MX_IF_BYPASS_CONSUME,
                                   MX_IF_FAIL_CLOSED, MX_IF_INLINE, MX_MAX_QUEUES, MxIfConfig,
                                   make_flow_key)
+from mosxdp.io.uapi import AF_XDP, XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 pytestmark = pytest.mark.bpf
 
-REDIRECT, PASS, DROP = xdp.XDP_REDIRECT, xdp.XDP_PASS, xdp.XDP_DROP
+REDIRECT, PASS, DROP = XDP_REDIRECT, XDP_PASS, XDP_DROP
 MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 CLI4, SRV4 = "10.0.0.1", "10.0.0.2"
 CLI6, SRV6 = "fd00::1", "fd00::2"
 SLOT_A, SLOT_B = 1, 3  # non-zero slots: the index arithmetic is exercised
-AF_XDP = 44
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class Harness:
             self.maps.set_tx_port(SLOT_B, self.ifb)
         else:
             import ctypes as ct
-            lib = xdp._libbpf()
+            lib = libbpf.load()
             for slot in (SLOT_A, SLOT_B):
                 k = ct.c_uint32(slot)
                 lib.bpf_map_delete_elem(self.maps.fds["tx_ports"], ct.byref(k))
@@ -233,23 +233,26 @@ def h(prog, netdevs):
 # classification x configuration
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("name", USER_FRAMES)
-def test_tcp_frames_go_to_user_space(h, name, config):
+def configured(h, config: str) -> tuple[bool, bool, bool]:
+    """Configure the harness as CONFIGS[config] says; returns (inline, sock, fail_closed)."""
     inline, sock, fail_closed = CONFIGS[config]
     h.configure(inline=inline, fail_closed=fail_closed)
     if sock:
         h.bind(SLOT_A, 0)
+    return inline, sock, fail_closed
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("name", USER_FRAMES)
+def test_tcp_frames_go_to_user_space(h, name, config):
+    inline, sock, fail_closed = configured(h, config)
     assert h.run(USER_FRAMES[name][0]) == expect_user(inline, sock, fail_closed)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", KERNEL_FRAMES)
 def test_other_frames_take_the_kernel_path(h, name, config):
-    inline, sock, fail_closed = CONFIGS[config]
-    h.configure(inline=inline, fail_closed=fail_closed)
-    if sock:
-        h.bind(SLOT_A, 0)
+    inline, _sock, _fail_closed = configured(h, config)
     frame, reason = KERNEL_FRAMES[name]
     assert h.run(frame) == kernel_path(inline, **{reason: 1})
 
@@ -429,7 +432,7 @@ def test_unknown_verdict_action_is_ignored(h):
     h.bind(SLOT_A, 0)
     key, _ = flow_key(CLI4, 1234, SRV4, 80)
     v = MxVerdict(action=7)
-    xdp._check(xdp._libbpf().bpf_map_update_elem(h.maps.fds["verdicts"], ct.byref(key), ct.byref(v), 0), "upd")
+    libbpf.check(libbpf.load().bpf_map_update_elem(h.maps.fds["verdicts"], ct.byref(key), ct.byref(v), 0), "upd")
     assert h.run(tcp4()) == (REDIRECT, {"rx_total": 1, "to_xsk": 1})
 
 

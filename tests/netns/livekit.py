@@ -47,11 +47,11 @@ def probe(tools=(), *, libbpf: bool = False) -> str | None:
     except OSError as exc:
         return f"no AF_XDP sockets in this kernel: {exc}"
     try:
-        from mosxdp.io import xdp
+        from mosxdp.io import libbpf as libbpf_binding, xdp
         xdp.check_privileges()
         xdp.check_environment()
         if libbpf:
-            xdp._libbpf()
+            libbpf_binding.load()
     except Exception as exc:
         return f"the XDP program cannot be built here: {exc}"
     for tool in tools:
@@ -96,16 +96,8 @@ def attach_pass_programs(tb, *, subprocess: bool = False) -> None:
     """XDP_PASS on cli0 and srv0 (a veth takes frames redirected into its peer only when
     the receiving end runs XDP): from this process into each namespace, or with
     ``subprocess`` from a Python run inside each namespace."""
-    if not subprocess:
-        from mosxdp.io.xdp import attach_pass_program
-        for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
-            os.close(attach_pass_program(ifname, netns=ns).fd)
-        return
-    for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-        r = tb.run(ns, [PY, "-c", "import os, sys; from mosxdp.io.xdp import attach_pass_program; "
-                                 "os.close(attach_pass_program(sys.argv[1]).fd)", ifn],
-                   cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0, f"XDP pass program on {ifn}: {r.stderr}"
+    from mosxdp.demo.passprog import attach_to_endpoints
+    attach_to_endpoints(tb, python=PY if subprocess else None)
 
 
 def start_server(tb, www: Path, ports, *extra) -> subprocess.Popen:
