@@ -11,6 +11,7 @@ namespace).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -106,8 +107,19 @@ def attach_to_endpoints(tb, *, python: str | None = None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    for ifname in argv:
-        os.close(attach_pass_program(ifname).fd)
+    parser = argparse.ArgumentParser(
+        prog="python -m mosxdp.demo.passprog",
+        description="Attach an XDP_PASS program to each interface, so that a veth endpoint "
+                    "receives frames redirected to it. It stays attached after this command; "
+                    "`mosxdp detach --iface IF` removes it.")
+    parser.add_argument("ifname", nargs="+", help="interface (in this network namespace)")
+    args = parser.parse_args(argv)
+    for ifname in args.ifname:
+        try:
+            os.close(attach_pass_program(ifname).fd)
+        except (XdpError, OSError) as exc:
+            print(f"passprog: {ifname}: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
