@@ -132,7 +132,35 @@ class _Interface:
         return (((raw * self.mul) >> self.shift) // self.div) + self.off_us
 
 
-class PcapReader:
+def _private_copy(path):
+    """``(buffer, mapping)``: the file's bytes in a writable buffer of our own.
+
+    Small files are read into a ``bytearray`` (mapping ``None``); large ones
+    are mapped copy-on-write, and the buffer is that mapping.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= _MMAP_THRESHOLD:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            return mapping, mapping
+        buf = bytearray(size)
+        n = f.readinto(buf)
+        del buf[n:]  # fewer bytes than fstat said: the file shrank meanwhile
+        return buf, None
+
+
+class _ClosedOnExit:
+    """``with obj:`` closes ``obj`` on the way out."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class PcapReader(_ClosedOnExit):
     """Iterate over the frames of an Ethernet pcap or pcapng file.
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
@@ -149,20 +177,8 @@ class PcapReader:
         self.linktype = None
         self.snaplen = None
         self.nanosecond = False
-        self._mmap = None
-        self._buf = None
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size and size >= _MMAP_THRESHOLD:
-                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-                    self._buf = self._mmap
-                else:
-                    buf = bytearray(size)
-                    n = f.readinto(buf)
-                    if n != size:
-                        del buf[n:]
-                    self._buf = buf
+            self._buf, self._mmap = _private_copy(self.path)
         except OSError as e:
             raise PcapFormatError(f"{self.name}: cannot read: {e.strerror or e}") from None
         self._view = memoryview(self._buf)
@@ -336,10 +352,8 @@ class PcapReader:
                 ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
                 count += 1
                 self.packets = count
-                if with_orig:
-                    yield ts, view[start:end], origlen
-                else:
-                    yield ts, view[start:end]
+                frame = view[start:end]
+                yield (ts, frame, origlen) if with_orig else (ts, frame)
                 off = end
         finally:
             self.packets = count
@@ -356,6 +370,7 @@ class PcapReader:
         last_ts = 0
         u32 = None
         epb = None
+        opb = None
         u32le = _U32["<"].unpack_from
         try:
             while off < size:
@@ -366,25 +381,32 @@ class PcapReader:
                     order = self._shb_order(off)
                     u32 = _U32[order].unpack_from
                     epb = _EPB_HDR[order].unpack_from
+                    opb = _OPB_HDR[order].unpack_from
                     ifaces = []
                 elif order is None:
                     raise self._err(
                         f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
                 elif order == ">":
                     (btype,) = u32(view, off)
-                if btype == _PCAPNG_EPB:
+                if btype == _PCAPNG_EPB or btype == _PCAPNG_OPB:
+                    # Enhanced and obsolete packet blocks share one 28-byte layout
+                    # but for the obsolete one's 16-bit interface id and drops count.
                     if off + 28 > size:
                         (blen,) = u32(view, off + 4)
                         self._bad_block(off, blen, size, 32)
-                    (_t, blen, ifid, hi, lo, caplen, origlen) = epb(view, off)
+                    if btype == _PCAPNG_EPB:
+                        (_t, blen, ifid, hi, lo, caplen, origlen) = epb(view, off)
+                    else:
+                        (_t, blen, ifid, _drops, hi, lo, caplen, origlen) = opb(view, off)
                     bend = off + blen
                     if bend > size or blen < 32 or blen & 3:
                         self._bad_block(off, blen, size, 32)
                     start = off + 28
                     end = start + caplen
                     if end > bend - 4:
+                        kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
                         raise self._err(
-                            f"corrupt enhanced packet block at byte offset {off} "
+                            f"corrupt {kind} block at byte offset {off} "
                             f"(captured length {caplen} exceeds block length {blen})")
                     if ifid >= len(ifaces):
                         raise self._err(
@@ -396,19 +418,15 @@ class PcapReader:
                     last_ts = ts
                     count += 1
                     self.packets = count
-                    if with_orig:
-                        yield ts, view[start:end], origlen
-                    else:
-                        yield ts, view[start:end]
+                    frame = view[start:end]
+                    yield (ts, frame, origlen) if with_orig else (ts, frame)
                     off = bend
                     continue
                 (blen,) = u32(view, off + 4)
                 bend = off + blen
                 if bend > size or blen < 12 or blen & 3:
                     self._bad_block(off, blen, size)
-                if btype == _PCAPNG_SHB:
-                    pass
-                elif btype == _PCAPNG_IDB:
+                if btype == _PCAPNG_IDB:
                     ifaces.append(self._parse_idb(order, off, blen))
                     if self.linktype is None:
                         self.linktype = ifaces[-1].linktype
@@ -427,33 +445,8 @@ class PcapReader:
                     count += 1
                     self.packets = count
                     # A simple packet block has no timestamp: reuse the last one.
-                    if with_orig:
-                        yield last_ts, view[start:start + caplen], origlen
-                    else:
-                        yield last_ts, view[start:start + caplen]
-                elif btype == _PCAPNG_OPB:
-                    if blen < 32:
-                        self._bad_block(off, blen, size, 32)
-                    (_t, _l, ifid, _drops, hi, lo, caplen, origlen) = _OPB_HDR[order].unpack_from(
-                        view, off)
-                    start = off + 28
-                    end = start + caplen
-                    if end > bend - 4:
-                        raise self._err(
-                            f"corrupt packet block at byte offset {off} "
-                            f"(captured length {caplen} exceeds block length {blen})")
-                    if ifid >= len(ifaces):
-                        raise self._err(
-                            f"packet block at byte offset {off} names interface {ifid}, "
-                            f"but the section defines {len(ifaces)}")
-                    ts = ifaces[ifid].to_us((hi << 32) | lo)
-                    last_ts = ts
-                    count += 1
-                    self.packets = count
-                    if with_orig:
-                        yield ts, view[start:end], origlen
-                    else:
-                        yield ts, view[start:end]
+                    frame = view[start:start + caplen]
+                    yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
                 # every other block type (name resolution, statistics, custom,
                 # decryption secrets, ...) is skipped
                 off = bend
@@ -479,15 +472,8 @@ class PcapReader:
             self._mmap = None
         self._buf = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class PcapWriter:
+class PcapWriter(_ClosedOnExit):
     """Write a classic little-endian microsecond pcap, link type Ethernet."""
 
     _hdr = struct.Struct("<IHHiIII")
@@ -523,10 +509,3 @@ class PcapWriter:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
