@@ -104,7 +104,9 @@ _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _PCAP_HDR = {"<": struct.Struct("<HHiIII"), ">": struct.Struct(">HHiIII")}
 _REC_HDR = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 _EPB_HDR = {"<": struct.Struct("<IIIIIII"), ">": struct.Struct(">IIIIIII")}
-_OPB_HDR = {"<": struct.Struct("<IIHHIIII"), ">": struct.Struct(">IIHHIIII")}
+# The obsolete packet block: the enhanced one's fields, but a 16-bit interface id
+# and a 16-bit drops count (skipped) where the enhanced block has a 32-bit id.
+_OPB_HDR = {"<": struct.Struct("<IIHxxIIII"), ">": struct.Struct(">IIHxxIIII")}
 _SPB_HDR = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
 _IDB_HDR = {"<": struct.Struct("<IIHHI"), ">": struct.Struct(">IIHHI")}
 _OPT_HDR = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
@@ -389,15 +391,11 @@ class PcapReader(_ClosedOnExit):
                 elif order == ">":
                     (btype,) = u32(view, off)
                 if btype == _PCAPNG_EPB or btype == _PCAPNG_OPB:
-                    # Enhanced and obsolete packet blocks share one 28-byte layout
-                    # but for the obsolete one's 16-bit interface id and drops count.
                     if off + 28 > size:
                         (blen,) = u32(view, off + 4)
                         self._bad_block(off, blen, size, 32)
-                    if btype == _PCAPNG_EPB:
-                        (_t, blen, ifid, hi, lo, caplen, origlen) = epb(view, off)
-                    else:
-                        (_t, blen, ifid, _drops, hi, lo, caplen, origlen) = opb(view, off)
+                    unpack = epb if btype == _PCAPNG_EPB else opb
+                    (_t, blen, ifid, hi, lo, caplen, origlen) = unpack(view, off)
                     bend = off + blen
                     if bend > size or blen < 32 or blen & 3:
                         self._bad_block(off, blen, size, 32)
