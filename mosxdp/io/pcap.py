@@ -337,28 +337,25 @@ class PcapReader(_ClosedOnExit):
         ns = self.nanosecond
         off = 24
         count = 0
-        try:
-            while off < size:
-                if off + rec_size > size:
-                    raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
-                sec, frac, caplen, origlen = rec(view, off)
-                start = off + rec_size
-                end = start + caplen
-                if end > size:
-                    if caplen > _MAX_RECORD:
-                        raise self._err(
-                            f"corrupt record header at byte offset {off} "
-                            f"(captured length {caplen}), {count} packets read")
-                    raise self._truncated(
-                        start, f"packet data ({size - start} of {caplen} bytes)")
-                ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
-                count += 1
-                self.packets = count
-                frame = view[start:end]
-                yield (ts, frame, origlen) if with_orig else (ts, frame)
-                off = end
-        finally:
+        self.packets = 0  # frames yielded by this iteration
+        while off < size:
+            if off + rec_size > size:
+                raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
+            sec, frac, caplen, origlen = rec(view, off)
+            start = off + rec_size
+            end = start + caplen
+            if end > size:
+                if caplen > _MAX_RECORD:
+                    raise self._err(
+                        f"corrupt record header at byte offset {off} "
+                        f"(captured length {caplen}), {count} packets read")
+                raise self._truncated(
+                    start, f"packet data ({size - start} of {caplen} bytes)")
+            ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+            count += 1
             self.packets = count
+            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+            off = end
 
     def _iter_pcapng(self, with_orig: bool):
         view = self._view
@@ -369,57 +366,34 @@ class PcapReader(_ClosedOnExit):
         order = None
         ifaces: list[_Interface] = []
         count = 0
+        self.packets = 0  # frames yielded by this iteration
         last_ts = 0
         u32 = None
         epb = None
         opb = None
         u32le = _U32["<"].unpack_from
-        try:
-            while off < size:
-                if off + 12 > size:
-                    raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
-                (btype,) = u32le(view, off)
-                if btype == _PCAPNG_SHB:
-                    order = self._shb_order(off)
-                    u32 = _U32[order].unpack_from
-                    epb = _EPB_HDR[order].unpack_from
-                    opb = _OPB_HDR[order].unpack_from
-                    ifaces = []
-                elif order is None:
-                    raise self._err(
-                        f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
-                elif order == ">":
-                    (btype,) = u32(view, off)
-                if btype == _PCAPNG_EPB or btype == _PCAPNG_OPB:
-                    if off + 28 > size:
-                        (blen,) = u32(view, off + 4)
-                        self._bad_block(off, blen, size, 32)
-                    unpack = epb if btype == _PCAPNG_EPB else opb
-                    (_t, blen, ifid, hi, lo, caplen, origlen) = unpack(view, off)
-                    bend = off + blen
-                    if bend > size or blen < 32 or blen & 3:
-                        self._bad_block(off, blen, size, 32)
-                    start = off + 28
-                    end = start + caplen
-                    if end > bend - 4:
-                        kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
-                        raise self._err(
-                            f"corrupt {kind} block at byte offset {off} "
-                            f"(captured length {caplen} exceeds block length {blen})")
-                    if ifid >= len(ifaces):
-                        raise self._err(
-                            f"packet block at byte offset {off} names interface {ifid}, "
-                            f"but the section defines {len(ifaces)}")
-                    iface = ifaces[ifid]
-                    raw = (hi << 32) | lo
-                    ts = raw if iface.identity else iface.to_us(raw)
-                    last_ts = ts
-                    count += 1
-                    self.packets = count
-                    frame = view[start:end]
-                    yield (ts, frame, origlen) if with_orig else (ts, frame)
-                    off = bend
-                    continue
+        while off < size:
+            if off + 12 > size:
+                raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
+            (btype,) = u32le(view, off)
+            if btype == _PCAPNG_SHB:
+                order = self._shb_order(off)
+                u32 = _U32[order].unpack_from
+                epb = _EPB_HDR[order].unpack_from
+                opb = _OPB_HDR[order].unpack_from
+                ifaces = []
+            elif order is None:
+                raise self._err(
+                    f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
+            elif order == ">":
+                (btype,) = u32(view, off)
+            # Packet blocks come after the loop's other branches so that an enhanced
+            # packet block (nearly every block of a capture) costs one comparison.
+            if btype == _PCAPNG_EPB:
+                unpack = epb
+            elif btype == _PCAPNG_OPB:
+                unpack = opb
+            else:
                 (blen,) = u32(view, off + 4)
                 bend = off + blen
                 if bend > size or blen < 12 or blen & 3:
@@ -433,8 +407,8 @@ class PcapReader(_ClosedOnExit):
                     if blen < 16:
                         self._bad_block(off, blen, size, 16)
                     if not ifaces:
-                        raise self._err(
-                            f"simple packet block at byte offset {off} before any interface block")
+                        raise self._err(f"simple packet block at byte offset {off} "
+                                        "before any interface block")
                     (_t, _l, origlen) = _SPB_HDR[order].unpack_from(view, off)
                     caplen = min(origlen, blen - 16)
                     if ifaces[0].snaplen:
@@ -448,8 +422,34 @@ class PcapReader(_ClosedOnExit):
                 # every other block type (name resolution, statistics, custom,
                 # decryption secrets, ...) is skipped
                 off = bend
-        finally:
+                continue
+            # an enhanced or obsolete packet block
+            if off + 28 > size:
+                (blen,) = u32(view, off + 4)
+                self._bad_block(off, blen, size, 32)
+            (_t, blen, ifid, hi, lo, caplen, origlen) = unpack(view, off)
+            bend = off + blen
+            if bend > size or blen < 32 or blen & 3:
+                self._bad_block(off, blen, size, 32)
+            start = off + 28
+            end = start + caplen
+            if end > bend - 4:
+                kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
+                raise self._err(
+                    f"corrupt {kind} block at byte offset {off} "
+                    f"(captured length {caplen} exceeds block length {blen})")
+            if ifid >= len(ifaces):
+                raise self._err(
+                    f"packet block at byte offset {off} names interface {ifid}, "
+                    f"but the section defines {len(ifaces)}")
+            iface = ifaces[ifid]
+            raw = (hi << 32) | lo
+            ts = raw if iface.identity else iface.to_us(raw)
+            last_ts = ts
+            count += 1
             self.packets = count
+            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+            off = bend
 
     def _bad_block(self, off: int, blen: int, size: int, minlen: int = 12):
         if blen < minlen or blen & 3 or blen > _MAX_RECORD or off + blen <= size:
