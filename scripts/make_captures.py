@@ -311,8 +311,13 @@ def write_files(directory: Path, sizes: dict[str, int], seed: int) -> dict[str, 
     return out
 
 
-def curl_get(tb, url, out: Path, extra=()):
-    return run_ok(tb, "cli", ["curl", "-sS", "--fail", "-g", "-o", str(out), *extra, url])
+def captured_gets(tb, cap, work: Path, base_url: str, files: dict[str, bytes]) -> None:
+    """GET each file from ``base_url`` one after another under ``cap``; check the bytes."""
+    with cap:
+        for name, data in files.items():
+            out = work / f"got-{name}"
+            run_ok(tb, "cli", ["curl", "-sS", "--fail", "-g", "-o", str(out), f"{base_url}/{name}"])
+            assert out.read_bytes() == data, name
 
 
 # ---------------------------------------------------------------------------
@@ -323,11 +328,7 @@ def sc_http_sizes(tb, cap, work):
     files = write_files(work, {"empty.bin": 0, "1k.bin": 1024, "100k.bin": 102400,
                                "1m.bin": 1048576}, SEED)
     http_server(tb, work, tb.srv_ip)
-    with cap:
-        for name in files:
-            out = work / f"got-{name}"
-            curl_get(tb, f"http://{tb.srv_ip}:{HTTP_PORT}/{name}", out)
-            assert out.read_bytes() == files[name], name
+    captured_gets(tb, cap, work, f"http://{tb.srv_ip}:{HTTP_PORT}", files)
     return ("4 sequential `curl` GETs against `python3 -m http.server` (HTTP/1.0, the server "
             "closes first) of random files of 0 B, 1 KiB, 100 KiB and 1 MiB "
             "(empty.bin, 1k.bin, 100k.bin, 1m.bin).")
@@ -399,11 +400,7 @@ def sc_halfclose(tb, cap, work):
 def sc_ipv6(tb, cap, work):
     files = write_files(work, {"1k.bin": 1024, "100k.bin": 102400}, SEED + 3)
     http_server(tb, work, tb.srv_ip6)
-    with cap:
-        for name in files:
-            out = work / f"got-{name}"
-            curl_get(tb, f"http://[{tb.srv_ip6}]:{HTTP_PORT}/{name}", out)
-            assert out.read_bytes() == files[name], name
+    captured_gets(tb, cap, work, f"http://[{tb.srv_ip6}]:{HTTP_PORT}", files)
     return ("2 `curl` GETs over IPv6 (fd77::1 -> [fd77::2]:8080) against `python3 -m "
             "http.server --bind fd77::2`: random files of 1 KiB and 100 KiB.")
 
