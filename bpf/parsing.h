@@ -201,16 +201,15 @@ static __always_inline int mx_parse_ipv6(struct mx_cursor *c, struct mx_pkt *pkt
 		case MX_IPV6_ROUTING:
 		case MX_IPV6_DSTOPTS:
 		case MX_IPV6_MOBILITY:
-			ext = c->pos;
-			if ((void *)(ext + 1) > c->end)
-				return MX_PARSE_UNPARSED;
-			len = ((__u32)ext->hdrlen + 1) * 8;
-			break;
 		case MX_IPV6_AH:
 			ext = c->pos;
 			if ((void *)(ext + 1) > c->end)
 				return MX_PARSE_UNPARSED;
-			len = ((__u32)ext->hdrlen + 2) * 4;
+			/* AH counts its length in 4-byte units less 2, the others in 8-byte units less 1 */
+			if (nexthdr == MX_IPV6_AH)
+				len = ((__u32)ext->hdrlen + 2) * 4;
+			else
+				len = ((__u32)ext->hdrlen + 1) * 8;
 			break;
 		case MX_IPV6_FRAGMENT:
 			pkt->view.ip_proto = nexthdr;

@@ -37,12 +37,9 @@ class PktInfo(ctypes.Structure):
 
 class TcpBufInfo(ctypes.Structure):
     """struct tcp_buf_info (sequence numbers, modulo 2**32)."""
-    _fields_ = [
-        ("tcpbi_init_seq", ctypes.c_uint32),
-        ("tcpbi_last_byte_read", ctypes.c_uint32),
-        ("tcpbi_next_byte_expected", ctypes.c_uint32),
-        ("tcpbi_last_byte_received", ctypes.c_uint32),
-    ]
+    _fields_ = [(name, ctypes.c_uint32) for name in (
+        "tcpbi_init_seq", "tcpbi_last_byte_read", "tcpbi_next_byte_expected",
+        "tcpbi_last_byte_received")]
 
     def __repr__(self):
         return ("TcpBufInfo(init_seq={0.tcpbi_init_seq}, last_byte_read={0.tcpbi_last_byte_read}, "
@@ -89,15 +86,9 @@ class FlowStats(ctypes.Structure):
 
 class MtcpConf(ctypes.Structure):
     """struct mtcp_conf (the fields mtcp_getconf/mtcp_setconf exchange)."""
-    _fields_ = [
-        ("num_cores", ctypes.c_int),
-        ("max_concurrency", ctypes.c_int),
-        ("max_num_buffers", ctypes.c_int),
-        ("rcvbuf_size", ctypes.c_int),
-        ("sndbuf_size", ctypes.c_int),
-        ("tcp_timewait", ctypes.c_int),
-        ("tcp_timeout", ctypes.c_int),
-    ]
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "num_cores", "max_concurrency", "max_num_buffers", "rcvbuf_size", "sndbuf_size",
+        "tcp_timewait", "tcp_timeout")]
 
 
 class MonitorFilter:

@@ -133,68 +133,57 @@ s.close()                           # linger 0: RST instead of FIN
 print(got)
 '''
 
-SMALL_SERVER = r'''
+# small_writes.pcap: both ends send messages of a 2-byte length and that many random
+# bytes; an empty message (length 0) ends a phase.
+MESSAGES = r'''
 import random, socket, struct, sys
-ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(1)
-c, _ = ls.accept()
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-rnd = random.Random(int(sys.argv[3]) + 1)
 buf = b""
-def need(n):
+def need(conn, n):
     global buf
     while len(buf) < n:
-        chunk = c.recv(65536)
+        chunk = conn.recv(65536)
         if not chunk:
             raise SystemExit("eof")
         buf += chunk
     out, buf = buf[:n], buf[n:]
     return out
-while True:                         # ping-pong: one reply per message
-    (n,) = struct.unpack("!H", need(2))
-    if n == 0:
-        break
-    need(n)
-    m = rnd.randint(1, 300)
-    c.sendall(struct.pack("!H", m) + rnd.randbytes(m))
+def recv_message(conn):
+    (n,) = struct.unpack("!H", need(conn, 2))
+    return need(conn, n)
+def send_random(conn, rnd, longest):
+    m = rnd.randint(1, longest)
+    conn.sendall(struct.pack("!H", m) + rnd.randbytes(m))
+'''
+
+SMALL_SERVER = MESSAGES + r'''
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(1)
+c, _ = ls.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rnd = random.Random(int(sys.argv[3]) + 1)
+while recv_message(c):              # ping-pong: one reply per message
+    send_random(c, rnd, 300)
 for i in range(120):                # burst: many small writes without waiting
-    m = rnd.randint(1, 64)
-    c.sendall(struct.pack("!H", m) + rnd.randbytes(m))
+    send_random(c, rnd, 64)
 c.sendall(struct.pack("!H", 0))
 while c.recv(65536):
     pass
 c.close()
 '''
 
-SMALL_CLIENT = r'''
-import random, socket, struct, sys
+SMALL_CLIENT = MESSAGES + r'''
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 rnd = random.Random(int(sys.argv[3]))
-buf = b""
-def need(n):
-    global buf
-    while len(buf) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit("eof")
-        buf += chunk
-    out, buf = buf[:n], buf[n:]
-    return out
 for i in range(300):
-    m = rnd.randint(1, 200)
-    s.sendall(struct.pack("!H", m) + rnd.randbytes(m))
-    (n,) = struct.unpack("!H", need(2)); need(n)
+    send_random(s, rnd, 200)
+    recv_message(s)
 for i in range(120):                # burst the other way round
-    m = rnd.randint(1, 64)
-    s.sendall(struct.pack("!H", m) + rnd.randbytes(m))
+    send_random(s, rnd, 64)
 s.sendall(struct.pack("!H", 0))
 count = 0
-while True:
-    (n,) = struct.unpack("!H", need(2))
-    if n == 0:
-        break
-    need(n); count += 1
+while recv_message(s):
+    count += 1
 s.shutdown(socket.SHUT_WR)
 while s.recv(65536):
     pass
@@ -300,6 +289,18 @@ def http_server(tb: Testbed, directory: Path, bind: str, port: int = HTTP_PORT):
     return p
 
 
+def python_server(tb: Testbed, source: str, port: int, *args: str):
+    """Run the program ``source`` in srv with argv (server address, port, *args) until it listens."""
+    tb.popen("srv", [PY, "-c", source, tb.srv_ip, str(port), *args],
+             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tb.wait_listen("srv", port)
+
+
+def python_client(tb: Testbed, source: str, port: int, *args: str) -> str:
+    """Run the program ``source`` in cli with argv (server address, port, *args); its stdout."""
+    return run_ok(tb, "cli", [PY, "-c", source, tb.srv_ip, str(port), *args])
+
+
 def write_files(directory: Path, sizes: dict[str, int], seed: int) -> dict[str, bytes]:
     rnd = random.Random(seed)
     out = {}
@@ -310,8 +311,13 @@ def write_files(directory: Path, sizes: dict[str, int], seed: int) -> dict[str, 
     return out
 
 
-def curl_get(tb, url, out: Path, extra=()):
-    return run_ok(tb, "cli", ["curl", "-sS", "--fail", "-g", "-o", str(out), *extra, url])
+def captured_gets(tb, cap, work: Path, base_url: str, files: dict[str, bytes]) -> None:
+    """GET each file from ``base_url`` one after another under ``cap``; check the bytes."""
+    with cap:
+        for name, data in files.items():
+            out = work / f"got-{name}"
+            run_ok(tb, "cli", ["curl", "-sS", "--fail", "-g", "-o", str(out), f"{base_url}/{name}"])
+            assert out.read_bytes() == data, name
 
 
 # ---------------------------------------------------------------------------
@@ -322,11 +328,7 @@ def sc_http_sizes(tb, cap, work):
     files = write_files(work, {"empty.bin": 0, "1k.bin": 1024, "100k.bin": 102400,
                                "1m.bin": 1048576}, SEED)
     http_server(tb, work, tb.srv_ip)
-    with cap:
-        for name in files:
-            out = work / f"got-{name}"
-            curl_get(tb, f"http://{tb.srv_ip}:{HTTP_PORT}/{name}", out)
-            assert out.read_bytes() == files[name], name
+    captured_gets(tb, cap, work, f"http://{tb.srv_ip}:{HTTP_PORT}", files)
     return ("4 sequential `curl` GETs against `python3 -m http.server` (HTTP/1.0, the server "
             "closes first) of random files of 0 B, 1 KiB, 100 KiB and 1 MiB "
             "(empty.bin, 1k.bin, 100k.bin, 1m.bin).")
@@ -336,9 +338,7 @@ def sc_upload(tb, cap, work):
     data = random.Random(SEED + 1).randbytes(204800)
     src = work / "upload.bin"
     src.write_bytes(data)
-    tb.popen("srv", [PY, "-c", UPLOAD_SERVER, tb.srv_ip, str(HTTP_PORT)],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", HTTP_PORT)
+    python_server(tb, UPLOAD_SERVER, HTTP_PORT)
     want = hashlib.sha256(data).hexdigest()
     url = f"http://{tb.srv_ip}:{HTTP_PORT}/upload"
     with cap:
@@ -380,8 +380,7 @@ def sc_rst_abort(tb, cap, work):
     write_files(work, {"1m.bin": 1048576}, SEED)
     http_server(tb, work, tb.srv_ip)
     with cap:
-        run_ok(tb, "cli", [PY, "-c", RST_ABORT_CLIENT, tb.srv_ip, str(HTTP_PORT), "1m.bin",
-                           "65536"])
+        python_client(tb, RST_ABORT_CLIENT, HTTP_PORT, "1m.bin", "65536")
     return ("A Python client sends `GET /1m.bin` to `python3 -m http.server`, reads at "
             "least 64 KiB of the 1 MiB answer, then closes with SO_LINGER {1, 0}: an RST from "
             "the client in the middle of the transfer, no FIN from either side (the server "
@@ -389,11 +388,9 @@ def sc_rst_abort(tb, cap, work):
 
 
 def sc_halfclose(tb, cap, work):
-    tb.popen("srv", [PY, "-c", HALFCLOSE_SERVER, tb.srv_ip, "7000", str(SEED)],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", 7000)
+    python_server(tb, HALFCLOSE_SERVER, 7000, str(SEED))
     with cap:
-        run_ok(tb, "cli", [PY, "-c", HALFCLOSE_CLIENT, tb.srv_ip, "7000", str(SEED)])
+        python_client(tb, HALFCLOSE_CLIENT, 7000, str(SEED))
     return ("Python client/server on port 7000: the server greets (24 B), the client sends "
             "20000 random bytes and shuts down its write side (FIN); after that FIN the "
             "server sends a 93-byte receipt line and 48000 more bytes in 6 writes, then "
@@ -403,21 +400,15 @@ def sc_halfclose(tb, cap, work):
 def sc_ipv6(tb, cap, work):
     files = write_files(work, {"1k.bin": 1024, "100k.bin": 102400}, SEED + 3)
     http_server(tb, work, tb.srv_ip6)
-    with cap:
-        for name in files:
-            out = work / f"got-{name}"
-            curl_get(tb, f"http://[{tb.srv_ip6}]:{HTTP_PORT}/{name}", out)
-            assert out.read_bytes() == files[name], name
+    captured_gets(tb, cap, work, f"http://[{tb.srv_ip6}]:{HTTP_PORT}", files)
     return ("2 `curl` GETs over IPv6 (fd77::1 -> [fd77::2]:8080) against `python3 -m "
             "http.server --bind fd77::2`: random files of 1 KiB and 100 KiB.")
 
 
 def sc_small_writes(tb, cap, work):
-    tb.popen("srv", [PY, "-c", SMALL_SERVER, tb.srv_ip, "7002", str(SEED)],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", 7002)
+    python_server(tb, SMALL_SERVER, 7002, str(SEED))
     with cap:
-        run_ok(tb, "cli", [PY, "-c", SMALL_CLIENT, tb.srv_ip, "7002", str(SEED)])
+        python_client(tb, SMALL_CLIENT, 7002, str(SEED))
     return ("Python client/server with TCP_NODELAY on port 7002: 300 ping-pong rounds "
             "(length-prefixed messages of 1-200 B from the client, 1-300 B back), then "
             "120 back-to-back small writes each way; the client closes first.")
@@ -425,11 +416,9 @@ def sc_small_writes(tb, cap, work):
 
 def sc_reuse(tb, cap, work):
     n = 3
-    tb.popen("srv", [PY, "-c", REUSE_SERVER, tb.srv_ip, "7003", str(n)],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", 7003)
+    python_server(tb, REUSE_SERVER, 7003, str(n))
     with cap:
-        run_ok(tb, "cli", [PY, "-c", REUSE_CLIENT, tb.srv_ip, "7003", tb.cli_ip, "40000", str(n)])
+        python_client(tb, REUSE_CLIENT, 7003, tb.cli_ip, "40000", str(n))
     return ("3 sequential connections on the same 4-tuple 10.77.0.1:40000 -> 10.77.0.2:7003 "
             "(the client binds the port with SO_REUSEADDR; the server closes first, so its "
             "TIME_WAIT accepts the next SYN): the 4-tuple is reused twice.")
@@ -471,6 +460,9 @@ def make_real(name: str, outdir: Path) -> str:
 
 # ---------------------------------------------------------------------------
 # crafted variants (scapy)
+
+CRAFTED = ["reorder.pcap", "dup.pcap", "overlap_diff.pcap", "seqwrap.pcap", "lost.pcap",
+           "midstream.pcap"]
 
 
 def load_flow(path: Path, pred):
@@ -883,11 +875,9 @@ plus 4-tuples seen without a SYN), TCP payload bytes summed over every segment
 
 
 def write_readme(outdir: Path, descs: dict[str, str]) -> None:
-    order = list(REAL) + ["reorder.pcap", "dup.pcap", "overlap_diff.pcap", "seqwrap.pcap",
-                          "lost.pcap", "midstream.pcap"]
     rows = []
     total = 0
-    for name in order:
+    for name in list(REAL) + CRAFTED:
         path = outdir / name
         if not path.exists():
             continue
@@ -947,14 +937,11 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         descs[name] = make_real(name, outdir)
         print(f"{name}: {(outdir / name).stat().st_size} bytes in {time.monotonic() - t0:.1f}s")
-    if want is None or "crafted" in want or want & {"reorder.pcap", "dup.pcap",
-                                                    "overlap_diff.pcap", "seqwrap.pcap",
-                                                    "lost.pcap", "midstream.pcap"}:
+    if want is None or "crafted" in want or want & set(CRAFTED):
         descs.update(make_crafted(outdir))
         print("crafted captures written")
     bad = []
-    for name in list(REAL) + ["reorder.pcap", "dup.pcap", "overlap_diff.pcap", "seqwrap.pcap",
-                              "lost.pcap", "midstream.pcap"]:
+    for name in list(REAL) + CRAFTED:
         path = outdir / name
         if path.exists():
             s = summarize(path)

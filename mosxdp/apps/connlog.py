@@ -22,12 +22,11 @@ import json
 import socket
 import sys
 
-from mosxdp import (
-    MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOSX_BYPASS, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
-    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET, MonitorFilter,
-    mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
-    mtcp_setsockopt, mtcp_socket,
-)
+from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
+                    MOSX_BYPASS, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
+                    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
+                    MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
+                    mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -13,13 +13,12 @@ import ipaddress
 import os
 import socket
 
-from mosxdp import (
-    MOS_FRAGINFO_CLIBUF, MOS_FRAGINFO_SVRBUF, MOS_HK_RCV, MOS_HK_SND, MOS_NULL,
-    MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI,
-    MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, SOL_MONSOCKET, MonitorFilter, PeekOverrunError,
-    mtcp_bind_monitor_filter, mtcp_get_uctx, mtcp_getpeername, mtcp_getsockopt, mtcp_peek,
-    mtcp_ppeek, mtcp_register_callback, mtcp_set_uctx, mtcp_socket,
-)
+from mosxdp import (MOS_FRAGINFO_CLIBUF, MOS_FRAGINFO_SVRBUF, MOS_HK_RCV, MOS_HK_SND, MOS_NULL,
+                    MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_START, MOS_SIDE_BOTH,
+                    MOS_SIDE_CLI, MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, SOL_MONSOCKET,
+                    MonitorFilter, PeekOverrunError, mtcp_bind_monitor_filter, mtcp_get_uctx,
+                    mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_ppeek,
+                    mtcp_register_callback, mtcp_set_uctx, mtcp_socket)
 
 DESCRIPTION = "write each direction's reassembled bytestream to a file named like tcpflow's"
 

@@ -27,12 +27,11 @@ import json
 import socket
 import sys
 
-from mosxdp import (
-    MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI,
-    MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, SOL_MONSOCKET,
-    MonitorFilter, mtcp_bind_monitor_filter, mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt,
-    mtcp_register_callback, mtcp_setsockopt, mtcp_settimer, mtcp_socket,
-)
+from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, MOS_SIDE_BOTH,
+                    MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI,
+                    MOS_TCP_STATE_SVR, SOL_MONSOCKET, MonitorFilter, mtcp_bind_monitor_filter,
+                    mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
+                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
 TIMER_ID = 0

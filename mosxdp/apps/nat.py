@@ -50,14 +50,14 @@ import json
 import socket
 import sys
 
-from mosxdp import (
-    MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_HK_SND, MOS_IP_HDR, MOS_NULL, MOS_ON_CONN_END,
-    MOS_ON_ORPHAN, MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW,
-    MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_HDR, MOS_UPDATE_IP_CHKSUM, MOS_UPDATE_TCP_CHKSUM,
-    MOSX_DROP_FLOW, SOL_MONSOCKET, MonitorFilter, PktInfo, mtcp_bind_monitor_filter,
-    mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, mtcp_register_callback,
-    mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt, mtcp_socket,
-)
+from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_HK_SND, MOS_IP_HDR, MOS_NULL,
+                    MOS_ON_CONN_END, MOS_ON_ORPHAN, MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH,
+                    MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
+                    MOS_TCP_HDR, MOS_UPDATE_IP_CHKSUM, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW,
+                    SOL_MONSOCKET, MonitorFilter, PktInfo, mtcp_bind_monitor_filter,
+                    mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername,
+                    mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
+                    mtcp_socket)
 
 DESCRIPTION = "source NAT to one address with a port pool; reverse translation for replies"
 DEFAULT_PORTS = (1025, 65534)

@@ -58,15 +58,14 @@ import socket
 import struct
 import sys
 
-from mosxdp import (
-    MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PKT_IN, MOS_OVERWRITE,
-    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
-    MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW, MOSX_FLOW_STATS, SOL_MONSOCKET,
-    MonitorFilter, PeekOverrunError, PktInfo, mtcp_bind_monitor_filter, mtcp_cb_get_ts,
-    mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, mtcp_getsockopt, mtcp_peek,
-    mtcp_register_callback, mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
-    mtcp_settimer, mtcp_socket,
-)
+from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PKT_IN,
+                    MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
+                    MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM,
+                    MOSX_DROP_FLOW, MOSX_FLOW_STATS, SOL_MONSOCKET, MonitorFilter,
+                    PeekOverrunError, PktInfo, mtcp_bind_monitor_filter, mtcp_cb_get_ts,
+                    mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, mtcp_getsockopt, mtcp_peek,
+                    mtcp_register_callback, mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt,
+                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "mask a byte pattern in TCP streams (also across segments), or reset the connection"
 TH_FIN, TH_RST, TH_ACK = 0x01, 0x04, 0x10

@@ -45,12 +45,11 @@ import json
 import socket
 import sys
 
-from mosxdp import (
-    MOS_CLIBUF, MOS_DROP, MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN, MOS_SIDE_BOTH,
-    MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_STOP_MON, MOS_SVRBUF, MOSX_DROP_FLOW,
-    SOL_MONSOCKET, mtcp_get_uctx, mtcp_getpeername, mtcp_register_callback, mtcp_set_uctx,
-    mtcp_setlastpkt, mtcp_setsockopt, mtcp_settimer, mtcp_socket,
-)
+from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN,
+                    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_STOP_MON, MOS_SVRBUF,
+                    MOSX_DROP_FLOW, SOL_MONSOCKET, mtcp_get_uctx, mtcp_getpeername,
+                    mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
+                    mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "accept (bypass) or drop new connections by mOS firewall rules; per-rule counts"
 MAX_RULES = 1024

@@ -104,7 +104,9 @@ _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _PCAP_HDR = {"<": struct.Struct("<HHiIII"), ">": struct.Struct(">HHiIII")}
 _REC_HDR = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 _EPB_HDR = {"<": struct.Struct("<IIIIIII"), ">": struct.Struct(">IIIIIII")}
-_OPB_HDR = {"<": struct.Struct("<IIHHIIII"), ">": struct.Struct(">IIHHIIII")}
+# The obsolete packet block: the enhanced one's fields, but a 16-bit interface id
+# and a 16-bit drops count (skipped) where the enhanced block has a 32-bit id.
+_OPB_HDR = {"<": struct.Struct("<IIHxxIIII"), ">": struct.Struct(">IIHxxIIII")}
 _SPB_HDR = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
 _IDB_HDR = {"<": struct.Struct("<IIHHI"), ">": struct.Struct(">IIHHI")}
 _OPT_HDR = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
@@ -132,7 +134,35 @@ class _Interface:
         return (((raw * self.mul) >> self.shift) // self.div) + self.off_us
 
 
-class PcapReader:
+def _private_copy(path):
+    """``(buffer, mapping)``: the file's bytes in a writable buffer of our own.
+
+    Small files are read into a ``bytearray`` (mapping ``None``); large ones
+    are mapped copy-on-write, and the buffer is that mapping.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= _MMAP_THRESHOLD:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            return mapping, mapping
+        buf = bytearray(size)
+        n = f.readinto(buf)
+        del buf[n:]  # fewer bytes than fstat said: the file shrank meanwhile
+        return buf, None
+
+
+class _ClosedOnExit:
+    """``with obj:`` closes ``obj`` on the way out."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class PcapReader(_ClosedOnExit):
     """Iterate over the frames of an Ethernet pcap or pcapng file.
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
@@ -149,20 +179,8 @@ class PcapReader:
         self.linktype = None
         self.snaplen = None
         self.nanosecond = False
-        self._mmap = None
-        self._buf = None
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size and size >= _MMAP_THRESHOLD:
-                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-                    self._buf = self._mmap
-                else:
-                    buf = bytearray(size)
-                    n = f.readinto(buf)
-                    if n != size:
-                        del buf[n:]
-                    self._buf = buf
+            self._buf, self._mmap = _private_copy(self.path)
         except OSError as e:
             raise PcapFormatError(f"{self.name}: cannot read: {e.strerror or e}") from None
         self._view = memoryview(self._buf)
@@ -319,30 +337,25 @@ class PcapReader:
         ns = self.nanosecond
         off = 24
         count = 0
-        try:
-            while off < size:
-                if off + rec_size > size:
-                    raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
-                sec, frac, caplen, origlen = rec(view, off)
-                start = off + rec_size
-                end = start + caplen
-                if end > size:
-                    if caplen > _MAX_RECORD:
-                        raise self._err(
-                            f"corrupt record header at byte offset {off} "
-                            f"(captured length {caplen}), {count} packets read")
-                    raise self._truncated(
-                        start, f"packet data ({size - start} of {caplen} bytes)")
-                ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
-                count += 1
-                self.packets = count
-                if with_orig:
-                    yield ts, view[start:end], origlen
-                else:
-                    yield ts, view[start:end]
-                off = end
-        finally:
+        self.packets = 0  # frames yielded by this iteration
+        while off < size:
+            if off + rec_size > size:
+                raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
+            sec, frac, caplen, origlen = rec(view, off)
+            start = off + rec_size
+            end = start + caplen
+            if end > size:
+                if caplen > _MAX_RECORD:
+                    raise self._err(
+                        f"corrupt record header at byte offset {off} "
+                        f"(captured length {caplen}), {count} packets read")
+                raise self._truncated(
+                    start, f"packet data ({size - start} of {caplen} bytes)")
+            ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+            count += 1
             self.packets = count
+            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+            off = end
 
     def _iter_pcapng(self, with_orig: bool):
         view = self._view
@@ -353,62 +366,39 @@ class PcapReader:
         order = None
         ifaces: list[_Interface] = []
         count = 0
+        self.packets = 0  # frames yielded by this iteration
         last_ts = 0
         u32 = None
         epb = None
+        opb = None
         u32le = _U32["<"].unpack_from
-        try:
-            while off < size:
-                if off + 12 > size:
-                    raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
-                (btype,) = u32le(view, off)
-                if btype == _PCAPNG_SHB:
-                    order = self._shb_order(off)
-                    u32 = _U32[order].unpack_from
-                    epb = _EPB_HDR[order].unpack_from
-                    ifaces = []
-                elif order is None:
-                    raise self._err(
-                        f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
-                elif order == ">":
-                    (btype,) = u32(view, off)
-                if btype == _PCAPNG_EPB:
-                    if off + 28 > size:
-                        (blen,) = u32(view, off + 4)
-                        self._bad_block(off, blen, size, 32)
-                    (_t, blen, ifid, hi, lo, caplen, origlen) = epb(view, off)
-                    bend = off + blen
-                    if bend > size or blen < 32 or blen & 3:
-                        self._bad_block(off, blen, size, 32)
-                    start = off + 28
-                    end = start + caplen
-                    if end > bend - 4:
-                        raise self._err(
-                            f"corrupt enhanced packet block at byte offset {off} "
-                            f"(captured length {caplen} exceeds block length {blen})")
-                    if ifid >= len(ifaces):
-                        raise self._err(
-                            f"packet block at byte offset {off} names interface {ifid}, "
-                            f"but the section defines {len(ifaces)}")
-                    iface = ifaces[ifid]
-                    raw = (hi << 32) | lo
-                    ts = raw if iface.identity else iface.to_us(raw)
-                    last_ts = ts
-                    count += 1
-                    self.packets = count
-                    if with_orig:
-                        yield ts, view[start:end], origlen
-                    else:
-                        yield ts, view[start:end]
-                    off = bend
-                    continue
+        while off < size:
+            if off + 12 > size:
+                raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
+            (btype,) = u32le(view, off)
+            if btype == _PCAPNG_SHB:
+                order = self._shb_order(off)
+                u32 = _U32[order].unpack_from
+                epb = _EPB_HDR[order].unpack_from
+                opb = _OPB_HDR[order].unpack_from
+                ifaces = []
+            elif order is None:
+                raise self._err(
+                    f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
+            elif order == ">":
+                (btype,) = u32(view, off)
+            # Packet blocks come after the loop's other branches so that an enhanced
+            # packet block (nearly every block of a capture) costs one comparison.
+            if btype == _PCAPNG_EPB:
+                unpack = epb
+            elif btype == _PCAPNG_OPB:
+                unpack = opb
+            else:
                 (blen,) = u32(view, off + 4)
                 bend = off + blen
                 if bend > size or blen < 12 or blen & 3:
                     self._bad_block(off, blen, size)
-                if btype == _PCAPNG_SHB:
-                    pass
-                elif btype == _PCAPNG_IDB:
+                if btype == _PCAPNG_IDB:
                     ifaces.append(self._parse_idb(order, off, blen))
                     if self.linktype is None:
                         self.linktype = ifaces[-1].linktype
@@ -417,8 +407,8 @@ class PcapReader:
                     if blen < 16:
                         self._bad_block(off, blen, size, 16)
                     if not ifaces:
-                        raise self._err(
-                            f"simple packet block at byte offset {off} before any interface block")
+                        raise self._err(f"simple packet block at byte offset {off} "
+                                        "before any interface block")
                     (_t, _l, origlen) = _SPB_HDR[order].unpack_from(view, off)
                     caplen = min(origlen, blen - 16)
                     if ifaces[0].snaplen:
@@ -427,38 +417,39 @@ class PcapReader:
                     count += 1
                     self.packets = count
                     # A simple packet block has no timestamp: reuse the last one.
-                    if with_orig:
-                        yield last_ts, view[start:start + caplen], origlen
-                    else:
-                        yield last_ts, view[start:start + caplen]
-                elif btype == _PCAPNG_OPB:
-                    if blen < 32:
-                        self._bad_block(off, blen, size, 32)
-                    (_t, _l, ifid, _drops, hi, lo, caplen, origlen) = _OPB_HDR[order].unpack_from(
-                        view, off)
-                    start = off + 28
-                    end = start + caplen
-                    if end > bend - 4:
-                        raise self._err(
-                            f"corrupt packet block at byte offset {off} "
-                            f"(captured length {caplen} exceeds block length {blen})")
-                    if ifid >= len(ifaces):
-                        raise self._err(
-                            f"packet block at byte offset {off} names interface {ifid}, "
-                            f"but the section defines {len(ifaces)}")
-                    ts = ifaces[ifid].to_us((hi << 32) | lo)
-                    last_ts = ts
-                    count += 1
-                    self.packets = count
-                    if with_orig:
-                        yield ts, view[start:end], origlen
-                    else:
-                        yield ts, view[start:end]
+                    frame = view[start:start + caplen]
+                    yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
                 # every other block type (name resolution, statistics, custom,
                 # decryption secrets, ...) is skipped
                 off = bend
-        finally:
+                continue
+            # an enhanced or obsolete packet block
+            if off + 28 > size:
+                (blen,) = u32(view, off + 4)
+                self._bad_block(off, blen, size, 32)
+            (_t, blen, ifid, hi, lo, caplen, origlen) = unpack(view, off)
+            bend = off + blen
+            if bend > size or blen < 32 or blen & 3:
+                self._bad_block(off, blen, size, 32)
+            start = off + 28
+            end = start + caplen
+            if end > bend - 4:
+                kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
+                raise self._err(
+                    f"corrupt {kind} block at byte offset {off} "
+                    f"(captured length {caplen} exceeds block length {blen})")
+            if ifid >= len(ifaces):
+                raise self._err(
+                    f"packet block at byte offset {off} names interface {ifid}, "
+                    f"but the section defines {len(ifaces)}")
+            iface = ifaces[ifid]
+            raw = (hi << 32) | lo
+            ts = raw if iface.identity else iface.to_us(raw)
+            last_ts = ts
+            count += 1
             self.packets = count
+            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+            off = bend
 
     def _bad_block(self, off: int, blen: int, size: int, minlen: int = 12):
         if blen < minlen or blen & 3 or blen > _MAX_RECORD or off + blen <= size:
@@ -479,15 +470,8 @@ class PcapReader:
             self._mmap = None
         self._buf = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class PcapWriter:
+class PcapWriter(_ClosedOnExit):
     """Write a classic little-endian microsecond pcap, link type Ethernet."""
 
     _hdr = struct.Struct("<IHHiIII")
@@ -523,10 +507,3 @@ class PcapWriter:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
