@@ -52,10 +52,9 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests", "netns"))
 
-import livekit  # noqa: E402  (tests/netns/livekit.py)
-from livekit import rss_kib, sha256_file  # noqa: E402
+from mosxdp.demo.lab import live_probe, rss_kib, sha256_file, xdp_on_both  # noqa: E402
+from mosxdp.demo.passprog import attach_to_endpoints  # noqa: E402
 
 PY = sys.executable
 HTTP_PORT = 8080
@@ -73,7 +72,7 @@ STALE_SECONDS = 10.0            # flowdump files not written for this long are d
 
 def probe():
     """None when the soak can run here, else why not."""
-    return livekit.probe(("iperf3", "curl"))
+    return live_probe(("iperf3", "curl"))
 
 
 def cpu_seconds(pid):
@@ -121,7 +120,7 @@ class Soak:
     # ---------------------------------------------------------------- set-up
     def start(self):
         tb = self.tb
-        livekit.attach_pass_programs(tb)
+        attach_to_endpoints(tb)
         tb.popen("srv", [PY, "-m", "mosxdp.demo.server", self.www, str(HTTP_PORT)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.popen("srv", ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
@@ -136,7 +135,7 @@ class Soak:
         self._wait_ready()
 
     def _attached(self):
-        return livekit.xdp_on_both(self.tb, timeout=10)
+        return xdp_on_both(self.tb, timeout=10)
 
     def _wait_ready(self):
         """Both interfaces carry the program, then flowdump has written a warm-up flow."""

@@ -1,5 +1,5 @@
-"""Helpers shared by the netns tier's live tests and scripts/soak.py (which puts this
-folder on sys.path): the environment probe and its skip-or-fail, XDP_PASS programs on the
+"""Helpers shared by the netns tier's live tests: the environment probe's skip-or-fail
+(the probe itself, like the other lab checks, is mosxdp.demo.lab), XDP_PASS programs on the
 endpoint veths, the monitor interfaces' `prog/xdp` readiness, the server namespace routed
 to a NAT address only, kernel SNMP counters, sha256 digests, a process's RSS, a polling
 wait, HOLD (a client that holds a connection open), and the inline set-up of the app
@@ -11,13 +11,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mosxdp.demo.lab import live_probe as probe, rss_kib, sha256_file, xdp_on_both  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -25,41 +25,6 @@ APPS = Path(__file__).resolve().parent / "apps"      # the test apps (public API
 
 
 # ------------------------------------------------------------------------------ probe
-def probe(tools=(), *, libbpf: bool = False) -> str | None:
-    """None when the live datapath can run here (root, netns, libxdp, AF_XDP sockets, the
-    XDP program buildable, every one of ``tools`` installed), else why not."""
-    if os.geteuid() != 0:
-        return "not root"
-    try:
-        from mosxdp.demo import testbed
-    except Exception as exc:  # pragma: no cover - an import error is a bug: show it
-        return f"mosxdp.demo.testbed not importable: {exc}"
-    why = testbed.probe()
-    if why:
-        return why
-    from mosxdp.io import libxdp
-    try:
-        libxdp.load()
-    except libxdp.LibxdpMissing as exc:
-        return str(exc)
-    try:
-        socket.socket(libxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as exc:
-        return f"no AF_XDP sockets in this kernel: {exc}"
-    try:
-        from mosxdp.io import libbpf as libbpf_binding, xdp
-        xdp.check_privileges()
-        xdp.check_environment()
-        if libbpf:
-            libbpf_binding.load()
-    except Exception as exc:
-        return f"the XDP program cannot be built here: {exc}"
-    for tool in tools:
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
 _PROBED: dict = {}
 
 
@@ -81,14 +46,6 @@ def require_live(tools=(), *, libbpf: bool = False) -> None:
 # ------------------------------------------------------------------------------ digests
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ testbed
@@ -141,13 +98,6 @@ def xdp_attached(tb, *, check: bool = True, timeout: float | None = 10) -> set:
     return found
 
 
-def xdp_on_both(tb, timeout: float | None = None) -> bool:
-    """At least two links of the monitor namespace carry an XDP program."""
-    r = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True,
-               timeout=timeout)
-    return r.stdout.count("prog/xdp") >= 2
-
-
 def nstat(tb, ns: str, name: str, timeout: float = 10) -> int:
     """A kernel SNMP counter (absolute value) in namespace ``ns``."""
     r = tb.run(ns, ["nstat", "-asz", name], capture_output=True, text=True, timeout=timeout)
@@ -160,18 +110,6 @@ def nstat(tb, ns: str, name: str, timeout: float = 10) -> int:
 
 
 # ------------------------------------------------------------------------------ processes
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of a process in KiB (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def wait_until(what, cond, timeout, alive=None, step=0.05, detail=None):
     """Poll ``cond()`` until it is true (returned); ``alive()`` is called between polls,
     ``detail()`` (a log tail) ends the message of a timeout."""

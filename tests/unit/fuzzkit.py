@@ -1,4 +1,4 @@
-"""Fuzzing plumbing shared by tests/unit/test_fuzz.py (hypothesis) and scripts/fuzz_atheris.py
+"""Fuzzing plumbing shared by tests/unit/test_fuzz.py (hypothesis) and tests/unit/fuzz_atheris.py
 (atheris, coverage-guided): frame builders, invariant checks, and one function per target that
 runs one input and raises AssertionError when an invariant breaks.
 

@@ -1,11 +1,11 @@
 """Fuzzing in the test suite (hypothesis, bounded for CI): the datapath on random and mutated
 frames, the reassembly against a naive model through the whole stack, the TCP state machine
 with random segment sequences on both sides, and random sequences of mtcp_* calls. The
-targets and their invariants are in fuzzkit.py (shared with scripts/fuzz_atheris.py).
+targets and their invariants are in fuzzkit.py (shared with tests/unit/fuzz_atheris.py).
 
 Each test counts the examples it ran; the counts are printed at the end of the module (and
 kept in EXAMPLES). Longer runs: MOSXDP_FUZZ_SCALE=N (N times the examples), and
-scripts/fuzz_atheris.py (coverage-guided, atheris). The parser alone (test_packet.py) and
+tests/unit/fuzz_atheris.py (coverage-guided, atheris). The parser alone (test_packet.py) and
 StreamBuffer alone (test_reassembly.py, a stateful machine against a naive model) are fuzzed
 in their own modules.
 """

@@ -6,8 +6,11 @@ imports under TYPE_CHECKING alike:
 * `mosxdp/io` imports nothing of `mosxdp.core`, `mosxdp.engine`, `mosxdp.api` or the
   public face that re-exports them (`mosxdp`, `mosxdp.constants`, `mosxdp.types`,
   `mosxdp.facade`);
+* `mosxdp/engine` imports nothing of the public face (`mosxdp.api`, `mosxdp.cli`,
+  `mosxdp.facade`) nor of `mosxdp.demo`, which nothing in core, io or engine uses;
 * `mosxdp/apps` and `examples` import of mosxdp only the public namespace: `mosxdp`,
-  `mosxdp.constants`, `mosxdp.types` (what `mosxdp/__init__.py` re-exports).
+  `mosxdp.constants`, `mosxdp.types` (what `mosxdp/__init__.py` re-exports);
+* `scripts` import nothing from `tests/`.
 
 A name imported from a package (`from mosxdp import api`) counts as the submodule when
 there is one, else as the package itself. `importlib.import_module("...")` and
@@ -77,9 +80,26 @@ def core_rule(target: str) -> str | None:
 
 
 def io_rule(target: str) -> str | None:
-    if within(target, "mosxdp.core", "mosxdp.engine", "mosxdp.api", "mosxdp.facade") or \
+    if within(target, "mosxdp.core", "mosxdp.engine", "mosxdp.api", "mosxdp.facade",
+              "mosxdp.demo") or target in PUBLIC:
+        return "io imports nothing of core, engine, api, demo or the public face over them"
+    return None
+
+
+def engine_rule(target: str) -> str | None:
+    if within(target, "mosxdp.api", "mosxdp.cli", "mosxdp.facade", "mosxdp.demo") or \
             target in PUBLIC:
-        return "io imports nothing of core, engine, api or the public face over them"
+        return "engine imports nothing of the public face or of demo"
+    return None
+
+
+# Modules that live under tests/ (the helpers a test imports by their bare name).
+TEST_MODULES = frozenset(p.stem for p in (ROOT / "tests").rglob("*.py")) | {"tests"}
+
+
+def scripts_rule(target: str) -> str | None:
+    if target.split(".")[0] in TEST_MODULES:
+        return "scripts import nothing from tests/"
     return None
 
 
@@ -92,6 +112,8 @@ def public_rule(target: str) -> str | None:
 RULES = {
     "mosxdp/core": core_rule,
     "mosxdp/io": io_rule,
+    "mosxdp/engine": engine_rule,
+    "scripts": scripts_rule,
     "mosxdp/apps": public_rule,
     "examples": public_rule,
 }

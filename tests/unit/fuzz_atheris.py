@@ -9,7 +9,7 @@ atheris is not a test dependency; install it into the project's environment firs
 
 Then:
 
-    .venv/bin/python scripts/fuzz_atheris.py TARGET [libFuzzer options] [CORPUS_DIR ...]
+    .venv/bin/python tests/unit/fuzz_atheris.py TARGET [libFuzzer options] [CORPUS_DIR ...]
 
     TARGET     parse       parse_frame on raw bytes: only PacketError, sane offsets
                datapath    frames (raw bytes or a mutated connection) through a monitored
@@ -23,18 +23,18 @@ Then:
                api         random mtcp_* call sequences before, inside and after a run:
                            only OSError with a valid errno
 
-    e.g.  scripts/fuzz_atheris.py tcp -atheris_runs=200000 -max_len=1024 /tmp/corpus-tcp
-          scripts/fuzz_atheris.py datapath -max_total_time=3600
+    e.g.  tests/unit/fuzz_atheris.py tcp -atheris_runs=200000 -max_len=1024 /tmp/corpus-tcp
+          tests/unit/fuzz_atheris.py datapath -max_total_time=3600
 
 A crash (an invariant's AssertionError or any unexpected exception) stops the run and
-writes the input to crash-<hash>; replay it with `scripts/fuzz_atheris.py TARGET crash-...`.
+writes the input to crash-<hash>; replay it with `tests/unit/fuzz_atheris.py TARGET crash-...`.
 """
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "unit"))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
 
 try:
     import atheris
