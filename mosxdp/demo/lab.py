@@ -1,12 +1,13 @@
 """Checks and measures of a live run on the lab's testbed, shared by the tests, the demo and
 scripts/soak.py: can the live datapath run here, is the XDP program on both monitor
-interfaces, a process's RSS, a file's digest."""
+interfaces (and waiting for it), a process's RSS, a file's digest."""
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import socket
+import time
 
 
 def live_probe(tools=(), *, libbpf: bool = False) -> str | None:
@@ -49,6 +50,18 @@ def xdp_on_both(tb, timeout: float | None = None) -> bool:
     r = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True,
                timeout=timeout)
     return r.stdout.count("prog/xdp") >= 2
+
+
+def wait_attached(tb, proc, timeout: float = 60.0) -> bool:
+    """Wait until both monitor interfaces carry an XDP program (False when ``proc``, the
+    monitor, exits first or ``timeout`` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if xdp_on_both(tb):
+            time.sleep(0.5)   # the program is attached before the sockets are bound
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def rss_kib(pid: int) -> int | None:

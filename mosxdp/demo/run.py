@@ -7,7 +7,6 @@ run) sits in the wire; curl downloads and uploads over IPv4 and IPv6 go through
 it; the summary shows each transfer's checksum check, the connlog lines and the
 datapath counters. Everything is removed at the end, also on Ctrl-C.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import sys
 import tempfile
 import time
 
+from .lab import sha256_file, wait_attached
 from .passprog import attach_to_endpoints
 from .testbed import Testbed, TestbedError, probe
 
@@ -26,31 +26,11 @@ class DemoError(RuntimeError):
     """The demo could not run: one line says why."""
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _wait_attached(tb, proc, timeout=60.0):
-    """The monitor is ready when both interfaces carry an XDP program."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        out = tb.run("mon", ["ip", "-d", "link", "show"], capture_output=True, text=True).stdout
-        if out.count("prog/xdp") >= 2:
-            time.sleep(0.5)
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _start_monitor(tb, python, app_argv, log_path):
     argv = [python, "-m", "mosxdp.cli", "run", *app_argv, "--iface", tb.iface_a, "--peer", tb.iface_b]
     log = open(log_path, "w")
     proc = tb.popen("mon", argv, stdout=log, stderr=subprocess.STDOUT)
-    if not _wait_attached(tb, proc):
+    if not wait_attached(tb, proc):
         tb.stop(proc)
         log.close()
         with open(log_path) as f:
@@ -134,9 +114,9 @@ def run_demo(keep=False):
                                         extra=("-g",))
                 if upload:
                     ok = os.path.exists(os.path.join(work, "uploaded.bin")) and \
-                        _sha256(os.path.join(work, "uploaded.bin")) == _sha256(upload_src)
+                        sha256_file(os.path.join(work, "uploaded.bin")) == sha256_file(upload_src)
                 else:
-                    ok = result.returncode == 0 and _sha256(out) == _sha256(os.path.join(www, name))
+                    ok = result.returncode == 0 and sha256_file(out) == sha256_file(os.path.join(www, name))
                 results.append((label, ok, seconds, result.stdout.strip() or result.stderr.strip()))
             # Blocked by a firewall rule: the SYN never reaches the server.
             blocked, seconds = _curl(tb, f"http://{tb.srv_ip}:{PORT + 1}/small.bin", "/dev/null",

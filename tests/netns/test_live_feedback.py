@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from mosxdp.demo.run import _attach_endpoint_programs, _wait_attached
+from mosxdp.demo.lab import wait_attached
+from mosxdp.demo.passprog import attach_to_endpoints
 from mosxdp.demo.testbed import Testbed, probe
 
 REASON = probe()
@@ -20,13 +21,13 @@ def test_stats_line_and_metrics_during_a_transfer(tmp_path):
         tb.popen("srv", [sys.executable, "-m", "http.server", "8080", "-d", str(www)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tb.wait_listen("srv", 8080)
-        _attach_endpoint_programs(tb, sys.executable)
+        attach_to_endpoints(tb, python=sys.executable)
         monitor = tb.popen("mon", [sys.executable, "-m", "mosxdp.cli", "run", "connlog",
                                    "--iface", tb.iface_a, "--peer", tb.iface_b,
                                    "--output", str(tmp_path / "conn.log"),
                                    "--stats", "--metrics-port", "9109"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert _wait_attached(tb, monitor), "the monitor did not attach"
+        assert wait_attached(tb, monitor), "the monitor did not attach"
         # Paced so that the transfer spans several status lines.
         download = tb.run("cli", ["curl", "-sS", "--max-time", "60", "--limit-rate", "8M",
                                   "-o", "/dev/null", "-w", "%{size_download}",
