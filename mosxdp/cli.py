@@ -138,7 +138,7 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    mctx.stats = args.stats
+    mctx.print_stats = args.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
         # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
@@ -191,7 +191,7 @@ def _write_stats_json(path, mctx, fd=None):
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
-           "live": getattr(mctx, "live_stats", None)}
+           "live": mctx.result.live_stats() if mctx.result is not None else None}
     if fd is not None:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -205,32 +205,37 @@ def _write_stats_json(path, mctx, fd=None):
 
 
 def _print_live_summary(mctx):
-    """At exit of a live run: the core's counters and the datapath's."""
+    """At exit of a live run: the core's counters and the datapath's (only the core's when
+    the run failed before its end)."""
     from .engine import summary_line
-    stats = getattr(mctx, "live_stats", None) or {}
-    print(summary_line(mctx.stack, stats.get("frames", 0),
-                       stats.get("forwarded", 0) + stats.get("outbox_sent", 0), None), file=sys.stderr)
-    xdp = stats.get("xdp")
+    result = mctx.result
+    if result is None:
+        print(summary_line(mctx.stack, 0, 0, None), file=sys.stderr)
+        return
+    print(summary_line(mctx.stack, result.frames_in, result.frames_out, None), file=sys.stderr)
+    datapath = result.datapath
+    xdp = datapath.get("xdp")
     if isinstance(xdp, dict) and xdp:
         print("mosxdp: xdp " + ", ".join(f"{k} {v}" for k, v in xdp.items() if v), file=sys.stderr)
-    proc = stats.get("processor") or {}
+    proc = datapath.get("processor") or {}
     kernel = {k[len("kernel_"):]: v for k, v in proc.items() if k.startswith("kernel_") and v}
-    if kernel or stats.get("kernel_filter"):
-        kf = stats.get("kernel_filter") or {}
-        print("mosxdp: kernel " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kernel.items())
-                                            or "none")
-              + f", entries left {stats.get('verdict_entries_left')}; kernel filter: {kf.get('why', '-')}",
-              file=sys.stderr)
-    accounting = stats.get("accounting")
+    print("mosxdp: kernel " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kernel.items())
+                                        or "none")
+          + f", entries left {result.verdict_entries_left}; kernel filter: {result.kernel_filter.why}",
+          file=sys.stderr)
+    accounting = datapath.get("accounting")
     if accounting:
         print(f"mosxdp: umem frames {accounting}"
-              + (f" ERROR {stats['accounting_error']}" if "accounting_error" in stats else ""),
+              + (f" ERROR {datapath['accounting_error']}" if "accounting_error" in datapath else ""),
               file=sys.stderr)
+
+
+def _command_parser(name, description):
+    return argparse.ArgumentParser(prog=f"mosxdp {name}", description=description)
 
 
 def cmd_detach(argv):
-    parser = argparse.ArgumentParser(prog="mosxdp detach",
-                                     description="Remove an XDP program left attached to an interface.")
+    parser = _command_parser("detach", "Remove an XDP program left attached to an interface.")
     parser.add_argument("--iface", required=True, action="append", help="interface (repeatable)")
     parser.add_argument("--force", action="store_true", help="also remove a program that is not mosxdp's")
     args = parser.parse_args(argv)
@@ -242,10 +247,9 @@ def cmd_detach(argv):
 
 
 def cmd_status(argv):
-    parser = argparse.ArgumentParser(
-        prog="mosxdp status",
-        description="Show the XDP programs attached to the interfaces and, for mosxdp's, "
-                    "their counters (summed over the CPUs) and verdict map occupancy.")
+    parser = _command_parser(
+        "status", "Show the XDP programs attached to the interfaces and, for mosxdp's, "
+                  "their counters (summed over the CPUs) and verdict map occupancy.")
     parser.add_argument("--iface", action="append", help="only this interface (repeatable)")
     parser.add_argument("--netns", help="look in this network namespace (ip netns name)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -296,10 +300,9 @@ def status_lines(state, all_ifaces=False):
 
 
 def cmd_demo(argv):
-    parser = argparse.ArgumentParser(
-        prog="mosxdp demo",
-        description="Build a veth/netns testbed, run real TCP transfers through the inline "
-                    "monitor, print a summary, and clean up (root).")
+    parser = _command_parser(
+        "demo", "Build a veth/netns testbed, run real TCP transfers through the inline "
+                "monitor, print a summary, and clean up (root).")
     parser.add_argument("--keep", action="store_true", help="keep the demo's files (logs, data)")
     args = parser.parse_args(argv)
     from .demo.run import run_demo
