@@ -124,6 +124,7 @@ def cmd_run(argv):
         app_parser.error("--peer needs --iface")
 
     from . import api
+    from .engine.run import run
     overrides = {
         "pcap": args.pcap, "write": args.write, "iface": args.iface, "peer": args.peer,
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
@@ -138,7 +139,6 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    mctx.print_stats = args.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
         # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
@@ -154,15 +154,16 @@ def cmd_run(argv):
             # The XDP program is attached before the live loop installs its own SIGTERM
             # handler: a SIGTERM meanwhile must unwind like Ctrl-C (detach), not kill.
             signal.signal(signal.SIGTERM, _sigterm_unwinds)
+        result = None
         try:
-            api.mtcp_app_join(mctx)
+            result = run(mctx, print_stats=args.stats)
         finally:
             if hasattr(module, "teardown"):
                 module.teardown(app)
             if args.stats and args.iface is not None:
-                _print_live_summary(mctx)
+                _print_live_summary(mctx, result)
             if args.stats_json:
-                _write_stats_json(args.stats_json, mctx, stats_json_fd)
+                _write_stats_json(args.stats_json, mctx, result, stats_json_fd)
             _print_callback_errors(mctx)
     finally:
         if stats_json_fd is not None:
@@ -183,15 +184,16 @@ def _print_callback_errors(mctx):
         print(line, file=sys.stderr)
 
 
-def _write_stats_json(path, mctx, fd=None):
-    """The counters as JSON: through ``fd`` when the file was opened at set-up, else
-    through a temporary file renamed over ``path``."""
+def _write_stats_json(path, mctx, result, fd=None):
+    """The counters as JSON (``result``: the run's, None when it failed): through ``fd``
+    when the file was opened at set-up, else through a temporary file renamed over
+    ``path``."""
     import json
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
-           "live": mctx.result.live_stats() if mctx.result is not None else None}
+           "live": result.live_stats() if result is not None else None}
     if fd is not None:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -204,11 +206,10 @@ def _write_stats_json(path, mctx, fd=None):
     os.replace(tmp, path)
 
 
-def _print_live_summary(mctx):
+def _print_live_summary(mctx, result):
     """At exit of a live run: the core's counters and the datapath's (only the core's when
-    the run failed before its end)."""
+    the run failed before its end: ``result`` None)."""
     from .engine import summary_line
-    result = mctx.result
     if result is None:
         print(summary_line(mctx.stack, 0, 0, None), file=sys.stderr)
         return

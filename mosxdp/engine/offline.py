@@ -84,17 +84,16 @@ class OfflineEngine:
         return RunResult("offline", self.frames_in, self.frames_out, self.seconds, "end of input")
 
 
-def run_offline(mctx, pcap_path, write_path=None, batch_size=64) -> RunResult:
+def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=False) -> RunResult:
     """Replay a pcap file through the context; with ``write_path``, write what inline mode
-    would transmit. The summary line (``mctx.print_stats``) is printed also when the run
-    fails."""
+    would transmit. The summary line (``print_stats``) is printed also when the run fails."""
     with PcapReader(pcap_path) as reader:
         with (PcapWriter(write_path, snaplen=WRITE_SNAPLEN) if write_path else nullcontext()) as writer:
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
             try:
                 return engine.run()
             finally:
-                if mctx.print_stats:
+                if print_stats:
                     print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
                                        engine.seconds), file=sys.stderr)
 

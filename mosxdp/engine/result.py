@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass
 class RunResult:
-    """One run (``mtcp_app_join``), offline or live; ``MtcpContext.result`` holds the last.
+    """One run of a context (``mosxdp.engine.run.run``), offline or live.
 
     ``frames_in``: frames read (pcap records, or frames taken from the AF_XDP sockets);
     ``frames_out``: frames written or transmitted (forwarded, and the apps' sent frames);

@@ -5,7 +5,7 @@ Offline (``config.pcap``) the offline engine replays the file (``offline.run_off
 XDP program filters with the monitor filters of the start and keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
 (mosxdp.engine.status) and the capability drop after set-up (mosxdp.io.privileges). Either
-way the run's ``RunResult`` goes to ``mctx.result``.
+way ``run`` returns the run's ``RunResult``.
 """
 from __future__ import annotations
 
@@ -21,17 +21,21 @@ from .status import LiveStatus, MetricsServer
 
 
 def run_context(mctx) -> int:
-    """mtcp_app_join: run the datapath the configuration names until its input ends or a
-    signal stops it; the ``RunResult`` goes to ``mctx.result``. Returns 0, like mOS."""
-    config = mctx.config
-    mctx.result = None
-    if config.pcap is not None:
-        mctx.result = run_offline(mctx, config.pcap, config.write, config.batch_size)
-    elif config.iface is None:
-        raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
-    else:
-        mctx.result = LiveRun(mctx).run()
+    """mtcp_app_join: :func:`run`, and 0 like mOS."""
+    run(mctx)
     return 0
+
+
+def run(mctx, print_stats: bool = False) -> RunResult:
+    """Run the datapath the context's configuration names until its input ends or a signal
+    stops it. ``print_stats``: counters on stderr (live a status line every second, offline
+    a summary at the end; the CLI's --stats)."""
+    config = mctx.config
+    if config.pcap is not None:
+        return run_offline(mctx, config.pcap, config.write, config.batch_size, print_stats)
+    if config.iface is None:
+        raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
+    return LiveRun(mctx, print_stats).run()
 
 
 class LiveRun:
@@ -40,11 +44,12 @@ class LiveRun:
     The processor is the stack wrapped by ``HybridProcessor`` (its kernel verdicts kept in
     the program's verdict map); the XDP program is compiled with the ``KernelFilter`` of the
     sockets as they are at the start. While it runs, ``mctx.engine`` is this object: the API
-    calls :meth:`filters_changed` when a filter is bound."""
+    calls :meth:`filters_changed` when a filter is bound. ``print_stats``: the status line."""
 
-    def __init__(self, mctx):
+    def __init__(self, mctx, print_stats=False):
         config = mctx.config
         self.mctx = mctx
+        self.print_stats = print_stats
         self.stack = mctx.stack
         self.kernel_filter = kernel_filter(self.stack)
         self.processor = HybridProcessor(self.stack)
@@ -77,7 +82,7 @@ class LiveRun:
             resources.enter_context(engine)
             processor.program = engine.program
             status = LiveStatus(engine, self.stack)
-            if mctx.print_stats:
+            if self.print_stats:
                 processor.tick = status.tick
             metrics = None
             if config.metrics_port:
@@ -87,7 +92,7 @@ class LiveRun:
             # drop the capabilities the loop and the exit do not need, before any thread.
             privileges = after_setup(config.keep_privileges)
             line = privileges.pop("line", None)
-            if line and (mctx.print_stats or not privileges["bounding_set_reduced"]):
+            if line and (self.print_stats or not privileges["bounding_set_reduced"]):
                 print("mosxdp: " + line, file=sys.stderr)
             if metrics is not None:
                 metrics.start()
