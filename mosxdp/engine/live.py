@@ -540,7 +540,7 @@ class LiveEngine:
             if not self.inline:
                 eport = 0
             try:
-                ts_sock = ln.egress[eport]
+                tx_sock = ln.egress[eport]
             except (IndexError, TypeError):
                 self.counters["outbox_dropped"] += 1
                 continue
@@ -557,13 +557,13 @@ class LiveEngine:
             a = free.pop() & fmask
             umem.app += 1
             buf[a:a + n] = frame
-            if fwd is not None and ts_sock is ln.fwd:
+            if fwd is not None and tx_sock is ln.fwd:
                 fwd.append(a)
                 fwd.append(n)
             else:
                 if extra is None:
                     extra = {}
-                extra.setdefault(ts_sock, []).extend((a, n))
+                extra.setdefault(tx_sock, []).extend((a, n))
         box.clear()
         return extra
 
