@@ -124,6 +124,7 @@ def cmd_run(argv):
         app_parser.error("--peer needs --iface")
 
     from . import api
+    from .engine.run import run
     overrides = {
         "pcap": args.pcap, "write": args.write, "iface": args.iface, "peer": args.peer,
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
@@ -138,7 +139,6 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    mctx.stats = args.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
         # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
@@ -154,15 +154,16 @@ def cmd_run(argv):
             # The XDP program is attached before the live loop installs its own SIGTERM
             # handler: a SIGTERM meanwhile must unwind like Ctrl-C (detach), not kill.
             signal.signal(signal.SIGTERM, _sigterm_unwinds)
+        result = None
         try:
-            api.mtcp_app_join(mctx)
+            result = run(mctx, print_stats=args.stats)
         finally:
             if hasattr(module, "teardown"):
                 module.teardown(app)
             if args.stats and args.iface is not None:
-                _print_live_summary(mctx)
+                _print_live_summary(mctx, result)
             if args.stats_json:
-                _write_stats_json(args.stats_json, mctx, stats_json_fd)
+                _write_stats_json(args.stats_json, mctx, result, stats_json_fd)
             _print_callback_errors(mctx)
     finally:
         if stats_json_fd is not None:
@@ -183,15 +184,16 @@ def _print_callback_errors(mctx):
         print(line, file=sys.stderr)
 
 
-def _write_stats_json(path, mctx, fd=None):
-    """The counters as JSON: through ``fd`` when the file was opened at set-up, else
-    through a temporary file renamed over ``path``."""
+def _write_stats_json(path, mctx, result, fd=None):
+    """The counters as JSON (``result``: the run's, None when it failed): through ``fd``
+    when the file was opened at set-up, else through a temporary file renamed over
+    ``path``."""
     import json
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
-           "live": getattr(mctx, "live_stats", None)}
+           "live": result.live_stats() if result is not None else None}
     if fd is not None:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -204,33 +206,37 @@ def _write_stats_json(path, mctx, fd=None):
     os.replace(tmp, path)
 
 
-def _print_live_summary(mctx):
-    """At exit of a live run: the core's counters and the datapath's."""
+def _print_live_summary(mctx, result):
+    """At exit of a live run: the core's counters and the datapath's (only the core's when
+    the run failed before its end: ``result`` None)."""
     from .engine import summary_line
-    stats = getattr(mctx, "live_stats", None) or {}
-    print(summary_line(mctx.stack, stats.get("frames", 0),
-                       stats.get("forwarded", 0) + stats.get("outbox_sent", 0), None), file=sys.stderr)
-    xdp = stats.get("xdp")
+    if result is None:
+        print(summary_line(mctx.stack, 0, 0, None), file=sys.stderr)
+        return
+    print(summary_line(mctx.stack, result.frames_in, result.frames_out, None), file=sys.stderr)
+    datapath = result.datapath
+    xdp = datapath.get("xdp")
     if isinstance(xdp, dict) and xdp:
         print("mosxdp: xdp " + ", ".join(f"{k} {v}" for k, v in xdp.items() if v), file=sys.stderr)
-    proc = stats.get("processor") or {}
+    proc = datapath.get("processor") or {}
     kernel = {k[len("kernel_"):]: v for k, v in proc.items() if k.startswith("kernel_") and v}
-    if kernel or stats.get("kernel_filter"):
-        kf = stats.get("kernel_filter") or {}
-        print("mosxdp: kernel " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kernel.items())
-                                            or "none")
-              + f", entries left {stats.get('verdict_entries_left')}; kernel filter: {kf.get('why', '-')}",
-              file=sys.stderr)
-    accounting = stats.get("accounting")
+    print("mosxdp: kernel " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kernel.items())
+                                        or "none")
+          + f", entries left {result.verdict_entries_left}; kernel filter: {result.kernel_filter.why}",
+          file=sys.stderr)
+    accounting = datapath.get("accounting")
     if accounting:
         print(f"mosxdp: umem frames {accounting}"
-              + (f" ERROR {stats['accounting_error']}" if "accounting_error" in stats else ""),
+              + (f" ERROR {datapath['accounting_error']}" if "accounting_error" in datapath else ""),
               file=sys.stderr)
+
+
+def _command_parser(name, description):
+    return argparse.ArgumentParser(prog=f"mosxdp {name}", description=description)
 
 
 def cmd_detach(argv):
-    parser = argparse.ArgumentParser(prog="mosxdp detach",
-                                     description="Remove an XDP program left attached to an interface.")
+    parser = _command_parser("detach", "Remove an XDP program left attached to an interface.")
     parser.add_argument("--iface", required=True, action="append", help="interface (repeatable)")
     parser.add_argument("--force", action="store_true", help="also remove a program that is not mosxdp's")
     args = parser.parse_args(argv)
@@ -242,10 +248,9 @@ def cmd_detach(argv):
 
 
 def cmd_status(argv):
-    parser = argparse.ArgumentParser(
-        prog="mosxdp status",
-        description="Show the XDP programs attached to the interfaces and, for mosxdp's, "
-                    "their counters (summed over the CPUs) and verdict map occupancy.")
+    parser = _command_parser(
+        "status", "Show the XDP programs attached to the interfaces and, for mosxdp's, "
+                  "their counters (summed over the CPUs) and verdict map occupancy.")
     parser.add_argument("--iface", action="append", help="only this interface (repeatable)")
     parser.add_argument("--netns", help="look in this network namespace (ip netns name)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -296,10 +301,9 @@ def status_lines(state, all_ifaces=False):
 
 
 def cmd_demo(argv):
-    parser = argparse.ArgumentParser(
-        prog="mosxdp demo",
-        description="Build a veth/netns testbed, run real TCP transfers through the inline "
-                    "monitor, print a summary, and clean up (root).")
+    parser = _command_parser(
+        "demo", "Build a veth/netns testbed, run real TCP transfers through the inline "
+                "monitor, print a summary, and clean up (root).")
     parser.add_argument("--keep", action="store_true", help="keep the demo's files (logs, data)")
     args = parser.parse_args(argv)
     from .demo.run import run_demo

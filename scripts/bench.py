@@ -154,6 +154,25 @@ _BASELINE_HOLDER = (
     "    print('ready', flush=True)\n"
     "    while True: time.sleep(1)\n")
 
+# The live engine alone, inline between A and B: with no processor (argv[3] "none": the
+# fast path, descriptors move from ring to ring unread) or with the trivial processor
+# that forwards every frame (argv[3] "pass": the engine's per-frame path without a core).
+_ENGINE_HOLDER = (
+    "import signal, sys\n"
+    "from mosxdp.engine.live import VERDICT_FORWARD, LiveEngine\n"
+    "class PassThrough:\n"
+    "    def __init__(self):\n"
+    "        self.outbox, self.counters = [], {}\n"
+    "    def process(self, frame, ts_us, port):\n"
+    "        return VERDICT_FORWARD\n"
+    "    def end_batch(self): pass\n"
+    "    def advance_clock(self, ts_us): pass\n"
+    "    def finish(self): pass\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "processor = PassThrough() if sys.argv[3] == 'pass' else None\n"
+    "with LiveEngine(sys.argv[1], sys.argv[2], processor) as engine:\n"
+    "    engine.run()\n")
+
 # The hybrid fast path's row: an app that stops monitoring each flow (MOS_STOP_MON, both
 # sides) at its first established packet, so the rest of the flow is a kernel BYPASS.
 _BYPASS_APP = (
@@ -171,8 +190,8 @@ _BYPASS_APP = (
 LIVE_ROWS = [
     # label                                  argv (monitor namespace)                          sockets
     ("XDP devmap, no socket (kernel baseline)", ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0),
-    ("mosxdp inline, no app",                 ["{py}", "-m", "mosxdp.engine.live", "--iface", "{A}", "--peer", "{B}", "--no-app"], 2),
-    ("mosxdp inline, pass-through processor", ["{py}", "-m", "mosxdp.engine.live", "--iface", "{A}", "--peer", "{B}"], 2),
+    ("mosxdp inline, no app",                 ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "none"], 2),
+    ("mosxdp inline, pass-through processor", ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "pass"], 2),
     ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
     ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
     # connlog's counts need no Python per data frame: at its first data the flow becomes a

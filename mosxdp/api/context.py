@@ -29,7 +29,12 @@ _runtime = _Runtime()
 
 
 class MtcpContext:
-    """An mctx: one monitoring context, owning a core Stack."""
+    """An mctx: one monitoring context, owning a core Stack.
+
+    Its fields, all set here: ``cpu`` and ``config`` (as created); ``stack``, the core;
+    ``alive``, False once destroyed; ``pkt_copy``, the buffer mtcp_getlastpkt reuses;
+    ``engine``, what drives the context while it runs (set by mosxdp.engine: anything with
+    ``filters_changed()``, which mtcp_bind_monitor_filter calls)."""
 
     def __init__(self, cpu, config, registry):
         self.cpu = cpu
@@ -38,8 +43,8 @@ class MtcpContext:
         self.stack = Stack(config.stack_config(), handle=self, registry=registry,
                            on_callback_error=log_callback_error)
         self.alive = True
-        self.pkt_copy = None      # the buffer mtcp_getlastpkt reuses
-        self.engine = None        # set by the engine that drives this context
+        self.pkt_copy = None
+        self.engine = None
 
     def __repr__(self):
         return f"<MtcpContext cpu={self.cpu}{'' if self.alive else ' destroyed'}>"

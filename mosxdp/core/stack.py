@@ -114,6 +114,20 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                               + counters["malformed"])
         return counters
 
+    def monitor_filters(self):
+        """What the monitor sockets can want, for a filter in front of the core (the kernel
+        filter): ``(stream, raw)``, lists of ``(socket id, domain, MonitorFilter or None)``
+        in socket order; None wants every frame. ``stream``: each listener's SYN filter and,
+        when orphans can matter to it (an ORPHAN callback, or midstream_pickup), its orphan
+        filter; ``raw``: each raw socket's filter."""
+        stream = []
+        for sock in self.listeners:
+            stream.append((sock.id, sock.domain, sock.syn_filter))
+            if self.config.midstream_pickup or sock.table.masks[HOOK_NULL] & EV_ORPHAN:
+                stream.append((sock.id, sock.domain, sock.orphan_filter))
+        raw = [(sock.id, sock.domain, sock.raw_filter) for sock in self.raw_sockets]
+        return stream, raw
+
     def process(self, frame, ts_us, port):
         self.now = ts_us
         try:

@@ -1,6 +1,6 @@
 """The hybrid fast path: what the live engine keeps in the kernel for the core.
 
-Two things, both set up by ``engine.run_live``:
+Two things, both set up by ``engine.run.LiveRun``:
 
 * **The kernel filter** (``kernel_filter``): one C expression for the XDP program from
   every monitor socket's filters, so that frames no socket can want never leave the
@@ -28,23 +28,11 @@ the flow's client 4-tuple, its first two VLAN ids, IPv4 or IPv6.
 """
 from __future__ import annotations
 
-import re
 import sys
 
-from ..core.events import EV_ORPHAN, HOOK_NULL
 from ..io.bpfstructs import make_flow_key
 
-__all__ = ["KernelFilter", "kernel_filter", "swap_sides", "flow_key", "HybridProcessor"]
-
-_SWAP = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport"}
-_SIDE_RE = re.compile(r"\bv->(src|dst|sport|dport)\b")
-
-
-def swap_sides(c_expr: str) -> str:
-    """The same filter expression evaluated on the frame with source and destination
-    swapped (the generated C names the view's fields ``v->src[i]``, ``v->dst[i]``,
-    ``v->sport``, ``v->dport``)."""
-    return _SIDE_RE.sub(lambda m: "v->" + _SWAP[m.group(1)], c_expr)
+__all__ = ["KernelFilter", "kernel_filter", "flow_key", "HybridProcessor"]
 
 
 def _guard(domain, expr):
@@ -71,30 +59,23 @@ class KernelFilter:
         return f"<KernelFilter {self.why}: {self.c_expr}>"
 
 
-def _orphans_matter(stack, listener):
-    return stack.config.midstream_pickup or bool(listener.table.masks[HOOK_NULL] & EV_ORPHAN)
-
-
 def kernel_filter(stack) -> KernelFilter:
-    """The kernel filter for the sockets of ``stack`` as they are now."""
-    stream, raw = [], []
-    for sock in stack.listeners:
-        filters = [sock.syn_filter]
-        if _orphans_matter(stack, sock):
-            filters.append(sock.orphan_filter)
-        for f in filters:
-            if f is None:
-                return KernelFilter(None, bool(stack.raw_sockets),
-                                    f"socket {sock.id} has no filter: every TCP frame")
-            stream.append(_guard(sock.domain, f.c_expr()))
-    for sock in stack.raw_sockets:
-        if sock.raw_filter is None:
-            return KernelFilter(None, True, f"raw socket {sock.id} has no filter: every frame")
-        raw.append(_guard(sock.domain, sock.raw_filter.c_expr()))
-    parts = list(dict.fromkeys(stream))
-    parts += [swap_sides(p) for p in parts]
-    parts += [p for p in dict.fromkeys(raw) if p not in parts]
-    parts = list(dict.fromkeys(parts))
+    """The kernel filter for the monitor filters of ``stack`` (``Stack.monitor_filters``)
+    as they are now."""
+    stream, raw = stack.monitor_filters()
+    for sock_id, _, f in stream:
+        if f is None:
+            return KernelFilter(None, bool(raw), f"socket {sock_id} has no filter: every TCP frame")
+    for sock_id, _, f in raw:
+        if f is None:
+            return KernelFilter(None, True, f"raw socket {sock_id} has no filter: every frame")
+    # Each distinct stream filter as seen, then each of those on the swapped frame, then
+    # the raw filters (not swapped: they select frames, not flows).
+    both_ways = {}
+    for _, domain, f in stream:
+        both_ways.setdefault(_guard(domain, f.c_expr()), _guard(domain, f.c_expr(reverse=True)))
+    parts = list(dict.fromkeys([*both_ways, *both_ways.values(),
+                                *(_guard(domain, f.c_expr()) for _, domain, f in raw)]))
     if not parts:
         return KernelFilter("(0)", False, "no monitor socket: no frame")
     expr = parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"

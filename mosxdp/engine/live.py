@@ -73,7 +73,8 @@ class LiveEngine:
       ``poll_timeout_ms``: idle wait before ``advance_clock``;
       ``check_accounting``: verify the frame accounting after every loop iteration;
       ``filter_c_expr``: the monitor filter's C expression for the XDP program (None:
-        every TCP frame comes to user space); ``force``: replace a foreign XDP program.
+        every TCP frame comes to user space); ``filter_all_ip``: the expression also decides
+        for non-TCP IP frames (raw sockets); ``force``: replace a foreign XDP program.
     """
 
     def __init__(self, iface, peer: str | None = None, processor=None, *,
@@ -82,7 +83,7 @@ class LiveEngine:
                  zero_copy: bool = False, need_wakeup: bool = True, xdp_mode: str = "native",
                  fail_closed: bool = False, program="mosxdp", poll_timeout_ms: int = 100,
                  check_accounting: bool = False, filter_c_expr: str | None = None,
-                 force: bool = False):
+                 filter_all_ip: bool = False, force: bool = False):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if not ifaces:
             raise ValueError("LiveEngine needs at least one interface")
@@ -94,10 +95,9 @@ class LiveEngine:
             ifaces.append(peer)
         if len(set(ifaces)) != len(ifaces):
             raise ValueError(f"interface listed twice: {ifaces}")
-        if xdp_mode not in ("native", "generic", "auto"):
-            raise ValueError(f"xdp_mode must be native, generic or auto, not {xdp_mode!r}")
-        if batch_size < 1 or batch_size > ring_size:
-            raise ValueError("batch_size must be in [1, ring_size]")
+        # Validated where they enter (config.py, the command lines).
+        assert xdp_mode in ("native", "generic", "auto"), xdp_mode
+        assert 1 <= batch_size <= ring_size, (batch_size, ring_size)
         self.inline = peer is not None
         self.ifaces = ifaces
         self.processor = processor
@@ -114,6 +114,7 @@ class LiveEngine:
         self.poll_timeout_ms = poll_timeout_ms
         self.check = check_accounting
         self.filter_c_expr = filter_c_expr
+        self.filter_all_ip = filter_all_ip
         self.force = force
         self.program = None
         self.umem: Umem | None = None
@@ -122,6 +123,7 @@ class LiveEngine:
         self._stack: contextlib.ExitStack | None = None
         self._xskmap = None  # (XSKMAP fd, indexes we set)
         self._stop = threading.Event()
+        self.stop_reason: str | None = None   # why run() returned (see stop())
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
             "recycled", "tx_ring_full", "polls", "idle_timeouts"), 0)
@@ -221,7 +223,7 @@ class LiveEngine:
         peers = {self.ifaces[0]: self.ifaces[1]} if self.inline else None
         return XdpProgram(self.ifaces, peers=peers, mode=self.xdp_mode,
                           fail_closed=self.fail_closed, filter_c_expr=self.filter_c_expr,
-                          force=self.force)
+                          force=self.force, filter_all_ip=self.filter_all_ip)
 
     @staticmethod
     def _unmap(map_fd, entries) -> None:
@@ -254,8 +256,11 @@ class LiveEngine:
         return st
 
     # ------------------------------------------------------------------ control
-    def stop(self) -> None:
-        """Ask :meth:`run` to return (thread- and signal-safe)."""
+    def stop(self, reason: str = "stop") -> None:
+        """Ask :meth:`run` to return (thread- and signal-safe); the first ``reason`` given
+        is kept as ``stop_reason``."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
         self._stop.set()
 
     def accounting(self) -> dict:
@@ -285,18 +290,21 @@ class LiveEngine:
         saved = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                saved[sig] = signal.signal(sig, lambda *_: self._stop.set())
+                saved[sig] = signal.signal(sig, self._stop_on_signal)
         try:
-            if self.processor is None:
-                self._loop_fast(duration)
-            else:
-                self._loop(duration)
+            self._loop(duration)
+            if self.processor is not None:
                 self.processor.finish()
                 self._flush_outbox_and_tx()
         finally:
             for sig, h in saved.items():
                 signal.signal(sig, h)
+        if self.stop_reason is None:
+            self.stop_reason = "duration"
         return self.stats()
+
+    def _stop_on_signal(self, signum, _frame) -> None:
+        self.stop(f"signal {signal.Signals(signum).name}")
 
     def _idle(self, poller, deadline) -> bool:
         """Wait for frames; False when it is time to stop."""
@@ -347,39 +355,25 @@ class LiveEngine:
         if self.check:
             umem.check_accounting()
 
-    def _loop_fast(self, duration) -> None:
-        """No processor: inline moves descriptors RX ring -> peer TX ring; passive puts
-        them back on the fill ring."""
+    def _loop(self, duration) -> None:
+        """Turns until stopped: one batch from each lane, then the rings' housekeeping, and
+        a poll when no lane had frames. What a batch is depends on the processor (one
+        helper call per batch; the per-frame work stays inside the helper's own loop)."""
+        if self.processor is not None:
+            take = self._process_batch
+        elif self.inline:
+            take = self._forward_batch
+        else:
+            take = self._recycle_batch
         poller = self._poller()
         deadline = None if duration is None else time.monotonic() + duration
-        batch = self.batch_size
         lanes = self.lanes
-        umem = self.umem
         c = self.counters
         stop = self._stop
-        fbp = self.frames_by_port
         while not stop.is_set():
             work = 0
             for ln in lanes:
-                s = ln.sock
-                if ln.fwd is not None:
-                    n = ln.fwd.tx_forward_from(s, batch)
-                    if not n and s.rx_avail():
-                        c["tx_ring_full"] += 1
-                        ln.fwd.kick()
-                        ln.fwd.reap_into(umem.free)
-                else:
-                    d = s.rx_take(batch)
-                    if d is None:
-                        continue
-                    n = len(d) >> 1
-                    left = n - s.fill_put(d[0::2])
-                    if left:
-                        umem.free += d[0::2][n - left:]
-                        umem.app -= left
-                if n:
-                    work += n
-                    fbp[ln.port] += n
+                work += take(ln)
             if work:
                 c["batches"] += 1
                 c["frames"] += work
@@ -388,120 +382,139 @@ class LiveEngine:
                 break
             if deadline is not None and work and time.monotonic() > deadline:
                 break
-        c["forwarded" if self.inline else "recycled"] = c["frames"]
+        if self.processor is None:
+            c["forwarded" if self.inline else "recycled"] = c["frames"]
 
-    def _loop(self, duration) -> None:
-        poller = self._poller()
-        deadline = None if duration is None else time.monotonic() + duration
-        batch = self.batch_size
-        lanes = self.lanes
-        umem = self.umem
-        buf = umem.buf
-        free = umem.free
+    def _forward_batch(self, ln: _Lane) -> int:
+        """No processor, inline: descriptors move from the RX ring to the peer's TX ring."""
+        s, fwd_sock = ln.sock, ln.fwd
+        n = fwd_sock.tx_forward_from(s, self.batch_size)
+        if n:
+            self.frames_by_port[ln.port] += n
+        elif s.rx_avail():
+            self.counters["tx_ring_full"] += 1
+            fwd_sock.kick()
+            fwd_sock.reap_into(self.umem.free)
+        return n
+
+    def _recycle_batch(self, ln: _Lane) -> int:
+        """No processor, passive: the frames go straight back to the fill ring."""
+        d = ln.sock.rx_take(self.batch_size)
+        if d is None:
+            return 0
+        n = len(d) >> 1
+        self._refill(ln.sock, d[0::2])
+        self.frames_by_port[ln.port] += n
+        return n
+
+    def _process_batch(self, ln: _Lane) -> int:
+        """One batch of a lane through the processor. Inline, forwarded frames leave through
+        the peer's TX ring and dropped ones go back to the fill ring; passive, every frame
+        goes back to the fill ring. Outbox frames leave before the frame that made them."""
+        s = ln.sock
+        fwd_sock = ln.fwd
         c = self.counters
-        stop = self._stop
+        umem = self.umem
+        limit = self.batch_size
+        if fwd_sock is not None:
+            space = fwd_sock.tx_free()
+            if space < limit:
+                fwd_sock.kick()
+                fwd_sock.reap_into(umem.free)
+                space = fwd_sock.tx_free()
+                if space < limit:
+                    limit = space
+                    if not limit:
+                        if s.rx_avail():
+                            c["tx_ring_full"] += 1
+                        return 0
+        d = s.rx_take(limit)
+        if d is None:
+            return 0
+        n = len(d) >> 1
+        port = ln.port
+        self.frames_by_port[port] += n
         proc = self.processor
         process = proc.process
-        fbp = self.frames_by_port
-        inline = self.inline
-        while not stop.is_set():
-            work = 0
-            for ln in lanes:
-                s = ln.sock
-                fwd_sock = ln.fwd
-                limit = batch
-                if fwd_sock is not None:
-                    space = fwd_sock.tx_free()
-                    if space < limit:
-                        fwd_sock.kick()
-                        fwd_sock.reap_into(free)
-                        space = fwd_sock.tx_free()
-                        if space < limit:
-                            limit = space
-                            if not limit:
-                                if s.rx_avail():
-                                    c["tx_ring_full"] += 1
-                                continue
-                d = s.rx_take(limit)
-                if d is None:
-                    continue
-                n = len(d) >> 1
-                work += n
-                fbp[ln.port] += n
-                ts = _monotonic_us()
-                port = ln.port
-                # fwd stays None while every frame so far is forwarded and nothing was
-                # sent (the common case: then the batch's own descriptor list is what
-                # goes out); the first drop or outbox frame switches to a list.
-                fwd = None
-                recycle = []
-                extra = None  # outbox frames for other TX sockets: {sock: flat list}
-                try:
-                    if fwd_sock is None:  # passive: every frame goes back to the fill ring
-                        fwd = []
-                        for i in range(0, n + n, 2):
-                            a = d[i]
-                            process(buf[a:a + (d[i + 1] & M32)], ts, port)
-                            if proc.outbox:
-                                extra = self._take_outbox(ln, None, extra)
-                        recycle = d[0::2]
-                    else:
-                        for i in range(0, n + n, 2):
-                            a = d[i]
-                            v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
-                            if proc.outbox:
-                                if fwd is None:
-                                    fwd = d[:i]
-                                extra = self._take_outbox(ln, fwd, extra)
-                            if v == VERDICT_FORWARD:
-                                if fwd is not None:
-                                    fwd.append(a)
-                                    fwd.append(d[i + 1])
-                            else:
-                                if fwd is None:
-                                    fwd = d[:i]
-                                recycle.append(a)
+        buf = umem.buf
+        ts = _monotonic_us()
+        # fwd stays None while every frame so far is forwarded and nothing was
+        # sent (the common case: then the batch's own descriptor list is what
+        # goes out); the first drop or outbox frame switches to a list.
+        fwd = None
+        recycle = []
+        extra = None  # outbox frames for other TX sockets: {sock: flat list}
+        try:
+            if fwd_sock is None:  # passive: every frame goes back to the fill ring
+                fwd = []
+                for i in range(0, n + n, 2):
+                    a = d[i]
+                    process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                    if proc.outbox:
+                        extra = self._take_outbox(ln, None, extra)
+                recycle = d[0::2]
+            else:
+                for i in range(0, n + n, 2):
+                    a = d[i]
+                    v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                    if proc.outbox:
                         if fwd is None:
-                            fwd = d
-                except BaseException:
-                    self._give_back(d, fwd or [], extra)
-                    raise
-                if inline:
-                    c["dropped"] += len(recycle)
-                else:
-                    c["recycled"] += n
-                if fwd:
-                    put = fwd_sock.tx_put(fwd)
-                    c["forwarded"] += put
-                    if put < len(fwd) >> 1:  # TX ring full: the rest is dropped
-                        lost = fwd[2 * put::2]
-                        c["tx_ring_full"] += len(lost)
-                        recycle += lost
-                if extra:
-                    for ts_sock, flat in extra.items():
-                        put = ts_sock.tx_put(flat)
-                        c["outbox_sent"] += put
-                        if put < len(flat) >> 1:
-                            lost = flat[2 * put::2]
-                            c["outbox_dropped"] += len(lost)
-                            free += lost
-                            umem.app -= len(lost)
-                if recycle:
-                    put = s.fill_put(recycle)
-                    if put < len(recycle):
-                        free += recycle[put:]
-                        umem.app -= len(recycle) - put
-                proc.end_batch()
-                if proc.outbox:
-                    self._send_outbox_idle()
-            if work:
-                c["batches"] += 1
-                c["frames"] += work
-            self._housekeeping()
-            if not work and not self._idle(poller, deadline):
-                break
-            if deadline is not None and work and time.monotonic() > deadline:
-                break
+                            fwd = d[:i]
+                        extra = self._take_outbox(ln, fwd, extra)
+                    if v == VERDICT_FORWARD:
+                        if fwd is not None:
+                            fwd.append(a)
+                            fwd.append(d[i + 1])
+                    else:
+                        if fwd is None:
+                            fwd = d[:i]
+                        recycle.append(a)
+                if fwd is None:
+                    fwd = d
+        except BaseException:
+            self._give_back(d, fwd or [], extra)
+            raise
+        if self.inline:
+            c["dropped"] += len(recycle)
+        else:
+            c["recycled"] += n
+        if fwd:
+            put = fwd_sock.tx_put(fwd)
+            c["forwarded"] += put
+            if put < len(fwd) >> 1:  # TX ring full: the rest is dropped
+                lost = fwd[2 * put::2]
+                c["tx_ring_full"] += len(lost)
+                recycle += lost
+        if extra:
+            self._send_extra(extra)
+        if recycle:
+            self._refill(s, recycle)
+        proc.end_batch()
+        if proc.outbox:
+            self._send_outbox_idle()
+        return n
+
+    def _refill(self, sock, addrs) -> None:
+        """Frame addresses back to a socket's fill ring; what does not fit to the free pool."""
+        put = sock.fill_put(addrs)
+        if put < len(addrs):
+            umem = self.umem
+            umem.free += addrs[put:]
+            umem.app -= len(addrs) - put
+
+    def _send_extra(self, extra) -> None:
+        """Outbox frames to their TX sockets ({socket: flat list}); what a full TX ring
+        refuses is dropped (its frames to the free pool)."""
+        c = self.counters
+        umem = self.umem
+        for tx_sock, flat in extra.items():
+            put = tx_sock.tx_put(flat)
+            c["outbox_sent"] += put
+            if put < len(flat) >> 1:
+                lost = flat[2 * put::2]
+                c["outbox_dropped"] += len(lost)
+                umem.free += lost
+                umem.app -= len(lost)
 
     def _give_back(self, d, fwd, extra) -> None:
         """An exception in the processor: the batch's frames (and outbox frames already
@@ -527,7 +540,7 @@ class LiveEngine:
             if not self.inline:
                 eport = 0
             try:
-                ts_sock = ln.egress[eport]
+                tx_sock = ln.egress[eport]
             except (IndexError, TypeError):
                 self.counters["outbox_dropped"] += 1
                 continue
@@ -544,13 +557,13 @@ class LiveEngine:
             a = free.pop() & fmask
             umem.app += 1
             buf[a:a + n] = frame
-            if fwd is not None and ts_sock is ln.fwd:
+            if fwd is not None and tx_sock is ln.fwd:
                 fwd.append(a)
                 fwd.append(n)
             else:
                 if extra is None:
                     extra = {}
-                extra.setdefault(ts_sock, []).extend((a, n))
+                extra.setdefault(tx_sock, []).extend((a, n))
         box.clear()
         return extra
 
@@ -559,15 +572,9 @@ class LiveEngine:
         proc = self.processor
         if proc is None or not proc.outbox:
             return
-        extra = self._take_outbox(self.lanes[0], None, None) or {}
-        for ts_sock, flat in extra.items():
-            put = ts_sock.tx_put(flat)
-            self.counters["outbox_sent"] += put
-            if put < len(flat) >> 1:
-                lost = flat[2 * put::2]
-                self.counters["outbox_dropped"] += len(lost)
-                self.umem.free += lost
-                self.umem.app -= len(lost)
+        extra = self._take_outbox(self.lanes[0], None, None)
+        if extra:
+            self._send_extra(extra)
 
     def _flush_outbox_and_tx(self, timeout: float = 0.5) -> None:
         self._send_outbox_idle()

@@ -26,7 +26,7 @@ from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.filters import compile_filter
 from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
-from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter, swap_sides
+from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter
 from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_DIR_FROM_HI, MX_DIR_FROM_LO,
                                   FlowVerdict, make_flow_key)
 
@@ -105,10 +105,12 @@ def test_kernel_filter_domain_guard(api_ctx):
     assert kernel_filter(mctx.stack).c_expr.startswith("((v->ip_version == 6 && ")
 
 
-def test_swap_sides():
-    e = "((v->src[0] == 1U && v->dport == 0x5000) || v->dst[3] == 2U || v->sport == 1)"
-    assert swap_sides(e) == "((v->dst[0] == 1U && v->sport == 0x5000) || v->src[3] == 2U || v->dport == 1)"
-    assert swap_sides(swap_sides(e)) == e
+def test_c_expr_of_the_reverse_direction():
+    f = compile_filter("src host 10.0.0.1 and dst port 80")
+    tcp = "(v->ip_version != 0 && v->ip_proto == 6)"
+    assert f.c_expr("big") == f"({tcp} && (v->ip_version == 4 && v->src[0] == 0x0a000001U) && v->dport == 0x0050)"
+    assert f.c_expr("big", reverse=True) == \
+        f"({tcp} && (v->ip_version == 4 && v->dst[0] == 0x0a000001U) && v->sport == 0x0050)"
 
 
 def _views(frames):

@@ -1,14 +1,4 @@
-"""Monitor filters: the mOS filter grammar compiled to a Python predicate and a C expression.
-
-``mtcp_bind_monitor_filter`` takes pcap-like filter strings.  This module parses one into a
-small AST, folds constants, and compiles it twice:
-
-* into **one Python function** (source generated from the AST with every constant inlined,
-  compiled once) that tests a parsed packet: ``MonitorFilter.match(pkt) -> bool``;
-* into **one C expression** over ``struct mx_flow_view *v`` for the XDP program, so that frames
-  no filter wants never leave the kernel: ``MonitorFilter.c_expr()``.
-
-Sans-IO: stdlib only.  ``ipaddress`` is used at compile time, never per packet.
+"""The monitor filter grammar: tokens, the parser, and the errors that name a token.
 
 Grammar (a subset of pcap-filter(7), written from its documentation)::
 
@@ -51,19 +41,12 @@ from __future__ import annotations
 import errno as _errno
 import ipaddress
 import re
-import sys
-from functools import lru_cache
 
-__all__ = ["FilterError", "MonitorFilter", "compile_filter", "MAX_DEPTH"]
+from .tree import ICMP_ANY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TRUE, simplify
 
 #: Deepest nesting accepted (parentheses, ``not``, alternations of and/or).  Keeps the parser,
 #: the generated Python and the generated C well inside every recursion/nesting limit.
 MAX_DEPTH = 48
-
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
 
 _PROTO_WORDS = frozenset({"tcp", "udp", "ip", "ip6", "icmp", "icmp6"})
 _RAW_ONLY = frozenset({"udp", "ip", "ip6", "icmp", "icmp6", "proto"})
@@ -142,17 +125,14 @@ def _tokenize(text):
         pos = m.end()
 
 
-# ---------------------------------------------------------------------------------------------
-# AST: tuples.
-#   ("true",) ("false",) ("and", (kids...)) ("or", (kids...)) ("not", kid)
-#   ("ver", 4|6)                               ip_version == v
-#   ("proto", n, None|4|6)                     IP (any or that version) and ip_proto == n
-#   ("host", dir, ver, (addr bytes, ...))      dir in "src" "dst" "or" "and"
-#   ("net", dir, ver, net bytes, mask bytes)
-#   ("port", dir, ((lo, hi), ...), guard)      guard: also test ip_proto is TCP or UDP
-TRUE = ("true",)
-FALSE = ("false",)
-_ICMP_ANY = ("or", (("proto", IPPROTO_ICMP, 4), ("proto", IPPROTO_ICMPV6, 6)))
+
+def parse(text, raw):
+    """The simplified tree of a filter (``TRUE`` for none or only blanks), without the TCP
+    requirement of a stream filter (``raw`` False)."""
+    toks = _tokenize(text) if text is not None else []
+    if not toks:
+        return TRUE
+    return simplify(_Parser(text, toks, raw).parse())
 
 
 class _Parser:
@@ -295,7 +275,7 @@ class _Parser:
         if w == "ip6":
             return ("ver", 6)
         if w == "icmp":
-            return _ICMP_ANY
+            return ICMP_ANY
         return ("proto", IPPROTO_ICMPV6, 6)  # icmp6
 
     def proto_number(self, kw):
@@ -460,322 +440,3 @@ def _small_int(digits):
     stripped = digits.lstrip("0") or "0"
     return int(stripped) if len(stripped) <= 12 else 1 << 64
 
-
-# ---------------------------------------------------------------------------------------------
-# Constant folding and merging.
-
-def _simplify(node):
-    kind = node[0]
-    if kind == "not":
-        kid = _simplify(node[1])
-        if kid is TRUE:
-            return FALSE
-        if kid is FALSE:
-            return TRUE
-        if kid[0] == "not":
-            return kid[1]
-        return ("not", kid)
-    if kind not in ("and", "or"):
-        return node
-    absorb, neutral = (FALSE, TRUE) if kind == "and" else (TRUE, FALSE)
-    kids = []
-    for k in node[1]:
-        k = _simplify(k)
-        if k is absorb:
-            return absorb
-        if k is neutral:
-            continue
-        if k[0] == kind:
-            kids.extend(k[1])
-        else:
-            kids.append(k)
-    if kind == "or":
-        kids = _merge_or(kids)
-    if not kids:
-        return neutral
-    if len(kids) == 1:
-        return kids[0]
-    return (kind, tuple(kids))
-
-
-def _merge_or(kids):
-    """``port 80 or port 443`` -> one set test; same for hosts.  Not for 'src and dst'."""
-    out = []
-    where = {}
-    for k in kids:
-        key = None
-        if k[0] == "port" and k[1] != "and":
-            key = ("port", k[1], k[3])
-        elif k[0] == "host" and k[1] != "and":
-            key = ("host", k[1], k[2])
-        if key is None:
-            out.append(k)
-        elif key in where:
-            j = where[key]
-            old = out[j]
-            if k[0] == "port":
-                out[j] = ("port", old[1], tuple(sorted(set(old[2]) | set(k[2]))), old[3])
-            else:
-                out[j] = ("host", old[1], old[2], tuple(sorted(set(old[3]) | set(k[3]))))
-        else:
-            where[key] = len(out)
-            out.append(k)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Python code generation.
-
-def _py_sides(dirq, names, cond):
-    if dirq == "src":
-        return cond(names[0])
-    if dirq == "dst":
-        return cond(names[1])
-    op = " or " if dirq == "or" else " and "
-    return f"({cond(names[0])}{op}{cond(names[1])})"
-
-
-def _py_net(s, net, mask):
-    parts = []
-    i, n = 0, len(mask)
-    while i < n:
-        m = mask[i]
-        if m == 0xFF:
-            j = i
-            while j < n and mask[j] == 0xFF:
-                j += 1
-            if j - i == 1:
-                parts.append(f"{s}[{i}] == {net[i]}")
-            elif i == 0:
-                parts.append(f"{s}[:{j}] == {net[:j]!r}")
-            else:
-                parts.append(f"{s}[{i}:{j}] == {net[i:j]!r}")
-            i = j
-        else:
-            if m:
-                parts.append(f"({s}[{i}] & {m:#04x}) == {net[i]:#04x}")
-            i += 1
-    if not parts:
-        return "True"
-    return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
-
-
-def _py_ports(x, ranges):
-    singles = sorted(lo for lo, hi in ranges if lo == hi)
-    parts = []
-    if len(singles) == 1:
-        parts.append(f"{x} == {singles[0]}")
-    elif singles:
-        parts.append(f"{x} in {{{', '.join(map(str, singles))}}}")
-    for lo, hi in ranges:
-        if lo == hi:
-            continue
-        if lo == 0 and hi == 65535:
-            return "True"
-        parts.append(f"{lo} <= {x} <= {hi}")
-    return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
-
-
-def _py(node):
-    kind = node[0]
-    if kind == "true":
-        return "True"
-    if kind == "false":
-        return "False"
-    if kind in ("and", "or"):
-        return "(" + f" {kind} ".join(_py(k) for k in node[1]) + ")"
-    if kind == "not":
-        return f"(not {_py(node[1])})"
-    if kind == "ver":
-        return f"p.ip_version == {node[1]}"
-    if kind == "proto":
-        ver = "p.ip_version != 0" if node[2] is None else f"p.ip_version == {node[2]}"
-        return f"({ver} and p.ip_proto == {node[1]})"
-    if kind == "host":
-        _, dirq, ver, addrs = node
-        if len(addrs) == 1:
-            cond = lambda s: f"{s} == {addrs[0]!r}"  # noqa: E731
-        else:
-            lit = "{" + ", ".join(repr(a) for a in addrs) + "}"
-            cond = lambda s: f"{s} in {lit}"  # noqa: E731
-        return f"(p.ip_version == {ver} and {_py_sides(dirq, ('p.src', 'p.dst'), cond)})"
-    if kind == "net":
-        _, dirq, ver, net, mask = node
-        sides = _py_sides(dirq, ("p.src", "p.dst"), lambda s: _py_net(s, net, mask))
-        return f"(p.ip_version == {ver} and {sides})"
-    if kind == "port":
-        _, dirq, ranges, guard = node
-        sides = _py_sides(dirq, ("p.sport", "p.dport"), lambda x: _py_ports(x, ranges))
-        if guard:
-            return (f"(p.ip_version != 0 and p.ip_proto in ({IPPROTO_TCP}, {IPPROTO_UDP}) "
-                    f"and {sides})")
-        return sides
-    raise AssertionError(node)
-
-
-# ---------------------------------------------------------------------------------------------
-# C code generation: struct mx_flow_view { __u8 ip_version, ip_proto; __be16 sport, dport;
-# __u32 src[4], dst[4]; } with addresses and ports in network byte order.  Constants are the
-# in-memory (byte-swapped on little-endian) values, computed here for `byteorder`.
-
-def _c_sides(dirq, names, cond):
-    if dirq == "src":
-        return cond(names[0])
-    if dirq == "dst":
-        return cond(names[1])
-    op = " || " if dirq == "or" else " && "
-    return f"({cond(names[0])}{op}{cond(names[1])})"
-
-
-def _c_words(s, data, mask, bo):
-    parts = []
-    for w in range(len(data) // 4):
-        m = int.from_bytes(mask[4 * w:4 * w + 4], bo)
-        d = int.from_bytes(data[4 * w:4 * w + 4], bo)
-        if m == 0:
-            continue
-        if m == 0xFFFFFFFF:
-            parts.append(f"{s}[{w}] == {d:#010x}U")
-        else:
-            parts.append(f"({s}[{w}] & {m:#010x}U) == {d:#010x}U")
-    if not parts:
-        return "1"
-    return parts[0] if len(parts) == 1 else "(" + " && ".join(parts) + ")"
-
-
-def _c_ports(x, ranges, bo):
-    if bo == "little":
-        host = f"((((__u32){x} & 0xffU) << 8) | ((__u32){x} >> 8))"
-    else:
-        host = f"((__u32){x})"
-    parts = []
-    for lo, hi in ranges:
-        if lo == hi:
-            parts.append(f"{x} == {int.from_bytes(lo.to_bytes(2, 'big'), bo):#06x}")
-        elif lo == 0 and hi == 65535:
-            return "1"
-        elif lo == 0:
-            parts.append(f"{host} <= {hi}U")
-        elif hi == 65535:
-            parts.append(f"{host} >= {lo}U")
-        else:
-            parts.append(f"({host} >= {lo}U && {host} <= {hi}U)")
-    return parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
-
-
-def _c(node, bo):
-    kind = node[0]
-    if kind == "true":
-        return "1"
-    if kind == "false":
-        return "0"
-    if kind in ("and", "or"):
-        op = " && " if kind == "and" else " || "
-        return "(" + op.join(_c(k, bo) for k in node[1]) + ")"
-    if kind == "not":
-        return f"(!({_c(node[1], bo)}))"  # '!' binds tighter than '==' in C
-    if kind == "ver":
-        return f"(v->ip_version == {node[1]})"
-    if kind == "proto":
-        ver = "v->ip_version != 0" if node[2] is None else f"v->ip_version == {node[2]}"
-        return f"({ver} && v->ip_proto == {node[1]})"
-    if kind == "host":
-        _, dirq, ver, addrs = node
-
-        def cond(s):
-            alts = [_c_words(s, a, b"\xff" * len(a), bo) for a in addrs]
-            return alts[0] if len(alts) == 1 else "(" + " || ".join(alts) + ")"
-        return f"(v->ip_version == {ver} && {_c_sides(dirq, ('v->src', 'v->dst'), cond)})"
-    if kind == "net":
-        _, dirq, ver, net, mask = node
-        sides = _c_sides(dirq, ("v->src", "v->dst"), lambda s: _c_words(s, net, mask, bo))
-        return f"(v->ip_version == {ver} && {sides})"
-    if kind == "port":
-        _, dirq, ranges, guard = node
-        sides = _c_sides(dirq, ("v->sport", "v->dport"), lambda x: _c_ports(x, ranges, bo))
-        if guard:
-            return (f"(v->ip_version != 0 && (v->ip_proto == {IPPROTO_TCP} || "
-                    f"v->ip_proto == {IPPROTO_UDP}) && {sides})")
-        return sides
-    raise AssertionError(node)
-
-
-# ---------------------------------------------------------------------------------------------
-
-_STREAM_GUARD = ("proto", IPPROTO_TCP, None)
-
-
-class MonitorFilter:
-    """A compiled monitor filter (immutable; ``compile_filter`` caches them).
-
-    ``match(pkt) -> bool``: the generated predicate itself (an instance attribute, so a call
-    costs one Python function call).  ``text``: the filter as given (None for none).  ``raw``:
-    a raw packet filter (else a stream filter, which implicitly requires TCP).
-    ``matches_everything``: the filter puts no constraint on the packets its socket type sees
-    (every frame for a raw filter, every TCP packet for a stream filter): an empty filter, or
-    one that folds to true (``tcp`` as a stream filter).  ``source``: the generated Python.
-    """
-
-    __slots__ = ("text", "raw", "matches_everything", "match", "source", "_expr", "_c_cache")
-
-    def __init__(self, text, raw, expr):
-        self.text = text
-        self.raw = raw
-        self._expr = expr                       # simplified, without the stream TCP guard
-        self.matches_everything = expr is TRUE
-        self._c_cache = {}
-        full = expr if raw else _simplify(("and", (_STREAM_GUARD, expr)))
-        body = _py(full)
-        self.source = f"def _mx_filter(p):\n    return {body}\n"
-        code = compile(self.source, f"<mosxdp filter {text!r}>", "exec")
-        namespace = {"__builtins__": {}}
-        exec(code, namespace)  # our generated code only: constants come from the parser
-        self.match = namespace["_mx_filter"]
-
-    def c_expr(self, byteorder: str | None = None) -> str:
-        """The predicate as a C expression over ``struct mx_flow_view *v``.
-
-        Constants are laid out for ``byteorder`` ("little"/"big"; default: this host's, the
-        host that compiles and runs the XDP program).
-        """
-        bo = byteorder or sys.byteorder
-        if bo not in ("little", "big"):
-            raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
-        out = self._c_cache.get(bo)
-        if out is None:
-            full = self._expr if self.raw else _simplify(("and", (_STREAM_GUARD, self._expr)))
-            out = _c(full, bo)
-            if not out.startswith("("):
-                out = f"({out})"
-            self._c_cache[bo] = out
-        return out
-
-    def __repr__(self):
-        kind = "raw" if self.raw else "stream"
-        return f"<MonitorFilter {kind} {self.text!r}>"
-
-
-@lru_cache(maxsize=256)
-def _compile(text, raw):
-    toks = _tokenize(text) if text is not None else []
-    if not toks:
-        return MonitorFilter(text, raw, TRUE)
-    expr = _Parser(text, toks, raw).parse()
-    return MonitorFilter(text, raw, _simplify(expr))
-
-
-def compile_filter(text: str | None, *, raw: bool = False) -> MonitorFilter:
-    """Compile a monitor filter.  ``raw=True`` for a raw packet filter (``raw_pkt_filter``),
-    else a stream filter (``stream_syn_filter``/``stream_orphan_filter``).
-
-    Raises ``FilterError`` (a ValueError) naming the offending token and its position.
-    """
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("ascii")
-        except UnicodeDecodeError:
-            raise FilterError(bytes(text).decode("ascii", "replace"),
-                              "filter is not ASCII") from None
-    if text is not None and not isinstance(text, str):
-        raise TypeError(f"a filter is a str or None, not {type(text).__name__}")
-    return _compile(text, bool(raw))

@@ -1,0 +1,110 @@
+"""The composition behind ``mtcp_app_join``: which engine runs a context, and around it.
+
+Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``). Live
+(``config.iface``) a ``LiveRun`` puts together the hybrid fast path (mosxdp.engine.hybrid: the
+XDP program filters with the monitor filters of the start and keeps the stack's kernel
+verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
+(mosxdp.engine.status) and the capability drop after set-up (mosxdp.io.privileges). Either
+way ``run`` returns the run's ``RunResult``.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+from .hybrid import HybridProcessor, kernel_filter
+from .live import LiveEngine
+from .offline import run_offline
+from .result import RunResult
+from .status import LiveStatus, MetricsServer
+
+
+def run_context(mctx) -> int:
+    """mtcp_app_join: :func:`run`, and 0 like mOS."""
+    run(mctx)
+    return 0
+
+
+def run(mctx, print_stats: bool = False) -> RunResult:
+    """Run the datapath the context's configuration names until its input ends or a signal
+    stops it. ``print_stats``: counters on stderr (live a status line every second, offline
+    a summary at the end; the CLI's --stats)."""
+    config = mctx.config
+    if config.pcap is not None:
+        return run_offline(mctx, config.pcap, config.write, config.batch_size, print_stats)
+    if config.iface is None:
+        raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
+    return LiveRun(mctx, print_stats).run()
+
+
+class LiveRun:
+    """One live run of a context, from AF_XDP sockets on its interfaces until a signal.
+
+    The processor is the stack wrapped by ``HybridProcessor`` (its kernel verdicts kept in
+    the program's verdict map); the XDP program is compiled with the ``KernelFilter`` of the
+    sockets as they are at the start. While it runs, ``mctx.engine`` is this object: the API
+    calls :meth:`filters_changed` when a filter is bound. ``print_stats``: the status line."""
+
+    def __init__(self, mctx, print_stats=False):
+        config = mctx.config
+        self.mctx = mctx
+        self.print_stats = print_stats
+        self.stack = mctx.stack
+        self.kernel_filter = kernel_filter(self.stack)
+        self.processor = HybridProcessor(self.stack)
+        self.engine = LiveEngine(
+            config.iface, config.peer, self.processor,
+            queues=None if config.queues == "all" else config.queues,
+            frame_count=config.frame_count, ring_size=config.ring_size,
+            batch_size=min(config.batch_size, config.ring_size),
+            zero_copy=config.bind == "zerocopy", xdp_mode=config.xdp_mode,
+            fail_closed=config.fail_closed, force=config.force,
+            filter_c_expr=self.kernel_filter.c_expr,
+            filter_all_ip=self.kernel_filter.filter_all_ip)
+        self._warned = False
+
+    def filters_changed(self) -> None:
+        """The program was compiled with the filters of the start: say so once when they
+        change (a socket or filter added later may miss frames the kernel keeps)."""
+        if not self._warned and kernel_filter(self.stack) != self.kernel_filter:
+            self._warned = True
+            print("mosxdp: warning: monitor filters changed after the start; the kernel "
+                  "filter keeps the start's (restart to apply them)", file=sys.stderr)
+
+    def run(self) -> RunResult:
+        from ..io.privileges import after_setup
+        mctx, engine, processor = self.mctx, self.engine, self.processor
+        config = mctx.config
+        mctx.engine = self
+        self.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
+        with contextlib.ExitStack() as resources:
+            resources.enter_context(engine)
+            processor.program = engine.program
+            status = LiveStatus(engine, self.stack)
+            if self.print_stats:
+                processor.tick = status.tick
+            metrics = None
+            if config.metrics_port:
+                metrics = resources.enter_context(
+                    MetricsServer(config.metrics_port, status, start_thread=False))
+            # Set-up is done (program attached, sockets and UMEM, map fds, metrics port):
+            # drop the capabilities the loop and the exit do not need, before any thread.
+            privileges = after_setup(config.keep_privileges)
+            line = privileges.pop("line", None)
+            if line and (self.print_stats or not privileges["bounding_set_reduced"]):
+                print("mosxdp: " + line, file=sys.stderr)
+            if metrics is not None:
+                metrics.start()
+            started = time.perf_counter()
+            engine.run()
+            seconds = time.perf_counter() - started
+            # Read while the sockets and the program still exist: the accounting
+            # of every UMEM frame and the XDP counters.
+            datapath = engine.final_stats()
+            result = RunResult(
+                "live", datapath["frames"], datapath["forwarded"] + datapath["outbox_sent"],
+                seconds, engine.stop_reason, datapath=datapath, kernel_filter=self.kernel_filter,
+                verdict_entries_left=processor.occupancy(), privileges=privileges)
+            processor.program = None
+        return result
