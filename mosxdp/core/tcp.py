@@ -14,17 +14,9 @@ from .constants import (MOS_SIDE_CLI, MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_S
 from .events import (EV_CONN_START, EV_ERROR, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE,
                      HOOK_NULL, HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD)
 
-CLOSED = TcpState.TCP_CLOSED
-LISTEN = TcpState.TCP_LISTEN
-SYN_SENT = TcpState.TCP_SYN_SENT
-SYN_RCVD = TcpState.TCP_SYN_RCVD
-ESTABLISHED = TcpState.TCP_ESTABLISHED
-FIN_WAIT_1 = TcpState.TCP_FIN_WAIT_1
-FIN_WAIT_2 = TcpState.TCP_FIN_WAIT_2
-CLOSE_WAIT = TcpState.TCP_CLOSE_WAIT
-CLOSING = TcpState.TCP_CLOSING
-LAST_ACK = TcpState.TCP_LAST_ACK
-TIME_WAIT = TcpState.TCP_TIME_WAIT
+# The states by their short names (iterating the enum gives its members in C order).
+(CLOSED, LISTEN, SYN_SENT, SYN_RCVD, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING,
+ LAST_ACK, TIME_WAIT) = TcpState
 
 # Inputs.
 SEND_SYN = "send_syn"          # a SYN without ACK leaves this side
