@@ -2,7 +2,7 @@
 reassembly of real transfers, flowdump against tcpflow, dropping SYNs, overwriting payload
 with and without the checksum update, resets (mtcp_sendpkt, mtcp_reset_conn), fail-open
 and fail-closed after kill -9, and the exits that detach. Through the real monitor
-(mosxdp.cli -> mtcp_app_join -> run_live) and apps written against the public API only
+(mosxdp.cli -> engine.run.run -> LiveRun) and apps written against the public API only
 (tests/netns/apps/*.py)::
 
     <p>-cli: cli0 <== veth ==> A [<p>-mon: mosxdp run APP --iface A --peer B] B <== veth ==> srv0 :<p>-srv

@@ -240,7 +240,7 @@ def test_syn_flood_during_download(bed, www):
     m = re.search(r"flows (\d+) \(ended (\d+), evicted (\d+)\)", line)
     assert m and int(m[1]) == core["flows_created"] and int(m[3]) == evicted > 0, line
     gone = evicted
-    if "half_open_evicted" in core:   # the limits of core/limits.py
+    if "half_open_evicted" in core:   # the limits (core/stack.py LIMIT_COUNTERS)
         assert core["half_open_evicted"] == evicted, core
         assert f"half-open evicted {evicted}" in line, line
         gone += core["half_open_timeouts"]
