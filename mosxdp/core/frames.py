@@ -10,8 +10,8 @@ import struct
 from .constants import MOS_ETH_HDR, MOS_IP_HDR, MOS_TCP_HDR, MOS_TCP_PAYLOAD, TH_ACK, TH_RST
 from .packet import (ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
                      IPV4_CHECKSUM_OFF, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_CHECKSUM_OFF,
-                     TCP_HDR_LEN, TCP_MAX_OPTIONS_LEN, VLAN_TPIDS, PacketError,
-                     fix_ipv4_checksum, fix_tcp_checksum, ipv4_header_checksum, parse_frame,
+                     TCP_HDR_LEN, TCP_MAX_OPTIONS_LEN, PacketError, fix_ipv4_checksum,
+                     fix_tcp_checksum, ipv4_header_checksum, parse_frame, parse_vlan_tags,
                      tcp_segment_checksum)
 from .tcp import SEQ_MASK, seq_delta
 
@@ -75,9 +75,12 @@ def overwrite(pkt, region, offset, data, datalen, fix_ip_checksum, fix_tcp_check
 def finish_frame(frame):
     """An mtcp_sendpkt frame (bytearray: Ethernet, IP, TCP headers and payload): its IP
     length field and checksums fixed. Returns its parsed Packet."""
-    l3 = ETH_HDR_LEN
-    while len(frame) >= l3 and int.from_bytes(frame[l3 - 2:l3], "big") in VLAN_TPIDS:
-        l3 += 4
+    if len(frame) < ETH_HDR_LEN:
+        raise FrameError(errno.ENODATA, "the Ethernet header is missing or too short")
+    try:
+        _, _, l3 = parse_vlan_tags(frame, len(frame), _U16.unpack_from(frame, 12)[0])
+    except PacketError as exc:
+        raise FrameError(errno.ENODATA, f"pinfo does not hold a valid Ethernet header: {exc}") from None
     if len(frame) < l3 + 20:
         raise FrameError(errno.ENODATA, "the IP header is missing or too short")
     version = frame[l3] >> 4

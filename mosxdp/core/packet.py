@@ -210,7 +210,7 @@ def parse_frame(buf):
     l3_off = ETH_HDR_LEN
     vlan_ids = ()
     if ethertype != ETH_P_IP and ethertype in VLAN_TPIDS:   # an int test first: the usual frame
-        vlan_ids, ethertype, l3_off = _parse_vlan_tags(buf, frame_len, ethertype)
+        vlan_ids, ethertype, l3_off = parse_vlan_tags(buf, frame_len, ethertype)
 
     pkt = Packet()   # no __init__: cheaper than object.__new__(Packet)
     pkt.buf = buf
@@ -316,8 +316,9 @@ def _clear_l4(pkt):
     pkt.tcp_hdr_len = 0
 
 
-def _parse_vlan_tags(buf, frame_len, ethertype):
-    """Walk a stack of VLAN tags; return (vlan ids outer first, inner ethertype, L3 offset)."""
+def parse_vlan_tags(buf, frame_len, ethertype):
+    """Walk a stack of VLAN tags from the Ethernet header's `ethertype`; return (vlan ids outer
+    first, inner ethertype, L3 offset)."""
     vlan_ids = ()
     off = ETH_HDR_LEN
     while ethertype in VLAN_TPIDS:
