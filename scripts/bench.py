@@ -6,7 +6,7 @@
                                     ratio to `tcpflow -r PCAP` on the same file.
   scripts/bench.py --live           the AF_XDP datapath on a veth testbed (root).
   scripts/bench.py --callgrind PCAP instructions per frame of `mosxdp run` offline
-                                    (connlog, flowdump) under callgrind:
+                                    (no app, connlog, flowdump) under callgrind:
                                     repeatable whatever else the machine runs.
 
 Figures are printed, never asserted: tests do not time anything.
@@ -115,7 +115,11 @@ def bench_callgrind(pcap, frames):
             cuts[n] = os.path.join(workdir, f"first{n}.pcap")
             subprocess.run(["editcap", "-F", "pcap", "-r", pcap, cuts[n], f"1-{n}"], check=True,
                            stdout=subprocess.DEVNULL)
-        apps = [("connlog", ["connlog", "--output", os.path.join(workdir, "conn.log")]),
+        no_app = os.path.join(workdir, "no_app.py")
+        with open(no_app, "w") as f:
+            f.write("def setup(mctx, args):\n    pass\n")   # no socket: parse and count only
+        apps = [("no app", [no_app]),
+                ("connlog", ["connlog", "--output", os.path.join(workdir, "conn.log")]),
                 ("flowdump", ["flowdump", "--outdir", os.path.join(workdir, "flows")])]
         print(f"callgrind: {pcap}, frames {frames + 1}-{2 * frames} (instructions per frame)")
         for name, app_argv in apps:
