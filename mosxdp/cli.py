@@ -68,7 +68,8 @@ def _datapath_options(parser):
     group.add_argument("--iface", metavar="A", help="live: the monitored interface")
     group.add_argument("--peer", metavar="B",
                        help="live inline: the other interface (A's frames go out of B and back)")
-    group.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    group.add_argument("--config", metavar="FILE",
+                       help="configuration file: TOML, or mOS's mos.conf (see docs/config.md)")
     group.add_argument("--xdp-mode", choices=("native", "generic", "auto"), help="XDP attach mode")
     group.add_argument("--bind", choices=("copy", "zerocopy"), help="AF_XDP bind mode")
     group.add_argument("--fail-closed", action="store_true", default=None,
@@ -139,6 +140,7 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    print_stats = args.stats or mctx.config.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
         # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
@@ -156,11 +158,11 @@ def cmd_run(argv):
             signal.signal(signal.SIGTERM, _sigterm_unwinds)
         result = None
         try:
-            result = run(mctx, print_stats=args.stats)
+            result = run(mctx, print_stats=print_stats)
         finally:
             if hasattr(module, "teardown"):
                 module.teardown(app)
-            if args.stats and args.iface is not None:
+            if print_stats and args.iface is not None:
                 _print_live_summary(mctx, result)
             if args.stats_json:
                 _write_stats_json(args.stats_json, mctx, result, stats_json_fd)

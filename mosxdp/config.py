@@ -1,9 +1,11 @@
-"""The configuration file (mOS's mos.conf in TOML) and its validation.
+"""The configuration file and its validation: TOML, or mOS's own mos.conf syntax.
 
 Every key has a default; a bad key or value is refused with one line that
 names the key and what is allowed. Command-line options override the file.
 """
 import os
+import re
+import sys
 import tomllib
 from dataclasses import dataclass, fields
 
@@ -98,6 +100,7 @@ class Config:
     fail_closed: bool = False
     force: bool = False
     metrics_port: int = 0            # live: serve Prometheus metrics on 127.0.0.1:PORT (0: off)
+    stats: bool = False              # print counters on stderr (mos.conf's stat_print; --stats)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
 
     def stack_config(self):
@@ -146,6 +149,7 @@ SECTIONS = {
         "fail_closed": _bool,
         "force": _bool,
         "metrics_port": _int(0),
+        "stats": _bool,
         "keep_privileges": _bool,
     },
 }
@@ -168,25 +172,17 @@ def load_config(path=None, **overrides):
     if path is not None:
         try:
             with open(path, "rb") as f:
-                document = tomllib.load(f)
+                raw = f.read()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        for section, table in document.items():
-            if section not in SECTIONS:
-                raise ConfigError(f"{path}: unknown section [{section}] (known: "
-                                  f"{', '.join('[' + s + ']' for s in SECTIONS)})")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: {section} must be a [section] table")
-            for key, value in table.items():
-                if key not in SECTIONS[section]:
-                    raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: "
-                                      f"{', '.join(SECTIONS[section])})")
-                try:
-                    apply(config, key, value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{path}: {exc}") from None
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+        if _looks_like_mos_conf(text):
+            _load_mos_conf(config, path, text)
+        else:
+            _load_toml(config, path, text)
     for key, value in overrides.items():
         if value is not None:
             apply(config, key, value)
@@ -197,6 +193,183 @@ def load_config(path=None, **overrides):
         # input is mapped, and reading a truncated mapping is a SIGBUS).
         raise ConfigError(f"--write {config.write}: is the input file (--pcap); write elsewhere")
     return config
+
+
+def _load_toml(config, path, text):
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (nor a mOS 'mos {{ ... }}' block): "
+                          f"{exc}") from None
+    for section, table in document.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: "
+                              f"{', '.join('[' + s + ']' for s in SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a [section] table")
+        for key, value in table.items():
+            if key not in SECTIONS[section]:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: "
+                                  f"{', '.join(SECTIONS[section])})")
+            try:
+                apply(config, key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- mOS's mos.conf
+# mOS's syntax (core/src/config.c): named blocks `name { ... }` that nest, `#` comments to
+# the end of a line, `key = value` lines in the `mos` block, and one entry per line in its
+# tables (`netdev`: a device and its CPU mask; `nic_forward_table`: a pair of devices).
+# mOS skips what it cannot read; here a line that is not of that form is refused.
+_BLOCK_START = re.compile(r"\s*[A-Za-z_]\w*\s*\{")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+# mOS keys mapped here; every other key or block of the file is named in one warning.
+_MOS_INT_KEYS = ("rmem_size", "max_concurrency", "tcp_timeout", "tcp_tw_interval")
+
+
+class _Block:
+    __slots__ = ("name", "line", "entries", "children")
+
+    def __init__(self, name, line):
+        self.name = name
+        self.line = line
+        self.entries = []     # (line number, text)
+        self.children = []
+
+
+def _looks_like_mos_conf(text):
+    """A mos.conf starts (after comments and blank lines) with `name {`; TOML never does."""
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        if line.strip():
+            return _BLOCK_START.match(line) is not None
+    return False
+
+
+def _parse_blocks(path, text):
+    root = _Block(None, 0)
+    stack = [root]
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0]
+        pending = ""
+        for piece in re.split(r"([{}])", line):
+            if piece == "{":
+                name = pending.strip()
+                if not _NAME.fullmatch(name):
+                    raise ConfigError(f"{path}:{number}: '{{' must follow a block name, "
+                                      f"not {name!r}")
+                block = _Block(name, number)
+                stack[-1].children.append(block)
+                stack.append(block)
+                pending = ""
+            elif piece == "}":
+                if pending.strip():
+                    stack[-1].entries.append((number, pending.strip()))
+                if len(stack) == 1:
+                    raise ConfigError(f"{path}:{number}: '}}' closes no block")
+                stack.pop()
+                pending = ""
+            else:
+                pending += piece
+        if pending.strip():
+            if len(stack) == 1:
+                raise ConfigError(f"{path}:{number}: {pending.strip()!r} is outside any block")
+            stack[-1].entries.append((number, pending.strip()))
+    if len(stack) > 1:
+        raise ConfigError(f"{path}:{stack[-1].line}: block '{stack[-1].name}' is not closed "
+                          "(no matching '}')")
+    return root
+
+
+def _mos_int(path, number, key, value):
+    """An integer as mOS reads it (sscanf %i): decimal, 0x hex or 0 octal, with a sign."""
+    match = re.fullmatch(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", value)
+    if match is None:
+        raise ConfigError(f"{path}:{number}: {key} = {value!r}: expected an integer")
+    digits = match.group(2)
+    base = 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") and digits != "0" else 10
+    return int(match.group(1) + digits, base)
+
+
+def _load_mos_conf(config, path, text):
+    root = _parse_blocks(path, text)
+    mos_blocks = [b for b in root.children if b.name == "mos"]
+    if len(mos_blocks) != 1:
+        raise ConfigError(f"{path}: a mOS configuration needs one 'mos {{ ... }}' block "
+                          f"(found {len(mos_blocks)})")
+    (mos,) = mos_blocks
+    ignored = [b.name for b in root.children if b is not mos]
+    values = {}
+    for number, entry in mos.entries:
+        key, equals, value = entry.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not _NAME.fullmatch(key) or not value:
+            raise ConfigError(f"{path}:{number}: expected 'key = value' in the mos block, "
+                              f"not {entry!r}")
+        # As in mOS, a key given twice keeps its last value.
+        if key in _MOS_INT_KEYS or key in ("no_ring_buffers", "forward"):
+            values[key] = (number, _mos_int(path, number, key, value))
+        elif key == "stat_print":
+            values[key] = (number, value.split())
+        elif key not in ignored:
+            ignored.append(key)
+    devices, pairs = [], []
+    for block in mos.children:
+        if block.name == "netdev":
+            for number, entry in block.entries:
+                words = entry.split()
+                if len(words) != 2:
+                    raise ConfigError(f"{path}:{number}: a netdev entry is 'DEVICE CPU_MASK', "
+                                      f"not {entry!r}")
+                _mos_int(path, number, f"netdev {words[0]}", words[1])
+                devices.append(words[0])
+        elif block.name == "nic_forward_table":
+            for number, entry in block.entries:
+                words = entry.split()
+                if len(words) != 2:
+                    raise ConfigError(f"{path}:{number}: a nic_forward_table entry is "
+                                      f"'DEVICE_A DEVICE_B', not {entry!r}")
+                pairs.append(words)
+        elif block.name not in ignored:
+            ignored.append(block.name)
+
+    def set_key(key, value, number=mos.line):
+        try:
+            apply(config, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{number}: {exc}") from None
+
+    for key in _MOS_INT_KEYS:
+        if key in values:
+            set_key(key, values[key][1], values[key][0])
+    if "no_ring_buffers" in values:
+        set_key("no_ring_buffers", values["no_ring_buffers"][1] != 0, values["no_ring_buffers"][0])
+    if "stat_print" in values:
+        set_key("stats", bool(values["stat_print"][1]), values["stat_print"][0])
+    # The datapath: one monitored interface, and its partner in nic_forward_table when mOS
+    # forwards between a pair (inline); a device's CPU mask has no counterpart (one core).
+    forward = values.get("forward", (mos.line, 0))[1] != 0
+    if pairs:
+        iface, peer = pairs[0]
+        ignored += [f"nic_forward_table {' '.join(pair)}" for pair in pairs[1:]]
+    elif devices:
+        iface, peer = devices[0], None
+    else:
+        iface = peer = None
+    if iface is not None:
+        ignored += [f"netdev {device}" for device in devices if device not in (iface, peer)]
+        set_key("iface", iface)
+        if forward and peer is not None:
+            set_key("peer", peer)
+            set_key("mode", "inline")
+        else:
+            if peer is not None:
+                ignored.append("nic_forward_table (forward = 0)")
+            set_key("mode", "passive")
+    if ignored:
+        print(f"mosxdp: warning: {path}: ignored (no meaning in mosxdp): {', '.join(ignored)}",
+              file=sys.stderr)
 
 
 def _same_file(a, b):

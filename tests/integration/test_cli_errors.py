@@ -168,11 +168,25 @@ def config(text):
     ('mos = 3\n', ("[section]",)),
     ('[mos\noverlap_policy = ', ("not valid TOML",)),
     ('[mos]\noverlap_policy = first\n', ("not valid TOML",)),
+    ('mos {\n\tforward = 1\n\tnetdev {\n', ("mos.toml:3:", "'netdev' is not closed")),
+    ('mos {\n\ttcp_timeout = soon\n}\n', ("mos.toml:2:", "tcp_timeout", "integer")),
 ])
 def test_bad_config(text, needles):
     path = config(text)
     proc, _ = flowdump_on(REUSE, "--config", path)
     assert_one_line_error(proc, str(path), *needles, code=2)
+
+
+def test_mos_conf_sample_runs():
+    """mOS's sample mos.conf as --config: its keys without a meaning here in one warning
+    line, its stat_print as --stats; the streams are tcpflow's."""
+    proc, outdir = flowdump_on(REUSE, "--config", DATA / "mos.conf")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == (f"mosxdp: warning: {DATA / 'mos.conf'}: ignored (no meaning in mosxdp): "
+                        "nb_mem_channels, mos_log, arp_table, route_table, netdev dpdk1")
+    assert any(line.startswith("mosxdp: ") and "frames" in line for line in lines[1:])
+    assert read_streams(outdir) == tcpflow(REUSE).result()
 
 
 def test_missing_config_file():
