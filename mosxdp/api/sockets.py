@@ -201,6 +201,17 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
                          f"MOS_SIDE_BOTH, not {optval!r}")
         stack.stop_monitoring(sock_obj, optval)
         return 0
+    if optname == C.MOSX_MIDSTREAM:
+        if sock_obj.kind != "listener":
+            raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: MOSX_MIDSTREAM "
+                         "applies to listening sockets")
+        if optval not in (0, 1) or isinstance(optval, bool):
+            raise _error(errno.EINVAL, f"MOSX_MIDSTREAM takes 0 or 1, not {optval!r}")
+        sock_obj.midstream = bool(optval)
+        # The kernel filter must now let this listener's orphans through (or no longer).
+        if getattr(mctx.engine, "filters_changed", None) is not None:
+            mctx.engine.filters_changed()
+        return 0
     if optname in (C.MOSX_BYPASS, C.MOSX_DROP_FLOW):
         if sock_obj.kind != "flow":
             raise _error(errno.ENOTSOCK, f"socket {sock} is a listening socket")

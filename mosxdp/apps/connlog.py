@@ -6,6 +6,11 @@ resp_pkts resp_ip_bytes, plus client_state and server_state (the final
 emulated TCP states) and end_reason (fin, rst, timeout, evicted, eof).
 Written only against the public mOS API.
 
+Flows already under way when the capture starts are logged too, as Zeek logs them
+(MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off): history without
+S and h (a leading ^ when the first packet was the responder's), conn_state from Zeek's
+endpoint states (OTH while open, SF when both sides sent a FIN, SH/SHR/RSTRH ...).
+
 --bypass-after-bytes N (stream depth, as Suricata's stream.reassembly.depth with
 stream.bypass): the monitor follows the first N bytes of each direction; once EITHER
 direction's stream has passed N bytes (checked at each CONN_NEW_DATA, i.e. once per
@@ -19,11 +24,12 @@ needs it.
 """
 import hashlib
 import json
+import re
 import socket
 import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
-                    MOSX_BYPASS, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
+                    MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
                     MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
@@ -35,6 +41,9 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 def add_arguments(parser):
     parser.add_argument("--output", default="-", help="JSON lines file ('-': stdout)")
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+    parser.add_argument("--no-midstream", action="store_true",
+                        help="log only flows whose handshake was seen (default: also flows "
+                             "already under way when the capture started, as Zeek does)")
     parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
                         help="stream depth: once either direction passed N bytes, the kernel "
                              "forwards the rest of the flow (live: it never reaches Python)")
@@ -51,34 +60,89 @@ def _byte_count(text):
     return value
 
 
-def conn_state(history):
-    """Zeek's conn_state from the history letters (upper case: originator)."""
-    syn, synack = "S" in history, "h" in history
-    orig_rst, resp_rst = "R" in history, "r" in history
-    orig_fin, resp_fin = "F" in history, "f" in history
-    if not syn and not synack:
-        return "OTH"
-    if syn and not synack:
-        if orig_rst:
-            return "RSTOS0"
-        if resp_rst:
+# Zeek's TCP endpoint states (TCP_ENDPOINT_*).
+INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
+_RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
+
+
+def zeek_states(history):
+    """Each endpoint's final state as Zeek's TCP analyzer sets it, replayed over the history
+    letters (upper case: originator), which come in the order the packets did: only a
+    side's first A or D matters to it (an inactive side becomes PARTIAL, or ESTABLISHED
+    after the peer's SYN-ACK), and SYN, FIN and RST move it as Zeek does. A side never seen
+    stays INACTIVE; one seen only mid-stream is PARTIAL until its FIN or RST."""
+    state = {True: INACTIVE, False: INACTIVE}
+    prev = dict(state)
+
+    def move(side, new):
+        prev[side], state[side] = state[side], new
+
+    for letter in history.lstrip("^"):
+        orig, kind = letter.isupper(), letter.upper()
+        me, peer = state[orig], state[not orig]
+        if me == INACTIVE:
+            if kind == "S" or kind == "H":
+                if orig:
+                    move(orig, SYN_ACK_SENT if kind == "H" else SYN_SENT)
+                else:
+                    if peer == SYN_SENT or (kind == "S" and peer == SYN_ACK_SENT):
+                        move(not orig, ESTABLISHED)
+                    move(orig, ESTABLISHED)
+            elif kind == "F":
+                move(orig, CLOSED)
+            elif kind == "R":
+                move(orig, RESET)
+            elif not orig and kind == "A" and state[True] == SYN_SENT:
+                pass   # an ACK of the SYN before the SYN-ACK does not make a partial side
+            elif peer == ESTABLISHED:
+                move(orig, ESTABLISHED)   # the SYN was missed, the SYN-ACK was not
+            else:
+                move(orig, PARTIAL)
+        elif me in (SYN_SENT, SYN_ACK_SENT):
+            if kind == "F":
+                move(orig, CLOSED)
+            elif kind == "R":
+                move(orig, RESET)
+        elif me in (ESTABLISHED, PARTIAL):
+            if kind == "S" and me == PARTIAL and peer == INACTIVE:
+                move(orig, SYN_SENT)
+            elif kind == "F":
+                move(orig, CLOSED)
+                if peer == RESET and prev[not orig] == CLOSED:
+                    move(not orig, CLOSED)   # FIN then RST from the peer: a normal close
+            elif kind == "R":
+                move(orig, RESET)
+        elif me == CLOSED and kind == "R" and peer != CLOSED:
+            move(orig, RESET)
+    return state[True], state[False]
+
+
+def conn_state(history, orig_bytes=0, resp_bytes=0):
+    """Zeek's conn_state (base/protocols/conn/main.zeek) from the endpoints' final states:
+    a flow without a handshake is OTH while open, SF once both sides sent a FIN, SH or SHR
+    when one did, RSTRH or OTH after a RST."""
+    os_, rs = zeek_states(history)
+    o_inactive = os_ in (INACTIVE, PARTIAL)
+    r_inactive = rs in (INACTIVE, PARTIAL)
+    if rs == RESET:
+        if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and orig_bytes == resp_bytes == 0):
             return "REJ"
-        return "SH" if orig_fin else "S0"
-    if synack and not syn:
-        if resp_rst:
-            return "RSTRH"
-        return "SHR" if resp_fin else "OTH"
-    if orig_rst:
+        return "RSTRH" if o_inactive else "RSTR"
+    if os_ == RESET:
+        if r_inactive:
+            return "RSTOS0" if _RSTOS0.fullmatch(history) else "OTH"
         return "RSTO"
-    if resp_rst:
-        return "RSTR"
-    if orig_fin and resp_fin:
+    if os_ == CLOSED and rs == CLOSED:
         return "SF"
-    if orig_fin:
-        return "S2"
-    if resp_fin:
-        return "S3"
-    return "S1"
+    if os_ == CLOSED:
+        return "SH" if r_inactive else "S2"
+    if rs == CLOSED:
+        return "SHR" if o_inactive else "S3"
+    if os_ == SYN_SENT and rs == INACTIVE:
+        return "S0"
+    if os_ == ESTABLISHED and rs == ESTABLISHED:
+        return "S1"
+    return "OTH"
 
 
 def make_uid(*parts):
@@ -112,6 +176,10 @@ class ConnLog:
         stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
         (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         history = stats.history
+        if history[:1].islower():
+            # The first packet came from the responder: a flow picked up mid-stream whose
+            # client the core guessed (by port) is the other side. Zeek marks that flip so.
+            history = "^" + history
         self.flows += 1
         record = {
             "ts": stats.start_ts / 1e6,
@@ -122,7 +190,7 @@ class ConnLog:
             "duration": (stats.last_ts - stats.start_ts) / 1e6,
             "orig_bytes": stats.stream_bytes[0],
             "resp_bytes": stats.stream_bytes[1],
-            "conn_state": conn_state(history),
+            "conn_state": conn_state(history, stats.stream_bytes[0], stats.stream_bytes[1]),
             "missed_bytes": stats.missed_bytes[0] + stats.missed_bytes[1],
             "history": history,
             "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],
@@ -150,6 +218,9 @@ def setup(mctx, args):
     # State only: no bytestream buffers (mOS's no_ring_buffers, per socket).
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
+    # Flows already under way get a line too (Zeek's OTH, SF ... without S and h).
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
+                    0 if getattr(args, "no_midstream", False) else 1)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)

@@ -6,6 +6,8 @@ zero-padded IPv4 octets and ports (IPv6 in its compressed form), and a
 first suffix no file in the output directory has yet; a connection that
 carries no data makes no file).
 Bytes of a hole that is never filled are zeros, as tcpflow writes them.
+Flows already under way when the capture starts are dumped too, as tcpflow does
+(MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off).
 Written only against the public mOS API.
 """
 import errno
@@ -15,10 +17,10 @@ import socket
 
 from mosxdp import (MOS_FRAGINFO_CLIBUF, MOS_FRAGINFO_SVRBUF, MOS_HK_RCV, MOS_HK_SND, MOS_NULL,
                     MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_START, MOS_SIDE_BOTH,
-                    MOS_SIDE_CLI, MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, SOL_MONSOCKET,
-                    MonitorFilter, PeekOverrunError, mtcp_bind_monitor_filter, mtcp_get_uctx,
-                    mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_ppeek,
-                    mtcp_register_callback, mtcp_set_uctx, mtcp_socket)
+                    MOS_SIDE_CLI, MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM,
+                    SOL_MONSOCKET, MonitorFilter, PeekOverrunError, mtcp_bind_monitor_filter,
+                    mtcp_get_uctx, mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_ppeek,
+                    mtcp_register_callback, mtcp_set_uctx, mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "write each direction's reassembled bytestream to a file named like tcpflow's"
 
@@ -26,6 +28,9 @@ DESCRIPTION = "write each direction's reassembled bytestream to a file named lik
 def add_arguments(parser):
     parser.add_argument("--outdir", required=True, help="directory for the stream files")
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+    parser.add_argument("--no-midstream", action="store_true",
+                        help="dump only flows whose handshake was seen (default: also flows "
+                             "already under way when the capture started, as tcpflow does)")
 
 
 def endpoint_name(addr, port):
@@ -154,6 +159,9 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+    # Flows already under way are dumped too, as tcpflow does.
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
+                    0 if getattr(args, "no_midstream", False) else 1)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)

@@ -118,12 +118,12 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         """What the monitor sockets can want, for a filter in front of the core (the kernel
         filter): ``(stream, raw)``, lists of ``(socket id, domain, MonitorFilter or None)``
         in socket order; None wants every frame. ``stream``: each listener's SYN filter and,
-        when orphans can matter to it (an ORPHAN callback, or midstream_pickup), its orphan
+        when orphans can matter to it (an ORPHAN callback, or midstream pickup), its orphan
         filter; ``raw``: each raw socket's filter."""
         stream = []
         for sock in self.listeners:
             stream.append((sock.id, sock.domain, sock.syn_filter))
-            if self.config.midstream_pickup or sock.table.masks[HOOK_NULL] & EV_ORPHAN:
+            if self._picks_up(sock) or sock.table.masks[HOOK_NULL] & EV_ORPHAN:
                 stream.append((sock.id, sock.domain, sock.orphan_filter))
         raw = [(sock.id, sock.domain, sock.raw_filter) for sock in self.raw_sockets]
         return stream, raw
@@ -314,9 +314,17 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 continue
             matched.append(sock)
             self._fire(sock, HOOK_NULL, MOS_SIDE_BOTH, EV_ORPHAN)
-        if not self.config.midstream_pickup or not matched or pkt.flags & TH_RST:
+        # Only the listeners that pick up mid-stream flows get a socket of the new flow.
+        pickers = [sock for sock in matched if self._picks_up(sock)]
+        if not pickers or pkt.flags & TH_RST:
             return None
-        return self._new_flow(pkt, key, ts, midstream=True, listeners=matched)
+        return self._new_flow(pkt, key, ts, midstream=True, listeners=pickers)
+
+    def _picks_up(self, listener):
+        """Midstream pickup for a listener: its MOSX_MIDSTREAM, else midstream_pickup."""
+        if listener.midstream is None:
+            return self.config.midstream_pickup
+        return listener.midstream
 
     def end_batch(self):
         """End of an RX batch: CONN_NEW_DATA, then timers and timeouts."""

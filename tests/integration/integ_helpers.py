@@ -105,28 +105,28 @@ def _run_app(app, pcap, config, *args):
         raise AssertionError(f"mosxdp {app} {pcap} failed ({proc.returncode}): {proc.stderr}")
 
 
-def _flowdump(pcap, config):
+def _flowdump(pcap, config, args):
     outdir = tmpdir("flowdump")
-    _run_app("flowdump", pcap, config, "--outdir", outdir)
+    _run_app("flowdump", pcap, config, "--outdir", outdir, *args)
     return read_streams(outdir)
 
 
-def flowdump(pcap, **mos_keys):
-    """flowdump's streams for a pcap, with optional [mos] configuration keys."""
+def flowdump(pcap, args=(), **mos_keys):
+    """flowdump's streams for a pcap, with optional app options and [mos] configuration keys."""
     config = config_file(**mos_keys) if mos_keys else None
-    return cached(("flowdump", str(pcap), config), _flowdump, pcap, config)
+    return cached(("flowdump", str(pcap), config, tuple(args)), _flowdump, pcap, config, args)
 
 
-def _connlog(pcap, config):
+def _connlog(pcap, config, args):
     import json
     output = tmpdir("connlog") / "conn.json"
-    _run_app("connlog", pcap, config, "--output", output)
+    _run_app("connlog", pcap, config, "--output", output, *args)
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
-def connlog(pcap, **mos_keys):
+def connlog(pcap, args=(), **mos_keys):
     config = config_file(**mos_keys) if mos_keys else None
-    return cached(("connlog", str(pcap), config), _connlog, pcap, config)
+    return cached(("connlog", str(pcap), config, tuple(args)), _connlog, pcap, config, args)
 
 
 # ----------------------------------------------------------------- tcpflow

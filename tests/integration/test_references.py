@@ -44,7 +44,7 @@ BASE_CLIENT = tcpflow_endpoint("10.77.0.1", 37786)
 BASE_SERVER = tcpflow_endpoint("10.77.0.2", 8080)
 C2S = f"{BASE_CLIENT}-{BASE_SERVER}"
 S2C = f"{BASE_SERVER}-{BASE_CLIENT}"
-PICKUP = {"midstream_pickup": True}
+NO_MIDSTREAM = ("--no-midstream",)
 MARKER = b"bytes missing in capture file"
 
 
@@ -62,7 +62,8 @@ def prefetch():
         flowdump(path), connlog(path)
     flowdump(pcap("overlap_diff"), overlap_policy="first")
     flowdump(pcap("overlap_diff"), overlap_policy="last")
-    flowdump(pcap("midstream"), **PICKUP), connlog(pcap("midstream"), **PICKUP)
+    flowdump(pcap("midstream"), NO_MIDSTREAM), connlog(pcap("midstream"), NO_MIDSTREAM)
+    flowdump(pcap("midstream"), NO_MIDSTREAM, midstream_pickup=True)
 
 
 def sidecar(name):
@@ -195,10 +196,12 @@ def test_lost_segment_is_zeros_like_tcpflow():
 
 
 def test_midstream_without_pickup_is_orphans():
-    """A capture that starts after the handshake: without midstream pickup
-    every packet is an orphan (MOS_ON_ORPHAN), no flow, no file, no log line."""
-    assert flowdump(pcap("midstream")).result() == {}
-    assert connlog(pcap("midstream")).result() == []
+    """A capture that starts after the handshake: with --no-midstream, or in an app that
+    does not ask for pickup (mOS's default), every packet is an orphan (MOS_ON_ORPHAN): no
+    flow, no file, no log line. --no-midstream wins over `midstream_pickup = true`."""
+    assert flowdump(pcap("midstream"), NO_MIDSTREAM).result() == {}
+    assert flowdump(pcap("midstream"), NO_MIDSTREAM, midstream_pickup=True).result() == {}
+    assert connlog(pcap("midstream"), NO_MIDSTREAM).result() == []
     counts_file = tmpdir("counts") / "counts.json"
     proc = run_mosxdp("run", APPS / "eventcount.py", "--pcap", pcap("midstream"),
                       "--counts", counts_file)
@@ -207,20 +210,16 @@ def test_midstream_without_pickup_is_orphans():
     assert counts == {"frames": 99, "orphans": 99, "conn_start": 0, "conn_end": 0}
 
 
-def test_midstream_with_pickup_is_the_flow():
-    """With `midstream_pickup = true` the flow is picked up: both references'
+def test_midstream_is_picked_up_by_default():
+    """flowdump picks the flow up by default, as tcpflow does: both references'
     streams, which are the original ones."""
-    ours = flowdump(pcap("midstream"), **PICKUP).result()
+    ours = flowdump(pcap("midstream")).result()
     assert_same(ours, original_streams(), "the original flow")
     assert_same(ours, tcpflow(pcap("midstream")).result(), "tcpflow -r")
     assert_same(ours, tshark_streams(pcap("midstream")), "tshark follow,tcp,raw")
 
 
 # ------------------------------------------------------------------ connlog
-def connlog_config(name):
-    return PICKUP if name == "midstream" else {}
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_connlog_matches_tshark_conv(name):
     """connlog's packets and bytes per direction equal tshark's conv,tcp.
@@ -235,7 +234,7 @@ def test_connlog_matches_tshark_conv(name):
     compared with that precision and the exact sums come from the frames
     (per tcp.stream and sender) that the table is built from."""
     path = pcap(name)
-    records = connlog(path, **connlog_config(name)).result()
+    records = connlog(path).result()
     rows = tshark_conv(path).result()
     frames = tshark_frames(path).result()
     assert frames and not any(vlan for *_, vlan in frames)
@@ -305,14 +304,16 @@ EXPECTED_STATES = {
     "overlap_diff": ("SF", "fin", 0),
     "seqwrap": ("SF", "fin", 0),
     "lost": ("SF", "fin", 1448),          # the segment never captured
-    "midstream": ("OTH", "fin", 0),       # picked up: no SYN seen, Zeek's OTH
+    # Picked up without a handshake; both sides' FINs seen: Zeek's SF (its endpoints go
+    # from PARTIAL to CLOSED), history without S and h.
+    "midstream": ("SF", "fin", 0),
 }
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_connlog_states(name):
     path = pcap(name)
-    records = connlog(path, **connlog_config(name)).result()
+    records = connlog(path).result()
     state, reason, missed = EXPECTED_STATES[name]
     assert records
     first_fins = tshark_first_fins(path).result()
@@ -339,4 +340,6 @@ def test_connlog_states(name):
             assert record["client_state"] == record["server_state"] == "TCP_CLOSED"
             assert ("R" if state == "RSTO" else "r") in record["history"]
     if name == "midstream":
-        assert "S" not in records[0]["history"] and "h" not in records[0]["history"]
+        # Zeek's history for this capture: the request, the server's ACK and data, the
+        # client's ACK, the server's FIN (with its last data), the client's FIN.
+        assert records[0]["history"] == "DadAfF"
