@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
+from mosxdp import (MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_ORPHAN, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM,
                     SOL_MONSOCKET, mtcp_app_join, mtcp_create_context, mtcp_destroy, mtcp_init,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
