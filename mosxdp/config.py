@@ -282,6 +282,13 @@ def _parse_blocks(path, text):
     return root
 
 
+def _two_words(path, number, entry, expected):
+    words = entry.split()
+    if len(words) != 2:
+        raise ConfigError(f"{path}:{number}: {expected}, not {entry!r}")
+    return words
+
+
 def _mos_int(path, number, key, value):
     """An integer as mOS reads it (sscanf %i): decimal, 0x hex or 0 octal, with a sign."""
     match = re.fullmatch(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", value)
@@ -318,19 +325,13 @@ def _load_mos_conf(config, path, text):
     for block in mos.children:
         if block.name == "netdev":
             for number, entry in block.entries:
-                words = entry.split()
-                if len(words) != 2:
-                    raise ConfigError(f"{path}:{number}: a netdev entry is 'DEVICE CPU_MASK', "
-                                      f"not {entry!r}")
-                _mos_int(path, number, f"netdev {words[0]}", words[1])
-                devices.append(words[0])
+                device, mask = _two_words(path, number, entry, "a netdev entry is 'DEVICE CPU_MASK'")
+                _mos_int(path, number, f"netdev {device}", mask)
+                devices.append(device)
         elif block.name == "nic_forward_table":
             for number, entry in block.entries:
-                words = entry.split()
-                if len(words) != 2:
-                    raise ConfigError(f"{path}:{number}: a nic_forward_table entry is "
-                                      f"'DEVICE_A DEVICE_B', not {entry!r}")
-                pairs.append(words)
+                pairs.append(_two_words(path, number, entry,
+                                        "a nic_forward_table entry is 'DEVICE_A DEVICE_B'"))
         elif block.name not in ignored:
             ignored.append(block.name)
 
