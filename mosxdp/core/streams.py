@@ -138,6 +138,18 @@ class StreamDelivery:
         data = bytes(pkt.buf[base + offset:base + end]) if rcv.bufsize else None
         held.append((offset, end, data))
 
+    def _acked_unseen(self, flow, receiver, rcv, ack_off):
+        """The receiver acknowledged up to ack_off, beyond the monitor's in-order stream:
+        bytes held beyond the window edge below it join the stream, and the stream
+        extends at least to it (bytes never seen there count as missed)."""
+        if rcv.beyond_edge is not None:
+            self._accept_acked(flow, receiver, rcv, ack_off)
+        fin_off = rcv.peer_fin_off
+        if fin_off is not None and ack_off > fin_off:
+            ack_off = fin_off    # the FIN takes a sequence number, not a stream byte
+        if ack_off > rcv.max_end:
+            rcv.max_end = ack_off
+
     def _accept_acked(self, flow, receiver, rcv, ack_off):
         """The receiver acknowledged up to ack_off: the held bytes below it were accepted
         although they lay beyond the window edge the monitor knew; they join the stream
@@ -213,7 +225,7 @@ class StreamDelivery:
         rcv.rcv_nxt = end
         if end > rcv.max_end:
             rcv.max_end = end
-        rcv.buf = None
+        rcv.buf = rcv.beyond_edge = None
         rcv.bufsize = 0
         rcv.right_edge = None
 

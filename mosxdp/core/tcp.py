@@ -277,7 +277,7 @@ class TcpEmulation:
     def _restart_side(self, flow, snd, rcv):
         """A new SYN with another ISN: the stream starts over."""
         rcv.rcv_nxt = 0
-        rcv.buf = rcv.peer_fin_off = rcv.right_edge = None
+        rcv.buf = rcv.peer_fin_off = rcv.right_edge = rcv.beyond_edge = None
         rcv.first_payload_seen = rcv.fin_received = False
         snd.fin_seq = None
         for sock in flow.socks:
@@ -298,8 +298,8 @@ class TcpEmulation:
             edge = ack_off + window
             if snd.right_edge is None or edge > snd.right_edge:
                 snd.right_edge = edge
-            if snd.beyond_edge is not None and ack_off > rcv_nxt:
-                self._accept_acked(flow, sender, snd, ack_off)
+        if ack_off > rcv_nxt:   # it has bytes the monitor has not (yet) in order
+            self._acked_unseen(flow, sender, snd, ack_off)
         if snd.peer_fin_off is not None and not snd.fin_received and ack_off > snd.peer_fin_off:
             # The endpoint acknowledges a FIN the monitor could not deliver in
             # order (it missed bytes before it): the endpoint has it, so do we.
