@@ -462,7 +462,7 @@ def make_real(name: str, outdir: Path) -> str:
 # crafted variants (scapy)
 
 CRAFTED = ["reorder.pcap", "dup.pcap", "overlap_diff.pcap", "seqwrap.pcap", "lost.pcap",
-           "midstream.pcap"]
+           "midstream.pcap", "shuffled_upload.pcap"]
 
 
 def load_flow(path: Path, pred):
@@ -771,6 +771,96 @@ def make_crafted(outdir: Path) -> dict[str, str]:
     return desc
 
 
+def make_shuffled_upload(outdir: Path) -> dict[str, str]:
+    """A 1 MiB HTTP PUT as a capture at the client shows it (built frame by frame, no
+    testbed): the client sends up to the server's window edge as the server's ACKs come
+    back, then its data segments are shuffled within consecutive groups of 3, so some
+    are seen before the ACK that opened the window for them."""
+    from mosxdp.core.frames import build_tcp_frame
+    SYN, FIN, PSH, ACK = 0x02, 0x01, 0x08, 0x10
+    seed = 10
+    rnd = random.Random(seed)
+    body = rnd.randbytes(1 << 20)
+    head = (b"PUT /up.bin HTTP/1.1\r\nHost: 10.77.0.2:8080\r\nContent-Length: %d\r\n\r\n"
+            % len(body))
+    upload = head + body
+    reply = b"HTTP/1.0 200 OK\r\nContent-Length: 65\r\n\r\n" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    cmac, smac = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+    cip, sip, cport, sport = bytes([10, 77, 0, 1]), bytes([10, 77, 0, 2]), 41000, 8080
+    cisn, sisn, mss, wscale = 0x1c2d3e4f, 0x7a6b5c4d, 1460, 7
+    opts = struct.pack("!BBH", 2, 4, mss) + b"\x01\x03\x03" + bytes([wscale])
+
+    def c2s(seq, ack, flags, win, payload=b"", options=b""):
+        return build_tcp_frame(smac, cmac, cip, sip, cport, sport, seq & 0xffffffff,
+                               ack & 0xffffffff, flags, win, payload, options=options)
+
+    def s2c(seq, ack, flags, win, payload=b"", options=b""):
+        return build_tcp_frame(cmac, smac, sip, cip, sport, cport, seq & 0xffffffff,
+                               ack & 0xffffffff, flags, win, payload, options=options)
+
+    rtt = 80          # ticks of 25 us: an ACK reaches the client 1 ms after its segment left
+    rwnd = 64 * 1024  # the server's receive window in bytes (scaled by 128 on the wire)
+    frames = [("ack", c2s(cisn, 0, SYN, 64240, options=opts)),
+              ("ack", s2c(sisn, cisn + 1, SYN | ACK, 65160, options=opts)),
+              ("ack", c2s(cisn + 1, sisn + 1, ACK, 502))]
+    sent = acked = 0
+    arrivals = []           # (tick the server's ACK reaches the client, acked offset, window)
+    unacked_segs = 0
+    tick = 0
+    while acked < len(upload):
+        while arrivals and arrivals[0][0] <= tick:
+            _, acked, win = arrivals.pop(0)
+            frames.append(("ack", s2c(sisn + 1, cisn + 1 + acked, ACK, win >> wscale)))
+        edge = acked + rwnd
+        if sent < len(upload) and sent < edge:
+            n = min(mss, len(upload) - sent, edge - sent)
+            frames.append(("data", c2s(cisn + 1 + sent, sisn + 1, ACK | PSH, 502,
+                                       upload[sent:sent + n])))
+            sent += n
+            unacked_segs += 1
+            if unacked_segs == 2 or sent == len(upload):
+                unacked_segs = 0
+                # The server's app reads in bursts: the window it advertises wobbles.
+                win = rwnd - rnd.choice((0, 0, 0, 128, 256, 512))
+                arrivals.append((tick + rtt, sent, win))
+        tick += 1
+    frames.append(("ack", s2c(sisn + 1, cisn + 1 + len(upload), ACK | PSH, 502, reply)))
+    # HTTP/1.0: the server closes first.
+    frames.append(("ack", s2c(sisn + 1 + len(reply), cisn + 1 + len(upload), ACK | FIN, 502)))
+    frames.append(("ack", c2s(cisn + 1 + len(upload), sisn + 2 + len(reply), ACK | FIN, 502)))
+    frames.append(("ack", s2c(sisn + 2 + len(reply), cisn + 2 + len(upload), ACK, 502)))
+    # Shuffle the client's data segments within consecutive groups of 3 slots.
+    slots = [i for i, (kind, _) in enumerate(frames) if kind == "data"]
+    order = [f for _, f in frames]
+    for g in range(0, len(slots), 3):
+        group = slots[g:g + 3]
+        moved = [order[i] for i in group]
+        rnd.shuffle(moved)
+        for i, f in zip(group, moved):
+            order[i] = f
+    name = "shuffled_upload.pcap"
+    with PcapWriter(outdir / name) as w:
+        for i, f in enumerate(order):
+            w.write(1_700_000_000_000_000 + i * 25, f)
+    (outdir / "shuffled_upload.expected.json").write_text(json.dumps({
+        "description": "Expected bytestreams of shuffled_upload.pcap: the request is a PUT "
+                       "header and random.Random(10).randbytes(1 << 20); no byte is missing.",
+        "flow": {"client": "10.77.0.1:41000", "server": "10.77.0.2:8080"},
+        "length": {"client_to_server": len(upload), "server_to_client": len(reply)},
+        "sha256": {"client_to_server": hashlib.sha256(upload).hexdigest(),
+                   "server_to_client": hashlib.sha256(reply).hexdigest()},
+    }, indent=1) + "\n")
+    return {name: (
+        "Built frame by frame (no testbed): a 1 MiB HTTP PUT (10.77.0.1:41000 -> "
+        "10.77.0.2:8080, MSS 1460, window scale 7) as a capture at the client shows it: the "
+        "client sends up to the server's 64 KiB window edge as the server's ACKs come back "
+        "(one per 2 segments, 1 RTT = 80 segment times later), then the client's data "
+        "segments are shuffled within consecutive groups of 3 (random.Random(10)), so many "
+        "are seen before the ACK that opened the window for them; the server accepted and "
+        "acknowledged every byte. shuffled_upload.expected.json: lengths and SHA-256 of both "
+        "streams (the sender's bytes).")}
+
+
 # ---------------------------------------------------------------------------
 # verification and README
 
@@ -896,6 +986,7 @@ Sidecars:
   tshark's follow shows).
 - `lost.expected.json`: the flow, the hole (direction, offset, length) and both streams with
   the hole's bytes as zeros (base64, SHA-256).
+- `shuffled_upload.expected.json`: the flow, the lengths and SHA-256 of both streams.
 - `descriptions.json`: the "what" column of this table, kept so `--only` reruns keep it.
 
 What the reference tools give on these files (tshark 4.0.17 `-q -z follow,tcp,raw,N`,
@@ -910,6 +1001,7 @@ tcpflow 1.6.1 `-r`, checked when the files were made):
   are one place out of order, but prints the missing-bytes marker for the segment that
   arrives three segments late and drops that segment's bytes.
 - seqwrap.pcap, dup.pcap, midstream.pcap: both tools give the original streams.
+- shuffled_upload.pcap: tcpflow gives the sender's bytes.
 
 Total size of the pcaps: {total} bytes.
 """.replace("{total}", str(total))
@@ -939,6 +1031,7 @@ def main(argv=None) -> int:
         print(f"{name}: {(outdir / name).stat().st_size} bytes in {time.monotonic() - t0:.1f}s")
     if want is None or "crafted" in want or want & set(CRAFTED):
         descs.update(make_crafted(outdir))
+        descs.update(make_shuffled_upload(outdir))
         print("crafted captures written")
     bad = []
     for name in list(REAL) + CRAFTED:

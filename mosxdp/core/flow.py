@@ -34,7 +34,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes",
+        "bypassed_bytes", "beyond_edge",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -51,6 +51,9 @@ class Side:
         self.bufsize = bufsize
         self.policy = policy
         self.right_edge = None     # offset just beyond the window we advertised
+        # Segments seen beyond right_edge, [(offset, end, bytes or None)], until an ACK
+        # of ours covers them (streams.py _hold_beyond_edge); None when there are none.
+        self.beyond_edge = None
         self.peer_fin_off = None
         self.fin_received = False
         self.unique_bytes = 0

@@ -148,6 +148,15 @@ class StreamBuffer:
             return 0
         return self._insert(offset, data, n)
 
+    def fill(self, offset: int, data) -> int:
+        """insert() under MOS_OVERLAP_POLICY_FIRST whatever the policy: held bytes stay."""
+        policy = self._policy
+        self._policy = MOS_OVERLAP_POLICY_FIRST
+        try:
+            return self.insert(offset, data)
+        finally:
+            self._policy = policy
+
     def _insert(self, offset: int, data, n: int) -> int:
         if offset < 0:
             raise ValueError(f"stream offset must be >= 0, not {offset!r}")

@@ -248,6 +248,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                         right_edge = snd.right_edge
                         if right_edge is None or edge > right_edge:
                             snd.right_edge = edge
+                    if ack_off > rcv_nxt:   # it has bytes the monitor has not (yet) in order
+                        self._acked_unseen(flow, sender, snd, ack_off)
                     if peer_fin_off is not None and not snd.fin_received and ack_off > peer_fin_off:
                         # The endpoint acknowledges a FIN the monitor could not deliver in
                         # order (it missed bytes before it): the endpoint has it, so do we.

@@ -16,6 +16,8 @@ from .reassembly import OVERLAP_POLICIES, StreamBuffer
 from .tcp import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
 DEFAULT_REASSEMBLY_MEMCAP = 1 << 30   # bytes over all stream buffers (4096 of 256 KiB)
+# Segments a side holds beyond the window edge it advertised, waiting for its ACK.
+MAX_HELD_BEYOND_EDGE = 64
 
 
 class StreamDelivery:
@@ -75,7 +77,11 @@ class StreamDelivery:
                 self._counters["window_overruns"] += 1
                 for sock in flow.socks:
                     sock.so_error = errno.EMSGSIZE
-            end = edge  # the receiver discards what lies beyond its window
+            # The edge is only what the monitor saw: the ACK that opened the window for
+            # these bytes may come later in its capture order. They wait for an ACK.
+            self._hold_beyond_edge(rcv, pkt, start - offset, edge if edge > offset else offset,
+                                   end)
+            end = edge
         if end <= offset:
             if length:
                 events |= EV_REXMIT if offset < rcv.rcv_nxt or end < offset else 0
@@ -121,6 +127,76 @@ class StreamDelivery:
             flow.pending_data |= 1 << receiver
         return events
 
+    def _hold_beyond_edge(self, rcv, pkt, base, offset, end):
+        """Keep [offset, end) of the segment (payload byte i at pkt.buf[base + i]) until the
+        receiver acknowledges it (_accept_acked) or a copy arrives inside the window."""
+        held = rcv.beyond_edge
+        if held is None:
+            held = rcv.beyond_edge = []
+        elif len(held) >= MAX_HELD_BEYOND_EDGE:
+            return   # never acknowledged: counted as missed if the receiver had them
+        data = bytes(pkt.buf[base + offset:base + end]) if rcv.bufsize else None
+        held.append((offset, end, data))
+
+    def _acked_unseen(self, flow, receiver, rcv, ack_off):
+        """The receiver acknowledged up to ack_off, beyond the monitor's in-order stream:
+        bytes held beyond the window edge below it join the stream, and the stream
+        extends at least to it (bytes never seen there count as missed)."""
+        if rcv.beyond_edge is not None:
+            self._accept_acked(flow, receiver, rcv, ack_off)
+        fin_off = rcv.peer_fin_off
+        if fin_off is not None and ack_off > fin_off:
+            ack_off = fin_off    # the FIN takes a sequence number, not a stream byte
+        if ack_off > rcv.max_end:
+            rcv.max_end = ack_off
+
+    def _accept_acked(self, flow, receiver, rcv, ack_off):
+        """The receiver acknowledged up to ack_off: the held bytes below it were accepted
+        although they lay beyond the window edge the monitor knew; they join the stream
+        where no copy of theirs arrived since (as under MOS_OVERLAP_POLICY_FIRST)."""
+        waiting = []
+        before = rcv.rcv_nxt
+        for offset, end, data in rcv.beyond_edge:
+            if offset >= ack_off:
+                waiting.append((offset, end, data))
+                continue
+            if end > ack_off:    # only the acknowledged part is proven
+                cut = ack_off - offset
+                waiting.append((ack_off, end, data[cut:] if data is not None else None))
+                data = data[:cut] if data is not None else None
+                end = ack_off
+            buf = rcv.buf
+            if buf is None and rcv.bufsize and self._reserve_buffer(flow, rcv):
+                buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
+                                             max_fragments=self.config.max_fragments)
+            if buf is not None and data is not None:
+                head_before = buf.head
+                overlapped = buf.fill(offset, data)
+                rcv.rcv_nxt = buf.next_offset
+                if buf.head != head_before:
+                    self._count_overrun(flow, receiver, buf.head)
+            else:
+                nxt = rcv.rcv_nxt
+                overlapped = max(0, min(end, nxt) - offset)
+                if offset <= nxt < end:
+                    rcv.rcv_nxt = end
+            rcv.unique_bytes += (end - offset) - overlapped
+            if end > rcv.max_end:
+                rcv.max_end = end
+            rcv.first_payload_seen = True
+        rcv.beyond_edge = waiting or None
+        if rcv.rcv_nxt > before:
+            if not flow.pending_data:
+                self.new_data_flows.append(flow)
+            flow.pending_data |= 1 << receiver
+
+    def _count_overrun(self, flow, receiver, head):
+        """The buffer's window slid to head: sockets that had not read below it lost bytes."""
+        for sock in flow.socks:
+            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                sock.so_error = errno.ENOBUFS
+                self._counters["buffer_overruns"] += 1
+
     def _catch_up(self, snd, rcv, pkt):
         """A segment of a bypassed flow: the bytes `snd` sent before it went through the
         kernel (or the bypass path), so its receiver's stream jumps to the segment's
@@ -149,7 +225,7 @@ class StreamDelivery:
         rcv.rcv_nxt = end
         if end > rcv.max_end:
             rcv.max_end = end
-        rcv.buf = None
+        rcv.buf = rcv.beyond_edge = None
         rcv.bufsize = 0
         rcv.right_edge = None
 

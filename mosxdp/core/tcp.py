@@ -191,7 +191,7 @@ class TcpEmulation:
             elif snd.fin_seq == fin_seq:
                 snd_events |= EV_REXMIT
         if flags & TH_ACK:
-            snd_transitions += self._sender_ack(flow, pkt, snd)
+            snd_transitions += self._sender_ack(flow, pkt, sender, snd)
         if rst_ok:
             nxt = next_state(SENDER_TRANSITIONS, snd.state, RST)
             if nxt is not None:
@@ -277,13 +277,13 @@ class TcpEmulation:
     def _restart_side(self, flow, snd, rcv):
         """A new SYN with another ISN: the stream starts over."""
         rcv.rcv_nxt = 0
-        rcv.buf = rcv.peer_fin_off = rcv.right_edge = None
+        rcv.buf = rcv.peer_fin_off = rcv.right_edge = rcv.beyond_edge = None
         rcv.first_payload_seen = rcv.fin_received = False
         snd.fin_seq = None
         for sock in flow.socks:
             sock.peek_off[1 - flow.sides.index(snd)] = 0
 
-    def _sender_ack(self, flow, pkt, snd):
+    def _sender_ack(self, flow, pkt, sender, snd):
         """What the sender's ACK tells about its own receive side; returns the
         number of state transitions it caused."""
         ack = pkt.ack
@@ -298,6 +298,8 @@ class TcpEmulation:
             edge = ack_off + window
             if snd.right_edge is None or edge > snd.right_edge:
                 snd.right_edge = edge
+        if ack_off > rcv_nxt:   # it has bytes the monitor has not (yet) in order
+            self._acked_unseen(flow, sender, snd, ack_off)
         if snd.peer_fin_off is not None and not snd.fin_received and ack_off > snd.peer_fin_off:
             # The endpoint acknowledges a FIN the monitor could not deliver in
             # order (it missed bytes before it): the endpoint has it, so do we.

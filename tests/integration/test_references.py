@@ -26,6 +26,7 @@ connlog's packets and bytes per direction are compared with tshark's
 `-z conv,tcp` (see test_connlog_matches_tshark_conv for the arithmetic).
 """
 import base64
+import hashlib
 import json
 
 import pytest
@@ -37,7 +38,7 @@ from integ_helpers import (
 
 REAL = ["http_sizes", "upload", "concurrent", "refused", "rst_abort", "halfclose", "ipv6",
         "small_writes", "reuse"]
-CRAFTED = ["reorder", "dup", "overlap_diff", "seqwrap", "lost", "midstream"]
+CRAFTED = ["reorder", "dup", "overlap_diff", "seqwrap", "lost", "midstream", "shuffled_upload"]
 ALL = REAL + CRAFTED
 # The crafted variants are rewrites of this flow of http_sizes.pcap.
 BASE_CLIENT = tcpflow_endpoint("10.77.0.1", 37786)
@@ -148,6 +149,21 @@ def test_reorder_follows_tcpflow():
     assert theirs[C2S] == ours[C2S]
     if theirs[S2C] != ours[S2C]:
         assert MARKER in theirs[S2C], "tshark differs for another reason than its known limitation"
+
+
+def test_shuffled_upload_gives_the_senders_bytes():
+    """Client data segments seen before the server's ACK that opened the window for them
+    (a capture at the client, shuffled within 3s): the server accepted and acknowledged
+    them, so they are in the stream, exactly as the sender wrote it and as tcpflow gives it."""
+    expected = sidecar("shuffled_upload")
+    ours = flowdump(pcap("shuffled_upload")).result()
+    client = tcpflow_endpoint("10.77.0.1", 41000)
+    server = tcpflow_endpoint("10.77.0.2", 8080)
+    for name, direction in ((f"{client}-{server}", "client_to_server"),
+                            (f"{server}-{client}", "server_to_client")):
+        assert len(ours[name]) == expected["length"][direction]
+        assert hashlib.sha256(ours[name]).hexdigest() == expected["sha256"][direction]
+    assert_same(ours, tcpflow(pcap("shuffled_upload")).result(), "tcpflow -r")
 
 
 def test_overlap_first_equals_tshark():
@@ -307,6 +323,7 @@ EXPECTED_STATES = {
     # Picked up without a handshake; both sides' FINs seen: Zeek's SF (its endpoints go
     # from PARTIAL to CLOSED), history without S and h.
     "midstream": ("SF", "fin", 0),
+    "shuffled_upload": ("SF", "fin", 0),  # segments seen before the ACK opening their window
 }
 
 
