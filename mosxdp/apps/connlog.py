@@ -214,7 +214,9 @@ def setup(mctx, args):
     app = ConnLog(output, bypass_after)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+        # Also for flows picked up mid-stream, whose first frame is an orphan.
+        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
+                                                          stream_orphan_filter=args.filter))
     # State only: no bytestream buffers (mOS's no_ring_buffers, per socket).
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)

@@ -158,7 +158,9 @@ def setup(mctx, args):
     app = FlowDump(args.outdir)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+        # Also for flows picked up mid-stream, whose first frame is an orphan.
+        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
+                                                          stream_orphan_filter=args.filter))
     # Flows already under way are dumped too, as tcpflow does.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
                     0 if getattr(args, "no_midstream", False) else 1)
