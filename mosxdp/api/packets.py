@@ -22,10 +22,32 @@ def _packet_context(stack, sock, side, getlast=False):
         if not sock_obj.monitoring[side]:
             raise _error(errno.ENOTCONN, f"socket {sock} stopped monitoring side {side}")
     pkt = stack.cur_pkt
-    if pkt is None or (sock_obj.kind == "flow" and stack.cur_flow is not sock_obj.flow):
+    if pkt is None and getlast and sock_obj.kind == "flow":
+        pkt = _last_packet(stack, sock_obj, side)
+    elif pkt is None or (sock_obj.kind == "flow" and stack.cur_flow is not sock_obj.flow):
+        pkt = None
+    if pkt is None:
         raise _error(errno.ENODATA, "no packet is being processed for this socket "
-                     "(timers, CONN_NEW_DATA and CONN_END have no packet)")
+                     "(timers have no packet; setlastpkt has none in CONN_NEW_DATA and "
+                     "CONN_END)")
     return sock_obj, pkt
+
+
+def _last_packet(stack, sock_obj, side):
+    """mtcp_getlastpkt in CONN_NEW_DATA and CONN_END (callbacks without a packet of their
+    own): the packet that raised the event, as mOS returns it. Ended by a packet of the flow:
+    that packet; at the end of a batch or on expiry: the last packet `side` received (if it
+    received none, the last it sent)."""
+    cur = stack.cur_sock
+    flow = sock_obj.flow
+    if cur is None or cur.kind != "flow" or cur.flow is not flow:
+        return None     # a timer, or outside this flow's callbacks
+    if stack.cur_flow is flow:
+        for flow_side in flow.sides:
+            pkt = flow_side.last_pkt
+            if pkt is not None and pkt.buf is stack.cur_frame:
+                return pkt
+    return flow.sides[1 - side].last_pkt or flow.sides[side].last_pkt
 
 
 def mtcp_getlastpkt(mctx, sock, side, pinfo):

@@ -3,8 +3,9 @@ public API; each value or behaviour is the one of mOS's headers and core/src/mos
 import errno
 import socket
 
-from flowcraft import Conv, Monitor, api  # noqa: F401  (api: a fixture)
+from flowcraft import Conv, Monitor, api, tcp_of  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
+from mosxdp.engine import OfflineEngine
 
 
 def test_socket_type_numbers_are_mtcp_api_h():
@@ -30,3 +31,85 @@ def test_socket_accepts_the_c_numbers(api):
             assert exc.errno == errno.EINVAL
         else:
             raise AssertionError(f"socket type {other} accepted")
+
+
+def seen(mctx, sock, side):
+    """mtcp_getlastpkt as (payload, seq, tcp flags), or the errno it raised."""
+    pinfo = PktInfo()
+    try:
+        mtcp_getlastpkt(mctx, sock, side, pinfo)
+    except OSError as exc:
+        return exc.errno
+    return bytes(pinfo.payload), pinfo.seq, bytes(pinfo.tcph)[13]
+
+
+def run_reusing_buffers(mctx, frames, batch_size):
+    """Run frames as the live engine gives them: views into a few buffers that the next
+    batch overwrites (the UMEM's frames are reused once their batch is done)."""
+    pool = [bytearray(2048) for _ in range(batch_size)]
+
+    def source():
+        for index, (ts, frame) in enumerate(frames):
+            slot = pool[index % batch_size]
+            slot[:len(frame)] = frame
+            yield ts, memoryview(slot)[:len(frame)]
+    OfflineEngine(mctx, source(), None, batch_size).run()
+
+
+def test_getlastpkt_in_new_data_is_the_packet_that_raised_it(api):
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"abc")
+    last = conv.data("c", b"defg")
+    mon = Monitor()
+    got = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL,
+                           lambda mctx, s, side, ev, arg: got.append((side, seen(mctx, s, side))))
+    run_reusing_buffers(mon.mctx, conv.frames, batch_size=len(conv.frames))
+    # One NEW_DATA for the two segments of the batch: the packet is the last of them.
+    assert got == [(MOS_SIDE_SVR, (b"defg", tcp_of(last).seq, 0x18))]
+
+
+def test_getlastpkt_in_conn_end_raised_by_a_packet_is_that_packet(api):
+    conv = Conv().full()
+    mon = Monitor()
+    got = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV,
+                           lambda mctx, s, side, ev, arg: got.append((side, seen(mctx, s, side))))
+    mon.run(conv)
+    final = tcp_of(conv.frames[-1][1])            # the client's last ACK ends the flow
+    assert sorted(got) == [(side, (b"", final.seq, 0x10)) for side in (0, 1)]
+
+
+def test_getlastpkt_in_conn_end_without_packet_survives_buffer_reuse(api):
+    # The flow ends at the end of the input (no packet): each side gets the last packet it
+    # received, although the buffers its frames came in were overwritten by a later flow.
+    conv = Conv()
+    conv.handshake()
+    request = conv.data("c", b"req")
+    response = conv.data("s", b"resp")
+    other = Conv(cport=40001, t0=conv.ts)
+    other.handshake()
+    other.data("c", b"x" * 40)
+    mon = Monitor()
+    got = {}
+
+    def on_end(mctx, s, side, ev, arg):
+        if mtcp_getpeername(mctx, s, MOS_SIDE_CLI)[1] == 40000:
+            got[side] = seen(mctx, s, side)
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV, on_end)
+    run_reusing_buffers(mon.mctx, conv.frames + other.frames, batch_size=2)
+    assert got == {MOS_SIDE_SVR: (b"req", tcp_of(request).seq, 0x18),
+                   MOS_SIDE_CLI: (b"resp", tcp_of(response).seq, 0x18)}
+
+
+def test_getlastpkt_in_a_timer_still_has_no_packet(api):
+    mon = Monitor()
+    result = []
+
+    def on_start(mctx, s, side, ev, arg):
+        mtcp_settimer(mctx, 1, 0.0001,
+                      lambda mctx, tid, *rest: result.append(seen(mctx, s, MOS_SIDE_CLI)))
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND, on_start)
+    mon.run(Conv().full())
+    assert result == [errno.ENODATA]
