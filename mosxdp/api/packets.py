@@ -95,14 +95,16 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
     if not isinstance(option, int):
         raise _error(errno.EINVAL, f"option {option!r} is not a combination of MOS_* flags")
     action = option & (C.MOS_DROP | C.MOS_OVERWRITE | C.MOS_CHOMP | C.MOS_INSERT)
+    if action.bit_count() != 1:
+        # mos_api.c: EAGAIN when not exactly one action is given.
+        raise _error(errno.EAGAIN, "option needs exactly one of MOS_DROP, MOS_OVERWRITE, "
+                     "MOS_CHOMP and MOS_INSERT")
     if action & (C.MOS_CHOMP | C.MOS_INSERT):
         raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
                      "payload size, which needs sequence remapping)")
     if action == C.MOS_DROP:
         stack.drop_current()
         return 0
-    if action != C.MOS_OVERWRITE:
-        raise _error(errno.EINVAL, "option needs exactly one of MOS_DROP and MOS_OVERWRITE")
     regions = [r for r in _REGIONS if option & r]
     if len(regions) != 1:
         raise _error(errno.EINVAL, "MOS_OVERWRITE needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "

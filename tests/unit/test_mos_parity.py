@@ -113,3 +113,27 @@ def test_getlastpkt_in_a_timer_still_has_no_packet(api):
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND, on_start)
     mon.run(Conv().full())
     assert result == [errno.ENODATA]
+
+
+def test_setlastpkt_conflicting_actions_eagain(api):
+    # mos_api.c: not exactly one of DROP, OVERWRITE, CHOMP, INSERT is EAGAIN, before anything
+    # else about the edit is looked at; the packet is then forwarded unchanged.
+    conv = Conv().full()
+    mon = Monitor()
+    results = []
+
+    def on_data(mctx, s, side, ev, arg):
+        pinfo = PktInfo()
+        mtcp_getlastpkt(mctx, s, side, pinfo)
+        if not pinfo.payloadlen or results:
+            return
+        for option in (0, MOS_DROP | MOS_OVERWRITE, MOS_OVERWRITE | MOS_INSERT | MOS_TCP_PAYLOAD,
+                       MOS_CHOMP | MOS_DROP | MOS_IP_HDR):
+            try:
+                mtcp_setlastpkt(mctx, s, side, 0, b"XX", 2, option)
+            except OSError as exc:
+                results.append(exc.errno)
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_PKT_IN, MOS_HK_SND, on_data)
+    out = mon.run(conv)
+    assert results == [errno.EAGAIN] * 4
+    assert [frame for _, frame in out] == [frame for _, frame in conv.frames]
