@@ -141,6 +141,9 @@ def mtcp_getsockopt(mctx, sock, level, optname):
     if optname in (C.MOS_CLIOVERLAP, C.MOS_SVROVERLAP):
         side = C.MOS_SIDE_CLI if optname == C.MOS_CLIOVERLAP else C.MOS_SIDE_SVR
         return flow.sides[side].policy
+    if optname == C.MOS_TIMESTAMP:
+        # mOS: the later of the two sides' last activity, in mtcp_cb_get_ts's clock.
+        return flow.last_ts
     if optname == C.MOSX_FLOW_STATS:
         return _flow_stats(stack, flow)
     raise _error(errno.ENOSYS, f"option {optname!r} is not implemented at SOL_MONSOCKET")
@@ -191,6 +194,16 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
             sock_obj.policy[side] = optval
         else:
             stack.set_overlap_policy(sock_obj.flow.sides[side], optval)
+        return 0
+    if optname in (C.MOS_FRAG_CLIBUF, C.MOS_FRAG_SVRBUF):
+        # mOS's default build (DISABLE_DYN_RESIZE) takes only 0: a flow socket's side
+        # releases its buffer, bytes and fragments; on a listener it changes nothing.
+        side = C.MOS_SIDE_CLI if optname == C.MOS_FRAG_CLIBUF else C.MOS_SIDE_SVR
+        if type(optval) is not int or optval:
+            raise _error(errno.EINVAL, f"MOS_FRAG_{('CLI', 'SVR')[side]}BUF takes only 0 (as in "
+                         f"mOS), not {optval!r}")
+        if sock_obj.kind == "flow":
+            stack.set_buffer_size(sock_obj.flow.sides[side], 0)
         return 0
     if optname == C.MOS_STOP_MON:
         if sock_obj.kind != "flow":

@@ -137,3 +137,56 @@ def test_setlastpkt_conflicting_actions_eagain(api):
     out = mon.run(conv)
     assert results == [errno.EAGAIN] * 4
     assert [frame for _, frame in out] == [frame for _, frame in conv.frames]
+
+
+def test_getsockopt_mos_timestamp_is_the_flows_last_activity(api):
+    conv = Conv().full()
+    mon = Monitor()
+    got = []
+
+    def record(mctx, s, side, ev, arg):
+        got.append((ev, mtcp_getsockopt(mctx, s, SOL_MONSOCKET, MOS_TIMESTAMP),
+                    mtcp_cb_get_ts(mctx)))
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_PKT_IN, MOS_HK_RCV, record)
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV, record)
+    mon.run(conv)
+    # In a packet's callback: that packet's time, the clock mtcp_cb_get_ts reads.
+    pkt_in = [(ts, now) for ev, ts, now in got if ev == MOS_ON_PKT_IN]
+    assert [ts for ts, _ in pkt_in] == [ts for ts, _ in conv.frames]
+    assert all(ts == now for ts, now in pkt_in)
+    # At the end: the flow's last packet, whichever side sent it.
+    assert {ts for ev, ts, _ in got if ev == MOS_ON_CONN_END} == {conv.frames[-1][0]}
+
+
+def test_setsockopt_mos_frag_buf_takes_zero_and_releases_that_sides_buffer(api):
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"request")
+    conv.data("s", b"response")
+    conv.data("c", b"more")
+    mon = Monitor()
+    got = {}
+
+    def on_data(mctx, s, side, ev, arg):
+        if side != MOS_SIDE_SVR or got:
+            return
+        for bad in (1, 4096, -1, None, True):
+            try:
+                mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOS_FRAG_SVRBUF, bad)
+            except OSError as exc:
+                got.setdefault("bad", set()).add(exc.errno)
+        got["set"] = mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOS_FRAG_SVRBUF, 0)
+        got["svrbuf"] = mtcp_getsockopt(mctx, s, SOL_MONSOCKET, MOS_SVRBUF)
+        try:
+            mtcp_ppeek(mctx, s, MOS_SIDE_SVR, bytearray(16), 16, 0)
+        except OSError as exc:
+            got["peek"] = exc.errno
+        got["clibuf"] = mtcp_getsockopt(mctx, s, SOL_MONSOCKET, MOS_CLIBUF)
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, on_data)
+    # On a listener mOS changes nothing (0 is accepted).
+    assert mtcp_setsockopt(mon.mctx, mon.sock, SOL_MONSOCKET, MOS_FRAG_CLIBUF, 0) == 0
+    mon.run(conv)
+    assert got["bad"] == {errno.EINVAL}
+    assert got["set"] == 0 and got["svrbuf"] == 0
+    assert got["peek"] == errno.EINVAL            # that side no longer buffers
+    assert got["clibuf"] > 0                      # the other side does
