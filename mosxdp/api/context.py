@@ -1,5 +1,6 @@
 """Contexts and the process-wide runtime: mtcp_init, mtcp_destroy, mtcp_getconf,
-mtcp_setconf, mtcp_create_context, mtcp_destroy_context, mtcp_app_join; and the checks of
+mtcp_setconf, mtcp_create_context, mtcp_destroy_context, mtcp_app_join,
+mtcp_get_connection_cnt; and the checks of
 the arguments every call takes (mctx, socket id, side)."""
 import errno
 import os
@@ -131,6 +132,11 @@ def mtcp_app_join(mctx):
     _stack(mctx)
     from ..engine import run_context
     return run_context(mctx)
+
+
+def mtcp_get_connection_cnt(mctx):
+    """The number of connections the context tracks now (mtcp_api.h)."""
+    return _stack(mctx).flow_count()
 
 
 def _stack(mctx):

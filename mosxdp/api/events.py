@@ -1,5 +1,5 @@
-"""Events and timers: mtcp_register_callback, mtcp_define_event, mtcp_alloc_event,
-mtcp_raise_event, mtcp_settimer, mtcp_cb_get_ts."""
+"""Events and timers: mtcp_register_callback, mtcp_unregister_callback, mtcp_define_event,
+mtcp_alloc_event, mtcp_raise_event, mtcp_settimer, mtcp_cb_get_ts."""
 import errno
 import math
 
@@ -34,6 +34,11 @@ def mtcp_register_callback(mctx, sock, event, hook_point, cb):
         raise _error(exc.errno, exc.strerror) from None
     stack.register(sock_obj, int(event), int(hook_point), cb)
     return 0
+
+
+def mtcp_unregister_callback(mctx, sock, event, hook_point):
+    """As mOS (its default NEWEV build): mtcp_register_callback with a NULL callback."""
+    return mtcp_register_callback(mctx, sock, event, hook_point, None)
 
 
 def _event_id(value, what):

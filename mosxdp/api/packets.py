@@ -1,5 +1,6 @@
-"""The packet being processed: mtcp_getlastpkt, mtcp_setlastpkt, mtcp_sendpkt and
-mtcp_reset_conn (the frame work itself is in mosxdp.core.frames)."""
+"""The packet being processed: mtcp_getlastpkt, mtcp_clonepkt, mtcp_setlastpkt,
+mtcp_sendpkt and mtcp_reset_conn (the frame work itself is in mosxdp.core.frames)."""
+import ctypes
 import errno
 
 from .. import constants as C
@@ -84,6 +85,36 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
         pinfo.tcph = pinfo.payload = view[size:size]
         pinfo.payloadlen = pinfo.seq = pinfo.ack_seq = pinfo.window = pinfo.offset = 0
     return 0
+
+
+def mtcp_clonepkt(to, frame, src, /):
+    """C: void mtcp_clonepkt(struct pkt_info *to, unsigned char *frame, struct pkt_info *from).
+    Copies `src`'s frame into the caller's buffer `frame` and fills `to` with `src`'s fields
+    and views into `frame`: a PktInfo that outlives the next mtcp_getlastpkt."""
+    if not isinstance(to, PktInfo) or not isinstance(src, PktInfo):
+        raise _error(errno.EINVAL, "to and from must be PktInfo()s")
+    if src.ethh is None or len(src.ethh) == 0:
+        raise _error(errno.EINVAL, "from has no frame (fill it with mtcp_getlastpkt)")
+    parts = [src.ethh, src.iph, src.tcph,
+             src.payload[:src.payloadlen] if src.payload is not None else b""]
+    sizes = [len(part) if part is not None else 0 for part in parts]
+    try:
+        view = memoryview(frame).cast("B")
+    except TypeError:
+        view = None
+    if view is None or view.readonly or view.nbytes < sum(sizes):
+        raise _error(errno.EINVAL, f"frame must be a writable buffer of at least {sum(sizes)} "
+                     "bytes")
+    ctypes.memmove(ctypes.addressof(to), ctypes.addressof(src), ctypes.sizeof(PktInfo))
+    views = []
+    pos = 0
+    for part, size in zip(parts, sizes):
+        if size:
+            view[pos:pos + size] = part
+        views.append(view[pos:pos + size])
+        pos += size
+    to.ethh, to.iph, to.tcph, to.payload = views
+    to.eth_len = pos
 
 
 _REGIONS = (C.MOS_ETH_HDR, C.MOS_IP_HDR, C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD)

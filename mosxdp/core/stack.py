@@ -334,6 +334,10 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         if self._stop_requested:
             raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
 
+    def flow_count(self):
+        """Connections tracked now (ended ones are gone from the LRU)."""
+        return len(self.lru)
+
     def _keep_last_packets(self):
         """Copy the frames the flows' last packets point into (the engine reuses frame
         buffers after the batch; CONN_NEW_DATA and CONN_END callbacks may still read them).

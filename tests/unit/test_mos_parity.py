@@ -190,3 +190,87 @@ def test_setsockopt_mos_frag_buf_takes_zero_and_releases_that_sides_buffer(api):
     assert got["set"] == 0 and got["svrbuf"] == 0
     assert got["peek"] == errno.EINVAL            # that side no longer buffers
     assert got["clibuf"] > 0                      # the other side does
+
+
+def test_unregister_callback_stops_the_callback(api):
+    conv = Conv().full()
+    mon = Monitor()
+    seen_pkts = []
+
+    def on_pkt(mctx, s, side, ev, arg):
+        seen_pkts.append(s)
+        if len(seen_pkts) == 2:
+            assert mtcp_unregister_callback(mctx, mon.sock, MOS_ON_PKT_IN, MOS_HK_SND) == 0
+            # The flow socket inherited the listener's table when the flow began.
+            assert mtcp_unregister_callback(mctx, s, MOS_ON_PKT_IN, MOS_HK_SND) == 0
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_PKT_IN, MOS_HK_SND, on_pkt)
+    mon.run(conv)
+    assert len(seen_pkts) == 2
+    # Its arguments are checked as mtcp_register_callback's.
+    for args in ((404, MOS_ON_PKT_IN, MOS_HK_SND), (mon.sock, 3, MOS_HK_SND),
+                 (mon.sock, MOS_ON_CONN_END, MOS_NULL)):
+        try:
+            mtcp_unregister_callback(mon.mctx, *args)
+        except OSError as exc:
+            assert exc.errno == errno.EINVAL
+        else:
+            raise AssertionError(args)
+
+
+def test_clonepkt_copy_outlives_the_next_getlastpkt(api):
+    conv = Conv().full()
+    mon = Monitor()
+    clones = []
+
+    def on_pkt(mctx, s, side, ev, arg):
+        pinfo = PktInfo()
+        mtcp_getlastpkt(mctx, s, side, pinfo)
+        clone, frame = PktInfo(), bytearray(2048)
+        assert mtcp_clonepkt(clone, frame, pinfo) is None       # void in C
+        clones.append(clone)
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_PKT_IN, MOS_HK_SND, on_pkt)
+    mon.run(conv)
+    assert [c.frame() for c in clones] == [frame for _, frame in conv.frames]
+    request = clones[3]
+    assert bytes(request.payload) == b"GET / HTTP/1.0\r\n\r\n"
+    assert request.payloadlen == len(request.payload) and request.seq == tcp_of(conv.frames[3][1]).seq
+    assert request.eth_len == len(conv.frames[3][1])
+    # Bad arguments (C would crash on them) are EINVAL.
+    for args in ((None, bytearray(2048), request), (PktInfo(), bytearray(2048), PktInfo()),
+                 (PktInfo(), bytearray(10), request), (PktInfo(), b"x" * 2048, request)):
+        try:
+            mtcp_clonepkt(*args)
+        except OSError as exc:
+            assert exc.errno == errno.EINVAL
+        else:
+            raise AssertionError(args)
+
+
+def test_get_connection_cnt_counts_the_tracked_connections(api):
+    first = Conv()
+    first.handshake()
+    second = Conv(cport=40001, t0=first.ts)
+    second.handshake()
+    second.close()
+    mon = Monitor()
+    counts = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda mctx, *rest: counts.append(mtcp_get_connection_cnt(mctx)))
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV,
+                           lambda mctx, *rest: counts.append(mtcp_get_connection_cnt(mctx)))
+    assert mtcp_get_connection_cnt(mon.mctx) == 0
+    mon.run(first.frames + second.frames)
+    # CONN_START of each flow, then the second's end (twice, once per side; it is still
+    # counted while its CONN_END runs), then the first's at the end of input.
+    assert counts == [1, 2, 2, 2, 1, 1]
+    assert mtcp_get_connection_cnt(mon.mctx) == 0
+    try:
+        mtcp_get_connection_cnt(None)
+    except OSError as exc:
+        assert exc.errno == errno.EACCES
+
+
+def test_new_calls_are_exported():
+    import mosxdp
+    for name in ("mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt"):
+        assert name in mosxdp.__all__ and name in globals()
