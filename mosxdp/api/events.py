@@ -4,7 +4,7 @@ import errno
 import math
 
 from ..core.events import EventError, check_combination
-from .context import _error, _require_init, _runtime, _sock, _stack
+from .context import _error, _own_stack, _require_init, _runtime, _sock, _stack
 
 
 def _registry():
@@ -94,4 +94,4 @@ def mtcp_settimer(mctx, id, timeout, cb):
 
 def mtcp_cb_get_ts(mctx):
     """The context's clock in microseconds (packet time offline)."""
-    return _stack(mctx).now
+    return _own_stack(mctx).now

@@ -6,7 +6,7 @@ import errno
 from .. import constants as C
 from ..core import frames
 from ..types import PktInfo
-from .context import _error, _flow_sock, _side, _sock, _stack
+from .context import _error, _flow_sock, _own_stack, _side, _sock, _stack
 
 
 def _packet_context(stack, sock, side, getlast=False):
@@ -52,7 +52,7 @@ def _last_packet(stack, sock_obj, side):
 
 
 def mtcp_getlastpkt(mctx, sock, side, pinfo):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EINVAL, "pinfo must be a PktInfo()")
     sock_obj, pkt = _packet_context(stack, sock, side, getlast=True)
@@ -121,7 +121,7 @@ _REGIONS = (C.MOS_ETH_HDR, C.MOS_IP_HDR, C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD)
 
 
 def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     sock_obj, pkt = _packet_context(stack, sock, side)
     if not isinstance(option, int):
         raise _error(errno.EINVAL, f"option {option!r} is not a combination of MOS_* flags")
@@ -156,7 +156,7 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
 
 
 def mtcp_sendpkt(mctx, sock, pinfo):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EACCES, "pinfo must be a PktInfo()")
     sock_obj = _sock(stack, sock)

@@ -7,7 +7,7 @@ import socket
 from .. import constants as C
 from ..core.filters import FilterError, compile_filter
 from ..types import FlowStats, MonitorFilter, TcpBufInfo, TcpRingFragment
-from .context import _error, _flow_sock, _side, _sock, _stack
+from .context import _error, _flow_sock, _own_stack, _side, _sock, _stack
 
 
 _DOMAINS = {socket.AF_INET: 4, socket.AF_INET6: 6, socket.AF_UNSPEC: 0}
@@ -72,12 +72,12 @@ def mtcp_bind_monitor_filter(mctx, sock, ft):
 
 
 def mtcp_set_uctx(mctx, sock, uctx):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     _flow_sock(stack, sock, errno.EBADF).uctx = uctx
 
 
 def mtcp_get_uctx(mctx, sock):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     return _flow_sock(stack, sock, errno.EBADF).uctx
 
 
@@ -88,7 +88,7 @@ def _peer(flow, side):
 
 
 def mtcp_getpeername(mctx, sock, side):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     sock_obj = _flow_sock(stack, sock, errno.ENOTCONN)
     if side == C.MOS_SIDE_BOTH:
         return [_peer(sock_obj.flow, C.MOS_SIDE_CLI), _peer(sock_obj.flow, C.MOS_SIDE_SVR)]
@@ -118,6 +118,7 @@ def mtcp_getsockopt(mctx, sock, level, optname):
         return sock_obj.so_error
     if level != C.SOL_MONSOCKET:
         raise _error(errno.ENOSYS, f"level {level!r} is not SOL_SOCKET or SOL_MONSOCKET")
+    _own_stack(mctx)    # mOS: SOL_MONSOCKET options only on the context's thread
     if sock_obj.kind != "flow":
         raise _error(errno.ENOTSOCK, f"socket {sock} is not a flow socket (options belong to "
                      "the sockets callbacks receive)")

@@ -274,3 +274,94 @@ def test_new_calls_are_exported():
     import mosxdp
     for name in ("mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt"):
         assert name in mosxdp.__all__ and name in globals()
+
+
+def in_thread(fn):
+    """fn() on another thread: its result or the OSError it raised."""
+    import threading
+    box = []
+
+    def target():
+        try:
+            box.append(fn())
+        except OSError as exc:
+            box.append(exc)
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return box[0]
+
+
+def test_calls_from_another_thread_than_the_contexts_eperm(api):
+    # The calls mos_api.c and api.c check against the context's thread.
+    conv = Conv().full()
+    mon = Monitor()
+    flow = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda mctx, s, *rest: flow.append(s))
+    mtcp_setsockopt(mon.mctx, mon.sock, SOL_MONSOCKET, MOS_CLIBUF, 4096)
+    checked = []
+
+    def on_data(mctx, s, side, ev, arg):
+        if checked:
+            return
+        buf = bytearray(64)
+        calls = {
+            "peek": lambda: mtcp_peek(mctx, s, side, buf, 64),
+            "ppeek": lambda: mtcp_ppeek(mctx, s, side, buf, 64, 0),
+            "getlastpkt": lambda: mtcp_getlastpkt(mctx, s, side, PktInfo()),
+            "setlastpkt": lambda: mtcp_setlastpkt(mctx, s, side, 0, b"", 0, MOS_DROP),
+            "sendpkt": lambda: mtcp_sendpkt(mctx, s, PktInfo()),
+            "set_uctx": lambda: mtcp_set_uctx(mctx, s, 1),
+            "get_uctx": lambda: mtcp_get_uctx(mctx, s),
+            "getpeername": lambda: mtcp_getpeername(mctx, s, MOS_SIDE_CLI),
+            "cb_get_ts": lambda: mtcp_cb_get_ts(mctx),
+            "getsockopt": lambda: mtcp_getsockopt(mctx, s, SOL_MONSOCKET, MOS_TCP_STATE_CLI),
+        }
+        for name, call in calls.items():
+            result = in_thread(call)
+            checked.append((name, result.errno if isinstance(result, OSError) else result))
+        # Here, on the context's thread, they work.
+        assert mtcp_getpeername(mctx, s, MOS_SIDE_CLI)[1] == 40000
+        # mOS does not check these: another thread may call them.
+        checked.append(("others", in_thread(lambda: (
+            mtcp_getsockopt(mctx, s, SOL_SOCKET, SO_ERROR),
+            mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOS_CLIOVERLAP, MOS_OVERLAP_POLICY_LAST),
+            mtcp_register_callback(mctx, s, MOS_ON_REXMIT, MOS_HK_SND, None),
+            mtcp_get_connection_cnt(mctx)))))
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, on_data)
+    mon.run(conv)
+    assert checked[:-1] == [(name, errno.EPERM) for name, _ in checked[:-1]]
+    assert len(checked) == 11
+    assert checked[-1] == ("others", (0, 0, 0, 1))
+
+
+def test_the_thread_running_mtcp_app_join_owns_the_context(tmp_path):
+    # mOS's context thread runs the callbacks; here it is the thread that runs mtcp_app_join.
+    from mosxdp.io.pcap import PcapWriter
+    pcap = tmp_path / "flow.pcap"
+    with PcapWriter(str(pcap)) as writer:
+        for ts, frame in Conv().full().frames:
+            writer.write(ts, frame)
+    mtcp_destroy()
+    mtcp_init(None, pcap=str(pcap))
+    try:
+        mctx = mtcp_create_context(0)
+        sock = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+        read = []
+
+        def on_data(mctx, s, side, ev, arg):
+            buf = bytearray(64)
+            read.append(bytes(buf[:mtcp_peek(mctx, s, side, buf, 64)]))
+        mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, on_data)
+        assert in_thread(lambda: mtcp_app_join(mctx)) == 0
+        assert sorted(read) == [b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhi"]
+        # ... and this thread is now another one.
+        try:
+            mtcp_cb_get_ts(mctx)
+        except OSError as exc:
+            assert exc.errno == errno.EPERM
+        else:
+            raise AssertionError("mtcp_cb_get_ts from the creating thread after app_join")
+    finally:
+        mtcp_destroy()
