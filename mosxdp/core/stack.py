@@ -299,7 +299,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
 
     def _raw_packet(self, pkt, orphan):
         for sock in self.raw_sockets:
-            if sock.domain and sock.domain != pkt.ip_version:
+            # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
+            if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
                 continue
             if sock.raw_filter is not None and not sock.raw_filter.match(pkt):
                 continue

@@ -365,3 +365,52 @@ def test_the_thread_running_mtcp_app_join_owns_the_context(tmp_path):
             raise AssertionError("mtcp_cb_get_ts from the creating thread after app_join")
     finally:
         mtcp_destroy()
+
+
+def test_raw_pkt_filter_arp_gets_arp_frames(api):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import ARP, Dot1Q, Ether
+    from mosxdp.engine import run_frames
+    arp = bytes(Ether() / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+    tagged = bytes(Ether() / Dot1Q(vlan=5) / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+    lldp = bytes(Ether(type=0x88CC) / (b"\x00" * 46))
+    udp = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP())
+    conv = Conv().full()
+    frames = [(1, arp), (2, lldp), (3, udp), (4, tagged)] + conv.frames
+    mctx = mtcp_create_context(0)
+    got = {}
+    # A mOS app's raw socket is AF_INET: ARP (not IP) reaches it all the same.
+    for domain, text in ((socket.AF_INET, "arp"), (socket.AF_UNSPEC, "arp or udp"),
+                         (socket.AF_INET, None)):
+        raw = mtcp_socket(mctx, domain, MOS_SOCK_MONITOR_RAW, 0)
+        mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=text))
+        got[raw] = []
+
+        def on_pkt(mctx, s, side, ev, arg):
+            pinfo = PktInfo()
+            mtcp_getlastpkt(mctx, s, side, pinfo)
+            got[s].append(bytes(pinfo.ethh) + bytes(pinfo.iph) + bytes(pinfo.tcph)
+                          + bytes(pinfo.payload))
+        mtcp_register_callback(mctx, raw, MOS_ON_PKT_IN, MOS_NULL, on_pkt)
+    run_frames(mctx, frames)
+    arp_only, arp_udp, everything = got.values()
+    assert len(arp_only) == 2 and arp_only[0][12:14] == b"\x08\x06"
+    assert arp_only[1][16:18] == b"\x08\x06"          # after the VLAN tag
+    assert len(arp_udp) == 3
+    assert len(everything) == len(frames)
+
+
+def test_arp_is_a_raw_filter_word_without_qualifiers(api):
+    mctx = mtcp_create_context(0)
+    listener = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+    raw = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_RAW, 0)
+    for sock, ft in ((listener, MonitorFilter(stream_syn_filter="arp")),
+                     (raw, MonitorFilter(raw_pkt_filter="arp host 10.0.0.1")),
+                     (raw, MonitorFilter(raw_pkt_filter="arp port 1"))):
+        try:
+            mtcp_bind_monitor_filter(mctx, sock, ft)
+        except OSError as exc:
+            assert exc.errno == errno.EINVAL and "arp" in exc.strerror
+        else:
+            raise AssertionError(ft.stream_syn_filter or ft.raw_pkt_filter)
+    assert mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter="not arp")) == 0
