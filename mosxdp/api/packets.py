@@ -172,9 +172,9 @@ def mtcp_sendpkt(mctx, sock, pinfo):
 
 
 def mtcp_reset_conn(mctx, sock):
-    """Send an RST to both ends of the flow (a mosxdp extension)."""
+    """Send an RST to both ends of the flow (mos_api.c; a listener is EINVAL there)."""
     stack = _stack(mctx)
-    sock_obj = _flow_sock(stack, sock, errno.ENOTSOCK)
+    sock_obj = _flow_sock(stack, sock, errno.EINVAL)
     for frame, port in frames.reset_frames(sock_obj.flow):
         stack.queue_frame(frame, port)
     return 0

@@ -82,7 +82,7 @@ they differ). Each row is (call, errno) -> the test that triggers it.
   mtcp_sendpkt              ENODATA          test_sendpkt_bad_headers_enodata
   mtcp_sendpkt              EBADF            test_sendpkt_reset_conn_ebadf
   mtcp_reset_conn           EBADF            test_sendpkt_reset_conn_ebadf
-  mtcp_reset_conn           ENOTSOCK         test_reset_conn_listener_enotsock
+  mtcp_reset_conn           EINVAL           test_reset_conn_listener_or_raw_einval
 
 Controls (the call succeeds where it should): test_register_callback_valid_combination,
 test_peek_nothing_new_returns_zero (API.md: 0, not an error), test_sendpkt_valid_copy_is_sent.
@@ -918,10 +918,11 @@ def test_sendpkt_reset_conn_ebadf(api):
     raises(errno.EBADF, mtcp_reset_conn, mctx, 808)
 
 
-def test_reset_conn_listener_enotsock(api):
+def test_reset_conn_listener_or_raw_einval(api):
+    # mos_api.c: a listener is connected to no flow (EINVAL); a raw socket neither.
     mctx = mtcp_create_context(0)
-    sock = mtcp_socket(mctx, AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
-    raises(errno.ENOTSOCK, mtcp_reset_conn, mctx, sock)
+    for kind in (MOS_SOCK_MONITOR_STREAM, MOS_SOCK_MONITOR_RAW):
+        raises(errno.EINVAL, mtcp_reset_conn, mctx, mtcp_socket(mctx, AF_INET, kind, 0))
 
 
 def test_sendpkt_valid_copy_is_sent(api):

@@ -414,3 +414,33 @@ def test_arp_is_a_raw_filter_word_without_qualifiers(api):
         else:
             raise AssertionError(ft.stream_syn_filter or ft.raw_pkt_filter)
     assert mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter="not arp")) == 0
+
+
+def test_reset_conn_is_mos_api_not_an_extension(api):
+    # mos_api.c has mtcp_reset_conn: RSTs to both ends; a listener is EINVAL there.
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = doc[doc.index("### mtcp_reset_conn"):doc.index("## Timers and the clock")]
+    assert "C:      int mtcp_reset_conn(mctx_t mctx, int sock);" in section
+    extensions = doc[doc.index("## mosxdp extensions"):doc.index("## The facade")]
+    assert "mtcp_reset_conn" not in extensions
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"GET /")
+    mon = Monitor()
+    done = []
+
+    def on_data(mctx, s, side, ev, arg):
+        if not done:
+            done.append(mtcp_reset_conn(mctx, s))
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, on_data)
+    out = mon.run(conv)
+    assert done == [0]
+    rsts = [tcp_of(frame) for _, frame in out if tcp_of(frame).flags & 0x04]
+    assert sorted(t.dport for t in rsts) == [80, 40000]
+    try:
+        mtcp_reset_conn(mon.mctx, mon.sock)
+    except OSError as exc:
+        assert exc.errno == errno.EINVAL
+    else:
+        raise AssertionError("mtcp_reset_conn on a listener")
