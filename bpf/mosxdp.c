@@ -6,8 +6,8 @@
  *
  * Anything that is not a TCP frame of interest takes the kernel path: inline, a
  * redirect to the peer interface through tx_ports; passive, XDP_PASS (with
- * MX_IF_FILTER_ALL_IP, non-TCP IP frames the monitor filter matches go to user space
- * too: raw sockets with UDP/ICMP filters). The program
+ * MX_IF_FILTER_ALL_IP, non-TCP frames the monitor filter matches go to user space
+ * too: raw sockets with UDP, ICMP or ARP filters). The program
  * drops only on an explicit verdict (MX_ACTION_DROP) or, with MX_IF_FAIL_CLOSED, when a
  * frame meant for user space finds no socket bound.
  *
@@ -154,6 +154,9 @@ int mosxdp_rx(struct xdp_md *ctx)
 	case MX_PARSE_TCP:
 		break;
 	case MX_PARSE_NOT_IP:
+		/* ip_version 0: only a raw filter can match (arp, not tcp, none) */
+		if ((cfg->flags & MX_IF_FILTER_ALL_IP) && mx_filter_match(&pkt.view))
+			goto to_user;
 		mx_count(MX_CNT_NOT_IP);
 		return mx_kernel_path(cfg);
 	case MX_PARSE_NOT_TCP:

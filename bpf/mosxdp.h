@@ -43,7 +43,7 @@
 #define MX_IF_INLINE (1U << 0)         /* kernel path = redirect to tx_ports[egress_slot]; else XDP_PASS */
 #define MX_IF_FAIL_CLOSED (1U << 1)    /* no socket bound at the XSKMAP index: XDP_DROP instead of the kernel path */
 #define MX_IF_BYPASS_CONSUME (1U << 2) /* passive only: frames of a BYPASS flow are consumed (XDP_DROP), not passed */
-#define MX_IF_FILTER_ALL_IP (1U << 3)  /* run the monitor filter on every parsed IP frame, not only TCP (raw sockets) */
+#define MX_IF_FILTER_ALL_IP (1U << 3)  /* run the monitor filter on every parsed frame but fragments, not only TCP (raw sockets) */
 
 /* Value of the if_config hash, key = ingress ifindex (__u32, host order).
  * One program serves every monitored interface; the slot keeps their XSKMAP
@@ -62,13 +62,13 @@ struct mx_if_config {
  * are in src[0]/dst[0] with src[1..3]/dst[1..3] zero. The expression may use
  * bpf_htons()/bpf_htonl() for constants. With MX_IF_FILTER_ALL_IP the filter also
  * sees non-TCP IP frames (not fragments): UDP ports are filled in, other protocols
- * have sport = dport = 0. */
+ * have sport = dport = 0; and non-IP frames: ip_version 0, only the ethertype set. */
 struct mx_flow_view {
 	__u8 ip_version; /* 4 or 6 */
 	__u8 ip_proto;   /* upper-layer protocol after IPv6 extension headers (6 = TCP) */
 	__be16 sport;
 	__be16 dport;
-	__u8 pad[2];
+	__be16 ethertype; /* after the VLAN tags: raw filters such as `arp` test it */
 	__be32 src[4];
 	__be32 dst[4];
 };

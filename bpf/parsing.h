@@ -273,6 +273,7 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_pkt *p
 	proto = mx_parse_eth(&c, pkt);
 	if (!proto)
 		return MX_PARSE_UNPARSED;
+	pkt->view.ethertype = proto;
 	if (proto == bpf_htons(ETH_P_IP))
 		rc = mx_parse_ipv4(&c, pkt, &ip_payload);
 	else if (proto == bpf_htons(ETH_P_IPV6))

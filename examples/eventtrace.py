@@ -4,8 +4,9 @@
         --filter "tcp port 37762" --batch-size 1
 
 One line per callback: socket, event, hook, side, that side's emulated TCP state,
-and the TCP flags and payload length of the packet (mtcp_getlastpkt), or "-" for
-the events that have no packet (MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_END).
+and the TCP flags and payload length of the packet (mtcp_getlastpkt: in
+MOS_ON_CONN_NEW_DATA and MOS_ON_CONN_END the packet that raised them), or "-" when
+there is none.
 """
 import socket
 
@@ -33,7 +34,7 @@ def tracer(hook):
             mtcp_getlastpkt(mctx, sock, side, pinfo)
             flags = "".join(f for bit, f in enumerate("FSRPAUEC") if pinfo.tcph[13] >> bit & 1)
             packet = f"{flags} len {pinfo.payloadlen}"
-        except OSError:                  # ENODATA: this event has no packet
+        except OSError:                  # ENODATA: no packet
             packet = "-"
         option = MOS_TCP_STATE_CLI if side == MOS_SIDE_CLI else MOS_TCP_STATE_SVR
         state = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, option)

@@ -11,10 +11,12 @@ context (init, contexts), sockets (sockets, filters, options), events (callbacks
 timers), streams (peek), packets (the packet being processed).
 """
 from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_destroy,
-                      mtcp_destroy_context, mtcp_getconf, mtcp_init, mtcp_setconf)
+                      mtcp_destroy_context, mtcp_get_connection_cnt, mtcp_getconf, mtcp_init,
+                      mtcp_setconf)
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
-                     mtcp_register_callback, mtcp_settimer)
-from .packets import mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt, mtcp_setlastpkt
+                     mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
+from .packets import (mtcp_clonepkt, mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt,
+                      mtcp_setlastpkt)
 from .sockets import (mtcp_bind_monitor_filter, mtcp_close, mtcp_get_uctx, mtcp_getpeername,
                       mtcp_getsockopt, mtcp_set_uctx, mtcp_setsockopt, mtcp_socket)
 from .streams import PeekOverrunError, mtcp_peek, mtcp_ppeek
@@ -26,5 +28,6 @@ __all__ = [
     "mtcp_alloc_event", "mtcp_raise_event", "mtcp_set_uctx", "mtcp_get_uctx", "mtcp_peek",
     "mtcp_ppeek", "mtcp_getsockopt", "mtcp_setsockopt", "mtcp_getlastpkt", "mtcp_setlastpkt",
     "mtcp_sendpkt", "mtcp_reset_conn", "mtcp_getpeername", "mtcp_settimer", "mtcp_cb_get_ts",
+    "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
     "PeekOverrunError", "MtcpContext",
 ]

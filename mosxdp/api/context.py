@@ -1,8 +1,10 @@
 """Contexts and the process-wide runtime: mtcp_init, mtcp_destroy, mtcp_getconf,
-mtcp_setconf, mtcp_create_context, mtcp_destroy_context, mtcp_app_join; and the checks of
+mtcp_setconf, mtcp_create_context, mtcp_destroy_context, mtcp_app_join,
+mtcp_get_connection_cnt; and the checks of
 the arguments every call takes (mctx, socket id, side)."""
 import errno
 import os
+from threading import get_ident
 
 from .. import constants as C
 from ..config import ConfigError, apply, load_config
@@ -34,7 +36,9 @@ class MtcpContext:
     Its fields, all set here: ``cpu`` and ``config`` (as created); ``stack``, the core;
     ``alive``, False once destroyed; ``pkt_copy``, the buffer mtcp_getlastpkt reuses;
     ``engine``, what drives the context while it runs (set by mosxdp.engine: anything with
-    ``filters_changed()``, which mtcp_bind_monitor_filter calls)."""
+    ``filters_changed()``, which mtcp_bind_monitor_filter calls); ``thread``, the ident of
+    the context's thread (its creator's, then mtcp_app_join's), the only one that may make
+    the calls mOS restricts to it."""
 
     def __init__(self, cpu, config, registry):
         self.cpu = cpu
@@ -45,6 +49,7 @@ class MtcpContext:
         self.alive = True
         self.pkt_copy = None
         self.engine = None
+        self.thread = get_ident()
 
     def __repr__(self):
         return f"<MtcpContext cpu={self.cpu}{'' if self.alive else ' destroyed'}>"
@@ -129,13 +134,29 @@ def mtcp_destroy_context(mctx):
 def mtcp_app_join(mctx):
     """Run the context's datapath until its input ends or a signal stops it."""
     _stack(mctx)
+    mctx.thread = get_ident()     # callbacks run here: this is the context's thread now
     from ..engine import run_context
     return run_context(mctx)
+
+
+def mtcp_get_connection_cnt(mctx):
+    """The number of connections the context tracks now (mtcp_api.h)."""
+    return _stack(mctx).flow_count()
 
 
 def _stack(mctx):
     if not isinstance(mctx, MtcpContext) or not mctx.alive:
         raise _error(errno.EACCES, f"invalid mctx {mctx!r}")
+    return mctx.stack
+
+
+def _own_stack(mctx):
+    """_stack for the calls mOS allows only on the context's thread (EPERM elsewhere)."""
+    if not isinstance(mctx, MtcpContext) or not mctx.alive:
+        raise _error(errno.EACCES, f"invalid mctx {mctx!r}")
+    if mctx.thread != get_ident():
+        raise _error(errno.EPERM, "called from another thread than the context's (the one "
+                     "that created it or runs mtcp_app_join)")
     return mctx.stack
 
 

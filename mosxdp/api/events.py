@@ -1,10 +1,10 @@
-"""Events and timers: mtcp_register_callback, mtcp_define_event, mtcp_alloc_event,
-mtcp_raise_event, mtcp_settimer, mtcp_cb_get_ts."""
+"""Events and timers: mtcp_register_callback, mtcp_unregister_callback, mtcp_define_event,
+mtcp_alloc_event, mtcp_raise_event, mtcp_settimer, mtcp_cb_get_ts."""
 import errno
 import math
 
 from ..core.events import EventError, check_combination
-from .context import _error, _require_init, _runtime, _sock, _stack
+from .context import _error, _own_stack, _require_init, _runtime, _sock, _stack
 
 
 def _registry():
@@ -34,6 +34,11 @@ def mtcp_register_callback(mctx, sock, event, hook_point, cb):
         raise _error(exc.errno, exc.strerror) from None
     stack.register(sock_obj, int(event), int(hook_point), cb)
     return 0
+
+
+def mtcp_unregister_callback(mctx, sock, event, hook_point):
+    """As mOS (its default NEWEV build): mtcp_register_callback with a NULL callback."""
+    return mtcp_register_callback(mctx, sock, event, hook_point, None)
 
 
 def _event_id(value, what):
@@ -89,4 +94,4 @@ def mtcp_settimer(mctx, id, timeout, cb):
 
 def mtcp_cb_get_ts(mctx):
     """The context's clock in microseconds (packet time offline)."""
-    return _stack(mctx).now
+    return _own_stack(mctx).now

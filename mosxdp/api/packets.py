@@ -1,11 +1,12 @@
-"""The packet being processed: mtcp_getlastpkt, mtcp_setlastpkt, mtcp_sendpkt and
-mtcp_reset_conn (the frame work itself is in mosxdp.core.frames)."""
+"""The packet being processed: mtcp_getlastpkt, mtcp_clonepkt, mtcp_setlastpkt,
+mtcp_sendpkt and mtcp_reset_conn (the frame work itself is in mosxdp.core.frames)."""
+import ctypes
 import errno
 
 from .. import constants as C
 from ..core import frames
 from ..types import PktInfo
-from .context import _error, _flow_sock, _side, _sock, _stack
+from .context import _error, _flow_sock, _own_stack, _side, _sock, _stack
 
 
 def _packet_context(stack, sock, side, getlast=False):
@@ -22,14 +23,36 @@ def _packet_context(stack, sock, side, getlast=False):
         if not sock_obj.monitoring[side]:
             raise _error(errno.ENOTCONN, f"socket {sock} stopped monitoring side {side}")
     pkt = stack.cur_pkt
-    if pkt is None or (sock_obj.kind == "flow" and stack.cur_flow is not sock_obj.flow):
+    if pkt is None and getlast and sock_obj.kind == "flow":
+        pkt = _last_packet(stack, sock_obj, side)
+    elif pkt is None or (sock_obj.kind == "flow" and stack.cur_flow is not sock_obj.flow):
+        pkt = None
+    if pkt is None:
         raise _error(errno.ENODATA, "no packet is being processed for this socket "
-                     "(timers, CONN_NEW_DATA and CONN_END have no packet)")
+                     "(timers have no packet; setlastpkt has none in CONN_NEW_DATA and "
+                     "CONN_END)")
     return sock_obj, pkt
 
 
+def _last_packet(stack, sock_obj, side):
+    """mtcp_getlastpkt in CONN_NEW_DATA and CONN_END (callbacks without a packet of their
+    own): the packet that raised the event, as mOS returns it. Ended by a packet of the flow:
+    that packet; at the end of a batch or on expiry: the last packet `side` received (if it
+    received none, the last it sent)."""
+    cur = stack.cur_sock
+    flow = sock_obj.flow
+    if cur is None or cur.kind != "flow" or cur.flow is not flow:
+        return None     # a timer, or outside this flow's callbacks
+    if stack.cur_flow is flow:
+        for flow_side in flow.sides:
+            pkt = flow_side.last_pkt
+            if pkt is not None and pkt.buf is stack.cur_frame:
+                return pkt
+    return flow.sides[1 - side].last_pkt or flow.sides[side].last_pkt
+
+
 def mtcp_getlastpkt(mctx, sock, side, pinfo):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EINVAL, "pinfo must be a PktInfo()")
     sock_obj, pkt = _packet_context(stack, sock, side, getlast=True)
@@ -64,23 +87,55 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
     return 0
 
 
+def mtcp_clonepkt(to, frame, src, /):
+    """C: void mtcp_clonepkt(struct pkt_info *to, unsigned char *frame, struct pkt_info *from).
+    Copies `src`'s frame into the caller's buffer `frame` and fills `to` with `src`'s fields
+    and views into `frame`: a PktInfo that outlives the next mtcp_getlastpkt."""
+    if not isinstance(to, PktInfo) or not isinstance(src, PktInfo):
+        raise _error(errno.EINVAL, "to and from must be PktInfo()s")
+    if src.ethh is None or len(src.ethh) == 0:
+        raise _error(errno.EINVAL, "from has no frame (fill it with mtcp_getlastpkt)")
+    parts = [src.ethh, src.iph, src.tcph,
+             src.payload[:src.payloadlen] if src.payload is not None else b""]
+    sizes = [len(part) if part is not None else 0 for part in parts]
+    try:
+        view = memoryview(frame).cast("B")
+    except TypeError:
+        view = None
+    if view is None or view.readonly or view.nbytes < sum(sizes):
+        raise _error(errno.EINVAL, f"frame must be a writable buffer of at least {sum(sizes)} "
+                     "bytes")
+    ctypes.memmove(ctypes.addressof(to), ctypes.addressof(src), ctypes.sizeof(PktInfo))
+    views = []
+    pos = 0
+    for part, size in zip(parts, sizes):
+        if size:
+            view[pos:pos + size] = part
+        views.append(view[pos:pos + size])
+        pos += size
+    to.ethh, to.iph, to.tcph, to.payload = views
+    to.eth_len = pos
+
+
 _REGIONS = (C.MOS_ETH_HDR, C.MOS_IP_HDR, C.MOS_TCP_HDR, C.MOS_TCP_PAYLOAD)
 
 
 def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     sock_obj, pkt = _packet_context(stack, sock, side)
     if not isinstance(option, int):
         raise _error(errno.EINVAL, f"option {option!r} is not a combination of MOS_* flags")
     action = option & (C.MOS_DROP | C.MOS_OVERWRITE | C.MOS_CHOMP | C.MOS_INSERT)
+    if action.bit_count() != 1:
+        # mos_api.c: EAGAIN when not exactly one action is given.
+        raise _error(errno.EAGAIN, "option needs exactly one of MOS_DROP, MOS_OVERWRITE, "
+                     "MOS_CHOMP and MOS_INSERT")
     if action & (C.MOS_CHOMP | C.MOS_INSERT):
         raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
                      "payload size, which needs sequence remapping)")
     if action == C.MOS_DROP:
         stack.drop_current()
         return 0
-    if action != C.MOS_OVERWRITE:
-        raise _error(errno.EINVAL, "option needs exactly one of MOS_DROP and MOS_OVERWRITE")
     regions = [r for r in _REGIONS if option & r]
     if len(regions) != 1:
         raise _error(errno.EINVAL, "MOS_OVERWRITE needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "
@@ -101,7 +156,7 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
 
 
 def mtcp_sendpkt(mctx, sock, pinfo):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EACCES, "pinfo must be a PktInfo()")
     sock_obj = _sock(stack, sock)
@@ -117,9 +172,9 @@ def mtcp_sendpkt(mctx, sock, pinfo):
 
 
 def mtcp_reset_conn(mctx, sock):
-    """Send an RST to both ends of the flow (a mosxdp extension)."""
+    """Send an RST to both ends of the flow (mos_api.c; a listener is EINVAL there)."""
     stack = _stack(mctx)
-    sock_obj = _flow_sock(stack, sock, errno.ENOTSOCK)
+    sock_obj = _flow_sock(stack, sock, errno.EINVAL)
     for frame, port in frames.reset_frames(sock_obj.flow):
         stack.queue_frame(frame, port)
     return 0

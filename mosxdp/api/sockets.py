@@ -7,7 +7,7 @@ import socket
 from .. import constants as C
 from ..core.filters import FilterError, compile_filter
 from ..types import FlowStats, MonitorFilter, TcpBufInfo, TcpRingFragment
-from .context import _error, _flow_sock, _side, _sock, _stack
+from .context import _error, _flow_sock, _own_stack, _side, _sock, _stack
 
 
 _DOMAINS = {socket.AF_INET: 4, socket.AF_INET6: 6, socket.AF_UNSPEC: 0}
@@ -72,12 +72,12 @@ def mtcp_bind_monitor_filter(mctx, sock, ft):
 
 
 def mtcp_set_uctx(mctx, sock, uctx):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     _flow_sock(stack, sock, errno.EBADF).uctx = uctx
 
 
 def mtcp_get_uctx(mctx, sock):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     return _flow_sock(stack, sock, errno.EBADF).uctx
 
 
@@ -88,7 +88,7 @@ def _peer(flow, side):
 
 
 def mtcp_getpeername(mctx, sock, side):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     sock_obj = _flow_sock(stack, sock, errno.ENOTCONN)
     if side == C.MOS_SIDE_BOTH:
         return [_peer(sock_obj.flow, C.MOS_SIDE_CLI), _peer(sock_obj.flow, C.MOS_SIDE_SVR)]
@@ -118,6 +118,7 @@ def mtcp_getsockopt(mctx, sock, level, optname):
         return sock_obj.so_error
     if level != C.SOL_MONSOCKET:
         raise _error(errno.ENOSYS, f"level {level!r} is not SOL_SOCKET or SOL_MONSOCKET")
+    _own_stack(mctx)    # mOS: SOL_MONSOCKET options only on the context's thread
     if sock_obj.kind != "flow":
         raise _error(errno.ENOTSOCK, f"socket {sock} is not a flow socket (options belong to "
                      "the sockets callbacks receive)")
@@ -141,6 +142,9 @@ def mtcp_getsockopt(mctx, sock, level, optname):
     if optname in (C.MOS_CLIOVERLAP, C.MOS_SVROVERLAP):
         side = C.MOS_SIDE_CLI if optname == C.MOS_CLIOVERLAP else C.MOS_SIDE_SVR
         return flow.sides[side].policy
+    if optname == C.MOS_TIMESTAMP:
+        # mOS: the later of the two sides' last activity, in mtcp_cb_get_ts's clock.
+        return flow.last_ts
     if optname == C.MOSX_FLOW_STATS:
         return _flow_stats(stack, flow)
     raise _error(errno.ENOSYS, f"option {optname!r} is not implemented at SOL_MONSOCKET")
@@ -191,6 +195,16 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
             sock_obj.policy[side] = optval
         else:
             stack.set_overlap_policy(sock_obj.flow.sides[side], optval)
+        return 0
+    if optname in (C.MOS_FRAG_CLIBUF, C.MOS_FRAG_SVRBUF):
+        # mOS's default build (DISABLE_DYN_RESIZE) takes only 0: a flow socket's side
+        # releases its buffer, bytes and fragments; on a listener it changes nothing.
+        side = C.MOS_SIDE_CLI if optname == C.MOS_FRAG_CLIBUF else C.MOS_SIDE_SVR
+        if type(optval) is not int or optval:
+            raise _error(errno.EINVAL, f"MOS_FRAG_{('CLI', 'SVR')[side]}BUF takes only 0 (as in "
+                         f"mOS), not {optval!r}")
+        if sock_obj.kind == "flow":
+            stack.set_buffer_size(sock_obj.flow.sides[side], 0)
         return 0
     if optname == C.MOS_STOP_MON:
         if sock_obj.kind != "flow":

@@ -1,7 +1,7 @@
 """Bytestreams: mtcp_peek and mtcp_ppeek over a side's reassembly buffer."""
 import errno
 
-from .context import _error, _flow_sock, _side, _stack
+from .context import _error, _flow_sock, _own_stack, _side
 
 
 class PeekOverrunError(OSError):
@@ -46,7 +46,7 @@ def _length(value):
 
 
 def mtcp_peek(mctx, sock, side, buf, len=None):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     sock_obj, flow_side = _readable(stack, sock, side, errno.ENOTSOCK)
     view = _writable_bytes(buf)
     want = view.nbytes if len is None else min(_length(len), view.nbytes)
@@ -63,7 +63,7 @@ def mtcp_peek(mctx, sock, side, buf, len=None):
 
 
 def mtcp_ppeek(mctx, sock, side, buf, len, off):
-    stack = _stack(mctx)
+    stack = _own_stack(mctx)
     _, flow_side = _readable(stack, sock, side)
     if not isinstance(off, int) or off < 0:
         raise _error(errno.EINVAL, f"offset {off!r} is not a non-negative integer")

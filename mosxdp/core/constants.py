@@ -59,14 +59,17 @@ MOS_INSERT = 1 << 9
 
 
 class SocketType(IntEnum):
-    """enum socket_type of mtcp_api.h (only the monitor types are usable)."""
+    """enum socket_type of mtcp_api.h, in its order (only the monitor types are usable)."""
     MOS_SOCK_UNUSED = 0
     MOS_SOCK_STREAM_LISTEN = 1
-    MOS_SOCK_PROXY = 2
-    MOS_SOCK_STREAM = 3
-    MOS_SOCK_MONITOR_STREAM = 4
-    MOS_SOCK_MONITOR_STREAM_ACTIVE = 5
-    MOS_SOCK_MONITOR_RAW = 6
+    MOS_SOCK_PROXY_LISTEN = 2
+    MOS_SOCK_MONITOR_STREAM = 3
+    MOS_SOCK_STREAM = 4
+    MOS_SOCK_PROXY = 5
+    MOS_SOCK_MONITOR_STREAM_ACTIVE = 6
+    MOS_SOCK_MONITOR_RAW = 7
+    MOS_SOCK_EPOLL = 8
+    MOS_SOCK_PIPE = 9
 
 
 globals().update(SocketType.__members__)

@@ -34,7 +34,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "beyond_edge",
+        "bypassed_bytes", "beyond_edge", "last_pkt",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -69,6 +69,9 @@ class Side:
         # not process (the kernel's, once merged, and the bypass path's), since its stream
         # was last caught up (_catch_up).
         self.bypassed_bytes = 0
+        # The last Packet this side sent, for mtcp_getlastpkt in CONN_NEW_DATA and CONN_END
+        # (Stack._keep_last_packets turns its buffer into a copy before the frame is reused).
+        self.last_pkt = None
 
 
 class Flow:

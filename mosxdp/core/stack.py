@@ -185,6 +185,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             self.cur_flow = flow
             flow.last_ts = ts_us
             self.lru.move_to_end(flow)
+            snd.last_pkt = pkt
             half_open = self.half_open
             if half_open and flow in half_open:   # usually empty: no lookup then
                 half_open.move_to_end(flow)
@@ -292,13 +293,16 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         and on_callback_error is 'stop'."""
         if verdict == VERDICT_DROP:
             self._counters["dropped"] += 1
+            # A dropped frame goes back to the engine's fill ring before end_batch.
+            self._keep_last_packets()
         if self._stop_requested:
             raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
         return verdict
 
     def _raw_packet(self, pkt, orphan):
         for sock in self.raw_sockets:
-            if sock.domain and sock.domain != pkt.ip_version:
+            # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
+            if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
                 continue
             if sock.raw_filter is not None and not sock.raw_filter.match(pkt):
                 continue
@@ -330,6 +334,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
 
     def end_batch(self):
         """End of an RX batch: CONN_NEW_DATA, then timers and timeouts."""
+        self._keep_last_packets()
         flows = self.new_data_flows
         if flows:
             self.new_data_flows = []
@@ -339,6 +344,25 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         self._expire()
         if self._stop_requested:
             raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
+
+    def flow_count(self):
+        """Connections tracked now (ended ones are gone from the LRU)."""
+        return len(self.lru)
+
+    def _keep_last_packets(self):
+        """Copy the frames the flows' last packets point into (the engine reuses frame
+        buffers after the batch; CONN_NEW_DATA and CONN_END callbacks may still read them).
+        Only the flows touched since the last call need it: they are the LRU's tail, which
+        ends at the first flow with nothing left to copy."""
+        for flow in reversed(self.lru):
+            copied = False
+            for side in flow.sides:
+                pkt = side.last_pkt
+                if pkt is not None and type(pkt.buf) is not bytes:
+                    pkt.buf = bytes(pkt.buf)
+                    copied = True
+            if not copied:
+                return
 
     def advance_clock(self, ts_us):
         if ts_us > self.now:

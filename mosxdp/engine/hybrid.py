@@ -39,10 +39,16 @@ def _guard(domain, expr):
     return expr if not domain else f"(v->ip_version == {domain} && {expr})"
 
 
+def _raw_guard(domain, expr):
+    """A raw socket's domain excludes the other IP version only (non-IP frames pass)."""
+    other = 6 if domain == 4 else 4
+    return expr if not domain else f"(v->ip_version != {other} && {expr})"
+
+
 class KernelFilter:
     """What the XDP program filters on: ``c_expr`` (None: every TCP frame goes to user
-    space), ``filter_all_ip`` (raw sockets: the filter also decides for non-TCP IP
-    frames), ``why`` (a short description for logs and --stats)."""
+    space), ``filter_all_ip`` (raw sockets: the filter also decides for non-TCP frames,
+    IP or not), ``why`` (a short description for logs and --stats)."""
 
     __slots__ = ("c_expr", "filter_all_ip", "why")
 
@@ -75,7 +81,7 @@ def kernel_filter(stack) -> KernelFilter:
     for _, domain, f in stream:
         both_ways.setdefault(_guard(domain, f.c_expr()), _guard(domain, f.c_expr(reverse=True)))
     parts = list(dict.fromkeys([*both_ways, *both_ways.values(),
-                                *(_guard(domain, f.c_expr()) for _, domain, f in raw)]))
+                                *(_raw_guard(domain, f.c_expr()) for _, domain, f in raw)]))
     if not parts:
         return KernelFilter("(0)", False, "no monitor socket: no frame")
     expr = parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"

@@ -74,7 +74,7 @@ class LiveEngine:
       ``check_accounting``: verify the frame accounting after every loop iteration;
       ``filter_c_expr``: the monitor filter's C expression for the XDP program (None:
         every TCP frame comes to user space); ``filter_all_ip``: the expression also decides
-        for non-TCP IP frames (raw sockets); ``force``: replace a foreign XDP program.
+        for non-TCP frames, IP or not (raw sockets); ``force``: replace a foreign XDP program.
     """
 
     def __init__(self, iface, peer: str | None = None, processor=None, *,

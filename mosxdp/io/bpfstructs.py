@@ -85,7 +85,7 @@ class MxFlowView(ct.Structure):
         ("ip_proto", ct.c_uint8),
         ("sport", _be16),
         ("dport", _be16),
-        ("pad", ct.c_uint8 * 2),
+        ("ethertype", _be16),
         ("src", _addr16),
         ("dst", _addr16),
     ]

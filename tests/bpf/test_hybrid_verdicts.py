@@ -150,3 +150,40 @@ def test_program_kernel_filter_both_directions_and_non_tcp(prog_run, all_ip):
     r = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=53, dport=5000))
     assert run(q) == (USER if all_ip else {"rx_total": 1, "pass": 1, "not_tcp": 1})
     assert run(r) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
+
+
+@pytest.mark.parametrize("domain", [0, 4])
+def test_program_arp_raw_filter_sends_non_ip_frames_to_user_space(prog_run, domain):
+    # A raw socket's `arp` filter (any domain: it excludes only the other IP version)
+    # brings ARP frames, VLAN-tagged too, to user space; other non-IP frames stay.
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import ARP, Ether
+
+    from mosxdp.core.filters import compile_filter
+    from mosxdp.core.stack import Stack
+    from mosxdp.engine.hybrid import kernel_filter
+    st = Stack()
+    rs = st.add_raw_socket(st.new_socket_id(), domain)
+    rs.raw_filter = compile_filter("arp", raw=True)
+    kf = kernel_filter(st)
+    assert kf.filter_all_ip
+    p, run = prog_run(kf.c_expr, kf.filter_all_ip)
+    arp = bytes(Ether() / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+    assert run(arp) == USER
+    assert run(_tagged(arp, (5,))) == USER
+    assert run(bytes(Ether(type=0x88CC) / (b"\x00" * 46))) == {"rx_total": 1, "pass": 1,
+                                                              "not_ip": 1}
+    assert run(bytes(Ether() / IP() / UDP())) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
+
+
+def test_program_raw_socket_without_filter_gets_non_ip_frames(prog_run):
+    from scapy.layers.l2 import ARP, Ether
+
+    from mosxdp.core.stack import Stack
+    from mosxdp.engine.hybrid import kernel_filter
+    st = Stack()
+    st.add_raw_socket(st.new_socket_id(), 4)
+    kf = kernel_filter(st)
+    p, run = prog_run(kf.c_expr, kf.filter_all_ip)
+    assert run(bytes(Ether() / ARP())) == USER
+    assert run(bytes(Ether(type=0x88CC) / (b"\x00" * 46))) == USER

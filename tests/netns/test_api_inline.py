@@ -297,6 +297,28 @@ class TestDropSyn:
         assert bed.nstat("srv", "TcpPassiveOpens") == opens + 1
 
 
+# ------------------------------------------------------------------------------ raw ARP
+class TestRawArp:
+    """An AF_INET raw socket with raw_pkt_filter "arp" sees the ARP frames live (non-IP
+    frames leave the kernel for a raw socket's filter) and they are forwarded."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def mon(cls, class_bed):
+        yield from _counting_monitor(class_bed, "rawarp")
+
+    def test_arp_reaches_the_raw_socket_and_is_forwarded(self, class_bed, mon, www):
+        bed = class_bed
+        before = _json(mon.counters).get("arp", 0)
+        bed.sh("cli", "ip", "neigh", "flush", "all")
+        r, out = bed.download(4, "f1k", "--connect-timeout", 5)
+        assert r.returncode == 0, r.stderr          # the client's ARP request got its answer
+        assert sha256_file(out) == sha256_file(www / "f1k")
+        counters = _read_counters(mon.counters, "arp", before + 2)
+        assert counters["arp"] >= before + 2, (counters, mon.log())   # request and reply
+        assert counters["not_arp"] == 0, counters
+
+
 # ------------------------------------------------------------------------------ overwrite
 class TestOverwrite:
     """MARKER in the server's response is overwritten at MOS_HK_SND with

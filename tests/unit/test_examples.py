@@ -367,7 +367,9 @@ def test_eventtrace_order_of_one_connection(capsys):
     assert [row[:3] for row in rows[-4:]] == [
         ["MOS_ON_CONN_END", "MOS_HK_SND", "CLI"], ["MOS_ON_CONN_END", "MOS_HK_RCV", "CLI"],
         ["MOS_ON_CONN_END", "MOS_HK_SND", "SVR"], ["MOS_ON_CONN_END", "MOS_HK_RCV", "SVR"]]
-    assert all(line.endswith(" -") for line in lines[-4:])    # CONN_END has no packet
+    # CONN_NEW_DATA and CONN_END show the packet that raised them (the request; the last ACK).
+    assert lines[request + 2].endswith("PA len 87")
+    assert all(line.endswith(" A len 0") for line in lines[-4:])
     assert len({line.split()[1] for line in lines}) == 1        # one flow socket
 
 

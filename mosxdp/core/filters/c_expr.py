@@ -1,8 +1,8 @@
 """The C expression of a filter tree, for the XDP program (bpf/mosxdp.c), so that frames no
 filter wants never leave the kernel.
 
-It reads ``struct mx_flow_view { __u8 ip_version, ip_proto; __be16 sport, dport; __u32 src[4],
-dst[4]; } *v`` with addresses and ports in network byte order.  Constants are the in-memory
+It reads ``struct mx_flow_view { __u8 ip_version, ip_proto; __be16 sport, dport, ethertype;
+__u32 src[4], dst[4]; } *v`` with addresses, ports and the ethertype in network byte order.  Constants are the in-memory
 (byte-swapped on little-endian) values, computed for the byte order of the host that compiles
 and runs the program.
 """
@@ -23,6 +23,9 @@ class CRenderer(Renderer):
 
     def version_is(self, version):
         return f"({self.ip(version)})"
+
+    def ethertype_is(self, ethertype):
+        return f"v->ethertype == {int.from_bytes(ethertype.to_bytes(2, 'big'), self.bo):#06x}"
 
     def tcp_or_udp(self):
         return f"(v->ip_proto == {IPPROTO_TCP} || v->ip_proto == {IPPROTO_UDP})"

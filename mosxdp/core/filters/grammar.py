@@ -5,7 +5,7 @@ Grammar (a subset of pcap-filter(7), written from its documentation)::
     filter    := <empty> | expr
     expr      := unary (('and' | '&&' | '&' | 'or' | '||' | '|') unary)*
     unary     := ('not' | '!') unary | '(' expr ')' | primitive
-    primitive := PROTO                                   tcp; raw only: ip ip6 udp icmp icmp6
+    primitive := PROTO                                   tcp; raw only: ip ip6 udp icmp icmp6 arp
                | ('ip' | 'ip6')? 'proto' PROTONUM        raw only; 0-255 or tcp/udp/icmp/icmp6
                | PROTO? DIR? TYPE? VALUE ['mask' MASK]   e.g. "tcp src port 80", "src 10.0.0.1"
     DIR       := 'src' | 'dst' | 'src or dst' | 'dst or src' | 'src and dst' | 'dst and src'
@@ -23,7 +23,9 @@ Decisions (each as pcap does it unless noted):
   non-contiguous and works for IPv6 too (an extension).
 * ``port``/``portrange`` match TCP and UDP (pcap also matches SCTP), decimal numbers only, no
   service names.  ``ip``/``ip6`` mean IPv4/IPv6; ``icmp`` means ICMPv4 or ICMPv6 (pcap: v4
-  only) and ``icmp6`` ICMPv6; ``proto N`` alone means either IP version (an extension).
+  only) and ``icmp6`` ICMPv6; ``proto N`` alone means either IP version (an extension);
+  ``arp`` means the ARP ethertype (after VLAN tags) and takes no qualifier (pcap's
+  ``arp host`` is refused).
 * A protocol keyword right before a primitive restricts it: ``tcp port 80`` is
   ``tcp and port 80``; ``ip host ::1`` (version clash) and ``icmp port 1`` are errors.
 * Keywords are case-insensitive.  ``&``/``|`` are plain and/or (there is no arithmetic).
@@ -33,7 +35,8 @@ Decisions (each as pcap does it unless noted):
 
 Packet attributes read by ``match`` (docs/internal/contracts.md, core/packet.py):
 ``ip_version`` (4, 6, 0 = not IP), ``ip_proto``, ``src``/``dst`` (4 or 16 bytes), ``sport``/
-``dport`` (host order).  ``ip_version`` is tested before anything else; ``ip_proto`` only when
+``dport`` (host order); for ``arp`` of a non-IP frame, the ethertype before ``l3_off`` in
+``buf``.  ``ip_version`` is tested before anything else; ``ip_proto`` only when
 ``ip_version`` is 4 or 6; ports only when ``ip_proto`` is TCP or UDP.
 """
 from __future__ import annotations
@@ -42,14 +45,15 @@ import errno as _errno
 import ipaddress
 import re
 
-from .tree import ICMP_ANY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TRUE, simplify
+from .tree import (ETH_P_ARP, ICMP_ANY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+                   TRUE, simplify)
 
 #: Deepest nesting accepted (parentheses, ``not``, alternations of and/or).  Keeps the parser,
 #: the generated Python and the generated C well inside every recursion/nesting limit.
 MAX_DEPTH = 48
 
-_PROTO_WORDS = frozenset({"tcp", "udp", "ip", "ip6", "icmp", "icmp6"})
-_RAW_ONLY = frozenset({"udp", "ip", "ip6", "icmp", "icmp6", "proto"})
+_PROTO_WORDS = frozenset({"tcp", "udp", "ip", "ip6", "icmp", "icmp6", "arp"})
+_RAW_ONLY = frozenset({"udp", "ip", "ip6", "icmp", "icmp6", "arp", "proto"})
 _DIR_WORDS = frozenset({"src", "dst"})
 _TYPE_WORDS = frozenset({"host", "net", "port", "portrange"})
 _KEYWORDS = _PROTO_WORDS | _DIR_WORDS | _TYPE_WORDS | {"proto", "mask", "not", "and", "or"}
@@ -250,6 +254,9 @@ class _Parser:
                 self.last = None
                 return ("proto", self.proto_number(nxt), 4 if w == "ip" else 6)
             if nlow in _DIR_WORDS or nlow in _TYPE_WORDS:
+                if w == "arp":
+                    self.fail(f"'{tok.text}' takes no qualifier (ARP has no IP header or "
+                              "ports here)", nxt)
                 return self.qualified(tok)
             self.last = None
             return self.proto_node(w)
@@ -276,6 +283,8 @@ class _Parser:
             return ("ver", 6)
         if w == "icmp":
             return ICMP_ANY
+        if w == "arp":
+            return ("ether", ETH_P_ARP)
         return ("proto", IPPROTO_ICMPV6, 6)  # icmp6
 
     def proto_number(self, kw):

@@ -14,6 +14,9 @@ class PythonRenderer(Renderer):
     def version_is(self, version):
         return self.ip(version)
 
+    def ethertype_is(self, ethertype):
+        return f"p.buf[p.l3_off - 2:p.l3_off] == {ethertype.to_bytes(2, 'big')!r}"
+
     def tcp_or_udp(self):
         return f"p.ip_proto in ({IPPROTO_TCP}, {IPPROTO_UDP})"
 

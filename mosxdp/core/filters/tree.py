@@ -5,6 +5,7 @@ Nodes are tuples::
 
     ("true",) ("false",) ("and", (kids...)) ("or", (kids...)) ("not", kid)
     ("ver", 4|6)                               ip_version == v
+    ("ether", type)                            a non-IP frame of that ethertype (after VLANs)
     ("proto", n, None|4|6)                     IP (any or that version) and ip_proto == n
     ("host", dir, ver, (addr bytes, ...))      dir in "src" "dst" "or" "and"
     ("net", dir, ver, net bytes, mask bytes)
@@ -16,6 +17,7 @@ IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
+ETH_P_ARP = 0x0806
 
 TRUE = ("true",)
 FALSE = ("false",)
@@ -89,7 +91,7 @@ class Renderer:
 
     A subclass names the language's words (``true``, ``false``, ``and_``, ``or_``, the
     ``field_prefix`` of the packet's attributes) and writes the leaves (``negate``,
-    ``version_is``, ``tcp_or_udp``, ``hosts``, ``net``, ``ports``). ``reverse``: the
+    ``version_is``, ``ethertype_is``, ``tcp_or_udp``, ``hosts``, ``net``, ``ports``). ``reverse``: the
     expression on the packet with source and destination swapped (addresses and ports).
     """
 
@@ -111,6 +113,8 @@ class Renderer:
             return self.negate(self.render(node[1]))
         if kind == "ver":
             return self.version_is(node[1])
+        if kind == "ether":
+            return f"({self.ip(0)}{self.and_}{self.ethertype_is(node[1])})"
         if kind == "proto":
             return f"({self.ip(node[2])}{self.and_}{self.field_prefix}ip_proto == {node[1]})"
         if kind == "host":
@@ -130,7 +134,7 @@ class Renderer:
         raise AssertionError(node)
 
     def ip(self, version):
-        """The packet is IP (``version`` None) or IP of that version."""
+        """The packet is IP (``version`` None) or IP of that version (0: not IP)."""
         field = self.field_prefix + "ip_version"
         return f"{field} != 0" if version is None else f"{field} == {version}"
 

@@ -41,8 +41,8 @@ class XdpProgram:
     ``force``: replace a foreign XDP program (a stale mosxdp one is always replaced).
     ``keep_attached``: leave the program attached on exit too (fail-open after we stop).
     ``passive_bypass``: "pass" or "consume": what a BYPASS verdict does on a passive interface.
-    ``filter_all_ip``: evaluate the filter on every parsed IP frame, not only TCP (raw
-    monitor sockets whose filters can match UDP/ICMP); non-TCP frames it matches go to
+    ``filter_all_ip``: evaluate the filter on every parsed frame but IP fragments, not only
+    TCP (raw monitor sockets whose filters can match UDP, ICMP, ARP); non-TCP frames it matches go to
     the sockets.
     """
 
