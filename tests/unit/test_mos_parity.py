@@ -1,4 +1,4 @@
-"""Where a port of a mOS app would break (issue 10's parity list), item by item, through the
+"""Where a port of a mOS app would break, item by item (mOS parity of the API), through the
 public API; each value or behaviour is the one of mOS's headers and core/src/mos_api.c."""
 import errno
 import socket

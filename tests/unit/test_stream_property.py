@@ -1,4 +1,4 @@
-"""Property test of the bytes an app gets through the public API (issue 10).
+"""Property test of the bytes an app gets through the public API.
 
 Hypothesis draws a client-to-server stream, cuts it into segments, and plays a connection
 as a capture at the client would show it: the client sends up to the server's window
