@@ -29,7 +29,6 @@ import random
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
