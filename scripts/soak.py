@@ -68,6 +68,9 @@ FILE_SIZES = {
 FILE_WEIGHTS = {"b1": 3, "b517": 3, "b1448": 3, "b4093": 3, "b20k": 3, "b64k": 2,
                 "b200k": 2, "b1m": 1, "b4m": 1}
 TRUNCATE_ALLOCATED = 64 << 20   # bytes allocated in a flowdump file before it is truncated
+# curl can finish before the monitor has seen the client's last ACK; bytes that came
+# before the monitor saw the window open for them reach the file at that ACK.
+FLOWDUMP_LAG = 2.0
 STALE_SECONDS = 10.0            # flowdump files not written for this long are deleted
 
 def probe():
@@ -252,26 +255,22 @@ class Soak:
         """flowdump's server->client file of a completed download holds the HTTP header and
         the served file; both files of the connection are then deleted. With a reused
         4-tuple flowdump adds c1, c2...: any candidate may match."""
-        candidates = glob.glob(os.path.join(glob.escape(self.flowdir), f"{srv}-{cli}*"))
         good = None
-        for path in candidates:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            end = data.find(b"\r\n\r\n")
-            if (end > 0 and data.startswith(b"HTTP/1.0 200 OK\r\n")
-                    and hashlib.sha256(data[end + 4:]).hexdigest() == self.digests[name]):
-                good = path
+        deadline = time.monotonic() + FLOWDUMP_LAG
+        while True:
+            candidates = glob.glob(os.path.join(glob.escape(self.flowdir), f"{srv}-{cli}*"))
+            good = next((p for p in candidates if self._holds_download(p, name)), None)
+            if good or time.monotonic() >= deadline:
                 break
+            time.sleep(0.05)
         with self.lock:
             if good:
                 self.curl["flowdump_ok"] += 1
             elif candidates:
                 self.curl["flowdump_bad"] += 1
                 sizes = [os.path.getsize(p) for p in candidates if os.path.exists(p)]
-                self.flowdump_problems.append(f"{srv}-{cli} ({name}): sizes {sizes}")
+                self.flowdump_problems.append(f"{srv}-{cli} ({name}): sizes {sizes} "
+                                              f"{self._describe_mismatch(candidates, name)}")
             else:
                 self.curl["flowdump_missing"] += 1
                 self.flowdump_problems.append(f"{srv}-{cli} ({name}): no file")
@@ -282,6 +281,38 @@ class Soak:
                     os.unlink(path)
                 except OSError:
                     pass
+
+    def _holds_download(self, path, name):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return False
+        end = data.find(b"\r\n\r\n")
+        return (end > 0 and data.startswith(b"HTTP/1.0 200 OK\r\n")
+                and hashlib.sha256(data[end + 4:]).hexdigest() == self.digests[name])
+
+    def _describe_mismatch(self, candidates, name):
+        """Where a bad file first differs from the served file and whether that stretch is
+        zeros (bytes the monitor did not write) or other bytes."""
+        with open(os.path.join(self.www, name), "rb") as f:
+            want = f.read()
+        notes = []
+        for path in candidates:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            body = data[data.find(b"\r\n\r\n") + 4:]
+            first = next((i for i, (a, b) in enumerate(zip(body, want)) if a != b), None)
+            if first is None:
+                notes.append(f"body {len(body)} of {len(want)} bytes, a prefix")
+                continue
+            last = max(i for i, (a, b) in enumerate(zip(body, want)) if a != b)
+            zeros = not any(body[first:last + 1])
+            notes.append(f"differs at {first}..{last} ({'zeros' if zeros else 'other bytes'})")
+        return "; ".join(notes)
 
     def cleaner_loop(self):
         while not self.stop_event.wait(2.0):
