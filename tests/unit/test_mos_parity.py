@@ -444,3 +444,19 @@ def test_reset_conn_is_mos_api_not_an_extension(api):
         assert exc.errno == errno.EINVAL
     else:
         raise AssertionError("mtcp_reset_conn on a listener")
+
+
+def test_struct_timeval_for_settimer(api):
+    # struct timeval tv = {0, 2500}; mtcp_settimer(mctx, id, &tv, cb)
+    tv = timeval(tv_sec=0, tv_usec=2500)
+    assert (tv.tv_sec, tv.tv_usec) == (0, 2500) and timeval is Timeval
+    assert "timeval" in __import__("mosxdp").__all__
+    mon = Monitor()
+    fired = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda mctx, s, side, ev, arg: mtcp_settimer(
+                               mctx, 7, tv, lambda mctx, tid, *rest: fired.append(
+                                   (tid, mtcp_cb_get_ts(mctx)))))
+    mon.run(Conv(t0=1_000_000, dt=1000).full(), batch_size=1)
+    assert fired == [(7, 1_003_000)]          # the first packet clock at or after +2.5 ms
+
