@@ -39,7 +39,7 @@ class LiveStatus:
             "frames_in": counters.get("frames", 0),
             "frames_out": out_frames,
             "dropped": counters.get("dropped", 0) + self.stack.counters.get("dropped", 0),
-            "flows": len(self.stack.lru),
+            "flows": self.stack.flow_count(),
             "kernel_rx": xdp.get("rx_total", 0),
             "kernel_to_python": xdp.get("to_xsk", 0),
             "callback_errors": self.stack.counters.get("callback_errors", 0),
