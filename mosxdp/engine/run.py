@@ -23,14 +23,16 @@ from .status import LiveStatus, MetricsServer
 
 
 def run_context(mctx) -> int:
-    """mtcp_app_join: :func:`run`, and 0 like mOS."""
+    """mtcp_app_join: :func:`run`, with the counters on stderr when the configuration says
+    so (mos.conf's ``stat_print``, TOML ``stats``), and 0 like mOS."""
     return run_contexts([mctx])
 
 
 def run_contexts(contexts) -> int:
     """mtcp_app_join of one of several contexts: one run that feeds them all (each flow to
     one of them), as :func:`run_context` does for one."""
-    run(GroupContext(contexts) if len(contexts) > 1 else contexts[0])
+    mctx = GroupContext(contexts) if len(contexts) > 1 else contexts[0]
+    run(mctx, print_stats=mctx.config.stats)
     return 0
 
 

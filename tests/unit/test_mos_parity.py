@@ -561,3 +561,18 @@ def test_a_context_alone_runs_again_at_its_next_join(tmp_path):
     finally:
         mtcp_destroy()
 
+
+def test_stat_print_prints_the_counters_at_mtcp_app_join(tmp_path, capsys):
+    # mos.conf's stat_print (TOML stats): mOS's stack prints its statistics by itself.
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "refused.pcap")
+    conf = tmp_path / "mos.conf"
+    conf.write_text("mos {\n\tstat_print = eth0\n}\n")
+    for stats in (True, False):
+        mtcp_destroy()
+        mtcp_init(str(conf) if stats else None, pcap=pcap)
+        try:
+            mtcp_app_join(mtcp_create_context(0))
+        finally:
+            mtcp_destroy()
+        err = capsys.readouterr().err
+        assert ("mosxdp: frames in 4 out 0" in err) is stats, err
