@@ -10,8 +10,8 @@ dropped, the server never sees one), the ACCEPT rule's port and a port without a
 byte-identical, the accepted flows bypass user space in the kernel (MOS_STOP_MON), IPv6
 passes (the sample monitors AF_INET only), and the rule table counts what the C program
 counts: each initial SYN, retransmissions included. Observed through the port's own output
-(its rule tables and exit lines), curl, the kernels' SNMP counters and the XDP program's
-counters. The set-up (Bed, Monitor) is livekit's.
+(its rule tables and exit lines, and mosxdp's status lines: stat_print is on), curl, the
+kernels' SNMP counters and the XDP program's counters. The set-up (Bed, Monitor) is livekit's.
 """
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def test_port_inline_drop_rule_blocks_one_port_others_pass(bed, www, tmp_path):
     run_dir = tmp_path / "simple_firewall"
     (run_dir / "config").mkdir(parents=True)
     mos_conf = (EXAMPLES / "config" / "mos.conf").read_text()
+    assert "\t# stat_print = eth1 eth2\n" in mos_conf
+    mos_conf = mos_conf.replace("# stat_print", "stat_print")     # the status line, on stderr
     (run_dir / "config" / "mos.conf").write_text(
         mos_conf.replace("eth1", bed.tb.iface_a).replace("eth2", bed.tb.iface_b))
     (run_dir / "config" / "simple_firewall.conf").write_text(RULES)
@@ -116,6 +118,11 @@ def test_port_inline_drop_rule_blocks_one_port_others_pass(bed, www, tmp_path):
         joined = re.findall(r"^\[\s*main:\s*\d+\] Message test thread (\d+) joined\.$", text, re.M)
         assert joined == [str(i) for i in range(cores)], text
         assert "Traceback" not in text, text
+        # stat_print: mosxdp's status line every second, the contexts' counters summed
+        status = re.findall(r"^mosxdp: in .* flows (\d+), drops (\d+), callback errors (\d+)$",
+                            text, re.M)
+        assert len(status) >= 3, text
+        assert (int(status[-1][1]), status[-1][2]) == (blocked_syns, "0"), status   # each SYN once
         last = text.split("Firewall rule table\n")[-1].splitlines()
         assert last[2].split() == ["2", str(blocked_syns), "DROP", "10.77.0.0/24", "10.77.0.2",
                                    f"dport:{BLOCKED}"], text
