@@ -38,8 +38,11 @@ class LiveStatus:
             "time": time.monotonic(),
             "frames_in": counters.get("frames", 0),
             "frames_out": out_frames,
-            "dropped": counters.get("dropped", 0) + self.stack.counters.get("dropped", 0),
-            "flows": len(self.stack.lru),
+            # Inline the engine counts every frame a verdict dropped, the core's among them;
+            # passive it drops nothing on the wire: the core's verdicts.
+            "dropped": counters.get("dropped", 0) if getattr(engine, "inline", False)
+            else self.stack.counters.get("dropped", 0),
+            "flows": self.stack.flow_count(),
             "kernel_rx": xdp.get("rx_total", 0),
             "kernel_to_python": xdp.get("to_xsk", 0),
             "callback_errors": self.stack.counters.get("callback_errors", 0),
