@@ -242,20 +242,25 @@ def test_frames_the_kernel_drops_at_transmit_are_reported(bed, tmp_path):
         wait_until("B without carrier", lambda: link_counter(bed, tb.iface_b, "../carrier") == 0,
                    10, mon.alive)
         send(bed, tmp_path, count, 2000)       # paced: Python keeps up, no RX loss
-        lost = settled(lambda: metrics_lost(bed), mon)
-        tx_dropped = link_counter(bed, tb.iface_b, "tx_dropped") - dropped_before
+        # B's counter and the monitor's Prometheus view of it, read together
+        tx_dropped, lost = settled(lambda: (link_counter(bed, tb.iface_b, "tx_dropped"),
+                                            metrics_lost(bed)), mon)
+        tx_dropped -= dropped_before
         time.sleep(1.5)           # a status line after the last change
         assert mon.stop(signal.SIGINT) == 0, mon.log()
     finally:
         mon.close()
+    # with the monitor gone nothing crosses to B any more: its count at the monitor's end
+    tx_dropped_at_exit = link_counter(bed, tb.iface_b, "tx_dropped") - dropped_before
     log = mon.log_path.read_text(errors="replace")
     live = json.loads(stats.read_text())["live"]
-    print(f"\nB tx_dropped {tx_dropped}, monitor lost {nonzero(live['lost'])}, "
-          f"kernel-forwarded {live['xdp']['kernel_forward']}")
+    print(f"\nB tx_dropped {tx_dropped}, {tx_dropped_at_exit} at exit, monitor lost "
+          f"{nonzero(live['lost'])}, kernel-forwarded {live['xdp']['kernel_forward']}")
     # B dropped the SYNs the monitor forwarded, and whatever the kernel forwarded to B
-    # meanwhile (an ARP or neighbour solicitation of the client: the program's kernel_forward)
-    assert count <= tx_dropped <= count + live["xdp"]["kernel_forward"], tx_dropped
+    # (an ARP or a neighbour solicitation of the client: the program's kernel_forward)
+    assert count <= tx_dropped <= tx_dropped_at_exit <= count + live["xdp"]["kernel_forward"]
     assert lost == {**dict.fromkeys(lost, 0), "tx_device_drop": tx_dropped}, lost
-    assert nonzero(live["lost"]) == {"tx_device_drop": tx_dropped}, live["lost"]
+    assert nonzero(live["lost"]) == {"tx_device_drop": tx_dropped_at_exit}, live["lost"]
     (_, status_reasons), (_, summary_reasons) = status_and_summary(log)
-    assert status_reasons == summary_reasons == {"tx_device_drop": tx_dropped}, log[-3000:]
+    assert summary_reasons == {"tx_device_drop": tx_dropped_at_exit}, log[-3000:]
+    assert status_reasons["tx_device_drop"] in range(tx_dropped, tx_dropped_at_exit + 1), log[-3000:]
