@@ -91,8 +91,9 @@ class LiveRun:
         with contextlib.ExitStack() as resources:
             resources.enter_context(engine)
             processor.program = engine.program
-            status = LiveStatus(engine, self.stack)
-            if self.print_stats:
+            status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
+                                warn_percent=config.loss_warning)
+            if status.active:
                 processor.tick = status.tick
             metrics = None
             if config.metrics_port:
