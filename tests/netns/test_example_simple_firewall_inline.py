@@ -119,7 +119,7 @@ def test_port_inline_drop_rule_blocks_one_port_others_pass(bed, www, tmp_path):
         assert joined == [str(i) for i in range(cores)], text
         assert "Traceback" not in text, text
         # stat_print: mosxdp's status line every second, the contexts' counters summed
-        status = re.findall(r"^mosxdp: in .* flows (\d+), drops (\d+), callback errors (\d+)$",
+        status = re.findall(r"^mosxdp: in .* flows (\d+), verdict drops (\d+), lost \d+.*, callback errors (\d+)$",
                             text, re.M)
         assert len(status) >= 3, text
         assert (int(status[-1][1]), status[-1][2]) == (blocked_syns, "0"), status   # each SYN once

@@ -66,7 +66,9 @@ class FakeProgram:
 class FakeStack:
     def __init__(self):
         self.counters = {"dropped": 3, "callback_errors": 0}
-        self.lru = {}
+
+    def flow_count(self):
+        return 0
 
 
 class Clock:
@@ -84,6 +86,7 @@ def live():
     engine = LiveEngine("eth0", "eth1")
     engine.sockets = [FakeSocket()]
     engine.program = FakeProgram()
+    engine.counters["dropped"] = 3   # inline, the engine counts the frames verdicts dropped
     clock = Clock()
     out = io.StringIO()
     status = LiveStatus(engine, FakeStack(), stream=out, clock=clock, warn_percent=1.0,
