@@ -2,11 +2,21 @@
 stream goes on after them once the receiver's ACK passes them, and mtcp_peek (ENODATA),
 mtcp_ppeek, MOS_FRAGINFO and conn.log's missed_bytes report exactly them. Also when
 MOS_ON_ERROR and window_overruns count a segment beyond the receiver's window."""
+import argparse
+import base64
 import errno
+import json
+import socket
+from pathlib import Path
 
-from flowcraft import Conv, Monitor, api  # noqa: F401  (api: a fixture)
+from flowcraft import Conv, Monitor, api, reinit  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
+from mosxdp.apps import connlog, flowdump
 from mosxdp.core.streams import MAX_HELD_BEYOND_EDGE
+from mosxdp.engine import run_frames
+from mosxdp.io.pcap import PcapReader
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 K = 1000
 
@@ -20,15 +30,16 @@ class Reader:
     """Reads the server's side (what the client sent) with mtcp_peek on every
     MOS_ON_CONN_NEW_DATA and at MOS_ON_CONN_END, as flowdump does."""
 
-    def __init__(self, mon, side=MOS_SIDE_SVR):
+    def __init__(self, mon, side=MOS_SIDE_SVR, sock=None):
         self.side = side
         self.data = bytearray()       # what peek gave, lost bytes as zeros
         self.lost = []                # (offset, lost, hole) of each ENODATA
         self.peeks = []               # (cursor, bytes read) per NEW_DATA
         self.missed = None
         self.overruns = None
-        mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, self.on_data)
-        mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV, self.on_end)
+        sock = mon.sock if sock is None else sock
+        mtcp_register_callback(mon.mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, self.on_data)
+        mtcp_register_callback(mon.mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, self.on_end)
 
     def drain(self, mctx, sock):
         buf = bytearray(300)
@@ -306,3 +317,59 @@ def test_a_segment_beyond_the_window_with_no_room_to_wait_is_an_error_at_once(ap
     # The segment that found the waiting list full, at its arrival; the others when the
     # flow ends (one event for them all).
     assert at_error == [1, 1 + MAX_HELD_BEYOND_EDGE]
+
+
+# ------------------------------------------------ a capture with holes in both directions
+def app_args(module, *argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args([str(arg) for arg in argv])
+
+
+def endpoint_file_name(text):
+    """"10.77.0.1:37786" as flowdump (and tcpflow) name it in a file name."""
+    addr, port = text.rsplit(":", 1)
+    return flowdump.endpoint_name(addr, int(port))
+
+
+def test_peek_flowdump_and_connlog_agree_on_the_holes_of_a_capture(api, tmp_path):
+    """tests/data/holes.pcap (one hole in the request, three in the response, each
+    acknowledged by its receiver): mtcp_peek's ENODATA gives exactly the holes, flowdump
+    has zeros there and the sender's bytes elsewhere (and counts them lost), and conn.log's
+    missed_bytes (a bufferless app: connlog) is their sum, per direction as FlowStats has
+    it."""
+    expected = json.loads((DATA / "holes.expected.json").read_text())
+    with PcapReader(str(DATA / "holes.pcap")) as pcap:
+        frames = [(ts, bytes(frame)) for ts, frame in pcap]
+    mon = Monitor()
+    # One listening socket per reader: a socket has one callback per event and hook.
+    readers = {MOS_SIDE_SVR: Reader(mon, MOS_SIDE_SVR),
+               MOS_SIDE_CLI: Reader(mon, MOS_SIDE_CLI, sock=mtcp_socket(
+                   mon.mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0))}
+    dump = flowdump.setup(mon.mctx, app_args(flowdump, "--outdir", tmp_path / "flows"))
+    mon.run(frames, batch_size=64)
+    log = tmp_path / "conn.log"
+    reinit()
+    ctx = mtcp_create_context(0)
+    connlog_app = connlog.setup(ctx, app_args(connlog, "--output", log))
+    run_frames(ctx, frames, 64)
+    mtcp_destroy_context(ctx)
+    connlog.teardown(connlog_app)
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+
+    files = {path.name: path.read_bytes() for path in (tmp_path / "flows").iterdir()}
+    directions = {"client_to_server": MOS_SIDE_SVR, "server_to_client": MOS_SIDE_CLI}
+    client, server = (endpoint_file_name(expected["flow"][end]) for end in ("client", "server"))
+    names = {"client_to_server": f"{client}-{server}", "server_to_client": f"{server}-{client}"}
+    assert sorted(files) == sorted(names.values())
+    for direction, side in directions.items():
+        stream = base64.b64decode(expected[direction])
+        holes = [(h["offset"], h["length"], True) for h in expected["holes"]
+                 if h["direction"] == direction]
+        reader = readers[side]
+        assert reader.lost == holes, direction
+        assert bytes(reader.data) == stream
+        assert reader.missed == sum(length for _, length, _ in holes)
+        assert files[names[direction]] == stream
+    total = sum(h["length"] for h in expected["holes"])
+    assert record["missed_bytes"] == dump.lost_bytes == total
