@@ -154,8 +154,9 @@ class Monitor:
     # ----------------------------------------------------------- shorthands
     def read(self, sock, side, limit=None):
         """Every new in-order byte of ``side``'s buffer (mtcp_peek until it returns 0),
-        at most ``limit``. Overwritten bytes raise PeekOverrunError as mtcp_peek does (the
-        bytes read before it are lost with the exception: use mtcp_peek to keep them)."""
+        at most ``limit``. Lost bytes (overwritten, or never captured) raise
+        PeekOverrunError as mtcp_peek does (the bytes read before it are lost with the
+        exception: use mtcp_peek to keep them)."""
         chunks = []
         total = 0
         buf = bytearray(65536)

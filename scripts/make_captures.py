@@ -461,7 +461,7 @@ def make_real(name: str, outdir: Path) -> str:
 # crafted variants (scapy)
 
 CRAFTED = ["reorder.pcap", "dup.pcap", "overlap_diff.pcap", "seqwrap.pcap", "lost.pcap",
-           "midstream.pcap", "shuffled_upload.pcap"]
+           "holes.pcap", "midstream.pcap", "shuffled_upload.pcap"]
 
 
 def load_flow(path: Path, pred):
@@ -757,6 +757,51 @@ def make_crafted(outdir: Path) -> dict[str, str]:
         "client's later ACKs still cover it (lost by the capture, not the network). "
         "lost.expected.json: both streams with the hole as zeros (base64, sha256).")
 
+    # holes: bytes lost by the capture in both directions (the receivers' ACKs cover them)
+    req_seg = pkts[c2s_idx[0]][1]
+    req_bytes = bytes(req_seg[TCP].payload)
+    cuts = (0, 30, 60, len(req_bytes))
+    pieces = [with_payload(req_seg, (req_seg[TCP].seq + a) % (1 << 32), req_bytes[a:b])
+              for a, b in zip(cuts, cuts[1:])]
+    gone = {d[5], d[20], d[21], d[-2]}
+    assert d[-1] == max(d) and pkts[d[-1]][1][TCP].flags & 0x01   # the FIN follows d[-2]
+    items = []
+    for i, (ts, p) in enumerate(pkts):
+        if i == c2s_idx[0]:
+            items += [(ts, pieces[0]), (ts, pieces[2])]            # the middle third is lost
+        elif i not in gone:
+            items.append((ts, p))
+    holes = [{"direction": "client_to_server", "offset": cuts[1], "length": cuts[2] - cuts[1]}]
+    for first, last in ((d[5], d[5]), (d[20], d[21]), (d[-2], d[-2])):
+        start = (pkts[first][1][TCP].seq - isn_s - 1) % (1 << 32)
+        end = (pkts[last][1][TCP].seq - isn_s - 1) % (1 << 32) + len(bytes(pkts[last][1][TCP].payload))
+        holes.append({"direction": "server_to_client", "offset": start, "length": end - start})
+    c, s = streams(items, client, "FIRST")
+    for name, got, orig in (("client_to_server", c, orig_c2s), ("server_to_client", s, orig_s2c)):
+        want = bytearray(orig)
+        for hole in holes:
+            if hole["direction"] == name:
+                want[hole["offset"]:hole["offset"] + hole["length"]] = bytes(hole["length"])
+        assert got == bytes(want), name
+    write_pcap(outdir / "holes.pcap", items)
+    (outdir / "holes.expected.json").write_text(json.dumps({
+        "description": "Expected reassembled bytestreams of holes.pcap (base64): the missing "
+                       "bytes are zeros; every hole is covered by the receiver's ACKs.",
+        "flow": fdesc,
+        "holes": holes,
+        "client_to_server": b64(c),
+        "server_to_client": b64(s),
+        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
+                   "server_to_client": hashlib.sha256(s).hexdigest()},
+    }, indent=1) + "\n")
+    desc["holes.pcap"] = (
+        f"From {base}: bytes lost by the capture in both directions, every one acknowledged by "
+        f"its receiver: the request split into [0,{cuts[1]}), [{cuts[1]},{cuts[2]}) and "
+        f"[{cuts[2]},{cuts[3]}) with the middle piece left out; server data segments 5, 20 "
+        "and 21 (one hole of two segments) and the one before the last (followed by the last, "
+        "which carries the FIN) left out. holes.expected.json: the holes (direction, offset, "
+        "length) and both streams with the holes as zeros (base64, sha256).")
+
     # midstream: the handshake is not in the capture
     hs_end = next(i for i, (_, p) in enumerate(pkts)
                   if is_c2s(p, client) and not p[TCP].flags & 0x02 and p[TCP].flags & 0x10)
@@ -985,6 +1030,8 @@ Sidecars:
   tshark's follow shows).
 - `lost.expected.json`: the flow, the hole (direction, offset, length) and both streams with
   the hole's bytes as zeros (base64, SHA-256).
+- `holes.expected.json`: the flow, the holes (direction, offset, length; one in the request,
+  three in the response) and both streams with the holes' bytes as zeros (base64, SHA-256).
 - `shuffled_upload.expected.json`: the flow, the lengths and SHA-256 of both streams.
 - `descriptions.json`: the "what" column of this table, kept so `--only` reruns keep it.
 
@@ -996,6 +1043,8 @@ tcpflow 1.6.1 `-r`, checked when the files were made):
 - overlap_diff.pcap: tshark gives the FIRST streams, tcpflow the LAST ones.
 - lost.pcap: tcpflow writes the hole as 1448 zero bytes; tshark writes the text marker
   `[1448 bytes missing in capture file].` (37 bytes) in its place.
+- holes.pcap: tcpflow writes every hole as zeros (the expected streams); tshark writes its
+  marker for each (`[30 bytes missing in capture file].`, `[1448 ...]`, `[2896 ...]`).
 - reorder.pcap: tcpflow gives the original stream; tshark gives it for the segments that
   are one place out of order, but prints the missing-bytes marker for the segment that
   arrives three segments late and drops that segment's bytes.

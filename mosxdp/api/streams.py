@@ -5,14 +5,21 @@ from .context import _error, _flow_sock, _own_stack, _side
 
 
 class PeekOverrunError(OSError):
-    """mtcp_peek found bytes overwritten before they were read (ENODATA).
+    """mtcp_peek found bytes it cannot give (ENODATA): overwritten before they were read,
+    or, when `hole` is true, never seen by the monitor although the receiver has them.
 
-    `lost` is how many bytes were lost; the peek offset now points at the
-    oldest byte still held, so the next call continues from there."""
+    `lost` is how many bytes were lost; the peek offset has moved past them, so the
+    next call continues with the byte after them."""
 
-    def __init__(self, lost):
-        super().__init__(errno.ENODATA, f"{lost} bytes were overwritten before mtcp_peek read them")
+    def __init__(self, lost, hole=False):
+        if hole:
+            message = (f"{lost} bytes were never seen by the monitor (a hole the receiver "
+                       "acknowledged, or the flow ended before anything filled it)")
+        else:
+            message = f"{lost} bytes were overwritten before mtcp_peek read them"
+        super().__init__(errno.ENODATA, message)
         self.lost = lost
+        self.hole = hole
 
 
 def _readable(stack, sock, side, wrong_type_errno=errno.ESOCKTNOSUPPORT):
@@ -51,13 +58,23 @@ def mtcp_peek(mctx, sock, side, buf, len=None):
     view = _writable_bytes(buf)
     want = view.nbytes if len is None else min(_length(len), view.nbytes)
     ring = flow_side.buf
-    if ring is None:
-        return 0
     offset = sock_obj.peek_off[side]
+    if ring is None:
+        # No byte held yet: what the stream has passed is lost.
+        if flow_side.rcv_nxt > offset:
+            sock_obj.peek_off[side] = flow_side.rcv_nxt
+            raise PeekOverrunError(flow_side.rcv_nxt - offset, hole=True)
+        return 0
     if offset < ring.head:
         sock_obj.peek_off[side] = ring.head
         raise PeekOverrunError(ring.head - offset)
     count = ring.read_into(offset, view[:want]) if want else 0
+    if not count:
+        lost = ring.lost_at(offset)
+        if lost:
+            sock_obj.peek_off[side] = offset + lost
+            raise PeekOverrunError(lost, hole=True)
+        return 0
     sock_obj.peek_off[side] = offset + count
     return count
 
@@ -72,5 +89,9 @@ def mtcp_ppeek(mctx, sock, side, buf, len, off):
     ring = flow_side.buf
     count = ring.read_into(off, view[:want]) if ring is not None and want else 0
     if count == 0:
+        lost = ring.lost_at(off) if ring is not None else 0
+        if lost:
+            raise _error(errno.ENODATA, f"offset {off} of side {side} is in a hole of {lost} "
+                         "more bytes the monitor never saw")
         raise _error(errno.ENODATA, f"no byte at offset {off} in side {side}'s buffer")
     return count

@@ -191,6 +191,8 @@ class ConnLog:
             "orig_bytes": stats.stream_bytes[0],
             "resp_bytes": stats.stream_bytes[1],
             "conn_state": conn_state(history, stats.stream_bytes[0], stats.stream_bytes[1]),
+            # Bytes never captured that the receiver acknowledged or that lay below the
+            # furthest byte seen: what mtcp_peek reports as holes, flowdump's zeros.
             "missed_bytes": stats.missed_bytes[0] + stats.missed_bytes[1],
             "history": history,
             "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],

@@ -15,12 +15,12 @@ import ipaddress
 import os
 import socket
 
-from mosxdp import (MOS_FRAGINFO_CLIBUF, MOS_FRAGINFO_SVRBUF, MOS_HK_RCV, MOS_HK_SND, MOS_NULL,
-                    MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA, MOS_ON_CONN_START, MOS_SIDE_BOTH,
-                    MOS_SIDE_CLI, MOS_SIDE_SVR, MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM,
-                    SOL_MONSOCKET, MonitorFilter, PeekOverrunError, mtcp_bind_monitor_filter,
-                    mtcp_get_uctx, mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_ppeek,
-                    mtcp_register_callback, mtcp_set_uctx, mtcp_setsockopt, mtcp_socket)
+from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
+                    MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
+                    MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM, SOL_MONSOCKET, MonitorFilter,
+                    PeekOverrunError, mtcp_bind_monitor_filter, mtcp_get_uctx, mtcp_getpeername,
+                    mtcp_peek, mtcp_register_callback, mtcp_set_uctx, mtcp_setsockopt,
+                    mtcp_socket)
 
 DESCRIPTION = "write each direction's reassembled bytestream to a file named like tcpflow's"
 
@@ -119,7 +119,8 @@ class FlowDump:
             try:
                 count = mtcp_peek(mctx, sock, side, self.buf, len(self.buf))
             except PeekOverrunError as exc:
-                # Bytes lost before we read them: keep later bytes at their place.
+                # Bytes lost (overwritten, or never captured): later bytes keep their place,
+                # so the file has zeros there, as tcpflow writes a hole.
                 self.lost_bytes += exc.lost
                 offset[side] += exc.lost
                 continue
@@ -135,22 +136,9 @@ class FlowDump:
 
     def on_end(self, mctx, sock, side, event, arg):
         state = self._state(mctx, sock)
+        # At the flow's end the holes left are lost: mtcp_peek reads on past them.
         self._drain(mctx, sock, side, state)
-        direction = state[side]
-        # Out-of-order fragments beyond a hole that never filled.
-        option = MOS_FRAGINFO_SVRBUF if side == MOS_SIDE_SVR else MOS_FRAGINFO_CLIBUF
-        for fragment in mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, option):
-            position = fragment.offset
-            end = fragment.offset + fragment.len
-            position = max(position, state["offset"][side])
-            while position < end:
-                count = mtcp_ppeek(mctx, sock, side, self.buf, min(len(self.buf), end - position),
-                                   position)
-                if direction.fd is None:
-                    self._create(state, side)
-                direction.write_at(position, memoryview(self.buf)[:count])
-                position += count
-        direction.close()
+        state[side].close()
 
 
 def setup(mctx, args):

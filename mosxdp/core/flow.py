@@ -34,7 +34,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "beyond_edge", "last_pkt",
+        "bypassed_bytes", "beyond_edge", "last_pkt", "skip_to",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -47,12 +47,16 @@ class Side:
         self.syn_seen = False
         self.peer_base = None      # peer's sequence number of stream offset 0 (peer ISN + 1)
         self.rcv_nxt = 0           # offset of the first byte not yet received in order
+        # The furthest offset an ACK of ours passed beyond rcv_nxt: what is missing below it
+        # at the end of the batch is lost (streams.py _flush_new_data); 0 when none.
+        self.skip_to = 0
         self.buf = None
         self.bufsize = bufsize
         self.policy = policy
         self.right_edge = None     # offset just beyond the window we advertised
-        # Segments seen beyond right_edge, [(offset, end, bytes or None)], until an ACK
-        # of ours covers them (streams.py _hold_beyond_edge); None when there are none.
+        # Segments seen beyond right_edge, [(offset, end, bytes or None, zero-window probe)],
+        # until an ACK of ours covers them or the flow ends (streams.py _hold_beyond_edge);
+        # None when there are none.
         self.beyond_edge = None
         self.peer_fin_off = None
         self.fin_received = False
@@ -196,6 +200,7 @@ class FlowTable:
     def destroy_flow(self, flow, reason):
         if flow.destroyed:
             return
+        self._end_streams(flow)
         self._flush_new_data(flow)
         flow.destroyed = True
         flow.end_reason = reason

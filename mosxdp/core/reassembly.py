@@ -10,6 +10,11 @@ the window maps one-to-one onto the ring, so a contiguous range is at most two s
 copies. Which offsets are actually held is kept as sorted, disjoint, non-touching runs in
 two parallel lists (``_starts``, ``_ends``) searched with `bisect`.
 
+A hole the receiver is known to have (its ACK passed it) while the bytes never reached
+us is *lost*: `skip` makes it part of the runs, so the stream goes on after it, and
+records it in two more lists (``_lost_starts``, ``_lost_ends``). Reads stop at a lost
+range and `fragments` leaves it out, as a gap.
+
 Sans-IO: stdlib and mosxdp.constants only.
 """
 from bisect import bisect_left, bisect_right
@@ -37,13 +42,19 @@ class StreamBuffer:
     insert that would create one more run (new data touching no held run) is refused:
     nothing changes but `refused_fragments` (incremented) and `last_insert_refused`
     (True until the next non-empty insert); the overlap count is returned as usual.
+
+    `skip(to)` gives up the bytes below `to` that are not held: they are lost, and the
+    in-order stream (`next_offset`) continues after them. A lost byte counts as received
+    for the overlap count, the fragment cap and `next_offset`, never for reads, `held_bytes`
+    or `fragments`. At most `max_fragments` lost ranges are kept: more move `head` past the
+    oldest.
     """
 
     # `head` and `next_offset` are plain attributes (read-only for callers), kept up to
     # date by every insert: the stack reads them for each segment.
     __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_view", "head",
                  "next_offset", "_starts", "_ends", "_tail", "refused_fragments",
-                 "last_insert_refused")
+                 "last_insert_refused", "_lost_starts", "_lost_ends")
 
     def __init__(self, capacity: int, policy: int = MOS_OVERLAP_POLICY_FIRST, *,
                  max_fragments: int = DEFAULT_MAX_FRAGMENTS):
@@ -58,6 +69,10 @@ class StreamBuffer:
         self.next_offset = 0
         self._starts: list[int] = []
         self._ends: list[int] = []
+        # Lost ranges (see skip), sorted and disjoint, all below next_offset. Ranges below
+        # head may linger (the insert fast path does not look at them): readers clip at head.
+        self._lost_starts: list[int] = []
+        self._lost_ends: list[int] = []
         # End of the last held run, or None before the first insert and right after a
         # refused one: insert() takes its fast path when offset == _tail.
         self._tail = None
@@ -102,18 +117,57 @@ class StreamBuffer:
 
     @property
     def last_received_end(self) -> int:
-        """Largest end offset of any insert that was not refused (0 before the first)."""
+        """Largest end offset of any insert that was not refused, or of a skip (0 before
+        the first)."""
         # Held bytes are only ever discarded from below, so this is the last run's end.
         ends = self._ends
         return ends[-1] if ends else 0
 
     @property
     def held_bytes(self) -> int:
-        return sum(self._ends) - sum(self._starts)
+        return sum(length for _, length in self.fragments())
+
+    @property
+    def lost_bytes(self) -> int:
+        """Bytes of the lost ranges still in the window."""
+        return sum(end - start for start, end in self.lost())
+
+    def lost(self) -> list[tuple[int, int]]:
+        """The lost ranges in the window as (start, end), in offset order."""
+        head = self.head
+        return [(start if start > head else head, end)
+                for start, end in zip(self._lost_starts, self._lost_ends) if end > head]
+
+    def lost_at(self, offset: int) -> int:
+        """How many lost bytes follow `offset` when it is in a lost range, else 0."""
+        if offset < self.head or not self._lost_starts:
+            return 0
+        idx = bisect_right(self._lost_starts, offset) - 1
+        if idx < 0 or self._lost_ends[idx] <= offset:
+            return 0
+        return self._lost_ends[idx] - offset
 
     def fragments(self) -> list[tuple[int, int]]:
-        """Held runs as (offset, length), in offset order."""
-        return [(s, e - s) for s, e in zip(self._starts, self._ends)]
+        """Held runs as (offset, length), in offset order; a lost range is a gap between two."""
+        runs = [(s, e - s) for s, e in zip(self._starts, self._ends)]
+        lost = self.lost()
+        if not lost:
+            return runs
+        held = []
+        index = 0
+        for start, length in runs:
+            end = start + length
+            while index < len(lost) and lost[index][1] <= start:
+                index += 1
+            cursor = start
+            while index < len(lost) and lost[index][0] < end:
+                if lost[index][0] > cursor:
+                    held.append((cursor, lost[index][0] - cursor))
+                cursor = lost[index][1]
+                index += 1
+            if cursor < end:
+                held.append((cursor, end - cursor))
+        return held
 
     # -- insert -------------------------------------------------------------------------
 
@@ -244,13 +298,65 @@ class StreamBuffer:
         return overlap
 
     def _discard_below(self, head: int) -> None:
-        """Drop the runs, or the parts of a run, below the (new) head."""
+        """Drop the runs, or the parts of a run, below the (new) head, and the lost ranges
+        ending there."""
         starts, ends = self._starts, self._ends
         dead = bisect_right(ends, head)
         if dead:
             del starts[:dead], ends[:dead]
         if starts and starts[0] < head:
             starts[0] = head
+        lost_ends = self._lost_ends
+        if lost_ends:
+            dead = bisect_right(lost_ends, head)
+            if dead:
+                del self._lost_starts[:dead], lost_ends[:dead]
+
+    # -- lost bytes ---------------------------------------------------------------------
+
+    def skip(self, to: int) -> int:
+        """The receiver has every byte below `to`: give up those not held as lost, so that
+        `next_offset` reaches `to` (or the end of the run held there). Returns the number of
+        bytes newly lost. Ending beyond ``head + capacity`` moves `head` to
+        ``to - capacity``; more than `max_fragments` lost ranges move it past the oldest."""
+        nxt = self.next_offset
+        if to <= nxt:
+            return 0
+        head = self.head
+        starts, ends = self._starts, self._ends
+        lost_starts, lost_ends = self._lost_starts, self._lost_ends
+        self._discard_below(head)    # lost ranges the insert fast path left below head
+        # The runs from the first beyond next_offset to the last starting at or before `to`
+        # merge with [head, next_offset) into one run; the gaps between them are lost.
+        first = 1 if starts and starts[0] == head else 0
+        last = bisect_right(starts, to)
+        cursor = nxt
+        gaps = []
+        for idx in range(first, last):
+            if starts[idx] > cursor:
+                gaps.append((cursor, starts[idx]))
+            cursor = ends[idx]
+        if cursor < to:
+            gaps.append((cursor, to))
+        end = ends[last - 1] if last and ends[last - 1] > to else to
+        starts[:last] = (head,)
+        ends[:last] = (end,)
+        for gap_start, gap_end in gaps:
+            if lost_ends and lost_ends[-1] == gap_start:
+                lost_ends[-1] = gap_end
+            else:
+                lost_starts.append(gap_start)
+                lost_ends.append(gap_end)
+        if to - self._capacity > head:
+            self.head = head = to - self._capacity
+            self._discard_below(head)
+        if len(lost_ends) > self._max_fragments:
+            self.head = head = lost_ends[-1 - self._max_fragments]
+            self._discard_below(head)
+        # After a refusal the next insert must take the slow path (it clears the flag).
+        self._tail = ends[-1] if ends and not self.last_insert_refused else None
+        self.next_offset = ends[0] if starts and starts[0] == head else head
+        return sum(gap_end - gap_start for gap_start, gap_end in gaps)
 
     def _store(self, offset: int, chunk) -> None:
         """Copy bytes-like chunk (at most capacity bytes, inside the window) into the ring."""
@@ -278,6 +384,13 @@ class StreamBuffer:
         run_end = self._ends[idx]
         if run_end <= offset:
             return 0
+        lost_starts = self._lost_starts
+        if lost_starts:
+            idx = bisect_right(lost_starts, offset)
+            if idx and self._lost_ends[idx - 1] > offset:
+                return 0
+            if idx < len(lost_starts) and lost_starts[idx] < run_end:
+                run_end = lost_starts[idx]
         return min(run_end - offset, max_len)
 
     def read(self, offset: int, max_len: int) -> bytes:

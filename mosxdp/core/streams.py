@@ -72,15 +72,14 @@ class StreamDelivery:
             end = peer_fin_off  # nothing exists beyond the FIN
         edge = rcv.right_edge
         if edge is not None and end > edge:
-            if not (length == 1 and offset == edge):   # a zero-window probe is legal
-                events |= EV_ERROR
-                self._counters["window_overruns"] += 1
-                for sock in flow.socks:
-                    sock.so_error = errno.EMSGSIZE
             # The edge is only what the monitor saw: the ACK that opened the window for
-            # these bytes may come later in its capture order. They wait for an ACK.
-            self._hold_beyond_edge(rcv, pkt, start - offset, edge if edge > offset else offset,
-                                   end)
+            # these bytes may come later in its capture order. They wait for an ACK, and
+            # are an error only when given up (here when too many wait; _reject_held).
+            if not self._hold_beyond_edge(rcv, pkt, start - offset,
+                                          edge if edge > offset else offset, end,
+                                          length == 1 and offset == edge):
+                events |= EV_ERROR
+                self._window_overrun(flow, 1)
             end = edge
         if end <= offset:
             if length:
@@ -90,16 +89,16 @@ class StreamDelivery:
             self._counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
         buf = rcv.buf
         if buf is None and rcv.bufsize:
-            if self._reserve_buffer(flow, rcv):
-                buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
-                                             max_fragments=self.config.max_fragments)
-            else:
+            buf = self._new_buffer(flow, rcv)
+            if buf is None:
                 events |= EV_ERROR              # reassembly_memcap: this side is not buffered
         if buf is not None:
             head_before = buf.head
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
                 self._counters["refused_fragments"] += 1
+                # Not held, so not received: the bytes a new copy does not bring are lost.
+                overlapped = end - offset
             rcv_nxt = rcv.rcv_nxt = buf.next_offset
             head = buf.head
             if head != head_before:
@@ -127,21 +126,52 @@ class StreamDelivery:
             flow.pending_data |= 1 << receiver
         return events
 
-    def _hold_beyond_edge(self, rcv, pkt, base, offset, end):
+    def _new_buffer(self, flow, rcv):
+        """The side's stream buffer, made at its first byte (None when reassembly_memcap
+        refuses it). Bytes the stream passed before then were lost."""
+        if not self._reserve_buffer(flow, rcv):
+            return None
+        buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
+                                     max_fragments=self.config.max_fragments)
+        if rcv.rcv_nxt:
+            buf.skip(rcv.rcv_nxt)
+        return buf
+
+    def _hold_beyond_edge(self, rcv, pkt, base, offset, end, probe):
         """Keep [offset, end) of the segment (payload byte i at pkt.buf[base + i]) until the
-        receiver acknowledges it (_accept_acked) or a copy arrives inside the window."""
+        receiver acknowledges it (_accept_acked) or the flow ends (_reject_held). False
+        when it is given up at once as an error: MAX_HELD_BEYOND_EDGE segments wait
+        already (a zero-window probe, `probe`, is never an error)."""
         held = rcv.beyond_edge
         if held is None:
             held = rcv.beyond_edge = []
         elif len(held) >= MAX_HELD_BEYOND_EDGE:
-            return   # never acknowledged: counted as missed if the receiver had them
+            return probe     # a zero-window probe is legal: never an error
         data = bytes(pkt.buf[base + offset:base + end]) if rcv.bufsize else None
-        held.append((offset, end, data))
+        held.append((offset, end, data, probe))
+        return True
+
+    def _window_overrun(self, flow, count):
+        """`count` segments beyond the receiver's window are given up."""
+        self._counters["window_overruns"] += count
+        for sock in flow.socks:
+            sock.so_error = errno.EMSGSIZE
+
+    def _reject_held(self, flow, receiver, rcv):
+        """The segments still held beyond rcv's window edge never join the stream (its
+        flow ends): each is a window overrun, and MOS_ON_ERROR is raised."""
+        rejected = sum(1 for entry in rcv.beyond_edge if not entry[3])
+        rcv.beyond_edge = None
+        if rejected:
+            self._window_overrun(flow, rejected)
+            self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
 
     def _acked_unseen(self, flow, receiver, rcv, ack_off):
         """The receiver acknowledged up to ack_off, beyond the monitor's in-order stream:
-        bytes held beyond the window edge below it join the stream, and the stream
-        extends at least to it (bytes never seen there count as missed)."""
+        bytes held beyond the window edge below it join the stream, the stream extends at
+        least to it, and the bytes below it the monitor has not seen by the end of the
+        batch are lost there (_flush_new_data: a hole in the capture, the stream goes on
+        after it; a copy later in the same batch still fills it)."""
         if rcv.beyond_edge is not None:
             self._accept_acked(flow, receiver, rcv, ack_off)
         fin_off = rcv.peer_fin_off
@@ -149,6 +179,40 @@ class StreamDelivery:
             ack_off = fin_off    # the FIN takes a sequence number, not a stream byte
         if ack_off > rcv.max_end:
             rcv.max_end = ack_off
+        # In a bypassed flow such bytes went through the kernel: _catch_up counts them.
+        if ack_off > rcv.rcv_nxt and ack_off > rcv.skip_to and not flow.bypass:
+            rcv.skip_to = ack_off
+            if not flow.pending_data:
+                self.new_data_flows.append(flow)
+            flow.pending_data |= 1 << receiver
+
+    def _skip_lost(self, flow, receiver, rcv, to):
+        """The receiver has every byte below `to`: those the monitor has not seen are lost
+        (mtcp_peek reports them with ENODATA; a later copy is a retransmission), and the
+        in-order stream goes on after them, so the bytes held beyond a hole are delivered."""
+        before = rcv.rcv_nxt
+        buf = rcv.buf
+        if buf is not None:
+            head = buf.head
+            buf.skip(to)
+            rcv.rcv_nxt = buf.next_offset
+            if buf.head != head:
+                self._count_overrun(flow, receiver, buf.head)
+        else:
+            rcv.rcv_nxt = to    # no byte held yet, or not buffered: nothing to keep
+        if rcv.rcv_nxt > before:
+            if not flow.pending_data:
+                self.new_data_flows.append(flow)
+            flow.pending_data |= 1 << receiver
+
+    def _end_streams(self, flow):
+        """A flow ends: held segments never acknowledged are given up, and the holes below
+        the furthest byte seen are lost (nothing can fill them now)."""
+        for receiver, rcv in enumerate(flow.sides):
+            if rcv.beyond_edge is not None:
+                self._reject_held(flow, receiver, rcv)
+            if rcv.max_end > rcv.rcv_nxt and not flow.bypass:
+                self._skip_lost(flow, receiver, rcv, rcv.max_end)
 
     def _accept_acked(self, flow, receiver, rcv, ack_off):
         """The receiver acknowledged up to ack_off: the held bytes below it were accepted
@@ -156,22 +220,24 @@ class StreamDelivery:
         where no copy of theirs arrived since (as under MOS_OVERLAP_POLICY_FIRST)."""
         waiting = []
         before = rcv.rcv_nxt
-        for offset, end, data in rcv.beyond_edge:
+        for offset, end, data, probe in rcv.beyond_edge:
             if offset >= ack_off:
-                waiting.append((offset, end, data))
+                waiting.append((offset, end, data, probe))
                 continue
             if end > ack_off:    # only the acknowledged part is proven
                 cut = ack_off - offset
-                waiting.append((ack_off, end, data[cut:] if data is not None else None))
+                waiting.append((ack_off, end, data[cut:] if data is not None else None, probe))
                 data = data[:cut] if data is not None else None
                 end = ack_off
             buf = rcv.buf
-            if buf is None and rcv.bufsize and self._reserve_buffer(flow, rcv):
-                buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
-                                             max_fragments=self.config.max_fragments)
+            if buf is None and rcv.bufsize:
+                buf = self._new_buffer(flow, rcv)
             if buf is not None and data is not None:
                 head_before = buf.head
                 overlapped = buf.fill(offset, data)
+                if buf.last_insert_refused:
+                    self._counters["refused_fragments"] += 1
+                    overlapped = end - offset     # not held: not received
                 rcv.rcv_nxt = buf.next_offset
                 if buf.head != head_before:
                     self._count_overrun(flow, receiver, buf.head)
@@ -191,11 +257,16 @@ class StreamDelivery:
             flow.pending_data |= 1 << receiver
 
     def _count_overrun(self, flow, receiver, head):
-        """The buffer's window slid to head: sockets that had not read below it lost bytes."""
+        """The buffer's window slid to head outside a segment's delivery: sockets that had
+        not read below it lost bytes, and MOS_ON_ERROR is raised at once."""
+        overrun = False
         for sock in flow.socks:
             if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
                 sock.so_error = errno.ENOBUFS
                 self._counters["buffer_overruns"] += 1
+                overrun = True
+        if overrun:
+            self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
 
     def _catch_up(self, snd, rcv, pkt):
         """A segment of a bypassed flow: the bytes `snd` sent before it went through the
@@ -233,6 +304,13 @@ class StreamDelivery:
         pending = flow.pending_data
         if not pending:
             return
+        # Holes the receiver acknowledged this batch and no copy filled: lost.
+        cli, svr = flow.sides
+        if pending & 1 and cli.skip_to > cli.rcv_nxt:
+            self._skip_lost(flow, MOS_SIDE_CLI, cli, cli.skip_to)
+        if pending & 2 and svr.skip_to > svr.rcv_nxt:
+            self._skip_lost(flow, MOS_SIDE_SVR, svr, svr.skip_to)
+        pending = flow.pending_data
         flow.pending_data = 0
         saved_pkt = self.cur_pkt
         self.cur_pkt = None

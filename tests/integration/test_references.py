@@ -38,7 +38,8 @@ from integ_helpers import (
 
 REAL = ["http_sizes", "upload", "concurrent", "refused", "rst_abort", "halfclose", "ipv6",
         "small_writes", "reuse"]
-CRAFTED = ["reorder", "dup", "overlap_diff", "seqwrap", "lost", "midstream", "shuffled_upload"]
+CRAFTED = ["reorder", "dup", "overlap_diff", "seqwrap", "lost", "holes", "midstream",
+           "shuffled_upload"]
 ALL = REAL + CRAFTED
 # The crafted variants are rewrites of this flow of http_sizes.pcap.
 BASE_CLIENT = tcpflow_endpoint("10.77.0.1", 37786)
@@ -211,6 +212,42 @@ def test_lost_segment_is_zeros_like_tcpflow():
     assert f"[{hole['length']} {MARKER.decode()}]".encode() in marker
 
 
+def test_holes_in_both_directions_are_zeros_like_tcpflow():
+    """Bytes lost by the capture in both directions, each acknowledged by its receiver:
+    flowdump writes exactly the holes as zeros at their offsets (every byte after a hole
+    delivered), as tcpflow does; conn.log's missed_bytes is the sum of the holes; tshark
+    has its marker for each hole in place of the zeros."""
+    expected = sidecar("holes")
+    ours = flowdump(pcap("holes")).result()
+    names = {"client_to_server": C2S, "server_to_client": S2C}
+    for direction, name in names.items():
+        assert ours[name] == base64.b64decode(expected[direction])
+    assert {h["direction"] for h in expected["holes"]} == set(names)
+    for hole in expected["holes"]:
+        data = ours[names[hole["direction"]]]
+        assert data[hole["offset"]:hole["offset"] + hole["length"]] == bytes(hole["length"])
+    assert_same(ours, tcpflow(pcap("holes")).result(), "tcpflow -r")
+    (record,) = connlog(pcap("holes")).result()
+    assert record["missed_bytes"] == sum(h["length"] for h in expected["holes"])
+    theirs = tshark_streams(pcap("holes"))
+    for direction, name in names.items():
+        holes = [h for h in expected["holes"] if h["direction"] == direction]
+        pieces, at = [], 0
+        for hole in holes:
+            pieces.append(ours[name][at:hole["offset"]])
+            at = hole["offset"] + hole["length"]
+        pieces.append(ours[name][at:])
+        markers = [f"[{h['length']} {MARKER.decode()}]".encode() for h in holes]
+        rest = theirs[name]
+        for piece, marker in zip(pieces, markers + [None]):
+            assert rest.startswith(piece), f"{name}: tshark differs beyond its markers"
+            rest = rest[len(piece):]
+            if marker is not None:
+                assert marker in rest[:len(marker) + 2]
+                rest = rest[rest.index(marker) + len(marker):].lstrip(b".\0")
+        assert rest == b""
+
+
 def test_midstream_without_pickup_is_orphans():
     """A capture that starts after the handshake: with --no-midstream, or in an app that
     does not ask for pickup (mOS's default), every packet is an orphan (MOS_ON_ORPHAN): no
@@ -320,6 +357,7 @@ EXPECTED_STATES = {
     "overlap_diff": ("SF", "fin", 0),
     "seqwrap": ("SF", "fin", 0),
     "lost": ("SF", "fin", 1448),          # the segment never captured
+    "holes": ("SF", "fin", 30 + 1448 + 2896 + 1448),   # holes.expected.json's holes
     # Picked up without a handshake; both sides' FINs seen: Zeek's SF (its endpoints go
     # from PARTIAL to CLOSED), history without S and h.
     "midstream": ("SF", "fin", 0),
@@ -342,7 +380,7 @@ def test_connlog_states(name):
         assert (record["id.orig_h"], record["id.orig_p"]) == node0
         assert (record["id.resp_h"], record["id.resp_p"]) == node1
         # Stream lengths: what tshark follow shows (minus its marker for the hole).
-        if name not in ("lost", "reorder"):
+        if name not in ("lost", "holes", "reorder"):
             assert (record["orig_bytes"], record["resp_bytes"]) == (len(data0), len(data1))
         if reason == "fin":
             # The first FIN's sender closed actively: TIME_WAIT; the other side CLOSED.

@@ -573,16 +573,20 @@ def test_overlap_sidecar_matches_the_capture(policy):
 
 
 @needs_data
-def test_lost_sidecar_matches_the_capture():
-    exp = json.loads((DATA / "lost.expected.json").read_text())
-    streams = naive_streams(DATA / "lost.pcap", "FIRST")
-    ck = client_key(DATA / "lost.pcap")
+@pytest.mark.parametrize("name", ["lost", "holes"])
+def test_holes_sidecar_matches_the_capture(name):
+    exp = json.loads((DATA / f"{name}.expected.json").read_text())
+    streams = naive_streams(DATA / f"{name}.pcap", "FIRST")
+    ck = client_key(DATA / f"{name}.pcap")
     (sk,) = [k for k in streams if k != ck]
-    s2c = base64.b64decode(exp["server_to_client"])
-    assert streams[sk] == s2c
-    assert streams[ck] == base64.b64decode(exp["client_to_server"])
-    (hole,) = exp["holes"]
-    assert s2c[hole["offset"]:hole["offset"] + hole["length"]] == bytes(hole["length"])
+    expected = {"client_to_server": base64.b64decode(exp["client_to_server"]),
+                "server_to_client": base64.b64decode(exp["server_to_client"])}
+    assert streams[ck] == expected["client_to_server"]
+    assert streams[sk] == expected["server_to_client"]
+    assert exp["holes"]
+    for hole in exp["holes"]:
+        data = expected[hole["direction"]]
+        assert data[hole["offset"]:hole["offset"] + hole["length"]] == bytes(hole["length"])
 
 
 @needs_data

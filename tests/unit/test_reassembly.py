@@ -352,43 +352,129 @@ def test_refused_insert_reports_overlap_below_head():
     assert sb.fragments() == [(6, 4)]
 
 
+# -- lost bytes (skip) ------------------------------------------------------------------------
+
+def test_skip_gives_up_the_holes_below_and_goes_on_after_them():
+    sb = StreamBuffer(64)
+    sb.insert(0, b"a" * 10)
+    sb.insert(20, b"c" * 10)
+    sb.insert(40, b"e" * 5)
+    assert sb.next_offset == 10
+    assert sb.skip(25) == 10                       # [10, 20) lost; the run at 20 joins
+    assert sb.next_offset == 30
+    assert sb.lost() == [(10, 20)] and sb.lost_bytes == 10
+    assert sb.fragments() == [(0, 10), (20, 10), (40, 5)]   # the lost range is a gap
+    assert sb.held_bytes == 25
+    assert sb.read(0, 100) == b"a" * 10            # reads stop at a lost range
+    assert sb.read(10, 5) == b"" and sb.lost_at(12) == 8 and sb.lost_at(20) == 0
+    assert sb.read(20, 100) == b"c" * 10
+    assert sb.skip(30) == 0                        # nothing to give up
+    assert sb.skip(50) == 15                       # [30, 40) and [45, 50)
+    assert sb.lost() == [(10, 20), (30, 40), (45, 50)] and sb.next_offset == 50
+    assert sb.last_received_end == 50
+
+
+def test_in_order_data_after_a_skip_takes_the_fast_path():
+    sb = StreamBuffer(64)
+    sb.insert(0, b"ab")
+    sb.skip(10)
+    sb.insert(10, b"kl")
+    assert sb.next_offset == 12 and sb.fragments() == [(0, 2), (10, 2)]
+    assert sb.lost() == [(2, 10)]
+
+
+@pytest.mark.parametrize("policy", [FIRST, LAST])
+def test_a_late_copy_of_lost_bytes_is_overlap_and_stays_lost(policy):
+    sb = StreamBuffer(64, policy)
+    sb.insert(0, b"ab")
+    sb.insert(6, b"gh")
+    sb.skip(8)
+    assert sb.insert(1, b"BCDEFG") == 6            # lost bytes count as received before
+    assert sb.lost() == [(2, 6)] and sb.lost_at(2) == 4
+    assert sb.read(0, 10) == (b"aB" if policy == LAST else b"ab")
+
+
+def test_a_skip_past_the_window_moves_head():
+    sb = StreamBuffer(16)
+    sb.insert(0, b"abcd")
+    assert sb.skip(40) == 36
+    assert sb.head == 24 and sb.next_offset == 40
+    assert sb.lost() == [(24, 40)] and sb.fragments() == []
+    assert sb.lost_at(30) == 10 and sb.read(24, 4) == b""
+
+
+def test_skip_before_anything_is_held():
+    sb = StreamBuffer(16)
+    assert sb.skip(5) == 5
+    assert sb.next_offset == 5 and sb.lost() == [(0, 5)]
+    sb.insert(5, b"fg")
+    assert sb.read(5, 9) == b"fg" and sb.fragments() == [(5, 2)]
+
+
+def test_lost_ranges_are_bounded_by_max_fragments():
+    sb = StreamBuffer(64, max_fragments=2)
+    for start in (0, 10, 20):
+        sb.insert(start, b"x" * 5)
+        sb.skip(start + 10)
+    # A third lost range moves head past the oldest one.
+    assert sb.lost() == [(15, 20), (25, 30)]
+    assert sb.head == 10 and sb.next_offset == 30
+
+
 # -- naive model ----------------------------------------------------------------------------
 
+def _runs(offsets):
+    runs = []
+    for off in sorted(offsets):
+        if runs and runs[-1][0] + runs[-1][1] == off:
+            runs[-1][1] += 1
+        else:
+            runs.append([off, 1])
+    return [tuple(r) for r in runs]
+
+
 class NaiveStream:
-    """A dict offset -> byte with the same window, policy and fragment-cap rules."""
+    """A dict offset -> byte with the same window, policy and fragment-cap rules, and a set
+    of lost offsets (skip): received for overlaps, the cap and next_offset, never read."""
 
     def __init__(self, capacity, policy, max_fragments):
         self.capacity = capacity
         self.policy = policy
         self.max_fragments = max_fragments
         self.held = {}
+        self.lost = set()
         self.head = 0
         self.last_received_end = 0
         self.refused = 0
         self.last_refused = False
 
     def fragments(self):
-        runs = []
-        for off in sorted(self.held):
-            if runs and runs[-1][0] + runs[-1][1] == off:
-                runs[-1][1] += 1
-            else:
-                runs.append([off, 1])
-        return [tuple(r) for r in runs]
+        return _runs(self.held)
+
+    def lost_ranges(self):
+        return [(off, off + length) for off, length in _runs(self.lost)]
+
+    def _slide(self, head):
+        self.head = max(self.head, head)
+        self.held = {off: b for off, b in self.held.items() if off >= self.head}
+        self.lost = {off for off in self.lost if off >= self.head}
 
     def insert(self, offset, data):
         if not data:
             return 0
         end = offset + len(data)
-        overlap = sum(1 for off in range(offset, end) if off < self.head or off in self.held)
-        saved = dict(self.held), self.head
-        self.head = max(self.head, end - self.capacity)
-        self.held = {off: b for off, b in self.held.items() if off >= self.head}
+        overlap = sum(1 for off in range(offset, end)
+                      if off < self.head or off in self.held or off in self.lost)
+        saved = dict(self.held), set(self.lost), self.head
+        self._slide(end - self.capacity)
+        runs = len(_runs(set(self.held) | self.lost))
         for off, byte in zip(range(offset, end), data):
-            if off >= self.head and (self.policy == LAST or off not in self.held):
+            if off >= self.head and off not in self.lost and (
+                    self.policy == LAST or off not in self.held):
                 self.held[off] = byte
-        if len(self.fragments()) > self.max_fragments:
-            self.held, self.head = saved
+        # Refused: it adds a run (a skip may have left one more than the cap already).
+        if len(_runs(set(self.held) | self.lost)) > max(self.max_fragments, runs):
+            self.held, self.lost, self.head = saved
             self.refused += 1
             self.last_refused = True
             return overlap
@@ -396,12 +482,31 @@ class NaiveStream:
         self.last_received_end = max(self.last_received_end, end)
         return overlap
 
+    def skip(self, to):
+        start = self.next_offset
+        if to <= start:
+            return 0
+        gaps = {off for off in range(start, to) if off not in self.held}
+        self.lost |= gaps
+        self.last_received_end = max(self.last_received_end, to)
+        self._slide(to - self.capacity)
+        ranges = self.lost_ranges()
+        if len(ranges) > self.max_fragments:
+            self._slide(ranges[-1 - self.max_fragments][1])
+        return len(gaps)
+
     @property
     def next_offset(self):
         off = self.head
-        while off in self.held:
+        while off in self.held or off in self.lost:
             off += 1
         return off
+
+    def lost_at(self, offset):
+        count = 0
+        while offset >= self.head and offset + count in self.lost:
+            count += 1
+        return count
 
     def read(self, offset, max_len):
         if offset < self.head:
@@ -449,6 +554,12 @@ class ReassemblyMachine(RuleBasedStateMachine):
     def jump_ahead(self, gap, data):
         self._insert(self.model.last_received_end + gap, data)
 
+    @rule(rel=st.integers(-3, 40))
+    def skip(self, rel):
+        # The receiver acknowledged up to there: what is not held there is lost.
+        to = max(0, self.model.next_offset + rel)
+        assert self.sb.skip(to) == self.model.skip(to)
+
     @rule(policy=st.sampled_from([FIRST, LAST]))
     def set_policy(self, policy):
         self.sb.policy = self.model.policy = policy
@@ -461,6 +572,7 @@ class ReassemblyMachine(RuleBasedStateMachine):
         buf = bytearray(max_len)
         assert self.sb.read_into(offset, buf) == len(expected)
         assert bytes(buf[:len(expected)]) == expected
+        assert self.sb.lost_at(offset) == self.model.lost_at(offset)
 
     @invariant()
     def observables_match(self):
@@ -470,8 +582,12 @@ class ReassemblyMachine(RuleBasedStateMachine):
         assert sb.last_received_end == model.last_received_end
         assert sb.fragments() == model.fragments()
         assert sb.held_bytes == len(model.held)
+        assert sb.lost() == model.lost_ranges()
+        assert sb.lost_bytes == len(model.lost)
         assert sb.refused_fragments == model.refused
-        assert len(sb.fragments()) <= sb.max_fragments
+        # A skip can add the run it gives up at head: one more than the cap.
+        assert len(_runs(set(model.held) | model.lost)) <= sb.max_fragments + 1
+        assert len(sb.lost()) <= sb.max_fragments
         for off, length in sb.fragments():
             assert sb.read(off, length + 1) == model.read(off, length + 1)
 
