@@ -168,6 +168,7 @@ class TcpEmulation:
                     self._counters["bad_tcp_options"] += 1
                 # RFC 7323 2.3: a shift count above 14 is used as 14 (as Linux does).
                 snd.wscale = pkt.wscale if pkt.wscale is None or pkt.wscale <= 14 else 14
+                snd.mss = pkt.mss
                 if flags & TH_ACK:
                     flow.window_known = rcv.syn_seen
                     flow.window_scaled = snd.wscale is not None and rcv.wscale is not None
