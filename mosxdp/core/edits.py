@@ -27,6 +27,11 @@ what follows them.
 Bytes the monitor has forwarded already (original offsets below `fence`) may be in the
 receiver's hands: size changes that touch them are refused (EditError), and a
 retransmission carries only the edits recorded for it.
+
+The edits below what the receiver acknowledged are forgotten once there are enough of
+them (`prune`): only their sum stays, so memory and lookups follow the edits in flight,
+not the flow's length. A late retransmission that starts below that point leaves without
+its head (bytes the receiver has), from the point on.
 """
 from bisect import bisect_left, bisect_right
 
@@ -41,6 +46,10 @@ TCPOPT_SACK = 5
 # RFC 9293 3.7.1: the MSS a sender may assume when the receiver's SYN had no MSS option.
 DEFAULT_MSS = {4: 536, 6: 1220}
 
+# Edits kept before the ones below the receiver's ACK are forgotten (at least this many,
+# and twice as many as after the last time).
+PRUNE_AT = 32
+
 _ORIGINAL = 0       # a run of original bytes: (_ORIGINAL, start, end)
 _INSERTED = 1       # a run of inserted bytes: (_INSERTED, (p, side))
 
@@ -53,6 +62,7 @@ class StreamEdits:
     """One direction's edits, in the sender's numbering (see the module docstring)."""
 
     __slots__ = ("anchor_seq", "anchor_off", "fence", "inserts", "deletions", "overwrites",
+                 "base", "acked", "_base_shift", "_prune_at",
                  "_step_x", "_step_sum", "_del_start", "_del_end", "_del_before",
                  "_span_lo", "_span_hi", "_ins_keys", "_ovr_keys", "_ins_total", "_del_total")
 
@@ -65,6 +75,10 @@ class StreamEdits:
         self.inserts = {}           # (p, LEFT or RIGHT) -> bytearray
         self.deletions = []         # sorted, disjoint, non-adjacent [start, end] lists
         self.overwrites = {}        # original offset -> byte value
+        self.base = 0               # edits wholly below it are forgotten (prune)
+        self.acked = 0              # the receiver has every original byte below it
+        self._base_shift = 0        # W(base) - base of the forgotten edits
+        self._prune_at = PRUNE_AT
         self._rebuild()
 
     # ------------------------------------------------------------ numbering
@@ -81,9 +95,10 @@ class StreamEdits:
             self.anchor_off = end
 
     def wire(self, off):
-        """W(off): the receiver's offset of original offset `off`."""
+        """W(off): the receiver's offset of original offset `off` (below `base`: as if no
+        edit lay between them, the forgotten ones are only a sum)."""
         i = bisect_right(self._step_x, off)
-        shift = self._step_sum[i - 1] if i else 0
+        shift = self._base_shift + (self._step_sum[i - 1] if i else 0)
         j = bisect_right(self._del_start, off) - 1
         if j >= 0:
             end = self._del_end[j]
@@ -92,8 +107,8 @@ class StreamEdits:
 
     def floor(self, wire_off):
         """The largest original offset o with W(o) <= wire_off."""
-        lo = wire_off - self._ins_total           # W(lo) <= lo + inserted bytes
-        hi = wire_off + self._del_total + 1       # W(hi) >= hi - deleted bytes
+        lo = wire_off - self._base_shift - self._ins_total      # W(lo) <= wire_off
+        hi = wire_off - self._base_shift + self._del_total + 1  # W(hi) > wire_off
         while hi - lo > 1:
             mid = (lo + hi) >> 1
             if self.wire(mid) <= wire_off:
@@ -116,6 +131,37 @@ class StreamEdits:
         else:
             off = self.floor(wire_off)
         return (wire_seq + off - wire_off) & SEQ_MASK
+
+    def note_acked(self, off):
+        """The receiver has every original byte below `off`: forget the edits below it
+        when they have piled up."""
+        if off <= self.acked:
+            return
+        self.acked = off
+        if len(self._span_lo) > self._prune_at and off > self.base:
+            self.prune(off)
+            self._prune_at = max(PRUNE_AT, 2 * len(self._span_lo))
+
+    def prune(self, below):
+        """Forget the edits wholly below original offset `below` (keeping their sum)."""
+        shift = 0
+        inserts = {}
+        for (p, side), data in self.inserts.items():
+            if (p if side == LEFT else p + 1) <= below:
+                shift += len(data)
+            else:
+                inserts[p, side] = data
+        deletions = []
+        for start, end in self.deletions:
+            if end <= below:
+                shift -= end - start
+            else:
+                deletions.append([start, end])
+        self.inserts, self.deletions = inserts, deletions
+        self.overwrites = {o: v for o, v in self.overwrites.items() if o >= below}
+        self.base = below
+        self._base_shift += shift
+        self._rebuild()
 
     # ------------------------------------------------------------ segments
     def touched(self, start, end):
@@ -228,22 +274,26 @@ class FrameEdit:
     gets it (`view`, what mtcp_getlastpkt shows) and the app's edits of that view, each
     recorded in the direction's StreamEdits."""
 
-    __slots__ = ("pkt", "sender", "edits", "start", "_runs", "_view", "_starts")
+    __slots__ = ("pkt", "sender", "edits", "seq_start", "start", "end", "trimmed", "_runs",
+                 "_view", "_starts")
 
     def __init__(self, pkt, sender, edits):
         self.pkt = pkt
         self.sender = sender
         self.edits = edits
-        self.start = edits.offset(pkt.seq)
+        seq_start = self.seq_start = edits.offset(pkt.seq)
+        self.end = seq_start + pkt.payload_len
+        # A late resend of bytes below the forgotten edits: only what follows them is
+        # the receiver's to get.
+        self.trimmed = seq_start < edits.base
+        self.start = edits.base if self.trimmed else seq_start
+        if self.end < self.start:
+            self.end = self.start
         self._runs = self._view = self._starts = None
-
-    @property
-    def end(self):
-        return self.start + self.pkt.payload_len
 
     def touched(self):
         """Whether the payload may differ from the sender's (view() tells)."""
-        return self.start < self.end and self.edits.touched(self.start, self.end)
+        return self.trimmed or (self.start < self.end and self.edits.touched(self.start, self.end))
 
     def _layout(self):
         if self._runs is None:
@@ -255,7 +305,9 @@ class FrameEdit:
             else:
                 runs = [(_ORIGINAL, start, end)] if start < end else []
             self._runs = runs
-            self._view = edits.materialize(runs, start, pkt.payload)
+            payload = pkt.payload
+            skip = pkt.payload_len - (end - start)
+            self._view = edits.materialize(runs, start, payload[skip:] if skip else payload)
             self._starts = []
             at = 0
             for run in runs:
@@ -422,6 +474,7 @@ def unmap_acks(pkt, edits):
     old = bytes(buf[first:last])
     new = bytearray(old)
     ack = edits.unmap_seq(pkt.ack)
+    edits.note_acked(edits.offset(ack))
     new[0:4] = ack.to_bytes(4, "big")
     pos = 12                             # the options, in `new`
     while pos < len(new):
@@ -458,16 +511,16 @@ def leave(edit, limit):
     pkt = edit.pkt
     edits = edit.edits
     start, end = edit.start, edit.end
-    seq = pkt.seq
+    seq = (pkt.seq + start - edit.seq_start) & SEQ_MASK      # that of `start`
     wire_seq = (seq + edits.wire(start) - start) & SEQ_MASK
     payload = None
-    if start < end and edits.touched(start, end):
+    if edit.touched():
         payload = edit.view()
     edits.sent(seq, start, end)
     buf = pkt.buf
     l4 = pkt.l4_off
-    if payload is None or (len(payload) == pkt.payload_len and len(payload) <= limit):
-        if wire_seq == seq and payload is None:
+    if not edit.trimmed and (payload is None or len(payload) == pkt.payload_len):
+        if wire_seq == pkt.seq and payload is None:
             return None
         csum_at = l4 + TCP_CHECKSUM_OFF
         csum = int.from_bytes(buf[csum_at:csum_at + 2], "big")
@@ -483,7 +536,9 @@ def leave(edit, limit):
         buf[csum_at:csum_at + 2] = csum.to_bytes(2, "big")
         return None
     valid = verify_tcp_checksum(pkt)
-    head = bytes(buf[:pkt.payload_off])
+    head = bytearray(buf[:pkt.payload_off])
+    if edit.trimmed and edit.seq_start + pkt.payload_len < edits.base:
+        head[l4 + 13] &= ~TH_FIN & 0xFF    # the receiver acknowledged this FIN already
     parts = [payload[i:i + limit] for i in range(0, len(payload), limit)] or [b""]
     frames = []
     for index, part in enumerate(parts):

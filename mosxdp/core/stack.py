@@ -323,8 +323,11 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         in the receiver's numbering."""
         edits = flow.edits
         peer = edits[1 - sender]
-        if peer is not None and self.acks_on_wire and pkt.flags & TH_ACK:
-            unmap_acks(pkt, peer)
+        if peer is not None and pkt.flags & TH_ACK:
+            if self.acks_on_wire:
+                unmap_acks(pkt, peer)
+            else:
+                peer.note_acked(peer.offset(pkt.ack))
         own = edits[sender]
         if own is not None:
             self.cur_edit = FrameEdit(pkt, sender, own)

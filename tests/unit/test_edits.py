@@ -260,6 +260,47 @@ def test_bad_checksum_stays_bad_when_resized():
     assert bytes(out.payload) == b"hello, world" and not verify_tcp_checksum(out)
 
 
+def test_edits_below_the_receivers_ack_are_forgotten():
+    """A long flow edited in every segment keeps only the edits in flight; a late resend
+    from below the forgotten ones leaves from where the receiver's ACK was, its FIN
+    dropped when the receiver has that too."""
+    isn = 40_000
+    edits = StreamEdits(isn)
+    rx = WireReceiver(isn)
+    chunk = b"0123456789" * 10
+    for i in range(400):
+        send(edits, isn + 100 * i, chunk, rx, [("insert", 3, b"+"), ("chomp", 50, 2)])
+        if i % 4 == 3 and i < 396:   # the receiver acknowledges everything, now and then
+            unmap_acks(client_ack(isn + len(rx.stream())), edits)
+    stream = rx.stream()
+    assert stream == (chunk[:3] + b"+" + chunk[3:49] + chunk[51:]) * 400
+    assert len(edits.inserts) + len(edits.deletions) <= 2 * 40 and edits.base > 30_000
+    # Everything acknowledged, FIN included (and forgotten, now): a resend of the last
+    # segment with the FIN.
+    edits._prune_at = 0
+    unmap_acks(client_ack(isn + len(stream) + 1), edits)
+    assert edits.base == 40_001 and not edits.inserts
+    pkt = server_segment(isn + 39_900, chunk, PSH | ACK | FIN)
+    [frame] = leave(FrameEdit(pkt, 1, edits), 1460)
+    off, payload, out = rx.take(frame)
+    assert (off, payload, out.flags) == (len(stream) + 1, b"", PSH | ACK)
+    # A resend from below an ACK in the middle: its bytes land where they did.
+    edits2 = StreamEdits(isn)
+    rx2 = WireReceiver(isn)
+    for i in range(100):
+        send(edits2, isn + 100 * i, chunk, rx2, [("insert", 3, b"+"), ("chomp", 50, 2)])
+    edits2._prune_at = 0
+    # Wire 99 * 5 + 30: view byte 30 of segment 5 ("012+..."), original byte 500 + 29.
+    ack = client_ack(isn + 99 * 5 + 30)
+    unmap_acks(ack, edits2)
+    assert ack.ack == isn + 529 and edits2.base == 529
+    for start, end in ((4000, 5200), (4950, 5050), (100, 9000)):
+        edit = FrameEdit(server_segment(isn + start, (chunk * 100)[start:end]), 1, edits2)
+        for frame in leave(edit, 1 << 16) or [bytes(edit.pkt.buf)]:
+            rx2.take(frame)
+    assert rx2.stream() == stream[:len(rx2.stream())] and len(rx2.stream()) == 9900
+
+
 # ------------------------------------------------------------------ core: property
 @st.composite
 def edited_streams(draw):
@@ -287,13 +328,14 @@ def edited_streams(draw):
     isn = draw(st.one_of(st.integers(0, MASK), st.integers(MASK - 500, MASK)))
     resend = draw(st.lists(st.tuples(st.integers(0, size), st.integers(0, size)), max_size=6))
     acks = draw(st.lists(st.integers(0, size + 40), max_size=8))
-    return data, bounds, ops, isn, resend, acks
+    acked = draw(st.one_of(st.none(), st.integers(0, size)))
+    return data, bounds, ops, isn, resend, acks, acked
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edited_streams())
 def test_remapping_property(case):
-    data, bounds, ops, isn, resend, acks = case
+    data, bounds, ops, isn, resend, acks, acked = case
     edits = StreamEdits(isn)
     rx = WireReceiver(isn)
     views = []
@@ -305,21 +347,31 @@ def test_remapping_property(case):
     # W is non-decreasing and ends where the receiver's stream does.
     wires = [edits.wire(o) for o in range(len(data) + 1)]
     assert wires == sorted(wires) and wires[0] == 0 and wires[-1] == len(stream)
+    base = 0
+    if acked is not None:
+        # The receiver acknowledged `acked`: the edits below it are forgotten, W from it
+        # on stays, and a resend from below it leaves without its head.
+        edits.prune(acked)
+        base = edits.base
+        assert base == acked and [edits.wire(o) for o in range(base, len(data) + 1)] == wires[base:]
     for first, last in resend:
         start, end = min(first, last), max(first, last)
         edit = FrameEdit(server_segment(isn + start, data[start:end]), 1, edits)
         frames = leave(edit, 1 << 16)
         for frame in frames or [bytes(edit.pkt.buf)]:
             off, payload, _ = rx.take(frame)
-            assert off == wires[start] and off + len(payload) == wires[end]
+            assert off == wires[max(start, base)] and off + len(payload) == wires[max(end, base)]
     assert rx.stream() == stream
     for wire_off in acks:
+        if wire_off < wires[base]:
+            continue
         o = seq_delta(edits.unmap_seq((isn + wire_off) & MASK), isn)
         # The largest original offset whose edited bytes before it the receiver has.
         assert edits.wire(o) <= wire_off < edits.wire(o + 1)
         left = seq_delta(edits.unmap_seq((isn + wire_off) & MASK, left_edge=True), isn)
         # The smallest original offset whose edited bytes from it on the receiver has.
-        assert edits.wire(left - 1) < wire_off <= edits.wire(left)
+        assert edits.wire(left) >= wire_off
+        assert left - 1 < base or edits.wire(left - 1) < wire_off
 
 
 # ------------------------------------------------------------------ API, inline
