@@ -34,7 +34,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "beyond_edge", "last_pkt", "mss",
+        "bypassed_bytes", "beyond_edge", "last_pkt", "mss", "rexmit",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -73,6 +73,7 @@ class Side:
         # (Stack._keep_last_packets turns its buffer into a copy before the frame is reused).
         self.last_pkt = None
         self.mss = None            # the MSS option of our SYN
+        self.rexmit = None         # (seq, payload length) of our last retransmission
 
 
 class Flow:

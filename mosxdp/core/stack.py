@@ -243,6 +243,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 snd.snd_nxt = seq_end
             elif payload_len:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (pkt.seq, payload_len)
             snd_transitions = 0
             acked = flags & TH_ACK
             if acked:
@@ -355,7 +356,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         if own is None:
             snd = flow.sides[sender]
             seq_end = (pkt.seq + pkt.payload_len + (1 if pkt.flags & TH_FIN else 0)) & SEQ_MASK
-            if snd.snd_nxt is None or seq_delta(seq_end, snd.snd_nxt) < 0:
+            if snd.snd_nxt is None or seq_delta(seq_end, snd.snd_nxt) < 0 \
+                    or snd.rexmit == (pkt.seq, pkt.payload_len):
                 raise ValueError("this segment repeats bytes sent before (a retransmission): "
                                  "the receiver may have them, their size cannot change")
             # Everything the side sent before this segment counts as forwarded.

@@ -179,6 +179,7 @@ class TcpEmulation:
         else:
             if payload_len and seq_delta(seq_end, snd.snd_nxt) <= 0 and not flags & TH_FIN:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (seq, payload_len)
             if seq_delta(seq_end, snd.snd_nxt) > 0:
                 snd.snd_nxt = seq_end
         if flags & TH_FIN:
@@ -191,6 +192,7 @@ class TcpEmulation:
                     snd_transitions += 1
             elif snd.fin_seq == fin_seq:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (seq, payload_len)
         if flags & TH_ACK:
             snd_transitions += self._sender_ack(flow, pkt, sender, snd)
         if rst_ok:

@@ -13,6 +13,7 @@ receiver that got the edited stream) with a simulated client that acknowledges w
 received, including SACK blocks and a lost segment; offline, frames written with --write
 carry the edits.
 """
+import errno
 import random
 import socket
 
@@ -621,3 +622,44 @@ def test_write_holds_the_edited_frames(api, tmp_path):
         elif pkt.flags & FIN:
             assert pkt.seq == 5001 + len(EDITED)
     assert rx.stream() == EDITED
+
+
+def test_refused_on_a_bypassed_flow_and_on_a_first_retransmission(api):
+    """A flow handed to the kernel cannot change size (its frames no longer all pass);
+    nor can a retransmission in a direction not edited yet (the receiver may have it)."""
+    mctx = mtcp_create_context(0)
+    sock = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+    results = []
+    seen = []
+
+    def on_packet(mctx, s, side, event, arg):
+        pinfo = PktInfo()
+        mtcp_getlastpkt(mctx, s, side, pinfo)
+        if side != MOS_SIDE_SVR or not pinfo.payloadlen:
+            return
+        seen.append(pinfo.seq)
+        if len(seen) == 2:        # the resend of the first response segment
+            results.append(capture_errno(mctx, s, side))
+            mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_BYPASS, 1)
+        elif len(seen) == 3:      # the FIN segment of the bypassed flow (with its payload)
+            results.append(capture_errno(mctx, s, side))
+    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, on_packet)
+
+    def frames():
+        yield c2s(1000, 0, SYN, options=MSS_1460)
+        yield s2c(5000, 1001, SYN | ACK, options=MSS_1460)
+        yield c2s(1001, 5001, ACK)
+        yield s2c(5001, 1001, PSH | ACK, b"first")
+        yield s2c(5001, 1001, PSH | ACK, b"first")
+        yield s2c(5006, 1001, FIN | ACK, b"last")
+    OfflineEngine(mctx, ((ts, memoryview(f)) for ts, f in enumerate(frames(), 1)), None).run()
+    assert results == [errno.EINVAL, errno.EINVAL]
+    assert mctx.stack.counters["resized_frames"] == 0
+
+
+def capture_errno(mctx, sock, side):
+    try:
+        mtcp_setlastpkt(mctx, sock, side, 0, b"+", 1, MOS_INSERT | MOS_TCP_PAYLOAD)
+    except OSError as exc:
+        return exc.errno
+    return 0
