@@ -117,11 +117,6 @@ class StreamEdits:
                 hi = mid
         return lo
 
-    def map_seq(self, seq):
-        """The receiver's sequence number for the sender's `seq` (a segment's start)."""
-        off = self.offset(seq)
-        return (seq + self.wire(off) - off) & SEQ_MASK
-
     def unmap_seq(self, wire_seq, left_edge=False):
         """The sender's sequence number for the receiver's `wire_seq`: an ACK or a SACK
         block's right edge, or with `left_edge` a SACK block's left edge."""
