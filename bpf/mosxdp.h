@@ -153,7 +153,18 @@ enum mx_counter {
 	MX_CNT_NO_XSK_FALLBACK,    /* meant for a socket, none bound at the index: kernel path */
 	MX_CNT_FAIL_CLOSED_DROP,   /* meant for a socket, none bound, fail_closed: dropped */
 	MX_CNT_DEVMAP_MISS,        /* inline, tx_ports has no entry for egress_slot: XDP_PASS */
+	/* after the program: redirects the kernel could not complete (the xdp_redirect_err
+	 * tracepoint, counted by mosxdp_redirect_err; 0 where it is not attached) */
+	MX_CNT_XSK_REDIRECT_ERR,   /* counted in to_xsk, refused by the socket: fill ring empty, RX ring full, ... */
+	MX_CNT_XSK_REDIRECT_OTHER, /* of those, errors the socket's XDP_STATISTICS do not count (not bound, wrong queue) */
+	MX_CNT_FORWARD_REDIRECT_ERR, /* counted in kernel_forward, refused by the devmap (peer down, frame too large) */
 	MX_CNT__MAX
 };
+
+/* Index of redirect_maps: the ids of this program's own maps, written by user space after
+ * the load, so that mosxdp_redirect_err counts only redirects through them. */
+#define MX_REDIRECT_MAP_XSK 0
+#define MX_REDIRECT_MAP_DEVMAP 1
+#define MX_REDIRECT_MAPS 2
 
 #endif /* MOSXDP_H */

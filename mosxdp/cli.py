@@ -212,6 +212,7 @@ def _print_live_summary(mctx, result):
     """At exit of a live run: the core's counters and the datapath's (only the core's when
     the run failed before its end: ``result`` None)."""
     from .engine import summary_line
+    from .engine.loss import loss_line
     if result is None:
         print(summary_line(mctx.stack, 0, 0, None), file=sys.stderr)
         return
@@ -226,6 +227,7 @@ def _print_live_summary(mctx, result):
                                         or "none")
           + f", entries left {result.verdict_entries_left}; kernel filter: {result.kernel_filter.why}",
           file=sys.stderr)
+    print(loss_line(datapath.get("lost") or {}, result.frames_in), file=sys.stderr)
     accounting = datapath.get("accounting")
     if accounting:
         print(f"mosxdp: umem frames {accounting}"

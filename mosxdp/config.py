@@ -40,6 +40,14 @@ def _nonneg_number(key, value):
     return value
 
 
+def _percent(key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} = {value!r}: expected a percentage (a number from 0 to 100)")
+    if not 0 <= value <= 100:  # also refuses nan
+        raise ConfigError(f"{key} = {value!r}: must be from 0 to 100")
+    return float(value)
+
+
 def _bool(key, value):
     if not isinstance(value, bool):
         raise ConfigError(f"{key} = {value!r}: expected true or false")
@@ -101,6 +109,7 @@ class Config:
     force: bool = False
     metrics_port: int = 0            # live: serve Prometheus metrics on 127.0.0.1:PORT (0: off)
     stats: bool = False              # print counters on stderr (mos.conf's stat_print; --stats)
+    loss_warning: float = 1.0        # live: warn when more than this % of frames is lost (0: never)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
 
     def stack_config(self):
@@ -150,6 +159,7 @@ SECTIONS = {
         "force": _bool,
         "metrics_port": _int(0),
         "stats": _bool,
+        "loss_warning": _percent,
         "keep_privileges": _bool,
     },
 }

@@ -91,6 +91,17 @@ class MtcpConf(ctypes.Structure):
         "tcp_timewait", "tcp_timeout")]
 
 
+class Timeval(ctypes.Structure):
+    """struct timeval, for mtcp_settimer's timeout: `timeval(1, 0)` is one second."""
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+    def __repr__(self):
+        return f"timeval(tv_sec={self.tv_sec}, tv_usec={self.tv_usec})"
+
+
+timeval = Timeval
+
+
 class MonitorFilter:
     """union monitor_filter: raw_pkt_filter for raw sockets, the two stream
     filters for stream sockets. None means "everything"."""

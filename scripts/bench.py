@@ -28,7 +28,6 @@ def _run_offline_once(pcap, app_name, app_argv, repeat):
 
     from mosxdp import api
     from mosxdp.cli import load_app
-    from mosxdp.core.stack import VERDICT_FORWARD  # noqa: F401  (same code path as the CLI)
     from mosxdp.engine import OfflineEngine
     from mosxdp.io.pcap import PcapReader
 
@@ -146,8 +145,20 @@ def bench_callgrind(pcap, frames):
 # The endpoint veths get GRO (what a NIC has by default; it also gives them the NAPI that
 # frames redirected into a veth need); --endpoint-xdp-pass uses XDP_PASS programs instead.
 #
+# Where the endpoints' TCP stacks run. A frame the monitor transmits into a veth is
+# received by the peer veth in softirq on the CPU that sent it: without steering, the
+# endpoints' IP and TCP receive run on the monitor's CPU, inside its sendto, and are billed
+# to the monitor (about half of its CPU with no app). No NIC deployment has that cost. So
+# every row runs with RPS on the endpoint veths steering their receive to the endpoints'
+# CPU (0); rows marked "shared" keep today's layout (no RPS) to show the artefact.
+#
+# Per row: the median of the rounds with [min-max], its ratio to the baseline's median,
+# and the monitor's CPU per data frame (user and system µs, over the TCP loads, data
+# frames counted at the server's interface). The 1-minute load average is printed before
+# and after the run and stored in --json.
+#
 # Adding a row is one line in LIVE_ROWS: (label, argv in the monitor namespace,
-# AF_XDP sockets it binds). "{py}", "{A}", "{B}" and "{tmp}" are substituted.
+# AF_XDP sockets it binds[, "shared"]). "{py}", "{A}", "{B}" and "{tmp}" are substituted.
 # =====================================================================================
 
 _BASELINE_HOLDER = (
@@ -202,6 +213,9 @@ LIVE_ROWS = [
     # kernel BYPASS, whose per-flow counters join the line at CONN_END.
     ("connlog --bypass-after-bytes 0",        ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--bypass-after-bytes", "0", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn0.log"], 2),
     ("bypass after handshake (kernel verdict)", ["{py}", "-m", "mosxdp.cli", "run", "{tmp}/bypass_app.py", "--iface", "{A}", "--peer", "{B}"], 2),
+    # today's layout, without RPS: the endpoints' receive runs on the monitor's CPU
+    ("XDP devmap baseline, shared layout",    ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0, "shared"),
+    ("mosxdp inline, no app, shared layout",  ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "none"], 2, "shared"),
 ]
 
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an
@@ -309,17 +323,37 @@ def _flood(tb, seconds, size, script):
 
 
 def _cpu_ticks(pid):
-    """utime + stime of a process, in clock ticks (/proc/PID/stat)."""
+    """(utime, stime) of a process and its threads, in clock ticks (/proc/PID/stat)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]), int(fields[12])
     except (OSError, IndexError, ValueError):
         return None
 
 
+def _steer_endpoints(tb, on):
+    """RPS on the endpoint veths: their receive processing on CPU 0 (the endpoints'), or
+    back where the frame was sent from (mask 0)."""
+    if (os.cpu_count() or 1) < 2:
+        return
+    mask = "1" if on else "0"
+    for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
+        tb.run(ns, ["sh", "-c", f"for q in /sys/class/net/{ifn}/queues/rx-*; do "
+                                f"echo {mask} > $q/rps_cpus; done"], check=True)
+
+
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _measure_row(tb, row, seconds, size, workdir, flooder):
-    label, argv, nsock = row
+    label, argv, nsock = row[:3]
+    _steer_endpoints(tb, "shared" not in row[3:])
     subst = {"{py}": sys.executable, "{A}": tb.iface_a, "{B}": tb.iface_b, "{tmp}": workdir}
     argv = [subst.get(a, a) for a in argv]
     argv = [a.replace("{tmp}", workdir) for a in argv]
@@ -330,12 +364,21 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
     try:
         if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
-        # the monitor's CPU share (of one CPU) over the two TCP loads
-        ticks, started = _cpu_ticks(mon.pid), time.monotonic()
+        # the monitor's CPU over the two TCP loads: share of one CPU, and µs per data frame
+        pid = mon.pid   # `ip netns exec` and taskset exec in turn: this is the monitor
+        ticks, started = _cpu_ticks(pid), time.monotonic()
+        data_before = _link_rx(tb, "srv", tb.srv_if)
         res = {"tcp1": _iperf(tb, 1, seconds), "tcp4": _iperf(tb, 4, seconds)}
-        after = _cpu_ticks(mon.pid)
+        after = _cpu_ticks(pid)
+        data_frames = _link_rx(tb, "srv", tb.srv_if) - data_before
         if ticks is not None and after is not None:
-            res["cpu"] = 100.0 * (after - ticks) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - started)
+            hz = os.sysconf("SC_CLK_TCK")
+            user, system = (after[0] - ticks[0]) / hz, (after[1] - ticks[1]) / hz
+            res["cpu"] = 100.0 * (user + system) / (time.monotonic() - started)
+            if data_frames > 0:
+                res["us_user"] = user * 1e6 / data_frames
+                res["us_sys"] = system * 1e6 / data_frames
+                res["data_frames"] = data_frames
         res["kpps"], res["gen_kpps"] = _flood(tb, seconds, size, flooder)
         if mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor died during the run (see {log.name})")
@@ -375,6 +418,7 @@ def bench_live(argv, rounds=3):
     with open(os.path.join(workdir, "bypass_app.py"), "w") as f:
         f.write(_BYPASS_APP)
     results = {r[0]: [] for r in rows}
+    load_before = _loadavg()
     try:
         with Testbed("inline") as tb:
             if args.endpoint_xdp_pass:
@@ -396,11 +440,13 @@ def bench_live(argv, rounds=3):
                     if res:
                         print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "
                               f"4 streams {res['tcp4'] or 0:.2f} Gbps, small frames {res['kpps']:.0f} kpps "
-                              f"(generator {res['gen_kpps']:.0f}), monitor CPU {res.get('cpu', 0):.0f}%",
+                              f"(generator {res['gen_kpps']:.0f}), monitor CPU {res.get('cpu', 0):.0f}%, "
+                              f"{res.get('us_user', 0):.2f} + {res.get('us_sys', 0):.2f} µs/data frame",
                               flush=True)
             tb.stop(srv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    load_after = _loadavg()
 
     def med(label, key):
         vals = [r[key] for r in results[label] if r and r.get(key) is not None]
@@ -412,15 +458,20 @@ def bench_live(argv, rounds=3):
     print(f"\nlive benchmark: veth inline testbed, {rounds} rounds of {args.seconds:g} s, "
           f"median [min-max]; ratio = median / baseline median; "
           f"small frames: {args.frame_size}-byte TCP, counted at the server; endpoints with "
-          f"{'XDP_PASS programs' if args.endpoint_xdp_pass else 'GRO'}")
+          f"{'XDP_PASS programs' if args.endpoint_xdp_pass else 'GRO'}; endpoints' receive "
+          f"steered to CPU 0 by RPS except in 'shared layout' rows (ratios to the shared baseline); "
+          f"monitor pinned to CPU 1; 1-minute load {load_before} before, {load_after} after "
+          f"({os.cpu_count()} CPUs)")
     head = (f"{'configuration':<42} {'TCP 1 stream Gbps':>26} {'TCP 4 streams Gbps':>26} "
-            f"{'small frames kpps':>26} {'monitor CPU % (TCP)':>20}")
+            f"{'small frames kpps':>26} {'monitor CPU % (TCP)':>20} {'µs/data frame usr+sys':>22}")
     print(head)
-    for label, _, _ in rows:
+    shared_base = next((r[0] for r in rows if "shared" in r[3:] and r[2] == 0), base)
+    for row in rows:
+        label = row[0]
         cells = []
         for key, fmt in (("tcp1", "{:.2f}"), ("tcp4", "{:.2f}"), ("kpps", "{:.0f}")):
             m, lo, hi = med(label, key)
-            b = med(base, key)[0]
+            b = med(shared_base if "shared" in row[3:] else base, key)[0]
             if m is None:
                 cells.append(f"{'-':>26}")
                 continue
@@ -428,11 +479,18 @@ def bench_live(argv, rounds=3):
             cells.append(f"{(fmt.format(m) + ' [' + fmt.format(lo) + '-' + fmt.format(hi) + ']' + ratio):>26}")
         cpu = med(label, "cpu")
         cells.append(f"{(f'{cpu[0]:.1f} [{cpu[1]:.1f}-{cpu[2]:.1f}]' if cpu[0] is not None else '-'):>20}")
+        usr, sys_ = med(label, "us_user")[0], med(label, "us_sys")[0]
+        cells.append(f"{(f'{usr:.2f} + {sys_:.2f}' if usr is not None else '-'):>22}")
         print(f"{label:<42} " + " ".join(cells))
     if args.json:
         import json as _json
+        import platform
         with open(args.json, "w") as f:
-            _json.dump(results, f, indent=1)
+            _json.dump({"rounds": rounds, "seconds": args.seconds, "frame_size": args.frame_size,
+                        "cpus": os.cpu_count(), "kernel": platform.release(),
+                        "load1_before": load_before, "load1_after": load_after,
+                        "rows": [{"label": r[0], "layout": "shared" if "shared" in r[3:] else "rps",
+                                  "rounds": results[r[0]]} for r in rows]}, f, indent=1)
     return 0
 
 

@@ -4,7 +4,7 @@ mtcp_get_connection_cnt; and the checks of
 the arguments every call takes (mctx, socket id, side)."""
 import errno
 import os
-from threading import get_ident
+from threading import Event, get_ident
 
 from .. import constants as C
 from ..config import ConfigError, apply, load_config
@@ -38,7 +38,8 @@ class MtcpContext:
     ``engine``, what drives the context while it runs (set by mosxdp.engine: anything with
     ``filters_changed()``, which mtcp_bind_monitor_filter calls); ``thread``, the ident of
     the context's thread (its creator's, then mtcp_app_join's), the only one that may make
-    the calls mOS restricts to it."""
+    the calls mOS restricts to it; ``shared_run``, the run it shares with other contexts
+    (see mtcp_app_join), None until it takes part in one."""
 
     def __init__(self, cpu, config, registry):
         self.cpu = cpu
@@ -50,6 +51,7 @@ class MtcpContext:
         self.pkt_copy = None
         self.engine = None
         self.thread = get_ident()
+        self.shared_run = None
 
     def __repr__(self):
         return f"<MtcpContext cpu={self.cpu}{'' if self.alive else ' destroyed'}>"
@@ -132,11 +134,32 @@ def mtcp_destroy_context(mctx):
 
 
 def mtcp_app_join(mctx):
-    """Run the context's datapath until its input ends or a signal stops it."""
+    """Run the context's datapath until its input ends or a signal stops it.
+
+    mOS runs a context per core, each fed a share of the flows, and mtcp_app_join waits for
+    one of them. Here the first join runs one datapath for every context that exists then
+    and has not run yet (each flow goes to one of them: mosxdp.engine.group); joining one
+    of the others waits for that run to end and returns 0. A context that runs alone runs
+    again at its next join."""
     _stack(mctx)
-    mctx.thread = get_ident()     # callbacks run here: this is the context's thread now
-    from ..engine import run_context
-    return run_context(mctx)
+    shared = mctx.shared_run
+    if shared is not None:
+        shared.wait()
+        return 0
+    members = [c for c in sorted(_runtime.contexts.values(), key=lambda c: c.cpu)
+               if c.alive and c.shared_run is None]
+    if mctx not in members:     # created after mtcp_init's runtime was replaced
+        members = [mctx]
+    done = Event() if len(members) > 1 else None
+    for member in members:
+        member.thread = get_ident()     # callbacks run here: this is the context's thread now
+        member.shared_run = done
+    from ..engine import run_contexts
+    try:
+        return run_contexts(members)
+    finally:
+        if done is not None:
+            done.set()
 
 
 def mtcp_get_connection_cnt(mctx):

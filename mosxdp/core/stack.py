@@ -377,7 +377,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         frames = leave(edit, payload_limit(edit.pkt, receiver.mss))
         if frames is None:
             return VERDICT_FORWARD
-        self.wire_frames = frames
+        self.wire_frames[:] = frames     # the list itself may be shared (engine/group.py)
         # The engine may write the new frame over the old one: the flow's last packet
         # (mtcp_getlastpkt in CONN_NEW_DATA) keeps a copy.
         edit.pkt.buf = bytes(edit.pkt.buf)

@@ -110,7 +110,7 @@ class HybridProcessor:
         self.process = stack.process
         self.outbox = stack.outbox
         self.program = program
-        self.tick = None    # called after each batch and idle poll (the --stats line)
+        self.tick = None    # called after each batch and idle poll (status line, loss check)
         self._keys = {}     # flow -> (key, client dir), flows that have or had an entry
         self._merged = {}   # flow -> counters already added to the flow (per kernel dir)
         self.kernel = dict.fromkeys((

@@ -25,8 +25,10 @@ import threading
 import time
 
 from ..io import libxdp as _x
+from ..io.netdev import tx_dropped
 from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
     xskmap_delete, xskmap_update
+from .loss import lost_frames
 
 __all__ = ["LiveEngine", "VERDICT_FORWARD", "VERDICT_DROP", "VERDICT_REPLACED"]
 
@@ -125,11 +127,14 @@ class LiveEngine:
         self._xskmap = None  # (XSKMAP fd, indexes we set)
         self._stop = threading.Event()
         self.stop_reason: str | None = None   # why run() returned (see stop())
+        # tx_ring_full: times a full TX ring held frames back (or dropped some: their
+        # count is tx_ring_full_dropped)
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
-            "recycled", "tx_ring_full", "polls", "idle_timeouts", "replaced",
-            "replaced_dropped"), 0)
+            "recycled", "tx_ring_full", "tx_ring_full_dropped", "polls", "idle_timeouts",
+            "replaced", "replaced_dropped"), 0)
         self.frames_by_port: list[int] = []
+        self._tx_dropped_at_start: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "LiveEngine":
@@ -158,6 +163,7 @@ class LiveEngine:
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         _x.load()  # a clear error when libxdp is missing, before anything is attached
+        self._tx_dropped_at_start = {ifn: tx_dropped(ifn) for ifn in self.ifaces}
         self.lanes, self.sockets = [], []
         nq = {}
         for ifn in self.ifaces:
@@ -243,18 +249,21 @@ class LiveEngine:
 
     def final_stats(self) -> dict:
         """Quiesce, then :meth:`stats` with the checked frame accounting and the audit
-        of every frame's place (``accounting_error`` when they do not balance)."""
-        xdp = self.stats().get("xdp")  # the program's counters while our sockets were in
+        of every frame's place (``accounting_error`` when they do not balance); ``lost``
+        also counts the frames still on a TX ring (``tx_unsent_at_exit``)."""
+        xdp = self.xdp_counters()  # the program's counters while our sockets were in
         self.quiesce()
         st = self.stats()
         if xdp is not None:
             st["xdp_after_quiesce"] = st.get("xdp")
             st["xdp"] = xdp
+            st["lost"] = self._lost(st["sockets"], xdp)
         try:
             st["accounting"] = self.umem.check_accounting()
             st["audit"] = self.umem.audit()
         except AccountingError as exc:
             st["accounting_error"] = str(exc)
+        st["lost"]["tx_unsent_at_exit"] = (st["accounting"] or {}).get("tx", 0)
         return st
 
     # ------------------------------------------------------------------ control
@@ -278,10 +287,38 @@ class LiveEngine:
                 out["xdp"] = dict(self.program.counters())
             except Exception as exc:  # stats must not fail
                 out["xdp"] = {"error": repr(exc)}
+        out["lost"] = self._lost(out["sockets"], out.get("xdp"))
         proc = self.processor
         if proc is not None and isinstance(getattr(proc, "counters", None), dict):
             out["processor"] = dict(proc.counters)
         return out
+
+    def xdp_counters(self) -> dict | None:
+        """The XDP program's counters (None without them, or when they cannot be read)."""
+        if self.program is None or not hasattr(self.program, "counters"):
+            return None
+        try:
+            return dict(self.program.counters())
+        except OSError:
+            return None
+
+    def _lost(self, sockets: list[dict], xdp: dict | None) -> dict:
+        dropped = 0
+        for ifn, start in self._tx_dropped_at_start.items():
+            now = tx_dropped(ifn) if start is not None else None
+            if now is not None:
+                dropped += now - start
+        return lost_frames(self.counters, sockets, xdp, zero_copy=self.zero_copy,
+                           device_tx_dropped=dropped)
+
+    def lost(self, xdp: dict | None = None) -> dict:
+        """Frames lost so far by reason (mosxdp.engine.loss), from the kernel's statistics
+        of every socket and interface, the program's counters ``xdp`` (read here when
+        None) and the engine's counters. A few system calls per socket and interface:
+        once per status interval, not per batch."""
+        if xdp is None:
+            xdp = self.xdp_counters()
+        return self._lost([s.stats() for s in self.sockets if not s.closed], xdp)
 
     # ------------------------------------------------------------------ loop
     def run(self, duration: float | None = None, *, handle_signals: bool = True) -> dict:
@@ -488,7 +525,8 @@ class LiveEngine:
             c["forwarded"] += put
             if put < len(fwd) >> 1:  # TX ring full: the rest is dropped
                 lost = fwd[2 * put::2]
-                c["tx_ring_full"] += len(lost)
+                c["tx_ring_full"] += 1
+                c["tx_ring_full_dropped"] += len(lost)
                 recycle += lost
         if extra:
             self._send_extra(extra)

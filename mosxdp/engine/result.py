@@ -14,7 +14,8 @@ class RunResult:
     live "signal SIGINT"/"signal SIGTERM", "stop" or "duration").
 
     Live only (None offline): ``datapath``, the live engine's final counters (its own, the XDP
-    program's, the processor's, the UMEM accounting and audit: ``LiveEngine.final_stats``);
+    program's, the processor's, the frames lost by reason, the UMEM accounting and audit:
+    ``LiveEngine.final_stats``);
     ``kernel_filter`` (``hybrid.KernelFilter``), the filter the XDP program ran with;
     ``verdict_entries_left`` in the kernel verdict map at the end; ``privileges``, what the
     capability drop after set-up did (``io.privileges.after_setup``).

@@ -5,7 +5,8 @@ Offline (``config.pcap``) the offline engine replays the file (``offline.run_off
 XDP program filters with the monitor filters of the start and keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
 (mosxdp.engine.status) and the capability drop after set-up (mosxdp.io.privileges). Either
-way ``run`` returns the run's ``RunResult``.
+way ``run`` returns the run's ``RunResult``. Several contexts share one run
+(``run_contexts``, mosxdp.engine.group).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import sys
 import time
 
+from .group import GroupContext
 from .hybrid import HybridProcessor, kernel_filter
 from .live import LiveEngine
 from .offline import run_offline
@@ -21,8 +23,16 @@ from .status import LiveStatus, MetricsServer
 
 
 def run_context(mctx) -> int:
-    """mtcp_app_join: :func:`run`, and 0 like mOS."""
-    run(mctx)
+    """mtcp_app_join: :func:`run`, with the counters on stderr when the configuration says
+    so (mos.conf's ``stat_print``, TOML ``stats``), and 0 like mOS."""
+    return run_contexts([mctx])
+
+
+def run_contexts(contexts) -> int:
+    """mtcp_app_join of one of several contexts: one run that feeds them all (each flow to
+    one of them), as :func:`run_context` does for one."""
+    mctx = GroupContext(contexts) if len(contexts) > 1 else contexts[0]
+    run(mctx, print_stats=mctx.config.stats)
     return 0
 
 
@@ -83,8 +93,9 @@ class LiveRun:
         with contextlib.ExitStack() as resources:
             resources.enter_context(engine)
             processor.program = engine.program
-            status = LiveStatus(engine, self.stack)
-            if self.print_stats:
+            status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
+                                warn_percent=config.loss_warning)
+            if status.active:
                 processor.tick = status.tick
             metrics = None
             if config.metrics_port:

@@ -1,70 +1,132 @@
-"""Live feedback: a status line every second (--stats) and Prometheus metrics
-(--metrics-port N) for a running monitor.
+"""Live feedback: a status line every second (--stats), a warning when frames are lost,
+and Prometheus metrics (--metrics-port N) for a running monitor.
 
-Both read counters the datapath keeps anyway (the engine's, the core's, the XDP
-program's per-CPU counters); nothing is added to the per-frame path. The status
-line is printed from the engine's loop (after a batch or an idle poll) at most
-once a second; the metrics server answers from its own thread.
+All read counters the datapath keeps anyway (the engine's, the core's, the XDP
+program's per-CPU counters, the kernel's statistics of each AF_XDP socket); nothing is
+added to the per-frame path. ``LiveStatus.tick`` runs from the engine's loop (after a
+batch or an idle poll) and reads the counters at most once per interval; the metrics
+server answers from its own thread.
 """
 import http.server
 import sys
 import threading
 import time
 
+from .loss import REASONS, loss_share, reasons_text
+
+#: seconds between two loss warnings at least
+WARN_EVERY = 10.0
+
 
 class LiveStatus:
-    """Snapshots of the live counters and the rates between two of them."""
+    """Snapshots of the live counters and the rates between two of them.
 
-    def __init__(self, engine, stack, interval=1.0, stream=None):
+    ``print_lines``: the status line every ``interval`` seconds (--stats).
+    ``warn_percent``: one warning line on the stream when more than that percentage of
+    the frames was lost over an interval (lost / (read + lost); 0: never), at most one
+    every ``warn_every`` seconds (the next says how many were lost meanwhile)."""
+
+    def __init__(self, engine, stack, interval=1.0, stream=None, *, print_lines=True,
+                 warn_percent=1.0, warn_every=WARN_EVERY, clock=time.monotonic):
         self.engine = engine
         self.stack = stack
         self.interval = interval
         self.stream = stream or sys.stderr
-        self._next = time.monotonic() + interval
-        self._last = None
+        self.print_lines = print_lines
+        self.warn_percent = warn_percent
+        self.warn_every = warn_every
+        self.clock = clock
+        self._next = clock() + interval
+        self._last = self.snapshot()   # the first interval starts now
+        self._next_warning = 0.0
+        self._warned = None   # the snapshot of the last warning
+        self.warnings = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`tick` has anything to do (a status line or the loss check)."""
+        return self.print_lines or self.warn_percent > 0
 
     def snapshot(self):
         engine = self.engine
         counters = engine.counters
-        xdp = {}
-        program = getattr(engine, "program", None)
-        if program is not None and hasattr(program, "counters"):
-            try:
-                xdp = dict(program.counters())
-            except OSError:
-                xdp = {}
+        xdp = engine.xdp_counters() or {}
+        lost = engine.lost(xdp)
         out_frames = counters.get("forwarded", 0) + counters.get("outbox_sent", 0)
         return {
-            "time": time.monotonic(),
+            "time": self.clock(),
             "frames_in": counters.get("frames", 0),
             "frames_out": out_frames,
-            "dropped": counters.get("dropped", 0) + self.stack.counters.get("dropped", 0),
-            "flows": len(self.stack.lru),
+            # Inline the engine counts every frame a verdict dropped, the core's among them;
+            # passive it drops nothing on the wire: the core's verdicts.
+            "dropped": counters.get("dropped", 0) if getattr(engine, "inline", False)
+            else self.stack.counters.get("dropped", 0),
+            "flows": self.stack.flow_count(),
             "kernel_rx": xdp.get("rx_total", 0),
             "kernel_to_python": xdp.get("to_xsk", 0),
             "callback_errors": self.stack.counters.get("callback_errors", 0),
+            "lost": lost,
+            "lost_total": sum(lost.values()),
         }
 
     def tick(self):
-        """Print the status line when a second has passed since the last one."""
-        now = time.monotonic()
+        """Once an interval has passed since the last: the status line (``print_lines``)
+        and the loss check."""
+        now = self.clock()
         if now < self._next:
             return
         self._next = now + self.interval
         snap = self.snapshot()
         last, self._last = self._last, snap
-        if last is None:
-            return
+        if self.print_lines:
+            print(self.status_line(last, snap), file=self.stream, flush=True)
+        if self.warn_percent > 0:
+            self._check_loss(last, snap)
+
+    @staticmethod
+    def status_line(last, snap) -> str:
         seconds = max(snap["time"] - last["time"], 1e-6)
         rate_in = (snap["frames_in"] - last["frames_in"]) / seconds
         rate_out = (snap["frames_out"] - last["frames_out"]) / seconds
         kernel = snap["kernel_rx"] - last["kernel_rx"]
         to_python = snap["kernel_to_python"] - last["kernel_to_python"]
         share = f"{100.0 * to_python / kernel:.1f}%" if kernel else "-"
-        print(f"mosxdp: in {rate_in / 1e3:.1f} kpps, out {rate_out / 1e3:.1f} kpps, "
-              f"kernel {kernel / seconds / 1e3:.1f} kpps ({share} to Python), "
-              f"flows {snap['flows']}, drops {snap['dropped']}, "
-              f"callback errors {snap['callback_errors']}", file=self.stream, flush=True)
+        lost = "lost 0"
+        if snap["lost_total"]:
+            now = snap["lost_total"] - last["lost_total"]
+            part, _ = loss_share(_delta(last, snap), snap["frames_in"] - last["frames_in"])
+            lost = (f"lost {now / seconds / 1e3:.1f} kpps ({100.0 * part:.1f}%), total "
+                    f"{snap['lost_total']} ({reasons_text(snap['lost'])})")
+        return (f"mosxdp: in {rate_in / 1e3:.1f} kpps, out {rate_out / 1e3:.1f} kpps, "
+                f"kernel {kernel / seconds / 1e3:.1f} kpps ({share} to Python), "
+                f"flows {snap['flows']}, verdict drops {snap['dropped']}, {lost}, "
+                f"callback errors {snap['callback_errors']}")
+
+    def _check_loss(self, last, snap) -> None:
+        lost = snap["lost_total"] - last["lost_total"]
+        by_reason = _delta(last, snap)
+        share, seen = loss_share(by_reason, snap["frames_in"] - last["frames_in"])
+        if not lost or 100.0 * share <= self.warn_percent or snap["time"] < self._next_warning:
+            return
+        self._next_warning = snap["time"] + self.warn_every
+        seconds = snap["time"] - last["time"]
+        more = ""
+        if self._warned is not None and last["lost_total"] > self._warned["lost_total"]:
+            more = f", {last['lost_total'] - self._warned['lost_total']} more since the last warning"
+        self._warned = snap
+        behind = by_reason.get("fill_ring_empty") or by_reason.get("rx_ring_full")
+        of = f" of {seen}" if seen else ""
+        print(f"mosxdp: warning: lost {lost}{of} frames ({100.0 * share:.1f}%) in the last "
+              f"{seconds:.1f} s ({reasons_text(by_reason)})"
+              f"{more}, {snap['lost_total']} in all"
+              + ("; Python is not keeping up (see Loss in docs/datapath.md)" if behind else ""),
+              file=self.stream, flush=True)
+        self.warnings += 1
+
+
+def _delta(last, snap) -> dict:
+    """The frames lost between two snapshots, by reason."""
+    return {k: v - last["lost"].get(k, 0) for k, v in snap["lost"].items()}
 
 
 def prometheus_text(status):
@@ -74,7 +136,8 @@ def prometheus_text(status):
     for name, help_text, kind, value in (
             ("mosxdp_frames_in_total", "Frames the monitor read from AF_XDP sockets", "counter", snap["frames_in"]),
             ("mosxdp_frames_out_total", "Frames the monitor transmitted", "counter", snap["frames_out"]),
-            ("mosxdp_frames_dropped_total", "Frames dropped by verdicts", "counter", snap["dropped"]),
+            ("mosxdp_frames_dropped_total", "Frames dropped by verdicts in Python (not losses: "
+             "see mosxdp_lost_frames_total)", "counter", snap["dropped"]),
             ("mosxdp_kernel_frames_total", "Frames the XDP program saw", "counter", snap["kernel_rx"]),
             ("mosxdp_kernel_to_python_total", "Frames the XDP program sent to Python", "counter",
              snap["kernel_to_python"]),
@@ -82,6 +145,10 @@ def prometheus_text(status):
             ("mosxdp_callback_errors_total", "Exceptions raised by app callbacks", "counter",
              snap["callback_errors"])):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    lines += ["# HELP mosxdp_lost_frames_total Frames lost on their way to Python or out, by "
+              "reason (docs/datapath.md, Loss)", "# TYPE mosxdp_lost_frames_total counter"]
+    lines += [f'mosxdp_lost_frames_total{{reason="{k}"}} {v}' for k, v in snap["lost"].items()
+              if k in REASONS]
     for name, value in sorted(status.stack.counters.items()):
         lines.append(f'mosxdp_core_events_total{{counter="{name}"}} {value}')
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ __all__ = [
     "MX_ACTION_BYPASS", "MX_ACTION_DROP", "ACTION_NAMES",
     "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
+    "MX_REDIRECT_MAP_XSK", "MX_REDIRECT_MAP_DEVMAP", "MX_REDIRECT_MAPS",
     "MxIfConfig", "MxFlowView", "MxFlowKey", "MxVerdict", "FlowVerdict", "make_flow_key",
 ]
 
@@ -67,10 +68,16 @@ COUNTER_NAMES: tuple[str, ...] = (
     "no_xsk_fallback",
     "fail_closed_drop",
     "devmap_miss",
+    "xsk_redirect_err",
+    "xsk_redirect_other",
+    "forward_redirect_err",
 )
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 # Exactly one of these per frame: rx_total == sum of them.
 ACTION_COUNTERS = ("to_xsk", "kernel_forward", "pass", "drop")
+
+# ---- redirect_maps indexes: the program's own map ids, for mosxdp_redirect_err --------
+MX_REDIRECT_MAP_XSK, MX_REDIRECT_MAP_DEVMAP, MX_REDIRECT_MAPS = 0, 1, 2
 
 
 class MxIfConfig(ct.Structure):

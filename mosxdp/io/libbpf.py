@@ -149,6 +149,13 @@ def map_name(fd: int) -> str | None:
     return info.name.decode(errors="replace")
 
 
+def map_id(fd: int) -> int:
+    """The id of the map open at ``fd``."""
+    info = _MapInfo()
+    _info(fd, info, "BPF_OBJ_GET_INFO_BY_FD")
+    return info.id
+
+
 def prog_test_run(prog_fd: int, frame: bytes, *, ifindex: int = 0, rx_queue: int = 0,
                   repeat: int = 1) -> tuple[int, bytes]:
     """Run an XDP program once on ``frame`` with BPF_PROG_TEST_RUN.

@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 
-__all__ = ["rx_queue_count", "tx_queue_count"]
+__all__ = ["rx_queue_count", "tx_queue_count", "tx_dropped"]
 
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_GCHANNELS = 0x3C
@@ -38,16 +38,40 @@ def _channels(ifname: str) -> tuple[int, int, int] | None:
     return values[5], values[6], values[8]
 
 
-def _sysfs_queue_count(ifname: str, kind: str) -> int:
-    """Entries ``kind-N`` in sysfs, 0 when this /sys shows another namespace's device."""
+def _own_sysfs(ifname: str) -> str | None:
+    """``/sys/class/net/IF`` when this /sys shows the caller's namespace's device, else None."""
     base = f"/sys/class/net/{ifname}"
     try:
         with open(f"{base}/ifindex") as f:
-            if f.read().strip() != str(socket.if_nametoindex(ifname)):
-                return 0
+            if f.read().strip() == str(socket.if_nametoindex(ifname)):
+                return base
+    except OSError:
+        pass
+    return None
+
+
+def _sysfs_queue_count(ifname: str, kind: str) -> int:
+    """Entries ``kind-N`` in sysfs, 0 when this /sys shows another namespace's device."""
+    base = _own_sysfs(ifname)
+    if base is None:
+        return 0
+    try:
         return sum(1 for name in os.listdir(f"{base}/queues") if name.startswith(kind + "-"))
     except OSError:
         return 0
+
+
+def tx_dropped(ifname: str) -> int | None:
+    """The device's tx_dropped counter (frames its driver or the core dropped on
+    transmit, whoever sent them); None when this /sys does not show the caller's device."""
+    base = _own_sysfs(ifname)
+    if base is None:
+        return None
+    try:
+        with open(f"{base}/statistics/tx_dropped") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _queue_count(ifname: str, kind: str) -> int:

@@ -261,7 +261,9 @@ class XskSocket:
         """Tell the kernel to send (sendto MSG_DONTWAIT) when the TX ring asks for it.
         Copy mode sends a bounded number of frames per call and answers EAGAIN while
         more remain: retried a bounded number of times; EBUSY/ENOBUFS: retried by the
-        next call."""
+        next call. (In copy mode EBUSY also means that the device dropped the frame it
+        was given, which completes unsent; a poll() can send too and does not say so:
+        such drops are counted by the device's tx_dropped, see mosxdp.engine.loss.)"""
         t = self.tx
         if self.need_wakeup and not (t.flags[0] & NEED_WAKEUP):
             return

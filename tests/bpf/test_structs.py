@@ -9,7 +9,7 @@ import re
 import pytest
 
 from mosxdp.io import bpfstructs as bs
-from mosxdp.io import xdp
+from mosxdp.io import libbpf, xdp
 
 pytestmark = pytest.mark.bpf
 
@@ -117,3 +117,11 @@ def test_make_flow_key_orders_like_the_kernel():
     assert (k6.vlan_outer, k6.vlan_inner, k6.ip_version, k6.ip_proto) == (4095, 7, 6, 6)
     with pytest.raises(ValueError):
         bs.make_flow_key(bytes(4), 1, bytes(16), 2)
+
+
+def test_redirect_error_counting_is_told_the_program_maps(prog):
+    assert prog.count_redirect_errors() is None
+    ids = prog.bpf[b"redirect_maps"]
+    assert [ids[ids.Key(i)].value for i in (bs.MX_REDIRECT_MAP_XSK, bs.MX_REDIRECT_MAP_DEVMAP)] == \
+        [libbpf.map_id(prog.maps.fds["xsks_map"]), libbpf.map_id(prog.maps.fds["tx_ports"])]
+    assert ids.max_entries == bs.MX_REDIRECT_MAPS

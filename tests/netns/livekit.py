@@ -320,19 +320,25 @@ class Bed:
 class Monitor:
     """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace,
     its output in a log; by default returned once A and B carry its XDP program.
-    ``ready_file``: the app is given `--ready` (``ready_path``)."""
+    ``ready_file``: the app is given `--ready` (``ready_path``). ``standalone``: APP is a
+    program with its own main() (a mOS-style port that names A and B in its mos.conf), run
+    as `python APP ARGS` in the directory ``cwd``."""
 
-    def __init__(self, bed: Bed, app, *args, ready_file=False, attach=True):
+    def __init__(self, bed: Bed, app, *args, ready_file=False, attach=True, standalone=False,
+                 cwd=ROOT):
         self.bed = bed
         name = Path(str(app)).stem
         self.log_path = bed.out_path(f"{name}.monitor.log")
-        argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", bed.tb.iface_a,
-                "--peer", bed.tb.iface_b, *map(str, args)]
+        if standalone:
+            argv = [PY, str(app), *map(str, args)]
+        else:
+            argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", bed.tb.iface_a,
+                    "--peer", bed.tb.iface_b, *map(str, args)]
         if ready_file:
             self.ready_path = bed.out_path(f"{name}.ready")
             argv += ["--ready", self.ready_path]
         self._log = open(self.log_path, "w")
-        self.proc = bed.tb.popen("mon", argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = bed.tb.popen("mon", argv, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
         if attach:
             try:
                 self.wait_attached()

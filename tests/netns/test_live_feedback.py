@@ -8,6 +8,7 @@ import pytest
 from mosxdp.demo.lab import wait_attached
 from mosxdp.demo.passprog import attach_to_endpoints
 from mosxdp.demo.testbed import Testbed, probe
+from mosxdp.engine.loss import REASONS
 
 REASON = probe()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"netns testbed: {REASON}")
@@ -41,6 +42,9 @@ def test_stats_line_and_metrics_during_a_transfer(tmp_path):
                  if line.startswith("mosxdp_frames_in_total ")]
     assert frames_in and int(frames_in[0].split()[1]) > 20000, metrics.stdout[:500]
     assert 'mosxdp_core_events_total{counter="flows_created"} 1' in metrics.stdout
+    # every loss reason is exported, also at 0 (docs/datapath.md, Loss)
+    for reason in set(REASONS) - {"tx_unsent_at_exit"}:
+        assert f'mosxdp_lost_frames_total{{reason="{reason}"}} ' in metrics.stdout, reason
     status_lines = [line for line in output.splitlines() if " kpps, out " in line]
     assert len(status_lines) >= 2, output[-2000:]
     assert any("to Python" in line and "flows 1" in line for line in status_lines), status_lines

@@ -1,7 +1,10 @@
 """Where a port of a mOS app would break, item by item (mOS parity of the API), through the
 public API; each value or behaviour is the one of mOS's headers and core/src/mos_api.c."""
 import errno
+import os
 import socket
+
+import pytest
 
 from flowcraft import Conv, Monitor, api, tcp_of  # noqa: F401  (api: a fixture)
 from mosxdp import *  # noqa: F401,F403
@@ -444,3 +447,132 @@ def test_reset_conn_is_mos_api_not_an_extension(api):
         assert exc.errno == errno.EINVAL
     else:
         raise AssertionError("mtcp_reset_conn on a listener")
+
+
+def test_struct_timeval_for_settimer(api):
+    # struct timeval tv = {0, 2500}; mtcp_settimer(mctx, id, &tv, cb)
+    tv = timeval(tv_sec=0, tv_usec=2500)
+    assert (tv.tv_sec, tv.tv_usec) == (0, 2500) and timeval is Timeval
+    assert "timeval" in __import__("mosxdp").__all__
+    mon = Monitor()
+    fired = []
+    mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda mctx, s, side, ev, arg: mtcp_settimer(
+                               mctx, 7, tv, lambda mctx, tid, *rest: fired.append(
+                                   (tid, mtcp_cb_get_ts(mctx)))))
+    mon.run(Conv(t0=1_000_000, dt=1000).full(), batch_size=1)
+    assert fired == [(7, 1_003_000)]          # the first packet clock at or after +2.5 ms
+
+
+def _contexts_per_core(pcap, cores, write=None):
+    """mOS's main(): mtcp_init, a context per core set up alike (a listener with a PKT_IN
+    callback, a timer re-armed every 0.1 s), then mtcp_app_join of each in turn. Returns
+    (frames seen by (cpu, client port, side), timer calls per cpu, the joins' results)."""
+    import collections
+    seen = collections.Counter()
+    ticks = collections.Counter()
+
+    def on_packet(mctx, sock, side, ev, arg):
+        (_, cport), _ = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        seen[(mctx.cpu, cport, side)] += 1
+
+    def tick(mctx, tid, *rest):
+        ticks[mctx.cpu] += 1
+        mtcp_settimer(mctx, tid, timeval(0, 100_000), tick)
+    mtcp_destroy()
+    mtcp_init(None, pcap=pcap, write=write)
+    try:
+        contexts = []
+        for core in range(cores):
+            mctx = mtcp_create_context(core)
+            sock = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+            mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, on_packet)
+            mtcp_settimer(mctx, 1, timeval(0, 100_000), tick)
+            contexts.append(mctx)
+        joins = [mtcp_app_join(mctx) for mctx in contexts]
+    finally:
+        mtcp_destroy()
+    return seen, ticks, joins
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="a second context needs a second CPU")
+def test_contexts_per_core_share_the_input_each_flow_to_one(tmp_path):
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "concurrent.pcap")
+    seen, ticks, joins = _contexts_per_core(pcap, 2, write=str(tmp_path / "out.pcap"))
+    assert joins == [0, 0]
+    owner = {}
+    for (cpu, cport, side), count in seen.items():
+        assert owner.setdefault(cport, cpu) == cpu, "a flow seen by two contexts"
+    assert len(owner) == 8 and set(owner.values()) == {0, 1}
+    # The capture went through once: each of its TCP frames was seen once, at HK_SND.
+    alone, alone_ticks, _ = _contexts_per_core(pcap, 1)
+    assert sum(seen.values()) == sum(alone.values()) == 1016
+    assert {(cport, side): n for (_, cport, side), n in seen.items()} == \
+        {(cport, side): n for (_, cport, side), n in alone.items()}
+    # Both contexts' timers ran on the datapath's clock, as the one context's alone.
+    assert ticks[0] == ticks[1] == alone_ticks[0] >= 2
+    with open(pcap, "rb") as a, open(tmp_path / "out.pcap", "rb") as b:
+        assert len(b.read()) == len(a.read())        # written once, every frame forwarded
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="a second context needs a second CPU")
+def test_joining_the_other_context_from_another_thread_waits_for_the_run(tmp_path):
+    import threading
+    import time
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "concurrent.pcap")
+    mtcp_destroy()
+    mtcp_init(None, pcap=pcap)
+    try:
+        first, second = mtcp_create_context(0), mtcp_create_context(1)
+        started = threading.Event()
+        done = []
+
+        def slow(mctx, sock, side, ev, arg):
+            started.set()
+            time.sleep(0.2)
+            done.append(time.monotonic())
+        sock = mtcp_socket(first, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+        mtcp_register_callback(first, sock, MOS_ON_CONN_START, MOS_HK_SND, slow)
+        sock = mtcp_socket(second, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+        mtcp_register_callback(second, sock, MOS_ON_CONN_START, MOS_HK_SND, slow)
+        runner = threading.Thread(target=mtcp_app_join, args=(first,))
+        runner.start()
+        assert started.wait(30)
+        assert mtcp_app_join(second) == 0        # as pthread_join: returns when the run ends
+        returned = time.monotonic()
+        runner.join()
+        assert len(done) == 8 and returned >= max(done)
+    finally:
+        mtcp_destroy()
+
+
+def test_a_context_alone_runs_again_at_its_next_join(tmp_path):
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "refused.pcap")
+    mtcp_destroy()
+    mtcp_init(None, pcap=pcap)
+    try:
+        mctx = mtcp_create_context(0)
+        sock = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_STREAM, 0)
+        syns = []
+        mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND,
+                               lambda *a: syns.append(1))
+        assert mtcp_app_join(mctx) == 0 and mtcp_app_join(mctx) == 0
+        assert len(syns) == 2
+    finally:
+        mtcp_destroy()
+
+
+def test_stat_print_prints_the_counters_at_mtcp_app_join(tmp_path, capsys):
+    # mos.conf's stat_print (TOML stats): mOS's stack prints its statistics by itself.
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "refused.pcap")
+    conf = tmp_path / "mos.conf"
+    conf.write_text("mos {\n\tstat_print = eth0\n}\n")
+    for stats in (True, False):
+        mtcp_destroy()
+        mtcp_init(str(conf) if stats else None, pcap=pcap)
+        try:
+            mtcp_app_join(mtcp_create_context(0))
+        finally:
+            mtcp_destroy()
+        err = capsys.readouterr().err
+        assert ("mosxdp: frames in 4 out 0" in err) is stats, err

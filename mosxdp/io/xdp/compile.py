@@ -19,12 +19,13 @@ from .. import libbpf
 from ..errors import XdpError
 from .maps import MosxdpMaps
 
-__all__ = ["BPF_DIR", "MAIN_FUNC", "LoadedProgram", "compile_program", "filter_header_text",
-           "check_environment"]
+__all__ = ["BPF_DIR", "MAIN_FUNC", "REDIRECT_ERR_FUNC", "LoadedProgram", "compile_program",
+           "filter_header_text", "check_environment"]
 
 #: bpf/ holding mosxdp.c and its headers (override with MOSXDP_BPF_DIR).
 BPF_DIR = Path(os.environ.get("MOSXDP_BPF_DIR") or Path(__file__).resolve().parents[3] / "bpf")
 MAIN_FUNC = "mosxdp_rx"
+REDIRECT_ERR_FUNC = "mosxdp_redirect_err"   # raw tracepoint program on xdp_redirect_err
 
 
 def _import_bcc():
@@ -110,6 +111,23 @@ class LoadedProgram:
         self.prog_id: int = libbpf.prog_info(func.fd).id
         self.maps = MosxdpMaps({n: bpf[n.encode()].map_fd for n in MosxdpMaps.NAMES})
         self.tables = {n: bpf[n.encode()] for n in MosxdpMaps.NAMES}
+
+    def count_redirect_errors(self) -> str | None:
+        """Attach mosxdp_redirect_err to the xdp_redirect_err tracepoint, told the ids of
+        this program's XSKMAP and devmap (the counters xsk_redirect_err,
+        xsk_redirect_other, forward_redirect_err). Detached by :meth:`close`. Returns
+        None, or why the errors are not counted (the datapath works without it)."""
+        from ..bpfstructs import MX_REDIRECT_MAP_DEVMAP, MX_REDIRECT_MAP_XSK
+        try:
+            ids = self.bpf[b"redirect_maps"]
+            for idx, name in ((MX_REDIRECT_MAP_XSK, "xsks_map"), (MX_REDIRECT_MAP_DEVMAP, "tx_ports")):
+                ids[ids.Key(idx)] = ids.Leaf(libbpf.map_id(self.maps.fds[name]))
+            with _capture_stderr() as errs:
+                self.bpf.attach_raw_tracepoint(tp=b"xdp_redirect_err", fn_name=REDIRECT_ERR_FUNC.encode())
+        except Exception as exc:  # an older kernel, a missing capability: count nothing
+            return "redirect errors after the XDP program are not counted (%s)" % exc
+        _replay(errs[0])
+        return None
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -137,6 +137,10 @@ class XdpProgram:
                 flags |= MX_IF_BYPASS_CONSUME
             cfg.flags = flags
             maps.set_iface_config(self.ifindexes[n], cfg)
+        why = self.program.count_redirect_errors()
+        if why:
+            self.notes.append(why)
+            log.warning(why)
 
         # detach callbacks, run before the program is freed (ExitStack: reverse order)
         self._detach_stack = contextlib.ExitStack()
