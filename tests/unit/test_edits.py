@@ -27,6 +27,7 @@ from mosxdp.core.edits import EditError, FrameEdit, StreamEdits, leave, payload_
 from mosxdp.core.frames import build_tcp_frame
 from mosxdp.core.packet import parse_frame, verify_tcp_checksum
 from mosxdp.core.tcp import seq_delta
+from mosxdp.engine.group import GroupContext
 from mosxdp.engine.offline import OfflineEngine
 
 MAC_C, MAC_S = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -485,13 +486,15 @@ class Editor:
         self.ends += 1
 
 
-def run_inline(script, acks_on_wire=True):
-    """Run `script(client, lose, mctx)` (a generator of frames) through a context as inline
-    mode does; frames the monitor sends toward the client go to `client`, but for as many
-    as the script last put in `lose`. Returns (editor, client, frames toward the server,
-    the stack)."""
-    mctx = mtcp_create_context(0)
-    editor = Editor(mctx)
+def run_inline(script, acks_on_wire=True, contexts=1):
+    """Run `script(client, lose, mctx)` (a generator of frames) through a context (or
+    several on one datapath, each with its Editor) as inline mode does; frames the monitor
+    sends toward the client go to `client`, but for as many as the script last put in
+    `lose`. Returns (the editor of the flow's context, client, frames toward the server,
+    that context's stack)."""
+    mctxs = [mtcp_create_context(cpu) for cpu in range(contexts)]
+    editors = [Editor(m) for m in mctxs]
+    mctx = mctxs[0] if contexts == 1 else GroupContext(mctxs)
     stack = mctx.stack
     stack.acks_on_wire = acks_on_wire
     client = Client(server_isn=5000)
@@ -511,7 +514,10 @@ def run_inline(script, acks_on_wire=True):
     frames = ((ts, memoryview(frame)) for ts, frame in
               enumerate(script(client, lose, mctx), start=1_000_000))
     OfflineEngine(mctx, frames, sink, batch_size=1).run()
-    return editor, client, to_server, stack
+    if contexts == 1:
+        return editors[0], client, to_server, stack
+    [index] = [i for i, m in enumerate(mctxs) if m.stack.counters["flows_created"]]
+    return editors[index], client, to_server, mctxs[index].stack
 
 
 def conversation(client, lose, mctx=None):
@@ -544,8 +550,9 @@ def conversation(client, lose, mctx=None):
 RESPONSE_END = 5001 + sum(map(len, SEGMENTS))
 
 
-def test_inline_insert_and_chomp_end_to_end(api):
-    editor, client, to_server, stack = run_inline(conversation)
+@pytest.mark.parametrize("contexts", [1, 2])
+def test_inline_insert_and_chomp_end_to_end(api, contexts):
+    editor, client, to_server, stack = run_inline(conversation, contexts=contexts)
     assert client.stream() == EDITED and client.fin_off == len(EDITED)
     assert (editor.replaced, editor.deleted) == (2, 1)      # the retransmission needs none
     assert bytes(editor.stream) == b"".join(SEGMENTS)       # the app reads the sender's bytes
