@@ -5,6 +5,7 @@ import errno
 
 from .. import constants as C
 from ..core import frames
+from ..core.packet import parse_frame
 from ..types import PktInfo
 from .context import _error, _flow_sock, _own_stack, _side, _sock, _stack
 
@@ -56,6 +57,9 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
     if not isinstance(pinfo, PktInfo):
         raise _error(errno.EINVAL, "pinfo must be a PktInfo()")
     sock_obj, pkt = _packet_context(stack, sock, side, getlast=True)
+    edit = stack.cur_edit
+    if edit is not None and edit.pkt is pkt and edit.touched():
+        pkt = parse_frame(edit.view_frame())    # the payload as edited so far
     frame = pkt.buf
     size = pkt.l3_off + pkt.ip_len if pkt.ip_version else len(frame)
     copy = mctx.pkt_copy
@@ -130,28 +134,62 @@ def mtcp_setlastpkt(mctx, sock, side, offset, data, datalen, option):
         # mos_api.c: EAGAIN when not exactly one action is given.
         raise _error(errno.EAGAIN, "option needs exactly one of MOS_DROP, MOS_OVERWRITE, "
                      "MOS_CHOMP and MOS_INSERT")
-    if action & (C.MOS_CHOMP | C.MOS_INSERT):
-        raise _error(errno.EINVAL, "MOS_CHOMP and MOS_INSERT are not supported (they change the "
-                     "payload size, which needs sequence remapping)")
     if action == C.MOS_DROP:
         stack.drop_current()
         return 0
     regions = [r for r in _REGIONS if option & r]
+    name = {C.MOS_OVERWRITE: "MOS_OVERWRITE", C.MOS_CHOMP: "MOS_CHOMP",
+            C.MOS_INSERT: "MOS_INSERT"}[action]
     if len(regions) != 1:
-        raise _error(errno.EINVAL, "MOS_OVERWRITE needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "
+        raise _error(errno.EINVAL, f"{name} needs exactly one of MOS_ETH_HDR, MOS_IP_HDR, "
                      "MOS_TCP_HDR, MOS_TCP_PAYLOAD")
-    try:
-        data_view = memoryview(data).cast("B")
-    except TypeError:
-        raise _error(errno.EINVAL, f"data must be a bytes-like object, not "
-                     f"{type(data).__name__}") from None
-    if datalen is None:
-        datalen = data_view.nbytes
+    if action == C.MOS_CHOMP and data is None:
+        data_view = memoryview(b"")     # MOS_CHOMP reads no data: datalen is what goes
+        if not isinstance(datalen, int) or datalen < 0:
+            raise _error(errno.EINVAL, f"MOS_CHOMP needs datalen, the number of bytes to "
+                         f"delete (not {datalen!r})")
+    else:
+        try:
+            data_view = memoryview(data).cast("B")
+        except TypeError:
+            raise _error(errno.EINVAL, f"data must be a bytes-like object, not "
+                         f"{type(data).__name__}") from None
+        if datalen is None:
+            datalen = data_view.nbytes
     if not isinstance(offset, int) or offset < 0 or not isinstance(datalen, int) \
-            or datalen < 0 or datalen > data_view.nbytes:
+            or datalen < 0 or (action != C.MOS_CHOMP and datalen > data_view.nbytes):
         raise _error(errno.EINVAL, f"offset {offset!r}/datalen {datalen!r} do not fit the data given")
-    frames.overwrite(pkt, regions[0], offset, data_view, datalen,
-                     bool(option & C.MOS_UPDATE_IP_CHKSUM), bool(option & C.MOS_UPDATE_TCP_CHKSUM))
+    if action == C.MOS_OVERWRITE:
+        edit = stack.cur_edit
+        if regions[0] == C.MOS_TCP_PAYLOAD and edit is not None and edit.pkt is pkt \
+                and sock_obj.kind == "flow":
+            # A direction with size-changing edits: the payload as the receiver gets it
+            # (recorded; the frame is rebuilt, checksums included, as it leaves).
+            try:
+                edit.overwrite(offset, bytes(data_view[:datalen]))
+            except ValueError as exc:
+                raise _error(errno.EINVAL, str(exc)) from None
+            return 0
+        frames.overwrite(pkt, regions[0], offset, data_view, datalen,
+                         bool(option & C.MOS_UPDATE_IP_CHKSUM),
+                         bool(option & C.MOS_UPDATE_TCP_CHKSUM))
+        return 0
+    if regions[0] == C.MOS_ETH_HDR:
+        raise _error(errno.EACCES, f"{name}: the Ethernet header cannot change size (as in mOS)")
+    if regions[0] != C.MOS_TCP_PAYLOAD:
+        raise _error(errno.EINVAL, f"{name} edits MOS_TCP_PAYLOAD only: the IP and TCP headers "
+                     "keep their size")
+    if sock_obj.kind != "flow":
+        raise _error(errno.EINVAL, f"{name} needs a stream socket: the flow's sequence numbers "
+                     "are remapped from then on")
+    try:
+        edit = stack.edit_current(sock_obj.flow)
+        if action == C.MOS_INSERT:
+            edit.insert(offset, bytes(data_view[:datalen]))
+        else:
+            edit.chomp(offset, datalen)
+    except ValueError as exc:
+        raise _error(errno.EINVAL, str(exc)) from None
     return 0
 
 

@@ -21,6 +21,8 @@ from .constants import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_O
 # What Stack.process returns for a frame.
 VERDICT_FORWARD = 0
 VERDICT_DROP = 1
+# Forward the frames in Stack.wire_frames instead (a payload edit changed the size).
+VERDICT_REPLACED = 2
 
 HOOK_NULL = int(MOS_NULL)
 HOOK_RCV = int(MOS_HK_RCV)
@@ -211,6 +213,10 @@ class EventDispatch:
         self.on_callback_error = on_callback_error   # fn(callback, exc, count) for logging
         self.callback_errors = {}
         self._stop_requested = False
+        # The segment needs work on its way out (a stop requested, or cur_edit set): the
+        # common data segment's path tests this one flag, with cur_drop.
+        self._exit_work = False
+        self.cur_edit = None                 # core/edits.py FrameEdit of the segment
         self.timers = []
         self._timer_seq = 0
         self.cur_pkt = self.cur_frame = self.cur_flow = None
@@ -254,7 +260,7 @@ class EventDispatch:
         if policy == "drop":
             self.cur_drop = True
         elif policy == "stop":
-            self._stop_requested = True
+            self._stop_requested = self._exit_work = True
 
     def _fire(self, sock, hook, side, event):
         table = sock.table

@@ -34,7 +34,7 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "beyond_edge", "last_pkt", "skip_to",
+        "bypassed_bytes", "beyond_edge", "last_pkt", "skip_to", "mss", "rexmit",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -76,6 +76,8 @@ class Side:
         # The last Packet this side sent, for mtcp_getlastpkt in CONN_NEW_DATA and CONN_END
         # (Stack._keep_last_packets turns its buffer into a copy before the frame is reused).
         self.last_pkt = None
+        self.mss = None            # the MSS option of our SYN
+        self.rexmit = None         # (seq, payload length) of our last retransmission
 
 
 class Flow:
@@ -83,7 +85,7 @@ class Flow:
         "keys", "ip_version", "vlan_ids", "addrs", "ports_tcp", "sides", "socks",
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
-        "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch",
+        "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -109,6 +111,9 @@ class Flow:
         self.kernel_verdict = None
         self.masks = (0, 0, 0)     # union over the flow's sockets: (MOS_NULL, HK_SND, HK_RCV)
         self.masks_epoch = -1
+        # [client's, server's] core/edits.py StreamEdits once a payload edit changed a
+        # segment's size (None before): its frames are remapped, never bypassed.
+        self.edits = None
 
 
 class FlowTable:
@@ -180,6 +185,11 @@ class FlowTable:
 
     def set_bypass(self, flow, action):
         if flow.kernel_verdict == action:
+            return
+        if action == "bypass" and flow.edits is not None:
+            # Its frames still need remapping: they keep coming to the core, which only
+            # counts them (as offline) and stops its emulation.
+            flow.bypass = True
             return
         flow.kernel_verdict = action
         flow.bypass = True

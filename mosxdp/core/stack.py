@@ -36,8 +36,10 @@ from dataclasses import dataclass
 
 from .constants import (MOS_NULL, MOS_OVERLAP_POLICY_FIRST, MOS_SIDE_BOTH, MOS_SIDE_CLI,
                         MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_SYN)
+from .edits import FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE, HOOK_NULL,
-                     HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, EventDispatch)
+                     HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
+                     EventDispatch)
 from .flow import DEFAULT_TCP_SYN_TIMEOUT, FlowTable
 from .packet import PacketError, parse_frame
 from .sockets import SocketTable
@@ -60,6 +62,7 @@ COUNTER_NAMES = (
     "frames", "tcp_segments", "non_tcp", "ip_fragments", "flows_created", "flows_ended",
     "flows_evicted", "orphans", "rst_ignored", "syn_payload_ignored", "window_overruns",
     "buffer_overruns", "callback_errors", "dropped", "bypassed_packets", "malformed",
+    "resized_frames",
 ) + LIMIT_COUNTERS
 
 
@@ -94,6 +97,11 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         # logs want wall-clock time (0 offline: packet timestamps are wall-clock).
         self.wall_offset_us = 0
         self.outbox = []                     # (frame, egress port) made by mtcp_sendpkt & co
+        # What leaves instead of the frame when process() says VERDICT_REPLACED.
+        self.wire_frames = []
+        # The ACKs toward an edited side come from a receiver that got the edited stream
+        # (live inline; offline and passive the endpoints saw no edit): see _edited_frame.
+        self.acks_on_wire = False
         self._init_dispatch(handle, registry, on_callback_error)
         self._init_sockets()
         self._init_flows()
@@ -183,6 +191,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                     return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
                 flow, sender, snd, rcv = self.flows[key]
             self.cur_flow = flow
+            if flow.edits is not None:
+                self._edited_frame(flow, sender, pkt)
             flow.last_ts = ts_us
             self.lru.move_to_end(flow)
             snd.last_pkt = pkt
@@ -233,6 +243,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 snd.snd_nxt = seq_end
             elif payload_len:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (pkt.seq, payload_len)
             snd_transitions = 0
             acked = flags & TH_ACK
             if acked:
@@ -281,7 +292,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 self._fire_flow(flow, HOOK_NULL, 1 - sender, EV_ERROR)
             if snd_transitions or rcv_transitions:
                 self._after_packet(flow)
-            if self.cur_drop or self._stop_requested:
+            if self.cur_drop or self._exit_work:
                 return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
             return VERDICT_FORWARD
         finally:
@@ -289,8 +300,13 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             self.cur_flow = None
 
     def _verdict(self, verdict):
-        """A TCP segment's verdict, its drop counted; StopMonitor when a callback raised
-        and on_callback_error is 'stop'."""
+        """A TCP segment's verdict, its drop counted, an edited segment's way out (see
+        _edited_frame); StopMonitor when a callback raised and on_callback_error is 'stop'."""
+        if self._exit_work:
+            self._exit_work = self._stop_requested
+            edit, self.cur_edit = self.cur_edit, None
+            if edit is not None and edit.pkt is self.cur_pkt and verdict == VERDICT_FORWARD:
+                verdict = self._leave_edited(edit)
         if verdict == VERDICT_DROP:
             self._counters["dropped"] += 1
             # A dropped frame goes back to the engine's fill ring before end_batch.
@@ -298,6 +314,75 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         if self._stop_requested:
             raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
         return verdict
+
+    def _edited_frame(self, flow, sender, pkt):
+        """A segment of a flow with size-changing payload edits (core/edits.py). Toward a
+        side whose stream was edited, its ACK and SACK blocks go back to that side's
+        numbering before anything reads them (live inline only: elsewhere the receiver
+        never saw the edits). From a side whose stream was edited, it gets its FrameEdit:
+        callbacks see and edit its payload as the receiver will, and _leave_edited puts it
+        in the receiver's numbering."""
+        edits = flow.edits
+        peer = edits[1 - sender]
+        if peer is not None and pkt.flags & TH_ACK:
+            if self.acks_on_wire:
+                unmap_acks(pkt, peer)
+            else:
+                peer.note_acked(peer.offset(pkt.ack))
+        own = edits[sender]
+        if own is not None:
+            self.cur_edit = FrameEdit(pkt, sender, own)
+            self._exit_work = True
+
+    def edit_current(self, sock_flow):
+        """The FrameEdit of the segment being processed (a segment of `sock_flow`), made
+        now if its direction has no edits yet: from here on the flow is remapped. Raises
+        ValueError when the segment's size cannot change."""
+        pkt = self.cur_pkt
+        if pkt.flags & (TH_SYN | TH_RST) or not pkt.payload_len:
+            raise ValueError("only the payload of a segment without SYN or RST can change "
+                             "size (this one has " + ("SYN or RST)" if pkt.payload_len else
+                                                      "no payload)"))
+        if sock_flow.bypass:
+            raise ValueError("the flow is bypassed (MOSX_BYPASS, MOSX_DROP_FLOW or MOS_STOP_MON "
+                             "on every socket): its frames no longer all pass the monitor")
+        edit = self.cur_edit
+        if edit is not None and edit.pkt is pkt:
+            return edit
+        flow = sock_flow
+        sender = 0 if flow.keys[0] == (pkt.src, pkt.sport, pkt.dst, pkt.dport,
+                                       pkt.vlan_ids) else 1
+        own = flow.edits[sender] if flow.edits is not None else None
+        if own is None:
+            snd = flow.sides[sender]
+            seq_end = (pkt.seq + pkt.payload_len + (1 if pkt.flags & TH_FIN else 0)) & SEQ_MASK
+            if snd.snd_nxt is None or seq_delta(seq_end, snd.snd_nxt) < 0 \
+                    or snd.rexmit == (pkt.seq, pkt.payload_len):
+                raise ValueError("this segment repeats bytes sent before (a retransmission): "
+                                 "the receiver may have them, their size cannot change")
+            # Everything the side sent before this segment counts as forwarded.
+            own = StreamEdits(pkt.seq)
+            if flow.edits is None:
+                flow.edits = [None, None]
+            flow.edits[sender] = own
+        edit = self.cur_edit = FrameEdit(pkt, sender, own)
+        self._exit_work = True
+        return edit
+
+    def _leave_edited(self, edit):
+        """A forwarded segment of an edited direction, in its receiver's numbering:
+        rewritten in place, or replaced by `wire_frames` (VERDICT_REPLACED)."""
+        flow = self.cur_flow
+        receiver = flow.sides[1 - edit.sender]
+        frames = leave(edit, payload_limit(edit.pkt, receiver.mss))
+        if frames is None:
+            return VERDICT_FORWARD
+        self.wire_frames[:] = frames     # the list itself may be shared (engine/group.py)
+        # The engine may write the new frame over the old one: the flow's last packet
+        # (mtcp_getlastpkt in CONN_NEW_DATA) keeps a copy.
+        edit.pkt.buf = bytes(edit.pkt.buf)
+        self._counters["resized_frames"] += 1
+        return VERDICT_REPLACED
 
     def _raw_packet(self, pkt, orphan):
         for sock in self.raw_sockets:

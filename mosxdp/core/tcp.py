@@ -168,6 +168,7 @@ class TcpEmulation:
                     self._counters["bad_tcp_options"] += 1
                 # RFC 7323 2.3: a shift count above 14 is used as 14 (as Linux does).
                 snd.wscale = pkt.wscale if pkt.wscale is None or pkt.wscale <= 14 else 14
+                snd.mss = pkt.mss
                 if flags & TH_ACK:
                     flow.window_known = rcv.syn_seen
                     flow.window_scaled = snd.wscale is not None and rcv.wscale is not None
@@ -178,6 +179,7 @@ class TcpEmulation:
         else:
             if payload_len and seq_delta(seq_end, snd.snd_nxt) <= 0 and not flags & TH_FIN:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (seq, payload_len)
             if seq_delta(seq_end, snd.snd_nxt) > 0:
                 snd.snd_nxt = seq_end
         if flags & TH_FIN:
@@ -190,6 +192,7 @@ class TcpEmulation:
                     snd_transitions += 1
             elif snd.fin_seq == fin_seq:
                 snd_events |= EV_REXMIT
+                snd.rexmit = (seq, payload_len)
         if flags & TH_ACK:
             snd_transitions += self._sender_ack(flow, pkt, sender, snd)
         if rst_ok:

@@ -11,8 +11,8 @@ first context). Each context keeps its own flow table, sockets, callbacks and ti
 clock follows the datapath's. The later joins of the other contexts wait for that run to end.
 
 ``ContextGroup`` is the processor the engines drive in that case, with the Stack's interface
-(``process``, ``end_batch``, ``advance_clock``, ``finish``, ``outbox``, the counters, the
-kernel hooks); ``GroupContext`` stands for the contexts where the engines take an mctx. With
+(``process``, ``end_batch``, ``advance_clock``, ``finish``, ``outbox``, ``wire_frames``, the
+counters, the kernel hooks); ``GroupContext`` stands for the contexts where the engines take an mctx. With
 one context nothing of this is used: the engines drive its Stack directly.
 """
 from ..core.packet import PacketError, parse_frame
@@ -50,8 +50,11 @@ class ContextGroup:
         self.now = 0
         # One outbox for all: the engines send what any context's mtcp_sendpkt queued.
         self.outbox = []
+        # One list of the frames a VERDICT_REPLACED stands for, whichever context said it.
+        self.wire_frames = []
         for stack in self.stacks:
             stack.outbox = self.outbox
+            stack.wire_frames = self.wire_frames
         self.config = self.stacks[0].config
 
     # ------------------------------------------------------------ the frames
@@ -126,6 +129,7 @@ class ContextGroup:
     on_flow_end = _set_all("on_flow_end")
     kernel_sync = _set_all("kernel_sync")
     wall_offset_us = _set_all("wall_offset_us")
+    acks_on_wire = _set_all("acks_on_wire")
     del _set_all
 
 

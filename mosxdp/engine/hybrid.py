@@ -120,6 +120,11 @@ class HybridProcessor:
         stack.kernel_sync = self._sync
 
     @property
+    def wire_frames(self) -> list:
+        """What leaves instead of a frame the stack answered VERDICT_REPLACED."""
+        return self.stack.wire_frames
+
+    @property
     def counters(self) -> dict:
         out = dict(self.stack.counters)
         out.update(("kernel_" + k, v) for k, v in self.kernel.items())

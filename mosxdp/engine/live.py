@@ -30,10 +30,11 @@ from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count,
     xskmap_delete, xskmap_update
 from .loss import lost_frames
 
-__all__ = ["LiveEngine", "VERDICT_FORWARD", "VERDICT_DROP"]
+__all__ = ["LiveEngine", "VERDICT_FORWARD", "VERDICT_DROP", "VERDICT_REPLACED"]
 
 VERDICT_FORWARD = 0
 VERDICT_DROP = 1
+VERDICT_REPLACED = 2   # forward the processor's wire_frames instead (the size changed)
 _POLLIN = select.POLLIN
 
 
@@ -130,7 +131,8 @@ class LiveEngine:
         # count is tx_ring_full_dropped)
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
-            "recycled", "tx_ring_full", "tx_ring_full_dropped", "polls", "idle_timeouts"), 0)
+            "recycled", "tx_ring_full", "tx_ring_full_dropped", "polls", "idle_timeouts",
+            "replaced", "replaced_dropped"), 0)
         self.frames_by_port: list[int] = []
         self._tx_dropped_at_start: dict[str, int | None] = {}
 
@@ -505,7 +507,10 @@ class LiveEngine:
                     else:
                         if fwd is None:
                             fwd = d[:i]
-                        recycle.append(a)
+                        if v == VERDICT_REPLACED:
+                            self._put_replacement(a, proc.wire_frames, fwd)
+                        else:
+                            recycle.append(a)
                 if fwd is None:
                     fwd = d
         except BaseException:
@@ -531,6 +536,40 @@ class LiveEngine:
         if proc.outbox:
             self._send_outbox_idle()
         return n
+
+    def _put_replacement(self, a, frames, fwd) -> None:
+        """The frames that leave instead of frame ``a`` (VERDICT_REPLACED) onto the forward
+        list: the first into ``a``'s own UMEM frame when it fits (else ``a`` goes to the
+        free pool), the others into free frames."""
+        c = self.counters
+        umem = self.umem
+        buf = umem.buf
+        fsize = umem.frame_size
+        c["replaced"] += 1
+        rest = frames
+        first = frames[0]
+        if len(first) <= (a & umem.frame_mask) + fsize - a:
+            buf[a:a + len(first)] = first
+            fwd.append(a)
+            fwd.append(len(first))
+            rest = frames[1:]
+        else:
+            umem.free.append(a & umem.frame_mask)
+            umem.app -= 1
+        free = umem.free
+        for frame in rest:
+            n = len(frame)
+            if not free:
+                for s in self.sockets:
+                    s.reap_into(free)
+            if n > fsize or not free:
+                c["replaced_dropped"] += 1
+                continue
+            b = free.pop() & umem.frame_mask
+            umem.app += 1
+            buf[b:b + n] = frame
+            fwd.append(b)
+            fwd.append(n)
 
     def _refill(self, sock, addrs) -> None:
         """Frame addresses back to a socket's fill ring; what does not fit to the free pool."""

@@ -8,7 +8,8 @@ kernel or the engine keep anyway:
   the ``kernel_*`` keys of a socket's stats, what ``ss --xdp -e`` prints);
 * the XDP program's ``xsk_redirect_other`` and ``forward_redirect_err`` (counted by its
   tracepoint program on ``xdp_redirect_err``);
-* the engine's counters (``tx_ring_full_dropped``, ``outbox_dropped``);
+* the engine's counters (``tx_ring_full_dropped``, ``outbox_dropped``,
+  ``replaced_dropped``);
 * the monitored interfaces' ``tx_dropped`` since the start (``/sys/class/net/IF/statistics``):
   frames their drivers dropped on transmit, sent by the monitor's AF_XDP sockets or
   forwarded by the kernel (a copy-mode ``sendto`` says EBUSY for such a frame, which
@@ -34,6 +35,7 @@ REASONS = {
     "tx_invalid": "TX descriptors the kernel refused",
     "tx_device_drop": "dropped on transmit by a monitored interface (its tx_dropped)",
     "outbox_dropped": "frames the apps sent that found no UMEM frame or TX room",
+    "replaced_dropped": "parts of a segment an app resized that found no UMEM frame",
     "tx_unsent_at_exit": "still on a TX ring when the run ended",
 }
 #: the reasons of frames on their way to Python
@@ -61,6 +63,7 @@ def lost_frames(counters: dict, sockets: list[dict], xdp: dict | None, *,
         "tx_invalid": total("kernel_tx_invalid_descs"),
         "tx_device_drop": device_tx_dropped,
         "outbox_dropped": counters.get("outbox_dropped", 0),
+        "replaced_dropped": counters.get("replaced_dropped", 0),
     }
 
 

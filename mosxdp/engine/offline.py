@@ -2,8 +2,9 @@
 
 The offline engine replays a pcap through the core with the packet
 timestamps as the clock and writes what inline mode would have transmitted:
-forwarded frames (after overwrites), no dropped frames, and mtcp_sendpkt
-frames in order, each before the frame whose callbacks made it. The live
+forwarded frames (after overwrites, and as MOS_CHOMP/MOS_INSERT edited them), no
+dropped frames, and mtcp_sendpkt frames in order, each before the frame whose callbacks
+made it. The live
 engine (mosxdp.engine.live) drives the same core from AF_XDP sockets; mosxdp.engine.run
 chooses between them.
 """
@@ -11,7 +12,7 @@ import sys
 import time
 from contextlib import nullcontext
 
-from ..core.stack import VERDICT_FORWARD
+from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED
 from ..io.pcap import PcapReader, PcapWriter
 from .callback_log import counts_text
 from .result import RunResult
@@ -68,6 +69,10 @@ class OfflineEngine:
                 if sink is not None and verdict == VERDICT_FORWARD:
                     sink(ts_us, frame)
                     self.frames_out += 1
+                elif verdict == VERDICT_REPLACED and sink is not None:
+                    for edited in stack.wire_frames:
+                        sink(ts_us, edited)
+                        self.frames_out += 1
                 frames_in += 1
                 if frames_in == batch_end:
                     batch_end += batch_size

@@ -63,6 +63,8 @@ class LiveRun:
         self.stack = mctx.stack
         self.kernel_filter = kernel_filter(self.stack)
         self.processor = HybridProcessor(self.stack)
+        # Inline, the receiver of an edited stream acknowledges the edited bytes.
+        self.stack.acks_on_wire = config.peer is not None
         self.engine = LiveEngine(
             config.iface, config.peer, self.processor,
             queues=None if config.queues == "all" else config.queues,

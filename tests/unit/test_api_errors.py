@@ -69,10 +69,11 @@ they differ). Each row is (call, errno) -> the test that triggers it.
   mtcp_getlastpkt           EPERM            test_socket_of_another_context_eperm
   mtcp_setlastpkt           EBADF            test_setlastpkt_ebadf
   mtcp_setlastpkt           EAGAIN           test_setlastpkt_option_combinations_eagain_einval
+  mtcp_setlastpkt           EACCES           test_setlastpkt_chomp_insert_refused (Ethernet header)
   mtcp_setlastpkt           EINVAL           test_setlastpkt_option_combinations_eagain_einval,
                                              test_setlastpkt_region_overrun_einval,
                                              test_setlastpkt_segment_without_payload_has_no_payload_region,
-                                             test_setlastpkt_chomp_insert_einval,
+                                             test_setlastpkt_chomp_insert_refused,
                                              test_setlastpkt_unparseable_edit_einval
   mtcp_setlastpkt           ESOCKTNOSUPPORT  test_setlastpkt_listener_esocktnosupport
   mtcp_setlastpkt           ENOTCONN         test_setlastpkt_stopped_side_enotconn
@@ -863,12 +864,45 @@ def test_setlastpkt_segment_without_payload_has_no_payload_region(api):
     assert errno_of(result) == errno.EINVAL
 
 
-def test_setlastpkt_chomp_insert_einval(api):
+def test_setlastpkt_chomp_insert_refused(api):
+    # No region, a header region (Ethernet: EACCES as in mOS), past the payload: refused,
+    # and the frame leaves as it came.
     attempts = [(0, b"xx", 2, MOS_CHOMP), (0, b"xx", 2, MOS_INSERT),
-                (0, b"xx", 2, MOS_CHOMP | MOS_TCP_PAYLOAD), (0, b"xx", 2, MOS_INSERT | MOS_TCP_PAYLOAD)]
-    results, _ = in_flow(_edit_attempts(attempts))
-    for result in results:
-        assert errno_of(result) == errno.EINVAL
+                (0, b"xx", 2, MOS_CHOMP | MOS_ETH_HDR), (0, b"xx", 2, MOS_INSERT | MOS_ETH_HDR),
+                (0, b"xx", 2, MOS_INSERT | MOS_IP_HDR), (0, b"xx", 2, MOS_CHOMP | MOS_TCP_HDR),
+                (17, b"xx", 2, MOS_CHOMP | MOS_TCP_PAYLOAD),
+                (19, b"xx", 2, MOS_INSERT | MOS_TCP_PAYLOAD),
+                (0, None, None, MOS_CHOMP | MOS_TCP_PAYLOAD),
+                (0, b"xx", 3, MOS_INSERT | MOS_TCP_PAYLOAD)]
+    expected = [errno.EINVAL, errno.EINVAL, errno.EACCES, errno.EACCES] + [errno.EINVAL] * 6
+    conv = Conv().full()
+    original = conv.frames[3][1]
+    mon = Monitor()
+    results, frame = in_flow(_edit_attempts(attempts), conv=conv, mon=mon)
+    assert [errno_of(result) for result in results] == expected
+    assert frame == original and mon.out[3][1] == original
+
+    def on_syn(mctx, s, side):
+        return capture(mtcp_setlastpkt, mctx, s, side, 0, b"x", 1, MOS_INSERT | MOS_TCP_PAYLOAD)
+    # The first state change at HK_RCV is the server's, on the SYN: no payload to resize.
+    assert errno_of(in_flow(on_syn, event=MOS_ON_TCP_STATE_CHANGE, hook=MOS_HK_RCV,
+                            mon=Monitor(cpu=1))) == errno.EINVAL
+
+
+def test_setlastpkt_chomp_insert_raw_socket_einval(api):
+    mon = Monitor(cpu=1)
+    raw = mtcp_socket(mon.mctx, AF_INET, MOS_SOCK_MONITOR_RAW, 0)
+    results = []
+
+    def cb(mctx, sock, side, event, arg):
+        pinfo = PktInfo()
+        mtcp_getlastpkt(mctx, sock, side, pinfo)
+        if pinfo.payloadlen:
+            results.append(capture(mtcp_setlastpkt, mctx, sock, side, 0, b"x", 1,
+                                   MOS_INSERT | MOS_TCP_PAYLOAD))
+    mtcp_register_callback(mon.mctx, raw, MOS_ON_PKT_IN, MOS_NULL, cb)
+    mon.run(Conv().full())
+    assert results and all(errno_of(result) == errno.EINVAL for result in results)
 
 
 def test_setlastpkt_unparseable_edit_einval(api):

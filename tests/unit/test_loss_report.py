@@ -33,7 +33,8 @@ def test_copy_mode_fill_ring_empty_is_not_counted_twice():
                        device_tx_dropped=3)
     assert lost == {"fill_ring_empty": 105, "rx_ring_full": 7, "rx_dropped_other": 20,
                     "xsk_redirect_error": 0, "forward_redirect_error": 4, "tx_ring_full": 6,
-                    "tx_invalid": 2, "tx_device_drop": 3, "outbox_dropped": 1}
+                    "tx_invalid": 2, "tx_device_drop": 3, "outbox_dropped": 1,
+                    "replaced_dropped": 0}
     # the tracepoint's count of refused redirects is what the sockets counted
     assert sum(lost[k] for k in ("fill_ring_empty", "rx_ring_full", "rx_dropped_other")) == 132
 
