@@ -102,6 +102,7 @@ class Config:
     metrics_port: int = 0            # live: serve Prometheus metrics on 127.0.0.1:PORT (0: off)
     stats: bool = False              # print counters on stderr (mos.conf's stat_print; --stats)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
+    detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
 
     def stack_config(self):
         return StackConfig(
@@ -151,6 +152,7 @@ SECTIONS = {
         "metrics_port": _int(0),
         "stats": _bool,
         "keep_privileges": _bool,
+        "detach_on_exit": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}
