@@ -143,6 +143,10 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    if mctx.config.iface is not None:
+        # before the app's setup creates (or truncates) its outputs
+        from .io.xdp.owner import check_free
+        check_free([n for n in (mctx.config.iface, mctx.config.peer) if n])
     print_stats = args.stats or mctx.config.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:

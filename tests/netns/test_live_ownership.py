@@ -89,10 +89,11 @@ def test_second_run_is_refused_and_the_first_keeps_forwarding(bed, www):
         with bed.killed_after(curl):
             time.sleep(0.5)
             assert curl.poll() is None, "the download ended before the second run"
-            refused = []
+            refused, outputs = [], []
             for argv in (("--iface", tb.iface_a, "--peer", tb.iface_b), ("--iface", tb.iface_b)):
+                outputs.append(bed.out_path("second.jsonl"))
                 r = livekit.mosxdp_cli(tb, "run", APPS / "streamhash.py", *argv,
-                                       "--log", bed.out_path("second.jsonl"))
+                                       "--log", outputs[-1])
                 refused.append((argv[1], r))
             r = bed.detach()
             refused.append(("detach", r))
@@ -105,6 +106,7 @@ def test_second_run_is_refused_and_the_first_keeps_forwarding(bed, www):
                 [f"mosxdp: error: {ifname} in use by mosxdp PID {mon.proc.pid}"], r.stderr
         assert f"in use by mosxdp PID {mon.proc.pid}; not detaching" in refused[2][1].stderr, \
             refused[2][1].stderr
+        assert not any(p.exists() for p in outputs), "a refused run's app created its output"
         mon.alive()
         assert bed.xdp_prog_ids() == mon.prog_ids, "the first monitor's programs were touched"
         assert curl.returncode == 0, err

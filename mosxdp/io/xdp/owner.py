@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import XdpError
 
 __all__ = ["LOCK_DIR", "Holder", "InterfaceLock", "InUse", "netns_inode", "lock_path",
-           "acquire", "acquire_all", "holder_of"]
+           "acquire", "acquire_all", "holder_of", "check_free"]
 
 #: Where the lock files live (a tmpfs: cleared at boot, like the attachments).
 LOCK_DIR = "/run/mosxdp"
@@ -223,3 +223,18 @@ def holder_of(ifindex: int, *, netns: str | None = None) -> Holder | None:
         return Holder.parse(_read(fd))
     finally:
         os.close(fd)
+
+
+def check_free(ifnames) -> None:
+    """``InUse`` for the first of ``ifnames`` (in this network namespace) a live monitor
+    holds: an early look, before an app creates its outputs (the lock itself is taken
+    when the program is set up). Unknown names are left to that set-up to report."""
+    import socket
+    for name in ifnames:
+        try:
+            ifindex = socket.if_nametoindex(name)
+        except OSError:
+            continue
+        holder = holder_of(ifindex)
+        if holder is not None and holder.held:
+            raise InUse(name, holder)
