@@ -79,16 +79,16 @@ class LiveRun:
         program, config = self.engine.program, self.mctx.config
         if config.peer is None or program is None:
             return
-        pair = "%s and %s" % (config.iface, config.peer)
-        if getattr(program, "left_attached", None):
+        left = getattr(program, "left_attached", None)
+        if left:
             print("mosxdp: left the XDP program attached to %s as a kernel-only forwarder "
-                  "(fail-open: the inline link stays up, unmonitored); `mosxdp detach --iface %s "
-                  "--iface %s` removes it and cuts the link" % (pair, config.iface, config.peer),
-                  file=sys.stderr)
+                  "(fail-open: the inline link stays up, unmonitored); `mosxdp detach %s` "
+                  "removes it and cuts the link"
+                  % (" and ".join(left), " ".join("--iface " + n for n in left)), file=sys.stderr)
         elif getattr(program, "detached", None) and len(program.detached) == len(program.modes):
             why = "--fail-closed" if config.fail_closed else "--detach-on-exit"
-            print("mosxdp: detached from %s (%s): the inline link between them is cut until a "
-                  "monitor runs again" % (pair, why), file=sys.stderr)
+            print("mosxdp: detached from %s and %s (%s): the inline link between them is cut "
+                  "until a monitor runs again" % (config.iface, config.peer, why), file=sys.stderr)
 
     def run(self) -> RunResult:
         from ..io.privileges import after_setup

@@ -206,6 +206,17 @@ def test_left_fail_open_program_is_taken_over_quietly(devs):
     assert p.detached == [devs.b, devs.a] and not attached(devs.a).attached
 
 
+def test_forced_detach_under_a_live_owner_is_not_reported_as_left(devs):
+    with xdp.XdpProgram([devs.a], peers={devs.a: devs.b}, keep_attached=True) as p:
+        pid = p.prog_id
+        assert xdp.detach(devs.a, force=True) == "native program id %d 'mosxdp_rx'" % pid
+    assert p.left_attached == [devs.b], p.notes
+    assert any("%s: our program is no longer attached" % devs.a in n for n in p.notes), p.notes
+    assert not attached(devs.a).attached and attached(devs.b).prog_ids == {"native": pid}
+    assert xdp.status([devs.b])["interfaces"][devs.b]["owner"]["state"] == "fail-open"
+    assert xdp.owner.holder_of(devs.ifindex(devs.a)) is None  # its lock file went
+
+
 def test_program_of_a_killed_owner_is_stale_and_named(devs):
     code = ("import sys, time\n"
             "from mosxdp.io.xdp import XdpProgram\n"

@@ -358,6 +358,7 @@ class Monitor:
     def __init__(self, bed: Bed, app, *args, ready_file=False, attach=True):
         self.bed = bed
         self.prog_ids = None
+        self._stopped_clean = False
         self._ids_before = bed.xdp_prog_ids()
         name = Path(str(app)).stem
         self.log_path = bed.out_path(f"{name}.monitor.log")
@@ -442,15 +443,19 @@ class Monitor:
     def stop_clean(self, timeout=30) -> None:
         """SIGINT: the monitor exits 0 leaving its program attached on A and B as the
         kernel's forwarder (fail-open), and says so; `mosxdp detach` then removes it,
-        saying that this cuts the link, and nothing is left attached."""
+        saying that this cuts the link, and nothing is left attached. Once only: a test
+        may stop the monitor of a fixture that stops it too."""
+        if self._stopped_clean:
+            return
         rc = self.stop(signal.SIGINT, timeout)
         assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
         ids = self.bed.xdp_prog_ids()
-        assert ids == (self.prog_ids or ids) and len(ids) == 2, (ids, self.prog_ids)
+        assert ids == (self.prog_ids or ids) and len(ids) == 2, (ids, self.prog_ids, self.log())
         assert LEFT_FAIL_OPEN in self.log(), self.log()
         r = self.bed.detach()
         assert r.returncode == 0 and LINK_CUT in r.stderr, (r.stdout, r.stderr)
         assert self.bed.xdp_attached() == set(), "XDP programs left attached after detach"
+        self._stopped_clean = True
 
     def close(self) -> None:
         if self.proc.poll() is None:

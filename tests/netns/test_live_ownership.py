@@ -74,6 +74,13 @@ def size(path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def lock_files(bed) -> list[str]:
+    """The interface lock files of the bed's monitor namespace (mosxdp.io.xdp.owner)."""
+    from mosxdp.io.xdp.owner import LOCK_DIR
+    prefix = "netns%d-" % os.stat(f"/run/netns/{bed.tb.ns('mon')}").st_ino
+    return sorted(n for n in os.listdir(LOCK_DIR) if n.startswith(prefix))
+
+
 def counters(bed) -> dict:
     return bed.xdp_counters()
 
@@ -173,6 +180,7 @@ def test_download_survives_a_stop_of_the_inline_monitor(bed, www, sig):
         text = mon2.log()
         assert "stale" not in text and "replacing" not in text and "error" not in text, text
         assert bed.xdp_attached() == set(), text
+        assert lock_files(bed) == [], "the monitor that detached left its lock files"
         assert f"detached from {tb.iface_a} and {tb.iface_b} (--detach-on-exit)" in text, text
         assert livekit.LEFT_FAIL_OPEN not in text, text
     else:
@@ -189,18 +197,14 @@ def test_download_survives_a_stop_of_the_inline_monitor(bed, www, sig):
 def test_no_lock_files_are_left_for_a_detached_bed(bed):
     """After the monitor and `mosxdp detach`, /run/mosxdp holds no file of the bed's
     namespace (its locks went with what they recorded)."""
-    tb = bed.tb
     mon = bed.monitor(APPS / "streamhash.py", "--log", bed.out_path("flows.jsonl"))
     try:
-        ino = os.stat(f"/run/netns/{tb.ns('mon')}").st_ino
-        mine = lambda: sorted(n for n in os.listdir("/run/mosxdp")  # noqa: E731
-                              if n.startswith(f"netns{ino}-"))
-        held = mine()
+        held = lock_files(bed)
         assert len(held) == 2, held
         for name in held:
             text = open(os.path.join("/run/mosxdp", name)).read()
             assert f"pid {mon.proc.pid}\nstate running\n" in text, text
         mon.stop_clean()
-        assert mine() == []
+        assert lock_files(bed) == []
     finally:
         mon.close()

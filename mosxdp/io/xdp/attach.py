@@ -20,7 +20,8 @@ from ..privileges import check_privileges
 from ..uapi import (XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE, XDP_FLAGS_REPLACE, XDP_FLAGS_SKB_MODE,
                     XDP_FLAGS_UPDATE_IF_NOEXIST)
 
-__all__ = ["PROG_NAME_PREFIX", "XdpState", "iproute", "ifindex_of", "link_state", "xdp_state",
+__all__ = ["PROG_NAME_PREFIX", "XdpState", "iproute", "ifindex_of", "link_state",
+           "attached_prog_ids", "xdp_state",
            "set_xdp", "detach_mode", "remove_programs", "attach", "detach"]
 
 log = logging.getLogger("mosxdp.xdp")
@@ -85,6 +86,17 @@ class XdpState:
 
 def link_state(ipr, ifname: str, ifindex: int) -> XdpState:
     """The XDP programs attached to one interface, by mode, with their names."""
+    mode, ids = _link_prog_ids(ipr, ifindex)
+    names = {m: (libbpf.prog_name_by_id(i) or "?") for m, i in ids.items()}
+    return XdpState(ifname, ifindex, mode, ids, names)
+
+
+def attached_prog_ids(ipr, ifindex: int) -> set[int]:
+    """The ids of the programs attached to an interface (netlink only: no privilege)."""
+    return set(_link_prog_ids(ipr, ifindex)[1].values())
+
+
+def _link_prog_ids(ipr, ifindex: int) -> tuple[str | None, dict[str, int]]:
     msg = ipr.link("get", index=ifindex)[0]
     x = msg.get_attr("IFLA_XDP")
     ids: dict[str, int] = {}
@@ -98,8 +110,7 @@ def link_state(ipr, ifname: str, ifindex: int) -> XdpState:
                 ids[m] = v
         if not ids and mode in ("native", "generic", "offload") and x.get_attr("IFLA_XDP_PROG_ID"):
             ids[mode] = x.get_attr("IFLA_XDP_PROG_ID")
-    names = {m: (libbpf.prog_name_by_id(i) or "?") for m, i in ids.items()}
-    return XdpState(ifname, ifindex, mode, ids, names)
+    return mode, ids
 
 
 def xdp_state(ifname: str, *, netns: str | None = None) -> XdpState:

@@ -23,7 +23,8 @@ from ..bpfstructs import (FlowVerdict, MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, 
 from ..errors import XdpError
 from ..netdev import rx_queue_count
 from ..privileges import check_privileges
-from .attach import attach, detach_mode, ifindex_of, iproute, link_state, remove_programs
+from .attach import (attach, attached_prog_ids, detach_mode, ifindex_of, iproute, link_state,
+                     remove_programs)
 from .compile import LoadedProgram, check_environment, compile_program
 from .maps import MosxdpMaps
 from .owner import FAIL_OPEN, InterfaceLock, acquire_all
@@ -212,9 +213,23 @@ class XdpProgram:
         if self.keep_attached and self._setup_done:
             ds.pop_all()  # stays attached, fail-open with no socket
             self._kept_prog_id = self.program.prog_id
-            self.left_attached = list(self.modes)
+            self.left_attached = [n for n in self.modes if self._still_ours(n)]
         else:
             ds.close()
+
+    def _still_ours(self, ifname: str) -> bool:
+        """Our program is still attached to ``ifname`` (``mosxdp detach --force`` may have
+        removed it, or someone replaced it)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        try:
+            with iproute() as ipr:
+                if self.program.prog_id in attached_prog_ids(ipr, self.ifindexes[ifname]):
+                    return True
+        except NetlinkError:
+            pass  # the interface is gone
+        self.notes.append("%s: our program is no longer attached there" % ifname)
+        log.warning(self.notes[-1])
+        return False
 
     def _detach_one(self, ifname: str, mode: str) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
