@@ -76,6 +76,9 @@ def _datapath_options(parser):
                        help="drop instead of forwarding when the monitor process is gone")
     group.add_argument("--force", action="store_true", default=None,
                        help="replace an XDP program that is not ours")
+    group.add_argument("--detach-on-exit", action="store_true", default=None,
+                       help="live inline: detach the XDP program at exit, which cuts the link "
+                            "(default: it stays attached and forwards in the kernel, fail-open)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
@@ -131,7 +134,7 @@ def cmd_run(argv):
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
-        "keep_privileges": args.keep_privileges,
+        "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"
@@ -140,6 +143,10 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    if mctx.config.iface is not None:
+        # before the app's setup creates (or truncates) its outputs
+        from .io.xdp.owner import check_free
+        check_free([n for n in (mctx.config.iface, mctx.config.peer) if n])
     print_stats = args.stats or mctx.config.stats
     stats_json_fd = None
     if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
@@ -154,8 +161,10 @@ def cmd_run(argv):
             raise CliError(f"{app_name}: {where}{exc.strerror or exc}", EXIT_USAGE) from None
         if args.iface is not None:
             # The XDP program is attached before the live loop installs its own SIGTERM
-            # handler: a SIGTERM meanwhile must unwind like Ctrl-C (detach), not kill.
+            # handler: a SIGTERM (or SIGHUP) meanwhile must unwind like Ctrl-C, not kill.
             signal.signal(signal.SIGTERM, _sigterm_unwinds)
+            if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup: stay ignored
+                signal.signal(signal.SIGHUP, _sigterm_unwinds)
         result = None
         try:
             result = run(mctx, print_stats=print_stats)
@@ -240,14 +249,22 @@ def _command_parser(name, description):
 
 
 def cmd_detach(argv):
-    parser = _command_parser("detach", "Remove an XDP program left attached to an interface.")
+    parser = _command_parser(
+        "detach", "Remove an XDP program left attached to an interface (after a monitor "
+                  "stopped or died). On an inline link this cuts the link.")
     parser.add_argument("--iface", required=True, action="append", help="interface (repeatable)")
-    parser.add_argument("--force", action="store_true", help="also remove a program that is not mosxdp's")
+    parser.add_argument("--force", action="store_true",
+                        help="also remove a program that is not mosxdp's, or one a running "
+                             "monitor holds")
     args = parser.parse_args(argv)
     from .io import xdp
     for ifname in args.iface:
+        peer = xdp.inline_peer(ifname)
         removed = xdp.detach(ifname, force=args.force)
         print(f"{ifname}: {'detached ' + removed if removed else 'no XDP program attached'}")
+        if removed and peer:
+            print(f"mosxdp: warning: {ifname} was inline to {peer}: frames arriving on {ifname} "
+                  f"are no longer forwarded to {peer}, the inline link is cut", file=sys.stderr)
     return 0
 
 
@@ -283,7 +300,7 @@ def status_lines(state, all_ifaces=False):
             continue
         lines.append(f"{ifname}: " + ", ".join(
             f"{p['mode']} program id {p['id']} {p['name']!r}" + (" (mosxdp)" if p["ours"] else "")
-            for p in progs))
+            for p in progs) + _owner_text(info.get("owner")))
     if not lines:
         lines.append("no XDP program attached")
     for pid, prog in sorted(state["programs"].items()):
@@ -302,6 +319,17 @@ def status_lines(state, all_ifaces=False):
         shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v) or "all zero"
         lines.append(f"  counters: {shown}")
     return lines
+
+
+def _owner_text(owner):
+    """`mosxdp status`: who holds an interface, as its lock file says."""
+    if not owner or not owner.get("pid"):
+        return ""
+    if owner["held"]:
+        return f", held by monitor PID {owner['pid']}"
+    if owner["state"] == "fail-open":
+        return f", left fail-open by monitor PID {owner['pid']} (stopped)"
+    return f", stale: its monitor PID {owner['pid']} is gone"
 
 
 def cmd_demo(argv):

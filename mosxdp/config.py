@@ -111,6 +111,7 @@ class Config:
     stats: bool = False              # print counters on stderr (mos.conf's stat_print; --stats)
     loss_warning: float = 1.0        # live: warn when more than this % of frames is lost (0: never)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
+    detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
 
     def stack_config(self):
         return StackConfig(
@@ -161,6 +162,7 @@ SECTIONS = {
         "stats": _bool,
         "loss_warning": _percent,
         "keep_privileges": _bool,
+        "detach_on_exit": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -144,12 +144,29 @@ def _pid_alive(pid: int) -> bool:
 
 def delete_netns(ns: str) -> None:
     _kill_pids(_ns_pids(ns))
+    _remove_interface_locks(ns)
     r = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
     if r.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
         # Retry once: a process may have been on its way out.
         time.sleep(0.1)
         _kill_pids(_ns_pids(ns), grace=0.2)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _remove_interface_locks(ns: str) -> None:
+    """The lock files (mosxdp.io.xdp.owner) of the namespace's interfaces: they go with it,
+    and its processes are gone."""
+    from ..io.xdp.owner import LOCK_DIR
+    try:
+        prefix = "netns%d-" % os.stat(f"/run/netns/{ns}").st_ino
+        names = [n for n in os.listdir(LOCK_DIR) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(LOCK_DIR, name))
+        except OSError:
+            pass
 
 
 def pid_namespace() -> str:

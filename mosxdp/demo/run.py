@@ -129,8 +129,18 @@ def run_demo(keep=False):
             got = open(scrubbed_path, "rb").read() if os.path.exists(scrubbed_path) else b""
             results.append(("IPv4 secret.txt (scrubbed)", SECRET not in got and b"X" * len(SECRET) in got,
                             seconds, got[:40].decode(errors="replace").strip()))
+            # Ctrl-C: the monitor leaves its program attached as the kernel's forwarder
+            # (fail-open), so traffic still flows; `mosxdp detach` then cuts the link.
             tb.stop(monitor, sig=2, timeout=15)
             log.close()
+            out = os.path.join(work, "got-after-stop")
+            after, seconds = _curl(tb, f"http://{tb.srv_ip}:{PORT}/small.bin", out,
+                                   extra=("--max-time", "5"))
+            results.append(("1 KiB after stop (fail-open)", after.returncode == 0 and
+                            sha256_file(out) == sha256_file(os.path.join(www, "small.bin")),
+                            seconds, after.stdout.strip() or after.stderr.strip()))
+            tb.run("mon", [python, "-m", "mosxdp.cli", "detach", "--iface", tb.iface_a,
+                           "--iface", tb.iface_b], capture_output=True, text=True, timeout=60)
             for server in servers:
                 tb.stop(server)
             detached = "prog/xdp" not in tb.run("mon", ["ip", "-d", "link", "show"],
@@ -158,7 +168,7 @@ def run_demo(keep=False):
             for line in f.read().splitlines()[-4:]:
                 print(f"  {line}")
         print()
-        print(f"XDP programs detached after exit: {'yes' if detached else 'NO'}")
+        print(f"XDP programs detached by `mosxdp detach`: {'yes' if detached else 'NO'}")
         print(f"demo finished in {time.monotonic() - started:.1f} s")
         return 0 if all(ok for _, ok, _, _ in results) and detached else 1
     except KeyboardInterrupt:

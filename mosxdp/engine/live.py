@@ -13,7 +13,8 @@ sockets:
 
 Everything is entered through one ``contextlib.ExitStack`` and unwound in reverse
 order: XSKMAP entries removed (the XDP program then takes the kernel path: fail-open,
-or drop with ``fail_closed``), sockets and UMEM deleted, XDP program detached.
+or drop with ``fail_closed``), sockets and UMEM deleted, XDP program detached (or, with
+``keep_attached``, left attached: its kernel path goes on forwarding after the stop).
 """
 
 from __future__ import annotations
@@ -77,7 +78,14 @@ class LiveEngine:
       ``check_accounting``: verify the frame accounting after every loop iteration;
       ``filter_c_expr``: the monitor filter's C expression for the XDP program (None:
         every TCP frame comes to user space); ``filter_all_ip``: the expression also decides
-        for non-TCP frames, IP or not (raw sockets); ``force``: replace a foreign XDP program.
+        for non-TCP frames, IP or not (raw sockets); ``force``: replace a foreign XDP program;
+      ``keep_attached``: once the sockets are up, the XDP program stays attached when the
+        engine closes (inline: its kernel path goes on forwarding between the interfaces,
+        fail-open). At the stop the sockets leave the XSKMAP first and the frames already in
+        their rings are still handled, so the wire does not pause for the end of the run.
+        A stop asked for during the set-up (KeyboardInterrupt) once the program is
+        attached does the same; a set-up that fails otherwise leaves its program attached
+        only if it replaced a mosxdp program on every interface (the wire was up before).
     """
 
     def __init__(self, iface, peer: str | None = None, processor=None, *,
@@ -86,7 +94,7 @@ class LiveEngine:
                  zero_copy: bool = False, need_wakeup: bool = True, xdp_mode: str = "native",
                  fail_closed: bool = False, program="mosxdp", poll_timeout_ms: int = 100,
                  check_accounting: bool = False, filter_c_expr: str | None = None,
-                 filter_all_ip: bool = False, force: bool = False):
+                 filter_all_ip: bool = False, force: bool = False, keep_attached: bool = False):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if not ifaces:
             raise ValueError("LiveEngine needs at least one interface")
@@ -119,6 +127,8 @@ class LiveEngine:
         self.filter_c_expr = filter_c_expr
         self.filter_all_ip = filter_all_ip
         self.force = force
+        self.keep_attached = keep_attached
+        self._xdp_at_stop: dict | None = None
         self.program = None
         self.umem: Umem | None = None
         self.lanes: list[_Lane] = []
@@ -139,7 +149,14 @@ class LiveEngine:
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "LiveEngine":
         with contextlib.ExitStack() as stack:
-            self._open(stack)
+            try:
+                self._open(stack)
+            except KeyboardInterrupt:
+                # a stop asked for during the set-up (Ctrl-C, or SIGTERM turned into this):
+                # once the program is attached, like a stop of the running loop
+                if self.keep_attached and hasattr(self.program, "keep_attached"):
+                    self.program.keep_attached = True
+                raise
             self._stack = stack.pop_all()
         return self
 
@@ -152,7 +169,7 @@ class LiveEngine:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        sigs = {signal.SIGINT, signal.SIGTERM}
+        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
         try:
             stack.close()
@@ -177,6 +194,10 @@ class LiveEngine:
         use_libxdp = self.program_spec == "libxdp"
         if not use_libxdp:
             self.program = stack.enter_context(self._program_context())
+            replaced = getattr(self.program, "replaced", {})
+            if (self.keep_attached and len(replaced) == len(self.ifaces)
+                    and "foreign" not in replaced.values()):
+                self.program.keep_attached = True  # a failure from here leaves the wire up
         bind = _x.XDP_ZEROCOPY if self.zero_copy else _x.XDP_COPY
         if self.need_wakeup:
             bind |= _x.XDP_USE_NEED_WAKEUP
@@ -220,6 +241,8 @@ class LiveEngine:
                     own = tx_sock(ifn, s.queue)
                     self.lanes.append(_Lane(s, port, None, [own] * len(self.ifaces)))
         self.frames_by_port = [0] * len(self.ifaces)
+        if self.keep_attached and hasattr(self.program, "keep_attached"):
+            self.program.keep_attached = True
 
     def _program_context(self):
         spec = self.program_spec
@@ -251,7 +274,8 @@ class LiveEngine:
         """Quiesce, then :meth:`stats` with the checked frame accounting and the audit
         of every frame's place (``accounting_error`` when they do not balance); ``lost``
         also counts the frames still on a TX ring (``tx_unsent_at_exit``)."""
-        xdp = self.xdp_counters()  # the program's counters while our sockets were in
+        # the program's counters while our sockets were in
+        xdp = self._xdp_at_stop if self._xdp_at_stop is not None else self.xdp_counters()
         self.quiesce()
         st = self.stats()
         if xdp is not None:
@@ -322,14 +346,16 @@ class LiveEngine:
 
     # ------------------------------------------------------------------ loop
     def run(self, duration: float | None = None, *, handle_signals: bool = True) -> dict:
-        """Process frames until :meth:`stop`, SIGINT/SIGTERM (when run in the main thread
-        and ``handle_signals``) or ``duration`` seconds. Returns :meth:`stats`."""
+        """Process frames until :meth:`stop`, SIGINT/SIGTERM/SIGHUP (when run in the main
+        thread and ``handle_signals``; SIGHUP not when it is ignored, as under nohup) or
+        ``duration`` seconds. Returns :meth:`stats`."""
         if self.umem is None:
             raise RuntimeError("LiveEngine.run() outside its context (use `with LiveEngine(...)`)")
         saved = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                saved[sig] = signal.signal(sig, self._stop_on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
+                    saved[sig] = signal.signal(sig, self._stop_on_signal)
         try:
             self._loop(duration)
             if self.processor is not None:
@@ -421,8 +447,40 @@ class LiveEngine:
                 break
             if deadline is not None and work and time.monotonic() > deadline:
                 break
+        if self.keep_attached and self._xskmap is not None:
+            self._hand_over(take)
         if self.processor is None:
             c["forwarded" if self.inline else "recycled"] = c["frames"]
+
+    def _hand_over(self, take) -> None:
+        """The stop of an engine that leaves its program attached: the sockets leave the
+        XSKMAP (new frames take the kernel path at once), then what is already in the RX
+        rings is taken as usual until they stay empty (0.5 s at most)."""
+        if hasattr(self.program, "counters"):
+            try:
+                self._xdp_at_stop = dict(self.program.counters())
+            except OSError:
+                pass
+        self._unmap(*self._xskmap)
+        c = self.counters
+        quiet_since = None
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            work = 0
+            for ln in self.lanes:
+                work += take(ln)
+            self._housekeeping()
+            if work:
+                c["batches"] += 1
+                c["frames"] += work
+                quiet_since = None
+                continue
+            now = time.monotonic()
+            if quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since > 0.005:  # frames redirected before the unmap have landed
+                break
+            time.sleep(0.001)
 
     def _forward_batch(self, ln: _Lane) -> int:
         """No processor, inline: descriptors move from the RX ring to the peer's TX ring."""

@@ -73,7 +73,8 @@ class LiveRun:
             zero_copy=config.bind == "zerocopy", xdp_mode=config.xdp_mode,
             fail_closed=config.fail_closed, force=config.force,
             filter_c_expr=self.kernel_filter.c_expr,
-            filter_all_ip=self.kernel_filter.filter_all_ip)
+            filter_all_ip=self.kernel_filter.filter_all_ip,
+            keep_attached=config.peer is not None and not (config.detach_on_exit or config.fail_closed))
         self._warned = False
 
     def filters_changed(self) -> None:
@@ -84,6 +85,23 @@ class LiveRun:
             print("mosxdp: warning: monitor filters changed after the start; the kernel "
                   "filter keeps the start's (restart to apply them)", file=sys.stderr)
 
+    def _say_what_is_left(self) -> None:
+        """One line at the exit of an inline run: the program left attached as the kernel's
+        forwarder (the wire stays up), or detached (the wire is cut, and why)."""
+        program, config = self.engine.program, self.mctx.config
+        if config.peer is None or program is None:
+            return
+        left = getattr(program, "left_attached", None)
+        if left:
+            print("mosxdp: left the XDP program attached to %s as a kernel-only forwarder "
+                  "(fail-open: the inline link stays up, unmonitored); `mosxdp detach %s` "
+                  "removes it and cuts the link"
+                  % (" and ".join(left), " ".join("--iface " + n for n in left)), file=sys.stderr)
+        elif getattr(program, "detached", None) and len(program.detached) == len(program.modes):
+            why = "--fail-closed" if config.fail_closed else "--detach-on-exit"
+            print("mosxdp: detached from %s and %s (%s): the inline link between them is cut "
+                  "until a monitor runs again" % (config.iface, config.peer, why), file=sys.stderr)
+
     def run(self) -> RunResult:
         from ..io.privileges import after_setup
         mctx, engine, processor = self.mctx, self.engine, self.processor
@@ -91,6 +109,7 @@ class LiveRun:
         mctx.engine = self
         self.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
         with contextlib.ExitStack() as resources:
+            resources.callback(self._say_what_is_left)  # after the engine closed
             resources.enter_context(engine)
             processor.program = engine.program
             status = LiveStatus(engine, self.stack, print_lines=self.print_stats,

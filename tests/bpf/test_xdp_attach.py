@@ -168,6 +168,84 @@ def test_keep_attached_then_detach_standalone(devs):
     assert xdp.detach(devs.a) is None  # nothing left: a no-op
 
 
+# ---------------------------------------------------------------------------------------
+# ownership: a live owner is never replaced nor detached; a dead one's program is stale
+# ---------------------------------------------------------------------------------------
+
+def test_second_program_on_held_interfaces_is_refused_and_touches_nothing(devs):
+    with xdp.XdpProgram([devs.a], peers={devs.a: devs.b}) as first:
+        before = {n: attached(n).prog_ids for n in (devs.a, devs.b)}
+        for ifaces in ([devs.b], [devs.d, devs.a]):
+            with pytest.raises(xdp.InUse) as ei:
+                with xdp.XdpProgram(ifaces, force=True):
+                    pass
+            assert str(ei.value) == "%s in use by mosxdp PID %d" % (ifaces[-1], os.getpid())
+        assert not attached(devs.d).attached  # the free interface listed first: untouched
+        assert {n: attached(n).prog_ids for n in (devs.a, devs.b)} == before
+        with pytest.raises(xdp.XdpError, match=r"in use by mosxdp PID %d; not detaching" % os.getpid()):
+            xdp.detach(devs.a)
+        assert attached(devs.a).prog_ids == {"native": first.prog_id}
+        owner = xdp.status([devs.a])["interfaces"][devs.a]["owner"]
+        assert owner == {"pid": os.getpid(), "state": "running", "held": True}
+    assert not attached(devs.a).attached and not attached(devs.b).attached
+    assert xdp.status([devs.a])["interfaces"][devs.a].get("owner") is None
+
+
+def test_left_fail_open_program_is_taken_over_quietly(devs):
+    with xdp.XdpProgram([devs.a], peers={devs.a: devs.b}, keep_attached=True) as p:
+        left = p.prog_id
+    assert p.left_attached == [devs.a, devs.b] and p.detached == []
+    assert xdp.status([devs.a])["interfaces"][devs.a]["owner"] == \
+        {"pid": os.getpid(), "state": "fail-open", "held": False}
+    assert xdp.inline_peer(devs.a) == devs.b and xdp.inline_peer(devs.b) == devs.a
+    with xdp.XdpProgram([devs.a], peers={devs.a: devs.b}) as p:
+        assert p.replaced == {devs.a: "fail-open", devs.b: "fail-open"}
+        assert not any("stale" in n for n in p.notes), p.notes
+        assert any("fail-open program id %d left by mosxdp PID %d" % (left, os.getpid()) in n
+                   for n in p.notes), p.notes
+    assert p.detached == [devs.b, devs.a] and not attached(devs.a).attached
+
+
+def test_forced_detach_under_a_live_owner_is_not_reported_as_left(devs):
+    with xdp.XdpProgram([devs.a], peers={devs.a: devs.b}, keep_attached=True) as p:
+        pid = p.prog_id
+        assert xdp.detach(devs.a, force=True) == "native program id %d 'mosxdp_rx'" % pid
+    assert p.left_attached == [devs.b], p.notes
+    assert any("%s: our program is no longer attached" % devs.a in n for n in p.notes), p.notes
+    assert not attached(devs.a).attached and attached(devs.b).prog_ids == {"native": pid}
+    assert xdp.status([devs.b])["interfaces"][devs.b]["owner"]["state"] == "fail-open"
+    assert xdp.owner.holder_of(devs.ifindex(devs.a)) is None  # its lock file went
+
+
+def test_program_of_a_killed_owner_is_stale_and_named(devs):
+    code = ("import sys, time\n"
+            "from mosxdp.io.xdp import XdpProgram\n"
+            "with XdpProgram([sys.argv[1]]) as p:\n"
+            "    print(p.prog_id, flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, devs.a], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), proc.stderr.read() if proc.poll() is not None else line
+        with pytest.raises(xdp.InUse, match="%s in use by mosxdp PID %d" % (devs.a, proc.pid)):
+            with xdp.XdpProgram([devs.a]):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert xdp.status([devs.a])["interfaces"][devs.a]["owner"] == \
+        {"pid": proc.pid, "state": "running", "held": False}
+    with xdp.XdpProgram([devs.a]) as p:
+        assert p.replaced == {devs.a: "stale"}
+        assert any("stale mosxdp program(s) (its monitor, PID %d, is gone)" % proc.pid in n
+                   for n in p.notes), p.notes
+    assert not attached(devs.a).attached
+
+
 def test_pass_program_and_detach_in_other_netns(bpf_env):
     from pyroute2 import netns, IPRoute
     ns = "mxtest%d" % os.getpid()

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,29 @@ def xdp_attached(tb, *, check: bool = True, timeout: float | None = 10) -> set:
         if "prog/xdp" in r.stdout:
             found.add(ifname)
     return found
+
+
+def xdp_prog_ids(tb, *, timeout: float | None = 10) -> dict:
+    """{monitor interface: id of the XDP program `ip -d link` shows on it}."""
+    ids = {}
+    for ifname in (tb.iface_a, tb.iface_b):
+        r = tb.run("mon", ["ip", "-d", "link", "show", ifname], capture_output=True,
+                   text=True, timeout=timeout)
+        assert r.returncode == 0, f"ip -d link show {ifname} in mon: {r.stderr.strip()}"
+        m = re.search(r"prog/xdp id (\d+)", r.stdout)
+        if m:
+            ids[ifname] = int(m.group(1))
+    return ids
+
+
+def mosxdp_cli(tb, *argv, ns="mon", timeout=60) -> subprocess.CompletedProcess:
+    """`python -m mosxdp.cli ARGV` in a namespace of the testbed (text output)."""
+    return tb.run(ns, [PY, "-m", "mosxdp.cli", *map(str, argv)], cwd=ROOT, capture_output=True,
+                  text=True, timeout=timeout)
+
+
+LEFT_FAIL_OPEN = "left the XDP program attached to"   # the inline monitor's line at a stop
+LINK_CUT = "the inline link is cut"                   # `mosxdp detach` on an inline link
 
 
 def nstat(tb, ns: str, name: str, timeout: float = 10) -> int:
@@ -280,6 +304,14 @@ class Bed:
     def xdp_attached(self) -> set:
         return xdp_attached(self.tb, timeout=20)
 
+    def xdp_prog_ids(self) -> dict:
+        return xdp_prog_ids(self.tb, timeout=20)
+
+    def detach(self, *extra) -> subprocess.CompletedProcess:
+        """`mosxdp detach --iface A --iface B` in the monitor namespace."""
+        return mosxdp_cli(self.tb, "detach", "--iface", self.tb.iface_a, "--iface",
+                          self.tb.iface_b, *extra)
+
     def xdp_status(self) -> str:
         """The attached programs and their counters (`mosxdp status` data), for messages."""
         code = ("import json, sys; from mosxdp.io import xdp; "
@@ -319,7 +351,8 @@ class Bed:
 
 class Monitor:
     """`python -m mosxdp.cli run APP --iface A --peer B ARGS` in the monitor namespace,
-    its output in a log; by default returned once A and B carry its XDP program.
+    its output in a log; by default returned once A and B carry its XDP program (a new
+    one: not a program an earlier monitor left), whose ids are then ``prog_ids``.
     ``ready_file``: the app is given `--ready` (``ready_path``). ``standalone``: APP is a
     program with its own main() (a mOS-style port that names A and B in its mos.conf), run
     as `python APP ARGS` in the directory ``cwd``."""
@@ -327,6 +360,9 @@ class Monitor:
     def __init__(self, bed: Bed, app, *args, ready_file=False, attach=True, standalone=False,
                  cwd=ROOT):
         self.bed = bed
+        self.prog_ids = None
+        self._stopped_clean = False
+        self._ids_before = bed.xdp_prog_ids()
         name = Path(str(app)).stem
         self.log_path = bed.out_path(f"{name}.monitor.log")
         if standalone:
@@ -356,8 +392,13 @@ class Monitor:
 
     def wait_attached(self, timeout=ATTACH_TIMEOUT) -> None:
         both = {self.bed.tb.iface_a, self.bed.tb.iface_b}
-        wait_until("XDP on both monitor interfaces", lambda: self.bed.xdp_attached() == both,
-                   timeout, self.alive, step=0.1, detail=self.log)
+
+        def ours():
+            ids = self.bed.xdp_prog_ids()
+            new = set(ids) == both and all(ids[n] != self._ids_before.get(n) for n in both)
+            return ids if new else None
+        self.prog_ids = wait_until("XDP on both monitor interfaces", ours, timeout, self.alive,
+                                   step=0.1, detail=self.log)
 
     def warm_up(self, seen, attempt=None, timeout=READY_TIMEOUT) -> int:
         """Warm-up connections until ``seen()``: the app saw one (the XDP program is
@@ -406,10 +447,21 @@ class Monitor:
         return self.wait(timeout)
 
     def stop_clean(self, timeout=30) -> None:
-        """SIGINT: the monitor exits 0 and leaves no XDP program attached."""
+        """SIGINT: the monitor exits 0 leaving its program attached on A and B as the
+        kernel's forwarder (fail-open), and says so; `mosxdp detach` then removes it,
+        saying that this cuts the link, and nothing is left attached. Once only: a test
+        may stop the monitor of a fixture that stops it too."""
+        if self._stopped_clean:
+            return
         rc = self.stop(signal.SIGINT, timeout)
         assert rc == 0, f"monitor exit {rc}:\n{self.log()}"
-        assert self.bed.xdp_attached() == set(), "XDP programs left attached"
+        ids = self.bed.xdp_prog_ids()
+        assert ids == (self.prog_ids or ids) and len(ids) == 2, (ids, self.prog_ids, self.log())
+        assert LEFT_FAIL_OPEN in self.log(), self.log()
+        r = self.bed.detach()
+        assert r.returncode == 0 and LINK_CUT in r.stderr, (r.stdout, r.stderr)
+        assert self.bed.xdp_attached() == set(), "XDP programs left attached after detach"
+        self._stopped_clean = True
 
     def close(self) -> None:
         if self.proc.poll() is None:

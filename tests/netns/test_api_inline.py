@@ -1,7 +1,7 @@
 """netns tier: the mOS API live inline, through `mosxdp run APP --iface A --peer B`: stream
 reassembly of real transfers, flowdump against tcpflow, dropping SYNs, overwriting payload
 with and without the checksum update, resets (mtcp_sendpkt, mtcp_reset_conn), fail-open
-and fail-closed after kill -9, and the exits that detach. Through the real monitor
+and fail-closed after kill -9, and what each exit leaves attached. Through the real monitor
 (mosxdp.cli -> engine.run.run -> LiveRun) and apps written against the public API only
 (tests/netns/apps/*.py)::
 
@@ -194,12 +194,19 @@ class TestTransfers:
         headers = self.split_head(rec, "s2c")
         assert rec["s2c_len"] == len(headers) + 64
 
-    def test_sigint_stops_and_detaches(self, class_bed, mon):
-        """A normal exit (SIGINT) detaches the XDP programs from A and B."""
-        assert class_bed.xdp_attached() == {class_bed.tb.iface_a, class_bed.tb.iface_b}
+    def test_sigint_leaves_the_link_up_until_detach(self, class_bed, mon, www):
+        """A normal exit (SIGINT) leaves the program attached to A and B as the kernel's
+        forwarder: a download still arrives; `mosxdp detach` removes it and cuts the link."""
+        assert class_bed.xdp_prog_ids() == mon.prog_ids
         rc = mon.stop(signal.SIGINT)
         assert rc == 0, mon.log()
-        assert class_bed.xdp_attached() == set(), mon.log()
+        assert class_bed.xdp_prog_ids() == mon.prog_ids, mon.log()
+        assert livekit.LEFT_FAIL_OPEN in mon.log(), mon.log()
+        r, out = class_bed.download(4, "f1k", max_time=5)
+        assert r.returncode == 0 and sha256_file(out) == sha256_file(www / "f1k"), r
+        r = class_bed.detach()
+        assert r.returncode == 0 and livekit.LINK_CUT in r.stderr, (r.stdout, r.stderr)
+        assert class_bed.xdp_attached() == set()
         # the kernel path between A and B is gone with the program
         r, _ = class_bed.download(4, "f1k", max_time=2)
         assert r.returncode == 28, r
@@ -452,10 +459,20 @@ def test_kill9_mid_transfer(bed_factory, www, fail_closed):
 
 
 # ------------------------------------------------------------------------------ exits
-class TestExitDetaches:
-    """After SIGTERM, or an exception raised in the app's setup or (with
-    --on-callback-error stop) in a callback, no XDP program is left on A or B.
-    (SIGINT: TestTransfers.test_sigint_stops_and_detaches.)"""
+class TestExits:
+    """What each exit leaves on A and B: after SIGTERM, also right after the attach, and
+    after an exception in a callback (--on-callback-error stop) the program stays as the
+    kernel's forwarder (fail-open, said in one line) until `mosxdp detach`; an exception
+    in the app's setup (before anything is attached) and --detach-on-exit leave nothing.
+    (SIGINT: TestTransfers.test_sigint_leaves_the_link_up_until_detach.)"""
+
+    @staticmethod
+    def assert_left_fail_open(bed, mon):
+        assert bed.xdp_prog_ids() == mon.prog_ids, mon.log()
+        assert livekit.LEFT_FAIL_OPEN in mon.log(), mon.log()
+        r = bed.detach()
+        assert r.returncode == 0 and livekit.LINK_CUT in r.stderr, (r.stdout, r.stderr)
+        assert bed.xdp_attached() == set()
 
     def test_sigterm(self, class_bed, www):
         bed = class_bed
@@ -466,11 +483,11 @@ class TestExitDetaches:
             assert mon.stop(signal.SIGTERM) == 0, mon.log()
         finally:
             mon.close()
-        assert bed.xdp_attached() == set(), mon.log()
+        self.assert_left_fail_open(bed, mon)
 
     def test_sigterm_right_after_attach(self, class_bed):
         """SIGTERM as soon as the programs are attached, before the monitor's loop (and its
-        own signal handling) runs: the monitor unwinds and detaches all the same."""
+        own signal handling) runs: the monitor unwinds and leaves the program all the same."""
         bed = class_bed
         mon = bed.monitor(APPS / "streamhash.py", "--log", bed.out_path("flows.jsonl"),
                           ready=False)
@@ -480,7 +497,19 @@ class TestExitDetaches:
         finally:
             mon.close()
         assert rc in (0, 130), f"rc {rc}:\n{mon.log()}"
+        self.assert_left_fail_open(bed, mon)
+
+    def test_detach_on_exit(self, class_bed):
+        bed = class_bed
+        mon = bed.monitor(APPS / "streamhash.py", "--log", bed.out_path("flows.jsonl"),
+                          "--detach-on-exit")
+        try:
+            assert mon.stop(signal.SIGTERM) == 0, mon.log()
+        finally:
+            mon.close()
         assert bed.xdp_attached() == set(), mon.log()
+        assert "detached from %s and %s (--detach-on-exit)" % (bed.tb.iface_a, bed.tb.iface_b) \
+            in mon.log(), mon.log()
 
     def test_exception_in_setup(self, class_bed):
         bed = class_bed
@@ -504,4 +533,4 @@ class TestExitDetaches:
             mon.close()
         assert rc == 1, mon.log()
         assert "raised in the CONN_START callback" in mon.log(), mon.log()
-        assert bed.xdp_attached() == set(), mon.log()
+        self.assert_left_fail_open(bed, mon)

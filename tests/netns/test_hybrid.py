@@ -191,10 +191,13 @@ class Monitor:
         self._err = open(self.err_path, "w")
         argv = [PY, "-m", "mosxdp.cli", "run", str(app), "--iface", tb.iface_a, "--peer", tb.iface_b,
                 "--stats-json", str(self.stats_path), *map(str, args)]
+        # an earlier monitor's program stays attached (fail-open) until this one's replaces it
+        before = livekit.xdp_prog_ids(tb)
         self.proc = tb.popen("mon", argv, cwd=ROOT, stdout=self._err, stderr=self._err)
         deadline = time.monotonic() + 120      # bcc compiles the program first
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if livekit.xdp_on_both(tb):
+            ids = livekit.xdp_prog_ids(tb)
+            if len(ids) == 2 and all(ids[n] != before.get(n) for n in ids):
                 break
             time.sleep(0.2)
         assert self.proc.poll() is None, f"monitor died at start: {self.stderr()}"

@@ -9,7 +9,8 @@ Inline testbed (mosxdp.demo.testbed), XDP pass programs on the endpoints::
   or ambient, and no_new_privs; a 20 MB download through it is byte-identical, the
   verdict map works (``--bypass-after-bytes 65536``: the flow is bypassed in the kernel
   and its counters merged back without a map error), --stats-json (in a directory root
-  does not own) says what was kept, and after SIGINT neither interface has XDP;
+  does not own) says what was kept, and after SIGINT (with --detach-on-exit: the exit
+  detaches, with the CAP_NET_ADMIN kept for it) neither interface has XDP;
 * ``--keep-privileges`` leaves the capabilities as they were and no_new_privs unset.
 
 Skipped when the probe fails (not root, no AF_XDP, no bcc/libxdp, no curl); with
@@ -50,12 +51,13 @@ def bed(tmp_path_factory):
 
 
 def run_monitor(tb, out, extra=()):
-    """Start connlog inline; returns (process, log path) once both interfaces have XDP."""
+    """Start connlog inline, detaching at exit; returns (process, log path) once both
+    interfaces have XDP."""
     log = out / "monitor.log"
     with open(log, "w") as f:
         proc = tb.popen("mon", [PY, "-m", "mosxdp.cli", "run", "connlog",
                                 "--iface", tb.iface_a, "--peer", tb.iface_b,
-                                "--output", str(out / "conn.log"), *extra],
+                                "--output", str(out / "conn.log"), "--detach-on-exit", *extra],
                         cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
     def alive():

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from .. import libbpf
 from ..errors import XdpError
+from . import owner
 from ..privileges import check_privileges
 from ..uapi import (XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE, XDP_FLAGS_REPLACE, XDP_FLAGS_SKB_MODE,
                     XDP_FLAGS_UPDATE_IF_NOEXIST)
 
-__all__ = ["PROG_NAME_PREFIX", "XdpState", "iproute", "ifindex_of", "link_state", "xdp_state",
+__all__ = ["PROG_NAME_PREFIX", "XdpState", "iproute", "ifindex_of", "link_state",
+           "attached_prog_ids", "xdp_state",
            "set_xdp", "detach_mode", "remove_programs", "attach", "detach"]
 
 log = logging.getLogger("mosxdp.xdp")
@@ -84,6 +86,17 @@ class XdpState:
 
 def link_state(ipr, ifname: str, ifindex: int) -> XdpState:
     """The XDP programs attached to one interface, by mode, with their names."""
+    mode, ids = _link_prog_ids(ipr, ifindex)
+    names = {m: (libbpf.prog_name_by_id(i) or "?") for m, i in ids.items()}
+    return XdpState(ifname, ifindex, mode, ids, names)
+
+
+def attached_prog_ids(ipr, ifindex: int) -> set[int]:
+    """The ids of the programs attached to an interface (netlink only: no privilege)."""
+    return set(_link_prog_ids(ipr, ifindex)[1].values())
+
+
+def _link_prog_ids(ipr, ifindex: int) -> tuple[str | None, dict[str, int]]:
     msg = ipr.link("get", index=ifindex)[0]
     x = msg.get_attr("IFLA_XDP")
     ids: dict[str, int] = {}
@@ -97,8 +110,7 @@ def link_state(ipr, ifname: str, ifindex: int) -> XdpState:
                 ids[m] = v
         if not ids and mode in ("native", "generic", "offload") and x.get_attr("IFLA_XDP_PROG_ID"):
             ids[mode] = x.get_attr("IFLA_XDP_PROG_ID")
-    names = {m: (libbpf.prog_name_by_id(i) or "?") for m, i in ids.items()}
-    return XdpState(ifname, ifindex, mode, ids, names)
+    return mode, ids
 
 
 def xdp_state(ifname: str, *, netns: str | None = None) -> XdpState:
@@ -164,16 +176,34 @@ def attach(ipr, ifname: str, ifindex: int, prog_fd: int, mode: str, notes: list[
 def detach(ifname: str, *, netns: str | None = None, force: bool = False) -> str | None:
     """Remove the XDP program(s) from ``ifname`` (``mosxdp detach --iface X``).
 
-    Refuses to remove a program that is not mosxdp's unless ``force``. Returns what was
-    removed, e.g. "native program id 42 'mosxdp_rx'", or None when nothing was attached
-    (``xdp_state()`` gives the details beforehand).
+    Refuses to remove a program that is not mosxdp's, or one a running monitor holds
+    (owner.py), unless ``force``. Returns what was removed, e.g. "native program id 42
+    'mosxdp_rx'", or None when nothing was attached (``xdp_state()`` gives the details
+    beforehand).
     """
     check_privileges()
     with iproute(netns) as ipr:
-        st = link_state(ipr, ifname, ifindex_of(ipr, ifname, netns))
-        if not st.attached:
-            return None
-        if not st.ours and not force:
-            raise XdpError("%s is not a mosxdp program; not detaching it without --force" % st.describe())
-        remove_programs(ipr, st)
-        return st.describe().split(": ", 1)[1]
+        ifindex = ifindex_of(ipr, ifname, netns)
+        try:
+            lock = owner.acquire(ifname, ifindex, netns=netns)
+        except owner.InUse as e:
+            if not force:
+                raise XdpError("%s; not detaching under a running monitor: stop it (kill -TERM %s), "
+                               "or pass --force" % (e, e.holder.pid or "its PID")) from None
+            lock = None
+        try:
+            st = link_state(ipr, ifname, ifindex)
+            if st.attached and not st.ours and not force:
+                raise XdpError("%s is not a mosxdp program; not detaching it without --force" % st.describe())
+        except BaseException:
+            if lock is not None:
+                lock.restore()
+            raise
+        try:
+            if not st.attached:
+                return None
+            remove_programs(ipr, st)
+            return st.describe().split(": ", 1)[1]
+        finally:
+            if lock is not None:
+                lock.release()  # nothing of a monitor's is attached any more

@@ -6,7 +6,11 @@ Fail-open after ``kill -9``: programs are attached over netlink (not bpf_link), 
 stay attached when the process dies, with their maps; the dead process's AF_XDP sockets
 leave the XSKMAP and frames take the kernel path (or are dropped with fail_closed).
 Nothing here detaches from ``__del__`` or ``atexit``: only ``__exit__`` does (callers turn
-SIGTERM into an exception so that ``__exit__`` runs).
+SIGTERM into an exception so that ``__exit__`` runs), and not with ``keep_attached``.
+
+Ownership: while it is set up, an ``XdpProgram`` holds the lock of each of its interfaces
+(owner.py). Another one on the same interfaces is refused with "A in use by mosxdp PID n"
+before anything is touched; a mosxdp program whose owner is gone is stale and replaced.
 """
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from ..bpfstructs import (FlowVerdict, MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, 
 from ..errors import XdpError
 from ..netdev import rx_queue_count
 from ..privileges import check_privileges
-from .attach import attach, detach_mode, ifindex_of, iproute, link_state, remove_programs
+from .attach import (attach, attached_prog_ids, detach_mode, ifindex_of, iproute, link_state,
+                     remove_programs)
 from .compile import LoadedProgram, check_environment, compile_program
 from .maps import MosxdpMaps
+from .owner import FAIL_OPEN, InterfaceLock, acquire_all
 
 __all__ = ["XdpProgram"]
 
@@ -38,8 +44,11 @@ class XdpProgram:
     ``mode``: "native", "generic" or "auto" (native, else generic with a note).
     ``fail_closed``: no socket bound for a frame meant for user space -> XDP_DROP.
     ``filter_c_expr``: C expression over ``struct mx_flow_view *v``; None = all TCP.
-    ``force``: replace a foreign XDP program (a stale mosxdp one is always replaced).
-    ``keep_attached``: leave the program attached on exit too (fail-open after we stop).
+    ``force``: replace a foreign XDP program (a stale mosxdp one is always replaced; one
+    a live monitor holds never is).
+    ``keep_attached``: leave the program attached on exit too (fail-open after we stop);
+    an attribute that may change until the exit (the live engine sets it once its
+    sockets are up). What was left or detached is in ``left_attached`` / ``detached``.
     ``passive_bypass``: "pass" or "consume": what a BYPASS verdict does on a passive interface.
     ``filter_all_ip``: evaluate the filter on every parsed frame but IP fragments, not only
     TCP (raw monitor sockets whose filters can match UDP, ICMP, ARP); non-TCP frames it matches go to
@@ -87,6 +96,13 @@ class XdpProgram:
         self._stack: contextlib.ExitStack | None = None
         self._setup_done = False
         self._detach_stack: contextlib.ExitStack | None = None
+        self._locks: dict[str, InterfaceLock] = {}
+        self._touched: set[str] = set()
+        #: interface -> what was attached there before: "fail-open", "stale" or "foreign"
+        self.replaced: dict[str, str] = {}
+        self.left_attached: list[str] = []
+        self.detached: list[str] = []
+        self._kept_prog_id: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "XdpProgram":
@@ -94,6 +110,7 @@ class XdpProgram:
         check_environment()
         stack = contextlib.ExitStack()
         self._setup_done = False
+        self._touched, self.replaced, self.left_attached, self.detached = set(), {}, [], []
         try:
             with iproute() as ipr:
                 self._setup(ipr, stack)
@@ -105,10 +122,12 @@ class XdpProgram:
         return self
 
     def _setup(self, ipr, stack: contextlib.ExitStack) -> None:
-        states = {}
         for n in self.ifaces:
             self.ifindexes[n] = ifindex_of(ipr, n)
-            states[n] = link_state(ipr, n, self.ifindexes[n])
+        # before anything else: a live owner means hands off (owner.InUse)
+        self._locks = {lock.ifname: lock for lock in acquire_all(self.ifindexes)}
+        stack.callback(self._release_locks)  # registered first: runs last
+        states = {n: link_state(ipr, n, self.ifindexes[n]) for n in self.ifaces}
         for n, st in states.items():
             if st.attached and not st.ours and not self.force:
                 raise XdpError("%s; refusing to replace it: pass --force, or remove it with "
@@ -147,14 +166,49 @@ class XdpProgram:
         stack.callback(self._close_detach_stack)
         for n in self.ifaces:
             st = states[n]
+            self._touched.add(n)
             if st.attached:
-                what = "stale mosxdp" if st.ours else "foreign (--force)"
-                self.notes.append("%s: replacing %s program(s): %s" % (n, what, st.describe()))
-                log.warning(self.notes[-1])
+                self._replacing(n, st)
                 remove_programs(ipr, st)
             used = attach(ipr, n, self.ifindexes[n], self.program.prog_fd, self.mode, self.notes)
             self.modes[n] = used
             self._detach_stack.callback(self._detach_one, n, used)
+            self._locks[n].record(program=self.program.prog_id, peer=self.peers.get(n))
+
+    def _replacing(self, ifname: str, st) -> None:
+        """Say what is replaced: the fail-open program a monitor left when it stopped (a
+        note), a stale one whose monitor is gone, or a foreign one (warnings)."""
+        prev = self._locks[ifname].previous
+        if not st.ours:
+            self.replaced[ifname] = "foreign"
+            self.notes.append("%s: replacing foreign (--force) program(s): %s" % (ifname, st.describe()))
+            log.warning(self.notes[-1])
+        elif prev.state == FAIL_OPEN and prev.program in st.prog_ids.values():
+            self.replaced[ifname] = "fail-open"
+            self.notes.append("%s: replacing the fail-open program id %d left by mosxdp PID %s"
+                              % (ifname, prev.program, prev.pid))
+            log.info(self.notes[-1])
+        else:
+            self.replaced[ifname] = "stale"
+            why = ("its monitor, PID %d, is gone" % prev.pid if prev.pid
+                   else "no running monitor holds it")
+            self.notes.append("%s: replacing stale mosxdp program(s) (%s): %s"
+                              % (ifname, why, st.describe().split(": ", 1)[1]))
+            log.warning(self.notes[-1])
+
+    def _release_locks(self) -> None:
+        """Last of the exit: a kept program's record says fail-open (the next run replaces
+        it as such); an interface left untouched gets its earlier record back; else the
+        lock file goes."""
+        locks, self._locks = self._locks, {}
+        for n, lock in locks.items():
+            if n not in self._touched:
+                lock.restore()
+            elif n in self.left_attached:
+                lock.record(FAIL_OPEN, program=self._kept_prog_id, peer=self.peers.get(n))
+                lock.release(keep_record=True)
+            else:
+                lock.release()
 
     def _close_detach_stack(self) -> None:
         ds, self._detach_stack = self._detach_stack, None
@@ -162,14 +216,31 @@ class XdpProgram:
             return
         if self.keep_attached and self._setup_done:
             ds.pop_all()  # stays attached, fail-open with no socket
+            self._kept_prog_id = self.program.prog_id
+            self.left_attached = [n for n in self.modes if self._still_ours(n)]
         else:
             ds.close()
+
+    def _still_ours(self, ifname: str) -> bool:
+        """Our program is still attached to ``ifname`` (``mosxdp detach --force`` may have
+        removed it, or someone replaced it)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        try:
+            with iproute() as ipr:
+                if self.program.prog_id in attached_prog_ids(ipr, self.ifindexes[ifname]):
+                    return True
+        except NetlinkError:
+            pass  # the interface is gone
+        self.notes.append("%s: our program is no longer attached there" % ifname)
+        log.warning(self.notes[-1])
+        return False
 
     def _detach_one(self, ifname: str, mode: str) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
         try:
             with iproute() as ipr:
                 detach_mode(ipr, self.ifindexes[ifname], mode, expected_fd=self.program.prog_fd)
+            self.detached.append(ifname)
         except NetlinkError as e:
             # someone replaced or removed our program meanwhile: leave theirs alone
             self.notes.append("%s: not detached (%s): the attached program is no longer ours" % (ifname, e))
