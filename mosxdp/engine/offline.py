@@ -98,7 +98,8 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
     with PcapReader(pcap_path) as reader:
         writer = None
         if write_path:
-            out = mctx.outputs.open_file(write_path, binary=True)
+            outputs = getattr(mctx, "outputs", None)
+            out = outputs.open_file(write_path, binary=True) if outputs is not None else None
             writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out)
         with writer if writer is not None else nullcontext():
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)

@@ -238,3 +238,38 @@ def test_an_outdir_the_dropped_monitor_cannot_write_is_found_before(tmp_path):
     outdir.chmod(0o777)                             # its permissions let root in
     O.Outputs().open_dir(outdir, after_drop=True).close()
     assert os.listdir(outdir) == []
+
+
+# ------------------------------------------------------------------ the API
+@pytest.mark.skipif(os.cpu_count() < 2, reason="a second context needs a second CPU")
+def test_contexts_of_one_run_share_its_outputs(tmp_path):
+    """Two contexts joined in one run: each app's file gets its flows' lines, --write gets
+    every frame, and a failed output of either is the run's (one Outputs per runtime)."""
+    import argparse
+
+    from mosxdp import api
+    from mosxdp.apps import connlog
+    pcap = os.path.join(os.path.dirname(__file__), "..", "data", "concurrent.pcap")
+    api.mtcp_destroy()
+    api.mtcp_init(None, pcap=pcap, write=str(tmp_path / "out.pcap"))
+    try:
+        contexts = [api.mtcp_create_context(cpu) for cpu in (0, 1)]
+        assert contexts[0].outputs is contexts[1].outputs
+        apps = [connlog.setup(mctx, argparse.Namespace(output=str(tmp_path / f"conn{n}.json"),
+                                                       filter=None))
+                for n, mctx in enumerate(contexts)]
+        full = api.mosx_open_output(contexts[1], "/dev/full")
+        full.write("a line\n")
+        assert api.mtcp_app_join(contexts[0]) == 0
+        for app in apps:
+            connlog.teardown(app)
+        outputs = contexts[0].outputs
+        outputs.close()
+        assert outputs.failure_lines() == [
+            "cannot write /dev/full: No space left on device (0 bytes written, 7 not)"]
+    finally:
+        api.mtcp_destroy()
+    lines = [(tmp_path / f"conn{n}.json").read_text().splitlines() for n in (0, 1)]
+    assert all(lines) and len(lines[0]) + len(lines[1]) == 8
+    with open(pcap, "rb") as f:
+        assert (tmp_path / "out.pcap").read_bytes() == f.read()   # every frame, once
