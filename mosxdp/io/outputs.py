@@ -328,10 +328,15 @@ class OutputDir:
         if err:
             raise OSError(err, f"cannot create files in it ({os.strerror(err)})", self.path)
 
+    def _dir_fd(self) -> int:
+        if self._fd is None:     # dir_fd=None would mean the current directory
+            raise ValueError(f"{self.path}: the output directory is closed")
+        return self._fd
+
     def exists(self, name: str) -> bool:
         """Whether ``name`` is taken, by anything (a dangling link too)."""
         try:
-            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+            os.stat(name, dir_fd=self._dir_fd(), follow_symlinks=False)
         except OSError:
             return False
         return True
@@ -340,7 +345,7 @@ class OutputDir:
         """A new file ``name`` open for writing. FileExistsError when the name is taken
         (nothing is opened); another failure is counted, and None returned."""
         try:
-            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._fd)
+            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._dir_fd())
         except FileExistsError:
             raise
         except OSError as exc:
