@@ -11,6 +11,7 @@ from . import apps as apps_package
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_OUTPUT = 3     # the run went to its end, but an output lost data (docs/faults.md)
 
 
 class CliError(Exception):
@@ -148,11 +149,16 @@ def cmd_run(argv):
         from .io.xdp.owner import check_free
         check_free([n for n in (mctx.config.iface, mctx.config.peer) if n])
     print_stats = args.stats or mctx.config.stats
-    stats_json_fd = None
-    if args.stats_json and args.iface is not None and not mctx.config.keep_privileges:
-        # Opened now: at exit the monitor has dropped CAP_DAC_OVERRIDE and could not
-        # create a file in a directory root does not own (sudo in a home directory).
-        stats_json_fd = os.open(args.stats_json, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    stats_json = None
+    if args.stats_json:
+        # Opened now, also because at exit a live monitor has dropped CAP_DAC_OVERRIDE and
+        # could not create a file in a directory root does not own (sudo in a home directory).
+        try:
+            stats_json = mctx.outputs.open_file(args.stats_json)
+        except OSError as exc:
+            api.mtcp_destroy()
+            raise CliError(f"--stats-json {exc.filename}: {exc.strerror}", EXIT_USAGE) from None
+    failed = False
     try:
         try:
             app = module.setup(mctx, args)
@@ -173,14 +179,24 @@ def cmd_run(argv):
                 module.teardown(app)
             if print_stats and args.iface is not None:
                 _print_live_summary(mctx, result)
-            if args.stats_json:
-                _write_stats_json(args.stats_json, mctx, result, stats_json_fd)
+            if stats_json is not None:
+                _write_stats_json(stats_json, mctx, result)
             _print_callback_errors(mctx)
+            failed = _report_output_failures(mctx)
     finally:
-        if stats_json_fd is not None:
-            os.close(stats_json_fd)
         api.mtcp_destroy()
-    return 0
+    return EXIT_OUTPUT if failed else 0
+
+
+def _report_output_failures(mctx):
+    """At exit, every output closed: one line per output that lost data (its path, the
+    first error, how much was lost); True if there was one."""
+    outputs = mctx.outputs
+    outputs.close()
+    lines = outputs.failure_lines()
+    for line in lines:
+        print(f"mosxdp: error: {line}", file=sys.stderr)
+    return bool(lines)
 
 
 def _sigterm_unwinds(signum, _frame):
@@ -195,26 +211,17 @@ def _print_callback_errors(mctx):
         print(line, file=sys.stderr)
 
 
-def _write_stats_json(path, mctx, result, fd=None):
-    """The counters as JSON (``result``: the run's, None when it failed): through ``fd``
-    when the file was opened at set-up, else through a temporary file renamed over
-    ``path``."""
+def _write_stats_json(output, mctx, result):
+    """The counters as JSON (``result``: the run's, None when it failed) into ``output``,
+    the file opened at start."""
     import json
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
            "live": result.live_stats() if result is not None else None}
-    if fd is not None:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        with open(fd, "w", closefd=False) as f:
-            json.dump(out, f, indent=1, default=str)
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, default=str)
-    os.replace(tmp, path)
+    output.write(json.dumps(out, indent=1, default=str) + "\n")
+    output.close()
 
 
 def _print_live_summary(mctx, result):

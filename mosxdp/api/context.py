@@ -11,6 +11,7 @@ from ..config import ConfigError, apply, load_config
 from ..core.events import EventRegistry
 from ..core.stack import Stack
 from ..engine.callback_log import log_callback_error
+from ..io.outputs import Outputs
 from ..types import MtcpConf
 
 
@@ -25,6 +26,7 @@ class _Runtime:
         self.config = None
         self.contexts = {}
         self.registry = None
+        self.outputs = None     # io.outputs.Outputs: the files the contexts write
 
 
 _runtime = _Runtime()
@@ -39,9 +41,11 @@ class MtcpContext:
     ``filters_changed()``, which mtcp_bind_monitor_filter calls); ``thread``, the ident of
     the context's thread (its creator's, then mtcp_app_join's), the only one that may make
     the calls mOS restricts to it; ``shared_run``, the run it shares with other contexts
-    (see mtcp_app_join), None until it takes part in one."""
+    (see mtcp_app_join), None until it takes part in one; ``outputs``, the files the run
+    writes (io.outputs.Outputs, the runtime's, shared by its contexts: the apps' through
+    mosx_open_output/mosx_open_outdir, --write, --stats-json)."""
 
-    def __init__(self, cpu, config, registry):
+    def __init__(self, cpu, config, registry, outputs=None):
         self.cpu = cpu
         self.config = config
         # A callback's first exception is logged with its traceback; all are counted.
@@ -52,6 +56,7 @@ class MtcpContext:
         self.engine = None
         self.thread = get_ident()
         self.shared_run = None
+        self.outputs = outputs if outputs is not None else Outputs()
 
     def __repr__(self):
         return f"<MtcpContext cpu={self.cpu}{'' if self.alive else ' destroyed'}>"
@@ -67,6 +72,7 @@ def mtcp_init(config_file=None, **overrides):
     _runtime.config = config
     _runtime.contexts = {}
     _runtime.registry = EventRegistry()
+    _runtime.outputs = Outputs()
     return 0
 
 
@@ -78,6 +84,9 @@ def _require_init():
 def mtcp_destroy():
     for mctx in list(_runtime.contexts.values()):
         mtcp_destroy_context(mctx)
+    if _runtime.outputs is not None:
+        _runtime.outputs.close()
+        _runtime.outputs = None
     _runtime.config = None
     _runtime.contexts = {}
 
@@ -121,7 +130,7 @@ def mtcp_create_context(cpu):
         raise _error(errno.EINVAL, f"cpu {cpu!r} is not a CPU of this machine (0..{(os.cpu_count() or 1) - 1})")
     if cpu in _runtime.contexts:
         raise _error(errno.EEXIST, f"a context already exists for cpu {cpu}")
-    mctx = MtcpContext(cpu, _runtime.config, _runtime.registry)
+    mctx = MtcpContext(cpu, _runtime.config, _runtime.registry, _runtime.outputs)
     _runtime.contexts[cpu] = mctx
     return mctx
 

@@ -6,6 +6,10 @@ resp_pkts resp_ip_bytes, plus client_state and server_state (the final
 emulated TCP states) and end_reason (fin, rst, timeout, evicted, eof).
 Written only against the public mOS API.
 
+Each line is written when its flow ends, in that order (through mosx_open_output: at
+most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
+fails is counted and the run exits 3 with the file named).
+
 Flows already under way when the capture starts are logged too, as Zeek logs them
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off): history without
 S and h (a leading ^ when the first packet was the responder's), conn_state from Zeek's
@@ -26,13 +30,12 @@ import hashlib
 import json
 import re
 import socket
-import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
                     MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
-                    mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
+                    mosx_open_output, mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -204,14 +207,11 @@ class ConnLog:
         self.output.write(json.dumps(record) + "\n")
 
     def close(self):
-        if self.output is not sys.stdout:
-            self.output.close()
-        else:
-            self.output.flush()
+        self.output.close()
 
 
 def setup(mctx, args):
-    output = sys.stdout if args.output == "-" else open(args.output, "w")
+    output = mosx_open_output(mctx, args.output)
     bypass_after = getattr(args, "bypass_after_bytes", None)
     app = ConnLog(output, bypass_after)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)

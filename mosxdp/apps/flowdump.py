@@ -9,6 +9,14 @@ Bytes of a hole that is never filled are zeros, as tcpflow writes them.
 Flows already under way when the capture starts are dumped too, as tcpflow does
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off).
 Written only against the public mOS API.
+
+Output (mosx_open_outdir): --outdir is made if absent and checked at start, live with the
+privileges the monitor keeps after set-up, so a directory it could not write is refused
+before anything is attached. Files are created O_EXCL|O_NOFOLLOW: a name already taken
+(a file of an earlier run, a link, dangling or not) is never opened, followed or
+truncated; the connection takes the next suffix instead. Bytes are written as they are
+read (pwrite, no buffer). A file whose write fails keeps what it has and gets no more;
+the other files go on, and the run exits 3 naming the first file that failed and why.
 """
 import errno
 import ipaddress
@@ -18,9 +26,9 @@ import socket
 from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
                     MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM, SOL_MONSOCKET, MonitorFilter,
-                    PeekOverrunError, mtcp_bind_monitor_filter, mtcp_get_uctx, mtcp_getpeername,
-                    mtcp_peek, mtcp_register_callback, mtcp_set_uctx, mtcp_setsockopt,
-                    mtcp_socket)
+                    PeekOverrunError, mosx_open_outdir, mtcp_bind_monitor_filter, mtcp_get_uctx,
+                    mtcp_getpeername, mtcp_peek, mtcp_register_callback, mtcp_set_uctx,
+                    mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "write each direction's reassembled bytestream to a file named like tcpflow's"
 
@@ -44,16 +52,12 @@ def endpoint_name(addr, port):
 
 class _Direction:
     """The file of one direction: bytes are written at their stream offset."""
-    __slots__ = ("name", "fd", "written_to")
+    __slots__ = ("name", "fd", "failed")
 
     def __init__(self, name):
-        self.name = name      # without the connection suffix, chosen when the file is made
+        self.name = name      # without the connection suffix until the file is made
         self.fd = None
-        self.written_to = 0
-
-    def write_at(self, offset, data):
-        os.pwrite(self.fd, data, offset)
-        self.written_to = max(self.written_to, offset + len(data))
+        self.failed = False   # not made, or a write failed: later bytes are counted, not written
 
     def close(self):
         if self.fd is not None:
@@ -63,10 +67,9 @@ class _Direction:
 
 class FlowDump:
     def __init__(self, outdir):
-        self.outdir = outdir
+        self.outdir = outdir  # mosx_open_outdir's: files are made and written through it
         self.buf = bytearray(1 << 16)
         self.lost_bytes = 0
-        self.files = 0
 
     def on_start(self, mctx, sock, side, event, arg):
         self._state(mctx, sock)
@@ -88,31 +91,49 @@ class FlowDump:
         return state
 
     def _create(self, state, side):
-        """Open a direction's file. A connection's suffix is the first one (none, c1, c2 ...)
-        that no file of its 4-tuple has: the directory, not a table in memory, remembers
-        earlier connections, so a flood of 4-tuples costs nothing here."""
+        """Make a direction's file. A connection's suffix is the first one (none, c1, c2 ...)
+        that no name of its 4-tuple has, whatever holds it (a file of an earlier connection
+        or run, a link, dangling or not): the directory, not a table in memory, remembers
+        earlier connections, so a flood of 4-tuples costs nothing here. Files are made
+        O_EXCL|O_NOFOLLOW, so a name taken meanwhile is never opened: for the connection's
+        first file the next suffix is tried, for its second that file fails (counted)."""
         outdir = self.outdir
+        direction = state[side]
         suffix = state["suffix"]
         if suffix is None:
             names = (state[MOS_SIDE_SVR].name, state[MOS_SIDE_CLI].name)
             count = 0
-            while any(os.path.exists(os.path.join(outdir, n + (f"c{count}" if count else "")))
-                      for n in names):
+            while True:
+                suffix = f"c{count}" if count else ""
+                if not any(outdir.exists(n + suffix) for n in names):
+                    try:
+                        direction.fd = outdir.create(direction.name + suffix)
+                        break
+                    except FileExistsError:
+                        pass
                 count += 1
-            suffix = state["suffix"] = f"c{count}" if count else ""
-        path = os.path.join(outdir, state[side].name + suffix)
-        try:
-            state[side].fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            hint = ""
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                hint = (" (after set-up the live monitor runs without CAP_DAC_OVERRIDE: use an"
-                        " --outdir that root owns, or run with --keep-privileges)")
-            raise OSError(exc.errno, f"flowdump: cannot create {path}: {exc.strerror}{hint}") from None
-        self.files += 1
+            state["suffix"] = suffix
+        else:
+            try:
+                direction.fd = outdir.create(direction.name + suffix)
+            except FileExistsError:
+                outdir.failed(direction.name + suffix, OSError(
+                    errno.EEXIST, "made by someone else after this connection's other file: "
+                                  "not overwritten"))
+        direction.name += suffix
+        direction.failed = direction.fd is None
+
+    def _write(self, state, side, offset, data):
+        direction = state[side]
+        if direction.fd is None and not direction.failed:
+            self._create(state, side)
+        if direction.failed:
+            self.outdir.skipped(len(data))
+        elif not self.outdir.write_at(direction.fd, direction.name, data, offset):
+            direction.failed = True
+            direction.close()   # what was written stays; the run goes on
 
     def _drain(self, mctx, sock, side, state):
-        direction = state[side]
         offset = state["offset"]
         view = memoryview(self.buf)
         while True:
@@ -126,9 +147,7 @@ class FlowDump:
                 continue
             if count == 0:
                 return
-            if direction.fd is None:
-                self._create(state, side)
-            direction.write_at(offset[side], view[:count])
+            self._write(state, side, offset[side], view[:count])
             offset[side] += count
 
     def on_new_data(self, mctx, sock, side, event, arg):
@@ -142,8 +161,7 @@ class FlowDump:
 
 
 def setup(mctx, args):
-    os.makedirs(args.outdir, exist_ok=True)
-    app = FlowDump(args.outdir)
+    app = FlowDump(mosx_open_outdir(mctx, args.outdir))
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         # Also for flows picked up mid-stream, whose first frame is an orphan.

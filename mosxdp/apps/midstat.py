@@ -25,13 +25,12 @@ are not listed, as in mOS. Reassembly buffers are turned off (state only).
 import ipaddress
 import json
 import socket
-import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, MOS_SIDE_BOTH,
                     MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI,
                     MOS_TCP_STATE_SVR, SOL_MONSOCKET, MonitorFilter, mtcp_bind_monitor_filter,
                     mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
-                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
+                    mosx_open_output, mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
 TIMER_ID = 0
@@ -110,10 +109,7 @@ class MidStat:
         out.flush()
 
     def close(self):
-        if self.output is not sys.stdout:
-            self.output.close()
-        else:
-            self.output.flush()
+        self.output.close()
 
 
 def setup(mctx, args):
@@ -122,7 +118,7 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
-    output = sys.stdout if args.output == "-" else open(args.output, "w")
+    output = mosx_open_output(mctx, args.output)
     app = MidStat(mctx, output, args.json, args.interval, getattr(mctx, "cpu", 0))
     # State only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)

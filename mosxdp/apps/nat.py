@@ -54,10 +54,10 @@ from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_HK_SND, MOS_IP_HDR, MO
                     MOS_ON_CONN_END, MOS_ON_ORPHAN, MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH,
                     MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
                     MOS_TCP_HDR, MOS_UPDATE_IP_CHKSUM, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW,
-                    SOL_MONSOCKET, MonitorFilter, PktInfo, mtcp_bind_monitor_filter,
-                    mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername,
-                    mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
-                    mtcp_socket)
+                    SOL_MONSOCKET, MonitorFilter, PktInfo, mosx_open_output,
+                    mtcp_bind_monitor_filter, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
+                    mtcp_getpeername, mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt,
+                    mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "source NAT to one address with a port pool; reverse translation for replies"
 DEFAULT_PORTS = (1025, 65534)
@@ -126,7 +126,7 @@ class Nat:
         self.ended_by_tuple = {}
         self.raw_sock = None          # the raw socket, to edit orphans with
         self.log = log
-        self.stats_path = None
+        self.stats_output = None      # opened at start, written at the end
         self.pinfo = PktInfo()
         self.counters = collections.Counter(mapped=0, released=0, translated_out=0,
                                             translated_in=0, passed_in=0, no_port_drops=0,
@@ -253,18 +253,17 @@ class Nat:
                      pool_size=self.pool_size, nat_ip=str(self.nat_ip))
         return stats
 
-    def close(self, stats_path=None):
+    def close(self):
         stats = self.stats()
-        if stats_path:
-            with open(stats_path, "w") as f:
-                json.dump(stats, f, indent=1)
-                f.write("\n")
+        if self.stats_output is not None:
+            self.stats_output.write(json.dumps(stats, indent=1) + "\n")
+            self.stats_output.close()
         print(f"nat: {stats['mapped']} flows mapped to {self.nat_ip}, {stats['released']} ports "
               f"returned, {stats['in_use']} in use; frames translated: {stats['translated_out']} "
               f"out, {stats['translated_in']} in, after the end {stats['late_translated_out']} "
               f"out, {stats['late_translated_in']} in; {stats['no_port_drops']} flows dropped "
               "(no port left)", file=sys.stderr)
-        if self.log is not None and self.log is not sys.stdout:
+        if self.log is not None:
             self.log.close()
 
 
@@ -288,9 +287,10 @@ def setup(mctx, args):
         syn_filter += f" and src net {inside}"
     log = None
     if args.log:
-        log = sys.stdout if args.log == "-" else open(args.log, "w")
+        log = mosx_open_output(mctx, args.log)
     app = Nat(nat_ip, ports, log)
-    app.stats_path = args.stats_output
+    if args.stats_output:
+        app.stats_output = mosx_open_output(mctx, args.stats_output)
 
     raw = app.raw_sock = mtcp_socket(mctx, domain, MOS_SOCK_MONITOR_RAW, 0)
     mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=f"tcp and dst host {nat_ip}"))
@@ -308,4 +308,4 @@ def setup(mctx, args):
 
 
 def teardown(app):
-    app.close(getattr(app, "stats_path", None))
+    app.close()

@@ -62,8 +62,9 @@ from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PK
                     MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
                     MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM,
                     MOSX_DROP_FLOW, MOSX_FLOW_STATS, SOL_MONSOCKET, MonitorFilter,
-                    PeekOverrunError, PktInfo, mtcp_bind_monitor_filter, mtcp_cb_get_ts,
-                    mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername, mtcp_getsockopt, mtcp_peek,
+                    PeekOverrunError, PktInfo, mosx_open_output, mtcp_bind_monitor_filter,
+                    mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername,
+                    mtcp_getsockopt, mtcp_peek,
                     mtcp_register_callback, mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt,
                     mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
@@ -376,10 +377,8 @@ class Scrub:
               f"{c['masked_frames']} frames, {c['held_frames']} frames held "
               f"({c['released_frames']} sent on), {c['resets']} connections reset",
               file=sys.stderr)
-        if self.log is not None and self.log is not sys.stdout:
+        if self.log is not None:
             self.log.close()
-        elif self.log is not None:
-            self.log.flush()
 
 
 def _rst(eth, ip, sport, dport, seq, ack, swap):
@@ -409,7 +408,7 @@ def setup(mctx, args):
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
     log = None
     if args.log:
-        log = sys.stdout if args.log == "-" else open(args.log, "w")
+        log = mosx_open_output(mctx, args.log)
     sides = SIDES[args.side]
     app = Scrub(pattern, mask, args.reset, sides, args.hold_ms, log)
     # Buffers only for the directions we scan (MOS_SVRBUF holds what the client sends).

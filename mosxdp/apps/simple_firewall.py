@@ -43,13 +43,12 @@ import errno
 import ipaddress
 import json
 import socket
-import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN,
                     MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_STOP_MON, MOS_SVRBUF,
-                    MOSX_DROP_FLOW, SOL_MONSOCKET, mtcp_get_uctx, mtcp_getpeername,
-                    mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
-                    mtcp_settimer, mtcp_socket)
+                    MOSX_DROP_FLOW, SOL_MONSOCKET, mosx_open_output, mtcp_get_uctx,
+                    mtcp_getpeername, mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt,
+                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "accept (bypass) or drop new connections by mOS firewall rules; per-rule counts"
 MAX_RULES = 1024
@@ -188,10 +187,10 @@ def parse_rules(path):
 
 # ---------------------------------------------------------------- the app
 class Firewall:
-    def __init__(self, rules, output, stats_path, interval):
+    def __init__(self, rules, output, stats_output, interval):
         self.rules = rules
         self.output = output
-        self.stats_path = stats_path
+        self.stats_output = stats_output     # opened at start, written at the end
         self.interval = interval
         self.default_count = 0       # flows no rule matched (accepted)
         self.dropped_frames = 0
@@ -260,20 +259,19 @@ class Firewall:
 
     def close(self):
         self.print_table()
-        if self.stats_path:
-            with open(self.stats_path, "w") as f:
-                json.dump(self.stats(), f, indent=1)
-                f.write("\n")
-        if self.output is not sys.stdout:
-            self.output.close()
+        if self.stats_output is not None:
+            self.stats_output.write(json.dumps(self.stats(), indent=1) + "\n")
+            self.stats_output.close()
+        self.output.close()
 
 
 def setup(mctx, args):
     if args.interval < 0:
         raise OSError(errno.EINVAL, f"--interval {args.interval!r}: must be >= 0")
     rules = parse_rules(args.rules)
-    output = sys.stdout if args.output == "-" else open(args.output, "w")
-    app = Firewall(rules, output, args.stats_output, args.interval)
+    output = mosx_open_output(mctx, args.output)
+    stats_output = mosx_open_output(mctx, args.stats_output) if args.stats_output else None
+    app = Firewall(rules, output, stats_output, args.interval)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     # Headers only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)

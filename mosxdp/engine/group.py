@@ -141,6 +141,8 @@ class GroupContext:
         self.contexts = list(contexts)
         self.config = self.contexts[0].config
         self.stack = ContextGroup(mctx.stack for mctx in self.contexts)
+        # The runtime's outputs, which its contexts share (None for contexts without).
+        self.outputs = getattr(self.contexts[0], "outputs", None)
 
     @property
     def engine(self):

@@ -60,6 +60,8 @@ class OfflineEngine:
         # stored at each batch's end and, also when an exception cuts the run short, at the end.
         frames_in = self.frames_in
         batch_end = frames_in + batch_size
+        outputs = getattr(self.mctx, "outputs", None)
+        tick = outputs.tick if outputs is not None else _no_tick
         ts_us = 0
         try:
             for ts_us, frame in self.source:
@@ -79,6 +81,7 @@ class OfflineEngine:
                     self.frames_in = frames_in
                     stack.end_batch()
                     self._flush_outbox(ts_us)
+                    tick()
         finally:
             self.frames_in = frames_in
             # Also when the input is cut short: what was read is complete
@@ -89,11 +92,21 @@ class OfflineEngine:
         return RunResult("offline", self.frames_in, self.frames_out, self.seconds, "end of input")
 
 
+def _no_tick():
+    """Outputs.tick for a context without outputs."""
+
+
 def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=False) -> RunResult:
     """Replay a pcap file through the context; with ``write_path``, write what inline mode
-    would transmit. The summary line (``print_stats``) is printed also when the run fails."""
+    would transmit (one of the context's outputs: a failed write is counted there and the
+    run goes on). The summary line (``print_stats``) is printed also when the run fails."""
     with PcapReader(pcap_path) as reader:
-        with (PcapWriter(write_path, snaplen=WRITE_SNAPLEN) if write_path else nullcontext()) as writer:
+        writer = None
+        if write_path:
+            outputs = getattr(mctx, "outputs", None)
+            out = outputs.open_file(write_path, binary=True) if outputs is not None else None
+            writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out)
+        with writer if writer is not None else nullcontext():
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
             try:
                 return engine.run()

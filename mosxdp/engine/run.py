@@ -102,6 +102,22 @@ class LiveRun:
             print("mosxdp: detached from %s and %s (%s): the inline link between them is cut "
                   "until a monitor runs again" % (config.iface, config.peer, why), file=sys.stderr)
 
+    def _ticks(self, status_tick):
+        """What runs after each batch and idle wait: the outputs' timed flush (buffered
+        lines reach their files within a second), and the status line with --stats. A
+        live run also says each output's first failed write when it happens."""
+        outputs = getattr(self.mctx, "outputs", None)
+        if outputs is None:
+            return status_tick
+        outputs.announce = True
+        if status_tick is None:
+            return outputs.tick
+
+        def tick():
+            outputs.tick()
+            status_tick()
+        return tick
+
     def run(self) -> RunResult:
         from ..io.privileges import after_setup
         mctx, engine, processor = self.mctx, self.engine, self.processor
@@ -114,8 +130,7 @@ class LiveRun:
             processor.program = engine.program
             status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
                                 warn_percent=config.loss_warning)
-            if status.active:
-                processor.tick = status.tick
+            processor.tick = self._ticks(status.tick if status.active else None)
             metrics = None
             if config.metrics_port:
                 metrics = resources.enter_context(

@@ -31,7 +31,7 @@ snap length).
 
 Writer
 ------
-``PcapWriter(path, snaplen=65535)`` writes a classic little-endian
+``PcapWriter(path, snaplen=65535, out=None)`` writes a classic little-endian
 microsecond pcap with link type Ethernet; ``write(ts_us, frame)`` appends one
 record (frames longer than ``snaplen`` are cut, the original length kept).
 """
@@ -472,19 +472,27 @@ class PcapReader(_ClosedOnExit):
 
 
 class PcapWriter(_ClosedOnExit):
-    """Write a classic little-endian microsecond pcap, link type Ethernet."""
+    """Write a classic little-endian microsecond pcap, link type Ethernet.
+
+    ``out``: where the bytes go instead of a new file at ``path``, anything whose
+    ``write`` takes one whole record per call (``io.outputs.OutputFile``, which cuts a
+    failed write back to whole records). The file at ``path`` is opened with O_NOFOLLOW:
+    a symbolic link there is an error, never followed."""
 
     _hdr = struct.Struct("<IHHiIII")
     _rec = struct.Struct("<IIII")
 
-    def __init__(self, path, snaplen: int = 65535):
+    def __init__(self, path, snaplen: int = 65535, out=None):
         if not 0 < snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be positive, got {snaplen}")
         self.path = os.fspath(path)
         self.snaplen = snaplen
         self.packets = 0
-        self._f = open(self.path, "wb")
-        self._f.write(self._hdr.pack(_MAGIC_US_LE, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        if out is None:
+            out = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, 0o644), "wb")
+        self._f = out
+        out.write(self._hdr.pack(_MAGIC_US_LE, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
     def write(self, ts_us: int, frame) -> None:
         if ts_us < 0:
@@ -495,8 +503,8 @@ class PcapWriter(_ClosedOnExit):
         n = len(frame)
         cap = n if n <= self.snaplen else self.snaplen
         sec, usec = divmod(ts_us, 1_000_000)
-        f.write(self._rec.pack(sec, usec, cap, n))
-        f.write(frame if cap == n else bytes(frame[:cap]))
+        # One write per record: header and frame never part on a failed write.
+        f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == n else frame[:cap]))
         self.packets += 1
 
     def flush(self) -> None:

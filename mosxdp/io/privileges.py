@@ -22,7 +22,7 @@ from .errors import XdpError
 
 __all__ = ["CAP_NAMES", "RUNTIME_CAPS", "PrivilegeError", "DropResult", "cap_number",
            "cap_names", "mask_of", "plan", "read_status", "drop_to", "last_cap", "runtime_caps",
-           "effective_caps", "check_privileges"]
+           "effective_caps", "check_privileges", "as_after_setup"]
 
 #: linux/capability.h, by number.
 CAP_NAMES = (
@@ -307,6 +307,24 @@ def drop_to(keep=RUNTIME_CAPS) -> DropResult:
     _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     return DropResult(kept=cap_names(p.kept), dropped=cap_names(p.dropped),
                       bounding_kept=not p.can_drop_bounding)
+
+
+def as_after_setup(check) -> int | None:
+    """``check()`` (returns an errno, 0 when fine) run in a forked child that first drops
+    to ``runtime_caps()`` as the live monitor does after set-up: what a file operation will
+    do in the running monitor, found before set-up. None when the child could not drop
+    (the caller checks with the privileges it has)."""
+    pid = os.fork()
+    if pid == 0:  # the child, one thread: it never returns
+        code = 255
+        try:
+            drop_to(runtime_caps())
+            code = check()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return None if not 0 <= code < 255 else code
 
 
 def after_setup(keep_all: bool = False) -> dict:

@@ -92,6 +92,7 @@ Not applicable (no test): mtcp_close's EAGAIN (a monitor socket's close is never
 EINVAL and ENOTSOCK (every monitor socket type can be closed; an unknown id is EBADF).
 """
 import errno
+import os
 import socket
 
 import pytest
@@ -240,6 +241,8 @@ def test_bad_or_destroyed_mctx_eacces(api):
         raises(errno.EACCES, mtcp_reset_conn, bad, sock)
         raises(errno.EACCES, mtcp_destroy_context, bad)
         raises(errno.EACCES, mtcp_app_join, bad)
+        raises(errno.EACCES, mosx_open_output, bad, os.devnull)
+        raises(errno.EACCES, mosx_open_outdir, bad, "never-made")
 
 
 def test_contexts_gone_after_mtcp_destroy(api):

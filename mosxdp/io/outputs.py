@@ -1,0 +1,394 @@
+"""Output files that never follow a planted link and never lose data silently.
+
+Every file the command line and the sample apps write goes through here (apps through
+``mosx_open_output`` and ``mosx_open_outdir``, mosxdp/api/outputs.py).
+
+``Outputs`` holds a run's outputs (``mctx.outputs``, one per context). A write that fails
+does not raise: it is counted on its output and the run goes on (the other outputs and
+the wire are not affected); at the end ``failure_lines`` gives one line per output that
+lost data, which the command line prints before it exits with status 3. With
+``announce`` (live runs) the first failure of each output is said when it happens too.
+
+``OutputFile`` is a file the user named ('-': standard output). It is opened at start
+with O_NOFOLLOW (a symbolic link at that name is refused, never followed) and without
+O_TRUNC: a regular file is emptied only once fstat showed it has no other hard link.
+Each ``write`` is one record (a line, a pcap record, a whole JSON document), gathered in
+a buffer of at most FLUSH_BYTES, written when it is full, by ``Outputs.tick`` at least
+every FLUSH_SECONDS, and at ``flush`` and ``close``. When a write fails part-way, a
+regular file is cut back to its last whole record, so what the file holds always parses
+and is the start of what the run meant to write: an output that failed is not written
+again (a log with a hole in it would look whole), its later records are counted as lost.
+
+``OutputDir`` is a directory in which files are created during the run (flowdump). It is
+made if absent and opened at start; ``check_writable`` creates and removes a probe file
+in it with the privileges the run will have (live: in a child process that dropped them
+as the monitor does after set-up), so a directory the running monitor could not write is
+refused before anything is attached. Files are created relative to its descriptor with
+O_CREAT|O_EXCL|O_NOFOLLOW: an existing name (a file of another run, a planted file or
+link, dangling or not) is never opened, followed or truncated.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import sys
+import time
+from bisect import bisect_right
+
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "Outputs", "OutputFile", "StdoutFile", "OutputDir"]
+
+FLUSH_BYTES = 1 << 16
+FLUSH_SECONDS = 1.0
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _named(exc: OSError, path: str, text: str | None = None) -> OSError:
+    """``exc`` as an OSError naming ``path`` (``text``: another message)."""
+    return OSError(exc.errno, text or exc.strerror or str(exc), path)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+class Outputs:
+    """A run's outputs: opens them, flushes them on time, and says which lost data."""
+
+    def __init__(self):
+        self.items = []
+        self.announce = False     # say each output's first failure when it happens
+        self._next_tick = 0.0
+
+    def open_file(self, path, *, binary: bool = False) -> "OutputFile | StdoutFile":
+        """The output ``path`` ('-': standard output, ``binary``: its byte stream), opened
+        now; OSError naming it."""
+        path = os.fspath(path)
+        out = StdoutFile(self, binary) if path == "-" else OutputFile(self, path)
+        self.items.append(out)
+        return out
+
+    def open_dir(self, path, *, after_drop: bool = False) -> "OutputDir":
+        """The output directory ``path`` (made if absent), checked writable now, as the run
+        will be (``after_drop``: a live run that drops its privileges after set-up)."""
+        out = OutputDir(self, os.fspath(path))
+        try:
+            out.check_writable(after_drop)
+        except OSError:
+            out.close()
+            raise
+        self.items.append(out)
+        return out
+
+    def tick(self) -> None:
+        """The engines call this after each batch and idle wait: every FLUSH_SECONDS,
+        whatever is buffered is written."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + FLUSH_SECONDS
+        self.flush()
+
+    def flush(self) -> None:
+        for item in self.items:
+            item.flush()
+
+    def close(self) -> None:
+        """Flush and close every output still open (the apps close theirs first)."""
+        for item in self.items:
+            item.close()
+
+    def failed(self) -> list:
+        return [item for item in self.items if item.error is not None]
+
+    def failure_lines(self) -> list[str]:
+        """One line per output that lost data: its path, the first error, what was lost."""
+        return [item.failure_line() for item in self.failed()]
+
+    def _failed(self, item) -> None:
+        if self.announce:
+            print(f"mosxdp: warning: {item.failure_text()}; the run goes on and will exit "
+                  "non-zero", file=sys.stderr, flush=True)
+
+
+class OutputFile:
+    """A file named by the user: records are buffered (bounded) and written in order."""
+
+    def __init__(self, outputs: Outputs, path: str):
+        self.outputs = outputs
+        self.path = path
+        self.error = None       # the first failure (OSError)
+        self.written = 0        # bytes in the file
+        self.lost = 0           # bytes of records that did not get there
+        self._buf = bytearray()
+        self._ends = []         # where each buffered record ends
+        self._fd = self._open(path)
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._dead = False      # failed: not written again
+        self._closed = False
+
+    @staticmethod
+    def _open(path: str) -> int:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(path):
+                raise _named(exc, path, "is a symbolic link, not followed (name the file "
+                                        "it points to)") from None
+            raise _named(exc, path) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    raise OSError(errno.EMLINK, f"has {st.st_nlink} hard links, not truncated "
+                                                "(remove it, or name another file)", path)
+                os.ftruncate(fd, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise (exc if exc.filename else _named(exc, path)) from None
+        return fd
+
+    def write(self, data) -> None:
+        """One record (str: as UTF-8), written whole or not at all. Never raises for the
+        file's sake: a failure is counted (``error``, ``lost``)."""
+        if self._closed:
+            raise ValueError(f"write to {self.path} after close")
+        if isinstance(data, str):
+            data = data.encode()
+        if self._dead:
+            self.lost += len(data)
+            return
+        buf = self._buf
+        buf += data
+        self._ends.append(len(buf))
+        if len(buf) >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        buf = self._buf
+        if not buf:
+            return
+        done = 0
+        try:
+            with memoryview(buf) as view:
+                while done < len(buf):
+                    done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self._write_failed(exc, done)
+        else:
+            self.written += done
+        self._clear()
+
+    def _clear(self) -> None:
+        self._buf.clear()
+        self._ends.clear()
+
+    def _whole(self, done: int) -> int:
+        """How many of the first ``done`` buffered bytes are whole records."""
+        i = bisect_right(self._ends, done)
+        return self._ends[i - 1] if i else 0
+
+    def _write_failed(self, exc: OSError, done: int) -> None:
+        kept = done
+        if self._regular:
+            whole = self._whole(done)
+            if whole < done:
+                try:
+                    os.ftruncate(self._fd, self.written + whole)
+                    kept = whole
+                except OSError:
+                    pass     # the cut record stays: it is in the file
+        self._dead = True
+        self.written += kept
+        self.lost += len(self._buf) - kept
+        self._record(exc)
+
+    def _record(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+            self.outputs._failed(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        try:
+            os.close(self._fd)
+        except OSError as exc:      # a network file system may report write errors here
+            self._record(exc)
+
+    def failure_text(self) -> str:
+        return f"cannot write {self.path}: {_reason(self.error)}"
+
+    def failure_line(self) -> str:
+        return f"{self.failure_text()} ({self.written} bytes written, {self.lost} not)"
+
+
+class StdoutFile:
+    """'-': the process's standard output (``sys.stdout`` when opened), through its own
+    buffer; after a failure it is not written again, and its descriptor is pointed at
+    /dev/null so that the interpreter's exit does not try again."""
+
+    path = "<stdout>"
+
+    def __init__(self, outputs: Outputs, binary: bool = False):
+        self.outputs = outputs
+        self.binary = binary
+        self.stream = sys.stdout.buffer if binary else sys.stdout
+        self.error = None
+        self.lost = 0           # bytes given after the failure
+
+    def write(self, data) -> None:
+        if self.error is not None:
+            self.lost += len(data)
+            return
+        if not self.binary and isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data).decode()
+        try:
+            self.stream.write(data)
+        except OSError as exc:
+            self._failed(exc)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def close(self) -> None:
+        self.flush()
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc
+        try:
+            fd = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
+        if fd is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        self.outputs._failed(self)
+
+    def failure_text(self) -> str:
+        return f"cannot write {self.path}: {_reason(self.error)}"
+
+    def failure_line(self) -> str:
+        return self.failure_text() + (f" ({self.lost} more bytes not written after that)"
+                                      if self.lost else "")
+
+
+class OutputDir:
+    """A directory for files created during the run, each written at offsets by its
+    owner (``create``, ``write_at``); failures are counted per directory."""
+
+    def __init__(self, outputs: Outputs, path: str):
+        self.outputs = outputs
+        self.path = path
+        self.files = 0          # files created
+        self.incomplete = 0     # files that could not be created or written whole
+        self.lost = 0           # bytes not written
+        self.error = None       # the first failure (OSError) ...
+        self.error_name = None  # ... and its file's name
+        try:
+            os.makedirs(path, exist_ok=True)
+            self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileExistsError as exc:
+            raise _named(exc, path, "exists and is not a directory") from None
+        except OSError as exc:
+            raise _named(exc, path) from None
+
+    def _probe(self) -> int:
+        """0 when a new file can be made and removed here, else the errno."""
+        name = f".mosxdp-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=self._fd))
+            os.unlink(name, dir_fd=self._fd)
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        return 0
+
+    def check_writable(self, after_drop: bool = False) -> None:
+        """OSError naming the directory unless the run can create files in it."""
+        err = None
+        if after_drop:
+            from .privileges import as_after_setup
+            err = as_after_setup(self._probe)
+        if err is None:
+            err = self._probe()
+        elif err and not self._probe():
+            raise OSError(err, f"not writable by the live monitor once it dropped its "
+                               f"privileges after set-up ({os.strerror(err)}): use a "
+                               "directory whose permissions let root in (without "
+                               "CAP_DAC_OVERRIDE), or --keep-privileges", self.path)
+        if err:
+            raise OSError(err, f"cannot create files in it ({os.strerror(err)})", self.path)
+
+    def _dir_fd(self) -> int:
+        if self._fd is None:     # dir_fd=None would mean the current directory
+            raise ValueError(f"{self.path}: the output directory is closed")
+        return self._fd
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is taken, by anything (a dangling link too)."""
+        try:
+            os.stat(name, dir_fd=self._dir_fd(), follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def create(self, name: str) -> int | None:
+        """A new file ``name`` open for writing. FileExistsError when the name is taken
+        (nothing is opened); another failure is counted, and None returned."""
+        try:
+            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._dir_fd())
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            self.failed(name, exc)
+            return None
+        self.files += 1
+        return fd
+
+    def write_at(self, fd: int, name: str, data, offset: int) -> bool:
+        """All of ``data`` at ``offset`` of the file ``name`` (open as ``fd``); False
+        when that failed (counted)."""
+        done, size = 0, len(data)
+        try:
+            while done < size:
+                done += os.pwrite(fd, data[done:], offset + done)
+        except OSError as exc:
+            self.failed(name, exc, size - done)
+            return False
+        return True
+
+    def failed(self, name: str, exc: OSError, lost: int = 0) -> None:
+        """The file ``name`` is incomplete (``lost`` bytes of it not written)."""
+        self.incomplete += 1
+        self.lost += lost
+        if self.error is None:
+            self.error, self.error_name = exc, name
+            self.outputs._failed(self)
+
+    def skipped(self, size: int) -> None:
+        """``size`` more bytes of a file that failed before were not written."""
+        self.lost += size
+
+    def flush(self) -> None:
+        """Files here are written through at once (pwrite): nothing is buffered."""
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def failure_text(self) -> str:
+        return f"cannot write {os.path.join(self.path, self.error_name)}: {_reason(self.error)}"
+
+    def failure_line(self) -> str:
+        return (f"{self.failure_text()} ({self.incomplete} file(s) incomplete, {self.lost} "
+                f"bytes not written)")
