@@ -1,11 +1,14 @@
 """The mosxdp command line: run, detach, status, demo."""
 import argparse
+import errno
 import importlib
 import importlib.util
+import logging
 import os
 import pkgutil
 import signal
 import sys
+import traceback
 
 from . import apps as apps_package
 
@@ -22,6 +25,30 @@ class CliError(Exception):
         self.code = code
 
 
+# --debug or MOSXDP_DEBUG=1 (set by main): errors and callback exceptions with their traceback.
+_debug = False
+
+
+def _debug_wanted(argv):
+    return "--debug" in argv or os.environ.get("MOSXDP_DEBUG", "") not in ("", "0")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block): exit 2, as every usage error."""
+
+    def error(self, message):
+        prog = self.prog.removeprefix("mosxdp ")
+        raise CliError(f"{prog}: {message} (see 'mosxdp {prog} --help')", EXIT_USAGE)
+
+
+def _app_error(name, what, exc):
+    """One line for an exception out of an app's code: where it was raised, and what."""
+    from .core.events import exception_site
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return (f"app {name}: {what} raised {type(exc).__name__}{': ' + text if text else ''} "
+            f"at {exception_site(exc)}")
+
+
 def builtin_apps():
     names = {}
     for info in pkgutil.iter_modules(apps_package.__path__):
@@ -33,12 +60,25 @@ def builtin_apps():
 def load_app(name):
     """A built-in app by name, or a Python file that defines setup(mctx, args)."""
     if name.endswith(".py") or os.sep in name:
+        if os.path.isdir(name):
+            raise CliError(f"app {name!r} is a directory, not a .py file", EXIT_USAGE)
         if not os.path.isfile(name):
             raise CliError(f"app file {name!r} does not exist", EXIT_USAGE)
+        if not name.endswith(".py"):
+            raise CliError(f"app {name!r} is not a .py file (an app is a built-in app's name "
+                           "or a Python file that defines setup(mctx, args))", EXIT_USAGE)
         spec = importlib.util.spec_from_file_location(
             "mosxdp_user_app_" + os.path.splitext(os.path.basename(name))[0], name)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            raise CliError(f"app {exc.filename or name}:{exc.lineno}: {exc.msg} "
+                           f"({type(exc).__name__})", EXIT_USAGE) from exc
+        except OSError as exc:
+            raise CliError(f"app {name}: cannot read: {exc.strerror or exc}", EXIT_USAGE) from exc
+        except (Exception, SystemExit) as exc:
+            raise CliError(_app_error(name, "loading", exc), EXIT_USAGE) from exc
     else:
         known = builtin_apps()
         if name not in known:
@@ -94,10 +134,13 @@ def _datapath_options(parser):
     group.add_argument("--stats-json", metavar="FILE",
                        help="at exit, write the counters as JSON: the core's, and live the "
                             "datapath's (XDP program, kernel verdicts, UMEM accounting)")
+    group.add_argument("--debug", action="store_true",
+                       help="errors and callback exceptions with their Python traceback "
+                            "(also MOSXDP_DEBUG=1)")
 
 
 def _run_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mosxdp run", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a monitor app on a pcap file (offline) or an interface (live).",
         epilog=_apps_epilog())
@@ -113,13 +156,16 @@ def cmd_run(argv):
         return 0
     app_name = argv[0]
     module = load_app(app_name)
-    app_parser = argparse.ArgumentParser(
+    app_parser = _Parser(
         prog=f"mosxdp run {app_name}", description=getattr(module, "DESCRIPTION", None),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _datapath_options(app_parser)
     app_group = app_parser.add_argument_group(f"{app_name} options")
     if hasattr(module, "add_arguments"):
-        module.add_arguments(app_group)
+        try:
+            module.add_arguments(app_group)
+        except Exception as exc:
+            raise CliError(_app_error(app_name, "add_arguments", exc), EXIT_USAGE) from exc
     args = app_parser.parse_args(argv[1:])
     if args.pcap is None and args.iface is None:
         app_parser.error("give --pcap IN (offline) or --iface A [--peer B] (live)")
@@ -144,10 +190,21 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    if mctx.config.iface is not None:
-        # before the app's setup creates (or truncates) its outputs
-        from .io.xdp.owner import check_free
-        check_free([n for n in (mctx.config.iface, mctx.config.peer) if n])
+    # Before the app's set-up creates its outputs, and before anything is attached.
+    from .engine.run import preflight
+    try:
+        preflight(mctx.config)
+        if mctx.config.iface is not None:
+            from .io.xdp.owner import check_free
+            check_free([n for n in (mctx.config.iface, mctx.config.peer) if n])
+    except OSError as exc:
+        api.mtcp_destroy()
+        raise CliError(exc.strerror or str(exc),
+                       EXIT_USAGE if exc.errno in (errno.EINVAL, errno.ENODEV) else EXIT_FAILURE
+                       ) from None
+    except BaseException:
+        api.mtcp_destroy()
+        raise
     print_stats = args.stats or mctx.config.stats
     stats_json = None
     if args.stats_json:
@@ -159,12 +216,15 @@ def cmd_run(argv):
             api.mtcp_destroy()
             raise CliError(f"--stats-json {exc.filename}: {exc.strerror}", EXIT_USAGE) from None
     failed = False
+    callbacks_failed = False
     try:
         try:
             app = module.setup(mctx, args)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{app_name}: {where}{exc.strerror or exc}", EXIT_USAGE) from None
+        except Exception as exc:
+            raise CliError(_app_error(app_name, "setup", exc)) from exc
         if args.iface is not None:
             # The XDP program is attached before the live loop installs its own SIGTERM
             # handler: a SIGTERM (or SIGHUP) meanwhile must unwind like Ctrl-C, not kill.
@@ -176,16 +236,27 @@ def cmd_run(argv):
             result = run(mctx, print_stats=print_stats)
         finally:
             if hasattr(module, "teardown"):
-                module.teardown(app)
+                try:
+                    module.teardown(app)
+                except Exception as exc:
+                    if _debug:
+                        traceback.print_exc()
+                    print(f"mosxdp: error: {_app_error(app_name, 'teardown', exc)}",
+                          file=sys.stderr)
+                    failed = True
             if print_stats and args.iface is not None:
                 _print_live_summary(mctx, result)
             if stats_json is not None:
                 _write_stats_json(stats_json, mctx, result)
-            _print_callback_errors(mctx)
-            failed = _report_output_failures(mctx)
+            # A callback that raised is an app bug: the run went on (the policy applied to
+            # its packets), and ends non-zero.
+            callbacks_failed = _print_callback_errors(mctx)
+            failed = _report_output_failures(mctx) or failed
     finally:
         api.mtcp_destroy()
-    return EXIT_OUTPUT if failed else 0
+    if failed:
+        return EXIT_OUTPUT
+    return EXIT_FAILURE if callbacks_failed else 0
 
 
 def _report_output_failures(mctx):
@@ -204,11 +275,13 @@ def _sigterm_unwinds(signum, _frame):
 
 
 def _print_callback_errors(mctx):
-    """At exit: how often each callback raised (its first traceback was logged)."""
+    """At exit: how often each callback raised (its first exception was logged); True if
+    one did."""
     from .engine.callback_log import counts_line
     line = counts_line(mctx.stack)
     if line:
         print(line, file=sys.stderr)
+    return line is not None
 
 
 def _write_stats_json(output, mctx, result):
@@ -252,7 +325,10 @@ def _print_live_summary(mctx, result):
 
 
 def _command_parser(name, description):
-    return argparse.ArgumentParser(prog=f"mosxdp {name}", description=description)
+    parser = _Parser(prog=f"mosxdp {name}", description=description)
+    parser.add_argument("--debug", action="store_true",
+                        help="errors with their Python traceback (also MOSXDP_DEBUG=1)")
+    return parser
 
 
 def cmd_detach(argv):
@@ -360,8 +436,7 @@ COMMANDS = {
 def _known_errors():
     """Exception types that are user errors: one line, no traceback."""
     from .io.pcap import PcapFormatError
-    from .core.stack import StopMonitor
-    errors = [CliError, PcapFormatError, OSError, StopMonitor]
+    errors = [CliError, PcapFormatError, OSError]
     try:
         from .io.xdp import XdpError
         errors.append(XdpError)
@@ -370,8 +445,39 @@ def _known_errors():
     return tuple(errors)
 
 
+class _CallbackLine(logging.Formatter):
+    """A callback's exception as its one line; with --debug, its traceback after it."""
+
+    def format(self, record):
+        text = record.getMessage()
+        if _debug and record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the sys.stderr of the moment (tests replace it)."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _log_callbacks_to_stderr():
+    logger = logging.getLogger("mosxdp.callbacks")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_CallbackLine())
+        logger.addHandler(handler)
+
+
 def main(argv=None):
+    global _debug
     argv = sys.argv[1:] if argv is None else argv
+    _debug = _debug_wanted(argv)
+    _log_callbacks_to_stderr()
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mosxdp COMMAND [ARGS]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
@@ -383,17 +489,37 @@ def main(argv=None):
         print(f"mosxdp: error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",
               file=sys.stderr)
         return EXIT_USAGE
+    from .core.stack import StopMonitor
     try:
         return command[0](argv[1:])
     except KeyboardInterrupt:
         return 130
+    except StopMonitor as exc:
+        if _debug:
+            traceback.print_exc()
+        # sys.exit(0) in a callback: a stop the app asked for, not an error.
+        print(f"mosxdp: {'' if exc.code == 0 else 'error: '}{exc}", file=sys.stderr)
+        return exc.code
     except _known_errors() as exc:
+        if _debug:
+            traceback.print_exc()
         code = getattr(exc, "code", EXIT_FAILURE)
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if isinstance(exc, OSError) and getattr(exc, "filename", None):
             message = f"{exc.filename}: {message}"
         print(f"mosxdp: error: {message}", file=sys.stderr)
         return code if isinstance(code, int) else EXIT_FAILURE
+    except Exception as exc:
+        # Not a user error: still one line, where it was raised, and how to see more.
+        from .core.events import exception_site
+        if _debug:
+            traceback.print_exc()
+        text = str(exc).splitlines()[0] if str(exc).strip() else ""
+        print(f"mosxdp: error: {type(exc).__name__}{': ' + text if text else ''} at "
+              f"{exception_site(exc)}"
+              + ("" if _debug else " (--debug or MOSXDP_DEBUG=1 shows the traceback)"),
+              file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Every key has a default; a bad key or value is refused with one line that
 names the key and what is allowed. Command-line options override the file.
 """
+import math
 import os
 import re
 import sys
@@ -17,26 +18,55 @@ class ConfigError(ValueError):
     pass
 
 
-def _int(minimum=None):
+# Bounds of the keys. A value outside them is refused at start (a typo, or a value that
+# would fail later in the run: a timer of 1e308 seconds, a UMEM of terabytes).
+MAX_SECONDS = 365 * 86400            # timeouts and intervals: a year
+MIN_SECONDS = 0.001                  # a positive timeout below 1 ms is a typo (0 or less: off)
+MAX_RMEM = 1 << 30                   # a side's stream buffer: 1 GiB
+MAX_INT32 = (1 << 31) - 1            # mOS's int fields (mtcp_getconf copies them to C ints)
+MAX_MEMCAP = 1 << 50
+MAX_FRAMES = 1 << 20                 # UMEM frames of 4 KiB: 4 GiB
+MAX_RING = 1 << 20
+MAX_BATCH = 1024
+MAX_QUEUES = 1024
+MAX_PORT = 65535
+IFNAMSIZ = 16                        # Linux: interface names are 1 to 15 bytes
+
+
+def _range(minimum, maximum):
+    if maximum is None:
+        return f">= {minimum}"
+    return f"between {minimum} and {maximum}"
+
+
+def _int(minimum, maximum=None):
     def check(key, value):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} = {value!r}: expected an integer")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{key} = {value!r}: must be >= {minimum}")
+            raise ConfigError(f"{key} = {value!r}: expected an integer {_range(minimum, maximum)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(f"{key} = {value!r}: must be {_range(minimum, maximum)}")
         return value
     return check
 
 
-def _number(key, value):
+def _power_of_two(minimum, maximum):
+    def check(key, value):
+        value = _int(minimum, maximum)(key, value)
+        if value & (value - 1):
+            raise ConfigError(f"{key} = {value!r}: must be a power of two between {minimum} "
+                              f"and {maximum} (e.g. {1 << (value.bit_length() - 1)} or "
+                              f"{1 << value.bit_length()})")
+        return value
+    return check
+
+
+def _seconds(key, value, allowed):
+    """A finite number of seconds (int or float), else ConfigError naming ``allowed``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} = {value!r}: expected a number of seconds")
-    return float(value)
-
-
-def _nonneg_number(key, value):
-    value = _number(key, value)
-    if value < 0:
-        raise ConfigError(f"{key} = {value!r}: must be >= 0")
+        raise ConfigError(f"{key} = {value!r}: expected a number of {allowed}")
+    # Compared before float(): an integer beyond a float's range (mos.conf) is no overflow.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: must be a finite number of {allowed}")
     return value
 
 
@@ -45,6 +75,24 @@ def _percent(key, value):
         raise ConfigError(f"{key} = {value!r}: expected a percentage (a number from 0 to 100)")
     if not 0 <= value <= 100:  # also refuses nan
         raise ConfigError(f"{key} = {value!r}: must be from 0 to 100")
+    return float(value)
+
+
+def _timeout(key, value):
+    """Idle seconds: <= 0 turns the timeout off."""
+    allowed = f"seconds: <= 0 turns it off, else {MIN_SECONDS} to {MAX_SECONDS}"
+    value = _seconds(key, value, allowed)
+    if value > 0 and not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise ConfigError(f"{key} = {value!r}: must be a number of {allowed}")
+    return float(value) if value > 0 else float(max(value, -1))
+
+
+def _interval(key, value):
+    """Seconds >= 0: 0 means none."""
+    allowed = f"seconds: 0, or {MIN_SECONDS} to {MAX_SECONDS}"
+    value = _seconds(key, value, allowed)
+    if value != 0 and not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise ConfigError(f"{key} = {value!r}: must be a number of {allowed}")
     return float(value)
 
 
@@ -65,6 +113,8 @@ def _choice(*allowed):
 def _str(key, value):
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} = {value!r}: expected a non-empty string")
+    if "\0" in value:
+        raise ConfigError(f"{key} = {value!r}: a NUL character is not allowed")
     return value
 
 
@@ -72,10 +122,29 @@ def _optional_str(key, value):
     return None if value is None else _str(key, value)
 
 
+def _ifname(key, value):
+    """A Linux interface name (the kernel's dev_valid_name): 1 to 15 bytes, not '.' or
+    '..', no '/', ':' or whitespace."""
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value or value in (".", "..")
+            or len(value.encode("utf-8", "surrogateescape")) >= IFNAMSIZ
+            or any(c in "/:" or c.isspace() or not c.isprintable() for c in value)):
+        raise ConfigError(f"{key} = {value!r}: not an interface name (1 to {IFNAMSIZ - 1} "
+                          "characters, no '/', ':' or spaces)")
+    return value
+
+
 def _queues(key, value):
     if value == "all":
         return value
-    return _int(1)(key, value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUEUES:
+        raise ConfigError(f"{key} = {value!r}: \"all\" or a count between 1 and {MAX_QUEUES}")
+    return value
+
+
+def _num_cores(key, value):
+    return _int(1, os.cpu_count() or 1)(key, value)
 
 
 @dataclass
@@ -131,34 +200,34 @@ class Config:
 
 SECTIONS = {
     "mos": {
-        "rmem_size": _int(0),
+        "rmem_size": _int(0, MAX_RMEM),
         "no_ring_buffers": _bool,
-        "max_concurrency": _int(1),
-        "tcp_timeout": _number,
-        "tcp_tw_interval": _nonneg_number,
+        "max_concurrency": _int(1, MAX_INT32),
+        "tcp_timeout": _timeout,
+        "tcp_tw_interval": _interval,
         "overlap_policy": _choice("first", "last"),
         "midstream_pickup": _bool,
-        "max_fragments": _int(1),
+        "max_fragments": _int(1, MAX_INT32),
         "on_callback_error": _choice("forward", "drop", "stop"),
-        "reassembly_memcap": _int(0),
-        "tcp_syn_timeout": _number,
-        "num_cores": _int(1),
+        "reassembly_memcap": _int(0, MAX_MEMCAP),
+        "tcp_syn_timeout": _timeout,
+        "num_cores": _num_cores,
     },
     "datapath": {
         "mode": _choice("offline", "inline", "passive"),
         "pcap": _optional_str,
         "write": _optional_str,
-        "iface": _optional_str,
-        "peer": _optional_str,
+        "iface": _ifname,
+        "peer": _ifname,
         "xdp_mode": _choice("native", "generic", "auto"),
         "bind": _choice("copy", "zerocopy"),
         "queues": _queues,
-        "frame_count": _int(64),
-        "ring_size": _int(64),
-        "batch_size": _int(1),
+        "frame_count": _int(64, MAX_FRAMES),
+        "ring_size": _power_of_two(64, MAX_RING),
+        "batch_size": _int(1, MAX_BATCH),
         "fail_closed": _bool,
         "force": _bool,
-        "metrics_port": _int(0),
+        "metrics_port": _int(0, MAX_PORT),
         "stats": _bool,
         "loss_warning": _percent,
         "keep_privileges": _bool,
@@ -175,8 +244,6 @@ def apply(config, key, value):
     if section is None:
         raise ConfigError(f"unknown configuration key {key!r}")
     setattr(config, key, SECTIONS[section][key](f"[{section}] {key}", value))
-    if key == "batch_size" and value > 1024:
-        raise ConfigError(f"[datapath] batch_size = {value}: must be <= 1024")
 
 
 def load_config(path=None, **overrides):
@@ -198,6 +265,11 @@ def load_config(path=None, **overrides):
     for key, value in overrides.items():
         if value is not None:
             apply(config, key, value)
+    if config.peer is not None and config.iface is None:
+        raise ConfigError(f"[datapath] peer = {config.peer!r}: needs iface (--peer needs --iface)")
+    if config.peer is not None and config.peer == config.iface:
+        raise ConfigError(f"[datapath] peer = {config.peer!r}: must differ from iface (inline "
+                          "mode forwards between two interfaces)")
     if config.pcap is None and config.write is not None:
         raise ConfigError("--write needs an offline input (--pcap)")
     if config.pcap is not None and config.write is not None and _same_file(config.pcap, config.write):

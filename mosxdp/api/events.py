@@ -86,7 +86,13 @@ def mtcp_settimer(mctx, id, timeout, cb):
             seconds = timeout
     except (TypeError, IndexError, AttributeError):
         seconds = None
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+    try:
+        # Finite in microseconds too: a timer of 1e308 s would overflow the clock.
+        valid = isinstance(seconds, (int, float)) and seconds >= 0 \
+            and math.isfinite(seconds * 1e6)
+    except OverflowError:
+        valid = False
+    if not valid:
         raise _error(errno.EINVAL, f"timeout {timeout!r} is not a non-negative number of seconds")
     stack.add_timer(id, int(seconds * 1_000_000), cb)
     return 0

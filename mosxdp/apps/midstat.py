@@ -22,6 +22,8 @@ refresh, not one per second. The first refresh comes at the end of the first
 batch. Flows that start without a SYN (midstream pickup) raise no CONN_START and
 are not listed, as in mOS. Reassembly buffers are turned off (state only).
 """
+import argparse
+import errno
 import ipaddress
 import json
 import socket
@@ -39,9 +41,26 @@ TIMER_ID = 0
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="one JSON line per refresh")
     parser.add_argument("--output", default="-", help="where the tables go ('-': stdout)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                        help="seconds between refreshes (default 1)")
+    parser.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
+                        help=f"seconds between refreshes, {MIN_INTERVAL} to {MAX_INTERVAL} "
+                             "(default 1)")
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+
+
+MIN_INTERVAL = 0.001
+MAX_INTERVAL = 365 * 86400
+
+
+def interval_seconds(text):
+    """--interval as argparse reads it (setup checks a value given otherwise the same)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:        # also NaN and the infinities
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds")
+    return value
 
 
 def state_name(state):
@@ -113,8 +132,10 @@ class MidStat:
 
 
 def setup(mctx, args):
-    if not args.interval > 0:
-        raise OSError(22, f"--interval {args.interval!r}: must be a positive number of seconds")
+    try:
+        interval_seconds(args.interval)
+    except argparse.ArgumentTypeError as exc:
+        raise OSError(errno.EINVAL, f"--interval {exc}") from None
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))

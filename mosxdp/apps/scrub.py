@@ -50,6 +50,7 @@ Each hit is one JSON line (`--log FILE`, default stdout): ts, client, server,
 direction, offset (the match's stream offset, from 0 at the first payload byte),
 length, action (mask or reset), masked (bytes masked at the time of the hit).
 """
+import argparse
 import codecs
 import collections
 import errno
@@ -86,11 +87,27 @@ def add_arguments(parser):
                         help="reset the connection instead of masking")
     parser.add_argument("--side", choices=("client", "server", "both"), default="both",
                         help="scan what the client sends, what the server sends, or both")
-    parser.add_argument("--hold-ms", type=float, default=50.0, metavar="MS",
+    parser.add_argument("--hold-ms", type=hold_milliseconds, default=50.0, metavar="MS",
                         help="longest time a frame ending with the start of the pattern is held "
-                             "(default 50; 0: never hold)")
+                             f"(default 50; 0: never hold; at most {MAX_HOLD_MS})")
     parser.add_argument("--log", default="-", metavar="FILE", help="JSON lines of hits ('-': stdout)")
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+
+
+# A frame held longer than a minute stalls its connection into retransmissions anyway.
+MAX_HOLD_MS = 60000
+
+
+def hold_milliseconds(text):
+    """--hold-ms as argparse reads it (setup checks a value given otherwise the same)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= MAX_HOLD_MS:                      # also NaN and the infinities
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and {MAX_HOLD_MS} "
+                                         "milliseconds")
+    return value
 
 
 def decode_bytes(text, what):
@@ -401,8 +418,10 @@ def _rst(eth, ip, sport, dport, seq, ack, swap):
 def setup(mctx, args):
     pattern = decode_bytes(args.pattern, "--pattern")
     mask = decode_bytes(args.mask, "--mask")
-    if args.hold_ms < 0:
-        raise OSError(errno.EINVAL, f"--hold-ms {args.hold_ms!r}: must be >= 0")
+    try:
+        hold_milliseconds(args.hold_ms)
+    except argparse.ArgumentTypeError as exc:
+        raise OSError(errno.EINVAL, f"--hold-ms {exc}") from None
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))

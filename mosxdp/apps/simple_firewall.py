@@ -39,6 +39,7 @@ mtcp_settimer timer, re-armed in its callback; offline on packet time) and at th
 A bad line in the rules file is refused before monitoring starts, with an OSError
 (EINVAL) whose message names the file and the line: ``rules.conf:3: ...``.
 """
+import argparse
 import errno
 import ipaddress
 import json
@@ -55,13 +56,29 @@ MAX_RULES = 1024
 ACCEPT = "ACCEPT"
 DROP = "DROP"
 TIMER_ID = 0
+MIN_INTERVAL = 0.001
+MAX_INTERVAL = 365 * 86400
+
+
+def interval_seconds(text):
+    """--interval as argparse reads it (setup checks a value given otherwise the same)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value != 0 and not MIN_INTERVAL <= value <= MAX_INTERVAL:   # also NaN, infinities
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be 0 (only at the end) or between {MIN_INTERVAL} and "
+            f"{MAX_INTERVAL} seconds")
+    return value
 
 
 def add_arguments(parser):
     parser.add_argument("--rules", required=True, metavar="FILE",
                         help="rules file (mOS simple_firewall.conf format)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                        help="seconds between rule table prints (0: only at the end)")
+    parser.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
+                        help=f"seconds between rule table prints, {MIN_INTERVAL} to "
+                             f"{MAX_INTERVAL} (0: only at the end)")
     parser.add_argument("--output", default="-", help="where the rule tables go ('-': stdout)")
     parser.add_argument("--stats-output", metavar="FILE", default=None,
                         help="write the final per-rule counts as JSON")
@@ -266,8 +283,10 @@ class Firewall:
 
 
 def setup(mctx, args):
-    if args.interval < 0:
-        raise OSError(errno.EINVAL, f"--interval {args.interval!r}: must be >= 0")
+    try:
+        interval_seconds(args.interval)
+    except argparse.ArgumentTypeError as exc:
+        raise OSError(errno.EINVAL, f"--interval {exc}") from None
     rules = parse_rules(args.rules)
     output = mosx_open_output(mctx, args.output)
     stats_output = mosx_open_output(mctx, args.stats_output) if args.stats_output else None

@@ -12,11 +12,39 @@ applies the on_callback_error policy when a callback raises.
 """
 import errno
 import heapq
+import os
+import sysconfig
 
 from .constants import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                         MOS_ON_CONN_START, MOS_ON_ERROR, MOS_ON_ORPHAN, MOS_ON_PKT_IN,
                         MOS_ON_REXMIT, MOS_ON_TCP_STATE_CHANGE, MOS_ON_TIMEOUT, UDE_FIRST_BIT,
                         UDE_LAST_BIT)
+
+# Frames of these files are mosxdp's own or the standard library's, not the app's line
+# that an error report should name (mosxdp/apps are apps).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_APPS_DIR = _PACKAGE_DIR + "apps" + os.sep
+_STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
+                      for k in ("stdlib", "platstdlib")})
+
+
+def exception_site(exc):
+    """'FILE:LINE' where ``exc`` was raised, for a one-line report: the innermost frame of
+    its traceback in the application's code (not in mosxdp's modules, which an app's bad
+    call reaches, nor in the standard library), else the innermost frame; '' without one."""
+    site = ""
+    tb = exc.__traceback__
+    innermost = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        innermost = f"{code.co_filename}:{tb.tb_lineno}"
+        path = os.path.abspath(code.co_filename)
+        ours = path.startswith(_PACKAGE_DIR) and not path.startswith(_APPS_DIR)
+        if not ours and not path.startswith(_STDLIB_DIRS) and not code.co_filename.startswith("<"):
+            site = innermost
+        tb = tb.tb_next
+    return site or innermost or ""
+
 
 # What Stack.process returns for a frame.
 VERDICT_FORWARD = 0
@@ -217,6 +245,7 @@ class EventDispatch:
         # common data segment's path tests this one flag, with cur_drop.
         self._exit_work = False
         self.cur_edit = None                 # core/edits.py FrameEdit of the segment
+        self.exit_request = None             # (callback, SystemExit) of a callback's sys.exit()
         self.timers = []
         self._timer_seq = 0
         self.cur_pkt = self.cur_frame = self.cur_flow = None
@@ -246,6 +275,8 @@ class EventDispatch:
             callback(self.handle, sock_id, side, event, arg)
         except Exception as exc:  # an app bug must not stop the datapath
             self._callback_failed(callback, exc)
+        except SystemExit as exc:
+            self._callback_exit(callback, exc)
         finally:
             self.cur_side, self.cur_pkt = saved
 
@@ -261,6 +292,13 @@ class EventDispatch:
             self.cur_drop = True
         elif policy == "stop":
             self._stop_requested = self._exit_work = True
+
+    def _callback_exit(self, callback, exc):
+        """sys.exit() in a callback: the run stops after this packet (as on_callback_error
+        'stop' does), and says so; the first call is the one reported."""
+        if self.exit_request is None:
+            self.exit_request = (callback, exc)
+        self._stop_requested = self._exit_work = True
 
     def _fire(self, sock, hook, side, event):
         table = sock.table
@@ -287,6 +325,9 @@ class EventDispatch:
                 matched = ude.filter(self.handle, sock.id, side, base, ude.arg)
             except Exception as exc:
                 self._callback_failed(ude.filter, exc)
+                matched = False
+            except SystemExit as exc:
+                self._callback_exit(ude.filter, exc)
                 matched = False
             if matched:
                 self.fire_user_event(sock, hook, side, ude.event_id)

@@ -292,7 +292,10 @@ class FlowTable:
         self.destroy_flow(victim, "evicted")
 
     def finish(self):
-        """End of input: every flow still open ends with reason 'eof'."""
-        self.end_batch()
-        for flow in list(self.lru):
-            self.destroy_flow(flow, "eof")
+        """End of input: every flow still open ends with reason 'eof' (also when the run
+        stops: StopMonitor out of end_batch comes after the flows' ends)."""
+        try:
+            self.end_batch()
+        finally:
+            for flow in list(self.lru):
+                self.destroy_flow(flow, "eof")

@@ -39,7 +39,7 @@ from .constants import (MOS_NULL, MOS_OVERLAP_POLICY_FIRST, MOS_SIDE_BOTH, MOS_S
 from .edits import FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE, HOOK_NULL,
                      HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
-                     EventDispatch)
+                     EventDispatch, exception_site)
 from .flow import DEFAULT_TCP_SYN_TIMEOUT, FlowTable
 from .packet import PacketError, parse_frame
 from .sockets import SocketTable
@@ -84,7 +84,13 @@ class StackConfig:
 
 
 class StopMonitor(Exception):
-    """Raised out of process() when on_callback_error is 'stop'."""
+    """Raised out of process() (or end_batch()) when a callback raised and on_callback_error
+    is 'stop', or a callback called sys.exit(): ``code`` is then the exit status it asked
+    for (0 for sys.exit() or sys.exit(None), 1 for a message), else 1."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
 
 
 class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery):
@@ -312,7 +318,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             # A dropped frame goes back to the engine's fill ring before end_batch.
             self._keep_last_packets()
         if self._stop_requested:
-            raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
+            raise self._stop_error()
         return verdict
 
     def _edited_frame(self, flow, sender, pkt):
@@ -428,7 +434,17 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                     self._flush_new_data(flow)
         self._expire()
         if self._stop_requested:
-            raise StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
+            raise self._stop_error()
+
+    def _stop_error(self):
+        if self.exit_request is None:
+            return StopMonitor("stopping: a callback raised and on_callback_error is 'stop'")
+        callback, exc = self.exit_request
+        code = exc.code
+        status = 0 if code is None else code if isinstance(code, int) else 1
+        name = getattr(callback, "__qualname__", repr(callback))
+        return StopMonitor(f"stopping: callback {name} called sys.exit({code!r}) at "
+                           f"{exception_site(exc)}", status)
 
     def flow_count(self):
         """Connections tracked now (ended ones are gone from the LRU)."""

@@ -4,12 +4,16 @@ A callback that raises never stops the datapath: the core (Stack._callback_faile
 the exception per callback (``stack.callback_errors``: name -> count, and the
 ``callback_errors`` counter), applies ``on_callback_error`` (forward | drop | stop) to the
 packet, and calls its ``on_callback_error`` hook, which every mtcp_* context sets to
-`log_callback_error`: the first exception of each callback is logged with its traceback on
-the ``mosxdp.callbacks`` logger (stderr unless the application configures logging), later
-ones only counted. At exit the command line prints `counts_line` (and ``--stats`` shows the
-counts in its summary line).
+`log_callback_error`: the first exception of each callback is logged on the
+``mosxdp.callbacks`` logger (stderr unless the application configures logging): one line
+naming the callback, the exception and the application's line that raised it, the record
+carrying the traceback (``exc_info``); later ones are only counted. The command line shows
+the record as its one line (the traceback with --debug or MOSXDP_DEBUG=1), prints
+`counts_line` at exit and ends non-zero (``--stats`` shows the counts in its summary line).
 """
 import logging
+
+from ..core.events import exception_site
 
 logger = logging.getLogger("mosxdp.callbacks")
 
@@ -25,10 +29,11 @@ def log_callback_error(callback, exc, count):
         return
     module = getattr(callback, "__module__", None)
     name = callback_name(callback)
-    # The exception's text is in the traceback's last line (once).
-    logger.error("mosxdp: callback %s raised %s (the datapath goes on; further exceptions "
-                 "of this callback are counted, not logged)",
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    logger.error("mosxdp: error: callback %s raised %s%s at %s (the datapath goes on; further "
+                 "exceptions of this callback are counted, not logged)",
                  f"{module}.{name}" if module else name, type(exc).__name__,
+                 f": {text}" if text else "", exception_site(exc),
                  exc_info=(type(exc), exc, exc.__traceback__))
 
 

@@ -11,6 +11,10 @@ way ``run`` returns the run's ``RunResult``. Several contexts share one run
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import socket
+import stat
 import sys
 import time
 
@@ -46,6 +50,53 @@ def run(mctx, print_stats: bool = False) -> RunResult:
     if config.iface is None:
         raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
     return LiveRun(mctx, print_stats).run()
+
+
+def preflight(config) -> None:
+    """What can be checked before an app's set-up creates its outputs and before anything
+    is attached, so that a bad input or interface costs nothing. Offline: the input opens
+    as a capture (only a regular file: a pipe can be read once). Live: the interfaces
+    exist, have the RX queues asked for, the process may attach XDP programs, and the
+    metrics port is free. Raises OSError (errno EINVAL or ENODEV for a bad value),
+    PcapFormatError or XdpError, each with one line."""
+    if config.pcap is not None:
+        from ..io.pcap import PcapReader
+        if config.pcap != "-":
+            try:
+                regular = stat.S_ISREG(os.stat(config.pcap).st_mode)
+            except OSError:
+                regular = True    # the reader names the problem
+            if regular:
+                PcapReader(config.pcap).close()
+        return
+    if config.iface is None:
+        return
+    from ..io.netdev import rx_queue_count
+    for option, name in (("--iface", config.iface), ("--peer", config.peer)):
+        if name is None:
+            continue
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise OSError(errno.ENODEV, f"{option} {name}: no such interface in this network "
+                          "namespace (ip link shows them)") from None
+    if config.queues != "all":
+        for name in filter(None, (config.iface, config.peer)):
+            available = rx_queue_count(name)
+            if config.queues > available:
+                raise OSError(errno.EINVAL, f"[datapath] queues = {config.queues}: {name} has "
+                              f"{available} RX queue{'s' if available != 1 else ''}")
+    from ..io.privileges import check_privileges
+    check_privileges()
+    if config.metrics_port:
+        # The port the metrics server binds after set-up (as http.server binds it).
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", config.metrics_port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"--metrics-port {config.metrics_port}: cannot listen "
+                              f"on 127.0.0.1:{config.metrics_port}: {exc.strerror}") from None
 
 
 class LiveRun:

@@ -181,7 +181,11 @@ class MetricsServer:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((address, port), Handler)
+        try:
+            self.server = http.server.ThreadingHTTPServer((address, port), Handler)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics port {port}: cannot listen on {address}:{port}: "
+                          f"{exc.strerror}") from None
         self.thread = threading.Thread(target=self.server.serve_forever, name="mosxdp-metrics",
                                        daemon=True)
 

@@ -4,8 +4,8 @@ Each bad input to `mosxdp run` gives exactly one line on stderr, starting
 with "mosxdp: error:", naming what is wrong, and a non-zero exit; never a
 Python traceback.  A malformed frame inside a valid pcap is not an error:
 it is counted, passed on unchanged (it is in --write's output) and the run
-goes on.  Argument syntax errors are argparse's (usage lines, then one
-"error:" line, exit 2): checked for no traceback only.
+goes on.  Argument syntax errors too are one line (argparse's message, no
+usage block, exit 2).
 """
 import argparse
 import shutil
@@ -141,6 +141,40 @@ def test_app_file_problems():
     assert_one_line_error(proc, "setup", code=2)
 
 
+@pytest.mark.parametrize("name,source,needles,code", [
+    ("syntax.py", "def setup(mctx, args:\n    pass\n", ("syntax.py:1:", "(SyntaxError)"), 2),
+    ("imports.py", "\nimport mosxdp_no_such_module\n",
+     ("imports.py: loading raised ModuleNotFoundError: No module named "
+      "'mosxdp_no_such_module' at ", "imports.py:2"), 2),
+    ("raises.py", "raise RuntimeError('not today')\n",
+     ("raises.py: loading raised RuntimeError: not today at ", "raises.py:1"), 2),
+    ("exits.py", "import sys\nsys.exit(5)\n", ("exits.py: loading raised SystemExit: 5",), 2),
+    ("badsetup.py", "def setup(mctx, args):\n    return {}['key']\n",
+     ("badsetup.py: setup raised KeyError: 'key' at ", "badsetup.py:2"), 1),
+    ("badargs.py", "def add_arguments(p):\n    p.add_argument('--pcap')\n"
+                   "def setup(mctx, args):\n    pass\n",
+     ("badargs.py: add_arguments raised ArgumentError", "badargs.py:2"), 2),
+    ("notes.txt", "def setup(mctx, args):\n    pass\n", ("notes.txt' is not a .py file",), 2),
+])
+def test_broken_apps_are_one_line(name, source, needles, code):
+    workdir = tmpdir("brokenapp")
+    app = workdir / name
+    app.write_text(source)
+    proc = run_mosxdp("run", app, "--pcap", REUSE)
+    assert_one_line_error(proc, *needles, code=code)
+    # --debug adds the traceback before the line.
+    proc = run_mosxdp("run", app, "--pcap", REUSE, "--debug")
+    assert proc.returncode == code
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("mosxdp: error: app ")
+
+
+def test_an_app_path_that_is_a_directory():
+    directory = tmpdir("appdir")
+    proc = run_mosxdp("run", str(directory) + "/", "--pcap", REUSE)
+    assert_one_line_error(proc, "is a directory, not a .py file", code=2)
+
+
 @pytest.mark.parametrize("app,flag", [("flowdump", "--outdir"), ("connlog", "--output")])
 @pytest.mark.parametrize("bad", ["tcp port banana", "host 999.1.1.1", "port 80 and", "(tcp",
                                  "frobnicate"])
@@ -200,14 +234,20 @@ def test_bad_option_value_from_the_command_line():
     assert_one_line_error(proc, "batch_size", code=2)
 
 
-def test_argparse_errors_have_no_traceback():
-    for args in (["run", "flowdump", "--pcap", REUSE],                  # --outdir missing
-                 ["run", "flowdump", "--pcap", REUSE, "--outdir", "x", "--batch-size", "many"],
-                 ["run", "flowdump", "--outdir", "x"],                  # no input
-                 ["run", "connlog", "--pcap", REUSE, "--bogus-option"]):
+def test_argparse_errors_are_one_line():
+    for args, words in (
+            (["run", "flowdump", "--pcap", REUSE], "the following arguments are required: --outdir"),
+            (["run", "flowdump", "--pcap", REUSE, "--outdir", "x", "--batch-size", "many"],
+             "argument --batch-size: invalid int value: 'many'"),
+            (["run", "flowdump", "--outdir", "x"], "give --pcap IN (offline) or --iface A"),
+            (["run", "connlog", "--pcap", REUSE, "--bogus-option"],
+             "unrecognized arguments: --bogus-option"),
+            (["status", "--bogus"], "unrecognized arguments: --bogus")):
         proc = run_mosxdp(*args)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert proc.stderr.splitlines()[-1].startswith(f"mosxdp run {args[1]}: error: ")
+        line = assert_one_line_error(proc, words, code=2)
+        command = " ".join(map(str, args[:2 if args[0] == "run" else 1]))
+        assert line.startswith(f"mosxdp: error: {command}: ")
+        assert line.endswith(f"(see 'mosxdp {command} --help')")
     proc = run_mosxdp("frobnicate")
     assert_one_line_error(proc, "frobnicate", code=2)
 

@@ -2,6 +2,8 @@
 tests/data and crafted scapy conversations, run through the CLI (`mosxdp run APP --pcap
 IN --write OUT`) in this process; outputs are checked with scapy and the mosxdp pcap
 reader."""
+import argparse
+import errno
 import ipaddress
 import json
 import os
@@ -12,7 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from mosxdp import cli
+from mosxdp import cli, mtcp_create_context, mtcp_destroy, mtcp_init
 from mosxdp.io.pcap import PcapReader, PcapWriter
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
@@ -702,18 +704,52 @@ def test_scrub_reset_on_real_capture(tmp_path, capsys):
 
 
 def test_bad_app_arguments_give_one_line(capsys):
+    """A bad value is one line naming the option, exit 2: the option types' (argparse, before
+    any set-up) or setup()'s."""
     pcap = os.path.join(DATA, "refused.pcap")
     for app, args, words in (
-            ("scrub", ["--pattern", ""], "--pattern must not be empty"),
-            ("scrub", ["--pattern", "\\x0"], "--pattern '\\\\x0'"),
-            ("scrub", ["--pattern", "a", "--mask", ""], "--mask must not be empty"),
-            ("scrub", ["--pattern", "a", "--hold-ms", "-1"], "--hold-ms -1.0"),
+            ("scrub", ["--pattern", ""], "scrub: --pattern must not be empty"),
+            ("scrub", ["--pattern", "\\x0"], "scrub: --pattern '\\\\x0'"),
+            ("scrub", ["--pattern", "a", "--mask", ""], "scrub: --mask must not be empty"),
             ("scrub", ["--pattern", "a", "--filter", "tcp port"], "scrub: "),
-            ("midstat", ["--interval", "0"], "--interval 0.0"),
-            ("simple_firewall", ["--rules", os.devnull, "--interval", "-1"], "--interval -1.0")):
+            ("scrub", ["--pattern", "a", "--hold-ms", "-1"],
+             "run scrub: argument --hold-ms: '-1': must be between 0 and 60000 milliseconds"),
+            ("scrub", ["--pattern", "a", "--hold-ms", "nan"], "argument --hold-ms: 'nan'"),
+            ("scrub", ["--pattern", "a", "--hold-ms", "inf"], "argument --hold-ms: 'inf'"),
+            ("midstat", ["--interval", "0"],
+             "run midstat: argument --interval: '0': must be between 0.001 and 31536000"),
+            ("midstat", ["--interval", "1e-300"], "argument --interval: '1e-300'"),
+            ("midstat", ["--interval", "soon"], "argument --interval: 'soon' is not a number"),
+            ("simple_firewall", ["--rules", os.devnull, "--interval", "-1"],
+             "run simple_firewall: argument --interval: '-1': must be 0 (only at the end) or"),
+            ("simple_firewall", ["--rules", os.devnull, "--interval", "1e308"], "'1e308'"),
+            ("simple_firewall", ["--rules", os.devnull, "--interval", "nan"], "'nan'"),
+            ("connlog", ["--bypass-after-bytes", "-3"], "a byte count is >= 0")):
         code, _, err = run(capsys, app, "--pcap", pcap, *args)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-        assert err.startswith(f"mosxdp: error: {app}: ") and words in err, err
+        assert err.startswith("mosxdp: error: ") and words in err, err
+
+
+@pytest.mark.parametrize("app,option,value", [("midstat", "interval", float("inf")),
+                                              ("midstat", "interval", 0.0),
+                                              ("simple_firewall", "interval", float("nan")),
+                                              ("scrub", "hold_ms", -1.0)])
+def test_setup_checks_values_given_without_the_command_line(app, option, value):
+    """setup() called with a namespace of its own (not argparse's) checks them the same."""
+    import importlib
+    module = importlib.import_module(f"mosxdp.apps.{app}")
+    args = argparse.Namespace(pattern="a", mask="*", reset=False, side="both", hold_ms=50.0,
+                              log=None, filter=None, interval=1.0, json=False, output=os.devnull,
+                              rules=os.devnull, stats_output=None)
+    setattr(args, option, value)
+    mtcp_init(None)
+    try:
+        with pytest.raises(OSError) as info:
+            module.setup(mtcp_create_context(0), args)
+    finally:
+        mtcp_destroy()
+    assert info.value.errno == errno.EINVAL
+    assert f"--{option.replace('_', '-')} {value!r}: must be" in info.value.strerror
 
 
 # ------------------------------------------------------------------ flowdump

@@ -121,7 +121,7 @@ def test_toml_still_loads(tmp_path):
     ("mos {\n netdev {\n  dpdk0 0x1\n}\n", "mos.conf:1: block 'mos' is not closed"),
     ("mos {\n}\n}\n", "mos.conf:3: '}' closes no block"),
     ("mos {\n rmem_size = big\n}\n", "mos.conf:2: rmem_size = 'big': expected an integer"),
-    ("mos {\n rmem_size = -5\n}\n", "mos.conf:2: [mos] rmem_size = -5: must be >= 0"),
+    ("mos {\n rmem_size = -5\n}\n", "mos.conf:2: [mos] rmem_size = -5: must be between 0 and 1073741824"),
     ("mos {\n rmem_size 8192\n}\n", "mos.conf:2: expected 'key = value' in the mos block"),
     ("mos {\n netdev {\n  dpdk0\n }\n}\n", "mos.conf:3: a netdev entry is 'DEVICE CPU_MASK'"),
     ("mos {\n nic_forward_table {\n  a b c\n }\n}\n", "mos.conf:3: a nic_forward_table entry"),
