@@ -273,8 +273,7 @@ def load_config(path=None, **overrides):
     if config.pcap is None and config.write is not None:
         raise ConfigError("--write needs an offline input (--pcap)")
     if config.pcap is not None and config.write is not None and _same_file(config.pcap, config.write):
-        # Opening OUT for writing truncates IN while it is being read (a large
-        # input is mapped, and reading a truncated mapping is a SIGBUS).
+        # Opening OUT for writing truncates IN while it is being read.
         raise ConfigError(f"--write {config.write}: is the input file (--pcap); write elsewhere")
     return config
 

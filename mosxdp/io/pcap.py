@@ -2,32 +2,38 @@
 
 Reader
 ------
-``PcapReader(path)`` opens a classic pcap file (either byte order, microsecond
+``PcapReader(path)`` reads a classic pcap file (either byte order, microsecond
 or nanosecond magic, and the "modified" Kuznetzov variant) or a pcapng file
 (any number of sections of either byte order, any number of interfaces,
 ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and obsolete Packet
 Blocks; every other block type is skipped).  Only Ethernet (link type 1) is
-accepted.
+accepted.  ``path`` ``"-"`` is the standard input; a pipe or FIFO is read as a
+stream like a file, and a capture compressed with gzip, bzip2 or xz (known by
+its magic bytes, whatever its name) is decompressed as it is read.
 
 Iterating yields ``(ts_us, frame)``: ``ts_us`` is the packet timestamp in
 integer microseconds since the epoch, ``frame`` a **writable** ``memoryview``
-of the captured bytes.  The whole file is loaded into one private buffer
-(a ``bytearray``, or a copy-on-write ``mmap`` for large files) and every frame
-is a view into it, so nothing is copied per packet and writing into a frame
-(the monitor overwrites packets in place) changes only the in-memory copy,
-never the file.  Callers may only rely on a view being valid until the next
-item is requested; in this implementation it actually stays valid for as long
-as it is referenced.
+of the captured bytes.  The input is read in chunks of about a megabyte into
+buffers of the reader's own, and every frame is a view into one of them, so
+nothing is copied per packet, writing into a frame (the monitor overwrites
+packets in place) never changes the file, and memory stays bounded whatever the
+size of the input: a chunk is freed when no frame of it is referenced any more.
+Callers may only rely on a view being valid until the next item is requested;
+in this implementation it actually stays valid for as long as it is referenced.
+A reader is iterated once (a stream cannot be read twice).
 
-Every problem with the file is a ``PcapFormatError`` (a ``ValueError``) whose
+Every problem with the input is a ``PcapFormatError`` (a ``ValueError``) whose
 message is one line starting with the file name.  A truncated file (a record
-header or a record's data cut short) raises only after every complete packet
-before the cut has been yielded; the message names the byte offset of the cut
-and how many packets were read.
+header or a record's data cut short, or a compressed stream without its end)
+raises only after every complete packet before the cut has been yielded; the
+message names the byte offset of the cut (in the decompressed data) and how
+many packets were read.
 
 ``reader.records()`` yields ``(ts_us, frame, orig_len)`` (``orig_len`` is the
 length on the wire, larger than ``len(frame)`` when the capture was cut by a
-snap length).
+snap length).  Either way ``reader.cut_frames`` counts such frames, and
+``reader.wire_len()`` is the current frame's ``orig_len`` when it was cut (else
+0), for a consumer that iterates ``(ts_us, frame)``.
 
 Writer
 ------
@@ -38,9 +44,15 @@ record (frames longer than ``snaplen`` are cut, the original length kept).
 
 from __future__ import annotations
 
-import mmap
+import bz2
+import gzip
+import io
+import lzma
 import os
+import stat
 import struct
+import sys
+import zlib
 
 __all__ = [
     "PcapFormatError",
@@ -49,6 +61,7 @@ __all__ = [
     "LINKTYPE_ETHERNET",
     "linktype_name",
 ]
+
 
 LINKTYPE_ETHERNET = 1
 
@@ -95,10 +108,21 @@ _PCAPNG_OPB = 0x00000002
 _PCAPNG_SPB = 0x00000003
 _PCAPNG_EPB = 0x00000006
 
-# Above this size the file is mapped copy-on-write instead of read into memory.
-_MMAP_THRESHOLD = 64 << 20
+# Bytes read at a time (one buffer; frames are views into it).
+_CHUNK = 1 << 20
 # A record claiming more than this is a corrupt header, not a short file.
 _MAX_RECORD = 256 << 20
+# A long record's buffer grows by at most this much per read: a corrupt length costs only
+# what the input really holds.
+_MAX_GROW = 16 << 20
+# Compressed captures, by their magic bytes: (name, opener of a binary stream).
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", "bzip2", lambda f: bz2.BZ2File(f, mode="rb")),
+    (b"\xfd7zXZ\x00", "xz", lambda f: lzma.LZMAFile(f, mode="rb")),
+)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_DECOMPRESS_ERRORS = (OSError, zlib.error, lzma.LZMAError, ValueError)
 
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _PCAP_HDR = {"<": struct.Struct("<HHiIII"), ">": struct.Struct(">HHiIII")}
@@ -134,21 +158,23 @@ class _Interface:
         return (((raw * self.mul) >> self.shift) // self.div) + self.off_us
 
 
-def _private_copy(path):
-    """``(buffer, mapping)``: the file's bytes in a writable buffer of our own.
+class _Rejoined(io.RawIOBase):
+    """A stream with its first bytes (read to see what it is) put back in front."""
 
-    Small files are read into a ``bytearray`` (mapping ``None``); large ones
-    are mapped copy-on-write, and the buffer is that mapping.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size >= _MMAP_THRESHOLD:
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            return mapping, mapping
-        buf = bytearray(size)
-        n = f.readinto(buf)
-        del buf[n:]  # fewer bytes than fstat said: the file shrank meanwhile
-        return buf, None
+    def __init__(self, head, rest):
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(b)
 
 
 class _ClosedOnExit:
@@ -163,28 +189,126 @@ class _ClosedOnExit:
 
 
 class PcapReader(_ClosedOnExit):
-    """Iterate over the frames of an Ethernet pcap or pcapng file.
+    """Iterate over the frames of an Ethernet pcap or pcapng capture.
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
     module docstring for the guarantees on ``frame``.  Attributes: ``path``,
-    ``format`` ("pcap" or "pcapng"), ``linktype``, ``snaplen`` (of the first
+    ``name`` (for messages), ``format`` ("pcap" or "pcapng"), ``compression``
+    (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
-    yielded so far).
+    yielded so far), ``cut_frames`` (of them, those cut by a snap length).
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.name = self.path if isinstance(self.path, str) else os.fsdecode(self.path)
+        stdin = self.path in ("-", b"-")
+        self.name = "stdin" if stdin else (
+            self.path if isinstance(self.path, str) else os.fsdecode(self.path))
         self.packets = 0
+        self.cut_frames = 0
         self.linktype = None
         self.snaplen = None
         self.nanosecond = False
+        self.compression = None
+        self._cut = (0, 0)            # (packet number, wire length) of the last cut frame
+        self._eof = False
+        self._compressed_cut = False  # the decompressor met the end of its input early
+        self._base = 0                # offset in the (decompressed) input of _view[0]
+        self._view = memoryview(b"")
+        self._iterated = False
+        self._file = None
         try:
-            self._buf, self._mmap = _private_copy(self.path)
+            if stdin:
+                if os.isatty(0):
+                    raise self._err("the standard input is a terminal: pipe a capture into "
+                                    "it (tcpdump -w - ... | mosxdp run ... --pcap -)")
+                self._file = open(0, "rb", closefd=False)
+            else:
+                self._file = open(self.path, "rb")
+            self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+            self._more(0, 6)
+            self._decompress()
         except OSError as e:
-            raise PcapFormatError(f"{self.name}: cannot read: {e.strerror or e}") from None
-        self._view = memoryview(self._buf)
+            self.close()
+            raise self._err(f"cannot read: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
         self._parse_header()
+
+    # -- input ---------------------------------------------------------------
+
+    def _more(self, off: int, need: int):
+        """Make ``need`` bytes from ``off`` of the current buffer available, reading on:
+        returns ``(view, size, off)`` of the buffer to go on with (a new one holding the
+        unread rest at offset 0, unless the input ended). Fewer than ``need`` bytes after
+        ``off`` means the input has no more."""
+        view = self._view
+        if self._eof:
+            return view, len(view), off
+        rest = len(view) - off
+        buf = bytearray(rest + max(_CHUNK, min(need - rest, _MAX_GROW)))
+        buf[:rest] = view[off:]
+        n = rest
+        # At most one read of the stream below per call: what a pipe or a decompressor has
+        # now, never a wait for more, nor data lost when the next read fails.
+        read = self._file.readinto1
+        try:
+            while True:
+                with memoryview(buf) as free:
+                    got = read(free[n:])
+                if not got:
+                    self._eof = True
+                    break
+                n += got
+                if n >= need:
+                    break
+                if n == len(buf):
+                    buf.extend(bytes(max(_CHUNK, min(need - n, _MAX_GROW))))
+        except EOFError:
+            # The decompressor's input ended inside a compressed stream.
+            self._eof = self._compressed_cut = True
+        except _DECOMPRESS_ERRORS as e:
+            if self.compression is None and isinstance(e, OSError):
+                raise self._err(f"cannot read at byte offset {self._base + len(view)}: "
+                                f"{e.strerror or e}, {self.packets} packets read") from None
+            raise self._err(f"corrupt {self.compression} data after byte offset "
+                            f"{self._base + len(view)} of the decompressed capture: {e}, "
+                            f"{self.packets} packets read") from None
+        del buf[n:]
+        self._base += off
+        self._view = view = memoryview(buf)
+        return view, n, 0
+
+    def _decompress(self) -> None:
+        """A compressed capture is read through its decompressor (known by its magic)."""
+        head = bytes(self._view)
+        for magic, name, opener in _COMPRESSED:
+            if head.startswith(magic):
+                self.compression = name
+                self._file = opener(io.BufferedReader(_Rejoined(head, self._file)))
+                self._view = memoryview(b"")
+                self._eof = False
+                self._more(0, 6)
+                return
+        if head.startswith(_ZSTD_MAGIC):
+            raise self._err("compressed with zstd, which is not read here: decompress it "
+                            "first (zstd -dc FILE | mosxdp run ... --pcap -)")
+
+    def _end_of_input(self) -> None:
+        """The input ended at a record boundary: complete, unless a compressed stream ended
+        without its end marker."""
+        if self._compressed_cut:
+            n = self.packets
+            raise self._err(f"truncated at byte offset {self._base + len(self._view)}: the "
+                            f"{self.compression} stream is cut short, {n} "
+                            f"packet{'s' if n != 1 else ''} read")
+
+    def wire_len(self) -> int:
+        """The length on the wire of the frame just yielded when the capture cut it (its
+        caplen < orig_len), else 0."""
+        number, length = self._cut
+        return length if number == self.packets else 0
 
     # -- header --------------------------------------------------------------
 
@@ -202,14 +326,16 @@ class PcapReader(_ClosedOnExit):
         raise self._err(f"link type {linktype} ({name}) is not Ethernet; {hint}")
 
     def _parse_header(self) -> None:
-        buf = self._buf
-        size = len(buf)
+        view = self._view
+        size = len(view)
         if size < 4:
-            magic_hex = buf[:size].hex() or "empty"
+            self._end_of_input()
             if size == 0:
-                raise self._err("not a pcap or pcapng file (empty file)")
-            raise self._err(f"not a pcap or pcapng file (magic 0x{magic_hex}, file is {size} bytes)")
-        (magic,) = _U32["<"].unpack_from(buf, 0)
+                what = "empty file" if self._regular and not self.compression else "no data"
+                raise self._err(f"not a pcap or pcapng file ({what})")
+            raise self._err(f"not a pcap or pcapng file (magic 0x{bytes(view).hex()}, file is "
+                            f"{size} bytes)")
+        (magic,) = _U32["<"].unpack_from(view, 0)
         if magic == _PCAPNG_SHB:
             self.format = "pcapng"
             self._prescan_pcapng()
@@ -223,22 +349,26 @@ class PcapReader(_ClosedOnExit):
             _MAGIC_KUZ_BE: (">", False, 24),
         }.get(magic)
         if classic is None:
-            raise self._err(f"not a pcap or pcapng file (magic 0x{bytes(buf[:4]).hex()})")
+            raise self._err(f"not a pcap or pcapng file (magic 0x{bytes(view[:4]).hex()})")
         self.format = "pcap"
         self._order, self.nanosecond, self._rec_size = classic
         if size < 24:
+            view, size, _ = self._more(0, 24)
+        if size < 24:
+            self._end_of_input()
             raise self._err(
                 f"truncated at byte offset {size}: pcap file header cut short "
                 f"({size} of 24 bytes), 0 packets read")
-        _vmaj, _vmin, _zone, _sigfigs, snaplen, network = _PCAP_HDR[self._order].unpack_from(buf, 4)
+        _vmaj, _vmin, _zone, _sigfigs, snaplen, network = _PCAP_HDR[self._order].unpack_from(view, 4)
         linktype = network & 0xFFFF  # upper bits: FCS length flags
         self.linktype = linktype
         self.snaplen = snaplen
         self._check_linktype(linktype)
 
     def _prescan_pcapng(self) -> None:
-        """Check the leading SHB/IDBs so that a bad file fails at open time."""
-        buf = self._buf
+        """Check the leading SHB/IDBs (those in the first chunk) so that a bad file fails at
+        open time."""
+        buf = self._view
         size = len(buf)
         off = 0
         order = None
@@ -247,7 +377,7 @@ class PcapReader(_ClosedOnExit):
                 return  # the iterator reports the truncation with the packet count
             (btype,) = _U32["<"].unpack_from(buf, off)
             if btype == _PCAPNG_SHB:
-                order = self._shb_order(off)
+                order = self._shb_order(buf, off)
             elif order is None:
                 return
             else:
@@ -258,28 +388,28 @@ class PcapReader(_ClosedOnExit):
             if blen < 12 or blen % 4 or off + blen > size:
                 return  # the iterator reports it
             if btype == _PCAPNG_IDB:
-                iface = self._parse_idb(order, off, blen)
+                iface = self._parse_idb(buf, order, off, blen)
                 if self.linktype is None:
                     self.linktype = iface.linktype
                     self.snaplen = iface.snaplen
             off += blen
 
-    def _shb_order(self, off: int) -> str:
-        buf = self._buf
+    def _shb_order(self, buf, off: int) -> str:
         if len(buf) - off < 12:
-            raise self._err(f"truncated at byte offset {off}: section header cut short")
+            raise self._err(f"truncated at byte offset {self._base + off}: section header cut short")
         (bom,) = _U32["<"].unpack_from(buf, off + 8)
         if bom == _PCAPNG_BOM:
             return "<"
         if bom == 0x4D3C2B1A:
             return ">"
         raise self._err(
-            f"corrupt pcapng section header at byte offset {off} (byte-order magic 0x{bom:08x})")
+            f"corrupt pcapng section header at byte offset {self._base + off} (byte-order "
+            f"magic 0x{bom:08x})")
 
-    def _parse_idb(self, order: str, off: int, blen: int) -> _Interface:
-        buf = self._buf
+    def _parse_idb(self, buf, order: str, off: int, blen: int) -> _Interface:
         if blen < 20:
-            raise self._err(f"corrupt pcapng interface block at byte offset {off} (length {blen})")
+            raise self._err(f"corrupt pcapng interface block at byte offset {self._base + off} "
+                            f"(length {blen})")
         _t, _l, linktype, _res, snaplen = _IDB_HDR[order].unpack_from(buf, off)
         self._check_linktype(linktype)
         mul, div, shift, off_us = 1, 1, 0, 0
@@ -311,164 +441,182 @@ class PcapReader(_ClosedOnExit):
     # -- iteration -----------------------------------------------------------
 
     def __iter__(self):
-        if self.format == "pcap":
-            return self._iter_pcap(False)
-        return self._iter_pcapng(False)
+        return self._iterate(False)
 
     def records(self):
         """Yield ``(ts_us, frame, orig_len)``."""
+        return self._iterate(True)
+
+    def _iterate(self, with_orig: bool):
+        if self._file is None:
+            raise self._err("reader is closed")
+        if self._iterated:
+            raise self._err("a capture is read once: open it again to read it again")
+        self._iterated = True
+        self.packets = 0
         if self.format == "pcap":
-            return self._iter_pcap(True)
-        return self._iter_pcapng(True)
+            return self._iter_pcap(with_orig)
+        return self._iter_pcapng(with_orig)
 
     def _truncated(self, off: int, what: str) -> PcapFormatError:
         n = self.packets
         return self._err(
-            f"truncated at byte offset {off}: {what} cut short, "
+            f"truncated at byte offset {self._base + off}: {what} cut short, "
             f"{n} packet{'s' if n != 1 else ''} read")
 
     def _iter_pcap(self, with_orig: bool):
         view = self._view
-        if view is None:
-            raise self._err("reader is closed")
         size = len(view)
         rec = _REC_HDR[self._order].unpack_from
         rec_size = self._rec_size
         ns = self.nanosecond
-        off = 24
+        off = 24 - self._base
         count = 0
-        self.packets = 0  # frames yielded by this iteration
-        while off < size:
+        while True:
             if off + rec_size > size:
-                raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
+                view, size, off = self._more(off, rec_size)
+                if off == size:
+                    self._end_of_input()
+                    return
+                if off + rec_size > size:
+                    raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
             sec, frac, caplen, origlen = rec(view, off)
             start = off + rec_size
             end = start + caplen
             if end > size:
                 if caplen > _MAX_RECORD:
                     raise self._err(
-                        f"corrupt record header at byte offset {off} "
+                        f"corrupt record header at byte offset {self._base + off} "
                         f"(captured length {caplen}), {count} packets read")
-                raise self._truncated(
-                    start, f"packet data ({size - start} of {caplen} bytes)")
+                view, size, off = self._more(off, rec_size + caplen)
+                start = off + rec_size
+                end = start + caplen
+                if end > size:
+                    raise self._truncated(
+                        start, f"packet data ({size - start} of {caplen} bytes)")
             ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
             count += 1
             self.packets = count
+            if caplen < origlen:
+                self.cut_frames += 1
+                self._cut = (count, origlen)
             yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
             off = end
 
     def _iter_pcapng(self, with_orig: bool):
         view = self._view
-        if view is None:
-            raise self._err("reader is closed")
         size = len(view)
-        off = 0
+        off = -self._base
         order = None
         ifaces: list[_Interface] = []
         count = 0
-        self.packets = 0  # frames yielded by this iteration
         last_ts = 0
         u32 = None
         epb = None
         opb = None
         u32le = _U32["<"].unpack_from
-        while off < size:
+        while True:
             if off + 12 > size:
-                raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
+                view, size, off = self._more(off, 12)
+                if off == size:
+                    self._end_of_input()
+                    return
+                if off + 12 > size:
+                    raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
             (btype,) = u32le(view, off)
             if btype == _PCAPNG_SHB:
-                order = self._shb_order(off)
+                order = self._shb_order(view, off)
                 u32 = _U32[order].unpack_from
                 epb = _EPB_HDR[order].unpack_from
                 opb = _OPB_HDR[order].unpack_from
                 ifaces = []
             elif order is None:
                 raise self._err(
-                    f"not a pcap or pcapng file (magic 0x{bytes(view[0:4]).hex()})")
+                    f"not a pcap or pcapng file (magic 0x{bytes(view[off:off + 4]).hex()})")
             elif order == ">":
                 (btype,) = u32(view, off)
-            # Packet blocks come after the loop's other branches so that an enhanced
-            # packet block (nearly every block of a capture) costs one comparison.
-            if btype == _PCAPNG_EPB:
-                unpack = epb
-            elif btype == _PCAPNG_OPB:
-                unpack = opb
-            else:
-                (blen,) = u32(view, off + 4)
+            (blen,) = u32(view, off + 4)
+            bend = off + blen
+            if bend > size:
+                if blen < 12 or blen & 3 or blen > _MAX_RECORD:
+                    self._bad_block(off, blen)
+                view, size, off = self._more(off, blen)
                 bend = off + blen
-                if bend > size or blen < 12 or blen & 3:
-                    self._bad_block(off, blen, size)
-                if btype == _PCAPNG_IDB:
-                    ifaces.append(self._parse_idb(order, off, blen))
-                    if self.linktype is None:
-                        self.linktype = ifaces[-1].linktype
-                        self.snaplen = ifaces[-1].snaplen
-                elif btype == _PCAPNG_SPB:
-                    if blen < 16:
-                        self._bad_block(off, blen, size, 16)
-                    if not ifaces:
-                        raise self._err(f"simple packet block at byte offset {off} "
-                                        "before any interface block")
-                    (_t, _l, origlen) = _SPB_HDR[order].unpack_from(view, off)
-                    caplen = min(origlen, blen - 16)
-                    if ifaces[0].snaplen:
-                        caplen = min(caplen, ifaces[0].snaplen)
-                    start = off + 12
-                    count += 1
-                    self.packets = count
-                    # A simple packet block has no timestamp: reuse the last one.
-                    frame = view[start:start + caplen]
-                    yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
-                # every other block type (name resolution, statistics, custom,
-                # decryption secrets, ...) is skipped
+                if bend > size:
+                    raise self._truncated(off, f"block ({size - off} of {blen} bytes)")
+            # Packet blocks come first: an enhanced packet block (nearly every block of a
+            # capture) costs one comparison.
+            if btype == _PCAPNG_EPB or btype == _PCAPNG_OPB:
+                if blen < 32 or blen & 3:
+                    self._bad_block(off, blen)
+                (_t, _l, ifid, hi, lo, caplen, origlen) = (
+                    epb if btype == _PCAPNG_EPB else opb)(view, off)
+                start = off + 28
+                end = start + caplen
+                if end > bend - 4:
+                    kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
+                    raise self._err(
+                        f"corrupt {kind} block at byte offset {self._base + off} "
+                        f"(captured length {caplen} exceeds block length {blen})")
+                if ifid >= len(ifaces):
+                    raise self._err(
+                        f"packet block at byte offset {self._base + off} names interface "
+                        f"{ifid}, but the section defines {len(ifaces)}")
+                iface = ifaces[ifid]
+                raw = (hi << 32) | lo
+                ts = raw if iface.identity else iface.to_us(raw)
+                last_ts = ts
+                count += 1
+                self.packets = count
+                if caplen < origlen:
+                    self.cut_frames += 1
+                    self._cut = (count, origlen)
+                yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
                 off = bend
                 continue
-            # an enhanced or obsolete packet block
-            if off + 28 > size:
-                (blen,) = u32(view, off + 4)
-                self._bad_block(off, blen, size, 32)
-            (_t, blen, ifid, hi, lo, caplen, origlen) = unpack(view, off)
-            bend = off + blen
-            if bend > size or blen < 32 or blen & 3:
-                self._bad_block(off, blen, size, 32)
-            start = off + 28
-            end = start + caplen
-            if end > bend - 4:
-                kind = "enhanced packet" if btype == _PCAPNG_EPB else "packet"
-                raise self._err(
-                    f"corrupt {kind} block at byte offset {off} "
-                    f"(captured length {caplen} exceeds block length {blen})")
-            if ifid >= len(ifaces):
-                raise self._err(
-                    f"packet block at byte offset {off} names interface {ifid}, "
-                    f"but the section defines {len(ifaces)}")
-            iface = ifaces[ifid]
-            raw = (hi << 32) | lo
-            ts = raw if iface.identity else iface.to_us(raw)
-            last_ts = ts
-            count += 1
-            self.packets = count
-            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+            if blen < 12 or blen & 3:
+                self._bad_block(off, blen)
+            if btype == _PCAPNG_IDB:
+                ifaces.append(self._parse_idb(view, order, off, blen))
+                if self.linktype is None:
+                    self.linktype = ifaces[-1].linktype
+                    self.snaplen = ifaces[-1].snaplen
+            elif btype == _PCAPNG_SPB:
+                if blen < 16:
+                    self._bad_block(off, blen)
+                if not ifaces:
+                    raise self._err(f"simple packet block at byte offset {self._base + off} "
+                                    "before any interface block")
+                (_t, _l, origlen) = _SPB_HDR[order].unpack_from(view, off)
+                caplen = min(origlen, blen - 16)
+                if ifaces[0].snaplen:
+                    caplen = min(caplen, ifaces[0].snaplen)
+                start = off + 12
+                count += 1
+                self.packets = count
+                if caplen < origlen:
+                    self.cut_frames += 1
+                    self._cut = (count, origlen)
+                # A simple packet block has no timestamp: reuse the last one.
+                frame = view[start:start + caplen]
+                yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
+            # every other block type (name resolution, statistics, custom,
+            # decryption secrets, ...) is skipped
             off = bend
 
-    def _bad_block(self, off: int, blen: int, size: int, minlen: int = 12):
-        if blen < minlen or blen & 3 or blen > _MAX_RECORD or off + blen <= size:
-            raise self._err(
-                f"corrupt pcapng block at byte offset {off} (block length {blen}), "
-                f"{self.packets} packets read")
-        raise self._truncated(off, f"block ({size - off} of {blen} bytes)")
+    def _bad_block(self, off: int, blen: int):
+        raise self._err(
+            f"corrupt pcapng block at byte offset {self._base + off} (block length {blen}), "
+            f"{self.packets} packets read")
 
     # -- lifetime ------------------------------------------------------------
 
     def close(self) -> None:
-        self._view = None
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # frames still referenced: the mapping goes with the last one
-            self._mmap = None
-        self._buf = None
+        """Close the input (frames already yielded stay valid while referenced)."""
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+        self._view = memoryview(b"")
 
 
 class PcapWriter(_ClosedOnExit):

@@ -8,13 +8,14 @@ goes on.  Argument syntax errors too are one line (argparse's message, no
 usage block, exit 2).
 """
 import argparse
+import os
 import shutil
 import subprocess
 
 import pytest
 
-from integ_helpers import APPS, DATA, read_pcap, read_streams, run_mosxdp, tcpflow, tmpdir, \
-    write_pcap
+from integ_helpers import APPS, DATA, mosxdp_command, read_pcap, read_streams, run_mosxdp, \
+    tcpflow, tmpdir, write_pcap
 
 REUSE = DATA / "reuse.pcap"
 
@@ -123,6 +124,50 @@ def test_unwritable_outputs():
     assert_one_line_error(proc, "/proc/no")
     proc = run_mosxdp("run", "connlog", "--pcap", REUSE, "--output", "/nonexistent/dir/c.json")
     assert_one_line_error(proc, "/nonexistent/dir/c.json")
+
+
+# ------------------------------------------------------- streams and compression
+HTTP = DATA / "http_sizes.pcap"
+
+
+def test_stdin_fifo_and_gzip_give_the_file_s_streams():
+    """`--pcap -` (a pipe on stdin), a FIFO and a gzip'd copy read as the file: the same
+    streams as tcpflow writes from the file."""
+    import gzip
+    import threading
+    expected = tcpflow(HTTP).result()
+    workdir = tmpdir("streams-in")
+    with open(HTTP, "rb") as stdin:
+        proc = subprocess.run(mosxdp_command() + ["run", "flowdump", "--pcap", "-", "--outdir",
+                                                  str(workdir / "stdin")],
+                              stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert read_streams(workdir / "stdin") == expected
+    packed = workdir / "capture.gz"
+    packed.write_bytes(gzip.compress(HTTP.read_bytes()))
+    proc, outdir = flowdump_on(packed)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert read_streams(outdir) == expected
+    fifo = workdir / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(packed.read_bytes()))
+    writer.start()
+    proc, outdir = flowdump_on(fifo)
+    writer.join()
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert read_streams(outdir) == expected
+
+
+def test_a_cut_gzip_capture_is_one_line_after_its_packets():
+    import gzip
+    workdir = tmpdir("cut-gz")
+    packed = workdir / "capture.pcap.gz"
+    data = gzip.compress(HTTP.read_bytes())
+    packed.write_bytes(data[:len(data) // 2])
+    log = workdir / "conn.json"
+    proc = run_mosxdp("run", "connlog", "--pcap", packed, "--output", log)
+    assert_one_line_error(proc, str(packed), "truncated at byte offset", "packets read", code=1)
+    assert log.read_text().count("\n") >= 1       # the flows before the cut are logged
 
 
 # ------------------------------------------------------------ apps and options

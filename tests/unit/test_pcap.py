@@ -131,27 +131,27 @@ def test_frames_are_writable_views_and_the_file_is_untouched(tmp_path):
     assert len(seen[0]) == 60 and len(seen[1]) == 61
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1 << 20])
 @pytest.mark.parametrize("kind", ["pcap", "pcapng"])
-def test_large_files_are_mapped_copy_on_write(tmp_path, monkeypatch, kind):
+def test_records_across_chunk_boundaries(tmp_path, monkeypatch, kind, chunk):
+    """The input is read a chunk at a time: records cut by a chunk's end come whole, and a
+    frame of an earlier chunk stays valid (and writable) while referenced."""
     import mosxdp.io.pcap as pcapmod
-    monkeypatch.setattr(pcapmod, "_MMAP_THRESHOLD", 1)
-    p = tmp_path / f"big.{kind}"
+    monkeypatch.setattr(pcapmod, "_CHUNK", chunk)
+    p = tmp_path / f"chunks.{kind}"
     if kind == "pcap":
-        p.write_bytes(classic("<", FRAMES[:3]))
+        p.write_bytes(classic("<", FRAMES))
     else:
-        p.write_bytes(shb("<") + idb("<") + b"".join(epb("<", 0, ts, f) for ts, f in FRAMES[:3]))
+        p.write_bytes(shb("<") + idb("<") + b"".join(epb("<", 0, ts, f) for ts, f in FRAMES))
     before = p.read_bytes()
-    r = PcapReader(p)
-    assert r._mmap is not None
     views = []
-    for ts, f in r:
-        assert not f.readonly
-        f[0] = 0xEE
-        views.append(f)
-    r.close()  # views still referenced: the mapping stays until they go
-    assert [bytes(v) for v in views] == [b"\xee" + f[1:] for _, f in FRAMES[:3]]
+    with PcapReader(p) as r:
+        for ts, f in r:
+            assert not f.readonly
+            f[0] = 0xEE
+            views.append((ts, f))
+    assert [(ts, bytes(v)) for ts, v in views] == [(ts, b"\xee" + f[1:]) for ts, f in FRAMES]
     assert p.read_bytes() == before
-    del views
 
 
 def test_writer_snaplen_and_orig_len(tmp_path):
@@ -459,6 +459,164 @@ def test_interface_index_out_of_range(tmp_path):
     p = tmp_path / "i.pcapng"
     p.write_bytes(shb("<") + idb("<") + epb("<", 3, 1, frame(60)))
     assert "interface 3" in error_of(p)
+
+
+# ---------------------------------------------------------------------------
+# streams, compressed captures, bounded memory
+
+
+def capture_bytes(kind):
+    if kind == "pcap":
+        return classic("<", FRAMES)
+    return shb("<") + idb("<") + b"".join(epb("<", 0, ts, f) for ts, f in FRAMES)
+
+
+COMPRESSORS = {
+    "gzip": lambda b: __import__("gzip").compress(b, compresslevel=1),
+    "bzip2": lambda b: __import__("bz2").compress(b),
+    "xz": lambda b: __import__("lzma").compress(b),
+}
+
+
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+@pytest.mark.parametrize("compression", [None, "gzip", "bzip2", "xz"])
+def test_compressed_captures_are_known_by_their_magic(tmp_path, kind, compression):
+    data = capture_bytes(kind)
+    if compression:
+        data = COMPRESSORS[compression](data)
+    p = tmp_path / "capture.bin"          # the name says nothing
+    p.write_bytes(data)
+    with PcapReader(p) as r:
+        got = [(ts, bytes(f)) for ts, f in r]
+        assert (r.format, r.compression) == (kind, compression)
+    assert got == FRAMES
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz"])
+def test_a_cut_compressed_capture_keeps_its_complete_packets(tmp_path, compression):
+    """A compressed stream cut short: the packets before the cut, then one line; also when
+    the cut falls between two records (the end marker is what is missing)."""
+    full = classic("<", FRAMES * 40)
+    packed = COMPRESSORS[compression](full)
+    p = tmp_path / "cut"
+    p.write_bytes(packed[:len(packed) - 20])
+    got = []
+    with pytest.raises(PcapFormatError) as info:
+        with PcapReader(p) as r:
+            for ts, f in r:
+                got.append((ts, bytes(f)))
+    message = str(info.value)
+    assert message.startswith(f"{p}: truncated at byte offset ")
+    assert message.endswith(f"{len(got)} packets read") and "\n" not in message
+    assert got == (FRAMES * 40)[:len(got)]
+    # A cut at a record boundary of the decompressed data: only the end marker lacks.
+    whole = classic("<", FRAMES)
+    stream = __import__("zlib").compressobj(wbits=31)
+    p.write_bytes(stream.compress(whole) + stream.flush(__import__("zlib").Z_FULL_FLUSH))
+    with pytest.raises(PcapFormatError, match="the gzip stream is cut short, 50 packets read"):
+        with PcapReader(p) as r:
+            assert sum(1 for _ in r) == 50
+
+
+def test_corrupt_compressed_data_and_zstd(tmp_path):
+    p = tmp_path / "bad.gz"
+    p.write_bytes(b"\x1f\x8b" + b"this is not deflate data" * 4)
+    assert error_of(p).startswith(f"{p}: corrupt gzip data after byte offset 0 of the "
+                                  "decompressed capture: ")
+    z = tmp_path / "capture.pcap.zst"
+    z.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(40))
+    assert error_of(z) == (f"{z}: compressed with zstd, which is not read here: decompress it "
+                           "first (zstd -dc FILE | mosxdp run ... --pcap -)")
+
+
+def read_through_a_pipe(data, path_of_pipe):
+    """Read ``data`` written into a pipe by another thread, in small writes with pauses (a
+    capture tool's pace): the frames as bytes."""
+    import threading
+    import time
+
+    def feed(fd):
+        with os.fdopen(fd, "wb") as w:
+            for i in range(0, len(data), 997):
+                w.write(data[i:i + 997])
+                w.flush()
+                if i % 20 == 0:
+                    time.sleep(0.001)
+
+    read_fd, write_fd = os.pipe()
+    if path_of_pipe is not None:
+        os.close(read_fd)
+        os.close(write_fd)
+        os.mkfifo(path_of_pipe)
+        feeder = threading.Thread(target=lambda: feed(os.open(path_of_pipe, os.O_WRONLY)))
+        feeder.start()
+        with PcapReader(path_of_pipe) as r:
+            got = [(ts, bytes(f)) for ts, f in r]
+    else:
+        feeder = threading.Thread(target=feed, args=(write_fd,))
+        feeder.start()
+        saved = os.dup(0)
+        os.dup2(read_fd, 0)
+        os.close(read_fd)
+        try:
+            with PcapReader("-") as r:
+                assert r.name == "stdin"
+                got = [(ts, bytes(f)) for ts, f in r]
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+    feeder.join()
+    return got
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize("how", ["stdin", "fifo"])
+def test_stdin_and_fifos_are_read_as_streams(tmp_path, how, compression):
+    data = capture_bytes("pcapng" if how == "fifo" else "pcap")
+    if compression:
+        data = COMPRESSORS[compression](data)
+    got = read_through_a_pipe(data, tmp_path / "fifo" if how == "fifo" else None)
+    assert got == FRAMES
+
+
+def test_an_empty_pipe_is_no_data(tmp_path):
+    fifo = tmp_path / "empty-fifo"
+    os.mkfifo(fifo)
+    import threading
+    closer = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)))
+    closer.start()
+    assert error_of(fifo) == f"{fifo}: not a pcap or pcapng file (no data)"
+    closer.join()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_large_captures_are_read_in_bounded_memory(tmp_path, compression):
+    """A 32 MiB capture (gzip'd: its 32 MiB decompressed) read whole: the reader's Python
+    allocations peak at a few chunks, not the file's size."""
+    import tracemalloc
+    one = classic("<", FRAMES)[24:]
+    p = tmp_path / "large.pcap"
+    with open(p, "wb") as f:
+        f.write(classic("<", []))
+        for _ in range((32 << 20) // len(one)):
+            f.write(one)
+    total = p.stat().st_size
+    if compression:
+        packed = tmp_path / "large.pcap.gz"
+        with open(p, "rb") as src, __import__("gzip").open(packed, "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        p = packed
+    tracemalloc.start()
+    try:
+        frames = 0
+        with PcapReader(p) as r:
+            for ts, f in r:
+                frames += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert frames == (total - 24) // len(one) * len(FRAMES)
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB reading {total >> 20} MiB"
 
 
 # ---------------------------------------------------------------------------
