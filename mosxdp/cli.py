@@ -33,12 +33,19 @@ def _debug_wanted(argv):
     return "--debug" in argv or os.environ.get("MOSXDP_DEBUG", "") not in ("", "0")
 
 
+def one_line(text):
+    """``text`` with its control characters (a newline in a value) escaped: one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block): exit 2, as every usage error."""
 
     def error(self, message):
         prog = self.prog.removeprefix("mosxdp ")
-        raise CliError(f"{prog}: {message} (see 'mosxdp {prog} --help')", EXIT_USAGE)
+        raise CliError(one_line(f"{prog}: {message} (see 'mosxdp {prog} --help')"), EXIT_USAGE)
 
 
 def _app_error(name, what, exc):
@@ -149,11 +156,10 @@ def _run_parser():
     return parser
 
 
-def cmd_run(argv):
-    parser = _run_parser()
-    if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        return 0
+def parse_run(argv):
+    """`mosxdp run APP ARGS...` read (without running anything): ``(app name, app module,
+    parsed arguments, configuration overrides)``; CliError for bad usage. What the
+    configuration then makes of the overrides is load_config's (mtcp_init's) to check."""
     app_name = argv[0]
     module = load_app(app_name)
     app_parser = _Parser(
@@ -173,9 +179,6 @@ def cmd_run(argv):
         app_parser.error("--pcap and --iface are exclusive")
     if args.peer is not None and args.iface is None:
         app_parser.error("--peer needs --iface")
-
-    from . import api
-    from .engine.run import run
     overrides = {
         "pcap": args.pcap, "write": args.write, "iface": args.iface, "peer": args.peer,
         "xdp_mode": args.xdp_mode, "bind": args.bind, "fail_closed": args.fail_closed,
@@ -185,6 +188,18 @@ def cmd_run(argv):
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"
+    return app_name, module, args, overrides
+
+
+def cmd_run(argv):
+    parser = _run_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    app_name, module, args, overrides = parse_run(argv)
+
+    from . import api
+    from .engine.run import run
     try:
         api.mtcp_init(args.config, **overrides)
     except OSError as exc:
@@ -241,7 +256,7 @@ def cmd_run(argv):
                 except Exception as exc:
                     if _debug:
                         traceback.print_exc()
-                    print(f"mosxdp: error: {_app_error(app_name, 'teardown', exc)}",
+                    print(f"mosxdp: error: {one_line(_app_error(app_name, 'teardown', exc))}",
                           file=sys.stderr)
                     failed = True
             if print_stats and args.iface is not None:
@@ -498,7 +513,8 @@ def main(argv=None):
         if _debug:
             traceback.print_exc()
         # sys.exit(0) in a callback: a stop the app asked for, not an error.
-        print(f"mosxdp: {'' if exc.code == 0 else 'error: '}{exc}", file=sys.stderr)
+        print(f"mosxdp: {'' if exc.code == 0 else 'error: '}{one_line(str(exc))}",
+              file=sys.stderr)
         return exc.code
     except _known_errors() as exc:
         if _debug:
@@ -507,7 +523,7 @@ def main(argv=None):
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if isinstance(exc, OSError) and getattr(exc, "filename", None):
             message = f"{exc.filename}: {message}"
-        print(f"mosxdp: error: {message}", file=sys.stderr)
+        print(f"mosxdp: error: {one_line(message)}", file=sys.stderr)
         return code if isinstance(code, int) else EXIT_FAILURE
     except Exception as exc:
         # Not a user error: still one line, where it was raised, and how to see more.
@@ -515,8 +531,8 @@ def main(argv=None):
         if _debug:
             traceback.print_exc()
         text = str(exc).splitlines()[0] if str(exc).strip() else ""
-        print(f"mosxdp: error: {type(exc).__name__}{': ' + text if text else ''} at "
-              f"{exception_site(exc)}"
+        print(f"mosxdp: error: {type(exc).__name__}{': ' + one_line(text) if text else ''} at "
+              f"{one_line(exception_site(exc))}"
               + ("" if _debug else " (--debug or MOSXDP_DEBUG=1 shows the traceback)"),
               file=sys.stderr)
         return EXIT_FAILURE

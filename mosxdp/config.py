@@ -265,11 +265,15 @@ def load_config(path=None, **overrides):
     for key, value in overrides.items():
         if value is not None:
             apply(config, key, value)
+    # A pair read (in part) from the file names the file.
+    where = f"{path}: " if path is not None and not (overrides.get("peer") is not None and
+                                                     overrides.get("iface") is not None) else ""
     if config.peer is not None and config.iface is None:
-        raise ConfigError(f"[datapath] peer = {config.peer!r}: needs iface (--peer needs --iface)")
+        raise ConfigError(f"{where}[datapath] peer = {config.peer!r}: needs iface (--peer "
+                          "needs --iface)")
     if config.peer is not None and config.peer == config.iface:
-        raise ConfigError(f"[datapath] peer = {config.peer!r}: must differ from iface (inline "
-                          "mode forwards between two interfaces)")
+        raise ConfigError(f"{where}[datapath] peer = {config.peer!r}: must differ from iface "
+                          "(inline mode forwards between two interfaces)")
     if config.pcap is None and config.write is not None:
         raise ConfigError("--write needs an offline input (--pcap)")
     if config.pcap is not None and config.write is not None and _same_file(config.pcap, config.write):
@@ -413,8 +417,12 @@ def _load_mos_conf(config, path, text):
                 devices.append(device)
         elif block.name == "nic_forward_table":
             for number, entry in block.entries:
-                pairs.append(_two_words(path, number, entry,
-                                        "a nic_forward_table entry is 'DEVICE_A DEVICE_B'"))
+                pair = _two_words(path, number, entry,
+                                  "a nic_forward_table entry is 'DEVICE_A DEVICE_B'")
+                if pair[0] == pair[1]:
+                    raise ConfigError(f"{path}:{number}: a nic_forward_table entry pairs two "
+                                      f"different devices, not {entry!r}")
+                pairs.append(pair)
         elif block.name not in ignored:
             ignored.append(block.name)
 

@@ -22,6 +22,11 @@ Then:
                            side and hook, nothing left at the end
                api         random mtcp_* call sequences before, inside and after a run:
                            only OSError with a valid errno
+               config      a configuration file (TOML, mos.conf, or any bytes) through
+                           load_config: a valid Config or one ConfigError line
+               cli         `mosxdp run APP ...` arguments (options of mosxdp and of the
+                           built-in apps, odd values) up to the configuration: accepted
+                           into valid values, or one usage line (exit 2); nothing runs
 
     e.g.  tests/unit/fuzz_atheris.py tcp -atheris_runs=200000 -max_len=1024 /tmp/corpus-tcp
           tests/unit/fuzz_atheris.py datapath -max_total_time=3600
@@ -43,6 +48,7 @@ except ImportError:
 
 with atheris.instrument_imports(include=["mosxdp", "fuzzkit"]):
     import fuzzkit as kit
+    import mosxdp.cli  # noqa: F401  (instrumented for the cli and config targets)
     from mosxdp.core.packet import PACKET_ERROR_COUNTERS, PacketError, parse_frame
 
 MAX_SEGMENTS = 30
@@ -120,8 +126,44 @@ def target_api(data):
     kit.run_api_sequence(calls(12), calls(12), calls(6))
 
 
+CONFIG_PATH = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mosxdp-fuzz-{os.getpid()}.conf")
+CONFIG_KEYS = ("rmem_size", "tcp_timeout", "tcp_syn_timeout", "tcp_tw_interval", "ring_size",
+               "frame_count", "batch_size", "metrics_port", "queues", "iface", "peer",
+               "max_concurrency", "reassembly_memcap", "num_cores", "overlap_policy", "forward")
+
+
+def target_config(data):
+    fdp = atheris.FuzzedDataProvider(data)
+    shape = fdp.ConsumeIntInRange(0, 2)
+    if shape == 0:          # TOML-like: known sections and keys, fuzzed values
+        text = "".join(
+            f"[{_pick(fdp, ['mos', 'datapath'])}]\n{_pick(fdp, CONFIG_KEYS)} = "
+            f"{fdp.ConsumeUnicodeNoSurrogates(24)}\n" for _ in range(fdp.ConsumeIntInRange(0, 4)))
+        content = text.encode()
+    elif shape == 1:        # a mos.conf block
+        content = ("mos {\n" + "".join(
+            f"\t{_pick(fdp, CONFIG_KEYS)} = {fdp.ConsumeUnicodeNoSurrogates(24)}\n"
+            for _ in range(fdp.ConsumeIntInRange(0, 4))) + "}\n").encode()
+    else:
+        content = fdp.ConsumeBytes(fdp.remaining_bytes())
+    kit.check_config_file(CONFIG_PATH, content)
+
+
+def target_cli(data):
+    fdp = atheris.FuzzedDataProvider(data)
+    argv = [_pick(fdp, kit.RUN_APPS)]
+    if fdp.ConsumeBool():
+        argv += ["--pcap", "in.pcap"]
+    for _ in range(fdp.ConsumeIntInRange(0, 6)):
+        value = (_pick(fdp, kit.RUN_VALUES) if fdp.ConsumeBool()
+                 else fdp.ConsumeUnicodeNoSurrogates(12).replace("\0", ""))
+        argv += [_pick(fdp, kit.RUN_OPTIONS), value]
+    kit.check_run_args(argv)
+
+
 TARGETS = {"parse": target_parse, "datapath": target_datapath,
-           "reassembly": target_reassembly, "tcp": target_tcp, "api": target_api}
+           "reassembly": target_reassembly, "tcp": target_tcp, "api": target_api,
+           "config": target_config, "cli": target_cli}
 
 
 def main():

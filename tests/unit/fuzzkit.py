@@ -9,6 +9,8 @@ Targets (each function takes plain Python values, so any fuzzer can drive it):
   run_reassembly_model(segments, policy, batch)
   run_tcp_steps(steps, config, batch, handshake, isn_seed)
   run_api_sequence(before, inside, after)
+  check_config_file(path, content)       load_config on a file of ``content`` (TOML, mos.conf)
+  check_run_args(argv)                   `mosxdp run` argument parsing, then the configuration
 """
 import errno
 import inspect
@@ -460,3 +462,87 @@ def run_api_sequence(before, inside, after):
     for name, picks in after:
         call_randomly(name, picks, pools(mctx), failures, results)
     assert not failures, failures[0]
+
+
+# ------------------------------------------------------ the configuration and the command line
+def _all_values_valid(config):
+    """Every key of a loaded configuration passes its own check again, unchanged."""
+    from mosxdp.config import SECTIONS
+    for section, keys in SECTIONS.items():
+        for key, check in keys.items():
+            value = getattr(config, key)
+            assert check(f"[{section}] {key}", value) == value, (key, value)
+
+
+def _one_line(message):
+    assert message and "\n" not in message and "Traceback" not in message, repr(message)
+
+
+def check_config_file(path, content):
+    """``content`` (bytes) written to ``path`` and loaded: a Config whose every value is
+    valid, or one ConfigError line that starts with the file's name; nothing else."""
+    import contextlib
+    import io
+
+    from mosxdp.config import ConfigError, load_config
+    with open(path, "wb") as f:
+        f.write(content)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            config = load_config(str(path))
+    except ConfigError as exc:
+        _one_line(str(exc))
+        assert str(exc).startswith(str(path)), str(exc)
+        return "refused"
+    finally:
+        # A mos.conf's keys without a meaning here: one warning line, no more.
+        lines = said.getvalue().splitlines()
+        assert len(lines) <= 1 and all(x.startswith("mosxdp: warning: ") for x in lines), lines
+    _all_values_valid(config)
+    return "loaded"
+
+
+# What check_run_args draws from: options of `mosxdp run` and of the built-in apps, and
+# values that were trouble before (out of range, not finite, huge, odd text).
+RUN_APPS = ("connlog", "flowdump", "midstat", "nat", "scrub", "simple_firewall")
+RUN_OPTIONS = (
+    "--pcap", "--write", "--iface", "--peer", "--xdp-mode", "--bind", "--fail-closed",
+    "--force", "--batch-size", "--on-callback-error", "--metrics-port", "--keep-privileges",
+    "--stats", "--output", "--outdir", "--filter", "--no-midstream", "--bypass-after-bytes",
+    "--interval", "--json", "--nat-ip", "--port-range", "--inside-net", "--pattern", "--mask",
+    "--reset", "--side", "--hold-ms", "--rules", "--log", "--bogus", "-h",
+)
+RUN_VALUES = (
+    "0", "1", "-1", "64", "1000", "1024", "2048", "65535", "70000", "1e308", "1e-300", "nan",
+    "inf", "-inf", "0x10", "9" * 40, "", " ", "eth0", "lo", "veth0", "x" * 16, "a/b", "..",
+    "native", "zerocopy", "forward", "stop", "both", "10.0.0.1", "in.pcap", "-", "é", "\t",
+)
+
+
+def check_run_args(argv):
+    """`mosxdp run ARGV` up to the configuration (nothing runs): the options' values are
+    accepted into a valid configuration, or refused with one line (usage: exit 2)."""
+    import contextlib
+    import io
+
+    from mosxdp.cli import EXIT_USAGE, CliError, parse_run
+    from mosxdp.config import ConfigError, load_config
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            _, _, args, overrides = parse_run(list(argv))
+    except CliError as exc:
+        _one_line(str(exc))
+        assert exc.code == EXIT_USAGE, (exc.code, str(exc))
+        return "refused"
+    except SystemExit as exc:
+        assert exc.code == 0 and "-h" in argv, (exc.code, argv)     # --help, printed
+        return "help"
+    try:
+        config = load_config(None, **overrides)
+    except ConfigError as exc:
+        _one_line(str(exc))
+        return "refused"
+    _all_values_valid(config)
+    return "accepted"

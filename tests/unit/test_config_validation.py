@@ -113,6 +113,10 @@ def test_a_disabled_timeout_reads_back_as_minus_one_through_getconf():
     ("[datapath]\nmetrics_port = 70000\n", "[datapath] metrics_port = 70000"),
     ("mos {\n\ttcp_timeout = 99999999999999999999999999\n}\n", "mos.conf:2: [mos] tcp_timeout"),
     ("mos {\n\trmem_size = 0x7fffffffffff\n}\n", "mos.conf:2: [mos] rmem_size = 140737488355327"),
+    ('[datapath]\npeer = "veth1"\n', "mos.conf: [datapath] peer = 'veth1': needs iface"),
+    ('[datapath]\niface = "veth1"\npeer = "veth1"\n', "peer = 'veth1': must differ from iface"),
+    ("mos {\n\tforward = 1\n\tnic_forward_table {\n\t\tdpdk0 dpdk0\n\t}\n}\n",
+     "mos.conf:4: a nic_forward_table entry pairs two different devices, not 'dpdk0 dpdk0'"),
 ])
 def test_bad_values_in_files_name_the_file(tmp_path, text, words):
     path = tmp_path / "mos.conf"

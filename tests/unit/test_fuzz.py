@@ -1,6 +1,7 @@
 """Fuzzing in the test suite (hypothesis, bounded for CI): the datapath on random and mutated
 frames, the reassembly against a naive model through the whole stack, the TCP state machine
-with random segment sequences on both sides, and random sequences of mtcp_* calls. The
+with random segment sequences on both sides, random sequences of mtcp_* calls, and the
+configuration file (TOML and mos.conf) and `mosxdp run` arguments. The
 targets and their invariants are in fuzzkit.py (shared with tests/unit/fuzz_atheris.py).
 
 Each test counts the examples it ran; the counts are printed at the end of the module (and
@@ -9,6 +10,7 @@ tests/unit/fuzz_atheris.py (coverage-guided, atheris). The parser alone (test_pa
 StreamBuffer alone (test_reassembly.py, a stateful machine against a naive model) are fuzzed
 in their own modules.
 """
+import json
 import os
 from collections import Counter
 
@@ -106,3 +108,66 @@ call_strategy = st.tuples(st.sampled_from(sorted(kit.API_CALLS)),
 def test_random_mtcp_calls_raise_only_oserror(before, inside, after):
     EXAMPLES["mtcp_* call sequences"] += 1
     kit.run_api_sequence(before, inside, after)
+
+
+# ------------------------------------------------ the configuration file and the command line
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf") \
+            if value in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    return str(value)
+
+
+def _known_keys():
+    from mosxdp.config import SECTIONS
+    return SECTIONS
+
+
+scalar = st.one_of(st.integers(-2 ** 70, 2 ** 70), st.sampled_from([0, 1, -1, 64, 1000, 65536]),
+                   st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                   st.text(max_size=20), st.sampled_from(["all", "first", "last", "inline"]))
+toml_files = st.lists(
+    st.tuples(st.sampled_from(["mos", "datapath", "other"]),
+              st.lists(st.tuples(st.one_of(st.sampled_from(sorted(
+                  {k for keys in _known_keys().values() for k in keys})), st.from_regex(
+                  r"[a-z_]{1,12}", fullmatch=True)),
+                  st.one_of(scalar, st.lists(scalar, max_size=3))), max_size=6)),
+    max_size=3).map(lambda sections: "".join(
+        f"[{name}]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in items)
+        for name, items in sections))
+mos_conf_files = st.lists(
+    st.tuples(st.sampled_from(["rmem_size", "max_concurrency", "tcp_timeout", "tcp_tw_interval",
+                               "no_ring_buffers", "forward", "stat_print", "nb_mem_channels"]),
+              st.one_of(st.integers(-2 ** 70, 2 ** 70).map(str),
+                        st.integers(0, 2 ** 40).map(hex), st.text(max_size=12))),
+    max_size=6).map(lambda items: "mos {\n" + "".join(f"\t{k} = {v}\n" for k, v in items)
+                    + "}\n")
+config_files = st.one_of(toml_files.map(str.encode), mos_conf_files.map(str.encode),
+                         st.binary(max_size=200), st.text(max_size=200).map(str.encode))
+
+
+@settings(FUZZ, max_examples=examples(800))
+@given(config_files)
+def test_config_files_load_valid_or_say_one_line(tmp_path_factory, content):
+    EXAMPLES["config files"] += 1
+    kit.check_config_file(tmp_path_factory.getbasetemp() / "fuzz.conf", content)
+
+
+@settings(FUZZ, max_examples=examples(800))
+@given(st.sampled_from(kit.RUN_APPS),
+       st.lists(st.tuples(st.sampled_from(kit.RUN_OPTIONS),
+                          st.one_of(st.sampled_from(kit.RUN_VALUES), st.text(max_size=8).filter(
+                              lambda t: "\0" not in t))), max_size=6),
+       st.booleans())
+def test_run_arguments_are_valid_or_one_line(app, pairs, offline):
+    EXAMPLES["run arguments"] += 1
+    argv = [app, "--pcap", "in.pcap"] if offline else [app]
+    for option, value in pairs:
+        argv += [option, value]
+    kit.check_run_args(argv)
