@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -111,10 +110,9 @@ def test_port_inline_drop_rule_blocks_one_port_others_pass(bed, www, tmp_path):
         # The rule table, printed every second, counts SYNs as the C program does.
         wait_until("the rule table's counts", lambda: (table_count(log(), 2), table_count(log(), 3))
                    == (blocked_syns, 1), 5, mon.alive, detail=log)
-        rc = mon.stop(signal.SIGINT)
+        # SIGINT: exit 0, the program left as the kernel's forwarder, then detached
+        mon.stop_clean()
         text = log()
-        assert rc == 0, text
-        assert bed.xdp_attached() == set(), "XDP programs left attached"
         joined = re.findall(r"^\[\s*main:\s*\d+\] Message test thread (\d+) joined\.$", text, re.M)
         assert joined == [str(i) for i in range(cores)], text
         assert "Traceback" not in text, text

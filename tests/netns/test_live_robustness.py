@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from livekit import APPS, PY, ROOT, Bed, require_live, rss_kib, sha256_bytes, sha256_file
+from livekit import (APPS, LEFT_FAIL_OPEN, PY, ROOT, Bed, require_live, rss_kib, sha256_bytes,
+                     sha256_file)
 
 pytestmark = pytest.mark.netns
 
@@ -271,7 +272,10 @@ def test_callback_raising_every_tenth_packet(bed, www):
         assert sha256_file(out) == sha256_file(www / "f20m")
         time.sleep(0.3)   # the last FIN/ACKs
         assert mon.stop(signal.SIGINT) == 1, mon.log()
-        assert mon.bed.xdp_attached() == set(), "XDP programs left attached"
+        # the wire stays up through the program the stop left; detach removes it
+        assert LEFT_FAIL_OPEN in mon.log(), mon.log()
+        assert mon.bed.detach().returncode == 0
+        assert mon.bed.xdp_attached() == set(), "XDP programs left attached after detach"
     finally:
         mon.close()
     app = json.loads(count.read_text())
