@@ -151,6 +151,7 @@ def _num_cores(key, value):
 class Config:
     # [mos]: the mOS stack knobs.
     rmem_size: int = StackConfig.rmem_size
+    rmem_max: int = StackConfig.rmem_max
     no_ring_buffers: bool = False
     max_concurrency: int = StackConfig.max_concurrency
     tcp_timeout: float = StackConfig.tcp_timeout
@@ -185,6 +186,7 @@ class Config:
     def stack_config(self):
         return StackConfig(
             rmem_size=0 if self.no_ring_buffers else self.rmem_size,
+            rmem_max=self.rmem_max,
             max_concurrency=self.max_concurrency,
             tcp_timeout=self.tcp_timeout,
             tcp_tw_interval=self.tcp_tw_interval,
@@ -201,6 +203,7 @@ class Config:
 SECTIONS = {
     "mos": {
         "rmem_size": _int(0, MAX_RMEM),
+        "rmem_max": _int(0, MAX_RMEM),
         "no_ring_buffers": _bool,
         "max_concurrency": _int(1, MAX_INT32),
         "tcp_timeout": _timeout,

@@ -113,6 +113,24 @@ class StreamBuffer:
             raise ValueError("cannot resize a stream buffer after data was inserted")
         self._alloc(capacity)
 
+    def grow(self, capacity: int) -> None:
+        """Widen the window to `capacity` bytes, keeping every byte held (a smaller value
+        changes nothing). The ring is laid out anew: offsets map to ``offset % capacity``."""
+        old_cap = self._capacity
+        if capacity <= old_cap:
+            return
+        old_view = self._view
+        head = self.head
+        self._alloc(capacity)
+        for start, end in zip(self._starts, self._ends):
+            if start < head:
+                start = head
+            while start < end:
+                pos = start % old_cap
+                n = min(end - start, old_cap - pos)
+                self._store(start, old_view[pos:pos + n])
+                start += n
+
     # -- state --------------------------------------------------------------------------
 
     @property

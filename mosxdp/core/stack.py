@@ -28,6 +28,7 @@ Resource limits, each with a configuration key (StackConfig) and a counter:
   -----------------------------  ------------------  ---------------------------------------
   flows tracked at once          max_concurrency     flows_evicted (half_open_evicted of them)
   reassembly window per side     rmem_size           buffer_overruns (bytes not yet peeked lost)
+  window grown behind a hole     rmem_max            buffers_grown
   all reassembly buffers         reassembly_memcap   memcap_refused
   handshake never completes      tcp_syn_timeout     half_open_timeouts
   out-of-order runs per side     max_fragments       refused_fragments
@@ -55,7 +56,7 @@ _NULL_SIDE = int(MOS_NULL)  # the side value raw-socket callbacks receive, as in
 # summary shows when they moved.
 LIMIT_COUNTERS = (
     "half_open_evicted", "half_open_timeouts", "memcap_refused", "refused_fragments",
-    "bad_tcp_options", "urgent_data",
+    "bad_tcp_options", "urgent_data", "buffers_grown",
 )
 # Every counter of Stack.counters (all start at 0).
 COUNTER_NAMES = (
@@ -70,6 +71,9 @@ COUNTER_NAMES = (
 class StackConfig:
     """The mOS knobs of the core (see docs/config.md for the file keys)."""
     rmem_size: int = 262144          # per-side reassembly window, bytes (0: buffering off)
+    # Bytes a window may grow to so that data the receiver may still accept waits behind a
+    # hole instead of pushing it out (TCP windows reach MBs); 0: never grow.
+    rmem_max: int = 16 << 20
     max_concurrency: int = 100000    # flows tracked at once; the least recently active goes
     tcp_timeout: float = 30.0        # idle seconds before a flow ends; <= 0 disables
     tcp_tw_interval: float = 0.0     # seconds a TIME_WAIT side keeps the flow alive

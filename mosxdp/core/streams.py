@@ -94,6 +94,8 @@ class StreamDelivery:
                 events |= EV_ERROR              # reassembly_memcap: this side is not buffered
         if buf is not None:
             head_before = buf.head
+            if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
+                self._grow(flow, buf, end)
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
                 self._counters["refused_fragments"] += 1
@@ -125,6 +127,34 @@ class StreamDelivery:
                 self.new_data_flows.append(flow)
             flow.pending_data |= 1 << receiver
         return events
+
+    def _grow(self, flow, buf, end):
+        """Data behind a hole would push the hole out of the window: the receiver has not
+        got those bytes either (it may only accept what its window allows, and the
+        retransmission is still to come), so widen the window to hold up to `end`, doubling,
+        within rmem_max and the reassembly memcap. What does not fit is given up as before
+        (buffer_overruns)."""
+        cap = buf.capacity
+        limit = self.config.rmem_max
+        if limit <= cap:
+            return
+        size = cap
+        need = end - buf.head
+        while size < need:
+            size *= 2
+        if size > limit:
+            size = limit
+        extra = size - cap
+        memcap = self.config.reassembly_memcap
+        if memcap and self.reassembly_mem + extra > memcap:
+            self._counters["memcap_refused"] += 1
+            return
+        buf.grow(size)
+        self.buffer_mem[flow] = self.buffer_mem.get(flow, 0) + extra
+        self.reassembly_mem += extra
+        if self.reassembly_mem > self.reassembly_mem_peak:
+            self.reassembly_mem_peak = self.reassembly_mem
+        self._counters["buffers_grown"] += 1
 
     def _new_buffer(self, flow, rcv):
         """The side's stream buffer, made at its first byte (None when reassembly_memcap
@@ -234,6 +264,8 @@ class StreamDelivery:
                 buf = self._new_buffer(flow, rcv)
             if buf is not None and data is not None:
                 head_before = buf.head
+                if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
+                    self._grow(flow, buf, end)
                 overlapped = buf.fill(offset, data)
                 if buf.last_insert_refused:
                     self._counters["refused_fragments"] += 1

@@ -373,3 +373,64 @@ def test_peek_flowdump_and_connlog_agree_on_the_holes_of_a_capture(api, tmp_path
         assert files[names[direction]] == stream
     total = sum(h["length"] for h in expected["holes"])
     assert record["missed_bytes"] == dump.lost_bytes == total
+
+
+# ------------------------------------------- a hole the receiver has not got either
+def sack_recovery(chunks, dropped, wscale=7):
+    """A download-like upload with a large window: the chunks in `dropped` are lost on
+    the way (neither the monitor nor the server sees them), the server acknowledges only
+    up to the hole (duplicate ACKs) while the client sends on, then the client
+    retransmits the lost chunks and the server acknowledges everything."""
+    conv = Conv()
+    conv.handshake(wscale_c=wscale, wscale_s=wscale)
+    first_lost = min(dropped)
+    hole_seq = None
+    lost_frames = []
+    for index, data in enumerate(chunks):
+        if index == first_lost:
+            hole_seq = conv.nxt["c"]
+        frame = conv.data("c", data, emit=index not in dropped)
+        if index in dropped:
+            lost_frames.append(frame)
+        if index < first_lost:
+            conv.ack("s")
+        elif index % 8 == 0:
+            conv.ack("s", ack=hole_seq)             # duplicate ACKs: the hole is open
+    for frame in lost_frames:
+        conv.emit(frame)                           # the retransmissions
+    conv.ack("s")
+    conv.close()
+    return conv
+
+
+def test_out_of_order_data_beyond_the_buffer_waits_for_the_retransmission(api):
+    # 100 KB go missing, then 600 KB arrive behind the hole: more than the 256 KiB
+    # buffer but within the receiver's window. The server accepted every byte in the end
+    # (its ACK passes them all), so the stream is complete and nothing counts as missed.
+    chunks = [chunk(i) for i in range(900)]
+    dropped = set(range(200, 300))
+    mon, reader = run(sack_recovery(chunks, dropped), batch_size=64)
+    assert reader.lost == []
+    assert bytes(reader.data) == b"".join(chunks)
+    assert reader.missed == 0
+    assert reader.overruns == 0
+
+
+def test_a_buffer_grows_only_up_to_rmem_max(api):
+    # The same with a growth limit of 512 KiB: the window cannot hold the hole and the
+    # 600 KB behind it, so the oldest bytes are pushed out before the retransmission
+    # comes: the app is told (an overrun, not a capture hole) and reads on after them;
+    # conn.log's missed_bytes stays the 100 KB the capture never had.
+    reinit(rmem_max=512 * 1024)
+    chunks = [chunk(i) for i in range(900)]
+    dropped = set(range(200, 300))
+    mon, reader = run(sack_recovery(chunks, dropped), batch_size=64)
+    assert reader.lost and all(not hole for _, _, hole in reader.lost)
+    assert reader.lost[0][0] == 200 * K
+    gone = sum(length for _, length, _ in reader.lost)
+    assert 100 * K <= gone < 200 * K
+    sent = b"".join(chunks)
+    assert bytes(reader.data) == sent[:200 * K] + bytes(gone) + sent[200 * K + gone:]
+    assert reader.missed == 100 * K
+    assert reader.overruns > 0
+    assert mon.mctx.stack.counters["buffers_grown"] == 1

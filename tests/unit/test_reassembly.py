@@ -169,6 +169,23 @@ def test_slide_drops_a_run_ending_exactly_at_the_new_head():
     assert sb.read(2, 4) == b"CDEf"
 
 
+def test_grow_keeps_the_bytes_of_a_wrapped_ring():
+    sb = StreamBuffer(8)
+    sb.insert(0, b"abcdef")
+    sb.insert(9, b"jkl")        # head -> 4, the ring wraps: [4, 6) and [9, 12) held
+    assert sb.head == 4
+    sb.grow(32)
+    assert sb.capacity == 32
+    assert sb.fragments() == [(4, 2), (9, 3)]
+    assert sb.read(4, 10) == b"ef" and sb.read(9, 10) == b"jkl"
+    sb.insert(30, b"z")         # fits the wider window: nothing slides
+    assert sb.head == 4
+    sb.insert(6, b"ghi")
+    assert sb.read(4, 100) == b"efghijkl"
+    sb.grow(16)                 # never shrinks
+    assert sb.capacity == 32
+
+
 def test_jump_far_ahead_discards_everything_before():
     sb = StreamBuffer(16)
     sb.insert(0, b"x" * 10)
@@ -559,6 +576,12 @@ class ReassemblyMachine(RuleBasedStateMachine):
         # The receiver acknowledged up to there: what is not held there is lost.
         to = max(0, self.model.next_offset + rel)
         assert self.sb.skip(to) == self.model.skip(to)
+
+    @rule(more=st.integers(0, 40))
+    def grow(self, more):
+        # The window widens in place: every held byte stays where it was.
+        self.sb.grow(self.model.capacity + more)
+        self.model.capacity += more
 
     @rule(policy=st.sampled_from([FIRST, LAST]))
     def set_policy(self, policy):
