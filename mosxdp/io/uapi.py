@@ -18,6 +18,9 @@ XDP_FLAGS_REPLACE = 1 << 4
 # linux/socket.h and linux/if_xdp.h: the AF_XDP family, its socket-option level and the
 # getsockopt that reads struct xdp_statistics
 AF_XDP, SOL_XDP, XDP_STATISTICS = 44, 283, 7
+# setsockopt (Linux 6.17+): descriptors one copy-mode sendto may send, 32..TX ring size
+# (the kernel's default is 32; older kernels answer ENOPROTOOPT)
+XDP_MAX_TX_SKB_BUDGET = 9
 
 # sockaddr_xdp.sxdp_flags: how a socket binds
 XDP_SHARED_UMEM = 1 << 0
