@@ -44,6 +44,7 @@
 #define MX_IF_FAIL_CLOSED (1U << 1)    /* no socket bound at the XSKMAP index: XDP_DROP instead of the kernel path */
 #define MX_IF_BYPASS_CONSUME (1U << 2) /* passive only: frames of a BYPASS flow are consumed (XDP_DROP), not passed */
 #define MX_IF_FILTER_ALL_IP (1U << 3)  /* run the monitor filter on every parsed frame but fragments, not only TCP (raw sockets) */
+#define MX_IF_OBSERVE (1U << 4)        /* observe-only: a frame meant for user space is copied into the observed ringbuf and takes the kernel path */
 
 /* Value of the if_config hash, key = ingress ifindex (__u32, host order).
  * One program serves every monitored interface; the slot keeps their XSKMAP
@@ -125,6 +126,19 @@ struct mx_verdict {
 	__u32 watch_armed[MX_NUM_DIRS];   /* 1: the ACK watch of that direction is armed */
 };
 
+/* ---- observe-only copies --------------------------------------------------------- */
+
+/* Header of a record in the observed ringbuf (a program built with MX_OBSERVE_SNAP, a power
+ * of two), followed by cap_len bytes of the frame from its first byte:
+ * min(frame_len, MX_OBSERVE_SNAP - 1). */
+struct mx_observed {
+	__u64 ts_ns;      /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the program saw the frame */
+	__u32 slot;       /* the ingress interface's slot */
+	__u32 frame_len;  /* the frame's length on the wire */
+	__u32 cap_len;    /* bytes copied after this header */
+	__u32 pad;
+};
+
 /* ---- counters ------------------------------------------------------------------- */
 
 /* Indexes of the per-CPU counters array (each a __u64).
@@ -158,6 +172,9 @@ enum mx_counter {
 	MX_CNT_XSK_REDIRECT_ERR,   /* counted in to_xsk, refused by the socket: fill ring empty, RX ring full, ... */
 	MX_CNT_XSK_REDIRECT_OTHER, /* of those, errors the socket's XDP_STATISTICS do not count (not bound, wrong queue) */
 	MX_CNT_FORWARD_REDIRECT_ERR, /* counted in kernel_forward, refused by the devmap (peer down, frame too large) */
+	/* observe-only (MX_IF_OBSERVE): copies of frames meant for user space */
+	MX_CNT_OBSERVED,           /* copied into the observed ringbuf (the frame took the kernel path) */
+	MX_CNT_OBSERVE_LOST,       /* not copied: the ringbuf was full (Python is behind); the frame still went on */
 	MX_CNT__MAX
 };
 

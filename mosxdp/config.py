@@ -182,6 +182,7 @@ class Config:
     loss_warning: float = 1.0        # live: warn when more than this % of frames is lost (0: never)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
+    observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
 
     def stack_config(self):
         return StackConfig(
@@ -235,6 +236,7 @@ SECTIONS = {
         "loss_warning": _percent,
         "keep_privileges": _bool,
         "detach_on_exit": _bool,
+        "observe": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}
