@@ -173,7 +173,8 @@ class DatagramTable:
         if ip_proto == IPPROTO_UDP:
             sport, dport, one_way = pkt.sport, pkt.dport, False
             payload = pkt.payload_len
-        elif ip_proto == IPPROTO_ICMP or ip_proto == IPPROTO_ICMPV6:
+        elif (ip_proto == IPPROTO_ICMP and pkt.ip_version == 4) or (
+                ip_proto == IPPROTO_ICMPV6 and pkt.ip_version == 6):
             try:
                 icmp_type, code = icmp_type_code(pkt)
             except PacketError:
