@@ -17,7 +17,7 @@ likely-server-port rule flipped the roles) and is absent for ICMP, missed_bytes 
 there are no client_state/server_state. They end after udp_timeout / icmp_timeout idle
 seconds (default 60, as Zeek), at eviction, or at the end of the run.
 --datagram-filter selects them (raw filter grammar: e.g. 'udp port 53 or icmp'), as
---filter selects TCP flows.
+--filter selects TCP flows; --filter without --datagram-filter logs TCP flows only.
 
 Each line is written when its flow ends, in that order (through mosx_open_output: at
 most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
@@ -59,7 +59,9 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def add_arguments(parser):
     parser.add_argument("--output", default="-", help="JSON lines file ('-': stdout)")
-    parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+    parser.add_argument("--filter", default=None,
+                        help="stream SYN filter (e.g. 'tcp port 80'); without "
+                             "--datagram-filter, no UDP or ICMP flow is logged then")
     parser.add_argument("--no-midstream", action="store_true",
                         help="log only flows whose handshake was seen (default: also flows "
                              "already under way when the capture started, as Zeek does)")
@@ -280,8 +282,10 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
-    if not getattr(args, "tcp_only", False):
-        mosx_watch_datagrams(mctx, app.on_datagram_end, getattr(args, "datagram_filter", None),
+    datagram_filter = getattr(args, "datagram_filter", None)
+    # --filter alone names the (TCP) flows to log: no UDP or ICMP flow then.
+    if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):
+        mosx_watch_datagrams(mctx, app.on_datagram_end, datagram_filter,
                              bypass_after_bytes=bypass_after)
     return app
 

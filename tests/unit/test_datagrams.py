@@ -172,6 +172,11 @@ def test_tcp_udp_and_icmp_lines_together_and_tcp_only(ctx):
     assert len({l["uid"] for l in lines}) == 3
     lines, mctx = connlog(ctx, frames, "--tcp-only")
     assert [l["proto"] for l in lines] == ["tcp"] and mctx.stack.datagrams is None
+    # --filter names the flows to log: TCP ones only, unless --datagram-filter adds some
+    lines, mctx = connlog(ctx, frames, "--filter", "tcp port 80")
+    assert [l["proto"] for l in lines] == ["tcp"] and mctx.stack.datagrams is None
+    lines, _ = connlog(ctx, frames, "--filter", "tcp port 80", "--datagram-filter", "icmp")
+    assert sorted(l["proto"] for l in lines) == ["icmp", "tcp"]
 
 
 def test_datagram_filter_selects_flows_by_their_first_frame(ctx):
