@@ -9,7 +9,8 @@
  * Anything that is not a TCP frame of interest takes the kernel path: inline, a
  * redirect to the peer interface through tx_ports; passive, XDP_PASS (with
  * MX_IF_FILTER_ALL_IP, non-TCP frames the monitor filter matches go to user space
- * too: raw sockets with UDP, ICMP or ARP filters). The program
+ * too: raw sockets with UDP, ICMP or ARP filters, UDP/ICMP flow watchers; and UDP and
+ * ICMP flows then have per-flow verdicts like TCP's, without control frames). The program
  * drops only on an explicit verdict (MX_ACTION_DROP) or, with MX_IF_FAIL_CLOSED, when a
  * frame meant for user space finds no socket bound.
  *
@@ -145,18 +146,18 @@ static __always_inline int mx_flow_key_of(struct mx_pkt *pkt, struct mx_flow_key
 			goto decided;
 		}
 	}
-	src_is_hi = bpf_ntohs(v->sport) > bpf_ntohs(v->dport);
+	src_is_hi = bpf_ntohs(pkt->key_sport) > bpf_ntohs(pkt->key_dport);
 decided:
 	if (src_is_hi) {
 		__builtin_memcpy(key->lo_addr, v->dst, 16);
 		__builtin_memcpy(key->hi_addr, v->src, 16);
-		key->lo_port = v->dport;
-		key->hi_port = v->sport;
+		key->lo_port = pkt->key_dport;
+		key->hi_port = pkt->key_sport;
 	} else {
 		__builtin_memcpy(key->lo_addr, v->src, 16);
 		__builtin_memcpy(key->hi_addr, v->dst, 16);
-		key->lo_port = v->sport;
-		key->hi_port = v->dport;
+		key->lo_port = pkt->key_sport;
+		key->hi_port = pkt->key_dport;
 	}
 	key->vlan_outer = pkt->vlan_ids[0];
 	key->vlan_inner = pkt->vlan_ids[1];
@@ -218,6 +219,25 @@ int mosxdp_rx(struct xdp_md *ctx)
 		return mx_kernel_path(cfg);
 	case MX_PARSE_NOT_TCP:
 		if ((cfg->flags & MX_IF_FILTER_ALL_IP) && mx_filter_match(&pkt.view))
+			goto to_user;
+		mx_count(MX_CNT_NOT_TCP);
+		return mx_kernel_path(cfg);
+	case MX_PARSE_DATAGRAM:
+		/* UDP and ICMP: a flow's verdict, then the filter, when user space wants
+		 * non-TCP frames at all (else straight to the kernel path, as any non-TCP) */
+		if (!(cfg->flags & MX_IF_FILTER_ALL_IP)) {
+			mx_count(MX_CNT_NOT_TCP);
+			return mx_kernel_path(cfg);
+		}
+		dir = mx_flow_key_of(&pkt, &key);
+		vd = verdicts.lookup(&key);
+		if (vd && (vd->action == MX_ACTION_BYPASS || vd->action == MX_ACTION_DROP)) {
+			/* no control frames: every datagram follows the verdict */
+			vd->last_seen_ns = bpf_ktime_get_ns();
+			return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
+		}
+		vd = NULL;
+		if (mx_filter_match(&pkt.view))
 			goto to_user;
 		mx_count(MX_CNT_NOT_TCP);
 		return mx_kernel_path(cfg);

@@ -162,6 +162,8 @@ class Config:
     on_callback_error: str = "forward"
     reassembly_memcap: int = StackConfig.reassembly_memcap
     tcp_syn_timeout: float = StackConfig.tcp_syn_timeout
+    udp_timeout: float = StackConfig.udp_timeout
+    icmp_timeout: float = StackConfig.icmp_timeout
     num_cores: int = 1
     # [datapath]: where frames come from and go to.
     mode: str = "offline"
@@ -198,6 +200,8 @@ class Config:
             on_callback_error=self.on_callback_error,
             reassembly_memcap=self.reassembly_memcap,
             tcp_syn_timeout=self.tcp_syn_timeout,
+            udp_timeout=self.udp_timeout,
+            icmp_timeout=self.icmp_timeout,
         )
 
 
@@ -215,6 +219,8 @@ SECTIONS = {
         "on_callback_error": _choice("forward", "drop", "stop"),
         "reassembly_memcap": _int(0, MAX_MEMCAP),
         "tcp_syn_timeout": _timeout,
+        "udp_timeout": _timeout,
+        "icmp_timeout": _timeout,
         "num_cores": _num_cores,
     },
     "datapath": {

@@ -28,11 +28,13 @@ ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 
 IPPROTO_HOPOPTS = 0
+IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ROUTING = 43
 IPPROTO_FRAGMENT = 44
 IPPROTO_AH = 51
+IPPROTO_ICMPV6 = 58
 # Extension headers whose length field counts 8-octet units beyond the first 8 (RFC 8200,
 # RFC 6564): hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental.
 # Any other next header (ESP, No Next Header, TCP, ...) ends the walk.
@@ -42,6 +44,7 @@ IPV4_HDR_LEN = 20
 IPV6_HDR_LEN = 40
 TCP_HDR_LEN = 20
 UDP_HDR_LEN = 8
+ICMP_HDR_LEN = 8   # type, code, checksum and the 4 bytes every message has (RFC 792, 4443)
 TCP_MAX_OPTIONS_LEN = 40
 
 TCPOPT_EOL = 0
@@ -69,6 +72,7 @@ _IPV6_FRAGMENT = struct.Struct("!BxH")  # next header, offset/flags
 # ports, seq, ack, data offset, flags, window, urgent pointer (checksum skipped)
 _TCP = struct.Struct("!HHIIBBH2xH")
 _UDP_PORTS = struct.Struct("!HH")
+_ICMP_TYPE_CODE = struct.Struct("!BB")
 _U16 = struct.Struct("!H")
 _TIMESTAMPS = struct.Struct("!II")
 
@@ -299,6 +303,17 @@ def parse_frame(buf):
     pkt.payload_off = l4_off
     pkt.payload_len = ip_end - l4_off
     return pkt
+
+
+def icmp_type_code(pkt):
+    """(type, code) of an unfragmented ICMP or ICMPv6 packet parsed by parse_frame (whose
+    payload is then the whole ICMP message). Raises TruncatedHeader ('truncated_icmp') when
+    the message is shorter than the 8-byte header every ICMP message has."""
+    if pkt.payload_len < ICMP_HDR_LEN:
+        raise TruncatedHeader(
+            "truncated_icmp", f"{pkt.payload_len}-byte ICMP message at offset {pkt.l4_off} is "
+            f"shorter than its {ICMP_HDR_LEN}-byte header")
+    return _ICMP_TYPE_CODE.unpack_from(pkt.buf, pkt.l4_off)
 
 
 def _wrong_ip_version(version, ethertype, l3_off):

@@ -124,6 +124,8 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"{frames_in / seconds / 1e3:.0f} kpps" if seconds else "",
              f"tcp {c['tcp_segments']}", f"non-tcp {c['non_tcp']}", f"ip fragments {c['ip_fragments']}",
              f"flows {c['flows_created']} (ended {c['flows_ended']}, evicted {c['flows_evicted']})",
+             f"udp/icmp flows {c['datagram_flows_created']} (ended {c['datagram_flows_ended']}, "
+             f"evicted {c['datagram_flows_evicted']})" if c.get("datagram_flows_created") else "",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
              f"malformed {c['malformed']}" + (
                  " (" + ", ".join(f"{k} {v}" for k, v in sorted(stack.malformed.items())) + ")"
