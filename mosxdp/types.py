@@ -76,6 +76,11 @@ class FlowStats(ctypes.Structure):
         ("l2_bytes", ctypes.c_uint64 * 2),
         ("stream_bytes", ctypes.c_uint64 * 2),   # bytes of stream extent (received + missed)
         ("missed_bytes", ctypes.c_uint64 * 2),
+        # The part of pkts and l2_bytes a bypass verdict handled (MOSX_BYPASS: the kernel's
+        # frames once merged, offline the frames the core only counted).
+        ("bypassed_pkts", ctypes.c_uint64 * 2),
+        ("bypassed_l2_bytes", ctypes.c_uint64 * 2),
+        ("tcp_flags", ctypes.c_uint8 * 2),       # the TCP flags of every segment, OR-ed
     ]
 
     def __init__(self, *args, **kwargs):
