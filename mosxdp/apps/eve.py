@@ -72,22 +72,22 @@ def add_arguments(parser):
                              "forwards the rest of the flow (live: it never reaches Python)")
 
 
-def _number(text, what, low, high):
+def _number(text, what, high=None):
     try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not low <= value <= high:
+    if value < 0 or (high is not None and value > high):
         raise argparse.ArgumentTypeError(f"{text!r}: {what}")
     return value
 
 
 def _seed(text):
-    return _number(text, "a Community ID seed is 0 to 65535", 0, 0xFFFF)
+    return _number(text, "a Community ID seed is 0 to 65535", 0xFFFF)
 
 
 def _byte_count(text):
-    return _number(text, "a byte count is >= 0", 0, 1 << 64)
+    return _number(text, "a byte count is >= 0")
 
 
 def iso_time(us):
@@ -99,8 +99,10 @@ def iso_time(us):
 
 def session_state(client, server):
     """Suricata's TCP session state from the emulated sides' final states."""
+    if client == TcpState.TCP_SYN_SENT and server in (TcpState.TCP_LISTEN, TcpState.TCP_SYN_RCVD):
+        return "syn_sent"     # the SYN went by (the emulated server took it), no SYN-ACK
     if server == TcpState.TCP_LISTEN:
-        return "syn_sent" if client == TcpState.TCP_SYN_SENT else "none"
+        return "none"
     if server == TcpState.TCP_TIME_WAIT and client == TcpState.TCP_CLOSED:
         return "closed"   # the last ACK of the server's close went by
     return _SESSION_STATE[server]
