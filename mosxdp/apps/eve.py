@@ -12,7 +12,8 @@ seen, ``state``, ``ts_gap``/``tc_gap``) and, offline, ``pcap_cnt`` and ``pcap_fi
 Counted as Suricata counts: packets and whole frames' bytes (Ethernet header included)
 per direction, the kernel's included for a flow handed to it (--bypass-after-bytes, as
 connlog's: then also ``flow.bypassed`` with the bypassed part, ``state`` "bypassed" and
-``bypass`` "capture" live, "local" offline, where the core only counted those frames).
+``bypass`` "capture" live, "local" offline and observe-only, where the core only counted
+those frames).
 docs/pipeline.md says where these records differ from Suricata's, and why. Written only
 against the public mOS API; through mosx_open_output, as connlog's lines.
 """
@@ -115,15 +116,13 @@ def flow_id(start_us, orig_h, orig_p, resp_h, resp_p):
 
 
 class Eve:
-    def __init__(self, mctx, output, seed=0, bypass_after=None, pcap=None, live=False):
-        self.mctx = mctx
+    def __init__(self, output, seed=0, bypass_after=None, pcap=None, live=False):
         self.output = output
         self.seed = seed
         self.bypass_after = bypass_after
         self.pcap = pcap
         self.bypass_kind = "capture" if live else "local"
         self.bypassed = set()     # sockets of the flows handed to the kernel
-        self.flows = 0
 
     def on_new_data(self, mctx, sock, side, event, arg):
         """Stream depth: hand the flow to the kernel once a direction passed N bytes."""
@@ -140,7 +139,6 @@ class Eve:
         (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         client = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI)
         server = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR)
-        self.flows += 1
         record = {
             "timestamp": iso_time(stats.last_ts),
             "flow_id": flow_id(stats.start_ts, orig_h, orig_p, resp_h, resp_p),
@@ -202,8 +200,11 @@ class Eve:
 def setup(mctx, args):
     output = mosx_open_output(mctx, args.output)
     bypass_after = getattr(args, "bypass_after_bytes", None)
-    app = Eve(mctx, output, getattr(args, "community_id_seed", 0), bypass_after,
-              pcap=getattr(args, "pcap", None), live=getattr(args, "iface", None) is not None)
+    app = Eve(output, getattr(args, "community_id_seed", 0), bypass_after,
+              pcap=getattr(args, "pcap", None),
+              # Live, the kernel forwards a bypassed flow ("capture"), unless observe-only,
+              # where every frame's copy still comes up and the core counts it ("local").
+              live=getattr(args, "iface", None) is not None and not getattr(args, "observe", None))
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
