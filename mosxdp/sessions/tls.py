@@ -372,7 +372,9 @@ class TlsParser:
     def _record(self, d: int, ctype: int, buf: bytearray, start: int, end: int, out: list):
         tls13 = self.server_hello is not None and self.server_hello.version == TLS13
         if ctype == CHANGE_CIPHER_SPEC:
-            if not tls13:
+            # Before the ServerHello (after a HelloRetryRequest) and in TLS 1.3 it is only
+            # a compatibility gesture; in TLS <= 1.2 what follows it is encrypted.
+            if self.server_hello is not None and not tls13:
                 self._ccs[d] = True
         elif ctype == ALERT:
             if not self._ccs[d] and not self._encrypted[d] and end - start >= 2:
