@@ -110,10 +110,7 @@ def test_the_curve_is_the_servers_key_share_or_key_exchange_group(capture):
             first(fields, "tls.handshake.server_named_curve", "showname")
         groups[int(first(fields, "tcp.dstport"))] = shown.split(": ", 1)[1].split(" (")[0]
     got = {port: records(chunks)[2][0].curve for port, chunks in capture.items()}
-    assert got.keys() == groups.keys()
-    # tshark names the groups by their current IANA names, ssl.log by Zeek's (older) ones
-    iana = {"secp256r1": "secp256r1", "secp384r1": "secp384r1", "x25519": "x25519"}
-    assert {p: iana[c] for p, c in got.items()} == groups
+    assert got == groups
 
 
 def test_what_the_capture_negotiated(capture):
@@ -349,8 +346,7 @@ def test_server_hello_selecting_two_alpn_protocols_is_malformed():
     (b"GET / HTTP/1.1\r\n\r\n", "ssl_not_tls"),
     (record(22, b"", version=0x0203), "ssl_not_tls"),
     (struct.pack("!BHH", 23, 0x0303, 30000), "ssl_record_too_long"),
-    (record(22, handshake_msg(2, b"")[:4] + (2**20).to_bytes(3, "big")[:0]) +
-     record(22, struct.pack("!B", 1) + (2**17).to_bytes(3, "big")), "ssl_handshake_message_too_long"),
+    (record(22, b"\x01" + (2**17).to_bytes(3, "big")), "ssl_handshake_message_too_long"),
 ])
 def test_streams_that_cannot_be_followed_stop_the_parser(stream, name):
     parser = TlsParser()
