@@ -6,9 +6,11 @@ resp_pkts resp_ip_bytes, plus client_state and server_state (the final
 emulated TCP states) and end_reason (fin, rst, timeout, evicted, eof).
 Written only against the public mOS API.
 
-Each line is written when its flow ends, in that order (through mosx_open_output: at
-most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
-fails is counted and the run exits 3 with the file named).
+Each line is written when its flow ends, in that order (through mosx_open_sink: to a
+file at most 64 KiB or one second behind; a symbolic link at --output is refused; a write
+that fails is counted and the run exits 3 with the file named). --output may name a unix
+socket or a Redis server instead (docs/outputs.md, Sinks): each line is then one record
+there, sent from a queue that never holds the monitor up.
 
 Flows already under way when the capture starts are logged too, as Zeek logs them
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off): history without
@@ -34,15 +36,17 @@ import socket
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
-                    MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
-                    mosx_open_output, mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
+                    MOSX_SINK_HELP, MonitorFilter, mosx_open_sink, mtcp_bind_monitor_filter,
+                    mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback, mtcp_setsockopt,
+                    mtcp_socket)
 
 DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def add_arguments(parser):
-    parser.add_argument("--output", default="-", help="JSON lines file ('-': stdout)")
+    parser.add_argument("--output", default="-", metavar="SINK",
+                        help="one JSON line per flow: " + MOSX_SINK_HELP)
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
     parser.add_argument("--no-midstream", action="store_true",
                         help="log only flows whose handshake was seen (default: also flows "
@@ -211,7 +215,7 @@ class ConnLog:
 
 
 def setup(mctx, args):
-    output = mosx_open_output(mctx, args.output)
+    output = mosx_open_sink(mctx, args.output)
     bypass_after = getattr(args, "bypass_after_bytes", None)
     app = ConnLog(output, bypass_after)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)

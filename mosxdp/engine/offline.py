@@ -62,6 +62,8 @@ class OfflineEngine:
         batch_end = frames_in + batch_size
         outputs = getattr(self.mctx, "outputs", None)
         tick = outputs.tick if outputs is not None else _no_tick
+        if outputs is not None:
+            outputs.start()        # the network sinks' threads
         ts_us = 0
         try:
             for ts_us, frame in self.source:
