@@ -20,8 +20,8 @@ def mosx_open_output(mctx, path, binary=False):
 
 
 #: The help of a log app's --output (connlog, nat --log, scrub --log, ...).
-MOSX_SINK_HELP = ("where the records go: FILE, '-' (stdout), unix:PATH (a unix stream "
-                  "socket), redis://HOST[:PORT][/DB]?key=KEY&mode=list|stream|channel or "
+MOSX_SINK_HELP = ("FILE, '-' (stdout), unix:PATH (a unix stream socket), "
+                  "redis://HOST[:PORT][/DB]?key=KEY&mode=list|stream|channel or "
                   "redis+unix:///SOCKET?key=KEY&mode=... (docs/outputs.md, Sinks)")
 
 

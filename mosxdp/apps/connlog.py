@@ -46,7 +46,7 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def add_arguments(parser):
     parser.add_argument("--output", default="-", metavar="SINK",
-                        help="one JSON line per flow: " + MOSX_SINK_HELP)
+                        help="where the JSON lines go, one per flow: " + MOSX_SINK_HELP)
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
     parser.add_argument("--no-midstream", action="store_true",
                         help="log only flows whose handshake was seen (default: also flows "

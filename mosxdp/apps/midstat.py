@@ -43,7 +43,7 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="one JSON line per refresh")
     parser.add_argument("--output", default="-", metavar="SINK",
                         help="where the tables (--json: the JSON lines) go: " + MOSX_SINK_HELP
-                             + "; Redis takes --json only")
+                             + "; Redis with --json only")
     parser.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
                         help=f"seconds between refreshes, {MIN_INTERVAL} to {MAX_INTERVAL} "
                              "(default 1)")

@@ -77,7 +77,8 @@ def add_arguments(parser):
     parser.add_argument("--inside-net", default=None, metavar="CIDR",
                         help="translate only connections whose client is in this network")
     parser.add_argument("--log", default=None, metavar="SINK",
-                        help="a JSON line per port mapping and release: " + MOSX_SINK_HELP)
+                        help="where a JSON line per port mapping and release goes: "
+                             + MOSX_SINK_HELP)
     parser.add_argument("--stats-output", default=None, metavar="FILE",
                         help="write the final counters as JSON")
 

@@ -92,7 +92,7 @@ def add_arguments(parser):
                         help="longest time a frame ending with the start of the pattern is held "
                              f"(default 50; 0: never hold; at most {MAX_HOLD_MS})")
     parser.add_argument("--log", default="-", metavar="SINK",
-                        help="a JSON line per hit: " + MOSX_SINK_HELP)
+                        help="where a JSON line per hit goes: " + MOSX_SINK_HELP)
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
 
 

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["SinkSpec", "SinkSpecError", "SinkDown", "parse_sink", "redact", "NetworkSink",
@@ -91,7 +91,7 @@ class SinkSpec:
     port: int = 6379
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclass_field(default=None, repr=False)  # never shown
     key: str = DEFAULT_KEY
     mode: str = "list"
     field: str = DEFAULT_FIELD
@@ -433,7 +433,8 @@ class NetworkSink:
             self._deadline = time.monotonic() + timeout
             self._cond.notify()
         self.start()
-        self._thread.join(timeout + SOCKET_TIMEOUT)
+        # A connection attempt under way may take its timeouts (connect, then PING).
+        self._thread.join(timeout + 2 * SOCKET_TIMEOUT)
         with self._cond:
             self.undelivered = self.records - self.delivered - self.dropped - self.refused
         if not self._thread.is_alive():
