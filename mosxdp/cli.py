@@ -268,8 +268,12 @@ def cmd_run(argv):
                     print(f"mosxdp: error: {one_line(_app_error(app_name, 'teardown', exc))}",
                           file=sys.stderr)
                     failed = True
+            # The network sinks drain (for a bounded time) before their counts are said.
+            mctx.outputs.close_sinks()
             if print_stats and args.iface is not None:
                 _print_live_summary(mctx, result)
+            for line in mctx.outputs.sink_lines(every=print_stats):
+                print(line, file=sys.stderr)
             if stats_json is not None:
                 _write_stats_json(stats_json, mctx, result)
             # A callback that raised is an app bug: the run went on (the policy applied to
@@ -323,6 +327,7 @@ def _write_stats_json(output, mctx, result):
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
+           "sinks": [sink.stats() for sink in mctx.outputs.sinks()],
            "live": result.live_stats() if result is not None else None}
     output.write(json.dumps(out, indent=1, default=str) + "\n")
     output.close()

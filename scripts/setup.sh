@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PKGS="python3-bpfcc python3-venv libxdp1 xdp-tools linux-headers-amd64 iproute2 ethtool
-      tshark tcpdump tcpflow curl iperf3 procps gcc iputils-ping"
+      tshark tcpdump tcpflow curl iperf3 procps gcc iputils-ping redis-server"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,7 +22,17 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -q
+    # The tests start redis-server themselves (on a socket of their own): the package's
+    # own service must not start. Where no policy says so, one does for this install.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -q --no-install-recommends $missing
+    if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. When the running kernel

@@ -22,3 +22,15 @@ def pytest_sessionfinish(session, exitstatus):
     # pytest's exit 5 (no tests collected) must never pass as green.
     if exitstatus == 5:
         session.exitstatus = 1
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    """A redis-server of the test's own on a unix socket and a free loopback port
+    (tests/redisd.py), started; stopped afterwards whatever happened."""
+    from redisd import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis"), tcp=True)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

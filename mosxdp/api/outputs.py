@@ -1,8 +1,11 @@
-"""Output files (an extension): mosx_open_output, mosx_open_outdir.
+"""Outputs (an extension): mosx_open_output, mosx_open_sink, mosx_open_outdir.
 
-What an app writes through these is safe against planted links, checked at start, and
-loud when it fails (mosxdp/io/outputs.py): a failed write is counted, the run goes on,
-and the command line ends it with status 3 and one line naming the file and the reason.
+What an app writes to a file through these is safe against planted links, checked at
+start, and loud when it fails (mosxdp/io/outputs.py): a failed write is counted, the run
+goes on, and the command line ends it with status 3 and one line naming the file and the
+reason. A log app's records can go to a unix socket or a Redis server instead
+(mosx_open_sink, mosxdp/io/sinks.py): the run never waits for them, and what they drop is
+counted and said.
 """
 from .context import _stack
 
@@ -14,6 +17,35 @@ def mosx_open_output(mctx, path, binary=False):
     A bad path raises OSError naming it; a failed write later does not raise."""
     _stack(mctx)
     return mctx.outputs.open_file(path, binary=binary)
+
+
+#: The help of a log app's --output (connlog, nat --log, scrub --log, ...).
+MOSX_SINK_HELP = ("FILE, '-' (stdout), unix:PATH (a unix stream socket), "
+                  "redis://HOST[:PORT][/DB]?key=KEY&mode=list|stream|channel or "
+                  "redis+unix:///SOCKET?key=KEY&mode=... (docs/outputs.md, Sinks)")
+
+
+def mosx_open_sink(mctx, spec, option="--output"):
+    """Where a log app's records go, ``spec`` as a user gives it (``option``: the option
+    that named it, for messages):
+
+    * a path: the file, as ``mosx_open_output`` opens it; '-': standard output;
+    * ``unix:PATH``: a unix stream socket, the records as written (JSON lines);
+    * ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?PARAMS]`` or
+      ``redis+unix://[[USER]:PASSWORD@]/PATH/TO/SOCKET[?PARAMS]``: a Redis server, each
+      record (its final newline taken off) one RPUSH (``mode=list``, the default), XADD
+      (``mode=stream``, in the entry's field ``field``, default ``json``) or PUBLISH
+      (``mode=channel``) to ``key`` (default ``mosxdp``).
+
+    Returns an object with ``write(record)`` (str or bytes: one record, e.g. a JSON line),
+    ``flush()``, ``close()`` and ``kind`` ("file", "stdout", "unix" or "redis"). A network
+    sink never blocks: records wait in a bounded queue, then are dropped and counted; it
+    reconnects by itself. A bad spec, a file that cannot be opened, or a server that
+    refuses the sink (a wrong password) raises OSError with one line naming ``option``."""
+    _stack(mctx)
+    config = mctx.config
+    after_drop = config.iface is not None and not config.keep_privileges
+    return mctx.outputs.open_sink(spec, option=option, after_drop=after_drop)
 
 
 def mosx_open_outdir(mctx, path):

@@ -1,9 +1,9 @@
 """Records for existing pipelines (extensions): mosx_community_id, mosx_open_log,
 mosx_frame_count.
 
-A log opened with mosx_open_log writes through mosx_open_output (mosxdp/io/outputs.py:
-bounded buffering, planted links refused, failed writes counted and reported), one
-record per ``write``: a JSON line, or a line of Zeek's TSV format (mosxdp/core/zeeklog.py)
+A log opened with mosx_open_log writes through mosx_open_sink (a file as mosx_open_output
+opens it: bounded buffering, planted links refused, failed writes counted and reported;
+or, for JSON lines, a unix socket or Redis), one record per ``write``: a JSON line, or a line of Zeek's TSV format (mosxdp/core/zeeklog.py)
 after its header. docs/pipeline.md says how the formats join up downstream.
 """
 import json
@@ -12,7 +12,8 @@ import time
 from ..core import zeeklog
 from ..core.communityid import community_id
 from .context import _stack
-from .outputs import mosx_open_output
+from ..io.sinks import SinkSpecError, parse_sink
+from .outputs import mosx_open_sink
 
 FORMATS = ("json", "tsv")
 
@@ -66,9 +67,11 @@ class _ZeekLog:
         self.output.close()
 
 
-def mosx_open_log(mctx, path, fmt="json", *, zeek_path=None, fields=(), types=()):
+def mosx_open_log(mctx, path, fmt="json", *, zeek_path=None, fields=(), types=(),
+                  option="--output"):
     """A log of records (dicts) at ``path`` ('-': standard output), opened now as
-    mosx_open_output opens it. ``fmt`` "json": one JSON object per line. "tsv": Zeek's
+    mosx_open_sink opens it (``option``: the option that named it, for messages); JSON
+    lines may also go to a unix socket or Redis, Zeek's TSV only to a file. ``fmt`` "json": one JSON object per line. "tsv": Zeek's
     TSV, whose header names the log ``zeek_path`` (conn, ...) and lists ``fields`` (a
     record's keys, in column order) and their Zeek ``types`` (time, interval, string, enum,
     addr, port, count); a key a record lacks is written unset (``-``). Returns an object
@@ -80,7 +83,15 @@ def mosx_open_log(mctx, path, fmt="json", *, zeek_path=None, fields=(), types=()
         zeeklog.check_types(types)
         if not zeek_path or len(fields) != len(types) or not fields:
             raise ValueError("a TSV log needs its zeek_path, and one type per field")
-    output = mosx_open_output(mctx, path)
+    if fmt == "tsv":
+        try:
+            kind = parse_sink(path).kind
+        except SinkSpecError:
+            kind = None     # mosx_open_sink says what is wrong with it
+        if kind in ("unix", "redis"):
+            # a record per message would part the lines from their #fields header
+            raise OSError(f"{option} {path}: the tsv format needs a file or '-'")
+    output = mosx_open_sink(mctx, path, option)
     if fmt == "json":
         return _JsonLog(output)
     return _ZeekLog(output, zeek_path, fields, types)

@@ -23,9 +23,11 @@ seconds (default 60, as Zeek), at eviction, or at the end of the run.
 --format json (the default): one JSON object per line, as Zeek's JSON logs. --format tsv:
 Zeek's TSV (its default format: #separator, #fields, #types ... header, #close at the end).
 
-Each line is written when its flow ends, in that order (through mosx_open_log: at
-most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
-fails is counted and the run exits 3 with the file named).
+Each line is written when its flow ends, in that order (through mosx_open_log and
+mosx_open_sink: to a file at most 64 KiB or one second behind; a symbolic link at --output
+is refused; a write that fails is counted and the run exits 3 with the file named).
+--output may name a unix socket or a Redis server instead (docs/outputs.md, Sinks): each
+JSON line is then one record there, sent from a queue that never holds the monitor up.
 
 Flows already under way when the capture starts are logged too, as Zeek logs them
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off): history without
@@ -53,8 +55,8 @@ import socket
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
-                    MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
-                    mosx_community_id, mosx_open_log, mosx_watch_datagrams,
+                    MOSX_SINK_HELP, MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername,
+                    mtcp_getsockopt, mosx_community_id, mosx_open_log, mosx_watch_datagrams,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV)"
@@ -72,7 +74,9 @@ FIELDS = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--output", default="-", help="the log file ('-': stdout)")
+    parser.add_argument("--output", default="-", metavar="SINK",
+                        help="where the lines go, one per flow: " + MOSX_SINK_HELP +
+                             "; --format tsv needs a file or '-'")
     parser.add_argument("--format", choices=("json", "tsv"), default="json",
                         help="json: one JSON object per line (default); tsv: Zeek's TSV "
                              "with its #fields/#types header")

@@ -18,7 +18,8 @@ connlog's: then also ``flow.bypassed`` with the bypassed part, ``state`` "bypass
 ``bypass`` "capture" live, "local" offline and observe-only, where the core only counted
 those frames).
 docs/pipeline.md says where these records differ from Suricata's, and why. Written only
-against the public mOS API; through mosx_open_output, as connlog's lines.
+against the public mOS API; through mosx_open_sink, as connlog's lines (a file, a unix
+socket or Redis).
 """
 import argparse
 import hashlib
@@ -31,7 +32,7 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CO
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_BYPASS, MOSX_FLOW_STATS,
                     MOSX_MIDSTREAM, SOL_MONSOCKET, TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PUSH,
                     TH_RST, TH_SYN, TH_URG, MonitorFilter, TcpState, mosx_community_id,
-                    mosx_frame_count, mosx_open_output, mosx_watch_datagrams,
+                    mosx_frame_count, mosx_open_sink, mosx_watch_datagrams, MOSX_SINK_HELP,
                     mtcp_bind_monitor_filter,
                     mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback, mtcp_setsockopt,
                     mtcp_socket)
@@ -65,7 +66,8 @@ _FLOW_ID_MASK = (1 << 51) - 1
 
 
 def add_arguments(parser):
-    parser.add_argument("--output", default="-", help="the EVE JSON lines file ('-': stdout)")
+    parser.add_argument("--output", default="-", metavar="SINK",
+                        help="where the EVE JSON lines go, one per flow: " + MOSX_SINK_HELP)
     parser.add_argument("--filter", default=None,
                         help="stream SYN filter (e.g. 'tcp port 80'); without "
                              "--datagram-filter, no UDP or ICMP flow is logged then")
@@ -263,7 +265,7 @@ class Eve:
 
 
 def setup(mctx, args):
-    output = mosx_open_output(mctx, args.output)
+    output = mosx_open_sink(mctx, args.output)
     bypass_after = getattr(args, "bypass_after_bytes", None)
     app = Eve(output, getattr(args, "community_id_seed", 0), bypass_after,
               pcap=getattr(args, "pcap", None),

@@ -13,7 +13,8 @@ client and server address:port and the emulated TCP state of each side
 `--json` prints one JSON line per refresh instead:
 ``{"ts": SECONDS, "flows": [{"sock", "client_addr", "client_port", "client_state",
 "server_addr", "server_port", "server_state"}, ...]}`` with the states' names as in
-the table (ESTABLISHED, FIN_WAIT_1, ...).
+the table (ESTABLISHED, FIN_WAIT_1, ...). `--output` may name a unix socket, or with
+`--json` a Redis server, instead of a file (docs/outputs.md, Sinks).
 
 Time: the timer runs on the context's clock, so offline (--pcap) it follows the
 packet timestamps and fires at the end of the RX batch (--batch-size) in which a
@@ -32,7 +33,7 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, 
                     MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI,
                     MOS_TCP_STATE_SVR, SOL_MONSOCKET, MonitorFilter, mtcp_bind_monitor_filter,
                     mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
-                    mosx_open_output, mtcp_setsockopt, mtcp_settimer, mtcp_socket)
+                    MOSX_SINK_HELP, mosx_open_sink, mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
 DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
 TIMER_ID = 0
@@ -40,7 +41,9 @@ TIMER_ID = 0
 
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="one JSON line per refresh")
-    parser.add_argument("--output", default="-", help="where the tables go ('-': stdout)")
+    parser.add_argument("--output", default="-", metavar="SINK",
+                        help="where the tables (--json: the JSON lines) go: " + MOSX_SINK_HELP
+                             + "; Redis with --json only")
     parser.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
                         help=f"seconds between refreshes, {MIN_INTERVAL} to {MAX_INTERVAL} "
                              "(default 1)")
@@ -139,7 +142,11 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
-    output = mosx_open_output(mctx, args.output)
+    output = mosx_open_sink(mctx, args.output)
+    if output.kind == "redis" and not args.json:
+        # A Redis entry is one record: a JSON line, not a table of several.
+        raise OSError(errno.EINVAL, f"--output {output.name}: Redis takes one record per "
+                                    "entry: add --json")
     app = MidStat(mctx, output, args.json, args.interval, getattr(mctx, "cpu", 0))
     # State only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)

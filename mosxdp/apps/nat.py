@@ -40,7 +40,7 @@ address's family) and whose destination is not N. NAT66 works the same way when
 `--nat-ip` is an IPv6 address. NAT never stops monitoring a flow (a kernel bypass
 would forward untranslated frames), and keeps no bytestream buffers.
 
-`--log FILE` writes a JSON line per mapping and release; `--stats-output FILE` the
+`--log SINK` writes a JSON line per mapping and release (a file, or a sink: docs/outputs.md); `--stats-output FILE` the
 final counters (JSON); a summary line goes to stderr at the end.
 """
 import collections
@@ -54,8 +54,8 @@ from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_HK_SND, MOS_IP_HDR, MO
                     MOS_ON_CONN_END, MOS_ON_ORPHAN, MOS_ON_PKT_IN, MOS_OVERWRITE, MOS_SIDE_BOTH,
                     MOS_SIDE_SVR, MOS_SOCK_MONITOR_RAW, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
                     MOS_TCP_HDR, MOS_UPDATE_IP_CHKSUM, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW,
-                    SOL_MONSOCKET, MonitorFilter, PktInfo, mosx_open_output,
-                    mtcp_bind_monitor_filter, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
+                    MOSX_SINK_HELP, SOL_MONSOCKET, MonitorFilter, PktInfo, mosx_open_output,
+                    mosx_open_sink, mtcp_bind_monitor_filter, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
                     mtcp_getpeername, mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt,
                     mtcp_setsockopt, mtcp_socket)
 
@@ -76,8 +76,9 @@ def add_arguments(parser):
                         help=f"NAT ports (default {DEFAULT_PORTS[0]}-{DEFAULT_PORTS[1]})")
     parser.add_argument("--inside-net", default=None, metavar="CIDR",
                         help="translate only connections whose client is in this network")
-    parser.add_argument("--log", default=None, metavar="FILE",
-                        help="JSON line per port mapping and release")
+    parser.add_argument("--log", default=None, metavar="SINK",
+                        help="where a JSON line per port mapping and release goes: "
+                             + MOSX_SINK_HELP)
     parser.add_argument("--stats-output", default=None, metavar="FILE",
                         help="write the final counters as JSON")
 
@@ -287,7 +288,7 @@ def setup(mctx, args):
         syn_filter += f" and src net {inside}"
     log = None
     if args.log:
-        log = mosx_open_output(mctx, args.log)
+        log = mosx_open_sink(mctx, args.log, "--log")
     app = Nat(nat_ip, ports, log)
     if args.stats_output:
         app.stats_output = mosx_open_output(mctx, args.stats_output)

@@ -46,9 +46,10 @@ not received (what it expects next), and one to the sender with the sequence num
 the sender acknowledged. The flow then gets a kernel DROP verdict (MOSX_DROP_FLOW);
 frames of it that still reach the app are dropped.
 
-Each hit is one JSON line (`--log FILE`, default stdout): ts, client, server,
-direction, offset (the match's stream offset, from 0 at the first payload byte),
-length, action (mask or reset), masked (bytes masked at the time of the hit).
+Each hit is one JSON line (`--log SINK`: a file, default stdout, or a unix socket or a
+Redis server, docs/outputs.md): ts, client, server, direction, offset (the match's
+stream offset, from 0 at the first payload byte), length, action (mask or reset),
+masked (bytes masked at the time of the hit).
 """
 import argparse
 import codecs
@@ -62,8 +63,8 @@ import sys
 from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PKT_IN,
                     MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
                     MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM,
-                    MOSX_DROP_FLOW, MOSX_FLOW_STATS, SOL_MONSOCKET, MonitorFilter,
-                    PeekOverrunError, PktInfo, mosx_open_output, mtcp_bind_monitor_filter,
+                    MOSX_DROP_FLOW, MOSX_FLOW_STATS, MOSX_SINK_HELP, SOL_MONSOCKET, MonitorFilter,
+                    PeekOverrunError, PktInfo, mosx_open_sink, mtcp_bind_monitor_filter,
                     mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername,
                     mtcp_getsockopt, mtcp_peek,
                     mtcp_register_callback, mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt,
@@ -90,7 +91,8 @@ def add_arguments(parser):
     parser.add_argument("--hold-ms", type=hold_milliseconds, default=50.0, metavar="MS",
                         help="longest time a frame ending with the start of the pattern is held "
                              f"(default 50; 0: never hold; at most {MAX_HOLD_MS})")
-    parser.add_argument("--log", default="-", metavar="FILE", help="JSON lines of hits ('-': stdout)")
+    parser.add_argument("--log", default="-", metavar="SINK",
+                        help="where a JSON line per hit goes: " + MOSX_SINK_HELP)
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
 
 
@@ -427,7 +429,7 @@ def setup(mctx, args):
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
     log = None
     if args.log:
-        log = mosx_open_output(mctx, args.log)
+        log = mosx_open_sink(mctx, args.log, "--log")
     sides = SIDES[args.side]
     app = Scrub(pattern, mask, args.reset, sides, args.hold_ms, log)
     # Buffers only for the directions we scan (MOS_SVRBUF holds what the client sends).

@@ -63,6 +63,8 @@ class OfflineEngine:
         batch_end = frames_in + batch_size
         outputs = getattr(self.mctx, "outputs", None)
         tick = outputs.tick if outputs is not None else _no_tick
+        if outputs is not None:
+            outputs.start()        # the network sinks' threads
         if self.progress is not None:
             tick = _both(tick, self.progress.tick)
         ts_us = 0

@@ -195,7 +195,8 @@ class LiveRun:
             resources.enter_context(engine)
             processor.program = engine.program
             status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
-                                warn_percent=config.loss_warning)
+                                warn_percent=config.loss_warning,
+                                outputs=getattr(mctx, "outputs", None))
             processor.tick = self._ticks(status.tick if status.active else None)
             metrics = None
             if config.metrics_port:
@@ -209,6 +210,9 @@ class LiveRun:
                 print("mosxdp: " + line, file=sys.stderr)
             if metrics is not None:
                 metrics.start()
+            outputs = getattr(mctx, "outputs", None)
+            if outputs is not None:
+                outputs.start()    # the network sinks' threads, without the capabilities
             started = time.perf_counter()
             engine.run()
             seconds = time.perf_counter() - started

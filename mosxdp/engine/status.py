@@ -27,9 +27,10 @@ class LiveStatus:
     every ``warn_every`` seconds (the next says how many were lost meanwhile)."""
 
     def __init__(self, engine, stack, interval=1.0, stream=None, *, print_lines=True,
-                 warn_percent=1.0, warn_every=WARN_EVERY, clock=time.monotonic):
+                 warn_percent=1.0, warn_every=WARN_EVERY, clock=time.monotonic, outputs=None):
         self.engine = engine
         self.stack = stack
+        self.outputs = outputs     # io.outputs.Outputs: its network sinks' counters
         self.interval = interval
         self.stream = stream or sys.stderr
         self.print_lines = print_lines
@@ -67,6 +68,8 @@ class LiveStatus:
             "callback_errors": self.stack.counters.get("callback_errors", 0),
             "lost": lost,
             "lost_total": sum(lost.values()),
+            "sinks": [sink.stats() for sink in self.outputs.sinks()]
+            if self.outputs is not None else [],
         }
 
     def tick(self):
@@ -97,10 +100,15 @@ class LiveStatus:
             part, _ = loss_share(_delta(last, snap), snap["frames_in"] - last["frames_in"])
             lost = (f"lost {now / seconds / 1e3:.1f} kpps ({100.0 * part:.1f}%), total "
                     f"{snap['lost_total']} ({reasons_text(snap['lost'])})")
+        sinks = snap.get("sinks") or []
+        # Network sinks: records queued and dropped, and which of them is down.
+        sink_text = "".join(
+            f", sink {s['sink']} {'up' if s['up'] else 'DOWN'} queued {s['queued']} dropped "
+            f"{s['dropped'] + s['refused']}" for s in sinks)
         return (f"mosxdp: in {rate_in / 1e3:.1f} kpps, out {rate_out / 1e3:.1f} kpps, "
                 f"kernel {kernel / seconds / 1e3:.1f} kpps ({share} to Python), "
                 f"flows {snap['flows']}, verdict drops {snap['dropped']}, {lost}, "
-                f"callback errors {snap['callback_errors']}")
+                f"callback errors {snap['callback_errors']}{sink_text}")
 
     def _check_loss(self, last, snap) -> None:
         lost = snap["lost_total"] - last["lost_total"]
@@ -196,7 +204,37 @@ def prometheus_text(status):
             continue        # mosxdp_callback_errors_total, above
         metric(f"mosxdp_core_{name}_total", CORE_COUNTER_HELP.get(name, f"The core's {name}"),
                "counter", value)
+    lines += _sink_metrics(snap["sinks"])
     return "\n".join(lines) + "\n"
+
+
+_SINK_METRICS = (
+    ("mosxdp_sink_records_total", "counter", "Records written to a network sink", "records"),
+    ("mosxdp_sink_records_delivered_total", "counter", "Records a network sink delivered",
+     "delivered"),
+    ("mosxdp_sink_records_dropped_total", "counter", "Records a network sink dropped: its queue "
+     "was full (reason queue_full) or the server refused them (reason refused)", None),
+    ("mosxdp_sink_queued_records", "gauge", "Records waiting in a network sink's queue", "queued"),
+    ("mosxdp_sink_up", "gauge", "1 while a network sink is connected", "up"),
+    ("mosxdp_sink_reconnects_total", "counter", "Reconnections of a network sink", "reconnects"))
+
+
+def _sink_metrics(sinks) -> list[str]:
+    """The network sinks' counters, labelled by sink (its spec, password hidden)."""
+    if not sinks:
+        return []
+    lines = []
+    for name, kind, help_text, key in _SINK_METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for s in sinks:
+            label = (s["sink"].replace("\\", "\\\\").replace('"', '\\"')
+                     .replace("\n", "\\n"))
+            if key is None:
+                for reason, field in (("queue_full", "dropped"), ("refused", "refused")):
+                    lines.append(f'{name}{{sink="{label}",reason="{reason}"}} {s[field]}')
+            else:
+                lines.append(f'{name}{{sink="{label}"}} {int(s[key])}')
+    return lines
 
 
 class MetricsServer:

@@ -19,6 +19,12 @@ regular file is cut back to its last whole record, so what the file holds always
 and is the start of what the run meant to write: an output that failed is not written
 again (a log with a hole in it would look whole), its later records are counted as lost.
 
+``open_sink`` opens what a log app's ``--output`` names (mosxdp/io/sinks.py): a path is an
+``OutputFile``, '-' standard output, ``unix:PATH`` and ``redis://...`` a ``NetworkSink``,
+which never blocks the run, counts what it drops rather than failing (its losses do not
+make the exit status 3: they are said at the end, ``sink_lines``), and sends from a thread
+of its own that ``start`` starts once the run is set up.
+
 ``OutputDir`` is a directory in which files are created during the run (flowdump). It is
 made if absent and opened at start; ``check_writable`` creates and removes a probe file
 in it with the privileges the run will have (live: in a child process that dropped them
@@ -61,6 +67,7 @@ class Outputs:
         self.items = []
         self.announce = False     # say each output's first failure when it happens
         self._next_tick = 0.0
+        self._started = False
 
     def open_file(self, path, *, binary: bool = False) -> "OutputFile | StdoutFile":
         """The output ``path`` ('-': standard output, ``binary``: its byte stream), opened
@@ -69,6 +76,46 @@ class Outputs:
         out = StdoutFile(self, binary) if path == "-" else OutputFile(self, path)
         self.items.append(out)
         return out
+
+    def open_sink(self, spec: str, *, option: str = "--output", after_drop: bool = False):
+        """What ``spec`` names (sinks.parse_sink): a file, standard output, or a network
+        sink connected now if its server is up. OSError with one line naming ``option``
+        for a bad spec, a file that cannot be opened, or a server that refuses the sink;
+        ``after_drop``: a live run that drops its privileges after set-up."""
+        from .sinks import SinkSpecError, open_network_sink, parse_sink, redact
+        try:
+            parsed = parse_sink(spec)
+        except SinkSpecError as exc:
+            raise OSError(errno.EINVAL, f"{option} {redact(str(spec))}: {exc}") from None
+        if not parsed.network:
+            return self.open_file("-" if parsed.kind == "stdout" else parsed.path)
+        try:
+            sink = open_network_sink(parsed, after_drop=after_drop)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{option} {parsed.name}: {exc.strerror}") from None
+        self.items.append(sink)
+        if self._started:
+            sink.start()
+        return sink
+
+    def start(self) -> None:
+        """The run is set up (live: privileges dropped): the network sinks' threads start."""
+        self._started = True
+        for sink in self.sinks():
+            sink.start()
+
+    def sinks(self) -> list:
+        """The network sinks (unix socket, Redis), in the order they were opened."""
+        return [item for item in self.items if getattr(item, "network", False)]
+
+    def close_sinks(self) -> None:
+        """Drain and close the network sinks (each for a bounded time)."""
+        for sink in self.sinks():
+            sink.close()
+
+    def sink_lines(self, every: bool = False) -> list[str]:
+        """At the end: one line per network sink that lost records (``every``: per sink)."""
+        return [sink.summary_line() for sink in self.sinks() if every or sink.lost]
 
     def open_dir(self, path, *, after_drop: bool = False) -> "OutputDir":
         """The output directory ``path`` (made if absent), checked writable now, as the run
@@ -115,6 +162,8 @@ class Outputs:
 
 class OutputFile:
     """A file named by the user: records are buffered (bounded) and written in order."""
+
+    kind = "file"
 
     def __init__(self, outputs: Outputs, path: str):
         self.outputs = outputs
@@ -233,6 +282,7 @@ class StdoutFile:
     /dev/null so that the interpreter's exit does not try again."""
 
     path = "<stdout>"
+    kind = "stdout"
 
     def __init__(self, outputs: Outputs, binary: bool = False):
         self.outputs = outputs
