@@ -7,13 +7,21 @@ and the command line ends it with status 3 and one line naming the file and the 
 from .context import _stack
 
 
-def mosx_open_output(mctx, path, binary=False):
+def mosx_open_output(mctx, path, binary=False, combine=None):
     """The output file ``path`` ('-': standard output), opened now: a symbolic link there
     is refused, a regular file emptied (not if it has other hard links). Returns an object
     with ``write(record)`` (str or bytes; one record, e.g. a line), ``flush()``, ``close()``.
-    A bad path raises OSError naming it; a failed write later does not raise."""
+    A bad path raises OSError naming it; a failed write later does not raise.
+
+    A run split over several workers (``--workers N``, docs/workers.md) writes the records
+    of all workers in the order one worker writes them. Records written at the same moment
+    of the run in several workers (by a timer, which runs in each, or at teardown) are
+    written one worker's after the other's; ``combine``, if given, gets them instead, as a
+    list of bytes in worker order, and returns the list of records to write."""
     _stack(mctx)
-    return mctx.outputs.open_file(path, binary=binary)
+    out = mctx.outputs.open_file(path, binary=binary)
+    out.combine = combine
+    return out
 
 
 def mosx_open_outdir(mctx, path):

@@ -186,7 +186,8 @@ class ConnLog:
         self.flows += 1
         record = {
             "ts": stats.start_ts / 1e6,
-            "uid": make_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, self.flows),
+            # Of the flow alone (not of the lines before it): the same with --workers.
+            "uid": make_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids),
             "id.orig_h": orig_h, "id.orig_p": orig_p,
             "id.resp_h": resp_h, "id.resp_p": resp_p,
             "proto": "tcp",

@@ -128,6 +128,8 @@ class OutputFile:
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._dead = False      # failed: not written again
         self._closed = False
+        self._sink = None       # redirect()'s
+        self.combine = None     # see mosx_open_output
 
     @staticmethod
     def _open(path: str) -> int:
@@ -153,10 +155,13 @@ class OutputFile:
     def write(self, data) -> None:
         """One record (str: as UTF-8), written whole or not at all. Never raises for the
         file's sake: a failure is counted (``error``, ``lost``)."""
-        if self._closed:
+        if self._closed and self._sink is None:
             raise ValueError(f"write to {self.path} after close")
         if isinstance(data, str):
             data = data.encode()
+        if self._sink is not None:
+            self._sink(data)
+            return
         if self._dead:
             self.lost += len(data)
             return
@@ -165,6 +170,14 @@ class OutputFile:
         self._ends.append(len(buf))
         if len(buf) >= FLUSH_BYTES:
             self.flush()
+
+    def redirect(self, sink) -> None:
+        """From now on each record goes to ``sink(bytes)``, never to the file: a worker
+        process of a split run (engine/workers.py), whose parent writes the file. Flush
+        before: what is buffered stays the parent's."""
+        self._clear()
+        self._sink = sink
+        self._closed = True     # the file is the parent's: flush and close do nothing here
 
     def flush(self) -> None:
         buf = self._buf
@@ -240,8 +253,17 @@ class StdoutFile:
         self.stream = sys.stdout.buffer if binary else sys.stdout
         self.error = None
         self.lost = 0           # bytes given after the failure
+        self._sink = None
+        self.combine = None
+
+    def redirect(self, sink) -> None:
+        """As OutputFile.redirect: records go to ``sink(bytes)``, not to standard output."""
+        self._sink = sink
 
     def write(self, data) -> None:
+        if self._sink is not None:
+            self._sink(data.encode() if isinstance(data, str) else bytes(data))
+            return
         if self.error is not None:
             self.lost += len(data)
             return
@@ -253,7 +275,7 @@ class StdoutFile:
             self._failed(exc)
 
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and self._sink is None:
             try:
                 self.stream.flush()
             except OSError as exc:

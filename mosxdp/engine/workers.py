@@ -1,0 +1,656 @@
+"""Offline runs split over several worker processes (``--workers N``): docs/workers.md.
+
+The parent has set the context up (the app's setup ran, its outputs are open) and forks N
+workers, each with that context. It then reads the capture once (a classic pcap file,
+mapped), gives each frame to a worker by the symmetric flow hash of core/split.py, and
+sends each worker, per chunk of frames, where its frames are in the file and their
+numbers in the input, with the timestamp of the last frame of every batch. Frames do not
+cross the pipes: each worker maps the file itself and reads its frames from the page cache.
+
+A worker runs the offline engine's loop on its frames with the frame numbers of the input:
+its batches end where one worker's would (every batch_size frames of the input, whoever's
+they are), at the clock of the batch's last frame, so timers, idle timeouts and
+CONN_NEW_DATA come at the same points of the input as with one worker. Everything it
+writes through mosx_open_output, and the frames --write gets, is kept with its place in
+the run (Stack.frame_no and Stack.order_key, the phase and the flow order one context
+would run it in), and the parent merges the workers' records by that place: the output is
+the one worker's. flowdump's files are made by the workers themselves in the shared
+directory (one file per direction of a flow, all of a 4-tuple's flows on one worker).
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import marshal
+import mmap
+import os
+import pickle
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from array import array
+
+from ..core.split import MULTIPLIER, frame_worker
+from ..core.stack import VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
+from ..io.pcap import _MAX_RECORD, PcapFormatError, PcapReader, PcapWriter
+from .offline import WRITE_SNAPLEN, summary_line
+from .result import RunResult
+
+# Frames per message to the workers (rounded up to whole batches); a pipe holds a few.
+CHUNK_FRAMES = 4096
+PIPE_BYTES = 1 << 20
+_MSG = struct.Struct("<qqqq")         # first frame number, frames, own frames, batch ends
+_FRAME_KEY = (0,)                     # Stack.order_key while a frame is processed
+_TEARDOWN_KEY = (99,)
+_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
+               b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True)}
+_MASK64 = (1 << 64) - 1
+# --write records: an app's frame (sent, or the frames replacing the input's), or the
+# input's frame dropped or changed in place.
+_OUT, _VERDICT = 0, 1
+
+
+def max_workers() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_input(config) -> None:
+    """What a split run needs of its input: a classic pcap file (the workers map it).
+    OSError (EINVAL) with one line otherwise."""
+    workers = config.workers
+    if config.iface is not None:
+        raise OSError(errno.EINVAL, f"[datapath] workers = {workers}: live runs use one worker "
+                                    "for now; several workers split offline runs (--pcap)")
+    if config.pcap == "-":
+        raise OSError(errno.EINVAL, f"--workers {workers}: each worker reads the capture "
+                                    "itself: give a file, not the standard input")
+    with PcapReader(config.pcap) as reader:
+        if reader.compression or reader.format != "pcap":
+            what = f"{reader.compression}-compressed" if reader.compression else "pcapng"
+            raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is {what}; a "
+                          "split run maps a classic pcap file (convert it first: editcap -F "
+                          "pcap IN OUT, after decompressing)")
+
+
+class WorkerFailed(Exception):
+    """A worker died or failed: the run's one line."""
+
+
+class _Scan:
+    """The records of a classic pcap file, mapped: (frame number, record offset, ts)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = open(path, "rb")
+        size = os.fstat(self.file.fileno()).st_size
+        self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        order, self.nanosecond = _PCAP_MAGIC[bytes(self.map[:4])]
+        self.record = struct.Struct(order + "IIII")
+        self.size = size
+
+    def close(self):
+        if isinstance(self.map, mmap.mmap):
+            self.map.close()
+        self.file.close()
+
+    def check_end(self, off):
+        """At the last whole record: the reader's error for what follows it, if any (a
+        record cut short), so that the message is the one of a run on one worker."""
+        if off == self.size:
+            return None
+        try:
+            with PcapReader(self.path) as reader:
+                for _ in reader:
+                    pass
+        except PcapFormatError as exc:
+            return exc
+        return None
+
+
+def _split(scan, workers, batch_size, send):
+    """Read the records and give each its worker; ``send(worker, message)``. Returns
+    (frames, last ts, error or None)."""
+    mm = scan.map
+    size = scan.size
+    rec = scan.record.unpack_from
+    ns = scan.nanosecond
+    head = struct.Struct("!12xHB5xHxB2xII").unpack_from     # untagged IPv4 (core/split.py)
+    ports = struct.Struct("!HH").unpack_from
+    mul = MULTIPLIER
+    chunk = -(-CHUNK_FRAMES // batch_size) * batch_size
+    off = 24
+    index = 0
+    ts = 0
+    while True:
+        first = index
+        own = [(array("q"), array("q")) for _ in range(workers)]
+        ends = array("q")
+        limit = first + chunk
+        while index < limit and off + 16 <= size:
+            sec, frac, caplen, _ = rec(mm, off)
+            start = off + 16
+            if start + caplen > size or caplen > _MAX_RECORD:
+                break     # check_end names it
+            ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+            if caplen >= 38:
+                ethertype, ver_ihl, fragment, proto, src, dst = head(mm, start)
+                if ethertype == 0x0800 and ver_ihl == 0x45:
+                    if proto == 6 and not fragment & 0x3FFF:
+                        sport, dport = ports(mm, start + 34)
+                    else:
+                        sport = dport = 0
+                    worker = (((((src << 16) | sport) * mul & _MASK64) >> 32)
+                              ^ ((((dst << 16) | dport) * mul & _MASK64) >> 32)) % workers
+                else:
+                    worker = frame_worker(memoryview(mm)[start:start + caplen], workers)
+            else:
+                worker = frame_worker(memoryview(mm)[start:start + caplen], workers)
+            numbers, offsets = own[worker]
+            numbers.append(index)
+            offsets.append(off)
+            off = start + caplen
+            index += 1
+            if index % batch_size == 0:
+                ends.append(ts)
+        if index == first:
+            break
+        for worker, (numbers, offsets) in enumerate(own):
+            send(worker, _MSG.pack(first, index - first, len(numbers), len(ends))
+                 + numbers.tobytes() + offsets.tobytes() + ends.tobytes())
+        if index < limit:
+            break
+    return index, ts, scan.check_end(off)
+
+
+class _Spool:
+    """A worker's records of one output, each with its place in the run."""
+
+    def __init__(self, stack, path):
+        self.stack = stack
+        self.path = path
+        self.file = open(path, "wb", buffering=1 << 16)
+        self.seq = 0
+
+    def write(self, data):
+        stack = self.stack
+        self.seq += 1
+        marshal.dump(((stack.frame_no, stack.order_key or _FRAME_KEY, self.seq), bytes(data)),
+                     self.file)
+
+    def close(self):
+        self.file.close()
+
+
+def _records(path):
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield marshal.load(f)
+            except EOFError:
+                return
+
+
+class _Worker:
+    """One worker process's run (after the fork)."""
+
+    def __init__(self, mctx, index, path, write, spooldir):
+        self.mctx = mctx
+        self.stack = mctx.stack
+        self.index = index
+        self.path = path
+        self.write = write
+        self.spooldir = spooldir
+        self.frames_in = 0
+        self.verdicts = None
+        self.spools = []
+
+    def prepare(self):
+        mctx = self.mctx
+        mctx.cpu = self.index
+        for number, item in enumerate(mctx.outputs.items):
+            if hasattr(item, "redirect"):
+                spool = _Spool(self.stack, os.path.join(self.spooldir, f"w{self.index}-o{number}"))
+                item.redirect(spool.write)
+                self.spools.append((number, spool))
+        if self.write:
+            self.verdicts = []
+        mctx.engine = self
+
+    def filters_changed(self):
+        """Offline, filters are applied in user space only."""
+
+    def run(self, rd):
+        stack = self.stack
+        process = stack.process
+        f = open(self.path, "rb")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)   # writable, private
+        view = memoryview(mm)
+        with open(self.path, "rb") as probe:
+            order, ns = _PCAP_MAGIC[probe.read(4)]
+        rec = struct.Struct(order + "IIII").unpack_from
+        batch_size = self.mctx.config.batch_size
+        verdicts = self.verdicts
+        outbox = stack.outbox
+        seq = 0
+        frames_in = 0
+        last_ts = 0
+        stop = total = None
+        try:
+            while True:
+                head = rd.read(_MSG.size)
+                if len(head) < _MSG.size:
+                    raise WorkerFailed("the parent stopped sending frames")
+                first, count, n_own, n_ends = _MSG.unpack(head)
+                if first < 0:
+                    total, last_ts = count, n_own
+                    break
+                body = rd.read(8 * (2 * n_own + n_ends))
+                numbers = array("q")
+                numbers.frombytes(body[:8 * n_own])
+                offsets = array("q")
+                offsets.frombytes(body[8 * n_own:16 * n_own])
+                ends = array("q")
+                ends.frombytes(body[16 * n_own:])
+                k = 0
+                for b in range(n_ends + 1):
+                    end_no = first + (b + 1) * batch_size - 1 if b < n_ends else first + count
+                    while k < n_own and numbers[k] <= end_no:
+                        number = numbers[k]
+                        off = offsets[k]
+                        k += 1
+                        sec, frac, caplen, _ = rec(mm, off)
+                        ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+                        frame = view[off + 16:off + 16 + caplen]
+                        stack.frame_no = number
+                        frames_in += 1
+                        if verdicts is None:
+                            process(frame, ts, 0)
+                            if outbox:
+                                outbox.clear()
+                            continue
+                        original = bytes(frame)
+                        verdict = process(frame, ts, 0)
+                        for sent, _port in outbox:
+                            seq += 1
+                            verdicts.append(((number, _FRAME_KEY, seq), _OUT, ts, [sent]))
+                        outbox.clear()
+                        if verdict == VERDICT_FORWARD:
+                            if frame != original:
+                                seq += 1
+                                verdicts.append(((number, _FRAME_KEY, seq), _VERDICT, ts,
+                                                 [bytes(frame)]))
+                        else:
+                            seq += 1
+                            out = ([bytes(f) for f in stack.wire_frames]
+                                   if verdict == VERDICT_REPLACED else [])
+                            verdicts.append(((number, _FRAME_KEY, seq), _VERDICT, ts, out))
+                    if b < n_ends:
+                        stack.frame_no = end_no
+                        stack.now = ends[b]
+                        stack.end_batch()
+                        seq = self._flush(end_no, ends[b], seq)
+        except StopMonitor as exc:
+            stop = (str(exc), exc.code, stack.frame_no)
+        finally:
+            self.frames_in = frames_in
+            # As the offline engine: what was read ends (reason eof), also when cut short
+            # (then at the frame where it stopped).
+            if total is not None:
+                stack.frame_no = total
+                stack.now = last_ts
+            try:
+                stack.finish()
+            except StopMonitor as exc:
+                stop = stop or (str(exc), exc.code, stack.frame_no)
+            self._flush(stack.frame_no, stack.now, seq)
+            view.release()
+        return stop
+
+    def _flush(self, number, ts, seq):
+        outbox = self.stack.outbox
+        if outbox:
+            if self.verdicts is not None:
+                for sent, _port in outbox:
+                    seq += 1
+                    self.verdicts.append(((number, self.stack.order_key or (98,), seq), _OUT,
+                                          ts, [sent]))
+            outbox.clear()
+        return seq
+
+    def teardown(self, module, app):
+        """The app's teardown in this worker (what it writes comes after everything else)."""
+        self.stack.order_key = _TEARDOWN_KEY
+        if module is not None and hasattr(module, "teardown"):
+            module.teardown(app)
+
+    def result(self, stop, error, seconds):
+        stack = self.stack
+        for _number, spool in self.spools:
+            spool.close()
+        write_path = None
+        if self.verdicts is not None:
+            write_path = os.path.join(self.spooldir, f"w{self.index}-write")
+            with open(write_path, "wb") as f:
+                marshal.dump(self.verdicts, f)
+        dirs = [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
+                for number, item in enumerate(self.mctx.outputs.items)
+                if hasattr(item, "write_at")]
+        return {
+            "counters": dict(stack.counters), "malformed": dict(stack.malformed),
+            "callback_errors": dict(stack.callback_errors),
+            "reassembly_mem_peak": stack.reassembly_mem_peak, "frames_in": self.frames_in,
+            "spools": [(number, spool.path) for number, spool in self.spools],
+            "write": write_path, "dirs": dirs, "stop": stop, "error": error,
+            "seconds": seconds, "pid": os.getpid(),
+        }
+
+
+def _pin(index, workers):
+    """Worker ``index`` on its own CPU when the process may use at least ``workers``."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < workers:
+        return None
+    os.sched_setaffinity(0, {cpus[index]})
+    return cpus[index]
+
+
+def _exception_line(exc):
+    from ..core.events import exception_site
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + text if text else ''} at {exception_site(exc)}"
+
+
+def _child(mctx, module, app, index, workers, rd, spooldir):
+    """A worker's life after the fork; never returns."""
+    code = 0
+    try:
+        _pin(index, workers)
+        worker = _Worker(mctx, index, mctx.config.pcap, mctx.config.write, spooldir)
+        worker.prepare()
+        started = time.perf_counter()
+        error = None
+        stop = None
+        try:
+            stop = worker.run(rd)
+        except KeyboardInterrupt:
+            error = "interrupted"
+        except WorkerFailed as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = _exception_line(exc)
+        try:
+            worker.teardown(module, app)
+        except Exception as exc:
+            error = error or f"teardown: {_exception_line(exc)}"
+        result = worker.result(stop, error, time.perf_counter() - started)
+        with open(os.path.join(spooldir, f"w{index}.result"), "wb") as f:
+            pickle.dump(result, f)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by signal {sig} ({signal.Signals(sig).name})"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+class SplitRun:
+    """The parent's side: fork the workers, split the input, merge what they wrote."""
+
+    def __init__(self, mctx, module, app, print_stats=False):
+        self.mctx = mctx
+        self.module = module
+        self.app = app
+        self.print_stats = print_stats
+        self.workers = mctx.config.workers
+        self.pids = {}
+
+    def run(self) -> RunResult:
+        mctx = self.mctx
+        config = mctx.config
+        workers = self.workers
+        started = time.perf_counter()
+        outputs = mctx.outputs
+        writer = None
+        if config.write:
+            out = outputs.open_file(config.write, binary=True)
+            writer = PcapWriter(config.write, snaplen=WRITE_SNAPLEN, out=out)
+        # What setup wrote stays the parent's, written once.
+        outputs.flush()
+        spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
+        scan = _Scan(config.pcap)
+        pipes = []
+        try:
+            for index in range(workers):
+                rd, wr = os.pipe()
+                try:
+                    import fcntl
+                    fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                except OSError:
+                    pass     # the default size: the parent waits more often
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(wr)
+                    for other in pipes:
+                        os.close(other)
+                    _child(mctx, self.module, self.app, index, workers,
+                           os.fdopen(rd, "rb", buffering=PIPE_BYTES), spooldir)
+                os.close(rd)
+                pipes.append(wr)
+                self.pids[pid] = index
+            frames, last_ts, error = self._feed(scan, pipes)
+            results = self._wait()
+            frames_out = self._merge(results, writer, scan, frames)
+        except BaseException:
+            self._kill()
+            raise
+        finally:
+            for fd in pipes:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            scan.close()
+            if writer is not None:
+                writer.flush()
+            shutil.rmtree(spooldir, ignore_errors=True)
+        seconds = time.perf_counter() - started
+        self._aggregate(results)
+        stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
+        if self.print_stats:
+            print(summary_line(mctx.stack, frames, frames_out, seconds)
+                  + f", workers {workers}", file=sys.stderr)
+        if error is not None:
+            raise error
+        if stops:
+            message, code, _ = stops[0][1]
+            raise StopMonitor(message, code)
+        return RunResult("offline", frames, frames_out, seconds, "end of input")
+
+    def _feed(self, scan, pipes):
+        def send(worker, message):
+            try:
+                _write_all(pipes[worker], message)
+            except BrokenPipeError:
+                raise WorkerFailed(self._dead_line(worker)) from None
+
+        frames, last_ts, error = _split(scan, self.workers, self.mctx.config.batch_size, send)
+        for worker in range(self.workers):
+            send(worker, _MSG.pack(-1, frames, last_ts, 0))
+            os.close(pipes[worker])
+            pipes[worker] = -1
+        return frames, last_ts, error
+
+    def _dead_line(self, worker):
+        pid = next((p for p, i in self.pids.items() if i == worker), None)
+        status = None
+        if pid is not None:
+            try:
+                got, status = os.waitpid(pid, 0)
+                del self.pids[pid]
+            except ChildProcessError:
+                pass
+        how = _describe(status) if status is not None else "is gone"
+        return f"worker {worker} (pid {pid}) {how} during the run; the run is stopped"
+
+    def _wait(self):
+        results = [None] * self.workers
+        while self.pids:
+            pid, status = os.wait()
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            if status != 0:
+                raise WorkerFailed(f"worker {index} (pid {pid}) {_describe(status)} during "
+                                   "the run; the run is stopped")
+            results[index] = pid
+        return [self._result(i, pid) for i, pid in enumerate(results)]
+
+    def _result(self, index, pid):
+        path = os.path.join(self._dir, f"w{index}.result")
+        try:
+            with open(path, "rb") as f:
+                result = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            raise WorkerFailed(f"worker {index} (pid {pid}) ended without its results") from None
+        if result["error"]:
+            raise WorkerFailed(f"worker {index} (pid {pid}): {result['error']}")
+        return result
+
+    def _kill(self):
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pids.pop(pid, None)
+
+    def _merge(self, results, writer, scan, frames):
+        items = self.mctx.outputs.items
+        for number, item in enumerate(items):
+            paths = [dict(r["spools"]).get(number) for r in results]
+            if any(paths):
+                _merge_output(item, paths)
+        for r in results:
+            for number, files, incomplete, lost, error, name in r["dirs"]:
+                out = items[number]
+                out.files += files
+                out.incomplete += incomplete
+                out.lost += lost
+                if error is not None and out.error is None:
+                    out.error, out.error_name = error, name
+        if writer is None:
+            return 0
+        return _merge_write(writer, scan, frames, [r["write"] for r in results])
+
+    def _aggregate(self, results):
+        stack = self.mctx.stack
+        counters = stack._counters
+        for r in results:
+            for key, value in r["counters"].items():
+                if key not in ("frames", "tcp_segments"):
+                    counters[key] = counters.get(key, 0) + value
+            stack.tcp_segments += r["counters"]["tcp_segments"]
+            for key, value in r["malformed"].items():
+                stack.malformed[key] = stack.malformed.get(key, 0) + value
+            for key, value in r["callback_errors"].items():
+                stack.callback_errors[key] = stack.callback_errors.get(key, 0) + value
+            stack.reassembly_mem_peak = max(stack.reassembly_mem_peak, r["reassembly_mem_peak"])
+        self.worker_stats = [{"frames": r["frames_in"], "seconds": round(r["seconds"], 3),
+                              "pid": r["pid"]} for r in results]
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        done = os.write(fd, view)
+        view = view[done:]
+
+
+def _merge_output(item, paths):
+    """The workers' records of one output into it, in the order of the run."""
+    streams = [((key[0], key[1], worker, key[2]), data)
+               for worker, path in enumerate(paths) if path
+               for key, data in _records(path)]
+    streams.sort(key=lambda r: r[0])
+    combine = getattr(item, "combine", None)
+    i = 0
+    while i < len(streams):
+        place = streams[i][0][:2]
+        j = i + 1
+        while j < len(streams) and streams[j][0][:2] == place:
+            j += 1
+        group = streams[i:j]
+        if combine is not None and len({r[0][2] for r in group}) > 1:
+            for record in combine([data for _, data in group]):
+                item.write(record)
+        else:
+            for _, data in group:
+                item.write(data)
+        i = j
+
+
+def _merge_write(writer, scan, frames, paths):
+    """--write: the input's frames in their order, as the workers' verdicts say, with the
+    frames the apps sent where one worker sends them."""
+    records = []
+    for worker, path in enumerate(paths):
+        with open(path, "rb") as f:
+            for key, kind, ts, data in marshal.load(f):
+                records.append(((key[0], key[1], worker, key[2]), kind, ts, data))
+    records.sort(key=lambda r: r[0])
+    mm = scan.map
+    rec = scan.record.unpack_from
+    ns = scan.nanosecond
+    write = writer.write
+    written = 0
+    r = 0
+    n_records = len(records)
+    off = 24
+    for number in range(frames):
+        sec, frac, caplen, _ = rec(mm, off)
+        start = off + 16
+        off = start + caplen
+        ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+        own = True
+        while r < n_records and records[r][0][0] == number and records[r][0][1] == _FRAME_KEY:
+            _, kind, rts, data = records[r]
+            r += 1
+            for frame in data:
+                write(rts, frame)
+                written += 1
+            if kind == _VERDICT:
+                own = False
+        if own:
+            write(ts, mm[start:off])
+            written += 1
+        while r < n_records and records[r][0][0] == number:
+            _, _, rts, data = records[r]
+            r += 1
+            for frame in data:
+                write(rts, frame)
+                written += 1
+    for _, _, rts, data in records[r:]:
+        for frame in data:
+            write(rts, frame)
+            written += 1
+    return written
