@@ -21,6 +21,12 @@ second of packet time has passed; a quiet stretch of several seconds gives one
 refresh, not one per second. The first refresh comes at the end of the first
 batch. Flows that start without a SYN (midstream pickup) raise no CONN_START and
 are not listed, as in mOS. Reassembly buffers are turned off (state only).
+
+Workers (`--workers N`, offline): each worker has the table of its flows, and its timer
+fires at the same points of the input as one worker's. At each refresh the workers'
+tables are merged into one (combine): the rows of worker 0, then worker 1's ..., each row
+with its worker in the CPU column (and "cpu" in --json), as mOS prints one table per core.
+The rows are those of a run on one worker; their order and CPU column differ.
 """
 import argparse
 import errno
@@ -36,6 +42,7 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, 
 
 DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
 TIMER_ID = 0
+HEADER = "Proto CPU Client Address        Client State Server Address        Server State"
 
 
 def add_arguments(parser):
@@ -96,6 +103,8 @@ class MidStat:
 
     # -------------------------------------------------------------- output
     def rows(self, mctx):
+        # A worker of a split run is its own CPU (mctx.cpu); one context is its cpu.
+        cpu = getattr(mctx, "cpu", self.cpu)
         rows = []
         for sock, (cli, svr) in self.flows.items():
             try:
@@ -104,7 +113,7 @@ class MidStat:
             except OSError:
                 continue   # ended between two refreshes without telling us
             rows.append({
-                "sock": sock,
+                "sock": sock, "cpu": cpu,
                 "client_addr": cli[0], "client_port": cli[1], "client_state": state_name(cli_state),
                 "server_addr": svr[0], "server_port": svr[1], "server_state": state_name(svr_state),
             })
@@ -117,9 +126,9 @@ class MidStat:
         if self.as_json:
             out.write(json.dumps({"ts": mtcp_cb_get_ts(mctx) / 1e6, "flows": rows}) + "\n")
         else:
-            lines = ["Proto CPU Client Address        Client State Server Address        Server State"]
+            lines = [HEADER]
             for row in rows:
-                lines.append(f"{'tcp':<5} {self.cpu:<3} "
+                lines.append(f"{'tcp':<5} {row['cpu']:<3} "
                              f"{endpoint(row['client_addr'], row['client_port']):<21} "
                              f"{row['client_state']:<12} "
                              f"{endpoint(row['server_addr'], row['server_port']):<21} "
@@ -131,6 +140,19 @@ class MidStat:
         self.output.close()
 
 
+def combine_tables(records):
+    """The tables the workers print at one refresh as one (mosx_open_output's combine)."""
+    rows = [line for record in records for line in record.split(b"\n")[1:] if line]
+    return [b"\n".join([HEADER.encode()] + rows) + b"\n\n"]
+
+
+def combine_json(records):
+    """The --json lines the workers write at one refresh as one."""
+    docs = [json.loads(record) for record in records]
+    flows = [flow for doc in docs for flow in doc["flows"]]
+    return [json.dumps({"ts": docs[0]["ts"], "flows": flows}) + "\n"]
+
+
 def setup(mctx, args):
     try:
         interval_seconds(args.interval)
@@ -139,7 +161,8 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
-    output = mosx_open_output(mctx, args.output)
+    output = mosx_open_output(mctx, args.output,
+                              combine=combine_json if args.json else combine_tables)
     app = MidStat(mctx, output, args.json, args.interval, getattr(mctx, "cpu", 0))
     # State only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
