@@ -466,8 +466,9 @@ COMMANDS = {
 
 def _known_errors():
     """Exception types that are user errors: one line, no traceback."""
+    from .engine.workers import WorkerFailed
     from .io.pcap import PcapFormatError
-    errors = [CliError, PcapFormatError, OSError]
+    errors = [CliError, PcapFormatError, OSError, WorkerFailed]
     try:
         from .io.xdp import XdpError
         errors.append(XdpError)

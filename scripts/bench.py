@@ -511,7 +511,7 @@ _CAPTURE_SOURCES = ("http_sizes", "upload", "concurrent", "small_writes", "ipv6"
                     "rst_abort", "refused", "reuse")
 
 
-def make_capture(out_path, size_mb):
+def make_capture(out_path, size_mb, names=_CAPTURE_SOURCES):
     """Copies of the real test captures merged by time, copy k on addresses of its own
     (IPv4 10.77.0.x -> 10.(k >> 8).(k & 255).x + 100, IPv6 fd77::x -> fd77::k:x) with
     valid checksums, starting k * 20 ms after the first, until the file has size_mb MB."""
@@ -522,7 +522,7 @@ def make_capture(out_path, size_mb):
     from mosxdp.io.pcap import PcapReader, PcapWriter
     data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
     sources = []
-    for name in _CAPTURE_SOURCES:
+    for name in names:
         with PcapReader(os.path.join(data, name + ".pcap")) as reader:
             frames = [(ts, bytes(frame)) for ts, frame in reader]
         sources.append((frames, sum(16 + len(f) for _, f in frames)))

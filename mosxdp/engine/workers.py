@@ -20,7 +20,6 @@ directory (one file per direction of a flow, all of a 4-tuple's flows on one wor
 from __future__ import annotations
 
 import errno
-import heapq
 import marshal
 import mmap
 import os
@@ -35,7 +34,7 @@ import traceback
 from array import array
 
 from ..core.split import MULTIPLIER, frame_worker
-from ..core.stack import VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
+from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
 from ..io.pcap import _MAX_RECORD, PcapFormatError, PcapReader, PcapWriter
 from .offline import WRITE_SNAPLEN, summary_line
 from .result import RunResult
@@ -77,7 +76,8 @@ def check_input(config) -> None:
 
 
 class WorkerFailed(Exception):
-    """A worker died or failed: the run's one line."""
+    """A worker died or failed: the run's one line (the command line prints it as an
+    error)."""
 
 
 class _Scan:
@@ -112,8 +112,9 @@ class _Scan:
 
 
 def _split(scan, workers, batch_size, send):
-    """Read the records and give each its worker; ``send(worker, message)``. Returns
-    (frames, last ts, error or None)."""
+    """Read the records and give each its worker; ``send(worker, message)`` says whether
+    the worker goes on (False: it stopped, and so does the split, after this chunk).
+    Returns (frames, last ts, error or None)."""
     mm = scan.map
     size = scan.size
     rec = scan.record.unpack_from
@@ -158,9 +159,12 @@ def _split(scan, workers, batch_size, send):
                 ends.append(ts)
         if index == first:
             break
+        going = True
         for worker, (numbers, offsets) in enumerate(own):
-            send(worker, _MSG.pack(first, index - first, len(numbers), len(ends))
-                 + numbers.tobytes() + offsets.tobytes() + ends.tobytes())
+            going &= send(worker, _MSG.pack(first, index - first, len(numbers), len(ends))
+                          + numbers.tobytes() + offsets.tobytes() + ends.tobytes())
+        if not going:
+            return index, ts, None
         if index < limit:
             break
     return index, ts, scan.check_end(off)
@@ -419,7 +423,8 @@ class SplitRun:
         self.app = app
         self.print_stats = print_stats
         self.workers = mctx.config.workers
-        self.pids = {}
+        self.pids = {}                            # running workers: pid -> index
+        self.done = [None] * self.workers         # pids of the workers that ended
 
     def run(self) -> RunResult:
         mctx = self.mctx
@@ -486,11 +491,21 @@ class SplitRun:
         return RunResult("offline", frames, frames_out, seconds, "end of input")
 
     def _feed(self, scan, pipes):
+        stopped = set()
+
         def send(worker, message):
+            if worker in stopped:
+                return False
             try:
                 _write_all(pipes[worker], message)
             except BrokenPipeError:
-                raise WorkerFailed(self._dead_line(worker)) from None
+                # A worker that stopped the run (sys.exit in a callback, on_callback_error
+                # 'stop') left with its results; any other end is a failure.
+                pid = self.ended(worker)
+                self._result(worker, pid)
+                stopped.add(worker)
+                return False
+            return True
 
         frames, last_ts, error = _split(scan, self.workers, self.mctx.config.batch_size, send)
         for worker in range(self.workers):
@@ -499,20 +514,18 @@ class SplitRun:
             pipes[worker] = -1
         return frames, last_ts, error
 
-    def _dead_line(self, worker):
+    def ended(self, worker):
+        """Wait for a worker whose pipe broke: its pid; WorkerFailed unless it exited 0."""
         pid = next((p for p, i in self.pids.items() if i == worker), None)
-        status = None
-        if pid is not None:
-            try:
-                got, status = os.waitpid(pid, 0)
-                del self.pids[pid]
-            except ChildProcessError:
-                pass
-        how = _describe(status) if status is not None else "is gone"
-        return f"worker {worker} (pid {pid}) {how} during the run; the run is stopped"
+        _, status = os.waitpid(pid, 0)
+        del self.pids[pid]
+        self.done[worker] = pid
+        if status != 0:
+            raise WorkerFailed(f"worker {worker} (pid {pid}) {_describe(status)} during the "
+                               "run; the run is stopped")
+        return pid
 
     def _wait(self):
-        results = [None] * self.workers
         while self.pids:
             pid, status = os.wait()
             index = self.pids.pop(pid, None)
@@ -521,8 +534,8 @@ class SplitRun:
             if status != 0:
                 raise WorkerFailed(f"worker {index} (pid {pid}) {_describe(status)} during "
                                    "the run; the run is stopped")
-            results[index] = pid
-        return [self._result(i, pid) for i, pid in enumerate(results)]
+            self.done[index] = pid
+        return [self._result(i, pid) for i, pid in enumerate(self.done)]
 
     def _result(self, index, pid):
         path = os.path.join(self._dir, f"w{index}.result")
