@@ -324,6 +324,8 @@ def _write_stats_json(output, mctx, result):
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
            "live": result.live_stats() if result is not None else None}
+    if result is not None and result.workers is not None:
+        out["workers"] = result.workers
     output.write(json.dumps(out, indent=1, default=str) + "\n")
     output.close()
 

@@ -144,8 +144,8 @@ def _split(scan, workers, batch_size, send):
                         sport, dport = ports(mm, start + 34)
                     else:
                         sport = dport = 0
-                    worker = (((((src << 16) | sport) * mul & _MASK64) >> 32)
-                              ^ ((((dst << 16) | dport) * mul & _MASK64) >> 32)) % workers
+                    worker = ((((((src << 16) | sport) * mul & _MASK64) >> 32)
+                               ^ ((((dst << 16) | dport) * mul & _MASK64) >> 32)) * workers) >> 32
                 else:
                     worker = frame_worker(memoryview(mm)[start:start + caplen], workers)
             else:
@@ -488,7 +488,8 @@ class SplitRun:
         if stops:
             message, code, _ = stops[0][1]
             raise StopMonitor(message, code)
-        return RunResult("offline", frames, frames_out, seconds, "end of input")
+        return RunResult("offline", frames, frames_out, seconds, "end of input",
+                         workers=self.worker_stats)
 
     def _feed(self, scan, pipes):
         stopped = set()
