@@ -20,6 +20,7 @@ directory (one file per direction of a flow, all of a 4-tuple's flows on one wor
 from __future__ import annotations
 
 import errno
+import heapq
 import marshal
 import mmap
 import os
@@ -189,6 +190,59 @@ class _Spool:
         self.file.close()
 
 
+class _PlacedOutbox(list):
+    """Stack.outbox of a worker with --write: each frame an app sends keeps the place in
+    the run where it was sent (a frame's callbacks, or a phase of a batch's end), which
+    orders it among the other workers' as one worker's outbox would."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack = stack
+        self.places = []
+
+    def append(self, item):
+        super().append(item)
+        stack = self.stack
+        self.places.append((stack.frame_no, stack.order_key or _FRAME_KEY))
+
+    def clear(self):
+        super().clear()
+        self.places.clear()
+
+
+class _Verdicts:
+    """A worker's --write records: per frame of its own, what differs from "forwarded
+    unchanged", and the frames the apps sent, each with its place; written to a file
+    as they come (marshal, in blocks)."""
+
+    def __init__(self, stack, path):
+        self.stack = stack
+        self.outbox = stack.outbox = _PlacedOutbox(stack)
+        self.path = path
+        self.file = open(path, "wb")
+        self.block = []
+        self.seq = 0
+
+    def add(self, number, kind, ts, frames, key=_FRAME_KEY):
+        self.seq += 1
+        self.block.append(((number, key, self.seq), kind, ts, frames))
+        if len(self.block) >= 1024:
+            marshal.dump(self.block, self.file)
+            self.block = []
+
+    def sent(self, ts):
+        outbox = self.outbox
+        for (frame, _port), (number, key) in zip(outbox, outbox.places):
+            self.add(number, _OUT, ts, [frame], key)
+        outbox.clear()
+
+    def close(self):
+        if self.block:
+            marshal.dump(self.block, self.file)
+        self.file.close()
+        return self.path
+
+
 def _records(path):
     with open(path, "rb") as f:
         while True:
@@ -215,13 +269,14 @@ class _Worker:
     def prepare(self):
         mctx = self.mctx
         mctx.cpu = self.index
+        mctx.outputs.worker = self.index
         for number, item in enumerate(mctx.outputs.items):
             if hasattr(item, "redirect"):
                 spool = _Spool(self.stack, os.path.join(self.spooldir, f"w{self.index}-o{number}"))
                 item.redirect(spool.write)
                 self.spools.append((number, spool))
         if self.write:
-            self.verdicts = []
+            self.verdicts = _Verdicts(self.stack, os.path.join(self.spooldir, f"w{self.index}-write"))
         mctx.engine = self
 
     def filters_changed(self):
@@ -239,7 +294,6 @@ class _Worker:
         batch_size = self.mctx.config.batch_size
         verdicts = self.verdicts
         outbox = stack.outbox
-        seq = 0
         frames_in = 0
         last_ts = 0
         stop = total = None
@@ -278,25 +332,20 @@ class _Worker:
                             continue
                         original = bytes(frame)
                         verdict = process(frame, ts, 0)
-                        for sent, _port in outbox:
-                            seq += 1
-                            verdicts.append(((number, _FRAME_KEY, seq), _OUT, ts, [sent]))
-                        outbox.clear()
+                        if outbox:
+                            verdicts.sent(ts)
                         if verdict == VERDICT_FORWARD:
                             if frame != original:
-                                seq += 1
-                                verdicts.append(((number, _FRAME_KEY, seq), _VERDICT, ts,
-                                                 [bytes(frame)]))
+                                verdicts.add(number, _VERDICT, ts, [bytes(frame)])
                         else:
-                            seq += 1
-                            out = ([bytes(f) for f in stack.wire_frames]
-                                   if verdict == VERDICT_REPLACED else [])
-                            verdicts.append(((number, _FRAME_KEY, seq), _VERDICT, ts, out))
+                            verdicts.add(number, _VERDICT, ts,
+                                         [bytes(f) for f in stack.wire_frames]
+                                         if verdict == VERDICT_REPLACED else [])
                     if b < n_ends:
                         stack.frame_no = end_no
                         stack.now = ends[b]
                         stack.end_batch()
-                        seq = self._flush(end_no, ends[b], seq)
+                        self._flush(ends[b])
         except StopMonitor as exc:
             stop = (str(exc), exc.code, stack.frame_no)
         finally:
@@ -310,20 +359,16 @@ class _Worker:
                 stack.finish()
             except StopMonitor as exc:
                 stop = stop or (str(exc), exc.code, stack.frame_no)
-            self._flush(stack.frame_no, stack.now, seq)
+            self._flush(stack.now)
             view.release()
         return stop
 
-    def _flush(self, number, ts, seq):
-        outbox = self.stack.outbox
-        if outbox:
+    def _flush(self, ts):
+        """The frames the apps sent at the end of a batch or of the input."""
+        if self.stack.outbox:
             if self.verdicts is not None:
-                for sent, _port in outbox:
-                    seq += 1
-                    self.verdicts.append(((number, self.stack.order_key or (98,), seq), _OUT,
-                                          ts, [sent]))
-            outbox.clear()
-        return seq
+                self.verdicts.sent(ts)
+            self.stack.outbox.clear()
 
     def teardown(self, module, app):
         """The app's teardown in this worker (what it writes comes after everything else)."""
@@ -337,9 +382,7 @@ class _Worker:
             spool.close()
         write_path = None
         if self.verdicts is not None:
-            write_path = os.path.join(self.spooldir, f"w{self.index}-write")
-            with open(write_path, "wb") as f:
-                marshal.dump(self.verdicts, f)
+            write_path = self.verdicts.close()
         dirs = [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
                 for number, item in enumerate(self.mctx.outputs.items)
                 if hasattr(item, "write_at")]
@@ -623,22 +666,35 @@ def _merge_output(item, paths):
         i = j
 
 
+def _verdict_records(worker, path):
+    """One worker's --write records, in its order (which is the run's)."""
+    last = None
+    with open(path, "rb") as f:
+        while True:
+            try:
+                block = marshal.load(f)
+            except EOFError:
+                return
+            for key, kind, ts, data in block:
+                place = (key[0], key[1], worker, key[2])
+                if last is not None and place < last:
+                    raise WorkerFailed(f"worker {worker}: its --write records are out of order "
+                                       f"({last} then {place})")
+                last = place
+                yield place, kind, ts, data
+
+
 def _merge_write(writer, scan, frames, paths):
     """--write: the input's frames in their order, as the workers' verdicts say, with the
     frames the apps sent where one worker sends them."""
-    records = []
-    for worker, path in enumerate(paths):
-        with open(path, "rb") as f:
-            for key, kind, ts, data in marshal.load(f):
-                records.append(((key[0], key[1], worker, key[2]), kind, ts, data))
-    records.sort(key=lambda r: r[0])
+    records = heapq.merge(*(_verdict_records(w, p) for w, p in enumerate(paths)),
+                          key=lambda r: r[0])
     mm = scan.map
     rec = scan.record.unpack_from
     ns = scan.nanosecond
     write = writer.write
     written = 0
-    r = 0
-    n_records = len(records)
+    pending = next(records, None)
     off = 24
     for number in range(frames):
         sec, frac, caplen, _ = rec(mm, off)
@@ -646,25 +702,26 @@ def _merge_write(writer, scan, frames, paths):
         off = start + caplen
         ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
         own = True
-        while r < n_records and records[r][0][0] == number and records[r][0][1] == _FRAME_KEY:
-            _, kind, rts, data = records[r]
-            r += 1
+        # Sent by its callbacks (before it), then its own verdict; then the batch's end.
+        while pending is not None and pending[0][0] == number and pending[0][1] == _FRAME_KEY:
+            _, kind, rts, data = pending
             for frame in data:
                 write(rts, frame)
                 written += 1
             if kind == _VERDICT:
                 own = False
+            pending = next(records, None)
         if own:
             write(ts, mm[start:off])
             written += 1
-        while r < n_records and records[r][0][0] == number:
-            _, _, rts, data = records[r]
-            r += 1
-            for frame in data:
-                write(rts, frame)
+        while pending is not None and pending[0][0] == number:
+            for frame in pending[3]:
+                write(pending[2], frame)
                 written += 1
-    for _, _, rts, data in records[r:]:
-        for frame in data:
-            write(rts, frame)
+            pending = next(records, None)
+    while pending is not None:
+        for frame in pending[3]:
+            write(pending[2], frame)
             written += 1
+        pending = next(records, None)
     return written

@@ -61,11 +61,15 @@ class Outputs:
         self.items = []
         self.announce = False     # say each output's first failure when it happens
         self._next_tick = 0.0
+        # A worker of a split run (engine/workers.py): the parent opened the outputs, and
+        # writes them; one opened by a worker would be written by each.
+        self.worker = None
 
     def open_file(self, path, *, binary: bool = False) -> "OutputFile | StdoutFile":
         """The output ``path`` ('-': standard output, ``binary``: its byte stream), opened
         now; OSError naming it."""
         path = os.fspath(path)
+        self._check_not_worker(path)
         out = StdoutFile(self, binary) if path == "-" else OutputFile(self, path)
         self.items.append(out)
         return out
@@ -73,6 +77,7 @@ class Outputs:
     def open_dir(self, path, *, after_drop: bool = False) -> "OutputDir":
         """The output directory ``path`` (made if absent), checked writable now, as the run
         will be (``after_drop``: a live run that drops its privileges after set-up)."""
+        self._check_not_worker(os.fspath(path))
         out = OutputDir(self, os.fspath(path))
         try:
             out.check_writable(after_drop)
@@ -81,6 +86,11 @@ class Outputs:
             raise
         self.items.append(out)
         return out
+
+    def _check_not_worker(self, path) -> None:
+        if self.worker is not None:
+            raise OSError(errno.EINVAL, f"{path}: opened by worker {self.worker} of a split "
+                          "run (--workers): open the app's outputs in its setup()")
 
     def tick(self) -> None:
         """The engines call this after each batch and idle wait: every FLUSH_SECONDS,
