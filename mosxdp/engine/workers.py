@@ -120,8 +120,9 @@ def _split(scan, workers, batch_size, send):
     size = scan.size
     rec = scan.record.unpack_from
     ns = scan.nanosecond
-    head = struct.Struct("!12xHB5xHxB2xII").unpack_from     # untagged IPv4 (core/split.py)
-    ports = struct.Struct("!HH").unpack_from
+    addresses = struct.Struct("!II").unpack_from     # the hash of core/split.py, inline
+    tuple4 = struct.Struct("!IIHH").unpack
+    known = {}
     mul = MULTIPLIER
     chunk = -(-CHUNK_FRAMES // batch_size) * batch_size
     off = 24
@@ -138,17 +139,24 @@ def _split(scan, workers, batch_size, send):
             if start + caplen > size or caplen > _MAX_RECORD:
                 break     # check_end names it
             ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
-            if caplen >= 38:
-                ethertype, ver_ihl, fragment, proto, src, dst = head(mm, start)
-                if ethertype == 0x0800 and ver_ihl == 0x45:
-                    if proto == 6 and not fragment & 0x3FFF:
-                        sport, dport = ports(mm, start + 34)
-                    else:
-                        sport = dport = 0
-                    worker = ((((((src << 16) | sport) * mul & _MASK64) >> 32)
-                               ^ ((((dst << 16) | dport) * mul & _MASK64) >> 32)) * workers) >> 32
-                else:
-                    worker = frame_worker(memoryview(mm)[start:start + caplen], workers)
+            # A TCP segment of untagged IPv4 without options: its worker by its addresses
+            # and ports, kept per direction (a dict lookup costs less than the hash).
+            if caplen >= 38 and mm[start + 12:start + 15] == b"\x08\x00\x45" \
+                    and mm[start + 23] == 6 and not (mm[start + 20] & 0x3F or mm[start + 21]):
+                key = mm[start + 26:start + 38]
+                worker = known.get(key)
+                if worker is None:
+                    src, dst, sport, dport = tuple4(key)
+                    worker = known[key] = ((((((src << 16) | sport) * mul & _MASK64) >> 32)
+                                            ^ ((((dst << 16) | dport) * mul & _MASK64) >> 32))
+                                           * workers) >> 32
+                    if len(known) > 1 << 16:
+                        known.clear()
+            elif caplen >= 38 and mm[start + 12:start + 15] == b"\x08\x00\x45":
+                # Not TCP, or a fragment: by the address pair.
+                src, dst = addresses(mm, start + 26)
+                worker = (((((src << 16) * mul & _MASK64) >> 32)
+                           ^ (((dst << 16) * mul & _MASK64) >> 32)) * workers) >> 32
             else:
                 worker = frame_worker(memoryview(mm)[start:start + caplen], workers)
             numbers, offsets = own[worker]
