@@ -571,14 +571,16 @@ def make_capture(out_path, size_mb, names=_CAPTURE_SOURCES):
 
 
 def _timed_run(argv):
+    """(the process's wall time, the run's: --stats's seconds, start-up and exit left out)"""
+    import re
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mosxdp.cli", "run", *argv],
+    proc = subprocess.run([sys.executable, "-m", "mosxdp.cli", "run", *argv, "--stats"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"bench --workers: mosxdp run {' '.join(argv)} failed: "
                          f"{proc.stderr.strip()[-500:]}")
-    return elapsed
+    return elapsed, float(re.search(r", ([0-9.]+) s,", proc.stderr).group(1))
 
 
 def _same_tree(a, b):
@@ -594,42 +596,52 @@ def _same_tree(a, b):
 
 def bench_workers(pcap, max_workers, repeat):
     """Wall time of `mosxdp run` with 1..max_workers workers (each figure the median of
-    `repeat` runs, the whole process: start-up, split, merge), and the outputs compared
-    with one worker's byte for byte."""
+    `repeat` runs: the whole process, and the run without the process's start-up, as
+    --stats says it: read, split, workers, merge), and the outputs compared with one
+    worker's byte for byte. The worker counts take turns in each round, so that the load
+    of a shared machine weighs on them alike."""
     import statistics
     workdir = tempfile.mkdtemp(prefix="mosxdp-bench-workers-")
     configs = [("connlog", "conn.log", lambda out: ["connlog", "--output", out]),
                ("flowdump", "flows", lambda out: ["flowdump", "--outdir", out]),
                ("flowdump --write", "out.pcap",
                 lambda out: ["flowdump", "--outdir", out + ".flows", "--write", out])]
+    counts = range(1, max_workers + 1)
     try:
         print(f"workers benchmark: {pcap} ({os.path.getsize(pcap) / 1e6:.0f} MB), "
               f"{os.cpu_count()} CPUs, 1-minute load {_loadavg()} before; median of "
-              f"{repeat} runs [all runs], whole `mosxdp run` wall time")
-        print(f"{'configuration':<20} {'workers':>7} {'seconds':>28} {'speed-up':>9} "
-              f"{'identical':>9}")
+              f"{repeat} runs [all runs]; process: the whole `mosxdp run`, run: without "
+              "its start-up (--stats)")
+        print(f"{'configuration':<18} {'workers':>7} {'process s':>24} {'speed-up':>8} "
+              f"{'run s':>24} {'speed-up':>8} {'identical':>9}")
         for label, name, argv_of in configs:
-            base = None
-            for workers in range(1, max_workers + 1):
-                times = []
-                for rnd in range(repeat):
-                    out = os.path.join(workdir, f"{label.replace(' ', '_')}-{workers}-{rnd}", name)
+            tag = label.replace(" ", "_")
+            times = {n: ([], []) for n in counts}
+            for rnd in range(repeat):
+                for workers in counts:
+                    out = os.path.join(workdir, f"{tag}-{workers}-{rnd}", name)
                     os.makedirs(os.path.dirname(out), exist_ok=True)
-                    times.append(_timed_run(argv_of(out) + ["--pcap", pcap,
-                                                            "--workers", str(workers)]))
-                    first = os.path.join(workdir, f"{label.replace(' ', '_')}-1-0", name)
+                    whole, run = _timed_run(argv_of(out) + ["--pcap", pcap,
+                                                            "--workers", str(workers)])
+                    times[workers][0].append(whole)
+                    times[workers][1].append(run)
+                    first = os.path.join(workdir, f"{tag}-1-0", name)
                     same = _same_tree(first, out) and (
                         not label.endswith("--write") or _same_tree(first + ".flows", out + ".flows"))
                     if not same:
                         raise SystemExit(f"bench --workers: {label} with {workers} workers: "
                                          f"{out} differs from one worker's")
-                    if rnd:
+                    if rnd or workers > 1:
                         shutil.rmtree(os.path.dirname(out))
-                median = statistics.median(times)
-                base = base or median
-                runs = " ".join(f"{t:.2f}" for t in times)
-                print(f"{label:<20} {workers:>7} {f'{median:.2f} [{runs}]':>28} "
-                      f"{base / median:>8.2f}x {'yes':>9}", flush=True)
+            base = [statistics.median(t) for t in times[1]]
+            for workers in counts:
+                cells = []
+                for kind in (0, 1):
+                    median = statistics.median(times[workers][kind])
+                    runs = " ".join(f"{t:.2f}" for t in times[workers][kind])
+                    cells.append(f"{f'{median:.2f} [{runs}]':>24} {base[kind] / median:>7.2f}x")
+                print(f"{label:<18} {workers:>7} {cells[0]} {cells[1]} {'yes':>9}", flush=True)
+            shutil.rmtree(os.path.join(workdir, f"{tag}-1-0"), ignore_errors=True)
         print(f"1-minute load after: {_loadavg()}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

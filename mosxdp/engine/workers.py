@@ -89,8 +89,8 @@ class _Scan:
         self.file = open(path, "rb")
         size = os.fstat(self.file.fileno()).st_size
         self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        order, self.nanosecond = _PCAP_MAGIC[bytes(self.map[:4])]
-        self.record = struct.Struct(order + "IIII")
+        self.order, self.nanosecond = _PCAP_MAGIC[bytes(self.map[:4])]
+        self.record = struct.Struct(self.order + "IIII")
         self.size = size
 
     def close(self):
@@ -118,8 +118,10 @@ def _split(scan, workers, batch_size, send):
     Returns (frames, last ts, error or None)."""
     mm = scan.map
     size = scan.size
-    rec = scan.record.unpack_from
+    caplen_at = struct.Struct(scan.order + "I").unpack_from
+    ts_at = struct.Struct(scan.order + "II").unpack_from
     ns = scan.nanosecond
+    last = 24
     addresses = struct.Struct("!II").unpack_from     # the hash of core/split.py, inline
     tuple4 = struct.Struct("!IIHH").unpack
     known = {}
@@ -127,18 +129,21 @@ def _split(scan, workers, batch_size, send):
     chunk = -(-CHUNK_FRAMES // batch_size) * batch_size
     off = 24
     index = 0
-    ts = 0
+
+    def _ts(at):
+        sec, frac = ts_at(mm, at)
+        return sec * 1_000_000 + (frac // 1000 if ns else frac)
+
     while True:
         first = index
         own = [(array("q"), array("q")) for _ in range(workers)]
         ends = array("q")
         limit = first + chunk
         while index < limit and off + 16 <= size:
-            sec, frac, caplen, _ = rec(mm, off)
+            caplen = caplen_at(mm, off + 8)[0]
             start = off + 16
             if start + caplen > size or caplen > _MAX_RECORD:
                 break     # check_end names it
-            ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
             # A TCP segment of untagged IPv4 without options: its worker by its addresses
             # and ports, kept per direction (a dict lookup costs less than the hash).
             if caplen >= 38 and mm[start + 12:start + 15] == b"\x08\x00\x45" \
@@ -162,10 +167,11 @@ def _split(scan, workers, batch_size, send):
             numbers, offsets = own[worker]
             numbers.append(index)
             offsets.append(off)
+            last = off
             off = start + caplen
             index += 1
             if index % batch_size == 0:
-                ends.append(ts)
+                ends.append(_ts(last))
         if index == first:
             break
         going = True
@@ -173,10 +179,10 @@ def _split(scan, workers, batch_size, send):
             going &= send(worker, _MSG.pack(first, index - first, len(numbers), len(ends))
                           + numbers.tobytes() + offsets.tobytes() + ends.tobytes())
         if not going:
-            return index, ts, None
+            return index, _ts(last), None
         if index < limit:
             break
-    return index, ts, scan.check_end(off)
+    return index, _ts(last) if index else 0, scan.check_end(off)
 
 
 class _Spool:
@@ -694,21 +700,39 @@ def _verdict_records(worker, path):
 
 def _merge_write(writer, scan, frames, paths):
     """--write: the input's frames in their order, as the workers' verdicts say, with the
-    frames the apps sent where one worker sends them."""
+    frames the apps sent where one worker sends them. A run of frames forwarded unchanged
+    whose records PcapWriter would write as they are in the input (little-endian
+    microseconds, not cut by a snap length) is copied in one write."""
     records = heapq.merge(*(_verdict_records(w, p) for w, p in enumerate(paths)),
                           key=lambda r: r[0])
     mm = scan.map
     rec = scan.record.unpack_from
     ns = scan.nanosecond
+    verbatim = scan.order == "<" and not ns
+    out = writer._f
     write = writer.write
     written = 0
     pending = next(records, None)
     off = 24
+    run_start = off          # input bytes not yet written, all verbatim records
     for number in range(frames):
-        sec, frac, caplen, _ = rec(mm, off)
+        sec, frac, caplen, origlen = rec(mm, off)
         start = off + 16
-        off = start + caplen
-        ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+        end = start + caplen
+        if pending is None or pending[0][0] != number:
+            # Nothing happened to this frame: forwarded as it came.
+            if verbatim and caplen == origlen:
+                off = end
+                written += 1
+                continue
+            if run_start < off:
+                out.write(mm[run_start:off])
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
+            written += 1
+            off = run_start = end
+            continue
+        if run_start < off:
+            out.write(mm[run_start:off])
         own = True
         # Sent by its callbacks (before it), then its own verdict; then the batch's end.
         while pending is not None and pending[0][0] == number and pending[0][1] == _FRAME_KEY:
@@ -720,13 +744,16 @@ def _merge_write(writer, scan, frames, paths):
                 own = False
             pending = next(records, None)
         if own:
-            write(ts, mm[start:off])
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
             written += 1
         while pending is not None and pending[0][0] == number:
             for frame in pending[3]:
                 write(pending[2], frame)
                 written += 1
             pending = next(records, None)
+        off = run_start = end
+    if run_start < off:
+        out.write(mm[run_start:off])
     while pending is not None:
         for frame in pending[3]:
             write(pending[2], frame)
