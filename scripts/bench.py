@@ -601,7 +601,9 @@ def bench_workers(pcap, max_workers, repeat):
     worker's byte for byte. The worker counts take turns in each round, so that the load
     of a shared machine weighs on them alike."""
     import statistics
-    workdir = tempfile.mkdtemp(prefix="mosxdp-bench-workers-")
+    # Outputs in memory when the machine has a tmpfs: the disk's write-back is not measured.
+    workdir = tempfile.mkdtemp(prefix="mosxdp-bench-workers-",
+                               dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     configs = [("connlog", "conn.log", lambda out: ["connlog", "--output", out]),
                ("flowdump", "flows", lambda out: ["flowdump", "--outdir", out]),
                ("flowdump --write", "out.pcap",
@@ -611,7 +613,7 @@ def bench_workers(pcap, max_workers, repeat):
         print(f"workers benchmark: {pcap} ({os.path.getsize(pcap) / 1e6:.0f} MB), "
               f"{os.cpu_count()} CPUs, 1-minute load {_loadavg()} before; median of "
               f"{repeat} runs [all runs]; process: the whole `mosxdp run`, run: without "
-              "its start-up (--stats)")
+              f"its start-up (--stats); outputs in {os.path.dirname(workdir)}")
         print(f"{'configuration':<18} {'workers':>7} {'process s':>24} {'speed-up':>8} "
               f"{'run s':>24} {'speed-up':>8} {'identical':>9}")
         for label, name, argv_of in configs:
