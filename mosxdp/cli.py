@@ -134,6 +134,9 @@ def _datapath_options(parser):
                        help="live: observe-only; the kernel forwards every frame and the app "
                             "reads copies (for apps that never drop, modify or send frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="offline: split the run over N processes by flow (default 1); "
+                            "the outputs are those of one (docs/workers.md)")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
     group.add_argument("--metrics-port", type=int, metavar="N",
@@ -191,7 +194,7 @@ def parse_run(argv):
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
         "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
-        "observe": args.observe,
+        "observe": args.observe, "workers": args.workers,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"
@@ -212,9 +215,13 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    split = mctx.config.workers > 1
     # Before the app's set-up creates its outputs, and before anything is attached.
     from .engine.run import preflight
     try:
+        if split and getattr(module, "ONE_WORKER", None):
+            raise OSError(errno.EINVAL, f"--workers {mctx.config.workers}: app {app_name} "
+                                        f"runs on one worker: {module.ONE_WORKER}")
         preflight(mctx.config)
         if mctx.config.iface is not None:
             from .io.xdp.owner import check_free
@@ -257,9 +264,14 @@ def cmd_run(argv):
         try:
             # Only for a person watching: nothing in a log or a pipe.
             progress = args.pcap is not None and not args.no_progress and _is_terminal(sys.stderr)
-            result = run(mctx, print_stats=print_stats, progress=progress)
+            if split:
+                from .engine.workers import SplitRun
+                result = SplitRun(mctx, module, app, print_stats).run()
+            else:
+                result = run(mctx, print_stats=print_stats, progress=progress)
         finally:
-            if hasattr(module, "teardown"):
+            # A split run's workers ran the app's teardown, each on its own state.
+            if hasattr(module, "teardown") and not split:
                 try:
                     module.teardown(app)
                 except Exception as exc:
@@ -329,6 +341,8 @@ def _write_stats_json(output, mctx, result):
            "reassembly_mem_peak": stack.reassembly_mem_peak,
            "sinks": [sink.stats() for sink in mctx.outputs.sinks()],
            "live": result.live_stats() if result is not None else None}
+    if result is not None and result.workers is not None:
+        out["workers"] = result.workers
     output.write(json.dumps(out, indent=1, default=str) + "\n")
     output.close()
 
@@ -471,8 +485,9 @@ COMMANDS = {
 
 def _known_errors():
     """Exception types that are user errors: one line, no traceback."""
+    from .engine.workers import WorkerFailed
     from .io.pcap import PcapFormatError
-    errors = [CliError, PcapFormatError, OSError]
+    errors = [CliError, PcapFormatError, OSError, WorkerFailed]
     try:
         from .io.xdp import XdpError
         errors.append(XdpError)

@@ -147,6 +147,16 @@ def _num_cores(key, value):
     return _int(1, os.cpu_count() or 1)(key, value)
 
 
+def _workers(key, value):
+    """Worker processes of a run: 1 to 4 per CPU (more than the CPUs only adds overhead,
+    but lets a small machine test the split)."""
+    cpus = os.cpu_count() or 1
+    try:
+        return _int(1, 4 * cpus)(key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (4 per CPU, {cpus} CPUs here)") from None
+
+
 @dataclass
 class Config:
     # [mos]: the mOS stack knobs.
@@ -185,6 +195,7 @@ class Config:
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
+    workers: int = 1                 # offline: processes the run is split over (engine/workers.py)
 
     def stack_config(self):
         return StackConfig(
@@ -243,6 +254,7 @@ SECTIONS = {
         "keep_privileges": _bool,
         "detach_on_exit": _bool,
         "observe": _bool,
+        "workers": _workers,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

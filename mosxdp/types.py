@@ -87,6 +87,7 @@ class FlowStats(ctypes.Structure):
         super().__init__(*args, **kwargs)
         self.history = ""
         self.end_reason = None
+        self.vlan_ids = ()     # the flow's VLAN tags, outermost first
 
 
 class DatagramFlowStats(ctypes.Structure):

@@ -8,6 +8,15 @@
   scripts/bench.py --callgrind PCAP instructions per frame of `mosxdp run` offline
                                     (no app, connlog, flowdump) under callgrind:
                                     repeatable whatever else the machine runs.
+  scripts/bench.py --make-capture OUT [--size-mb 110]
+                                    the big capture: copies of the real captures of
+                                    tests/data, each copy on its own addresses and
+                                    starting 20 ms after the one before (many flows at
+                                    once), until OUT has the size asked for.
+  scripts/bench.py --workers PCAP [--max-workers N]
+                                    `mosxdp run` wall time on PCAP with 1..N workers
+                                    (connlog, flowdump, flowdump --write), outputs
+                                    checked identical to one worker's.
 
 Figures are printed, never asserted: tests do not time anything.
 """
@@ -497,6 +506,149 @@ def bench_live(argv, rounds=3):
     return 0
 
 
+# The real captures of tests/data (the crafted ones are variants of one flow).
+_CAPTURE_SOURCES = ("http_sizes", "upload", "concurrent", "small_writes", "ipv6", "halfclose",
+                    "rst_abort", "refused", "reuse")
+
+
+def make_capture(out_path, size_mb, names=_CAPTURE_SOURCES):
+    """Copies of the real test captures merged by time, copy k on addresses of its own
+    (IPv4 10.77.0.x -> 10.(k >> 8).(k & 255).x + 100, IPv6 fd77::x -> fd77::k:x) with
+    valid checksums, starting k * 20 ms after the first, until the file has size_mb MB."""
+    import heapq
+    import struct
+
+    from mosxdp.core.packet import fix_ipv4_checksum, fix_tcp_checksum, parse_frame
+    from mosxdp.io.pcap import PcapReader, PcapWriter
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
+    sources = []
+    for name in names:
+        with PcapReader(os.path.join(data, name + ".pcap")) as reader:
+            frames = [(ts, bytes(frame)) for ts, frame in reader]
+        sources.append((frames, sum(16 + len(f) for _, f in frames)))
+    base = min(frames[0][0] for frames, _ in sources)
+
+    def copy(k, frames):
+        start = base + k * 20_000 - frames[0][0]
+        for ts, frame in frames:
+            buf = bytearray(frame)
+            try:
+                pkt = parse_frame(memoryview(buf))
+            except ValueError:
+                yield ts + start, bytes(buf)
+                continue
+            if pkt.ip_version == 4 and bytes(pkt.src[:2]) == bytes((10, 77)):
+                for at in (pkt.l3_off + 12, pkt.l3_off + 16):
+                    buf[at + 1:at + 3] = bytes((k >> 8 & 255, k & 255))
+                    buf[at + 3] = (buf[at + 3] + 100) & 255
+            elif pkt.ip_version == 6 and bytes(pkt.src[:2]) == bytes((0xfd, 0x77)):
+                for at in (pkt.l3_off + 8, pkt.l3_off + 24):
+                    buf[at + 12:at + 14] = struct.pack("!H", k & 0xFFFF)
+            else:
+                yield ts + start, bytes(buf)
+                continue
+            pkt = parse_frame(memoryview(buf))
+            if pkt.ip_version == 4:
+                fix_ipv4_checksum(pkt)
+            if pkt.ip_proto == 6 and not pkt.is_fragment:
+                fix_tcp_checksum(pkt)
+            yield ts + start, bytes(buf)
+
+    target = size_mb * 1_000_000
+    streams, size, k = [], 24, 0
+    while size < target:
+        frames, nbytes = sources[k % len(sources)]
+        streams.append(copy(k, frames))
+        size += nbytes
+        k += 1
+    with PcapWriter(out_path, snaplen=262144) as writer:
+        count = 0
+        for ts, frame in heapq.merge(*streams, key=lambda item: item[0]):
+            writer.write(ts, frame)
+            count += 1
+    print(f"{out_path}: {count} frames, {k} copies of {len(sources)} captures, "
+          f"{os.path.getsize(out_path) / 1e6:.1f} MB")
+
+
+def _timed_run(argv):
+    """(the process's wall time, the run's: --stats's seconds, start-up and exit left out)"""
+    import re
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mosxdp.cli", "run", *argv, "--stats"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench --workers: mosxdp run {' '.join(argv)} failed: "
+                         f"{proc.stderr.strip()[-500:]}")
+    return elapsed, float(re.search(r", ([0-9.]+) s,", proc.stderr).group(1))
+
+
+def _same_tree(a, b):
+    import filecmp
+    if os.path.isdir(a):
+        cmp = filecmp.dircmp(a, b)
+        if cmp.left_only or cmp.right_only:
+            return False
+        return all(filecmp.cmp(os.path.join(a, n), os.path.join(b, n), shallow=False)
+                   for n in cmp.common_files)
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def bench_workers(pcap, max_workers, repeat):
+    """Wall time of `mosxdp run` with 1..max_workers workers (each figure the median of
+    `repeat` runs: the whole process, and the run without the process's start-up, as
+    --stats says it: read, split, workers, merge), and the outputs compared with one
+    worker's byte for byte. The worker counts take turns in each round, so that the load
+    of a shared machine weighs on them alike."""
+    import statistics
+    # Outputs in memory when the machine has a tmpfs: the disk's write-back is not measured.
+    workdir = tempfile.mkdtemp(prefix="mosxdp-bench-workers-",
+                               dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    configs = [("connlog", "conn.log", lambda out: ["connlog", "--output", out]),
+               ("flowdump", "flows", lambda out: ["flowdump", "--outdir", out]),
+               ("flowdump --write", "out.pcap",
+                lambda out: ["flowdump", "--outdir", out + ".flows", "--write", out])]
+    counts = range(1, max_workers + 1)
+    try:
+        print(f"workers benchmark: {pcap} ({os.path.getsize(pcap) / 1e6:.0f} MB), "
+              f"{os.cpu_count()} CPUs, 1-minute load {_loadavg()} before; median of "
+              f"{repeat} runs [all runs]; process: the whole `mosxdp run`, run: without "
+              f"its start-up (--stats); outputs in {os.path.dirname(workdir)}")
+        print(f"{'configuration':<18} {'workers':>7} {'process s':>24} {'speed-up':>8} "
+              f"{'run s':>24} {'speed-up':>8} {'identical':>9}")
+        for label, name, argv_of in configs:
+            tag = label.replace(" ", "_")
+            times = {n: ([], []) for n in counts}
+            for rnd in range(repeat):
+                for workers in counts:
+                    out = os.path.join(workdir, f"{tag}-{workers}-{rnd}", name)
+                    os.makedirs(os.path.dirname(out), exist_ok=True)
+                    whole, run = _timed_run(argv_of(out) + ["--pcap", pcap,
+                                                            "--workers", str(workers)])
+                    times[workers][0].append(whole)
+                    times[workers][1].append(run)
+                    first = os.path.join(workdir, f"{tag}-1-0", name)
+                    same = _same_tree(first, out) and (
+                        not label.endswith("--write") or _same_tree(first + ".flows", out + ".flows"))
+                    if not same:
+                        raise SystemExit(f"bench --workers: {label} with {workers} workers: "
+                                         f"{out} differs from one worker's")
+                    if rnd or workers > 1:
+                        shutil.rmtree(os.path.dirname(out))
+            base = [statistics.median(t) for t in times[1]]
+            for workers in counts:
+                cells = []
+                for kind in (0, 1):
+                    median = statistics.median(times[workers][kind])
+                    runs = " ".join(f"{t:.2f}" for t in times[workers][kind])
+                    cells.append(f"{f'{median:.2f} [{runs}]':>24} {base[kind] / median:>7.2f}x")
+                print(f"{label:<18} {workers:>7} {cells[0]} {cells[1]} {'yes':>9}", flush=True)
+            shutil.rmtree(os.path.join(workdir, f"{tag}-1-0"), ignore_errors=True)
+        print(f"1-minute load after: {_loadavg()}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--offline", metavar="PCAP", help="benchmark the core on a pcap file")
@@ -506,9 +658,20 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=700,
                         help="with --callgrind: N, the per-frame figure is frames N+1..2N")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (best is kept)")
+    parser.add_argument("--make-capture", metavar="OUT", help="write the big capture to OUT")
+    parser.add_argument("--size-mb", type=int, default=110, help="with --make-capture: its size")
+    parser.add_argument("--workers", metavar="PCAP", help="wall time with 1..N workers")
+    parser.add_argument("--max-workers", type=int, default=2, help="with --workers: N")
     args, rest = parser.parse_known_args(argv)
+    if args.make_capture:
+        make_capture(args.make_capture, args.size_mb)
+        return 0
+    if args.workers:
+        bench_workers(args.workers, args.max_workers, args.repeat)
+        return 0
     if not args.offline and not args.live and not args.callgrind:
-        parser.error("give --offline PCAP, --callgrind PCAP and/or --live")
+        parser.error("give --offline PCAP, --callgrind PCAP, --workers PCAP, --make-capture "
+                     "OUT and/or --live")
     if args.callgrind:
         bench_callgrind(args.callgrind, args.frames)
     if args.offline:

@@ -10,13 +10,21 @@ counted and said.
 from .context import _stack
 
 
-def mosx_open_output(mctx, path, binary=False):
+def mosx_open_output(mctx, path, binary=False, combine=None):
     """The output file ``path`` ('-': standard output), opened now: a symbolic link there
     is refused, a regular file emptied (not if it has other hard links). Returns an object
     with ``write(record)`` (str or bytes; one record, e.g. a line), ``flush()``, ``close()``.
-    A bad path raises OSError naming it; a failed write later does not raise."""
+    A bad path raises OSError naming it; a failed write later does not raise.
+
+    A run split over several workers (``--workers N``, docs/workers.md) writes the records
+    of all workers in the order one worker writes them. Records written at the same moment
+    of the run in several workers (by a timer, which runs in each, or at teardown) are
+    written one worker's after the other's; ``combine``, if given, gets them instead, as a
+    list of bytes in worker order, and returns the list of records to write."""
     _stack(mctx)
-    return mctx.outputs.open_file(path, binary=binary)
+    out = mctx.outputs.open_file(path, binary=binary)
+    out.combine = combine
+    return out
 
 
 #: The help of a log app's --output (connlog, nat --log, scrub --log, ...).
@@ -25,7 +33,7 @@ MOSX_SINK_HELP = ("FILE, '-' (stdout), unix:PATH (a unix stream socket), "
                   "redis+unix:///SOCKET?key=KEY&mode=... (docs/outputs.md, Sinks)")
 
 
-def mosx_open_sink(mctx, spec, option="--output"):
+def mosx_open_sink(mctx, spec, option="--output", combine=None):
     """Where a log app's records go, ``spec`` as a user gives it (``option``: the option
     that named it, for messages):
 
@@ -41,11 +49,15 @@ def mosx_open_sink(mctx, spec, option="--output"):
     ``flush()``, ``close()`` and ``kind`` ("file", "stdout", "unix" or "redis"). A network
     sink never blocks: records wait in a bounded queue, then are dropped and counted; it
     reconnects by itself. A bad spec, a file that cannot be opened, or a server that
-    refuses the sink (a wrong password) raises OSError with one line naming ``option``."""
+    refuses the sink (a wrong password) raises OSError with one line naming ``option``.
+    A run split over workers merges the records as ``mosx_open_output`` does (``combine``
+    the same)."""
     _stack(mctx)
     config = mctx.config
     after_drop = config.iface is not None and not config.keep_privileges
-    return mctx.outputs.open_sink(spec, option=option, after_drop=after_drop)
+    out = mctx.outputs.open_sink(spec, option=option, after_drop=after_drop)
+    out.combine = combine
+    return out
 
 
 def mosx_open_outdir(mctx, path):

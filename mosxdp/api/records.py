@@ -11,6 +11,7 @@ import time
 
 from ..core import zeeklog
 from ..core.communityid import community_id
+from ..core.events import ORDER_EOF
 from .context import _stack
 from ..io.sinks import SinkSpecError, parse_sink
 from .outputs import mosx_open_sink
@@ -30,7 +31,13 @@ def mosx_frame_count(mctx):
     """Frames the context's core has taken so far, the one being processed included:
     offline, in a callback, the number of the current packet in the capture (1 for the
     first, as Suricata's ``pcap_cnt`` and Wireshark's frame numbers count)."""
-    return _stack(mctx).counters["frames"]
+    stack = _stack(mctx)
+    if getattr(mctx.outputs, "worker", None) is None:
+        return stack.counters["frames"]
+    # A worker of a split run takes only its share: Stack.frame_no is the input's index of
+    # the frame (or of the batch's last), and at the end of the input the input's count.
+    key = stack.order_key
+    return stack.frame_no if key is not None and key[0] >= ORDER_EOF else stack.frame_no + 1
 
 
 class _JsonLog:

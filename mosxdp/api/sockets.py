@@ -170,6 +170,7 @@ def _flow_stats(stack, flow):
         stats.missed_bytes[index] = max(0, extent - receiver.unique_bytes - carried)
     stats.history = "".join(flow.history)
     stats.end_reason = flow.end_reason
+    stats.vlan_ids = flow.vlan_ids
     return stats
 
 

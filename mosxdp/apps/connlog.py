@@ -243,7 +243,8 @@ class ConnLog:
         self.flows += 1
         record = {
             "ts": stats.start_ts / 1e6,
-            "uid": make_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, self.flows),
+            # Of the flow alone (not of the lines before it): the same with --workers.
+            "uid": make_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids),
             "id.orig_h": orig_h, "id.orig_p": orig_p,
             "id.resp_h": resp_h, "id.resp_p": resp_p,
             "proto": "tcp",
@@ -276,7 +277,7 @@ class ConnLog:
         record = {
             "ts": stats.start_ts / 1e6,
             "uid": make_uid(stats.start_ts, stats.orig_h, stats.orig_p, stats.resp_h,
-                            stats.resp_p, self.flows),
+                            stats.resp_p, stats.vlan_ids, stats.proto),
             "id.orig_h": stats.orig_h, "id.orig_p": stats.orig_p,
             "id.resp_h": stats.resp_h, "id.resp_p": stats.resp_p,
             "proto": stats.proto,

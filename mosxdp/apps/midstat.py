@@ -22,6 +22,12 @@ second of packet time has passed; a quiet stretch of several seconds gives one
 refresh, not one per second. The first refresh comes at the end of the first
 batch. Flows that start without a SYN (midstream pickup) raise no CONN_START and
 are not listed, as in mOS. Reassembly buffers are turned off (state only).
+
+Workers (`--workers N`, offline): each worker has the table of its flows, and its timer
+fires at the same points of the input as one worker's. At each refresh the workers'
+tables are merged into one (combine): the rows of worker 0, then worker 1's ..., each row
+with its worker in the CPU column (and "cpu" in --json), as mOS prints one table per core.
+The rows are those of a run on one worker; their order and CPU column differ.
 """
 import argparse
 import errno
@@ -37,6 +43,7 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, 
 
 DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
 TIMER_ID = 0
+HEADER = "Proto CPU Client Address        Client State Server Address        Server State"
 
 
 def add_arguments(parser):
@@ -99,6 +106,8 @@ class MidStat:
 
     # -------------------------------------------------------------- output
     def rows(self, mctx):
+        # A worker of a split run is its own CPU (mctx.cpu); one context is its cpu.
+        cpu = getattr(mctx, "cpu", self.cpu)
         rows = []
         for sock, (cli, svr) in self.flows.items():
             try:
@@ -107,7 +116,7 @@ class MidStat:
             except OSError:
                 continue   # ended between two refreshes without telling us
             rows.append({
-                "sock": sock,
+                "sock": sock, "cpu": cpu,
                 "client_addr": cli[0], "client_port": cli[1], "client_state": state_name(cli_state),
                 "server_addr": svr[0], "server_port": svr[1], "server_state": state_name(svr_state),
             })
@@ -120,9 +129,9 @@ class MidStat:
         if self.as_json:
             out.write(json.dumps({"ts": mtcp_cb_get_ts(mctx) / 1e6, "flows": rows}) + "\n")
         else:
-            lines = ["Proto CPU Client Address        Client State Server Address        Server State"]
+            lines = [HEADER]
             for row in rows:
-                lines.append(f"{'tcp':<5} {self.cpu:<3} "
+                lines.append(f"{'tcp':<5} {row['cpu']:<3} "
                              f"{endpoint(row['client_addr'], row['client_port']):<21} "
                              f"{row['client_state']:<12} "
                              f"{endpoint(row['server_addr'], row['server_port']):<21} "
@@ -134,6 +143,19 @@ class MidStat:
         self.output.close()
 
 
+def combine_tables(records):
+    """The tables the workers print at one refresh as one (mosx_open_output's combine)."""
+    rows = [line for record in records for line in record.split(b"\n")[1:] if line]
+    return [b"\n".join([HEADER.encode()] + rows) + b"\n\n"]
+
+
+def combine_json(records):
+    """The --json lines the workers write at one refresh as one."""
+    docs = [json.loads(record) for record in records]
+    flows = [flow for doc in docs for flow in doc["flows"]]
+    return [json.dumps({"ts": docs[0]["ts"], "flows": flows}) + "\n"]
+
+
 def setup(mctx, args):
     try:
         interval_seconds(args.interval)
@@ -142,7 +164,8 @@ def setup(mctx, args):
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
-    output = mosx_open_sink(mctx, args.output)
+    output = mosx_open_sink(mctx, args.output,
+                            combine=combine_json if args.json else combine_tables)
     if output.kind == "redis" and not args.json:
         # A Redis entry is one record: a JSON line, not a table of several.
         raise OSError(errno.EINVAL, f"--output {output.name}: Redis takes one record per "

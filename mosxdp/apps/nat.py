@@ -67,6 +67,10 @@ IP_DST = {4: 16, 6: 24}
 TCP_SRC_PORT = 0
 TCP_DST_PORT = 2
 _CHKSUMS = MOS_UPDATE_IP_CHKSUM | MOS_UPDATE_TCP_CHKSUM
+# --workers N: refused (cli.py). The port pool is one for all flows, and the reverse
+# direction is rewritten before the flow lookup, so its frames hash to another worker.
+ONE_WORKER = ("its port pool serves all flows, and the server's frames are rewritten "
+              "before the flow lookup (on the wire they belong to another flow)")
 
 
 def add_arguments(parser):

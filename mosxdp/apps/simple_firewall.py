@@ -274,6 +274,31 @@ class Firewall:
                 "flows": sum(rule.count for rule in self.rules) + self.default_count,
                 "dropped_frames": self.dropped_frames}
 
+    # ----------------------------------------- --workers N (docs/workers.md)
+    # Each worker counts the flows it saw; the tables and the stats the workers write at
+    # one moment (a refresh, the end) become one with every count summed: a run on one
+    # worker's. These run in the parent, whose own counts are not used otherwise.
+    def combine_tables(self, records):
+        counts = [0] * (len(self.rules) + 1)
+        for record in records:
+            rows = record.decode().split("\n")[3:3 + len(counts)]
+            for i, row in enumerate(rows):
+                counts[i] += int(row.split()[1])
+        for rule, count in zip(self.rules, counts):
+            rule.count = count
+        self.default_count = counts[-1]
+        return [self.table()]
+
+    def combine_stats(self, records):
+        docs = [json.loads(record) for record in records]
+        total = docs[0]
+        for doc in docs[1:]:
+            for rule, other in zip(total["rules"], doc["rules"]):
+                rule["flows"] += other["flows"]
+            for key in ("default_accept", "flows", "dropped_frames"):
+                total[key] += doc[key]
+        return [json.dumps(total, indent=1) + "\n"]
+
     def close(self):
         self.print_table()
         if self.stats_output is not None:
@@ -288,8 +313,11 @@ def setup(mctx, args):
     except argparse.ArgumentTypeError as exc:
         raise OSError(errno.EINVAL, f"--interval {exc}") from None
     rules = parse_rules(args.rules)
-    output = mosx_open_output(mctx, args.output)
-    stats_output = mosx_open_output(mctx, args.stats_output) if args.stats_output else None
+    # (combine: the app made just below)
+    output = mosx_open_output(mctx, args.output, combine=lambda r: app.combine_tables(r))
+    stats_output = mosx_open_output(mctx, args.stats_output,
+                                    combine=lambda r: app.combine_stats(r)) \
+        if args.stats_output else None
     app = Firewall(rules, output, stats_output, args.interval)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     # Headers only: no bytestream buffers.

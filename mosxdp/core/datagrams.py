@@ -43,6 +43,7 @@ whole ICMP message), valid during the call only. The flow object lives until its
 """
 from collections import OrderedDict
 
+from .events import ORDER_ICMP_EOF, ORDER_ICMP_IDLE, ORDER_UDP_EOF, ORDER_UDP_IDLE
 from .packet import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, PacketError, icmp_type_code
 
 DEFAULT_UDP_TIMEOUT = 60.0    # Zeek's udp_inactivity_timeout
@@ -92,6 +93,7 @@ class DatagramFlow:
     responder] DatagramSide; times in the Stack's clock (microseconds)."""
     __slots__ = ("keys", "ip_proto", "ip_version", "vlan_ids", "sides", "start_ts", "last_ts",
                  "history", "flipped", "one_way", "end_reason", "destroyed", "kernel_verdict",
+                 "last_no",
                  "watchers")
 
     def __init__(self, key_orig, key_resp, ip_proto, pkt, ts, flipped, one_way, watchers):
@@ -108,6 +110,7 @@ class DatagramFlow:
         self.destroyed = False
         self.kernel_verdict = None     # None, "bypass" or "drop"
         self.watchers = watchers
+        self.last_no = 0               # Stack.frame_no when last active (workers' order)
 
     @property
     def proto(self):
@@ -207,6 +210,7 @@ class DatagramTable:
         s.l2_bytes += pkt.frame_len
         s.payload_bytes += payload
         flow.last_ts = ts
+        flow.last_no = self.owner.frame_no
         (self.udp_lru if ip_proto == IPPROTO_UDP else self.icmp_lru).move_to_end(flow)
         verdict = flow.kernel_verdict
         if verdict is None:
@@ -301,8 +305,9 @@ class DatagramTable:
 
     def expire(self, now):
         """End the flows idle for their protocol's timeout (unless it is off)."""
-        for order, timeout in ((self.udp_lru, self.udp_timeout_us),
-                               (self.icmp_lru, self.icmp_timeout_us)):
+        owner = self.owner
+        for order, timeout, phase in ((self.udp_lru, self.udp_timeout_us, ORDER_UDP_IDLE),
+                                      (self.icmp_lru, self.icmp_timeout_us, ORDER_ICMP_IDLE)):
             if not timeout:
                 continue
             limit = now - timeout
@@ -313,6 +318,7 @@ class DatagramTable:
                 if not self._idle(flow, limit):
                     order.move_to_end(flow)
                     continue
+                owner.order_key = (phase, flow.last_no)
                 self.end_flow(flow, "timeout")
 
     def _evict_one(self):
@@ -323,6 +329,11 @@ class DatagramTable:
 
     def finish(self):
         """End of input: every flow still open ends with reason 'eof'."""
-        for order in (self.udp_lru, self.icmp_lru):
-            for flow in list(order):
-                self.end_flow(flow, "eof")
+        owner = self.owner
+        try:
+            for order, phase in ((self.udp_lru, ORDER_UDP_EOF), (self.icmp_lru, ORDER_ICMP_EOF)):
+                for flow in list(order):
+                    owner.order_key = (phase, flow.last_no)
+                    self.end_flow(flow, "eof")
+        finally:
+            owner.order_key = None

@@ -28,6 +28,14 @@ _STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
                       for k in ("stdlib", "platstdlib")})
 
 
+# Stack.order_key while the end of a batch (or of the input) runs callbacks: the phase, then
+# what orders its flows or timers as one context runs them (None while a frame is processed).
+# Writes of several workers merge by (frame_no, order_key): engine/workers.py.
+# UDP and ICMP flows (core/datagrams.py) idle out, and end at the end of the input, after the
+# TCP flows, UDP before ICMP.
+(ORDER_NEW_DATA, ORDER_TIMER, ORDER_TIME_WAIT, ORDER_HALF_OPEN, ORDER_IDLE, ORDER_UDP_IDLE,
+ ORDER_ICMP_IDLE, ORDER_EOF, ORDER_UDP_EOF, ORDER_ICMP_EOF) = range(1, 11)
+
 def exception_site(exc):
     """'FILE:LINE' where ``exc`` was raised, for a one-line report: the innermost frame of
     its traceback in the application's code (not in mosxdp's modules, which an app's bad
@@ -259,7 +267,8 @@ class EventDispatch:
     def _run_timers(self):
         timers = self.timers
         while timers and timers[0][0] <= self.now:
-            _, _, timer_id, callback = heapq.heappop(timers)
+            deadline, seq, timer_id, callback = heapq.heappop(timers)
+            self.order_key = (ORDER_TIMER, deadline, seq)
             self._call(callback, timer_id, 0, 0, None, no_packet=True)
 
     def drop_current(self):

@@ -17,11 +17,13 @@ while established ones stay.
 from collections import OrderedDict
 
 from .constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TH_ACK, TH_SYN
-from .events import EV_CONN_END, HOOK_RCV, HOOK_SND
+from .events import (EV_CONN_END, HOOK_RCV, HOOK_SND, ORDER_EOF, ORDER_HALF_OPEN, ORDER_IDLE,
+                     ORDER_TIME_WAIT)
 from .sockets import FlowSocket
 from .tcp import CLOSED, ESTABLISHED, FINISHED_STATES, LISTEN, SYN_RCVD
 
 DEFAULT_TCP_SYN_TIMEOUT = 5.0         # idle seconds of a half-open flow
+
 # Server-side states of a flow whose handshake has not completed.
 HALF_OPEN_STATES = frozenset((LISTEN, SYN_RCVD))
 _SYN_ACK = TH_SYN | TH_ACK
@@ -91,6 +93,7 @@ class Flow:
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
         "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
+        "last_no", "tw_no", "data_no",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -119,6 +122,10 @@ class Flow:
         # [client's, server's] core/edits.py StreamEdits once a payload edit changed a
         # segment's size (None before): its frames are remapped, never bypassed.
         self.edits = None
+        # Stack.frame_no when the flow was last active, entered TIME_WAIT, and was put in
+        # new_data_flows: the places a single context gives it in the LRU, tw_flows and
+        # new_data_flows, which order the output of several workers (engine/workers.py).
+        self.last_no = self.tw_no = self.data_no = 0
 
 
 class FlowTable:
@@ -210,6 +217,7 @@ class FlowTable:
                 self.destroy_flow(flow, "rst" if flow.rst_seen else "fin")
             elif flow.tw_deadline is None:
                 flow.tw_deadline = self.now + int(self.config.tcp_tw_interval * 1e6)
+                flow.tw_no = self.frame_no
                 self.tw_flows.append(flow)
 
     def destroy_flow(self, flow, reason):
@@ -256,18 +264,19 @@ class FlowTable:
                 if flow.destroyed:
                     continue
                 if flow.tw_deadline <= now:
+                    self.order_key = (ORDER_TIME_WAIT, flow.tw_no)
                     self.destroy_flow(flow, "fin")
                 else:
                     waiting.append(flow)
             self.tw_flows = waiting
         if self.half_open and self.config.tcp_syn_timeout > 0:
             self._expire_idle(self.half_open, now - int(self.config.tcp_syn_timeout * 1e6),
-                              "half_open_timeouts")
+                              "half_open_timeouts", ORDER_HALF_OPEN)
         timeout = self.config.tcp_timeout
         if timeout > 0:
-            self._expire_idle(self.lru, now - int(timeout * 1e6), None)
+            self._expire_idle(self.lru, now - int(timeout * 1e6), None, ORDER_IDLE)
 
-    def _expire_idle(self, order, limit, counter):
+    def _expire_idle(self, order, limit, counter, phase):
         """End the flows of `order` (least recently active first) last active at or before
         `limit` (end_reason 'timeout'), counting them in `counter` when given."""
         sync = self.kernel_sync
@@ -283,6 +292,7 @@ class FlowTable:
                     continue
             if counter is not None:
                 self._counters[counter] += 1
+            self.order_key = (phase, flow.last_no)
             self.destroy_flow(flow, "timeout")
 
     def _evict_one(self):
@@ -303,4 +313,6 @@ class FlowTable:
             self.end_batch()
         finally:
             for flow in list(self.lru):
+                self.order_key = (ORDER_EOF, flow.last_no)
                 self.destroy_flow(flow, "eof")
+            self.order_key = None

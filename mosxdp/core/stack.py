@@ -44,7 +44,7 @@ from .datagrams import (DATAGRAM_COUNTERS, DEFAULT_ICMP_TIMEOUT, DEFAULT_UDP_TIM
                         DatagramTable)
 from .edits import FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE, HOOK_NULL,
-                     HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
+                     HOOK_RCV, HOOK_SND, ORDER_NEW_DATA, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
                      EventDispatch, exception_site)
 from .flow import DEFAULT_TCP_SYN_TIMEOUT, FlowTable
 from .packet import PacketError, parse_frame
@@ -120,6 +120,11 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         # The ACKs toward an edited side come from a receiver that got the edited stream
         # (live inline; offline and passive the endpoints saw no edit): see _edited_frame.
         self.acks_on_wire = False
+        # The input's frame number of the frame being processed, or after which the batch
+        # ends, as an engine with several workers sets it (0 otherwise); order_key: see
+        # flow.py ORDER_*.
+        self.frame_no = 0
+        self.order_key = None
         self._init_dispatch(handle, registry, on_callback_error)
         self._init_sockets()
         self._init_flows()
@@ -236,6 +241,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             if flow.edits is not None:
                 self._edited_frame(flow, sender, pkt)
             flow.last_ts = ts_us
+            flow.last_no = self.frame_no
             self.lru.move_to_end(flow)
             snd.last_pkt = pkt
             half_open = self.half_open
@@ -470,10 +476,14 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             self.new_data_flows = []
             for flow in flows:
                 if not flow.destroyed:
+                    self.order_key = (ORDER_NEW_DATA, flow.data_no)
                     self._flush_new_data(flow)
-        self._expire()
-        if self.datagrams is not None:
-            self.datagrams.expire(self.now)
+        try:
+            self._expire()
+            if self.datagrams is not None:
+                self.datagrams.expire(self.now)
+        finally:
+            self.order_key = None
         if self._stop_requested:
             raise self._stop_error()
 

@@ -125,6 +125,7 @@ class StreamDelivery:
         if rcv_nxt > before:
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
+                flow.data_no = self.frame_no
             flow.pending_data |= 1 << receiver
         return events
 
@@ -214,6 +215,7 @@ class StreamDelivery:
             rcv.skip_to = ack_off
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
+                flow.data_no = self.frame_no
             flow.pending_data |= 1 << receiver
 
     def _skip_lost(self, flow, receiver, rcv, to):
@@ -233,6 +235,7 @@ class StreamDelivery:
         if rcv.rcv_nxt > before:
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
+                flow.data_no = self.frame_no
             flow.pending_data |= 1 << receiver
 
     def _end_streams(self, flow):
@@ -286,6 +289,7 @@ class StreamDelivery:
         if rcv.rcv_nxt > before:
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
+                flow.data_no = self.frame_no
             flow.pending_data |= 1 << receiver
 
     def _count_overrun(self, flow, receiver, head):

@@ -19,6 +19,9 @@ class RunResult:
     ``kernel_filter`` (``hybrid.KernelFilter``), the filter the XDP program ran with;
     ``verdict_entries_left`` in the kernel verdict map at the end; ``privileges``, what the
     capability drop after set-up did (``io.privileges.after_setup``).
+
+    A split offline run (``--workers N``, engine/workers.py): ``workers``, per worker its
+    frames, seconds and pid (None otherwise).
     """
 
     mode: str
@@ -30,6 +33,7 @@ class RunResult:
     kernel_filter: object = None
     verdict_entries_left: int | None = None
     privileges: dict | None = None
+    workers: list | None = None
 
     def live_stats(self) -> dict | None:
         """The live datapath's counters as one JSON-ready dict (None offline)."""

@@ -47,6 +47,10 @@ def run(mctx, print_stats: bool = False, progress: bool = False) -> RunResult:
     a summary at the end; the CLI's --stats). ``progress``: offline, a progress line on
     stderr (the CLI's, on a terminal)."""
     config = mctx.config
+    if config.workers > 1:
+        raise OSError(errno.EINVAL, f"[datapath] workers = {config.workers}: a run split over "
+                                    "several workers is made by `mosxdp run` (mtcp_app_join "
+                                    "runs one)")
     if config.pcap is not None:
         return run_offline(mctx, config.pcap, config.write, config.batch_size, print_stats,
                            progress)
@@ -62,6 +66,9 @@ def preflight(config) -> None:
     exist, have the RX queues asked for, the process may attach XDP programs, and the
     metrics port is free. Raises OSError (errno EINVAL or ENODEV for a bad value),
     PcapFormatError or XdpError, each with one line."""
+    if config.workers > 1:
+        from .workers import check_input
+        check_input(config)
     if config.pcap is not None:
         from ..io.pcap import PcapReader
         if config.pcap != "-":

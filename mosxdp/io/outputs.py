@@ -68,11 +68,15 @@ class Outputs:
         self.announce = False     # say each output's first failure when it happens
         self._next_tick = 0.0
         self._started = False
+        # A worker of a split run (engine/workers.py): the parent opened the outputs, and
+        # writes them; one opened by a worker would be written by each.
+        self.worker = None
 
     def open_file(self, path, *, binary: bool = False) -> "OutputFile | StdoutFile":
         """The output ``path`` ('-': standard output, ``binary``: its byte stream), opened
         now; OSError naming it."""
         path = os.fspath(path)
+        self._check_not_worker(path)
         out = StdoutFile(self, binary) if path == "-" else OutputFile(self, path)
         self.items.append(out)
         return out
@@ -120,6 +124,7 @@ class Outputs:
     def open_dir(self, path, *, after_drop: bool = False) -> "OutputDir":
         """The output directory ``path`` (made if absent), checked writable now, as the run
         will be (``after_drop``: a live run that drops its privileges after set-up)."""
+        self._check_not_worker(os.fspath(path))
         out = OutputDir(self, os.fspath(path))
         try:
             out.check_writable(after_drop)
@@ -128,6 +133,11 @@ class Outputs:
             raise
         self.items.append(out)
         return out
+
+    def _check_not_worker(self, path) -> None:
+        if self.worker is not None:
+            raise OSError(errno.EINVAL, f"{path}: opened by worker {self.worker} of a split "
+                          "run (--workers): open the app's outputs in its setup()")
 
     def tick(self) -> None:
         """The engines call this after each batch and idle wait: every FLUSH_SECONDS,
@@ -177,6 +187,8 @@ class OutputFile:
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._dead = False      # failed: not written again
         self._closed = False
+        self._sink = None       # redirect()'s
+        self.combine = None     # see mosx_open_output
 
     @staticmethod
     def _open(path: str) -> int:
@@ -202,10 +214,13 @@ class OutputFile:
     def write(self, data) -> None:
         """One record (str: as UTF-8), written whole or not at all. Never raises for the
         file's sake: a failure is counted (``error``, ``lost``)."""
-        if self._closed:
+        if self._closed and self._sink is None:
             raise ValueError(f"write to {self.path} after close")
         if isinstance(data, str):
             data = data.encode()
+        if self._sink is not None:
+            self._sink(data)
+            return
         if self._dead:
             self.lost += len(data)
             return
@@ -214,6 +229,14 @@ class OutputFile:
         self._ends.append(len(buf))
         if len(buf) >= FLUSH_BYTES:
             self.flush()
+
+    def redirect(self, sink) -> None:
+        """From now on each record goes to ``sink(bytes)``, never to the file: a worker
+        process of a split run (engine/workers.py), whose parent writes the file. Flush
+        before: what is buffered stays the parent's."""
+        self._clear()
+        self._sink = sink
+        self._closed = True     # the file is the parent's: flush and close do nothing here
 
     def flush(self) -> None:
         buf = self._buf
@@ -290,8 +313,17 @@ class StdoutFile:
         self.stream = sys.stdout.buffer if binary else sys.stdout
         self.error = None
         self.lost = 0           # bytes given after the failure
+        self._sink = None
+        self.combine = None
+
+    def redirect(self, sink) -> None:
+        """As OutputFile.redirect: records go to ``sink(bytes)``, not to standard output."""
+        self._sink = sink
 
     def write(self, data) -> None:
+        if self._sink is not None:
+            self._sink(data.encode() if isinstance(data, str) else bytes(data))
+            return
         if self.error is not None:
             self.lost += len(data)
             return
@@ -303,7 +335,7 @@ class StdoutFile:
             self._failed(exc)
 
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and self._sink is None:
             try:
                 self.stream.flush()
             except OSError as exc:

@@ -385,10 +385,15 @@ class NetworkSink:
         self._refusal_said = False
         self._connected_once = False
         self._fresh = False     # connected, nothing sent on this connection yet
+        self._redirect = None
+        self.combine = None     # see mosx_open_sink
 
     # -- the datapath's side
     def write(self, data) -> None:
         """One record (str or bytes): queued, or dropped and counted if the queue is full."""
+        if self._redirect is not None:
+            self._redirect(data.encode() if isinstance(data, str) else bytes(data))
+            return
         if self._closed:
             raise ValueError(f"write to {self.name} after close")
         with self._cond:
@@ -401,6 +406,12 @@ class NetworkSink:
 
     def flush(self) -> None:
         """Records are sent as soon as the thread gets them: nothing to do here."""
+
+    def redirect(self, sink) -> None:
+        """From now on each record goes to ``sink(bytes)``: a worker process of a split run
+        (engine/workers.py), whose parent sends the merged records; the connection and the
+        thread stay the parent's."""
+        self._redirect = sink
 
     @property
     def queued(self) -> int:
@@ -424,8 +435,9 @@ class NetworkSink:
 
     def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Drain the queue for at most ``timeout`` seconds, then stop; what is left is
-        counted as ``undelivered``."""
-        if self._closed:
+        counted as ``undelivered``. A worker's (redirected) does nothing: the parent's
+        closes."""
+        if self._closed or self._redirect is not None:
             return
         self._closed = True
         with self._cond:

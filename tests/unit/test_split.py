@@ -1,0 +1,151 @@
+"""The split of a run over workers (core/split.py, engine/workers.py): both directions of
+every flow reach one worker, the parent's fast path for untagged IPv4 gives each frame the
+worker the core's parser does, and flows spread over the workers."""
+import os
+import random
+import socket
+
+from hypothesis import given, strategies as st
+from scapy.all import ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6, \
+    IPv6ExtHdrDestOpt, raw
+
+from mosxdp.core.frames import build_tcp_frame
+from mosxdp.core.packet import PacketError, parse_frame
+from mosxdp.core.split import flow_hash, frame_worker
+from mosxdp.engine import workers as split_engine
+from mosxdp.io.pcap import PcapReader, PcapWriter
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+MAC_A, MAC_B = b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"
+addresses = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16))
+ports = st.integers(0, 65535)
+
+
+@given(addresses, ports, addresses, ports)
+def test_flow_hash_is_symmetric(a, pa, b, pb):
+    if len(a) == len(b):
+        assert flow_hash(a, pa, b, pb) == flow_hash(b, pb, a, pa)
+
+
+def tcp(src, sport, dst, dport, vlan_ids=(), payload=b""):
+    return build_tcp_frame(MAC_A, MAC_B, socket.inet_pton(
+        socket.AF_INET6 if ":" in src else socket.AF_INET, src), socket.inet_pton(
+        socket.AF_INET6 if ":" in dst else socket.AF_INET, dst), sport, dport, 1, 1, 0x10,
+        1000, payload, vlan_ids=vlan_ids)
+
+
+def test_both_directions_of_a_flow_reach_one_worker():
+    for src, dst, vlans in (("10.0.0.1", "10.0.0.2", ()), ("fd00::1", "fd00::2", ()),
+                            ("10.0.0.1", "10.0.0.2", (7,)), ("fd00::1", "fd00::2", (5, 9))):
+        for sport in range(40000, 40064):
+            for workers in (2, 3, 5):
+                there = frame_worker(memoryview(tcp(src, sport, dst, 80, vlans)), workers)
+                back = frame_worker(memoryview(tcp(dst, 80, src, sport, vlans)), workers)
+                assert there == back
+    # VLAN tags are not hashed: a 4-tuple on any VLAN goes to one worker.
+    assert len({frame_worker(memoryview(tcp("10.0.0.1", 1234, "10.0.0.2", 80, vlans)), 7)
+                for vlans in ((), (1,), (2, 3))}) == 1
+
+
+def test_flows_spread_over_the_workers():
+    for workers in (2, 3):
+        counts = [0] * workers
+        for sport in range(40000, 40064):
+            counts[frame_worker(memoryview(tcp("10.77.0.1", sport, "10.77.0.2", 8080)),
+                                workers)] += 1
+        assert min(counts) >= 64 // workers // 2, counts
+    # Copies of one flow on other addresses (bench's capture) spread too.
+    counts = [0, 0]
+    for k in range(64):
+        counts[frame_worker(memoryview(tcp(f"10.0.{k}.101", 37786, f"10.0.{k}.102", 8080)),
+                            2)] += 1
+    assert min(counts) >= 16, counts
+
+
+def odd_frames():
+    """Frames off the fast path, and frames of it that the core finds malformed."""
+    rng = random.Random(5)
+    frames = [
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", options=[IPOption_RR()]) / TCP(sport=5, dport=6)),
+        raw(Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=6, dport=5)),
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(sport=5, dport=6)),
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", frag=10) / (b"x" * 30)),
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=53, dport=5353)),
+        raw(Ether() / Dot1AD(vlan=3) / Dot1Q(vlan=4) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()),
+        raw(Ether() / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrDestOpt() / TCP(sport=7)),
+        raw(Ether() / ARP()),
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP())[:40],      # cut TCP header
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", len=10) / TCP()),   # bad total length
+        raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", version=6) / TCP()),
+        b"\x00" * 10,
+    ]
+    for _ in range(200):
+        base = bytearray(frames[rng.randrange(3)])
+        base[rng.randrange(len(base))] = rng.randrange(256)
+        frames.append(bytes(base))
+    return frames
+
+
+def owners_by_fast_path(path, workers, batch_size=4):
+    scan = split_engine._Scan(path)
+    owner = {}
+
+    def send(worker, message):
+        first, count, n_own, _ = split_engine._MSG.unpack_from(message)
+        numbers = memoryview(message)[split_engine._MSG.size:].cast("q")[:n_own]
+        for number in numbers:
+            owner[number] = worker
+        return True
+
+    try:
+        frames, _, error = split_engine._split(scan, workers, batch_size, send)
+    finally:
+        scan.close()
+    assert error is None
+    return [owner[i] for i in range(frames)]
+
+
+def test_fast_path_gives_each_frame_the_parsers_worker(tmp_path):
+    paths = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA)) if name.endswith(".pcap")]
+    crafted = str(tmp_path / "odd.pcap")
+    with PcapWriter(crafted) as writer:
+        for i, frame in enumerate(odd_frames()):
+            writer.write(1_000_000 + i, frame)
+    paths.append(crafted)
+    for path in paths:
+        with PcapReader(path) as reader:
+            frames = [bytes(frame) for _, frame in reader]
+        valid = [i for i, frame in enumerate(frames) if _parses(frame)]
+        assert len(valid) > len(frames) // 2
+        for workers in (2, 3):
+            expected = [frame_worker(memoryview(frame), workers) for frame in frames]
+            got = owners_by_fast_path(path, workers)
+            # A malformed frame is only counted: any worker will do.
+            assert [got[i] for i in valid] == [expected[i] for i in valid], path
+
+
+def _parses(frame):
+    try:
+        parse_frame(memoryview(frame))
+    except PacketError:
+        return False
+    return True
+
+
+def test_a_truncated_capture_gives_the_readers_error(tmp_path):
+    path = tmp_path / "cut.pcap"
+    with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
+        data = f.read()
+    path.write_bytes(data[:-7])
+    scan = split_engine._Scan(str(path))
+    try:
+        frames, _, error = split_engine._split(scan, 2, 64, lambda worker, message: True)
+    finally:
+        scan.close()
+    with PcapReader(str(path)) as reader:
+        try:
+            count = sum(1 for _ in reader)
+        except ValueError as exc:
+            expected = str(exc)
+    assert str(error) == expected and "truncated" in expected
+    assert frames == 36
