@@ -36,6 +36,11 @@ class OfflineEngine:
         self.frames_out = 0
         self.seconds = 0.0
         mctx.engine = self
+        # A pcap reader knows which frames its capture cut (a snap length): the core
+        # parses those from their headers.
+        wire_len = getattr(source, "wire_len", None)
+        if wire_len is not None:
+            self.stack.wire_len = wire_len
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
@@ -105,7 +110,7 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
         if write_path:
             outputs = getattr(mctx, "outputs", None)
             out = outputs.open_file(write_path, binary=True) if outputs is not None else None
-            writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out)
+            writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out, source=reader)
         with writer if writer is not None else nullcontext():
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
             try:
@@ -114,6 +119,30 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
                 if print_stats:
                     print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
                                        engine.seconds), file=sys.stderr)
+                line = cut_line(mctx.stack.counters, reader.cut_length)
+                if line:
+                    print(line, file=sys.stderr)
+
+
+def cut_line(counters, snaplen):
+    """The line that says the capture cut frames inside their IP packet by its snap length
+    (None when it did not)."""
+    frames, headers = counters["cut_frames"], counters["cut_headers"]
+    if not frames and not headers:
+        return None
+    snap = f" ({snaplen} bytes)" if snaplen else ""
+    line = (f"mosxdp: {_count(frames + headers, 'frame')} {'was' if frames + headers == 1 else 'were'} "
+            f"cut by the capture's snap length{snap}: flows tracked from their headers, "
+            f"{_count(counters['cut_bytes'], 'payload byte')} missing (holes to the apps, "
+            "missed_bytes in connlog)")
+    if headers:
+        line += (f"; {headers} cut inside {'its' if headers == 1 else 'their'} headers "
+                 "counted malformed (cut_headers)")
+    return line
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def summary_line(stack, frames_in, frames_out, seconds):
@@ -125,6 +154,9 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"tcp {c['tcp_segments']}", f"non-tcp {c['non_tcp']}", f"ip fragments {c['ip_fragments']}",
              f"flows {c['flows_created']} (ended {c['flows_ended']}, evicted {c['flows_evicted']})",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
+             (f"cut by the snap length {c['cut_frames']} (payload bytes missing "
+              f"{c['cut_bytes']}, cut in headers {c['cut_headers']})"
+              if c.get("cut_frames") or c.get("cut_headers") else ""),
              f"malformed {c['malformed']}" + (
                  " (" + ", ".join(f"{k} {v}" for k, v in sorted(stack.malformed.items())) + ")"
                  if stack.malformed else ""),

@@ -31,15 +31,18 @@ many packets were read.
 
 ``reader.records()`` yields ``(ts_us, frame, orig_len)`` (``orig_len`` is the
 length on the wire, larger than ``len(frame)`` when the capture was cut by a
-snap length).  Either way ``reader.cut_frames`` counts such frames, and
+snap length).  Either way ``reader.cut_frames`` counts such frames,
 ``reader.wire_len()`` is the current frame's ``orig_len`` when it was cut (else
-0), for a consumer that iterates ``(ts_us, frame)``.
+0), for a consumer that iterates ``(ts_us, frame)``, and ``reader.cut_frame`` is
+the last frame that was cut.
 
 Writer
 ------
-``PcapWriter(path, snaplen=65535, out=None)`` writes a classic little-endian
-microsecond pcap with link type Ethernet; ``write(ts_us, frame)`` appends one
-record (frames longer than ``snaplen`` are cut, the original length kept).
+``PcapWriter(path, snaplen=65535, out=None, source=None)`` writes a classic
+little-endian microsecond pcap with link type Ethernet; ``write(ts_us, frame)``
+appends one record (frames longer than ``snaplen`` are cut, the original length
+kept). With ``source``, the reader the frames come from, a frame that reader
+yielded cut keeps its length on the wire too.
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ class PcapReader(_ClosedOnExit):
     ``name`` (for messages), ``format`` ("pcap" or "pcapng"), ``compression``
     (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
-    yielded so far), ``cut_frames`` (of them, those cut by a snap length).
+    yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``cut_length``
+    (the longest of those: the snap length that cut them, whatever the header says).
     """
 
     def __init__(self, path):
@@ -211,6 +215,8 @@ class PcapReader(_ClosedOnExit):
         self.nanosecond = False
         self.compression = None
         self._cut = (0, 0)            # (packet number, wire length) of the last cut frame
+        self.cut_frame = None         # the last cut frame (PcapWriter keeps its wire length)
+        self.cut_length = 0           # the longest captured length of a cut frame
         self._eof = False
         self._compressed_cut = False  # the decompressor met the end of its input early
         self._base = 0                # offset in the (decompressed) input of _view[0]
@@ -497,10 +503,14 @@ class PcapReader(_ClosedOnExit):
             ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
             count += 1
             self.packets = count
+            frame = view[start:end]
             if caplen < origlen:
                 self.cut_frames += 1
                 self._cut = (count, origlen)
-            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+                self.cut_frame = frame
+                if caplen > self.cut_length:
+                    self.cut_length = caplen
+            yield (ts, frame, origlen) if with_orig else (ts, frame)
             off = end
 
     def _iter_pcapng(self, with_orig: bool):
@@ -568,10 +578,14 @@ class PcapReader(_ClosedOnExit):
                 last_ts = ts
                 count += 1
                 self.packets = count
+                frame = view[start:end]
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+                    self.cut_frame = frame
+                    if caplen > self.cut_length:
+                        self.cut_length = caplen
+                yield (ts, frame, origlen) if with_orig else (ts, frame)
                 off = bend
                 continue
             if blen < 12 or blen & 3:
@@ -594,11 +608,14 @@ class PcapReader(_ClosedOnExit):
                 start = off + 12
                 count += 1
                 self.packets = count
+                # A simple packet block has no timestamp: reuse the last one.
+                frame = view[start:start + caplen]
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                # A simple packet block has no timestamp: reuse the last one.
-                frame = view[start:start + caplen]
+                    self.cut_frame = frame
+                    if caplen > self.cut_length:
+                        self.cut_length = caplen
                 yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
             # every other block type (name resolution, statistics, custom,
             # decryption secrets, ...) is skipped
@@ -625,17 +642,20 @@ class PcapWriter(_ClosedOnExit):
     ``out``: where the bytes go instead of a new file at ``path``, anything whose
     ``write`` takes one whole record per call (``io.outputs.OutputFile``, which cuts a
     failed write back to whole records). The file at ``path`` is opened with O_NOFOLLOW:
-    a symbolic link there is an error, never followed."""
+    a symbolic link there is an error, never followed. ``source``: the PcapReader the
+    frames come from; a frame it cut by a snap length is written with its length on the
+    wire (its ``cut_frame``), as the input had it."""
 
     _hdr = struct.Struct("<IHHiIII")
     _rec = struct.Struct("<IIII")
 
-    def __init__(self, path, snaplen: int = 65535, out=None):
+    def __init__(self, path, snaplen: int = 65535, out=None, source=None):
         if not 0 < snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be positive, got {snaplen}")
         self.path = os.fspath(path)
         self.snaplen = snaplen
         self.packets = 0
+        self._source = source
         if out is None:
             out = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                                | os.O_CLOEXEC, 0o644), "wb")
@@ -648,11 +668,15 @@ class PcapWriter(_ClosedOnExit):
         f = self._f
         if f is None:
             raise ValueError("write to a closed PcapWriter")
-        n = len(frame)
-        cap = n if n <= self.snaplen else self.snaplen
+        n = cap = len(frame)
+        if n > self.snaplen:
+            cap = self.snaplen
+        source = self._source
+        if source is not None and frame is source.cut_frame:
+            n = source.wire_len() or n
         sec, usec = divmod(ts_us, 1_000_000)
         # One write per record: header and frame never part on a failed write.
-        f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == n else frame[:cap]))
+        f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == len(frame) else frame[:cap]))
         self.packets += 1
 
     def flush(self) -> None:
