@@ -3,11 +3,14 @@
  * mosxdp.c: the XDP entry point, compiled at run time by bcc (mosxdp/io/xdp.py).
  *
  *   parse ─► verdict lookup ─► monitor filter ─► XSKMAP[slot * MX_MAX_QUEUES + rx queue]
+ *                                                 (observe-only: a copy into the observed
+ *                                                  ringbuf, then the kernel path)
  *
  * Anything that is not a TCP frame of interest takes the kernel path: inline, a
  * redirect to the peer interface through tx_ports; passive, XDP_PASS (with
  * MX_IF_FILTER_ALL_IP, non-TCP frames the monitor filter matches go to user space
- * too: raw sockets with UDP, ICMP or ARP filters). The program
+ * too: raw sockets with UDP, ICMP or ARP filters, UDP/ICMP flow watchers; and UDP and
+ * ICMP flows then have per-flow verdicts like TCP's, without control frames). The program
  * drops only on an explicit verdict (MX_ACTION_DROP) or, with MX_IF_FAIL_CLOSED, when a
  * frame meant for user space finds no socket bound.
  *
@@ -47,6 +50,18 @@ BPF_PERCPU_ARRAY(counters, __u64, MX_CNT__MAX);
 /* The ids of xsks_map and tx_ports (index MX_REDIRECT_MAP_*), set by user space. */
 BPF_ARRAY(redirect_maps, __u32, MX_REDIRECT_MAPS);
 
+#ifdef MX_OBSERVE_SNAP
+/* Observe-only copies (struct mx_observed + frame bytes), consumed by user space in place
+ * (mosxdp/io/ringbuf.py). A record is built in a per-CPU scratch buffer, then output with
+ * its real length, so a 66-byte ACK takes 96 bytes of the ring, not MX_OBSERVE_SNAP. */
+struct mx_observe_scratch {
+	struct mx_observed hdr;
+	__u8 data[MX_OBSERVE_SNAP];
+};
+BPF_RINGBUF_OUTPUT(observed, MX_OBSERVE_PAGES);
+BPF_PERCPU_ARRAY(observe_scratch, struct mx_observe_scratch, 1);
+#endif
+
 static __always_inline void mx_count(__u32 idx)
 {
 	__u64 *v = counters.lookup(&idx);
@@ -78,6 +93,40 @@ static __always_inline int mx_drop(void)
 	return XDP_DROP;
 }
 
+#ifdef MX_OBSERVE_SNAP
+/* Copy the frame's first bytes into the observed ringbuf (counted as observed, or as
+ * observe_lost when the ring is full). The default (adaptive) notification wakes user
+ * space only when it has caught up, so a busy consumer is not woken per frame. */
+static __always_inline void mx_observe(struct xdp_md *ctx, struct mx_if_config *cfg)
+{
+	__u32 zero = 0;
+	struct mx_observe_scratch *rec = observe_scratch.lookup(&zero);
+	__u32 len = ctx->data_end - ctx->data;
+	__u64 cap = len;
+
+	if (!rec)
+		return;
+	/* MX_OBSERVE_SNAP is a power of two; the mask is what bounds the copy for the verifier */
+	if (cap > MX_OBSERVE_SNAP - 1)
+		cap = MX_OBSERVE_SNAP - 1;
+	asm volatile("" : "+r"(cap));   /* keep the mask: clang would drop it as redundant */
+	cap &= MX_OBSERVE_SNAP - 1;
+	if (cap < 1)
+		return;
+	if (bpf_xdp_load_bytes(ctx, 0, rec->data, cap) < 0)
+		return;
+	rec->hdr.ts_ns = bpf_ktime_get_ns();
+	rec->hdr.slot = cfg->slot;
+	rec->hdr.frame_len = len;
+	rec->hdr.cap_len = cap;
+	rec->hdr.pad = 0;
+	if (observed.ringbuf_output(rec, sizeof(rec->hdr) + cap, 0) == 0)
+		mx_count(MX_CNT_OBSERVED);
+	else
+		mx_count(MX_CNT_OBSERVE_LOST);
+}
+#endif
+
 /* Build the canonical key of the frame's flow; returns the frame's MX_DIR_*. */
 static __always_inline int mx_flow_key_of(struct mx_pkt *pkt, struct mx_flow_key *key)
 {
@@ -97,18 +146,18 @@ static __always_inline int mx_flow_key_of(struct mx_pkt *pkt, struct mx_flow_key
 			goto decided;
 		}
 	}
-	src_is_hi = bpf_ntohs(v->sport) > bpf_ntohs(v->dport);
+	src_is_hi = bpf_ntohs(pkt->key_sport) > bpf_ntohs(pkt->key_dport);
 decided:
 	if (src_is_hi) {
 		__builtin_memcpy(key->lo_addr, v->dst, 16);
 		__builtin_memcpy(key->hi_addr, v->src, 16);
-		key->lo_port = v->dport;
-		key->hi_port = v->sport;
+		key->lo_port = pkt->key_dport;
+		key->hi_port = pkt->key_sport;
 	} else {
 		__builtin_memcpy(key->lo_addr, v->src, 16);
 		__builtin_memcpy(key->hi_addr, v->dst, 16);
-		key->lo_port = v->sport;
-		key->hi_port = v->dport;
+		key->lo_port = pkt->key_sport;
+		key->hi_port = pkt->key_dport;
 	}
 	key->vlan_outer = pkt->vlan_ids[0];
 	key->vlan_inner = pkt->vlan_ids[1];
@@ -173,6 +222,25 @@ int mosxdp_rx(struct xdp_md *ctx)
 			goto to_user;
 		mx_count(MX_CNT_NOT_TCP);
 		return mx_kernel_path(cfg);
+	case MX_PARSE_DATAGRAM:
+		/* UDP and ICMP: a flow's verdict, then the filter, when user space wants
+		 * non-TCP frames at all (else straight to the kernel path, as any non-TCP) */
+		if (!(cfg->flags & MX_IF_FILTER_ALL_IP)) {
+			mx_count(MX_CNT_NOT_TCP);
+			return mx_kernel_path(cfg);
+		}
+		dir = mx_flow_key_of(&pkt, &key);
+		vd = verdicts.lookup(&key);
+		if (vd && (vd->action == MX_ACTION_BYPASS || vd->action == MX_ACTION_DROP)) {
+			/* no control frames: every datagram follows the verdict */
+			vd->last_seen_ns = bpf_ktime_get_ns();
+			return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
+		}
+		vd = NULL;
+		if (mx_filter_match(&pkt.view))
+			goto to_user;
+		mx_count(MX_CNT_NOT_TCP);
+		return mx_kernel_path(cfg);
 	case MX_PARSE_FRAGMENT:
 		mx_count(MX_CNT_IP_FRAGMENT);
 		return mx_kernel_path(cfg);
@@ -211,6 +279,15 @@ int mosxdp_rx(struct xdp_md *ctx)
 	}
 
 to_user:
+#ifdef MX_OBSERVE_SNAP
+	if (cfg->flags & MX_IF_OBSERVE) {
+		/* observe-only: user space gets a copy, the frame goes on in the kernel */
+		mx_observe(ctx, cfg);
+		if (vd && vd->action == MX_ACTION_DROP)
+			return mx_drop();
+		return mx_kernel_path(cfg);
+	}
+#endif
 	if (queue < MX_MAX_QUEUES && cfg->slot < MX_MAX_SLOTS) {
 		index = cfg->slot * MX_MAX_QUEUES + queue;
 		rc = xsks_map.redirect_map(index, XDP_PASS);

@@ -44,6 +44,7 @@
 #define MX_IF_FAIL_CLOSED (1U << 1)    /* no socket bound at the XSKMAP index: XDP_DROP instead of the kernel path */
 #define MX_IF_BYPASS_CONSUME (1U << 2) /* passive only: frames of a BYPASS flow are consumed (XDP_DROP), not passed */
 #define MX_IF_FILTER_ALL_IP (1U << 3)  /* run the monitor filter on every parsed frame but fragments, not only TCP (raw sockets) */
+#define MX_IF_OBSERVE (1U << 4)        /* observe-only: a frame meant for user space is copied into the observed ringbuf and takes the kernel path */
 
 /* Value of the if_config hash, key = ingress ifindex (__u32, host order).
  * One program serves every monitored interface; the slot keeps their XSKMAP
@@ -75,7 +76,9 @@ struct mx_flow_view {
 
 /* ---- per-flow verdicts ---------------------------------------------------------- */
 
-/* Key of the verdicts LRU hash: a flow, the same for both directions.
+/* Key of the verdicts LRU hash: a flow, the same for both directions. Ports: TCP and
+ * UDP ports; for ICMP the message type and, as Zeek pairs them (echo request/reply, ...),
+ * the counterpart type, else the code (network order like real ports).
  * The two endpoints are ordered canonically: endpoint "lo" is the one whose
  * (address bytes, port bytes), compared as big-endian byte strings, is the smaller;
  * "hi" is the other (for src == dst both orders are equal). VLAN ids are those of the
@@ -89,7 +92,7 @@ struct mx_flow_key {
 	__u16 vlan_outer;  /* host order, 0..4095, 0 = untagged */
 	__u16 vlan_inner;  /* host order, 0..4095, 0 = single tag or untagged */
 	__u8 ip_version;   /* 4 or 6 */
-	__u8 ip_proto;     /* 6 (TCP) */
+	__u8 ip_proto;     /* 6 (TCP), 17 (UDP), 1 (ICMP, IPv4), 58 (ICMPv6, IPv6) */
 	__u8 pad[2];
 };
 
@@ -103,7 +106,8 @@ struct mx_flow_key {
 #define MX_NUM_DIRS 2
 
 /* Value of the verdicts LRU hash. Counts only the frames the program handled by the
- * verdict (forwarded or dropped in the kernel); SYN/FIN/RST frames of the flow go to
+ * verdict (forwarded or dropped in the kernel: every frame of a UDP or ICMP flow, which
+ * the program looks up only with MX_IF_FILTER_ALL_IP); SYN/FIN/RST frames of the flow go to
  * user space and are not counted here (unless no socket is bound: then the verdict
  * applies to them and they count). Counters are updated with atomic adds. An LRU entry
  * may be evicted under pressure; user space removes entries when flows end.
@@ -118,11 +122,25 @@ struct mx_verdict {
 	__u32 pad;
 	__u64 last_seen_ns;               /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last frame of the flow */
 	__u64 packets[MX_NUM_DIRS];       /* frames handled in the kernel */
-	__u64 bytes[MX_NUM_DIRS];         /* TCP payload bytes of those frames (from IP lengths) */
+	__u64 bytes[MX_NUM_DIRS];         /* payload bytes of those frames (from IP lengths): TCP's,
+					   * UDP's, ICMP's beyond its 8-byte header */
 	__u64 frame_bytes[MX_NUM_DIRS];   /* L2 frame bytes of those frames */
 	__u64 ip_bytes[MX_NUM_DIRS];      /* IP bytes of those frames (IPv4 total length; IPv6 40 + payload length) */
 	__u32 ack_watch[MX_NUM_DIRS];     /* host order: acknowledgment number that ends the watch of that direction */
 	__u32 watch_armed[MX_NUM_DIRS];   /* 1: the ACK watch of that direction is armed */
+};
+
+/* ---- observe-only copies --------------------------------------------------------- */
+
+/* Header of a record in the observed ringbuf (a program built with MX_OBSERVE_SNAP, a power
+ * of two), followed by cap_len bytes of the frame from its first byte:
+ * min(frame_len, MX_OBSERVE_SNAP - 1). */
+struct mx_observed {
+	__u64 ts_ns;      /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the program saw the frame */
+	__u32 slot;       /* the ingress interface's slot */
+	__u32 frame_len;  /* the frame's length on the wire */
+	__u32 cap_len;    /* bytes copied after this header */
+	__u32 pad;
 };
 
 /* ---- counters ------------------------------------------------------------------- */
@@ -158,6 +176,9 @@ enum mx_counter {
 	MX_CNT_XSK_REDIRECT_ERR,   /* counted in to_xsk, refused by the socket: fill ring empty, RX ring full, ... */
 	MX_CNT_XSK_REDIRECT_OTHER, /* of those, errors the socket's XDP_STATISTICS do not count (not bound, wrong queue) */
 	MX_CNT_FORWARD_REDIRECT_ERR, /* counted in kernel_forward, refused by the devmap (peer down, frame too large) */
+	/* observe-only (MX_IF_OBSERVE): copies of frames meant for user space */
+	MX_CNT_OBSERVED,           /* copied into the observed ringbuf (the frame took the kernel path) */
+	MX_CNT_OBSERVE_LOST,       /* not copied: the ringbuf was full (Python is behind); the frame still went on */
 	MX_CNT__MAX
 };
 

@@ -39,6 +39,12 @@
 #define MX_IP_MF 0x2000
 #define MX_IP_OFFMASK 0x1FFF
 
+/* ICMP protocol numbers (IPv4's ICMP, IPv6's ICMPv6) and the ICMP header every message has
+ * (type, code, checksum, 4 bytes that depend on the type). */
+#define MX_IPPROTO_ICMP 1
+#define MX_IPPROTO_ICMPV6 58
+#define MX_ICMP_HDR_LEN 8
+
 /* TCP flag bits of byte 13 of the TCP header. */
 #define MX_TCP_FIN 0x01
 #define MX_TCP_SYN 0x02
@@ -78,15 +84,20 @@ enum mx_parse_result {
 	MX_PARSE_NOT_TCP,  /* IP parsed; upper-layer protocol not TCP (UDP: ports in the view) */
 	MX_PARSE_FRAGMENT, /* IP fragment: L4 not parsed */
 	MX_PARSE_UNPARSED, /* truncated, malformed, or past the parser bounds */
+	MX_PARSE_DATAGRAM, /* UDP, ICMP (IPv4) or ICMPv6 (IPv6) with its 8-byte header: the flow
+			    * key's ports and payload_len filled (the view's ports: UDP only) */
 };
 
-/* What the entry point needs of a parsed TCP frame (program-private). */
+/* What the entry point needs of a parsed TCP, UDP or ICMP frame (program-private). */
 struct mx_pkt {
 	struct mx_flow_view view; /* the filter's view; also the source of the flow key */
 	__u16 vlan_ids[2];        /* outermost two VLAN ids, host order, 0 = absent */
+	__be16 key_sport;         /* the flow key's ports: TCP/UDP ports; ICMP: the type, and */
+	__be16 key_dport;         /* the counterpart type (echo request/reply ...) or the code */
 	__u8 tcp_flags;           /* byte 13 of the TCP header */
-	__u8 pad;
-	__u32 payload_len;        /* TCP payload bytes per the IP length fields */
+	__u8 pad[3];
+	__u32 payload_len;        /* payload bytes per the IP length fields: TCP's, UDP's, ICMP's
+				   * beyond its 8-byte header */
 	__u32 frame_len;          /* data_end - data */
 	__u32 ip_len;             /* IPv4 total length; IPv6 40 + payload length */
 	__u32 seq;                /* TCP sequence number, host order */
@@ -252,13 +263,81 @@ static __always_inline int mx_parse_tcp(struct mx_cursor *c, struct mx_pkt *pkt,
 	if (ip_payload < hlen)
 		return MX_PARSE_UNPARSED;
 
-	pkt->view.sport = tcp->source;
-	pkt->view.dport = tcp->dest;
+	pkt->view.sport = pkt->key_sport = tcp->source;
+	pkt->view.dport = pkt->key_dport = tcp->dest;
 	pkt->tcp_flags = ((__u8 *)tcp)[13];
 	pkt->seq = bpf_ntohl(tcp->seq);
 	pkt->ack_seq = bpf_ntohl(tcp->ack_seq);
 	pkt->payload_len = ip_payload - hlen;
 	return MX_PARSE_TCP;
+}
+
+/* An ICMP message type's counterpart (the flow key's second "port"), as Zeek pairs them:
+ * requests with their replies; any other type has none and the code stands in for it. */
+static __always_inline __u8 mx_icmp_counterpart(__u8 ip_version, __u8 type, __u8 code)
+{
+	if (ip_version == 4) {
+		switch (type) {
+		case 8: return 0;   /* echo request / reply */
+		case 0: return 8;
+		case 13: return 14; /* timestamp */
+		case 14: return 13;
+		case 15: return 16; /* information */
+		case 16: return 15;
+		case 10: return 9;  /* router solicitation / advertisement */
+		case 9: return 10;
+		case 17: return 18; /* address mask */
+		case 18: return 17;
+		}
+		return code;
+	}
+	switch (type) {
+	case 128: return 129;   /* echo request / reply */
+	case 129: return 128;
+	case 133: return 134;   /* router solicitation / advertisement */
+	case 134: return 133;
+	case 135: return 136;   /* neighbour solicitation / advertisement */
+	case 136: return 135;
+	case 130: return 131;   /* multicast listener query / report */
+	case 131: return 130;
+	case 139: return 140;   /* node information query / response */
+	case 140: return 139;
+	case 144: return 145;   /* home agent address discovery */
+	case 145: return 144;
+	}
+	return code;
+}
+
+/* UDP, ICMP or ICMPv6 after the IP headers: MX_PARSE_DATAGRAM with the key's ports, or
+ * MX_PARSE_NOT_TCP when the 8-byte header is not all there (UDP ports stay for a raw
+ * filter when the header is in the frame). */
+static __always_inline int mx_parse_datagram(struct mx_cursor *c, struct mx_pkt *pkt,
+					     __u32 ip_payload)
+{
+	__u8 proto = pkt->view.ip_proto;
+	__u8 *hdr;
+
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = mx_cursor_take(c, sizeof(*udp));
+
+		if (!udp)
+			return MX_PARSE_NOT_TCP;
+		pkt->view.sport = pkt->key_sport = udp->source;
+		pkt->view.dport = pkt->key_dport = udp->dest;
+	} else if ((proto == MX_IPPROTO_ICMP && pkt->view.ip_version == 4) ||
+		   (proto == MX_IPPROTO_ICMPV6 && pkt->view.ip_version == 6)) {
+		hdr = mx_cursor_take(c, MX_ICMP_HDR_LEN);
+		if (!hdr)
+			return MX_PARSE_NOT_TCP;
+		pkt->key_sport = bpf_htons(hdr[0]);
+		pkt->key_dport = bpf_htons(mx_icmp_counterpart(pkt->view.ip_version, hdr[0], hdr[1]));
+	} else {
+		return MX_PARSE_NOT_TCP;
+	}
+	if (ip_payload < MX_ICMP_HDR_LEN)   /* the UDP header is 8 bytes too */
+		return MX_PARSE_NOT_TCP;
+	pkt->payload_len = ip_payload - MX_ICMP_HDR_LEN;
+	return MX_PARSE_DATAGRAM;
 }
 
 /* Parse a whole frame. `pkt` must be zeroed by the caller. */
@@ -280,16 +359,8 @@ static __always_inline int mx_parse(void *data, void *data_end, struct mx_pkt *p
 		rc = mx_parse_ipv6(&c, pkt, &ip_payload);
 	else
 		return MX_PARSE_NOT_IP;
-	if (rc == MX_PARSE_NOT_TCP && pkt->view.ip_proto == IPPROTO_UDP) {
-		/* ports for a raw monitor filter (MX_IF_FILTER_ALL_IP); a short UDP header
-		 * leaves them 0 */
-		struct udphdr *udp = mx_cursor_take(&c, sizeof(*udp));
-
-		if (udp) {
-			pkt->view.sport = udp->source;
-			pkt->view.dport = udp->dest;
-		}
-	}
+	if (rc == MX_PARSE_NOT_TCP)
+		return mx_parse_datagram(&c, pkt, ip_payload);
 	if (rc != MX_PARSE_TCP)
 		return rc;
 	return mx_parse_tcp(&c, pkt, ip_payload);

@@ -127,6 +127,9 @@ def _datapath_options(parser):
     group.add_argument("--detach-on-exit", action="store_true", default=None,
                        help="live inline: detach the XDP program at exit, which cuts the link "
                             "(default: it stays attached and forwards in the kernel, fail-open)")
+    group.add_argument("--observe", action="store_true", default=None,
+                       help="live: observe-only; the kernel forwards every frame and the app "
+                            "reads copies (for apps that never drop, modify or send frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
@@ -185,6 +188,7 @@ def parse_run(argv):
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
         "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
+        "observe": args.observe,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"

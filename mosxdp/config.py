@@ -162,6 +162,8 @@ class Config:
     on_callback_error: str = "forward"
     reassembly_memcap: int = StackConfig.reassembly_memcap
     tcp_syn_timeout: float = StackConfig.tcp_syn_timeout
+    udp_timeout: float = StackConfig.udp_timeout
+    icmp_timeout: float = StackConfig.icmp_timeout
     num_cores: int = 1
     # [datapath]: where frames come from and go to.
     mode: str = "offline"
@@ -182,6 +184,7 @@ class Config:
     loss_warning: float = 1.0        # live: warn when more than this % of frames is lost (0: never)
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
+    observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
 
     def stack_config(self):
         return StackConfig(
@@ -197,6 +200,8 @@ class Config:
             on_callback_error=self.on_callback_error,
             reassembly_memcap=self.reassembly_memcap,
             tcp_syn_timeout=self.tcp_syn_timeout,
+            udp_timeout=self.udp_timeout,
+            icmp_timeout=self.icmp_timeout,
         )
 
 
@@ -214,6 +219,8 @@ SECTIONS = {
         "on_callback_error": _choice("forward", "drop", "stop"),
         "reassembly_memcap": _int(0, MAX_MEMCAP),
         "tcp_syn_timeout": _timeout,
+        "udp_timeout": _timeout,
+        "icmp_timeout": _timeout,
         "num_cores": _num_cores,
     },
     "datapath": {
@@ -235,6 +242,7 @@ SECTIONS = {
         "loss_warning": _percent,
         "keep_privileges": _bool,
         "detach_on_exit": _bool,
+        "observe": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -84,6 +84,37 @@ class FlowStats(ctypes.Structure):
         self.end_reason = None
 
 
+class DatagramFlowStats(ctypes.Structure):
+    """mosxdp extension (mosx_watch_datagrams): one UDP or ICMP flow when it ended.
+
+    Index 0 is what the originator sent, 1 what the responder sent (Zeek's orig/resp).
+    ``payload_bytes``: UDP payload bytes, or ICMP bytes beyond the 8-byte ICMP header.
+    Counts include datagrams the kernel handled for a flow with a kernel verdict.
+    Attributes beside the C fields: ``proto`` ("udp" or "icmp"), ``ip_proto`` (17, 1, 58),
+    ``orig_h``/``orig_p``/``resp_h``/``resp_p`` (addresses as text; ICMP "ports": the type
+    and the counterpart type or code), ``vlan_ids``, ``history`` (UDP: "D"/"d" at each
+    side's first datagram, "^" first when the roles were flipped; ICMP: ""),
+    ``end_reason`` (timeout, evicted, eof), ``kernel_verdict`` (None, "bypass", "drop").
+    """
+    _fields_ = [
+        ("start_ts", ctypes.c_uint64),        # microseconds, wall clock
+        ("last_ts", ctypes.c_uint64),
+        ("pkts", ctypes.c_uint64 * 2),
+        ("ip_bytes", ctypes.c_uint64 * 2),
+        ("l2_bytes", ctypes.c_uint64 * 2),
+        ("payload_bytes", ctypes.c_uint64 * 2),
+    ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.proto = self.orig_h = self.resp_h = None
+        self.ip_proto = self.orig_p = self.resp_p = 0
+        self.vlan_ids = ()
+        self.history = ""
+        self.end_reason = None
+        self.kernel_verdict = None
+
+
 class MtcpConf(ctypes.Structure):
     """struct mtcp_conf (the fields mtcp_getconf/mtcp_setconf exchange)."""
     _fields_ = [(name, ctypes.c_int) for name in (

@@ -216,6 +216,9 @@ LIVE_ROWS = [
     # today's layout, without RPS: the endpoints' receive runs on the monitor's CPU
     ("XDP devmap baseline, shared layout",    ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0, "shared"),
     ("mosxdp inline, no app, shared layout",  ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "none"], 2, "shared"),
+    # observe-only: the kernel forwards, the app reads copies from a ring buffer
+    ("connlog --observe (observe-only)",      ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--observe", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-obs.log"], 0),
+    ("flowdump --observe (observe-only)",     ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--observe", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows-obs"], 0),
 ]
 
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an

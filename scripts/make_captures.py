@@ -423,6 +423,26 @@ def sc_reuse(tb, cap, work):
             "TIME_WAIT accepts the next SYN): the 4-tuple is reused twice.")
 
 
+def sc_datagrams(tb, cap, work):
+    server = tb.popen("srv", [PY, "-m", "mosxdp.demo.dgram", "serve", tb.srv_ip, tb.srv_ip6],
+                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if server.stdout.readline().strip() != b"ready":
+        raise RuntimeError("mosxdp.demo.dgram serve did not start")
+    with cap:
+        run_ok(tb, "cli", ["ping", "-c", "3", "-i", "0.2", "-s", "56", tb.srv_ip])
+        run_ok(tb, "cli", ["ping", "-6", "-c", "2", "-i", "0.2", "-s", "100", tb.srv_ip6])
+        run_ok(tb, "cli", [PY, "-m", "mosxdp.demo.dgram", "client", tb.srv_ip, "--seed",
+                           str(SEED), "--echo", "20", "--tcp"], cwd=ROOT)
+        run_ok(tb, "cli", [PY, "-m", "mosxdp.demo.dgram", "client", tb.srv_ip6, "--seed",
+                           str(SEED + 1), "--echo", "5"], cwd=ROOT)
+    return ("UDP and ICMP of real tools: `ping` (3 echoes over IPv4, 2 over IPv6), then "
+            "`python -m mosxdp.demo.dgram client` against its DNS responder and UDP echo "
+            "server (`serve`) over IPv4 and IPv6: 4 DNS queries each over UDP (A, AAAA, "
+            "NXDOMAIN, a 4-label name; each from its own port), 20 (IPv4) and 5 (IPv6) echo "
+            "datagrams of 0 to 1400 bytes, 2 datagrams to a closed port (ICMP port "
+            "unreachable), one DNS query over TCP (IPv4); IPv6 ND/MLD as it happened.")
+
+
 REAL = OrderedDict([
     ("http_sizes.pcap", sc_http_sizes),
     ("upload.pcap", sc_upload),
@@ -433,6 +453,7 @@ REAL = OrderedDict([
     ("ipv6.pcap", sc_ipv6),
     ("small_writes.pcap", sc_small_writes),
     ("reuse.pcap", sc_reuse),
+    ("datagrams.pcap", sc_datagrams),
 ])
 
 
@@ -1021,6 +1042,10 @@ def write_readme(outdir: Path, descs: dict[str, str]) -> None:
                     f"{s['connections']} | {s['payload']} | {s['size']} | "
                     f"{descs.get(name, '')} |")
     sidecars = """
+Not a capture: `mos.conf` is mOS's sample configuration as its `setup.sh` writes it from
+`.standalone-template.conf` for two DPDK ports (`dpdk0`, `dpdk1`, CPU mask 0x0001,
+`nb_mem_channels = 4`, `forward = 1`); see docs/config.md (mos.conf).
+
 Sidecars:
 
 - `overlap_diff.expected.json`: the flow, where the overlaps are (direction, stream offset,

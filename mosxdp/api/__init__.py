@@ -9,8 +9,9 @@ structs are filled (mtcp_getlastpkt), getsockopt returns the value.
 One module per group of calls (docs/internal/architecture.md lists where each call is):
 context (init, contexts), sockets (sockets, filters, options), events (callbacks, events,
 timers), streams (peek), packets (the packet being processed), outputs (files an app
-writes: an extension).
+writes: an extension), datagrams (UDP and ICMP flows: an extension).
 """
+from .datagrams import mosx_watch_datagrams
 from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_destroy,
                       mtcp_destroy_context, mtcp_get_connection_cnt, mtcp_getconf, mtcp_init,
                       mtcp_setconf)
@@ -31,5 +32,5 @@ __all__ = [
     "mtcp_ppeek", "mtcp_getsockopt", "mtcp_setsockopt", "mtcp_getlastpkt", "mtcp_setlastpkt",
     "mtcp_sendpkt", "mtcp_reset_conn", "mtcp_getpeername", "mtcp_settimer", "mtcp_cb_get_ts",
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
-    "mosx_open_output", "mosx_open_outdir", "PeekOverrunError", "MtcpContext",
+    "mosx_open_output", "mosx_open_outdir", "mosx_watch_datagrams", "PeekOverrunError", "MtcpContext",
 ]

@@ -6,6 +6,19 @@ resp_pkts resp_ip_bytes, plus client_state and server_state (the final
 emulated TCP states) and end_reason (fin, rst, timeout, evicted, eof).
 Written only against the public mOS API.
 
+UDP and ICMP flows get lines too (mosx_watch_datagrams; --tcp-only turns them off, and
+their frames then stay in the kernel), with Zeek's flow semantics: proto "udp" or
+"icmp" (ICMPv6 too), ICMP "ports" are the message type (id.orig_p) and the counterpart
+type or the code (id.resp_p), orig_bytes/resp_bytes count UDP payload bytes (ICMP: bytes
+beyond the 8-byte ICMP header), conn_state is SF (both sides sent), S0 (only the
+originator), SHR (only the responder: the roles were flipped, the capture missed the
+request) for UDP and OTH for ICMP, history has D/d for UDP (a leading ^ when Zeek's
+likely-server-port rule flipped the roles) and is absent for ICMP, missed_bytes is 0, and
+there are no client_state/server_state. They end after udp_timeout / icmp_timeout idle
+seconds (default 60, as Zeek), at eviction, or at the end of the run.
+--datagram-filter selects them (raw filter grammar: e.g. 'udp port 53 or icmp'), as
+--filter selects TCP flows; --filter without --datagram-filter logs TCP flows only.
+
 Each line is written when its flow ends, in that order (through mosx_open_output: at
 most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
 fails is counted and the run exits 3 with the file named).
@@ -20,7 +33,9 @@ stream.bypass): the monitor follows the first N bytes of each direction; once EI
 direction's stream has passed N bytes (checked at each CONN_NEW_DATA, i.e. once per
 batch), the rest of the flow is handed to the kernel with MOSX_BYPASS: live, its data
 frames are forwarded by the XDP program and never reach Python; its SYN/FIN/RST (and
-the ACK of each FIN) still do, so the flow ends as usual. The line's packet and byte
+the ACK of each FIN) still do, so the flow ends as usual. A UDP or ICMP flow is handed
+over once either direction sent N payload bytes, and ends on its idle timeout (the
+kernel's last-seen time decides). The line's packet and byte
 counts stay complete (the kernel's counters are merged at CONN_END; offline the core
 counts the bypassed frames) and bypassed bytes are not "missed". MOSX_BYPASS rather
 than MOS_STOP_MON: a socket that stopped monitoring gets no CONN_END, and connlog
@@ -35,7 +50,8 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CO
                     MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
                     MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
-                    mosx_open_output, mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
+                    mosx_open_output, mosx_watch_datagrams, mtcp_register_callback,
+                    mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -43,10 +59,17 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def add_arguments(parser):
     parser.add_argument("--output", default="-", help="JSON lines file ('-': stdout)")
-    parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
+    parser.add_argument("--filter", default=None,
+                        help="stream SYN filter (e.g. 'tcp port 80'); without "
+                             "--datagram-filter, no UDP or ICMP flow is logged then")
     parser.add_argument("--no-midstream", action="store_true",
                         help="log only flows whose handshake was seen (default: also flows "
                              "already under way when the capture started, as Zeek does)")
+    parser.add_argument("--datagram-filter", default=None,
+                        help="which UDP and ICMP flows to log (raw filter grammar, e.g. "
+                             "'udp port 53 or icmp'; default: all)")
+    parser.add_argument("--tcp-only", action="store_true",
+                        help="log no UDP or ICMP flow (their frames then stay in the kernel)")
     parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
                         help="stream depth: once either direction passed N bytes, the kernel "
                              "forwards the rest of the flow (live: it never reaches Python)")
@@ -206,6 +229,37 @@ class ConnLog:
         }
         self.output.write(json.dumps(record) + "\n")
 
+    def on_datagram_end(self, mctx, stats):
+        """A UDP or ICMP flow ended: its line."""
+        self.flows += 1
+        udp = stats.proto == "udp"
+        if udp:
+            orig, resp = stats.pkts[0] > 0, stats.pkts[1] > 0
+            state = ("SF" if resp else "S0") if orig else ("SHR" if resp else "OTH")
+        else:
+            state = "OTH"
+        record = {
+            "ts": stats.start_ts / 1e6,
+            "uid": make_uid(stats.start_ts, stats.orig_h, stats.orig_p, stats.resp_h,
+                            stats.resp_p, self.flows),
+            "id.orig_h": stats.orig_h, "id.orig_p": stats.orig_p,
+            "id.resp_h": stats.resp_h, "id.resp_p": stats.resp_p,
+            "proto": stats.proto,
+            "duration": (stats.last_ts - stats.start_ts) / 1e6,
+            "orig_bytes": stats.payload_bytes[0],
+            "resp_bytes": stats.payload_bytes[1],
+            "conn_state": state,
+            "missed_bytes": 0,
+        }
+        if stats.history:
+            record["history"] = stats.history
+        record.update({
+            "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],
+            "resp_pkts": stats.pkts[1], "resp_ip_bytes": stats.ip_bytes[1],
+            "end_reason": stats.end_reason,
+        })
+        self.output.write(json.dumps(record) + "\n")
+
     def close(self):
         self.output.close()
 
@@ -228,6 +282,11 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
+    datagram_filter = getattr(args, "datagram_filter", None)
+    # --filter alone names the (TCP) flows to log: no UDP or ICMP flow then.
+    if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):
+        mosx_watch_datagrams(mctx, app.on_datagram_end, datagram_filter,
+                             bypass_after_bytes=bypass_after)
     return app
 
 

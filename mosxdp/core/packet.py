@@ -28,11 +28,13 @@ ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 
 IPPROTO_HOPOPTS = 0
+IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ROUTING = 43
 IPPROTO_FRAGMENT = 44
 IPPROTO_AH = 51
+IPPROTO_ICMPV6 = 58
 # Extension headers whose length field counts 8-octet units beyond the first 8 (RFC 8200,
 # RFC 6564): hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental.
 # Any other next header (ESP, No Next Header, TCP, ...) ends the walk.
@@ -42,6 +44,7 @@ IPV4_HDR_LEN = 20
 IPV6_HDR_LEN = 40
 TCP_HDR_LEN = 20
 UDP_HDR_LEN = 8
+ICMP_HDR_LEN = 8   # type, code, checksum and the 4 bytes every message has (RFC 792, 4443)
 TCP_MAX_OPTIONS_LEN = 40
 
 TCPOPT_EOL = 0
@@ -69,6 +72,7 @@ _IPV6_FRAGMENT = struct.Struct("!BxH")  # next header, offset/flags
 # ports, seq, ack, data offset, flags, window, urgent pointer (checksum skipped)
 _TCP = struct.Struct("!HHIIBBH2xH")
 _UDP_PORTS = struct.Struct("!HH")
+_ICMP_TYPE_CODE = struct.Struct("!BB")
 _U16 = struct.Struct("!H")
 _TIMESTAMPS = struct.Struct("!II")
 
@@ -308,8 +312,8 @@ def parse_cut_frame(buf, wire_len):
     bytes of a frame of `wire_len` bytes on the wire.
 
     When every header (Ethernet with its VLAN tags, IP with its options or extension
-    headers, TCP with its options, UDP) was captured, the Packet is the one parse_frame
-    would give for the whole frame: `frame_len` is `wire_len`, `ip_len` and `payload_len`
+    headers, TCP with its options, UDP, ICMP's first 8 bytes) was captured, the Packet is
+    the one parse_frame would give for the whole frame: `frame_len` is `wire_len`, `ip_len` and `payload_len`
     come from the IP header, and `buf` is the captured bytes, so the payload's tail is
     missing (``len(pkt.buf) < pkt.frame_len`` tells such a packet; its `payload` view has
     only the captured bytes). A frame whose IP packet was captured whole is parse_frame's.
@@ -357,6 +361,9 @@ def parse_cut_frame(buf, wire_len):
         if exc.counter == "ipv4_total_length":   # the IPv4 options are cut
             raise _cut_headers(captured, wire_len) from None
         raise
+    if (pkt.ip_proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and not pkt.is_fragment
+            and captured < pkt.l4_off + ICMP_HDR_LEN):
+        raise _cut_headers(captured, wire_len)   # its type and code are part of the header
     pkt.buf = buf
     pkt.frame_len = wire_len
     pkt.ip_len = ip_len
@@ -367,6 +374,17 @@ def parse_cut_frame(buf, wire_len):
 def _cut_headers(captured, wire_len):
     return TruncatedHeader(CUT_HEADERS, f"the capture kept {captured} of the frame's "
                            f"{wire_len} bytes: its headers are cut")
+
+
+def icmp_type_code(pkt):
+    """(type, code) of an unfragmented ICMP or ICMPv6 packet parsed by parse_frame (whose
+    payload is then the whole ICMP message). Raises TruncatedHeader ('truncated_icmp') when
+    the message is shorter than the 8-byte header every ICMP message has."""
+    if pkt.payload_len < ICMP_HDR_LEN:
+        raise TruncatedHeader(
+            "truncated_icmp", f"{pkt.payload_len}-byte ICMP message at offset {pkt.l4_off} is "
+            f"shorter than its {ICMP_HDR_LEN}-byte header")
+    return _ICMP_TYPE_CODE.unpack_from(pkt.buf, pkt.l4_off)
 
 
 def _wrong_ip_version(version, ethertype, l3_off):

@@ -32,11 +32,16 @@ Resource limits, each with a configuration key (StackConfig) and a counter:
   all reassembly buffers         reassembly_memcap   memcap_refused
   handshake never completes      tcp_syn_timeout     half_open_timeouts
   out-of-order runs per side     max_fragments       refused_fragments
+
+UDP and ICMP flows live in a table of their own (datagrams.DatagramTable, made by
+datagram_table() when something needs them); process() hands it the non-TCP frames.
 """
 from dataclasses import dataclass
 
 from .constants import (MOS_NULL, MOS_OVERLAP_POLICY_FIRST, MOS_SIDE_BOTH, MOS_SIDE_CLI,
                         MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_SYN)
+from .datagrams import (DATAGRAM_COUNTERS, DEFAULT_ICMP_TIMEOUT, DEFAULT_UDP_TIMEOUT,
+                        DatagramTable)
 from .edits import FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE, HOOK_NULL,
                      HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
@@ -64,7 +69,7 @@ COUNTER_NAMES = (
     "flows_evicted", "orphans", "rst_ignored", "syn_payload_ignored", "window_overruns",
     "buffer_overruns", "callback_errors", "dropped", "bypassed_packets", "malformed",
     "resized_frames", "cut_frames", "cut_bytes", "cut_headers",
-) + LIMIT_COUNTERS
+) + LIMIT_COUNTERS + DATAGRAM_COUNTERS
 
 
 @dataclass
@@ -85,6 +90,9 @@ class StackConfig:
     # handshake has not completed (<= 0: only tcp_timeout applies).
     reassembly_memcap: int = DEFAULT_REASSEMBLY_MEMCAP
     tcp_syn_timeout: float = DEFAULT_TCP_SYN_TIMEOUT
+    # Idle seconds before a UDP / ICMP flow ends (<= 0: only at the end of the run).
+    udp_timeout: float = DEFAULT_UDP_TIMEOUT
+    icmp_timeout: float = DEFAULT_ICMP_TIMEOUT
 
 
 def _not_cut():
@@ -131,6 +139,13 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         self.tcp_segments = 0
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.malformed = {}
+        self.datagrams = None     # DatagramTable once datagram_table() made it
+
+    def datagram_table(self):
+        """The UDP and ICMP flow table (datagrams.py), made on first use."""
+        if self.datagrams is None:
+            self.datagrams = DatagramTable(self)
+        return self.datagrams
 
     @property
     def counters(self):
@@ -155,6 +170,14 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         raw = [(sock.id, sock.domain, sock.raw_filter) for sock in self.raw_sockets]
         return stream, raw
 
+    def datagram_filters(self):
+        """What the UDP and ICMP flow watchers want, for the kernel filter: a list of
+        ``(watcher id, domain, MonitorFilter or None)``; None wants every such flow. A
+        flow's frames go both ways, so the kernel tests each frame both ways too."""
+        if self.datagrams is None:
+            return []
+        return [(w.id, w.domain, w.filter) for w in self.datagrams.watchers]
+
     def process(self, frame, ts_us, port):
         self.now = ts_us
         try:
@@ -176,7 +199,16 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                     self._counters["non_tcp"] += 1
                 if self.raw_sockets:
                     self._raw_packet(pkt, orphan=True)
-                return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
+                if self.cur_drop:
+                    return VERDICT_DROP
+                datagrams = self.datagrams
+                if datagrams is not None and pkt.ip_version and not pkt.is_fragment:
+                    drop = datagrams.process(pkt, ts_us)
+                    if self._exit_work:     # a flow evicted for it ended, its callback stops
+                        return self._verdict(VERDICT_DROP if drop else VERDICT_FORWARD)
+                    if drop:
+                        return VERDICT_DROP
+                return VERDICT_FORWARD
             self.tcp_segments += 1
             if self.raw_sockets:
                 key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlan_ids)
@@ -473,8 +505,18 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 if not flow.destroyed:
                     self._flush_new_data(flow)
         self._expire()
+        if self.datagrams is not None:
+            self.datagrams.expire(self.now)
         if self._stop_requested:
             raise self._stop_error()
+
+    def finish(self):
+        """End of input: the TCP flows end (FlowTable.finish), then the UDP and ICMP ones."""
+        try:
+            FlowTable.finish(self)
+        finally:
+            if self.datagrams is not None:
+                self.datagrams.finish()
 
     def _stop_error(self):
         if self.exit_request is None:

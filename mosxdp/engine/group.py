@@ -132,6 +132,9 @@ class ContextGroup:
             raw += r
         return stream, raw
 
+    def datagram_filters(self):
+        return [f for stack in self.stacks for f in stack.datagram_filters()]
+
     # ------------------------------------------------------------ the kernel's hooks
     @property
     def kernel_updates(self):

@@ -24,12 +24,15 @@ Two things, both set up by ``engine.run.LiveRun``:
   idle timeout, eviction, end of run) has its entry popped.
 
 The flow key follows bpf/mosxdp.c's ``mx_flow_key_of`` exactly (``bpfstructs.make_flow_key``):
-the flow's client 4-tuple, its first two VLAN ids, IPv4 or IPv6.
+the flow's client 4-tuple, its first two VLAN ids, IPv4 or IPv6, the IP protocol. UDP and
+ICMP flows (core/datagrams.py) have kernel verdicts too: their entries count every
+datagram the kernel handles (no control frames), merged the same way.
 """
 from __future__ import annotations
 
 import sys
 
+from ..core.datagrams import DatagramFlow
 from ..io.bpfstructs import make_flow_key
 
 __all__ = ["KernelFilter", "kernel_filter", "flow_key", "HybridProcessor"]
@@ -65,34 +68,67 @@ class KernelFilter:
         return f"<KernelFilter {self.why}: {self.c_expr}>"
 
 
+# The frames of UDP and ICMP flows (datagram watchers; ICMPv4 is IPv4's, ICMPv6 IPv6's).
+DATAGRAM_GUARD = ("(v->ip_proto == 17 || (v->ip_version == 4 && v->ip_proto == 1) || "
+                  "(v->ip_version == 6 && v->ip_proto == 58))")
+_EVERY_TCP = "(v->ip_version != 0 && v->ip_proto == 6)"
+
+
 def kernel_filter(stack) -> KernelFilter:
     """The kernel filter for the monitor filters of ``stack`` (``Stack.monitor_filters``)
-    as they are now."""
+    and its UDP/ICMP flow watchers (``Stack.datagram_filters``) as they are now."""
     stream, raw = stack.monitor_filters()
+    datagram = stack.datagram_filters()
+    every_tcp = None
     for sock_id, _, f in stream:
         if f is None:
-            return KernelFilter(None, bool(raw), f"socket {sock_id} has no filter: every TCP frame")
+            if raw or datagram:
+                every_tcp = sock_id
+                break
+            return KernelFilter(None, False, f"socket {sock_id} has no filter: every TCP frame")
     for sock_id, _, f in raw:
         if f is None:
             return KernelFilter(None, True, f"raw socket {sock_id} has no filter: every frame")
+    if every_tcp is not None and raw:
+        return KernelFilter(None, True, f"socket {every_tcp} has no filter: every TCP frame")
     # Each distinct stream filter as seen, then each of those on the swapped frame, then
-    # the raw filters (not swapped: they select frames, not flows).
+    # the raw filters (not swapped: they select frames, not flows), then the datagram
+    # watchers' filters (both ways, like stream filters: they select flows).
     both_ways = {}
-    for _, domain, f in stream:
-        both_ways.setdefault(_guard(domain, f.c_expr()), _guard(domain, f.c_expr(reverse=True)))
+    if every_tcp is not None:
+        both_ways[_EVERY_TCP] = _EVERY_TCP
+    else:
+        for _, domain, f in stream:
+            both_ways.setdefault(_guard(domain, f.c_expr()),
+                                 _guard(domain, f.c_expr(reverse=True)))
+    datagram_ways = {}
+    for _, domain, f in datagram:
+        if f is None:
+            seen = swapped = _guard(domain, DATAGRAM_GUARD)
+        else:
+            seen = _guard(domain, f"({DATAGRAM_GUARD} && {f.c_expr()})")
+            swapped = _guard(domain, f"({DATAGRAM_GUARD} && {f.c_expr(reverse=True)})")
+        datagram_ways.setdefault(seen, swapped)
     parts = list(dict.fromkeys([*both_ways, *both_ways.values(),
-                                *(_raw_guard(domain, f.c_expr()) for _, domain, f in raw)]))
+                                *(_raw_guard(domain, f.c_expr()) for _, domain, f in raw),
+                                *datagram_ways, *datagram_ways.values()]))
     if not parts:
         return KernelFilter("(0)", False, "no monitor socket: no frame")
     expr = parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
-    return KernelFilter(expr, bool(raw), f"{len(stream)} stream and {len(raw)} raw filter(s)")
+    why = f"{len(stream)} stream and {len(raw)} raw filter(s)"
+    if datagram:
+        why += f", {len(datagram)} UDP/ICMP flow watcher(s)"
+    return KernelFilter(expr, bool(raw or datagram), why)
 
 
 def flow_key(flow):
-    """``(MxFlowKey, client direction)`` of a core flow: the key bpf/mosxdp.c builds for
-    any frame of it, and the MX_DIR_* index of the client's frames in its counters."""
+    """``(MxFlowKey, client direction)`` of a core flow (TCP, or a UDP/ICMP DatagramFlow
+    whose ICMP "ports" are its type and counterpart type or code): the key bpf/mosxdp.c
+    builds for any frame of it, and the MX_DIR_* index of the client's (originator's)
+    frames in its counters."""
     src, sport, dst, dport, vlan_ids = flow.keys[0]
-    return make_flow_key(src, sport, dst, dport, vlan_ids=vlan_ids)
+    ip_proto = flow.ip_proto if isinstance(flow, DatagramFlow) else 6
+    return make_flow_key(src, sport, dst, dport, vlan_ids=vlan_ids, ip_proto=ip_proto)
 
 
 class HybridProcessor:

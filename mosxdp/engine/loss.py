@@ -7,7 +7,8 @@ kernel or the engine keep anyway:
 * the kernel's ``XDP_STATISTICS`` of each AF_XDP socket (``XskSocket.xdp_statistics``,
   the ``kernel_*`` keys of a socket's stats, what ``ss --xdp -e`` prints);
 * the XDP program's ``xsk_redirect_other`` and ``forward_redirect_err`` (counted by its
-  tracepoint program on ``xdp_redirect_err``);
+  tracepoint program on ``xdp_redirect_err``), and ``observe_lost`` (observe-only copies
+  that found the ring buffer full);
 * the engine's counters (``tx_ring_full_dropped``, ``outbox_dropped``,
   ``replaced_dropped``);
 * the monitored interfaces' ``tx_dropped`` since the start (``/sys/class/net/IF/statistics``):
@@ -30,6 +31,7 @@ REASONS = {
     "rx_ring_full": "the socket's RX ring was full (Python is behind)",
     "rx_dropped_other": "refused by the socket otherwise (a frame larger than a UMEM frame)",
     "xsk_redirect_error": "the socket refused the redirect (not bound, bound to another queue)",
+    "observe_lost": "observe-only: the copy found the ring buffer full (Python is behind; the frame went on)",
     "forward_redirect_error": "the kernel could not forward to the peer (peer down, frame too large)",
     "tx_ring_full": "forwarded by Python, but the peer's TX ring was full",
     "tx_invalid": "TX descriptors the kernel refused",
@@ -39,7 +41,8 @@ REASONS = {
     "tx_unsent_at_exit": "still on a TX ring when the run ended",
 }
 #: the reasons of frames on their way to Python
-BEFORE_PYTHON = ("fill_ring_empty", "rx_ring_full", "rx_dropped_other", "xsk_redirect_error")
+BEFORE_PYTHON = ("fill_ring_empty", "rx_ring_full", "rx_dropped_other", "xsk_redirect_error",
+                 "observe_lost")
 
 
 def lost_frames(counters: dict, sockets: list[dict], xdp: dict | None, *,
@@ -58,6 +61,7 @@ def lost_frames(counters: dict, sockets: list[dict], xdp: dict | None, *,
         "rx_ring_full": total("kernel_rx_ring_full"),
         "rx_dropped_other": dropped if zero_copy else max(dropped - fill_empty, 0),
         "xsk_redirect_error": xdp.get("xsk_redirect_other", 0),
+        "observe_lost": xdp.get("observe_lost", 0),
         "forward_redirect_error": xdp.get("forward_redirect_err", 0),
         "tx_ring_full": counters.get("tx_ring_full_dropped", 0),
         "tx_invalid": total("kernel_tx_invalid_descs"),

@@ -153,6 +153,8 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"{frames_in / seconds / 1e3:.0f} kpps" if seconds else "",
              f"tcp {c['tcp_segments']}", f"non-tcp {c['non_tcp']}", f"ip fragments {c['ip_fragments']}",
              f"flows {c['flows_created']} (ended {c['flows_ended']}, evicted {c['flows_evicted']})",
+             f"udp/icmp flows {c['datagram_flows_created']} (ended {c['datagram_flows_ended']}, "
+             f"evicted {c['datagram_flows_evicted']})" if c.get("datagram_flows_created") else "",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
              (f"cut by the snap length {c['cut_frames']} (payload bytes missing "
               f"{c['cut_bytes']}, cut in headers {c['cut_headers']})"

@@ -21,6 +21,7 @@ import time
 from .group import GroupContext
 from .hybrid import HybridProcessor, kernel_filter
 from .live import LiveEngine
+from .observe import ObserveEngine
 from .offline import run_offline
 from .result import RunResult
 from .status import LiveStatus, MetricsServer
@@ -71,6 +72,9 @@ def preflight(config) -> None:
         return
     if config.iface is None:
         return
+    if config.observe and config.fail_closed:
+        raise OSError(errno.EINVAL, "--observe and --fail-closed exclude each other: observe-only "
+                                    "the kernel forwards every frame, with or without the monitor")
     from ..io.netdev import rx_queue_count
     for option, name in (("--iface", config.iface), ("--peer", config.peer)):
         if name is None:
@@ -116,6 +120,15 @@ class LiveRun:
         self.processor = HybridProcessor(self.stack)
         # Inline, the receiver of an edited stream acknowledges the edited bytes.
         self.stack.acks_on_wire = config.peer is not None
+        if config.observe:
+            self.engine = ObserveEngine(
+                config.iface, config.peer, self.processor, batch_size=config.batch_size,
+                xdp_mode=config.xdp_mode, force=config.force,
+                filter_c_expr=self.kernel_filter.c_expr,
+                filter_all_ip=self.kernel_filter.filter_all_ip,
+                keep_attached=config.peer is not None and not config.detach_on_exit)
+            self._warned = False
+            return
         self.engine = LiveEngine(
             config.iface, config.peer, self.processor,
             queues=None if config.queues == "all" else config.queues,

@@ -63,7 +63,7 @@ class LiveStatus:
             else self.stack.counters.get("dropped", 0),
             "flows": self.stack.flow_count(),
             "kernel_rx": xdp.get("rx_total", 0),
-            "kernel_to_python": xdp.get("to_xsk", 0),
+            "kernel_to_python": xdp.get("to_xsk", 0) + xdp.get("observed", 0),
             "callback_errors": self.stack.counters.get("callback_errors", 0),
             "lost": lost,
             "lost_total": sum(lost.values()),

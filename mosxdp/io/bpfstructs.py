@@ -18,6 +18,7 @@ __all__ = [
     "MX_MAX_QUEUES", "MX_MAX_SLOTS", "MX_XSKMAP_SIZE", "MX_MAX_IFACES", "MX_VERDICT_ENTRIES",
     "MX_MAX_VLAN_DEPTH", "MX_MAX_IPV6_EXT",
     "MX_IF_INLINE", "MX_IF_FAIL_CLOSED", "MX_IF_BYPASS_CONSUME", "MX_IF_FILTER_ALL_IP",
+    "MX_IF_OBSERVE", "MxObserved",
     "MX_ACTION_BYPASS", "MX_ACTION_DROP", "ACTION_NAMES",
     "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
@@ -42,6 +43,7 @@ MX_IF_INLINE = 1 << 0
 MX_IF_FAIL_CLOSED = 1 << 1
 MX_IF_BYPASS_CONSUME = 1 << 2
 MX_IF_FILTER_ALL_IP = 1 << 3
+MX_IF_OBSERVE = 1 << 4
 
 # ---- verdicts (mx_verdict.action) and the directions of its counters ------------------
 MX_ACTION_BYPASS, MX_ACTION_DROP = 1, 2
@@ -71,6 +73,8 @@ COUNTER_NAMES: tuple[str, ...] = (
     "xsk_redirect_err",
     "xsk_redirect_other",
     "forward_redirect_err",
+    "observed",
+    "observe_lost",
 )
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 # Exactly one of these per frame: rx_total == sum of them.
@@ -83,6 +87,12 @@ MX_REDIRECT_MAP_XSK, MX_REDIRECT_MAP_DEVMAP, MX_REDIRECT_MAPS = 0, 1, 2
 class MxIfConfig(ct.Structure):
     """struct mx_if_config: value of if_config (key: ingress ifindex, host-order u32)."""
     _fields_ = [(n, ct.c_uint32) for n in ("slot", "egress_slot", "egress_ifindex", "flags")]
+
+
+class MxObserved(ct.Structure):
+    """struct mx_observed: header of a record in the observed ringbuf (frame bytes follow)."""
+    _fields_ = [("ts_ns", ct.c_uint64), ("slot", ct.c_uint32), ("frame_len", ct.c_uint32),
+                ("cap_len", ct.c_uint32), ("pad", ct.c_uint32)]
 
 
 class MxFlowView(ct.Structure):

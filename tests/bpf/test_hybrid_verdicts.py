@@ -187,3 +187,95 @@ def test_program_raw_socket_without_filter_gets_non_ip_frames(prog_run):
     p, run = prog_run(kf.c_expr, kf.filter_all_ip)
     assert run(bytes(Ether() / ARP())) == USER
     assert run(bytes(Ether(type=0x88CC) / (b"\x00" * 46))) == USER
+
+
+def _datagram_stack(filter_text=None):
+    """A stack whose datagram table tracks the flows ``filter_text`` selects (None: all)."""
+    from mosxdp.core.filters import compile_filter
+    from mosxdp.core.stack import Stack
+    st = Stack()
+    st.datagram_table().add_watcher(0, compile_filter(filter_text, raw=True)
+                                    if filter_text else None, lambda handle, flow: None)
+    return st
+
+
+def _datagram_pair(kind, vlans):
+    """(originator's frame, responder's frame, payload bytes of each) of one flow."""
+    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    if kind == "udp4":
+        a = Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / UDP(sport=40000, dport=53) / Raw(b"q" * 30)
+        b = Ether() / IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=53, dport=40000) / Raw(b"r" * 90)
+        sizes = (30, 90)
+    elif kind == "udp6":
+        a = Ether() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=5000, dport=5001) / Raw(b"q" * 7)
+        b = Ether() / IPv6(src="fd00::2", dst="fd00::1") / UDP(sport=5001, dport=5000) / Raw(b"r" * 11)
+        sizes = (7, 11)
+    elif kind == "icmp4":
+        a = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(type=8, id=7, seq=1) / Raw(b"p" * 56)
+        b = Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / ICMP(type=0, id=7, seq=1) / Raw(b"p" * 56)
+        sizes = (56, 56)
+    else:
+        a = Ether() / IPv6(src="fd00::9", dst="fd00::2") / ICMPv6EchoRequest(id=7) / Raw(b"p" * 20)
+        b = Ether() / IPv6(src="fd00::2", dst="fd00::9") / ICMPv6EchoReply(id=7) / Raw(b"p" * 20)
+        sizes = (20, 20)
+    return _tagged(bytes(a), vlans), _tagged(bytes(b), vlans), sizes
+
+
+@pytest.mark.parametrize("kind,vlans", [("udp4", ()), ("udp6", (7,)), ("icmp4", ()),
+                                        ("icmp6", (100, 10))])
+def test_program_keys_a_core_datagram_flow_like_hybrid_flow_key(prog_run, kind, vlans):
+    # A UDP or ICMP flow of the core (datagrams.py) has the key the program builds for
+    # both directions (ICMP: type and counterpart type); a BYPASS entry then forwards
+    # every datagram in the kernel and counts it per direction, payload bytes beyond the
+    # 8-byte UDP/ICMP header; a DROP entry drops them; without an entry the kernel
+    # filter sends both directions to user space.
+    from mosxdp.engine.hybrid import flow_key, kernel_filter
+    st = _datagram_stack()
+    orig, resp, (osize, rsize) = _datagram_pair(kind, vlans)
+    st.process(memoryview(bytearray(orig)), 1000, 0)
+    (flow,) = st.datagrams.udp_lru if kind.startswith("udp") else st.datagrams.icmp_lru
+    key, orig_dir = flow_key(flow)
+    kf = kernel_filter(st)
+    assert kf.filter_all_ip
+    p, run = prog_run(kf.c_expr, kf.filter_all_ip)
+    assert run(orig) == USER and run(resp) == USER
+    p.maps.set_verdict(key, "bypass")
+    assert run(orig) == BYPASS
+    assert run(resp) == BYPASS and run(resp) == BYPASS
+    v = p.maps.get_verdict(key)
+    assert v.packets[orig_dir] == 1 and v.packets[1 - orig_dir] == 2
+    assert v.bytes[orig_dir] == osize and v.bytes[1 - orig_dir] == 2 * rsize
+    hdr = 14 + 4 * len(vlans)
+    assert v.frame_bytes[orig_dir] == len(orig) and v.ip_bytes[orig_dir] == len(orig) - hdr
+    assert v.ip_bytes[1 - orig_dir] == 2 * (len(resp) - hdr)
+    p.maps.set_verdict(key, "drop")
+    assert run(resp) == {"rx_total": 1, "drop": 1, "verdict_drop": 1}
+
+
+def test_program_datagram_flows_only_with_filter_all_ip_and_their_filter(prog_run):
+    # Without MX_IF_FILTER_ALL_IP (no raw socket, no datagram watcher) a UDP frame takes
+    # the kernel path even when its flow has an entry; with a watcher's filter, only the
+    # flows it selects come to user space, other UDP and ICMP stay in the kernel; an ICMP
+    # message shorter than its 8-byte header is no flow of anyone's.
+    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from mosxdp.engine.hybrid import flow_key, kernel_filter
+    st = _datagram_stack("udp port 53")
+    orig, resp, _ = _datagram_pair("udp4", ())
+    st.process(memoryview(bytearray(orig)), 1000, 0)
+    (flow,) = st.datagrams.udp_lru
+    key, _ = flow_key(flow)
+    p, run = prog_run(None, False)
+    p.maps.set_verdict(key, "bypass")
+    assert run(orig) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
+    p, run = prog_run(*(lambda kf: (kf.c_expr, kf.filter_all_ip))(kernel_filter(st)))
+    assert run(orig) == USER and run(resp) == USER
+    other = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / UDP(sport=40000, dport=54))
+    ping = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / ICMP())
+    short = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1", proto=1) / b"\x08\x00\x00")
+    for frame in (other, ping, short):
+        assert run(frame) == {"rx_total": 1, "pass": 1, "not_tcp": 1}

@@ -21,6 +21,7 @@ BPF_ARRAY(p_view, struct mx_flow_view, 1);
 BPF_ARRAY(p_key, struct mx_flow_key, 1);
 BPF_ARRAY(p_verdict, struct mx_verdict, 1);
 BPF_ARRAY(p_cfg, struct mx_if_config, 1);
+BPF_ARRAY(p_obs, struct mx_observed, 1);
 int probe(struct xdp_md *ctx) { return XDP_PASS; }
 """
 
@@ -29,7 +30,7 @@ int probe(struct xdp_md *ctx) { return XDP_PASS; }
 def layout(bpf_env):
     from bcc import BPF
     b = BPF(text=PROBE, cflags=["-I" + str(xdp.BPF_DIR)])
-    types = {n: b[n.encode()].Leaf for n in ("p_view", "p_key", "p_verdict", "p_cfg")}
+    types = {n: b[n.encode()].Leaf for n in ("p_view", "p_key", "p_verdict", "p_cfg", "p_obs")}
     yield types
     b.cleanup()
 
@@ -52,7 +53,7 @@ def assert_same_layout(mirror, compiled):
 
 @pytest.mark.parametrize("mirror,probe", [
     (bs.MxFlowView, "p_view"), (bs.MxFlowKey, "p_key"),
-    (bs.MxVerdict, "p_verdict"), (bs.MxIfConfig, "p_cfg"),
+    (bs.MxVerdict, "p_verdict"), (bs.MxIfConfig, "p_cfg"), (bs.MxObserved, "p_obs"),
 ])
 def test_struct_layouts_match_the_header(layout, mirror, probe):
     assert_same_layout(mirror, layout[probe])

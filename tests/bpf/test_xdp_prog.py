@@ -497,3 +497,64 @@ def test_filter_header_text():
     assert "return (v->dport == 1) ? 1 : 0;" in xdp.filter_header_text("v->dport == 1")
     with pytest.raises(xdp.XdpError):
         xdp.filter_header_text("1 */ int x; /*")
+
+
+# ---------------------------------------------------------------------------------------
+# observe-only: a copy into the ring buffer, then the kernel path
+# ---------------------------------------------------------------------------------------
+
+OBSERVE_RING = 4096 * 4     # small: a few frames fill it
+
+
+@pytest.fixture(scope="module")
+def ho(netdevs):
+    with xdp.compile_program(extra_cflags=("-DMX_OBSERVE_SNAP=2048",
+                                           "-DMX_OBSERVE_PAGES=%d" % (OBSERVE_RING // 4096))) as p:
+        harness = Harness(p, netdevs)
+        yield harness
+        harness.close()
+
+
+def observed_ring(ho):
+    from mosxdp.io.ringbuf import RingBuffer
+    return RingBuffer(ho.prog.bpf[b"observed"].map_fd, OBSERVE_RING)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["passive", "inline"])
+def test_observe_copies_the_frame_and_takes_the_kernel_path(ho, inline):
+    from mosxdp.io.bpfstructs import MX_IF_OBSERVE, MxObserved
+    ho.configure(inline=inline)
+    ho.maps.set_iface_config(ho.ifa, MxIfConfig(SLOT_A, SLOT_B, ho.ifb,
+                                                (MX_IF_INLINE if inline else 0) | MX_IF_OBSERVE))
+    ho.bind(SLOT_A, 0)     # a socket in the XSKMAP changes nothing: observe-only uses none
+    frames = [tcp4(payload=b"x" * n) for n in (0, 5, 1400)] + [tcp6("S", payload=b"")]
+    with observed_ring(ho) as ring:
+        ring.take(1 << 20)
+        ring.release()                        # whatever an earlier test left
+        for frame in frames:
+            assert ho.run(frame) == kernel_path(inline, observed=1)
+        records = ring.take(100)
+        got = []
+        for rec in records:
+            hdr = MxObserved.from_buffer_copy(rec[:24])
+            got.append((hdr.slot, hdr.frame_len, hdr.cap_len, bytes(rec[24:24 + hdr.cap_len])))
+        del records, rec
+        ring.release()
+    assert got == [(SLOT_A, len(f), len(f), f) for f in frames]
+
+
+def test_observe_counts_the_copies_a_full_ring_has_no_room_for(ho):
+    from mosxdp.io.bpfstructs import MX_IF_OBSERVE
+    ho.configure(inline=True)
+    ho.maps.set_iface_config(ho.ifa, MxIfConfig(SLOT_A, SLOT_B, ho.ifb, MX_IF_INLINE | MX_IF_OBSERVE))
+    frame = tcp4(payload=b"y" * 1400)
+    with observed_ring(ho) as ring:
+        ring.take(1 << 20)
+        ring.release()
+        outcomes = [ho.run(frame) for _ in range(OBSERVE_RING // 1400 + 4)]
+        kept = len(ring.take(1000))
+        ring.release()
+    lost = [o for o in outcomes if o == kernel_path(True, observe_lost=1)]
+    assert lost and kept + len(lost) == len(outcomes)
+    # every frame went on, copied or not
+    assert all(o[0] == REDIRECT for o in outcomes)

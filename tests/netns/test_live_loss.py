@@ -260,7 +260,12 @@ def test_frames_the_kernel_drops_at_transmit_are_reported(bed, tmp_path):
     # (an ARP or a neighbour solicitation of the client: the program's kernel_forward)
     assert count <= tx_dropped <= tx_dropped_at_exit <= count + live["xdp"]["kernel_forward"]
     assert lost == {**dict.fromkeys(lost, 0), "tx_device_drop": tx_dropped}, lost
-    assert nonzero(live["lost"]) == {"tx_device_drop": tx_dropped_at_exit}, live["lost"]
+    # The program stays attached after the stop (fail-open): a frame the kernel forwards to
+    # B between the monitor's last count and the read above (a neighbour solicitation)
+    # counts only at B.
+    at_end = live["lost"]["tx_device_drop"]
+    assert tx_dropped <= at_end <= tx_dropped_at_exit, (tx_dropped, at_end, tx_dropped_at_exit)
+    assert nonzero(live["lost"]) == {"tx_device_drop": at_end}, live["lost"]
     (_, status_reasons), (_, summary_reasons) = status_and_summary(log)
-    assert summary_reasons == {"tx_device_drop": tx_dropped_at_exit}, log[-3000:]
+    assert summary_reasons == {"tx_device_drop": at_end}, log[-3000:]
     assert status_reasons["tx_device_drop"] in range(tx_dropped, tx_dropped_at_exit + 1), log[-3000:]

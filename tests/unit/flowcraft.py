@@ -157,6 +157,55 @@ class Conv:
         return self
 
 
+class Dgrams:
+    """UDP and ICMP datagrams between two hosts "c" and "s": each method builds one frame,
+    appends ``(ts_us, bytes)`` to ``frames`` and returns the bytes; the clock moves by
+    ``dt`` microseconds per frame, or by ``wait(us)``. ``vlans``: 802.1Q tags, outer first."""
+
+    def __init__(self, cli="10.0.0.1", svr="10.0.0.2", t0=1_000_000, dt=1000, vlans=()):
+        self.addr = {"c": cli, "s": svr}
+        self.v6 = ":" in cli
+        self.ts = t0
+        self.dt = dt
+        self.vlans = vlans
+        self.frames = []
+
+    def wait(self, us):
+        self.ts += us
+
+    def _emit(self, frm, l4):
+        from scapy.layers.l2 import Dot1Q
+        to = OTHER[frm]
+        ip = (IPv6(src=self.addr[frm], dst=self.addr[to]) if self.v6
+              else IP(src=self.addr[frm], dst=self.addr[to]))
+        l2 = Ether(src=MAC[frm], dst=MAC[to])
+        for vid in self.vlans:
+            l2 = l2 / Dot1Q(vlan=vid)
+        frame = bytes(l2 / ip / l4)
+        self.ts += self.dt
+        self.frames.append((self.ts, frame))
+        return frame
+
+    def udp(self, frm, sport, dport, payload=b""):
+        from scapy.layers.inet import UDP
+        return self._emit(frm, UDP(sport=sport, dport=dport) / Raw(payload))
+
+    def icmp(self, frm, icmp_type, code=0, payload=b"", ident=1, seq=1):
+        """ICMP (or ICMPv6 between IPv6 hosts) of any type; echo types get ident/seq."""
+        if self.v6:
+            from scapy.layers.inet6 import ICMPv6Unknown
+            body = ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + payload
+            return self._emit(frm, ICMPv6Unknown(type=icmp_type, code=code, msgbody=body))
+        from scapy.layers.inet import ICMP
+        return self._emit(frm, ICMP(type=icmp_type, code=code, id=ident, seq=seq) / Raw(payload))
+
+    def ping(self, payload=b"x" * 56, ident=1, seq=1):
+        """An echo request from c and its reply."""
+        req, rep = (128, 129) if self.v6 else (8, 0)
+        return (self.icmp("c", req, payload=payload, ident=ident, seq=seq),
+                self.icmp("s", rep, payload=payload, ident=ident, seq=seq))
+
+
 def base_of(frame):
     """The scapy packet of a frame, with its checksums as they are in the bytes."""
     return Ether(frame)

@@ -578,5 +578,5 @@ def test_connlog_bypass_option_same_totals_on_captures(name, tmp_path):
     assert len(la) == len(lb)
     keys = [k for k in TOTALS if k != "missed_bytes"]   # gaps after the depth are not seen
     for x, y in zip(la, lb):
-        assert {k: y[k] for k in keys} == {k: x[k] for k in keys}
+        assert {k: y.get(k) for k in keys} == {k: x.get(k) for k in keys}
         assert y["missed_bytes"] <= x["missed_bytes"]

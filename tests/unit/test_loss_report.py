@@ -13,7 +13,7 @@ import pytest
 
 from mosxdp.config import ConfigError, load_config
 from mosxdp.engine.live import LiveEngine
-from mosxdp.engine.loss import REASONS, loss_line, lost_frames
+from mosxdp.engine.loss import REASONS, loss_line, loss_share, lost_frames
 from mosxdp.engine.status import LiveStatus, prometheus_text
 
 
@@ -32,11 +32,19 @@ def test_copy_mode_fill_ring_empty_is_not_counted_twice():
     lost = lost_frames({"tx_ring_full_dropped": 6, "outbox_dropped": 1}, sockets, xdp,
                        device_tx_dropped=3)
     assert lost == {"fill_ring_empty": 105, "rx_ring_full": 7, "rx_dropped_other": 20,
-                    "xsk_redirect_error": 0, "forward_redirect_error": 4, "tx_ring_full": 6,
+                    "xsk_redirect_error": 0, "observe_lost": 0,
+                    "forward_redirect_error": 4, "tx_ring_full": 6,
                     "tx_invalid": 2, "tx_device_drop": 3, "outbox_dropped": 1,
                     "replaced_dropped": 0}
     # the tracepoint's count of refused redirects is what the sockets counted
     assert sum(lost[k] for k in ("fill_ring_empty", "rx_ring_full", "rx_dropped_other")) == 132
+
+
+def test_observe_only_copies_the_ring_had_no_room_for_are_lost_before_python():
+    lost = lost_frames({}, [], {"observed": 1000, "observe_lost": 25})
+    assert lost["observe_lost"] == 25
+    share, seen = loss_share(lost, 1000)
+    assert seen == 1025 and share == 25 / 1025
 
 
 def test_zero_copy_counts_rx_dropped_apart():

@@ -256,7 +256,7 @@ def test_contexts_of_one_run_share_its_outputs(tmp_path):
         contexts = [api.mtcp_create_context(cpu) for cpu in (0, 1)]
         assert contexts[0].outputs is contexts[1].outputs
         apps = [connlog.setup(mctx, argparse.Namespace(output=str(tmp_path / f"conn{n}.json"),
-                                                       filter=None))
+                                                       filter=None, tcp_only=True))
                 for n, mctx in enumerate(contexts)]
         full = api.mosx_open_output(contexts[1], "/dev/full")
         full.write("a line\n")

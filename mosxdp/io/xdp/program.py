@@ -19,7 +19,8 @@ import logging
 from typing import Iterator
 
 from ..bpfstructs import (FlowVerdict, MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, MX_IF_FILTER_ALL_IP,
-                          MX_IF_INLINE, MX_MAX_QUEUES, MX_MAX_SLOTS, MxFlowKey, MxIfConfig)
+                          MX_IF_INLINE, MX_IF_OBSERVE, MX_MAX_QUEUES, MX_MAX_SLOTS, MxFlowKey,
+                          MxIfConfig)
 from ..errors import XdpError
 from ..netdev import rx_queue_count
 from ..privileges import check_privileges
@@ -53,12 +54,15 @@ class XdpProgram:
     ``filter_all_ip``: evaluate the filter on every parsed frame but IP fragments, not only
     TCP (raw monitor sockets whose filters can match UDP, ICMP, ARP); non-TCP frames it matches go to
     the sockets.
+    ``observe``: None, or (snap, ring bytes): observe-only, frames meant for user space are
+    copied (their first ``snap`` bytes) into a ring buffer of that size (``observed_ring``)
+    and take the kernel path; no AF_XDP socket is involved.
     """
 
     def __init__(self, ifaces: list[str], *, peers: dict[str, str] | None = None,
                  mode: str = "native", fail_closed: bool = False, filter_c_expr: str | None = None,
                  force: bool = False, keep_attached: bool = False, passive_bypass: str = "pass",
-                 filter_all_ip: bool = False):
+                 filter_all_ip: bool = False, observe: tuple[int, int] | None = None):
         if mode not in ("native", "generic", "auto"):
             raise XdpError("XDP mode must be one of native, generic, auto; got %r" % (mode,))
         if passive_bypass not in ("pass", "consume"):
@@ -88,6 +92,7 @@ class XdpProgram:
         self.keep_attached = keep_attached
         self.passive_bypass = passive_bypass
         self.filter_all_ip = filter_all_ip
+        self.observe = observe
         self.slots: dict[str, int] = {n: i for i, n in enumerate(names)}
         self.ifindexes: dict[str, int] = {}
         self.modes: dict[str, str] = {}
@@ -139,13 +144,19 @@ class XdpProgram:
                                   % (n, q, MX_MAX_QUEUES))
                 log.warning(self.notes[-1])
 
-        self.program = stack.enter_context(compile_program(self.filter_c_expr))
+        cflags = ()
+        if self.observe is not None:
+            snap, ring_bytes = self.observe
+            cflags = ("-DMX_OBSERVE_SNAP=%d" % snap, "-DMX_OBSERVE_PAGES=%d" % (ring_bytes // 4096))
+        self.program = stack.enter_context(compile_program(self.filter_c_expr, extra_cflags=cflags))
         maps = self.program.maps
         for n in self.ifaces:
             cfg = MxIfConfig(slot=self.slots[n])
             flags = MX_IF_FAIL_CLOSED if self.fail_closed else 0
             if self.filter_all_ip:
                 flags |= MX_IF_FILTER_ALL_IP
+            if self.observe is not None:
+                flags |= MX_IF_OBSERVE
             if n in self.peers:
                 p = self.peers[n]
                 flags |= MX_IF_INLINE
@@ -302,6 +313,13 @@ class XdpProgram:
 
     def peer(self, ifname: str) -> str | None:
         return self.peers.get(ifname)
+
+    def observed_ring(self) -> tuple[int, int]:
+        """(fd, bytes) of the observe-only ring buffer."""
+        if self.observe is None:
+            raise XdpError("this program was not built observe-only")
+        table = self._prog().bpf[b"observed"]
+        return table.map_fd, table.max_entries if hasattr(table, "max_entries") else self.observe[1]
 
     # -- counters and verdicts ---------------------------------------------------------------
     def counters(self) -> dict[str, int]:

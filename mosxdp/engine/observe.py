@@ -1,0 +1,267 @@
+"""The observe-only live engine: the kernel forwards, the monitor reads copies.
+
+For apps that only watch (no verdict, edit or injected frame), the XDP program built with
+``observe`` (mosxdp.io.xdp.XdpProgram) sends every frame meant for user space on its kernel
+path (inline: to the peer through the devmap; passive: XDP_PASS) after copying its first
+``snap`` bytes into a BPF ring buffer. This engine reads that ring in place
+(mosxdp.io.ringbuf): no AF_XDP socket, no UMEM, no transmit by Python, so the wire runs at
+the kernel's speed whatever Python does; what Python cannot keep up with is lost to the
+monitor only (``observe_lost``, counted by the program, reported with the other losses),
+and the stream reassembly marks the bytes it never saw as missed.
+
+The processor is the same as the AF_XDP engine's (``process(frame, ts_us, port)``,
+``end_batch()``, ``advance_clock(ts_us)``, ``finish()``, ``outbox``): its verdicts have no
+effect (the frame is gone already) and frames it sends are not sent; both are counted
+(``verdicts_ignored``, ``outbox_dropped``) and said once.
+"""
+from __future__ import annotations
+
+import contextlib
+import select
+import signal
+import sys
+import threading
+import time
+
+from ..io.netdev import tx_dropped
+from ..io.ringbuf import RingBuffer
+from .loss import lost_frames
+
+__all__ = ["ObserveEngine", "DEFAULT_SNAP", "DEFAULT_RING_BYTES"]
+
+DEFAULT_SNAP = 2048                 # bytes copied per frame (at most 2047 of them: a 1500-MTU frame whole)
+DEFAULT_RING_BYTES = 16 << 20       # ~10,000 full-size frames of slack behind the kernel
+_HDR = 24                           # struct mx_observed
+_HEAD = __import__("struct").Struct("<QIII")
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class ObserveEngine:
+    """Observe-only datapath around a processor; a context manager like LiveEngine.
+
+    ``iface``/``peer``: as LiveEngine (inline when ``peer`` is given, else passive);
+    ``batch_size``: most records handed to the processor between two ``end_batch``;
+    ``snap``, ``ring_bytes``: the copy length (a power of two) and the ring's size (a power
+    of two, at least a page); the other keywords as LiveEngine's."""
+
+    inline: bool
+
+    def __init__(self, iface, peer: str | None = None, processor=None, *, batch_size: int = 64,
+                 xdp_mode: str = "native", force: bool = False, filter_c_expr: str | None = None,
+                 filter_all_ip: bool = False, keep_attached: bool = False,
+                 poll_timeout_ms: int = 100, snap: int = DEFAULT_SNAP,
+                 ring_bytes: int = DEFAULT_RING_BYTES):
+        ifaces = [iface] if isinstance(iface, str) else list(iface)
+        if peer is not None:
+            ifaces.append(peer)
+        self.inline = peer is not None
+        self.ifaces = ifaces
+        self.peer = peer
+        self.processor = processor
+        self.batch_size = batch_size
+        self.xdp_mode = xdp_mode
+        self.force = force
+        self.filter_c_expr = filter_c_expr
+        self.filter_all_ip = filter_all_ip
+        self.keep_attached = keep_attached
+        self.poll_timeout_ms = poll_timeout_ms
+        self.snap = snap
+        self.ring_bytes = ring_bytes
+        self.program = None
+        self.ring: RingBuffer | None = None
+        self.sockets: list = []              # none: the status and loss code read this
+        self.umem = None
+        self._stack: contextlib.ExitStack | None = None
+        self._stop = threading.Event()
+        self.stop_reason: str | None = None
+        self._xdp_at_stop: dict | None = None
+        self._said_ignored = False
+        self.counters = dict.fromkeys((
+            "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
+            "verdicts_ignored", "cut_frames", "polls", "idle_timeouts"), 0)
+        self.frames_by_port = [0] * len(ifaces)
+        self._tx_dropped_at_start: dict[str, int | None] = {}
+
+    # ------------------------------------------------------------------ setup
+    def __enter__(self) -> "ObserveEngine":
+        from ..io.xdp import XdpProgram
+        self._tx_dropped_at_start = {ifn: tx_dropped(ifn) for ifn in self.ifaces}
+        with contextlib.ExitStack() as stack:
+            peers = {self.ifaces[0]: self.peer} if self.inline else None
+            self.program = stack.enter_context(XdpProgram(
+                self.ifaces[:1] if self.inline else self.ifaces, peers=peers,
+                mode=self.xdp_mode, filter_c_expr=self.filter_c_expr, force=self.force,
+                filter_all_ip=self.filter_all_ip, observe=(self.snap, self.ring_bytes)))
+            if self.keep_attached:
+                # The kernel forwards from the start: the wire never depended on us.
+                self.program.keep_attached = True
+            fd, size = self.program.observed_ring()
+            self.ring = stack.enter_context(RingBuffer(fd, size))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        try:
+            stack.close()
+        finally:
+            self.ring = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    # ------------------------------------------------------------------ control and stats
+    def stop(self, reason: str = "stop") -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    def xdp_counters(self) -> dict | None:
+        if self.program is None:
+            return None
+        try:
+            return dict(self.program.counters())
+        except OSError:
+            return None
+
+    def lost(self, xdp: dict | None = None) -> dict:
+        if xdp is None:
+            xdp = self.xdp_counters()
+        dropped = 0
+        for ifn, start in self._tx_dropped_at_start.items():
+            now = tx_dropped(ifn) if start is not None else None
+            if now is not None:
+                dropped += now - start
+        return lost_frames(self.counters, [], xdp, device_tx_dropped=dropped)
+
+    def stats(self) -> dict:
+        out = dict(self.counters)
+        out["frames_by_port"] = list(self.frames_by_port)
+        out["accounting"] = None
+        out["sockets"] = []
+        out["observe"] = {"snap": self.snap, "ring_bytes": self.ring_bytes}
+        xdp = self.xdp_counters()
+        if xdp is not None:
+            out["xdp"] = xdp
+        out["lost"] = self.lost(xdp)
+        proc = self.processor
+        if proc is not None and isinstance(getattr(proc, "counters", None), dict):
+            out["processor"] = dict(proc.counters)
+        return out
+
+    def final_stats(self) -> dict:
+        st = self.stats()
+        st["lost"]["tx_unsent_at_exit"] = 0
+        return st
+
+    # ------------------------------------------------------------------ loop
+    def run(self, duration: float | None = None, *, handle_signals: bool = True) -> dict:
+        """Read copies until :meth:`stop`, SIGINT/SIGTERM/SIGHUP or ``duration`` seconds."""
+        if self.ring is None:
+            raise RuntimeError("ObserveEngine.run() outside its context")
+        saved = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
+                    saved[sig] = signal.signal(sig, lambda s, f: self.stop(
+                        f"signal {signal.Signals(s).name}"))
+        try:
+            self._loop(duration)
+            # What the kernel copied before the stop is still read.
+            while self._batch():
+                pass
+            if self.processor is not None:
+                self.processor.finish()
+                self._outbox()
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        if self.stop_reason is None:
+            self.stop_reason = "duration"
+        return self.stats()
+
+    def _loop(self, duration) -> None:
+        poller = select.poll()
+        poller.register(self.program.observed_ring()[0], select.POLLIN)
+        deadline = None if duration is None else time.monotonic() + duration
+        c = self.counters
+        stop = self._stop
+        proc = self.processor
+        while not stop.is_set():
+            if self._batch():
+                continue
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                timeout = min(self.poll_timeout_ms, max(1, int(left * 1000)))
+            else:
+                timeout = self.poll_timeout_ms
+            c["polls"] += 1
+            if not poller.poll(timeout):
+                c["idle_timeouts"] += 1
+                if proc is not None:
+                    proc.advance_clock(_monotonic_us())
+                    self._outbox()
+
+    def _batch(self) -> int:
+        """One batch of records through the processor; returns how many."""
+        ring = self.ring
+        records = ring.take(self.batch_size)
+        if not records:
+            return 0
+        c = self.counters
+        proc = self.processor
+        by_port = self.frames_by_port
+        unpack = _HEAD.unpack_from
+        n = len(records)
+        if proc is None:
+            for rec in records:
+                by_port[unpack(rec)[1]] += 1
+        else:
+            process = proc.process
+            ignored = 0
+            cut = 0
+            for rec in records:
+                ts_ns, slot, frame_len, cap = unpack(rec)
+                if frame_len != cap:
+                    cut += 1
+                by_port[slot] += 1
+                if process(rec[_HDR:_HDR + cap], ts_ns // 1000, slot):
+                    ignored += 1
+            if ignored:
+                c["verdicts_ignored"] += ignored
+                self._say_ignored()
+            if cut:
+                c["cut_frames"] += cut
+        del records
+        ring.release()
+        c["batches"] += 1
+        c["frames"] += n
+        c["forwarded"] += n
+        if proc is not None:
+            proc.end_batch()
+            self._outbox()
+        return n
+
+    def _outbox(self) -> None:
+        proc = self.processor
+        if proc is not None and proc.outbox:
+            self.counters["outbox_dropped"] += len(proc.outbox)
+            proc.outbox.clear()
+            self._say_ignored()
+
+    def _say_ignored(self) -> None:
+        if not self._said_ignored:
+            self._said_ignored = True
+            print("mosxdp: warning: observe-only: the kernel forwards every frame, so drop "
+                  "and modify verdicts and frames the app sends have no effect (counted as "
+                  "verdicts_ignored and outbox_dropped)", file=sys.stderr, flush=True)

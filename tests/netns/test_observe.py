@@ -1,0 +1,138 @@
+"""netns tier: observe-only (`mosxdp run APP --observe`): the kernel forwards every frame
+and the app reads copies from a BPF ring buffer.
+
+Real downloads (curl, IPv4 and IPv6) through the inline testbed:
+- flowdump --observe: every download byte-identical at the client, and flowdump's file of
+  the server's stream equals the server's response (header + body); the XDP program copied
+  frames (``observed``) and lost none at this rate, no AF_XDP socket was involved;
+- connlog --observe counts every flow as connlog offline counts a capture of the same
+  traffic taken behind the monitor;
+- the stop leaves the program attached as the kernel's forwarder, as an inline stop does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import livekit
+import pytest
+from livekit import PY, ROOT, Bed, Monitor, Tcpdump, json_lines, sha256_file
+
+pytestmark = pytest.mark.netns
+
+PORT = 8080
+SIZES = {"f1k": 1024, "f300k": 300 * 1024, "f8m": 8 * 1024 * 1024}
+# conn.log fields that count what the monitor saw, whatever the order of the directions
+COUNTS = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes",
+          "resp_ip_bytes", "missed_bytes", "conn_state")
+
+
+@pytest.fixture(scope="module")
+def live_env():
+    livekit.require_live(("curl", "tcpdump"))
+
+
+@pytest.fixture(scope="module")
+def www(tmp_path_factory):
+    d = tmp_path_factory.mktemp("www")
+    for name, size in SIZES.items():
+        (d / name).write_bytes(os.urandom(size))
+    return d
+
+
+@pytest.fixture(scope="module")
+def bed(live_env, www, tmp_path_factory):
+    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
+    try:
+        yield bed
+    finally:
+        bed.close()
+
+
+def downloads(bed, www, rounds=2, pace=None):
+    """Every file, IPv4 and IPv6, `rounds` times: each one byte-identical at the client
+    (``pace``: curl's --limit-rate)."""
+    done = []
+    extra = ("--limit-rate", pace) if pace else ()
+    for _ in range(rounds):
+        for family in (4, 6):
+            for name in SIZES:
+                out = bed.out_path(f"{name}.v{family}")
+                r = bed.tb.run("cli", bed.curl_argv(family, name, out, *extra),
+                               capture_output=True, text=True, timeout=60)
+                assert r.returncode == 0, r.stderr
+                assert sha256_file(out) == sha256_file(www / name), (family, name)
+                done.append((family, name))
+    return done
+
+
+def stop(mon) -> dict:
+    """SIGINT, then the run's --stats-json."""
+    mon.stop_clean()
+    return json.loads(mon.stats_path.read_text())
+
+
+def start(bed, app, *args) -> Monitor:
+    stats = bed.out_path(f"{app}.stats.json")
+    mon = Monitor(bed, app, "--stats-json", stats, *args)
+    mon.stats_path = stats
+    return mon
+
+
+def test_flowdump_observe_only_keeps_every_stream(bed, www, tmp_path):
+    outdir = tmp_path / "flows"
+    mon = start(bed, "flowdump", "--observe", "--outdir", outdir)
+    try:
+        mon.warm_up(lambda: outdir.exists() and any(outdir.iterdir()))
+        done = downloads(bed, www)
+        stats = stop(mon)
+    finally:
+        mon.close()
+    # flowdump files of the server's streams: the HTTP header, then the file
+    bodies = {}
+    for path in outdir.iterdir():
+        data = path.read_bytes()
+        if data.startswith(b"HTTP/1."):
+            head, _, body = data.partition(b"\r\n\r\n")
+            bodies.setdefault(len(body), []).append(body)
+    for family, name in done:
+        want = (www / name).read_bytes()
+        assert want in bodies.get(len(want), []), f"no flowdump file holds {name} (v{family})"
+    datapath = stats["live"]
+    xdp = datapath["xdp"]
+    assert datapath["sockets"] == [] and xdp["to_xsk"] == 0, datapath
+    assert xdp["observed"] >= datapath["frames"] > 1000, xdp
+    assert xdp["observe_lost"] == 0 and datapath["lost"]["observe_lost"] == 0, datapath["lost"]
+
+
+def test_connlog_observe_only_counts_what_the_wire_carried(bed, www, tmp_path):
+    # What crossed the monitor, captured behind it on srv0, read offline by connlog: the
+    # same flows with the same counts as the live observe-only run's conn.log.
+    live_log, pcap, offline_log = (tmp_path / "conn-live.log", tmp_path / "srv0.pcap",
+                                   tmp_path / "conn-offline.log")
+    # A big capture buffer, and curl paced: tcpdump must not miss what the monitor saw.
+    dump = Tcpdump(bed, "srv", bed.tb.srv_if, pcap, f"tcp port {PORT}", "-B", 65536)
+    try:
+        mon = start(bed, "connlog", "--observe", "--output", live_log)
+        try:
+            mon.warm_up(lambda: live_log.exists() and live_log.stat().st_size > 0)
+            downloads(bed, www, rounds=1, pace="20M")
+            stop(mon)
+        finally:
+            mon.close()
+    finally:
+        report = dump.stop()
+    assert re.search(r"\b0 packets dropped by kernel", report), report
+    r = subprocess.run([PY, "-m", "mosxdp.cli", "run", "connlog", "--pcap", pcap, "--output",
+                        offline_log], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    live = {line["id.orig_p"]: line for line in json_lines(live_log)
+            if line.get("id.resp_p") == PORT}
+    offline = {line["id.orig_p"]: line for line in json_lines(offline_log)}
+    assert len(live) >= 2 * len(SIZES)
+    assert live.keys() <= offline.keys()
+    diffs = {port: {k: (live[port][k], offline[port][k]) for k in COUNTS
+                    if live[port][k] != offline[port][k]} for port in live}
+    assert not any(diffs.values()), diffs
