@@ -119,20 +119,21 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
                 if print_stats:
                     print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
                                        engine.seconds), file=sys.stderr)
-                line = cut_line(mctx.stack.counters, reader.cut_length)
+                snap = reader.cut_length
+                line = cut_line(mctx.stack.counters, "the capture's snap length"
+                                + (f" ({snap} bytes)" if snap else ""))
                 if line:
                     print(line, file=sys.stderr)
 
 
-def cut_line(counters, snaplen):
-    """The line that says the capture cut frames inside their IP packet by its snap length
-    (None when it did not)."""
+def cut_line(counters, what):
+    """The line that says `what` (a capture's snap length, the observe-only copy length)
+    cut frames inside their IP packet (None when it did not)."""
     frames, headers = counters["cut_frames"], counters["cut_headers"]
     if not frames and not headers:
         return None
-    snap = f" ({snaplen} bytes)" if snaplen else ""
     line = (f"mosxdp: {_count(frames + headers, 'frame')} {'was' if frames + headers == 1 else 'were'} "
-            f"cut by the capture's snap length{snap}: flows tracked from their headers, "
+            f"cut by {what}: flows tracked from their headers, "
             f"{_count(counters['cut_bytes'], 'payload byte')} missing (holes to the apps, "
             "missed_bytes in connlog)")
     if headers:
