@@ -37,10 +37,11 @@ class OfflineEngine:
         self.seconds = 0.0
         mctx.engine = self
         # A pcap reader knows which frames its capture cut (a snap length): the core
-        # parses those from their headers.
+        # parses those from their headers, and the sink gets their length on the wire.
         wire_len = getattr(source, "wire_len", None)
         if wire_len is not None:
             self.stack.wire_len = wire_len
+        self._wire_len = wire_len
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
@@ -53,6 +54,20 @@ class OfflineEngine:
                     self.sink(ts_us, frame)
                     self.frames_out += 1
             outbox.clear()
+
+    def _sink_cut(self, ts_us, frame, verdict, wire):
+        if verdict == VERDICT_FORWARD:
+            frames = (frame,)
+        elif verdict == VERDICT_REPLACED:
+            frames = self.stack.wire_frames
+        else:
+            return
+        for out in frames:
+            if len(out) == len(frame):
+                self.sink(ts_us, out, wire)
+            else:
+                self.sink(ts_us, out)
+            self.frames_out += 1
 
     def run(self) -> RunResult:
         """Every frame of the source through the stack, then the stack's end of run."""
@@ -68,15 +83,22 @@ class OfflineEngine:
         outputs = getattr(self.mctx, "outputs", None)
         tick = outputs.tick if outputs is not None else _no_tick
         ts_us = 0
+        wire_len = self._wire_len
         try:
             for ts_us, frame in self.source:
                 verdict = process(frame, ts_us, 0)
                 if stack.outbox:
                     self._flush_outbox(ts_us)
-                if sink is not None and verdict == VERDICT_FORWARD:
+                if sink is None:
+                    pass
+                elif wire_len is not None and wire_len():
+                    # A record its capture cut goes out cut, with its length on the wire
+                    # (an edit keeps a cut frame's length: sink(ts, frame, wire length)).
+                    self._sink_cut(ts_us, frame, verdict, wire_len())
+                elif verdict == VERDICT_FORWARD:
                     sink(ts_us, frame)
                     self.frames_out += 1
-                elif verdict == VERDICT_REPLACED and sink is not None:
+                elif verdict == VERDICT_REPLACED:
                     for edited in stack.wire_frames:
                         sink(ts_us, edited)
                         self.frames_out += 1
@@ -110,7 +132,7 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
         if write_path:
             outputs = getattr(mctx, "outputs", None)
             out = outputs.open_file(write_path, binary=True) if outputs is not None else None
-            writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out, source=reader)
+            writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out)
         with writer if writer is not None else nullcontext():
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
             try:

@@ -33,16 +33,14 @@ many packets were read.
 length on the wire, larger than ``len(frame)`` when the capture was cut by a
 snap length).  Either way ``reader.cut_frames`` counts such frames,
 ``reader.wire_len()`` is the current frame's ``orig_len`` when it was cut (else
-0), for a consumer that iterates ``(ts_us, frame)``, and ``reader.cut_frame`` is
-the last frame that was cut.
+0), for a consumer that iterates ``(ts_us, frame)``.
 
 Writer
 ------
-``PcapWriter(path, snaplen=65535, out=None, source=None)`` writes a classic
-little-endian microsecond pcap with link type Ethernet; ``write(ts_us, frame)``
+``PcapWriter(path, snaplen=65535, out=None)`` writes a classic little-endian
+microsecond pcap with link type Ethernet; ``write(ts_us, frame, wire_len=0)``
 appends one record (frames longer than ``snaplen`` are cut, the original length
-kept). With ``source``, the reader the frames come from, a frame that reader
-yielded cut keeps its length on the wire too.
+kept; ``wire_len``: the length on the wire of a frame that came cut).
 """
 
 from __future__ import annotations
@@ -215,7 +213,6 @@ class PcapReader(_ClosedOnExit):
         self.nanosecond = False
         self.compression = None
         self._cut = (0, 0)            # (packet number, wire length) of the last cut frame
-        self.cut_frame = None         # the last cut frame (PcapWriter keeps its wire length)
         self.cut_length = 0           # the longest captured length of a cut frame
         self._eof = False
         self._compressed_cut = False  # the decompressor met the end of its input early
@@ -507,7 +504,6 @@ class PcapReader(_ClosedOnExit):
             if caplen < origlen:
                 self.cut_frames += 1
                 self._cut = (count, origlen)
-                self.cut_frame = frame
                 if caplen > self.cut_length:
                     self.cut_length = caplen
             yield (ts, frame, origlen) if with_orig else (ts, frame)
@@ -582,7 +578,6 @@ class PcapReader(_ClosedOnExit):
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                    self.cut_frame = frame
                     if caplen > self.cut_length:
                         self.cut_length = caplen
                 yield (ts, frame, origlen) if with_orig else (ts, frame)
@@ -613,7 +608,6 @@ class PcapReader(_ClosedOnExit):
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                    self.cut_frame = frame
                     if caplen > self.cut_length:
                         self.cut_length = caplen
                 yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
@@ -642,27 +636,24 @@ class PcapWriter(_ClosedOnExit):
     ``out``: where the bytes go instead of a new file at ``path``, anything whose
     ``write`` takes one whole record per call (``io.outputs.OutputFile``, which cuts a
     failed write back to whole records). The file at ``path`` is opened with O_NOFOLLOW:
-    a symbolic link there is an error, never followed. ``source``: the PcapReader the
-    frames come from; a frame it cut by a snap length is written with its length on the
-    wire (its ``cut_frame``), as the input had it."""
+    a symbolic link there is an error, never followed."""
 
     _hdr = struct.Struct("<IHHiIII")
     _rec = struct.Struct("<IIII")
 
-    def __init__(self, path, snaplen: int = 65535, out=None, source=None):
+    def __init__(self, path, snaplen: int = 65535, out=None):
         if not 0 < snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be positive, got {snaplen}")
         self.path = os.fspath(path)
         self.snaplen = snaplen
         self.packets = 0
-        self._source = source
         if out is None:
             out = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                                | os.O_CLOEXEC, 0o644), "wb")
         self._f = out
         out.write(self._hdr.pack(_MAGIC_US_LE, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
-    def write(self, ts_us: int, frame) -> None:
+    def write(self, ts_us: int, frame, wire_len: int = 0) -> None:
         if ts_us < 0:
             raise ValueError(f"negative timestamp {ts_us}")
         f = self._f
@@ -671,9 +662,8 @@ class PcapWriter(_ClosedOnExit):
         n = cap = len(frame)
         if n > self.snaplen:
             cap = self.snaplen
-        source = self._source
-        if source is not None and frame is source.cut_frame:
-            n = source.wire_len() or n
+        if wire_len > n:
+            n = wire_len
         sec, usec = divmod(ts_us, 1_000_000)
         # One write per record: header and frame never part on a failed write.
         f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == len(frame) else frame[:cap]))

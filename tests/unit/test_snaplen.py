@@ -459,3 +459,21 @@ def test_write_keeps_the_wire_length_of_cut_frames(capsys, tmp_path):
     assert records(out) == records(cut)
     again, _ = conn_log(capsys, out, tmp_path / "b.log")
     assert again == [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+
+
+def test_an_edited_cut_frame_keeps_its_wire_length(capsys, tmp_path):
+    """scrub masks "HTTP" in a cut capture (the pattern is in the captured bytes of the
+    responses' first segments): --write gives every record with its captured and wire
+    lengths as they came, the masked ones with the pattern gone."""
+    cut = cut_capture(DATA / "http_sizes.pcap", 96, tmp_path / "cut.pcap")
+    out = tmp_path / "out.pcap"
+    code, _, err = run(capsys, "scrub", "--pcap", cut, "--pattern", "HTTP", "--write", out,
+                       "--log", tmp_path / "hits.log")
+    assert code == 0, err
+    before, after = records(cut), records(out)
+    assert [(ts, len(b), w) for ts, b, w in after] == [(ts, len(b), w) for ts, b, w in before]
+    changed = [(b, a) for (_, b, w), (_, a, _) in zip(before, after) if a != b]
+    assert changed and all(b"HTTP" in b and b"HTTP" not in a for b, a in changed)
+    assert all(len(b) < w for (_, b, w), (_, a, _) in zip(before, after) if a != b)
+    hits = (tmp_path / "hits.log").read_text().splitlines()
+    assert len(hits) == len(changed)
