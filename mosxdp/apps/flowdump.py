@@ -165,7 +165,6 @@ class FlowDump:
         self._drain(mctx, sock, side, state)
         state[side].close()
 
-
     def report(self):
         """The line that says which bytes the files miss (None when they miss none)."""
         if not self.lost_bytes:
@@ -177,8 +176,8 @@ class FlowDump:
         overwritten = self.lost_bytes - self.hole_bytes
         if overwritten:
             parts.append(f"{overwritten} overwritten before they were read (window overruns)")
-        return ("flowdump: " + " and ".join(parts) + " are zeros in the files (missing after "
-                "a file's last byte seen)")
+        return ("flowdump: " + " and ".join(parts) + " are zeros in the files, or absent "
+                "from their ends")
 
 
 def setup(mctx, args):
