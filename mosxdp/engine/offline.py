@@ -179,7 +179,7 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"udp/icmp flows {c['datagram_flows_created']} (ended {c['datagram_flows_ended']}, "
              f"evicted {c['datagram_flows_evicted']})" if c.get("datagram_flows_created") else "",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
-             (f"cut by the snap length {c['cut_frames']} (payload bytes missing "
+             (f"cut frames {c['cut_frames']} (payload bytes missing "
               f"{c['cut_bytes']}, cut in headers {c['cut_headers']})"
               if c.get("cut_frames") or c.get("cut_headers") else ""),
              f"malformed {c['malformed']}" + (

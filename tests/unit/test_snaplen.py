@@ -477,3 +477,17 @@ def test_an_edited_cut_frame_keeps_its_wire_length(capsys, tmp_path):
     assert all(len(b) < w for (_, b, w), (_, a, _) in zip(before, after) if a != b)
     hits = (tmp_path / "hits.log").read_text().splitlines()
     assert len(hits) == len(changed)
+
+
+def test_the_stats_summary_counts_the_cut(capsys, tmp_path):
+    # At 64 bytes every TCP frame and the MLD report are cut in their headers, the
+    # neighbour solicitation (ICMPv6 header at 54 to 62) in its payload.
+    cut = cut_capture(DATA / "http_sizes.pcap", 64, tmp_path / "cut.pcap")
+    code, _, err = run(capsys, "connlog", "--pcap", cut, "--output", tmp_path / "conn.log",
+                       "--stats")
+    assert code == 0, err
+    counts, _, _ = expectation(DATA / "http_sizes.pcap", 64)
+    assert counts == {"cut_frames": 1, "cut_bytes": 22, "cut_headers": 1537}
+    assert (f"cut frames {counts['cut_frames']} (payload bytes missing {counts['cut_bytes']}, "
+            f"cut in headers {counts['cut_headers']})") in err
+    assert f"malformed {counts['cut_headers']} (cut_headers {counts['cut_headers']})" in err
