@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, PadN
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, PadN
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -491,3 +491,36 @@ def test_the_stats_summary_counts_the_cut(capsys, tmp_path):
     assert (f"cut frames {counts['cut_frames']} (payload bytes missing {counts['cut_bytes']}, "
             f"cut in headers {counts['cut_headers']})") in err
     assert f"malformed {counts['cut_headers']} (cut_headers {counts['cut_headers']})" in err
+
+
+@pytest.mark.parametrize("pkt", [
+    ETHER / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP() / Raw(bytes(500)),
+    ETHER / IPv6(src="fd00::1", dst="fd00::2") / ICMPv6EchoRequest(data=bytes(500)),
+], ids=["icmp", "icmpv6"])
+def test_a_cut_icmp_message_needs_its_first_8_bytes(pkt):
+    """An ICMP message's type and code (what its flow is keyed on) are in its first 8
+    bytes: cut before their end it is cut_headers, from there it parses."""
+    frame = bytes(pkt)
+    full = parse_frame(frame)
+    end = full.l4_off + 8
+    for keep in range(full.l4_off, end):
+        with pytest.raises(TruncatedHeader) as info:
+            parse_cut_frame(memoryview(bytearray(frame[:keep])), len(frame))
+        assert info.value.counter == CUT_HEADERS
+    parsed = parse_cut_frame(memoryview(bytearray(frame[:end])), len(frame))
+    assert (parsed.ip_proto, parsed.l4_off, parsed.payload_len) == (
+        full.ip_proto, full.l4_off, full.payload_len)
+    stack = Stack()
+    ended = []
+    stack.datagram_table().add_watcher(0, None, lambda handle, flow: ended.append(flow))
+    stack.wire_len = lambda: len(frame)
+    stack.process(memoryview(bytearray(frame[:end - 1])), 1, 0)
+    stack.process(memoryview(bytearray(frame[:end])), 2, 0)
+    counters = stack.counters
+    assert (counters["cut_headers"], counters["cut_frames"], counters["datagram_malformed"]) == (
+        1, 1, 0)
+    (flow,) = {entry[0] for entry in stack.datagrams.flows.values()}
+    side = flow.sides[0]
+    # Counted from the headers: the message as it was on the wire.
+    assert (side.pkts, side.ip_bytes, side.l2_bytes, side.payload_bytes) == (
+        1, full.ip_len, len(frame), 500)
