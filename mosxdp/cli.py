@@ -113,6 +113,9 @@ def _datapath_options(parser):
     group.add_argument("--pcap", metavar="IN", help="offline: read frames from a pcap/pcapng file")
     group.add_argument("--write", metavar="OUT",
                        help="offline: write what inline mode would transmit to a pcap file")
+    group.add_argument("--no-progress", action="store_true",
+                       help="offline: no progress line (it shows on a terminal for runs "
+                            "longer than a second)")
     group.add_argument("--iface", metavar="A", help="live: the monitored interface")
     group.add_argument("--peer", metavar="B",
                        help="live inline: the other interface (A's frames go out of B and back)")
@@ -257,7 +260,9 @@ def cmd_run(argv):
                 signal.signal(signal.SIGHUP, _sigterm_unwinds)
         result = None
         try:
-            result = run(mctx, print_stats=print_stats)
+            # Only for a person watching: nothing in a log or a pipe.
+            progress = args.pcap is not None and not args.no_progress and _is_terminal(sys.stderr)
+            result = run(mctx, print_stats=print_stats, progress=progress)
         finally:
             if hasattr(module, "teardown"):
                 try:
@@ -281,6 +286,13 @@ def cmd_run(argv):
     if failed:
         return EXIT_OUTPUT
     return EXIT_FAILURE if callbacks_failed else 0
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # replaced by an object without one, or closed
+        return False
 
 
 def _report_output_failures(mctx):

@@ -76,6 +76,11 @@ class FlowStats(ctypes.Structure):
         ("l2_bytes", ctypes.c_uint64 * 2),
         ("stream_bytes", ctypes.c_uint64 * 2),   # bytes of stream extent (received + missed)
         ("missed_bytes", ctypes.c_uint64 * 2),
+        # The part of pkts and l2_bytes a bypass verdict handled (MOSX_BYPASS: the kernel's
+        # frames once merged, offline the frames the core only counted).
+        ("bypassed_pkts", ctypes.c_uint64 * 2),
+        ("bypassed_l2_bytes", ctypes.c_uint64 * 2),
+        ("tcp_flags", ctypes.c_uint8 * 2),       # the TCP flags of every segment, OR-ed
     ]
 
     def __init__(self, *args, **kwargs):
@@ -94,7 +99,10 @@ class DatagramFlowStats(ctypes.Structure):
     ``orig_h``/``orig_p``/``resp_h``/``resp_p`` (addresses as text; ICMP "ports": the type
     and the counterpart type or code), ``vlan_ids``, ``history`` (UDP: "D"/"d" at each
     side's first datagram, "^" first when the roles were flipped; ICMP: ""),
-    ``end_reason`` (timeout, evicted, eof), ``kernel_verdict`` (None, "bypass", "drop").
+    ``end_reason`` (timeout, evicted, eof), ``kernel_verdict`` (None, "bypass", "drop"),
+    ``one_way`` (ICMP: a message type without an answer type, whose responder "port" is
+    the code). ``bypassed_pkts``/``bypassed_l2_bytes``: the part of ``pkts``/``l2_bytes``
+    the kernel handled.
     """
     _fields_ = [
         ("start_ts", ctypes.c_uint64),        # microseconds, wall clock
@@ -103,6 +111,8 @@ class DatagramFlowStats(ctypes.Structure):
         ("ip_bytes", ctypes.c_uint64 * 2),
         ("l2_bytes", ctypes.c_uint64 * 2),
         ("payload_bytes", ctypes.c_uint64 * 2),
+        ("bypassed_pkts", ctypes.c_uint64 * 2),
+        ("bypassed_l2_bytes", ctypes.c_uint64 * 2),
     ]
 
     def __init__(self, *args, **kwargs):
@@ -113,6 +123,7 @@ class DatagramFlowStats(ctypes.Structure):
         self.history = ""
         self.end_reason = None
         self.kernel_verdict = None
+        self.one_way = False
 
 
 class MtcpConf(ctypes.Structure):

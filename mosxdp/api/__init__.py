@@ -9,7 +9,8 @@ structs are filled (mtcp_getlastpkt), getsockopt returns the value.
 One module per group of calls (docs/internal/architecture.md lists where each call is):
 context (init, contexts), sockets (sockets, filters, options), events (callbacks, events,
 timers), streams (peek), packets (the packet being processed), outputs (files an app
-writes: an extension), datagrams (UDP and ICMP flows: an extension).
+writes: an extension), datagrams (UDP and ICMP flows: an extension), records (logs as
+JSON lines or Zeek TSV, Community ID: extensions).
 """
 from .datagrams import mosx_watch_datagrams
 from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_destroy,
@@ -18,6 +19,7 @@ from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_dest
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
                      mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
 from .outputs import mosx_open_outdir, mosx_open_output
+from .records import mosx_community_id, mosx_frame_count, mosx_open_log
 from .packets import (mtcp_clonepkt, mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt,
                       mtcp_setlastpkt)
 from .sockets import (mtcp_bind_monitor_filter, mtcp_close, mtcp_get_uctx, mtcp_getpeername,
@@ -32,5 +34,6 @@ __all__ = [
     "mtcp_ppeek", "mtcp_getsockopt", "mtcp_setsockopt", "mtcp_getlastpkt", "mtcp_setlastpkt",
     "mtcp_sendpkt", "mtcp_reset_conn", "mtcp_getpeername", "mtcp_settimer", "mtcp_cb_get_ts",
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
-    "mosx_open_output", "mosx_open_outdir", "mosx_watch_datagrams", "PeekOverrunError", "MtcpContext",
+    "mosx_open_output", "mosx_open_outdir", "mosx_watch_datagrams", "mosx_open_log",
+    "mosx_community_id", "mosx_frame_count", "PeekOverrunError", "MtcpContext",
 ]

@@ -29,9 +29,12 @@ def _record(stack):
             stats.ip_bytes[index] = side.ip_bytes
             stats.l2_bytes[index] = side.l2_bytes
             stats.payload_bytes[index] = flow.payload_bytes(index)
+            stats.bypassed_pkts[index] = side.bypassed_pkts
+            stats.bypassed_l2_bytes[index] = side.bypassed_l2_bytes
         stats.history = ("^" if flow.flipped else "") + flow.history
         stats.end_reason = flow.end_reason
         stats.kernel_verdict = flow.kernel_verdict
+        stats.one_way = flow.one_way
         return stats
     return record
 

@@ -159,6 +159,9 @@ def _flow_stats(stack, flow):
         stats.pkts[index] = side.pkts
         stats.ip_bytes[index] = side.ip_bytes
         stats.l2_bytes[index] = side.l2_bytes
+        stats.bypassed_pkts[index] = side.bypassed_pkts
+        stats.bypassed_l2_bytes[index] = side.bypassed_l2_bytes
+        stats.tcp_flags[index] = side.tcp_flags
         # Bytes of a bypassed flow that went by in the kernel since the emulation last
         # caught up (no FIN/RST after them) count as delivered: the payload counted.
         carried = side.bypassed_bytes

@@ -1,9 +1,10 @@
-"""connlog: one JSON line per flow when it ends, with Zeek conn.log fields.
+"""connlog: one line per flow when it ends, with Zeek conn.log fields.
 
 Fields: ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto duration
 orig_bytes resp_bytes conn_state missed_bytes history orig_pkts orig_ip_bytes
 resp_pkts resp_ip_bytes, plus client_state and server_state (the final
-emulated TCP states) and end_reason (fin, rst, timeout, evicted, eof).
+emulated TCP states), end_reason (fin, rst, timeout, evicted, eof) and community_id
+(Community ID v1, --community-id-seed; Zeek's community-id package names it so).
 Written only against the public mOS API.
 
 UDP and ICMP flows get lines too (mosx_watch_datagrams; --tcp-only turns them off, and
@@ -19,7 +20,10 @@ seconds (default 60, as Zeek), at eviction, or at the end of the run.
 --datagram-filter selects them (raw filter grammar: e.g. 'udp port 53 or icmp'), as
 --filter selects TCP flows; --filter without --datagram-filter logs TCP flows only.
 
-Each line is written when its flow ends, in that order (through mosx_open_output: at
+--format json (the default): one JSON object per line, as Zeek's JSON logs. --format tsv:
+Zeek's TSV (its default format: #separator, #fields, #types ... header, #close at the end).
+
+Each line is written when its flow ends, in that order (through mosx_open_log: at
 most 64 KiB or one second behind; a symbolic link at --output is refused; a write that
 fails is counted and the run exits 3 with the file named).
 
@@ -41,8 +45,8 @@ counts the bypassed frames) and bypassed bytes are not "missed". MOSX_BYPASS rat
 than MOS_STOP_MON: a socket that stopped monitoring gets no CONN_END, and connlog
 needs it.
 """
+import argparse
 import hashlib
-import json
 import re
 import socket
 
@@ -50,15 +54,31 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CO
                     MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
                     MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername, mtcp_getsockopt,
-                    mosx_open_output, mosx_watch_datagrams, mtcp_register_callback,
-                    mtcp_setsockopt, mtcp_socket)
+                    mosx_community_id, mosx_open_log, mosx_watch_datagrams,
+                    mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
-DESCRIPTION = "log one Zeek conn.log-style JSON line per flow when it ends"
+DESCRIPTION = "log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV)"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# The columns of --format tsv, with their Zeek types (conn.log's own, then ours).
+FIELDS = (
+    ("ts", "time"), ("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p", "port"),
+    ("id.resp_h", "addr"), ("id.resp_p", "port"), ("proto", "enum"), ("duration", "interval"),
+    ("orig_bytes", "count"), ("resp_bytes", "count"), ("conn_state", "string"),
+    ("missed_bytes", "count"), ("history", "string"), ("orig_pkts", "count"),
+    ("orig_ip_bytes", "count"), ("resp_pkts", "count"), ("resp_ip_bytes", "count"),
+    ("client_state", "string"), ("server_state", "string"), ("end_reason", "string"),
+    ("community_id", "string"),
+)
 
 
 def add_arguments(parser):
-    parser.add_argument("--output", default="-", help="JSON lines file ('-': stdout)")
+    parser.add_argument("--output", default="-", help="the log file ('-': stdout)")
+    parser.add_argument("--format", choices=("json", "tsv"), default="json",
+                        help="json: one JSON object per line (default); tsv: Zeek's TSV "
+                             "with its #fields/#types header")
+    parser.add_argument("--community-id-seed", type=community_id_seed, default=0, metavar="N",
+                        help="the Community ID seed, 0 to 65535 (default 0; the same on "
+                             "every sensor and tool whose records are to join)")
     parser.add_argument("--filter", default=None,
                         help="stream SYN filter (e.g. 'tcp port 80'); without "
                              "--datagram-filter, no UDP or ICMP flow is logged then")
@@ -75,8 +95,17 @@ def add_arguments(parser):
                              "forwards the rest of the flow (live: it never reaches Python)")
 
 
+def community_id_seed(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r}: a Community ID seed is 0 to 65535")
+    return value
+
+
 def _byte_count(text):
-    import argparse
     try:
         value = int(text, 0)
     except ValueError:
@@ -182,8 +211,9 @@ def make_uid(*parts):
 
 
 class ConnLog:
-    def __init__(self, output, bypass_after=None):
+    def __init__(self, output, bypass_after=None, seed=0):
         self.output = output
+        self.seed = seed
         self.flows = 0
         self.bypass_after = bypass_after
         self.bypassed = 0
@@ -226,8 +256,9 @@ class ConnLog:
             "client_state": mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI).name,
             "server_state": mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR).name,
             "end_reason": stats.end_reason,
+            "community_id": mosx_community_id(6, orig_h, resp_h, orig_p, resp_p, self.seed),
         }
-        self.output.write(json.dumps(record) + "\n")
+        self.output.write(record)
 
     def on_datagram_end(self, mctx, stats):
         """A UDP or ICMP flow ended: its line."""
@@ -257,17 +288,20 @@ class ConnLog:
             "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],
             "resp_pkts": stats.pkts[1], "resp_ip_bytes": stats.ip_bytes[1],
             "end_reason": stats.end_reason,
+            "community_id": mosx_community_id(stats.ip_proto, stats.orig_h, stats.resp_h,
+                                              stats.orig_p, stats.resp_p, self.seed),
         })
-        self.output.write(json.dumps(record) + "\n")
+        self.output.write(record)
 
     def close(self):
         self.output.close()
 
 
 def setup(mctx, args):
-    output = mosx_open_output(mctx, args.output)
+    output = mosx_open_log(mctx, args.output, getattr(args, "format", "json"), zeek_path="conn",
+                           fields=[name for name, _ in FIELDS], types=[kind for _, kind in FIELDS])
     bypass_after = getattr(args, "bypass_after_bytes", None)
-    app = ConnLog(output, bypass_after)
+    app = ConnLog(output, bypass_after, getattr(args, "community_id_seed", 0))
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         # Also for flows picked up mid-stream, whose first frame is an orphan.

@@ -76,12 +76,14 @@ def icmp_ports(ip_proto, icmp_type, code):
 
 
 class DatagramSide:
-    """What one endpoint of a datagram flow sent (bypassed_bytes: payload bytes the kernel
-    counted for a flow with a kernel verdict, merged by the engine)."""
-    __slots__ = ("pkts", "ip_bytes", "l2_bytes", "payload_bytes", "bypassed_bytes")
+    """What one endpoint of a datagram flow sent (bypassed_*: what the kernel counted for a
+    flow with a kernel verdict, merged by the engine: payload bytes, packets, frame bytes)."""
+    __slots__ = ("pkts", "ip_bytes", "l2_bytes", "payload_bytes", "bypassed_bytes",
+                 "bypassed_pkts", "bypassed_l2_bytes")
 
     def __init__(self):
-        self.pkts = self.ip_bytes = self.l2_bytes = self.payload_bytes = self.bypassed_bytes = 0
+        self.pkts = self.ip_bytes = self.l2_bytes = self.payload_bytes = 0
+        self.bypassed_bytes = self.bypassed_pkts = self.bypassed_l2_bytes = 0
 
 
 class DatagramFlow:

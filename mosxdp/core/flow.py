@@ -33,8 +33,8 @@ class Side:
         "state", "isn", "snd_nxt", "fin_seq", "fin_acked", "wscale", "syn_seen",
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
-        "pkts", "ip_bytes", "l2_bytes", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "beyond_edge", "last_pkt", "skip_to", "mss", "rexmit",
+        "pkts", "ip_bytes", "l2_bytes", "tcp_flags", "history_bits", "l2_header", "port",
+        "bypassed_bytes", "bypassed_pkts", "bypassed_l2_bytes", "beyond_edge", "last_pkt", "skip_to", "mss", "rexmit",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -66,6 +66,7 @@ class Side:
         self.pkts = 0              # packets this side sent
         self.ip_bytes = 0
         self.l2_bytes = 0
+        self.tcp_flags = 0         # the TCP flags of every segment this side sent, OR-ed
         self.history_bits = 0
         self.l2_header = None      # Ethernet (+tags) header of this side's first frame
         self.port = None           # port this side's frames come in on
@@ -73,6 +74,10 @@ class Side:
         # not process (the kernel's, once merged, and the bypass path's), since its stream
         # was last caught up (_catch_up).
         self.bypassed_bytes = 0
+        # Frames of this side that a bypass verdict handled (in the kernel, or counted only
+        # by the bypass path) and their bytes, whole frames: part of pkts and l2_bytes.
+        self.bypassed_pkts = 0
+        self.bypassed_l2_bytes = 0
         # The last Packet this side sent, for mtcp_getlastpkt in CONN_NEW_DATA and CONN_END
         # (Stack._keep_last_packets turns its buffer into a copy before the frame is reused).
         self.last_pkt = None
@@ -128,7 +133,7 @@ class FlowTable:
         self.kernel_updates = []             # (action, flow) for the engine's kernel verdict map
         # Hooks of an engine with a kernel verdict map (None: sans-IO, offline). Both take a
         # flow with a kernel verdict and add what the kernel counted for it to its sides
-        # (Side.pkts/ip_bytes/l2_bytes/bypassed_bytes) and move flow.last_ts to the kernel's
+        # (Side.pkts/ip_bytes/l2_bytes/bypassed_*) and move flow.last_ts to the kernel's
         # last-seen time. on_flow_end also removes the kernel entry: it runs in destroy_flow
         # before the CONN_END callbacks. kernel_sync runs before the emulation processes a
         # frame of a bypassed flow, and before such a flow would idle out.

@@ -253,6 +253,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             snd.pkts += 1
             snd.ip_bytes += pkt.ip_len
             snd.l2_bytes += pkt.frame_len
+            snd.tcp_flags |= flags
             if snd.port is None:
                 snd.port = port
                 snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
@@ -265,6 +266,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                     # meanwhile are counted here); offline we only count them.
                     self._counters["bypassed_packets"] += 1
                     snd.bypassed_bytes += pkt.payload_len
+                    snd.bypassed_pkts += 1
+                    snd.bypassed_l2_bytes += pkt.frame_len
                     self._history(flow, snd, sender, pkt, flags)
                     return self._verdict(VERDICT_DROP if flow.kernel_verdict == "drop"
                                          else VERDICT_FORWARD)

@@ -121,6 +121,10 @@ class ContextGroup:
     def reassembly_mem_peak(self):
         return sum(stack.reassembly_mem_peak for stack in self.stacks)
 
+    @property
+    def reassembly_mem(self):
+        return sum(stack.reassembly_mem for stack in self.stacks)
+
     def flow_count(self):
         return sum(stack.flow_count() for stack in self.stacks)
 

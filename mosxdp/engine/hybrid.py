@@ -266,9 +266,12 @@ class HybridProcessor:
             d = cli_dir if index == 0 else 1 - cli_dir
             pkts = now[0][d] - base[0][d]
             ip_bytes = now[1][d] - base[1][d]
+            l2_bytes = now[2][d] - base[2][d]
             side.pkts += pkts
             side.ip_bytes += ip_bytes
-            side.l2_bytes += now[2][d] - base[2][d]
+            side.l2_bytes += l2_bytes
+            side.bypassed_pkts += pkts
+            side.bypassed_l2_bytes += l2_bytes
             side.bypassed_bytes += now[3][d] - base[3][d]
             self.kernel["merged_packets"] += pkts
             self.kernel["merged_ip_bytes"] += ip_bytes

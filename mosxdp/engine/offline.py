@@ -35,6 +35,7 @@ class OfflineEngine:
         self.frames_in = 0
         self.frames_out = 0
         self.seconds = 0.0
+        self.progress = None          # with tick(): called after each batch (a progress line)
         mctx.engine = self
         # A pcap reader knows which frames its capture cut (a snap length): the core
         # parses those from their headers, and the sink gets their length on the wire.
@@ -82,6 +83,8 @@ class OfflineEngine:
         batch_end = frames_in + batch_size
         outputs = getattr(self.mctx, "outputs", None)
         tick = outputs.tick if outputs is not None else _no_tick
+        if self.progress is not None:
+            tick = _both(tick, self.progress.tick)
         ts_us = 0
         wire_len = self._wire_len
         try:
@@ -123,10 +126,20 @@ def _no_tick():
     """Outputs.tick for a context without outputs."""
 
 
-def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=False) -> RunResult:
+def _both(first, second):
+    def tick():
+        first()
+        second()
+    return tick
+
+
+def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=False,
+                progress=False) -> RunResult:
     """Replay a pcap file through the context; with ``write_path``, write what inline mode
     would transmit (one of the context's outputs: a failed write is counted there and the
-    run goes on). The summary line (``print_stats``) is printed also when the run fails."""
+    run goes on). The summary line (``print_stats``) is printed also when the run fails.
+    ``progress``: the progress line on stderr (mosxdp.engine.progress; the command line
+    asks for it on a terminal)."""
     with PcapReader(pcap_path) as reader:
         writer = None
         if write_path:
@@ -135,9 +148,15 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
             writer = PcapWriter(write_path, snaplen=WRITE_SNAPLEN, out=out)
         with writer if writer is not None else nullcontext():
             engine = OfflineEngine(mctx, reader, writer.write if writer else None, batch_size)
+            bar = None
+            if progress:
+                from .progress import OfflineProgress
+                bar = engine.progress = OfflineProgress(reader, engine, sys.stderr)
             try:
                 return engine.run()
             finally:
+                if bar is not None:
+                    bar.close()
                 if print_stats:
                     print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
                                        engine.seconds), file=sys.stderr)

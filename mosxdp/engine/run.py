@@ -41,13 +41,15 @@ def run_contexts(contexts) -> int:
     return 0
 
 
-def run(mctx, print_stats: bool = False) -> RunResult:
+def run(mctx, print_stats: bool = False, progress: bool = False) -> RunResult:
     """Run the datapath the context's configuration names until its input ends or a signal
     stops it. ``print_stats``: counters on stderr (live a status line every second, offline
-    a summary at the end; the CLI's --stats)."""
+    a summary at the end; the CLI's --stats). ``progress``: offline, a progress line on
+    stderr (the CLI's, on a terminal)."""
     config = mctx.config
     if config.pcap is not None:
-        return run_offline(mctx, config.pcap, config.write, config.batch_size, print_stats)
+        return run_offline(mctx, config.pcap, config.write, config.batch_size, print_stats,
+                           progress)
     if config.iface is None:
         raise OSError(22, "nothing to monitor: give a pcap file (--pcap) or an interface (--iface)")
     return LiveRun(mctx, print_stats).run()

@@ -129,28 +129,73 @@ def _delta(last, snap) -> dict:
     return {k: v - last["lost"].get(k, 0) for k, v in snap["lost"].items()}
 
 
+# The core's counters (mosxdp.core.stack COUNTER_NAMES), each its own Prometheus counter
+# mosxdp_core_NAME_total: what one counts does not add up with another's.
+CORE_COUNTER_HELP = {
+    "frames": "Frames the core took (TCP segments, other frames, fragments, malformed ones)",
+    "tcp_segments": "TCP segments the core took",
+    "non_tcp": "Frames that are not TCP (IP or not)",
+    "ip_fragments": "IP fragments (passed on, not reassembled)",
+    "flows_created": "Flows the core started tracking",
+    "flows_ended": "Flows that ended (FIN, RST, timeout, end of input)",
+    "flows_evicted": "Flows evicted to make room (max_concurrency)",
+    "orphans": "TCP segments of no flow when they came (mid-stream pickups included)",
+    "rst_ignored": "RSTs outside the receiver's window, ignored",
+    "syn_payload_ignored": "SYNs whose payload was not delivered",
+    "window_overruns": "Segments beyond the receiver's advertised window",
+    "buffer_overruns": "Segments that did not fit the reassembly buffer",
+    "dropped": "Frames a verdict of Python dropped",
+    "bypassed_packets": "Frames of bypassed flows that still reached Python",
+    "malformed": "Frames the core could not parse",
+    "resized_frames": "Frames whose payload an app resized",
+    "half_open_evicted": "Half-open flows evicted to make room",
+    "half_open_timeouts": "Half-open flows ended by tcp_syn_timeout",
+    "memcap_refused": "Buffers refused by reassembly_memcap",
+    "refused_fragments": "Out-of-order fragments refused by max_fragments",
+    "bad_tcp_options": "Segments with malformed TCP options",
+    "urgent_data": "Segments with the URG flag (their data delivered in-stream)",
+    "buffers_grown": "Reassembly buffers grown toward rmem_max",
+}
+
+
 def prometheus_text(status):
-    """The counters in Prometheus' text exposition format."""
+    """The counters in Prometheus' text exposition format. Names follow Prometheus'
+    conventions: the mosxdp_ prefix, _total for counters, base units (_bytes), one metric
+    per meaning (a label only splits one quantity: the reasons of a loss); docs/datapath.md
+    lists them."""
     snap = status.snapshot()
+    stack = status.stack
     lines = []
-    for name, help_text, kind, value in (
-            ("mosxdp_frames_in_total", "Frames the monitor read from AF_XDP sockets", "counter", snap["frames_in"]),
-            ("mosxdp_frames_out_total", "Frames the monitor transmitted", "counter", snap["frames_out"]),
-            ("mosxdp_frames_dropped_total", "Frames dropped by verdicts in Python (not losses: "
-             "see mosxdp_lost_frames_total)", "counter", snap["dropped"]),
-            ("mosxdp_kernel_frames_total", "Frames the XDP program saw", "counter", snap["kernel_rx"]),
-            ("mosxdp_kernel_to_python_total", "Frames the XDP program sent to Python", "counter",
-             snap["kernel_to_python"]),
-            ("mosxdp_flows", "Flows tracked in user space", "gauge", snap["flows"]),
-            ("mosxdp_callback_errors_total", "Exceptions raised by app callbacks", "counter",
-             snap["callback_errors"])):
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    lines += ["# HELP mosxdp_lost_frames_total Frames lost on their way to Python or out, by "
-              "reason (docs/datapath.md, Loss)", "# TYPE mosxdp_lost_frames_total counter"]
-    lines += [f'mosxdp_lost_frames_total{{reason="{k}"}} {v}' for k, v in snap["lost"].items()
+
+    def metric(name, help_text, kind, value):
+        lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"))
+
+    metric("mosxdp_frames_in_total", "Frames the monitor read from AF_XDP sockets", "counter",
+           snap["frames_in"])
+    metric("mosxdp_frames_out_total", "Frames the monitor transmitted", "counter",
+           snap["frames_out"])
+    metric("mosxdp_frames_dropped_total", "Frames dropped by verdicts in Python (not losses: "
+           "see mosxdp_frames_lost_total)", "counter", snap["dropped"])
+    lines += ["# HELP mosxdp_frames_lost_total Frames lost on their way to Python or out, by "
+              "reason (docs/datapath.md, Loss)", "# TYPE mosxdp_frames_lost_total counter"]
+    lines += [f'mosxdp_frames_lost_total{{reason="{k}"}} {v}' for k, v in snap["lost"].items()
               if k in REASONS]
-    for name, value in sorted(status.stack.counters.items()):
-        lines.append(f'mosxdp_core_events_total{{counter="{name}"}} {value}')
+    metric("mosxdp_kernel_frames_total", "Frames the XDP program saw", "counter",
+           snap["kernel_rx"])
+    metric("mosxdp_kernel_to_python_frames_total", "Frames the XDP program sent to Python",
+           "counter", snap["kernel_to_python"])
+    metric("mosxdp_flows_active", "Flows tracked in user space now", "gauge", snap["flows"])
+    metric("mosxdp_callback_errors_total", "Exceptions raised by app callbacks", "counter",
+           snap["callback_errors"])
+    metric("mosxdp_reassembly_memory_bytes", "Bytes of reassembly buffers held now", "gauge",
+           stack.reassembly_mem)
+    metric("mosxdp_reassembly_memory_peak_bytes", "The most bytes of reassembly buffers held "
+           "at once", "gauge", stack.reassembly_mem_peak)
+    for name, value in stack.counters.items():
+        if name == "callback_errors":
+            continue        # mosxdp_callback_errors_total, above
+        metric(f"mosxdp_core_{name}_total", CORE_COUNTER_HELP.get(name, f"The core's {name}"),
+               "counter", value)
     return "\n".join(lines) + "\n"
 
 

@@ -198,7 +198,8 @@ class PcapReader(_ClosedOnExit):
     (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
     yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``cut_length``
-    (the longest of those: the snap length that cut them, whatever the header says).
+    (the longest of those: the snap length that cut them, whatever the header says),
+    ``size`` (of a regular file, compressed or not: None for a pipe), and ``bytes_read()``.
     """
 
     def __init__(self, path):
@@ -220,6 +221,8 @@ class PcapReader(_ClosedOnExit):
         self._view = memoryview(b"")
         self._iterated = False
         self._file = None
+        self._raw = None              # the input as opened, under any decompressor
+        self.size = None
         try:
             if stdin:
                 if os.isatty(0):
@@ -228,7 +231,11 @@ class PcapReader(_ClosedOnExit):
                 self._file = open(0, "rb", closefd=False)
             else:
                 self._file = open(self.path, "rb")
-            self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+            self._raw = self._file
+            st = os.fstat(self._raw.fileno())
+            self._regular = stat.S_ISREG(st.st_mode)
+            if self._regular:
+                self.size = st.st_size
             self._more(0, 6)
             self._decompress()
         except OSError as e:
@@ -306,6 +313,14 @@ class PcapReader(_ClosedOnExit):
             raise self._err(f"truncated at byte offset {self._base + len(self._view)}: the "
                             f"{self.compression} stream is cut short, {n} "
                             f"packet{'s' if n != 1 else ''} read")
+
+    def bytes_read(self) -> int | None:
+        """How far the input file has been read, in bytes of the file (of its compressed
+        form for a compressed capture; the reader reads ahead by up to a chunk): the
+        progress of a run against ``size``. None for a pipe, or once closed."""
+        if not self._regular or self._file is None:
+            return None
+        return os.lseek(self._raw.fileno(), 0, os.SEEK_CUR)
 
     def wire_len(self) -> int:
         """The length on the wire of the frame just yielded when the capture cut it (its

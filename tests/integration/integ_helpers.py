@@ -138,6 +138,18 @@ def connlog(pcap, args=(), **mos_keys):
     return cached(("connlog", str(pcap), config, tuple(args)), _connlog, pcap, config, args)
 
 
+def _eve(pcap, config, args):
+    import json
+    output = tmpdir("eve") / "eve.json"
+    _run_app("eve", pcap, config, "--output", output, *args)
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def eve(pcap, args=()):
+    """The eve app's records (dicts) for a pcap, with optional app options."""
+    return cached(("eve", str(pcap), tuple(args)), _eve, pcap, None, args)
+
+
 # ----------------------------------------------------------------- tcpflow
 def _tcpflow(pcap):
     outdir = tmpdir("tcpflow")
@@ -274,6 +286,25 @@ def _tshark_frames(pcap):
 
 def tshark_frames(pcap):
     return cached(("frames", str(pcap)), _tshark_frames, pcap)
+
+
+def _tshark_flags(pcap):
+    """({(tcp.stream, src addr, src port): the TCP flags of its frames OR-ed},
+    {tcp.stream: frame.number of its last frame})."""
+    out = _run(["tshark", "-r", pcap, "-Y", "tcp", "-T", "fields", "-E", "separator=/t",
+                "-e", "frame.number", "-e", "tcp.stream", "-e", "ip.src", "-e", "ipv6.src",
+                "-e", "tcp.srcport", "-e", "tcp.flags"]).stdout.decode()
+    flags, last = {}, {}
+    for line in out.splitlines():
+        number, stream, ip4, ip6, sport, bits = line.split("\t")
+        key = (int(stream), ip4 or ip6, int(sport))
+        flags[key] = flags.get(key, 0) | int(bits, 16)
+        last[int(stream)] = int(number)
+    return flags, last
+
+
+def tshark_flags(pcap):
+    return cached(("flags", str(pcap)), _tshark_flags, pcap)
 
 
 def _tshark_first_fins(pcap):

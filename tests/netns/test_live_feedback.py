@@ -41,10 +41,10 @@ def test_stats_line_and_metrics_during_a_transfer(tmp_path):
     frames_in = [line for line in metrics.stdout.splitlines()
                  if line.startswith("mosxdp_frames_in_total ")]
     assert frames_in and int(frames_in[0].split()[1]) > 20000, metrics.stdout[:500]
-    assert 'mosxdp_core_events_total{counter="flows_created"} 1' in metrics.stdout
+    assert 'mosxdp_core_flows_created_total 1' in metrics.stdout.splitlines()
     # every loss reason is exported, also at 0 (docs/datapath.md, Loss)
     for reason in set(REASONS) - {"tx_unsent_at_exit"}:
-        assert f'mosxdp_lost_frames_total{{reason="{reason}"}} ' in metrics.stdout, reason
+        assert f'mosxdp_frames_lost_total{{reason="{reason}"}} ' in metrics.stdout, reason
     status_lines = [line for line in output.splitlines() if " kpps, out " in line]
     assert len(status_lines) >= 2, output[-2000:]
     assert any("to Python" in line and "flows 1" in line for line in status_lines), status_lines

@@ -38,12 +38,19 @@ def connlog(ctx, frames, *argv, batch_size=64, kernel=None, **config):
     app_module.add_arguments(parser)
     mctx = ctx(**config)
     app = app_module.setup(mctx, parser.parse_args(list(argv)))
-    out = app.output = io.StringIO()
+    out = app.output = _Records()
     if kernel is None:
         run_frames(mctx, frames, batch_size)
     else:
         kernel.drive(mctx, frames)
     return [json.loads(line) for line in out.getvalue().splitlines()], mctx
+
+
+class _Records(io.StringIO):
+    """Stands in for connlog's log: each record a JSON line, as its JSON log writes it."""
+
+    def write(self, record):
+        return super().write(json.dumps(record) + "\n")
 
 
 def by_proto(lines, proto):

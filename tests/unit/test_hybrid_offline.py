@@ -228,19 +228,20 @@ def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport,
 def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None, **config):
     """connlog on crafted frames, offline (kernel None) or through a FakeKernel."""
     import argparse
-    import io
+    import tempfile
 
     from mosxdp.apps import connlog
     mctx = mctx_factory(**config)
-    out = io.StringIO()
-    args = argparse.Namespace(output="-", filter=None, bypass_after_bytes=bypass_after)
-    app = connlog.setup(mctx, args)
-    app.output = out
-    if kernel is None:
-        run_frames(mctx, frames, batch_size)
-    else:
-        kernel.drive(mctx, frames)
-    return [json.loads(line) for line in out.getvalue().splitlines()], mctx
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conn.json"
+        args = argparse.Namespace(output=str(path), filter=None, bypass_after_bytes=bypass_after)
+        app = connlog.setup(mctx, args)
+        if kernel is None:
+            run_frames(mctx, frames, batch_size)
+        else:
+            kernel.drive(mctx, frames)
+        connlog.teardown(app)
+        return [json.loads(line) for line in path.read_text().splitlines()], mctx
 
 
 TOTALS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes",

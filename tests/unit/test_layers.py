@@ -10,6 +10,8 @@ imports under TYPE_CHECKING alike:
   `mosxdp.facade`) nor of `mosxdp.demo`, which nothing in core, io or engine uses;
 * `mosxdp/apps` and `examples` import of mosxdp only the public namespace: `mosxdp`,
   `mosxdp.constants`, `mosxdp.types` (what `mosxdp/__init__.py` re-exports);
+* `mosxdp/sessions` imports of mosxdp only `mosxdp.sessions`, and besides the standard
+  library only the protocol libraries it wraps (httptools, dnspython): it is sans-IO;
 * `scripts` import nothing from `tests/`.
 
 A name imported from a package (`from mosxdp import api`) counts as the submodule when
@@ -97,6 +99,15 @@ def engine_rule(target: str) -> str | None:
 TEST_MODULES = frozenset(p.stem for p in (ROOT / "tests").rglob("*.py")) | {"tests"}
 
 
+SESSION_LIBRARIES = ("httptools", "dns")
+
+
+def sessions_rule(target: str) -> str | None:
+    if within(target, "mosxdp.sessions", *SESSION_LIBRARIES) or target.split(".")[0] in STDLIB:
+        return None
+    return "sessions imports only mosxdp.sessions, httptools, dnspython and the standard library"
+
+
 def scripts_rule(target: str) -> str | None:
     if target.split(".")[0] in TEST_MODULES:
         return "scripts import nothing from tests/"
@@ -113,6 +124,7 @@ RULES = {
     "mosxdp/core": core_rule,
     "mosxdp/io": io_rule,
     "mosxdp/engine": engine_rule,
+    "mosxdp/sessions": sessions_rule,
     "scripts": scripts_rule,
     "mosxdp/apps": public_rule,
     "examples": public_rule,

@@ -75,6 +75,7 @@ class FakeProgram:
 class FakeStack:
     def __init__(self):
         self.counters = {"dropped": 3, "callback_errors": 0}
+        self.reassembly_mem = self.reassembly_mem_peak = 0
 
     def flow_count(self):
         return 0
@@ -166,10 +167,10 @@ def test_prometheus_has_every_reason_and_the_verdict_drops_once(live):
     step(live, 100, 40, 2)
     engine.counters["outbox_dropped"] = 1
     text = prometheus_text(status)
-    got = dict(re.findall(r'^mosxdp_lost_frames_total\{reason="(\w+)"\} (\d+)$', text, re.M))
+    got = dict(re.findall(r'^mosxdp_frames_lost_total\{reason="(\w+)"\} (\d+)$', text, re.M))
     assert got == {**dict.fromkeys(set(REASONS) - {"tx_unsent_at_exit"}, "0"),
                    "fill_ring_empty": "40", "rx_ring_full": "2", "outbox_dropped": "1"}
-    assert "# TYPE mosxdp_lost_frames_total counter" in text
+    assert "# TYPE mosxdp_frames_lost_total counter" in text
     # the engine counts Python's drops again when it returns their frames: not added twice
     assert re.search(r"^mosxdp_frames_dropped_total 3$", text, re.M)
 
@@ -196,3 +197,27 @@ def test_loss_warning_refuses_what_is_not_a_percentage(tmp_path, value):
 def test_loss_warning_default_and_off():
     assert load_config().loss_warning == 1.0
     assert load_config(loss_warning=0).loss_warning == 0.0
+
+
+def test_prometheus_names_follow_the_conventions(live):
+    """Every metric has the mosxdp_ prefix, a HELP and a TYPE; a counter ends in _total, a
+    gauge does not; a byte quantity is in bytes; each name is declared once; every core
+    counter is its own metric (no label that mixes what does not add up)."""
+    step(live, 100, 40, 2)
+    text = prometheus_text(live[1])
+    declared = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
+    helped = re.findall(r"^# HELP (\S+) \S", text, re.M)
+    names = [name for name, _ in declared]
+    assert names == helped and len(names) == len(set(names))
+    for name, kind in declared:
+        assert re.fullmatch(r"mosxdp_[a-z0-9_]+", name), name
+        assert name.endswith("_total") == (kind == "counter"), (name, kind)
+        assert kind in ("counter", "gauge")
+        if "memory" in name:
+            assert name.endswith("_bytes"), name
+    samples = re.findall(r"^([a-z_0-9]+)(\{[^}]*\})? (\S+)$", text, re.M)
+    assert {name for name, _, _ in samples} == set(names)
+    assert all(float(value) >= 0 for _, _, value in samples)
+    assert {labels for _, labels, _ in samples} - {""} == {
+        f'{{reason="{r}"}}' for r in set(REASONS) - {"tx_unsent_at_exit"}}
+    assert "mosxdp_core_dropped_total 3" in text.splitlines()

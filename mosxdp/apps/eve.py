@@ -1,0 +1,294 @@
+"""eve: one Suricata EVE JSON line per flow when it ends (``"event_type": "flow"``).
+
+The fields and their spellings are Suricata's (every line validates against the JSON schema
+of Suricata's EVE records): ``timestamp`` (ISO 8601, microseconds, UTC offset), ``flow_id``,
+``event_type``, ``src_ip``, ``src_port``, ``dest_ip``, ``dest_port`` (src: the client),
+``ip_v``, ``proto`` ("TCP", "UDP", "ICMP", "IPv6-ICMP"), ``app_proto``, the ``flow`` object (``pkts_toserver``,
+``pkts_toclient``, ``bytes_toserver``, ``bytes_toclient``, ``bypassed``, ``start``,
+``end``, ``age``, ``state``, ``bypass``, ``reason``, ``alerted``), ``community_id``, the
+``tcp`` object (``tcp_flags``, ``tcp_flags_ts``, ``tcp_flags_tc``, one true boolean per flag
+seen, ``state``, ``ts_gap``/``tc_gap``) and, offline, ``pcap_cnt`` and ``pcap_filename``.
+UDP and ICMP flows (mosx_watch_datagrams, Zeek's flow semantics; --tcp-only turns them
+off) have no ``tcp`` object; an ICMP flow has ``icmp_type`` (and ``icmp_code`` for a type
+without an answer type), ``response_icmp_type`` once the responder answered, no ports.
+
+Counted as Suricata counts: packets and whole frames' bytes (Ethernet header included)
+per direction, the kernel's included for a flow handed to it (--bypass-after-bytes, as
+connlog's: then also ``flow.bypassed`` with the bypassed part, ``state`` "bypassed" and
+``bypass`` "capture" live, "local" offline and observe-only, where the core only counted
+those frames).
+docs/pipeline.md says where these records differ from Suricata's, and why. Written only
+against the public mOS API; through mosx_open_output, as connlog's lines.
+"""
+import argparse
+import hashlib
+import json
+import socket
+import time
+
+from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
+                    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
+                    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_BYPASS, MOSX_FLOW_STATS,
+                    MOSX_MIDSTREAM, SOL_MONSOCKET, TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PUSH,
+                    TH_RST, TH_SYN, TH_URG, MonitorFilter, TcpState, mosx_community_id,
+                    mosx_frame_count, mosx_open_output, mosx_watch_datagrams,
+                    mtcp_bind_monitor_filter,
+                    mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback, mtcp_setsockopt,
+                    mtcp_socket)
+
+DESCRIPTION = "log one Suricata EVE JSON line (event_type flow) per flow when it ends"
+
+# Suricata's TCP session state follows the server's side (a client FIN makes it
+# close_wait, a server FIN fin_wait1): the emulated server's state, in its words.
+_SESSION_STATE = {
+    TcpState.TCP_CLOSED: "closed", TcpState.TCP_LISTEN: "none",
+    TcpState.TCP_SYN_SENT: "syn_sent", TcpState.TCP_SYN_RCVD: "syn_recv",
+    TcpState.TCP_ESTABLISHED: "established", TcpState.TCP_FIN_WAIT_1: "fin_wait1",
+    TcpState.TCP_FIN_WAIT_2: "fin_wait2", TcpState.TCP_CLOSE_WAIT: "close_wait",
+    TcpState.TCP_CLOSING: "closing", TcpState.TCP_LAST_ACK: "last_ack",
+    TcpState.TCP_TIME_WAIT: "time_wait",
+}
+# The flow's state from the session's, as Suricata moves it.
+_FLOW_STATE = {"established": "established", "fin_wait1": "established",
+               "fin_wait2": "established", "closing": "established",
+               "close_wait": "established", "last_ack": "closed", "time_wait": "closed",
+               "closed": "closed"}
+# Why the flow's record was written, in Suricata's words: it logs a flow when its flow
+# manager lets it go, a closed one after a short timeout (fin, rst), an idle one after
+# the flow timeout; an evicted one is forced out; at the end of the input, shutdown.
+_REASON = {"fin": "timeout", "rst": "timeout", "timeout": "timeout", "evicted": "forced",
+           "eof": "shutdown"}
+_FLAG_NAMES = (("syn", TH_SYN), ("fin", TH_FIN), ("rst", TH_RST), ("psh", TH_PUSH),
+               ("ack", TH_ACK), ("urg", TH_URG), ("ecn", TH_ECE), ("cwr", TH_CWR))
+# Suricata's flow_id fits in 51 bits (JSON readers that hold numbers as doubles).
+_FLOW_ID_MASK = (1 << 51) - 1
+
+
+def add_arguments(parser):
+    parser.add_argument("--output", default="-", help="the EVE JSON lines file ('-': stdout)")
+    parser.add_argument("--filter", default=None,
+                        help="stream SYN filter (e.g. 'tcp port 80'); without "
+                             "--datagram-filter, no UDP or ICMP flow is logged then")
+    parser.add_argument("--no-midstream", action="store_true",
+                        help="log only flows whose handshake was seen (default: also flows "
+                             "already under way when the capture started)")
+    parser.add_argument("--datagram-filter", default=None,
+                        help="which UDP and ICMP flows to log (raw filter grammar, e.g. "
+                             "'udp port 53 or icmp'; default: all)")
+    parser.add_argument("--tcp-only", action="store_true",
+                        help="log no UDP or ICMP flow (their frames then stay in the kernel)")
+    parser.add_argument("--community-id-seed", type=_seed, default=0, metavar="N",
+                        help="the Community ID seed, 0 to 65535 (default 0)")
+    parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
+                        help="stream depth: once either direction passed N bytes, the kernel "
+                             "forwards the rest of the flow (live: it never reaches Python)")
+
+
+def _number(text, what, high=None):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{text!r}: {what}")
+    return value
+
+
+def _seed(text):
+    return _number(text, "a Community ID seed is 0 to 65535", 0xFFFF)
+
+
+def _byte_count(text):
+    return _number(text, "a byte count is >= 0")
+
+
+def iso_time(us):
+    """Microseconds since the epoch as Suricata writes times: 2026-12-05T01:02:03.123456+0000
+    (in UTC)."""
+    seconds, micro = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}+0000"
+
+
+def session_state(client, server):
+    """Suricata's TCP session state from the emulated sides' final states."""
+    if client == TcpState.TCP_SYN_SENT and server in (TcpState.TCP_LISTEN, TcpState.TCP_SYN_RCVD):
+        return "syn_sent"     # the SYN went by (the emulated server took it), no SYN-ACK
+    if server == TcpState.TCP_LISTEN:
+        return "none"
+    if server == TcpState.TCP_TIME_WAIT and client == TcpState.TCP_CLOSED:
+        return "closed"   # the last ACK of the server's close went by
+    return _SESSION_STATE[server]
+
+
+def flow_id(start_us, orig_h, orig_p, resp_h, resp_p):
+    """An integer of 51 bits, the same for every record of one flow in a run."""
+    digest = hashlib.sha1(repr((start_us, orig_h, orig_p, resp_h, resp_p)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & _FLOW_ID_MASK
+
+
+class Eve:
+    def __init__(self, output, seed=0, bypass_after=None, pcap=None, live=False):
+        self.output = output
+        self.seed = seed
+        self.bypass_after = bypass_after
+        self.pcap = pcap
+        self.bypass_kind = "capture" if live else "local"
+        self.bypassed = set()     # sockets of the flows handed to the kernel
+
+    def on_new_data(self, mctx, sock, side, event, arg):
+        """Stream depth: hand the flow to the kernel once a direction passed N bytes."""
+        stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
+        if max(stats.stream_bytes[0], stats.stream_bytes[1]) >= self.bypass_after:
+            mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_BYPASS, 1)
+            mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, None)
+            self.bypassed.add(sock)
+
+    def on_end(self, mctx, sock, side, event, arg):
+        if side != MOS_SIDE_CLI:
+            return  # CONN_END comes once per side; one record per flow
+        stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
+        (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
+        client = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI)
+        server = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR)
+        record = {
+            "timestamp": iso_time(stats.last_ts),
+            "flow_id": flow_id(stats.start_ts, orig_h, orig_p, resp_h, resp_p),
+            "event_type": "flow",
+            "src_ip": orig_h, "src_port": orig_p, "dest_ip": resp_h, "dest_port": resp_p,
+            "ip_v": 6 if ":" in orig_h else 4,
+            "proto": "TCP",
+        }
+        if stats.stream_bytes[0] or stats.stream_bytes[1]:
+            # Suricata says "failed" once a flow carried data whose protocol it could not
+            # tell; mosxdp tells none (an app would), and like Suricata says nothing for a
+            # flow without data.
+            record["app_proto"] = "failed"
+        session = session_state(client, server)
+        flow = {
+            "pkts_toserver": stats.pkts[0], "pkts_toclient": stats.pkts[1],
+            "bytes_toserver": stats.l2_bytes[0], "bytes_toclient": stats.l2_bytes[1],
+        }
+        bypassed = sock in self.bypassed
+        if bypassed:
+            self.bypassed.discard(sock)
+            flow["bypassed"] = {
+                "pkts_toserver": stats.bypassed_pkts[0],
+                "pkts_toclient": stats.bypassed_pkts[1],
+                "bytes_toserver": stats.bypassed_l2_bytes[0],
+                "bytes_toclient": stats.bypassed_l2_bytes[1],
+            }
+        flow["start"] = iso_time(stats.start_ts)
+        flow["end"] = iso_time(stats.last_ts)
+        flow["age"] = stats.last_ts // 1_000_000 - stats.start_ts // 1_000_000
+        if bypassed:
+            flow["state"] = "bypassed"
+            flow["bypass"] = self.bypass_kind
+        else:
+            flow["state"] = _FLOW_STATE.get(session, "new")
+        flow["reason"] = _REASON.get(stats.end_reason, "unknown")
+        flow["alerted"] = False
+        record["flow"] = flow
+        record["community_id"] = mosx_community_id(6, orig_h, resp_h, orig_p, resp_p, self.seed)
+        to_server, to_client = stats.tcp_flags[0], stats.tcp_flags[1]
+        tcp = {"tcp_flags": f"{to_server | to_client:02x}", "tcp_flags_ts": f"{to_server:02x}",
+               "tcp_flags_tc": f"{to_client:02x}"}
+        tcp.update((name, True) for name, bit in _FLAG_NAMES if (to_server | to_client) & bit)
+        tcp["state"] = session
+        if stats.missed_bytes[0]:
+            tcp["ts_gap"] = True    # the client's stream has bytes the monitor never saw
+        if stats.missed_bytes[1]:
+            tcp["tc_gap"] = True
+        record["tcp"] = tcp
+        if self.pcap is not None:
+            record["pcap_cnt"] = mosx_frame_count(mctx)
+            record["pcap_filename"] = self.pcap
+        self.output.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def on_datagram_end(self, mctx, stats):
+        """A UDP or ICMP flow ended: its record (src: the originator, as Zeek's)."""
+        record = {
+            "timestamp": iso_time(stats.last_ts),
+            "flow_id": flow_id(stats.start_ts, stats.orig_h, stats.orig_p, stats.resp_h,
+                               stats.resp_p),
+            "event_type": "flow",
+            "src_ip": stats.orig_h,
+        }
+        v6 = ":" in stats.orig_h
+        if stats.proto == "udp":
+            record.update({"src_port": stats.orig_p, "dest_ip": stats.resp_h,
+                           "dest_port": stats.resp_p, "ip_v": 6 if v6 else 4, "proto": "UDP"})
+        else:
+            record.update({"dest_ip": stats.resp_h, "ip_v": 6 if v6 else 4,
+                           "proto": "IPv6-ICMP" if v6 else "ICMP",
+                           "icmp_type": stats.orig_p})
+            if stats.one_way:
+                record["icmp_code"] = stats.resp_p
+            elif stats.pkts[1]:
+                record["response_icmp_type"] = stats.resp_p
+        if stats.proto == "udp" and (stats.payload_bytes[0] or stats.payload_bytes[1]):
+            record["app_proto"] = "failed"
+        flow = {
+            "pkts_toserver": stats.pkts[0], "pkts_toclient": stats.pkts[1],
+            "bytes_toserver": stats.l2_bytes[0], "bytes_toclient": stats.l2_bytes[1],
+        }
+        bypassed = stats.kernel_verdict == "bypass"
+        if bypassed:
+            flow["bypassed"] = {
+                "pkts_toserver": stats.bypassed_pkts[0],
+                "pkts_toclient": stats.bypassed_pkts[1],
+                "bytes_toserver": stats.bypassed_l2_bytes[0],
+                "bytes_toclient": stats.bypassed_l2_bytes[1],
+            }
+        flow["start"] = iso_time(stats.start_ts)
+        flow["end"] = iso_time(stats.last_ts)
+        flow["age"] = stats.last_ts // 1_000_000 - stats.start_ts // 1_000_000
+        if bypassed:
+            flow["state"] = "bypassed"
+            flow["bypass"] = self.bypass_kind
+        else:
+            # Suricata: a flow is established once both directions carried a packet.
+            flow["state"] = "established" if stats.pkts[0] and stats.pkts[1] else "new"
+        flow["reason"] = _REASON.get(stats.end_reason, "unknown")
+        flow["alerted"] = False
+        record["flow"] = flow
+        record["community_id"] = mosx_community_id(stats.ip_proto, stats.orig_h, stats.resp_h,
+                                                   stats.orig_p, stats.resp_p, self.seed)
+        if self.pcap is not None:
+            record["pcap_cnt"] = mosx_frame_count(mctx)
+            record["pcap_filename"] = self.pcap
+        self.output.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self):
+        self.output.close()
+
+
+def setup(mctx, args):
+    output = mosx_open_output(mctx, args.output)
+    bypass_after = getattr(args, "bypass_after_bytes", None)
+    app = Eve(output, getattr(args, "community_id_seed", 0), bypass_after,
+              pcap=getattr(args, "pcap", None),
+              # Live, the kernel forwards a bypassed flow ("capture"), unless observe-only,
+              # where every frame's copy still comes up and the core counts it ("local").
+              live=getattr(args, "iface", None) is not None and not getattr(args, "observe", None))
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    if args.filter:
+        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
+                                                          stream_orphan_filter=args.filter))
+    # State only: no bytestream buffers.
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
+                    0 if getattr(args, "no_midstream", False) else 1)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    if bypass_after is not None:
+        mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
+    # --filter alone names the (TCP) flows to log, as connlog's.
+    datagram_filter = getattr(args, "datagram_filter", None)
+    if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):
+        mosx_watch_datagrams(mctx, app.on_datagram_end, datagram_filter,
+                             bypass_after_bytes=bypass_after)
+    return app
+
+
+def teardown(app):
+    app.close()

@@ -1,0 +1,80 @@
+"""Shared by the session parser tests: the session captures' streams as the runtime delivers
+them, and what tshark reads in the same captures."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from mosxdp import MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_SVR, Monitor, mtcp_destroy
+from mosxdp.io.pcap import PcapReader
+from mosxdp.sessions import ORIG, RESP
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "sessions")
+TLS_PCAP = os.path.join(DATA, "tls.pcap")
+HTTP_PCAP = os.path.join(DATA, "http.pcap")
+DNS_PCAP = os.path.join(DATA, "dns.pcap")
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark not installed (scripts/setup.sh installs it)")
+
+
+def tcp_chunks(pcap: str, port: int) -> dict[int, list[tuple[int, bytes]]]:
+    """{client port: [(ORIG or RESP, bytes), ...]}: each connection's new in-order bytes as
+    mosxdp's offline runtime reassembles them, one packet per batch, in delivery order."""
+    chunks: dict[int, list[tuple[int, bytes]]] = {}
+    mtcp_destroy()
+    with Monitor.offline(pcap, batch_size=1) as mon:
+        @mon.on(MOS_ON_CONN_NEW_DATA, MOS_NULL, syn_filter=f"tcp port {port}")
+        def on_data(mctx, sock, side, event, arg):
+            (_, cport), _ = mon.peers(sock)
+            data = mon.read(sock, side)
+            if data:
+                # the server's buffer holds what the client sent
+                chunks.setdefault(cport, []).append((ORIG if side == MOS_SIDE_SVR else RESP,
+                                                     data))
+    return dict(sorted(chunks.items()))
+
+
+def feed_all(parser, chunks) -> list:
+    """Every record a parser gives for ``chunks`` and at close."""
+    out = []
+    for direction, data in chunks:
+        out += parser.feed(direction, data)
+    return out + parser.close()
+
+
+def udp_datagrams(pcap: str, port: int) -> list[tuple[tuple, int, bytes, float]]:
+    """(flow key, ORIG/RESP, payload, ts) of every UDP datagram to or from ``port``, in
+    capture order; the flow key is (client address, client port)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    out = []
+    with PcapReader(pcap) as reader:
+        for ts, frame in reader:
+            pkt = Ether(bytes(frame))
+            if UDP not in pkt or port not in (pkt[UDP].sport, pkt[UDP].dport):
+                continue
+            orig = pkt[UDP].dport == port
+            key = (pkt[IP].src, pkt[UDP].sport) if orig else (pkt[IP].dst, pkt[UDP].dport)
+            out.append((key, ORIG if orig else RESP, bytes(pkt[UDP].payload), ts / 1e6))
+    return out
+
+
+def pdml(pcap: str, display_filter: str, *options: str) -> list[list[ET.Element]]:
+    """tshark's PDML for the packets ``display_filter`` selects: per packet, its <field>s."""
+    out = subprocess.run(["tshark", "-r", pcap, "-n", *options, "-Y", display_filter,
+                          "-T", "pdml"], capture_output=True, check=True).stdout
+    return [list(pkt.iter("field")) for pkt in ET.fromstring(out).iter("packet")]
+
+
+def values(fields: list[ET.Element], name: str, attr: str = "show") -> list[str]:
+    return [f.get(attr) for f in fields if f.get("name") == name]
+
+
+def first(fields: list[ET.Element], name: str, attr: str = "show") -> str | None:
+    found = values(fields, name, attr)
+    return found[0] if found else None
