@@ -524,3 +524,38 @@ def test_a_cut_icmp_message_needs_its_first_8_bytes(pkt):
     # Counted from the headers: the message as it was on the wire.
     assert (side.pkts, side.ip_bytes, side.l2_bytes, side.payload_bytes) == (
         1, full.ip_len, len(frame), 500)
+
+
+@pytest.mark.parametrize("name", ["http_sizes.pcap", "concurrent.pcap", "datagrams.pcap"])
+def test_eve_records_of_a_cut_capture_flag_the_gaps(capsys, tmp_path, name):
+    """eve on a capture cut at 96 bytes: every record as for the whole capture (packets
+    and frame bytes on the wire, states, flags, Community ID), and the TCP ones say which
+    side's stream has bytes the capture cut (tcp.ts_gap, tcp.tc_gap)."""
+    def eve(pcap, out):
+        code, _, err = run(capsys, "eve", "--pcap", pcap, "--output", out)
+        assert code == 0, err
+        return [json.loads(line) for line in Path(out).read_text().splitlines()]
+
+    def without_gaps(record):
+        record = {k: v for k, v in record.items() if k != "pcap_filename"}
+        if "tcp" in record:
+            record["tcp"] = {k: v for k, v in record["tcp"].items()
+                             if k not in ("ts_gap", "tc_gap")}
+        return record
+    full = eve(DATA / name, tmp_path / "full.json")
+    cut = eve(cut_capture(DATA / name, 96, tmp_path / "cut.pcap"), tmp_path / "cut.json")
+    assert [without_gaps(r) for r in cut] == [without_gaps(r) for r in full]
+    _, missed, _ = expectation(DATA / name, 96)
+    tcp = [r for r in cut if r["proto"] == "TCP"]
+    assert all("ts_gap" not in r["tcp"] and "tc_gap" not in r["tcp"]
+               for r in full if r["proto"] == "TCP")
+    def cut_in(src, sport, dst, dport):
+        """Whether this direction lost bytes to the cut (these captures reuse no tuple)."""
+        family = socket.AF_INET6 if ":" in src else socket.AF_INET
+        key = (socket.inet_pton(family, src), sport, socket.inet_pton(family, dst), dport, 0)
+        return bool(missed.get(key))
+    for record in tcp:
+        ends = (record["src_ip"], record["src_port"], record["dest_ip"], record["dest_port"])
+        assert record["tcp"].get("ts_gap", False) == cut_in(*ends)
+        assert record["tcp"].get("tc_gap", False) == cut_in(ends[2], ends[3], ends[0], ends[1])
+    assert any(r["tcp"].get("tc_gap") for r in tcp)
