@@ -14,6 +14,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, PadN
@@ -559,3 +561,19 @@ def test_eve_records_of_a_cut_capture_flag_the_gaps(capsys, tmp_path, name):
         assert record["tcp"].get("ts_gap", False) == cut_in(*ends)
         assert record["tcp"].get("tc_gap", False) == cut_in(ends[2], ends[3], ends[0], ends[1])
     assert any(r["tcp"].get("tc_gap") for r in tcp)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=200), extra=st.integers(1, 3000), cut=st.integers(0, 200))
+def test_any_cut_bytes_parse_or_raise_a_packet_error(data, extra, cut):
+    """Whatever the bytes and lengths, a cut frame parses (its payload then within the
+    wire length) or raises PacketError, never another exception; a real frame cut
+    anywhere too."""
+    frame = bytes(ETHER / IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / Raw(data))
+    for buf, wire in ((data, len(data) + extra), (frame[:cut], len(frame))):
+        try:
+            pkt = parse_cut_frame(memoryview(bytearray(buf)), wire)
+        except PacketError:
+            continue
+        assert pkt.frame_len in (wire, len(buf))
+        assert pkt.payload_off + pkt.payload_len <= wire
