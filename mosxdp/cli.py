@@ -133,6 +133,11 @@ def _datapath_options(parser):
     group.add_argument("--observe", action="store_true", default=None,
                        help="live: observe-only; the kernel forwards every frame and the app "
                             "reads copies (for apps that never drop, modify or send frames)")
+    group.add_argument("--observe-snap", type=int, metavar="N",
+                       help="with --observe: copy each frame's first N-1 bytes (N a power of "
+                            "two, 128 to 16384; default 2048, a 1500-MTU frame whole); with "
+                            "128, flows are tracked from their headers and the payload beyond "
+                            "the copy is counted missed")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--workers", type=int, metavar="N",
                        help="offline: split the run over N processes by flow (default 1); "
@@ -194,7 +199,7 @@ def parse_run(argv):
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
         "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
-        "observe": args.observe, "workers": args.workers,
+        "observe": args.observe, "observe_snap": args.observe_snap, "workers": args.workers,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"

@@ -30,6 +30,12 @@ MAX_RING = 1 << 20
 MAX_BATCH = 1024
 MAX_QUEUES = 1024
 MAX_PORT = 65535
+# observe_snap: a copy of 127 bytes holds the headers of common TCP segments (tcpdump -s 96
+# holds IPv4's; IPv6 with timestamps needs 86); the BPF program's per-CPU scratch copy is
+# bounded by the kernel's per-CPU allocation size (32 KiB).
+MIN_OBSERVE_SNAP = 128
+MAX_OBSERVE_SNAP = 16384
+DEFAULT_OBSERVE_SNAP = 2048           # a 1500-MTU frame whole
 IFNAMSIZ = 16                        # Linux: interface names are 1 to 15 bytes
 
 
@@ -196,6 +202,7 @@ class Config:
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
     workers: int = 1                 # offline: processes the run is split over (engine/workers.py)
+    observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
 
     def stack_config(self):
         return StackConfig(
@@ -255,6 +262,7 @@ SECTIONS = {
         "detach_on_exit": _bool,
         "observe": _bool,
         "workers": _workers,
+        "observe_snap": _power_of_two(MIN_OBSERVE_SNAP, MAX_OBSERVE_SNAP),
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}
@@ -297,6 +305,9 @@ def load_config(path=None, **overrides):
     if config.peer is not None and config.peer == config.iface:
         raise ConfigError(f"{where}[datapath] peer = {config.peer!r}: must differ from iface "
                           "(inline mode forwards between two interfaces)")
+    if config.observe_snap != DEFAULT_OBSERVE_SNAP and not config.observe:
+        raise ConfigError(f"{where}[datapath] observe_snap = {config.observe_snap}: applies only "
+                          "to the observe-only datapath (observe = true, --observe)")
     if config.pcap is None and config.write is not None:
         raise ConfigError("--write needs an offline input (--pcap)")
     if config.pcap is not None and config.write is not None and _same_file(config.pcap, config.write):

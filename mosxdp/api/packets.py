@@ -62,6 +62,8 @@ def mtcp_getlastpkt(mctx, sock, side, pinfo):
         pkt = parse_frame(edit.view_frame())    # the payload as edited so far
     frame = pkt.buf
     size = pkt.l3_off + pkt.ip_len if pkt.ip_version else len(frame)
+    if size > len(frame):
+        size = len(frame)   # cut by the capture: the views hold the bytes it kept
     copy = mctx.pkt_copy
     if copy is None or len(copy) < size:
         copy = mctx.pkt_copy = bytearray(max(size, 2048))

@@ -5,7 +5,9 @@ zero-padded IPv4 octets and ports (IPv6 in its compressed form), and a
 `c1`, `c2`... suffix when the same 4-tuple carries another connection (the
 first suffix no file in the output directory has yet; a connection that
 carries no data makes no file).
-Bytes of a hole that is never filled are zeros, as tcpflow writes them.
+Bytes of a hole that is never filled are zeros, as tcpflow writes them, and so are the
+payload bytes a capture cut by its snap length left out (a file ends at the last byte
+seen); at exit one line on stderr says how many bytes are missing so.
 Flows already under way when the capture starts are dumped too, as tcpflow does
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off).
 Written only against the public mOS API.
@@ -22,6 +24,7 @@ import errno
 import ipaddress
 import os
 import socket
+import sys
 
 from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
@@ -70,6 +73,7 @@ class FlowDump:
         self.outdir = outdir  # mosx_open_outdir's: files are made and written through it
         self.buf = bytearray(1 << 16)
         self.lost_bytes = 0
+        self.hole_bytes = 0   # of them, never seen (the rest were overwritten unread)
 
     def on_start(self, mctx, sock, side, event, arg):
         self._state(mctx, sock)
@@ -143,6 +147,8 @@ class FlowDump:
                 # Bytes lost (overwritten, or never captured): later bytes keep their place,
                 # so the file has zeros there, as tcpflow writes a hole.
                 self.lost_bytes += exc.lost
+                if exc.hole:
+                    self.hole_bytes += exc.lost
                 offset[side] += exc.lost
                 continue
             if count == 0:
@@ -159,6 +165,20 @@ class FlowDump:
         self._drain(mctx, sock, side, state)
         state[side].close()
 
+    def report(self):
+        """The line that says which bytes the files miss (None when they miss none)."""
+        if not self.lost_bytes:
+            return None
+        parts = []
+        if self.hole_bytes:
+            parts.append(f"{self.hole_bytes} stream bytes the monitor never saw (holes in "
+                         "the capture, or payload its snap length cut)")
+        overwritten = self.lost_bytes - self.hole_bytes
+        if overwritten:
+            parts.append(f"{overwritten} overwritten before they were read (window overruns)")
+        return ("flowdump: " + " and ".join(parts) + " are zeros in the files, or absent "
+                "from their ends")
+
 
 def setup(mctx, args):
     app = FlowDump(mosx_open_outdir(mctx, args.outdir))
@@ -174,3 +194,9 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     return app
+
+
+def teardown(app):
+    line = app.report()
+    if line:
+        print(line, file=sys.stderr)

@@ -11,7 +11,8 @@ from .constants import MOS_ETH_HDR, MOS_IP_HDR, MOS_TCP_HDR, MOS_TCP_PAYLOAD, TH
 from .packet import (ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
                      IPV4_CHECKSUM_OFF, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_CHECKSUM_OFF,
                      TCP_HDR_LEN, TCP_MAX_OPTIONS_LEN, PacketError, fix_ipv4_checksum,
-                     fix_tcp_checksum, ipv4_header_checksum, parse_frame, parse_vlan_tags,
+                     fix_tcp_checksum, ipv4_header_checksum, parse_cut_frame, parse_frame,
+                     parse_vlan_tags,
                      tcp_segment_checksum)
 from .tcp import SEQ_MASK, seq_delta
 
@@ -51,6 +52,8 @@ def overwrite(pkt, region, offset, data, datalen, fix_ip_checksum, fix_tcp_check
         MOS_TCP_HDR: (pkt.l4_off, pkt.payload_off if tcp_ok else pkt.l4_off),
         MOS_TCP_PAYLOAD: (pkt.payload_off, pkt.payload_off + pkt.payload_len if tcp_ok else 0),
     }[region]
+    if end > len(pkt.buf):
+        end = len(pkt.buf)   # a frame the capture cut: only what it holds can change
     if start + offset + datalen > end:
         raise FrameError(errno.EINVAL, f"offset {offset} + datalen {datalen} runs past the "
                          f"region ({end - start} bytes)")
@@ -60,7 +63,8 @@ def overwrite(pkt, region, offset, data, datalen, fix_ip_checksum, fix_tcp_check
     frame[at:at + datalen] = data[:datalen]
     if region != MOS_TCP_PAYLOAD:
         try:
-            fresh = parse_frame(frame)
+            fresh = (parse_frame(frame) if len(frame) == pkt.frame_len
+                     else parse_cut_frame(frame, pkt.frame_len))
         except PacketError as exc:
             frame[at:at + datalen] = saved
             raise FrameError(errno.EINVAL, f"the edit makes the frame unparseable: {exc}") from None

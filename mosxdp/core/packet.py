@@ -102,6 +102,8 @@ PACKET_ERROR_COUNTERS = (
     "truncated_ipv6_ext", "truncated_tcp", "truncated_udp",
     "ip_version", "ipv4_ihl", "ipv4_total_length", "ipv6_hbh_position", "tcp_doff",
 )
+# What parse_cut_frame raises for a frame cut inside its headers.
+CUT_HEADERS = "cut_headers"
 
 def _lazy_option(name):
     """A TCP option field of Packet, parsed from the header on first read."""
@@ -303,6 +305,75 @@ def parse_frame(buf):
     pkt.payload_off = l4_off
     pkt.payload_len = ip_end - l4_off
     return pkt
+
+
+def parse_cut_frame(buf, wire_len):
+    """Parse the headers of a frame a capture cut by its snap length: `buf` holds the first
+    bytes of a frame of `wire_len` bytes on the wire.
+
+    When every header (Ethernet with its VLAN tags, IP with its options or extension
+    headers, TCP with its options, UDP, ICMP's first 8 bytes) was captured, the Packet is
+    the one parse_frame would give for the whole frame: `frame_len` is `wire_len`, `ip_len` and `payload_len`
+    come from the IP header, and `buf` is the captured bytes, so the payload's tail is
+    missing (``len(pkt.buf) < pkt.frame_len`` tells such a packet; its `payload` view has
+    only the captured bytes). A frame whose IP packet was captured whole is parse_frame's.
+
+    Raises TruncatedHeader "cut_headers" when the cut is inside the headers, and what
+    parse_frame raises for a frame the cut does not explain (a field no packet can have,
+    an IP length past the frame on the wire).
+    """
+    try:
+        return parse_frame(buf)
+    except InvalidHeader:
+        raise           # read from captured bytes: not the cut's doing
+    except TruncatedHeader as exc:
+        first = exc
+    captured = len(buf)
+    if captured < ETH_HDR_LEN:
+        raise _cut_headers(captured, wire_len)
+    ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
+    try:
+        _, ethertype, l3_off = parse_vlan_tags(buf, captured, ethertype)
+    except TruncatedHeader:
+        raise _cut_headers(captured, wire_len) from None
+    # Where the IP length field is, and how much of the packet it leaves out.
+    if ethertype == ETH_P_IP:
+        fixed, length_off, uncounted = IPV4_HDR_LEN, l3_off + 2, 0
+    elif ethertype == ETH_P_IPV6:
+        fixed, length_off, uncounted = IPV6_HDR_LEN, l3_off + 4, IPV6_HDR_LEN
+    else:
+        raise first
+    if captured < l3_off + fixed:
+        raise _cut_headers(captured, wire_len)
+    ip_len = _U16.unpack_from(buf, length_off)[0] + uncounted
+    ip_end = l3_off + ip_len
+    if ip_end <= captured or ip_end > wire_len:
+        raise first     # not cut inside the IP packet, or longer than the frame on the wire
+    # Parsed as if the IP packet ended where the capture does: a header that runs past
+    # the captured bytes is then a truncation.
+    head = bytearray(buf)
+    _U16.pack_into(head, length_off, captured - l3_off - uncounted)
+    try:
+        pkt = parse_frame(head)
+    except TruncatedHeader:
+        raise _cut_headers(captured, wire_len) from None
+    except InvalidHeader as exc:
+        if exc.counter == "ipv4_total_length":   # the IPv4 options are cut
+            raise _cut_headers(captured, wire_len) from None
+        raise
+    if (pkt.ip_proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and not pkt.is_fragment
+            and captured < pkt.l4_off + ICMP_HDR_LEN):
+        raise _cut_headers(captured, wire_len)   # its type and code are part of the header
+    pkt.buf = buf
+    pkt.frame_len = wire_len
+    pkt.ip_len = ip_len
+    pkt.payload_len = ip_end - pkt.payload_off
+    return pkt
+
+
+def _cut_headers(captured, wire_len):
+    return TruncatedHeader(CUT_HEADERS, f"the capture kept {captured} of the frame's "
+                           f"{wire_len} bytes: its headers are cut")
 
 
 def icmp_type_code(pkt):

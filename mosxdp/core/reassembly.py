@@ -44,7 +44,8 @@ class StreamBuffer:
     (True until the next non-empty insert); the overlap count is returned as usual.
 
     `skip(to)` gives up the bytes below `to` that are not held: they are lost, and the
-    in-order stream (`next_offset`) continues after them. A lost byte counts as received
+    in-order stream (`next_offset`) continues after them. `mark_lost(start, end)` gives up
+    a range anywhere (bytes a capture cut off their segment). A lost byte counts as received
     for the overlap count, the fragment cap and `next_offset`, never for reads, `held_bytes`
     or `fragments`. At most `max_fragments` lost ranges are kept: more move `head` past the
     oldest.
@@ -69,8 +70,9 @@ class StreamBuffer:
         self.next_offset = 0
         self._starts: list[int] = []
         self._ends: list[int] = []
-        # Lost ranges (see skip), sorted and disjoint, all below next_offset. Ranges below
-        # head may linger (the insert fast path does not look at them): readers clip at head.
+        # Lost ranges (see skip and mark_lost), sorted and disjoint, each inside a held run
+        # (below next_offset, or beyond it for mark_lost). Ranges below head may linger
+        # (the insert fast path does not look at them): readers clip at head.
         self._lost_starts: list[int] = []
         self._lost_ends: list[int] = []
         # End of the last held run, or None before the first insert and right after a
@@ -342,7 +344,6 @@ class StreamBuffer:
             return 0
         head = self.head
         starts, ends = self._starts, self._ends
-        lost_starts, lost_ends = self._lost_starts, self._lost_ends
         self._discard_below(head)    # lost ranges the insert fast path left below head
         # The runs from the first beyond next_offset to the last starting at or before `to`
         # merge with [head, next_offset) into one run; the gaps between them are lost.
@@ -360,21 +361,81 @@ class StreamBuffer:
         starts[:last] = (head,)
         ends[:last] = (end,)
         for gap_start, gap_end in gaps:
-            if lost_ends and lost_ends[-1] == gap_start:
-                lost_ends[-1] = gap_end
-            else:
-                lost_starts.append(gap_start)
-                lost_ends.append(gap_end)
+            self._add_lost(gap_start, gap_end)
         if to - self._capacity > head:
             self.head = head = to - self._capacity
             self._discard_below(head)
-        if len(lost_ends) > self._max_fragments:
-            self.head = head = lost_ends[-1 - self._max_fragments]
-            self._discard_below(head)
+        self._bound_lost()
         # After a refusal the next insert must take the slow path (it clears the flag).
         self._tail = ends[-1] if ends and not self.last_insert_refused else None
-        self.next_offset = ends[0] if starts and starts[0] == head else head
+        self.next_offset = ends[0] if starts and starts[0] == self.head else self.head
         return sum(gap_end - gap_start for gap_start, gap_end in gaps)
+
+    def mark_lost(self, start: int, end: int) -> int:
+        """The bytes [start, end) will never be seen (a capture cut them off their segment):
+        they count as received, like the bytes `skip` gives up, and are lost. From at or
+        below `next_offset` this is ``skip(end)``; further on, the range is held as received
+        but lost, and the in-order stream goes on past it once the bytes before it are
+        there. Bytes already held in the range stay. Returns the number of bytes newly lost;
+        like an insert, a range that would make one run more than `max_fragments` is
+        refused (`refused_fragments`, `last_insert_refused`) and loses nothing."""
+        if start <= self.next_offset:
+            return self.skip(end)
+        starts, ends = self._starts, self._ends
+        gaps = []
+        cursor = start
+        for idx in range(bisect_right(ends, start), len(starts)):
+            if starts[idx] >= end:
+                break
+            if starts[idx] > cursor:
+                gaps.append((cursor, starts[idx]))
+            if ends[idx] > cursor:
+                cursor = ends[idx]
+        if cursor < end:
+            gaps.append((cursor, end))
+        # Zeros stand in the ring where nothing was held (reads stop at a lost range).
+        self.fill(start, bytes(end - start))
+        if self.last_insert_refused:
+            return 0
+        lost = 0
+        for gap_start, gap_end in gaps:
+            if gap_start < self.head:      # the window slid past it while filling
+                gap_start = self.head
+            if gap_start < gap_end:
+                self._add_lost(gap_start, gap_end)
+                lost += gap_end - gap_start
+        self._bound_lost()
+        return lost
+
+    def _add_lost(self, start: int, end: int) -> None:
+        """Record [start, end) (no byte of it lost yet) among the lost ranges, in order,
+        joined to a range it touches."""
+        lost_starts, lost_ends = self._lost_starts, self._lost_ends
+        idx = bisect_left(lost_ends, start)
+        if idx < len(lost_ends) and lost_ends[idx] == start:
+            lost_ends[idx] = end
+            if idx + 1 < len(lost_starts) and lost_starts[idx + 1] == end:
+                lost_ends[idx] = lost_ends[idx + 1]
+                del lost_starts[idx + 1], lost_ends[idx + 1]
+        elif idx < len(lost_starts) and lost_starts[idx] == end:
+            lost_starts[idx] = start
+        else:
+            lost_starts.insert(idx, start)
+            lost_ends.insert(idx, end)
+
+    def _bound_lost(self) -> None:
+        """At most `max_fragments` lost ranges: more move `head` past the oldest."""
+        lost_ends = self._lost_ends
+        if len(lost_ends) <= self._max_fragments:
+            return
+        self._discard_below(self.head)     # ranges left below head do not count
+        if len(lost_ends) <= self._max_fragments:
+            return
+        self.head = head = lost_ends[-1 - self._max_fragments]
+        self._discard_below(head)
+        starts, ends = self._starts, self._ends
+        self._tail = ends[-1] if ends and not self.last_insert_refused else None
+        self.next_offset = ends[0] if starts and starts[0] == head else head
 
     def _store(self, offset: int, chunk) -> None:
         """Copy bytes-like chunk (at most capacity bytes, inside the window) into the ring."""

@@ -47,7 +47,7 @@ from .events import (EV_ERROR, EV_ORPHAN, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHA
                      HOOK_RCV, HOOK_SND, ORDER_NEW_DATA, VERDICT_DROP, VERDICT_FORWARD, VERDICT_REPLACED,
                      EventDispatch, exception_site)
 from .flow import DEFAULT_TCP_SYN_TIMEOUT, FlowTable
-from .packet import PacketError, parse_frame
+from .packet import CUT_HEADERS, PacketError, TruncatedHeader, parse_cut_frame, parse_frame
 from .sockets import SocketTable
 from .streams import DEFAULT_REASSEMBLY_MEMCAP, StreamDelivery
 from .tcp import (FINISHED_STATES, NO_DATA_STATES, SEQ_HALF, SEQ_MASK, SEQ_MOD, SYN_RCVD,
@@ -68,7 +68,7 @@ COUNTER_NAMES = (
     "frames", "tcp_segments", "non_tcp", "ip_fragments", "flows_created", "flows_ended",
     "flows_evicted", "orphans", "rst_ignored", "syn_payload_ignored", "window_overruns",
     "buffer_overruns", "callback_errors", "dropped", "bypassed_packets", "malformed",
-    "resized_frames",
+    "resized_frames", "cut_frames", "cut_bytes", "cut_headers",
 ) + LIMIT_COUNTERS + DATAGRAM_COUNTERS
 
 
@@ -93,6 +93,11 @@ class StackConfig:
     # Idle seconds before a UDP / ICMP flow ends (<= 0: only at the end of the run).
     udp_timeout: float = DEFAULT_UDP_TIMEOUT
     icmp_timeout: float = DEFAULT_ICMP_TIMEOUT
+
+
+def _not_cut():
+    """Stack.wire_len where no frame is cut (live, crafted frames)."""
+    return 0
 
 
 class StopMonitor(Exception):
@@ -125,6 +130,10 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         # flow.py ORDER_*.
         self.frame_no = 0
         self.order_key = None
+        # The engine's: the length on the wire of the frame being processed when the
+        # capture cut it (caplen < orig_len), else 0. Asked only of frames that do not parse.
+        self.wire_len = _not_cut
+        self.cut_pkt = None   # the last packet parsed from a cut frame's headers
         self._init_dispatch(handle, registry, on_callback_error)
         self._init_sockets()
         self._init_flows()
@@ -179,9 +188,9 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         try:
             pkt = parse_frame(frame)
         except PacketError as exc:
-            self._counters["malformed"] += 1
-            self.malformed[exc.counter] = self.malformed.get(exc.counter, 0) + 1
-            return VERDICT_FORWARD
+            pkt = self._unparsed(frame, exc)
+            if pkt is None:
+                return VERDICT_FORWARD
         self.cur_pkt = pkt
         self.cur_frame = frame
         self.cur_drop = False
@@ -350,6 +359,29 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             self.cur_pkt = None
             self.cur_flow = None
 
+    def _unparsed(self, frame, exc):
+        """A frame parse_frame refused. One the capture cut (a snap length: the engine's
+        wire_len() is longer than the frame) with all its headers is parsed from them: the
+        packet goes on through process(), its missing payload lost (_receive_cut_payload).
+        Else None: the frame is malformed, counted by kind (a cut inside the headers as
+        cut_headers)."""
+        wire_len = self.wire_len()
+        if wire_len > len(frame) and isinstance(exc, TruncatedHeader):
+            try:
+                pkt = parse_cut_frame(frame, wire_len)
+            except PacketError as cut_exc:
+                exc = cut_exc
+                if exc.counter == CUT_HEADERS:
+                    self._counters["cut_headers"] += 1
+            else:
+                self._counters["cut_frames"] += 1
+                self._counters["cut_bytes"] += pkt.l3_off + pkt.ip_len - len(frame)
+                self.cut_pkt = pkt
+                return pkt
+        self._counters["malformed"] += 1
+        self.malformed[exc.counter] = self.malformed.get(exc.counter, 0) + 1
+        return None
+
     def _verdict(self, verdict):
         """A TCP segment's verdict, its drop counted, an edited segment's way out (see
         _edited_frame); StopMonitor when a callback raised and on_callback_error is 'stop'."""
@@ -394,6 +426,9 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
             raise ValueError("only the payload of a segment without SYN or RST can change "
                              "size (this one has " + ("SYN or RST)" if pkt.payload_len else
                                                       "no payload)"))
+        if pkt is self.cut_pkt:
+            raise ValueError("the capture cut this segment's payload (a snap length): its "
+                             "size cannot change")
         if sock_flow.bypass:
             raise ValueError("the flow is bypassed (MOSX_BYPASS, MOSX_DROP_FLOW or MOS_STOP_MON "
                              "on every socket): its frames no longer all pass the monitor")
@@ -470,6 +505,7 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
 
     def end_batch(self):
         """End of an RX batch: CONN_NEW_DATA, then timers and timeouts."""
+        self.cut_pkt = None   # nor its frame's buffer kept for it
         self._keep_last_packets()
         flows = self.new_data_flows
         if flows:

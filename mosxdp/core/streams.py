@@ -9,6 +9,7 @@ state, events and counters go on, mtcp_peek/ppeek say EINVAL), its sockets get S
 ENOMEM and MOS_ON_ERROR, and `memcap_refused` counts it.
 """
 import errno
+from copy import copy
 
 from .constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TH_SYN, TH_URG
 from .events import EV_CONN_NEW_DATA, EV_ERROR, EV_REXMIT, HOOK_NULL
@@ -57,6 +58,8 @@ class StreamDelivery:
 
     def _receive_payload(self, flow, pkt, receiver, rcv):
         """Reassemble the segment's payload into the receiver's buffer."""
+        if pkt is self.cut_pkt:
+            return self._receive_cut_payload(flow, pkt, receiver, rcv)
         events = 0
         before = rcv.rcv_nxt
         delta = (pkt.seq - rcv.peer_base - before) & SEQ_MASK
@@ -126,6 +129,69 @@ class StreamDelivery:
             if not flow.pending_data:
                 self.new_data_flows.append(flow)
                 flow.data_no = self.frame_no
+            flow.pending_data |= 1 << receiver
+        return events
+
+    def _receive_cut_payload(self, flow, pkt, receiver, rcv):
+        """A segment whose payload the capture cut (a snap length): the bytes captured are
+        delivered as any segment's, and the rest are lost at once, as the bytes of a
+        segment the capture missed are once its receiver acknowledges them: mtcp_peek
+        reports them (ENODATA), missed_bytes counts them. No copy can bring them: it would
+        be cut the same way. Missing bytes beyond the receiver's window edge wait for its
+        ACK, as a missed segment's would (_acked_unseen)."""
+        captured = len(pkt.buf) - pkt.payload_off
+        events = 0
+        if captured > 0:
+            part = copy(pkt)
+            part.payload_len = captured
+            events = self._receive_payload(flow, part, receiver, rcv)
+        else:
+            captured = 0
+        # The missing bytes' stream offsets, found as _receive_payload finds a segment's.
+        before = rcv.rcv_nxt
+        delta = (pkt.seq + captured - rcv.peer_base - before) & SEQ_MASK
+        offset = before + (delta - SEQ_MOD if delta >= SEQ_HALF else delta)
+        end = offset + pkt.payload_len - captured
+        if offset < 0:
+            offset = 0
+        if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
+            end = rcv.peer_fin_off
+        if rcv.right_edge is not None and end > rcv.right_edge:
+            end = rcv.right_edge
+        if end <= offset:
+            return events
+        buf = rcv.buf
+        if buf is None and rcv.bufsize:
+            buf = self._new_buffer(flow, rcv)
+            if buf is None:
+                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+        if buf is not None:
+            head_before = buf.head
+            refused = buf.refused_fragments
+            if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
+                self._grow(flow, buf, end)
+            overlapped = (end - offset) - buf.mark_lost(offset, end)
+            if buf.refused_fragments != refused:
+                self._counters["refused_fragments"] += 1
+            rcv.rcv_nxt = buf.next_offset
+            if buf.head != head_before:
+                for sock in flow.socks:
+                    if sock.peek_off[receiver] < buf.head and sock.monitoring[receiver]:
+                        events |= EV_ERROR
+                        sock.so_error = errno.ENOBUFS
+                        self._counters["buffer_overruns"] += 1
+        else:
+            overlapped = max(0, min(end, before) - offset)
+            if offset <= before < end:
+                rcv.rcv_nxt = end
+        rcv.first_payload_seen = True
+        if end > rcv.max_end:
+            rcv.max_end = end
+        if overlapped:
+            events |= EV_REXMIT
+        if rcv.rcv_nxt > before:
+            if not flow.pending_data:
+                self.new_data_flows.append(flow)
             flow.pending_data |= 1 << receiver
         return events
 

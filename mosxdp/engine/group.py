@@ -15,15 +15,27 @@ clock follows the datapath's. The later joins of the other contexts wait for tha
 counters, the kernel hooks); ``GroupContext`` stands for the contexts where the engines take an mctx. With
 one context nothing of this is used: the engines drive its Stack directly.
 """
-from ..core.packet import PacketError, parse_frame
+from ..core.packet import PacketError, parse_cut_frame, parse_frame
 
 
-def owner_index(frame, count):
-    """The index (0 .. count - 1) of the context that gets ``frame``."""
+def _not_cut():
+    return 0
+
+
+def owner_index(frame, count, wire_len=_not_cut):
+    """The index (0 .. count - 1) of the context that gets ``frame``; ``wire_len()``: its
+    length on the wire when the capture cut it (see Stack.wire_len), else 0."""
     try:
         pkt = parse_frame(frame)
     except PacketError:
-        return 0
+        # A frame the capture cut goes where its flow goes, when its headers are whole.
+        length = wire_len()
+        if length <= len(frame):
+            return 0
+        try:
+            pkt = parse_cut_frame(frame, length)
+        except PacketError:
+            return 0
     if not pkt.ip_version:
         return 0
     a = (int.from_bytes(pkt.src, "big"), pkt.sport or 0)
@@ -56,12 +68,24 @@ class ContextGroup:
             stack.outbox = self.outbox
             stack.wire_frames = self.wire_frames
         self.config = self.stacks[0].config
+        self._wire_len = _not_cut
 
     # ------------------------------------------------------------ the frames
     def process(self, frame, ts_us, port):
         if ts_us > self.now:
             self.now = ts_us
-        return self.stacks[owner_index(frame, self.count)].process(frame, ts_us, port)
+        return self.stacks[owner_index(frame, self.count, self._wire_len)].process(
+            frame, ts_us, port)
+
+    @property
+    def wire_len(self):
+        return self._wire_len
+
+    @wire_len.setter
+    def wire_len(self, value):
+        self._wire_len = value
+        for stack in self.stacks:
+            stack.wire_len = value
 
     def end_batch(self):
         """Each context's end of batch, on the datapath's clock (its own timers and idle

@@ -156,6 +156,16 @@ class HybridProcessor:
         stack.kernel_sync = self._sync
 
     @property
+    def wire_len(self):
+        """The stack's: a callable giving the length on the wire of the frame being
+        processed when the datapath copied only its first bytes (else 0)."""
+        return self.stack.wire_len
+
+    @wire_len.setter
+    def wire_len(self, value):
+        self.stack.wire_len = value
+
+    @property
     def wire_frames(self) -> list:
         """What leaves instead of a frame the stack answered VERDICT_REPLACED."""
         return self.stack.wire_frames

@@ -44,7 +44,9 @@ class ObserveEngine:
 
     ``iface``/``peer``: as LiveEngine (inline when ``peer`` is given, else passive);
     ``batch_size``: most records handed to the processor between two ``end_batch``;
-    ``snap``, ``ring_bytes``: the copy length (a power of two) and the ring's size (a power
+    ``snap``, ``ring_bytes``: the copy length (a power of two: a copy holds a frame's first
+    ``snap - 1`` bytes, and a frame longer than that is handed to the processor cut, its
+    length on the wire given by the processor's ``wire_len``) and the ring's size (a power
     of two, at least a page); the other keywords as LiveEngine's."""
 
     inline: bool
@@ -84,6 +86,10 @@ class ObserveEngine:
             "verdicts_ignored", "cut_frames", "polls", "idle_timeouts"), 0)
         self.frames_by_port = [0] * len(ifaces)
         self._tx_dropped_at_start: dict[str, int | None] = {}
+        # The length on the wire of the record being processed when its copy was cut by the
+        # snap length, else 0: the processor's wire_len() (the core parses a cut frame
+        # from its headers, as it does a pcap record cut by a capture's snap length).
+        self._cut_len = 0
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "ObserveEngine":
@@ -173,6 +179,9 @@ class ObserveEngine:
                 if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
                     saved[sig] = signal.signal(sig, lambda s, f: self.stop(
                         f"signal {signal.Signals(s).name}"))
+        proc = self.processor
+        if proc is not None and hasattr(proc, "wire_len"):
+            proc.wire_len = self._wire_len
         try:
             self._loop(duration)
             # What the kernel copied before the stop is still read.
@@ -234,6 +243,9 @@ class ObserveEngine:
                 ts_ns, slot, frame_len, cap = unpack(rec)
                 if frame_len != cap:
                     cut += 1
+                    self._cut_len = frame_len
+                elif self._cut_len:
+                    self._cut_len = 0
                 by_port[slot] += 1
                 if process(rec[_HDR:_HDR + cap], ts_ns // 1000, slot):
                     ignored += 1
@@ -251,6 +263,9 @@ class ObserveEngine:
             proc.end_batch()
             self._outbox()
         return n
+
+    def _wire_len(self) -> int:
+        return self._cut_len
 
     def _outbox(self) -> None:
         proc = self.processor

@@ -37,6 +37,12 @@ class OfflineEngine:
         self.seconds = 0.0
         self.progress = None          # with tick(): called after each batch (a progress line)
         mctx.engine = self
+        # A pcap reader knows which frames its capture cut (a snap length): the core
+        # parses those from their headers, and the sink gets their length on the wire.
+        wire_len = getattr(source, "wire_len", None)
+        if wire_len is not None:
+            self.stack.wire_len = wire_len
+        self._wire_len = wire_len
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
@@ -49,6 +55,20 @@ class OfflineEngine:
                     self.sink(ts_us, frame)
                     self.frames_out += 1
             outbox.clear()
+
+    def _sink_cut(self, ts_us, frame, verdict, wire):
+        if verdict == VERDICT_FORWARD:
+            frames = (frame,)
+        elif verdict == VERDICT_REPLACED:
+            frames = self.stack.wire_frames
+        else:
+            return
+        for out in frames:
+            if len(out) == len(frame):
+                self.sink(ts_us, out, wire)
+            else:
+                self.sink(ts_us, out)
+            self.frames_out += 1
 
     def run(self) -> RunResult:
         """Every frame of the source through the stack, then the stack's end of run."""
@@ -68,15 +88,22 @@ class OfflineEngine:
         if self.progress is not None:
             tick = _both(tick, self.progress.tick)
         ts_us = 0
+        wire_len = self._wire_len
         try:
             for ts_us, frame in self.source:
                 verdict = process(frame, ts_us, 0)
                 if stack.outbox:
                     self._flush_outbox(ts_us)
-                if sink is not None and verdict == VERDICT_FORWARD:
+                if sink is None:
+                    pass
+                elif wire_len is not None and wire_len():
+                    # A record its capture cut goes out cut, with its length on the wire
+                    # (an edit keeps a cut frame's length: sink(ts, frame, wire length)).
+                    self._sink_cut(ts_us, frame, verdict, wire_len())
+                elif verdict == VERDICT_FORWARD:
                     sink(ts_us, frame)
                     self.frames_out += 1
-                elif verdict == VERDICT_REPLACED and sink is not None:
+                elif verdict == VERDICT_REPLACED:
                     for edited in stack.wire_frames:
                         sink(ts_us, edited)
                         self.frames_out += 1
@@ -135,6 +162,31 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
                 if print_stats:
                     print(summary_line(mctx.stack, engine.frames_in, engine.frames_out,
                                        engine.seconds), file=sys.stderr)
+                snap = reader.cut_length
+                line = cut_line(mctx.stack.counters, "the capture's snap length"
+                                + (f" ({snap} bytes)" if snap else ""))
+                if line:
+                    print(line, file=sys.stderr)
+
+
+def cut_line(counters, what):
+    """The line that says `what` (a capture's snap length, the observe-only copy length)
+    cut frames inside their IP packet (None when it did not)."""
+    frames, headers = counters["cut_frames"], counters["cut_headers"]
+    if not frames and not headers:
+        return None
+    line = (f"mosxdp: {_count(frames + headers, 'frame')} {'was' if frames + headers == 1 else 'were'} "
+            f"cut by {what}: flows tracked from their headers, "
+            f"{_count(counters['cut_bytes'], 'payload byte')} missing (holes to the apps, "
+            "missed_bytes in connlog)")
+    if headers:
+        line += (f"; {headers} cut inside {'its' if headers == 1 else 'their'} headers "
+                 "counted malformed (cut_headers)")
+    return line
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def summary_line(stack, frames_in, frames_out, seconds):
@@ -148,6 +200,9 @@ def summary_line(stack, frames_in, frames_out, seconds):
              f"udp/icmp flows {c['datagram_flows_created']} (ended {c['datagram_flows_ended']}, "
              f"evicted {c['datagram_flows_evicted']})" if c.get("datagram_flows_created") else "",
              f"orphans {c['orphans']}", f"dropped {c['dropped']}",
+             (f"cut frames {c['cut_frames']} (payload bytes missing "
+              f"{c['cut_bytes']}, cut in headers {c['cut_headers']})"
+              if c.get("cut_frames") or c.get("cut_headers") else ""),
              f"malformed {c['malformed']}" + (
                  " (" + ", ".join(f"{k} {v}" for k, v in sorted(stack.malformed.items())) + ")"
                  if stack.malformed else ""),

@@ -22,7 +22,7 @@ from .group import GroupContext
 from .hybrid import HybridProcessor, kernel_filter
 from .live import LiveEngine
 from .observe import ObserveEngine
-from .offline import run_offline
+from .offline import cut_line, run_offline
 from .result import RunResult
 from .status import LiveStatus, MetricsServer
 
@@ -135,7 +135,8 @@ class LiveRun:
                 xdp_mode=config.xdp_mode, force=config.force,
                 filter_c_expr=self.kernel_filter.c_expr,
                 filter_all_ip=self.kernel_filter.filter_all_ip,
-                keep_attached=config.peer is not None and not config.detach_on_exit)
+                keep_attached=config.peer is not None and not config.detach_on_exit,
+                snap=config.observe_snap)
             self._warned = False
             return
         self.engine = LiveEngine(
@@ -223,6 +224,12 @@ class LiveRun:
             started = time.perf_counter()
             engine.run()
             seconds = time.perf_counter() - started
+            if config.observe:
+                snap = config.observe_snap
+                line = cut_line(self.stack.counters, f"the observe-only copies ({snap - 1} "
+                                f"bytes, observe_snap {snap})")
+                if line:
+                    print(line, file=sys.stderr)
             # Read while the sockets and the program still exist: the accounting
             # of every UMEM frame and the XDP counters.
             datapath = engine.final_stats()

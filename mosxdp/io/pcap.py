@@ -31,15 +31,16 @@ many packets were read.
 
 ``reader.records()`` yields ``(ts_us, frame, orig_len)`` (``orig_len`` is the
 length on the wire, larger than ``len(frame)`` when the capture was cut by a
-snap length).  Either way ``reader.cut_frames`` counts such frames, and
+snap length).  Either way ``reader.cut_frames`` counts such frames,
 ``reader.wire_len()`` is the current frame's ``orig_len`` when it was cut (else
 0), for a consumer that iterates ``(ts_us, frame)``.
 
 Writer
 ------
 ``PcapWriter(path, snaplen=65535, out=None)`` writes a classic little-endian
-microsecond pcap with link type Ethernet; ``write(ts_us, frame)`` appends one
-record (frames longer than ``snaplen`` are cut, the original length kept).
+microsecond pcap with link type Ethernet; ``write(ts_us, frame, wire_len=0)``
+appends one record (frames longer than ``snaplen`` are cut, the original length
+kept; ``wire_len``: the length on the wire of a frame that came cut).
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ class PcapReader(_ClosedOnExit):
     ``name`` (for messages), ``format`` ("pcap" or "pcapng"), ``compression``
     (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
-    yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``size`` (of a
-    regular file, compressed or not: None for a pipe), and ``bytes_read()``.
+    yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``cut_length``
+    (the longest of those: the snap length that cut them, whatever the header says),
+    ``size`` (of a regular file, compressed or not: None for a pipe), and ``bytes_read()``.
     """
 
     def __init__(self, path):
@@ -212,6 +214,7 @@ class PcapReader(_ClosedOnExit):
         self.nanosecond = False
         self.compression = None
         self._cut = (0, 0)            # (packet number, wire length) of the last cut frame
+        self.cut_length = 0           # the longest captured length of a cut frame
         self._eof = False
         self._compressed_cut = False  # the decompressor met the end of its input early
         self._base = 0                # offset in the (decompressed) input of _view[0]
@@ -512,10 +515,13 @@ class PcapReader(_ClosedOnExit):
             ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
             count += 1
             self.packets = count
+            frame = view[start:end]
             if caplen < origlen:
                 self.cut_frames += 1
                 self._cut = (count, origlen)
-            yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+                if caplen > self.cut_length:
+                    self.cut_length = caplen
+            yield (ts, frame, origlen) if with_orig else (ts, frame)
             off = end
 
     def _iter_pcapng(self, with_orig: bool):
@@ -583,10 +589,13 @@ class PcapReader(_ClosedOnExit):
                 last_ts = ts
                 count += 1
                 self.packets = count
+                frame = view[start:end]
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                yield (ts, view[start:end], origlen) if with_orig else (ts, view[start:end])
+                    if caplen > self.cut_length:
+                        self.cut_length = caplen
+                yield (ts, frame, origlen) if with_orig else (ts, frame)
                 off = bend
                 continue
             if blen < 12 or blen & 3:
@@ -609,11 +618,13 @@ class PcapReader(_ClosedOnExit):
                 start = off + 12
                 count += 1
                 self.packets = count
+                # A simple packet block has no timestamp: reuse the last one.
+                frame = view[start:start + caplen]
                 if caplen < origlen:
                     self.cut_frames += 1
                     self._cut = (count, origlen)
-                # A simple packet block has no timestamp: reuse the last one.
-                frame = view[start:start + caplen]
+                    if caplen > self.cut_length:
+                        self.cut_length = caplen
                 yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)
             # every other block type (name resolution, statistics, custom,
             # decryption secrets, ...) is skipped
@@ -657,17 +668,20 @@ class PcapWriter(_ClosedOnExit):
         self._f = out
         out.write(self._hdr.pack(_MAGIC_US_LE, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
 
-    def write(self, ts_us: int, frame) -> None:
+    def write(self, ts_us: int, frame, wire_len: int = 0) -> None:
         if ts_us < 0:
             raise ValueError(f"negative timestamp {ts_us}")
         f = self._f
         if f is None:
             raise ValueError("write to a closed PcapWriter")
-        n = len(frame)
-        cap = n if n <= self.snaplen else self.snaplen
+        n = cap = len(frame)
+        if n > self.snaplen:
+            cap = self.snaplen
+        if wire_len > n:
+            n = wire_len
         sec, usec = divmod(ts_us, 1_000_000)
         # One write per record: header and frame never part on a failed write.
-        f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == n else frame[:cap]))
+        f.write(self._rec.pack(sec, usec, cap, n) + (frame if cap == len(frame) else frame[:cap]))
         self.packets += 1
 
     def flush(self) -> None:

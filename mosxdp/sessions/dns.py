@@ -25,6 +25,7 @@ from struct import unpack_from
 import dns.exception
 import dns.message
 import dns.name
+import dns.rdata
 import dns.rdatatype
 
 from .common import Weird, text
@@ -118,6 +119,9 @@ def _name(name: dns.name.Name) -> str:
 def _answer(rdata) -> str | None:
     """The dns.log answer string of one answer-section record (None: Zeek logs none)."""
     t = rdata.rdtype
+    if isinstance(rdata, dns.rdata.GenericRdata):
+        # dnspython parses A, MX ... of class IN only: of another class the data is opaque
+        return f"<unknown type={int(t)}>"
     if t in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return rdata.address
     if t in (dns.rdatatype.CNAME, dns.rdatatype.NS, dns.rdatatype.PTR):

@@ -558,3 +558,37 @@ def test_observe_counts_the_copies_a_full_ring_has_no_room_for(ho):
     assert lost and kept + len(lost) == len(outcomes)
     # every frame went on, copied or not
     assert all(o[0] == REDIRECT for o in outcomes)
+
+
+@pytest.mark.parametrize("snap", [128, 16384])
+def test_observe_copies_the_first_snap_minus_one_bytes_with_the_wire_length(netdevs, snap):
+    """--observe-snap: a copy holds the frame's first snap - 1 bytes and its length on the
+    wire (what the engine gives the core to parse a cut frame from its headers); a
+    frame no longer than that is copied whole. 16384, the largest, loads too."""
+    from mosxdp.io.bpfstructs import MX_IF_OBSERVE, MxObserved
+    from mosxdp.io.ringbuf import RingBuffer
+    with xdp.compile_program(extra_cflags=("-DMX_OBSERVE_SNAP=%d" % snap,
+                                           "-DMX_OBSERVE_PAGES=%d" % (OBSERVE_RING // 4096))) as p:
+        h = Harness(p, netdevs)
+        try:
+            h.configure(inline=True)
+            h.maps.set_iface_config(h.ifa, MxIfConfig(SLOT_A, SLOT_B, h.ifb,
+                                                      MX_IF_INLINE | MX_IF_OBSERVE))
+            # the last frame: snap - 1 bytes, or a whole 1514-byte frame
+            frames = [tcp4(payload=b"x" * 1400), tcp6(payload=b"y" * 40),
+                      tcp4(payload=b"z" * (min(snap - 1, 1514) - 54))]
+            with RingBuffer(p.bpf[b"observed"].map_fd, OBSERVE_RING) as ring:
+                for frame in frames:
+                    assert h.run(frame) == kernel_path(True, observed=1)
+                got = []
+                records = ring.take(100)
+                for rec in records:
+                    hdr = MxObserved.from_buffer_copy(rec[:24])
+                    got.append((hdr.frame_len, hdr.cap_len, bytes(rec[24:24 + hdr.cap_len])))
+                del records, rec
+                ring.release()
+        finally:
+            h.close()
+    want = [(len(f), min(len(f), snap - 1), f[:snap - 1]) for f in frames]
+    assert got == want
+    assert (got[0][1] < got[0][0]) == (snap == 128)

@@ -215,6 +215,17 @@ def test_lost_segment_is_zeros_like_tcpflow():
     assert f"[{hole['length']} {MARKER.decode()}]".encode() in marker
 
 
+@pytest.mark.parametrize("name", ["lost", "holes", "http_sizes"])
+def test_flowdump_says_how_many_bytes_its_files_miss(name):
+    """One line at exit with the bytes never seen (the sidecar's holes), none without."""
+    holes = sum(h["length"] for h in sidecar(name)["holes"]) if name != "http_sizes" else 0
+    proc = run_mosxdp("run", "flowdump", "--pcap", pcap(name), "--outdir", tmpdir("flowdump"))
+    assert proc.returncode == 0
+    assert proc.stderr == (f"flowdump: {holes} stream bytes the monitor never saw (holes in "
+                           "the capture, or payload its snap length cut) are zeros in the "
+                           "files, or absent from their ends\n" if holes else "")
+
+
 def test_holes_in_both_directions_are_zeros_like_tcpflow():
     """Bytes lost by the capture in both directions, each acknowledged by its receiver:
     flowdump writes exactly the holes as zeros at their offsets (every byte after a hole

@@ -136,3 +136,64 @@ def test_connlog_observe_only_counts_what_the_wire_carried(bed, www, tmp_path):
     diffs = {port: {k: (live[port][k], offline[port][k]) for k in COUNTS
                     if live[port][k] != offline[port][k]} for port in live}
     assert not any(diffs.values()), diffs
+
+
+def test_connlog_observe_snap_tracks_flows_from_the_headers(bed, www, tmp_path):
+    # --observe-snap 128: the monitor gets each frame's first 127 bytes and its length on
+    # the wire. What crossed it, captured behind it twice on srv0, whole and by
+    # `tcpdump -s 127` (a headers-only capture cut where the monitor's copies are): the
+    # live conn.log equals connlog's offline on the cut capture in every count, missed
+    # bytes included, and on the whole one in every count but missed_bytes.
+    live_log, full_pcap, cut_pcap = (tmp_path / "conn-live.log", tmp_path / "srv0.pcap",
+                                     tmp_path / "srv0-s127.pcap")
+    full = Tcpdump(bed, "srv", bed.tb.srv_if, full_pcap, f"tcp port {PORT}", "-B", 65536)
+    try:
+        cut = Tcpdump(bed, "srv", bed.tb.srv_if, cut_pcap, f"tcp port {PORT}", "-B", 65536,
+                      "-s", 127)
+        try:
+            mon = start(bed, "connlog", "--observe", "--observe-snap", 128, "--output",
+                        live_log)
+            try:
+                mon.warm_up(lambda: live_log.exists() and live_log.stat().st_size > 0)
+                downloads(bed, www, rounds=1, pace="20M")
+                stats = stop(mon)
+                log = mon.log()
+            finally:
+                mon.close()
+        finally:
+            cut_report = cut.stop()
+    finally:
+        full_report = full.stop()
+    for report in (full_report, cut_report):
+        assert re.search(r"\b0 packets dropped by kernel", report), report
+    offline = {}
+    for name, pcap in (("full", full_pcap), ("cut", cut_pcap)):
+        out = tmp_path / f"conn-{name}.log"
+        r = subprocess.run([PY, "-m", "mosxdp.cli", "run", "connlog", "--pcap", pcap, "--output",
+                            out], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert ("snap length (127 bytes): flows tracked from their headers" in r.stderr) == (
+            name == "cut"), r.stderr
+        offline[name] = {line["id.orig_p"]: line for line in json_lines(out)}
+    live = {line["id.orig_p"]: line for line in json_lines(live_log)
+            if line.get("id.resp_p") == PORT}
+    assert len(live) >= 2 * len(SIZES)
+    assert live.keys() <= offline["cut"].keys() == offline["full"].keys()
+    diffs = {port: {k: (live[port][k], offline["cut"][port][k]) for k in COUNTS
+                    if live[port][k] != offline["cut"][port][k]} for port in live}
+    assert not any(diffs.values()), diffs
+    counts = [k for k in COUNTS if k != "missed_bytes"]
+    diffs = {port: {k: (live[port][k], offline["full"][port][k]) for k in counts
+                    if live[port][k] != offline["full"][port][k]} for port in live}
+    assert not any(diffs.values()), diffs
+    # The payload beyond the copies was missed: most of every download's bytes.
+    for port, line in live.items():
+        assert offline["full"][port]["missed_bytes"] == 0
+        if line["resp_bytes"] > 100 * 1024:
+            assert line["resp_bytes"] > line["missed_bytes"] > 0.9 * line["resp_bytes"], line
+    stack = stats["stack"]
+    assert stack["cut_frames"] > 1000 and stack["cut_headers"] == 0 and stats["malformed"] == {}
+    assert stats["live"]["cut_frames"] == stack["cut_frames"], stats["live"]
+    assert (f"{stack['cut_frames']} frames were cut by the observe-only copies (127 bytes, "
+            f"observe_snap 128): flows tracked from their headers, {stack['cut_bytes']} payload "
+            "bytes missing") in log, log

@@ -46,6 +46,9 @@ BAD = [
     ("ring_size", 32, "between 64 and 1048576"),
     ("ring_size", 1 << 21, "between 64 and 1048576"),
     ("ring_size", True, "expected an integer"),
+    ("observe_snap", 1000, "must be a power of two between 128 and 16384 (e.g. 512 or 1024)"),
+    ("observe_snap", 96, "between 128 and 16384"),
+    ("observe_snap", 1 << 15, "between 128 and 16384"),
     ("frame_count", 63, "between 64 and 1048576"),
     ("frame_count", 10 ** 8, "between 64 and 1048576"),
     ("batch_size", 0, "between 1 and 1024"),
@@ -94,6 +97,21 @@ def test_every_default_passes_its_own_check():
 def test_values_at_the_bounds_are_accepted(key, value):
     config = load_config(None, **{key: value})
     assert getattr(config, key) == value or (key == "tcp_timeout" and value <= 0)
+
+
+def test_observe_snap_without_observe_is_refused():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, iface="veth0", observe_snap=128)
+    assert str(info.value) == ("[datapath] observe_snap = 128: applies only to the "
+                               "observe-only datapath (observe = true, --observe)")
+
+
+@pytest.mark.parametrize("snap", [128, 2048, 16384])
+def test_observe_snap_with_observe(snap):
+    from mosxdp.engine.observe import DEFAULT_SNAP
+    config = load_config(None, iface="veth0", observe=True, observe_snap=snap)
+    assert config.observe_snap == snap
+    assert Config().observe_snap == DEFAULT_SNAP     # the engine's default is the key's
 
 
 def test_a_disabled_timeout_reads_back_as_minus_one_through_getconf():

@@ -438,6 +438,32 @@ def test_lost_ranges_are_bounded_by_max_fragments():
     assert sb.head == 10 and sb.next_offset == 30
 
 
+def test_mark_lost_ahead_of_a_hole_is_held_lost_until_the_hole_fills():
+    sb = StreamBuffer(64)
+    sb.insert(0, b"a" * 10)
+    sb.insert(20, b"c" * 5)                        # a cut segment: 5 bytes kept ...
+    assert sb.mark_lost(25, 30) == 5               # ... and 5 cut, beyond the hole [10, 20)
+    assert sb.next_offset == 10 and sb.lost() == [(25, 30)]
+    assert sb.fragments() == [(0, 10), (20, 5)]
+    sb.insert(10, b"b" * 10)                       # the hole fills: the stream goes on
+    assert sb.next_offset == 30 and sb.lost_at(25) == 5
+    assert sb.read(0, 100) == b"a" * 10 + b"b" * 10 + b"c" * 5
+    assert sb.insert(25, b"late!") == 5            # a later copy: overlap, stays lost
+
+
+def test_mark_lost_keeps_held_bytes_and_orders_the_lost_ranges():
+    sb = StreamBuffer(64)
+    sb.insert(0, b"a" * 5)
+    sb.insert(30, b"x" * 4)
+    assert sb.mark_lost(28, 40) == 8               # [28, 30) and [34, 40); [30, 34) held
+    assert sb.lost() == [(28, 30), (34, 40)]
+    assert sb.skip(15) == 10                       # a lost range below the others
+    assert sb.lost() == [(5, 15), (28, 30), (34, 40)]
+    assert sb.mark_lost(10, 28) == 13              # from next_offset: skip(28)
+    assert sb.lost() == [(5, 30), (34, 40)] and sb.next_offset == 40
+    assert sb.read(30, 10) == b"x" * 4
+
+
 # -- naive model ----------------------------------------------------------------------------
 
 def _runs(offsets):
@@ -503,10 +529,32 @@ class NaiveStream:
         start = self.next_offset
         if to <= start:
             return 0
-        gaps = {off for off in range(start, to) if off not in self.held}
+        gaps = {off for off in range(start, to) if off not in self.held and off not in self.lost}
         self.lost |= gaps
         self.last_received_end = max(self.last_received_end, to)
         self._slide(to - self.capacity)
+        ranges = self.lost_ranges()
+        if len(ranges) > self.max_fragments:
+            self._slide(ranges[-1 - self.max_fragments][1])
+        return len(gaps)
+
+    def mark_lost(self, start, end):
+        if start <= self.next_offset:
+            return self.skip(end)
+        saved = dict(self.held), set(self.lost), self.head
+        self._slide(end - self.capacity)
+        runs = len(_runs(set(self.held) | self.lost))
+        gaps = {off for off in range(max(start, self.head), end)
+                if off not in self.held and off not in self.lost}
+        self.lost |= gaps
+        # Refused as the insert of as many bytes would be.
+        if len(_runs(set(self.held) | self.lost)) > max(self.max_fragments, runs):
+            self.held, self.lost, self.head = saved
+            self.refused += 1
+            self.last_refused = True
+            return 0
+        self.last_refused = False
+        self.last_received_end = max(self.last_received_end, end)
         ranges = self.lost_ranges()
         if len(ranges) > self.max_fragments:
             self._slide(ranges[-1 - self.max_fragments][1])
@@ -576,6 +624,14 @@ class ReassemblyMachine(RuleBasedStateMachine):
         # The receiver acknowledged up to there: what is not held there is lost.
         to = max(0, self.model.next_offset + rel)
         assert self.sb.skip(to) == self.model.skip(to)
+
+    @rule(rel=st.integers(-3, 40), length=st.integers(1, 30))
+    def mark_lost(self, rel, length):
+        # A segment's tail the capture cut: lost wherever it lies.
+        start = max(0, self.model.next_offset + rel)
+        assert self.sb.mark_lost(start, start + length) == self.model.mark_lost(
+            start, start + length)
+        assert self.sb.last_insert_refused == self.model.last_refused or rel <= 0
 
     @rule(more=st.integers(0, 40))
     def grow(self, more):
