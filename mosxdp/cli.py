@@ -130,6 +130,10 @@ def _datapath_options(parser):
     group.add_argument("--observe", action="store_true", default=None,
                        help="live: observe-only; the kernel forwards every frame and the app "
                             "reads copies (for apps that never drop, modify or send frames)")
+    group.add_argument("--full-inspection", action="store_true", default=None,
+                       help="live: every frame of every flow through the monitor, also for apps "
+                            "that need only counters and states (connlog, midstat: by default "
+                            "the kernel forwards and counts their flows' data frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
@@ -188,7 +192,7 @@ def parse_run(argv):
         "force": args.force, "batch_size": args.batch_size,
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
         "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
-        "observe": args.observe,
+        "observe": args.observe, "full_inspection": args.full_inspection,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"

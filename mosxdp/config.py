@@ -183,6 +183,7 @@ class Config:
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
+    full_inspection: bool = False    # live: every frame through the core, also of MOSX_STATE_ONLY listeners
 
     def stack_config(self):
         return StackConfig(
@@ -237,6 +238,7 @@ SECTIONS = {
         "keep_privileges": _bool,
         "detach_on_exit": _bool,
         "observe": _bool,
+        "full_inspection": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

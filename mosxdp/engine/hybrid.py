@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 
+from ..core.tcp import add_history, seq_delta
 from ..io.bpfstructs import make_flow_key
 
 __all__ = ["KernelFilter", "kernel_filter", "flow_key", "HybridProcessor"]
@@ -216,6 +217,7 @@ class HybridProcessor:
         base = self._merged.get(flow)
         if base is None or any(n[d] < b[d] for n, b in zip(now, base) for d in (0, 1)):
             base = ((0, 0),) * 4   # first merge, or an entry evicted and made again
+        letters = []
         for index, side in enumerate(flow.sides):
             d = cli_dir if index == 0 else 1 - cli_dir
             pkts = now[0][d] - base[0][d]
@@ -224,8 +226,17 @@ class HybridProcessor:
             side.ip_bytes += ip_bytes
             side.l2_bytes += now[2][d] - base[2][d]
             side.bypassed_bytes += now[3][d] - base[3][d]
+            if pkts:
+                end = v.seq_end[d]
+                if side.carried_end is None or seq_delta(end, side.carried_end) > 0:
+                    side.carried_end = end
+            # The history letters of frames only the kernel saw, in the order it saw them.
+            letters += [(ns, index, letter) for ns, letter in ((v.first_data_ns[d], "D"),
+                                                              (v.first_ack_ns[d], "A")) if ns]
             self.kernel["merged_packets"] += pkts
             self.kernel["merged_ip_bytes"] += ip_bytes
+        for _, index, letter in sorted(letters):
+            add_history(flow, index, letter)
         self._merged[flow] = now
         last_us = v.last_seen_ns // 1000
         if last_us > flow.last_ts:

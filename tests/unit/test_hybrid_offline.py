@@ -27,8 +27,8 @@ from mosxdp.core.filters import compile_filter
 from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
 from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter
-from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_DIR_FROM_HI, MX_DIR_FROM_LO,
-                                  FlowVerdict, make_flow_key)
+from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY,
+                                  MX_DIR_FROM_HI, MX_DIR_FROM_LO, FlowVerdict, make_flow_key)
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -225,8 +225,10 @@ def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport,
 
 
 # -------------------------------------------------------- offline bypass / drop semantics
-def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None, **config):
-    """connlog on crafted frames, offline (kernel None) or through a FakeKernel."""
+def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None,
+                  state_only=False, **config):
+    """connlog on crafted frames, offline (kernel None) or through a FakeKernel (with
+    ``state_only``: its listener's MOSX_STATE_ONLY takes effect, as in a live run)."""
     import argparse
     import io
 
@@ -236,6 +238,7 @@ def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=
     args = argparse.Namespace(output="-", filter=None, bypass_after_bytes=bypass_after)
     app = connlog.setup(mctx, args)
     app.output = out
+    mctx.stack.state_only = state_only
     if kernel is None:
         run_frames(mctx, frames, batch_size)
     else:
@@ -343,9 +346,12 @@ def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
 class FakeKernel:
     """bpf/mosxdp.c's verdict logic in Python (no filter, a socket always bound), with the
     map API of XdpProgram. ``drive`` runs frames the way the live engine does: each frame
-    goes either to the processor or is handled here; end_batch after every ``batch``."""
+    goes either to the processor or is handled here; end_batch after every ``batch``.
+    The kernel's clock is the frame's timestamp (ns, plus the frame's number below 1000:
+    frames of one microsecond keep their order)."""
 
     SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+    M32 = 0xFFFFFFFF
 
     def __init__(self, batch=4):
         self.entries = {}
@@ -357,17 +363,20 @@ class FakeKernel:
 
     # map API ------------------------------------------------------------------------
     def set_verdict(self, key, action):
-        a = {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP}.get(action, action)
+        a = {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP,
+             "state_only": MX_ACTION_STATE_ONLY}.get(action, action)
         e = self.entries.setdefault(bytes(key), {
             "action": 0, "last": 0, "packets": [0, 0], "bytes": [0, 0], "frame_bytes": [0, 0],
-            "ip_bytes": [0, 0], "watch": [0, 0], "armed": [0, 0]})
+            "ip_bytes": [0, 0], "watch": [0, 0], "armed": [0, 0], "first_data": [0, 0],
+            "first_ack": [0, 0], "seq_end": [0, 0]})
         e["action"] = a
         self.max_entries = max(self.max_entries, len(self.entries))
 
     def _fv(self, e):
         return FlowVerdict(e["action"], e["last"], tuple(e["packets"]), tuple(e["bytes"]),
                            tuple(e["frame_bytes"]), tuple(e["ip_bytes"]), tuple(e["watch"]),
-                           tuple(e["armed"]))
+                           tuple(e["armed"]), tuple(e["first_data"]), tuple(e["first_ack"]),
+                           tuple(e["seq_end"]))
 
     def get_verdict(self, key):
         e = self.entries.get(bytes(key))
@@ -388,30 +397,41 @@ class FakeKernel:
             return False
         key, d = make_flow_key(p.src, p.sport, p.dst, p.dport, vlan_ids=p.vlan_ids)
         e = self.entries.get(bytes(key))
-        if e is None or e["action"] not in (MX_ACTION_BYPASS, MX_ACTION_DROP):
+        if e is None or e["action"] not in (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY):
             return True
         e["last"] = self.now_ns
+        watched = e["armed"][d] and p.flags & self.ACK and ((p.ack - e["watch"][d]) & self.M32) < 1 << 31
         if not p.flags & (self.SYN | self.FIN | self.RST):
-            if not (e["armed"][d] and p.flags & self.ACK
-                    and ((p.ack - e["watch"][d]) & 0xFFFFFFFF) < 1 << 31):
+            if not watched:
+                if p.payload_len:
+                    e["first_data"][d] = e["first_data"][d] or self.now_ns
+                elif p.flags & self.ACK:
+                    e["first_ack"][d] = e["first_ack"][d] or self.now_ns
+                end = (p.seq + p.payload_len) & self.M32
+                if not e["packets"][d] or 0 < ((end - e["seq_end"][d]) & self.M32) < 1 << 31:
+                    e["seq_end"][d] = end
                 e["packets"][d] += 1
                 e["bytes"][d] += p.payload_len
                 e["frame_bytes"][d] += len(frame)
                 e["ip_bytes"][d] += p.ip_len
-                if e["action"] == MX_ACTION_BYPASS:
+                if e["action"] != MX_ACTION_DROP:
                     self.forwarded.append(frame)
                 return False
             e["armed"][d] = 0
-        elif p.flags & self.FIN and e["action"] == MX_ACTION_BYPASS:
-            e["watch"][1 - d] = (p.seq + p.payload_len + 1 + (1 if p.flags & self.SYN else 0)) & 0xFFFFFFFF
-            e["armed"][1 - d] = 1
+        elif e["action"] != MX_ACTION_DROP:
+            if watched:
+                e["armed"][d] = 0
+            if p.flags & (self.SYN | self.FIN):
+                e["watch"][1 - d] = (p.seq + p.payload_len + (1 if p.flags & self.SYN else 0)
+                                     + (1 if p.flags & self.FIN else 0)) & self.M32
+                e["armed"][1 - d] = 1
         return True
 
     def drive(self, mctx, frames, finish=True):
         proc = self.proc = HybridProcessor(mctx.stack, self)
         n = 0
-        for ts, frame in frames:
-            self.now_ns = ts * 1000
+        for i, (ts, frame) in enumerate(frames):
+            self.now_ns = ts * 1000 + i % 1000
             if self.rx(frame):
                 self.to_user += 1
                 if proc.process(memoryview(bytearray(frame)), ts, 0) == 0:
@@ -580,3 +600,145 @@ def test_connlog_bypass_option_same_totals_on_captures(name, tmp_path):
     for x, y in zip(la, lb):
         assert {k: y[k] for k in keys} == {k: x[k] for k in keys}
         assert y["missed_bytes"] <= x["missed_bytes"]
+
+
+# ------------------------------------------------------------------------- state only
+def read_pcap(path):
+    from mosxdp.io.pcap import PcapReader
+    with PcapReader(str(path)) as reader:
+        return [(ts, bytes(frame)) for ts, frame in reader]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.pcap")))
+def test_state_only_connlog_through_the_kernel_model_equals_full_inspection(api_ctx, name):
+    # Every line, field for field (ts, uid and duration too: the model's clock is the
+    # capture's), as the offline run inspecting every frame writes it; most frames stay in
+    # the kernel, and its entries leave with their flows.
+    frames = read_pcap(DATA / f"{name}.pcap")
+    full, _ = connlog_lines(api_ctx, frames, batch_size=64)
+    kernel = FakeKernel()
+    lines, _ = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert kernel.entries == {}
+    # a handful of frames per flow reached the processor (SYN, SYN-ACK, ACK, FINs, ACKs,
+    # RST, and those before the flow's entry was made), the rest stayed in the kernel
+    assert kernel.to_user <= 8 * len(full) + 4, (kernel.to_user, len(full))
+    assert kernel.to_user + kernel.kernel == len(frames)
+
+
+@pytest.mark.parametrize("shape", ["close", "half_close", "rst", "eof", "v6"])
+def test_state_only_flows_go_to_the_kernel_at_their_start(api_ctx, shape):
+    kw = {"cli": "fd00::1", "svr": "fd00::2"} if shape == "v6" else {}
+    if shape in ("rst", "eof"):               # no close: a RST, or the end of the input
+        conv = Conv()
+        conv.handshake()
+        conv.data("c", b"GET /big HTTP/1.1\r\n\r\n")
+        for i in range(0, 300_000, 1500):
+            conv.data("s", bytes(1500))
+            conv.ack("c")
+        if shape == "rst":
+            conv.rst("s")
+    else:
+        conv = download(size=300_000, half_close=shape == "half_close", **kw)
+    frames = conv.frames
+    full, _ = connlog_lines(api_ctx, frames)
+    kernel = FakeKernel(batch=1)
+    lines, mctx = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    assert lines == full and len(lines) == 1
+    assert lines[0]["end_reason"] == {"rst": "rst", "eof": "eof"}.get(shape, "fin")
+    assert lines[0]["resp_bytes"] == 300_000
+    # SYN, SYN-ACK, its ACK (the handshake completes: no half-open flow), and the ends:
+    # FIN, its ACK, FIN, its ACK at most
+    assert kernel.to_user <= 7 and mctx.stack.counters["half_open_timeouts"] == 0
+    assert kernel.proc.kernel["verdicts_set"] == 1 and kernel.max_entries == 1
+    assert sorted(kernel.forwarded) == sorted(f for _, f in frames)
+
+
+def test_state_only_stream_end_ignores_retransmitted_bytes(api_ctx):
+    # A flow that ends without FIN or RST: its stream bytes come from the highest sequence
+    # end the kernel saw, not from its payload count (which counts retransmissions twice).
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"GET / HTTP/1.0\r\n\r\n")
+    first = conv.data("s", b"a" * 1000)
+    conv.data("s", b"b" * 1000)
+    conv.emit(first)                          # the first segment again
+    conv.ack("c")
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    kernel = FakeKernel(batch=1)
+    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert lines[0]["resp_bytes"] == 2000 and lines[0]["missed_bytes"] == 0
+    assert lines[0]["end_reason"] == "eof" and lines[0]["history"] == "ShADd"
+
+
+@pytest.mark.parametrize("server_first", [True, False])
+def test_state_only_history_letters_keep_the_order_the_kernel_saw(api_ctx, server_first):
+    # The kernel stamps the first data frame and the first bare ACK of each direction; the
+    # letters of frames only it saw join the history in that order at the next merge, so a
+    # server that speaks first (d before D) and one that answers (D, then a, then d) give
+    # the histories of full inspection.
+    conv = Conv()
+    conv.handshake()
+    if server_first:
+        conv.data("s", b"220 ready\r\n")
+        conv.data("c", b"HELO x\r\n")
+        conv.ack("s")
+    else:
+        conv.data("c", b"GET / HTTP/1.0\r\n\r\n")
+        conv.ack("s")
+        conv.data("s", b"HTTP/1.0 200 OK\r\n\r\n")
+    conv.close()
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    kernel = FakeKernel(batch=1)
+    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert lines[0]["history"] == ("ShAdDaFf" if server_first else "ShADadFf")
+    assert kernel.kernel >= 3     # the data frames and the bare ACK stayed in the kernel
+
+
+def test_state_only_needs_every_socket_of_the_flow(api_ctx):
+    # A flow goes to the kernel at its start only when every listener it has said
+    # MOSX_STATE_ONLY, and only when the run honours it (live, not --full-inspection).
+    conv = Conv().full()
+    for honoured, both in ((True, False), (True, True), (False, True)):
+        mctx = api_ctx()
+        mctx.stack.state_only = honoured
+        a = listener(mctx)
+        mtcp_setsockopt(mctx, a, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+        b = listener(mctx)
+        if both:
+            mtcp_setsockopt(mctx, b, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+        run_frames(mctx, conv.frames)
+        actions = [u[0] for u in mctx.stack.kernel_updates]
+        assert actions == (["state_only", "remove"] if honoured and both else []), (honoured, both)
+
+
+def test_state_only_option_errors(api_ctx):
+    import errno
+    mctx = api_ctx()
+    s = listener(mctx)
+    for bad in (2, True, "1", None):
+        with pytest.raises(OSError) as exc:
+            mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, bad)
+        assert exc.value.errno == errno.EINVAL and "MOSX_STATE_ONLY takes 0 or 1" in str(exc.value)
+    flow_socks = []
+    mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda m, sock, side, e, a: flow_socks.append(sock))
+    run_frames(mctx, Conv().full().frames)
+    with pytest.raises(OSError) as exc:
+        mtcp_setsockopt(mctx, flow_socks[0], SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    assert exc.value.errno in (errno.ENOTSOCK, errno.ENOTCONN)
+
+
+@pytest.mark.parametrize("app", ["connlog", "midstat"])
+def test_state_only_apps_offline_lines_equal_full_inspection(app, tmp_path):
+    # Offline there is no kernel: every frame is inspected, with or without --full-inspection.
+    from mosxdp.cli import main
+    pcap = DATA / "concurrent.pcap"
+    extra = ["--json", "--interval", "0.001"] if app == "midstat" else []
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", app, "--pcap", str(pcap), "--output", str(a), *extra]) == 0
+    assert main(["run", app, "--pcap", str(pcap), "--output", str(b), "--full-inspection",
+                 *extra]) == 0
+    assert a.read_text() == b.read_text() and a.read_text().count("\n") >= 8
