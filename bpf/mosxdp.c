@@ -254,7 +254,8 @@ int mosxdp_rx(struct xdp_md *ctx)
 		int d = dir & 1;
 		/* the frame acknowledges what this direction's ACK watch waits for */
 		int watched = vd->watch_armed[d] && (pkt.tcp_flags & MX_TCP_ACK) &&
-			      (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0;
+			      (vd->watch_armed[d] == MX_WATCH_ANY ||
+			       (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0);
 
 		now = bpf_ktime_get_ns();
 		vd->last_seen_ns = now;
@@ -272,7 +273,7 @@ int mosxdp_rx(struct xdp_md *ctx)
 				vd->ack_watch[d ^ 1] = pkt.seq + pkt.payload_len +
 						       ((pkt.tcp_flags & MX_TCP_SYN) ? 1 : 0) +
 						       ((pkt.tcp_flags & MX_TCP_FIN) ? 1 : 0);
-				vd->watch_armed[d ^ 1] = 1;
+				vd->watch_armed[d ^ 1] = MX_WATCH_ARMED;
 			}
 		}
 		/* connection control: user space must see it; skip the filter */

@@ -100,6 +100,13 @@ struct mx_flow_key {
 #define MX_ACTION_STATE_ONLY 3 /* as BYPASS, for a flow handed to the kernel at its start by an app
 				* that needs only counters, flags and state changes (MOSX_STATE_ONLY) */
 
+/* mx_verdict.watch_armed */
+#define MX_WATCH_ARMED 1 /* the first ACK at or beyond ack_watch */
+#define MX_WATCH_ANY 2   /* the first frame with ACK set, whatever it acknowledges: set by user
+			  * space on a new STATE_ONLY entry for the client's direction, since the
+			  * server's SYN-ACK may have gone by before the entry was made (nothing
+			  * armed then) and the emulation must see the handshake's ACK */
+
 /* Direction index of mx_verdict counters, relative to the key. */
 #define MX_DIR_FROM_LO 0 /* frames whose source endpoint is the key's lo endpoint */
 #define MX_DIR_FROM_HI 1
@@ -117,7 +124,8 @@ struct mx_flow_key {
  * goes to user space too (verdict_ctrl, not counted here) and disarms the watch (so does a
  * SYN/FIN/RST from that direction that acknowledges it), so that the state emulation sees
  * the ACK of every SYN and FIN: the handshake completes and the connection ends there
- * instead of idling out.
+ * instead of idling out. MX_WATCH_ANY (made so by user space) takes the first frame with
+ * ACK set, whatever its acknowledgment number; a SYN or FIN arms the precise watch over it.
  *
  * What the emulation learns from the frames it did not see (every action): the time of the
  * first frame with payload and of the first without payload but with ACK, per direction
@@ -134,7 +142,7 @@ struct mx_verdict {
 	__u64 frame_bytes[MX_NUM_DIRS];   /* L2 frame bytes of those frames */
 	__u64 ip_bytes[MX_NUM_DIRS];      /* IP bytes of those frames (IPv4 total length; IPv6 40 + payload length) */
 	__u32 ack_watch[MX_NUM_DIRS];     /* host order: acknowledgment number that ends the watch of that direction */
-	__u32 watch_armed[MX_NUM_DIRS];   /* 1: the ACK watch of that direction is armed */
+	__u32 watch_armed[MX_NUM_DIRS];   /* MX_WATCH_*: the ACK watch of that direction is armed (0: not) */
 	__u64 first_data_ns[MX_NUM_DIRS]; /* bpf_ktime_get_ns() of the first of those frames with payload (0: none) */
 	__u64 first_ack_ns[MX_NUM_DIRS];  /* ... of the first without payload, with ACK (0: none) */
 	__u32 seq_end[MX_NUM_DIRS];       /* host order: highest seq + payload length of those frames

@@ -170,7 +170,13 @@ class HybridProcessor:
                     self._pop(flow)
                     self._forget(flow)
                 elif not flow.destroyed:   # ended in the same batch: nothing to install
-                    prog.set_verdict(self._key(flow)[0], action)
+                    key, cli_dir = self._key(flow)
+                    if action == "state_only":
+                        # The server's SYN-ACK may have passed before the entry existed (no
+                        # watch armed by it): the client's next ACK comes here all the same.
+                        prog.set_verdict(key, action, watch_any=cli_dir)
+                    else:
+                        prog.set_verdict(key, action)
                     self.kernel["verdicts_set"] += 1
             except OSError as exc:
                 self._error(exc)

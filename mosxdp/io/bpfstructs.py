@@ -20,7 +20,7 @@ __all__ = [
     "MX_IF_INLINE", "MX_IF_FAIL_CLOSED", "MX_IF_BYPASS_CONSUME", "MX_IF_FILTER_ALL_IP",
     "MX_IF_OBSERVE", "MxObserved",
     "MX_ACTION_BYPASS", "MX_ACTION_DROP", "MX_ACTION_STATE_ONLY", "ACTION_NAMES", "ACTIONS",
-    "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
+    "MX_WATCH_ARMED", "MX_WATCH_ANY", "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
     "MX_REDIRECT_MAP_XSK", "MX_REDIRECT_MAP_DEVMAP", "MX_REDIRECT_MAPS",
     "MxIfConfig", "MxFlowView", "MxFlowKey", "MxVerdict", "FlowVerdict", "make_flow_key",
@@ -50,6 +50,7 @@ MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY = 1, 2, 3
 ACTION_NAMES = {MX_ACTION_BYPASS: "bypass", MX_ACTION_DROP: "drop",
                 MX_ACTION_STATE_ONLY: "state_only"}
 ACTIONS = {name: action for action, name in ACTION_NAMES.items()}   # the core's names
+MX_WATCH_ARMED, MX_WATCH_ANY = 1, 2     # mx_verdict.watch_armed
 MX_DIR_FROM_LO, MX_DIR_FROM_HI = 0, 1
 MX_NUM_DIRS = 2
 

@@ -362,7 +362,7 @@ class FakeKernel:
         self.max_entries = 0
 
     # map API ------------------------------------------------------------------------
-    def set_verdict(self, key, action):
+    def set_verdict(self, key, action, watch_any=None):
         a = {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP,
              "state_only": MX_ACTION_STATE_ONLY}.get(action, action)
         e = self.entries.setdefault(bytes(key), {
@@ -370,6 +370,8 @@ class FakeKernel:
             "ip_bytes": [0, 0], "watch": [0, 0], "armed": [0, 0], "first_data": [0, 0],
             "first_ack": [0, 0], "seq_end": [0, 0]})
         e["action"] = a
+        if watch_any is not None and e["packets"] == [0, 0] and not any(e["armed"]):
+            e["armed"][watch_any] = 2        # a new entry: MX_WATCH_ANY
         self.max_entries = max(self.max_entries, len(self.entries))
 
     def _fv(self, e):
@@ -400,7 +402,8 @@ class FakeKernel:
         if e is None or e["action"] not in (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY):
             return True
         e["last"] = self.now_ns
-        watched = e["armed"][d] and p.flags & self.ACK and ((p.ack - e["watch"][d]) & self.M32) < 1 << 31
+        watched = e["armed"][d] and p.flags & self.ACK and (
+            e["armed"][d] == 2 or ((p.ack - e["watch"][d]) & self.M32) < 1 << 31)
         if not p.flags & (self.SYN | self.FIN | self.RST):
             if not watched:
                 if p.payload_len:
@@ -695,6 +698,28 @@ def test_state_only_history_letters_keep_the_order_the_kernel_saw(api_ctx, serve
     assert lines == full
     assert lines[0]["history"] == ("ShAdDaFf" if server_first else "ShADadFf")
     assert kernel.kernel >= 3     # the data frames and the bare ACK stayed in the kernel
+
+
+@pytest.mark.parametrize("watch_any", [True, False])
+def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_ctx, watch_any):
+    # The entry is made at the end of the SYN's batch; the SYN-ACK is in that batch too (it
+    # passed the program before the entry existed and armed nothing). The client's ACK that
+    # follows still reaches the emulation (the new entry's MX_WATCH_ANY): the handshake
+    # completes, the flow is not left half-open while the kernel carries its data.
+    # Without it (the model made to ignore watch_any) the ACK stays in the kernel.
+    conv = download(size=30_000)
+    kernel = FakeKernel(batch=2)
+    if not watch_any:
+        plain = kernel.set_verdict
+        kernel.set_verdict = lambda key, action, watch_any=None: plain(key, action)
+    mctx = api_ctx()
+    mctx.stack.state_only = True
+    s = listener(mctx)
+    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    kernel.drive(mctx, conv.frames[:8], finish=False)
+    (flow,) = mctx.stack.lru
+    assert (flow in mctx.stack.half_open) is not watch_any
+    assert flow.sides[MOS_SIDE_SVR].state == (TCP_ESTABLISHED if watch_any else TCP_SYN_RCVD)
 
 
 def test_state_only_needs_every_socket_of_the_flow(api_ctx):

@@ -13,8 +13,8 @@ import os
 from typing import Iterator
 
 from .. import libbpf
-from ..bpfstructs import (ACTION_NAMES, ACTIONS, COUNTER_NAMES, FlowVerdict, MxFlowKey, MxIfConfig,
-                          MxVerdict)
+from ..bpfstructs import (ACTION_NAMES, ACTIONS, COUNTER_NAMES, MX_WATCH_ANY, FlowVerdict, MxFlowKey,
+                          MxIfConfig, MxVerdict)
 from ..errors import XdpError
 from ..libbpf import xskmap_delete, xskmap_update
 
@@ -105,13 +105,17 @@ class MosxdpMaps:
             raise OSError(err, "XSKMAP[%d] delete: %s" % (index, os.strerror(err)))
 
     # -- verdicts ------------------------------------------------------------------------
-    def set_verdict(self, key: MxFlowKey, action: int | str) -> None:
+    def set_verdict(self, key: MxFlowKey, action: int | str, watch_any: int | None = None) -> None:
         """Create or change a flow's verdict; an existing entry keeps its counters. A new
-        entry takes one system call (the usual case: a verdict per new flow)."""
+        entry takes one system call (the usual case: a verdict per new flow); with
+        ``watch_any`` (a direction, MX_DIR_*) it is made with that direction's ACK watch
+        taking the first frame with ACK set (MX_WATCH_ANY)."""
         action = _action(action)
         lib, fd = libbpf.load(), self.fds["verdicts"]
         v = MxVerdict()
         v.action = action
+        if watch_any is not None:
+            v.watch_armed[watch_any] = MX_WATCH_ANY
         ret = lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(v), _BPF_NOEXIST)
         if ret == 0:
             return
