@@ -165,24 +165,30 @@ decided:
 	return src_is_hi ? MX_DIR_FROM_HI : MX_DIR_FROM_LO;
 }
 
+/* The history letters D and A of a frame without SYN, FIN or RST of a verdict flow: the
+ * first of each kind per direction is stamped, whether the kernel keeps the frame or sends
+ * it on to user space (an ACK watch's), so that the letters merge in the order the frames
+ * came in here, not the later one in which user space got to them. */
+static __always_inline void mx_stamp(struct mx_verdict *vd, struct mx_pkt *pkt, int d, __u64 now)
+{
+	if (pkt->payload_len) {
+		if (!vd->first_data_ns[d])
+			vd->first_data_ns[d] = now;
+	} else if ((pkt->tcp_flags & MX_TCP_ACK) && !vd->first_ack_ns[d]) {
+		vd->first_ack_ns[d] = now;
+	}
+}
+
 /* Apply a verdict in the kernel (frame not sent to user space). */
 static __always_inline int mx_apply_verdict(struct mx_if_config *cfg, struct mx_verdict *vd,
-					    struct mx_pkt *pkt, int dir, int count, __u64 now)
+					    struct mx_pkt *pkt, int dir, int count)
 {
 	int d = dir & 1;
 
 	if (count) {
+		/* the stream's end: how far it went in frames the emulation does not see */
 		__u32 end = pkt->seq + pkt->payload_len;
 
-		/* what the emulation needs of a frame it does not see: history letters, stream end */
-		if (!(pkt->tcp_flags & (MX_TCP_SYN | MX_TCP_FIN | MX_TCP_RST))) {
-			if (pkt->payload_len) {
-				if (!vd->first_data_ns[d])
-					vd->first_data_ns[d] = now;
-			} else if ((pkt->tcp_flags & MX_TCP_ACK) && !vd->first_ack_ns[d]) {
-				vd->first_ack_ns[d] = now;
-			}
-		}
 		if (!vd->packets[d] || (__s32)(end - vd->seq_end[d]) > 0)
 			vd->seq_end[d] = end;
 		__sync_fetch_and_add(&vd->packets[d], 1);
@@ -211,7 +217,6 @@ int mosxdp_rx(struct xdp_md *ctx)
 	struct mx_verdict *vd = NULL;
 	struct mx_flow_key key = {};
 	struct mx_pkt pkt = {};
-	__u64 now = 0;
 	__u32 index;
 	int dir = 0;
 	int rc;
@@ -257,12 +262,14 @@ int mosxdp_rx(struct xdp_md *ctx)
 			      (vd->watch_armed[d] == MX_WATCH_ANY ||
 			       (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0);
 
-		now = bpf_ktime_get_ns();
+		__u64 now = bpf_ktime_get_ns();
+
 		vd->last_seen_ns = now;
 		if (!(pkt.tcp_flags & (MX_TCP_SYN | MX_TCP_FIN | MX_TCP_RST))) {
+			mx_stamp(vd, &pkt, d, now);
 			/* the first ACK of a SYN or FIN (ACK watch) goes to user space too */
 			if (!watched)
-				return mx_apply_verdict(cfg, vd, &pkt, dir, 1, now);
+				return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
 			vd->watch_armed[d] = 0;
 		} else if (vd->action != MX_ACTION_DROP) {
 			if (watched)
@@ -309,7 +316,7 @@ to_user:
 	if (vd) {
 		/* nobody to show the control frame to: the flow's verdict decides */
 		mx_count(MX_CNT_NO_XSK_FALLBACK);
-		return mx_apply_verdict(cfg, vd, &pkt, dir, 1, now);
+		return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
 	}
 	if (cfg->flags & MX_IF_FAIL_CLOSED) {
 		mx_count(MX_CNT_FAIL_CLOSED_DROP);

@@ -129,7 +129,8 @@ struct mx_flow_key {
  *
  * What the emulation learns from the frames it did not see (every action): the time of the
  * first frame with payload and of the first without payload but with ACK, per direction
- * (Zeek's history letters D and A, ordered by these times), and the highest sequence end.
+ * (Zeek's history letters D and A, ordered by these times; the frames of an ACK watch that
+ * go on to user space are stamped too, for the order), and the highest sequence end.
  * Written without atomics: the frames of one direction of a flow come in on one RX queue,
  * so one CPU at a time updates them (should two race, seq_end may miss the other's end and a
  * first time may be the later one's: counts stay exact, the history letters still right). */

@@ -322,10 +322,12 @@ class StreamDelivery:
         if rcv.peer_base is None or pkt.flags & TH_SYN:
             return
         dist = carried_distance(snd, rcv, pkt.seq)
+        if dist <= 0:
+            # A frame from behind the carried bytes (live, one that came through user space
+            # while later ones went by in the kernel): they wait for the next frame.
+            return
         carried = snd.bypassed_bytes
         snd.bypassed_bytes = 0
-        if dist <= 0:
-            return
         end = rcv.rcv_nxt + dist
         if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
             end = rcv.peer_fin_off

@@ -196,8 +196,9 @@ STATE_ONLY = {"rx_total": 1, "pass": 1, "verdict_state_only": 1}
 def test_program_state_only_counts_stamps_and_watches_the_handshake_and_fins(prog_run):
     # The entry is made after the SYN (as the live run does): the SYN-ACK arms the client's
     # watch, its handshake ACK goes to user space; data frames and bare ACKs stay in the
-    # kernel, counted, the first of each kind per direction stamped, the highest sequence
-    # end kept (a retransmission does not lower it); each FIN and its first ACK go up.
+    # kernel, counted, the first of each kind per direction stamped (the watched ACK too,
+    # though it goes on to user space), the highest sequence end kept (a retransmission
+    # does not lower it); each FIN and its first ACK go up.
     import time
 
     from mosxdp.engine.hybrid import flow_key
@@ -213,8 +214,9 @@ def test_program_state_only_counts_stamps_and_watches_the_handshake_and_fins(pro
     v = p.maps.get_verdict(key)
     assert v.watch_armed[cli_dir] == MX_WATCH_ARMED and v.ack_watch[cli_dir] == 5001
     conv.acked["c"] = conv.nxt["s"]
-    assert run(conv.seg("c", "A")) == CTRL                 # the handshake's ACK
     t0 = time.monotonic_ns()
+    assert run(conv.seg("c", "A")) == CTRL                 # the handshake's ACK
+    t1 = time.monotonic_ns()
     assert run(conv.data("c", b"GET / HTTP/1.0\r\n\r\n")) == STATE_ONLY
     first = conv.data("s", b"a" * 1000)
     assert run(first) == STATE_ONLY
@@ -226,7 +228,7 @@ def test_program_state_only_counts_stamps_and_watches_the_handshake_and_fins(pro
     assert v.packets[cli_dir] == 2 and v.packets[srv_dir] == 3
     assert v.bytes[srv_dir] == 2500 and v.bytes[cli_dir] == 18
     assert v.seq_end[srv_dir] == 5001 + 1500 and v.seq_end[cli_dir] == 1001 + 18
-    assert t0 <= v.first_data_ns[cli_dir] <= v.first_data_ns[srv_dir] <= v.first_ack_ns[cli_dir]
+    assert t0 <= v.first_ack_ns[cli_dir] <= t1 <= v.first_data_ns[cli_dir] <= v.first_data_ns[srv_dir]
     assert v.first_ack_ns[srv_dir] == 0                    # the server sent no bare ACK
     assert run(conv.fin("s")) == CTRL
     assert p.maps.get_verdict(key).ack_watch[cli_dir] == 5001 + 1500 + 1
@@ -255,7 +257,9 @@ def test_program_state_only_watch_any_takes_the_first_frame_with_ack(prog_run):
     conv.acked["c"] = conv.nxt["s"]
     assert run(conv.seg("c", "A")) == CTRL
     assert run(conv.data("c", b"x" * 10)) == STATE_ONLY
-    assert p.maps.get_verdict(key).watch_armed == (0, 0)
+    v = p.maps.get_verdict(key)
+    assert v.watch_armed == (0, 0) and v.packets[cli_dir] == 1   # the ACK was not counted
+    assert 0 < v.first_ack_ns[cli_dir] < v.first_data_ns[cli_dir]
 
 
 @pytest.mark.parametrize("shape", ["close", "rst", "retransmit"])

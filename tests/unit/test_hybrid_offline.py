@@ -226,9 +226,10 @@ def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport,
 
 # -------------------------------------------------------- offline bypass / drop semantics
 def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None,
-                  state_only=False, **config):
+                  state_only=False, late=None, **config):
     """connlog on crafted frames, offline (kernel None) or through a FakeKernel (with
-    ``state_only``: its listener's MOSX_STATE_ONLY takes effect, as in a live run)."""
+    ``state_only``: its listener's MOSX_STATE_ONLY takes effect, as in a live run; ``late``:
+    FakeKernel.drive's)."""
     import argparse
     import io
 
@@ -242,7 +243,7 @@ def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=
     if kernel is None:
         run_frames(mctx, frames, batch_size)
     else:
-        kernel.drive(mctx, frames)
+        kernel.drive(mctx, frames, late=late)
     return [json.loads(line) for line in out.getvalue().splitlines()], mctx
 
 
@@ -405,11 +406,11 @@ class FakeKernel:
         watched = e["armed"][d] and p.flags & self.ACK and (
             e["armed"][d] == 2 or ((p.ack - e["watch"][d]) & self.M32) < 1 << 31)
         if not p.flags & (self.SYN | self.FIN | self.RST):
+            if p.payload_len:
+                e["first_data"][d] = e["first_data"][d] or self.now_ns
+            elif p.flags & self.ACK:
+                e["first_ack"][d] = e["first_ack"][d] or self.now_ns
             if not watched:
-                if p.payload_len:
-                    e["first_data"][d] = e["first_data"][d] or self.now_ns
-                elif p.flags & self.ACK:
-                    e["first_ack"][d] = e["first_ack"][d] or self.now_ns
                 end = (p.seq + p.payload_len) & self.M32
                 if not e["packets"][d] or 0 < ((end - e["seq_end"][d]) & self.M32) < 1 << 31:
                     e["seq_end"][d] = end
@@ -430,16 +431,27 @@ class FakeKernel:
                 e["armed"][1 - d] = 1
         return True
 
-    def drive(self, mctx, frames, finish=True):
+    def drive(self, mctx, frames, finish=True, late=None):
+        """``late``: {i: j}, frame i (if it goes to user space) reaches the processor only
+        after frame j went through the kernel (the socket's ring lags behind the kernel)."""
         proc = self.proc = HybridProcessor(mctx.stack, self)
+        late = late or {}
+        held = {}
         n = 0
+
+        def up(ts, frame):
+            if proc.process(memoryview(bytearray(frame)), ts, 0) == 0:
+                self.forwarded.append(frame)
+            proc.outbox.clear()
+
         for i, (ts, frame) in enumerate(frames):
             self.now_ns = ts * 1000 + i % 1000
             if self.rx(frame):
                 self.to_user += 1
-                if proc.process(memoryview(bytearray(frame)), ts, 0) == 0:
-                    self.forwarded.append(frame)
-                proc.outbox.clear()
+                if i in late:
+                    held.setdefault(late[i], []).append((ts, frame))
+                    continue
+                up(ts, frame)
                 n += 1
                 if n % self.batch == 0:
                     proc.end_batch()
@@ -448,6 +460,9 @@ class FakeKernel:
                 if n % self.batch:
                     proc.end_batch()       # the engine ends a batch when the ring is empty
                     n = 0
+            for ts_held, frame_held in held.pop(i, ()):
+                up(ts_held, frame_held)
+                proc.end_batch()
         proc.end_batch()
         if finish:
             proc.finish()
@@ -720,6 +735,30 @@ def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_c
     (flow,) = mctx.stack.lru
     assert (flow in mctx.stack.half_open) is not watch_any
     assert flow.sides[MOS_SIDE_SVR].state == (TCP_ESTABLISHED if watch_any else TCP_SYN_RCVD)
+
+
+def test_state_only_frame_overtaken_by_the_kernel_keeps_the_carried_bytes(api_ctx):
+    # Live: the client's handshake ACK goes to user space (the ACK watch), its request right
+    # behind it through the kernel, counted; the ACK reaches the emulation after that, from
+    # behind the request's bytes. Those bytes wait for the next frame ahead of them (the
+    # client's FIN): delivered, not missed. The kernel stamped the ACK's letter when it came
+    # in, so the history keeps the order of arrival: the line is that of full inspection
+    # of the frames in the order the monitor got them.
+    conv = Conv()
+    conv.syn()
+    conv.synack()
+    conv.acked["c"] = conv.nxt["s"]
+    conv.seg("c", "A")                                 # 2: the handshake's ACK
+    conv.data("c", b"GET / HTTP/1.1\r\n\r\n")         # 3: through the kernel
+    conv.ack("s")                                      # 4: through the kernel
+    for _ in range(5):
+        conv.data("s", bytes(1000))
+    conv.close()
+    (line,), _ = connlog_lines(api_ctx, conv.frames, kernel=FakeKernel(batch=1),
+                               state_only=True, late={2: 4})
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    assert line == full[0]
+    assert line["orig_bytes"] == 18 and line["missed_bytes"] == 0 and line["history"] == "ShADadFf"
 
 
 def test_state_only_needs_every_socket_of_the_flow(api_ctx):
