@@ -187,10 +187,12 @@ class FlowTable:
             self.sockets[sock.id] = sock
             flow.socks.append(sock)
         self._counters["flows_created"] += 1
-        if self.state_only and all(listener.state_only for listener in listeners):
-            # Every socket of it needs only counters, flags and states: the kernel forwards
-            # and counts its frames from now on, the emulation sees its SYN, FIN, RST and the
-            # ACKs of SYN and FIN (Stack.process), and its history letters come with the counts.
+        if self.state_only and listeners and all(ls.state_only for ls in listeners) \
+                and not self._raw_socket_takes(pkt):
+            # Every socket of it needs only counters, flags and states, and no raw socket
+            # takes its frames: the kernel forwards and counts its frames from now on, the
+            # emulation sees its SYN, FIN, RST and the ACKs of SYN and FIN (Stack.process),
+            # and its history letters come with the counts.
             self.set_bypass(flow, "state_only")
         return flow
 

@@ -399,12 +399,22 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         self._counters["resized_frames"] += 1
         return VERDICT_REPLACED
 
+    @staticmethod
+    def _raw_takes(sock, pkt):
+        """Raw socket `sock` gets frame `pkt`."""
+        # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
+        if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
+            return False
+        return sock.raw_filter is None or sock.raw_filter.match(pkt)
+
+    def _raw_socket_takes(self, pkt):
+        """Some raw socket gets frame `pkt`."""
+        return any(self._raw_takes(sock, pkt) for sock in self.raw_sockets)
+
     def _raw_packet(self, pkt, orphan):
         for sock in self.raw_sockets:
-            # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
-            if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
-                continue
-            if sock.raw_filter is not None and not sock.raw_filter.match(pkt):
+            # (each filter just before its callback: an earlier one may rewrite the headers)
+            if not self._raw_takes(sock, pkt):
                 continue
             self._fire(sock, HOOK_NULL, _NULL_SIDE, EV_PKT_IN)
             if orphan:

@@ -778,6 +778,24 @@ def test_state_only_needs_every_socket_of_the_flow(api_ctx):
         assert actions == (["state_only", "remove"] if honoured and both else []), (honoured, both)
 
 
+@pytest.mark.parametrize("raw_filter,handed", [("tcp port 80", False), (None, False),
+                                               ("udp", True), ("tcp port 81", True)])
+def test_state_only_not_for_flows_a_raw_socket_takes(api_ctx, raw_filter, handed):
+    # A raw socket gets every frame its filter matches: a flow whose frames it takes stays
+    # with the core, however its stream listeners are content with states.
+    conv = Conv().full()
+    mctx = api_ctx()
+    mctx.stack.state_only = True
+    s = listener(mctx)
+    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    raw = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_RAW, 0)
+    if raw_filter is not None:
+        mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=raw_filter))
+    run_frames(mctx, conv.frames)
+    actions = [u[0] for u in mctx.stack.kernel_updates]
+    assert actions == (["state_only", "remove"] if handed else []), actions
+
+
 def test_state_only_option_errors(api_ctx):
     import errno
     mctx = api_ctx()
