@@ -166,21 +166,43 @@ decided:
 	return src_is_hi ? MX_DIR_FROM_HI : MX_DIR_FROM_LO;
 }
 
+/* The history letters D and A of a frame without SYN, FIN or RST of a verdict flow: the
+ * first of each kind per direction is stamped, whether the kernel keeps the frame or sends
+ * it on to user space (an ACK watch's), so that the letters merge in the order the frames
+ * came in here, not the later one in which user space got to them. */
+static __always_inline void mx_stamp(struct mx_verdict *vd, struct mx_pkt *pkt, int d, __u64 now)
+{
+	if (pkt->payload_len) {
+		if (!vd->first_data_ns[d])
+			vd->first_data_ns[d] = now;
+	} else if ((pkt->tcp_flags & MX_TCP_ACK) && !vd->first_ack_ns[d]) {
+		vd->first_ack_ns[d] = now;
+	}
+}
+
 /* Apply a verdict in the kernel (frame not sent to user space). */
 static __always_inline int mx_apply_verdict(struct mx_if_config *cfg, struct mx_verdict *vd,
 					    struct mx_pkt *pkt, int dir, int count)
 {
+	int d = dir & 1;
+
 	if (count) {
-		__sync_fetch_and_add(&vd->packets[dir & 1], 1);
-		__sync_fetch_and_add(&vd->bytes[dir & 1], pkt->payload_len);
-		__sync_fetch_and_add(&vd->frame_bytes[dir & 1], pkt->frame_len);
-		__sync_fetch_and_add(&vd->ip_bytes[dir & 1], pkt->ip_len);
+		/* the stream's end: how far it went in frames the emulation does not see */
+		__u32 end = pkt->seq + pkt->payload_len;
+
+		if (!vd->packets[d] || (__s32)(end - vd->seq_end[d]) > 0)
+			vd->seq_end[d] = end;
+		__sync_fetch_and_add(&vd->packets[d], 1);
+		__sync_fetch_and_add(&vd->bytes[d], pkt->payload_len);
+		__sync_fetch_and_add(&vd->frame_bytes[d], pkt->frame_len);
+		__sync_fetch_and_add(&vd->ip_bytes[d], pkt->ip_len);
 	}
 	if (vd->action == MX_ACTION_DROP) {
 		mx_count(MX_CNT_VERDICT_DROP);
 		return mx_drop();
 	}
-	mx_count(MX_CNT_VERDICT_BYPASS);
+	mx_count(vd->action == MX_ACTION_STATE_ONLY ? MX_CNT_VERDICT_STATE_ONLY
+						    : MX_CNT_VERDICT_BYPASS);
 	if (!(cfg->flags & MX_IF_INLINE) && (cfg->flags & MX_IF_BYPASS_CONSUME))
 		return mx_drop();
 	return mx_kernel_path(cfg);
@@ -252,21 +274,34 @@ int mosxdp_rx(struct xdp_md *ctx)
 	/* per-flow verdict */
 	dir = mx_flow_key_of(&pkt, &key);
 	vd = verdicts.lookup(&key);
-	if (vd && (vd->action == MX_ACTION_BYPASS || vd->action == MX_ACTION_DROP)) {
+	if (vd && (vd->action == MX_ACTION_BYPASS || vd->action == MX_ACTION_DROP ||
+		   vd->action == MX_ACTION_STATE_ONLY)) {
 		int d = dir & 1;
+		/* the frame acknowledges what this direction's ACK watch waits for */
+		int watched = vd->watch_armed[d] && (pkt.tcp_flags & MX_TCP_ACK) &&
+			      (vd->watch_armed[d] == MX_WATCH_ANY ||
+			       (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0);
 
-		vd->last_seen_ns = bpf_ktime_get_ns();
+		__u64 now = bpf_ktime_get_ns();
+
+		vd->last_seen_ns = now;
 		if (!(pkt.tcp_flags & (MX_TCP_SYN | MX_TCP_FIN | MX_TCP_RST))) {
-			/* the first ACK of a FIN (ACK watch) goes to user space too */
-			if (!(vd->watch_armed[d] && (pkt.tcp_flags & MX_TCP_ACK) &&
-			      (__s32)(pkt.ack_seq - vd->ack_watch[d]) >= 0))
+			mx_stamp(vd, &pkt, d, now);
+			/* the first ACK of a SYN or FIN (ACK watch) goes to user space too */
+			if (!watched)
 				return mx_apply_verdict(cfg, vd, &pkt, dir, 1);
 			vd->watch_armed[d] = 0;
-		} else if ((pkt.tcp_flags & MX_TCP_FIN) && vd->action == MX_ACTION_BYPASS) {
-			/* arm the other direction's watch: its ACK of this FIN ends the flow */
-			vd->ack_watch[d ^ 1] = pkt.seq + pkt.payload_len + 1 +
-					       ((pkt.tcp_flags & MX_TCP_SYN) ? 1 : 0);
-			vd->watch_armed[d ^ 1] = 1;
+		} else if (vd->action != MX_ACTION_DROP) {
+			if (watched)
+				vd->watch_armed[d] = 0;
+			if (pkt.tcp_flags & (MX_TCP_SYN | MX_TCP_FIN)) {
+				/* arm the other direction's watch: its ACK of this SYN or FIN
+				 * completes the handshake or ends the flow */
+				vd->ack_watch[d ^ 1] = pkt.seq + pkt.payload_len +
+						       ((pkt.tcp_flags & MX_TCP_SYN) ? 1 : 0) +
+						       ((pkt.tcp_flags & MX_TCP_FIN) ? 1 : 0);
+				vd->watch_armed[d ^ 1] = MX_WATCH_ARMED;
+			}
 		}
 		/* connection control: user space must see it; skip the filter */
 		mx_count(MX_CNT_VERDICT_CTRL);

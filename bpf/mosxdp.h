@@ -99,6 +99,15 @@ struct mx_flow_key {
 /* mx_verdict.action */
 #define MX_ACTION_BYPASS 1 /* forward in the kernel (inline: peer; passive: XDP_PASS or consume) */
 #define MX_ACTION_DROP 2   /* XDP_DROP */
+#define MX_ACTION_STATE_ONLY 3 /* as BYPASS, for a flow handed to the kernel at its start by an app
+				* that needs only counters, flags and state changes (MOSX_STATE_ONLY) */
+
+/* mx_verdict.watch_armed */
+#define MX_WATCH_ARMED 1 /* the first ACK at or beyond ack_watch */
+#define MX_WATCH_ANY 2   /* the first frame with ACK set, whatever it acknowledges: set by user
+			  * space on a new STATE_ONLY entry for the client's direction, since the
+			  * server's SYN-ACK may have gone by before the entry was made (nothing
+			  * armed then) and the emulation must see the handshake's ACK */
 
 /* Direction index of mx_verdict counters, relative to the key. */
 #define MX_DIR_FROM_LO 0 /* frames whose source endpoint is the key's lo endpoint */
@@ -112,11 +121,22 @@ struct mx_flow_key {
  * applies to them and they count). Counters are updated with atomic adds. An LRU entry
  * may be evicted under pressure; user space removes entries when flows end.
  *
- * ACK watch (BYPASS entries only): a FIN of the flow seen by the program arms the watch
- * of the other direction with the FIN's sequence number + 1; the first frame from that
- * direction with ACK set and an acknowledgment number at or beyond it goes to user space
- * too (verdict_ctrl, not counted here) and disarms the watch, so that the state emulation
- * sees the ACK of every FIN and the connection ends there instead of idling out. */
+ * ACK watch (BYPASS and STATE_ONLY entries): a SYN or FIN of the flow seen by the program
+ * arms the watch of the other direction with the sequence number that acknowledges it; the
+ * first frame from that direction with ACK set and an acknowledgment number at or beyond it
+ * goes to user space too (verdict_ctrl, not counted here) and disarms the watch (so does a
+ * SYN/FIN/RST from that direction that acknowledges it), so that the state emulation sees
+ * the ACK of every SYN and FIN: the handshake completes and the connection ends there
+ * instead of idling out. MX_WATCH_ANY (made so by user space) takes the first frame with
+ * ACK set, whatever its acknowledgment number; a SYN or FIN arms the precise watch over it.
+ *
+ * What the emulation learns from the frames it did not see (every action): the time of the
+ * first frame with payload and of the first without payload but with ACK, per direction
+ * (Zeek's history letters D and A, ordered by these times; the frames of an ACK watch that
+ * go on to user space are stamped too, for the order), and the highest sequence end.
+ * Written without atomics: the frames of one direction of a flow come in on one RX queue,
+ * so one CPU at a time updates them (should two race, seq_end may miss the other's end and a
+ * first time may be the later one's: counts stay exact, the history letters still right). */
 struct mx_verdict {
 	__u32 action;                     /* MX_ACTION_* (other values: entry ignored) */
 	__u32 pad;
@@ -127,7 +147,11 @@ struct mx_verdict {
 	__u64 frame_bytes[MX_NUM_DIRS];   /* L2 frame bytes of those frames */
 	__u64 ip_bytes[MX_NUM_DIRS];      /* IP bytes of those frames (IPv4 total length; IPv6 40 + payload length) */
 	__u32 ack_watch[MX_NUM_DIRS];     /* host order: acknowledgment number that ends the watch of that direction */
-	__u32 watch_armed[MX_NUM_DIRS];   /* 1: the ACK watch of that direction is armed */
+	__u32 watch_armed[MX_NUM_DIRS];   /* MX_WATCH_*: the ACK watch of that direction is armed (0: not) */
+	__u64 first_data_ns[MX_NUM_DIRS]; /* bpf_ktime_get_ns() of the first of those frames with payload (0: none) */
+	__u64 first_ack_ns[MX_NUM_DIRS];  /* ... of the first without payload, with ACK (0: none) */
+	__u32 seq_end[MX_NUM_DIRS];       /* host order: highest seq + payload length of those frames
+					   * (serial order; valid when packets[dir] > 0) */
 };
 
 /* ---- observe-only copies --------------------------------------------------------- */
@@ -167,7 +191,8 @@ enum mx_counter {
 	MX_CNT_FILTER_MISS,        /* TCP, no monitor filter matches */
 	MX_CNT_VERDICT_BYPASS,     /* verdict BYPASS applied in the kernel */
 	MX_CNT_VERDICT_DROP,       /* verdict DROP applied in the kernel */
-	MX_CNT_VERDICT_CTRL,       /* SYN/FIN/RST of a flow with a verdict: sent on to user space */
+	MX_CNT_VERDICT_STATE_ONLY, /* verdict STATE_ONLY applied in the kernel (forwarded, counted) */
+	MX_CNT_VERDICT_CTRL,       /* SYN/FIN/RST (or a watched ACK) of a flow with a verdict: sent on to user space */
 	MX_CNT_NO_XSK_FALLBACK,    /* meant for a socket, none bound at the index: kernel path */
 	MX_CNT_FAIL_CLOSED_DROP,   /* meant for a socket, none bound, fail_closed: dropped */
 	MX_CNT_DEVMAP_MISS,        /* inline, tx_ports has no entry for egress_slot: XDP_PASS */

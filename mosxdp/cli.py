@@ -138,6 +138,10 @@ def _datapath_options(parser):
                             "two, 128 to 16384; default 2048, a 1500-MTU frame whole); with "
                             "128, flows are tracked from their headers and the payload beyond "
                             "the copy is counted missed")
+    group.add_argument("--full-inspection", action="store_true", default=None,
+                       help="live: every frame of every flow through the monitor, also for apps "
+                            "that need only counters and states (connlog, midstat: by default "
+                            "the kernel forwards and counts their flows' data frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--workers", type=int, metavar="N",
                        help="offline: split the run over N processes by flow (default 1); "
@@ -200,6 +204,7 @@ def parse_run(argv):
         "on_callback_error": args.on_callback_error, "metrics_port": args.metrics_port,
         "keep_privileges": args.keep_privileges, "detach_on_exit": args.detach_on_exit,
         "observe": args.observe, "observe_snap": args.observe_snap, "workers": args.workers,
+        "full_inspection": args.full_inspection,
     }
     if args.iface is not None:
         overrides["mode"] = "inline" if args.peer else "passive"

@@ -203,6 +203,7 @@ class Config:
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
     workers: int = 1                 # offline: processes the run is split over (engine/workers.py)
     observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
+    full_inspection: bool = False    # live: every frame through the core, also of MOSX_STATE_ONLY listeners
 
     def stack_config(self):
         return StackConfig(
@@ -263,6 +264,7 @@ SECTIONS = {
         "observe": _bool,
         "workers": _workers,
         "observe_snap": _power_of_two(MIN_OBSERVE_SNAP, MAX_OBSERVE_SNAP),
+        "full_inspection": _bool,
     },
 }
 KEY_SECTION = {key: section for section, keys in SECTIONS.items() for key in keys}

@@ -216,7 +216,9 @@ LIVE_ROWS = [
     ("XDP devmap, no socket (kernel baseline)", ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0),
     ("mosxdp inline, no app",                 ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "none"], 2),
     ("mosxdp inline, pass-through processor", ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "pass"], 2),
-    ("mosxdp run connlog (state only)",       ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
+    # connlog by default: the state-only kernel path (the kernel forwards and counts the data
+    # frames, Python sees SYN, FIN, RST and their ACKs); row 12 is the same app per frame
+    ("connlog (state-only kernel path)",      ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn.log"], 2),
     ("mosxdp run flowdump (reassembly)",      ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows"], 2),
     # connlog's counts need no Python per data frame: at its first data the flow becomes a
     # kernel BYPASS, whose per-flow counters join the line at CONN_END.
@@ -226,8 +228,11 @@ LIVE_ROWS = [
     ("XDP devmap baseline, shared layout",    ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0, "shared"),
     ("mosxdp inline, no app, shared layout",  ["{py}", "-c", _ENGINE_HOLDER, "{A}", "{B}", "none"], 2, "shared"),
     # observe-only: the kernel forwards, the app reads copies from a ring buffer
-    ("connlog --observe (observe-only)",      ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--observe", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-obs.log"], 0),
+    # (--full-inspection: a copy of every frame, not the state-only entries)
+    ("connlog --observe --full-inspection (observe-only)", ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--observe", "--full-inspection", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-obs.log"], 0),
     ("flowdump --observe (observe-only)",     ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--observe", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows-obs"], 0),
+    # every frame through Python with full TCP state (the per-packet cost state-only avoids)
+    ("connlog --full-inspection (every frame in Python)", ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--full-inspection", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-full.log"], 2),
 ]
 
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an

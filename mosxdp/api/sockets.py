@@ -163,11 +163,11 @@ def _flow_stats(stack, flow):
         stats.bypassed_l2_bytes[index] = side.bypassed_l2_bytes
         stats.tcp_flags[index] = side.tcp_flags
         # Bytes of a bypassed flow that went by in the kernel since the emulation last
-        # caught up (no FIN/RST after them) count as delivered: the payload counted.
-        carried = side.bypassed_bytes
-        extent = max(receiver.max_end, receiver.rcv_nxt + carried)
+        # caught up (no FIN/RST after them) count as delivered, up to the highest sequence
+        # end of those frames.
+        extent = stack.carried_extent(side, receiver)
         stats.stream_bytes[index] = extent
-        stats.missed_bytes[index] = max(0, extent - receiver.unique_bytes - carried)
+        stats.missed_bytes[index] = max(0, extent - receiver.unique_bytes - side.bypassed_bytes)
     stats.history = "".join(flow.history)
     stats.end_reason = flow.end_reason
     stats.vlan_ids = flow.vlan_ids
@@ -229,6 +229,14 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
         # The kernel filter must now let this listener's orphans through (or no longer).
         if getattr(mctx.engine, "filters_changed", None) is not None:
             mctx.engine.filters_changed()
+        return 0
+    if optname == C.MOSX_STATE_ONLY:
+        if sock_obj.kind != "listener":
+            raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: MOSX_STATE_ONLY "
+                         "applies to listening sockets")
+        if optval not in (0, 1) or isinstance(optval, bool):
+            raise _error(errno.EINVAL, f"MOSX_STATE_ONLY takes 0 or 1, not {optval!r}")
+        sock_obj.state_only = bool(optval)
         return 0
     if optname in (C.MOSX_BYPASS, C.MOSX_DROP_FLOW):
         if sock_obj.kind != "flow":

@@ -34,6 +34,15 @@ Flows already under way when the capture starts are logged too, as Zeek logs the
 S and h (a leading ^ when the first packet was the responder's), conn_state from Zeek's
 endpoint states (OTH while open, SF when both sides sent a FIN, SH/SHR/RSTRH ...).
 
+State only: connlog needs counters, flags and state changes, not payload, so its listening
+socket says so (MOSX_STATE_ONLY). Live, each flow is handed to the kernel at its start: the
+XDP program forwards its data frames and counts them (packets, bytes, the history letters
+D and A, the highest sequence end, per direction) and sends only the SYN, FIN and RST
+frames and the ACK of each SYN and FIN on to the monitor, which merges the kernel's counts
+before it handles them: the lines are those of full inspection. --full-inspection (a
+datapath option) brings every frame through the monitor; offline every frame is inspected
+anyway.
+
 --bypass-after-bytes N (stream depth, as Suricata's stream.reassembly.depth with
 stream.bypass): the monitor follows the first N bytes of each direction; once EITHER
 direction's stream has passed N bytes (checked at each CONN_NEW_DATA, i.e. once per
@@ -45,7 +54,7 @@ kernel's last-seen time decides). The line's packet and byte
 counts stay complete (the kernel's counters are merged at CONN_END; offline the core
 counts the bypassed frames) and bypassed bytes are not "missed". MOSX_BYPASS rather
 than MOS_STOP_MON: a socket that stopped monitoring gets no CONN_END, and connlog
-needs it.
+needs it. With it, flows are inspected in full until N bytes (not state only).
 """
 import argparse
 import hashlib
@@ -53,13 +62,14 @@ import re
 import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
-                    MOSX_BYPASS, MOSX_MIDSTREAM, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
+                    MOSX_BYPASS, MOSX_MIDSTREAM, MOSX_STATE_ONLY, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
                     MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
                     MOSX_SINK_HELP, MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername,
                     mtcp_getsockopt, mosx_community_id, mosx_open_log, mosx_watch_datagrams,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
-DESCRIPTION = "log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV)"
+DESCRIPTION = ("log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV; live: "
+               "state-only, see --full-inspection)")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The columns of --format tsv, with their Zeek types (conn.log's own, then ours).
 FIELDS = (
@@ -95,8 +105,12 @@ def add_arguments(parser):
     parser.add_argument("--tcp-only", action="store_true",
                         help="log no UDP or ICMP flow (their frames then stay in the kernel)")
     parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
-                        help="stream depth: once either direction passed N bytes, the kernel "
-                             "forwards the rest of the flow (live: it never reaches Python)")
+                        help="stream depth: follow every frame until either direction passed "
+                             "N bytes, then the kernel forwards the rest of the flow (live: it "
+                             "never reaches Python). Without it, live flows are state-only: the "
+                             "kernel forwards and counts their data frames, the monitor sees "
+                             "SYN, FIN, RST and their ACKs, the lines are the same "
+                             "(--full-inspection: every frame through the monitor)")
 
 
 def community_id_seed(text):
@@ -321,6 +335,10 @@ def setup(mctx, args):
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
+    else:
+        # Counters, flags and states are all a line needs: live, the kernel keeps them for
+        # the data frames (--full-inspection turns this off).
+        mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
     datagram_filter = getattr(args, "datagram_filter", None)
     # --filter alone names the (TCP) flows to log: no UDP or ICMP flow then.
     if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):

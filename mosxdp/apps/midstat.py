@@ -21,7 +21,10 @@ packet timestamps and fires at the end of the RX batch (--batch-size) in which a
 second of packet time has passed; a quiet stretch of several seconds gives one
 refresh, not one per second. The first refresh comes at the end of the first
 batch. Flows that start without a SYN (midstream pickup) raise no CONN_START and
-are not listed, as in mOS. Reassembly buffers are turned off (state only).
+are not listed, as in mOS. Reassembly buffers are turned off, and the listening socket says
+it needs only states (MOSX_STATE_ONLY): live, the kernel forwards the flows' data frames
+and the monitor sees only SYN, FIN, RST and the ACK of each SYN and FIN, which is all the
+states change on (--full-inspection: every frame through the monitor).
 
 Workers (`--workers N`, offline): each worker has the table of its flows, and its timer
 fires at the same points of the input as one worker's. At each refresh the workers'
@@ -37,11 +40,13 @@ import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, MOS_SIDE_BOTH,
                     MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI,
+                    MOSX_STATE_ONLY,
                     MOS_TCP_STATE_SVR, SOL_MONSOCKET, MonitorFilter, mtcp_bind_monitor_filter,
                     mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
                     MOSX_SINK_HELP, mosx_open_sink, mtcp_setsockopt, mtcp_settimer, mtcp_socket)
 
-DESCRIPTION = "netstat-like table of monitored flows and their emulated TCP states, every second"
+DESCRIPTION = ("netstat-like table of monitored flows and their emulated TCP states, every "
+               "second (live: state-only, see --full-inspection)")
 TIMER_ID = 0
 HEADER = "Proto CPU Client Address        Client State Server Address        Server State"
 
@@ -174,6 +179,8 @@ def setup(mctx, args):
     # State only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
+    # Only the states are shown: live, the kernel forwards the data frames.
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_SND, app.on_end)
     mtcp_settimer(mctx, TIMER_ID, args.interval, app.on_timer)

@@ -36,7 +36,8 @@ class Side:
         "peer_base", "rcv_nxt", "buf", "bufsize", "policy", "right_edge",
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "tcp_flags", "history_bits", "l2_header", "port",
-        "bypassed_bytes", "bypassed_pkts", "bypassed_l2_bytes", "beyond_edge", "last_pkt", "skip_to", "mss", "rexmit",
+        "bypassed_bytes", "bypassed_pkts", "bypassed_l2_bytes", "carried_end", "beyond_edge",
+        "last_pkt", "skip_to", "mss", "rexmit",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -80,6 +81,9 @@ class Side:
         # by the bypass path) and their bytes, whole frames: part of pkts and l2_bytes.
         self.bypassed_pkts = 0
         self.bypassed_l2_bytes = 0
+        # The highest sequence number + payload length of those frames (the kernel's seq_end
+        # once merged), None before the first: where this side's stream reached.
+        self.carried_end = None
         # The last Packet this side sent, for mtcp_getlastpkt in CONN_NEW_DATA and CONN_END
         # (Stack._keep_last_packets turns its buffer into a copy before the frame is reused).
         self.last_pkt = None
@@ -146,6 +150,9 @@ class FlowTable:
         # frame of a bypassed flow, and before such a flow would idle out.
         self.on_flow_end = None
         self.kernel_sync = None
+        # Listeners' MOSX_STATE_ONLY takes effect: set by a live run with a kernel verdict map
+        # (not with --full-inspection). Offline every frame is inspected either way.
+        self.state_only = False
 
     def _new_flow(self, pkt, key, ts, midstream, listeners=None):
         if listeners is None:
@@ -193,9 +200,18 @@ class FlowTable:
             self.sockets[sock.id] = sock
             flow.socks.append(sock)
         self._counters["flows_created"] += 1
+        if self.state_only and listeners and all(ls.state_only for ls in listeners) \
+                and not self._raw_socket_takes(pkt):
+            # Every socket of it needs only counters, flags and states, and no raw socket
+            # takes its frames: the kernel forwards and counts its frames from now on, the
+            # emulation sees its SYN, FIN, RST and the ACKs of SYN and FIN (Stack.process),
+            # and its history letters come with the counts.
+            self.set_bypass(flow, "state_only")
         return flow
 
     def set_bypass(self, flow, action):
+        """Hand the rest of the flow to the kernel: action "bypass", "drop" or "state_only"
+        (bpf/mosxdp.h MX_ACTION_*)."""
         if flow.kernel_verdict == action:
             return
         if action == "bypass" and flow.edits is not None:

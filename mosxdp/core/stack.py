@@ -51,11 +51,13 @@ from .packet import CUT_HEADERS, PacketError, TruncatedHeader, parse_cut_frame, 
 from .sockets import SocketTable
 from .streams import DEFAULT_REASSEMBLY_MEMCAP, StreamDelivery
 from .tcp import (FINISHED_STATES, NO_DATA_STATES, SEQ_HALF, SEQ_MASK, SEQ_MOD, SYN_RCVD,
-                  TcpEmulation, seq_delta)
+                  TcpEmulation, acks_syn_or_fin, seq_delta)
 
 SIDE_NAMES = ("client", "server")
 _SYN_FIN_RST = TH_SYN | TH_FIN | TH_RST
 _NULL_SIDE = int(MOS_NULL)  # the side value raw-socket callbacks receive, as in mOS
+# Kernel verdicts whose entry watches for the ACK of each SYN and FIN (bpf/mosxdp.h).
+_WATCHED = ("bypass", "state_only")
 
 # The counters of the limits (and of the odd inputs that go with them), which the run's
 # summary shows when they moved.
@@ -264,21 +266,24 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                 snd.port = port
                 snd.l2_header = bytes(pkt.buf[:pkt.l3_off])
             if flow.bypass:
-                if not syn_fin_rst and not (
-                        flags & TH_ACK and rcv.fin_seq is not None and not rcv.fin_acked
-                        and flow.kernel_verdict == "bypass"
-                        and seq_delta(pkt.ack, rcv.fin_seq) > 0):
+                if not syn_fin_rst and snd.snd_nxt is not None and snd.peer_base is not None \
+                        and not (flags & TH_ACK and flow.kernel_verdict in _WATCHED
+                                 and acks_syn_or_fin(rcv, pkt.ack)):
                     # The kernel handles such frames live (the few that reach user space
                     # meanwhile are counted here); offline we only count them.
                     self._counters["bypassed_packets"] += 1
                     snd.bypassed_bytes += pkt.payload_len
                     snd.bypassed_pkts += 1
                     snd.bypassed_l2_bytes += pkt.frame_len
+                    end = (pkt.seq + pkt.payload_len) & SEQ_MASK
+                    if snd.carried_end is None or seq_delta(end, snd.carried_end) > 0:
+                        snd.carried_end = end
                     self._history(flow, snd, sender, pkt, flags)
                     return self._verdict(VERDICT_DROP if flow.kernel_verdict == "drop"
                                          else VERDICT_FORWARD)
-                # SYN, FIN, RST, or the first ACK of a FIN (the kernel's ACK watch): the
-                # emulation sees it, after the streams the kernel carried.
+                # SYN, FIN, RST, the first ACK of a SYN or FIN (the kernel's ACK watch), or a
+                # frame of a stream not known yet: the emulation sees it, after the streams
+                # the kernel carried.
                 if self.kernel_sync is not None:
                     self.kernel_sync(flow)
                 self._catch_up(snd, rcv, pkt)
@@ -470,12 +475,22 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
         self._counters["resized_frames"] += 1
         return VERDICT_REPLACED
 
+    @staticmethod
+    def _raw_takes(sock, pkt):
+        """Raw socket `sock` gets frame `pkt`."""
+        # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
+        if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
+            return False
+        return sock.raw_filter is None or sock.raw_filter.match(pkt)
+
+    def _raw_socket_takes(self, pkt):
+        """Some raw socket gets frame `pkt`."""
+        return any(self._raw_takes(sock, pkt) for sock in self.raw_sockets)
+
     def _raw_packet(self, pkt, orphan):
         for sock in self.raw_sockets:
-            # A domain excludes the other IP version; non-IP frames (ARP) are for every one.
-            if sock.domain and pkt.ip_version and sock.domain != pkt.ip_version:
-                continue
-            if sock.raw_filter is not None and not sock.raw_filter.match(pkt):
+            # (each filter just before its callback: an earlier one may rewrite the headers)
+            if not self._raw_takes(sock, pkt):
                 continue
             self._fire(sock, HOOK_NULL, _NULL_SIDE, EV_PKT_IN)
             if orphan:

@@ -21,6 +21,18 @@ DEFAULT_REASSEMBLY_MEMCAP = 1 << 30   # bytes over all stream buffers (4096 of 2
 MAX_HELD_BEYOND_EDGE = 64
 
 
+def carried_distance(snd, rcv, seq):
+    """How far sequence number `seq` of `snd` lies beyond `rcv`'s in-order stream, the bytes
+    `snd` sent in frames the emulation did not see (Side.bypassed_bytes) telling the wraps:
+    beyond 2 GiB the count is an upper bound (retransmissions count too), and the nearest
+    distance that fits it is taken."""
+    carried = snd.bypassed_bytes
+    ahead = (seq - rcv.peer_base - rcv.rcv_nxt) & SEQ_MASK
+    if carried >= SEQ_HALF:
+        return ahead + ((carried - ahead + SEQ_HALF) // SEQ_MOD) * SEQ_MOD
+    return ahead - SEQ_MOD if ahead >= SEQ_HALF else ahead
+
+
 class StreamDelivery:
     """The Stack's stream delivery (a mixin: the per-frame path calls these without a hop)."""
 
@@ -373,34 +385,45 @@ class StreamDelivery:
     def _catch_up(self, snd, rcv, pkt):
         """A segment of a bypassed flow: the bytes `snd` sent before it went through the
         kernel (or the bypass path), so its receiver's stream jumps to the segment's
-        sequence number as if they had arrived; they count as received, not missed.
-        The stream buffer stops (there is a gap nobody will fill) and the receive
+        sequence number as if they had arrived; they count as received, not missed, up to
+        the payload those frames carried (a stream that moved further than that missed the
+        rest: a lower bound, as retransmissions count too). The stream buffer stops (there is a gap nobody will fill) and the receive
         window is unknown until the receiver's next ACK."""
         if rcv.peer_base is None or pkt.flags & TH_SYN:
             return
+        dist = carried_distance(snd, rcv, pkt.seq)
+        if dist <= 0:
+            # A frame from behind the carried bytes (live, one that came through user space
+            # while later ones went by in the kernel): they wait for the next frame.
+            return
         carried = snd.bypassed_bytes
         snd.bypassed_bytes = 0
-        ahead = (pkt.seq - rcv.peer_base - rcv.rcv_nxt) & SEQ_MASK
-        if carried >= SEQ_HALF:
-            # More than 2 GiB went by: the wrap count comes from the bytes carried (an
-            # upper bound: retransmissions count too), the nearest distance that fits.
-            dist = ahead + ((carried - ahead + SEQ_HALF) // SEQ_MOD) * SEQ_MOD
-        else:
-            dist = ahead - SEQ_MOD if ahead >= SEQ_HALF else ahead
-        if dist <= 0:
-            return
         end = rcv.rcv_nxt + dist
         if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
             end = rcv.peer_fin_off
         if end <= rcv.rcv_nxt:
             return
-        rcv.unique_bytes += end - rcv.rcv_nxt
+        rcv.unique_bytes += min(end - rcv.rcv_nxt, carried)
         rcv.rcv_nxt = end
         if end > rcv.max_end:
             rcv.max_end = end
         rcv.buf = rcv.beyond_edge = None
         rcv.bufsize = 0
         rcv.right_edge = None
+
+    def carried_extent(self, snd, rcv):
+        """The stream extent (offset) `rcv` has from `snd`, the bytes carried in frames the
+        emulation did not see included: where `snd`'s highest sequence end in them lies."""
+        extent = rcv.max_end if rcv.max_end > rcv.rcv_nxt else rcv.rcv_nxt
+        if snd.carried_end is None:
+            return extent
+        if rcv.peer_base is None:     # no stream base: only the bytes' count tells
+            return max(extent, rcv.rcv_nxt + snd.bypassed_bytes)
+        dist = carried_distance(snd, rcv, snd.carried_end)
+        end = rcv.rcv_nxt + dist
+        if rcv.peer_fin_off is not None and end > rcv.peer_fin_off:
+            end = rcv.peer_fin_off
+        return end if end > extent else extent
 
     def _flush_new_data(self, flow):
         pending = flow.pending_data

@@ -82,6 +82,28 @@ def seq_delta(a, b):
     return d - SEQ_MOD if d >= SEQ_HALF else d
 
 
+def acks_syn_or_fin(rcv, ack):
+    """An ACK arriving at `rcv` acknowledges its SYN (while SYN_RCVD) or its FIN for the
+    first time: a state change the emulation must see (the kernel's ACK watch)."""
+    if rcv.fin_seq is not None and not rcv.fin_acked and seq_delta(ack, rcv.fin_seq) > 0:
+        return True
+    return rcv.state == SYN_RCVD and rcv.isn is not None and seq_delta(ack, rcv.isn) > 0
+
+
+# Zeek's history letters (upper case: originator) and their bits in Side.history_bits.
+HISTORY_BITS = {"S": 1, "H": 2, "A": 4, "F": 8, "R": 16, "D": 32}
+
+
+def add_history(flow, side_index, letter):
+    """Side `side_index` of `flow` sent a frame of history letter `letter` (upper case):
+    the letter joins the flow's history unless that side had it already."""
+    side = flow.sides[side_index]
+    bit = HISTORY_BITS[letter]
+    if not side.history_bits & bit:
+        side.history_bits |= bit
+        flow.history.append(letter if side_index == MOS_SIDE_CLI else letter.lower())
+
+
 class TcpEmulation:
     """The Stack's part that updates both emulated sides for a segment with SYN, FIN or
     RST, or one of a stream not yet known (a mixin: called from Stack.process)."""
@@ -182,6 +204,10 @@ class TcpEmulation:
                 snd.rexmit = (seq, payload_len)
             if seq_delta(seq_end, snd.snd_nxt) > 0:
                 snd.snd_nxt = seq_end
+        if flags & TH_ACK:
+            # Before the FIN: a FIN that acknowledges the peer's FIN was sent after that FIN
+            # arrived (ESTABLISHED -> CLOSE_WAIT -> LAST_ACK, not FIN_WAIT_1 -> CLOSING).
+            snd_transitions += self._sender_ack(flow, pkt, sender, snd)
         if flags & TH_FIN:
             fin_seq = (seq + payload_len + (1 if flags & TH_SYN else 0)) & SEQ_MASK
             if snd.fin_seq is None:
@@ -193,8 +219,6 @@ class TcpEmulation:
             elif snd.fin_seq == fin_seq:
                 snd_events |= EV_REXMIT
                 snd.rexmit = (seq, payload_len)
-        if flags & TH_ACK:
-            snd_transitions += self._sender_ack(flow, pkt, sender, snd)
         if rst_ok:
             nxt = next_state(SENDER_TRANSITIONS, snd.state, RST)
             if nxt is not None:

@@ -5,6 +5,9 @@
 One dual-stack (IPv4 and IPv6) listener per port, all serving ROOT:
 - GET /NAME: the file ROOT/NAME;
 - GET /stream/N: N zero bytes, written as fast as the client reads them;
+- ?rate=R after either: the body written at R bytes per second at most (a paced server:
+  a client's own rate limit does not hold when the path is fast, curl's --limit-rate
+  lets a 2 MiB file through in milliseconds);
 - PUT: the body's SHA-256 in hex as the response body; with --upload-dir the body is
   also stored there as uploaded.bin;
 - --access-log: one line per request, ``CLIENT_IP CLIENT_PORT SERVER_PORT 'REQUEST LINE'``.
@@ -14,10 +17,14 @@ import functools
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import threading
+import time
+import urllib.parse
 
 CHUNK = 1 << 16
+PACED_CHUNK = 1 << 13     # writes of a paced body: small, so the pace is smooth
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -45,20 +52,39 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if not self.path.startswith("/stream/"):
+        url = urllib.parse.urlsplit(self.path)
+        rate = urllib.parse.parse_qs(url.query).get("rate")
+        self.rate = int(rate[0]) if rate else 0
+        if not url.path.startswith("/stream/"):
             return super().do_GET()
-        left = int(self.path.rsplit("/", 1)[1])
+        left = int(url.path.rsplit("/", 1)[1])
         self.send_response(200)
         self.send_header("Content-Length", str(left))
         self.end_headers()
         zeros = bytes(CHUNK)
         try:
-            while left:
-                n = min(left, CHUNK)
-                self.wfile.write(zeros[:n])
-                left -= n
+            self._write(zeros[:min(left, CHUNK)] for left in range(left, 0, -CHUNK))
         except OSError:
             pass   # the client went away: that is what some tests do
+
+    def copyfile(self, source, outputfile):
+        if not self.rate:
+            return shutil.copyfileobj(source, outputfile)
+        self._write(iter(lambda: source.read(PACED_CHUNK), b""))
+
+    def _write(self, chunks):
+        """The chunks to the client, at self.rate bytes per second at most (0: at once)."""
+        rate = self.rate
+        if rate:
+            chunks = (c[i:i + PACED_CHUNK] for c in chunks for i in range(0, len(c), PACED_CHUNK))
+        start, sent = time.monotonic(), 0
+        for chunk in chunks:
+            if rate:
+                delay = start + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            self.wfile.write(chunk)
+            sent += len(chunk)
 
     def log_message(self, fmt, *args):
         log = self.server.access_log

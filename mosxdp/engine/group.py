@@ -161,6 +161,7 @@ class ContextGroup:
     kernel_sync = _set_all("kernel_sync")
     wall_offset_us = _set_all("wall_offset_us")
     acks_on_wire = _set_all("acks_on_wire")
+    state_only = _set_all("state_only")
     del _set_all
 
 

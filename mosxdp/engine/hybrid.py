@@ -33,6 +33,7 @@ from __future__ import annotations
 import sys
 
 from ..core.datagrams import DatagramFlow
+from ..core.tcp import add_history, seq_delta
 from ..io.bpfstructs import make_flow_key
 
 __all__ = ["KernelFilter", "kernel_filter", "flow_key", "HybridProcessor"]
@@ -215,7 +216,13 @@ class HybridProcessor:
                     self._pop(flow)
                     self._forget(flow)
                 elif not flow.destroyed:   # ended in the same batch: nothing to install
-                    prog.set_verdict(self._key(flow)[0], action)
+                    key, cli_dir = self._key(flow)
+                    if action == "state_only":
+                        # The server's SYN-ACK may have passed before the entry existed (no
+                        # watch armed by it): the client's next ACK comes here all the same.
+                        prog.set_verdict(key, action, watch_any=cli_dir)
+                    else:
+                        prog.set_verdict(key, action)
                     self.kernel["verdicts_set"] += 1
             except OSError as exc:
                 self._error(exc)
@@ -262,6 +269,8 @@ class HybridProcessor:
         base = self._merged.get(flow)
         if base is None or any(n[d] < b[d] for n, b in zip(now, base) for d in (0, 1)):
             base = ((0, 0),) * 4   # first merge, or an entry evicted and made again
+        letters = []
+        tcp = not isinstance(flow, DatagramFlow)
         for index, side in enumerate(flow.sides):
             d = cli_dir if index == 0 else 1 - cli_dir
             pkts = now[0][d] - base[0][d]
@@ -275,6 +284,17 @@ class HybridProcessor:
             side.bypassed_bytes += now[3][d] - base[3][d]
             self.kernel["merged_packets"] += pkts
             self.kernel["merged_ip_bytes"] += ip_bytes
+            if not tcp:
+                continue      # a datagram flow's letters: core/datagrams.py end_flow
+            if pkts:
+                end = v.seq_end[d]
+                if side.carried_end is None or seq_delta(end, side.carried_end) > 0:
+                    side.carried_end = end
+            # The history letters of frames only the kernel saw, in the order it saw them.
+            letters += [(ns, index, letter) for ns, letter in ((v.first_data_ns[d], "D"),
+                                                              (v.first_ack_ns[d], "A")) if ns]
+        for _, index, letter in sorted(letters):
+            add_history(flow, index, letter)
         self._merged[flow] = now
         last_us = v.last_seen_ns // 1000
         if last_us > flow.last_ts:

@@ -1,6 +1,7 @@
 """The composition behind ``mtcp_app_join``: which engine runs a context, and around it.
 
-Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``). Live
+Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``), every
+frame through the core (a listener's MOSX_STATE_ONLY changes nothing there). Live
 (``config.iface``) a ``LiveRun`` puts together the hybrid fast path (mosxdp.engine.hybrid: the
 XDP program filters with the monitor filters of the start and keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
@@ -129,6 +130,9 @@ class LiveRun:
         self.processor = HybridProcessor(self.stack)
         # Inline, the receiver of an edited stream acknowledges the edited bytes.
         self.stack.acks_on_wire = config.peer is not None
+        # Listeners that need only counters, flags and states (MOSX_STATE_ONLY) get their
+        # flows handed to the kernel at their start, unless every frame is to be inspected.
+        self.stack.state_only = not config.full_inspection
         if config.observe:
             self.engine = ObserveEngine(
                 config.iface, config.peer, self.processor, batch_size=config.batch_size,

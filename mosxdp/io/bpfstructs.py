@@ -19,8 +19,8 @@ __all__ = [
     "MX_MAX_VLAN_DEPTH", "MX_MAX_IPV6_EXT",
     "MX_IF_INLINE", "MX_IF_FAIL_CLOSED", "MX_IF_BYPASS_CONSUME", "MX_IF_FILTER_ALL_IP",
     "MX_IF_OBSERVE", "MxObserved",
-    "MX_ACTION_BYPASS", "MX_ACTION_DROP", "ACTION_NAMES",
-    "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
+    "MX_ACTION_BYPASS", "MX_ACTION_DROP", "MX_ACTION_STATE_ONLY", "ACTION_NAMES", "ACTIONS",
+    "MX_WATCH_ARMED", "MX_WATCH_ANY", "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
     "MX_REDIRECT_MAP_XSK", "MX_REDIRECT_MAP_DEVMAP", "MX_REDIRECT_MAPS",
     "MxIfConfig", "MxFlowView", "MxFlowKey", "MxVerdict", "FlowVerdict", "make_flow_key",
@@ -46,8 +46,11 @@ MX_IF_FILTER_ALL_IP = 1 << 3
 MX_IF_OBSERVE = 1 << 4
 
 # ---- verdicts (mx_verdict.action) and the directions of its counters ------------------
-MX_ACTION_BYPASS, MX_ACTION_DROP = 1, 2
-ACTION_NAMES = {MX_ACTION_BYPASS: "bypass", MX_ACTION_DROP: "drop"}
+MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY = 1, 2, 3
+ACTION_NAMES = {MX_ACTION_BYPASS: "bypass", MX_ACTION_DROP: "drop",
+                MX_ACTION_STATE_ONLY: "state_only"}
+ACTIONS = {name: action for action, name in ACTION_NAMES.items()}   # the core's names
+MX_WATCH_ARMED, MX_WATCH_ANY = 1, 2     # mx_verdict.watch_armed
 MX_DIR_FROM_LO, MX_DIR_FROM_HI = 0, 1
 MX_NUM_DIRS = 2
 
@@ -66,6 +69,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "filter_miss",
     "verdict_bypass",
     "verdict_drop",
+    "verdict_state_only",
     "verdict_ctrl",
     "no_xsk_fallback",
     "fail_closed_drop",
@@ -148,6 +152,9 @@ class MxVerdict(ct.Structure):
         ("ip_bytes", ct.c_uint64 * MX_NUM_DIRS),
         ("ack_watch", ct.c_uint32 * MX_NUM_DIRS),
         ("watch_armed", ct.c_uint32 * MX_NUM_DIRS),
+        ("first_data_ns", ct.c_uint64 * MX_NUM_DIRS),
+        ("first_ack_ns", ct.c_uint64 * MX_NUM_DIRS),
+        ("seq_end", ct.c_uint32 * MX_NUM_DIRS),
     ]
 
 
@@ -162,11 +169,15 @@ class FlowVerdict:
     ip_bytes: tuple[int, int] = (0, 0)
     ack_watch: tuple[int, int] = (0, 0)
     watch_armed: tuple[int, int] = (0, 0)
+    first_data_ns: tuple[int, int] = (0, 0)
+    first_ack_ns: tuple[int, int] = (0, 0)
+    seq_end: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_struct(cls, v: MxVerdict) -> "FlowVerdict":
         return cls(v.action, v.last_seen_ns, tuple(v.packets), tuple(v.bytes), tuple(v.frame_bytes),
-                   tuple(v.ip_bytes), tuple(v.ack_watch), tuple(v.watch_armed))
+                   tuple(v.ip_bytes), tuple(v.ack_watch), tuple(v.watch_armed),
+                   tuple(v.first_data_ns), tuple(v.first_ack_ns), tuple(v.seq_end))
 
     @property
     def action_name(self) -> str:

@@ -279,3 +279,139 @@ def test_program_datagram_flows_only_with_filter_all_ip_and_their_filter(prog_ru
     short = bytes(Ether() / IP(src="10.0.0.9", dst="10.0.0.1", proto=1) / b"\x08\x00\x00")
     for frame in (other, ping, short):
         assert run(frame) == {"rx_total": 1, "pass": 1, "not_tcp": 1}
+
+
+# ------------------------------------------------------------------------- state only
+STATE_ONLY = {"rx_total": 1, "pass": 1, "verdict_state_only": 1}
+
+
+def test_program_state_only_counts_stamps_and_watches_the_handshake_and_fins(prog_run):
+    # The entry is made after the SYN (as the live run does): the SYN-ACK arms the client's
+    # watch, its handshake ACK goes to user space; data frames and bare ACKs stay in the
+    # kernel, counted, the first of each kind per direction stamped (the watched ACK too,
+    # though it goes on to user space), the highest sequence end kept (a retransmission
+    # does not lower it); each FIN and its first ACK go up.
+    import time
+
+    from mosxdp.engine.hybrid import flow_key
+    from mosxdp.io.bpfstructs import MX_ACTION_STATE_ONLY, MX_WATCH_ARMED
+    conv = Conv()
+    conv.syn()
+    flow = _core_flow(conv.frames)
+    key, cli_dir = flow_key(flow)
+    srv_dir = 1 - cli_dir
+    p, run = prog_run()
+    p.maps.set_verdict(key, "state_only")
+    assert run(conv.synack()) == CTRL
+    v = p.maps.get_verdict(key)
+    assert v.watch_armed[cli_dir] == MX_WATCH_ARMED and v.ack_watch[cli_dir] == 5001
+    conv.acked["c"] = conv.nxt["s"]
+    t0 = time.monotonic_ns()
+    assert run(conv.seg("c", "A")) == CTRL                 # the handshake's ACK
+    t1 = time.monotonic_ns()
+    assert run(conv.data("c", b"GET / HTTP/1.0\r\n\r\n")) == STATE_ONLY
+    first = conv.data("s", b"a" * 1000)
+    assert run(first) == STATE_ONLY
+    assert run(conv.data("s", b"b" * 500)) == STATE_ONLY
+    assert run(first) == STATE_ONLY                        # retransmitted
+    assert run(conv.ack("c")) == STATE_ONLY                # the client's first bare ACK
+    v = p.maps.get_verdict(key)
+    assert v.action == MX_ACTION_STATE_ONLY and v.watch_armed == (0, 0)
+    assert v.packets[cli_dir] == 2 and v.packets[srv_dir] == 3
+    assert v.bytes[srv_dir] == 2500 and v.bytes[cli_dir] == 18
+    assert v.seq_end[srv_dir] == 5001 + 1500 and v.seq_end[cli_dir] == 1001 + 18
+    assert t0 <= v.first_ack_ns[cli_dir] <= t1 <= v.first_data_ns[cli_dir] <= v.first_data_ns[srv_dir]
+    assert v.first_ack_ns[srv_dir] == 0                    # the server sent no bare ACK
+    assert run(conv.fin("s")) == CTRL
+    assert p.maps.get_verdict(key).ack_watch[cli_dir] == 5001 + 1500 + 1
+    assert run(conv.ack("c")) == CTRL                      # the ACK of the server's FIN
+    assert run(conv.fin("c")) == CTRL
+    assert run(conv.ack("s")) == CTRL
+    v = p.maps.get_verdict(key)
+    assert v.packets == (2, 3) if cli_dir == 0 else v.packets == (3, 2)
+    assert v.watch_armed == (0, 0)
+
+
+def test_program_state_only_watch_any_takes_the_first_frame_with_ack(prog_run):
+    # A new entry made with watch_any: the server's SYN-ACK went by before it existed, so
+    # the client's next frame with ACK set goes to user space (once), whatever it acks.
+    from mosxdp.engine.hybrid import flow_key
+    from mosxdp.io.bpfstructs import MX_WATCH_ANY
+    conv = Conv()
+    conv.syn()
+    conv.synack()
+    flow = _core_flow(conv.frames)
+    key, cli_dir = flow_key(flow)
+    p, run = prog_run()
+    p.maps.set_verdict(key, "state_only", watch_any=cli_dir)
+    assert p.maps.get_verdict(key).watch_armed[cli_dir] == MX_WATCH_ANY
+    assert run(conv.data("s", b"banner")) == STATE_ONLY    # the other direction: not watched
+    conv.acked["c"] = conv.nxt["s"]
+    assert run(conv.seg("c", "A")) == CTRL
+    assert run(conv.data("c", b"x" * 10)) == STATE_ONLY
+    v = p.maps.get_verdict(key)
+    assert v.watch_armed == (0, 0) and v.packets[cli_dir] == 1   # the ACK was not counted
+    assert 0 < v.first_ack_ns[cli_dir] < v.first_data_ns[cli_dir]
+
+
+@pytest.mark.parametrize("shape", ["close", "rst", "retransmit"])
+def test_program_state_only_connlog_equals_full_inspection(prog_run, shape, tmp_path):
+    # connlog through the real program and the hybrid processor (batches of one frame:
+    # each verdict is in the map before the next frame) writes the line of full inspection
+    # (clock-dependent fields aside: the program's clock is not the frames'), and only
+    # the handshake, FIN/RST frames and their ACKs reached user space.
+    import argparse
+    import json
+
+    from mosxdp import mtcp_create_context, mtcp_destroy, mtcp_init
+    from mosxdp.apps import connlog
+    from mosxdp.engine import run_frames
+    from mosxdp.engine.hybrid import HybridProcessor
+
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"GET /big HTTP/1.1\r\n\r\n")
+    segs = [conv.data("s", bytes(1448)) for _ in range(40)]
+    conv.ack("c")
+    if shape == "retransmit":
+        conv.emit(segs[3])
+        conv.ack("c")
+    if shape == "rst":
+        conv.rst("s")
+    else:
+        conv.close()
+
+    def lines(program):
+        mtcp_destroy()
+        mtcp_init(None)
+        mctx = mtcp_create_context(0)
+        out = tmp_path / f"conn{len(list(tmp_path.iterdir()))}.json"
+        app = connlog.setup(mctx, argparse.Namespace(output=str(out), filter=None,
+                                                     bypass_after_bytes=None, tcp_only=True))
+        up = 0
+        if program is None:
+            run_frames(mctx, conv.frames, 1)
+        else:
+            mctx.stack.state_only = True
+            proc = HybridProcessor(mctx.stack, program)
+            for ts, frame in conv.frames:
+                if run(frame).get("to_xsk"):
+                    up += 1
+                    proc.process(memoryview(bytearray(frame)), ts, 0)
+                proc.end_batch()
+            proc.finish()
+            assert proc.kernel["verdicts_set"] == 1 and program.verdict_count() == 0
+        connlog.teardown(app)
+        mtcp_destroy()
+        return [json.loads(x) for x in out.read_text().splitlines()], up
+
+    p, run = prog_run()
+    full, _ = lines(None)
+    got, up = lines(p.maps)       # the verdict map API the live run's program offers
+    clock = ("ts", "duration", "uid")
+    assert len(got) == 1 and {k: v for k, v in got[0].items() if k not in clock} == \
+        {k: v for k, v in full[0].items() if k not in clock}
+    assert full[0]["resp_bytes"] == 40 * 1448 and full[0]["missed_bytes"] == 0
+    # SYN, SYN-ACK, ACK; the client's FIN, the server's FIN (which acks it), the last ACK
+    # (or one RST)
+    assert up == (4 if shape == "rst" else 6), up

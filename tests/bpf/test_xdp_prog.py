@@ -21,6 +21,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from mosxdp.io import libbpf, xdp
 from mosxdp.io.bpfstructs import (ACTION_COUNTERS, COUNTER_NAMES, MX_ACTION_BYPASS, MX_ACTION_DROP,
+                                  MX_ACTION_STATE_ONLY,
                                   MX_DIR_FROM_HI, MX_DIR_FROM_LO, MX_IF_BYPASS_CONSUME,
                                   MX_IF_FAIL_CLOSED, MX_IF_INLINE, MX_MAX_QUEUES, MxIfConfig,
                                   make_flow_key)
@@ -378,7 +379,8 @@ def test_drop_verdict_drops_and_counts(h, inline):
     assert v.packets == (1, 1) and v.bytes[cdir] == 3 and v.bytes[1 - cdir] == 4
 
 
-@pytest.mark.parametrize("action", [MX_ACTION_BYPASS, MX_ACTION_DROP], ids=["bypass", "drop"])
+@pytest.mark.parametrize("action", [MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY],
+                         ids=["bypass", "drop", "state_only"])
 @pytest.mark.parametrize("flags", ["S", "SA", "FA", "R", "RA"])
 def test_syn_fin_rst_of_a_verdict_flow_still_go_to_user_space(h, action, flags):
     h.configure(inline=True)
@@ -390,7 +392,8 @@ def test_syn_fin_rst_of_a_verdict_flow_still_go_to_user_space(h, action, flags):
     assert v.packets == (0, 0) and v.last_seen_ns > 0  # user space counts what it sees
 
 
-@pytest.mark.parametrize("action", [MX_ACTION_BYPASS, MX_ACTION_DROP], ids=["bypass", "drop"])
+@pytest.mark.parametrize("action", [MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY],
+                         ids=["bypass", "drop", "state_only"])
 def test_control_frame_of_verdict_flow_without_socket_follows_the_verdict(h, action):
     h.configure(inline=True, fail_closed=True)
     key, _ = flow_key(CLI4, 1234, SRV4, 80)
@@ -398,6 +401,8 @@ def test_control_frame_of_verdict_flow_without_socket_follows_the_verdict(h, act
     got = h.run(tcp4("FA", 1234, 80, b""))
     if action == MX_ACTION_DROP:
         assert got == (DROP, {"rx_total": 1, "drop": 1, "verdict_drop": 1, "verdict_ctrl": 1, "no_xsk_fallback": 1})
+    elif action == MX_ACTION_STATE_ONLY:
+        assert got == kernel_path(True, verdict_state_only=1, verdict_ctrl=1, no_xsk_fallback=1)
     else:
         assert got == kernel_path(True, verdict_bypass=1, verdict_ctrl=1, no_xsk_fallback=1)
     assert sum(h.maps.get_verdict(key).packets) == 1

@@ -26,6 +26,9 @@ def test_stats_line_and_metrics_during_a_transfer(tmp_path):
         monitor = tb.popen("mon", [sys.executable, "-m", "mosxdp.cli", "run", "connlog",
                                    "--iface", tb.iface_a, "--peer", tb.iface_b,
                                    "--output", str(tmp_path / "conn.log"),
+                                   # every frame through Python (not connlog's default
+                                   # state-only path): the status lines count them
+                                   "--full-inspection",
                                    "--stats", "--metrics-port", "9109"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert wait_attached(tb, monitor), "the monitor did not attach"

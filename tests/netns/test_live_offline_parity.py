@@ -355,7 +355,9 @@ def midstat_run(bed):
             # window's worth at most 0.25 s apart, are the offline clock while the held
             # connection is idle (offline, a quiet stretch gets one refresh at most: no
             # packet, no time)
-            paced, _ = bed.start_download(4, "stream/1000000000", "--limit-rate", "1M",
+            # (paced by the server: midstat is state-only, the kernel forwards the stream at
+            # its speed, past curl's --limit-rate)
+            paced, _ = bed.start_download(4, "stream/1000000000?rate=1000000",
                                           local_port=local["paced"], max_time=60)
             try:
                 key = res["flows"]["paced"]

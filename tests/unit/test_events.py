@@ -267,6 +267,26 @@ def test_state_change_simultaneous_close(api):
     assert mon.count("CONN_END") == 4
 
 
+def test_a_fin_that_acknowledges_the_peers_fin_comes_after_it(api):
+    # The server's FIN follows a segment the monitor missed, so the FIN is not delivered in
+    # order; the client's FIN acknowledges it: the client received it before it sent its
+    # own (CLOSE_WAIT, then LAST_ACK: one change seen at HK_SND), it did not close first
+    # (FIN_WAIT_1, then CLOSING), and the server's last ACK closes it (not TIME_WAIT).
+    mon = Monitor().record(events=(MOS_ON_TCP_STATE_CHANGE, MOS_ON_CONN_END))
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"req")
+    conv.data("s", b"x" * 100, emit=False)            # never seen
+    conv.fin("s")
+    conv.fin("c")                                     # acks the server's FIN
+    conv.ack("s")
+    mon.run(conv)
+    C, S = MOS_SIDE_CLI, MOS_SIDE_SVR
+    assert transitions(mon)[4:] == [(S, TCP_FIN_WAIT_1), (C, TCP_LAST_ACK), (S, TCP_TIME_WAIT),
+                                    (C, TCP_CLOSED)]
+    assert mon.count("CONN_END") == 4
+
+
 def test_all_eleven_states_reachable(api):
     seen = set()
 

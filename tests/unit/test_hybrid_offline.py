@@ -27,8 +27,8 @@ from mosxdp.core.filters import compile_filter
 from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
 from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter
-from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_DIR_FROM_HI, MX_DIR_FROM_LO,
-                                  FlowVerdict, make_flow_key)
+from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY,
+                                  MX_DIR_FROM_HI, MX_DIR_FROM_LO, FlowVerdict, make_flow_key)
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -225,8 +225,11 @@ def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport,
 
 
 # -------------------------------------------------------- offline bypass / drop semantics
-def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None, **config):
-    """connlog on crafted frames, offline (kernel None) or through a FakeKernel."""
+def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=None,
+                  state_only=False, late=None, **config):
+    """connlog on crafted frames, offline (kernel None) or through a FakeKernel (with
+    ``state_only``: its listener's MOSX_STATE_ONLY takes effect, as in a live run; ``late``:
+    FakeKernel.drive's)."""
     import argparse
     import tempfile
 
@@ -234,12 +237,15 @@ def connlog_lines(mctx_factory, frames, bypass_after=None, batch_size=1, kernel=
     mctx = mctx_factory(**config)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "conn.json"
-        args = argparse.Namespace(output=str(path), filter=None, bypass_after_bytes=bypass_after)
+        # TCP flows only: the kernel model here carries TCP (test_datagrams.py has the rest)
+        args = argparse.Namespace(output=str(path), filter=None, bypass_after_bytes=bypass_after,
+                                  tcp_only=True)
         app = connlog.setup(mctx, args)
+        mctx.stack.state_only = state_only
         if kernel is None:
             run_frames(mctx, frames, batch_size)
         else:
-            kernel.drive(mctx, frames)
+            kernel.drive(mctx, frames, late=late)
         connlog.teardown(app)
         return [json.loads(line) for line in path.read_text().splitlines()], mctx
 
@@ -344,9 +350,12 @@ def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
 class FakeKernel:
     """bpf/mosxdp.c's verdict logic in Python (no filter, a socket always bound), with the
     map API of XdpProgram. ``drive`` runs frames the way the live engine does: each frame
-    goes either to the processor or is handled here; end_batch after every ``batch``."""
+    goes either to the processor or is handled here; end_batch after every ``batch``.
+    The kernel's clock is the frame's timestamp (ns, plus the frame's number below 1000:
+    frames of one microsecond keep their order)."""
 
     SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+    M32 = 0xFFFFFFFF
 
     def __init__(self, batch=4):
         self.entries = {}
@@ -357,18 +366,23 @@ class FakeKernel:
         self.max_entries = 0
 
     # map API ------------------------------------------------------------------------
-    def set_verdict(self, key, action):
-        a = {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP}.get(action, action)
+    def set_verdict(self, key, action, watch_any=None):
+        a = {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP,
+             "state_only": MX_ACTION_STATE_ONLY}.get(action, action)
         e = self.entries.setdefault(bytes(key), {
             "action": 0, "last": 0, "packets": [0, 0], "bytes": [0, 0], "frame_bytes": [0, 0],
-            "ip_bytes": [0, 0], "watch": [0, 0], "armed": [0, 0]})
+            "ip_bytes": [0, 0], "watch": [0, 0], "armed": [0, 0], "first_data": [0, 0],
+            "first_ack": [0, 0], "seq_end": [0, 0]})
         e["action"] = a
+        if watch_any is not None and e["packets"] == [0, 0] and not any(e["armed"]):
+            e["armed"][watch_any] = 2        # a new entry: MX_WATCH_ANY
         self.max_entries = max(self.max_entries, len(self.entries))
 
     def _fv(self, e):
         return FlowVerdict(e["action"], e["last"], tuple(e["packets"]), tuple(e["bytes"]),
                            tuple(e["frame_bytes"]), tuple(e["ip_bytes"]), tuple(e["watch"]),
-                           tuple(e["armed"]))
+                           tuple(e["armed"]), tuple(e["first_data"]), tuple(e["first_ack"]),
+                           tuple(e["seq_end"]))
 
     def get_verdict(self, key):
         e = self.entries.get(bytes(key))
@@ -389,35 +403,58 @@ class FakeKernel:
             return False
         key, d = make_flow_key(p.src, p.sport, p.dst, p.dport, vlan_ids=p.vlan_ids)
         e = self.entries.get(bytes(key))
-        if e is None or e["action"] not in (MX_ACTION_BYPASS, MX_ACTION_DROP):
+        if e is None or e["action"] not in (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_STATE_ONLY):
             return True
         e["last"] = self.now_ns
+        watched = e["armed"][d] and p.flags & self.ACK and (
+            e["armed"][d] == 2 or ((p.ack - e["watch"][d]) & self.M32) < 1 << 31)
         if not p.flags & (self.SYN | self.FIN | self.RST):
-            if not (e["armed"][d] and p.flags & self.ACK
-                    and ((p.ack - e["watch"][d]) & 0xFFFFFFFF) < 1 << 31):
+            if p.payload_len:
+                e["first_data"][d] = e["first_data"][d] or self.now_ns
+            elif p.flags & self.ACK:
+                e["first_ack"][d] = e["first_ack"][d] or self.now_ns
+            if not watched:
+                end = (p.seq + p.payload_len) & self.M32
+                if not e["packets"][d] or 0 < ((end - e["seq_end"][d]) & self.M32) < 1 << 31:
+                    e["seq_end"][d] = end
                 e["packets"][d] += 1
                 e["bytes"][d] += p.payload_len
                 e["frame_bytes"][d] += len(frame)
                 e["ip_bytes"][d] += p.ip_len
-                if e["action"] == MX_ACTION_BYPASS:
+                if e["action"] != MX_ACTION_DROP:
                     self.forwarded.append(frame)
                 return False
             e["armed"][d] = 0
-        elif p.flags & self.FIN and e["action"] == MX_ACTION_BYPASS:
-            e["watch"][1 - d] = (p.seq + p.payload_len + 1 + (1 if p.flags & self.SYN else 0)) & 0xFFFFFFFF
-            e["armed"][1 - d] = 1
+        elif e["action"] != MX_ACTION_DROP:
+            if watched:
+                e["armed"][d] = 0
+            if p.flags & (self.SYN | self.FIN):
+                e["watch"][1 - d] = (p.seq + p.payload_len + (1 if p.flags & self.SYN else 0)
+                                     + (1 if p.flags & self.FIN else 0)) & self.M32
+                e["armed"][1 - d] = 1
         return True
 
-    def drive(self, mctx, frames, finish=True):
+    def drive(self, mctx, frames, finish=True, late=None):
+        """``late``: {i: j}, frame i (if it goes to user space) reaches the processor only
+        after frame j went through the kernel (the socket's ring lags behind the kernel)."""
         proc = self.proc = HybridProcessor(mctx.stack, self)
+        late = late or {}
+        held = {}
         n = 0
-        for ts, frame in frames:
-            self.now_ns = ts * 1000
+
+        def up(ts, frame):
+            if proc.process(memoryview(bytearray(frame)), ts, 0) == 0:
+                self.forwarded.append(frame)
+            proc.outbox.clear()
+
+        for i, (ts, frame) in enumerate(frames):
+            self.now_ns = ts * 1000 + i % 1000
             if self.rx(frame):
                 self.to_user += 1
-                if proc.process(memoryview(bytearray(frame)), ts, 0) == 0:
-                    self.forwarded.append(frame)
-                proc.outbox.clear()
+                if i in late:
+                    held.setdefault(late[i], []).append((ts, frame))
+                    continue
+                up(ts, frame)
                 n += 1
                 if n % self.batch == 0:
                     proc.end_batch()
@@ -426,6 +463,9 @@ class FakeKernel:
                 if n % self.batch:
                     proc.end_batch()       # the engine ends a batch when the ring is empty
                     n = 0
+            for ts_held, frame_held in held.pop(i, ()):
+                up(ts_held, frame_held)
+                proc.end_batch()
         proc.end_batch()
         if finish:
             proc.finish()
@@ -581,3 +621,209 @@ def test_connlog_bypass_option_same_totals_on_captures(name, tmp_path):
     for x, y in zip(la, lb):
         assert {k: y.get(k) for k in keys} == {k: x.get(k) for k in keys}
         assert y["missed_bytes"] <= x["missed_bytes"]
+
+
+# ------------------------------------------------------------------------- state only
+def read_pcap(path):
+    from mosxdp.io.pcap import PcapReader
+    with PcapReader(str(path)) as reader:
+        return [(ts, bytes(frame)) for ts, frame in reader]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.pcap")))
+def test_state_only_connlog_through_the_kernel_model_equals_full_inspection(api_ctx, name):
+    # Every line, field for field (ts, uid and duration too: the model's clock is the
+    # capture's), as the offline run inspecting every frame writes it; most frames stay in
+    # the kernel, and its entries leave with their flows.
+    frames = read_pcap(DATA / f"{name}.pcap")
+    full, _ = connlog_lines(api_ctx, frames, batch_size=64)
+    kernel = FakeKernel()
+    lines, _ = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert kernel.entries == {}
+    # a handful of frames per flow reached the processor (SYN, SYN-ACK, ACK, FINs, ACKs,
+    # RST, and those before the flow's entry was made), the rest stayed in the kernel
+    assert kernel.to_user <= 8 * len(full) + 4, (kernel.to_user, len(full))
+    assert kernel.to_user + kernel.kernel == len(frames)
+
+
+@pytest.mark.parametrize("shape", ["close", "half_close", "rst", "eof", "v6"])
+def test_state_only_flows_go_to_the_kernel_at_their_start(api_ctx, shape):
+    kw = {"cli": "fd00::1", "svr": "fd00::2"} if shape == "v6" else {}
+    if shape in ("rst", "eof"):               # no close: a RST, or the end of the input
+        conv = Conv()
+        conv.handshake()
+        conv.data("c", b"GET /big HTTP/1.1\r\n\r\n")
+        for i in range(0, 300_000, 1500):
+            conv.data("s", bytes(1500))
+            conv.ack("c")
+        if shape == "rst":
+            conv.rst("s")
+    else:
+        conv = download(size=300_000, half_close=shape == "half_close", **kw)
+    frames = conv.frames
+    full, _ = connlog_lines(api_ctx, frames)
+    kernel = FakeKernel(batch=1)
+    lines, mctx = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    assert lines == full and len(lines) == 1
+    assert lines[0]["end_reason"] == {"rst": "rst", "eof": "eof"}.get(shape, "fin")
+    assert lines[0]["resp_bytes"] == 300_000
+    # SYN, SYN-ACK, its ACK (the handshake completes: no half-open flow), and the ends:
+    # FIN, its ACK, FIN, its ACK at most
+    assert kernel.to_user <= 7 and mctx.stack.counters["half_open_timeouts"] == 0
+    assert kernel.proc.kernel["verdicts_set"] == 1 and kernel.max_entries == 1
+    assert sorted(kernel.forwarded) == sorted(f for _, f in frames)
+
+
+def test_state_only_stream_end_ignores_retransmitted_bytes(api_ctx):
+    # A flow that ends without FIN or RST: its stream bytes come from the highest sequence
+    # end the kernel saw, not from its payload count (which counts retransmissions twice).
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"GET / HTTP/1.0\r\n\r\n")
+    first = conv.data("s", b"a" * 1000)
+    conv.data("s", b"b" * 1000)
+    conv.emit(first)                          # the first segment again
+    conv.ack("c")
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    kernel = FakeKernel(batch=1)
+    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert lines[0]["resp_bytes"] == 2000 and lines[0]["missed_bytes"] == 0
+    assert lines[0]["end_reason"] == "eof" and lines[0]["history"] == "ShADd"
+
+
+@pytest.mark.parametrize("server_first", [True, False])
+def test_state_only_history_letters_keep_the_order_the_kernel_saw(api_ctx, server_first):
+    # The kernel stamps the first data frame and the first bare ACK of each direction; the
+    # letters of frames only it saw join the history in that order at the next merge, so a
+    # server that speaks first (d before D) and one that answers (D, then a, then d) give
+    # the histories of full inspection.
+    conv = Conv()
+    conv.handshake()
+    if server_first:
+        conv.data("s", b"220 ready\r\n")
+        conv.data("c", b"HELO x\r\n")
+        conv.ack("s")
+    else:
+        conv.data("c", b"GET / HTTP/1.0\r\n\r\n")
+        conv.ack("s")
+        conv.data("s", b"HTTP/1.0 200 OK\r\n\r\n")
+    conv.close()
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    kernel = FakeKernel(batch=1)
+    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    assert lines == full
+    assert lines[0]["history"] == ("ShAdDaFf" if server_first else "ShADadFf")
+    assert kernel.kernel >= 3     # the data frames and the bare ACK stayed in the kernel
+
+
+@pytest.mark.parametrize("watch_any", [True, False])
+def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_ctx, watch_any):
+    # The entry is made at the end of the SYN's batch; the SYN-ACK is in that batch too (it
+    # passed the program before the entry existed and armed nothing). The client's ACK that
+    # follows still reaches the emulation (the new entry's MX_WATCH_ANY): the handshake
+    # completes, the flow is not left half-open while the kernel carries its data.
+    # Without it (the model made to ignore watch_any) the ACK stays in the kernel.
+    conv = download(size=30_000)
+    kernel = FakeKernel(batch=2)
+    if not watch_any:
+        plain = kernel.set_verdict
+        kernel.set_verdict = lambda key, action, watch_any=None: plain(key, action)
+    mctx = api_ctx()
+    mctx.stack.state_only = True
+    s = listener(mctx)
+    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    kernel.drive(mctx, conv.frames[:8], finish=False)
+    (flow,) = mctx.stack.lru
+    assert (flow in mctx.stack.half_open) is not watch_any
+    assert flow.sides[MOS_SIDE_SVR].state == (TCP_ESTABLISHED if watch_any else TCP_SYN_RCVD)
+
+
+def test_state_only_frame_overtaken_by_the_kernel_keeps_the_carried_bytes(api_ctx):
+    # Live: the client's handshake ACK goes to user space (the ACK watch), its request right
+    # behind it through the kernel, counted; the ACK reaches the emulation after that, from
+    # behind the request's bytes. Those bytes wait for the next frame ahead of them (the
+    # client's FIN): delivered, not missed. The kernel stamped the ACK's letter when it came
+    # in, so the history keeps the order of arrival: the line is that of full inspection
+    # of the frames in the order the monitor got them.
+    conv = Conv()
+    conv.syn()
+    conv.synack()
+    conv.acked["c"] = conv.nxt["s"]
+    conv.seg("c", "A")                                 # 2: the handshake's ACK
+    conv.data("c", b"GET / HTTP/1.1\r\n\r\n")         # 3: through the kernel
+    conv.ack("s")                                      # 4: through the kernel
+    for _ in range(5):
+        conv.data("s", bytes(1000))
+    conv.close()
+    (line,), _ = connlog_lines(api_ctx, conv.frames, kernel=FakeKernel(batch=1),
+                               state_only=True, late={2: 4})
+    full, _ = connlog_lines(api_ctx, conv.frames)
+    assert line == full[0]
+    assert line["orig_bytes"] == 18 and line["missed_bytes"] == 0 and line["history"] == "ShADadFf"
+
+
+def test_state_only_needs_every_socket_of_the_flow(api_ctx):
+    # A flow goes to the kernel at its start only when every listener it has said
+    # MOSX_STATE_ONLY, and only when the run honours it (live, not --full-inspection).
+    conv = Conv().full()
+    for honoured, both in ((True, False), (True, True), (False, True)):
+        mctx = api_ctx()
+        mctx.stack.state_only = honoured
+        a = listener(mctx)
+        mtcp_setsockopt(mctx, a, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+        b = listener(mctx)
+        if both:
+            mtcp_setsockopt(mctx, b, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+        run_frames(mctx, conv.frames)
+        actions = [u[0] for u in mctx.stack.kernel_updates]
+        assert actions == (["state_only", "remove"] if honoured and both else []), (honoured, both)
+
+
+@pytest.mark.parametrize("raw_filter,handed", [("tcp port 80", False), (None, False),
+                                               ("udp", True), ("tcp port 81", True)])
+def test_state_only_not_for_flows_a_raw_socket_takes(api_ctx, raw_filter, handed):
+    # A raw socket gets every frame its filter matches: a flow whose frames it takes stays
+    # with the core, however its stream listeners are content with states.
+    conv = Conv().full()
+    mctx = api_ctx()
+    mctx.stack.state_only = True
+    s = listener(mctx)
+    mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    raw = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_RAW, 0)
+    if raw_filter is not None:
+        mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=raw_filter))
+    run_frames(mctx, conv.frames)
+    actions = [u[0] for u in mctx.stack.kernel_updates]
+    assert actions == (["state_only", "remove"] if handed else []), actions
+
+
+def test_state_only_option_errors(api_ctx):
+    import errno
+    mctx = api_ctx()
+    s = listener(mctx)
+    for bad in (2, True, "1", None):
+        with pytest.raises(OSError) as exc:
+            mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, bad)
+        assert exc.value.errno == errno.EINVAL and "MOSX_STATE_ONLY takes 0 or 1" in str(exc.value)
+    flow_socks = []
+    mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_SND,
+                           lambda m, sock, side, e, a: flow_socks.append(sock))
+    run_frames(mctx, Conv().full().frames)
+    with pytest.raises(OSError) as exc:
+        mtcp_setsockopt(mctx, flow_socks[0], SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
+    assert exc.value.errno in (errno.ENOTSOCK, errno.ENOTCONN)
+
+
+@pytest.mark.parametrize("app", ["connlog", "midstat"])
+def test_state_only_apps_offline_lines_equal_full_inspection(app, tmp_path):
+    # Offline there is no kernel: every frame is inspected, with or without --full-inspection.
+    from mosxdp.cli import main
+    pcap = DATA / "concurrent.pcap"
+    extra = ["--json", "--interval", "0.001"] if app == "midstat" else []
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", app, "--pcap", str(pcap), "--output", str(a), *extra]) == 0
+    assert main(["run", app, "--pcap", str(pcap), "--output", str(b), "--full-inspection",
+                 *extra]) == 0
+    assert a.read_text() == b.read_text() and a.read_text().count("\n") >= 8

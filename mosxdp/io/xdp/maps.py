@@ -13,10 +13,12 @@ import os
 from typing import Iterator
 
 from .. import libbpf
-from ..bpfstructs import (COUNTER_NAMES, FlowVerdict, MX_ACTION_BYPASS, MX_ACTION_DROP, MxFlowKey,
+from ..bpfstructs import (ACTION_NAMES, ACTIONS, COUNTER_NAMES, MX_WATCH_ANY, FlowVerdict, MxFlowKey,
                           MxIfConfig, MxVerdict)
 from ..errors import XdpError
 from ..libbpf import xskmap_delete, xskmap_update
+
+_BPF_NOEXIST = 1     # bpf_map_update_elem flag: create only
 
 __all__ = ["MosxdpMaps"]
 
@@ -103,14 +105,24 @@ class MosxdpMaps:
             raise OSError(err, "XSKMAP[%d] delete: %s" % (index, os.strerror(err)))
 
     # -- verdicts ------------------------------------------------------------------------
-    def set_verdict(self, key: MxFlowKey, action: int | str) -> None:
-        """Create or change a flow's verdict; an existing entry keeps its counters."""
+    def set_verdict(self, key: MxFlowKey, action: int | str, watch_any: int | None = None) -> None:
+        """Create or change a flow's verdict; an existing entry keeps its counters. A new
+        entry takes one system call (the usual case: a verdict per new flow); with
+        ``watch_any`` (a direction, MX_DIR_*) it is made with that direction's ACK watch
+        taking the first frame with ACK set (MX_WATCH_ANY)."""
         action = _action(action)
         lib, fd = libbpf.load(), self.fds["verdicts"]
         v = MxVerdict()
+        v.action = action
+        if watch_any is not None:
+            v.watch_armed[watch_any] = MX_WATCH_ANY
+        ret = lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(v), _BPF_NOEXIST)
+        if ret == 0:
+            return
+        if (ct.get_errno() or -ret) != errno.EEXIST:
+            libbpf.check(ret, "verdicts update")
         if lib.bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(v)) < 0:
-            v = MxVerdict()
-            v.last_seen_ns = 0
+            v = MxVerdict()    # evicted or removed meanwhile
         v.action = action
         libbpf.check(lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(v), 0), "verdicts update")
 
@@ -170,9 +182,11 @@ class MosxdpMaps:
 def _action(action: int | str) -> int:
     if isinstance(action, str):
         try:
-            return {"bypass": MX_ACTION_BYPASS, "drop": MX_ACTION_DROP}[action.lower()]
+            return ACTIONS[action.lower()]
         except KeyError:
-            raise ValueError("verdict action must be 'bypass' or 'drop', got %r" % action) from None
-    if action not in (MX_ACTION_BYPASS, MX_ACTION_DROP):
-        raise ValueError("verdict action must be MX_ACTION_BYPASS or MX_ACTION_DROP, got %r" % action)
+            raise ValueError("verdict action must be one of %s, got %r"
+                             % (", ".join(map(repr, ACTIONS)), action)) from None
+    if action not in ACTION_NAMES:
+        raise ValueError("verdict action must be MX_ACTION_BYPASS, MX_ACTION_DROP or "
+                         "MX_ACTION_STATE_ONLY, got %r" % action)
     return int(action)

@@ -325,8 +325,8 @@ class XdpProgram:
     def counters(self) -> dict[str, int]:
         return self.maps.counters()
 
-    def set_verdict(self, key: MxFlowKey, action: int | str) -> None:
-        self.maps.set_verdict(key, action)
+    def set_verdict(self, key: MxFlowKey, action: int | str, watch_any: int | None = None) -> None:
+        self.maps.set_verdict(key, action, watch_any)
 
     def get_verdict(self, key: MxFlowKey) -> FlowVerdict | None:
         return self.maps.get_verdict(key)
