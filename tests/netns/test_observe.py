@@ -151,8 +151,9 @@ def test_connlog_observe_snap_tracks_flows_from_the_headers(bed, www, tmp_path):
         cut = Tcpdump(bed, "srv", bed.tb.srv_if, cut_pcap, f"tcp port {PORT}", "-B", 65536,
                       "-s", 127)
         try:
-            mon = start(bed, "connlog", "--observe", "--observe-snap", 128, "--output",
-                        live_log)
+            # every frame's copy (connlog is state-only by default: data frames stay out)
+            mon = start(bed, "connlog", "--observe", "--observe-snap", 128,
+                        "--full-inspection", "--output", live_log)
             try:
                 mon.warm_up(lambda: live_log.exists() and live_log.stat().st_size > 0)
                 downloads(bed, www, rounds=1, pace="20M")
