@@ -19,7 +19,8 @@ from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_dest
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
                      mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
 from .outputs import MOSX_SINK_HELP, mosx_open_outdir, mosx_open_output, mosx_open_sink
-from .records import mosx_community_id, mosx_frame_count, mosx_open_log
+from .records import (MOSX_CONN_FIELDS, mosx_community_id, mosx_conn_record, mosx_frame_count,
+                      mosx_open_log)
 from .packets import (mtcp_clonepkt, mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt,
                       mtcp_setlastpkt)
 from .sockets import (mtcp_bind_monitor_filter, mtcp_close, mtcp_get_uctx, mtcp_getpeername,
@@ -36,5 +37,6 @@ __all__ = [
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
     "mosx_open_output", "mosx_open_sink", "mosx_open_outdir", "MOSX_SINK_HELP",
     "mosx_watch_datagrams", "mosx_open_log", "mosx_community_id", "mosx_frame_count",
+    "mosx_conn_record", "MOSX_CONN_FIELDS",
     "PeekOverrunError", "MtcpContext",
 ]
