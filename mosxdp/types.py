@@ -158,3 +158,31 @@ class MonitorFilter:
 
 
 monitor_filter = MonitorFilter
+
+
+class SessionEvent:
+    """mosxdp extension (mosx_subscribe): one session record handed to a subscription.
+
+    ``kind``: "tls", "http", "dns" (``record`` a TlsSession, HttpTransaction or
+    DnsTransaction of mosxdp.sessions, Zeek's field names) or "weird" (``record`` a Weird:
+    ``name``, ``addl``, ``direction``); ``session``: the session type of the flow ("tls",
+    "http", "dns"); ``uid``: the flow's uid, the one mosx_conn_record gives its conn.log
+    record; ``ts``: seconds since the epoch (the record's own time when it has one, else the
+    time it was made); ``proto``: "tcp" or "udp"; ``orig_h``/``orig_p``/``resp_h``/``resp_p``:
+    the flow's originator (client) and responder, as text and numbers."""
+
+    __slots__ = ("kind", "session", "record", "uid", "ts", "proto", "orig_h", "orig_p",
+                 "resp_h", "resp_p")
+
+    def __init__(self, kind, session, record, uid, ts, proto, orig_h, orig_p, resp_h, resp_p):
+        self.kind = kind
+        self.session = session
+        self.record = record
+        self.uid = uid
+        self.ts = ts
+        self.proto = proto
+        self.orig_h, self.orig_p, self.resp_h, self.resp_p = orig_h, orig_p, resp_h, resp_p
+
+    def __repr__(self):
+        return (f"<SessionEvent {self.kind} {self.uid} {self.orig_h}:{self.orig_p} -> "
+                f"{self.resp_h}:{self.resp_p}/{self.proto}>")

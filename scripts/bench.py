@@ -223,6 +223,9 @@ LIVE_ROWS = [
     # connlog's counts need no Python per data frame: at its first data the flow becomes a
     # kernel BYPASS, whose per-flow counters join the line at CONN_END.
     ("connlog --bypass-after-bytes 0",        ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--bypass-after-bytes", "0", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn0.log"], 2),
+    # zeeklog: iperf3's streams are of no session type, handed to the kernel at their first
+    # bytes (a TLS flow would go after its handshake); conn.log from the kernel's counters.
+    ("mosxdp run zeeklog (bypass after sessions)", ["{py}", "-m", "mosxdp.cli", "run", "zeeklog", "--iface", "{A}", "--peer", "{B}", "--logdir", "{tmp}/zeek"], 2),
     ("bypass after handshake (kernel verdict)", ["{py}", "-m", "mosxdp.cli", "run", "{tmp}/bypass_app.py", "--iface", "{A}", "--peer", "{B}"], 2),
     # today's layout, without RPS: the endpoints' receive runs on the monitor's CPU
     ("XDP devmap baseline, shared layout",    ["{py}", "-c", _BASELINE_HOLDER, "{A}", "{B}"], 0, "shared"),

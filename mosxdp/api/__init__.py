@@ -10,7 +10,8 @@ One module per group of calls (docs/internal/architecture.md lists where each ca
 context (init, contexts), sockets (sockets, filters, options), events (callbacks, events,
 timers), streams (peek), packets (the packet being processed), outputs (files and
 sinks an app writes: an extension), datagrams (UDP and ICMP flows: an extension),
-records (logs as JSON lines or Zeek TSV, Community ID: extensions).
+records (logs as JSON lines or Zeek TSV, Community ID, conn.log records: extensions),
+subscriptions (session records for a filter, flows handed back to the kernel: an extension).
 """
 from .datagrams import mosx_watch_datagrams
 from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_destroy,
@@ -19,12 +20,14 @@ from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_dest
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
                      mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
 from .outputs import MOSX_SINK_HELP, mosx_open_outdir, mosx_open_output, mosx_open_sink
-from .records import mosx_community_id, mosx_frame_count, mosx_open_log
+from .records import (MOSX_CONN_FIELDS, mosx_community_id, mosx_conn_record, mosx_frame_count,
+                      mosx_open_log)
 from .packets import (mtcp_clonepkt, mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt,
                       mtcp_setlastpkt)
 from .sockets import (mtcp_bind_monitor_filter, mtcp_close, mtcp_get_uctx, mtcp_getpeername,
                       mtcp_getsockopt, mtcp_set_uctx, mtcp_setsockopt, mtcp_socket)
 from .streams import PeekOverrunError, mtcp_peek, mtcp_ppeek
+from .subscriptions import mosx_session_counts, mosx_session_options, mosx_subscribe
 
 __all__ = [
     "mtcp_init", "mtcp_destroy", "mtcp_getconf", "mtcp_setconf", "mtcp_create_context",
@@ -36,5 +39,7 @@ __all__ = [
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
     "mosx_open_output", "mosx_open_sink", "mosx_open_outdir", "MOSX_SINK_HELP",
     "mosx_watch_datagrams", "mosx_open_log", "mosx_community_id", "mosx_frame_count",
+    "mosx_conn_record", "MOSX_CONN_FIELDS", "mosx_subscribe", "mosx_session_options",
+    "mosx_session_counts",
     "PeekOverrunError", "MtcpContext",
 ]

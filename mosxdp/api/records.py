@@ -1,5 +1,6 @@
 """Records for existing pipelines (extensions): mosx_community_id, mosx_open_log,
-mosx_frame_count.
+mosx_frame_count, mosx_conn_record (Zeek's conn.log record of a flow: connlog's and
+zeeklog's lines, mosxdp/core/zeekconn.py) and MOSX_CONN_FIELDS.
 
 A log opened with mosx_open_log writes through mosx_open_sink (a file as mosx_open_output
 opens it: bounded buffering, planted links refused, failed writes counted and reported;
@@ -9,14 +10,20 @@ after its header. docs/pipeline.md says how the formats join up downstream.
 import json
 import time
 
-from ..core import zeeklog
+from ..core import zeeklog, zeekconn
 from ..core.communityid import community_id
+from ..core.constants import MOS_SIDE_BOTH, MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, \
+    SOL_MONSOCKET
 from ..core.events import ORDER_EOF
 from .context import _stack
 from ..io.sinks import SinkSpecError, parse_sink
 from .outputs import mosx_open_sink
+from .sockets import mtcp_getpeername, mtcp_getsockopt
+from ..types import DatagramFlowStats
 
 FORMATS = ("json", "tsv")
+#: conn.log's columns and their Zeek types ((name, type), ...), for a TSV log of them
+MOSX_CONN_FIELDS = zeekconn.FIELDS
 
 
 def mosx_community_id(proto, saddr, daddr, sport=None, dport=None, seed=0):
@@ -25,6 +32,24 @@ def mosx_community_id(proto, saddr, daddr, sport=None, dport=None, seed=0):
     bytes, the ports (ICMP: the message type and code); the same from either direction.
     ``seed`` 0 to 65535 (ValueError otherwise)."""
     return community_id(proto, saddr, daddr, sport, dport, seed)
+
+
+def mosx_conn_record(mctx, flow, seed=0):
+    """Zeek's conn.log record (a dict, Zeek's field names) of a flow that ends: ``flow`` a
+    TCP flow socket in its MOS_ON_CONN_END callback, or the DatagramFlowStats that
+    mosx_watch_datagrams hands its callback. Its ``uid`` is of the flow alone (its start,
+    addresses, ports, VLAN ids): the same in every log that names the flow
+    (mosx_session_uid), in every run over the same input. ``seed``: the Community ID's."""
+    if isinstance(flow, DatagramFlowStats):
+        return zeekconn.datagram_record(flow, community_id(
+            flow.ip_proto, flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p, seed))
+    stats = mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOSX_FLOW_STATS)
+    peers = mtcp_getpeername(mctx, flow, MOS_SIDE_BOTH)
+    (orig_h, orig_p), (resp_h, resp_p) = peers
+    return zeekconn.tcp_record(
+        stats, peers, mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_CLI).name,
+        mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_SVR).name,
+        community_id(6, orig_h, resp_h, orig_p, resp_p, seed))
 
 
 def mosx_frame_count(mctx):

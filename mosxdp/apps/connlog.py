@@ -57,30 +57,19 @@ than MOS_STOP_MON: a socket that stopped monitoring gets no CONN_END, and connlo
 needs it. With it, flows are inspected in full until N bytes (not state only).
 """
 import argparse
-import hashlib
-import re
 import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
-                    MOSX_BYPASS, MOSX_MIDSTREAM, MOSX_STATE_ONLY, MOS_SVRBUF, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM,
-                    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
-                    MOSX_SINK_HELP, MonitorFilter, mtcp_bind_monitor_filter, mtcp_getpeername,
-                    mtcp_getsockopt, mosx_community_id, mosx_open_log, mosx_watch_datagrams,
+                    MOSX_BYPASS, MOSX_CONN_FIELDS, MOSX_MIDSTREAM, MOSX_STATE_ONLY, MOS_SVRBUF,
+                    MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOSX_FLOW_STATS, SOL_MONSOCKET,
+                    MOSX_SINK_HELP, MonitorFilter, mtcp_bind_monitor_filter, mtcp_getsockopt,
+                    mosx_conn_record, mosx_open_log, mosx_watch_datagrams,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
 
 DESCRIPTION = ("log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV; live: "
                "state-only, see --full-inspection)")
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The columns of --format tsv, with their Zeek types (conn.log's own, then ours).
-FIELDS = (
-    ("ts", "time"), ("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p", "port"),
-    ("id.resp_h", "addr"), ("id.resp_p", "port"), ("proto", "enum"), ("duration", "interval"),
-    ("orig_bytes", "count"), ("resp_bytes", "count"), ("conn_state", "string"),
-    ("missed_bytes", "count"), ("history", "string"), ("orig_pkts", "count"),
-    ("orig_ip_bytes", "count"), ("resp_pkts", "count"), ("resp_ip_bytes", "count"),
-    ("client_state", "string"), ("server_state", "string"), ("end_reason", "string"),
-    ("community_id", "string"),
-)
+FIELDS = MOSX_CONN_FIELDS
 
 
 def add_arguments(parser):
@@ -133,101 +122,6 @@ def _byte_count(text):
     return value
 
 
-# Zeek's TCP endpoint states (TCP_ENDPOINT_*).
-INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
-_RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
-
-
-def zeek_states(history):
-    """Each endpoint's final state as Zeek's TCP analyzer sets it, replayed over the history
-    letters (upper case: originator), which come in the order the packets did: only a
-    side's first A or D matters to it (an inactive side becomes PARTIAL, or ESTABLISHED
-    after the peer's SYN-ACK), and SYN, FIN and RST move it as Zeek does. A side never seen
-    stays INACTIVE; one seen only mid-stream is PARTIAL until its FIN or RST."""
-    state = {True: INACTIVE, False: INACTIVE}
-    prev = dict(state)
-
-    def move(side, new):
-        prev[side], state[side] = state[side], new
-
-    for letter in history.lstrip("^"):
-        orig, kind = letter.isupper(), letter.upper()
-        me, peer = state[orig], state[not orig]
-        if me == INACTIVE:
-            if kind == "S" or kind == "H":
-                if orig:
-                    move(orig, SYN_ACK_SENT if kind == "H" else SYN_SENT)
-                else:
-                    if peer == SYN_SENT or (kind == "S" and peer == SYN_ACK_SENT):
-                        move(not orig, ESTABLISHED)
-                    move(orig, ESTABLISHED)
-            elif kind == "F":
-                move(orig, CLOSED)
-            elif kind == "R":
-                move(orig, RESET)
-            elif not orig and kind == "A" and state[True] == SYN_SENT:
-                pass   # an ACK of the SYN before the SYN-ACK does not make a partial side
-            elif peer == ESTABLISHED:
-                move(orig, ESTABLISHED)   # the SYN was missed, the SYN-ACK was not
-            else:
-                move(orig, PARTIAL)
-        elif me in (SYN_SENT, SYN_ACK_SENT):
-            if kind == "F":
-                move(orig, CLOSED)
-            elif kind == "R":
-                move(orig, RESET)
-        elif me in (ESTABLISHED, PARTIAL):
-            if kind == "S" and me == PARTIAL and peer == INACTIVE:
-                move(orig, SYN_SENT)
-            elif kind == "F":
-                move(orig, CLOSED)
-                if peer == RESET and prev[not orig] == CLOSED:
-                    move(not orig, CLOSED)   # FIN then RST from the peer: a normal close
-            elif kind == "R":
-                move(orig, RESET)
-        elif me == CLOSED and kind == "R" and peer != CLOSED:
-            move(orig, RESET)
-    return state[True], state[False]
-
-
-def conn_state(history, orig_bytes=0, resp_bytes=0):
-    """Zeek's conn_state (base/protocols/conn/main.zeek) from the endpoints' final states:
-    a flow without a handshake is OTH while open, SF once both sides sent a FIN, SH or SHR
-    when one did, RSTRH or OTH after a RST."""
-    os_, rs = zeek_states(history)
-    o_inactive = os_ in (INACTIVE, PARTIAL)
-    r_inactive = rs in (INACTIVE, PARTIAL)
-    if rs == RESET:
-        if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and orig_bytes == resp_bytes == 0):
-            return "REJ"
-        return "RSTRH" if o_inactive else "RSTR"
-    if os_ == RESET:
-        if r_inactive:
-            return "RSTOS0" if _RSTOS0.fullmatch(history) else "OTH"
-        return "RSTO"
-    if os_ == CLOSED and rs == CLOSED:
-        return "SF"
-    if os_ == CLOSED:
-        return "SH" if r_inactive else "S2"
-    if rs == CLOSED:
-        return "SHR" if o_inactive else "S3"
-    if os_ == SYN_SENT and rs == INACTIVE:
-        return "S0"
-    if os_ == ESTABLISHED and rs == ESTABLISHED:
-        return "S1"
-    return "OTH"
-
-
-def make_uid(*parts):
-    """A Zeek-like connection uid, deterministic for a given flow and run."""
-    digest = int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:12], "big")
-    chars = []
-    for _ in range(17):
-        digest, rem = divmod(digest, 62)
-        chars.append(_BASE62[rem])
-    return "C" + "".join(chars)
-
-
 class ConnLog:
     def __init__(self, output, bypass_after=None, seed=0):
         self.output = output
@@ -247,70 +141,13 @@ class ConnLog:
     def on_end(self, mctx, sock, side, event, arg):
         if side != MOS_SIDE_CLI:
             return  # CONN_END comes once per side; one line per flow
-        stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
-        (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
-        history = stats.history
-        if history[:1].islower():
-            # The first packet came from the responder: a flow picked up mid-stream whose
-            # client the core guessed (by port) is the other side. Zeek marks that flip so.
-            history = "^" + history
         self.flows += 1
-        record = {
-            "ts": stats.start_ts / 1e6,
-            # Of the flow alone (not of the lines before it): the same with --workers.
-            "uid": make_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids),
-            "id.orig_h": orig_h, "id.orig_p": orig_p,
-            "id.resp_h": resp_h, "id.resp_p": resp_p,
-            "proto": "tcp",
-            "duration": (stats.last_ts - stats.start_ts) / 1e6,
-            "orig_bytes": stats.stream_bytes[0],
-            "resp_bytes": stats.stream_bytes[1],
-            "conn_state": conn_state(history, stats.stream_bytes[0], stats.stream_bytes[1]),
-            # Bytes never captured that the receiver acknowledged or that lay below the
-            # furthest byte seen: what mtcp_peek reports as holes, flowdump's zeros.
-            "missed_bytes": stats.missed_bytes[0] + stats.missed_bytes[1],
-            "history": history,
-            "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],
-            "resp_pkts": stats.pkts[1], "resp_ip_bytes": stats.ip_bytes[1],
-            "client_state": mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI).name,
-            "server_state": mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR).name,
-            "end_reason": stats.end_reason,
-            "community_id": mosx_community_id(6, orig_h, resp_h, orig_p, resp_p, self.seed),
-        }
-        self.output.write(record)
+        self.output.write(mosx_conn_record(mctx, sock, self.seed))
 
     def on_datagram_end(self, mctx, stats):
         """A UDP or ICMP flow ended: its line."""
         self.flows += 1
-        udp = stats.proto == "udp"
-        if udp:
-            orig, resp = stats.pkts[0] > 0, stats.pkts[1] > 0
-            state = ("SF" if resp else "S0") if orig else ("SHR" if resp else "OTH")
-        else:
-            state = "OTH"
-        record = {
-            "ts": stats.start_ts / 1e6,
-            "uid": make_uid(stats.start_ts, stats.orig_h, stats.orig_p, stats.resp_h,
-                            stats.resp_p, stats.vlan_ids, stats.proto),
-            "id.orig_h": stats.orig_h, "id.orig_p": stats.orig_p,
-            "id.resp_h": stats.resp_h, "id.resp_p": stats.resp_p,
-            "proto": stats.proto,
-            "duration": (stats.last_ts - stats.start_ts) / 1e6,
-            "orig_bytes": stats.payload_bytes[0],
-            "resp_bytes": stats.payload_bytes[1],
-            "conn_state": state,
-            "missed_bytes": 0,
-        }
-        if stats.history:
-            record["history"] = stats.history
-        record.update({
-            "orig_pkts": stats.pkts[0], "orig_ip_bytes": stats.ip_bytes[0],
-            "resp_pkts": stats.pkts[1], "resp_ip_bytes": stats.ip_bytes[1],
-            "end_reason": stats.end_reason,
-            "community_id": mosx_community_id(stats.ip_proto, stats.orig_h, stats.resp_h,
-                                              stats.orig_p, stats.resp_p, self.seed),
-        })
-        self.output.write(record)
+        self.output.write(mosx_conn_record(mctx, stats, self.seed))
 
     def close(self):
         self.output.close()

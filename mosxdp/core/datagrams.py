@@ -40,6 +40,8 @@ order, after the flow's counters moved. ``side`` is 0 for the originator, 1 for 
 responder; ``pkt`` is the core/packet.py Packet (``pkt.payload`` the UDP payload, or the
 whole ICMP message), valid during the call only. The flow object lives until its end
 (``flow.destroyed``). Such a hook is trusted core code: an exception it raises propagates.
+While the hook keeps state in ``flow.session`` (not None) the watchers' byte threshold does
+not hand the flow to the kernel: the session layer does, with ``set_verdict``.
 """
 from collections import OrderedDict
 
@@ -94,7 +96,7 @@ class DatagramFlow:
     __slots__ = ("keys", "ip_proto", "ip_version", "vlan_ids", "sides", "start_ts", "last_ts",
                  "history", "flipped", "one_way", "end_reason", "destroyed", "kernel_verdict",
                  "last_no",
-                 "watchers")
+                 "watchers", "session")
 
     def __init__(self, key_orig, key_resp, ip_proto, pkt, ts, flipped, one_way, watchers):
         self.keys = (key_orig, key_resp)
@@ -111,6 +113,7 @@ class DatagramFlow:
         self.kernel_verdict = None     # None, "bypass" or "drop"
         self.watchers = watchers
         self.last_no = 0               # Stack.frame_no when last active (workers' order)
+        self.session = None            # the session layer's state while it parses the flow
 
     @property
     def proto(self):
@@ -235,7 +238,8 @@ class DatagramTable:
             limit = watcher.bypass_after
             if limit is None or max(s.payload_bytes for s in flow.sides) < limit:
                 return False
-        return not self.on_datagram
+        # A flow the session layer still parses stays (it hands the flow over itself).
+        return flow.session is None
 
     def _new_flow(self, pkt, ip_proto, sport, dport, one_way, ts):
         watchers = [w for w in self.watchers

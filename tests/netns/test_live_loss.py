@@ -132,7 +132,7 @@ def link_counter(bed, ifname: str, name: str) -> int:
 def metrics_lost(bed) -> dict[str, int]:
     text = bed.sh("mon", "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9109/metrics").stdout
     return {k: int(v) for k, v in
-            re.findall(r'^mosxdp_lost_frames_total\{reason="(\w+)"\} (\d+)$', text, re.M)}
+            re.findall(r'^mosxdp_frames_lost_total\{reason="(\w+)"\} (\d+)$', text, re.M)}
 
 
 def reasons(text: str) -> dict[str, int]:

@@ -57,7 +57,8 @@ def run_monitor(tb, out, extra=()):
     with open(log, "w") as f:
         proc = tb.popen("mon", [PY, "-m", "mosxdp.cli", "run", "connlog",
                                 "--iface", tb.iface_a, "--peer", tb.iface_b,
-                                "--output", str(out / "conn.log"), "--detach-on-exit", *extra],
+                                "--output", str(out / "conn.log"), "--detach-on-exit",
+                                "--tcp-only", *extra],
                         cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
     def alive():

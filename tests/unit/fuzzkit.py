@@ -505,14 +505,16 @@ def check_config_file(path, content):
 
 # What check_run_args draws from: options of `mosxdp run` and of the built-in apps, and
 # values that were trouble before (out of range, not finite, huge, odd text).
-RUN_APPS = ("connlog", "eve", "flowdump", "midstat", "nat", "scrub", "simple_firewall")
+RUN_APPS = ("connlog", "eve", "flowdump", "midstat", "nat", "scrub", "simple_firewall",
+            "zeeklog")
 RUN_OPTIONS = (
     "--pcap", "--write", "--iface", "--peer", "--xdp-mode", "--bind", "--fail-closed",
     "--force", "--batch-size", "--on-callback-error", "--metrics-port", "--keep-privileges",
     "--stats", "--output", "--outdir", "--filter", "--no-midstream", "--bypass-after-bytes",
     "--interval", "--json", "--nat-ip", "--port-range", "--inside-net", "--pattern", "--mask",
     "--reset", "--side", "--hold-ms", "--rules", "--log", "--format", "--community-id-seed",
-    "--no-progress", "--bogus", "-h",
+    "--no-progress", "--logdir", "--no-bypass", "--max-transactions", "--dns-port", "--bogus",
+    "-h",
 )
 RUN_VALUES = (
     "0", "1", "-1", "64", "1000", "1024", "2048", "65535", "70000", "1e308", "1e-300", "nan",

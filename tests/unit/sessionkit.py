@@ -2,6 +2,7 @@
 them, and what tshark reads in the same captures."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -78,3 +79,27 @@ def values(fields: list[ET.Element], name: str, attr: str = "show") -> list[str]
 def first(fields: list[ET.Element], name: str, attr: str = "show") -> str | None:
     found = values(fields, name, attr)
     return found[0] if found else None
+
+
+def ints(fields, name):
+    return [int(v, 0) for v in values(fields, name)]
+
+
+def tshark_ja4(fields) -> str:
+    """JA4 assembled from tshark's reading of a ClientHello, by the rules of FoxIO's spec."""
+    from mosxdp.sessions.tls_names import is_grease
+    suites = [s for s in ints(fields, "tls.handshake.ciphersuite") if not is_grease(s)]
+    exts = [e for e in ints(fields, "tls.handshake.extension.type") if not is_grease(e)]
+    versions = [v for v in ints(fields, "tls.handshake.extensions.supported_version")
+                if not is_grease(v)]
+    version = max(versions) if versions else int(first(fields, "tls.handshake.version"), 0)
+    alpn = values(fields, "tls.handshake.extensions_alpn_str")
+    sigalgs = [s for s in ints(fields, "tls.handshake.sig_hash_alg") if not is_grease(s)]
+    code = {0x0304: "13", 0x0303: "12"}[version]
+    a = (f"t{code}{'d' if 0 in exts else 'i'}{len(suites):02d}{len(exts):02d}"
+         f"{alpn[0][0] + alpn[0][-1] if alpn else '00'}")
+    b = hashlib.sha256(",".join(f"{s:04x}" for s in sorted(suites)).encode()).hexdigest()[:12]
+    c_in = ",".join(f"{e:04x}" for e in sorted(exts) if e not in (0, 16))
+    if sigalgs:
+        c_in += "_" + ",".join(f"{s:04x}" for s in sigalgs)
+    return f"{a}_{b}_{hashlib.sha256(c_in.encode()).hexdigest()[:12]}"

@@ -13,7 +13,7 @@ from mosxdp import (MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_ORPHAN, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM,
                     SOL_MONSOCKET, mtcp_app_join, mtcp_create_context, mtcp_destroy, mtcp_init,
                     mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
-from mosxdp.apps.connlog import conn_state
+from mosxdp.core.zeekconn import conn_state
 
 MIDSTREAM = Path(__file__).resolve().parents[1] / "data" / "midstream.pcap"
 

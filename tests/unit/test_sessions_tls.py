@@ -3,7 +3,6 @@ JA4 against FoxIO's specification, real OpenSSL handshakes (TLS 1.2, 1.3, HelloR
 a failed handshake) through memory BIOs, and malformed and fuzzed bytes."""
 from __future__ import annotations
 
-import hashlib
 import ssl
 import struct
 import subprocess
@@ -14,8 +13,9 @@ from hypothesis import strategies as st
 
 from mosxdp.sessions import ORIG, RESP, ClientHello, ServerHello, TlsParser, TlsSession, Weird
 from mosxdp.sessions.tls import TlsError, ja4, parse_client_hello, parse_server_hello
-from mosxdp.sessions.tls_names import cipher_name, is_grease, version_name
-from sessionkit import TLS_PCAP, feed_all, first, needs_tshark, pdml, tcp_chunks, values
+from mosxdp.sessions.tls_names import cipher_name, version_name
+from sessionkit import TLS_PCAP, feed_all, first, ints, needs_tshark, pdml, tcp_chunks, \
+    tshark_ja4, values
 
 PORT = 8443
 
@@ -44,29 +44,6 @@ def tshark_hellos():
             if htype in ("1", "2"):
                 out[(sport if dport == PORT else dport, int(htype))] = fields
     return out
-
-
-def ints(fields, name):
-    return [int(v, 0) for v in values(fields, name)]
-
-
-def tshark_ja4(fields) -> str:
-    """JA4 assembled from tshark's reading of a ClientHello, by the rules of FoxIO's spec."""
-    suites = [s for s in ints(fields, "tls.handshake.ciphersuite") if not is_grease(s)]
-    exts = [e for e in ints(fields, "tls.handshake.extension.type") if not is_grease(e)]
-    versions = [v for v in ints(fields, "tls.handshake.extensions.supported_version")
-                if not is_grease(v)]
-    version = max(versions) if versions else int(first(fields, "tls.handshake.version"), 0)
-    alpn = values(fields, "tls.handshake.extensions_alpn_str")
-    sigalgs = [s for s in ints(fields, "tls.handshake.sig_hash_alg") if not is_grease(s)]
-    code = {0x0304: "13", 0x0303: "12"}[version]
-    a = (f"t{code}{'d' if 0 in exts else 'i'}{len(suites):02d}{len(exts):02d}"
-         f"{alpn[0][0] + alpn[0][-1] if alpn else '00'}")
-    b = hashlib.sha256(",".join(f"{s:04x}" for s in sorted(suites)).encode()).hexdigest()[:12]
-    c_in = ",".join(f"{e:04x}" for e in sorted(exts) if e not in (0, 16))
-    if sigalgs:
-        c_in += "_" + ",".join(f"{s:04x}" for s in sigalgs)
-    return f"{a}_{b}_{hashlib.sha256(c_in.encode()).hexdigest()[:12]}"
 
 
 # ----------------------------------------------------------------- real captures vs tshark
