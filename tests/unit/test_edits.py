@@ -25,7 +25,8 @@ from flowcraft import api  # noqa: F401  (a fixture)
 from mosxdp import *  # noqa: F401,F403  (the public API only, for the API tests)
 from mosxdp.core.edits import EditError, FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from mosxdp.core.frames import build_tcp_frame
-from mosxdp.core.packet import parse_frame, verify_tcp_checksum
+from mosxdp.core.checksum import verify_tcp_checksum
+from mosxdp.core.packet import parse_frame
 from mosxdp.core.tcp import seq_delta
 from mosxdp.engine.group import GroupContext
 from mosxdp.engine.offline import OfflineEngine
