@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from flowcraft import Conv
+from flowcraft import Conv, VerdictMap
 
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.filters import compile_filter
@@ -341,7 +341,7 @@ def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
 
 
 # ---------------------------------------------------------- the model of the XDP program
-class FakeKernel:
+class FakeKernel(VerdictMap):
     """bpf/mosxdp.c's verdict logic in Python (no filter, a socket always bound), with the
     map API of XdpProgram. ``drive`` runs frames the way the live engine does: each frame
     goes either to the processor or is handled here; end_batch after every ``batch``."""
@@ -369,17 +369,6 @@ class FakeKernel:
         return FlowVerdict(e["action"], e["last"], tuple(e["packets"]), tuple(e["bytes"]),
                            tuple(e["frame_bytes"]), tuple(e["ip_bytes"]), tuple(e["watch"]),
                            tuple(e["armed"]))
-
-    def get_verdict(self, key):
-        e = self.entries.get(bytes(key))
-        return None if e is None else self._fv(e)
-
-    def pop_verdict(self, key):
-        e = self.entries.pop(bytes(key), None)
-        return None if e is None else self._fv(e)
-
-    def verdict_count(self):
-        return len(self.entries)
 
     # the program ---------------------------------------------------------------------
     def rx(self, frame):
