@@ -41,12 +41,9 @@ XDP_ATTACHED = re.compile(r"\bxdp\w*/id:\d+")     # in a link line of `ip monito
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = tmp_path_factory.mktemp("www")
-    (www / "f1k").write_bytes(os.urandom(1024))
-    (www / "f1m").write_bytes(os.urandom(SIZE))
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
-    yield bed
-    bed.close()
+    www = livekit.www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f1m": SIZE})
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,)) as bed:
+        yield bed
 
 
 class LinkWatch:

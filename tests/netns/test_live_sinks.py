@@ -17,7 +17,6 @@ MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import livekit
@@ -37,12 +36,9 @@ _METRIC = re.compile(r'^(mosxdp_sink_\w+)\{sink="[^"]*"(?:,reason="(\w+)")?\} (\
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = tmp_path_factory.mktemp("www")
-    (www / "f1k").write_bytes(os.urandom(1024))
-    (www / "f256k").write_bytes(os.urandom(SIZE))
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
-    yield bed
-    bed.close()
+    www = livekit.www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f256k": SIZE})
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,)) as bed:
+        yield bed
 
 
 def sink_metrics(bed) -> dict:
