@@ -49,6 +49,17 @@ def reinit(**config):
     mtcp_init(None, **config)
 
 
+@pytest.fixture
+def ctx():
+    """``ctx(**config)``: a fresh mtcp_init(None, **config) and its context 0;
+    mtcp_destroy() after the test."""
+    def make(**config):
+        reinit(**config)
+        return mtcp_create_context(0)
+    yield make
+    mtcp_destroy()
+
+
 class Conv:
     """One TCP connection between a client "c" and a server "s"."""
 

@@ -11,7 +11,7 @@ import json
 import socket
 
 import pytest
-from flowcraft import Conv, Dgrams, VerdictMap
+from flowcraft import Conv, Dgrams, VerdictMap, ctx  # noqa: F401  (ctx: a fixture)
 
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.datagrams import icmp_ports
@@ -19,16 +19,6 @@ from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
 from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter
 from mosxdp.io.bpfstructs import MX_ACTION_BYPASS, MX_ACTION_DROP, FlowVerdict, make_flow_key
-
-
-@pytest.fixture
-def ctx():
-    def make(**config):
-        mtcp_destroy()
-        mtcp_init(None, **config)
-        return mtcp_create_context(0)
-    yield make
-    mtcp_destroy()
 
 
 def connlog(ctx, frames, *argv, batch_size=64, kernel=None, **config):

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from flowcraft import Conv, VerdictMap
+from flowcraft import Conv, VerdictMap, ctx  # noqa: F401  (ctx: a fixture)
 
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.filters import compile_filter
@@ -33,16 +33,6 @@ from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_DIR_FROM_
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 GCC = shutil.which("gcc")
-
-
-@pytest.fixture
-def api_ctx():
-    def make(**config):
-        mtcp_destroy()
-        mtcp_init(None, **config)
-        return mtcp_create_context(0)
-    yield make
-    mtcp_destroy()
 
 
 def listener(mctx, syn=None, orphan=None, domain=socket.AF_UNSPEC):
@@ -60,8 +50,8 @@ def raw_socket(mctx, flt):
 
 
 # ------------------------------------------------------------------------ kernel filter
-def test_kernel_filter_from_the_sockets(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_from_the_sockets(ctx):
+    mctx = ctx()
     assert kernel_filter(mctx.stack).c_expr == "(0)"          # no socket: nothing leaves the kernel
     listener(mctx, syn="tcp port 8080")
     kf = kernel_filter(mctx.stack)
@@ -79,14 +69,14 @@ def test_kernel_filter_from_the_sockets(api_ctx):
     assert kernel_filter(mctx.stack).c_expr is None
 
 
-def test_kernel_filter_orphans_matter_with_midstream_pickup(api_ctx):
-    mctx = api_ctx(midstream_pickup=True)
+def test_kernel_filter_orphans_matter_with_midstream_pickup(ctx):
+    mctx = ctx(midstream_pickup=True)
     listener(mctx, syn="tcp port 80")   # orphan filter: none = every orphan
     assert kernel_filter(mctx.stack).c_expr is None
 
 
-def test_kernel_filter_raw_sockets_filter_every_ip_frame(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_raw_sockets_filter_every_ip_frame(ctx):
+    mctx = ctx()
     raw_socket(mctx, "udp port 53")
     kf = kernel_filter(mctx.stack)
     assert kf.filter_all_ip and "v->ip_proto == 17" in kf.c_expr
@@ -99,8 +89,8 @@ def test_kernel_filter_raw_sockets_filter_every_ip_frame(api_ctx):
     assert kf.c_expr is None and kf.filter_all_ip
 
 
-def test_kernel_filter_domain_guard(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_domain_guard(ctx):
+    mctx = ctx()
     listener(mctx, syn="tcp port 80", domain=socket.AF_INET6)
     assert kernel_filter(mctx.stack).c_expr.startswith("((v->ip_version == 6 && ")
 
@@ -156,8 +146,8 @@ int main(void) {
 
 
 @pytest.mark.skipif(GCC is None, reason="gcc not installed")
-def test_kernel_filter_matches_both_directions_in_c(api_ctx, tmp_path):
-    mctx = api_ctx()
+def test_kernel_filter_matches_both_directions_in_c(ctx, tmp_path):
+    mctx = ctx()
     listener(mctx, syn="src host 10.0.0.1 and dst port 8080")
     raw_socket(mctx, "udp and src port 53")
     kf = kernel_filter(mctx.stack)
@@ -200,8 +190,8 @@ def tagged(frame, vlans):
     ("fd00::1", "fd00::2", 40000, 443, (100, 10)),
     ("10.0.0.1", "10.0.0.2", 40000, 80, (100, 10, 7)),  # only the first two ids count
 ])
-def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport, vlans):
-    mctx = api_ctx()
+def test_flow_key_of_a_core_flow_is_the_kernels(ctx, cli, svr, cport, sport, vlans):
+    mctx = ctx()
     listener(mctx)
     conv = Conv(cli=cli, svr=svr, cport=cport, sport=sport)
     conv.handshake()
@@ -270,18 +260,18 @@ def download(size=200_000, seg=1448, isn_c=1000, isn_s=5000, half_close=False, *
 
 
 @pytest.mark.parametrize("half_close", [False, True])
-def test_connlog_bypass_after_bytes_keeps_the_totals_offline(api_ctx, half_close):
+def test_connlog_bypass_after_bytes_keeps_the_totals_offline(ctx, half_close):
     conv = download(half_close=half_close)
-    plain, _ = connlog_lines(api_ctx, conv.frames)
-    bypassed, mctx = connlog_lines(api_ctx, conv.frames, bypass_after=10_000)
+    plain, _ = connlog_lines(ctx, conv.frames)
+    bypassed, mctx = connlog_lines(ctx, conv.frames, bypass_after=10_000)
     assert len(plain) == len(bypassed) == 1
     assert {k: bypassed[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert plain[0]["resp_bytes"] == 200_000 and plain[0]["end_reason"] == "fin"
     assert mctx.stack.counters["bypassed_packets"] > 100
 
 
-def test_bypassed_data_frames_are_forwarded_counted_not_processed(api_ctx):
-    mctx = api_ctx()
+def test_bypassed_data_frames_are_forwarded_counted_not_processed(ctx):
+    mctx = ctx()
     s = listener(mctx)
     pkt_in = []
     mtcp_register_callback(mctx, s, MOS_ON_PKT_IN, MOS_HK_RCV,
@@ -301,8 +291,8 @@ def test_bypassed_data_frames_are_forwarded_counted_not_processed(api_ctx):
     assert mctx.stack.kernel_updates == [] or mctx.stack.kernel_updates[0][0] == "bypass"
 
 
-def test_drop_flow_drops_the_rest_and_counts_it(api_ctx):
-    mctx = api_ctx()
+def test_drop_flow_drops_the_rest_and_counts_it(ctx):
+    mctx = ctx()
     s = listener(mctx)
     ends = []
 
@@ -328,8 +318,8 @@ def test_drop_flow_drops_the_rest_and_counts_it(api_ctx):
     assert (st.pkts[0], st.pkts[1]) == (4, 6)           # dropped frames still count
 
 
-def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
-    mctx = api_ctx()
+def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(ctx):
+    mctx = ctx()
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOS_STOP_MON, MOS_SIDE_BOTH))
@@ -423,12 +413,12 @@ class FakeKernel(VerdictMap):
 
 @pytest.mark.parametrize("half_close", [False, True])
 @pytest.mark.parametrize("v6", [False, True])
-def test_connlog_through_the_kernel_model_equals_offline(api_ctx, half_close, v6):
+def test_connlog_through_the_kernel_model_equals_offline(ctx, half_close, v6):
     kw = {"cli": "fd00::1", "svr": "fd00::2"} if v6 else {}
     conv = download(size=300_000, half_close=half_close, **kw)
-    plain, _ = connlog_lines(api_ctx, conv.frames)
+    plain, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel()
-    lines, mctx = connlog_lines(api_ctx, conv.frames, bypass_after=65536, kernel=kernel)
+    lines, mctx = connlog_lines(ctx, conv.frames, bypass_after=65536, kernel=kernel)
     assert {k: lines[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert lines[0]["resp_bytes"] == 300_000 and lines[0]["end_reason"] == "fin"
     assert lines[0]["duration"] == plain[0]["duration"]
@@ -439,8 +429,8 @@ def test_connlog_through_the_kernel_model_equals_offline(api_ctx, half_close, v6
     assert sorted(kernel.forwarded) == sorted(f for _, f in conv.frames)
 
 
-def test_kernel_counters_are_merged_before_conn_end(api_ctx):
-    mctx = api_ctx()
+def test_kernel_counters_are_merged_before_conn_end(ctx):
+    mctx = ctx()
     s = listener(mctx)
     seen = []
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
@@ -462,8 +452,8 @@ def test_kernel_counters_are_merged_before_conn_end(api_ctx):
     assert kernel.to_user <= 8
 
 
-def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(api_ctx):
-    mctx = api_ctx(tcp_timeout=2.0)
+def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(ctx):
+    mctx = ctx(tcp_timeout=2.0)
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
@@ -486,8 +476,8 @@ def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(api_ctx):
     assert flow_stats["flows_ended"] == 1
 
 
-def test_evicted_flow_removes_its_entry(api_ctx):
-    mctx = api_ctx(max_concurrency=1)
+def test_evicted_flow_removes_its_entry(ctx):
+    mctx = ctx(max_concurrency=1)
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
@@ -505,24 +495,24 @@ def test_evicted_flow_removes_its_entry(api_ctx):
     assert kernel.verdict_count() == 0
 
 
-def test_rst_ends_a_bypassed_flow_with_complete_counts(api_ctx):
+def test_rst_ends_a_bypassed_flow_with_complete_counts(ctx):
     conv = Conv()
     conv.handshake()
     conv.data("c", b"GET /\r\n\r\n")
     for _ in range(40):
         conv.data("s", b"y" * 1448)
     conv.rst("c")
-    plain, _ = connlog_lines(api_ctx, conv.frames)
+    plain, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel()
-    lines, _ = connlog_lines(api_ctx, conv.frames, bypass_after=5000, kernel=kernel)
+    lines, _ = connlog_lines(ctx, conv.frames, bypass_after=5000, kernel=kernel)
     assert {k: lines[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert lines[0]["end_reason"] == "rst" and kernel.entries == {}
 
 
-def test_more_than_4_gib_bypassed_stream_bytes_from_the_fin(api_ctx):
+def test_more_than_4_gib_bypassed_stream_bytes_from_the_fin(ctx):
     """The FIN after 5 GiB in the kernel: the sequence number wraps; the kernel's payload
     count picks the right wrap."""
-    mctx = api_ctx()
+    mctx = ctx()
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
