@@ -50,14 +50,13 @@ from . import libxdp as _x
 from .libbpf import xskmap_delete, xskmap_update
 from .netdev import rx_queue_count, tx_queue_count
 from .uapi import XDP_MAX_TX_SKB_BUDGET, XDP_STATISTICS
-from .xsk_rings import Ring, copy_entries, read_entries, write_entries
+from .xsk_rings import M32, Ring, copy_entries, produce, read_entries, write_entries
 
 __all__ = [
     "Umem", "XskSocket", "AccountingError", "xskmap_update", "xskmap_delete",
     "rx_queue_count", "tx_queue_count",
 ]
 
-M32 = 0xFFFFFFFF
 NEED_WAKEUP = _x.XDP_RING_NEED_WAKEUP
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 _KICK_RETRY = frozenset((errno.EBUSY, errno.ENOBUFS, errno.EAGAIN))
@@ -171,17 +170,8 @@ class XskSocket:
     def tx_put(self, flat: list) -> int:
         """Put descriptors ``[addr, len, ...]`` (from the engine's frames) on the TX ring.
         Returns how many fitted; the caller keeps the rest (still ``app``)."""
-        t = self.tx
-        n = len(flat) >> 1
-        free = (t.cons[0] + t.size - self.tx_p) & M32
-        if n > free:
-            n = free
-            flat = flat[:2 * n]
-        if not n:
-            return 0
-        write_entries(t.q, self.tx_p & t.mask, t.size, memoryview(array.array("Q", flat)), 2)
-        self.tx_p = p = (self.tx_p + n) & M32
-        t.prod[0] = p
+        n = produce(self.tx, self.tx_p, flat, 2)
+        self.tx_p = (self.tx_p + n) & M32
         self.tx_in += n
         self.umem.app -= n
         return n
@@ -268,17 +258,8 @@ class XskSocket:
 
     def fill_put(self, addrs: list) -> int:
         """Put frames held by the engine (``app``) on the fill ring; returns how many fitted."""
-        f = self.fill
-        n = len(addrs)
-        free = (f.cons[0] + f.size - self.fill_p) & M32
-        if n > free:
-            n = free
-            addrs = addrs[:n]
-        if not n:
-            return 0
-        write_entries(f.q, self.fill_p & f.mask, f.size, memoryview(array.array("Q", addrs)), 1)
-        self.fill_p = p = (self.fill_p + n) & M32
-        f.prod[0] = p
+        n = produce(self.fill, self.fill_p, addrs, 1)
+        self.fill_p = (self.fill_p + n) & M32
         self.fill_in += n
         self.umem.app -= n
         return n

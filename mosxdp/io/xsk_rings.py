@@ -4,9 +4,12 @@ split at the ring's wrap point. No ctypes call per frame.
 """
 from __future__ import annotations
 
+import array
 import ctypes
 
 from . import libxdp as _x
+
+M32 = 0xFFFFFFFF
 
 
 def _u32_at(ptr: int) -> memoryview:
@@ -68,3 +71,18 @@ def read_entries(src: memoryview, si: int, ssize: int, n: int, w: int) -> list:
     out = src[w * si:].tolist()
     out += src[:w * (n - k)].tolist()
     return out
+
+
+def produce(ring: Ring, prod: int, words: list, w: int) -> int:
+    """Put entries (``words``, w u64 words each) on ``ring`` at our producer index ``prod``,
+    as many as there is room for, and publish them: how many. The caller moves its
+    index on by that many."""
+    n = len(words) // w
+    free = (ring.cons[0] + ring.size - prod) & M32
+    if n > free:
+        n = free
+        words = words[:w * n]
+    if n:
+        write_entries(ring.q, prod & ring.mask, ring.size, memoryview(array.array("Q", words)), w)
+        ring.prod[0] = (prod + n) & M32
+    return n
