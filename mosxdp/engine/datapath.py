@@ -19,12 +19,29 @@ def monotonic_us() -> int:
 
 
 class LiveDatapath:
-    """The base of a live engine. A subclass sets ``ifaces``, ``program``, ``processor``,
-    ``counters``, ``stop_reason`` and ``_stop`` (a threading.Event) in its ``__init__``,
-    enters its set-up into an ExitStack kept as ``_stack``, and may define ``_closed()``
-    (run after the unwinding)."""
+    """The base of a live engine: the settings both engines take. A subclass sets
+    ``counters``, enters its set-up into an ExitStack kept as ``_stack``, and may define
+    ``_closed()`` (run after the unwinding)."""
 
-    _stack: contextlib.ExitStack | None = None
+    def __init__(self, ifaces: list, inline: bool, processor, *, batch_size: int,
+                 xdp_mode: str, force: bool, filter_c_expr: str | None, filter_all_ip: bool,
+                 keep_attached: bool, poll_timeout_ms: int):
+        self.ifaces = ifaces
+        self.inline = inline
+        self.processor = processor
+        self.batch_size = batch_size
+        self.xdp_mode = xdp_mode
+        self.force = force
+        self.filter_c_expr = filter_c_expr
+        self.filter_all_ip = filter_all_ip
+        self.keep_attached = keep_attached
+        self.poll_timeout_ms = poll_timeout_ms
+        self.program = None
+        self._stack: contextlib.ExitStack | None = None
+        self._stop = threading.Event()
+        self.stop_reason: str | None = None   # why run() returned (see stop())
+        self._xdp_at_stop: dict | None = None
+        self._tx_dropped_at_start: dict[str, int | None] = {}
 
     def __exit__(self, *exc) -> None:
         self.close()

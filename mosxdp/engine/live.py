@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import threading
 import time
 
 from ..io import libxdp as _x
@@ -105,34 +104,23 @@ class LiveEngine(FrameMoves, LiveDatapath):
         # Validated where they enter (config.py, the command lines).
         assert xdp_mode in ("native", "generic", "auto"), xdp_mode
         assert 1 <= batch_size <= ring_size, (batch_size, ring_size)
-        self.inline = peer is not None
-        self.ifaces = ifaces
-        self.processor = processor
+        super().__init__(ifaces, peer is not None, processor, batch_size=batch_size,
+                         xdp_mode=xdp_mode, force=force, filter_c_expr=filter_c_expr,
+                         filter_all_ip=filter_all_ip, keep_attached=keep_attached,
+                         poll_timeout_ms=poll_timeout_ms)
         self.queues = queues
         self.frame_count = frame_count
         self.frame_size = frame_size
         self.ring_size = ring_size
-        self.batch_size = batch_size
         self.zero_copy = zero_copy
         self.need_wakeup = need_wakeup
-        self.xdp_mode = xdp_mode
         self.fail_closed = fail_closed
         self.program_spec = program
-        self.poll_timeout_ms = poll_timeout_ms
         self.check = check_accounting
-        self.filter_c_expr = filter_c_expr
-        self.filter_all_ip = filter_all_ip
-        self.force = force
-        self.keep_attached = keep_attached
-        self._xdp_at_stop: dict | None = None
-        self.program = None
         self.umem: Umem | None = None
         self.lanes: list[_Lane] = []
         self.sockets = []
-        self._stack: contextlib.ExitStack | None = None
         self._xskmap = None  # (XSKMAP fd, indexes we set)
-        self._stop = threading.Event()
-        self.stop_reason: str | None = None   # why run() returned (see stop())
         # tx_ring_full: times a full TX ring held frames back (or dropped some: their
         # count is tx_ring_full_dropped)
         self.counters = dict.fromkeys((
@@ -140,7 +128,6 @@ class LiveEngine(FrameMoves, LiveDatapath):
             "recycled", "tx_ring_full", "tx_ring_full_dropped", "polls", "idle_timeouts",
             "replaced", "replaced_dropped"), 0)
         self.frames_by_port: list[int] = []
-        self._tx_dropped_at_start: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "LiveEngine":

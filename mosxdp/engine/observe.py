@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import select
 import sys
-import threading
 import time
 
 from ..io.ringbuf import RingBuffer
@@ -54,33 +53,21 @@ class ObserveEngine(LiveDatapath):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if peer is not None:
             ifaces.append(peer)
-        self.inline = peer is not None
-        self.ifaces = ifaces
+        super().__init__(ifaces, peer is not None, processor, batch_size=batch_size,
+                         xdp_mode=xdp_mode, force=force, filter_c_expr=filter_c_expr,
+                         filter_all_ip=filter_all_ip, keep_attached=keep_attached,
+                         poll_timeout_ms=poll_timeout_ms)
         self.peer = peer
-        self.processor = processor
-        self.batch_size = batch_size
-        self.xdp_mode = xdp_mode
-        self.force = force
-        self.filter_c_expr = filter_c_expr
-        self.filter_all_ip = filter_all_ip
-        self.keep_attached = keep_attached
-        self.poll_timeout_ms = poll_timeout_ms
         self.snap = snap
         self.ring_bytes = ring_bytes
-        self.program = None
         self.ring: RingBuffer | None = None
         self.sockets: list = []              # none: the status and loss code read this
         self.umem = None
-        self._stack: contextlib.ExitStack | None = None
-        self._stop = threading.Event()
-        self.stop_reason: str | None = None
-        self._xdp_at_stop: dict | None = None
         self._said_ignored = False
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
             "verdicts_ignored", "cut_frames", "polls", "idle_timeouts"), 0)
         self.frames_by_port = [0] * len(ifaces)
-        self._tx_dropped_at_start: dict[str, int | None] = {}
         # The length on the wire of the record being processed when its copy was cut by the
         # snap length, else 0: the processor's wire_len() (the core parses a cut frame
         # from its headers, as it does a pcap record cut by a capture's snap length).
