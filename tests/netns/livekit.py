@@ -1,11 +1,11 @@
 """Helpers shared by the netns tier's live tests: the environment probe's skip-or-fail
 (the probe itself, like the other lab checks, is mosxdp.demo.lab), XDP_PASS programs on the
 endpoint veths, the monitor interfaces' `prog/xdp` readiness, the server namespace routed
-to a NAT address only, spoofed SYNs (`send_syns`), kernel SNMP counters, sha256 digests, a process's RSS, a polling
-wait, HOLD (a client that holds a connection open), and the inline set-up of the app
-tests: `www_dir` (files of random bytes to serve), `Bed` (testbed, HTTP server, clients;
-closed on leaving a `with`), `Monitor` (`mosxdp run APP` in the monitor
-namespace) and `Tcpdump`."""
+to a NAT address only, spoofed SYNs (`send_syns`), kernel SNMP counters, sha256 digests, a
+process's RSS, a polling wait, HOLD (a client that holds a connection open), and the inline
+set-up of the app tests: `www_dir` (files of random bytes to serve), `Bed` (testbed, HTTP
+server, clients; closed on leaving a `with`), `serving` (a module's Bed with its files),
+`Monitor` (`mosxdp run APP` in the monitor namespace) and `Tcpdump`."""
 from __future__ import annotations
 
 import contextlib
@@ -374,6 +374,15 @@ class Bed:
             mon.close()
             raise
         return mon
+
+
+@contextlib.contextmanager
+def serving(tmp_path_factory, sizes: dict, ports):
+    """A `Bed` serving files of random bytes ({name: size}) on ``ports``, for a module's
+    tests; closed on the way out."""
+    www = www_dir(tmp_path_factory.mktemp("www"), sizes)
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), ports) as bed:
+        yield bed
 
 
 class Monitor:

@@ -27,7 +27,7 @@ import time
 
 import livekit
 import pytest
-from livekit import Bed, Monitor, sha256_file
+from livekit import Monitor, sha256_file
 
 from mosxdp.apps.flowdump import endpoint_name
 
@@ -41,8 +41,7 @@ XDP_ATTACHED = re.compile(r"\bxdp\w*/id:\d+")     # in a link line of `ip monito
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = livekit.www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f1m": SIZE})
-    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,)) as bed:
+    with livekit.serving(tmp_path_factory, {"f1k": 1024, "f1m": SIZE}, (PORT,)) as bed:
         yield bed
 
 

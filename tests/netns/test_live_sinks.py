@@ -21,7 +21,7 @@ import re
 
 import livekit
 import pytest
-from livekit import Bed, sha256_file, wait_until
+from livekit import sha256_file, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -36,8 +36,7 @@ _METRIC = re.compile(r'^(mosxdp_sink_\w+)\{sink="[^"]*"(?:,reason="(\w+)")?\} (\
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = livekit.www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f256k": SIZE})
-    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,)) as bed:
+    with livekit.serving(tmp_path_factory, {"f1k": 1024, "f256k": SIZE}, (PORT,)) as bed:
         yield bed
 
 
