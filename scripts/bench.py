@@ -526,7 +526,8 @@ def make_capture(out_path, size_mb, names=_CAPTURE_SOURCES):
     import heapq
     import struct
 
-    from mosxdp.core.packet import fix_ipv4_checksum, fix_tcp_checksum, parse_frame
+    from mosxdp.core.checksum import fix_ipv4_checksum, fix_tcp_checksum
+    from mosxdp.core.packet import parse_frame
     from mosxdp.io.pcap import PcapReader, PcapWriter
     data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
     sources = []

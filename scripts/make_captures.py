@@ -457,17 +457,21 @@ REAL = OrderedDict([
 ])
 
 
-def make_real(name: str, outdir: Path) -> str:
+def record(name: str, scenario, outdir: Path, prefix: str = "mxcap") -> str:
+    """Run ``scenario(tb, cap, work)`` on a fresh direct testbed and keep its capture as
+    ``outdir / name``; returns the scenario's description. A capture that is not clean
+    (Capture.check) is made again, three attempts at most."""
     last = None
-    for attempt in range(3):
-        with tempfile.TemporaryDirectory(prefix="mxcap") as tmp:
+    for _attempt in range(3):
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
             tmp = Path(tmp)
             os.chmod(tmp, 0o755)
             work = tmp / "work"
             work.mkdir()
+            os.chmod(work, 0o755)
             with Testbed(kind="direct") as tb:
                 cap = Capture(tb, tmp, name)
-                desc = REAL[name](tb, cap, work)
+                desc = scenario(tb, cap, work)
                 try:
                     cap.check()
                 except RuntimeError as e:
@@ -476,6 +480,10 @@ def make_real(name: str, outdir: Path) -> str:
             shutil.copyfile(cap.path, outdir / name)
             return desc
     raise RuntimeError(f"{name}: no clean capture in 3 attempts: {last}")
+
+
+def make_real(name: str, outdir: Path) -> str:
+    return record(name, REAL[name], outdir)
 
 
 # ---------------------------------------------------------------------------

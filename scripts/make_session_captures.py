@@ -27,18 +27,15 @@ tests/data/sessions/README.md is rewritten with the files and what each holds.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_captures import PY, Capture, run_ok  # noqa: E402
+from make_captures import PY, Capture, record, run_ok  # noqa: E402
 from mosxdp.demo.testbed import Testbed, probe  # noqa: E402
 
 TLS_PORT, HTTP_PORT, DNS_PORT = 8443, 8080, 53
@@ -351,25 +348,7 @@ SCENARIOS = {"tls": sc_tls, "http": sc_http, "dns": sc_dns}
 
 
 def make(name: str, outdir: Path) -> str:
-    last = None
-    for _attempt in range(3):
-        with tempfile.TemporaryDirectory(prefix="mxsess") as tmp:
-            tmp = Path(tmp)
-            os.chmod(tmp, 0o755)
-            work = tmp / "work"
-            work.mkdir()
-            os.chmod(work, 0o755)
-            with Testbed(kind="direct") as tb:
-                cap = Capture(tb, tmp, f"{name}.pcap")
-                desc = SCENARIOS[name](tb, cap, work)
-                try:
-                    cap.check()
-                except RuntimeError as e:
-                    last = e
-                    continue
-            shutil.copyfile(cap.path, outdir / f"{name}.pcap")
-            return desc
-    raise RuntimeError(f"{name}: no clean capture in 3 attempts: {last}")
+    return record(f"{name}.pcap", SCENARIOS[name], outdir, prefix="mxsess")
 
 
 README = """\

@@ -174,6 +174,16 @@ def _flow_stats(stack, flow):
     return stats
 
 
+def _per_side(sock_obj, listener_attr, set_side, side, value):
+    """A per-side stream option: a listener keeps it for the flows it will make (its
+    ``listener_attr``, by side), a flow socket's side takes it now."""
+    if sock_obj.kind == "listener":
+        getattr(sock_obj, listener_attr)[side] = value
+    else:
+        set_side(sock_obj.flow.sides[side], value)
+    return 0
+
+
 def mtcp_setsockopt(mctx, sock, level, optname, optval):
     stack = _stack(mctx)
     sock_obj = _sock(stack, sock)
@@ -185,21 +195,13 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
         side = C.MOS_SIDE_CLI if optname == C.MOS_CLIBUF else C.MOS_SIDE_SVR
         if isinstance(optval, bool) or not isinstance(optval, int) or optval < 0:
             raise _error(errno.EINVAL, f"buffer size {optval!r} is not a non-negative integer")
-        if sock_obj.kind == "listener":
-            sock_obj.bufsize[side] = optval
-        else:
-            stack.set_buffer_size(sock_obj.flow.sides[side], optval)
-        return 0
+        return _per_side(sock_obj, "bufsize", stack.set_buffer_size, side, optval)
     if optname in (C.MOS_CLIOVERLAP, C.MOS_SVROVERLAP):
         side = C.MOS_SIDE_CLI if optname == C.MOS_CLIOVERLAP else C.MOS_SIDE_SVR
         if optval not in (C.MOS_OVERLAP_POLICY_FIRST, C.MOS_OVERLAP_POLICY_LAST):
             raise _error(errno.EINVAL, f"overlap policy {optval!r} is not MOS_OVERLAP_POLICY_FIRST "
                          "or MOS_OVERLAP_POLICY_LAST")
-        if sock_obj.kind == "listener":
-            sock_obj.policy[side] = optval
-        else:
-            stack.set_overlap_policy(sock_obj.flow.sides[side], optval)
-        return 0
+        return _per_side(sock_obj, "policy", stack.set_overlap_policy, side, optval)
     if optname in (C.MOS_FRAG_CLIBUF, C.MOS_FRAG_SVRBUF):
         # mOS's default build (DISABLE_DYN_RESIZE) takes only 0: a flow socket's side
         # releases its buffer, bytes and fragments; on a listener it changes nothing.

@@ -152,44 +152,18 @@ class Eve:
         (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         client = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_CLI)
         server = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOS_TCP_STATE_SVR)
-        record = {
-            "timestamp": iso_time(stats.last_ts),
-            "flow_id": flow_id(stats.start_ts, orig_h, orig_p, resp_h, resp_p),
-            "event_type": "flow",
-            "src_ip": orig_h, "src_port": orig_p, "dest_ip": resp_h, "dest_port": resp_p,
-            "ip_v": 6 if ":" in orig_h else 4,
-            "proto": "TCP",
-        }
+        record = _head(stats, orig_h, orig_p, resp_h, resp_p)
+        record.update({"src_port": orig_p, "dest_ip": resp_h, "dest_port": resp_p,
+                       "ip_v": 6 if ":" in orig_h else 4, "proto": "TCP"})
         if stats.stream_bytes[0] or stats.stream_bytes[1]:
             # Suricata says "failed" once a flow carried data whose protocol it could not
             # tell; mosxdp tells none (an app would), and like Suricata says nothing for a
             # flow without data.
             record["app_proto"] = "failed"
         session = session_state(client, server)
-        flow = {
-            "pkts_toserver": stats.pkts[0], "pkts_toclient": stats.pkts[1],
-            "bytes_toserver": stats.l2_bytes[0], "bytes_toclient": stats.l2_bytes[1],
-        }
         bypassed = sock in self.bypassed
-        if bypassed:
-            self.bypassed.discard(sock)
-            flow["bypassed"] = {
-                "pkts_toserver": stats.bypassed_pkts[0],
-                "pkts_toclient": stats.bypassed_pkts[1],
-                "bytes_toserver": stats.bypassed_l2_bytes[0],
-                "bytes_toclient": stats.bypassed_l2_bytes[1],
-            }
-        flow["start"] = iso_time(stats.start_ts)
-        flow["end"] = iso_time(stats.last_ts)
-        flow["age"] = stats.last_ts // 1_000_000 - stats.start_ts // 1_000_000
-        if bypassed:
-            flow["state"] = "bypassed"
-            flow["bypass"] = self.bypass_kind
-        else:
-            flow["state"] = _FLOW_STATE.get(session, "new")
-        flow["reason"] = _REASON.get(stats.end_reason, "unknown")
-        flow["alerted"] = False
-        record["flow"] = flow
+        self.bypassed.discard(sock)
+        record["flow"] = self._flow(stats, bypassed, _FLOW_STATE.get(session, "new"))
         record["community_id"] = mosx_community_id(6, orig_h, resp_h, orig_p, resp_p, self.seed)
         to_server, to_client = stats.tcp_flags[0], stats.tcp_flags[1]
         tcp = {"tcp_flags": f"{to_server | to_client:02x}", "tcp_flags_ts": f"{to_server:02x}",
@@ -201,20 +175,11 @@ class Eve:
         if stats.missed_bytes[1]:
             tcp["tc_gap"] = True
         record["tcp"] = tcp
-        if self.pcap is not None:
-            record["pcap_cnt"] = mosx_frame_count(mctx)
-            record["pcap_filename"] = self.pcap
-        self.output.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._write(mctx, record)
 
     def on_datagram_end(self, mctx, stats):
         """A UDP or ICMP flow ended: its record (src: the originator, as Zeek's)."""
-        record = {
-            "timestamp": iso_time(stats.last_ts),
-            "flow_id": flow_id(stats.start_ts, stats.orig_h, stats.orig_p, stats.resp_h,
-                               stats.resp_p),
-            "event_type": "flow",
-            "src_ip": stats.orig_h,
-        }
+        record = _head(stats, stats.orig_h, stats.orig_p, stats.resp_h, stats.resp_p)
         v6 = ":" in stats.orig_h
         if stats.proto == "udp":
             record.update({"src_port": stats.orig_p, "dest_ip": stats.resp_h,
@@ -229,11 +194,19 @@ class Eve:
                 record["response_icmp_type"] = stats.resp_p
         if stats.proto == "udp" and (stats.payload_bytes[0] or stats.payload_bytes[1]):
             record["app_proto"] = "failed"
+        # Suricata: a flow is established once both directions carried a packet.
+        state = "established" if stats.pkts[0] and stats.pkts[1] else "new"
+        record["flow"] = self._flow(stats, stats.kernel_verdict == "bypass", state)
+        record["community_id"] = mosx_community_id(stats.ip_proto, stats.orig_h, stats.resp_h,
+                                                   stats.orig_p, stats.resp_p, self.seed)
+        self._write(mctx, record)
+
+    def _flow(self, stats, bypassed, state):
+        """A record's "flow" object, TCP, UDP and ICMP alike (``state``: unless bypassed)."""
         flow = {
             "pkts_toserver": stats.pkts[0], "pkts_toclient": stats.pkts[1],
             "bytes_toserver": stats.l2_bytes[0], "bytes_toclient": stats.l2_bytes[1],
         }
-        bypassed = stats.kernel_verdict == "bypass"
         if bypassed:
             flow["bypassed"] = {
                 "pkts_toserver": stats.bypassed_pkts[0],
@@ -248,13 +221,12 @@ class Eve:
             flow["state"] = "bypassed"
             flow["bypass"] = self.bypass_kind
         else:
-            # Suricata: a flow is established once both directions carried a packet.
-            flow["state"] = "established" if stats.pkts[0] and stats.pkts[1] else "new"
+            flow["state"] = state
         flow["reason"] = _REASON.get(stats.end_reason, "unknown")
         flow["alerted"] = False
-        record["flow"] = flow
-        record["community_id"] = mosx_community_id(stats.ip_proto, stats.orig_h, stats.resp_h,
-                                                   stats.orig_p, stats.resp_p, self.seed)
+        return flow
+
+    def _write(self, mctx, record):
         if self.pcap is not None:
             record["pcap_cnt"] = mosx_frame_count(mctx)
             record["pcap_filename"] = self.pcap
@@ -262,6 +234,16 @@ class Eve:
 
     def close(self):
         self.output.close()
+
+
+def _head(stats, orig_h, orig_p, resp_h, resp_p):
+    """The fields every flow record starts with."""
+    return {
+        "timestamp": iso_time(stats.last_ts),
+        "flow_id": flow_id(stats.start_ts, orig_h, orig_p, resp_h, resp_p),
+        "event_type": "flow",
+        "src_ip": orig_h,
+    }
 
 
 def setup(mctx, args):

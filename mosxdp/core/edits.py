@@ -36,8 +36,8 @@ its head (bytes the receiver has), from the point on.
 from bisect import bisect_left, bisect_right
 
 from .constants import TH_FIN, TH_PUSH
-from .packet import (IPV4_CHECKSUM_OFF, TCP_CHECKSUM_OFF, checksum_update, parse_frame,
-                     tcp_checksum, verify_tcp_checksum)
+from .checksum import checksum_update, tcp_checksum, verify_tcp_checksum
+from .packet import IPV4_CHECKSUM_OFF, TCP_CHECKSUM_OFF, parse_frame
 from .tcp import SEQ_MASK, seq_delta
 
 LEFT = 0

@@ -8,12 +8,12 @@ import errno
 import struct
 
 from .constants import MOS_ETH_HDR, MOS_IP_HDR, MOS_TCP_HDR, MOS_TCP_PAYLOAD, TH_ACK, TH_RST
+from .checksum import (fix_ipv4_checksum, fix_tcp_checksum, ipv4_header_checksum,
+                       tcp_segment_checksum)
 from .packet import (ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
                      IPV4_CHECKSUM_OFF, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_CHECKSUM_OFF,
-                     TCP_HDR_LEN, TCP_MAX_OPTIONS_LEN, PacketError, fix_ipv4_checksum,
-                     fix_tcp_checksum, ipv4_header_checksum, parse_cut_frame, parse_frame,
-                     parse_vlan_tags,
-                     tcp_segment_checksum)
+                     TCP_HDR_LEN, TCP_MAX_OPTIONS_LEN, PacketError, parse_cut_frame, parse_frame,
+                     parse_vlan_tags)
 from .tcp import SEQ_MASK, seq_delta
 
 

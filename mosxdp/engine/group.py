@@ -53,6 +53,11 @@ def _sum_dicts(dicts):
     return out
 
 
+def _summed(name, combine):
+    """A read-only attribute of the group: ``name`` of every context's Stack, combined."""
+    return property(lambda self: combine(getattr(stack, name) for stack in self.stacks))
+
+
 class ContextGroup:
     """The Stacks of several contexts as one processor (see the module docstring)."""
 
@@ -105,25 +110,11 @@ class ContextGroup:
             stack.finish()
 
     # ------------------------------------------------------------ what the engines read
-    @property
-    def counters(self):
-        return _sum_dicts(stack.counters for stack in self.stacks)
-
-    @property
-    def malformed(self):
-        return _sum_dicts(stack.malformed for stack in self.stacks)
-
-    @property
-    def callback_errors(self):
-        return _sum_dicts(stack.callback_errors for stack in self.stacks)
-
-    @property
-    def reassembly_mem_peak(self):
-        return sum(stack.reassembly_mem_peak for stack in self.stacks)
-
-    @property
-    def reassembly_mem(self):
-        return sum(stack.reassembly_mem for stack in self.stacks)
+    counters = _summed("counters", _sum_dicts)
+    malformed = _summed("malformed", _sum_dicts)
+    callback_errors = _summed("callback_errors", _sum_dicts)
+    reassembly_mem_peak = _summed("reassembly_mem_peak", sum)
+    reassembly_mem = _summed("reassembly_mem", sum)
 
     def flow_count(self):
         return sum(stack.flow_count() for stack in self.stacks)

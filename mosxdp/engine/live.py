@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import select
-import signal
-import threading
 import time
 
 from ..io import libxdp as _x
-from ..io.netdev import tx_dropped
 from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
     xskmap_delete, xskmap_update
+from .datapath import LiveDatapath, monotonic_us as _monotonic_us
+from .live_frames import FrameMoves
 from .loss import lost_frames
 
 __all__ = ["LiveEngine", "VERDICT_FORWARD", "VERDICT_DROP", "VERDICT_REPLACED"]
@@ -51,11 +50,7 @@ class _Lane:
         self.egress = egress  # egress port -> TX socket for outbox frames
 
 
-def _monotonic_us() -> int:
-    return time.monotonic_ns() // 1000
-
-
-class LiveEngine:
+class LiveEngine(FrameMoves, LiveDatapath):
     """AF_XDP datapath around a processor. A context manager; :meth:`run` loops.
 
     Parameters:
@@ -109,34 +104,23 @@ class LiveEngine:
         # Validated where they enter (config.py, the command lines).
         assert xdp_mode in ("native", "generic", "auto"), xdp_mode
         assert 1 <= batch_size <= ring_size, (batch_size, ring_size)
-        self.inline = peer is not None
-        self.ifaces = ifaces
-        self.processor = processor
+        super().__init__(ifaces, peer is not None, processor, batch_size=batch_size,
+                         xdp_mode=xdp_mode, force=force, filter_c_expr=filter_c_expr,
+                         filter_all_ip=filter_all_ip, keep_attached=keep_attached,
+                         poll_timeout_ms=poll_timeout_ms)
         self.queues = queues
         self.frame_count = frame_count
         self.frame_size = frame_size
         self.ring_size = ring_size
-        self.batch_size = batch_size
         self.zero_copy = zero_copy
         self.need_wakeup = need_wakeup
-        self.xdp_mode = xdp_mode
         self.fail_closed = fail_closed
         self.program_spec = program
-        self.poll_timeout_ms = poll_timeout_ms
         self.check = check_accounting
-        self.filter_c_expr = filter_c_expr
-        self.filter_all_ip = filter_all_ip
-        self.force = force
-        self.keep_attached = keep_attached
-        self._xdp_at_stop: dict | None = None
-        self.program = None
         self.umem: Umem | None = None
         self.lanes: list[_Lane] = []
         self.sockets = []
-        self._stack: contextlib.ExitStack | None = None
         self._xskmap = None  # (XSKMAP fd, indexes we set)
-        self._stop = threading.Event()
-        self.stop_reason: str | None = None   # why run() returned (see stop())
         # tx_ring_full: times a full TX ring held frames back (or dropped some: their
         # count is tx_ring_full_dropped)
         self.counters = dict.fromkeys((
@@ -144,7 +128,6 @@ class LiveEngine:
             "recycled", "tx_ring_full", "tx_ring_full_dropped", "polls", "idle_timeouts",
             "replaced", "replaced_dropped"), 0)
         self.frames_by_port: list[int] = []
-        self._tx_dropped_at_start: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "LiveEngine":
@@ -160,27 +143,13 @@ class LiveEngine:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Unwind everything (reverse order). SIGINT/SIGTERM are held back meanwhile so
-        that a signal cannot cut the teardown short; they are delivered afterwards."""
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return
-        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-        try:
-            stack.close()
-        finally:
-            self._xskmap = None
-            self.lanes, self.sockets = [], []
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def _closed(self) -> None:
+        self._xskmap = None
+        self.lanes, self.sockets = [], []
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         _x.load()  # a clear error when libxdp is missing, before anything is attached
-        self._tx_dropped_at_start = {ifn: tx_dropped(ifn) for ifn in self.ifaces}
+        self._start_tx_dropped()
         self.lanes, self.sockets = [], []
         nq = {}
         for ifn in self.ifaces:
@@ -291,13 +260,6 @@ class LiveEngine:
         return st
 
     # ------------------------------------------------------------------ control
-    def stop(self, reason: str = "stop") -> None:
-        """Ask :meth:`run` to return (thread- and signal-safe); the first ``reason`` given
-        is kept as ``stop_reason``."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self._stop.set()
-
     def accounting(self) -> dict:
         return self.umem.accounting()
 
@@ -312,28 +274,11 @@ class LiveEngine:
             except Exception as exc:  # stats must not fail
                 out["xdp"] = {"error": repr(exc)}
         out["lost"] = self._lost(out["sockets"], out.get("xdp"))
-        proc = self.processor
-        if proc is not None and isinstance(getattr(proc, "counters", None), dict):
-            out["processor"] = dict(proc.counters)
-        return out
-
-    def xdp_counters(self) -> dict | None:
-        """The XDP program's counters (None without them, or when they cannot be read)."""
-        if self.program is None or not hasattr(self.program, "counters"):
-            return None
-        try:
-            return dict(self.program.counters())
-        except OSError:
-            return None
+        return self._processor_stats(out)
 
     def _lost(self, sockets: list[dict], xdp: dict | None) -> dict:
-        dropped = 0
-        for ifn, start in self._tx_dropped_at_start.items():
-            now = tx_dropped(ifn) if start is not None else None
-            if now is not None:
-                dropped += now - start
         return lost_frames(self.counters, sockets, xdp, zero_copy=self.zero_copy,
-                           device_tx_dropped=dropped)
+                           device_tx_dropped=self._device_tx_dropped())
 
     def lost(self, xdp: dict | None = None) -> dict:
         """Frames lost so far by reason (mosxdp.engine.loss), from the kernel's statistics
@@ -351,25 +296,12 @@ class LiveEngine:
         ``duration`` seconds. Returns :meth:`stats`."""
         if self.umem is None:
             raise RuntimeError("LiveEngine.run() outside its context (use `with LiveEngine(...)`)")
-        saved = {}
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
-                    saved[sig] = signal.signal(sig, self._stop_on_signal)
-        try:
+        with self._stop_signals(handle_signals):
             self._loop(duration)
             if self.processor is not None:
                 self.processor.finish()
                 self._flush_outbox_and_tx()
-        finally:
-            for sig, h in saved.items():
-                signal.signal(sig, h)
-        if self.stop_reason is None:
-            self.stop_reason = "duration"
         return self.stats()
-
-    def _stop_on_signal(self, signum, _frame) -> None:
-        self.stop(f"signal {signal.Signals(signum).name}")
 
     def _idle(self, poller, deadline) -> bool:
         """Wait for frames; False when it is time to stop."""
@@ -399,26 +331,6 @@ class LiveEngine:
         for s in self.sockets:
             p.register(s.fd, _POLLIN)
         return p
-
-    def _housekeeping(self) -> None:
-        """Kick TX, reap completions, refill fill rings (once per loop iteration)."""
-        umem = self.umem
-        free = umem.free
-        for s in self.sockets:
-            if s.tx_p != s.tx.cons[0]:
-                s.kick()
-            s.reap_into(free)
-        reserve = 64  # kept free for outbox frames
-        spare = len(free) - reserve
-        # Each socket gets its share of the free frames, so a flooded interface
-        # cannot take every frame and leave the other one's fill ring empty.
-        share = -(-spare // len(self.sockets)) if spare > 0 else 0
-        for s in self.sockets:
-            if share and len(free) > reserve:
-                s.fill_from(free, min(share, len(free) - reserve))
-            s.wake_rx()
-        if self.check:
-            umem.check_accounting()
 
     def _loop(self, duration) -> None:
         """Turns until stopped: one batch from each lane, then the rings' housekeeping, and
@@ -594,127 +506,3 @@ class LiveEngine:
         if proc.outbox:
             self._send_outbox_idle()
         return n
-
-    def _put_replacement(self, a, frames, fwd) -> None:
-        """The frames that leave instead of frame ``a`` (VERDICT_REPLACED) onto the forward
-        list: the first into ``a``'s own UMEM frame when it fits (else ``a`` goes to the
-        free pool), the others into free frames."""
-        c = self.counters
-        umem = self.umem
-        buf = umem.buf
-        fsize = umem.frame_size
-        c["replaced"] += 1
-        rest = frames
-        first = frames[0]
-        if len(first) <= (a & umem.frame_mask) + fsize - a:
-            buf[a:a + len(first)] = first
-            fwd.append(a)
-            fwd.append(len(first))
-            rest = frames[1:]
-        else:
-            umem.free.append(a & umem.frame_mask)
-            umem.app -= 1
-        free = umem.free
-        for frame in rest:
-            n = len(frame)
-            if not free:
-                for s in self.sockets:
-                    s.reap_into(free)
-            if n > fsize or not free:
-                c["replaced_dropped"] += 1
-                continue
-            b = free.pop() & umem.frame_mask
-            umem.app += 1
-            buf[b:b + n] = frame
-            fwd.append(b)
-            fwd.append(n)
-
-    def _refill(self, sock, addrs) -> None:
-        """Frame addresses back to a socket's fill ring; what does not fit to the free pool."""
-        put = sock.fill_put(addrs)
-        if put < len(addrs):
-            umem = self.umem
-            umem.free += addrs[put:]
-            umem.app -= len(addrs) - put
-
-    def _send_extra(self, extra) -> None:
-        """Outbox frames to their TX sockets ({socket: flat list}); what a full TX ring
-        refuses is dropped (its frames to the free pool)."""
-        c = self.counters
-        umem = self.umem
-        for tx_sock, flat in extra.items():
-            put = tx_sock.tx_put(flat)
-            c["outbox_sent"] += put
-            if put < len(flat) >> 1:
-                lost = flat[2 * put::2]
-                c["outbox_dropped"] += len(lost)
-                umem.free += lost
-                umem.app -= len(lost)
-
-    def _give_back(self, d, fwd, extra) -> None:
-        """An exception in the processor: the batch's frames (and outbox frames already
-        copied) go back to the free pool so that the accounting still balances."""
-        held = set(d[0::2]) | set(fwd[0::2])
-        for flat in (extra or {}).values():
-            held.update(flat[0::2])
-        self.umem.free += held
-        self.umem.app -= len(held)
-
-    def _take_outbox(self, ln: _Lane, fwd, extra):
-        """Copy the processor's outbox frames into free UMEM frames, queued before the
-        frame being processed: on the forward list ``fwd`` when they leave the same way
-        (``fwd`` None: everything goes to ``extra``, {TX socket: flat list})."""
-        proc = self.processor
-        umem = self.umem
-        free = umem.free
-        buf = umem.buf
-        fmask = umem.frame_mask
-        fsize = umem.frame_size
-        box = proc.outbox
-        for frame, eport in box:
-            if not self.inline:
-                eport = 0
-            try:
-                tx_sock = ln.egress[eport]
-            except (IndexError, TypeError):
-                self.counters["outbox_dropped"] += 1
-                continue
-            n = len(frame)
-            if n > fsize or n == 0:
-                self.counters["outbox_dropped"] += 1
-                continue
-            if not free:
-                for s in self.sockets:
-                    s.reap_into(free)
-                if not free:
-                    self.counters["outbox_dropped"] += 1
-                    continue
-            a = free.pop() & fmask
-            umem.app += 1
-            buf[a:a + n] = frame
-            if fwd is not None and tx_sock is ln.fwd:
-                fwd.append(a)
-                fwd.append(n)
-            else:
-                if extra is None:
-                    extra = {}
-                extra.setdefault(tx_sock, []).extend((a, n))
-        box.clear()
-        return extra
-
-    def _send_outbox_idle(self) -> None:
-        """Outbox frames produced outside process() (timers, end_batch, finish)."""
-        proc = self.processor
-        if proc is None or not proc.outbox:
-            return
-        extra = self._take_outbox(self.lanes[0], None, None)
-        if extra:
-            self._send_extra(extra)
-
-    def _flush_outbox_and_tx(self, timeout: float = 0.5) -> None:
-        self._send_outbox_idle()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(s.tx_pending() for s in self.sockets):
-            self._housekeeping()
-            time.sleep(0.001)
-        self._housekeeping()

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import select
-import signal
 import sys
-import threading
 import time
 
-from ..io.netdev import tx_dropped
 from ..io.ringbuf import RingBuffer
+from .datapath import LiveDatapath, monotonic_us as _monotonic_us
 from .loss import lost_frames
 
 __all__ = ["ObserveEngine", "DEFAULT_SNAP", "DEFAULT_RING_BYTES"]
@@ -35,11 +33,7 @@ _HDR = 24                           # struct mx_observed
 _HEAD = __import__("struct").Struct("<QIII")
 
 
-def _monotonic_us() -> int:
-    return time.monotonic_ns() // 1000
-
-
-class ObserveEngine:
+class ObserveEngine(LiveDatapath):
     """Observe-only datapath around a processor; a context manager like LiveEngine.
 
     ``iface``/``peer``: as LiveEngine (inline when ``peer`` is given, else passive);
@@ -59,33 +53,21 @@ class ObserveEngine:
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if peer is not None:
             ifaces.append(peer)
-        self.inline = peer is not None
-        self.ifaces = ifaces
+        super().__init__(ifaces, peer is not None, processor, batch_size=batch_size,
+                         xdp_mode=xdp_mode, force=force, filter_c_expr=filter_c_expr,
+                         filter_all_ip=filter_all_ip, keep_attached=keep_attached,
+                         poll_timeout_ms=poll_timeout_ms)
         self.peer = peer
-        self.processor = processor
-        self.batch_size = batch_size
-        self.xdp_mode = xdp_mode
-        self.force = force
-        self.filter_c_expr = filter_c_expr
-        self.filter_all_ip = filter_all_ip
-        self.keep_attached = keep_attached
-        self.poll_timeout_ms = poll_timeout_ms
         self.snap = snap
         self.ring_bytes = ring_bytes
-        self.program = None
         self.ring: RingBuffer | None = None
         self.sockets: list = []              # none: the status and loss code read this
         self.umem = None
-        self._stack: contextlib.ExitStack | None = None
-        self._stop = threading.Event()
-        self.stop_reason: str | None = None
-        self._xdp_at_stop: dict | None = None
         self._said_ignored = False
         self.counters = dict.fromkeys((
             "batches", "frames", "forwarded", "dropped", "outbox_sent", "outbox_dropped",
             "verdicts_ignored", "cut_frames", "polls", "idle_timeouts"), 0)
         self.frames_by_port = [0] * len(ifaces)
-        self._tx_dropped_at_start: dict[str, int | None] = {}
         # The length on the wire of the record being processed when its copy was cut by the
         # snap length, else 0: the processor's wire_len() (the core parses a cut frame
         # from its headers, as it does a pcap record cut by a capture's snap length).
@@ -94,7 +76,7 @@ class ObserveEngine:
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "ObserveEngine":
         from ..io.xdp import XdpProgram
-        self._tx_dropped_at_start = {ifn: tx_dropped(ifn) for ifn in self.ifaces}
+        self._start_tx_dropped()
         with contextlib.ExitStack() as stack:
             peers = {self.ifaces[0]: self.peer} if self.inline else None
             self.program = stack.enter_context(XdpProgram(
@@ -109,44 +91,14 @@ class ObserveEngine:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _closed(self) -> None:
+        self.ring = None
 
-    def close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return
-        sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-        try:
-            stack.close()
-        finally:
-            self.ring = None
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-    # ------------------------------------------------------------------ control and stats
-    def stop(self, reason: str = "stop") -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self._stop.set()
-
-    def xdp_counters(self) -> dict | None:
-        if self.program is None:
-            return None
-        try:
-            return dict(self.program.counters())
-        except OSError:
-            return None
-
+    # ------------------------------------------------------------------ stats
     def lost(self, xdp: dict | None = None) -> dict:
         if xdp is None:
             xdp = self.xdp_counters()
-        dropped = 0
-        for ifn, start in self._tx_dropped_at_start.items():
-            now = tx_dropped(ifn) if start is not None else None
-            if now is not None:
-                dropped += now - start
-        return lost_frames(self.counters, [], xdp, device_tx_dropped=dropped)
+        return lost_frames(self.counters, [], xdp, device_tx_dropped=self._device_tx_dropped())
 
     def stats(self) -> dict:
         out = dict(self.counters)
@@ -158,10 +110,7 @@ class ObserveEngine:
         if xdp is not None:
             out["xdp"] = xdp
         out["lost"] = self.lost(xdp)
-        proc = self.processor
-        if proc is not None and isinstance(getattr(proc, "counters", None), dict):
-            out["processor"] = dict(proc.counters)
-        return out
+        return self._processor_stats(out)
 
     def final_stats(self) -> dict:
         st = self.stats()
@@ -173,16 +122,10 @@ class ObserveEngine:
         """Read copies until :meth:`stop`, SIGINT/SIGTERM/SIGHUP or ``duration`` seconds."""
         if self.ring is None:
             raise RuntimeError("ObserveEngine.run() outside its context")
-        saved = {}
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
-                    saved[sig] = signal.signal(sig, lambda s, f: self.stop(
-                        f"signal {signal.Signals(s).name}"))
         proc = self.processor
         if proc is not None and hasattr(proc, "wire_len"):
             proc.wire_len = self._wire_len
-        try:
+        with self._stop_signals(handle_signals):
             self._loop(duration)
             # What the kernel copied before the stop is still read.
             while self._batch():
@@ -190,11 +133,6 @@ class ObserveEngine:
             if self.processor is not None:
                 self.processor.finish()
                 self._outbox()
-        finally:
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
-        if self.stop_reason is None:
-            self.stop_reason = "duration"
         return self.stats()
 
     def _loop(self, duration) -> None:

@@ -7,8 +7,8 @@ completion rings, all addressing the same UMEM, so a frame received on interface
 be transmitted on interface B by moving its descriptor.
 
 Rings are read and written in place through memoryviews of the kernel's mmapped rings
-(producer/consumer words and descriptor arrays), one peek/release per batch: no ctypes
-call per frame. Ordering: a Python store to a ring word is a plain 32-bit store issued
+(producer/consumer words and descriptor arrays; io/xsk_rings.py), one peek/release per
+batch: no ctypes call per frame. Ordering: a Python store to a ring word is a plain 32-bit store issued
 after the descriptor stores before it; x86-64's memory model (TSO) makes that a
 release, and a load an acquire. Other architectures would need explicit barriers, so
 :class:`Umem` refuses to run elsewhere.
@@ -50,13 +50,13 @@ from . import libxdp as _x
 from .libbpf import xskmap_delete, xskmap_update
 from .netdev import rx_queue_count, tx_queue_count
 from .uapi import XDP_MAX_TX_SKB_BUDGET, XDP_STATISTICS
+from .xsk_rings import M32, Ring, copy_entries, produce, read_entries, write_entries
 
 __all__ = [
     "Umem", "XskSocket", "AccountingError", "xskmap_update", "xskmap_delete",
     "rx_queue_count", "tx_queue_count",
 ]
 
-M32 = 0xFFFFFFFF
 NEED_WAKEUP = _x.XDP_RING_NEED_WAKEUP
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 _KICK_RETRY = frozenset((errno.EBUSY, errno.ENOBUFS, errno.EAGAIN))
@@ -65,67 +65,6 @@ TX_BUDGET_DEFAULT = 32      # frames one copy-mode sendto sends unless raised
 
 class AccountingError(AssertionError):
     """The frame accounting does not balance (a frame was lost or duplicated)."""
-
-
-def _u32_at(ptr: int) -> memoryview:
-    return memoryview((ctypes.c_char * 4).from_address(ptr)).cast("B").cast("I")
-
-
-def _u64s_at(ptr: int, count: int) -> memoryview:
-    return memoryview((ctypes.c_char * (8 * count)).from_address(ptr)).cast("B").cast("Q")
-
-
-class _Ring:
-    """Memoryviews over one mmapped ring: ``prod``/``cons``/``flags`` (one u32 each) and
-    ``q``, the entries as u64 words (1 per fill/completion entry, 2 per xdp_desc:
-    addr, then len | options << 32)."""
-
-    __slots__ = ("prod", "cons", "flags", "q", "mask", "size", "words")
-
-    def __init__(self, s: _x.XskRing, words: int):
-        self.mask = s.mask
-        self.size = s.size
-        self.words = words
-        self.prod = _u32_at(s.producer)
-        self.cons = _u32_at(s.consumer)
-        self.flags = _u32_at(s.flags)
-        self.q = _u64s_at(s.ring, s.size * words)
-
-    def release(self) -> None:
-        for mv in (self.prod, self.cons, self.flags, self.q):
-            mv.release()
-
-
-def _copy_entries(src: memoryview, si: int, ssize: int, dst: memoryview, di: int, dsize: int,
-                  n: int, w: int) -> None:
-    """Copy n entries of w u64 words from ring slot si of src to ring slot di of dst,
-    splitting at either ring's wrap point (at most three memoryview copies)."""
-    while n:
-        k = min(n, ssize - si, dsize - di)
-        dst[w * di:w * (di + k)] = src[w * si:w * (si + k)]
-        n -= k
-        si = (si + k) % ssize
-        di = (di + k) % dsize
-
-
-def _write_entries(dst: memoryview, di: int, dsize: int, words: memoryview, w: int) -> None:
-    """Write a contiguous run of entries (u64 words, w per entry) at ring slot di."""
-    n = len(words) // w
-    k = dsize - di
-    if n <= k:
-        dst[w * di:w * (di + n)] = words
-    else:
-        dst[w * di:] = words[:w * k]
-        dst[:w * (n - k)] = words[w * k:]
-
-
-def _read_entries(src: memoryview, si: int, ssize: int, n: int, w: int) -> list:
-    k = ssize - si
-    if n <= k:
-        return src[w * si:w * (si + n)].tolist()
-    out = src[w * si:].tolist()
-    out += src[:w * (n - k)].tolist()
-    return out
 
 
 class XskSocket:
@@ -159,10 +98,10 @@ class XskSocket:
         self.fd = lib.xsk_socket__fd(handle)
         # A Python socket object only to send/recv wake-ups; detached (not closed) on close.
         self.sock = socket.socket(_x.AF_XDP, socket.SOCK_RAW, 0, fileno=self.fd)
-        self.rx = _Ring(self._s_rx, 2)
-        self.tx = _Ring(self._s_tx, 2)
-        self.fill = _Ring(self._s_fill, 1)
-        self.comp = _Ring(self._s_comp, 1)
+        self.rx = Ring(self._s_rx, 2)
+        self.tx = Ring(self._s_tx, 2)
+        self.fill = Ring(self._s_fill, 1)
+        self.comp = Ring(self._s_comp, 1)
         # Our own indexes (the kernel's side is read from the ring words).
         self.rx_c = self.rx.cons[0]
         self.tx_p = self.tx.prod[0]
@@ -202,7 +141,7 @@ class XskSocket:
             return None
         if n > maxn:
             n = maxn
-        d = _read_entries(r.q, c & r.mask, r.size, n, 2)
+        d = read_entries(r.q, c & r.mask, r.size, n, 2)
         c = (c + n) & M32
         self.rx_c = c
         r.cons[0] = c
@@ -231,17 +170,8 @@ class XskSocket:
     def tx_put(self, flat: list) -> int:
         """Put descriptors ``[addr, len, ...]`` (from the engine's frames) on the TX ring.
         Returns how many fitted; the caller keeps the rest (still ``app``)."""
-        t = self.tx
-        n = len(flat) >> 1
-        free = (t.cons[0] + t.size - self.tx_p) & M32
-        if n > free:
-            n = free
-            flat = flat[:2 * n]
-        if not n:
-            return 0
-        _write_entries(t.q, self.tx_p & t.mask, t.size, memoryview(array.array("Q", flat)), 2)
-        self.tx_p = p = (self.tx_p + n) & M32
-        t.prod[0] = p
+        n = produce(self.tx, self.tx_p, flat, 2)
+        self.tx_p = (self.tx_p + n) & M32
         self.tx_in += n
         self.umem.app -= n
         return n
@@ -260,7 +190,7 @@ class XskSocket:
             n = maxn
         if not n:
             return 0
-        _copy_entries(r.q, src.rx_c & r.mask, r.size, t.q, self.tx_p & t.mask, t.size, n, 2)
+        copy_entries(r.q, src.rx_c & r.mask, r.size, t.q, self.tx_p & t.mask, t.size, n, 2)
         src.rx_c = c = (src.rx_c + n) & M32
         r.cons[0] = c
         self.tx_p = p = (self.tx_p + n) & M32
@@ -320,7 +250,7 @@ class XskSocket:
             return 0
         chunk = pool[-n:]
         del pool[-n:]
-        _write_entries(f.q, self.fill_p & f.mask, f.size, memoryview(array.array("Q", chunk)), 1)
+        write_entries(f.q, self.fill_p & f.mask, f.size, memoryview(array.array("Q", chunk)), 1)
         self.fill_p = p = (self.fill_p + n) & M32
         f.prod[0] = p
         self.fill_in += n
@@ -328,17 +258,8 @@ class XskSocket:
 
     def fill_put(self, addrs: list) -> int:
         """Put frames held by the engine (``app``) on the fill ring; returns how many fitted."""
-        f = self.fill
-        n = len(addrs)
-        free = (f.cons[0] + f.size - self.fill_p) & M32
-        if n > free:
-            n = free
-            addrs = addrs[:n]
-        if not n:
-            return 0
-        _write_entries(f.q, self.fill_p & f.mask, f.size, memoryview(array.array("Q", addrs)), 1)
-        self.fill_p = p = (self.fill_p + n) & M32
-        f.prod[0] = p
+        n = produce(self.fill, self.fill_p, addrs, 1)
+        self.fill_p = (self.fill_p + n) & M32
         self.fill_in += n
         self.umem.app -= n
         return n
@@ -350,7 +271,7 @@ class XskSocket:
         n = (c.prod[0] - cc) & M32
         if not n:
             return 0
-        pool += _read_entries(c.q, cc & c.mask, c.size, n, 1)
+        pool += read_entries(c.q, cc & c.mask, c.size, n, 1)
         self.comp_c = cc = (cc + n) & M32
         c.cons[0] = cc
         self.comp_out += n
@@ -554,14 +475,14 @@ class Umem:
             tx_cons = t.cons[0]
             rxn = (rx_prod - s.rx_c) & M32
             compn = (comp_prod - s.comp_c) & M32
-            mark(_read_entries(r.q, s.rx_c & r.mask, r.size, rxn, 2)[0::2], f"rx {s!r}")
-            mark(_read_entries(c.q, s.comp_c & c.mask, c.size, compn, 1), f"completion {s!r}")
+            mark(read_entries(r.q, s.rx_c & r.mask, r.size, rxn, 2)[0::2], f"rx {s!r}")
+            mark(read_entries(c.q, s.comp_c & c.mask, c.size, compn, 1), f"completion {s!r}")
             n = (s.fill_p - fill_cons) & M32
             visible += n
-            mark(_read_entries(f.q, fill_cons & f.mask, f.size, n, 1), f"fill {s!r}")
+            mark(read_entries(f.q, fill_cons & f.mask, f.size, n, 1), f"fill {s!r}")
             n = (s.tx_p - tx_cons) & M32
             visible += n
-            mark(_read_entries(t.q, tx_cons & t.mask, t.size, n, 2)[0::2], f"tx {s!r}")
+            mark(read_entries(t.q, tx_cons & t.mask, t.size, n, 2)[0::2], f"tx {s!r}")
             fill += s.fill_in - s.rx_out - rxn
             tx += s.tx_in - s.comp_out - compn
         unseen = nframes - sum(seen)

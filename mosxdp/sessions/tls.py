@@ -309,6 +309,13 @@ def ja4(hello: ClientHello, transport: str = "t") -> str:
 
 
 # ----------------------------------------------------------------------------- the parser
+# The hellos: the direction each comes from, the weird when it comes from the other, its parser.
+_HELLOS = {
+    HS_CLIENT_HELLO: (ORIG, "ssl_client_hello_from_responder", parse_client_hello),
+    HS_SERVER_HELLO: (RESP, "ssl_server_hello_from_originator", parse_server_hello),
+}
+
+
 class TlsParser:
     """The TLS handshake of one TCP connection, fed with both reassembled streams."""
 
@@ -435,38 +442,34 @@ class TlsParser:
         del hs[:pos]
 
     def _message(self, d: int, mtype: int, body: bytes, out: list) -> None:
-        if mtype == HS_CLIENT_HELLO:
-            if d != ORIG:
-                out.append(Weird("ssl_client_hello_from_responder", "", d))
+        hello_kind = _HELLOS.get(mtype)
+        if hello_kind is not None:
+            side, wrong_side, parse = hello_kind
+            if d != side:
+                out.append(Weird(wrong_side, "", d))
                 return
             try:
-                hello = parse_client_hello(body)
+                hello = parse(body)
             except TlsError as exc:
                 out.append(exc.weird(d))
                 return
-            if self.client_hello is None:  # the first one (not a retry) is the fingerprint
-                self.client_hello = hello
-                self.session.client_hello = hello
-                self.session.server_name = hello.server_name
-                self.session.ja4 = hello.ja4
-                if len(hello.server_names) > 1:
-                    out.append(Weird("SSL_many_server_names", str(len(hello.server_names)), d))
+            if mtype == HS_CLIENT_HELLO:
+                self._client_hello(hello, d, out)
             out.append(hello)
-        elif mtype == HS_SERVER_HELLO:
-            if d != RESP:
-                out.append(Weird("ssl_server_hello_from_originator", "", d))
-                return
-            try:
-                hello = parse_server_hello(body)
-            except TlsError as exc:
-                out.append(exc.weird(d))
-                return
-            out.append(hello)
-            if not hello.hello_retry:
+            if mtype == HS_SERVER_HELLO and not hello.hello_retry:
                 self._server_hello(hello)
         elif d == RESP and self.server_hello is not None and "ECDHE" in self.session.cipher \
                 and len(body) >= 3 and body[0] == 3:  # ServerKeyExchange, named_curve
             self.session.curve = group_name(unpack_from("!H", body, 1)[0])
+
+    def _client_hello(self, hello: ClientHello, d: int, out: list) -> None:
+        if self.client_hello is None:  # the first one (not a retry) is the fingerprint
+            self.client_hello = hello
+            self.session.client_hello = hello
+            self.session.server_name = hello.server_name
+            self.session.ja4 = hello.ja4
+            if len(hello.server_names) > 1:
+                out.append(Weird("SSL_many_server_names", str(len(hello.server_names)), d))
 
     def _server_hello(self, hello: ServerHello) -> None:
         self.server_hello = hello

@@ -126,28 +126,24 @@ def flowdump(pcap, args=(), **mos_keys):
     return cached(("flowdump", str(pcap), config, tuple(args)), _flowdump, pcap, config, args)
 
 
-def _connlog(pcap, config, args):
+def _json_log(app, name, pcap, config, args):
+    """The records (dicts) of a log app that writes JSON lines to --output."""
     import json
-    output = tmpdir("connlog") / "conn.json"
-    _run_app("connlog", pcap, config, "--output", output, *args)
+    output = tmpdir(app) / name
+    _run_app(app, pcap, config, "--output", output, *args)
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
 def connlog(pcap, args=(), **mos_keys):
     config = config_file(**mos_keys) if mos_keys else None
-    return cached(("connlog", str(pcap), config, tuple(args)), _connlog, pcap, config, args)
-
-
-def _eve(pcap, config, args):
-    import json
-    output = tmpdir("eve") / "eve.json"
-    _run_app("eve", pcap, config, "--output", output, *args)
-    return [json.loads(line) for line in output.read_text().splitlines()]
+    return cached(("connlog", str(pcap), config, tuple(args)), _json_log, "connlog", "conn.json",
+                  pcap, config, args)
 
 
 def eve(pcap, args=()):
     """The eve app's records (dicts) for a pcap, with optional app options."""
-    return cached(("eve", str(pcap), tuple(args)), _eve, pcap, None, args)
+    return cached(("eve", str(pcap), tuple(args)), _json_log, "eve", "eve.json", pcap, None,
+                  args)
 
 
 # ----------------------------------------------------------------- tcpflow

@@ -1,10 +1,11 @@
 """Helpers shared by the netns tier's live tests: the environment probe's skip-or-fail
 (the probe itself, like the other lab checks, is mosxdp.demo.lab), XDP_PASS programs on the
 endpoint veths, the monitor interfaces' `prog/xdp` readiness, the server namespace routed
-to a NAT address only, kernel SNMP counters, sha256 digests, a process's RSS, a polling
-wait, HOLD (a client that holds a connection open), and the inline set-up of the app
-tests: `Bed` (testbed, HTTP server, clients), `Monitor` (`mosxdp run APP` in the monitor
-namespace) and `Tcpdump`."""
+to a NAT address only, spoofed SYNs (`send_syns`), kernel SNMP counters, sha256 digests, a
+process's RSS, a polling wait, HOLD (a client that holds a connection open), and the inline
+set-up of the app tests: `www_dir` (files of random bytes to serve), `Bed` (testbed, HTTP
+server, clients; closed on leaving a `with`), `serving` (a module's Bed with its files),
+`Monitor` (`mosxdp run APP` in the monitor namespace) and `Tcpdump`."""
 from __future__ import annotations
 
 import contextlib
@@ -134,6 +135,26 @@ def nstat(tb, ns: str, name: str, timeout: float = 10) -> int:
 
 
 # ------------------------------------------------------------------------------ processes
+def www_dir(path: Path, sizes: dict) -> Path:
+    """A web root at ``path`` of files of random bytes, {name: size}."""
+    for name, size in sizes.items():
+        (path / name).write_bytes(os.urandom(size))
+    return path
+
+
+def send_syns(tb, dport: int, count: int, rate: float, *, seed: int, mss: bool = False,
+                burst: int = 1, timeout: float = 180) -> dict:
+    """``count`` spoofed SYNs from the client namespace to the server's ``dport``
+    (synsend.py: seeded random sources, ports and ISNs), paced to ``rate`` per second in
+    bursts of ``burst``: its {"sent", "seconds", "retries"}."""
+    r = tb.run("cli", [PY, Path(__file__).resolve().parent / "synsend.py", tb.cli_if,
+                       tb.srv_mac, tb.cli_mac, tb.srv_ip, str(dport), str(count), str(rate),
+                       str(seed), "1" if mss else "0", str(burst)],
+               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def wait_until(what, cond, timeout, alive=None, step=0.05, detail=None):
     """Poll ``cond()`` until it is true (returned); ``alive()`` is called between polls,
     ``detail()`` (a log tail) ends the message of a timeout."""
@@ -230,6 +251,12 @@ class Bed:
 
     def close(self) -> None:
         self.tb.close()
+
+    def __enter__(self) -> "Bed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def sh(self, ns, *argv, check=True) -> subprocess.CompletedProcess:
         r = self.tb.run(ns, list(map(str, argv)), capture_output=True, text=True, timeout=20)
@@ -347,6 +374,15 @@ class Bed:
             mon.close()
             raise
         return mon
+
+
+@contextlib.contextmanager
+def serving(tmp_path_factory, sizes: dict, ports):
+    """A `Bed` serving files of random bytes ({name: size}) on ``ports``, for a module's
+    tests; closed on the way out."""
+    www = www_dir(tmp_path_factory.mktemp("www"), sizes)
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), ports) as bed:
+        yield bed
 
 
 class Monitor:

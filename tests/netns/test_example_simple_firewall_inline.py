@@ -39,20 +39,14 @@ ACCEPT  10.77.0.1    10.77.0.2    dport:{PLAIN}
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    for name, size in SIZES.items():
-        (d / name).write_bytes(os.urandom(size))
-    return d
+    return livekit.www_dir(tmp_path_factory.mktemp("www"), SIZES)
 
 
 @pytest.fixture(scope="module")
 def bed(www, tmp_path_factory):
     livekit.require_live(("curl", "nstat", "ethtool"))
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PLAIN, BLOCKED, WARM, OTHER))
-    try:
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PLAIN, BLOCKED, WARM, OTHER)) as bed:
         yield bed
-    finally:
-        bed.close()
 
 
 def table_count(log: str, index: int) -> int:

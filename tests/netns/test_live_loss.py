@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from livekit import APPS, PY, ROOT, Bed, require_live, wait_until
+from livekit import APPS, Bed, require_live, send_syns, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -38,38 +38,6 @@ SOL_XDP, XDP_STATISTICS, AF_XDP = 283, 7, 44
 XDP_STAT_NAMES = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
                   "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 SYS_PIDFD_GETFD = 438  # x86-64
-
-SENDER = r'''
-import json, random, socket, sys, time
-from mosxdp.core.frames import build_tcp_frame
-ifname, dmac, smac, dst, dport, count, rate = sys.argv[1:8]
-dport, count, rate = int(dport), int(count), float(rate)
-mac = lambda s: bytes.fromhex(s.replace(":", ""))
-rng = random.Random(11)
-dst = socket.inet_aton(dst)
-# SYNs from spoofed sources in 198.18.0.0/15 (the server has no route back: no answers)
-frames = [bytes(build_tcp_frame(mac(dmac), mac(smac),
-                                bytes([198, 18 + rng.getrandbits(1), rng.getrandbits(8), rng.getrandbits(8)]),
-                                dst, rng.randrange(1024, 65536), dport, rng.getrandbits(32), 0, 0x02, 64240))
-          for _ in range(count)]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-s.bind((ifname, 0))
-started = time.monotonic()
-for i, f in enumerate(frames):
-    while True:
-        try:
-            s.send(f)
-            break
-        except OSError:          # ENOBUFS: the socket's buffer is full for a moment
-            time.sleep(0.0002)
-    if rate:
-        ahead = (i + 1) / rate - (time.monotonic() - started)
-        if ahead > 0:
-            time.sleep(ahead)
-print(json.dumps({"sent": count, "seconds": time.monotonic() - started}))
-'''
-
 
 @pytest.fixture(scope="module")
 def live_env():
@@ -154,13 +122,7 @@ def start_monitor(bed, tmp_path, *extra):
 
 
 def send(bed, tmp_path, count, rate):
-    tb = bed.tb
-    sender = tmp_path / "send_syns.py"
-    sender.write_text(SENDER)
-    r = tb.run("cli", [PY, sender, tb.cli_if, tb.srv_mac, tb.cli_mac, tb.srv_ip, str(PLAIN),
-                       str(count), str(rate)], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return send_syns(bed.tb, PLAIN, count, rate, seed=11)
 
 
 def settled(read, mon, timeout=30.0):

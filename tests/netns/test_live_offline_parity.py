@@ -64,7 +64,7 @@ import livekit
 import pytest
 from livekit import PY, ROOT, Bed, Monitor, Tcpdump, json_lines, wait_until
 
-from mosxdp.core import packet
+from mosxdp.core import checksum, packet
 from mosxdp.io.pcap import PcapReader
 
 pytestmark = pytest.mark.netns
@@ -211,8 +211,8 @@ def tcp_frames(path: Path) -> list:
         pkt = packet.parse_frame(bytes(frame))
         if pkt.ip_proto != socket.IPPROTO_TCP:
             continue
-        ok = packet.verify_tcp_checksum(pkt) and (pkt.ip_version == 6 or
-                                                  packet.verify_ipv4_checksum(pkt))
+        ok = checksum.verify_tcp_checksum(pkt) and (pkt.ip_version == 6 or
+                                                    checksum.verify_ipv4_checksum(pkt))
         out.append((str(ipaddress.ip_address(pkt.src)), pkt.sport,
                     str(ipaddress.ip_address(pkt.dst)), pkt.dport,
                     bytes(pkt.buf[pkt.l3_off:pkt.payload_off + pkt.payload_len]), ok))

@@ -27,7 +27,7 @@ import time
 
 import livekit
 import pytest
-from livekit import Bed, Monitor, sha256_file
+from livekit import Monitor, sha256_file
 
 from mosxdp.apps.flowdump import endpoint_name
 
@@ -41,12 +41,8 @@ XDP_ATTACHED = re.compile(r"\bxdp\w*/id:\d+")     # in a link line of `ip monito
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = tmp_path_factory.mktemp("www")
-    (www / "f1k").write_bytes(os.urandom(1024))
-    (www / "f1m").write_bytes(os.urandom(SIZE))
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
-    yield bed
-    bed.close()
+    with livekit.serving(tmp_path_factory, {"f1k": 1024, "f1m": SIZE}, (PORT,)) as bed:
+        yield bed
 
 
 class LinkWatch:

@@ -39,19 +39,13 @@ def live_env():
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    (d / "f8m").write_bytes(os.urandom(SIZE))
-    (d / "f1k").write_bytes(os.urandom(1024))
-    return d
+    return livekit.www_dir(tmp_path_factory.mktemp("www"), {"f8m": SIZE, "f1k": 1024})
 
 
 @pytest.fixture
 def bed(live_env, www, tmp_path):
-    bed = Bed.start(www, tmp_path, (PORT,))
-    try:
+    with Bed.start(www, tmp_path, (PORT,)) as bed:
         yield bed
-    finally:
-        bed.close()
 
 
 def slow_server(bed, rate):

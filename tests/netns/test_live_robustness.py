@@ -21,7 +21,6 @@ MOSXDP_REQUIRE_PRIVILEGED=1.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from livekit import (APPS, LEFT_FAIL_OPEN, PY, ROOT, Bed, require_live, rss_kib, sha256_bytes,
-                     sha256_file)
+from livekit import (APPS, LEFT_FAIL_OPEN, Bed, require_live, rss_kib, sha256_bytes,
+                     send_syns, sha256_file, www_dir)
 
 pytestmark = pytest.mark.netns
 
@@ -61,19 +60,13 @@ def live_env():
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    (d / "f1k").write_bytes(os.urandom(1024))
-    (d / "f20m").write_bytes(os.urandom(SIZE))
-    return d
+    return www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f20m": SIZE})
 
 
 @pytest.fixture
 def bed(live_env, www, tmp_path):
-    bed = Bed.start(www, tmp_path, (PLAIN,))
-    try:
+    with Bed.start(www, tmp_path, (PLAIN,)) as bed:
         yield bed
-    finally:
-        bed.close()
 
 
 class RssSampler(threading.Thread):
@@ -118,43 +111,6 @@ def flow_record(path: Path, cli: list, timeout=10.0) -> dict:
 
 
 # ------------------------------------------------------------------------------ (a) SYN flood
-FLOODER = r'''
-import json, os, random, socket, sys, time
-from mosxdp.core.frames import build_tcp_frame
-ifname, dmac, smac, dst, dport, count, rate = sys.argv[1:8]
-dport, count, rate = int(dport), int(count), float(rate)
-mac = lambda s: bytes.fromhex(s.replace(":", ""))
-rng = random.Random(6)
-dst = socket.inet_aton(dst)
-frames = []
-for _ in range(count):
-    # spoofed sources in 198.18.0.0/15 (benchmarking range), random ports and ISNs
-    src = bytes([198, 18 + rng.getrandbits(1), rng.getrandbits(8), rng.getrandbits(8)])
-    frames.append(bytes(build_tcp_frame(mac(dmac), mac(smac), src, dst, rng.randrange(1024, 65536),
-                                        dport, rng.getrandbits(32), 0, 0x02, 64240,
-                                        options=b"\x02\x04\x05\xb4")))
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-s.bind((ifname, 0))
-send, retries, burst = s.send, 0, 32
-started = time.monotonic()
-for i in range(0, count, burst):
-    for f in frames[i:i + burst]:
-        while True:
-            try:
-                send(f)
-                break
-            except OSError:          # ENOBUFS: the socket's buffer is full for a moment
-                retries += 1
-                time.sleep(0.0002)
-    if rate:
-        ahead = (i + burst) / rate - (time.monotonic() - started)
-        if ahead > 0:
-            time.sleep(ahead)
-print(json.dumps({"sent": count, "seconds": time.monotonic() - started, "retries": retries}))
-'''
-
-
 def _mos_config(path: Path, **keys) -> Path:
     """A [mos] configuration with the keys this build knows (the limits keys came later)."""
     from mosxdp.config import SECTIONS
@@ -181,8 +137,6 @@ def test_syn_flood_during_download(bed, www):
     stats = bed.out_path("stats.json")
     mon = bed.monitor(APPS / "streamhash.py", "--log", log, "--config", config, "--stats",
                       "--stats-json", stats)
-    flooder = bed.out_path("flood.py")
-    flooder.write_text(FLOODER)
     out = bed.out_path("download")
     port = 42001
     rss_before = rss_kib(mon.proc.pid)
@@ -197,11 +151,7 @@ def test_syn_flood_during_download(bed, www):
         while not (out.exists() and out.stat().st_size > 256 * 1024):
             assert curl.poll() is None and time.monotonic() < deadline, "the download did not start"
             time.sleep(0.02)
-        r = tb.run("cli", [PY, flooder, tb.cli_if, tb.srv_mac, tb.cli_mac, tb.srv_ip, str(PLAIN),
-                           str(SYNS), str(FLOOD_RATE)],
-                   cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        flood = json.loads(r.stdout)
+        flood = send_syns(tb, PLAIN, SYNS, FLOOD_RATE, seed=6, mss=True, burst=32, timeout=120)
         assert curl.poll() is None, "the download ended before the flood did: nothing was tested"
         _, err = curl.communicate(timeout=60)
         assert curl.returncode == 0, f"curl: {err!r}\n{mon.log()}"

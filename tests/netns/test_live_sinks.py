@@ -17,12 +17,11 @@ MOSXDP_REQUIRE_PRIVILEGED=1 a failed probe fails instead.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import livekit
 import pytest
-from livekit import Bed, sha256_file, wait_until
+from livekit import sha256_file, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -37,12 +36,8 @@ _METRIC = re.compile(r'^(mosxdp_sink_\w+)\{sink="[^"]*"(?:,reason="(\w+)")?\} (\
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     livekit.require_live(("curl", "ip"))
-    www = tmp_path_factory.mktemp("www")
-    (www / "f1k").write_bytes(os.urandom(1024))
-    (www / "f256k").write_bytes(os.urandom(SIZE))
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
-    yield bed
-    bed.close()
+    with livekit.serving(tmp_path_factory, {"f1k": 1024, "f256k": SIZE}, (PORT,)) as bed:
+        yield bed
 
 
 def sink_metrics(bed) -> dict:

@@ -12,7 +12,6 @@ Real downloads (curl, IPv4 and IPv6) through the inline testbed:
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
@@ -36,19 +35,13 @@ def live_env():
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    for name, size in SIZES.items():
-        (d / name).write_bytes(os.urandom(size))
-    return d
+    return livekit.www_dir(tmp_path_factory.mktemp("www"), SIZES)
 
 
 @pytest.fixture(scope="module")
 def bed(live_env, www, tmp_path_factory):
-    bed = Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,))
-    try:
+    with Bed.start(www, tmp_path_factory.mktemp("bed"), (PORT,)) as bed:
         yield bed
-    finally:
-        bed.close()
 
 
 def downloads(bed, www, rounds=2, pace=None):

@@ -8,6 +8,9 @@ microseconds per frame, or by ``c.wait(us)``.
 
 Sides are named "c" (the client: the sender of the first SYN) and "s".
 
+`VerdictMap` is the map API of XdpProgram over a dict, for the tests' models of the XDP
+program.
+
 `Monitor` is a context with one stream listener (and optionally a raw socket) whose
 callbacks append `Call` records to ``mon.log``; `Monitor.run` drives frames through
 mosxdp.engine.run_frames.
@@ -44,6 +47,17 @@ def reinit(**config):
     """mtcp_destroy(), then mtcp_init(None, **config)."""
     mtcp_destroy()
     mtcp_init(None, **config)
+
+
+@pytest.fixture
+def ctx():
+    """``ctx(**config)``: a fresh mtcp_init(None, **config) and its context 0;
+    mtcp_destroy() after the test."""
+    def make(**config):
+        reinit(**config)
+        return mtcp_create_context(0)
+    yield make
+    mtcp_destroy()
 
 
 class Conv:
@@ -319,3 +333,23 @@ class Monitor:
 
     def setsockopt(self, opt, value):
         mtcp_setsockopt(self.mctx, self.sock, SOL_MONSOCKET, opt, value)
+
+
+class VerdictMap:
+    """The verdict-map API of XdpProgram (get_verdict, pop_verdict, verdict_count) over
+    ``self.entries`` ({key bytes: entry}), for the tests' Python models of bpf/mosxdp.c; a
+    model says how its entries read as a FlowVerdict (``_fv``) and sets them."""
+
+    def _fv(self, entry):
+        raise NotImplementedError
+
+    def get_verdict(self, key):
+        e = self.entries.get(bytes(key))
+        return None if e is None else self._fv(e)
+
+    def pop_verdict(self, key):
+        e = self.entries.pop(bytes(key), None)
+        return None if e is None else self._fv(e)
+
+    def verdict_count(self):
+        return len(self.entries)

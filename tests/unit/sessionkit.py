@@ -9,6 +9,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import strategies as st
 
 from mosxdp import MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_SVR, Monitor, mtcp_destroy
 from mosxdp.io.pcap import PcapReader
@@ -46,6 +47,19 @@ def feed_all(parser, chunks) -> list:
     for direction, data in chunks:
         out += parser.feed(direction, data)
     return out + parser.close()
+
+
+def mutated_chunks(capture: dict, data, most: int) -> tuple[list, int, int, bytearray]:
+    """A conversation of ``capture`` (tcp_chunks) with 1 to ``most`` random bytes of one
+    chunk changed, drawn with hypothesis' ``data``: (its chunks, the chunk's index, its
+    direction, its changed bytes); the caller puts them back in place."""
+    chunks = list(capture.values())[data.draw(st.integers(0, len(capture) - 1))]
+    i = data.draw(st.integers(0, len(chunks) - 1))
+    d, blob = chunks[i]
+    blob = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, most))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    return chunks, i, d, blob
 
 
 def udp_datagrams(pcap: str, port: int) -> list[tuple[tuple, int, bytes, float]]:

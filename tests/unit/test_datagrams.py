@@ -11,7 +11,7 @@ import json
 import socket
 
 import pytest
-from flowcraft import Conv, Dgrams
+from flowcraft import Conv, Dgrams, VerdictMap, ctx  # noqa: F401  (ctx: a fixture)
 
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.datagrams import icmp_ports
@@ -19,16 +19,6 @@ from mosxdp.core.packet import parse_frame
 from mosxdp.engine import run_frames
 from mosxdp.engine.hybrid import HybridProcessor, flow_key, kernel_filter
 from mosxdp.io.bpfstructs import MX_ACTION_BYPASS, MX_ACTION_DROP, FlowVerdict, make_flow_key
-
-
-@pytest.fixture
-def ctx():
-    def make(**config):
-        mtcp_destroy()
-        mtcp_init(None, **config)
-        return mtcp_create_context(0)
-    yield make
-    mtcp_destroy()
 
 
 def connlog(ctx, frames, *argv, batch_size=64, kernel=None, **config):
@@ -316,7 +306,7 @@ def test_on_datagram_hook_gets_each_datagram_of_a_flow(ctx):
 
 
 # ------------------------------------------------------------------ kernel verdicts
-class DatagramKernel:
+class DatagramKernel(VerdictMap):
     """bpf/mosxdp.c's datagram path in Python (the verdict map keyed as the program keys
     UDP and ICMP flows; every datagram of a flow with an entry is the kernel's), with the
     map API of XdpProgram; ``drive`` feeds the processor the others, end_batch after each."""
@@ -333,17 +323,6 @@ class DatagramKernel:
     def _fv(self, e):
         p, b, f, i = (tuple(x) for x in e["n"])
         return FlowVerdict(e["action"], e["last"], p, b, f, i)
-
-    def get_verdict(self, key):
-        e = self.entries.get(bytes(key))
-        return None if e is None else self._fv(e)
-
-    def pop_verdict(self, key):
-        e = self.entries.pop(bytes(key), None)
-        return None if e is None else self._fv(e)
-
-    def verdict_count(self):
-        return len(self.entries)
 
     def rx(self, frame):
         p = parse_frame(memoryview(bytearray(frame)))

@@ -25,7 +25,8 @@ from flowcraft import api  # noqa: F401  (a fixture)
 from mosxdp import *  # noqa: F401,F403  (the public API only, for the API tests)
 from mosxdp.core.edits import EditError, FrameEdit, StreamEdits, leave, payload_limit, unmap_acks
 from mosxdp.core.frames import build_tcp_frame
-from mosxdp.core.packet import parse_frame, verify_tcp_checksum
+from mosxdp.core.checksum import verify_tcp_checksum
+from mosxdp.core.packet import parse_frame
 from mosxdp.core.tcp import seq_delta
 from mosxdp.engine.group import GroupContext
 from mosxdp.engine.offline import OfflineEngine
@@ -61,21 +62,11 @@ def client_ack(ack, sack=(), bad_checksum=False):
 
 
 def sack_blocks(pkt):
-    """The SACK blocks of a parsed segment."""
-    buf = bytes(pkt.buf)
-    pos, end = pkt.l4_off + 20, pkt.payload_off
-    while pos < end:
-        kind = buf[pos]
-        if kind == 0:
-            break
-        if kind == 1:
-            pos += 1
-            continue
-        size = buf[pos + 1]
-        if kind == 5:
-            return [(int.from_bytes(buf[at:at + 4], "big"), int.from_bytes(buf[at + 4:at + 8], "big"))
-                    for at in range(pos + 2, pos + size, 8)]
-        pos += size
+    """The SACK blocks of a parsed segment, as scapy reads its options."""
+    from scapy.layers.inet import TCP
+    for name, value in TCP(bytes(pkt.buf[pkt.l4_off:pkt.payload_off])).options:
+        if name == "SAck":
+            return [(value[i], value[i + 1]) for i in range(0, len(value), 2)]
     return []
 
 

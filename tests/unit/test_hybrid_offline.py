@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from flowcraft import Conv
+from flowcraft import Conv, VerdictMap, ctx  # noqa: F401  (ctx: a fixture)
 
 from mosxdp import *  # noqa: F401,F403
 from mosxdp.core.filters import compile_filter
@@ -33,16 +33,6 @@ from mosxdp.io.bpfstructs import (MX_ACTION_BYPASS, MX_ACTION_DROP, MX_ACTION_ST
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 GCC = shutil.which("gcc")
-
-
-@pytest.fixture
-def api_ctx():
-    def make(**config):
-        mtcp_destroy()
-        mtcp_init(None, **config)
-        return mtcp_create_context(0)
-    yield make
-    mtcp_destroy()
 
 
 def listener(mctx, syn=None, orphan=None, domain=socket.AF_UNSPEC):
@@ -60,8 +50,8 @@ def raw_socket(mctx, flt):
 
 
 # ------------------------------------------------------------------------ kernel filter
-def test_kernel_filter_from_the_sockets(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_from_the_sockets(ctx):
+    mctx = ctx()
     assert kernel_filter(mctx.stack).c_expr == "(0)"          # no socket: nothing leaves the kernel
     listener(mctx, syn="tcp port 8080")
     kf = kernel_filter(mctx.stack)
@@ -79,14 +69,14 @@ def test_kernel_filter_from_the_sockets(api_ctx):
     assert kernel_filter(mctx.stack).c_expr is None
 
 
-def test_kernel_filter_orphans_matter_with_midstream_pickup(api_ctx):
-    mctx = api_ctx(midstream_pickup=True)
+def test_kernel_filter_orphans_matter_with_midstream_pickup(ctx):
+    mctx = ctx(midstream_pickup=True)
     listener(mctx, syn="tcp port 80")   # orphan filter: none = every orphan
     assert kernel_filter(mctx.stack).c_expr is None
 
 
-def test_kernel_filter_raw_sockets_filter_every_ip_frame(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_raw_sockets_filter_every_ip_frame(ctx):
+    mctx = ctx()
     raw_socket(mctx, "udp port 53")
     kf = kernel_filter(mctx.stack)
     assert kf.filter_all_ip and "v->ip_proto == 17" in kf.c_expr
@@ -99,8 +89,8 @@ def test_kernel_filter_raw_sockets_filter_every_ip_frame(api_ctx):
     assert kf.c_expr is None and kf.filter_all_ip
 
 
-def test_kernel_filter_domain_guard(api_ctx):
-    mctx = api_ctx()
+def test_kernel_filter_domain_guard(ctx):
+    mctx = ctx()
     listener(mctx, syn="tcp port 80", domain=socket.AF_INET6)
     assert kernel_filter(mctx.stack).c_expr.startswith("((v->ip_version == 6 && ")
 
@@ -156,8 +146,8 @@ int main(void) {
 
 
 @pytest.mark.skipif(GCC is None, reason="gcc not installed")
-def test_kernel_filter_matches_both_directions_in_c(api_ctx, tmp_path):
-    mctx = api_ctx()
+def test_kernel_filter_matches_both_directions_in_c(ctx, tmp_path):
+    mctx = ctx()
     listener(mctx, syn="src host 10.0.0.1 and dst port 8080")
     raw_socket(mctx, "udp and src port 53")
     kf = kernel_filter(mctx.stack)
@@ -200,8 +190,8 @@ def tagged(frame, vlans):
     ("fd00::1", "fd00::2", 40000, 443, (100, 10)),
     ("10.0.0.1", "10.0.0.2", 40000, 80, (100, 10, 7)),  # only the first two ids count
 ])
-def test_flow_key_of_a_core_flow_is_the_kernels(api_ctx, cli, svr, cport, sport, vlans):
-    mctx = api_ctx()
+def test_flow_key_of_a_core_flow_is_the_kernels(ctx, cli, svr, cport, sport, vlans):
+    mctx = ctx()
     listener(mctx)
     conv = Conv(cli=cli, svr=svr, cport=cport, sport=sport)
     conv.handshake()
@@ -276,18 +266,18 @@ def download(size=200_000, seg=1448, isn_c=1000, isn_s=5000, half_close=False, *
 
 
 @pytest.mark.parametrize("half_close", [False, True])
-def test_connlog_bypass_after_bytes_keeps_the_totals_offline(api_ctx, half_close):
+def test_connlog_bypass_after_bytes_keeps_the_totals_offline(ctx, half_close):
     conv = download(half_close=half_close)
-    plain, _ = connlog_lines(api_ctx, conv.frames)
-    bypassed, mctx = connlog_lines(api_ctx, conv.frames, bypass_after=10_000)
+    plain, _ = connlog_lines(ctx, conv.frames)
+    bypassed, mctx = connlog_lines(ctx, conv.frames, bypass_after=10_000)
     assert len(plain) == len(bypassed) == 1
     assert {k: bypassed[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert plain[0]["resp_bytes"] == 200_000 and plain[0]["end_reason"] == "fin"
     assert mctx.stack.counters["bypassed_packets"] > 100
 
 
-def test_bypassed_data_frames_are_forwarded_counted_not_processed(api_ctx):
-    mctx = api_ctx()
+def test_bypassed_data_frames_are_forwarded_counted_not_processed(ctx):
+    mctx = ctx()
     s = listener(mctx)
     pkt_in = []
     mtcp_register_callback(mctx, s, MOS_ON_PKT_IN, MOS_HK_RCV,
@@ -307,8 +297,8 @@ def test_bypassed_data_frames_are_forwarded_counted_not_processed(api_ctx):
     assert mctx.stack.kernel_updates == [] or mctx.stack.kernel_updates[0][0] == "bypass"
 
 
-def test_drop_flow_drops_the_rest_and_counts_it(api_ctx):
-    mctx = api_ctx()
+def test_drop_flow_drops_the_rest_and_counts_it(ctx):
+    mctx = ctx()
     s = listener(mctx)
     ends = []
 
@@ -334,8 +324,8 @@ def test_drop_flow_drops_the_rest_and_counts_it(api_ctx):
     assert (st.pkts[0], st.pkts[1]) == (4, 6)           # dropped frames still count
 
 
-def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
-    mctx = api_ctx()
+def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(ctx):
+    mctx = ctx()
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOS_STOP_MON, MOS_SIDE_BOTH))
@@ -347,7 +337,7 @@ def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(api_ctx):
 
 
 # ---------------------------------------------------------- the model of the XDP program
-class FakeKernel:
+class FakeKernel(VerdictMap):
     """bpf/mosxdp.c's verdict logic in Python (no filter, a socket always bound), with the
     map API of XdpProgram. ``drive`` runs frames the way the live engine does: each frame
     goes either to the processor or is handled here; end_batch after every ``batch``.
@@ -383,17 +373,6 @@ class FakeKernel:
                            tuple(e["frame_bytes"]), tuple(e["ip_bytes"]), tuple(e["watch"]),
                            tuple(e["armed"]), tuple(e["first_data"]), tuple(e["first_ack"]),
                            tuple(e["seq_end"]))
-
-    def get_verdict(self, key):
-        e = self.entries.get(bytes(key))
-        return None if e is None else self._fv(e)
-
-    def pop_verdict(self, key):
-        e = self.entries.pop(bytes(key), None)
-        return None if e is None else self._fv(e)
-
-    def verdict_count(self):
-        return len(self.entries)
 
     # the program ---------------------------------------------------------------------
     def rx(self, frame):
@@ -474,12 +453,12 @@ class FakeKernel:
 
 @pytest.mark.parametrize("half_close", [False, True])
 @pytest.mark.parametrize("v6", [False, True])
-def test_connlog_through_the_kernel_model_equals_offline(api_ctx, half_close, v6):
+def test_connlog_through_the_kernel_model_equals_offline(ctx, half_close, v6):
     kw = {"cli": "fd00::1", "svr": "fd00::2"} if v6 else {}
     conv = download(size=300_000, half_close=half_close, **kw)
-    plain, _ = connlog_lines(api_ctx, conv.frames)
+    plain, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel()
-    lines, mctx = connlog_lines(api_ctx, conv.frames, bypass_after=65536, kernel=kernel)
+    lines, mctx = connlog_lines(ctx, conv.frames, bypass_after=65536, kernel=kernel)
     assert {k: lines[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert lines[0]["resp_bytes"] == 300_000 and lines[0]["end_reason"] == "fin"
     assert lines[0]["duration"] == plain[0]["duration"]
@@ -490,8 +469,8 @@ def test_connlog_through_the_kernel_model_equals_offline(api_ctx, half_close, v6
     assert sorted(kernel.forwarded) == sorted(f for _, f in conv.frames)
 
 
-def test_kernel_counters_are_merged_before_conn_end(api_ctx):
-    mctx = api_ctx()
+def test_kernel_counters_are_merged_before_conn_end(ctx):
+    mctx = ctx()
     s = listener(mctx)
     seen = []
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
@@ -513,8 +492,8 @@ def test_kernel_counters_are_merged_before_conn_end(api_ctx):
     assert kernel.to_user <= 8
 
 
-def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(api_ctx):
-    mctx = api_ctx(tcp_timeout=2.0)
+def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(ctx):
+    mctx = ctx(tcp_timeout=2.0)
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
@@ -537,8 +516,8 @@ def test_idle_bypassed_flow_lives_while_the_kernel_sees_it(api_ctx):
     assert flow_stats["flows_ended"] == 1
 
 
-def test_evicted_flow_removes_its_entry(api_ctx):
-    mctx = api_ctx(max_concurrency=1)
+def test_evicted_flow_removes_its_entry(ctx):
+    mctx = ctx(max_concurrency=1)
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
@@ -556,24 +535,24 @@ def test_evicted_flow_removes_its_entry(api_ctx):
     assert kernel.verdict_count() == 0
 
 
-def test_rst_ends_a_bypassed_flow_with_complete_counts(api_ctx):
+def test_rst_ends_a_bypassed_flow_with_complete_counts(ctx):
     conv = Conv()
     conv.handshake()
     conv.data("c", b"GET /\r\n\r\n")
     for _ in range(40):
         conv.data("s", b"y" * 1448)
     conv.rst("c")
-    plain, _ = connlog_lines(api_ctx, conv.frames)
+    plain, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel()
-    lines, _ = connlog_lines(api_ctx, conv.frames, bypass_after=5000, kernel=kernel)
+    lines, _ = connlog_lines(ctx, conv.frames, bypass_after=5000, kernel=kernel)
     assert {k: lines[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
     assert lines[0]["end_reason"] == "rst" and kernel.entries == {}
 
 
-def test_more_than_4_gib_bypassed_stream_bytes_from_the_fin(api_ctx):
+def test_more_than_4_gib_bypassed_stream_bytes_from_the_fin(ctx):
     """The FIN after 5 GiB in the kernel: the sequence number wraps; the kernel's payload
     count picks the right wrap."""
-    mctx = api_ctx()
+    mctx = ctx()
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOSX_BYPASS, 1))
@@ -631,14 +610,14 @@ def read_pcap(path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.pcap")))
-def test_state_only_connlog_through_the_kernel_model_equals_full_inspection(api_ctx, name):
+def test_state_only_connlog_through_the_kernel_model_equals_full_inspection(ctx, name):
     # Every line, field for field (ts, uid and duration too: the model's clock is the
     # capture's), as the offline run inspecting every frame writes it; most frames stay in
     # the kernel, and its entries leave with their flows.
     frames = read_pcap(DATA / f"{name}.pcap")
-    full, _ = connlog_lines(api_ctx, frames, batch_size=64)
+    full, _ = connlog_lines(ctx, frames, batch_size=64)
     kernel = FakeKernel()
-    lines, _ = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    lines, _ = connlog_lines(ctx, frames, kernel=kernel, state_only=True)
     assert lines == full
     assert kernel.entries == {}
     # a handful of frames per flow reached the processor (SYN, SYN-ACK, ACK, FINs, ACKs,
@@ -648,7 +627,7 @@ def test_state_only_connlog_through_the_kernel_model_equals_full_inspection(api_
 
 
 @pytest.mark.parametrize("shape", ["close", "half_close", "rst", "eof", "v6"])
-def test_state_only_flows_go_to_the_kernel_at_their_start(api_ctx, shape):
+def test_state_only_flows_go_to_the_kernel_at_their_start(ctx, shape):
     kw = {"cli": "fd00::1", "svr": "fd00::2"} if shape == "v6" else {}
     if shape in ("rst", "eof"):               # no close: a RST, or the end of the input
         conv = Conv()
@@ -662,9 +641,9 @@ def test_state_only_flows_go_to_the_kernel_at_their_start(api_ctx, shape):
     else:
         conv = download(size=300_000, half_close=shape == "half_close", **kw)
     frames = conv.frames
-    full, _ = connlog_lines(api_ctx, frames)
+    full, _ = connlog_lines(ctx, frames)
     kernel = FakeKernel(batch=1)
-    lines, mctx = connlog_lines(api_ctx, frames, kernel=kernel, state_only=True)
+    lines, mctx = connlog_lines(ctx, frames, kernel=kernel, state_only=True)
     assert lines == full and len(lines) == 1
     assert lines[0]["end_reason"] == {"rst": "rst", "eof": "eof"}.get(shape, "fin")
     assert lines[0]["resp_bytes"] == 300_000
@@ -675,7 +654,7 @@ def test_state_only_flows_go_to_the_kernel_at_their_start(api_ctx, shape):
     assert sorted(kernel.forwarded) == sorted(f for _, f in frames)
 
 
-def test_state_only_stream_end_ignores_retransmitted_bytes(api_ctx):
+def test_state_only_stream_end_ignores_retransmitted_bytes(ctx):
     # A flow that ends without FIN or RST: its stream bytes come from the highest sequence
     # end the kernel saw, not from its payload count (which counts retransmissions twice).
     conv = Conv()
@@ -685,16 +664,16 @@ def test_state_only_stream_end_ignores_retransmitted_bytes(api_ctx):
     conv.data("s", b"b" * 1000)
     conv.emit(first)                          # the first segment again
     conv.ack("c")
-    full, _ = connlog_lines(api_ctx, conv.frames)
+    full, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel(batch=1)
-    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    lines, _ = connlog_lines(ctx, conv.frames, kernel=kernel, state_only=True)
     assert lines == full
     assert lines[0]["resp_bytes"] == 2000 and lines[0]["missed_bytes"] == 0
     assert lines[0]["end_reason"] == "eof" and lines[0]["history"] == "ShADd"
 
 
 @pytest.mark.parametrize("server_first", [True, False])
-def test_state_only_history_letters_keep_the_order_the_kernel_saw(api_ctx, server_first):
+def test_state_only_history_letters_keep_the_order_the_kernel_saw(ctx, server_first):
     # The kernel stamps the first data frame and the first bare ACK of each direction; the
     # letters of frames only it saw join the history in that order at the next merge, so a
     # server that speaks first (d before D) and one that answers (D, then a, then d) give
@@ -710,16 +689,16 @@ def test_state_only_history_letters_keep_the_order_the_kernel_saw(api_ctx, serve
         conv.ack("s")
         conv.data("s", b"HTTP/1.0 200 OK\r\n\r\n")
     conv.close()
-    full, _ = connlog_lines(api_ctx, conv.frames)
+    full, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel(batch=1)
-    lines, _ = connlog_lines(api_ctx, conv.frames, kernel=kernel, state_only=True)
+    lines, _ = connlog_lines(ctx, conv.frames, kernel=kernel, state_only=True)
     assert lines == full
     assert lines[0]["history"] == ("ShAdDaFf" if server_first else "ShADadFf")
     assert kernel.kernel >= 3     # the data frames and the bare ACK stayed in the kernel
 
 
 @pytest.mark.parametrize("watch_any", [True, False])
-def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_ctx, watch_any):
+def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(ctx, watch_any):
     # The entry is made at the end of the SYN's batch; the SYN-ACK is in that batch too (it
     # passed the program before the entry existed and armed nothing). The client's ACK that
     # follows still reaches the emulation (the new entry's MX_WATCH_ANY): the handshake
@@ -730,7 +709,7 @@ def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_c
     if not watch_any:
         plain = kernel.set_verdict
         kernel.set_verdict = lambda key, action, watch_any=None: plain(key, action)
-    mctx = api_ctx()
+    mctx = ctx()
     mctx.stack.state_only = True
     s = listener(mctx)
     mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
@@ -740,7 +719,7 @@ def test_state_only_entry_catches_the_handshake_ack_after_an_unseen_synack(api_c
     assert flow.sides[MOS_SIDE_SVR].state == (TCP_ESTABLISHED if watch_any else TCP_SYN_RCVD)
 
 
-def test_state_only_frame_overtaken_by_the_kernel_keeps_the_carried_bytes(api_ctx):
+def test_state_only_frame_overtaken_by_the_kernel_keeps_the_carried_bytes(ctx):
     # Live: the client's handshake ACK goes to user space (the ACK watch), its request right
     # behind it through the kernel, counted; the ACK reaches the emulation after that, from
     # behind the request's bytes. Those bytes wait for the next frame ahead of them (the
@@ -757,19 +736,19 @@ def test_state_only_frame_overtaken_by_the_kernel_keeps_the_carried_bytes(api_ct
     for _ in range(5):
         conv.data("s", bytes(1000))
     conv.close()
-    (line,), _ = connlog_lines(api_ctx, conv.frames, kernel=FakeKernel(batch=1),
+    (line,), _ = connlog_lines(ctx, conv.frames, kernel=FakeKernel(batch=1),
                                state_only=True, late={2: 4})
-    full, _ = connlog_lines(api_ctx, conv.frames)
+    full, _ = connlog_lines(ctx, conv.frames)
     assert line == full[0]
     assert line["orig_bytes"] == 18 and line["missed_bytes"] == 0 and line["history"] == "ShADadFf"
 
 
-def test_state_only_needs_every_socket_of_the_flow(api_ctx):
+def test_state_only_needs_every_socket_of_the_flow(ctx):
     # A flow goes to the kernel at its start only when every listener it has said
     # MOSX_STATE_ONLY, and only when the run honours it (live, not --full-inspection).
     conv = Conv().full()
     for honoured, both in ((True, False), (True, True), (False, True)):
-        mctx = api_ctx()
+        mctx = ctx()
         mctx.stack.state_only = honoured
         a = listener(mctx)
         mtcp_setsockopt(mctx, a, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
@@ -783,11 +762,11 @@ def test_state_only_needs_every_socket_of_the_flow(api_ctx):
 
 @pytest.mark.parametrize("raw_filter,handed", [("tcp port 80", False), (None, False),
                                                ("udp", True), ("tcp port 81", True)])
-def test_state_only_not_for_flows_a_raw_socket_takes(api_ctx, raw_filter, handed):
+def test_state_only_not_for_flows_a_raw_socket_takes(ctx, raw_filter, handed):
     # A raw socket gets every frame its filter matches: a flow whose frames it takes stays
     # with the core, however its stream listeners are content with states.
     conv = Conv().full()
-    mctx = api_ctx()
+    mctx = ctx()
     mctx.stack.state_only = True
     s = listener(mctx)
     mtcp_setsockopt(mctx, s, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
@@ -799,9 +778,9 @@ def test_state_only_not_for_flows_a_raw_socket_takes(api_ctx, raw_filter, handed
     assert actions == (["state_only", "remove"] if handed else []), actions
 
 
-def test_state_only_option_errors(api_ctx):
+def test_state_only_option_errors(ctx):
     import errno
-    mctx = api_ctx()
+    mctx = ctx()
     s = listener(mctx)
     for bad in (2, True, "1", None):
         with pytest.raises(OSError) as exc:

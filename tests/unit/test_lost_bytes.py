@@ -83,6 +83,17 @@ def upload(chunks, dropped=(), ack_every=1):
     return conv
 
 
+def second_chunk_uncaptured(chunks):
+    """The handshake, then the client's chunks 0 to 2 with chunk 1 not captured (a hole):
+    (the conversation, chunk 1's frame, for a copy the capture shows later)."""
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", chunks[0])
+    late = conv.data("c", chunks[1], emit=False)
+    conv.data("c", chunks[2])
+    return conv, late
+
+
 def run(conv, batch_size=1, svrbuf=None, mon=None):
     mon = mon or Monitor()
     if svrbuf is not None:
@@ -99,11 +110,7 @@ def expected(chunks, dropped):
 # ---------------------------------------------------------------- peek across holes
 def test_a_hole_the_receiver_acknowledged_is_skipped_and_reported_once(api):
     chunks = [chunk(i) for i in range(4)]
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", chunks[0])
-    conv.data("c", chunks[1], emit=False)       # lost by the capture
-    conv.data("c", chunks[2])                   # held beyond the hole
+    conv, _ = second_chunk_uncaptured(chunks)   # chunk 2 held beyond the hole
     conv.ack("s")                               # the server has all three
     conv.data("c", chunks[3])
     conv.close()
@@ -163,11 +170,7 @@ def test_bytes_lost_before_the_first_byte_seen(api):
 
 def test_holes_left_when_the_flow_ends_are_lost_then(api):
     chunks = [chunk(i) for i in range(3)]
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", chunks[0])
-    conv.data("c", chunks[1], emit=False)
-    conv.data("c", chunks[2])
+    conv, _ = second_chunk_uncaptured(chunks)
     conv.rst("c")                                # no ACK ever passes the hole
     _, reader = run(conv)
     assert reader.lost == [(K, K, True)]
@@ -178,11 +181,7 @@ def test_holes_left_when_the_flow_ends_are_lost_then(api):
 # ------------------------------------------------------------- late copies of a hole
 def test_a_copy_later_in_the_same_batch_fills_the_hole(api):
     chunks = [chunk(i) for i in range(3)]
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", chunks[0])
-    late = conv.data("c", chunks[1], emit=False)
-    conv.data("c", chunks[2])
+    conv, late = second_chunk_uncaptured(chunks)
     conv.ack("s")
     conv.emit(late)                              # the capture shows it after the ACK
     conv.close()
@@ -194,11 +193,7 @@ def test_a_copy_later_in_the_same_batch_fills_the_hole(api):
 
 def test_a_copy_after_the_batch_of_the_ack_is_a_retransmission(api):
     chunks = [chunk(i) for i in range(3)]
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", chunks[0])
-    late = conv.data("c", chunks[1], emit=False)
-    conv.data("c", chunks[2])
+    conv, late = second_chunk_uncaptured(chunks)
     conv.ack("s")
     conv.emit(late)
     conv.close()
@@ -215,11 +210,7 @@ def test_a_copy_after_the_batch_of_the_ack_is_a_retransmission(api):
 # ------------------------------------------------------------ ppeek and fraginfo
 def test_ppeek_fraginfo_and_info_in_a_skipped_hole(api):
     chunks = [chunk(i) for i in range(3)]
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", chunks[0])
-    conv.data("c", chunks[1], emit=False)
-    conv.data("c", chunks[2])
+    conv, _ = second_chunk_uncaptured(chunks)
     conv.ack("s")
     conv.close()
     mon = Monitor()

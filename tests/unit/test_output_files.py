@@ -6,37 +6,16 @@ short, the next one fails with EFBIG; Python ignores SIGXFSZ) in a forked child,
 limit never touches the test process.
 """
 import errno
-import json
 import os
 import resource
 import stat
 
 import pytest
+from forked import in_child
 
 from mosxdp.io import outputs as O
 
 ROOT = os.geteuid() == 0
-
-
-def in_child(fn):
-    """``fn()`` in a forked child: its JSON-able value, or the error as text."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(rfd)
-        try:
-            out = {"value": fn()}
-        except BaseException as exc:
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(wfd, json.dumps(out).encode())
-        os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    out = json.loads(data)
-    assert "error" not in out, out["error"]
-    return out["value"]
 
 
 def limit_file_size(size):

@@ -14,11 +14,12 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from mosxdp.constants import TH_ACK, TH_FIN, TH_PUSH, TH_SYN
+from mosxdp.core.checksum import (
+    checksum_update, fix_ipv4_checksum, fix_tcp_checksum, ipv4_header_checksum,
+    ones_complement_sum, tcp_checksum, verify_ipv4_checksum, verify_tcp_checksum,
+)
 from mosxdp.core.packet import (
-    PACKET_ERROR_COUNTERS, InvalidHeader, PacketError, TruncatedHeader,
-    checksum_update, fix_ipv4_checksum, fix_tcp_checksum,
-    ipv4_header_checksum, ones_complement_sum, parse_frame, tcp_checksum,
-    verify_ipv4_checksum, verify_tcp_checksum,
+    PACKET_ERROR_COUNTERS, InvalidHeader, PacketError, TruncatedHeader, parse_frame,
 )
 from mosxdp.core.frames import build_tcp_frame
 

@@ -1,10 +1,9 @@
 """The capability drop after the live set-up (mosxdp/io/privileges.py): the mask logic,
 without root; and a real drop in a forked child (works as root or not: a drop only
 ever lowers the sets)."""
-import json
-import os
 
 import pytest
+from forked import run_forked
 
 from mosxdp.config import load_config
 from mosxdp.io import privileges as P
@@ -69,25 +68,6 @@ def test_config_key():
     assert load_config(keep_privileges=True).keep_privileges is True
 
 
-def _in_child(fn):
-    """Run ``fn()`` in a forked child (one thread); its JSON-able value or error."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(rfd)
-        try:
-            out = {"value": fn()}
-        except Exception as exc:
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(wfd, json.dumps(out, default=str).encode())
-        os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
 def test_real_drop_in_a_child():
     before = P.read_status()
 
@@ -95,7 +75,7 @@ def test_real_drop_in_a_child():
         result = P.drop_to(["CAP_NET_ADMIN"] if before["CapPrm"] & NET_ADMIN else [])
         return {"result": result.as_dict(), "status": P.read_status()}
 
-    out = _in_child(drop)
+    out = run_forked(drop)
     assert "error" not in out, out
     status = out["value"]["status"]
     keep = before["CapPrm"] & NET_ADMIN
@@ -114,7 +94,7 @@ def test_drop_refuses_what_is_not_permitted_or_with_threads():
         P.drop_to([])                    # as root too: afterwards nothing is permitted
         return P.drop_to(["CAP_PERFMON"]).as_dict()
 
-    out = _in_child(drop_twice)
+    out = run_forked(drop_twice)
     assert "cannot keep CAP_PERFMON: not in the permitted set" in out["error"]
 
     def with_a_thread():
@@ -125,7 +105,7 @@ def test_drop_refuses_what_is_not_permitted_or_with_threads():
             return P.drop_to([]).as_dict()
         finally:
             stop.set()
-    out = _in_child(with_a_thread)
+    out = run_forked(with_a_thread)
     assert "capabilities are per thread" in out["error"]
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from mosxdp.sessions import ORIG, RESP, HttpParser, HttpTransaction, Weird
 from mosxdp.sessions.common import text
 from mosxdp.sessions.http import HOLD_LIMIT
-from sessionkit import HTTP_PCAP, feed_all, first, needs_tshark, pdml, tcp_chunks, values
+from sessionkit import (HTTP_PCAP, feed_all, first, mutated_chunks, needs_tshark, pdml, tcp_chunks,
+                        values)
 
 PORT = 8080
 
@@ -290,10 +291,5 @@ def test_random_bytes_never_raise(chunks):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_real_conversations_never_raise(capture, data):
-    chunks = list(capture.values())[data.draw(st.integers(0, len(capture) - 1))]
-    i = data.draw(st.integers(0, len(chunks) - 1))
-    d, blob = chunks[i]
-    blob = bytearray(blob)
-    for _ in range(data.draw(st.integers(1, 6))):
-        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    chunks, i, d, blob = mutated_chunks(capture, data, 6)
     feed_all(HttpParser(), chunks[:i] + [(d, bytes(blob))] + chunks[i + 1:])

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from mosxdp.sessions import ORIG, RESP, ClientHello, ServerHello, TlsParser, TlsSession, Weird
 from mosxdp.sessions.tls import TlsError, ja4, parse_client_hello, parse_server_hello
 from mosxdp.sessions.tls_names import cipher_name, version_name
-from sessionkit import TLS_PCAP, feed_all, first, ints, needs_tshark, pdml, tcp_chunks, \
-    tshark_ja4, values
+from sessionkit import (TLS_PCAP, feed_all, first, ints, mutated_chunks, needs_tshark, pdml,
+                        tcp_chunks, tshark_ja4, values)
 
 PORT = 8443
 
@@ -358,12 +358,7 @@ def test_random_bytes_never_raise(chunks):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_real_handshakes_never_raise(capture, data):
-    chunks = list(capture.values())[data.draw(st.integers(0, len(capture) - 1))]
-    i = data.draw(st.integers(0, len(chunks) - 1))
-    d, blob = chunks[i]
-    blob = bytearray(blob)
-    for _ in range(data.draw(st.integers(1, 8))):
-        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    chunks, i, d, blob = mutated_chunks(capture, data, 8)
     cut = data.draw(st.integers(0, len(blob)))
     mutated = chunks[:i] + [(d, bytes(blob[:cut])), (d, bytes(blob[cut:]))] + chunks[i + 1:]
     feed_all(TlsParser(), mutated)

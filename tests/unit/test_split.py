@@ -12,7 +12,7 @@ from scapy.all import ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6
 from mosxdp.core.frames import build_tcp_frame
 from mosxdp.core.packet import PacketError, parse_frame
 from mosxdp.core.split import flow_hash, frame_worker
-from mosxdp.engine import workers as split_engine
+from mosxdp.engine import split_feed
 from mosxdp.io.pcap import PcapReader, PcapWriter
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
@@ -87,18 +87,18 @@ def odd_frames():
 
 
 def owners_by_fast_path(path, workers, batch_size=4):
-    scan = split_engine._Scan(path)
+    scan = split_feed.Scan(path)
     owner = {}
 
     def send(worker, message):
-        first, count, n_own, _ = split_engine._MSG.unpack_from(message)
-        numbers = memoryview(message)[split_engine._MSG.size:].cast("q")[:n_own]
+        first, count, n_own, _ = split_feed.MSG.unpack_from(message)
+        numbers = memoryview(message)[split_feed.MSG.size:].cast("q")[:n_own]
         for number in numbers:
             owner[number] = worker
         return True
 
     try:
-        frames, _, error = split_engine._split(scan, workers, batch_size, send)
+        frames, _, error = split_feed.split_records(scan, workers, batch_size, send)
     finally:
         scan.close()
     assert error is None
@@ -137,9 +137,9 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
     with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
         data = f.read()
     path.write_bytes(data[:-7])
-    scan = split_engine._Scan(str(path))
+    scan = split_feed.Scan(str(path))
     try:
-        frames, _, error = split_engine._split(scan, 2, 64, lambda worker, message: True)
+        frames, _, error = split_feed.split_records(scan, 2, 64, lambda worker, message: True)
     finally:
         scan.close()
     with PcapReader(str(path)) as reader:

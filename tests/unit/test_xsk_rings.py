@@ -8,7 +8,7 @@ import ctypes
 import pytest
 
 from mosxdp.io import libxdp
-from mosxdp.io.xsk import _copy_entries, _read_entries, _write_entries
+from mosxdp.io.xsk_rings import copy_entries, read_entries, write_entries
 
 
 def ring(size: int, words: int, fill: int = 0) -> memoryview:
@@ -24,7 +24,7 @@ def test_copy_entries_across_both_wrap_points(words, si, di, n):
         for w in range(words):
             src[slot * words + w] = 100 * slot + w + 1
     dst = ring(dsize, words)
-    _copy_entries(src, si, ssize, dst, di, dsize, n, words)
+    copy_entries(src, si, ssize, dst, di, dsize, n, words)
     for k in range(n):
         s, d = (si + k) % ssize, (di + k) % dsize
         assert dst[d * words:(d + 1) * words].tolist() == src[s * words:(s + 1) * words].tolist()
@@ -39,8 +39,8 @@ def test_write_then_read_entries_wraps(words, start, n):
     size = 8
     r = ring(size, words)
     values = list(range(1, n * words + 1))
-    _write_entries(r, start, size, memoryview(array.array("Q", values)), words)
-    assert _read_entries(r, start, size, n, words) == values
+    write_entries(r, start, size, memoryview(array.array("Q", values)), words)
+    assert read_entries(r, start, size, n, words) == values
 
 
 def test_libxdp_struct_layouts_match_xsk_h():

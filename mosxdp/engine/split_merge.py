@@ -1,0 +1,130 @@
+"""The parent's merge of a split run (engine/workers.py): the workers' records of each
+output, and their --write verdicts over the input's frames, in the order of the run.
+"""
+from __future__ import annotations
+
+import heapq
+import marshal
+
+from .split_worker import FRAME_KEY, VERDICT, WorkerFailed
+
+
+def _records(path):
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield marshal.load(f)
+            except EOFError:
+                return
+
+
+def merge_output(item, paths):
+    """The workers' records of one output into it, in the order of the run."""
+    streams = [((key[0], key[1], worker, key[2]), data)
+               for worker, path in enumerate(paths) if path
+               for key, data in _records(path)]
+    streams.sort(key=lambda r: r[0])
+    combine = getattr(item, "combine", None)
+    i = 0
+    while i < len(streams):
+        place = streams[i][0][:2]
+        j = i + 1
+        while j < len(streams) and streams[j][0][:2] == place:
+            j += 1
+        group = streams[i:j]
+        if combine is not None and len({r[0][2] for r in group}) > 1:
+            for record in combine([data for _, data in group]):
+                item.write(record)
+        else:
+            for _, data in group:
+                item.write(data)
+        i = j
+
+
+def _verdict_records(worker, path):
+    """One worker's --write records, in its order (which is the run's)."""
+    last = None
+    with open(path, "rb") as f:
+        while True:
+            try:
+                block = marshal.load(f)
+            except EOFError:
+                return
+            for key, kind, ts, data in block:
+                place = (key[0], key[1], worker, key[2])
+                if last is not None and place < last:
+                    raise WorkerFailed(f"worker {worker}: its --write records are out of order "
+                                       f"({last} then {place})")
+                last = place
+                yield place, kind, ts, data
+
+
+def merge_write(writer, scan, frames, paths):
+    """--write: the input's frames in their order, as the workers' verdicts say, with the
+    frames the apps sent where one worker sends them. A run of frames forwarded unchanged
+    whose records PcapWriter would write as they are in the input (little-endian
+    microseconds, not cut by a snap length) is copied in one write."""
+    records = heapq.merge(*(_verdict_records(w, p) for w, p in enumerate(paths)),
+                          key=lambda r: r[0])
+    mm = scan.map
+    rec = scan.record.unpack_from
+    ns = scan.nanosecond
+    verbatim = scan.order == "<" and not ns
+    out = writer._f
+    view = memoryview(mm)
+
+    def copy(start, end):
+        for at in range(start, end, 1 << 20):
+            out.write(view[at:min(end, at + (1 << 20))])
+
+    write = writer.write
+    written = 0
+    pending = next(records, None)
+    off = 24
+    run_start = off          # input bytes not yet written, all verbatim records
+    for number in range(frames):
+        sec, frac, caplen, origlen = rec(mm, off)
+        start = off + 16
+        end = start + caplen
+        if pending is None or pending[0][0] != number:
+            # Nothing happened to this frame: forwarded as it came.
+            if verbatim and caplen == origlen:
+                off = end
+                written += 1
+                continue
+            if run_start < off:
+                copy(run_start, off)
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
+            written += 1
+            off = run_start = end
+            continue
+        if run_start < off:
+            copy(run_start, off)
+        own = True
+        # Sent by its callbacks (before it), then its own verdict; then the batch's end.
+        while pending is not None and pending[0][0] == number and pending[0][1] == FRAME_KEY:
+            _, kind, rts, data = pending
+            for frame in data:
+                write(rts, frame)
+                written += 1
+            if kind == VERDICT:
+                own = False
+            pending = next(records, None)
+        if own:
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
+            written += 1
+        while pending is not None and pending[0][0] == number:
+            for frame in pending[3]:
+                write(pending[2], frame)
+                written += 1
+            pending = next(records, None)
+        off = run_start = end
+    if run_start < off:
+        copy(run_start, off)
+    view.release()
+    while pending is not None:
+        for frame in pending[3]:
+            write(pending[2], frame)
+            written += 1
+        pending = next(records, None)
+    return written

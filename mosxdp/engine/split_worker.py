@@ -1,0 +1,301 @@
+"""A worker process of a split run (engine/workers.py), after the fork: it runs the offline
+engine's loop on the frames the parent sends it (engine/split_feed.py) and keeps everything
+it writes with its place in the run, for the parent's merge (engine/split_merge.py).
+"""
+from __future__ import annotations
+
+import marshal
+import mmap
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+from array import array
+
+from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
+from .split_feed import MSG, PCAP_MAGIC
+
+FRAME_KEY = (0,)                      # Stack.order_key while a frame is processed
+TEARDOWN_KEY = (99,)
+# --write records: an app's frame (sent, or the frames replacing the input's), or the
+# input's frame dropped or changed in place.
+OUT, VERDICT = 0, 1
+
+
+class WorkerFailed(Exception):
+    """A worker died or failed: the run's one line (the command line prints it as an
+    error)."""
+
+
+class _Spool:
+    """A worker's records of one output, each with its place in the run."""
+
+    def __init__(self, stack, path):
+        self.stack = stack
+        self.path = path
+        self.file = open(path, "wb", buffering=1 << 16)
+        self.seq = 0
+
+    def write(self, data):
+        stack = self.stack
+        self.seq += 1
+        marshal.dump(((stack.frame_no, stack.order_key or FRAME_KEY, self.seq), bytes(data)),
+                     self.file)
+
+    def close(self):
+        self.file.close()
+
+
+class _PlacedOutbox(list):
+    """Stack.outbox of a worker with --write: each frame an app sends keeps the place in
+    the run where it was sent (a frame's callbacks, or a phase of a batch's end), which
+    orders it among the other workers' as one worker's outbox would."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack = stack
+        self.places = []
+
+    def append(self, item):
+        super().append(item)
+        stack = self.stack
+        self.places.append((stack.frame_no, stack.order_key or FRAME_KEY))
+
+    def clear(self):
+        super().clear()
+        self.places.clear()
+
+
+class _Verdicts:
+    """A worker's --write records: per frame of its own, what differs from "forwarded
+    unchanged", and the frames the apps sent, each with its place; written to a file
+    as they come (marshal, in blocks)."""
+
+    def __init__(self, stack, path):
+        self.stack = stack
+        self.outbox = stack.outbox = _PlacedOutbox(stack)
+        self.path = path
+        self.file = open(path, "wb")
+        self.block = []
+        self.seq = 0
+
+    def add(self, number, kind, ts, frames, key=FRAME_KEY):
+        self.seq += 1
+        self.block.append(((number, key, self.seq), kind, ts, frames))
+        if len(self.block) >= 1024:
+            marshal.dump(self.block, self.file)
+            self.block = []
+
+    def sent(self, ts):
+        outbox = self.outbox
+        for (frame, _port), (number, key) in zip(outbox, outbox.places):
+            self.add(number, OUT, ts, [frame], key)
+        outbox.clear()
+
+    def close(self):
+        if self.block:
+            marshal.dump(self.block, self.file)
+        self.file.close()
+        return self.path
+
+
+
+class _Worker:
+    """One worker process's run (after the fork)."""
+
+    def __init__(self, mctx, index, path, write, spooldir):
+        self.mctx = mctx
+        self.stack = mctx.stack
+        self.index = index
+        self.path = path
+        self.write = write
+        self.spooldir = spooldir
+        self.frames_in = 0
+        self.verdicts = None
+        self.spools = []
+
+    def prepare(self):
+        mctx = self.mctx
+        mctx.cpu = self.index
+        mctx.outputs.worker = self.index
+        for number, item in enumerate(mctx.outputs.items):
+            if hasattr(item, "redirect"):
+                spool = _Spool(self.stack, os.path.join(self.spooldir, f"w{self.index}-o{number}"))
+                item.redirect(spool.write)
+                self.spools.append((number, spool))
+        if self.write:
+            self.verdicts = _Verdicts(self.stack, os.path.join(self.spooldir, f"w{self.index}-write"))
+        mctx.engine = self
+
+    def filters_changed(self):
+        """Offline, filters are applied in user space only."""
+
+    def run(self, rd):
+        stack = self.stack
+        process = stack.process
+        f = open(self.path, "rb")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)   # writable, private
+        view = memoryview(mm)
+        with open(self.path, "rb") as probe:
+            order, ns = PCAP_MAGIC[probe.read(4)]
+        rec = struct.Struct(order + "IIII").unpack_from
+        batch_size = self.mctx.config.batch_size
+        verdicts = self.verdicts
+        outbox = stack.outbox
+        frames_in = 0
+        last_ts = 0
+        stop = total = None
+        try:
+            while True:
+                head = rd.read(MSG.size)
+                if len(head) < MSG.size:
+                    raise WorkerFailed("the parent stopped sending frames")
+                first, count, n_own, n_ends = MSG.unpack(head)
+                if first < 0:
+                    total, last_ts = count, n_own
+                    break
+                body = rd.read(8 * (2 * n_own + n_ends))
+                numbers = array("q")
+                numbers.frombytes(body[:8 * n_own])
+                offsets = array("q")
+                offsets.frombytes(body[8 * n_own:16 * n_own])
+                ends = array("q")
+                ends.frombytes(body[16 * n_own:])
+                k = 0
+                for b in range(n_ends + 1):
+                    end_no = first + (b + 1) * batch_size - 1 if b < n_ends else first + count
+                    while k < n_own and numbers[k] <= end_no:
+                        number = numbers[k]
+                        off = offsets[k]
+                        k += 1
+                        sec, frac, caplen, _ = rec(mm, off)
+                        ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+                        frame = view[off + 16:off + 16 + caplen]
+                        stack.frame_no = number
+                        frames_in += 1
+                        if verdicts is None:
+                            process(frame, ts, 0)
+                            if outbox:
+                                outbox.clear()
+                            continue
+                        original = bytes(frame)
+                        verdict = process(frame, ts, 0)
+                        if outbox:
+                            verdicts.sent(ts)
+                        if verdict == VERDICT_FORWARD:
+                            # (memoryview == bytes compares item by item: 20x slower)
+                            if frame.tobytes() != original:
+                                verdicts.add(number, VERDICT, ts, [bytes(frame)])
+                        else:
+                            verdicts.add(number, VERDICT, ts,
+                                         [bytes(f) for f in stack.wire_frames]
+                                         if verdict == VERDICT_REPLACED else [])
+                    if b < n_ends:
+                        stack.frame_no = end_no
+                        stack.now = ends[b]
+                        stack.end_batch()
+                        self._flush(ends[b])
+        except StopMonitor as exc:
+            stop = (str(exc), exc.code, stack.frame_no)
+        finally:
+            self.frames_in = frames_in
+            # As the offline engine: what was read ends (reason eof), also when cut short
+            # (then at the frame where it stopped).
+            if total is not None:
+                stack.frame_no = total
+                stack.now = last_ts
+            try:
+                stack.finish()
+            except StopMonitor as exc:
+                stop = stop or (str(exc), exc.code, stack.frame_no)
+            self._flush(stack.now)
+            view.release()
+        return stop
+
+    def _flush(self, ts):
+        """The frames the apps sent at the end of a batch or of the input."""
+        if self.stack.outbox:
+            if self.verdicts is not None:
+                self.verdicts.sent(ts)
+            self.stack.outbox.clear()
+
+    def teardown(self, module, app):
+        """The app's teardown in this worker (what it writes comes after everything else)."""
+        self.stack.order_key = TEARDOWN_KEY
+        if module is not None and hasattr(module, "teardown"):
+            module.teardown(app)
+
+    def result(self, stop, error, seconds):
+        stack = self.stack
+        for _number, spool in self.spools:
+            spool.close()
+        write_path = None
+        if self.verdicts is not None:
+            write_path = self.verdicts.close()
+        dirs = [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
+                for number, item in enumerate(self.mctx.outputs.items)
+                if hasattr(item, "write_at")]
+        return {
+            "counters": dict(stack.counters), "malformed": dict(stack.malformed),
+            "callback_errors": dict(stack.callback_errors),
+            "reassembly_mem_peak": stack.reassembly_mem_peak, "frames_in": self.frames_in,
+            "spools": [(number, spool.path) for number, spool in self.spools],
+            "write": write_path, "dirs": dirs, "stop": stop, "error": error,
+            "seconds": seconds, "pid": os.getpid(),
+        }
+
+
+def _pin(index, workers):
+    """Worker ``index`` on its own CPU when the process may use at least ``workers``."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < workers:
+        return None
+    os.sched_setaffinity(0, {cpus[index]})
+    return cpus[index]
+
+
+def _exception_line(exc):
+    from ..core.events import exception_site
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + text if text else ''} at {exception_site(exc)}"
+
+
+def child(mctx, module, app, index, workers, rd, spooldir):
+    """A worker's life after the fork; never returns."""
+    code = 0
+    try:
+        _pin(index, workers)
+        worker = _Worker(mctx, index, mctx.config.pcap, mctx.config.write, spooldir)
+        worker.prepare()
+        started = time.perf_counter()
+        error = None
+        stop = None
+        try:
+            stop = worker.run(rd)
+        except KeyboardInterrupt:
+            error = "interrupted"
+        except WorkerFailed as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = _exception_line(exc)
+        try:
+            worker.teardown(module, app)
+        except Exception as exc:
+            error = error or f"teardown: {_exception_line(exc)}"
+        result = worker.result(stop, error, time.perf_counter() - started)
+        with open(os.path.join(spooldir, f"w{index}.result"), "wb") as f:
+            pickle.dump(result, f)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
