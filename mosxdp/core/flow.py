@@ -228,8 +228,10 @@ class FlowTable:
             del self.half_open[flow]   # the handshake is complete
         cli, svr = flow.sides
         if cli.state in FINISHED_STATES and svr.state in FINISHED_STATES:
-            if flow.rst_seen or self.config.tcp_tw_interval <= 0 or (
-                    cli.state == CLOSED and svr.state == CLOSED):
+            # With tcp_tw_interval a reset flow lingers too (as Zeek keeps a connection after
+            # its RST): the frames that crossed the RST, and the peer's RST for each of them,
+            # are still the flow's, not orphans or a new flow.
+            if self.config.tcp_tw_interval <= 0:
                 self.destroy_flow(flow, "rst" if flow.rst_seen else "fin")
             elif flow.tw_deadline is None:
                 flow.tw_deadline = self.now + int(self.config.tcp_tw_interval * 1e6)
@@ -281,7 +283,7 @@ class FlowTable:
                     continue
                 if flow.tw_deadline <= now:
                     self.order_key = (ORDER_TIME_WAIT, flow.tw_no)
-                    self.destroy_flow(flow, "fin")
+                    self.destroy_flow(flow, "rst" if flow.rst_seen else "fin")
                 else:
                     waiting.append(flow)
             self.tw_flows = waiting

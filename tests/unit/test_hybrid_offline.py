@@ -549,6 +549,42 @@ def test_rst_ends_a_bypassed_flow_with_complete_counts(ctx):
     assert lines[0]["end_reason"] == "rst" and kernel.entries == {}
 
 
+@pytest.mark.parametrize("fin_after_rst", [False, True])
+def test_frames_after_a_rst_stay_the_flows_in_time_wait(ctx, fin_after_rst):
+    """curl closes a TLS flow before the server's close_notify comes: the client's kernel
+    answers it, and the server's FIN, each with a RST (no ACK). With tcp_tw_interval the
+    flow lingers after the first RST as after a close: the second RST (and a FIN that
+    crossed the first) count in its one conn.log line, not lost or a flow of their own."""
+    conv = Conv()
+    conv.handshake()
+    conv.data("c", b"GET /\r\n\r\n")
+    for _ in range(40):
+        conv.data("s", b"y" * 1448)
+    conv.ack("c")
+    conv.data("c", b"n" * 24)                       # the client's close_notify
+    conv.fin("c")
+    conv.data("s", b"m" * 24)                       # the server's, after the client closed
+    fin = conv.fin("s", emit=False)
+    if not fin_after_rst:
+        conv.emit(fin)
+    conv.rst("c", ack=False)                        # for the close_notify
+    if fin_after_rst:
+        conv.emit(fin)
+    conv.rst("c", ack=False)                        # for the FIN
+    sport = [parse_frame(memoryview(bytearray(f))).sport for _, f in conv.frames]
+    want = (sport.count(40000), sport.count(80))
+    plain, _ = connlog_lines(ctx, conv.frames, tcp_tw_interval=2)
+    kernel = FakeKernel()
+    lines, _ = connlog_lines(ctx, conv.frames, bypass_after=5000, kernel=kernel,
+                             tcp_tw_interval=2)
+    for got in (plain, lines):
+        assert len(got) == 1, got
+        assert (got[0]["orig_pkts"], got[0]["resp_pkts"]) == want
+        assert "R" in got[0]["history"] and got[0]["orig_bytes"] == 24 + 9, got
+    assert {k: lines[0][k] for k in TOTALS} == {k: plain[0][k] for k in TOTALS}
+    assert kernel.entries == {}
+
+
 def test_more_than_4_gib_bypassed_stream_bytes_from_the_fin(ctx):
     """The FIN after 5 GiB in the kernel: the sequence number wraps; the kernel's payload
     count picks the right wrap."""
