@@ -239,9 +239,9 @@ class Eve:
             # tell, and nothing for a flow without data.
             record["app_proto"] = "failed"
         session = session_state(client, server)
-        # handed over by --bypass-after-bytes, or by the session layer once its sessions
-        # were parsed (then the kernel took part of the flow)
-        bypassed = sock in self.bypassed or any(stats.bypassed_pkts)
+        # handed over by --bypass-after-bytes (the session layer's hand-over is not shown:
+        # the counts include the kernel's all the same; docs/pipeline.md)
+        bypassed = sock in self.bypassed
         self.bypassed.discard(sock)
         record["flow"] = self._flow(stats, bypassed, _FLOW_STATE.get(session, "new"))
         record["community_id"] = mosx_community_id(6, orig_h, resp_h, orig_p, resp_p, self.seed)
