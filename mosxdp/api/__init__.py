@@ -20,7 +20,8 @@ from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_dest
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
                      mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
 from .outputs import MOSX_SINK_HELP, mosx_open_outdir, mosx_open_output, mosx_open_sink
-from .records import (MOSX_CONN_FIELDS, mosx_community_id, mosx_conn_record, mosx_frame_count,
+from .records import (MOSX_CONN_FIELDS, mosx_community_id, mosx_conn_record, mosx_conn_uid,
+                      mosx_frame_count,
                       mosx_open_log)
 from .packets import (mtcp_clonepkt, mtcp_getlastpkt, mtcp_reset_conn, mtcp_sendpkt,
                       mtcp_setlastpkt)
@@ -39,7 +40,7 @@ __all__ = [
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
     "mosx_open_output", "mosx_open_sink", "mosx_open_outdir", "MOSX_SINK_HELP",
     "mosx_watch_datagrams", "mosx_open_log", "mosx_community_id", "mosx_frame_count",
-    "mosx_conn_record", "MOSX_CONN_FIELDS", "mosx_subscribe", "mosx_session_options",
+    "mosx_conn_record", "mosx_conn_uid", "MOSX_CONN_FIELDS", "mosx_subscribe", "mosx_session_options",
     "mosx_session_counts",
     "PeekOverrunError", "MtcpContext",
 ]

@@ -1,5 +1,5 @@
 """Records for existing pipelines (extensions): mosx_community_id, mosx_open_log,
-mosx_frame_count, mosx_conn_record (Zeek's conn.log record of a flow: connlog's and
+mosx_frame_count, mosx_conn_record, mosx_conn_uid (Zeek's conn.log record of a flow: connlog's and
 zeeklog's lines, mosxdp/core/zeekconn.py) and MOSX_CONN_FIELDS.
 
 A log opened with mosx_open_log writes through mosx_open_sink (a file as mosx_open_output
@@ -50,6 +50,18 @@ def mosx_conn_record(mctx, flow, seed=0):
         stats, peers, mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_CLI).name,
         mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_SVR).name,
         community_id(6, orig_h, resp_h, orig_p, resp_p, seed))
+
+
+def mosx_conn_uid(mctx, flow):
+    """The ``uid`` that mosx_conn_record gives the flow (and a SessionEvent of it), without
+    the rest of the record: ``flow`` a TCP flow socket (in any of its callbacks) or a
+    DatagramFlowStats. For apps that join their own records of a flow to its sessions."""
+    if isinstance(flow, DatagramFlowStats):
+        return zeekconn.datagram_uid(flow.start_ts, flow.orig_h, flow.orig_p, flow.resp_h,
+                                     flow.resp_p, flow.vlan_ids, flow.proto)
+    stats = mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOSX_FLOW_STATS)
+    (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, flow, MOS_SIDE_BOTH)
+    return zeekconn.tcp_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids)
 
 
 def mosx_frame_count(mctx):

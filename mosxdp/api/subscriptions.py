@@ -183,6 +183,14 @@ class SessionRuntime:
                                     "never seen", None), ts)
             self._release(flow)
             return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # Another socket of the app handed the flow to the kernel (its buffers are
+            # gone): what the parser holds is given, and the flow is let go.
+            self._close(flow)
+            self._release(flow)
+            return
         if not data:
             return
         # what the server received is the client's

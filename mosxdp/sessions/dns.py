@@ -109,6 +109,10 @@ class DnsTransaction:
     rejected: bool = False
     saw_query: bool = False
     saw_reply: bool = False
+    # Beyond Zeek's fields, for Suricata's EVE: the response's header flags and its answer
+    # section as (owner name, type name, TTL, data) for the answers ``answers`` lists.
+    reply_flags: int | None = None
+    answer_rrs: list[tuple[str, str, int, str]] = field(default_factory=list)
 
 
 def _name(name: dns.name.Name) -> str:
@@ -236,6 +240,7 @@ class DnsParser:
                 txn.qtype, txn.qtype_name = int(question.rdtype), qtype_name(question.rdtype)
         else:
             txn.saw_reply = True
+            txn.reply_flags = flags
             txn.rcode = flags & 0xF
             txn.rcode_name = rcode_name(txn.rcode)
             if (txn.rcode and not qdcount) or (question is not None and
@@ -276,6 +281,8 @@ class DnsParser:
                 if reply is not None:
                     txn.answers.append(reply)
                     txn.TTLs.append(float(rrset.ttl))
+                    txn.answer_rrs.append((_name(rrset.name), qtype_name(rrset.rdtype),
+                                           int(rrset.ttl), reply))
 
     def _give_up(self, out: list) -> None:
         """Too many unpaired halves: the oldest is logged as it is."""

@@ -72,6 +72,10 @@ class HttpTransaction:
     status_msg: str | None = None
     info_code: int | None = None
     info_msg: str | None = None
+    # Beyond Zeek's fields, for Suricata's EVE (url, protocol): the request target as sent
+    # (escapes kept) and the request line's version.
+    target: str | None = None
+    request_version: str | None = None
 
 
 class _Request:
@@ -98,6 +102,8 @@ class _Request:
         txn = self.txn
         txn.method = self.owner._req_parser.get_method().decode("ascii", "replace")
         txn.uri = unescape_uri(bytes(self.url))
+        txn.target = text(bytes(self.url))
+        txn.request_version = self.owner._req_parser.get_http_version()
         self.owner._number(txn)
         self.owner._pending.append(txn)
 

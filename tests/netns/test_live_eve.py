@@ -92,7 +92,8 @@ def test_eve_records_of_live_downloads(bed):
     for family, name, local_port in DOWNLOADS:
         client = (tb.cli_ip if family == 4 else tb.cli_ip6, local_port)
         server = (tb.srv_ip if family == 4 else tb.srv_ip6, PORT)
-        mine = [r for r in records if (r["src_ip"], r.get("src_port")) == client]
+        mine = [r for r in records if r["event_type"] == "flow"
+                and (r["src_ip"], r.get("src_port")) == client]
         assert len(mine) == 1, (client, records)
         record = mine[0]
         flow, tcp = record["flow"], record["tcp"]

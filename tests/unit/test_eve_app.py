@@ -70,9 +70,13 @@ def test_an_open_flow_with_data_at_the_end(tmp_path, capsys, validator):
     c.handshake()
     c.data("c", b"GET / HTTP/1.0\r\n\r\n")
     c.ack("s")
-    (r,) = eve(tmp_path, capsys, validator, c)
+    http, r = eve(tmp_path, capsys, validator, c)
     assert (r["flow"]["state"], r["flow"]["reason"], r["tcp"]["state"]) == \
         ("established", "shutdown", "established")
+    # the session layer told HTTP: its request, unanswered, is written at the end
+    assert r["app_proto"] == "http" and http["event_type"] == "http"
+    assert http["flow_id"] == r["flow_id"] and "status" not in http["http"]
+    (r,) = eve(tmp_path, capsys, validator, c, args=("--no-sessions",))
     assert r["app_proto"] == "failed"
     assert (r["tcp"]["tcp_flags_ts"], r["tcp"]["tcp_flags_tc"]) == ("1a", "12")
 
