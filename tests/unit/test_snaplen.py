@@ -534,7 +534,8 @@ def test_eve_records_of_a_cut_capture_flag_the_gaps(capsys, tmp_path, name):
     and frame bytes on the wire, states, flags, Community ID), and the TCP ones say which
     side's stream has bytes the capture cut (tcp.ts_gap, tcp.tc_gap)."""
     def eve(pcap, out):
-        code, _, err = run(capsys, "eve", "--pcap", pcap, "--output", out)
+        # flow records only: the cut capture has no payload for the session parsers
+        code, _, err = run(capsys, "eve", "--pcap", pcap, "--output", out, "--no-sessions")
         assert code == 0, err
         return [json.loads(line) for line in Path(out).read_text().splitlines()]
 
