@@ -345,10 +345,13 @@ def _write_stats_json(output, mctx, result):
     """The counters as JSON (``result``: the run's, None when it failed) into ``output``,
     the file opened at start."""
     import json
+
+    from ._compiled import hot_path
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),
            "reassembly_mem_peak": stack.reassembly_mem_peak,
+           "hot_path": hot_path(),
            "sinks": [sink.stats() for sink in mctx.outputs.sinks()],
            "live": result.live_stats() if result is not None else None}
     if result is not None and result.workers is not None:
@@ -539,8 +542,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     _debug = _debug_wanted(argv)
     _log_callbacks_to_stderr()
+    if argv and argv[0] == "--version":
+        from importlib.metadata import version
+
+        from ._compiled import describe
+        print(f"mosxdp {version('mosxdp')}: {describe()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: mosxdp COMMAND [ARGS]\n\ncommands:")
+        print("usage: mosxdp [--version] COMMAND [ARGS]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<10} {text}")
         print("\n'mosxdp COMMAND --help' for details.")

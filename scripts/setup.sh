@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PKGS="python3-bpfcc python3-venv libxdp1 xdp-tools linux-headers-amd64 iproute2 ethtool
-      tshark tcpdump tcpflow curl iperf3 procps gcc iputils-ping redis-server"
+      tshark tcpdump tcpflow curl iperf3 procps gcc python3-dev iputils-ping redis-server"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

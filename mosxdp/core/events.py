@@ -24,6 +24,8 @@ from .constants import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_O
 # that an error report should name (mosxdp/apps are apps).
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _APPS_DIR = _PACKAGE_DIR + "apps" + os.sep
+# The frames of a compiled module (setup.py) name its source relative to the project root.
+_COMPILED_PREFIX = "mosxdp" + os.sep
 _STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
                       for k in ("stdlib", "platstdlib")})
 
@@ -46,7 +48,10 @@ def exception_site(exc):
     while tb is not None:
         code = tb.tb_frame.f_code
         innermost = f"{code.co_filename}:{tb.tb_lineno}"
-        path = os.path.abspath(code.co_filename)
+        path = code.co_filename
+        if path.startswith(_COMPILED_PREFIX):   # a compiled module's frame: see below
+            path = _PACKAGE_DIR + path[len(_COMPILED_PREFIX):]
+        path = os.path.abspath(path)
         ours = path.startswith(_PACKAGE_DIR) and not path.startswith(_APPS_DIR)
         if not ours and not path.startswith(_STDLIB_DIRS) and not code.co_filename.startswith("<"):
             site = innermost

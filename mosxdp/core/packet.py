@@ -106,11 +106,11 @@ def _lazy_option(name):
     slot = "_" + name
 
     def get(self):
-        try:
-            return getattr(self, slot)
-        except AttributeError:   # a segment parsed without its options
+        # _bad_options is a bool once the options are parsed: unset before (None in the
+        # compiled Packet, whose fields always hold a value).
+        if getattr(self, "_bad_options", None) is None:
             self.parse_options()
-            return getattr(self, slot)
+        return getattr(self, slot)
     return property(get, doc=f"TCP option field {name}, parsed on first read")
 
 

@@ -2,7 +2,9 @@
 from the source files, so it holds for imports inside functions, relative imports and
 imports under TYPE_CHECKING alike:
 
-* `mosxdp/core` imports nothing outside `mosxdp.core` but the standard library;
+* `mosxdp/core` imports nothing outside `mosxdp.core` but the standard library and
+  `cython` (the compiled build's type declarations, decorators that do nothing in plain
+  Python);
 * `mosxdp/io` imports nothing of `mosxdp.core`, `mosxdp.engine`, `mosxdp.api` or the
   public face that re-exports them (`mosxdp`, `mosxdp.constants`, `mosxdp.types`,
   `mosxdp.facade`);
@@ -76,9 +78,9 @@ def within(target: str, *packages: str) -> bool:
 
 
 def core_rule(target: str) -> str | None:
-    if within(target, "mosxdp.core") or target.split(".")[0] in STDLIB:
+    if within(target, "mosxdp.core") or target.split(".")[0] in STDLIB or target == "cython":
         return None
-    return "core imports only mosxdp.core and the standard library"
+    return "core imports only mosxdp.core, the standard library and cython"
 
 
 def io_rule(target: str) -> str | None:
@@ -184,4 +186,5 @@ def test_checker_resolves_names_from_packages():
 
 def test_core_may_use_only_the_standard_library():
     assert core_rule("collections.abc") is None and core_rule("mosxdp.core.tcp") is None
+    assert core_rule("cython") is None   # pure-Python mode declarations
     assert core_rule("mosxdp.constants") and core_rule("scapy.all") and core_rule("mosxdp")

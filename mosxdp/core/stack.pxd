@@ -1,0 +1,3 @@
+# Compiled declarations of stack.py (setup.py): the types Stack.process declares.
+from mosxdp.core.packet cimport Packet
+from mosxdp.core.flow cimport Flow, Side
