@@ -16,7 +16,7 @@ import sys
 
 # The modules of mosxdp/core every frame passes through.
 HOT_MODULES = ("packet", "frames", "reassembly", "streams", "tcp", "flow", "stack", "events",
-               "sockets", "datagrams")
+               "sockets", "datagrams", "checksum")
 
 PURE_PYTHON = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
 
