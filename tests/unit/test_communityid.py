@@ -1,7 +1,7 @@
 """Community ID v1 (mosxdp/core/communityid.py) against the reference implementation (the
 `communityid` package, a test dependency only).
 
-* Every IP packet of every capture in tests/data (TCP, and the ICMPv6 of neighbour
+* Every IP packet of every capture in tests/data and tests/data/sessions (TCP, UDP, and the ICMPv6 of neighbour
   discovery and multicast listener reports the captures hold), parsed here with struct
   (not with mosxdp's parser), under several seeds.
 * Every flow connlog logs for every capture: its community_id is the reference's for its
@@ -21,7 +21,7 @@ from mosxdp import cli, mosx_community_id
 from mosxdp.core.communityid import community_id
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-CAPTURES = sorted(DATA.glob("*.pcap"))
+CAPTURES = sorted(DATA.glob("*.pcap")) + sorted(DATA.glob("sessions/*.pcap"))
 SEEDS = (0, 1, 4242, 65535)
 _EXT_HEADERS = (0, 43, 60)   # IPv6 hop-by-hop, routing, destination options
 
