@@ -10,7 +10,9 @@ One dual-stack (IPv4 and IPv6) listener per port, all serving ROOT:
   lets a 2 MiB file through in milliseconds);
 - PUT: the body's SHA-256 in hex as the response body; with --upload-dir the body is
   also stored there as uploaded.bin;
-- --access-log: one line per request, ``CLIENT_IP CLIENT_PORT SERVER_PORT 'REQUEST LINE'``.
+- --access-log: one line per request, ``CLIENT_IP CLIENT_PORT SERVER_PORT 'REQUEST LINE'``;
+- --tls PORT --cert PEM --key PEM: the same over HTTPS on PORT (TLS 1.2 and 1.3, ALPN
+  http/1.1); the handshake runs in the connection's thread, not the accept loop.
 """
 import argparse
 import functools
@@ -19,6 +21,7 @@ import http.server
 import os
 import shutil
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -105,17 +108,43 @@ class DualStackServer(http.server.ThreadingHTTPServer):
         super().server_bind()
 
 
+class TlsServer(DualStackServer):
+    def __init__(self, address, handler, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(address, handler)
+
+    def get_request(self):
+        raw, addr = self.socket.accept()
+        return self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        pass   # a client that gives up mid-handshake or mid-body is the client's business
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mosxdp.demo.server", description=__doc__.split("\n")[0])
     ap.add_argument("root", help="directory to serve")
     ap.add_argument("ports", nargs="+", type=int, help="TCP ports to listen on")
     ap.add_argument("--upload-dir", help="store PUT bodies here as uploaded.bin")
     ap.add_argument("--access-log", help="append one line per request to this file")
+    ap.add_argument("--tls", type=int, metavar="PORT", help="also serve HTTPS on PORT")
+    ap.add_argument("--cert", help="with --tls: the certificate (PEM)")
+    ap.add_argument("--key", help="with --tls: its private key (PEM)")
     args = ap.parse_args(argv)
+    if args.tls is not None and not (args.cert and args.key):
+        ap.error("--tls needs --cert and --key")
     access_log = open(args.access_log, "a", buffering=1) if args.access_log else None
     handler = functools.partial(Handler, directory=args.root)
     for port in args.ports:
         server = DualStackServer(("::", port), handler)
+        server.upload_dir, server.access_log = args.upload_dir, access_log
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    if args.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.cert, args.key)
+        context.set_alpn_protocols(["http/1.1"])
+        server = TlsServer(("::", args.tls), handler, context)
         server.upload_dir, server.access_log = args.upload_dir, access_log
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("listening", flush=True)
