@@ -13,6 +13,11 @@
                                     tests/data, each copy on its own addresses and
                                     starting 20 ms after the one before (many flows at
                                     once), until OUT has the size asked for.
+  scripts/bench.py --sessions [--count 20 --mb 50 --parallel 4]
+                                    HTTPS downloads through zeeklog (each TLS flow
+                                    handed to the kernel after its handshake) next to
+                                    the devmap baseline, with every body, SNI and
+                                    conn.log count checked (root; scripts/bench_sessions.py).
   scripts/bench.py --workers PCAP [--max-workers N]
                                     `mosxdp run` wall time on PCAP with 1..N workers
                                     (connlog, flowdump, flowdump --write), outputs
@@ -659,9 +664,20 @@ def bench_workers(pcap, max_workers, repeat):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--sessions" in argv:   # its own options and --help
+        from bench_sessions import bench_sessions
+        rest = [a for a in argv if a != "--sessions"]
+        repeat = 3
+        if "--repeat" in rest:
+            i = rest.index("--repeat")
+            repeat, rest = int(rest[i + 1]), rest[:i] + rest[i + 2:]
+        return bench_sessions(rest, rounds=repeat)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--offline", metavar="PCAP", help="benchmark the core on a pcap file")
     parser.add_argument("--live", action="store_true", help="benchmark the AF_XDP datapath (root)")
+    parser.add_argument("--sessions", action="store_true",
+                        help="HTTPS downloads through zeeklog vs devmap (root; --sessions --help)")
     parser.add_argument("--callgrind", metavar="PCAP",
                         help="instructions per frame under callgrind (valgrind, editcap)")
     parser.add_argument("--frames", type=int, default=700,
@@ -680,7 +696,7 @@ def main(argv=None):
         return 0
     if not args.offline and not args.live and not args.callgrind:
         parser.error("give --offline PCAP, --callgrind PCAP, --workers PCAP, --make-capture "
-                     "OUT and/or --live")
+                     "OUT, --sessions and/or --live")
     if args.callgrind:
         bench_callgrind(args.callgrind, args.frames)
     if args.offline:
