@@ -104,9 +104,7 @@ class StreamDelivery:
             self._counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
         buf = rcv.buf
         if buf is None and rcv.bufsize:
-            buf = self._new_buffer(flow, rcv)
-            if buf is None:
-                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+            buf, events = self._new_buffer(flow, rcv, events)
         if buf is not None:
             head_before = buf.head
             if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
@@ -119,11 +117,7 @@ class StreamDelivery:
             rcv_nxt = rcv.rcv_nxt = buf.next_offset
             head = buf.head
             if head != head_before:
-                for sock in flow.socks:
-                    if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
-                        events |= EV_ERROR
-                        sock.so_error = errno.ENOBUFS
-                        self._counters["buffer_overruns"] += 1
+                events |= self._overrun(flow, receiver, head)
         else:
             overlapped = (end if end < before else before) - offset
             if overlapped < 0:
@@ -174,9 +168,7 @@ class StreamDelivery:
             return events
         buf = rcv.buf
         if buf is None and rcv.bufsize:
-            buf = self._new_buffer(flow, rcv)
-            if buf is None:
-                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+            buf, events = self._new_buffer(flow, rcv, events)
         if buf is not None:
             head_before = buf.head
             refused = buf.refused_fragments
@@ -187,11 +179,7 @@ class StreamDelivery:
                 self._counters["refused_fragments"] += 1
             rcv.rcv_nxt = buf.next_offset
             if buf.head != head_before:
-                for sock in flow.socks:
-                    if sock.peek_off[receiver] < buf.head and sock.monitoring[receiver]:
-                        events |= EV_ERROR
-                        sock.so_error = errno.ENOBUFS
-                        self._counters["buffer_overruns"] += 1
+                events |= self._overrun(flow, receiver, buf.head)
         else:
             overlapped = max(0, min(end, before) - offset)
             if offset <= before < end:
@@ -235,16 +223,28 @@ class StreamDelivery:
             self.reassembly_mem_peak = self.reassembly_mem
         self._counters["buffers_grown"] += 1
 
-    def _new_buffer(self, flow, rcv):
-        """The side's stream buffer, made at its first byte (None when reassembly_memcap
-        refuses it). Bytes the stream passed before then were lost."""
+    def _new_buffer(self, flow, rcv, events):
+        """(the side's stream buffer, events): the buffer made at its first byte, or None
+        and EV_ERROR added when reassembly_memcap refuses it (this side is not buffered).
+        Bytes the stream passed before then were lost."""
         if not self._reserve_buffer(flow, rcv):
-            return None
+            return None, events | EV_ERROR
         buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
                                      max_fragments=self.config.max_fragments)
         if rcv.rcv_nxt:
             buf.skip(rcv.rcv_nxt)
-        return buf
+        return buf, events
+
+    def _overrun(self, flow, receiver, head):
+        """The buffer's head moved past bytes a monitoring socket had not peeked yet: those
+        sockets lose them (ENOBUFS); EV_ERROR if any did, else 0."""
+        events = 0
+        for sock in flow.socks:
+            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                events = EV_ERROR
+                sock.so_error = errno.ENOBUFS
+                self._counters["buffer_overruns"] += 1
+        return events
 
     def _hold_beyond_edge(self, rcv, pkt, base, offset, end, probe):
         """Keep [offset, end) of the segment (payload byte i at pkt.buf[base + i]) until the
