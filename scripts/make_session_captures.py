@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_captures import PY, Capture, record, run_ok  # noqa: E402
+from make_captures import PY, RECV_UNTIL, Capture, record, run_ok  # noqa: E402
 from mosxdp.demo.testbed import Testbed, probe  # noqa: E402
 
 TLS_PORT, HTTP_PORT, DNS_PORT = 8443, 8080, 53
 
-TLS_SERVER = r'''
+TLS_SERVER = RECV_UNTIL + r'''
 import socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -59,12 +59,7 @@ while True:
         if s.selected_alpn_protocol() == "h2":
             s.recv(100); s.sendall(b"h2 selected\n")
         else:
-            req = b""
-            while b"\r\n\r\n" not in req:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                req += chunk
+            recv_until(s, lambda got: b"\r\n\r\n" in got, 4096)
             body = b"hello over " + s.version().encode() + b"\n"
             s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                       b"Connection: close\r\n\r\n%s" % (len(body), body))
@@ -139,7 +134,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 '''
 
-PIPELINE_CLIENT = r'''
+PIPELINE_CLIENT = RECV_UNTIL + r'''
 import socket, sys
 host = "%s:%s" % (sys.argv[1], sys.argv[2])
 reqs = (b"GET /file HTTP/1.1\r\nHost: %s\r\nUser-Agent: pipeline-client/1\r\n\r\n"
@@ -149,12 +144,7 @@ reqs = (b"GET /file HTTP/1.1\r\nHost: %s\r\nUser-Agent: pipeline-client/1\r\n\r\
         b"If-None-Match: \"v1\"\r\nConnection: close\r\n\r\n") % ((host.encode(),) * 4)
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.sendall(reqs)
-got = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    got += chunk
+got = recv_until(s, lambda got: False)
 assert got.count(b"HTTP/1.1 ") == 4, got[:300]
 print(len(got))
 '''
