@@ -606,6 +606,20 @@ def flow_desc(pkts, client):
     return {"client": f"{p.payload.src}:{p[TCP].sport}", "server": f"{p.payload.dst}:{p[TCP].dport}"}
 
 
+def write_holes_expected(path: Path, description: str, flow: dict, holes: list, c: bytes,
+                         s: bytes) -> None:
+    """The sidecar of a capture with holes: the streams (base64, missing bytes as zeros)."""
+    path.write_text(json.dumps({
+        "description": description,
+        "flow": flow,
+        "holes": holes,
+        "client_to_server": b64(c),
+        "server_to_client": b64(s),
+        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
+                   "server_to_client": hashlib.sha256(s).hexdigest()},
+    }, indent=1) + "\n")
+
+
 def make_crafted(outdir: Path) -> dict[str, str]:
     from scapy.layers.inet import TCP
 
@@ -766,16 +780,10 @@ def make_crafted(outdir: Path) -> dict[str, str]:
     assert s[:g_off] == orig_s2c[:g_off] and s[g_off:g_off + g_len] == bytes(g_len)
     assert s[g_off + g_len:] == orig_s2c[g_off + g_len:]
     write_pcap(outdir / "lost.pcap", items)
-    (outdir / "lost.expected.json").write_text(json.dumps({
-        "description": "Expected reassembled bytestreams of lost.pcap (base64): the missing "
-                       "bytes are zeros.",
-        "flow": fdesc,
-        "holes": [{"direction": "server_to_client", "offset": g_off, "length": g_len}],
-        "client_to_server": b64(c),
-        "server_to_client": b64(s),
-        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
-                   "server_to_client": hashlib.sha256(s).hexdigest()},
-    }, indent=1) + "\n")
+    write_holes_expected(
+        outdir / "lost.expected.json",
+        "Expected reassembled bytestreams of lost.pcap (base64): the missing bytes are zeros.",
+        fdesc, [{"direction": "server_to_client", "offset": g_off, "length": g_len}], c, s)
     desc["lost.pcap"] = (
         f"From {base}: server data segment 7 ({g_len} B at stream offset {g_off}) removed; the "
         "client's later ACKs still cover it (lost by the capture, not the network). "
@@ -808,16 +816,10 @@ def make_crafted(outdir: Path) -> dict[str, str]:
                 want[hole["offset"]:hole["offset"] + hole["length"]] = bytes(hole["length"])
         assert got == bytes(want), name
     write_pcap(outdir / "holes.pcap", items)
-    (outdir / "holes.expected.json").write_text(json.dumps({
-        "description": "Expected reassembled bytestreams of holes.pcap (base64): the missing "
-                       "bytes are zeros; every hole is covered by the receiver's ACKs.",
-        "flow": fdesc,
-        "holes": holes,
-        "client_to_server": b64(c),
-        "server_to_client": b64(s),
-        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
-                   "server_to_client": hashlib.sha256(s).hexdigest()},
-    }, indent=1) + "\n")
+    write_holes_expected(
+        outdir / "holes.expected.json",
+        "Expected reassembled bytestreams of holes.pcap (base64): the missing bytes are zeros; "
+        "every hole is covered by the receiver's ACKs.", fdesc, holes, c, s)
     desc["holes.pcap"] = (
         f"From {base}: bytes lost by the capture in both directions, every one acknowledged by "
         f"its receiver: the request split into [0,{cuts[1]}), [{cuts[1]},{cuts[2]}) and "

@@ -164,17 +164,17 @@ class _Parser:
         return fn
 
     def or_(self):
-        fn = self.and_()
-        while self.peek() is not None and self.peek()[1] == "or":
-            self.take()
-            fn = _three(fn, self.and_(), True)
-        return fn
+        return self._chain("or", self.and_, True)
 
     def and_(self):
-        fn = self.unary()
-        while self.peek() is not None and self.peek()[1] == "and":
+        return self._chain("and", self.unary, False)
+
+    def _chain(self, word, operand, decisive):
+        """operand (word operand)*, left to right (``decisive``: see _three)."""
+        fn = operand()
+        while self.peek() is not None and self.peek()[1] == word:
             self.take()
-            fn = _three(fn, self.unary(), False)
+            fn = _three(fn, operand(), decisive)
         return fn
 
     def unary(self):
