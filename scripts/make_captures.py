@@ -292,8 +292,8 @@ def python_client(tb: Testbed, source: str, port: int, *args: str) -> str:
     return run_ok(tb, "cli", [PY, "-c", source, tb.srv_ip, str(port), *args])
 
 
-def python_pair(tb: Testbed, cap, port: int, server: str, client: str,
-                server_args=(str(SEED),), client_args=(str(SEED),)) -> None:
+def python_pair(tb: Testbed, cap, port: int, server: str, client: str, server_args=(),
+                client_args=()) -> None:
     """The Python program ``server`` listening on ``port``, then, captured, ``client``."""
     python_server(tb, server, port, *server_args)
     with cap:
@@ -387,7 +387,7 @@ def sc_rst_abort(tb, cap, work):
 
 
 def sc_halfclose(tb, cap, work):
-    python_pair(tb, cap, 7000, HALFCLOSE_SERVER, HALFCLOSE_CLIENT)
+    python_pair(tb, cap, 7000, HALFCLOSE_SERVER, HALFCLOSE_CLIENT, [str(SEED)], [str(SEED)])
     return ("Python client/server on port 7000: the server greets (24 B), the client sends "
             "20000 random bytes and shuts down its write side (FIN); after that FIN the "
             "server sends a 93-byte receipt line and 48000 more bytes in 6 writes, then "
@@ -403,7 +403,7 @@ def sc_ipv6(tb, cap, work):
 
 
 def sc_small_writes(tb, cap, work):
-    python_pair(tb, cap, 7002, SMALL_SERVER, SMALL_CLIENT)
+    python_pair(tb, cap, 7002, SMALL_SERVER, SMALL_CLIENT, [str(SEED)], [str(SEED)])
     return ("Python client/server with TCP_NODELAY on port 7002: 300 ping-pong rounds "
             "(length-prefixed messages of 1-200 B from the client, 1-300 B back), then "
             "120 back-to-back small writes each way; the client closes first.")
@@ -411,8 +411,7 @@ def sc_small_writes(tb, cap, work):
 
 def sc_reuse(tb, cap, work):
     n = 3
-    python_pair(tb, cap, 7003, REUSE_SERVER, REUSE_CLIENT, server_args=(str(n),),
-                client_args=(tb.cli_ip, "40000", str(n)))
+    python_pair(tb, cap, 7003, REUSE_SERVER, REUSE_CLIENT, [str(n)], [tb.cli_ip, "40000", str(n)])
     return ("3 sequential connections on the same 4-tuple 10.77.0.1:40000 -> 10.77.0.2:7003 "
             "(the client binds the port with SO_REUSEADDR; the server closes first, so its "
             "TIME_WAIT accepts the next SYN): the 4-tuple is reused twice.")

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_captures import PY, RECV_UNTIL, Capture, record, run_ok  # noqa: E402
+from make_captures import (RECV_UNTIL, Capture, python_client, python_pair,  # noqa: E402
+                           python_server, record, run_ok)
 from mosxdp.demo.testbed import Testbed, probe  # noqa: E402
 
 TLS_PORT, HTTP_PORT, DNS_PORT = 8443, 8080, 53
@@ -254,12 +255,6 @@ print("ok")
 '''
 
 
-def server(tb: Testbed, source: str, port: int, *args: str) -> None:
-    tb.popen("srv", [PY, "-c", source, tb.srv_ip, str(port), *args],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", port)
-
-
 def curl(tb: Testbed, *args: str) -> str:
     return run_ok(tb, "cli", ["curl", "-sS", "--max-time", "20", *args])
 
@@ -269,7 +264,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
                     "-subj", "/CN=mosxdp.test", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    server(tb, TLS_SERVER, TLS_PORT, str(cert), str(key))
+    python_server(tb, TLS_SERVER, TLS_PORT, str(cert), str(key))
     ip = tb.srv_ip
 
     def get(name: str | None, *opts: str) -> None:
@@ -287,8 +282,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
             "ECDHE-RSA-AES128-SHA256", "--curves", "P-384")
         get(None, "--http1.1")
         for name, version in (("h2.example", "TLSv1_3"), ("h2-tls12.example", "TLSv1_2")):
-            out = run_ok(tb, "cli", [PY, "-c", TLS_H2_CLIENT, ip, str(TLS_PORT), name, version,
-                                     "h2,http/1.1"])
+            out = python_client(tb, TLS_H2_CLIENT, TLS_PORT, name, version, "h2,http/1.1")
             assert out.split()[1] == "h2", out
     return ("Python TLS server (ssl, self-signed RSA certificate, ALPN h2/http/1.1, TLS 1.2 "
             "minimum) on 10.77.0.2:8443, 7 connections: curl --http1.1 TLS 1.3 SNI "
@@ -300,7 +294,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
 
 
 def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
-    server(tb, HTTP_SERVER, HTTP_PORT)
+    python_server(tb, HTTP_SERVER, HTTP_PORT)
     base = f"http://{tb.srv_ip}:{HTTP_PORT}"
     upload = work / "upload.bin"
     upload.write_bytes(bytes(range(256)) * 40)
@@ -313,7 +307,7 @@ def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
              "-H", "Origin: http://origin.test", f"{base}/upload")
         curl(tb, "-o", "/dev/null", f"{base}/file%20name?q=a%2Fb")
         curl(tb, "-o", "/dev/null", f"{base}/close")
-        run_ok(tb, "cli", [PY, "-c", PIPELINE_CLIENT, tb.srv_ip, str(HTTP_PORT)])
+        python_client(tb, PIPELINE_CLIENT, HTTP_PORT)
     return ("Python HTTP/1.1 server (http.server) on 10.77.0.2:8080; clients: curl --http1.0 "
             "GET /file; curl keep-alive GET /file, /chunked (chunked), /missing (404) on one "
             "connection; curl -I (HEAD /file, Content-Length but no body); curl POST 10240 B "
@@ -323,9 +317,7 @@ def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
 
 
 def sc_dns(tb: Testbed, cap: Capture, work: Path) -> str:
-    server(tb, DNS_SERVER, DNS_PORT)
-    with cap:
-        run_ok(tb, "cli", [PY, "-c", DNS_CLIENT, tb.srv_ip, str(DNS_PORT)])
+    python_pair(tb, cap, DNS_PORT, DNS_SERVER, DNS_CLIENT)
     return ("dnspython responder on 10.77.0.2:53 (UDP and TCP), dnspython clients: 8 queries "
             "from one UDP socket (port 40053: A with two answers, AAAA, MX with two, TXT "
             "with two records of several strings, A through two CNAMEs, NXDOMAIN with an SOA, "
