@@ -117,7 +117,11 @@ class StreamDelivery:
             rcv_nxt = rcv.rcv_nxt = buf.next_offset
             head = buf.head
             if head != head_before:
-                events |= self._overrun(flow, receiver, head)
+                for sock in flow.socks:   # _overrun inline: the per-segment path
+                    if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                        events |= EV_ERROR
+                        sock.so_error = errno.ENOBUFS
+                        self._counters["buffer_overruns"] += 1
         else:
             overlapped = (end if end < before else before) - offset
             if overlapped < 0:
@@ -342,7 +346,7 @@ class StreamDelivery:
                 end = ack_off
             buf = rcv.buf
             if buf is None and rcv.bufsize:
-                buf = self._new_buffer(flow, rcv)
+                buf, _ = self._new_buffer(flow, rcv, 0)
             if buf is not None and data is not None:
                 head_before = buf.head
                 if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
@@ -373,13 +377,7 @@ class StreamDelivery:
     def _count_overrun(self, flow, receiver, head):
         """The buffer's window slid to head outside a segment's delivery: sockets that had
         not read below it lost bytes, and MOS_ON_ERROR is raised at once."""
-        overrun = False
-        for sock in flow.socks:
-            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
-                sock.so_error = errno.ENOBUFS
-                self._counters["buffer_overruns"] += 1
-                overrun = True
-        if overrun:
+        if self._overrun(flow, receiver, head):
             self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
 
     def _catch_up(self, snd, rcv, pkt):
