@@ -50,6 +50,18 @@ SEED = 0x6D6F73  # "mos": file contents are reproducible, ISNs and times are not
 # ---------------------------------------------------------------------------
 # programs run inside the namespaces
 
+# The start of a program that reads what a peer sends until a condition holds or it closes.
+RECV_UNTIL = r'''
+def recv_until(conn, done, size=65536):
+    got = b""
+    while not done(got):
+        chunk = conn.recv(size)
+        if not chunk:
+            break
+        got += chunk
+    return got
+'''
+
 UPLOAD_SERVER = r'''
 import hashlib, http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -77,18 +89,13 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 '''
 
-HALFCLOSE_SERVER = r'''
+HALFCLOSE_SERVER = RECV_UNTIL + r'''
 import hashlib, random, socket, sys, time
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(1)
 c, _ = ls.accept()
 c.sendall(b"HELLO half-close server\n")
-got = b""
-while True:
-    chunk = c.recv(65536)
-    if not chunk:
-        break                       # the client's FIN
-    got += chunk
+got = recv_until(c, lambda got: False)    # up to the client's FIN
 c.sendall(("received %d bytes sha256 %s\n" % (len(got), hashlib.sha256(got).hexdigest())).encode())
 rnd = random.Random(int(sys.argv[3]))
 tail = rnd.randbytes(48000)
@@ -97,7 +104,7 @@ for i in range(0, len(tail), 8000):   # data after the peer's FIN, in several wr
 c.close()
 '''
 
-HALFCLOSE_CLIENT = r'''
+HALFCLOSE_CLIENT = RECV_UNTIL + r'''
 import hashlib, random, socket, sys
 rnd = random.Random(int(sys.argv[3]))
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -105,12 +112,7 @@ hello = s.recv(100)
 data = rnd.randbytes(20000)
 s.sendall(data)
 s.shutdown(socket.SHUT_WR)
-back = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    back += chunk
+back = recv_until(s, lambda got: False)
 s.close()
 want = ("received %d bytes sha256 %s\n" % (len(data), hashlib.sha256(data).hexdigest())).encode()
 assert back.startswith(want), back[:200]
@@ -190,23 +192,18 @@ s.close()
 print(count)
 '''
 
-REUSE_SERVER = r'''
+REUSE_SERVER = RECV_UNTIL + r'''
 import socket, sys
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(4)
 for i in range(int(sys.argv[3])):
     c, peer = ls.accept()
-    req = b""
-    while not req.endswith(b"\n"):
-        chunk = c.recv(4096)
-        if not chunk:
-            break
-        req += chunk
+    req = recv_until(c, lambda got: got.endswith(b"\n"), 4096)
     c.sendall(b"connection %d from port %d: %s" % (i + 1, peer[1], req))
     c.close()                       # server closes first: TIME_WAIT on the server
 '''
 
-REUSE_CLIENT = r'''
+REUSE_CLIENT = RECV_UNTIL + r'''
 import socket, sys, time
 for i in range(int(sys.argv[5])):
     s = socket.socket()
@@ -214,12 +211,7 @@ for i in range(int(sys.argv[5])):
     s.bind((sys.argv[3], int(sys.argv[4])))
     s.connect((sys.argv[1], int(sys.argv[2])))
     s.sendall(b"request %d on a reused 4-tuple\n" % (i + 1))
-    got = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        got += chunk
+    got = recv_until(s, lambda got: False, 4096)
     s.close()
     assert got.startswith(b"connection %d" % (i + 1)), got
     time.sleep(0.3)
@@ -298,6 +290,14 @@ def python_server(tb: Testbed, source: str, port: int, *args: str):
 def python_client(tb: Testbed, source: str, port: int, *args: str) -> str:
     """Run the program ``source`` in cli with argv (server address, port, *args); its stdout."""
     return run_ok(tb, "cli", [PY, "-c", source, tb.srv_ip, str(port), *args])
+
+
+def python_pair(tb: Testbed, cap, port: int, server: str, client: str, server_args=(),
+                client_args=()) -> None:
+    """The Python program ``server`` listening on ``port``, then, captured, ``client``."""
+    python_server(tb, server, port, *server_args)
+    with cap:
+        python_client(tb, client, port, *client_args)
 
 
 def write_files(directory: Path, sizes: dict[str, int], seed: int) -> dict[str, bytes]:
@@ -387,9 +387,7 @@ def sc_rst_abort(tb, cap, work):
 
 
 def sc_halfclose(tb, cap, work):
-    python_server(tb, HALFCLOSE_SERVER, 7000, str(SEED))
-    with cap:
-        python_client(tb, HALFCLOSE_CLIENT, 7000, str(SEED))
+    python_pair(tb, cap, 7000, HALFCLOSE_SERVER, HALFCLOSE_CLIENT, [str(SEED)], [str(SEED)])
     return ("Python client/server on port 7000: the server greets (24 B), the client sends "
             "20000 random bytes and shuts down its write side (FIN); after that FIN the "
             "server sends a 93-byte receipt line and 48000 more bytes in 6 writes, then "
@@ -405,9 +403,7 @@ def sc_ipv6(tb, cap, work):
 
 
 def sc_small_writes(tb, cap, work):
-    python_server(tb, SMALL_SERVER, 7002, str(SEED))
-    with cap:
-        python_client(tb, SMALL_CLIENT, 7002, str(SEED))
+    python_pair(tb, cap, 7002, SMALL_SERVER, SMALL_CLIENT, [str(SEED)], [str(SEED)])
     return ("Python client/server with TCP_NODELAY on port 7002: 300 ping-pong rounds "
             "(length-prefixed messages of 1-200 B from the client, 1-300 B back), then "
             "120 back-to-back small writes each way; the client closes first.")
@@ -415,9 +411,7 @@ def sc_small_writes(tb, cap, work):
 
 def sc_reuse(tb, cap, work):
     n = 3
-    python_server(tb, REUSE_SERVER, 7003, str(n))
-    with cap:
-        python_client(tb, REUSE_CLIENT, 7003, tb.cli_ip, "40000", str(n))
+    python_pair(tb, cap, 7003, REUSE_SERVER, REUSE_CLIENT, [str(n)], [tb.cli_ip, "40000", str(n)])
     return ("3 sequential connections on the same 4-tuple 10.77.0.1:40000 -> 10.77.0.2:7003 "
             "(the client binds the port with SO_REUSEADDR; the server closes first, so its "
             "TIME_WAIT accepts the next SYN): the 4-tuple is reused twice.")
@@ -611,6 +605,20 @@ def flow_desc(pkts, client):
     return {"client": f"{p.payload.src}:{p[TCP].sport}", "server": f"{p.payload.dst}:{p[TCP].dport}"}
 
 
+def write_holes_expected(path: Path, description: str, flow: dict, holes: list, c: bytes,
+                         s: bytes) -> None:
+    """The sidecar of a capture with holes: the streams (base64, missing bytes as zeros)."""
+    path.write_text(json.dumps({
+        "description": description,
+        "flow": flow,
+        "holes": holes,
+        "client_to_server": b64(c),
+        "server_to_client": b64(s),
+        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
+                   "server_to_client": hashlib.sha256(s).hexdigest()},
+    }, indent=1) + "\n")
+
+
 def make_crafted(outdir: Path) -> dict[str, str]:
     from scapy.layers.inet import TCP
 
@@ -771,16 +779,10 @@ def make_crafted(outdir: Path) -> dict[str, str]:
     assert s[:g_off] == orig_s2c[:g_off] and s[g_off:g_off + g_len] == bytes(g_len)
     assert s[g_off + g_len:] == orig_s2c[g_off + g_len:]
     write_pcap(outdir / "lost.pcap", items)
-    (outdir / "lost.expected.json").write_text(json.dumps({
-        "description": "Expected reassembled bytestreams of lost.pcap (base64): the missing "
-                       "bytes are zeros.",
-        "flow": fdesc,
-        "holes": [{"direction": "server_to_client", "offset": g_off, "length": g_len}],
-        "client_to_server": b64(c),
-        "server_to_client": b64(s),
-        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
-                   "server_to_client": hashlib.sha256(s).hexdigest()},
-    }, indent=1) + "\n")
+    write_holes_expected(
+        outdir / "lost.expected.json",
+        "Expected reassembled bytestreams of lost.pcap (base64): the missing bytes are zeros.",
+        fdesc, [{"direction": "server_to_client", "offset": g_off, "length": g_len}], c, s)
     desc["lost.pcap"] = (
         f"From {base}: server data segment 7 ({g_len} B at stream offset {g_off}) removed; the "
         "client's later ACKs still cover it (lost by the capture, not the network). "
@@ -813,16 +815,10 @@ def make_crafted(outdir: Path) -> dict[str, str]:
                 want[hole["offset"]:hole["offset"] + hole["length"]] = bytes(hole["length"])
         assert got == bytes(want), name
     write_pcap(outdir / "holes.pcap", items)
-    (outdir / "holes.expected.json").write_text(json.dumps({
-        "description": "Expected reassembled bytestreams of holes.pcap (base64): the missing "
-                       "bytes are zeros; every hole is covered by the receiver's ACKs.",
-        "flow": fdesc,
-        "holes": holes,
-        "client_to_server": b64(c),
-        "server_to_client": b64(s),
-        "sha256": {"client_to_server": hashlib.sha256(c).hexdigest(),
-                   "server_to_client": hashlib.sha256(s).hexdigest()},
-    }, indent=1) + "\n")
+    write_holes_expected(
+        outdir / "holes.expected.json",
+        "Expected reassembled bytestreams of holes.pcap (base64): the missing bytes are zeros; "
+        "every hole is covered by the receiver's ACKs.", fdesc, holes, c, s)
     desc["holes.pcap"] = (
         f"From {base}: bytes lost by the capture in both directions, every one acknowledged by "
         f"its receiver: the request split into [0,{cuts[1]}), [{cuts[1]},{cuts[2]}) and "

@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_captures import PY, Capture, record, run_ok  # noqa: E402
+from make_captures import (RECV_UNTIL, Capture, python_client, python_pair,  # noqa: E402
+                           python_server, record, run_ok)
 from mosxdp.demo.testbed import Testbed, probe  # noqa: E402
 
 TLS_PORT, HTTP_PORT, DNS_PORT = 8443, 8080, 53
 
-TLS_SERVER = r'''
+TLS_SERVER = RECV_UNTIL + r'''
 import socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -59,12 +60,7 @@ while True:
         if s.selected_alpn_protocol() == "h2":
             s.recv(100); s.sendall(b"h2 selected\n")
         else:
-            req = b""
-            while b"\r\n\r\n" not in req:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                req += chunk
+            recv_until(s, lambda got: b"\r\n\r\n" in got, 4096)
             body = b"hello over " + s.version().encode() + b"\n"
             s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                       b"Connection: close\r\n\r\n%s" % (len(body), body))
@@ -139,7 +135,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 '''
 
-PIPELINE_CLIENT = r'''
+PIPELINE_CLIENT = RECV_UNTIL + r'''
 import socket, sys
 host = "%s:%s" % (sys.argv[1], sys.argv[2])
 reqs = (b"GET /file HTTP/1.1\r\nHost: %s\r\nUser-Agent: pipeline-client/1\r\n\r\n"
@@ -149,12 +145,7 @@ reqs = (b"GET /file HTTP/1.1\r\nHost: %s\r\nUser-Agent: pipeline-client/1\r\n\r\
         b"If-None-Match: \"v1\"\r\nConnection: close\r\n\r\n") % ((host.encode(),) * 4)
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.sendall(reqs)
-got = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    got += chunk
+got = recv_until(s, lambda got: False)
 assert got.count(b"HTTP/1.1 ") == 4, got[:300]
 print(len(got))
 '''
@@ -264,12 +255,6 @@ print("ok")
 '''
 
 
-def server(tb: Testbed, source: str, port: int, *args: str) -> None:
-    tb.popen("srv", [PY, "-c", source, tb.srv_ip, str(port), *args],
-             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tb.wait_listen("srv", port)
-
-
 def curl(tb: Testbed, *args: str) -> str:
     return run_ok(tb, "cli", ["curl", "-sS", "--max-time", "20", *args])
 
@@ -279,7 +264,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
                     "-subj", "/CN=mosxdp.test", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    server(tb, TLS_SERVER, TLS_PORT, str(cert), str(key))
+    python_server(tb, TLS_SERVER, TLS_PORT, str(cert), str(key))
     ip = tb.srv_ip
 
     def get(name: str | None, *opts: str) -> None:
@@ -297,8 +282,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
             "ECDHE-RSA-AES128-SHA256", "--curves", "P-384")
         get(None, "--http1.1")
         for name, version in (("h2.example", "TLSv1_3"), ("h2-tls12.example", "TLSv1_2")):
-            out = run_ok(tb, "cli", [PY, "-c", TLS_H2_CLIENT, ip, str(TLS_PORT), name, version,
-                                     "h2,http/1.1"])
+            out = python_client(tb, TLS_H2_CLIENT, TLS_PORT, name, version, "h2,http/1.1")
             assert out.split()[1] == "h2", out
     return ("Python TLS server (ssl, self-signed RSA certificate, ALPN h2/http/1.1, TLS 1.2 "
             "minimum) on 10.77.0.2:8443, 7 connections: curl --http1.1 TLS 1.3 SNI "
@@ -310,7 +294,7 @@ def sc_tls(tb: Testbed, cap: Capture, work: Path) -> str:
 
 
 def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
-    server(tb, HTTP_SERVER, HTTP_PORT)
+    python_server(tb, HTTP_SERVER, HTTP_PORT)
     base = f"http://{tb.srv_ip}:{HTTP_PORT}"
     upload = work / "upload.bin"
     upload.write_bytes(bytes(range(256)) * 40)
@@ -323,7 +307,7 @@ def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
              "-H", "Origin: http://origin.test", f"{base}/upload")
         curl(tb, "-o", "/dev/null", f"{base}/file%20name?q=a%2Fb")
         curl(tb, "-o", "/dev/null", f"{base}/close")
-        run_ok(tb, "cli", [PY, "-c", PIPELINE_CLIENT, tb.srv_ip, str(HTTP_PORT)])
+        python_client(tb, PIPELINE_CLIENT, HTTP_PORT)
     return ("Python HTTP/1.1 server (http.server) on 10.77.0.2:8080; clients: curl --http1.0 "
             "GET /file; curl keep-alive GET /file, /chunked (chunked), /missing (404) on one "
             "connection; curl -I (HEAD /file, Content-Length but no body); curl POST 10240 B "
@@ -333,9 +317,7 @@ def sc_http(tb: Testbed, cap: Capture, work: Path) -> str:
 
 
 def sc_dns(tb: Testbed, cap: Capture, work: Path) -> str:
-    server(tb, DNS_SERVER, DNS_PORT)
-    with cap:
-        run_ok(tb, "cli", [PY, "-c", DNS_CLIENT, tb.srv_ip, str(DNS_PORT)])
+    python_pair(tb, cap, DNS_PORT, DNS_SERVER, DNS_CLIENT)
     return ("dnspython responder on 10.77.0.2:53 (UDP and TCP), dnspython clients: 8 queries "
             "from one UDP socket (port 40053: A with two answers, AAAA, MX with two, TXT "
             "with two records of several strings, A through two CNAMEs, NXDOMAIN with an SOA, "

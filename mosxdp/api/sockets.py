@@ -221,24 +221,20 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
                          f"MOS_SIDE_BOTH, not {optval!r}")
         stack.stop_monitoring(sock_obj, optval)
         return 0
-    if optname == C.MOSX_MIDSTREAM:
+    if optname in (C.MOSX_MIDSTREAM, C.MOSX_STATE_ONLY):
+        name = "MOSX_MIDSTREAM" if optname == C.MOSX_MIDSTREAM else "MOSX_STATE_ONLY"
         if sock_obj.kind != "listener":
-            raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: MOSX_MIDSTREAM "
+            raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: {name} "
                          "applies to listening sockets")
         if optval not in (0, 1) or isinstance(optval, bool):
-            raise _error(errno.EINVAL, f"MOSX_MIDSTREAM takes 0 or 1, not {optval!r}")
+            raise _error(errno.EINVAL, f"{name} takes 0 or 1, not {optval!r}")
+        if optname == C.MOSX_STATE_ONLY:
+            sock_obj.state_only = bool(optval)
+            return 0
         sock_obj.midstream = bool(optval)
         # The kernel filter must now let this listener's orphans through (or no longer).
         if getattr(mctx.engine, "filters_changed", None) is not None:
             mctx.engine.filters_changed()
-        return 0
-    if optname == C.MOSX_STATE_ONLY:
-        if sock_obj.kind != "listener":
-            raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: MOSX_STATE_ONLY "
-                         "applies to listening sockets")
-        if optval not in (0, 1) or isinstance(optval, bool):
-            raise _error(errno.EINVAL, f"MOSX_STATE_ONLY takes 0 or 1, not {optval!r}")
-        sock_obj.state_only = bool(optval)
         return 0
     if optname in (C.MOSX_BYPASS, C.MOSX_DROP_FLOW):
         if sock_obj.kind != "flow":

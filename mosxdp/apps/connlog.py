@@ -56,15 +56,12 @@ counts the bypassed frames) and bypassed bytes are not "missed". MOSX_BYPASS rat
 than MOS_STOP_MON: a socket that stopped monitoring gets no CONN_END, and connlog
 needs it. With it, flows are inspected in full until N bytes (not state only).
 """
-import argparse
-import socket
+from mosxdp import (MOS_NULL, MOS_ON_CONN_NEW_DATA, MOSX_CONN_FIELDS, MOSX_STATE_ONLY,
+                    MOS_SIDE_CLI, SOL_MONSOCKET, MOSX_SINK_HELP, mosx_conn_record, mosx_open_log,
+                    mtcp_register_callback, mtcp_setsockopt)
 
-from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
-                    MOSX_BYPASS, MOSX_CONN_FIELDS, MOSX_MIDSTREAM, MOSX_STATE_ONLY, MOS_SVRBUF,
-                    MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOSX_FLOW_STATS, SOL_MONSOCKET,
-                    MOSX_SINK_HELP, MonitorFilter, mtcp_bind_monitor_filter, mtcp_getsockopt,
-                    mosx_conn_record, mosx_open_log, mosx_watch_datagrams,
-                    mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
+from ._common import (add_flow_log_arguments, bypass_past, byte_count, community_id_seed,
+                      flow_log_socket, watch_datagrams)
 
 DESCRIPTION = ("log one Zeek conn.log line per flow when it ends (JSON or Zeek TSV; live: "
                "state-only, see --full-inspection)")
@@ -82,44 +79,14 @@ def add_arguments(parser):
     parser.add_argument("--community-id-seed", type=community_id_seed, default=0, metavar="N",
                         help="the Community ID seed, 0 to 65535 (default 0; the same on "
                              "every sensor and tool whose records are to join)")
-    parser.add_argument("--filter", default=None,
-                        help="stream SYN filter (e.g. 'tcp port 80'); without "
-                             "--datagram-filter, no UDP or ICMP flow is logged then")
-    parser.add_argument("--no-midstream", action="store_true",
-                        help="log only flows whose handshake was seen (default: also flows "
-                             "already under way when the capture started, as Zeek does)")
-    parser.add_argument("--datagram-filter", default=None,
-                        help="which UDP and ICMP flows to log (raw filter grammar, e.g. "
-                             "'udp port 53 or icmp'; default: all)")
-    parser.add_argument("--tcp-only", action="store_true",
-                        help="log no UDP or ICMP flow (their frames then stay in the kernel)")
-    parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
+    add_flow_log_arguments(parser)
+    parser.add_argument("--bypass-after-bytes", type=byte_count, default=None, metavar="N",
                         help="stream depth: follow every frame until either direction passed "
                              "N bytes, then the kernel forwards the rest of the flow (live: it "
                              "never reaches Python). Without it, live flows are state-only: the "
                              "kernel forwards and counts their data frames, the monitor sees "
                              "SYN, FIN, RST and their ACKs, the lines are the same "
                              "(--full-inspection: every frame through the monitor)")
-
-
-def community_id_seed(text):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"{text!r}: a Community ID seed is 0 to 65535")
-    return value
-
-
-def _byte_count(text):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a byte count is >= 0")
-    return value
 
 
 class ConnLog:
@@ -132,10 +99,7 @@ class ConnLog:
 
     def on_new_data(self, mctx, sock, side, event, arg):
         """Stream depth: hand the flow to the kernel once a direction passed N bytes."""
-        stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
-        if max(stats.stream_bytes[0], stats.stream_bytes[1]) >= self.bypass_after:
-            mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_BYPASS, 1)
-            mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, None)
+        if bypass_past(mctx, sock, self.bypass_after):
             self.bypassed += 1
 
     def on_end(self, mctx, sock, side, event, arg):
@@ -158,29 +122,15 @@ def setup(mctx, args):
                            fields=[name for name, _ in FIELDS], types=[kind for _, kind in FIELDS])
     bypass_after = getattr(args, "bypass_after_bytes", None)
     app = ConnLog(output, bypass_after, getattr(args, "community_id_seed", 0))
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    if args.filter:
-        # Also for flows picked up mid-stream, whose first frame is an orphan.
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
-                                                          stream_orphan_filter=args.filter))
-    # State only: no bytestream buffers (mOS's no_ring_buffers, per socket).
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
-    # Flows already under way get a line too (Zeek's OTH, SF ... without S and h).
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
-                    0 if getattr(args, "no_midstream", False) else 1)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    sock = flow_log_socket(mctx, app.on_end, args.filter,
+                           midstream=not getattr(args, "no_midstream", False))
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
     else:
         # Counters, flags and states are all a line needs: live, the kernel keeps them for
         # the data frames (--full-inspection turns this off).
         mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
-    datagram_filter = getattr(args, "datagram_filter", None)
-    # --filter alone names the (TCP) flows to log: no UDP or ICMP flow then.
-    if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):
-        mosx_watch_datagrams(mctx, app.on_datagram_end, datagram_filter,
-                             bypass_after_bytes=bypass_after)
+    watch_datagrams(mctx, args, app.on_datagram_end, bypass_after)
     return app
 
 

@@ -29,23 +29,20 @@ docs/pipeline.md says where these records differ from Suricata's, and why. Writt
 against the public mOS API; through mosx_open_sink, as connlog's lines (a file, a unix
 socket or Redis).
 """
-import argparse
 import hashlib
 import json
 import re
-import socket
 import time
 
-from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
-                    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF,
-                    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_BYPASS, MOSX_FLOW_STATS,
-                    MOSX_MIDSTREAM, SOL_MONSOCKET, TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PUSH,
-                    TH_RST, TH_SYN, TH_URG, MonitorFilter, TcpState, mosx_community_id,
-                    mosx_conn_uid, mosx_frame_count, mosx_open_sink, mosx_session_options,
-                    mosx_subscribe, mosx_watch_datagrams, MOSX_SINK_HELP,
-                    mtcp_bind_monitor_filter,
-                    mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback, mtcp_setsockopt,
-                    mtcp_socket)
+from mosxdp import (MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_BOTH, MOS_SIDE_CLI,
+                    MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, SOL_MONSOCKET,
+                    TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PUSH, TH_RST, TH_SYN, TH_URG, TcpState,
+                    mosx_community_id, mosx_conn_uid, mosx_frame_count, mosx_open_sink,
+                    mosx_session_options, mosx_subscribe, MOSX_SINK_HELP, mtcp_getpeername,
+                    mtcp_getsockopt, mtcp_register_callback)
+
+from ._common import (add_flow_log_arguments, bypass_past, byte_count, community_id_seed,
+                      flow_log_socket, watch_datagrams)
 
 DESCRIPTION = ("log Suricata EVE JSON lines: event_type flow per flow when it ends, tls, "
                "http and dns per session")
@@ -84,44 +81,16 @@ _FLOW_ID_MASK = (1 << 51) - 1
 def add_arguments(parser):
     parser.add_argument("--output", default="-", metavar="SINK",
                         help="where the EVE JSON lines go, one per flow: " + MOSX_SINK_HELP)
-    parser.add_argument("--filter", default=None,
-                        help="stream SYN filter (e.g. 'tcp port 80'); without "
-                             "--datagram-filter, no UDP or ICMP flow is logged then")
-    parser.add_argument("--no-midstream", action="store_true",
-                        help="log only flows whose handshake was seen (default: also flows "
-                             "already under way when the capture started)")
-    parser.add_argument("--datagram-filter", default=None,
-                        help="which UDP and ICMP flows to log (raw filter grammar, e.g. "
-                             "'udp port 53 or icmp'; default: all)")
-    parser.add_argument("--tcp-only", action="store_true",
-                        help="log no UDP or ICMP flow (their frames then stay in the kernel)")
-    parser.add_argument("--community-id-seed", type=_seed, default=0, metavar="N",
+    add_flow_log_arguments(parser)
+    parser.add_argument("--community-id-seed", type=community_id_seed, default=0, metavar="N",
                         help="the Community ID seed, 0 to 65535 (default 0)")
     parser.add_argument("--no-sessions", action="store_true",
                         help="write flow records only (default: also tls, http and dns "
                              "records, flows handed to the kernel once their sessions are "
                              "parsed)")
-    parser.add_argument("--bypass-after-bytes", type=_byte_count, default=None, metavar="N",
+    parser.add_argument("--bypass-after-bytes", type=byte_count, default=None, metavar="N",
                         help="stream depth: once either direction passed N bytes, the kernel "
                              "forwards the rest of the flow (live: it never reaches Python)")
-
-
-def _number(text, what, high=None):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0 or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(f"{text!r}: {what}")
-    return value
-
-
-def _seed(text):
-    return _number(text, "a Community ID seed is 0 to 65535", 0xFFFF)
-
-
-def _byte_count(text):
-    return _number(text, "a byte count is >= 0")
 
 
 def iso_time(us):
@@ -214,10 +183,7 @@ class Eve:
 
     def on_new_data(self, mctx, sock, side, event, arg):
         """Stream depth: hand the flow to the kernel once a direction passed N bytes."""
-        stats = mtcp_getsockopt(mctx, sock, SOL_MONSOCKET, MOSX_FLOW_STATS)
-        if max(stats.stream_bytes[0], stats.stream_bytes[1]) >= self.bypass_after:
-            mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_BYPASS, 1)
-            mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, None)
+        if bypass_past(mctx, sock, self.bypass_after):
             self.bypassed.add(sock)
 
     def on_end(self, mctx, sock, side, event, arg):
@@ -410,23 +376,11 @@ def setup(mctx, args):
         mosx_session_options(mctx, bypass=True)
         for session in ("tls", "http", "dns"):
             mosx_subscribe(mctx, session, app.on_session)
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    if args.filter:
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter,
-                                                          stream_orphan_filter=args.filter))
-    # State only: no bytestream buffers.
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
-                    0 if getattr(args, "no_midstream", False) else 1)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    sock = flow_log_socket(mctx, app.on_end, args.filter,
+                           midstream=not getattr(args, "no_midstream", False))
     if bypass_after is not None:
         mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
-    # --filter alone names the (TCP) flows to log, as connlog's.
-    datagram_filter = getattr(args, "datagram_filter", None)
-    if not getattr(args, "tcp_only", False) and (datagram_filter is not None or not args.filter):
-        mosx_watch_datagrams(mctx, app.on_datagram_end, datagram_filter,
-                             bypass_after_bytes=bypass_after)
+    watch_datagrams(mctx, args, app.on_datagram_end, bypass_after)
     return app
 
 

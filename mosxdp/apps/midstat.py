@@ -32,18 +32,17 @@ tables are merged into one (combine): the rows of worker 0, then worker 1's ...,
 with its worker in the CPU column (and "cpu" in --json), as mOS prints one table per core.
 The rows are those of a run on one worker; their order and CPU column differ.
 """
-import argparse
 import errno
 import ipaddress
 import json
-import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_SND, MOS_ON_CONN_END, MOS_ON_CONN_START, MOS_SIDE_BOTH,
-                    MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_STATE_CLI,
-                    MOSX_STATE_ONLY,
-                    MOS_TCP_STATE_SVR, SOL_MONSOCKET, MonitorFilter, mtcp_bind_monitor_filter,
-                    mtcp_cb_get_ts, mtcp_getpeername, mtcp_getsockopt, mtcp_register_callback,
-                    MOSX_SINK_HELP, mosx_open_sink, mtcp_setsockopt, mtcp_settimer, mtcp_socket)
+                    MOS_SIDE_CLI, MOS_SVRBUF, MOS_TCP_STATE_CLI, MOSX_STATE_ONLY,
+                    MOS_TCP_STATE_SVR, SOL_MONSOCKET, mtcp_cb_get_ts, mtcp_getpeername,
+                    mtcp_getsockopt, mtcp_register_callback, MOSX_SINK_HELP, mosx_open_sink,
+                    mtcp_setsockopt, mtcp_settimer)
+
+from ._common import MAX_INTERVAL, MIN_INTERVAL, check_option, interval_seconds, monitor_socket
 
 DESCRIPTION = ("netstat-like table of monitored flows and their emulated TCP states, every "
                "second (live: state-only, see --full-inspection)")
@@ -60,22 +59,6 @@ def add_arguments(parser):
                         help=f"seconds between refreshes, {MIN_INTERVAL} to {MAX_INTERVAL} "
                              "(default 1)")
     parser.add_argument("--filter", default=None, help="stream SYN filter (e.g. 'tcp port 80')")
-
-
-MIN_INTERVAL = 0.001
-MAX_INTERVAL = 365 * 86400
-
-
-def interval_seconds(text):
-    """--interval as argparse reads it (setup checks a value given otherwise the same)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not MIN_INTERVAL <= value <= MAX_INTERVAL:        # also NaN and the infinities
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: must be between {MIN_INTERVAL} and {MAX_INTERVAL} seconds")
-    return value
 
 
 def state_name(state):
@@ -162,13 +145,8 @@ def combine_json(records):
 
 
 def setup(mctx, args):
-    try:
-        interval_seconds(args.interval)
-    except argparse.ArgumentTypeError as exc:
-        raise OSError(errno.EINVAL, f"--interval {exc}") from None
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    if args.filter:
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+    check_option("--interval", interval_seconds, args.interval)
+    sock = monitor_socket(mctx, args.filter)
     output = mosx_open_sink(mctx, args.output,
                             combine=combine_json if args.json else combine_tables)
     if output.kind == "redis" and not args.json:

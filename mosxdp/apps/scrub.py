@@ -56,19 +56,18 @@ import codecs
 import collections
 import errno
 import json
-import socket
 import struct
 import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PKT_IN,
                     MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
-                    MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM,
-                    MOSX_DROP_FLOW, MOSX_FLOW_STATS, MOSX_SINK_HELP, SOL_MONSOCKET, MonitorFilter,
-                    PeekOverrunError, PktInfo, mosx_open_sink, mtcp_bind_monitor_filter,
-                    mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt, mtcp_getpeername,
-                    mtcp_getsockopt, mtcp_peek,
-                    mtcp_register_callback, mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt,
-                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
+                    MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW,
+                    MOSX_FLOW_STATS, MOSX_SINK_HELP, SOL_MONSOCKET, PeekOverrunError, PktInfo,
+                    mosx_open_sink, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
+                    mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_register_callback,
+                    mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt, mtcp_settimer)
+
+from ._common import check_option, monitor_socket
 
 DESCRIPTION = "mask a byte pattern in TCP streams (also across segments), or reset the connection"
 TH_FIN, TH_RST, TH_ACK = 0x01, 0x04, 0x10
@@ -420,13 +419,8 @@ def _rst(eth, ip, sport, dport, seq, ack, swap):
 def setup(mctx, args):
     pattern = decode_bytes(args.pattern, "--pattern")
     mask = decode_bytes(args.mask, "--mask")
-    try:
-        hold_milliseconds(args.hold_ms)
-    except argparse.ArgumentTypeError as exc:
-        raise OSError(errno.EINVAL, f"--hold-ms {exc}") from None
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    if args.filter:
-        mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=args.filter))
+    check_option("--hold-ms", hold_milliseconds, args.hold_ms)
+    sock = monitor_socket(mctx, args.filter)
     log = None
     if args.log:
         log = mosx_open_sink(mctx, args.log, "--log")

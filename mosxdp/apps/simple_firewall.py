@@ -39,38 +39,29 @@ mtcp_settimer timer, re-armed in its callback; offline on packet time) and at th
 A bad line in the rules file is refused before monitoring starts, with an OSError
 (EINVAL) whose message names the file and the line: ``rules.conf:3: ...``.
 """
-import argparse
 import errno
 import ipaddress
 import json
-import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN,
-                    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SOCK_MONITOR_STREAM, MOS_STOP_MON, MOS_SVRBUF,
-                    MOSX_DROP_FLOW, SOL_MONSOCKET, mosx_open_output, mtcp_get_uctx,
-                    mtcp_getpeername, mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt,
-                    mtcp_setsockopt, mtcp_settimer, mtcp_socket)
+                    MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_STOP_MON, MOS_SVRBUF, MOSX_DROP_FLOW,
+                    SOL_MONSOCKET, mosx_open_output, mtcp_get_uctx, mtcp_getpeername,
+                    mtcp_register_callback, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt,
+                    mtcp_settimer)
+
+from . import _common
+from ._common import MAX_INTERVAL, MIN_INTERVAL, check_option, monitor_socket
 
 DESCRIPTION = "accept (bypass) or drop new connections by mOS firewall rules; per-rule counts"
 MAX_RULES = 1024
 ACCEPT = "ACCEPT"
 DROP = "DROP"
 TIMER_ID = 0
-MIN_INTERVAL = 0.001
-MAX_INTERVAL = 365 * 86400
 
 
 def interval_seconds(text):
-    """--interval as argparse reads it (setup checks a value given otherwise the same)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value != 0 and not MIN_INTERVAL <= value <= MAX_INTERVAL:   # also NaN, infinities
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: must be 0 (only at the end) or between {MIN_INTERVAL} and "
-            f"{MAX_INTERVAL} seconds")
-    return value
+    """--interval: 0 prints the table only at the end."""
+    return _common.interval_seconds(text, zero=True)
 
 
 def add_arguments(parser):
@@ -308,10 +299,7 @@ class Firewall:
 
 
 def setup(mctx, args):
-    try:
-        interval_seconds(args.interval)
-    except argparse.ArgumentTypeError as exc:
-        raise OSError(errno.EINVAL, f"--interval {exc}") from None
+    check_option("--interval", interval_seconds, args.interval)
     rules = parse_rules(args.rules)
     # (combine: the app made just below)
     output = mosx_open_output(mctx, args.output, combine=lambda r: app.combine_tables(r))
@@ -319,7 +307,7 @@ def setup(mctx, args):
                                     combine=lambda r: app.combine_stats(r)) \
         if args.stats_output else None
     app = Firewall(rules, output, stats_output, args.interval)
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    sock = monitor_socket(mctx)
     # Headers only: no bytestream buffers.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)

@@ -17,16 +17,14 @@ counts it; conn.log's counts stay exact. --no-bypass keeps every flow in the mon
 sessions are the same; the flows' frames all come up). Written only against the public
 mOS API.
 """
-import argparse
 import os
-import socket
 import sys
 
-from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_ON_CONN_END, MOS_SIDE_CLI,
-                    MOS_SOCK_MONITOR_STREAM, MOS_SVRBUF, MOSX_MIDSTREAM, SOL_MONSOCKET,
-                    mosx_conn_record, mosx_open_log, mosx_open_outdir, mosx_session_counts,
-                    mosx_session_options, mosx_subscribe, mosx_watch_datagrams,
-                    mtcp_register_callback, mtcp_setsockopt, mtcp_socket)
+from mosxdp import (MOS_SIDE_CLI, mosx_conn_record, mosx_open_log, mosx_open_outdir,
+                    mosx_session_counts, mosx_session_options, mosx_subscribe,
+                    mosx_watch_datagrams)
+
+from ._common import community_id_seed, flow_log_socket, integer
 
 DESCRIPTION = "write Zeek's conn.log, ssl.log, http.log, dns.log and weird.log (JSON lines)"
 LOGS = ("conn", "ssl", "http", "dns", "weird")
@@ -46,30 +44,16 @@ def add_arguments(parser):
     parser.add_argument("--dns-port", type=_port, action="append", default=None, metavar="P",
                         help="a port whose TCP and UDP flows are DNS (repeatable; default "
                              "53, 5353, 5355)")
-    parser.add_argument("--community-id-seed", type=_seed, default=0, metavar="N",
+    parser.add_argument("--community-id-seed", type=community_id_seed, default=0, metavar="N",
                         help="conn.log's Community ID seed, 0 to 65535 (default 0)")
 
 
-def _number(text, what, low, high=None):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < low or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(f"{text!r}: {what}")
-    return value
-
-
 def _positive(text):
-    return _number(text, "a transaction count is >= 1", 1)
+    return integer(text, "a transaction count is >= 1", 1)
 
 
 def _port(text):
-    return _number(text, "a port is 1 to 65535", 1, 65535)
-
-
-def _seed(text):
-    return _number(text, "a Community ID seed is 0 to 65535", 0, 0xFFFF)
+    return integer(text, "a port is 1 to 65535", 1, 65535)
 
 
 def _conn_id(event):
@@ -159,11 +143,7 @@ def setup(mctx, args):
     mosx_session_options(mctx, bypass=bypass, max_transactions=args.max_transactions,
                          dns_ports=args.dns_port)
     # conn.log: a state-only socket (no buffers), flows picked up mid-stream too, as connlog.
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)
-    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM, 1)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)
+    flow_log_socket(mctx, app.on_end)
     # Byte threshold 0: a UDP/ICMP flow no session follows goes to the kernel at once.
     mosx_watch_datagrams(mctx, app.on_datagram_end, bypass_after_bytes=0 if bypass else None)
     for session in ("tls", "http", "dns"):

@@ -104,9 +104,7 @@ class StreamDelivery:
             self._counters["urgent_data"] += 1   # delivered in-stream (docs/config.md)
         buf = rcv.buf
         if buf is None and rcv.bufsize:
-            buf = self._new_buffer(flow, rcv)
-            if buf is None:
-                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+            buf, events = self._new_buffer(flow, rcv, events)
         if buf is not None:
             head_before = buf.head
             if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
@@ -119,7 +117,7 @@ class StreamDelivery:
             rcv_nxt = rcv.rcv_nxt = buf.next_offset
             head = buf.head
             if head != head_before:
-                for sock in flow.socks:
+                for sock in flow.socks:   # _overrun inline: the per-segment path
                     if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
                         events |= EV_ERROR
                         sock.so_error = errno.ENOBUFS
@@ -174,9 +172,7 @@ class StreamDelivery:
             return events
         buf = rcv.buf
         if buf is None and rcv.bufsize:
-            buf = self._new_buffer(flow, rcv)
-            if buf is None:
-                events |= EV_ERROR              # reassembly_memcap: this side is not buffered
+            buf, events = self._new_buffer(flow, rcv, events)
         if buf is not None:
             head_before = buf.head
             refused = buf.refused_fragments
@@ -187,11 +183,7 @@ class StreamDelivery:
                 self._counters["refused_fragments"] += 1
             rcv.rcv_nxt = buf.next_offset
             if buf.head != head_before:
-                for sock in flow.socks:
-                    if sock.peek_off[receiver] < buf.head and sock.monitoring[receiver]:
-                        events |= EV_ERROR
-                        sock.so_error = errno.ENOBUFS
-                        self._counters["buffer_overruns"] += 1
+                events |= self._overrun(flow, receiver, buf.head)
         else:
             overlapped = max(0, min(end, before) - offset)
             if offset <= before < end:
@@ -235,16 +227,28 @@ class StreamDelivery:
             self.reassembly_mem_peak = self.reassembly_mem
         self._counters["buffers_grown"] += 1
 
-    def _new_buffer(self, flow, rcv):
-        """The side's stream buffer, made at its first byte (None when reassembly_memcap
-        refuses it). Bytes the stream passed before then were lost."""
+    def _new_buffer(self, flow, rcv, events):
+        """(the side's stream buffer, events): the buffer made at its first byte, or None
+        and EV_ERROR added when reassembly_memcap refuses it (this side is not buffered).
+        Bytes the stream passed before then were lost."""
         if not self._reserve_buffer(flow, rcv):
-            return None
+            return None, events | EV_ERROR
         buf = rcv.buf = StreamBuffer(rcv.bufsize, rcv.policy,
                                      max_fragments=self.config.max_fragments)
         if rcv.rcv_nxt:
             buf.skip(rcv.rcv_nxt)
-        return buf
+        return buf, events
+
+    def _overrun(self, flow, receiver, head):
+        """The buffer's head moved past bytes a monitoring socket had not peeked yet: those
+        sockets lose them (ENOBUFS); EV_ERROR if any did, else 0."""
+        events = 0
+        for sock in flow.socks:
+            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                events = EV_ERROR
+                sock.so_error = errno.ENOBUFS
+                self._counters["buffer_overruns"] += 1
+        return events
 
     def _hold_beyond_edge(self, rcv, pkt, base, offset, end, probe):
         """Keep [offset, end) of the segment (payload byte i at pkt.buf[base + i]) until the
@@ -342,7 +346,7 @@ class StreamDelivery:
                 end = ack_off
             buf = rcv.buf
             if buf is None and rcv.bufsize:
-                buf = self._new_buffer(flow, rcv)
+                buf, _ = self._new_buffer(flow, rcv, 0)
             if buf is not None and data is not None:
                 head_before = buf.head
                 if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
@@ -373,13 +377,7 @@ class StreamDelivery:
     def _count_overrun(self, flow, receiver, head):
         """The buffer's window slid to head outside a segment's delivery: sockets that had
         not read below it lost bytes, and MOS_ON_ERROR is raised at once."""
-        overrun = False
-        for sock in flow.socks:
-            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
-                sock.so_error = errno.ENOBUFS
-                self._counters["buffer_overruns"] += 1
-                overrun = True
-        if overrun:
+        if self._overrun(flow, receiver, head):
             self._fire_flow(flow, HOOK_NULL, receiver, EV_ERROR)
 
     def _catch_up(self, snd, rcv, pkt):

@@ -23,9 +23,10 @@ class LiveDatapath:
     ``counters``, enters its set-up into an ExitStack kept as ``_stack``, and may define
     ``_closed()`` (run after the unwinding)."""
 
-    def __init__(self, ifaces: list, inline: bool, processor, *, batch_size: int,
-                 xdp_mode: str, force: bool, filter_c_expr: str | None, filter_all_ip: bool,
-                 keep_attached: bool, poll_timeout_ms: int):
+    def __init__(self, ifaces: list, inline: bool, processor, *, batch_size: int = 64,
+                 xdp_mode: str = "native", force: bool = False, filter_c_expr: str | None = None,
+                 filter_all_ip: bool = False, keep_attached: bool = False,
+                 poll_timeout_ms: int = 100):
         self.ifaces = ifaces
         self.inline = inline
         self.processor = processor

@@ -45,18 +45,13 @@ class ObserveEngine(LiveDatapath):
 
     inline: bool
 
-    def __init__(self, iface, peer: str | None = None, processor=None, *, batch_size: int = 64,
-                 xdp_mode: str = "native", force: bool = False, filter_c_expr: str | None = None,
-                 filter_all_ip: bool = False, keep_attached: bool = False,
-                 poll_timeout_ms: int = 100, snap: int = DEFAULT_SNAP,
-                 ring_bytes: int = DEFAULT_RING_BYTES):
+    def __init__(self, iface, peer: str | None = None, processor=None, *,
+                 snap: int = DEFAULT_SNAP, ring_bytes: int = DEFAULT_RING_BYTES, **settings):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if peer is not None:
             ifaces.append(peer)
-        super().__init__(ifaces, peer is not None, processor, batch_size=batch_size,
-                         xdp_mode=xdp_mode, force=force, filter_c_expr=filter_c_expr,
-                         filter_all_ip=filter_all_ip, keep_attached=keep_attached,
-                         poll_timeout_ms=poll_timeout_ms)
+        # settings: LiveDatapath's (batch_size, xdp_mode, force, filter_c_expr, ...)
+        super().__init__(ifaces, peer is not None, processor, **settings)
         self.peer = peer
         self.snap = snap
         self.ring_bytes = ring_bytes

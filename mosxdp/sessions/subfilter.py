@@ -93,27 +93,20 @@ def _tokens(text):
     return out
 
 
-def _three_and(a, b):
+def _three(a, b, decisive):
+    """Kleene's `and` (``decisive`` False) or `or` (``decisive`` True) of two tests: the
+    decisive value as soon as one side has it (the other is not asked), the other value
+    when both sides have that, else unknown."""
+    other = not decisive
+
     def fn(env, final):
         x = a(env, final)
-        if x is False:
-            return False
+        if x is decisive:
+            return decisive
         y = b(env, final)
-        if y is False:
-            return False
-        return True if x and y else UNKNOWN
-    return fn
-
-
-def _three_or(a, b):
-    def fn(env, final):
-        x = a(env, final)
-        if x is True:
-            return True
-        y = b(env, final)
-        if y is True:
-            return True
-        return False if x is False and y is False else UNKNOWN
+        if y is decisive:
+            return decisive
+        return other if x is other and y is other else UNKNOWN
     return fn
 
 
@@ -137,7 +130,7 @@ def _lookup(name, test):
 def _either(names, test):
     if names[0] == names[1]:
         return _lookup(names[0], test)
-    return _three_or(_lookup(names[0], test), _lookup(names[1], test))
+    return _three(_lookup(names[0], test), _lookup(names[1], test), True)
 
 
 class _Parser:
@@ -171,17 +164,17 @@ class _Parser:
         return fn
 
     def or_(self):
-        fn = self.and_()
-        while self.peek() is not None and self.peek()[1] == "or":
-            self.take()
-            fn = _three_or(fn, self.and_())
-        return fn
+        return self._chain("or", self.and_, True)
 
     def and_(self):
-        fn = self.unary()
-        while self.peek() is not None and self.peek()[1] == "and":
+        return self._chain("and", self.unary, False)
+
+    def _chain(self, word, operand, decisive):
+        """operand (word operand)*, left to right (``decisive``: see _three)."""
+        fn = operand()
+        while self.peek() is not None and self.peek()[1] == word:
             self.take()
-            fn = _three_and(fn, self.unary())
+            fn = _three(fn, operand(), decisive)
         return fn
 
     def unary(self):

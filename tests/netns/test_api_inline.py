@@ -57,9 +57,7 @@ def live_env():
 def www(tmp_path_factory):
     """Served files: f1k and f20m (random), marked.bin (random with MARKER at 300 and
     700: one segment holds both)."""
-    d = tmp_path_factory.mktemp("www")
-    for name, size in SIZES.items():
-        (d / name).write_bytes(os.urandom(size))
+    d = livekit.www_dir(tmp_path_factory.mktemp("www"), SIZES)
     body = bytearray(os.urandom(1024))
     for at in (300, 700):
         body[at:at + len(MARKER)] = MARKER

@@ -44,13 +44,8 @@ def live_env():
 # ------------------------------------------------------------------------------ helpers
 @pytest.fixture(scope="module")
 def payloads(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    files = {}
-    for name, size in (("f1k", 1024), ("f20m", 20 * 1024 * 1024)):
-        p = d / name
-        p.write_bytes(os.urandom(size))
-        files[name] = (p, sha256_file(p))
-    return d, files
+    d = livekit.www_dir(tmp_path_factory.mktemp("www"), {"f1k": 1024, "f20m": 20 * 1024 * 1024})
+    return d, {p.name: (p, sha256_file(p)) for p in sorted(d.iterdir())}
 
 
 class Bed:

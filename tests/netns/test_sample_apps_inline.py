@@ -72,9 +72,7 @@ def split_body(family: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    for name, size in SIZES.items():
-        (d / name).write_bytes(os.urandom(size))
+    d = livekit.www_dir(tmp_path_factory.mktemp("www"), SIZES)
     for family in (4, 6):
         (d / f"split{family}.bin").write_bytes(split_body(family))
     (d / "warm.txt").write_bytes(b"warm-up " + PATTERN + b" warm-up\n")

@@ -25,7 +25,6 @@ the inline testbed (mosxdp.demo.testbed)::
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
@@ -48,10 +47,7 @@ def live_env():
 
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
-    d = tmp_path_factory.mktemp("www")
-    for name, size in SIZES.items():
-        (d / name).write_bytes(os.urandom(size))
-    return d
+    return livekit.www_dir(tmp_path_factory.mktemp("www"), SIZES)
 
 
 @pytest.fixture(scope="module")

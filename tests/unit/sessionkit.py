@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from mosxdp import MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_SVR, Monitor, mtcp_destroy
 from mosxdp.io.pcap import PcapReader
 from mosxdp.sessions import ORIG, RESP
+from mosxdp.sessions.common import text
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "sessions")
 TLS_PCAP = os.path.join(DATA, "tls.pcap")
@@ -97,6 +99,30 @@ def first(fields: list[ET.Element], name: str, attr: str = "show") -> str | None
 
 def ints(fields, name):
     return [int(v, 0) for v in values(fields, name)]
+
+
+def tshark_http(pcap: str, port: int) -> tuple[dict, dict]:
+    """(requests, responses) per client port as tshark reads the HTTP flows to ``port``,
+    each a list of dicts named as HttpTransaction's fields (and http.log's)."""
+    requests, responses = {}, {}
+    for fields in pdml(pcap, "http.request || http.response"):
+        src, dst = int(first(fields, "tcp.srcport")), int(first(fields, "tcp.dstport"))
+        if dst == port:
+            for i, method in enumerate(values(fields, "http.request.method")):
+                requests.setdefault(src, []).append({
+                    "method": method,
+                    "uri": text(unquote_to_bytes(values(fields, "http.request.uri")[i])),
+                    "host": values(fields, "http.host")[i],
+                    "user_agent": values(fields, "http.user_agent")[i],
+                    "referrer": (values(fields, "http.referer") or [None])[0]})
+        elif first(fields, "http.response.code") is not None:
+            sizes = values(fields, "http.file_data", "size")
+            responses.setdefault(dst, []).append({
+                "status_code": int(first(fields, "http.response.code")),
+                "status_msg": first(fields, "http.response.phrase"),
+                "version": first(fields, "http.response.version").removeprefix("HTTP/"),
+                "response_body_len": int(sizes[0]) if sizes else 0})
+    return requests, responses
 
 
 def tshark_ja4(fields) -> str:

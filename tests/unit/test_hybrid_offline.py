@@ -535,12 +535,18 @@ def test_evicted_flow_removes_its_entry(ctx):
     assert kernel.verdict_count() == 0
 
 
-def test_rst_ends_a_bypassed_flow_with_complete_counts(ctx):
+def get_and_40_segments():
+    """A flow whose client sent a GET and whose server 40 full segments back, still open."""
     conv = Conv()
     conv.handshake()
     conv.data("c", b"GET /\r\n\r\n")
     for _ in range(40):
         conv.data("s", b"y" * 1448)
+    return conv
+
+
+def test_rst_ends_a_bypassed_flow_with_complete_counts(ctx):
+    conv = get_and_40_segments()
     conv.rst("c")
     plain, _ = connlog_lines(ctx, conv.frames)
     kernel = FakeKernel()
@@ -555,11 +561,7 @@ def test_frames_after_a_rst_stay_the_flows_in_time_wait(ctx, fin_after_rst):
     answers it, and the server's FIN, each with a RST (no ACK). With tcp_tw_interval the
     flow lingers after the first RST as after a close: the second RST (and a FIN that
     crossed the first) count in its one conn.log line, not lost or a flow of their own."""
-    conv = Conv()
-    conv.handshake()
-    conv.data("c", b"GET /\r\n\r\n")
-    for _ in range(40):
-        conv.data("s", b"y" * 1448)
+    conv = get_and_40_segments()
     conv.ack("c")
     conv.data("c", b"n" * 24)                       # the client's close_notify
     conv.fin("c")

@@ -11,6 +11,12 @@ from mosxdp import *  # noqa: F401,F403
 from mosxdp.engine import OfflineEngine
 
 
+@pytest.fixture
+def mon(api):
+    """flowcraft's Monitor: one listening stream socket, run over crafted frames."""
+    return Monitor()
+
+
 def test_socket_type_numbers_are_mtcp_api_h():
     # enum socket_type of mtcp_api.h, in its order.
     assert [(t.name, int(t)) for t in SocketType] == [
@@ -36,6 +42,13 @@ def test_socket_accepts_the_c_numbers(api):
             raise AssertionError(f"socket type {other} accepted")
 
 
+def last_packet(mctx, sock, side):
+    """mtcp_getlastpkt's PktInfo."""
+    pinfo = PktInfo()
+    mtcp_getlastpkt(mctx, sock, side, pinfo)
+    return pinfo
+
+
 def seen(mctx, sock, side):
     """mtcp_getlastpkt as (payload, seq, tcp flags), or the errno it raised."""
     pinfo = PktInfo()
@@ -59,12 +72,11 @@ def run_reusing_buffers(mctx, frames, batch_size):
     OfflineEngine(mctx, source(), None, batch_size).run()
 
 
-def test_getlastpkt_in_new_data_is_the_packet_that_raised_it(api):
+def test_getlastpkt_in_new_data_is_the_packet_that_raised_it(mon):
     conv = Conv()
     conv.handshake()
     conv.data("c", b"abc")
     last = conv.data("c", b"defg")
-    mon = Monitor()
     got = []
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_NEW_DATA, MOS_NULL,
                            lambda mctx, s, side, ev, arg: got.append((side, seen(mctx, s, side))))
@@ -73,9 +85,8 @@ def test_getlastpkt_in_new_data_is_the_packet_that_raised_it(api):
     assert got == [(MOS_SIDE_SVR, (b"defg", tcp_of(last).seq, 0x18))]
 
 
-def test_getlastpkt_in_conn_end_raised_by_a_packet_is_that_packet(api):
+def test_getlastpkt_in_conn_end_raised_by_a_packet_is_that_packet(mon):
     conv = Conv().full()
-    mon = Monitor()
     got = []
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_END, MOS_HK_RCV,
                            lambda mctx, s, side, ev, arg: got.append((side, seen(mctx, s, side))))
@@ -84,7 +95,7 @@ def test_getlastpkt_in_conn_end_raised_by_a_packet_is_that_packet(api):
     assert sorted(got) == [(side, (b"", final.seq, 0x10)) for side in (0, 1)]
 
 
-def test_getlastpkt_in_conn_end_without_packet_survives_buffer_reuse(api):
+def test_getlastpkt_in_conn_end_without_packet_survives_buffer_reuse(mon):
     # The flow ends at the end of the input (no packet): each side gets the last packet it
     # received, although the buffers its frames came in were overwritten by a later flow.
     conv = Conv()
@@ -94,7 +105,6 @@ def test_getlastpkt_in_conn_end_without_packet_survives_buffer_reuse(api):
     other = Conv(cport=40001, t0=conv.ts)
     other.handshake()
     other.data("c", b"x" * 40)
-    mon = Monitor()
     got = {}
 
     def on_end(mctx, s, side, ev, arg):
@@ -106,8 +116,7 @@ def test_getlastpkt_in_conn_end_without_packet_survives_buffer_reuse(api):
                    MOS_SIDE_CLI: (b"resp", tcp_of(response).seq, 0x18)}
 
 
-def test_getlastpkt_in_a_timer_still_has_no_packet(api):
-    mon = Monitor()
+def test_getlastpkt_in_a_timer_still_has_no_packet(mon):
     result = []
 
     def on_start(mctx, s, side, ev, arg):
@@ -118,16 +127,14 @@ def test_getlastpkt_in_a_timer_still_has_no_packet(api):
     assert result == [errno.ENODATA]
 
 
-def test_setlastpkt_conflicting_actions_eagain(api):
+def test_setlastpkt_conflicting_actions_eagain(mon):
     # mos_api.c: not exactly one of DROP, OVERWRITE, CHOMP, INSERT is EAGAIN, before anything
     # else about the edit is looked at; the packet is then forwarded unchanged.
     conv = Conv().full()
-    mon = Monitor()
     results = []
 
     def on_data(mctx, s, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, s, side, pinfo)
+        pinfo = last_packet(mctx, s, side)
         if not pinfo.payloadlen or results:
             return
         for option in (0, MOS_DROP | MOS_OVERWRITE, MOS_OVERWRITE | MOS_INSERT | MOS_TCP_PAYLOAD,
@@ -142,9 +149,8 @@ def test_setlastpkt_conflicting_actions_eagain(api):
     assert [frame for _, frame in out] == [frame for _, frame in conv.frames]
 
 
-def test_getsockopt_mos_timestamp_is_the_flows_last_activity(api):
+def test_getsockopt_mos_timestamp_is_the_flows_last_activity(mon):
     conv = Conv().full()
-    mon = Monitor()
     got = []
 
     def record(mctx, s, side, ev, arg):
@@ -161,13 +167,12 @@ def test_getsockopt_mos_timestamp_is_the_flows_last_activity(api):
     assert {ts for ev, ts, _ in got if ev == MOS_ON_CONN_END} == {conv.frames[-1][0]}
 
 
-def test_setsockopt_mos_frag_buf_takes_zero_and_releases_that_sides_buffer(api):
+def test_setsockopt_mos_frag_buf_takes_zero_and_releases_that_sides_buffer(mon):
     conv = Conv()
     conv.handshake()
     conv.data("c", b"request")
     conv.data("s", b"response")
     conv.data("c", b"more")
-    mon = Monitor()
     got = {}
 
     def on_data(mctx, s, side, ev, arg):
@@ -195,9 +200,8 @@ def test_setsockopt_mos_frag_buf_takes_zero_and_releases_that_sides_buffer(api):
     assert got["clibuf"] > 0                      # the other side does
 
 
-def test_unregister_callback_stops_the_callback(api):
+def test_unregister_callback_stops_the_callback(mon):
     conv = Conv().full()
-    mon = Monitor()
     seen_pkts = []
 
     def on_pkt(mctx, s, side, ev, arg):
@@ -220,14 +224,12 @@ def test_unregister_callback_stops_the_callback(api):
             raise AssertionError(args)
 
 
-def test_clonepkt_copy_outlives_the_next_getlastpkt(api):
+def test_clonepkt_copy_outlives_the_next_getlastpkt(mon):
     conv = Conv().full()
-    mon = Monitor()
     clones = []
 
     def on_pkt(mctx, s, side, ev, arg):
-        pinfo = PktInfo()
-        mtcp_getlastpkt(mctx, s, side, pinfo)
+        pinfo = last_packet(mctx, s, side)
         clone, frame = PktInfo(), bytearray(2048)
         assert mtcp_clonepkt(clone, frame, pinfo) is None       # void in C
         clones.append(clone)
@@ -249,13 +251,12 @@ def test_clonepkt_copy_outlives_the_next_getlastpkt(api):
             raise AssertionError(args)
 
 
-def test_get_connection_cnt_counts_the_tracked_connections(api):
+def test_get_connection_cnt_counts_the_tracked_connections(mon):
     first = Conv()
     first.handshake()
     second = Conv(cport=40001, t0=first.ts)
     second.handshake()
     second.close()
-    mon = Monitor()
     counts = []
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
                            lambda mctx, *rest: counts.append(mtcp_get_connection_cnt(mctx)))
@@ -295,10 +296,9 @@ def in_thread(fn):
     return box[0]
 
 
-def test_calls_from_another_thread_than_the_contexts_eperm(api):
+def test_calls_from_another_thread_than_the_contexts_eperm(mon):
     # The calls mos_api.c and api.c check against the context's thread.
     conv = Conv().full()
-    mon = Monitor()
     flow = []
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
                            lambda mctx, s, *rest: flow.append(s))
@@ -390,8 +390,7 @@ def test_raw_pkt_filter_arp_gets_arp_frames(api):
         got[raw] = []
 
         def on_pkt(mctx, s, side, ev, arg):
-            pinfo = PktInfo()
-            mtcp_getlastpkt(mctx, s, side, pinfo)
+            pinfo = last_packet(mctx, s, side)
             got[s].append(bytes(pinfo.ethh) + bytes(pinfo.iph) + bytes(pinfo.tcph)
                           + bytes(pinfo.payload))
         mtcp_register_callback(mctx, raw, MOS_ON_PKT_IN, MOS_NULL, on_pkt)
@@ -419,7 +418,7 @@ def test_arp_is_a_raw_filter_word_without_qualifiers(api):
     assert mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter="not arp")) == 0
 
 
-def test_reset_conn_is_mos_api_not_an_extension(api):
+def test_reset_conn_is_mos_api_not_an_extension(mon):
     # mos_api.c has mtcp_reset_conn: RSTs to both ends; a listener is EINVAL there.
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
@@ -430,7 +429,6 @@ def test_reset_conn_is_mos_api_not_an_extension(api):
     conv = Conv()
     conv.handshake()
     conv.data("c", b"GET /")
-    mon = Monitor()
     done = []
 
     def on_data(mctx, s, side, ev, arg):
@@ -449,12 +447,11 @@ def test_reset_conn_is_mos_api_not_an_extension(api):
         raise AssertionError("mtcp_reset_conn on a listener")
 
 
-def test_struct_timeval_for_settimer(api):
+def test_struct_timeval_for_settimer(mon):
     # struct timeval tv = {0, 2500}; mtcp_settimer(mctx, id, &tv, cb)
     tv = timeval(tv_sec=0, tv_usec=2500)
     assert (tv.tv_sec, tv.tv_usec) == (0, 2500) and timeval is Timeval
     assert "timeval" in __import__("mosxdp").__all__
-    mon = Monitor()
     fired = []
     mtcp_register_callback(mon.mctx, mon.sock, MOS_ON_CONN_START, MOS_HK_SND,
                            lambda mctx, s, side, ev, arg: mtcp_settimer(

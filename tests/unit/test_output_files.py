@@ -18,8 +18,14 @@ from mosxdp.io import outputs as O
 ROOT = os.geteuid() == 0
 
 
-def limit_file_size(size):
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+def with_size_limit(size, body):
+    """body(Outputs()) in a child process whose files cannot grow past ``size`` bytes (a
+    write beyond fails with EFBIG): its result."""
+    def run():
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return body(O.Outputs())
+    return in_child(run)
 
 
 # ------------------------------------------------------------------ opening
@@ -93,10 +99,8 @@ def test_records_are_buffered_bounded_and_flushed_by_tick(tmp_path):
 def test_a_failed_write_keeps_whole_records_and_the_file_gets_no_more(tmp_path):
     path = tmp_path / "out.log"
 
-    def run():
-        outputs = O.Outputs()
+    def run(outputs):
         f = outputs.open_file(path)
-        limit_file_size(1000)
         for i in range(5):
             f.write(f"{i:03d}" + "r" * 296 + "\n")   # 300-byte records
         f.flush()                                  # 1000 bytes go out, then EFBIG
@@ -108,7 +112,7 @@ def test_a_failed_write_keeps_whole_records_and_the_file_gets_no_more(tmp_path):
                 "written": f.written, "lost": f.lost, "errno": f.error.errno,
                 "lines": outputs.failure_lines()}
 
-    out = in_child(run)
+    out = with_size_limit(1000, run)
     lines = [f"{i:03d}" + "r" * 296 for i in range(3)]
     assert out["after_failure"] == "".join(line + "\n" for line in lines)   # cut to 900
     assert out["file"] == out["after_failure"]
@@ -121,16 +125,14 @@ def test_pcap_records_are_never_cut(tmp_path):
     path = tmp_path / "out.pcap"
     frames = [bytes([i]) * (100 + i) for i in range(20)]
 
-    def run():
-        outputs = O.Outputs()
+    def run(outputs):
         out = outputs.open_file(path, binary=True)
         with PcapWriter(path, out=out) as writer:
-            limit_file_size(1000)
             for i, frame in enumerate(frames):
                 writer.write(1_000_000 + i, frame)
         return {"failed": [item.path for item in outputs.failed()], "errno": out.error.errno}
 
-    assert in_child(run) == {"failed": [str(path)], "errno": errno.EFBIG}
+    assert with_size_limit(1000, run) == {"failed": [str(path)], "errno": errno.EFBIG}
     with PcapReader(str(path)) as reader:
         got = [bytes(frame) for _, frame in reader]
     assert 0 < len(got) < len(frames) and got == frames[:len(got)]
@@ -175,16 +177,14 @@ def test_a_new_file_never_opens_a_taken_name(tmp_path):
 def test_a_failed_file_is_counted_with_its_name(tmp_path):
     outdir = tmp_path / "out"
 
-    def run():
-        outputs = O.Outputs()
+    def run(outputs):
         d = outputs.open_dir(outdir)
-        limit_file_size(100)
         fd = d.create("a")
         ok = d.write_at(fd, "a", b"x" * 150, 0)
         d.skipped(50)
         return {"ok": ok, "size": os.fstat(fd).st_size, "lines": outputs.failure_lines()}
 
-    out = in_child(run)
+    out = with_size_limit(100, run)
     assert not out["ok"] and out["size"] == 100
     assert out["lines"] == [f"cannot write {outdir / 'a'}: File too large "
                             "(1 file(s) incomplete, 100 bytes not written)"]

@@ -4,17 +4,13 @@ crafted streams cut at every place, a property test over generated pipelines, ma
 fuzzed bytes."""
 from __future__ import annotations
 
-from urllib.parse import unquote_to_bytes
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mosxdp.sessions import ORIG, RESP, HttpParser, HttpTransaction, Weird
-from mosxdp.sessions.common import text
 from mosxdp.sessions.http import HOLD_LIMIT
-from sessionkit import (HTTP_PCAP, feed_all, first, mutated_chunks, needs_tshark, pdml, tcp_chunks,
-                        values)
+from sessionkit import HTTP_PCAP, feed_all, mutated_chunks, needs_tshark, tcp_chunks, tshark_http
 
 PORT = 8080
 
@@ -33,27 +29,7 @@ def capture():
 # ----------------------------------------------------------------- the real capture vs tshark
 @needs_tshark
 def test_requests_and_responses_match_tshark(capture):
-    requests, responses = {}, {}
-    for fields in pdml(HTTP_PCAP, "http.request || http.response"):
-        src, dst = int(first(fields, "tcp.srcport")), int(first(fields, "tcp.dstport"))
-        if dst == PORT:
-            methods = values(fields, "http.request.method")
-            for i, method in enumerate(methods):
-                requests.setdefault(src, []).append({
-                    "method": method,
-                    "uri": text(unquote_to_bytes(values(fields, "http.request.uri")[i])),
-                    "host": values(fields, "http.host")[i],
-                    "user_agent": values(fields, "http.user_agent")[i],
-                    "referrer": (values(fields, "http.referer") or [None])[0]})
-        else:
-            code = first(fields, "http.response.code")
-            if code is not None:
-                sizes = values(fields, "http.file_data", "size")
-                responses.setdefault(dst, []).append({
-                    "status_code": int(code),
-                    "status_msg": first(fields, "http.response.phrase"),
-                    "version": first(fields, "http.response.version").removeprefix("HTTP/"),
-                    "response_body_len": int(sizes[0]) if sizes else 0})
+    requests, responses = tshark_http(HTTP_PCAP, PORT)
     assert capture.keys() == requests.keys() == responses.keys()
     pipelined = max(capture)
     for port, chunks in capture.items():

@@ -9,16 +9,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
 
 import pytest
 
 from mosxdp.io.pcap import PcapWriter
-from mosxdp.sessions.common import text
 from mosxdp.sessions.tls_names import version_name
 from flowcraft import Conv, Dgrams
-from sessionkit import DNS_PCAP, HTTP_PCAP, TLS_PCAP, first, needs_tshark, pdml, tshark_ja4, \
-    values
+from sessionkit import DNS_PCAP, HTTP_PCAP, TLS_PCAP, first, needs_tshark, pdml, tshark_http, \
+    tshark_ja4, values
 from test_sessions_dns import answer_text, tshark_messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,24 +95,7 @@ def test_ssl_log_matches_tshark(runs):
 @needs_tshark
 def test_http_log_matches_tshark(runs):
     logs, _ = runs[("http", True)]
-    requests, responses = {}, {}
-    for fields in pdml(HTTP_PCAP, "http.request || http.response"):
-        src, dst = int(first(fields, "tcp.srcport")), int(first(fields, "tcp.dstport"))
-        if dst == 8080:
-            for i, method in enumerate(values(fields, "http.request.method")):
-                requests.setdefault(src, []).append({
-                    "method": method,
-                    "uri": text(unquote_to_bytes(values(fields, "http.request.uri")[i])),
-                    "host": values(fields, "http.host")[i],
-                    "user_agent": values(fields, "http.user_agent")[i],
-                    "referrer": (values(fields, "http.referer") or [None])[0]})
-        elif first(fields, "http.response.code") is not None:
-            sizes = values(fields, "http.file_data", "size")
-            responses.setdefault(dst, []).append({
-                "status_code": int(first(fields, "http.response.code")),
-                "status_msg": first(fields, "http.response.phrase"),
-                "version": first(fields, "http.response.version").removeprefix("HTTP/"),
-                "response_body_len": int(sizes[0]) if sizes else 0})
+    requests, responses = tshark_http(HTTP_PCAP, 8080)
     lines = by_orig_port(logs["http"])
     assert lines.keys() == requests.keys() == responses.keys() and logs["weird"] == []
     pipelined = max(lines)

@@ -39,6 +39,12 @@ class CountingApp:
             open(self.ready, "w").close()
             self.ready = None
 
+    def watch_ready(self, mctx) -> None:
+        """An unfiltered stream socket, which sees every CONN_START, for the ready file
+        (the app's own sockets may filter)."""
+        watch = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+        mtcp_register_callback(mctx, watch, MOS_ON_CONN_START, MOS_HK_SND,
+                               lambda mctx, sock, side, event, arg: self.mark_ready())
 
     def start(self, mctx, sock) -> int:
         """At CONN_START: the ready file; the flow's server port."""

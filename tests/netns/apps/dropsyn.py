@@ -27,9 +27,6 @@ class DropSyn(appkit.CountingApp):
     def __init__(self, args):
         super().__init__(args, conn_start=0, syn_dropped=0)
 
-    def on_any_start(self, mctx, sock, side, event, arg):
-        self.mark_ready()
-
     def on_start(self, mctx, sock, side, event, arg):
         self.counters["conn_start"] += 1
         mtcp_set_uctx(mctx, sock, "blocked")
@@ -47,8 +44,7 @@ class DropSyn(appkit.CountingApp):
 
 def setup(mctx, args):
     app = DropSyn(args)
-    watch = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_register_callback(mctx, watch, MOS_ON_CONN_START, MOS_HK_SND, app.on_any_start)
+    app.watch_ready(mctx)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     mtcp_bind_monitor_filter(mctx, sock, MonitorFilter(stream_syn_filter=f"tcp dst port {args.port}"))
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)

@@ -25,9 +25,6 @@ class RawArp(appkit.CountingApp):
     def __init__(self, args):
         super().__init__(args, arp=0, not_arp=0)
 
-    def on_any_start(self, mctx, sock, side, event, arg):
-        self.mark_ready()
-
     def on_raw(self, mctx, sock, side, event, arg):
         mtcp_getlastpkt(mctx, sock, side, self.pinfo)
         ethh = bytes(self.pinfo.ethh)
@@ -36,8 +33,7 @@ class RawArp(appkit.CountingApp):
 
 def setup(mctx, args):
     app = RawArp(args)
-    watch = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_register_callback(mctx, watch, MOS_ON_CONN_START, MOS_HK_SND, app.on_any_start)
+    app.watch_ready(mctx)
     raw = mtcp_socket(mctx, socket.AF_INET, MOS_SOCK_MONITOR_RAW, 0)
     mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter="arp"))
     mtcp_register_callback(mctx, raw, MOS_ON_PKT_IN, MOS_NULL, app.on_raw)
