@@ -121,7 +121,9 @@ class LiveRun:
     sockets as they are at the start. While it runs, ``mctx.engine`` is this object: the API
     calls :meth:`filters_changed` when a filter is bound. ``print_stats``: the status line."""
 
-    def __init__(self, mctx, print_stats=False):
+    def __init__(self, mctx, print_stats=False, *, share=None, program=None):
+        """``share`` (w, N) and ``program`` (the parent's attached XdpProgram): worker w of
+        a live run split over N processes (engine/live_workers.py), on its queues only."""
         config = mctx.config
         self.mctx = mctx
         self.print_stats = print_stats
@@ -143,8 +145,9 @@ class LiveRun:
                 snap=config.observe_snap)
             self._warned = False
             return
+        spec = "mosxdp" if program is None else (lambda _engine: contextlib.nullcontext(program))
         self.engine = LiveEngine(
-            config.iface, config.peer, self.processor,
+            config.iface, config.peer, self.processor, share=share, program=spec,
             queues=None if config.queues == "all" else config.queues,
             frame_count=config.frame_count, ring_size=config.ring_size,
             batch_size=min(config.batch_size, config.ring_size),
@@ -203,7 +206,8 @@ class LiveRun:
         mctx.engine = self
         self.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
         with contextlib.ExitStack() as resources:
-            resources.callback(self._say_what_is_left)  # after the engine closed
+            if getattr(engine, "program_spec", "mosxdp") == "mosxdp":   # else a worker: its parent says it
+                resources.callback(self._say_what_is_left)  # after the engine closed
             resources.enter_context(engine)
             processor.program = engine.program
             status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
