@@ -16,8 +16,9 @@ timers and app state; it drops its capabilities after its set-up and runs the ap
 teardown at its end. The outputs the app opened are shared: the workers write whole
 records to them as they come (appended, not reordered).
 
-The parent waits: SIGINT, SIGTERM or SIGHUP is passed on to every worker; a worker that
-dies is said on one line and the run goes on (its sockets close, the kernel drops them from
+The parent waits: SIGINT, SIGTERM or SIGHUP is passed on to every worker, and so is the
+stop of a worker whose app stopped it (sys.exit in a callback); a worker that dies is said
+on one line and the run goes on (its sockets close, the kernel drops them from
 the XSKMAP, and its queues take the program's no-socket path: fail-open); once all have
 ended the parent adds up their counters, reads the program's, and detaches it (or, inline,
 leaves it as the kernel's forwarder, as one worker does).
@@ -151,6 +152,9 @@ class LiveSplitRun:
     def _on_signal(self, signum, _frame):
         if self.stop_reason is None:
             self.stop_reason = f"signal {signal.Signals(signum).name}"
+        self._tell_workers()
+
+    def _tell_workers(self):
         for pid in list(self.pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -164,6 +168,13 @@ class LiveSplitRun:
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
+            if status == 0 and self.stop_reason is None:
+                # A worker ends by itself when an app stopped it (sys.exit in a callback,
+                # on_callback_error 'stop'): the run stops, as one worker's would.
+                result = self._result(index)
+                if result is not None and result["stop"]:
+                    self.stop_reason = "stop"
+                    self._tell_workers()
             if status != 0:
                 queues = f"q % {self.workers} == {index}"
                 line = (f"mosxdp: error: worker {index} (pid {pid}) {_describe(status)}; its "

@@ -17,7 +17,9 @@ monitor's veth receives it on that RX queue): symmetric RSS, as a real NIC does 
 * kill -9 of the worker of a download in progress: its queues fail open (the kernel path
   forwards), the download completes with the same sha256, the death is said on one line,
   the other worker goes on and the run exits 1 at SIGTERM; nothing is left attached;
-* a clean SIGTERM: exit 0, the program left attached fail-open (inline) and said so.
+* a clean SIGTERM (with --detach-on-exit): exit 0, every worker gone, each ran the app's
+  teardown, nothing left attached;
+* a callback that stops its worker (--on-callback-error stop) stops the run: exit 1.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import json
 import os
 import signal
 import socket
-import time
 
 import livekit
 import pytest
@@ -243,4 +244,31 @@ def test_sigterm_stops_every_worker_and_leaves_nothing_but_the_fail_open_program
         mon.close()
     # each worker ran the app's teardown
     assert len(list(tables.glob("flows-*.json"))) == QUEUES
-    time.sleep(0)
+
+
+def test_a_callback_that_stops_its_worker_stops_the_run(bed, www):
+    """--on-callback-error stop in one worker: the parent stops the other, the run exits 1
+    with the callback's line, the program is left attached fail-open (inline)."""
+    mon = monitor(bed, APPS / "crash.py", "--raise-in", "callback", "--port", PORT,
+                  "--on-callback-error", "stop")
+    try:
+        children = [int(p) for p in open(f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children")
+                    .read().split()]
+        assert len(children) == QUEUES, children
+
+        def stopped():
+            # until a worker's socket gets a SYN (before, it takes the kernel path)
+            bed.curl("--max-time", 2, "-o", "/dev/null", bed.url(4, "f1k"), timeout=20)
+            return mon.proc.poll() is not None
+        wait_until("the run stopped by the callback", stopped, 60, step=0.2, detail=mon.log)
+        rc = mon.wait(30)
+        log = mon.log()
+        assert rc == 1, log
+        assert "raised in the CONN_START callback" in log, log
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}"), pid
+        assert livekit.LEFT_FAIL_OPEN in log, log
+        assert bed.detach().returncode == 0
+        assert bed.xdp_attached() == set()
+    finally:
+        mon.close()
