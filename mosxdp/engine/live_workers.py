@@ -50,6 +50,9 @@ _PR_SET_PDEATHSIG = 1
 _XDP_LOSSES = {"xsk_redirect_error": "xsk_redirect_other", "observe_lost": "observe_lost",
                "forward_redirect_error": "forward_redirect_err"}
 _DEVICE_LOSSES = ("tx_device_drop",)
+# The workers' dicts of counts that add up: the processor's (kernel verdicts merged, ...) and
+# the UMEM accounting (N UMEMs: their frames and where they are).
+_SUMMED = ("processor", "accounting")
 
 
 def check_live(config) -> None:
@@ -241,6 +244,11 @@ class LiveSplitRun:
             for key, value in dp.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     datapath[key] = datapath.get(key, 0) + value
+                elif key in _SUMMED and isinstance(value, dict):
+                    into = datapath.setdefault(key, {})
+                    for k, v in value.items():
+                        if isinstance(v, int) and not isinstance(v, bool):
+                            into[k] = into.get(k, 0) + v
             for key, value in (dp.get("lost") or {}).items():
                 if key in _DEVICE_LOSSES:
                     lost[key] = max(lost.get(key, 0), value)

@@ -177,15 +177,20 @@ def test_connlog_two_workers_equals_one(bed, www):
     two, stats = _connlog(bed, www, 2, plan())
     assert sorted(one) == sorted(two)
     assert len(set(two)) == 6, two      # (family, size) once per worker of the hash
-    assert stats["live"]["xdp"]["frames_off_worker"] == 0
+    live = stats["live"]
+    assert live["xdp"]["frames_off_worker"] == 0
     assert len(stats["workers"]) == 2
+    # the workers' kernel-verdict bookkeeping adds up to the program's counts
+    assert live["processor"]["kernel_merged_packets"] == live["xdp"]["verdict_state_only"] > 0
+    assert live["verdict_entries_left"] == 0
+    assert live["accounting"]["total"] == live["accounting"]["frames"] == 2 * 4096
 
 
 def test_kill_9_of_a_worker_fails_its_queues_open(bed, www):
     ready = bed.out_path("ready")
     tables = bed.out_path("tables")
     tables.mkdir()
-    mon = monitor(bed, APPS / "flowworkers.py", "--dir", tables, "--ready", ready)
+    mon = monitor(bed, APPS / "flowworkers.py", "--dir", tables, "--ready", ready, "--stats")
     try:
         mon.warm_up(ready.exists)
         port, = ports_for(bed, 4, 1, 1)
@@ -211,6 +216,8 @@ def test_kill_9_of_a_worker_fails_its_queues_open(bed, www):
         assert len(died) == 1 and "killed by signal 9 (SIGKILL)" in died[0], log
         assert "fail open" in died[0], died
         assert livekit.LEFT_FAIL_OPEN in log, log
+        # --stats: the survivor's line, the dead one said failed
+        assert "mosxdp: workers 2: 0 (pid " in log and "; 1 failed" in log, log
         r = bed.detach()
         assert r.returncode == 0, r.stderr
         assert bed.xdp_attached() == set()
