@@ -40,10 +40,12 @@ from ..core.stack import StopMonitor
 from .hybrid import kernel_filter
 from .result import RunResult
 from .split_worker import _exception_line, _pin
+from .status import LiveStatus
 
 __all__ = ["LiveSplitRun", "check_live"]
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STATUS_INTERVAL = 1.0      # seconds between a worker's snapshots, and between status lines
 _PR_SET_PDEATHSIG = 1
 # Of the frames lost by reason, those read from the program's counters (shared by all
 # workers: taken once, from the parent's reading) and from the interfaces (the largest).
@@ -57,16 +59,12 @@ _SUMMED = ("processor", "accounting")
 
 def check_live(config) -> None:
     """What a split live run needs: an RX queue per worker on every interface, the AF_XDP
-    engine (not observe-only), no metrics port (each worker would serve one). OSError
-    (EINVAL) with one line otherwise."""
+    engine (not observe-only). OSError (EINVAL) with one line otherwise."""
     from ..io.netdev import rx_queue_count
     workers = config.workers
     if config.observe:
         raise OSError(errno.EINVAL, f"--workers {workers}: observe-only runs use one worker "
                                     "(the ring buffer is one for all CPUs)")
-    if config.metrics_port:
-        raise OSError(errno.EINVAL, f"--workers {workers}: --metrics-port is not served by a "
-                                    "split live run yet; use --stats-json")
     for name in filter(None, (config.iface, config.peer)):
         try:
             available = rx_queue_count(name)
@@ -126,7 +124,12 @@ class LiveSplitRun:
                 try:
                     for index in range(self.workers):
                         self._fork(index, program)
-                    self._wait()
+                    # After the forks: the workers have neither the port nor the thread.
+                    status = SplitStatus(self._dir, self.workers, program, mctx.stack)
+                    if config.metrics_port:
+                        from .status import MetricsServer
+                        resources.enter_context(MetricsServer(config.metrics_port, status))
+                    self._wait(status if self.print_stats else None)
                 finally:
                     for sig, handler in saved.items():
                         signal.signal(sig, handler)
@@ -162,12 +165,25 @@ class LiveSplitRun:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def _wait(self):
+    def _wait(self, lines=None):
+        """Until every worker has ended; ``lines``: the SplitStatus whose line is printed
+        every second (--stats)."""
+        last = lines.snapshot() if lines is not None else None
+        next_line = time.monotonic() + STATUS_INTERVAL
         while self.pids:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
+            if pid == 0:
+                time.sleep(0.05)
+                if lines is not None and time.monotonic() >= next_line:
+                    next_line += STATUS_INTERVAL
+                    snap = lines.snapshot()
+                    print(LiveStatus.status_line(last, snap) + f", workers {len(self.pids)}",
+                          file=sys.stderr, flush=True)
+                    last = snap
+                continue
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
@@ -330,7 +346,8 @@ def _child(mctx, module, app, program, index, workers, spooldir):
         cpu = _pin(index, workers)
         mctx.cpu = index
         mctx.outputs.worker = index
-        run = LiveRun(mctx, False, share=(index, workers), program=program)
+        run = LiveRun(mctx, False, share=(index, workers), program=program,
+                      publish=Publisher(os.path.join(spooldir, f"w{index}.snap")))
         engine = run.engine
 
         def stop(signum, _frame):
@@ -402,3 +419,90 @@ def _picklable(value):
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return str(value)
+
+
+class Publisher:
+    """A worker's side of the live counters: at most once per STATUS_INTERVAL, its
+    ``LiveStatus`` snapshot and the core's gauges into ``path`` (replaced whole), for the
+    parent's status line and metrics."""
+
+    def __init__(self, path):
+        self.path = path
+        self._next = 0.0
+
+    def __call__(self, status):
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + STATUS_INTERVAL
+        stack = status.stack
+        data = {"snap": status.snapshot(), "counters": dict(stack.counters),
+                "reassembly_mem": stack.reassembly_mem,
+                "reassembly_mem_peak": stack.reassembly_mem_peak}
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump(data, f)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass       # the parent's line misses this worker for a second
+
+
+class _StackView:
+    """What the metrics read of a stack: the workers' sums (set by SplitStatus.snapshot)."""
+
+    def __init__(self, stack):
+        self.counters = dict(stack.counters)
+        self.reassembly_mem = 0
+        self.reassembly_mem_peak = stack.reassembly_mem_peak
+
+
+class SplitStatus:
+    """The parent's view of the running workers, as ``LiveStatus.snapshot`` gives one
+    worker's: the sums of their last snapshots (a dead worker's last one stays in), the
+    program's counters (read here, once: they are the program's, not a worker's)."""
+
+    def __init__(self, spooldir, workers, program, stack):
+        self.paths = [os.path.join(spooldir, f"w{i}.snap") for i in range(workers)]
+        self.program = program
+        self.stack = _StackView(stack)
+        self._last = [None] * workers
+
+    def snapshot(self):
+        try:
+            xdp = dict(self.program.counters())
+        except OSError:
+            xdp = {}
+        out = {"time": time.monotonic(), "frames_in": 0, "frames_out": 0, "dropped": 0,
+               "flows": 0, "callback_errors": 0, "lost": {}, "sinks": [],
+               "kernel_rx": xdp.get("rx_total", 0), "kernel_to_python": xdp.get("to_xsk", 0)}
+        counters, mem, peak = {}, 0, self.stack.reassembly_mem_peak
+        for i, path in enumerate(self.paths):
+            try:
+                with open(path, "rb") as f:
+                    self._last[i] = pickle.load(f)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                pass
+            data = self._last[i]
+            if data is None:
+                continue
+            snap = data["snap"]
+            for key in ("frames_in", "frames_out", "dropped", "flows", "callback_errors"):
+                out[key] += snap[key]
+            for key, value in snap["lost"].items():
+                if key in _DEVICE_LOSSES:
+                    out["lost"][key] = max(out["lost"].get(key, 0), value)
+                elif key not in _XDP_LOSSES:
+                    out["lost"][key] = out["lost"].get(key, 0) + value
+            out["sinks"] += snap["sinks"]
+            for key, value in data["counters"].items():
+                counters[key] = counters.get(key, 0) + value
+            mem += data["reassembly_mem"]
+            peak = max(peak, data["reassembly_mem_peak"])
+        for key, name in _XDP_LOSSES.items():
+            out["lost"][key] = xdp.get(name, 0)
+        out["lost_total"] = sum(out["lost"].values())
+        if counters:
+            self.stack.counters = counters
+        self.stack.reassembly_mem, self.stack.reassembly_mem_peak = mem, peak
+        return out

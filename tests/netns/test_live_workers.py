@@ -11,7 +11,8 @@ monitor's veth receives it on that RX queue): symmetric RSS, as a real NIC does 
 * 16 parallel downloads (8 flows hashed to each worker, IPv4 and IPv6): each flow's packets,
   both directions, are in exactly one worker's flow table (the flowworkers test app writes
   each worker's table at its teardown), each worker got its own queue and flows, the XDP
-  program counted no frame off its worker, and every download is byte-identical;
+  program counted no frame off its worker, and every download is byte-identical; the
+  parent's status line (--stats) and Prometheus metrics (--metrics-port) add the workers up;
 * connlog with 2 workers writes the lines connlog with 1 worker writes for the same
   downloads (as sets; masked: the clock, the client port, the ACK counts);
 * kill -9 of the worker of a download in progress: its queues fail open (the kernel path
@@ -19,7 +20,8 @@ monitor's veth receives it on that RX queue): symmetric RSS, as a real NIC does 
   the other worker goes on and the run exits 1 at SIGTERM; nothing is left attached;
 * a clean SIGTERM (with --detach-on-exit): exit 0, every worker gone, each ran the app's
   teardown, nothing left attached;
-* a callback that stops its worker (--on-callback-error stop) stops the run: exit 1.
+* a callback that stops its worker (--on-callback-error stop) stops the run: exit 1;
+* passive (--iface A alone): each flow's SYNs reach one worker, none off its worker.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import time
 
 import livekit
 import pytest
@@ -38,6 +41,7 @@ pytestmark = pytest.mark.netns
 
 PORT = 8080
 QUEUES = 2
+METRICS_PORT = 9761
 SIZES = {"f1k": 1024, "f256k": 256 * 1024, "f2m": 2 * 1024 * 1024, "f60m": 60 * 1024 * 1024}
 # Two runs of the same downloads differ in the clock, the client's port (and so the
 # community id) and in how many ACKs the endpoints sent (delayed ACKs follow the timing);
@@ -111,7 +115,8 @@ def test_each_flow_both_directions_reaches_one_worker(bed, www):
     tables = bed.out_path("tables")
     tables.mkdir()
     ready = bed.out_path("ready")
-    mon = monitor(bed, APPS / "flowworkers.py", "--dir", tables, "--ready", ready)
+    mon = monitor(bed, APPS / "flowworkers.py", "--dir", tables, "--ready", ready, "--stats",
+                  "--metrics-port", METRICS_PORT)
     try:
         mon.warm_up(ready.exists)
         plan = [(family, name, port) for family in (4, 6) for worker in range(QUEUES)
@@ -119,6 +124,17 @@ def test_each_flow_both_directions_reaches_one_worker(bed, www):
                                       ("f1k", "f256k", "f2m", "f256k"))]
         assert len(plan) == 16
         downloads(bed, www, plan)
+
+        def metrics():
+            r = bed.sh("mon", "curl", "-sS", f"http://127.0.0.1:{METRICS_PORT}/metrics")
+            return {m[0]: float(m[1]) for m in
+                    (line.split() for line in r.stdout.splitlines() if line[:1] != "#")}
+        # the parent serves the workers' sums (each publishes once a second)
+        values = wait_until("the metrics count the downloads", lambda: (lambda m: m if
+                            m.get("mosxdp_core_flows_created_total", 0) >= 16 else None)(metrics()),
+                            10, mon.alive)
+        assert values["mosxdp_frames_in_total"] > 1000, values
+        assert values["mosxdp_kernel_to_python_frames_total"] >= values["mosxdp_frames_in_total"]
         mon.stop_clean()
     finally:
         mon.close()
@@ -148,6 +164,9 @@ def test_each_flow_both_directions_reaches_one_worker(bed, www):
     assert xdp["to_xsk"] >= sum(w["frames"] for w in workers) > 0, (xdp, workers)
     assert stats["live"]["workers_failed"] == 0
     assert "accounting_error" not in stats["live"], stats["live"]
+    # --stats: a status line of the sums every second, then the per-worker line
+    log = mon.log()
+    assert ", workers 2" in log and "mosxdp: workers 2: 0 (pid " in log, log
 
 
 def _connlog(bed, www, workers, plan):
@@ -279,3 +298,57 @@ def test_a_callback_that_stops_its_worker_stops_the_run(bed, www):
         assert bed.xdp_attached() == set()
     finally:
         mon.close()
+
+
+def test_passive_split_gives_each_flow_to_one_worker(bed, www):
+    """Passive (`--iface A`, no peer: the frames end at the monitor, as on a mirror port):
+    the client's SYNs of 8 flows (each retried by its curl) come in on the queue of their
+    hash's worker and each flow is in one worker's table."""
+    tables = bed.out_path("tables")
+    tables.mkdir()
+    # no ARP through a passive monitor: the server's address, as the inline monitor forwards it
+    bed.sh("cli", "ip", "neigh", "replace", bed.tb.srv_ip, "lladdr", bed.tb.srv_mac, "dev",
+           bed.tb.cli_if, "nud", "permanent")
+    log = bed.out_path("passive.log")
+    stats = bed.out_path("stats.json")
+    ready = bed.out_path("ready")
+    argv = [livekit.PY, "-m", "mosxdp.cli", "run", APPS / "flowworkers.py", "--iface",
+            bed.tb.iface_a, "--workers", str(QUEUES), "--dir", tables, "--stats-json", stats,
+            "--ready", ready]
+    with open(log, "w") as out:
+        proc = bed.tb.popen("mon", argv, cwd=livekit.ROOT, stdout=out, stderr=out)
+    try:
+        def warm():
+            # a SYN that a worker saw: its sockets are in the map (the other's at the same
+            # time, give or take a few milliseconds)
+            assert proc.poll() is None, log.read_text()
+            bed.curl("--max-time", 1, "-o", "/dev/null", bed.url(4, "f1k"), timeout=10)
+            return ready.exists()
+        wait_until("a worker saw a SYN", warm, 60, step=0.2, detail=log.read_text)
+        time.sleep(0.5)
+        plan = [(4, "f1k", port) for worker in range(QUEUES)
+                for port in ports_for(bed, 4, worker, 4)]
+        started = [bed.start_download(family, name, local_port=port, max_time=4)[0]
+                   for family, name, port in plan]
+        for p in started:
+            p.communicate(timeout=30)
+            assert p.returncode == 28     # nothing answers: the monitor took the SYNs
+        assert proc.poll() is None, log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            bed.tb.stop(proc, signal.SIGKILL)
+    seen = {}
+    for path in tables.glob("flows-*.json"):
+        table = json.loads(path.read_text())
+        for flow, counts in table["flows"].items():
+            seen.setdefault(flow, []).append(counts)
+    for _f, _n, port in plan:
+        holders = seen.get(f"{bed.tb.cli_ip}:{port}-{bed.tb.srv_ip}:{PORT}")
+        assert holders and len(holders) == 1 and holders[0]["cli"] >= 2, (port, holders)
+    st = json.loads(stats.read_text())
+    assert st["live"]["xdp"]["frames_off_worker"] == 0, st["live"]["xdp"]
+    assert [w["queues"] for w in st["workers"]] == [[0], [1]]
+    assert bed.xdp_attached() == set(), log.read_text()
+

@@ -160,16 +160,15 @@ def _live_config(**kw):
 
 def test_live_split_needs_a_queue_per_worker_and_the_afxdp_engine():
     """A live run split over N workers: each worker owns the RX queues q % N == w, so an
-    interface with fewer queues than workers is refused with one line; so are observe-only
-    and a metrics port (engine/live_workers.py)."""
+    interface with fewer queues than workers is refused with one line; so is observe-only
+    (engine/live_workers.py)."""
     import errno
 
     import pytest
 
     from mosxdp.engine.workers import check_input
     for kw, words in (({}, "lo has 1 RX queue to bind"),
-                      ({"observe": True}, "observe-only"),
-                      ({"metrics_port": 9100}, "--metrics-port")):
+                      ({"observe": True}, "observe-only")):
         with pytest.raises(OSError) as exc:
             check_input(_live_config(**kw))
         assert exc.value.errno == errno.EINVAL and words in exc.value.strerror, exc.value
