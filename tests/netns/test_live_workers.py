@@ -21,7 +21,8 @@ monitor's veth receives it on that RX queue): symmetric RSS, as a real NIC does 
 * a clean SIGTERM (with --detach-on-exit): exit 0, every worker gone, each ran the app's
   teardown, nothing left attached;
 * a callback that stops its worker (--on-callback-error stop) stops the run: exit 1;
-* passive (--iface A alone): each flow's SYNs reach one worker, none off its worker.
+* passive (--iface A alone): each flow's SYNs reach one worker, none off its worker;
+* without the steering program, frames off their worker are counted and still forwarded.
 """
 from __future__ import annotations
 
@@ -352,3 +353,26 @@ def test_passive_split_gives_each_flow_to_one_worker(bed, www):
     assert [w["queues"] for w in st["workers"]] == [[0], [1]]
     assert bed.xdp_attached() == set(), log.read_text()
 
+
+
+def test_without_symmetric_steering_frames_off_worker_are_counted_and_still_forwarded(
+        live_env, www, tmp_path_factory):
+    """The same veths without the steering program: the kernel picks each socket's TX queue
+    by its own hash, so frames come in on queues of other workers than their flow's. The
+    program counts them (frames_off_worker) and their queue's worker still forwards them:
+    every download is byte-identical."""
+    with Bed.start(www, tmp_path_factory.mktemp("unsteered"), (PORT,), rx_queues=QUEUES) as raw:
+        tables = raw.out_path("tables")
+        tables.mkdir()
+        ready = raw.out_path("ready")
+        mon = monitor(raw, APPS / "flowworkers.py", "--dir", tables, "--ready", ready)
+        try:
+            mon.warm_up(ready.exists)
+            downloads(raw, www, [(4, "f256k", port) for worker in range(QUEUES)
+                                 for port in ports_for(raw, 4, worker, 8)])
+            mon.stop_clean()
+        finally:
+            mon.close()
+        xdp = json.loads(mon.stats_path.read_text())["live"]["xdp"]
+        assert xdp["frames_off_worker"] > 0, xdp
+        assert xdp["to_xsk"] > xdp["frames_off_worker"], xdp
