@@ -150,10 +150,16 @@ class LiveSplitRun:
     def _fork(self, index, program):
         sys.stdout.flush()
         sys.stderr.flush()
+        # The stop signals held back across the fork: a child gets one only once its own
+        # handler is in place (it unblocks them then), never the parent's.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(self.mctx, self.module, self.app, program, index, self.workers, self._dir)
+            _child(self.mctx, self.module, self.app, program, index, self.workers, self._dir,
+                   old, parent)
         self.pids[pid] = index
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _on_signal(self, signum, _frame):
         if self.stop_reason is None:
@@ -335,8 +341,9 @@ def _occupancy(program):
         return None
 
 
-def _child(mctx, module, app, program, index, workers, spooldir):
-    """A worker's life after the fork; never returns."""
+def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent):
+    """A worker's life after the fork (the stop signals blocked until its handler is in
+    place, then ``sigmask``); never returns."""
     from .run import LiveRun
     code = 0
     try:
@@ -357,7 +364,8 @@ def _child(mctx, module, app, program, index, workers, spooldir):
         for sig in _STOP_SIGNALS:
             if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN):
                 signal.signal(sig, stop)
-        if os.getppid() == 1:
+        signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        if os.getppid() != parent:    # it died before the death signal was asked for
             os._exit(1)
         started = time.perf_counter()
         error = stop_info = None
