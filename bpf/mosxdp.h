@@ -204,6 +204,10 @@ enum mx_counter {
 	/* observe-only (MX_IF_OBSERVE): copies of frames meant for user space */
 	MX_CNT_OBSERVED,           /* copied into the observed ringbuf (the frame took the kernel path) */
 	MX_CNT_OBSERVE_LOST,       /* not copied: the ringbuf was full (Python is behind); the frame still went on */
+	/* a run split over MX_WORKERS workers (worker w owns the RX queues q, q % MX_WORKERS == w) */
+	MX_CNT_FRAMES_OFF_WORKER,  /* counted in to_xsk: an IP frame that came in on a queue of another worker than
+				    * its flow's symmetric hash names (flowhash.h): the RSS is not symmetric.
+				    * The queue's worker still gets it */
 	MX_CNT__MAX
 };
 

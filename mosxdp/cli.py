@@ -144,8 +144,9 @@ def _datapath_options(parser):
                             "the kernel forwards and counts their flows' data frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--workers", type=int, metavar="N",
-                       help="offline: split the run over N processes by flow (default 1); "
-                            "the outputs are those of one (docs/workers.md)")
+                       help="split the run over N processes by flow (default 1): offline the "
+                            "outputs are those of one; live worker w owns the RX queues q with "
+                            "q %% N == w (docs/workers.md)")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
     group.add_argument("--metrics-port", type=int, metavar="N",
@@ -256,6 +257,7 @@ def cmd_run(argv):
             raise CliError(f"--stats-json {exc.filename}: {exc.strerror}", EXIT_USAGE) from None
     failed = False
     callbacks_failed = False
+    workers_failed = False
     try:
         try:
             app = module.setup(mctx, args)
@@ -274,7 +276,14 @@ def cmd_run(argv):
         try:
             # Only for a person watching: nothing in a log or a pipe.
             progress = args.pcap is not None and not args.no_progress and _is_terminal(sys.stderr)
-            if split:
+            if split and args.iface is not None:
+                from .engine.live_workers import LiveSplitRun, WorkersFailed
+                try:
+                    result = LiveSplitRun(mctx, module, app, print_stats).run()
+                except WorkersFailed as exc:
+                    result = exc.result
+                    workers_failed = True
+            elif split:
                 from .engine.workers import SplitRun
                 result = SplitRun(mctx, module, app, print_stats).run()
             else:
@@ -306,7 +315,7 @@ def cmd_run(argv):
         api.mtcp_destroy()
     if failed:
         return EXIT_OUTPUT
-    return EXIT_FAILURE if callbacks_failed else 0
+    return EXIT_FAILURE if callbacks_failed or workers_failed else 0
 
 
 def _is_terminal(stream):
@@ -380,6 +389,12 @@ def _print_live_summary(mctx, result):
           + f", entries left {result.verdict_entries_left}; kernel filter: {result.kernel_filter.why}",
           file=sys.stderr)
     print(loss_line(datapath.get("lost") or {}, result.frames_in), file=sys.stderr)
+    if result.workers:
+        print("mosxdp: workers %d: " % len(result.workers) + "; ".join(
+            f"{w['index']} failed" if w.get("failed") else
+            f"{w['index']} (pid {w['pid']}, queues {','.join(map(str, w['queues']))}) "
+            f"frames {w['frames']}, flows {w['flows_created']}" for w in result.workers),
+            file=sys.stderr)
     accounting = datapath.get("accounting")
     if accounting:
         print(f"mosxdp: umem frames {accounting}"

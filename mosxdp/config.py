@@ -201,7 +201,7 @@ class Config:
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
-    workers: int = 1                 # offline: processes the run is split over (engine/workers.py)
+    workers: int = 1                 # processes the run is split over (engine/workers.py, live_workers.py)
     observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
     full_inspection: bool = False    # live: every frame through the core, also of MOSX_STATE_ONLY listeners
 

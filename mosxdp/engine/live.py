@@ -59,6 +59,8 @@ class LiveEngine(FrameMoves, LiveDatapath):
       ``processor``: the frame processor; None = forward (inline) / recycle (passive)
         every frame without looking at it (the fast path: descriptors move ring to ring);
       ``queues``: RX queues to bind per interface (default: all of each interface);
+      ``share``: (w, N), a worker of a run split over N processes (engine/live_workers.py):
+        of those queues, only the q with q % N == w;
       ``frame_count``: UMEM frames (default: enough for every fill and TX ring);
       ``ring_size``: size of every RX, TX, fill and completion ring;
       ``batch_size``: most frames taken from one RX ring per batch;
@@ -89,7 +91,8 @@ class LiveEngine(FrameMoves, LiveDatapath):
                  zero_copy: bool = False, need_wakeup: bool = True, xdp_mode: str = "native",
                  fail_closed: bool = False, program="mosxdp", poll_timeout_ms: int = 100,
                  check_accounting: bool = False, filter_c_expr: str | None = None,
-                 filter_all_ip: bool = False, force: bool = False, keep_attached: bool = False):
+                 filter_all_ip: bool = False, force: bool = False, keep_attached: bool = False,
+                 share: tuple[int, int] | None = None):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if not ifaces:
             raise ValueError("LiveEngine needs at least one interface")
@@ -109,6 +112,7 @@ class LiveEngine(FrameMoves, LiveDatapath):
                          filter_all_ip=filter_all_ip, keep_attached=keep_attached,
                          poll_timeout_ms=poll_timeout_ms)
         self.queues = queues
+        self.share = share
         self.frame_count = frame_count
         self.frame_size = frame_size
         self.ring_size = ring_size
@@ -157,8 +161,15 @@ class LiveEngine(FrameMoves, LiveDatapath):
             want = avail if self.queues is None else self.queues
             if not 1 <= want <= avail:
                 raise ValueError(f"{ifn} has {avail} RX queue(s); cannot bind {want}")
-            nq[ifn] = want
-        nsock = sum(nq.values())
+            own = list(range(want))
+            if self.share is not None:
+                worker, workers = self.share
+                own = [q for q in own if q % workers == worker]
+                if not own:
+                    raise ValueError(f"{ifn} has {want} RX queue(s) to bind: none for worker "
+                                     f"{worker} of {workers}")
+            nq[ifn] = own
+        nsock = sum(map(len, nq.values()))
         frames = self.frame_count or nsock * 2 * self.ring_size
         use_libxdp = self.program_spec == "libxdp"
         if not use_libxdp:
@@ -179,12 +190,15 @@ class LiveEngine(FrameMoves, LiveDatapath):
         for ifn in self.ifaces:
             by_iface[ifn] = [umem.socket(ifn, q, rx_size=self.ring_size, tx_size=self.ring_size,
                                          xdp_flags=xdp_flags, inhibit_prog_load=not use_libxdp)
-                             for q in range(nq[ifn])]
+                             for q in nq[ifn]]
         self.sockets = [s for ifn in self.ifaces for s in by_iface[ifn]]
         # Frames first, then the XSKMAP entries: the kernel redirects only to a socket
-        # that has somewhere to put the frame.
+        # that has somewhere to put the frame. Each socket gets its share (fewer frames
+        # than fill-ring slots, as 4096 frames for 4 rings of 2048: the first sockets
+        # must not take them all), 64 kept back for the outbox as in the housekeeping.
+        share = max(1, (len(umem.free) - 64) // len(self.sockets))
         for s in self.sockets:
-            s.fill_from(umem.free)
+            s.fill_from(umem.free, share)
         if self.program is not None:
             map_fd = self.program.xsks_map_fd
             self._xskmap = (map_fd, entries := [])

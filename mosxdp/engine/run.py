@@ -121,10 +121,15 @@ class LiveRun:
     sockets as they are at the start. While it runs, ``mctx.engine`` is this object: the API
     calls :meth:`filters_changed` when a filter is bound. ``print_stats``: the status line."""
 
-    def __init__(self, mctx, print_stats=False):
+    def __init__(self, mctx, print_stats=False, *, share=None, program=None, publish=None):
+        """``share`` (w, N) and ``program`` (the parent's attached XdpProgram): worker w of
+        a live run split over N processes (engine/live_workers.py), on its queues only;
+        ``publish(status)`` then runs after each batch and idle wait (the worker's counters
+        for its parent's status line and metrics)."""
         config = mctx.config
         self.mctx = mctx
         self.print_stats = print_stats
+        self.publish = publish
         self.stack = mctx.stack
         self.kernel_filter = kernel_filter(self.stack)
         self.processor = HybridProcessor(self.stack)
@@ -143,8 +148,9 @@ class LiveRun:
                 snap=config.observe_snap)
             self._warned = False
             return
+        spec = "mosxdp" if program is None else (lambda _engine: contextlib.nullcontext(program))
         self.engine = LiveEngine(
-            config.iface, config.peer, self.processor,
+            config.iface, config.peer, self.processor, share=share, program=spec,
             queues=None if config.queues == "all" else config.queues,
             frame_count=config.frame_count, ring_size=config.ring_size,
             batch_size=min(config.batch_size, config.ring_size),
@@ -203,15 +209,24 @@ class LiveRun:
         mctx.engine = self
         self.stack.wall_offset_us = (time.time_ns() - time.monotonic_ns()) // 1000
         with contextlib.ExitStack() as resources:
-            resources.callback(self._say_what_is_left)  # after the engine closed
+            if getattr(engine, "program_spec", "mosxdp") == "mosxdp":   # else a worker: its parent says it
+                resources.callback(self._say_what_is_left)  # after the engine closed
             resources.enter_context(engine)
             processor.program = engine.program
             status = LiveStatus(engine, self.stack, print_lines=self.print_stats,
                                 warn_percent=config.loss_warning,
                                 outputs=getattr(mctx, "outputs", None))
-            processor.tick = self._ticks(status.tick if status.active else None)
+            status_tick = status.tick if status.active else None
+            if self.publish is not None:
+                publish, own = self.publish, status_tick
+
+                def status_tick():
+                    if own is not None:
+                        own()
+                    publish(status)
+            processor.tick = self._ticks(status_tick)
             metrics = None
-            if config.metrics_port:
+            if config.metrics_port and self.publish is None:   # a worker's parent serves them
                 metrics = resources.enter_context(
                     MetricsServer(config.metrics_port, status, start_thread=False))
             # Set-up is done (program attached, sockets and UMEM, map fds, metrics port):

@@ -50,12 +50,14 @@ def max_workers() -> int:
 
 
 def check_input(config) -> None:
-    """What a split run needs of its input: a classic pcap file (the workers map it).
-    OSError (EINVAL) with one line otherwise."""
+    """What a split run needs of its input: offline a classic pcap file (the workers map
+    it), live an RX queue per worker (engine/live_workers.py). OSError (EINVAL) with one
+    line otherwise."""
     workers = config.workers
     if config.iface is not None:
-        raise OSError(errno.EINVAL, f"[datapath] workers = {workers}: live runs use one worker "
-                                    "for now; several workers split offline runs (--pcap)")
+        from .live_workers import check_live
+        check_live(config)
+        return
     if config.pcap == "-":
         raise OSError(errno.EINVAL, f"--workers {workers}: each worker reads the capture "
                                     "itself: give a file, not the standard input")

@@ -79,6 +79,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "forward_redirect_err",
     "observed",
     "observe_lost",
+    "frames_off_worker",
 )
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 # Exactly one of these per frame: rx_total == sum of them.

@@ -597,3 +597,51 @@ def test_observe_copies_the_first_snap_minus_one_bytes_with_the_wire_length(netd
     want = [(len(f), min(len(f), snap - 1), f[:snap - 1]) for f in frames]
     assert got == want
     assert (got[0][1] < got[0][0]) == (snap == 128)
+
+
+# ---------------------------------------------------------------------------------------
+# a run split over workers (-DMX_WORKERS=2): the queue's worker against the flow's hash
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hw(netdevs):
+    with xdp.compile_program(extra_cflags=("-DMX_WORKERS=2",)) as p:
+        harness = Harness(p, netdevs)
+        yield harness
+        harness.close()
+
+
+def test_frames_off_worker_counts_by_the_offline_splits_hash(hw):
+    """On each of the two queues, random IPv4 and IPv6 TCP and UDP frames: frames_off_worker
+    counts exactly those whose worker by mosxdp.core.split (the offline split) is not the
+    queue's, in both directions of a flow; every frame still goes to the queue's socket."""
+    import random
+
+    from mosxdp.core.split import frame_worker
+    from mosxdp.io.bpfstructs import MX_IF_FILTER_ALL_IP
+    hw.configure()
+    hw.maps.set_iface_config(hw.ifa, MxIfConfig(SLOT_A, SLOT_B, hw.ifb, MX_IF_FILTER_ALL_IP))
+    hw.bind(SLOT_A, 0, 0)
+    hw.bind(SLOT_A, 1, 1)
+    rng = random.Random(15)
+    off = {True: 0, False: 0}
+    for _ in range(200):
+        if rng.random() < 0.5:
+            a, b = (socket.inet_ntop(socket.AF_INET, rng.randbytes(4)) for _ in range(2))
+            ip = IP(src=a, dst=b)
+        else:
+            a, b = (socket.inet_ntop(socket.AF_INET6, rng.randbytes(16)) for _ in range(2))
+            ip = IPv6(src=a, dst=b)
+        l4 = (TCP if rng.random() < 0.8 else UDP)(sport=rng.randrange(1, 65536),
+                                                  dport=rng.randrange(1, 65536))
+        for frame in (bytes(eth() / ip / l4 / b"x"),
+                      bytes(eth() / ip.__class__(src=ip.dst, dst=ip.src)
+                            / l4.__class__(sport=l4.dport, dport=l4.sport) / b"x")):
+            worker = frame_worker(frame, 2)
+            for queue in (0, 1):
+                action, delta = hw.run(frame, queue=queue)
+                assert action == REDIRECT and delta.get("to_xsk") == 1, delta
+                expect = int(queue != worker)
+                assert delta.get("frames_off_worker", 0) == expect, (ip, l4, queue, worker)
+                off[bool(expect)] += 1
+    assert off[True] == off[False] == 400     # 200 flows x 2 directions x 2 queues

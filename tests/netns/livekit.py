@@ -238,10 +238,11 @@ class Bed:
         self.httpd = start_server(tb, www, ports, *extra)
 
     @classmethod
-    def start(cls, www: Path, tmp: Path, ports, **kw) -> "Bed":
-        """A new inline testbed made ready (closed again if that fails)."""
+    def start(cls, www: Path, tmp: Path, ports, *, rx_queues=None, **kw) -> "Bed":
+        """A new inline testbed made ready (closed again if that fails); ``rx_queues``:
+        veths with that many RX and TX queues."""
         from mosxdp.demo.testbed import Testbed
-        tb = Testbed("inline")
+        tb = Testbed("inline", rx_queues=rx_queues)
         tb.start()
         try:
             return cls(tb, www, tmp, ports, **kw)

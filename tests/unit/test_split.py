@@ -149,3 +149,28 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
             expected = str(exc)
     assert str(error) == expected and "truncated" in expected
     assert frames == 36
+
+
+def _live_config(**kw):
+    from types import SimpleNamespace
+    base = {"workers": 2, "iface": "lo", "peer": None, "queues": "all", "observe": False,
+            "metrics_port": None, "pcap": None}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_live_split_needs_a_queue_per_worker_and_the_afxdp_engine():
+    """A live run split over N workers: each worker owns the RX queues q % N == w, so an
+    interface with fewer queues than workers is refused with one line; so is observe-only
+    (engine/live_workers.py)."""
+    import errno
+
+    import pytest
+
+    from mosxdp.engine.workers import check_input
+    for kw, words in (({}, "lo has 1 RX queue to bind"),
+                      ({"observe": True}, "observe-only")):
+        with pytest.raises(OSError) as exc:
+            check_input(_live_config(**kw))
+        assert exc.value.errno == errno.EINVAL and words in exc.value.strerror, exc.value
+        assert "\n" not in exc.value.strerror
+    check_input(_live_config(workers=1))      # one worker: one queue is enough

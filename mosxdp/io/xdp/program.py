@@ -57,12 +57,16 @@ class XdpProgram:
     ``observe``: None, or (snap, ring bytes): observe-only, frames meant for user space are
     copied (their first ``snap`` bytes) into a ring buffer of that size (``observed_ring``)
     and take the kernel path; no AF_XDP socket is involved.
+    ``workers``: a run split over that many worker processes (engine/live_workers.py): the
+    program counts the frames that came in on a queue of another worker than their flow's
+    (``frames_off_worker``).
     """
 
     def __init__(self, ifaces: list[str], *, peers: dict[str, str] | None = None,
                  mode: str = "native", fail_closed: bool = False, filter_c_expr: str | None = None,
                  force: bool = False, keep_attached: bool = False, passive_bypass: str = "pass",
-                 filter_all_ip: bool = False, observe: tuple[int, int] | None = None):
+                 filter_all_ip: bool = False, observe: tuple[int, int] | None = None,
+                 workers: int = 1):
         if mode not in ("native", "generic", "auto"):
             raise XdpError("XDP mode must be one of native, generic, auto; got %r" % (mode,))
         if passive_bypass not in ("pass", "consume"):
@@ -93,6 +97,7 @@ class XdpProgram:
         self.passive_bypass = passive_bypass
         self.filter_all_ip = filter_all_ip
         self.observe = observe
+        self.workers = workers
         self.slots: dict[str, int] = {n: i for i, n in enumerate(names)}
         self.ifindexes: dict[str, int] = {}
         self.modes: dict[str, str] = {}
@@ -148,6 +153,8 @@ class XdpProgram:
         if self.observe is not None:
             snap, ring_bytes = self.observe
             cflags = ("-DMX_OBSERVE_SNAP=%d" % snap, "-DMX_OBSERVE_PAGES=%d" % (ring_bytes // 4096))
+        if self.workers > 1:
+            cflags += ("-DMX_WORKERS=%d" % self.workers,)
         self.program = stack.enter_context(compile_program(self.filter_c_expr, extra_cflags=cflags))
         maps = self.program.maps
         for n in self.ifaces:
