@@ -182,6 +182,7 @@ def bench_sessions(argv, rounds=3):
             return 2
     if not (1 <= args.count <= 1000 and 1 <= args.parallel <= args.count and 1 <= args.mb <= 4096):
         p.error("--count 1..1000, --parallel 1..count, --mb 1..4096")
+    from mosxdp.demo.passprog import attach_to_endpoints
     from mosxdp.demo.testbed import Testbed
     rows = [("XDP devmap, no socket (kernel baseline)",
              [sys.executable, "-c", bench._BASELINE_HOLDER, "{A}", "{B}"], 0),
@@ -235,10 +236,12 @@ def bench_sessions(argv, rounds=3):
                               f"{len(res['bad_bodies'])}"
                               + (f", SNI missing {len(res['sni_missing'])}" if 'sni_missing' in res else ""),
                               flush=True)
-            # the untimed check of conn.log against the receivers (tcpdump sees what GRO
-            # merged as one frame: GRO off for it)
+            # the untimed check of conn.log against the receivers: tcpdump sees what GRO
+            # merged as one frame, so GRO off, and XDP_PASS programs on the endpoints (a veth
+            # takes frames redirected to it only with GRO or an XDP program)
             for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
                 tb.run(ns, ["ethtool", "-K", ifn, "gro", "off"], check=True)
+            attach_to_endpoints(tb, python=sys.executable)
             res = _run_row(tb, rows[1], args, workdir, flooder, want_sha, "check", capture=True)
             logdir = os.path.join(workdir, "zeekcheck")
             checks = _check_conn(logdir, workdir, args.count)
