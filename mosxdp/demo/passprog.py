@@ -11,24 +11,24 @@ namespace).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 from ..io import libbpf
 from ..io.privileges import check_privileges
 from ..io.uapi import XDP_PASS
 from ..io.xdp import XdpError
 from ..io.xdp.attach import attach, detach_mode, ifindex_of, iproute, link_state, remove_programs
+from .testbed import endpoint_command
 
 __all__ = ["PASS_PROG_NAME", "PassProgram", "load_pass_program", "attach_pass_program",
            "attach_to_endpoints"]
 
 PASS_PROG_NAME = "mosxdp_pass"
-# where `python -m mosxdp...` finds this package when it is not installed
-_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+COMMAND = ("Attach an XDP_PASS program to each interface, so that a veth endpoint receives "
+           "frames redirected to it. It stays attached after this command; `mosxdp detach "
+           "--iface IF` removes it.")
 
 
 def load_pass_program(name: str = PASS_PROG_NAME) -> int:
@@ -98,30 +98,18 @@ def attach_to_endpoints(tb, *, python: str | None = None) -> None:
         for ns, ifname in ((tb.cli_ns, tb.cli_if), (tb.srv_ns, tb.srv_if)):
             os.close(attach_pass_program(ifname, netns=ns).fd)
         return
-    for ns, ifname in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-        result = tb.run(ns, [python, "-m", "mosxdp.demo.passprog", ifname], cwd=_PACKAGE_PARENT,
-                        capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"cannot attach the XDP pass program to {ifname}: "
-                               f"{result.stderr.strip().splitlines()[-1:]}")
+    tb.on_endpoints(python, "mosxdp.demo.passprog", "the XDP pass program")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mosxdp.demo.passprog",
-        description="Attach an XDP_PASS program to each interface, so that a veth endpoint "
-                    "receives frames redirected to it. It stays attached after this command; "
-                    "`mosxdp detach --iface IF` removes it.")
-    parser.add_argument("ifname", nargs="+", help="interface (in this network namespace)")
-    args = parser.parse_args(argv)
-    for ifname in args.ifname:
+def _attach_each(ifnames) -> None:
+    for ifname in ifnames:
         try:
             os.close(attach_pass_program(ifname).fd)
         except (XdpError, OSError) as exc:
-            print(f"passprog: {ifname}: {exc}", file=sys.stderr)
-            return 1
-    return 0
+            raise OSError(f"{ifname}: {exc}") from exc
 
+
+main = endpoint_command("passprog", COMMAND, _attach_each)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

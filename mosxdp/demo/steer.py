@@ -15,13 +15,16 @@ removes it). Nothing in core, engine or io uses it.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+
+from .testbed import endpoint_command
 
 __all__ = ["attach_steering", "steer_endpoints"]
 
-_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+COMMAND = ("Attach a tc egress program that gives each frame its flow's symmetric hash, "
+           "from which the kernel picks its TX queue (both directions of a flow on one queue "
+           "index).")
+
 FUNC = "mosxdp_steer"
 
 
@@ -53,29 +56,10 @@ def attach_steering(ifnames) -> None:
 def steer_endpoints(tb, *, python: str = sys.executable) -> None:
     """The steering on the testbed's client and server veths, from a Python run inside
     each namespace. RuntimeError when it fails."""
-    for ns, ifname in (("cli", tb.cli_if), ("srv", tb.srv_if)):
-        r = tb.run(ns, [python, "-m", "mosxdp.demo.steer", ifname],
-                   cwd=_PACKAGE_PARENT, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"cannot attach the steering program to {ifname}: "
-                               f"{r.stderr.strip()[-800:]}")
+    tb.on_endpoints(python, "mosxdp.demo.steer", "the steering program")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mosxdp.demo.steer",
-        description="Attach a tc egress program that gives each frame its flow's symmetric "
-                    "hash, from which the kernel picks its TX queue (both directions of a "
-                    "flow on one queue index).")
-    parser.add_argument("ifname", nargs="+")
-    args = parser.parse_args(argv)
-    try:
-        attach_steering(args.ifname)
-    except Exception as exc:   # bcc and netlink errors: one line
-        print(f"steer: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
+main = endpoint_command("steer", COMMAND, attach_steering)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -34,6 +34,7 @@ was installed).  ``cleanup_stale()`` removes what a killed run left behind.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import re
@@ -41,7 +42,9 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from .cleanup import (STATE_DIR, cleanup_stale, delete_netns, pid_namespace, register,
                       root_links_with_prefix, unregister)
@@ -59,6 +62,8 @@ CLI_IP6, SRV_IP6, PREFIX6 = "fd77::1", "fd77::2", 64
 CLI_MAC, SRV_MAC = "02:77:00:00:00:01", "02:77:00:00:00:02"
 MON_A_MAC, MON_B_MAC = "02:77:00:00:01:0a", "02:77:00:00:01:0b"
 IFA_F_NODAD = 0x02
+# Where `python -m mosxdp...` finds the package when run inside a namespace.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class TestbedError(RuntimeError):
@@ -198,6 +203,16 @@ class Testbed:
         if check:
             cp.check_returncode()
         return cp
+
+    def on_endpoints(self, python: str, module: str, what: str) -> None:
+        """``python -m module IFNAME`` inside the client's and the server's namespace, on
+        their veth; RuntimeError naming ``what`` and the interface when one fails."""
+        for ns, ifname in (("cli", self.cli_if), ("srv", self.srv_if)):
+            r = self.run(ns, [python, "-m", module, ifname], cwd=_PACKAGE_PARENT,
+                         capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"cannot attach {what} to {ifname}: "
+                                   f"{r.stderr.strip()[-800:]}")
 
     def popen(self, ns, argv, **kw) -> subprocess.Popen:
         """``subprocess.Popen`` inside namespace ``ns`` in its own session; killed at cleanup."""
@@ -433,6 +448,24 @@ class Testbed:
 
 
 _probe_result: list = []
+
+
+def endpoint_command(name: str, description: str, attach):
+    """The ``main(argv)`` of ``python -m mosxdp.demo.NAME IFNAME...`` (what
+    ``Testbed.on_endpoints`` runs): ``attach(ifnames)`` in this namespace; one line and
+    status 1 when it fails."""
+    def main(argv) -> int:
+        parser = argparse.ArgumentParser(prog=f"python -m mosxdp.demo.{name}",
+                                         description=description)
+        parser.add_argument("ifname", nargs="+", help="interface (in this network namespace)")
+        args = parser.parse_args(argv)
+        try:
+            attach(args.ifname)
+        except Exception as exc:   # bcc, libbpf and netlink errors: one line
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return main
 
 
 def probe_cached() -> str | None:

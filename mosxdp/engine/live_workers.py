@@ -39,7 +39,7 @@ import time
 from ..core.stack import StopMonitor
 from .hybrid import kernel_filter
 from .result import RunResult
-from .split_worker import _exception_line, _pin
+from .forked import ForkedParent, add_dirs, describe_status, exception_line, pin, worker_exit
 from .status import LiveStatus
 
 __all__ = ["LiveSplitRun", "check_live"]
@@ -77,23 +77,11 @@ def check_live(config) -> None:
                           f"q with q % {workers} == its index, so at most {bound} workers")
 
 
-def _describe(status):
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"killed by signal {sig} ({signal.Signals(sig).name})"
-    return f"exited with status {os.WEXITSTATUS(status)}"
-
-
-class LiveSplitRun:
+class LiveSplitRun(ForkedParent):
     """The parent's side: attach the program, fork the workers, supervise, add up."""
 
     def __init__(self, mctx, module, app, print_stats=False):
-        self.mctx = mctx
-        self.module = module
-        self.app = app
-        self.print_stats = print_stats
-        self.workers = mctx.config.workers
-        self.pids = {}             # running workers: pid -> index
+        super().__init__(mctx, module, app, print_stats)
         self.died = []             # lines of the workers that failed
         self.stop_reason = None
 
@@ -202,7 +190,7 @@ class LiveSplitRun:
                     self._tell_workers()
             if status != 0:
                 queues = f"q % {self.workers} == {index}"
-                line = (f"mosxdp: error: worker {index} (pid {pid}) {_describe(status)}; its "
+                line = (f"mosxdp: error: worker {index} (pid {pid}) {describe_status(status)}; its "
                         f"queues ({queues}) fail open, the other workers go on")
                 print(line, file=sys.stderr, flush=True)
                 self.died.append(line)
@@ -317,13 +305,7 @@ class LiveSplitRun:
             if item.error is None:
                 item.error = error
                 outputs._failed(item)
-        for number, files, incomplete, lost, error, name in r["dirs"]:
-            out = items[number]
-            out.files += files
-            out.incomplete += incomplete
-            out.lost += lost
-            if error is not None and out.error is None:
-                out.error, out.error_name = error, name
+        add_dirs(items, r["dirs"])
 
 
 class WorkersFailed(Exception):
@@ -345,12 +327,12 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
     """A worker's life after the fork (the stop signals blocked until its handler is in
     place, then ``sigmask``); never returns."""
     from .run import LiveRun
-    code = 0
-    try:
+
+    def body():
         # The parent gone (even by SIGKILL), the worker stops too.
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        cpu = _pin(index, workers)
+        cpu = pin(index, workers)
         mctx.cpu = index
         mctx.outputs.worker = index
         run = LiveRun(mctx, False, share=(index, workers), program=program,
@@ -375,18 +357,18 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
         except StopMonitor as exc:
             stop_info = (str(exc), exc.code)
         except Exception as exc:
-            error = _exception_line(exc)
+            error = exception_line(exc)
         try:
             if module is not None and hasattr(module, "teardown"):
                 module.teardown(app)
         except Exception as exc:
-            error = error or f"teardown: {_exception_line(exc)}"
+            error = error or f"teardown: {exception_line(exc)}"
         outputs = mctx.outputs
         outputs.flush()
         outputs.close_sinks()    # this worker's network sinks drain (bounded)
         stack = mctx.stack
         datapath = result.datapath if result is not None else None
-        out = {
+        return {
             "pid": os.getpid(), "cpu": cpu, "error": error, "stop": stop_info,
             "queues": sorted({s["queue"] for s in (datapath or {}).get("sockets", [])}),
             "frames": result.frames_in if result else 0,
@@ -404,18 +386,7 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
             "dirs": [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
                      for number, item in enumerate(outputs.items) if hasattr(item, "write_at")],
         }
-        with open(os.path.join(spooldir, f"w{index}.result"), "wb") as f:
-            pickle.dump(out, f)
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-        code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    worker_exit(body, spooldir, index)
 
 
 def _picklable(value):

@@ -7,14 +7,12 @@ from __future__ import annotations
 import marshal
 import mmap
 import os
-import pickle
 import struct
-import sys
 import time
-import traceback
 from array import array
 
 from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
+from .forked import exception_line, pin, worker_exit
 from .split_feed import MSG, PCAP_MAGIC
 
 FRAME_KEY = (0,)                      # Stack.order_key while a frame is processed
@@ -247,29 +245,10 @@ class _Worker:
         }
 
 
-def _pin(index, workers):
-    """Worker ``index`` on its own CPU when the process may use at least ``workers``."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-    if len(cpus) < workers:
-        return None
-    os.sched_setaffinity(0, {cpus[index]})
-    return cpus[index]
-
-
-def _exception_line(exc):
-    from ..core.events import exception_site
-    text = str(exc).splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}{': ' + text if text else ''} at {exception_site(exc)}"
-
-
 def child(mctx, module, app, index, workers, rd, spooldir):
     """A worker's life after the fork; never returns."""
-    code = 0
-    try:
-        _pin(index, workers)
+    def body():
+        pin(index, workers)
         worker = _Worker(mctx, index, mctx.config.pcap, mctx.config.write, spooldir)
         worker.prepare()
         started = time.perf_counter()
@@ -282,20 +261,10 @@ def child(mctx, module, app, index, workers, rd, spooldir):
         except WorkerFailed as exc:
             error = str(exc)
         except Exception as exc:
-            error = _exception_line(exc)
+            error = exception_line(exc)
         try:
             worker.teardown(module, app)
         except Exception as exc:
-            error = error or f"teardown: {_exception_line(exc)}"
-        result = worker.result(stop, error, time.perf_counter() - started)
-        with open(os.path.join(spooldir, f"w{index}.result"), "wb") as f:
-            pickle.dump(result, f)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+            error = error or f"teardown: {exception_line(exc)}"
+        return worker.result(stop, error, time.perf_counter() - started)
+    worker_exit(body, spooldir, index)

@@ -34,6 +34,7 @@ import time
 
 from ..core.stack import StopMonitor
 from ..io.pcap import PcapReader, PcapWriter
+from .forked import ForkedParent, add_dirs, describe_status
 from .offline import WRITE_SNAPLEN, summary_line
 from .result import RunResult
 from .split_feed import MSG, Scan, split_records
@@ -69,23 +70,11 @@ def check_input(config) -> None:
                           "pcap IN OUT, after decompressing)")
 
 
-def _describe(status):
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"killed by signal {sig} ({signal.Signals(sig).name})"
-    return f"exited with status {os.WEXITSTATUS(status)}"
-
-
-class SplitRun:
+class SplitRun(ForkedParent):
     """The parent's side: fork the workers, split the input, merge what they wrote."""
 
     def __init__(self, mctx, module, app, print_stats=False):
-        self.mctx = mctx
-        self.module = module
-        self.app = app
-        self.print_stats = print_stats
-        self.workers = mctx.config.workers
-        self.pids = {}                            # running workers: pid -> index
+        super().__init__(mctx, module, app, print_stats)
         self.done = [None] * self.workers         # pids of the workers that ended
 
     def run(self) -> RunResult:
@@ -187,7 +176,7 @@ class SplitRun:
         del self.pids[pid]
         self.done[worker] = pid
         if status != 0:
-            raise WorkerFailed(f"worker {worker} (pid {pid}) {_describe(status)} during the "
+            raise WorkerFailed(f"worker {worker} (pid {pid}) {describe_status(status)} during the "
                                "run; the run is stopped")
         return pid
 
@@ -198,7 +187,7 @@ class SplitRun:
             if index is None:
                 continue
             if status != 0:
-                raise WorkerFailed(f"worker {index} (pid {pid}) {_describe(status)} during "
+                raise WorkerFailed(f"worker {index} (pid {pid}) {describe_status(status)} during "
                                    "the run; the run is stopped")
             self.done[index] = pid
         return [self._result(i, pid) for i, pid in enumerate(self.done)]
@@ -230,13 +219,7 @@ class SplitRun:
             if any(paths):
                 merge_output(item, paths)
         for r in results:
-            for number, files, incomplete, lost, error, name in r["dirs"]:
-                out = items[number]
-                out.files += files
-                out.incomplete += incomplete
-                out.lost += lost
-                if error is not None and out.error is None:
-                    out.error, out.error_name = error, name
+            add_dirs(items, r["dirs"])
         if writer is None:
             return 0
         return merge_write(writer, scan, frames, [r["write"] for r in results])

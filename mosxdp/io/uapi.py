@@ -8,12 +8,9 @@ from __future__ import annotations
 BPF_PROG_TYPE_XDP = 6
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
-# linux/if_link.h: XDP attach flags (IFLA_XDP_FLAGS, and libxdp's xdp_flags)
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
-XDP_FLAGS_REPLACE = 1 << 4
+# linux/if_link.h: XDP attach flags (IFLA_XDP_FLAGS, and libxdp's xdp_flags), bits 0..4
+(XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE,
+ XDP_FLAGS_REPLACE) = (1 << bit for bit in range(5))
 
 # linux/socket.h and linux/if_xdp.h: the AF_XDP family, its socket-option level and the
 # getsockopt that reads struct xdp_statistics
@@ -22,10 +19,7 @@ AF_XDP, SOL_XDP, XDP_STATISTICS = 44, 283, 7
 # (the kernel's default is 32; older kernels answer ENOPROTOOPT)
 XDP_MAX_TX_SKB_BUDGET = 9
 
-# sockaddr_xdp.sxdp_flags: how a socket binds
-XDP_SHARED_UMEM = 1 << 0
-XDP_COPY = 1 << 1
-XDP_ZEROCOPY = 1 << 2
-XDP_USE_NEED_WAKEUP = 1 << 3
+# sockaddr_xdp.sxdp_flags: how a socket binds, bits 0..3
+XDP_SHARED_UMEM, XDP_COPY, XDP_ZEROCOPY, XDP_USE_NEED_WAKEUP = (1 << bit for bit in range(4))
 # the flags word of a ring
 XDP_RING_NEED_WAKEUP = 1 << 0

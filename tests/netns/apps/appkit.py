@@ -14,13 +14,29 @@ from mosxdp import MOS_HK_SND, MOS_ON_CONN_START, MOS_ON_PKT_IN, MOS_SIDE_BOTH, 
 
 def add_arguments(parser):
     parser.add_argument("--log", required=True, help="JSON counters, rewritten on change")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
+    add_ready_argument(parser)
 
 
-class CountingApp:
-    def __init__(self, args, **counters):
+def add_ready_argument(parser, when="at the first CONN_START"):
+    parser.add_argument("--ready", help=f"file created {when}")
+
+
+class ReadyApp:
+    """An app with a --ready file: created once, at the first ``mark_ready``."""
+
+    def __init__(self, args):
         self.args = args
         self.ready = args.ready
+
+    def mark_ready(self) -> None:
+        if self.ready:
+            open(self.ready, "w").close()
+            self.ready = None
+
+
+class CountingApp(ReadyApp):
+    def __init__(self, args, **counters):
+        super().__init__(args)
         self.counters = counters
         self.pinfo = PktInfo()
 
@@ -33,11 +49,6 @@ class CountingApp:
         with open(tmp, "w") as f:
             json.dump(self.counters, f)
         os.replace(tmp, self.args.log)
-
-    def mark_ready(self) -> None:
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
 
     def watch_ready(self, mctx) -> None:
         """An unfiltered stream socket, which sees every CONN_START, for the ready file

@@ -7,28 +7,23 @@ written to DIR/flows-<pid>.json. Public mOS API only.
 """
 import json
 import os
-import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
 
 DESCRIPTION = "per-worker flow tables: packets per flow and side (netns test app)"
 
 
-def add_arguments(parser):
-    parser.add_argument("--dir", required=True, help="where flows-<pid>.json is written")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
-
-
-class FlowWorkers:
+class FlowWorkers(appkit.ReadyApp):
     def __init__(self, args):
-        self.dir = args.dir
-        self.ready = args.ready
+        super().__init__(args)
         self.flows = {}
 
     def on_start(self, mctx, sock, side, event, arg):
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
 
     def on_packet(self, mctx, sock, side, event, arg):
         cli, svr = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
@@ -37,14 +32,15 @@ class FlowWorkers:
         counts["cli" if side == MOS_SIDE_CLI else "svr"] += 1
 
 
+def add_arguments(parser):
+    parser.add_argument("--dir", required=True, help="where flows-<pid>.json is written")
+    appkit.add_ready_argument(parser)
+
+
 def setup(mctx, args):
-    app = FlowWorkers(args)
-    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
-    mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
-    mtcp_register_callback(mctx, sock, MOS_ON_PKT_IN, MOS_HK_SND, app.on_packet)
-    return app
+    return appkit.watch_streams(mctx, FlowWorkers(args))
 
 
 def teardown(app):
-    with open(os.path.join(app.dir, f"flows-{os.getpid()}.json"), "w") as f:
+    with open(os.path.join(app.args.dir, f"flows-{os.getpid()}.json"), "w") as f:
         json.dump({"pid": os.getpid(), "flows": app.flows}, f)

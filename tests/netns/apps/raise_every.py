@@ -8,9 +8,14 @@ monitor's `callback errors` count. Public mOS API only.
 --ready PATH is created at the first call (frames reach the app).
 """
 import json
+import os
 import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
 
 DESCRIPTION = "raise in a PKT_IN callback on every Nth packet (netns test app)"
 
@@ -22,22 +27,20 @@ class EveryNth(RuntimeError):
 def add_arguments(parser):
     parser.add_argument("--every", type=int, default=10, help="raise on every Nth call")
     parser.add_argument("--count", required=True, help="JSON written at teardown")
-    parser.add_argument("--ready", help="file created at the first call")
+    appkit.add_ready_argument(parser, "at the first call")
 
 
-class RaiseEvery:
+class RaiseEvery(appkit.ReadyApp):
     def __init__(self, args):
+        super().__init__(args)
         self.every = args.every
         self.count_path = args.count
-        self.ready = args.ready
         self.calls = 0
         self.raised = 0
 
     def on_packet(self, mctx, sock, side, event, arg):
         self.calls += 1
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
         if self.calls % self.every == 0:
             self.raised += 1
             raise EveryNth(f"raise_every.py: call {self.calls} (raise number {self.raised})")

@@ -6,9 +6,14 @@ live (frames reach the app), so the test can start.
 """
 import hashlib
 import json
+import os
 import socket
+import sys
 
 from mosxdp import *  # noqa: F401,F403
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import appkit  # noqa: E402
 
 HEAD = 1024  # first bytes of each direction, logged (HTTP headers)
 DESCRIPTION = "sha256 + length of each direction's bytestream per flow (netns test app)"
@@ -16,19 +21,17 @@ DESCRIPTION = "sha256 + length of each direction's bytestream per flow (netns te
 
 def add_arguments(parser):
     parser.add_argument("--log", required=True, help="JSON lines: one per ended flow")
-    parser.add_argument("--ready", help="file created at the first CONN_START")
+    appkit.add_ready_argument(parser)
 
 
-class StreamHash:
+class StreamHash(appkit.ReadyApp):
     def __init__(self, args):
+        super().__init__(args)
         self.log = open(args.log, "a", buffering=1)
-        self.ready = args.ready
         self.buf = bytearray(1 << 16)
 
     def on_start(self, mctx, sock, side, event, arg):
-        if self.ready:
-            open(self.ready, "w").close()
-            self.ready = None
+        self.mark_ready()
         cli, svr = mtcp_getpeername(mctx, sock, MOS_SIDE_BOTH)
         # index by the side whose buffer holds the bytes: SVR = what the client sent
         mtcp_set_uctx(mctx, sock, {"cli": cli, "svr": svr,
