@@ -1,7 +1,7 @@
 """The compiled hot path: Cython compiles the per-packet modules of mosxdp/core from their
 Python source, as they are (pure-Python mode), into extension modules next to the .py files.
 `pip install -e .` (scripts/setup.sh) builds them; MOSXDP_PURE_PYTHON=1 or a missing .so runs
-the .py files instead (mosxdp/_compiled.py). Everything else is in pyproject.toml."""
+the .py files instead (mosxdp/core/compiled.py). Everything else is in pyproject.toml."""
 import os
 import runpy
 import shutil
@@ -10,7 +10,7 @@ from Cython.Build import cythonize
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-HOT_MODULES = runpy.run_path("mosxdp/_compiled.py")["HOT_MODULES"]
+HOT_MODULES = runpy.run_path("mosxdp/core/compiled.py")["HOT_MODULES"]
 
 
 class ReuseBuiltExt(build_ext):

@@ -4,7 +4,7 @@
 constants with their C values, and the C structures (PktInfo, TcpBufInfo,
 TcpRingFragment) plus TcpState.
 """
-from . import _compiled  # noqa: F401  (first: MOSXDP_PURE_PYTHON=1 acts before the imports below)
+from .core import compiled  # noqa: F401  (first: MOSXDP_PURE_PYTHON=1 acts before the imports below)
 from .api import *  # noqa: F401,F403
 from .api import __all__ as _api_all
 from .constants import *  # noqa: F401,F403

@@ -509,7 +509,7 @@ def main(argv=None):
     if argv and argv[0] == "--version":
         from importlib.metadata import version
 
-        from ._compiled import describe
+        from .core.compiled import describe
         print(f"mosxdp {version('mosxdp')}: {describe()}")
         return 0
     if not argv or argv[0] in ("-h", "--help"):

@@ -10,7 +10,7 @@ from .offline import summary_line
 def write_stats_json(output, mctx, result):
     """The counters as JSON (``result``: the run's, None when it failed) into ``output``,
     the file opened at start."""
-    from .._compiled import hot_path
+    from ..core.compiled import hot_path
     stack = mctx.stack
     out = {"stack": dict(stack.counters), "malformed": dict(stack.malformed),
            "callback_errors": dict(stack.callback_errors),

@@ -1,4 +1,4 @@
-"""The compiled hot path (setup.py, mosxdp/_compiled.py): after scripts/setup.sh the hot
+"""The compiled hot path (setup.py, mosxdp/core/compiled.py): after scripts/setup.sh the hot
 modules of mosxdp/core are Cython extension modules, MOSXDP_PURE_PYTHON=1 runs their .py
 files, and both builds give the same outputs and counters on real captures."""
 import importlib.machinery
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mosxdp import _compiled
+from mosxdp.core import compiled as _compiled
 from mosxdp.core.events import exception_site
 from mosxdp.core.reassembly import StreamBuffer
 

@@ -7,7 +7,8 @@ MOSXDP_PURE_PYTHON=1 (any value but "" and "0") a finder placed ahead of the sta
 loads mosxdp's modules from their .py files instead, so the same source runs interpreted
 (the suite runs both ways). A missing extension module is the same as pure Python for it.
 
-No imports of mosxdp here: setup.py reads HOT_MODULES from this file alone.
+No imports of mosxdp here: setup.py reads HOT_MODULES from this file alone, and
+mosxdp/core/__init__.py imports it before any hot module.
 """
 import importlib.machinery
 import importlib.util
