@@ -77,6 +77,15 @@ def bed(live_env, www, tmp_path_factory):
         bed.close()
 
 
+@pytest.fixture(autouse=True)
+def detached_after(bed):
+    """A test that fails with the program attached (fail-open) leaves the next one a clean
+    pair of interfaces: one failure, not a cascade."""
+    yield
+    if bed.xdp_attached():
+        bed.detach()
+
+
 _next_port = [20000]
 
 
@@ -110,6 +119,18 @@ def monitor(bed, app, *args):
     mon = Monitor(bed, app, "--workers", QUEUES, "--stats-json", stats, *args)
     mon.stats_path = stats
     return mon
+
+
+def worker_pids(mon) -> list[int]:
+    """The monitor's worker processes, once it has forked all of them (it attaches the
+    program first, so a test that has seen the attach may be ahead of the forks)."""
+    path = f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children"
+
+    def forked():
+        pids = [int(p) for p in open(path).read().split()]
+        return pids if len(pids) == QUEUES else None
+    return wait_until(f"{QUEUES} workers forked", forked, 30, mon.alive, step=0.05,
+                      detail=mon.log)
 
 
 def test_each_flow_both_directions_reaches_one_worker(bed, www):
@@ -219,9 +240,7 @@ def test_kill_9_of_a_worker_fails_its_queues_open(bed, www):
         # the worker of queue 1 (its child of the monitor), once the download is under way
         wait_until("the download under way", lambda: out.exists() and out.stat().st_size > 4 << 20,
                    30, mon.alive)
-        children = [int(p) for p in open(f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children")
-                    .read().split()]
-        assert len(children) == QUEUES, children
+        children = worker_pids(mon)
         os.kill(children[1], signal.SIGKILL)
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
@@ -258,9 +277,7 @@ def test_sigterm_stops_every_worker_and_leaves_nothing_but_the_fail_open_program
                   "--detach-on-exit")
     try:
         mon.warm_up(ready.exists)
-        children = [int(p) for p in open(f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children")
-                    .read().split()]
-        assert len(children) == QUEUES
+        children = worker_pids(mon)
         rc = mon.stop(signal.SIGTERM)
         assert rc == 0, mon.log()
         for pid in children:
@@ -279,9 +296,7 @@ def test_a_callback_that_stops_its_worker_stops_the_run(bed, www):
     mon = monitor(bed, APPS / "crash.py", "--raise-in", "callback", "--port", PORT,
                   "--on-callback-error", "stop")
     try:
-        children = [int(p) for p in open(f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children")
-                    .read().split()]
-        assert len(children) == QUEUES, children
+        children = worker_pids(mon)
 
         def stopped():
             # until a worker's socket gets a SYN (before, it takes the kernel path)
