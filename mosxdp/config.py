@@ -149,6 +149,15 @@ def _queues(key, value):
     return value
 
 
+def _frame_count(key, value):
+    if value is None or value == "auto":
+        return None
+    try:
+        return _int(64, MAX_FRAMES)(key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}, or \"auto\"") from None
+
+
 def _num_cores(key, value):
     return _int(1, os.cpu_count() or 1)(key, value)
 
@@ -190,7 +199,7 @@ class Config:
     xdp_mode: str = "native"
     bind: str = "copy"
     queues: object = "all"
-    frame_count: int = 4096
+    frame_count: int | None = None   # UMEM frames; None ("auto"): engine/live.py's umem_frames
     ring_size: int = 2048
     batch_size: int = 64
     fail_closed: bool = False
@@ -251,7 +260,7 @@ SECTIONS = {
         "xdp_mode": _choice("native", "generic", "auto"),
         "bind": _choice("copy", "zerocopy"),
         "queues": _queues,
-        "frame_count": _int(64, MAX_FRAMES),
+        "frame_count": _frame_count,
         "ring_size": _power_of_two(64, MAX_RING),
         "batch_size": _int(1, MAX_BATCH),
         "fail_closed": _bool,

@@ -5,6 +5,9 @@
                                     only) and flowdump (full reassembly), and the
                                     ratio to `tcpflow -r PCAP` on the same file.
   scripts/bench.py --live           the AF_XDP datapath on a veth testbed (root).
+  scripts/bench.py --live --workers N
+                                    the same on veths with N queues, with rows of N
+                                    worker processes next to their one-process rows.
   scripts/bench.py --callgrind PCAP instructions per frame of `mosxdp run` offline
                                     (no app, connlog, flowdump) under callgrind:
                                     repeatable whatever else the machine runs.
@@ -243,6 +246,16 @@ LIVE_ROWS = [
     ("connlog --full-inspection (every frame in Python)", ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--full-inspection", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-full.log"], 2),
 ]
 
+# `--live --workers N`: the testbed's veths get N RX and TX queues and the endpoints the
+# steering program (symmetric RSS: a flow's frames, both ways, on its worker's queue), and
+# these rows run next to their one-process forms (the rows above, on the same testbed). The
+# monitor is not pinned: worker w pins itself to CPU w. The CPU figures add up the parent
+# and its workers.
+WORKER_ROWS = [
+    ("connlog --full-inspection, {N} workers", ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--full-inspection", "--workers", "{N}", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-full-w.log"], 2, "workers"),
+    ("mosxdp run flowdump, {N} workers",    ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--workers", "{N}", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows-w"], 2, "workers"),
+]
+
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an
 # answer) sent as fast as one Python process can through an AF_PACKET socket.
 _FLOODER = r'''
@@ -326,6 +339,20 @@ def _xdp_ready(tb, want_sockets, deadline, flooder):
     return False
 
 
+def _observe_counts(tb):
+    """(observed, observe_lost): the program's counters of copies into its ring buffer."""
+    from mosxdp.io.xdp import MosxdpMaps
+    prog = _prog_id(tb, tb.iface_a)
+    if prog is None:
+        return None
+    maps = MosxdpMaps.from_prog_id(prog)
+    try:
+        c = maps.counters()
+        return c["observed"], c["observe_lost"]
+    finally:
+        maps.close()
+
+
 def _iperf(tb, streams, seconds):
     import json as _json
     r = tb.run("cli", _pin(0) + ["iperf3", "-c", tb.srv_ip, "-t", str(seconds), "-P", str(streams),
@@ -348,13 +375,21 @@ def _flood(tb, seconds, size, script):
 
 
 def _cpu_ticks(pid):
-    """(utime, stime) of a process and its threads, in clock ticks (/proc/PID/stat)."""
+    """(utime, stime) of a process and its threads, and of its living descendants (a split
+    monitor's workers), in clock ticks (/proc/PID/stat)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]), int(fields[12])
+        user, system = int(fields[11]), int(fields[12])
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
     except (OSError, IndexError, ValueError):
         return None
+    for child in children:
+        ticks = _cpu_ticks(child)
+        if ticks is not None:
+            user, system = user + ticks[0], system + ticks[1]
+    return user, system
 
 
 def _steer_endpoints(tb, on):
@@ -378,24 +413,33 @@ def _loadavg():
 
 def _measure_row(tb, row, seconds, size, workdir, flooder):
     label, argv, nsock = row[:3]
+    split = "workers" in row[3:]
     _steer_endpoints(tb, "shared" not in row[3:])
-    subst = {"{py}": sys.executable, "{A}": tb.iface_a, "{B}": tb.iface_b, "{tmp}": workdir}
+    subst = {"{py}": sys.executable, "{A}": tb.iface_a, "{B}": tb.iface_b, "{tmp}": workdir,
+             "{N}": str(tb.rx_queues or 1)}
     argv = [subst.get(a, a) for a in argv]
     argv = [a.replace("{tmp}", workdir) for a in argv]
     os.makedirs(os.path.join(workdir, "flows"), exist_ok=True)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     log = open(os.path.join(workdir, "monitor.log"), "a")
-    mon = tb.popen("mon", _pin(1) + argv, cwd=root, stdout=log, stderr=log)
+    mon = tb.popen("mon", ([] if split else _pin(1)) + argv, cwd=root, stdout=log, stderr=log)
     try:
         if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
+        if split:
+            time.sleep(1)   # the probe reached one worker's socket: the others' bind too
         # the monitor's CPU over the two TCP loads: share of one CPU, and µs per data frame
         pid = mon.pid   # `ip netns exec` and taskset exec in turn: this is the monitor
+        copies = _observe_counts(tb)
         ticks, started = _cpu_ticks(pid), time.monotonic()
         data_before = _link_rx(tb, "srv", tb.srv_if)
         res = {"tcp1": _iperf(tb, 1, seconds), "tcp4": _iperf(tb, 4, seconds)}
         after = _cpu_ticks(pid)
         data_frames = _link_rx(tb, "srv", tb.srv_if) - data_before
+        if copies is not None and copies[0]:
+            # observe-only: copies the ring buffer took and those lost over the TCP loads
+            now = _observe_counts(tb)
+            res["observed"], res["observe_lost"] = now[0] - copies[0], now[1] - copies[1]
         if ticks is not None and after is not None:
             hz = os.sysconf("SC_CLK_TCK")
             user, system = (after[0] - ticks[0]) / hz, (after[1] - ticks[1]) / hz
@@ -422,7 +466,12 @@ def bench_live(argv, rounds=3):
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--endpoint-xdp-pass", action="store_true",
                    help="XDP_PASS programs on the endpoint veths instead of GRO")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N > 1: veths with N queues, steered endpoints, and the rows of N "
+                        "worker processes after the others")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers: a count from 1")
     if os.geteuid() != 0:
         print("bench.py --live: needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
@@ -433,9 +482,11 @@ def bench_live(argv, rounds=3):
     from mosxdp.demo.passprog import attach_to_endpoints
     from mosxdp.demo.testbed import Testbed
     rows = LIVE_ROWS
+    if args.workers > 1:
+        rows = rows + [(r[0].replace("{N}", str(args.workers)), *r[1:]) for r in WORKER_ROWS]
     if args.rows:
         keep = {int(x) for x in args.rows.split(",")} | {1}
-        rows = [r for i, r in enumerate(LIVE_ROWS, 1) if i in keep]
+        rows = [r for i, r in enumerate(rows, 1) if i in keep]
     workdir = tempfile.mkdtemp(prefix="mosxdp-bench-live-")
     flooder = os.path.join(workdir, "flood.py")
     with open(flooder, "w") as f:
@@ -445,7 +496,10 @@ def bench_live(argv, rounds=3):
     results = {r[0]: [] for r in rows}
     load_before = _loadavg()
     try:
-        with Testbed("inline") as tb:
+        with Testbed("inline", rx_queues=args.workers if args.workers > 1 else None) as tb:
+            if args.workers > 1:
+                from mosxdp.demo.steer import steer_endpoints
+                steer_endpoints(tb, python=sys.executable)
             if args.endpoint_xdp_pass:
                 attach_to_endpoints(tb, python=sys.executable)
             else:
@@ -466,8 +520,9 @@ def bench_live(argv, rounds=3):
                         print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "
                               f"4 streams {res['tcp4'] or 0:.2f} Gbps, small frames {res['kpps']:.0f} kpps "
                               f"(generator {res['gen_kpps']:.0f}), monitor CPU {res.get('cpu', 0):.0f}%, "
-                              f"{res.get('us_user', 0):.2f} + {res.get('us_sys', 0):.2f} µs/data frame",
-                              flush=True)
+                              f"{res.get('us_user', 0):.2f} + {res.get('us_sys', 0):.2f} µs/data frame"
+                              + (f", copies {res['observed']} lost {res['observe_lost']}"
+                                 if "observed" in res else ""), flush=True)
             tb.stop(srv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -487,6 +542,10 @@ def bench_live(argv, rounds=3):
           f"steered to CPU 0 by RPS except in 'shared layout' rows (ratios to the shared baseline); "
           f"monitor pinned to CPU 1; 1-minute load {load_before} before, {load_after} after "
           f"({os.cpu_count()} CPUs)")
+    if args.workers > 1:
+        print(f"--workers {args.workers}: veths with {args.workers} queues and the steering "
+              f"program on the endpoints, for every row; worker rows unpinned (worker w on CPU "
+              f"w), their CPU figures the sum of the parent and the workers")
     head = (f"{'configuration':<42} {'TCP 1 stream Gbps':>26} {'TCP 4 streams Gbps':>26} "
             f"{'small frames kpps':>26} {'monitor CPU % (TCP)':>20} {'µs/data frame usr+sys':>22}")
     print(head)
@@ -506,15 +565,19 @@ def bench_live(argv, rounds=3):
         cells.append(f"{(f'{cpu[0]:.1f} [{cpu[1]:.1f}-{cpu[2]:.1f}]' if cpu[0] is not None else '-'):>20}")
         usr, sys_ = med(label, "us_user")[0], med(label, "us_sys")[0]
         cells.append(f"{(f'{usr:.2f} + {sys_:.2f}' if usr is not None else '-'):>22}")
+        lost = [r["observe_lost"] for r in results[label] if r and "observe_lost" in r]
+        if lost:
+            cells.append(f"copies lost (TCP) {sum(lost)} in {len(lost)} rounds")
         print(f"{label:<42} " + " ".join(cells))
     if args.json:
         import json as _json
         import platform
         with open(args.json, "w") as f:
             _json.dump({"rounds": rounds, "seconds": args.seconds, "frame_size": args.frame_size,
+                        "workers": args.workers,
                         "cpus": os.cpu_count(), "kernel": platform.release(),
                         "load1_before": load_before, "load1_after": load_after,
-                        "rows": [{"label": r[0], "layout": "shared" if "shared" in r[3:] else "rps",
+                        "rows": [{"label": r[0], "layout": next(iter(r[3:]), "rps"),
                                   "rounds": results[r[0]]} for r in rows]}, f, indent=1)
     return 0
 
@@ -685,13 +748,14 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (best is kept)")
     parser.add_argument("--make-capture", metavar="OUT", help="write the big capture to OUT")
     parser.add_argument("--size-mb", type=int, default=110, help="with --make-capture: its size")
-    parser.add_argument("--workers", metavar="PCAP", help="wall time with 1..N workers")
+    parser.add_argument("--workers", metavar="PCAP",
+                        help="wall time with 1..N workers (with --live: N, rows of N workers)")
     parser.add_argument("--max-workers", type=int, default=2, help="with --workers: N")
     args, rest = parser.parse_known_args(argv)
     if args.make_capture:
         make_capture(args.make_capture, args.size_mb)
         return 0
-    if args.workers:
+    if args.workers and not args.live:
         bench_workers(args.workers, args.max_workers, args.repeat)
         return 0
     if not args.offline and not args.live and not args.callgrind:
@@ -702,6 +766,8 @@ def main(argv=None):
     if args.offline:
         bench_offline(args.offline, args.repeat)
     if args.live:
+        if args.workers:    # `--live --workers N`: the live bench's, not a capture
+            rest += ["--workers", args.workers]
         return bench_live(rest, rounds=args.repeat)
     return 0
 

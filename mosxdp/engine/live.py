@@ -38,6 +38,17 @@ VERDICT_REPLACED = 2   # forward the processor's wire_frames instead (the size c
 _POLLIN = select.POLLIN
 
 
+# The UMEM by default: a ring's worth of frames per socket bound, at least 4096 (one queue
+# inline: 2 sockets) and at most 32768 (128 MiB). A fixed 4096 over the sockets of every queue
+# left each socket of a 2-queue pair ~1000 frames, too few for one TCP stream's bursts: the
+# kernel dropped its frames (fill ring empty) until the stream stalled.
+UMEM_FRAMES_MIN, UMEM_FRAMES_MAX = 4096, 32768
+
+
+def umem_frames(sockets: int, ring_size: int) -> int:
+    return max(UMEM_FRAMES_MIN, min(UMEM_FRAMES_MAX, sockets * ring_size))
+
+
 class _Lane:
     """One RX socket and where its frames go."""
 
@@ -61,7 +72,7 @@ class LiveEngine(FrameMoves, LiveDatapath):
       ``queues``: RX queues to bind per interface (default: all of each interface);
       ``share``: (w, N), a worker of a run split over N processes (engine/live_workers.py):
         of those queues, only the q with q % N == w;
-      ``frame_count``: UMEM frames (default: enough for every fill and TX ring);
+      ``frame_count``: UMEM frames (default: ``umem_frames`` of the sockets bound);
       ``ring_size``: size of every RX, TX, fill and completion ring;
       ``batch_size``: most frames taken from one RX ring per batch;
       ``zero_copy``: bind with XDP_ZEROCOPY instead of XDP_COPY; ``need_wakeup``;
@@ -170,7 +181,7 @@ class LiveEngine(FrameMoves, LiveDatapath):
                                      f"{worker} of {workers}")
             nq[ifn] = own
         nsock = sum(map(len, nq.values()))
-        frames = self.frame_count or nsock * 2 * self.ring_size
+        frames = self.frame_count or umem_frames(nsock, self.ring_size)
         use_libxdp = self.program_spec == "libxdp"
         if not use_libxdp:
             self.program = stack.enter_context(self._program_context())

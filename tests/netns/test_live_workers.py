@@ -391,3 +391,20 @@ def test_without_symmetric_steering_frames_off_worker_are_counted_and_still_forw
         xdp = json.loads(mon.stats_path.read_text())["live"]["xdp"]
         assert xdp["frames_off_worker"] > 0, xdp
         assert xdp["to_xsk"] > xdp["frames_off_worker"], xdp
+
+
+def test_one_process_on_two_queues_keeps_full_speed_streams_going(bed, www):
+    """One process (`--workers 1`) on both queues of A and B: 4 sockets on one UMEM, whose
+    default size grows with the sockets (a ring's worth each). With the former fixed 4096
+    frames each socket had ~1000, too few for a stream's bursts at full speed: the kernel
+    dropped its frames (fill ring empty) until both downloads stalled (this test then
+    failed: `frame_count = 4096` still shows it)."""
+    log = bed.out_path("conn.log")
+    mon = Monitor(bed, "connlog", "--workers", 1, "--full-inspection", "--output", log)
+    try:
+        mon.warm_up(lambda: log.exists() and log.stat().st_size > 0)
+        downloads(bed, www, [(4, "f60m", port) for worker in range(QUEUES)
+                             for port in ports_for(bed, 4, worker, 1)])
+        mon.stop_clean()
+    finally:
+        mon.close()
