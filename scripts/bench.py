@@ -313,14 +313,15 @@ def _prog_id(tb, ifname):
         return None
 
 
-def _xdp_ready(tb, want_sockets, deadline, flooder):
-    """Both monitor interfaces carry our XDP program and, when the row binds sockets,
+def _xdp_ready(tb, want_sockets, deadline, flooder, before):
+    """Both monitor interfaces carry the row's XDP program (not ``before``'s, the one the
+    last row left attached as the kernel's forwarder) and, when the row binds sockets,
     probe TCP frames from the client reach an AF_XDP socket (the program's to_xsk
     counter moves)."""
     from mosxdp.io.xdp import MosxdpMaps
     while time.monotonic() < deadline:
         ids = [_prog_id(tb, ifn) for ifn in (tb.iface_a, tb.iface_b)]
-        if None in ids:
+        if None in ids or any(i == b for i, b in zip(ids, before)):
             time.sleep(0.2)
             continue
         if not want_sockets:
@@ -422,9 +423,10 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
     os.makedirs(os.path.join(workdir, "flows"), exist_ok=True)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     log = open(os.path.join(workdir, "monitor.log"), "a")
+    before = [_prog_id(tb, ifn) for ifn in (tb.iface_a, tb.iface_b)]
     mon = tb.popen("mon", ([] if split else _pin(1)) + argv, cwd=root, stdout=log, stderr=log)
     try:
-        if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
+        if not _xdp_ready(tb, nsock, time.monotonic() + 120, flooder, before) or mon.poll() is not None:
             raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
         if split:
             time.sleep(1)   # the probe reached one worker's socket: the others' bind too

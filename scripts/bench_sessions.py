@@ -111,10 +111,12 @@ def _run_row(tb, row, args, workdir, flooder, want_sha, rnd, capture=False):
             .replace("{A}", tb.iface_a).replace("{B}", tb.iface_b) for a in argv]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     log = open(os.path.join(workdir, "monitor.log"), "a")
+    before = [bench._prog_id(tb, ifn) for ifn in (tb.iface_a, tb.iface_b)]
     mon = tb.popen("mon", bench._pin(1) + argv, cwd=root, stdout=log, stderr=log)
     dumps = []
     try:
-        if not bench._xdp_ready(tb, nsock, time.monotonic() + 120, flooder) or mon.poll() is not None:
+        if (not bench._xdp_ready(tb, nsock, time.monotonic() + 120, flooder, before)
+                or mon.poll() is not None):
             raise RuntimeError(f"{label}: the monitor did not come up (see {log.name})")
         if capture:
             for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
