@@ -432,13 +432,13 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
             time.sleep(1)   # the probe reached one worker's socket: the others' bind too
         # the monitor's CPU over the two TCP loads: share of one CPU, and µs per data frame
         pid = mon.pid   # `ip netns exec` and taskset exec in turn: this is the monitor
-        copies = _observe_counts(tb)
+        copies = _observe_counts(tb) if "--observe" in argv else None
         ticks, started = _cpu_ticks(pid), time.monotonic()
         data_before = _link_rx(tb, "srv", tb.srv_if)
         res = {"tcp1": _iperf(tb, 1, seconds), "tcp4": _iperf(tb, 4, seconds)}
         after = _cpu_ticks(pid)
         data_frames = _link_rx(tb, "srv", tb.srv_if) - data_before
-        if copies is not None and copies[0]:
+        if copies is not None:
             # observe-only: copies the ring buffer took and those lost over the TCP loads
             now = _observe_counts(tb)
             res["observed"], res["observe_lost"] = now[0] - copies[0], now[1] - copies[1]
