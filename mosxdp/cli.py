@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from . import apps as apps_package
+from .config import AUTO_WORKERS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -108,6 +109,16 @@ def _apps_epilog():
     return "\n".join(lines)
 
 
+def _workers_arg(text):
+    """--workers: "auto" or a count (its range is checked with the config's)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: \"auto\" or a count of processes") from None
+
+
 def _datapath_options(parser):
     group = parser.add_argument_group("input and datapath")
     group.add_argument("--pcap", metavar="IN", help="offline: read frames from a pcap/pcapng file")
@@ -143,10 +154,11 @@ def _datapath_options(parser):
                             "that need only counters and states (connlog, midstat: by default "
                             "the kernel forwards and counts their flows' data frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
-    group.add_argument("--workers", type=int, metavar="N",
-                       help="split the run over N processes by flow (default 1): offline the "
-                            "outputs are those of one; live worker w owns the RX queues q with "
-                            "q %% N == w (docs/workers.md)")
+    group.add_argument("--workers", type=_workers_arg, metavar="N",
+                       help="split the run over N processes by flow: offline the outputs are "
+                            "those of one; live worker w owns the RX queues q with q %% N == w "
+                            "(docs/workers.md). Default auto: live one per RX queue up to the "
+                            "CPUs, offline 1")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")
     group.add_argument("--metrics-port", type=int, metavar="N",
@@ -226,6 +238,9 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    if mctx.config.workers == AUTO_WORKERS:
+        from .engine.live_workers import auto_workers
+        mctx.config.workers = auto_workers(mctx.config, module)
     split = mctx.config.workers > 1
     # Before the app's set-up creates its outputs, and before anything is attached.
     from .engine.run import preflight

@@ -25,6 +25,7 @@ MIN_SECONDS = 0.001                  # a positive timeout below 1 ms is a typo (
 MAX_RMEM = 1 << 30                   # a side's stream buffer: 1 GiB
 MAX_INT32 = (1 << 31) - 1            # mOS's int fields (mtcp_getconf copies them to C ints)
 MAX_MEMCAP = 1 << 50
+AUTO_WORKERS = 0    # `workers = "auto"`: below 2, so anything but `mosxdp run` runs one
 MAX_FRAMES = 1 << 20                 # UMEM frames of 4 KiB: 4 GiB
 MAX_RING = 1 << 20
 MAX_BATCH = 1024
@@ -163,13 +164,16 @@ def _num_cores(key, value):
 
 
 def _workers(key, value):
-    """Worker processes of a run: 1 to 4 per CPU (more than the CPUs only adds overhead,
-    but lets a small machine test the split)."""
+    """Worker processes of a run: "auto" or 0 (AUTO_WORKERS: `mosxdp run` decides, see
+    engine/live_workers.auto_workers) or 1 to 4 per CPU (more than the CPUs only adds
+    overhead, but lets a small machine test the split)."""
+    if value == "auto" or (value == AUTO_WORKERS and not isinstance(value, bool)):
+        return AUTO_WORKERS
     cpus = os.cpu_count() or 1
     try:
         return _int(1, 4 * cpus)(key, value)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (4 per CPU, {cpus} CPUs here)") from None
+        raise ConfigError(f"{exc} (4 per CPU, {cpus} CPUs here), or \"auto\"") from None
 
 
 @dataclass
@@ -210,7 +214,7 @@ class Config:
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
-    workers: int = 1                 # processes the run is split over (engine/workers.py, live_workers.py)
+    workers: int = 0                 # processes the run is split over (engine/workers.py, live_workers.py); AUTO_WORKERS: one per RX queue up to the CPUs live, 1 offline
     observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
     full_inspection: bool = False    # live: every frame through the core, also of MOSX_STATE_ONLY listeners
 

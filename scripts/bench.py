@@ -420,6 +420,8 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
              "{N}": str(tb.rx_queues or 1)}
     argv = [subst.get(a, a) for a in argv]
     argv = [a.replace("{tmp}", workdir) for a in argv]
+    if not split and "mosxdp.cli" in argv:
+        argv += ["--workers", "1"]    # one process also on N queues (the default is a worker each)
     os.makedirs(os.path.join(workdir, "flows"), exist_ok=True)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     log = open(os.path.join(workdir, "monitor.log"), "a")

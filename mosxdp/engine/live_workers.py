@@ -57,6 +57,28 @@ _DEVICE_LOSSES = ("tx_device_drop",)
 _SUMMED = ("processor", "accounting")
 
 
+def auto_workers(config, module) -> int:
+    """The worker count of ``workers = "auto"`` (the default): live, one per RX queue the
+    run binds on each interface, up to the CPUs the process may use; 1 offline (a split
+    pays for its start-up and merge only on large captures: asked for with --workers N),
+    observe-only (one ring buffer), and for an app that runs on one worker (``ONE_WORKER``)."""
+    from ..io.netdev import rx_queue_count
+    if config.iface is None or config.observe or getattr(module, "ONE_WORKER", None):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    count = cpus
+    for name in filter(None, (config.iface, config.peer)):
+        try:
+            available = rx_queue_count(name)
+        except OSError:
+            return 1     # preflight names the missing interface
+        count = min(count, available if config.queues == "all" else min(config.queues, available))
+    return max(1, count)
+
+
 def check_live(config) -> None:
     """What a split live run needs: an RX queue per worker on every interface, the AF_XDP
     engine (not observe-only). OSError (EINVAL) with one line otherwise."""
@@ -84,6 +106,7 @@ class LiveSplitRun(ForkedParent):
         super().__init__(mctx, module, app, print_stats)
         self.died = []             # lines of the workers that failed
         self.stop_reason = None
+        self._off_worker_said = False
 
     def run(self) -> RunResult:
         from ..io.xdp import XdpProgram
@@ -117,7 +140,8 @@ class LiveSplitRun(ForkedParent):
                     if config.metrics_port:
                         from .status import MetricsServer
                         resources.enter_context(MetricsServer(config.metrics_port, status))
-                    self._wait(status if self.print_stats else None)
+                    self._wait(program, status if self.print_stats else None)
+                    self._check_off_worker(program)    # frames of the last second
                 finally:
                     for sig, handler in saved.items():
                         signal.signal(sig, handler)
@@ -159,7 +183,7 @@ class LiveSplitRun(ForkedParent):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def _wait(self, lines=None):
+    def _wait(self, program, lines=None):
         """Until every worker has ended; ``lines``: the SplitStatus whose line is printed
         every second (--stats)."""
         last = lines.snapshot() if lines is not None else None
@@ -171,12 +195,14 @@ class LiveSplitRun(ForkedParent):
                 break
             if pid == 0:
                 time.sleep(0.05)
-                if lines is not None and time.monotonic() >= next_line:
+                if time.monotonic() >= next_line:
                     next_line += STATUS_INTERVAL
-                    snap = lines.snapshot()
-                    print(LiveStatus.status_line(last, snap) + f", workers {len(self.pids)}",
-                          file=sys.stderr, flush=True)
-                    last = snap
+                    self._check_off_worker(program)
+                    if lines is not None:
+                        snap = lines.snapshot()
+                        print(LiveStatus.status_line(last, snap) + f", workers {len(self.pids)}",
+                              file=sys.stderr, flush=True)
+                        last = snap
                 continue
             index = self.pids.pop(pid, None)
             if index is None:
@@ -194,6 +220,22 @@ class LiveSplitRun(ForkedParent):
                         f"queues ({queues}) fail open, the other workers go on")
                 print(line, file=sys.stderr, flush=True)
                 self.died.append(line)
+
+    def _check_off_worker(self, program):
+        """Once: frames came in on a queue of another worker than their flow's (the NIC's
+        RSS is not symmetric), so their flows are seen half by each worker."""
+        if self._off_worker_said:
+            return
+        try:
+            off = program.counters()["frames_off_worker"]
+        except (OSError, KeyError):
+            return
+        if off:
+            self._off_worker_said = True
+            print(f"mosxdp: warning: {off} frame(s) came in on a queue of another worker than "
+                  f"their flow's: the interfaces' RSS hash is not symmetric, so such flows are "
+                  f"seen half by each of two workers (make RSS symmetric, docs/datapath.md "
+                  f"\"Workers\", or run --workers 1)", file=sys.stderr, flush=True)
 
     def _kill(self):
         """Workers still running when the parent leaves by an exception."""

@@ -260,7 +260,8 @@ def _session(sid):
 
 # ---------------------------------------------------------------- bad values
 @pytest.mark.parametrize("argv, needle", [
-    (["--workers", "0"], "[datapath] workers = 0: must be between 1 and"),
+    (["--workers", "-1"], "[datapath] workers = -1: must be between 1 and"),
+    (["--workers", "two"], "argument --workers: 'two': \"auto\" or a count of processes"),
     (["--workers", "100000"], "[datapath] workers = 100000: must be between 1 and"),
     (["--pcap", "-"], "each worker reads the capture itself: give a file, not the standard input"),
 ])

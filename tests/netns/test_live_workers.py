@@ -183,6 +183,7 @@ def test_each_flow_both_directions_reaches_one_worker(bed, www):
     assert all(w["flows_created"] >= 8 for w in workers), workers
     xdp = stats["live"]["xdp"]
     assert xdp["frames_off_worker"] == 0, xdp
+    assert "not symmetric" not in mon.log()
     assert xdp["to_xsk"] >= sum(w["frames"] for w in workers) > 0, (xdp, workers)
     assert stats["live"]["workers_failed"] == 0
     assert "accounting_error" not in stats["live"], stats["live"]
@@ -391,6 +392,8 @@ def test_without_symmetric_steering_frames_off_worker_are_counted_and_still_forw
         xdp = json.loads(mon.stats_path.read_text())["live"]["xdp"]
         assert xdp["frames_off_worker"] > 0, xdp
         assert xdp["to_xsk"] > xdp["frames_off_worker"], xdp
+        said = [x for x in mon.log().splitlines() if "RSS hash is not symmetric" in x]
+        assert len(said) == 1 and said[0].startswith("mosxdp: warning: "), mon.log()
 
 
 def test_one_process_on_two_queues_keeps_full_speed_streams_going(bed, www):
@@ -408,3 +411,22 @@ def test_one_process_on_two_queues_keeps_full_speed_streams_going(bed, www):
         mon.stop_clean()
     finally:
         mon.close()
+
+
+def test_without_workers_a_run_on_two_queues_has_a_worker_per_queue(bed, www):
+    """The default (`workers = "auto"`): one worker per RX queue up to the CPUs, here 2
+    (the bed's veths have 2 queues; the machine at least 2 CPUs), said in --stats-json."""
+    if len(os.sched_getaffinity(0)) < QUEUES:
+        pytest.skip(f"needs {QUEUES} CPUs")
+    log = bed.out_path("conn.log")
+    stats = bed.out_path("stats.json")
+    mon = Monitor(bed, "connlog", "--output", log, "--stats-json", stats)
+    try:
+        assert len(worker_pids(mon)) == QUEUES
+        mon.warm_up(lambda: log.exists() and log.stat().st_size > 0)
+        downloads(bed, www, [(4, "f256k", p) for w in range(QUEUES) for p in ports_for(bed, 4, w, 1)])
+        mon.stop_clean()
+    finally:
+        mon.close()
+    workers = json.loads(stats.read_text())["workers"]
+    assert len(workers) == QUEUES and all(w["flows_created"] > 0 for w in workers), workers

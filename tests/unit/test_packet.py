@@ -143,7 +143,10 @@ def expected_from_scapy(frame):
     if isinstance(l4, TCP):
         fields.update(seq=l4.seq, ack=l4.ack, flags=int(l4.flags) & 0xFF, window=l4.window,
                       urgent=l4.urgptr, tcp_hdr_len=l4.dataofs * 4)
-    fields["payload"] = l4[Raw].load if Raw in l4 else b""
+    # The bytes after scapy's L4 header up to its IP length: not l4[Raw], which is empty when
+    # scapy dissects the payload by port (464, kpasswd: a Kerberos layer).
+    l4_hdr = l4.dataofs * 4 if isinstance(l4, TCP) else 8
+    fields["payload"] = bytes(frame[fields["l4_off"] + l4_hdr:fields["l3_off"] + fields["ip_len"]])
     options = dict(l4.options) if isinstance(l4, TCP) else {}
     fields["mss"] = options.get("MSS")
     fields["wscale"] = options.get("WScale")

@@ -174,3 +174,41 @@ def test_live_split_needs_a_queue_per_worker_and_the_afxdp_engine():
         assert exc.value.errno == errno.EINVAL and words in exc.value.strerror, exc.value
         assert "\n" not in exc.value.strerror
     check_input(_live_config(workers=1))      # one worker: one queue is enough
+
+
+def test_auto_workers_is_one_per_rx_queue_up_to_the_cpus(monkeypatch):
+    """`workers = "auto"` (the default): live, one worker per RX queue bound on each
+    interface (the fewest of A's and B's) up to the CPUs the process may use; 1 offline,
+    observe-only, or for an app that runs on one worker (ONE_WORKER, nat)."""
+    from types import SimpleNamespace
+
+    import mosxdp.io.netdev as netdev
+    from mosxdp.apps import nat
+    from mosxdp.engine.live_workers import auto_workers
+    queues = {"a": 2, "b": 2, "wide": 8, "one": 1}
+    monkeypatch.setattr(netdev, "rx_queue_count", lambda name: queues[name])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    app = SimpleNamespace()
+    assert auto_workers(_live_config(iface="a", peer="b"), app) == 2
+    assert auto_workers(_live_config(iface="wide", peer=None), app) == 4     # the CPUs
+    assert auto_workers(_live_config(iface="wide", peer="one"), app) == 1    # the fewest
+    assert auto_workers(_live_config(iface="wide", queues=3), app) == 3      # queues = 3
+    assert auto_workers(_live_config(iface="a", observe=True), app) == 1
+    assert auto_workers(_live_config(iface="a", peer="b"), nat) == 1
+    assert auto_workers(_live_config(iface=None, pcap="in.pcap"), app) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    assert auto_workers(_live_config(iface="a", peer="b"), app) == 1         # pinned to one CPU
+
+
+def test_workers_value_is_auto_or_a_count(tmp_path):
+    import pytest
+
+    from mosxdp.config import AUTO_WORKERS, Config, ConfigError, load_config
+    assert Config().workers == AUTO_WORKERS
+    assert load_config(None, workers="auto").workers == AUTO_WORKERS
+    assert load_config(None, workers=2).workers == 2
+    conf = tmp_path / "w.toml"
+    conf.write_text('[datapath]\nworkers = "many"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(conf))
+    assert "workers" in str(exc.value) and '"auto"' in str(exc.value), exc.value
