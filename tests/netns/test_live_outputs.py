@@ -85,8 +85,11 @@ def test_an_outdir_the_running_monitor_could_not_write_is_refused_before_attachi
     # The check means the drop: without it, the same directory takes the streams (and the
     # watch sees the attach, so it would have seen one above).
     watch = LinkWatch(bed)
+    # Ready on a whole request: a warm-up whose SYN and GET took the kernel path before the
+    # sockets were in the map leaves a file of the response alone.
     mon = bed.monitor("flowdump", "--outdir", outdir, "--keep-privileges",
-                      ready=lambda: any(outdir.iterdir()))
+                      ready=lambda: any(p.read_bytes().startswith(b"GET /f1k ")
+                                        for p in outdir.iterdir()))
     try:
         mon.stop_clean()
     finally:
