@@ -23,7 +23,8 @@
  * RX queues q with q % N == w; an AF_XDP socket only gets frames of the queue it is bound
  * to, so the queue decides the worker. The program computes the flow's symmetric hash
  * (flowhash.h, the offline split's) and counts a frame whose queue is not its worker's
- * (frames_off_worker): with symmetric RSS, none.
+ * (frames_off_worker): with symmetric RSS, none. Observe-only, the hash picks the ring of
+ * the flow's worker (observed, observed1 ... observed7).
  *
  * A second entry point, mosxdp_redirect_err, is a raw tracepoint program on
  * xdp_redirect_err: it counts the redirects of this program that the kernel could not
@@ -65,7 +66,33 @@ struct mx_observe_scratch {
 	struct mx_observed hdr;
 	__u8 data[MX_OBSERVE_SNAP];
 };
+/* One ring per worker of a split run (observed: worker 0's, observedW: worker W's), each
+ * flow's copies in its worker's ring by the flow's symmetric hash, both directions alike. */
+#if defined(MX_WORKERS) && MX_WORKERS > MX_OBSERVE_MAX_RINGS
+#error "observe-only runs split over at most MX_OBSERVE_MAX_RINGS workers"
+#endif
 BPF_RINGBUF_OUTPUT(observed, MX_OBSERVE_PAGES);
+#if defined(MX_WORKERS) && MX_WORKERS > 1
+BPF_RINGBUF_OUTPUT(observed1, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 2
+BPF_RINGBUF_OUTPUT(observed2, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 3
+BPF_RINGBUF_OUTPUT(observed3, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 4
+BPF_RINGBUF_OUTPUT(observed4, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 5
+BPF_RINGBUF_OUTPUT(observed5, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 6
+BPF_RINGBUF_OUTPUT(observed6, MX_OBSERVE_PAGES);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 7
+BPF_RINGBUF_OUTPUT(observed7, MX_OBSERVE_PAGES);
+#endif
 BPF_PERCPU_ARRAY(observe_scratch, struct mx_observe_scratch, 1);
 #endif
 
@@ -104,7 +131,35 @@ static __always_inline int mx_drop(void)
 /* Copy the frame's first bytes into the observed ringbuf (counted as observed, or as
  * observe_lost when the ring is full). The default (adaptive) notification wakes user
  * space only when it has caught up, so a busy consumer is not woken per frame. */
-static __always_inline void mx_observe(struct xdp_md *ctx, struct mx_if_config *cfg)
+static __always_inline int mx_observe_output(__u32 ring, void *rec, __u64 size)
+{
+	switch (ring) {
+#if defined(MX_WORKERS) && MX_WORKERS > 1
+	case 1: return observed1.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 2
+	case 2: return observed2.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 3
+	case 3: return observed3.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 4
+	case 4: return observed4.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 5
+	case 5: return observed5.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 6
+	case 6: return observed6.ringbuf_output(rec, size, 0);
+#endif
+#if defined(MX_WORKERS) && MX_WORKERS > 7
+	case 7: return observed7.ringbuf_output(rec, size, 0);
+#endif
+	default: return observed.ringbuf_output(rec, size, 0);
+	}
+}
+
+static __always_inline void mx_observe(struct xdp_md *ctx, struct mx_if_config *cfg, __u32 ring)
 {
 	__u32 zero = 0;
 	struct mx_observe_scratch *rec = observe_scratch.lookup(&zero);
@@ -127,10 +182,28 @@ static __always_inline void mx_observe(struct xdp_md *ctx, struct mx_if_config *
 	rec->hdr.frame_len = len;
 	rec->hdr.cap_len = cap;
 	rec->hdr.pad = 0;
-	if (observed.ringbuf_output(rec, sizeof(rec->hdr) + cap, 0) == 0)
+	if (mx_observe_output(ring, rec, sizeof(rec->hdr) + cap) == 0)
 		mx_count(MX_CNT_OBSERVED);
 	else
 		mx_count(MX_CNT_OBSERVE_LOST);
+}
+#endif
+
+#if defined(MX_WORKERS) && MX_WORKERS > 1
+/* The worker of the frame's flow, as core/split.py gives it: TCP frames (not fragments:
+ * they take the kernel path) by their addresses and ports, other IP frames by their
+ * addresses, frames without IP to worker 0. */
+static __always_inline __u32 mx_frame_worker(struct mx_pkt *pkt)
+{
+	__u16 sport = 0, dport = 0;
+
+	if (!pkt->view.ip_version)
+		return 0;
+	if (pkt->view.ip_proto == IPPROTO_TCP) {
+		sport = bpf_ntohs(pkt->view.sport);
+		dport = bpf_ntohs(pkt->view.dport);
+	}
+	return mx_hash_worker(mx_flow_hash(pkt->view.src, sport, pkt->view.dst, dport), MX_WORKERS);
 }
 #endif
 
@@ -324,26 +397,19 @@ to_user:
 #ifdef MX_OBSERVE_SNAP
 	if (cfg->flags & MX_IF_OBSERVE) {
 		/* observe-only: user space gets a copy, the frame goes on in the kernel */
-		mx_observe(ctx, cfg);
+#if defined(MX_WORKERS) && MX_WORKERS > 1
+		mx_observe(ctx, cfg, mx_frame_worker(&pkt));
+#else
+		mx_observe(ctx, cfg, 0);
+#endif
 		if (vd && vd->action == MX_ACTION_DROP)
 			return mx_drop();
 		return mx_kernel_path(cfg);
 	}
 #endif
 #if defined(MX_WORKERS) && MX_WORKERS > 1
-	if (pkt.view.ip_version) {
-		/* TCP frames (not fragments: they take the kernel path) by their ports, the
-		 * others by their addresses, as core/split.py */
-		__u16 sport = 0, dport = 0;
-
-		if (pkt.view.ip_proto == IPPROTO_TCP) {
-			sport = bpf_ntohs(pkt.view.sport);
-			dport = bpf_ntohs(pkt.view.dport);
-		}
-		if (queue % MX_WORKERS != mx_hash_worker(mx_flow_hash(pkt.view.src, sport, pkt.view.dst,
-								    dport), MX_WORKERS))
-			mx_count(MX_CNT_FRAMES_OFF_WORKER);
-	}
+	if (queue % MX_WORKERS != mx_frame_worker(&pkt))
+		mx_count(MX_CNT_FRAMES_OFF_WORKER);
 #endif
 	if (queue < MX_MAX_QUEUES && cfg->slot < MX_MAX_SLOTS) {
 		index = cfg->slot * MX_MAX_QUEUES + queue;

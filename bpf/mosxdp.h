@@ -156,6 +156,9 @@ struct mx_verdict {
 
 /* ---- observe-only copies --------------------------------------------------------- */
 
+/* Most workers of an observe-only split run: one ring each (observed, observed1 ...). */
+#define MX_OBSERVE_MAX_RINGS 8
+
 /* Header of a record in the observed ringbuf (a program built with MX_OBSERVE_SNAP, a power
  * of two), followed by cap_len bytes of the frame from its first byte:
  * min(frame_len, MX_OBSERVE_SNAP - 1). */

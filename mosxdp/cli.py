@@ -157,7 +157,8 @@ def _datapath_options(parser):
     group.add_argument("--workers", type=_workers_arg, metavar="N",
                        help="split the run over N processes by flow: offline the outputs are "
                             "those of one; live worker w owns the RX queues q with q %% N == w "
-                            "(docs/workers.md). Default auto: live one per RX queue up to the "
+                            "(--observe: the ring of the flows its hash gives it, N <= 8; "
+                            "docs/workers.md). Default auto: live one per RX queue up to the "
                             "CPUs, offline 1")
     group.add_argument("--on-callback-error", choices=("forward", "drop", "stop"),
                        help="what a callback exception does to its packet (default forward)")

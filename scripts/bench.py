@@ -254,6 +254,7 @@ LIVE_ROWS = [
 WORKER_ROWS = [
     ("connlog --full-inspection, {N} workers", ["{py}", "-m", "mosxdp.cli", "run", "connlog", "--full-inspection", "--workers", "{N}", "--iface", "{A}", "--peer", "{B}", "--output", "{tmp}/conn-full-w.log"], 2, "workers"),
     ("mosxdp run flowdump, {N} workers",    ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--workers", "{N}", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows-w"], 2, "workers"),
+    ("observe-only flowdump, {N} workers",  ["{py}", "-m", "mosxdp.cli", "run", "flowdump", "--observe", "--workers", "{N}", "--iface", "{A}", "--peer", "{B}", "--outdir", "{tmp}/flows-ow"], 2, "workers"),
 ]
 
 # Small TCP frames (RST|ACK with a payload: the server's kernel drops them without an

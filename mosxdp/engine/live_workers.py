@@ -37,7 +37,9 @@ import tempfile
 import time
 
 from ..core.stack import StopMonitor
+from ..io.bpfstructs import MX_OBSERVE_MAX_RINGS
 from .hybrid import kernel_filter
+from .observe import DEFAULT_RING_BYTES
 from .result import RunResult
 from .forked import ForkedParent, add_dirs, describe_status, exception_line, pin, worker_exit
 from .status import LiveStatus
@@ -59,11 +61,12 @@ _SUMMED = ("processor", "accounting")
 
 def auto_workers(config, module) -> int:
     """The worker count of ``workers = "auto"`` (the default): live, one per RX queue the
-    run binds on each interface, up to the CPUs the process may use; 1 offline (a split
-    pays for its start-up and merge only on large captures: asked for with --workers N),
-    observe-only (one ring buffer), and for an app that runs on one worker (``ONE_WORKER``)."""
+    run binds on each interface, up to the CPUs the process may use (observe-only, where
+    the flow hash picks a worker's ring, also up to MX_OBSERVE_MAX_RINGS); 1 offline (a
+    split pays for its start-up and merge only on large captures: asked for with
+    --workers N) and for an app that runs on one worker (``ONE_WORKER``)."""
     from ..io.netdev import rx_queue_count
-    if config.iface is None or config.observe or getattr(module, "ONE_WORKER", None):
+    if config.iface is None or getattr(module, "ONE_WORKER", None):
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -76,17 +79,22 @@ def auto_workers(config, module) -> int:
         except OSError:
             return 1     # preflight names the missing interface
         count = min(count, available if config.queues == "all" else min(config.queues, available))
+    if config.observe:
+        count = min(count, MX_OBSERVE_MAX_RINGS)
     return max(1, count)
 
 
 def check_live(config) -> None:
-    """What a split live run needs: an RX queue per worker on every interface, the AF_XDP
-    engine (not observe-only). OSError (EINVAL) with one line otherwise."""
+    """What a split live run needs: with AF_XDP sockets, an RX queue per worker on every
+    interface; observe-only (a ring per worker, the flow hash picks it), at most
+    MX_OBSERVE_MAX_RINGS workers. OSError (EINVAL) with one line otherwise."""
     from ..io.netdev import rx_queue_count
     workers = config.workers
     if config.observe:
-        raise OSError(errno.EINVAL, f"--workers {workers}: observe-only runs use one worker "
-                                    "(the ring buffer is one for all CPUs)")
+        if workers > MX_OBSERVE_MAX_RINGS:
+            raise OSError(errno.EINVAL, f"--workers {workers}: observe-only runs split over "
+                                        f"at most {MX_OBSERVE_MAX_RINGS} workers (a ring each)")
+        return
     for name in filter(None, (config.iface, config.peer)):
         try:
             available = rx_queue_count(name)
@@ -118,7 +126,8 @@ class LiveSplitRun(ForkedParent):
             [config.iface] + ([config.peer] if inline else []),
             peers={config.iface: config.peer} if inline else None, mode=config.xdp_mode,
             fail_closed=config.fail_closed, filter_c_expr=kf.c_expr, force=config.force,
-            filter_all_ip=kf.filter_all_ip, workers=self.workers)
+            filter_all_ip=kf.filter_all_ip, workers=self.workers,
+            observe=(config.observe_snap, DEFAULT_RING_BYTES) if config.observe else None)
         started = time.perf_counter()
         self._dir = tempfile.mkdtemp(prefix="mosxdp-live-workers-")
         results = [None] * self.workers
@@ -128,6 +137,7 @@ class LiveSplitRun(ForkedParent):
                 resources.enter_context(program)
                 if inline and not (config.detach_on_exit or config.fail_closed):
                     program.keep_attached = True    # the wire stays up after the run
+                    # (observe-only: the kernel forwards from the start)
                 # What set-up wrote stays the parent's, written once.
                 mctx.outputs.flush()
                 saved = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS
@@ -318,6 +328,9 @@ class LiveSplitRun(ForkedParent):
         for key, name in _XDP_LOSSES.items():
             lost[key] = (xdp or {}).get(name, 0)
         datapath["lost"] = lost
+        if mctx.config.observe:
+            datapath["observe"] = {"snap": mctx.config.observe_snap,
+                                   "ring_bytes": DEFAULT_RING_BYTES, "rings": self.workers}
         datapath["xdp"] = xdp
         datapath["workers_failed"] = len(self.died)
         frames = datapath.get("frames", 0)

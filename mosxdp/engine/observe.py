@@ -41,12 +41,16 @@ class ObserveEngine(LiveDatapath):
     ``snap``, ``ring_bytes``: the copy length (a power of two: a copy holds a frame's first
     ``snap - 1`` bytes, and a frame longer than that is handed to the processor cut, its
     length on the wire given by the processor's ``wire_len``) and the ring's size (a power
-    of two, at least a page); the other keywords as LiveEngine's."""
+    of two, at least a page); ``program`` and ``worker``: worker w of a run split over
+    several processes (engine/live_workers.py) reads ring w of the parent's attached
+    program (the copies of the flows the hash gives it); the other keywords as
+    LiveEngine's."""
 
     inline: bool
 
     def __init__(self, iface, peer: str | None = None, processor=None, *,
-                 snap: int = DEFAULT_SNAP, ring_bytes: int = DEFAULT_RING_BYTES, **settings):
+                 snap: int = DEFAULT_SNAP, ring_bytes: int = DEFAULT_RING_BYTES,
+                 program=None, worker: int = 0, **settings):
         ifaces = [iface] if isinstance(iface, str) else list(iface)
         if peer is not None:
             ifaces.append(peer)
@@ -56,6 +60,8 @@ class ObserveEngine(LiveDatapath):
         self.snap = snap
         self.ring_bytes = ring_bytes
         self.ring: RingBuffer | None = None
+        self._shared_program = program
+        self.worker = worker
         self.sockets: list = []              # none: the status and loss code read this
         self.umem = None
         self._said_ignored = False
@@ -73,15 +79,18 @@ class ObserveEngine(LiveDatapath):
         from ..io.xdp import XdpProgram
         self._start_tx_dropped()
         with contextlib.ExitStack() as stack:
-            peers = {self.ifaces[0]: self.peer} if self.inline else None
-            self.program = stack.enter_context(XdpProgram(
-                self.ifaces[:1] if self.inline else self.ifaces, peers=peers,
-                mode=self.xdp_mode, filter_c_expr=self.filter_c_expr, force=self.force,
-                filter_all_ip=self.filter_all_ip, observe=(self.snap, self.ring_bytes)))
-            if self.keep_attached:
-                # The kernel forwards from the start: the wire never depended on us.
-                self.program.keep_attached = True
-            fd, size = self.program.observed_ring()
+            if self._shared_program is not None:
+                self.program = self._shared_program     # the parent's: it detaches it
+            else:
+                peers = {self.ifaces[0]: self.peer} if self.inline else None
+                self.program = stack.enter_context(XdpProgram(
+                    self.ifaces[:1] if self.inline else self.ifaces, peers=peers,
+                    mode=self.xdp_mode, filter_c_expr=self.filter_c_expr, force=self.force,
+                    filter_all_ip=self.filter_all_ip, observe=(self.snap, self.ring_bytes)))
+                if self.keep_attached:
+                    # The kernel forwards from the start: the wire never depended on us.
+                    self.program.keep_attached = True
+            fd, size = self.program.observed_ring(self.worker)
             self.ring = stack.enter_context(RingBuffer(fd, size))
             self._stack = stack.pop_all()
         return self
@@ -100,7 +109,7 @@ class ObserveEngine(LiveDatapath):
         out["frames_by_port"] = list(self.frames_by_port)
         out["accounting"] = None
         out["sockets"] = []
-        out["observe"] = {"snap": self.snap, "ring_bytes": self.ring_bytes}
+        out["observe"] = {"snap": self.snap, "ring_bytes": self.ring_bytes, "ring": self.worker}
         xdp = self.xdp_counters()
         if xdp is not None:
             out["xdp"] = xdp
@@ -132,7 +141,7 @@ class ObserveEngine(LiveDatapath):
 
     def _loop(self, duration) -> None:
         poller = select.poll()
-        poller.register(self.program.observed_ring()[0], select.POLLIN)
+        poller.register(self.program.observed_ring(self.worker)[0], select.POLLIN)
         deadline = None if duration is None else time.monotonic() + duration
         c = self.counters
         stop = self._stop

@@ -145,7 +145,8 @@ class LiveRun:
                 filter_c_expr=self.kernel_filter.c_expr,
                 filter_all_ip=self.kernel_filter.filter_all_ip,
                 keep_attached=config.peer is not None and not config.detach_on_exit,
-                snap=config.observe_snap)
+                snap=config.observe_snap, program=program,
+                worker=share[0] if share is not None else 0)
             self._warned = False
             return
         spec = "mosxdp" if program is None else (lambda _engine: contextlib.nullcontext(program))

@@ -22,7 +22,7 @@ __all__ = [
     "MX_ACTION_BYPASS", "MX_ACTION_DROP", "MX_ACTION_STATE_ONLY", "ACTION_NAMES", "ACTIONS",
     "MX_WATCH_ARMED", "MX_WATCH_ANY", "MX_DIR_FROM_LO", "MX_DIR_FROM_HI", "MX_NUM_DIRS",
     "COUNTER_NAMES", "COUNTER_INDEX", "ACTION_COUNTERS",
-    "MX_REDIRECT_MAP_XSK", "MX_REDIRECT_MAP_DEVMAP", "MX_REDIRECT_MAPS",
+    "MX_OBSERVE_MAX_RINGS", "MX_REDIRECT_MAP_XSK", "MX_REDIRECT_MAP_DEVMAP", "MX_REDIRECT_MAPS",
     "MxIfConfig", "MxFlowView", "MxFlowKey", "MxVerdict", "FlowVerdict", "make_flow_key",
 ]
 
@@ -35,6 +35,7 @@ MX_MAX_SLOTS = 16    # interfaces per program
 MX_XSKMAP_SIZE = MX_MAX_SLOTS * MX_MAX_QUEUES
 MX_MAX_IFACES = MX_MAX_SLOTS
 MX_VERDICT_ENTRIES = 65536
+MX_OBSERVE_MAX_RINGS = 8   # observe-only rings, one per worker of a split run
 # parser limits: VLAN tags, IPv6 extension headers
 MX_MAX_VLAN_DEPTH, MX_MAX_IPV6_EXT = 4, 8
 

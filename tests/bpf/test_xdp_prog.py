@@ -645,3 +645,55 @@ def test_frames_off_worker_counts_by_the_offline_splits_hash(hw):
                 assert delta.get("frames_off_worker", 0) == expect, (ip, l4, queue, worker)
                 off[bool(expect)] += 1
     assert off[True] == off[False] == 400     # 200 flows x 2 directions x 2 queues
+
+
+def test_observe_split_copies_each_frame_into_its_flow_workers_ring(netdevs):
+    """Observe-only split over 8 workers (the most): random IPv4 and IPv6 TCP and UDP
+    frames, both directions of each flow, each copied into the ring of the worker
+    mosxdp.core.split gives its flow (observed, observed1 ... observed7), and only there."""
+    import random
+
+    from mosxdp.core.split import frame_worker
+    from mosxdp.io.bpfstructs import MX_IF_FILTER_ALL_IP, MX_IF_OBSERVE, MX_OBSERVE_MAX_RINGS
+    from mosxdp.io.ringbuf import RingBuffer
+    workers = MX_OBSERVE_MAX_RINGS
+    with xdp.compile_program(extra_cflags=("-DMX_OBSERVE_SNAP=2048", "-DMX_OBSERVE_PAGES=%d"
+                                           % (OBSERVE_RING // 4096), "-DMX_WORKERS=%d" % workers)) as p:
+        h = Harness(p, netdevs)
+        try:
+            h.configure(inline=True)
+            h.maps.set_iface_config(h.ifa, MxIfConfig(SLOT_A, SLOT_B, h.ifb, MX_IF_INLINE
+                                                      | MX_IF_OBSERVE | MX_IF_FILTER_ALL_IP))
+            rings = [RingBuffer(p.bpf[b"observed%d" % w if w else b"observed"].map_fd, OBSERVE_RING)
+                     for w in range(workers)]
+            rng = random.Random(8)
+            seen = [0] * workers
+            try:
+                for _ in range(60):
+                    fam, ipcls = (socket.AF_INET, IP) if rng.random() < 0.5 else (socket.AF_INET6, IPv6)
+                    a, b = (socket.inet_ntop(fam, rng.randbytes(4 if fam == socket.AF_INET else 16))
+                            for _ in range(2))
+                    l4 = TCP if rng.random() < 0.8 else UDP
+                    sport, dport = rng.randrange(1, 65536), rng.randrange(1, 65536)
+                    for frame in (bytes(eth() / ipcls(src=a, dst=b) / l4(sport=sport, dport=dport) / b"x"),
+                                  bytes(eth() / ipcls(src=b, dst=a) / l4(sport=dport, dport=sport) / b"x")):
+                        worker = frame_worker(frame, workers)
+                        assert h.run(frame) == kernel_path(True, observed=1)
+                        got = [len(ring.take(10)) for ring in rings]
+                        for ring in rings:
+                            ring.release()
+                        assert got == [int(w == worker) for w in range(workers)], (worker, got)
+                        seen[worker] += 1
+            finally:
+                for ring in rings:
+                    ring.close()
+        finally:
+            h.close()
+    assert all(seen), seen        # every ring got some
+
+
+def test_observe_split_over_more_workers_than_rings_is_refused(bpf_env):
+    from mosxdp.io.bpfstructs import MX_OBSERVE_MAX_RINGS
+    with pytest.raises(xdp.XdpError, match="at most MX_OBSERVE_MAX_RINGS workers"):
+        xdp.compile_program(extra_cflags=("-DMX_OBSERVE_SNAP=2048", "-DMX_OBSERVE_PAGES=4",
+                                          "-DMX_WORKERS=%d" % (MX_OBSERVE_MAX_RINGS + 1)))

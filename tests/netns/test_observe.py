@@ -7,17 +7,23 @@ Real downloads (curl, IPv4 and IPv6) through the inline testbed:
   frames (``observed``) and lost none at this rate, no AF_XDP socket was involved;
 - connlog --observe counts every flow as connlog offline counts a capture of the same
   traffic taken behind the monitor;
-- the stop leaves the program attached as the kernel's forwarder, as an inline stop does.
+- the stop leaves the program attached as the kernel's forwarder, as an inline stop does;
+- split over 2 workers (`--workers 2`, on one-queue veths: observe-only needs no queues),
+  each flow's frames, both directions, reach the ring of the worker its symmetric hash
+  names, and only that worker's flow table.
 """
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 
 import livekit
 import pytest
 from livekit import PY, ROOT, Bed, Monitor, Tcpdump, json_lines, sha256_file
+
+from mosxdp.core.split import flow_hash
 
 pytestmark = pytest.mark.netns
 
@@ -191,3 +197,47 @@ def test_connlog_observe_snap_tracks_flows_from_the_headers(bed, www, tmp_path):
     assert (f"{stack['cut_frames']} frames were cut by the observe-only copies (127 bytes, "
             f"observe_snap 128): flows tracked from their headers, {stack['cut_bytes']} payload "
             "bytes missing") in log, log
+
+
+def test_observe_split_over_two_workers_gives_each_flow_to_its_hash_worker(bed, www, tmp_path):
+    tables, ready = tmp_path / "tables", tmp_path / "ready"
+    tables.mkdir()
+    mon = start(bed, livekit.APPS / "flowworkers.py", "--observe", "--workers", 2,
+                "--dir", tables, "--ready", ready)
+    try:
+        mon.warm_up(ready.exists)
+        plan = []                           # (family, client port, the worker of its hash)
+        for family, cli, srv in ((4, bed.tb.cli_ip, bed.tb.srv_ip),
+                                 (6, bed.tb.cli_ip6, bed.tb.srv_ip6)):
+            fam = socket.AF_INET if family == 4 else socket.AF_INET6
+            for port in range(31000 + 100 * family, 31010 + 100 * family):
+                worker = (flow_hash(socket.inet_pton(fam, cli), port, socket.inet_pton(fam, srv),
+                                    PORT) * 2) >> 32
+                plan.append((family, port, worker))
+        assert {w for *_, w in plan} == {0, 1}
+        for family, port, _worker in plan:
+            r, got = bed.download(family, "f300k", local_port=port)
+            assert r.returncode == 0, r.stderr
+            assert sha256_file(got) == sha256_file(www / "f300k")
+        stats = stop(mon)
+    finally:
+        mon.close()
+    index_of = {w["pid"]: w["index"] for w in stats["workers"]}
+    assert sorted(index_of.values()) == [0, 1], stats["workers"]
+    holders = {}                            # flow -> [(worker, counts)]
+    for path in tables.glob("flows-*.json"):
+        table = json.loads(path.read_text())
+        for flow, counts in table["flows"].items():
+            holders.setdefault(flow, []).append((index_of[table["pid"]], counts))
+    for family, port, worker in plan:
+        cli, srv = ((bed.tb.cli_ip, bed.tb.srv_ip) if family == 4
+                    else (bed.tb.cli_ip6, bed.tb.srv_ip6))
+        held = holders.get(f"{cli}:{port}-{srv}:{PORT}")
+        assert held and len(held) == 1 and held[0][0] == worker, (family, port, worker, held)
+        counts = held[0][1]
+        assert counts["cli"] >= 3 and counts["svr"] >= 100, (family, port, counts)
+    live = stats["live"]
+    assert live["xdp"]["to_xsk"] == 0 and live["observe"]["rings"] == 2, live
+    assert all(w["queues"] == [] for w in stats["workers"]), stats["workers"]
+    assert live["xdp"]["observe_lost"] == 0 and live["lost"]["observe_lost"] == 0, live["lost"]
+    assert live["xdp"]["observed"] >= sum(w["frames"] for w in stats["workers"]) > 1000

@@ -158,9 +158,10 @@ def _live_config(**kw):
     return SimpleNamespace(**{**base, **kw})
 
 
-def test_live_split_needs_a_queue_per_worker_and_the_afxdp_engine():
+def test_live_split_needs_a_queue_per_worker_or_an_observe_ring_each():
     """A live run split over N workers: each worker owns the RX queues q % N == w, so an
-    interface with fewer queues than workers is refused with one line; so is observe-only
+    interface with fewer queues than workers is refused with one line. Observe-only needs
+    no queues (the flow hash picks a worker's ring), but there are at most 8 rings
     (engine/live_workers.py)."""
     import errno
 
@@ -168,18 +169,21 @@ def test_live_split_needs_a_queue_per_worker_and_the_afxdp_engine():
 
     from mosxdp.engine.workers import check_input
     for kw, words in (({}, "lo has 1 RX queue to bind"),
-                      ({"observe": True}, "observe-only")):
+                      ({"observe": True, "workers": 9},
+                       "--workers 9: observe-only runs split over at most 8 workers")):
         with pytest.raises(OSError) as exc:
             check_input(_live_config(**kw))
         assert exc.value.errno == errno.EINVAL and words in exc.value.strerror, exc.value
         assert "\n" not in exc.value.strerror
     check_input(_live_config(workers=1))      # one worker: one queue is enough
+    check_input(_live_config(observe=True))   # observe-only: 2 rings on a one-queue lo
 
 
 def test_auto_workers_is_one_per_rx_queue_up_to_the_cpus(monkeypatch):
     """`workers = "auto"` (the default): live, one worker per RX queue bound on each
-    interface (the fewest of A's and B's) up to the CPUs the process may use; 1 offline,
-    observe-only, or for an app that runs on one worker (ONE_WORKER, nat)."""
+    interface (the fewest of A's and B's) up to the CPUs the process may use (observe-only
+    also up to its 8 rings); 1 offline, or for an app that runs on one worker (ONE_WORKER,
+    nat)."""
     from types import SimpleNamespace
 
     import mosxdp.io.netdev as netdev
@@ -193,9 +197,14 @@ def test_auto_workers_is_one_per_rx_queue_up_to_the_cpus(monkeypatch):
     assert auto_workers(_live_config(iface="wide", peer=None), app) == 4     # the CPUs
     assert auto_workers(_live_config(iface="wide", peer="one"), app) == 1    # the fewest
     assert auto_workers(_live_config(iface="wide", queues=3), app) == 3      # queues = 3
-    assert auto_workers(_live_config(iface="a", observe=True), app) == 1
+    assert auto_workers(_live_config(iface="a", observe=True), app) == 2
+    assert auto_workers(_live_config(iface="one", observe=True), app) == 1
     assert auto_workers(_live_config(iface="a", peer="b"), nat) == 1
     assert auto_workers(_live_config(iface=None, pcap="in.pcap"), app) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    queues["twelve"] = 12
+    assert auto_workers(_live_config(iface="twelve"), app) == 12
+    assert auto_workers(_live_config(iface="twelve", observe=True), app) == 8   # the rings
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
     assert auto_workers(_live_config(iface="a", peer="b"), app) == 1         # pinned to one CPU
 

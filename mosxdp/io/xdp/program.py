@@ -19,8 +19,8 @@ import logging
 from typing import Iterator
 
 from ..bpfstructs import (FlowVerdict, MX_IF_BYPASS_CONSUME, MX_IF_FAIL_CLOSED, MX_IF_FILTER_ALL_IP,
-                          MX_IF_INLINE, MX_IF_OBSERVE, MX_MAX_QUEUES, MX_MAX_SLOTS, MxFlowKey,
-                          MxIfConfig)
+                          MX_IF_INLINE, MX_IF_OBSERVE, MX_MAX_QUEUES, MX_MAX_SLOTS,
+                          MX_OBSERVE_MAX_RINGS, MxFlowKey, MxIfConfig)
 from ..errors import XdpError
 from ..netdev import rx_queue_count
 from ..privileges import check_privileges
@@ -59,7 +59,8 @@ class XdpProgram:
     and take the kernel path; no AF_XDP socket is involved.
     ``workers``: a run split over that many worker processes (engine/live_workers.py): the
     program counts the frames that came in on a queue of another worker than their flow's
-    (``frames_off_worker``).
+    (``frames_off_worker``); observe-only, it has a ring per worker (at most
+    MX_OBSERVE_MAX_RINGS) and copies each frame into the ring of its flow's worker.
     """
 
     def __init__(self, ifaces: list[str], *, peers: dict[str, str] | None = None,
@@ -150,6 +151,9 @@ class XdpProgram:
                 log.warning(self.notes[-1])
 
         cflags = ()
+        if self.observe is not None and self.workers > MX_OBSERVE_MAX_RINGS:
+            raise XdpError("observe-only runs split over at most %d workers, got %d"
+                           % (MX_OBSERVE_MAX_RINGS, self.workers))
         if self.observe is not None:
             snap, ring_bytes = self.observe
             cflags = ("-DMX_OBSERVE_SNAP=%d" % snap, "-DMX_OBSERVE_PAGES=%d" % (ring_bytes // 4096))
@@ -321,11 +325,14 @@ class XdpProgram:
     def peer(self, ifname: str) -> str | None:
         return self.peers.get(ifname)
 
-    def observed_ring(self) -> tuple[int, int]:
-        """(fd, bytes) of the observe-only ring buffer."""
+    def observed_ring(self, worker: int = 0) -> tuple[int, int]:
+        """(fd, bytes) of the observe-only ring buffer of ``worker`` (of a split run: the
+        copies of the flows its hash gives that worker)."""
         if self.observe is None:
             raise XdpError("this program was not built observe-only")
-        table = self._prog().bpf[b"observed"]
+        if not 0 <= worker < self.workers:
+            raise XdpError("no observe ring for worker %d of %d" % (worker, self.workers))
+        table = self._prog().bpf[b"observed%d" % worker if worker else b"observed"]
         return table.map_fd, table.max_entries if hasattr(table, "max_entries") else self.observe[1]
 
     # -- counters and verdicts ---------------------------------------------------------------
