@@ -1,13 +1,15 @@
 """The compiled hot path: Cython compiles the per-packet modules of mosxdp/core from their
 Python source, as they are (pure-Python mode), into extension modules next to the .py files.
 `pip install -e .` (scripts/setup.sh) builds them; MOSXDP_PURE_PYTHON=1 or a missing .so runs
-the .py files instead (mosxdp/core/compiled.py). Everything else is in pyproject.toml."""
+the .py files instead (mosxdp/core/compiled.py). One small C extension, mosxdp/io/_batchio.c,
+runs an output directory's file operations in batches without the GIL (its Python twin is
+in mosxdp/io/filewriter.py). Everything else is in pyproject.toml."""
 import os
 import runpy
 import shutil
 
 from Cython.Build import cythonize
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HOT_MODULES = runpy.run_path("mosxdp/core/compiled.py")["HOT_MODULES"]
@@ -36,6 +38,6 @@ setup(
         [f"mosxdp/core/{name}.py" for name in HOT_MODULES],
         # Annotations stay what they are in Python (no C types, no checks): same behaviour.
         compiler_directives={"language_level": 3, "annotation_typing": False},
-    ),
+    ) + [Extension("mosxdp.io._batchio", ["mosxdp/io/_batchio.c"])],
     cmdclass={"build_ext": ReuseBuiltExt},
 )

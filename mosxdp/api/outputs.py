@@ -63,9 +63,10 @@ def mosx_open_sink(mctx, spec, option="--output", combine=None):
 def mosx_open_outdir(mctx, path):
     """The output directory ``path`` (made if absent), checked now that the run can create
     files in it (live: with the privileges the monitor keeps after set-up). Returns an
-    object with ``exists(name)``, ``create(name)`` (a new file's descriptor: O_EXCL, a
-    taken name raises FileExistsError), ``write_at(fd, name, data, offset)`` and
-    ``failed(name, exc, lost)``. A bad directory raises OSError naming it."""
+    object with ``exists(name)``, ``create(name)`` (a new file made by the directory's
+    writer thread: O_EXCL, a name taken now raises FileExistsError; the file has
+    ``write_at(data, offset)``, ``close()`` and ``failed``), ``failed(name, exc, lost)`` and
+    ``skipped(size)``. A bad directory raises OSError naming it."""
     _stack(mctx)
     config = mctx.config
     after_drop = config.iface is not None and not config.keep_privileges

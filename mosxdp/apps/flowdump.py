@@ -16,13 +16,14 @@ Output (mosx_open_outdir): --outdir is made if absent and checked at start, live
 privileges the monitor keeps after set-up, so a directory it could not write is refused
 before anything is attached. Files are created O_EXCL|O_NOFOLLOW: a name already taken
 (a file of an earlier run, a link, dangling or not) is never opened, followed or
-truncated; the connection takes the next suffix instead. Bytes are written as they are
-read (pwrite, no buffer). A file whose write fails keeps what it has and gets no more;
-the other files go on, and the run exits 3 naming the first file that failed and why.
+truncated; the connection takes the next suffix instead. Bytes are handed over as they are
+read: the directory's writer thread makes the files and writes them (pwrite, no buffer),
+so the packet thread never waits for the file system. A file whose write fails keeps what
+it has and gets no more; the other files go on, and the run exits 3 naming the first file
+that failed and why.
 """
 import errno
 import ipaddress
-import os
 import socket
 import sys
 
@@ -55,17 +56,17 @@ def endpoint_name(addr, port):
 
 class _Direction:
     """The file of one direction: bytes are written at their stream offset."""
-    __slots__ = ("name", "fd", "failed")
+    __slots__ = ("name", "file", "failed")
 
     def __init__(self, name):
         self.name = name      # without the connection suffix until the file is made
-        self.fd = None
+        self.file = None      # the output directory's file, once made
         self.failed = False   # not made, or a write failed: later bytes are counted, not written
 
     def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class FlowDump:
@@ -99,8 +100,10 @@ class FlowDump:
         that no name of its 4-tuple has, whatever holds it (a file of an earlier connection
         or run, a link, dangling or not): the directory, not a table in memory, remembers
         earlier connections, so a flood of 4-tuples costs nothing here. Files are made
-        O_EXCL|O_NOFOLLOW, so a name taken meanwhile is never opened: for the connection's
-        first file the next suffix is tried, for its second that file fails (counted)."""
+        O_EXCL|O_NOFOLLOW, so a name taken meanwhile is never opened: taken when the file
+        is asked for, the connection's first file tries the next suffix and its second
+        fails (counted); taken between that and the writer thread's making it, the file
+        fails (counted)."""
         outdir = self.outdir
         direction = state[side]
         suffix = state["suffix"]
@@ -111,7 +114,7 @@ class FlowDump:
                 suffix = f"c{count}" if count else ""
                 if not any(outdir.exists(n + suffix) for n in names):
                     try:
-                        direction.fd = outdir.create(direction.name + suffix)
+                        direction.file = outdir.create(direction.name + suffix)
                         break
                     except FileExistsError:
                         pass
@@ -119,21 +122,21 @@ class FlowDump:
             state["suffix"] = suffix
         else:
             try:
-                direction.fd = outdir.create(direction.name + suffix)
+                direction.file = outdir.create(direction.name + suffix)
             except FileExistsError:
                 outdir.failed(direction.name + suffix, OSError(
                     errno.EEXIST, "made by someone else after this connection's other file: "
                                   "not overwritten"))
         direction.name += suffix
-        direction.failed = direction.fd is None
+        direction.failed = direction.file is None
 
     def _write(self, state, side, offset, data):
         direction = state[side]
-        if direction.fd is None and not direction.failed:
+        if direction.file is None and not direction.failed:
             self._create(state, side)
         if direction.failed:
             self.outdir.skipped(len(data))
-        elif not self.outdir.write_at(direction.fd, direction.name, data, offset):
+        elif not direction.file.write_at(data, offset):
             direction.failed = True
             direction.close()   # what was written stays; the run goes on
 

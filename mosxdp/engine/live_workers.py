@@ -421,6 +421,10 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
         outputs = mctx.outputs
         outputs.flush()
         outputs.close_sinks()    # this worker's network sinks drain (bounded)
+        outdirs = [(number, item) for number, item in enumerate(outputs.items)
+                   if item.kind == "dir"]
+        for _number, item in outdirs:
+            item.finish()        # its writer thread's files made, written and counted
         stack = mctx.stack
         datapath = result.datapath if result is not None else None
         return {
@@ -437,9 +441,9 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
             "failed_outputs": [(number, item.error, item.lost)
                                for number, item in enumerate(outputs.items)
                                if getattr(item, "error", None) is not None
-                               and not hasattr(item, "write_at")],
+                               and item.kind != "dir"],
             "dirs": [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
-                     for number, item in enumerate(outputs.items) if hasattr(item, "write_at")],
+                     for number, item in outdirs],
         }
     worker_exit(body, spooldir, index)
 

@@ -232,9 +232,12 @@ class _Worker:
         write_path = None
         if self.verdicts is not None:
             write_path = self.verdicts.close()
+        outdirs = [(number, item) for number, item in enumerate(self.mctx.outputs.items)
+                   if item.kind == "dir"]
+        for _number, item in outdirs:
+            item.finish()       # its writer thread's files made, written and counted
         dirs = [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
-                for number, item in enumerate(self.mctx.outputs.items)
-                if hasattr(item, "write_at")]
+                for number, item in outdirs]
         return {
             "counters": dict(stack.counters), "malformed": dict(stack.malformed),
             "callback_errors": dict(stack.callback_errors),

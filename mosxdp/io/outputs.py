@@ -40,15 +40,17 @@ import os
 import secrets
 import stat
 import sys
+import threading
 import time
 from bisect import bisect_right
+
+from .filewriter import _NEW_FILE, DirWriter, OutFile
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "Outputs", "OutputFile", "StdoutFile", "OutputDir"]
 
 FLUSH_BYTES = 1 << 16
 FLUSH_SECONDS = 1.0
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _named(exc: OSError, path: str, text: str | None = None) -> OSError:
@@ -366,7 +368,11 @@ class StdoutFile:
 
 class OutputDir:
     """A directory for files created during the run, each written at offsets by its
-    owner (``create``, ``write_at``); failures are counted per directory."""
+    owner (``create`` gives an OutFile: ``write_at``, ``close``); the files are made and
+    written by the directory's writer thread (io/filewriter.py), in the order asked;
+    failures are counted per directory."""
+
+    kind = "dir"
 
     def __init__(self, outputs: Outputs, path: str):
         self.outputs = outputs
@@ -376,6 +382,8 @@ class OutputDir:
         self.lost = 0           # bytes not written
         self.error = None       # the first failure (OSError) ...
         self.error_name = None  # ... and its file's name
+        self._writer = None     # its thread starts with the first file
+        self._count_lock = threading.Lock()   # the writer thread counts too
         try:
             os.makedirs(path, exist_ok=True)
             self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -416,54 +424,55 @@ class OutputDir:
         return self._fd
 
     def exists(self, name: str) -> bool:
-        """Whether ``name`` is taken, by anything (a dangling link too)."""
+        """Whether ``name`` is taken, by anything (a dangling link too), or is a file
+        this run has asked for and the writer has not made yet."""
+        if self._writer is not None and name in self._writer.pending:
+            return True
         try:
             os.stat(name, dir_fd=self._dir_fd(), follow_symlinks=False)
         except OSError:
             return False
         return True
 
-    def create(self, name: str) -> int | None:
-        """A new file ``name`` open for writing. FileExistsError when the name is taken
-        (nothing is opened); another failure is counted, and None returned."""
-        try:
-            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._dir_fd())
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            self.failed(name, exc)
-            return None
+    def create(self, name: str) -> OutFile:
+        """A new file ``name`` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 644), made by the writer
+        thread. FileExistsError when the name is taken now (nothing is asked for); a
+        failure of the writer to make it (a name taken meanwhile, no space, ...) is
+        counted and marks the file failed."""
+        if self.exists(name):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+        if self._writer is None:
+            self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped)
         self.files += 1
-        return fd
-
-    def write_at(self, fd: int, name: str, data, offset: int) -> bool:
-        """All of ``data`` at ``offset`` of the file ``name`` (open as ``fd``); False
-        when that failed (counted)."""
-        done, size = 0, len(data)
-        try:
-            while done < size:
-                done += os.pwrite(fd, data[done:], offset + done)
-        except OSError as exc:
-            self.failed(name, exc, size - done)
-            return False
-        return True
+        return self._writer.open(name)
 
     def failed(self, name: str, exc: OSError, lost: int = 0) -> None:
         """The file ``name`` is incomplete (``lost`` bytes of it not written)."""
-        self.incomplete += 1
-        self.lost += lost
-        if self.error is None:
-            self.error, self.error_name = exc, name
+        with self._count_lock:
+            self.incomplete += 1
+            self.lost += lost
+            first = self.error is None
+            if first:
+                self.error, self.error_name = exc, name
+        if first:
             self.outputs._failed(self)
 
     def skipped(self, size: int) -> None:
         """``size`` more bytes of a file that failed before were not written."""
-        self.lost += size
+        with self._count_lock:
+            self.lost += size
 
     def flush(self) -> None:
-        """Files here are written through at once (pwrite): nothing is buffered."""
+        """Nothing to do: the writer thread writes as it gets the bytes."""
+
+    def finish(self) -> None:
+        """Everything asked for is done (made, written, closed, failures counted)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def close(self) -> None:
+        self.finish()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

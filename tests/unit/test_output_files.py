@@ -165,10 +165,16 @@ def test_a_new_file_never_opens_a_taken_name(tmp_path):
             d.create(name)
     assert not (outside / "created").exists() and (outdir / "existing").read_bytes() == b"older"
     assert not d.exists("fresh")
-    fd = d.create("fresh")
-    assert d.write_at(fd, "fresh", memoryview(b"world"), 6)
-    assert d.write_at(fd, "fresh", b"hello ", 0)
-    os.close(fd)
+    f = d.create("fresh")
+    assert d.exists("fresh")                       # asked for: taken, made or not yet
+    with pytest.raises(FileExistsError):
+        d.create("fresh")
+    buf = bytearray(b"world")
+    assert f.write_at(memoryview(buf), 6)
+    buf[:] = b"WORLD"                              # the bytes were taken at the call
+    assert f.write_at(b"hello ", 0)
+    f.close()
+    d.finish()                                     # the writer thread has done it all
     assert (outdir / "fresh").read_bytes() == b"hello world"
     assert stat.S_IMODE((outdir / "fresh").stat().st_mode) == 0o644
     assert d.error is None and sorted(os.listdir(outdir)) == ["dangling", "existing", "fresh"]
@@ -179,13 +185,15 @@ def test_a_failed_file_is_counted_with_its_name(tmp_path):
 
     def run(outputs):
         d = outputs.open_dir(outdir)
-        fd = d.create("a")
-        ok = d.write_at(fd, "a", b"x" * 150, 0)
-        d.skipped(50)
-        return {"ok": ok, "size": os.fstat(fd).st_size, "lines": outputs.failure_lines()}
+        f = d.create("a")
+        queued = f.write_at(b"x" * 150, 0)        # fails in the writer thread
+        d.finish()
+        later = f.write_at(b"y" * 50, 150)        # known failed: counted, not written
+        return {"queued": queued, "failed": f.failed, "later": later,
+                "size": (outdir / "a").stat().st_size, "lines": outputs.failure_lines()}
 
     out = with_size_limit(100, run)
-    assert not out["ok"] and out["size"] == 100
+    assert out["queued"] and out["failed"] and not out["later"] and out["size"] == 100
     assert out["lines"] == [f"cannot write {outdir / 'a'}: File too large "
                             "(1 file(s) incomplete, 100 bytes not written)"]
 

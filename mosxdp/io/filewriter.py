@@ -1,0 +1,221 @@
+"""The writer thread of an output directory (io/outputs.py ``OutputDir``): files are made,
+written and closed off the packet thread.
+
+flowdump makes a file per stream direction and writes each stream's bytes as they come in
+order. Made in the packet thread, a file costs an inode in the directory (tens to hundreds
+of µs on ext4, much more on a busy disk) and every write a system call: time the packet
+thread does not spend on packets. Here the packet thread only queues the operation (its
+bytes copied, so a buffer it reuses may change) and goes on; one thread per directory
+runs the queue in order, a batch at a time: with the C helper (_batchio.c) a whole batch
+runs with the GIL released once (a thread that takes the GIL back after each system call
+waits up to a switch interval, 5 ms, while the packet thread runs), in Python
+(``run_batch_python``: no compiled module, or MOSXDP_PURE_PYTHON=1) one call at a time.
+
+What the queue holds is bounded (``MAX_QUEUED_BYTES``): past it the packet thread waits,
+as it would for a synchronous write. A failure found by the writer (a file that cannot be
+made, a full disk) is counted by the directory as before (``on_failure``); the file is
+then marked failed and its later bytes are counted, not written. The thread starts at the
+first file (a live run has dropped its privileges by then) and again in a forked worker.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import threading
+
+__all__ = ["DirWriter", "OutFile", "MAX_QUEUED_BYTES", "run_batch", "run_batch_python"]
+
+CREATE, WRITE, CLOSE = 0, 1, 2
+MAX_QUEUED_BYTES = 32 << 20       # bytes queued before the packet thread waits
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def run_batch_python(dir_fd: int, fds, ops) -> list:
+    """_batchio.run in Python: the same operations, results and failures."""
+    failures = []
+    for index, (kind, slot, arg, offset) in enumerate(ops):
+        if kind == CREATE:
+            try:
+                fds[slot] = os.open(arg, _NEW_FILE, 0o644, dir_fd=dir_fd)
+            except OSError as exc:
+                fds[slot] = -1
+                failures.append((index, exc.errno or errno.EIO, 0))
+        elif kind == WRITE:
+            fd = fds[slot]
+            if fd < 0:
+                failures.append((index, 0, len(arg)))
+                continue
+            done = 0
+            try:
+                while done < len(arg):
+                    written = os.pwrite(fd, memoryview(arg)[done:], offset + done)
+                    if written == 0:
+                        raise OSError(errno.EIO, os.strerror(errno.EIO))
+                    done += written
+            except OSError as exc:
+                failures.append((index, exc.errno or errno.EIO, len(arg) - done))
+                os.close(fd)
+                fds[slot] = -1
+        else:
+            fd, fds[slot] = fds[slot], -1
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    if exc.errno != errno.EINTR:
+                        failures.append((index, exc.errno or errno.EIO, 0))
+    return failures
+
+
+def _compiled_run():
+    # The same switch as mosxdp/core/compiled.py (io does not import core).
+    if os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from ._batchio import run
+    except ImportError:
+        return None
+    return run
+
+
+run_batch = _compiled_run() or run_batch_python
+
+
+class OutFile:
+    """A file of an output directory, made by its writer: ``write_at(data, offset)``
+    queues ``data`` (copied) for ``offset`` and says whether the file is still good;
+    ``close()`` queues the close. ``failed``: its making or a write failed (counted)."""
+
+    __slots__ = ("name", "slot", "failed", "_writer")
+
+    def __init__(self, writer: "DirWriter", name: str, slot: int):
+        self.name = name
+        self.slot = slot
+        self.failed = False
+        self._writer = writer
+
+    def write_at(self, data, offset: int) -> bool:
+        if self.failed:
+            self._writer.skipped(len(data))
+            return False
+        if self.slot is None:
+            raise ValueError(f"{self.name}: closed")
+        if len(data):
+            self._writer.put(self, (WRITE, self.slot, bytes(data), offset), len(data))
+        return True
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self._writer.put(self, (CLOSE, self.slot, None, 0), 0)
+            self.slot = None
+
+
+class DirWriter:
+    """The queue and thread of one directory (``dir_fd``). ``on_failure(name, exc,
+    lost)`` and ``on_skipped(size)`` count what failed (the directory's counters: called
+    by the writer thread, or by the packet thread for bytes of a file known failed)."""
+
+    def __init__(self, dir_fd: int, on_failure, on_skipped):
+        self.dir_fd = dir_fd
+        self._on_failure = on_failure
+        self._on_skipped = on_skipped
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._ops: list = []
+        self._owners: list = []
+        self._queued = 0
+        self._closing = False
+        self._fds = array.array("i")
+        self._free: list[int] = []          # slots whose file the writer has closed
+        self._next_slot = 0
+        self.pending: set[str] = set()      # names queued to be made, not made yet
+        self._thread = threading.Thread(target=self._run, name="mosxdp-outdir-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ packet thread
+    def open(self, name: str) -> OutFile:
+        """A new file ``name`` (the caller checked that nothing has the name)."""
+        if self._pid != os.getpid():
+            self._start()     # a forked worker: the parent's thread is not here
+        with self._cond:
+            slot = self._free.pop() if self._free else self._next_slot
+            if slot == self._next_slot:
+                self._next_slot += 1
+        self.pending.add(name)
+        out = OutFile(self, name, slot)
+        self.put(out, (CREATE, slot, os.fsencode(name), 0), 0)
+        return out
+
+    def put(self, owner: OutFile, op: tuple, size: int) -> None:
+        with self._cond:
+            while self._queued > MAX_QUEUED_BYTES and self._thread.is_alive():
+                self._cond.wait()
+            self._ops.append(op)
+            self._owners.append(owner)
+            self._queued += size
+            if len(self._ops) == 1:
+                self._cond.notify_all()
+
+    def skipped(self, size: int) -> None:
+        self._on_skipped(size)
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread; files left open are closed."""
+        if self._pid != os.getpid():
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        for slot, fd in enumerate(self._fds):
+            if fd >= 0:
+                os.close(fd)
+                self._fds[slot] = -1
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ops and not self._closing:
+                    self._cond.wait()
+                ops, owners = self._ops, self._owners
+                if not ops:
+                    return
+                self._ops, self._owners = [], []
+            if len(self._fds) < self._next_slot:
+                self._fds.extend([-1] * (self._next_slot - len(self._fds)))
+            try:
+                failures = run_batch(self.dir_fd, self._fds, ops)
+            except Exception as exc:       # not an OSError of one file: every file fails
+                failures = [(i, errno.EIO, len(op[2]) if op[0] == WRITE else 0)
+                            for i, op in enumerate(ops)]
+                self._on_failure("(the writer)", OSError(errno.EIO, f"writer: {exc!r}"), 0)
+            self._settle(ops, owners, failures)
+
+    def _settle(self, ops, owners, failures) -> None:
+        size = 0
+        for kind, slot, arg, _offset in ops:
+            if kind == WRITE:
+                size += len(arg)
+            elif kind == CREATE:
+                self.pending.discard(os.fsdecode(arg))
+        for index, err, lost in failures:
+            owner = owners[index]
+            if err == 0:
+                self._on_skipped(lost)
+                continue
+            owner.failed = True
+            if ops[index][0] == CREATE and err == errno.EEXIST:
+                exc = OSError(err, "made by someone else after it was checked: not overwritten")
+            else:
+                exc = OSError(err, os.strerror(err))
+            self._on_failure(owner.name, exc, lost)
+        with self._cond:
+            self._queued -= size
+            self._free.extend(slot for kind, slot, _a, _o in ops if kind == CLOSE)
+            self._cond.notify_all()

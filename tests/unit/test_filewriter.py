@@ -1,0 +1,144 @@
+"""The writer thread of an output directory (mosxdp/io/filewriter.py) and its batch of file
+operations, compiled (mosxdp/io/_batchio.c, without the GIL) and in Python: the same
+files, the same failures, whichever runs.
+
+Failures are real ones from the kernel: a name that exists (EEXIST), RLIMIT_FSIZE (EFBIG)
+in a forked child.
+"""
+import array
+import errno
+import os
+import resource
+import threading
+
+import pytest
+from forked import in_child
+
+from mosxdp.io import _batchio, filewriter
+from mosxdp.io.filewriter import CLOSE, CREATE, WRITE, DirWriter
+
+BATCHES = {"compiled": _batchio.run, "python": filewriter.run_batch_python}
+
+
+@pytest.fixture(params=sorted(BATCHES))
+def run_batch(request):
+    return BATCHES[request.param]
+
+
+def _dir(path):
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_a_batch_makes_writes_and_closes_in_order(tmp_path, run_batch):
+    (tmp_path / "taken").write_bytes(b"older")
+    dfd = _dir(tmp_path)
+    fds = array.array("i", [-1] * 3)
+    try:
+        failures = run_batch(dfd, fds, [
+            (CREATE, 0, b"a", 0),
+            (WRITE, 0, b"world", 6),             # out of order: a hole, then filled
+            (WRITE, 0, b"hello ", 0),
+            (CREATE, 1, b"taken", 0),            # never opened, never truncated
+            (WRITE, 1, b"xyz", 0),               # to the file that failed: not written
+            (CREATE, 2, b"b", 0),
+            (CLOSE, 0, None, 0),
+        ])
+        assert failures == [(3, errno.EEXIST, 0), (4, 0, 3)]
+        assert fds[0] == -1 and fds[1] == -1 and fds[2] >= 0
+        assert run_batch(dfd, fds, [(WRITE, 2, b"", 0), (CLOSE, 2, None, 0)]) == []
+    finally:
+        os.close(dfd)
+    assert (tmp_path / "a").read_bytes() == b"hello world"
+    assert (tmp_path / "taken").read_bytes() == b"older"
+    assert (tmp_path / "b").read_bytes() == b""
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_failed_write_keeps_what_it_wrote_and_closes_the_file(tmp_path, run_batch):
+    def child():
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (100, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        dfd = _dir(tmp_path)
+        fds = array.array("i", [-1])
+        failures = run_batch(dfd, fds, [(CREATE, 0, b"a", 0), (WRITE, 0, b"x" * 150, 0),
+                                        (WRITE, 0, b"y" * 10, 150)])
+        return [list(f) for f in failures], fds[0]     # JSON from the child
+    failures, fd = in_child(child)
+    assert failures == [[1, errno.EFBIG, 50], [2, 0, 10]] and fd == -1
+    assert (tmp_path / "a").read_bytes() == b"x" * 100
+
+
+def test_bad_operations_are_refused_before_anything_runs(tmp_path):
+    dfd = _dir(tmp_path)
+    try:
+        with pytest.raises(TypeError, match="array"):
+            _batchio.run(dfd, array.array("q", [-1]), [])
+        with pytest.raises(ValueError, match="op 1"):
+            _batchio.run(dfd, array.array("i", [-1]), [(CREATE, 0, b"a", 0), (WRITE, 5, b"x", 0)])
+        with pytest.raises(TypeError, match="op 0"):
+            _batchio.run(dfd, array.array("i", [-1]), [(CREATE, 0, "a", 0)])
+    finally:
+        os.close(dfd)
+    assert os.listdir(tmp_path) == []
+
+
+class Counts:
+    def __init__(self):
+        self.failures, self.skipped = [], 0
+
+    def failed(self, name, exc, lost=0):
+        self.failures.append((name, exc.errno, lost))
+
+    def skip(self, size):
+        self.skipped += size
+
+
+@pytest.mark.parametrize("build", sorted(BATCHES))
+def test_many_files_from_the_packet_thread_land_whole(tmp_path, monkeypatch, build):
+    """Files made, written in pieces and closed from this thread while the writer runs:
+    every byte in place; slots of closed files are reused (the descriptor table stays
+    small); a queue bound of one byte makes every put wait for the writer, and nothing
+    is lost."""
+    monkeypatch.setattr(filewriter, "run_batch", BATCHES[build])
+    monkeypatch.setattr(filewriter, "MAX_QUEUED_BYTES", 1)
+    counts = Counts()
+    dfd = _dir(tmp_path)
+    writer = DirWriter(dfd, counts.failed, counts.skip)
+    want = {}
+    try:
+        for n in range(300):
+            f = writer.open(f"f{n}")
+            data = os.urandom(n * 7)
+            for start in range(0, len(data), 100):
+                assert f.write_at(data[start:start + 100], start)
+            f.close()
+            want[f"f{n}"] = data
+        writer.close()
+    finally:
+        os.close(dfd)
+    assert counts.failures == [] and counts.skipped == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == want
+    assert len(writer._fds) < 50 and writer.pending == set()
+    assert not any(t.name == "mosxdp-outdir-writer" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_forked_worker_starts_its_own_writer(tmp_path):
+    counts = Counts()
+    dfd = _dir(tmp_path)
+    writer = DirWriter(dfd, counts.failed, counts.skip)
+    first = writer.open("parent")
+    first.write_at(b"p", 0)
+    first.close()
+
+    def child():
+        f = writer.open("child")          # the parent's thread is not in this process
+        f.write_at(b"c", 0)
+        f.close()
+        writer.close()
+        return (tmp_path / "child").read_text()
+    try:
+        assert in_child(child) == "c"
+        writer.close()
+    finally:
+        os.close(dfd)
+    assert (tmp_path / "parent").read_bytes() == b"p"
