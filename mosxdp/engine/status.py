@@ -7,7 +7,6 @@ added to the per-frame path. ``LiveStatus.tick`` runs from the engine's loop (af
 batch or an idle poll) and reads the counters at most once per interval; the metrics
 server answers from its own thread.
 """
-import http.server
 import sys
 import threading
 import time
@@ -248,6 +247,7 @@ class MetricsServer:
     per thread, and a thread started before it would keep them)."""
 
     def __init__(self, port, status, address="127.0.0.1", start_thread=True):
+        import http.server     # here: a run without --metrics-port does not load it
         self.status = status
         self.start_thread = start_thread
         outer = self
