@@ -195,27 +195,35 @@ class DirWriter:
                 failures = [(i, errno.EIO, len(op[2]) if op[0] == WRITE else 0)
                             for i, op in enumerate(ops)]
                 self._on_failure("(the writer)", OSError(errno.EIO, f"writer: {exc!r}"), 0)
-            self._settle(ops, owners, failures)
+            try:
+                self._settle(ops, owners, failures)
+            except Exception:
+                pass      # counted what it could; the next batch is written all the same
 
     def _settle(self, ops, owners, failures) -> None:
         size = 0
-        for kind, slot, arg, _offset in ops:
-            if kind == WRITE:
-                size += len(arg)
-            elif kind == CREATE:
-                self.pending.discard(os.fsdecode(arg))
-        for index, err, lost in failures:
-            owner = owners[index]
-            if err == 0:
-                self._on_skipped(lost)
-                continue
-            owner.failed = True
-            if ops[index][0] == CREATE and err == errno.EEXIST:
-                exc = OSError(err, "made by someone else after it was checked: not overwritten")
-            else:
-                exc = OSError(err, os.strerror(err))
-            self._on_failure(owner.name, exc, lost)
-        with self._cond:
-            self._queued -= size
-            self._free.extend(slot for kind, slot, _a, _o in ops if kind == CLOSE)
-            self._cond.notify_all()
+        try:
+            for kind, slot, arg, _offset in ops:
+                if kind == WRITE:
+                    size += len(arg)
+                elif kind == CREATE:
+                    self.pending.discard(os.fsdecode(arg))
+            for index, err, lost in failures:
+                owner = owners[index]
+                if err == 0:
+                    self._on_skipped(lost)
+                    continue
+                owner.failed = True
+                if ops[index][0] == CREATE and err == errno.EEXIST:
+                    exc = OSError(err, "made by someone else after it was checked: not "
+                                       "overwritten")
+                else:
+                    exc = OSError(err, os.strerror(err))
+                self._on_failure(owner.name, exc, lost)
+        finally:
+            # Whatever the counting met (a warning that could not be printed), the queue
+            # moves on: the thread never stops before close().
+            with self._cond:
+                self._queued -= size
+                self._free.extend(slot for kind, slot, _a, _o in ops if kind == CLOSE)
+                self._cond.notify_all()

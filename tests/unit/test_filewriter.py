@@ -142,3 +142,36 @@ def test_a_forked_worker_starts_its_own_writer(tmp_path):
     finally:
         os.close(dfd)
     assert (tmp_path / "parent").read_bytes() == b"p"
+
+
+def test_a_batch_that_raises_fails_its_files_and_the_writer_goes_on(tmp_path, monkeypatch):
+    """A bug in a batch (not an OSError of one file) fails that batch's files, counted, and
+    the next batch is written by the same thread: it never stops before close()."""
+    import time
+    calls = []
+
+    def flaky(dir_fd, fds, ops):
+        calls.append(len(ops))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return filewriter.run_batch_python(dir_fd, fds, ops)
+    monkeypatch.setattr(filewriter, "run_batch", flaky)
+    counts = Counts()
+    dfd = _dir(tmp_path)
+    writer = DirWriter(dfd, counts.failed, counts.skip)
+    try:
+        first = writer.open("first")
+        deadline = time.monotonic() + 10
+        while not first.failed:               # the first batch ran (and raised)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not first.write_at(b"lost", 0)  # known failed: counted, not queued
+        second = writer.open("second")
+        assert second.write_at(b"kept", 0)
+        second.close()
+        writer.close()
+    finally:
+        os.close(dfd)
+    assert ("(the writer)", errno.EIO, 0) in counts.failures and counts.skipped == 4
+    assert not second.failed and len(calls) >= 2
+    assert (tmp_path / "second").read_bytes() == b"kept" and not (tmp_path / "first").exists()
