@@ -225,9 +225,13 @@ class LiveSplitRun(ForkedParent):
                     self.stop_reason = "stop"
                     self._tell_workers()
             if status != 0:
-                queues = f"q % {self.workers} == {index}"
+                if self.mctx.config.observe:
+                    share = (f"ring {index} goes unread: the kernel forwards its flows, their "
+                             "copies are lost to the monitor")
+                else:
+                    share = f"queues (q % {self.workers} == {index}) fail open"
                 line = (f"mosxdp: error: worker {index} (pid {pid}) {describe_status(status)}; its "
-                        f"queues ({queues}) fail open, the other workers go on")
+                        f"{share}, the other workers go on")
                 print(line, file=sys.stderr, flush=True)
                 self.died.append(line)
 

@@ -241,3 +241,49 @@ def test_observe_split_over_two_workers_gives_each_flow_to_its_hash_worker(bed, 
     assert all(w["queues"] == [] for w in stats["workers"]), stats["workers"]
     assert live["xdp"]["observe_lost"] == 0 and live["lost"]["observe_lost"] == 0, live["lost"]
     assert live["xdp"]["observed"] >= sum(w["frames"] for w in stats["workers"]) > 1000
+
+
+def test_kill_9_of_an_observe_worker_leaves_the_wire_up_and_says_so(bed, www, tmp_path):
+    """--observe --workers 2: kill -9 of worker 0 while a download is under way. The kernel
+    forwards every frame whatever the workers do: the download completes byte-identical,
+    the death is said on one line (its ring goes unread), worker 1 still dumps a new flow
+    of its hash, and the run exits 1 leaving the program as the forwarder."""
+    import os
+    import signal
+
+    outdir = tmp_path / "flows"
+    mon = start(bed, "flowdump", "--observe", "--workers", 2, "--outdir", outdir)
+    try:
+        mon.warm_up(lambda: outdir.exists() and any(outdir.iterdir()))
+        path = f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children"
+        children = livekit.wait_until(
+            "2 workers forked", lambda: (lambda p: p if len(p) == 2 else None)(
+                [int(x) for x in open(path).read().split()]), 30, mon.alive)
+        out = tmp_path / "f8m.v4"
+        proc = bed.tb.popen("cli", bed.curl_argv(4, "f8m", out, "--limit-rate", "2M"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        livekit.wait_until("the download under way",
+                           lambda: out.exists() and out.stat().st_size > 1 << 20, 30, mon.alive)
+        os.kill(children[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert sha256_file(out) == sha256_file(www / "f8m")
+        # a new flow of worker 1's hash: dumped
+        cli, srv = socket.inet_aton(bed.tb.cli_ip), socket.inet_aton(bed.tb.srv_ip)
+        port = next(p for p in range(32000, 33000) if (flow_hash(cli, p, srv, PORT) * 2) >> 32 == 1)
+        r, got = bed.download(4, "f300k", local_port=port)
+        assert r.returncode == 0 and sha256_file(got) == sha256_file(www / "f300k")
+        body = (www / "f300k").read_bytes()
+        livekit.wait_until("worker 1 dumped the new flow", lambda: any(
+            p.read_bytes().endswith(body) for p in outdir.iterdir() if f".{port:05d}" in p.name),
+            10, mon.alive)
+        rc = mon.stop(signal.SIGTERM)
+        log = mon.log()
+        assert rc == 1, log
+        died = [x for x in log.splitlines() if "worker 0 (pid" in x]
+        assert len(died) == 1 and "killed by signal 9 (SIGKILL)" in died[0], log
+        assert "ring 0 goes unread: the kernel forwards its flows" in died[0], died
+        assert livekit.LEFT_FAIL_OPEN in log, log
+        assert bed.detach().returncode == 0
+    finally:
+        mon.close()
