@@ -526,3 +526,29 @@ class Tcpdump:
             self.tb.stop(self.proc, signal.SIGINT, timeout=10)
         self._err.close()
         return self.err_path.read_text()
+
+
+def worker_pids(mon, count) -> list[int]:
+    """The ``count`` worker processes of a split monitor, once it has forked all of them
+    (it attaches the program first, so a test that has seen the attach may be ahead of
+    the forks)."""
+    path = f"/proc/{mon.proc.pid}/task/{mon.proc.pid}/children"
+
+    def forked():
+        pids = [int(p) for p in open(path).read().split()]
+        return pids if len(pids) == count else None
+    return wait_until(f"{count} workers forked", forked, 30, mon.alive, step=0.05,
+                      detail=mon.log)
+
+
+def stop_after_worker_died(mon, index) -> tuple[str, str]:
+    """SIGTERM to a split monitor one of whose workers (``index``) was killed by SIGKILL:
+    it exits 1, says the death on one line and leaves its program as the forwarder.
+    Returns (its log, that line)."""
+    rc = mon.stop(signal.SIGTERM)
+    log = mon.log()
+    assert rc == 1, log
+    died = [x for x in log.splitlines() if f"worker {index} (pid" in x]
+    assert len(died) == 1 and "killed by signal 9 (SIGKILL)" in died[0], log
+    assert LEFT_FAIL_OPEN in log, log
+    return log, died[0]
