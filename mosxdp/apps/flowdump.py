@@ -22,7 +22,6 @@ so the packet thread never waits for the file system. A file whose write fails k
 it has and gets no more; the other files go on, and the run exits 3 naming the first file
 that failed and why.
 """
-import errno
 import ipaddress
 import socket
 import sys
@@ -59,8 +58,8 @@ class _Direction:
     __slots__ = ("name", "file", "failed")
 
     def __init__(self, name):
-        self.name = name      # without the connection suffix until the file is made
-        self.file = None      # the output directory's file, once made
+        self.name = name      # without the connection suffix (the writer thread picks it)
+        self.file = None      # the output directory's file, once asked for
         self.failed = False   # not made, or a write failed: later bytes are counted, not written
 
     def close(self):
@@ -90,45 +89,26 @@ class FlowDump:
             MOS_SIDE_SVR: _Direction(f"{cli_name}-{svr_name}"),
             MOS_SIDE_CLI: _Direction(f"{svr_name}-{cli_name}"),
             "offset": {MOS_SIDE_CLI: 0, MOS_SIDE_SVR: 0},
-            "suffix": None,
+            "group": None,        # the directory's group of the two files, at the first
+            "ended": 0,           # sides whose end was seen
         }
         mtcp_set_uctx(mctx, sock, state)
         return state
 
     def _create(self, state, side):
-        """Make a direction's file. A connection's suffix is the first one (none, c1, c2 ...)
-        that no name of its 4-tuple has, whatever holds it (a file of an earlier connection
-        or run, a link, dangling or not): the directory, not a table in memory, remembers
-        earlier connections, so a flood of 4-tuples costs nothing here. Files are made
-        O_EXCL|O_NOFOLLOW, so a name taken meanwhile is never opened: taken when the file
-        is asked for, the connection's first file tries the next suffix and its second
-        fails (counted); taken between that and the writer thread's making it, the file
-        fails (counted)."""
-        outdir = self.outdir
-        direction = state[side]
-        suffix = state["suffix"]
-        if suffix is None:
-            names = (state[MOS_SIDE_SVR].name, state[MOS_SIDE_CLI].name)
-            count = 0
-            while True:
-                suffix = f"c{count}" if count else ""
-                if not any(outdir.exists(n + suffix) for n in names):
-                    try:
-                        direction.file = outdir.create(direction.name + suffix)
-                        break
-                    except FileExistsError:
-                        pass
-                count += 1
-            state["suffix"] = suffix
-        else:
-            try:
-                direction.file = outdir.create(direction.name + suffix)
-            except FileExistsError:
-                outdir.failed(direction.name + suffix, OSError(
-                    errno.EEXIST, "made by someone else after this connection's other file: "
-                                  "not overwritten"))
-        direction.name += suffix
-        direction.failed = direction.file is None
+        """Make a direction's file. A connection's two files share a suffix, the first one
+        (none, c1, c2 ...) that no name of its 4-tuple has, whatever holds it (a file of an
+        earlier connection or run, a link, dangling or not): the directory, not a table in
+        memory, remembers earlier connections, so a flood of 4-tuples costs nothing here.
+        The directory's writer thread finds the suffix when it makes the connection's first
+        file (the next one when a name is taken meanwhile: files are made
+        O_EXCL|O_NOFOLLOW, never opened over a name); the second file of the connection
+        fails (counted) if its name was taken since."""
+        group = state["group"]
+        if group is None:
+            group = state["group"] = self.outdir.group(
+                (state[MOS_SIDE_SVR].name, state[MOS_SIDE_CLI].name))
+        state[side].file = group.create(0 if side == MOS_SIDE_SVR else 1)
 
     def _write(self, state, side, offset, data):
         direction = state[side]
@@ -167,6 +147,9 @@ class FlowDump:
         # At the flow's end the holes left are lost: mtcp_peek reads on past them.
         self._drain(mctx, sock, side, state)
         state[side].close()
+        state["ended"] += 1
+        if state["ended"] == 2 and state["group"] is not None:   # CONN_END: once per side
+            state["group"].close()
 
     def report(self):
         """The line that says which bytes the files miss (None when they miss none)."""

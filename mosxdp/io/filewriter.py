@@ -24,20 +24,59 @@ import errno
 import os
 import threading
 
-__all__ = ["DirWriter", "OutFile", "MAX_QUEUED_BYTES", "run_batch", "run_batch_python"]
+__all__ = ["DirWriter", "FileGroup", "OutFile", "MAX_QUEUED_BYTES", "run_batch",
+           "run_batch_python", "suffixed"]
 
-CREATE, WRITE, CLOSE = 0, 1, 2
+CREATE, WRITE, CLOSE, GROUP = 0, 1, 2, 3     # the batch's operations (_batchio.c)
+FREE_GROUP = 4                              # the writer's own: a group slot back, after its files
 MAX_QUEUED_BYTES = 32 << 20       # bytes queued before the packet thread waits
+MAX_SUFFIX = 1000000              # a group's suffix numbers tried before its file fails
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def run_batch_python(dir_fd: int, fds, ops) -> list:
+def suffixed(base: bytes, number: int) -> bytes:
+    """A group's name: the base, then nothing for suffix 0 and c<number> above (tcpflow's
+    names for the connections of one 4-tuple)."""
+    return base + b"c%d" % number if number else base
+
+
+def _taken(name: bytes, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _open_in_group(dir_fd: int, groups, arg) -> int:
+    """The group's file: its first one takes the first suffix no base has, and the next one
+    if its name is taken meanwhile; the others take that suffix (OSError if taken)."""
+    gslot, bases, index = arg
+    if groups[gslot] >= 0:
+        return os.open(suffixed(bases[index], groups[gslot]), _NEW_FILE, 0o644, dir_fd=dir_fd)
+    for number in range(MAX_SUFFIX):
+        try:
+            if any(_taken(suffixed(base, number), dir_fd) for base in bases):
+                continue
+            fd = os.open(suffixed(bases[index], number), _NEW_FILE, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        except OSError:
+            groups[gslot] = number
+            raise
+        groups[gslot] = number
+        return fd
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+
+
+def run_batch_python(dir_fd: int, fds, groups, ops) -> list:
     """_batchio.run in Python: the same operations, results and failures."""
     failures = []
     for index, (kind, slot, arg, offset) in enumerate(ops):
-        if kind == CREATE:
+        if kind == CREATE or kind == GROUP:
             try:
-                fds[slot] = os.open(arg, _NEW_FILE, 0o644, dir_fd=dir_fd)
+                fds[slot] = (os.open(arg, _NEW_FILE, 0o644, dir_fd=dir_fd) if kind == CREATE
+                             else _open_in_group(dir_fd, groups, arg))
             except OSError as exc:
                 fds[slot] = -1
                 failures.append((index, exc.errno or errno.EIO, 0))
@@ -85,7 +124,8 @@ run_batch = _compiled_run() or run_batch_python
 class OutFile:
     """A file of an output directory, made by its writer: ``write_at(data, offset)``
     queues ``data`` (copied) for ``offset`` and says whether the file is still good;
-    ``close()`` queues the close. ``failed``: its making or a write failed (counted)."""
+    ``close()`` queues the close. ``failed``: its making or a write failed (counted).
+    ``name``: a group's file has its suffix once the writer made it."""
 
     __slots__ = ("name", "slot", "failed", "_writer")
 
@@ -111,15 +151,40 @@ class OutFile:
             self.slot = None
 
 
+class FileGroup:
+    """Files whose names share a suffix (``bases[i]`` + "", "c1", "c2" ...): the first one
+    made takes the first suffix no base has yet, whatever holds the name (a file of an
+    earlier run, a link, dangling or not), found by the writer thread, so the packet thread
+    never looks up names. ``create(i)`` gives the file of ``bases[i]``; ``close()`` once
+    no more file of the group will be made."""
+
+    __slots__ = ("bases", "slot", "_writer")
+
+    def __init__(self, writer: "DirWriter", bases, slot: int):
+        self.bases = tuple(os.fsencode(b) for b in bases)
+        self.slot = slot
+        self._writer = writer
+
+    def create(self, index: int) -> OutFile:
+        return self._writer.open_in_group(self, index)
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self._writer.free_group(self.slot)
+            self.slot = None
+
+
 class DirWriter:
     """The queue and thread of one directory (``dir_fd``). ``on_failure(name, exc,
     lost)`` and ``on_skipped(size)`` count what failed (the directory's counters: called
-    by the writer thread, or by the packet thread for bytes of a file known failed)."""
+    by the writer thread, or by the packet thread for bytes of a file known failed);
+    ``on_made(count)`` the files made (by the writer thread)."""
 
-    def __init__(self, dir_fd: int, on_failure, on_skipped):
+    def __init__(self, dir_fd: int, on_failure, on_skipped, on_made=None):
         self.dir_fd = dir_fd
         self._on_failure = on_failure
         self._on_skipped = on_skipped
+        self._on_made = on_made
         self._start()
 
     def _start(self) -> None:
@@ -132,6 +197,9 @@ class DirWriter:
         self._fds = array.array("i")
         self._free: list[int] = []          # slots whose file the writer has closed
         self._next_slot = 0
+        self._groups = array.array("i")     # a group's suffix number, -1 before its first file
+        self._free_groups: list[int] = []
+        self._next_group = 0
         self.pending: set[str] = set()      # names queued to be made, not made yet
         self._thread = threading.Thread(target=self._run, name="mosxdp-outdir-writer",
                                         daemon=True)
@@ -150,6 +218,30 @@ class DirWriter:
         out = OutFile(self, name, slot)
         self.put(out, (CREATE, slot, os.fsencode(name), 0), 0)
         return out
+
+    def group(self, bases) -> FileGroup:
+        if self._pid != os.getpid():
+            self._start()
+        with self._cond:
+            slot = self._free_groups.pop() if self._free_groups else self._next_group
+            if slot == self._next_group:
+                self._next_group += 1
+        return FileGroup(self, bases, slot)
+
+    def open_in_group(self, group: FileGroup, index: int) -> OutFile:
+        if group.slot is None:
+            raise ValueError("the file group is closed")
+        with self._cond:
+            slot = self._free.pop() if self._free else self._next_slot
+            if slot == self._next_slot:
+                self._next_slot += 1
+        out = OutFile(self, os.fsdecode(group.bases[index]), slot)
+        self.put(out, (GROUP, slot, (group.slot, group.bases, index), 0), 0)
+        return out
+
+    def free_group(self, gslot: int) -> None:
+        # after what is queued: the writer resets its suffix and takes the slot back
+        self.put(None, (FREE_GROUP, 0, gslot, 0), 0)
 
     def put(self, owner: OutFile, op: tuple, size: int) -> None:
         with self._cond:
@@ -189,8 +281,14 @@ class DirWriter:
                 self._ops, self._owners = [], []
             if len(self._fds) < self._next_slot:
                 self._fds.extend([-1] * (self._next_slot - len(self._fds)))
+            if len(self._groups) < self._next_group:
+                self._groups.extend([-1] * (self._next_group - len(self._groups)))
+            frees = [op[2] for op in ops if op[0] == FREE_GROUP]
+            if frees:
+                kept = [i for i, op in enumerate(ops) if op[0] != FREE_GROUP]
+                ops, owners = [ops[i] for i in kept], [owners[i] for i in kept]
             try:
-                failures = run_batch(self.dir_fd, self._fds, ops)
+                failures = run_batch(self.dir_fd, self._fds, self._groups, ops)
             except Exception as exc:       # not an OSError of one file: every file fails
                 failures = [(i, errno.EIO, len(op[2]) if op[0] == WRITE else 0)
                             for i, op in enumerate(ops)]
@@ -199,24 +297,41 @@ class DirWriter:
                 self._settle(ops, owners, failures)
             except Exception:
                 pass      # counted what it could; the next batch is written all the same
+            if frees:
+                for gslot in frees:
+                    self._groups[gslot] = -1
+                with self._cond:
+                    self._free_groups.extend(frees)
 
     def _settle(self, ops, owners, failures) -> None:
         size = 0
         try:
-            for kind, slot, arg, _offset in ops:
+            for (kind, slot, arg, _offset), owner in zip(ops, owners):
                 if kind == WRITE:
                     size += len(arg)
                 elif kind == CREATE:
                     self.pending.discard(os.fsdecode(arg))
+                elif kind == GROUP and self._groups[arg[0]] >= 0:
+                    owner.name = os.fsdecode(suffixed(arg[1][arg[2]], self._groups[arg[0]]))
+            if self._on_made is not None:
+                made = sum(1 for op in ops if op[0] in (CREATE, GROUP))
+                made -= sum(1 for index, err, _lost in failures
+                            if ops[index][0] in (CREATE, GROUP))
+                if made:
+                    self._on_made(made)
             for index, err, lost in failures:
                 owner = owners[index]
                 if err == 0:
                     self._on_skipped(lost)
                     continue
                 owner.failed = True
-                if ops[index][0] == CREATE and err == errno.EEXIST:
+                kind = ops[index][0]
+                if err == errno.EEXIST and kind == CREATE:
                     exc = OSError(err, "made by someone else after it was checked: not "
                                        "overwritten")
+                elif err == errno.EEXIST and kind == GROUP:
+                    exc = OSError(err, "made by someone else after the first file of its "
+                                       "group: not overwritten")
                 else:
                     exc = OSError(err, os.strerror(err))
                 self._on_failure(owner.name, exc, lost)

@@ -44,7 +44,7 @@ import threading
 import time
 from bisect import bisect_right
 
-from .filewriter import _NEW_FILE, DirWriter, OutFile
+from .filewriter import _NEW_FILE, DirWriter, FileGroup, OutFile
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "Outputs", "OutputFile", "StdoutFile", "OutputDir"]
 
@@ -441,10 +441,23 @@ class OutputDir:
         counted and marks the file failed."""
         if self.exists(name):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+        return self._started().open(name)
+
+    def group(self, bases) -> FileGroup:
+        """Files named ``bases[i]`` + a suffix they share, the first of "", "c1", "c2" ...
+        that no base has when the group's first file is made (checked and made by the
+        writer thread: the packet thread never looks a name up); ``group.create(i)`` gives
+        the file of ``bases[i]``, ``group.close()`` ends the group (io/filewriter.py)."""
+        return self._started().group(bases)
+
+    def _started(self) -> DirWriter:
         if self._writer is None:
-            self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped)
-        self.files += 1
-        return self._writer.open(name)
+            self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped, self._made)
+        return self._writer
+
+    def _made(self, count: int) -> None:
+        with self._count_lock:
+            self.files += count
 
     def failed(self, name: str, exc: OSError, lost: int = 0) -> None:
         """The file ``name`` is incomplete (``lost`` bytes of it not written)."""

@@ -15,9 +15,13 @@ import pytest
 from forked import in_child
 
 from mosxdp.io import _batchio, filewriter
-from mosxdp.io.filewriter import CLOSE, CREATE, WRITE, DirWriter
+from mosxdp.io.filewriter import CLOSE, CREATE, GROUP, WRITE, DirWriter
 
 BATCHES = {"compiled": _batchio.run, "python": filewriter.run_batch_python}
+
+
+def GROUPS(count=4):
+    return array.array("i", [-1] * count)
 
 
 @pytest.fixture(params=sorted(BATCHES))
@@ -34,7 +38,7 @@ def test_a_batch_makes_writes_and_closes_in_order(tmp_path, run_batch):
     dfd = _dir(tmp_path)
     fds = array.array("i", [-1] * 3)
     try:
-        failures = run_batch(dfd, fds, [
+        failures = run_batch(dfd, fds, GROUPS(), [
             (CREATE, 0, b"a", 0),
             (WRITE, 0, b"world", 6),             # out of order: a hole, then filled
             (WRITE, 0, b"hello ", 0),
@@ -45,7 +49,7 @@ def test_a_batch_makes_writes_and_closes_in_order(tmp_path, run_batch):
         ])
         assert failures == [(3, errno.EEXIST, 0), (4, 0, 3)]
         assert fds[0] == -1 and fds[1] == -1 and fds[2] >= 0
-        assert run_batch(dfd, fds, [(WRITE, 2, b"", 0), (CLOSE, 2, None, 0)]) == []
+        assert run_batch(dfd, fds, GROUPS(), [(WRITE, 2, b"", 0), (CLOSE, 2, None, 0)]) == []
     finally:
         os.close(dfd)
     assert (tmp_path / "a").read_bytes() == b"hello world"
@@ -54,13 +58,43 @@ def test_a_batch_makes_writes_and_closes_in_order(tmp_path, run_batch):
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o644)
 
 
+def test_a_group_takes_the_first_suffix_none_of_its_names_has(tmp_path, run_batch):
+    """Files of a group share a suffix ("", c1, c2 ...): the first one no base has, whatever
+    holds it (a file, a dangling link); a later group of the same bases takes the next; a
+    name taken after the group's first file fails its file, never opened."""
+    (tmp_path / "a").write_bytes(b"older")
+    (tmp_path / "bc1").symlink_to(tmp_path / "nowhere")
+    dfd = _dir(tmp_path)
+    fds, groups = array.array("i", [-1] * 4), GROUPS(2)
+    bases = (b"a", b"b")
+    try:
+        failures = run_batch(dfd, fds, groups, [
+            (GROUP, 0, (0, bases, 1), 0),        # the group's first file: b, suffix c2
+            (WRITE, 0, b"B", 0),
+            (GROUP, 1, (1, bases, 0), 0),        # another group: c2 is taken now, so c3
+            (GROUP, 2, (0, bases, 0), 0),        # the first group's other file: ac2
+        ])
+        assert failures == [] and list(groups) == [2, 3]
+        (tmp_path / "bc3").write_bytes(b"someone else")
+        failures = run_batch(dfd, fds, groups, [(GROUP, 3, (1, bases, 1), 0),
+                                                (WRITE, 3, b"x", 0)])
+        assert failures == [(0, errno.EEXIST, 0), (1, 0, 1)] and fds[3] == -1
+        for slot in range(3):
+            os.close(fds[slot])
+    finally:
+        os.close(dfd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ac2", "ac3", "bc1", "bc2", "bc3"]
+    assert (tmp_path / "bc2").read_bytes() == b"B" and (tmp_path / "bc3").read_bytes() == b"someone else"
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_a_failed_write_keeps_what_it_wrote_and_closes_the_file(tmp_path, run_batch):
     def child():
         resource.setrlimit(resource.RLIMIT_FSIZE,
                            (100, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         dfd = _dir(tmp_path)
         fds = array.array("i", [-1])
-        failures = run_batch(dfd, fds, [(CREATE, 0, b"a", 0), (WRITE, 0, b"x" * 150, 0),
+        failures = run_batch(dfd, fds, GROUPS(), [(CREATE, 0, b"a", 0), (WRITE, 0, b"x" * 150, 0),
                                         (WRITE, 0, b"y" * 10, 150)])
         return [list(f) for f in failures], fds[0]     # JSON from the child
     failures, fd = in_child(child)
@@ -72,11 +106,14 @@ def test_bad_operations_are_refused_before_anything_runs(tmp_path):
     dfd = _dir(tmp_path)
     try:
         with pytest.raises(TypeError, match="array"):
-            _batchio.run(dfd, array.array("q", [-1]), [])
+            _batchio.run(dfd, array.array("q", [-1]), GROUPS(), [])
         with pytest.raises(ValueError, match="op 1"):
-            _batchio.run(dfd, array.array("i", [-1]), [(CREATE, 0, b"a", 0), (WRITE, 5, b"x", 0)])
+            _batchio.run(dfd, array.array("i", [-1]), GROUPS(), [(CREATE, 0, b"a", 0),
+                                                                 (WRITE, 5, b"x", 0)])
         with pytest.raises(TypeError, match="op 0"):
-            _batchio.run(dfd, array.array("i", [-1]), [(CREATE, 0, "a", 0)])
+            _batchio.run(dfd, array.array("i", [-1]), GROUPS(), [(CREATE, 0, "a", 0)])
+        with pytest.raises(ValueError, match="op 0"):
+            _batchio.run(dfd, array.array("i", [-1]), GROUPS(), [(GROUP, 0, (7, (b"a",), 0), 0)])
     finally:
         os.close(dfd)
     assert os.listdir(tmp_path) == []
@@ -150,11 +187,11 @@ def test_a_batch_that_raises_fails_its_files_and_the_writer_goes_on(tmp_path, mo
     import time
     calls = []
 
-    def flaky(dir_fd, fds, ops):
+    def flaky(dir_fd, fds, groups, ops):
         calls.append(len(ops))
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return filewriter.run_batch_python(dir_fd, fds, ops)
+        return filewriter.run_batch_python(dir_fd, fds, groups, ops)
     monkeypatch.setattr(filewriter, "run_batch", flaky)
     counts = Counts()
     dfd = _dir(tmp_path)
@@ -175,3 +212,35 @@ def test_a_batch_that_raises_fails_its_files_and_the_writer_goes_on(tmp_path, mo
     assert ("(the writer)", errno.EIO, 0) in counts.failures and counts.skipped == 4
     assert not second.failed and len(calls) >= 2
     assert (tmp_path / "second").read_bytes() == b"kept" and not (tmp_path / "first").exists()
+
+
+@pytest.mark.parametrize("build", sorted(BATCHES))
+def test_groups_from_the_packet_thread_share_their_suffix(tmp_path, monkeypatch, build):
+    """200 connections of one 4-tuple, each a group of two files made and closed in turn:
+    each takes the next suffix (the directory remembers, not the writer), a file's name
+    has its suffix once made, and group slots are reused once the writer is done with them
+    (no queued bytes allowed: each put waits for the writer, so few are in flight)."""
+    monkeypatch.setattr(filewriter, "run_batch", BATCHES[build])
+    monkeypatch.setattr(filewriter, "MAX_QUEUED_BYTES", 0)
+    counts, made = Counts(), []
+    dfd = _dir(tmp_path)
+    writer = DirWriter(dfd, counts.failed, counts.skip, made.append)
+    files = []
+    try:
+        for n in range(200):
+            group = writer.group(("x-y", "y-x"))
+            for index in (1, 0):
+                f = group.create(index)
+                f.write_at(b"%d" % n, 0)
+                f.close()
+                files.append(f)
+            group.close()
+        writer.close()
+    finally:
+        os.close(dfd)
+    assert counts.failures == [] and sum(made) == 400
+    names = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    suffix = lambda n: f"c{n}" if n else ""     # noqa: E731
+    assert names == {f"{base}{suffix(n)}": str(n) for n in range(200) for base in ("x-y", "y-x")}
+    assert files[-1].name == "x-yc199" and files[-2].name == "y-xc199"
+    assert len(writer._groups) < 20
