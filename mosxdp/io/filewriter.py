@@ -15,7 +15,12 @@ What the queue holds is bounded (``MAX_QUEUED_BYTES``): past it the packet threa
 as it would for a synchronous write. A failure found by the writer (a file that cannot be
 made, a full disk) is counted by the directory as before (``on_failure``); the file is
 then marked failed and its later bytes are counted, not written. The thread starts at the
-first file (a live run has dropped its privileges by then) and again in a forked worker.
+first file, again in a forked worker, and in a live run not before the outputs start
+(Outputs.start, after the capability drop: capabilities are per thread, and the drop
+refuses a process of more threads than one). A group of files (``FileGroup``: flowdump's
+two files of a connection) shares the first free suffix, found by the writer thread too,
+so the packet thread never looks a name up: such lookups waited on the writer's creates
+in the same directory (the directory's lock).
 """
 from __future__ import annotations
 
@@ -178,13 +183,16 @@ class DirWriter:
     """The queue and thread of one directory (``dir_fd``). ``on_failure(name, exc,
     lost)`` and ``on_skipped(size)`` count what failed (the directory's counters: called
     by the writer thread, or by the packet thread for bytes of a file known failed);
-    ``on_made(count)`` the files made (by the writer thread)."""
+    ``on_made(count)`` the files made (by the writer thread). ``run`` False: the thread
+    starts at :meth:`run_thread` (a live run's, after its capability drop), or at close;
+    what is asked for meanwhile waits in the queue."""
 
-    def __init__(self, dir_fd: int, on_failure, on_skipped, on_made=None):
+    def __init__(self, dir_fd: int, on_failure, on_skipped, on_made=None, run=True):
         self.dir_fd = dir_fd
         self._on_failure = on_failure
         self._on_skipped = on_skipped
         self._on_made = on_made
+        self._may_run = run
         self._start()
 
     def _start(self) -> None:
@@ -203,7 +211,14 @@ class DirWriter:
         self.pending: set[str] = set()      # names queued to be made, not made yet
         self._thread = threading.Thread(target=self._run, name="mosxdp-outdir-writer",
                                         daemon=True)
-        self._thread.start()
+        if self._may_run:
+            self._thread.start()
+
+    def run_thread(self) -> None:
+        """Let the thread run (started now if it was waiting)."""
+        self._may_run = True
+        if self._pid == os.getpid() and self._thread.ident is None:
+            self._thread.start()
 
     # ------------------------------------------------------------------ packet thread
     def open(self, name: str) -> OutFile:
@@ -263,6 +278,8 @@ class DirWriter:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        if self._thread.ident is None:
+            self._thread.start()      # what was queued before the thread could run
         self._thread.join()
         for slot, fd in enumerate(self._fds):
             if fd >= 0:

@@ -105,10 +105,14 @@ class Outputs:
         return sink
 
     def start(self) -> None:
-        """The run is set up (live: privileges dropped): the network sinks' threads start."""
+        """The run is set up (live: privileges dropped): the network sinks' threads start,
+        and the output directories' writer threads may."""
         self._started = True
         for sink in self.sinks():
             sink.start()
+        for item in self.items:
+            if item.kind == "dir":
+                item.writer_may_run()
 
     def sinks(self) -> list:
         """The network sinks (unix socket, Redis), in the order they were opened."""
@@ -133,6 +137,9 @@ class Outputs:
         except OSError:
             out.close()
             raise
+        # A live run drops its capabilities, per thread and only while it has one thread:
+        # the writer thread waits for start() (after the drop) to run.
+        out.writer_waits = after_drop and not self._started
         self.items.append(out)
         return out
 
@@ -382,7 +389,8 @@ class OutputDir:
         self.lost = 0           # bytes not written
         self.error = None       # the first failure (OSError) ...
         self.error_name = None  # ... and its file's name
-        self._writer = None     # its thread starts with the first file
+        self._writer = None     # its thread starts with the first file ...
+        self.writer_waits = False   # ... or, while this is set, at writer_may_run()
         self._count_lock = threading.Lock()   # the writer thread counts too
         try:
             os.makedirs(path, exist_ok=True)
@@ -452,8 +460,15 @@ class OutputDir:
 
     def _started(self) -> DirWriter:
         if self._writer is None:
-            self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped, self._made)
+            self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped, self._made,
+                                     run=not self.writer_waits)
         return self._writer
+
+    def writer_may_run(self) -> None:
+        """The run is set up: the writer thread runs what is queued, and what comes."""
+        self.writer_waits = False
+        if self._writer is not None:
+            self._writer.run_thread()
 
     def _made(self, count: int) -> None:
         with self._count_lock:

@@ -244,3 +244,28 @@ def test_groups_from_the_packet_thread_share_their_suffix(tmp_path, monkeypatch,
     assert names == {f"{base}{suffix(n)}": str(n) for n in range(200) for base in ("x-y", "y-x")}
     assert files[-1].name == "x-yc199" and files[-2].name == "y-xc199"
     assert len(writer._groups) < 20
+
+
+def test_a_live_runs_writer_waits_for_the_start_after_the_capability_drop(tmp_path):
+    """A live run drops its capabilities after set-up, per thread and only while it has one
+    thread: a file asked for before that (in an app's setup) is queued, no thread runs
+    until the outputs start, then it is made and written."""
+    from mosxdp.io import outputs as O
+
+    def writer_threads():
+        return [t for t in threading.enumerate() if t.name == "mosxdp-outdir-writer"]
+    outputs = O.Outputs()
+    d = outputs.open_dir(tmp_path / "out", after_drop=True)
+    before = len(writer_threads())
+    f = d.create("early")
+    assert f.write_at(b"queued", 0)
+    assert len(writer_threads()) == before and not (tmp_path / "out" / "early").exists()
+    outputs.start()
+    f.close()
+    d.finish()
+    assert (tmp_path / "out" / "early").read_bytes() == b"queued" and d.files == 1
+    # at close, what a run that never started queued is written all the same
+    d2 = O.Outputs().open_dir(tmp_path / "out2", after_drop=True)
+    d2.create("late").write_at(b"x", 0)
+    d2.close()
+    assert (tmp_path / "out2" / "late").read_bytes() == b"x"
