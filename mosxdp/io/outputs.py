@@ -449,16 +449,16 @@ class OutputDir:
         counted and marks the file failed."""
         if self.exists(name):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
-        return self._started().open(name)
+        return self._dir_writer().open(name)
 
     def group(self, bases) -> FileGroup:
         """Files named ``bases[i]`` + a suffix they share, the first of "", "c1", "c2" ...
         that no base has when the group's first file is made (checked and made by the
         writer thread: the packet thread never looks a name up); ``group.create(i)`` gives
         the file of ``bases[i]``, ``group.close()`` ends the group (io/filewriter.py)."""
-        return self._started().group(bases)
+        return self._dir_writer().group(bases)
 
-    def _started(self) -> DirWriter:
+    def _dir_writer(self) -> DirWriter:
         if self._writer is None:
             self._writer = DirWriter(self._dir_fd(), self.failed, self.skipped, self._made,
                                      run=not self.writer_waits)
