@@ -89,7 +89,7 @@ class FlowDump:
             MOS_SIDE_SVR: _Direction(f"{cli_name}-{svr_name}"),
             MOS_SIDE_CLI: _Direction(f"{svr_name}-{cli_name}"),
             "offset": {MOS_SIDE_CLI: 0, MOS_SIDE_SVR: 0},
-            "group": None,        # the directory's group of the two files, at the first
+            "group": None,        # the two files as a group of the directory, from the first
             "ended": 0,           # sides whose end was seen
         }
         mtcp_set_uctx(mctx, sock, state)
