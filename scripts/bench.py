@@ -468,6 +468,15 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
         log.close()
 
 
+def measured(rnd, measure, *args):
+    """One row of one round: its results, or None after a line that says why it failed."""
+    try:
+        return measure(*args)
+    except RuntimeError as exc:
+        print(f"  round {rnd + 1}: {exc}", file=sys.stderr)
+        return None
+
+
 def bench_live(argv, rounds=3):
     import statistics
     p = argparse.ArgumentParser(prog="bench.py --live")
@@ -521,11 +530,8 @@ def bench_live(argv, rounds=3):
             tb.wait_listen("srv", 5201)
             for rnd in range(rounds):
                 for row in rows:
-                    try:
-                        res = _measure_row(tb, row, args.seconds, args.frame_size, workdir, flooder)
-                    except RuntimeError as exc:
-                        print(f"  round {rnd + 1}: {exc}", file=sys.stderr)
-                        res = None
+                    res = measured(rnd, _measure_row, tb, row, args.seconds, args.frame_size,
+                                   workdir, flooder)
                     results[row[0]].append(res)
                     if res:
                         print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "

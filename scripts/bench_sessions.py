@@ -233,11 +233,7 @@ def bench_sessions(argv, rounds=3):
             tb.wait_listen("srv", TLS_PORT)
             for rnd in range(rounds):
                 for row in rows:
-                    try:
-                        res = _run_row(tb, row, args, workdir, flooder, want_sha, rnd)
-                    except RuntimeError as exc:
-                        print(f"  round {rnd + 1}: {exc}", file=sys.stderr)
-                        res = None
+                    res = bench.measured(rnd, _run_row, tb, row, args, workdir, flooder, want_sha, rnd)
                     if res and row[2]:
                         res["sni_missing"] = _check_ssl(os.path.join(workdir, f"zeek{rnd}"), args.count)
                     results[row[0]].append(res)
