@@ -468,13 +468,26 @@ def _measure_row(tb, row, seconds, size, workdir, flooder):
         log.close()
 
 
-def measured(rnd, measure, *args):
-    """One row of one round: its results, or None after a line that says why it failed."""
+def measured(results, rnd, row, say, measure, *args):
+    """One row of one round, kept in ``results[row name]`` and said in a line (``say``
+    words its results); None after a line that says why it failed."""
     try:
-        return measure(*args)
+        res = measure(*args)
     except RuntimeError as exc:
         print(f"  round {rnd + 1}: {exc}", file=sys.stderr)
-        return None
+        res = None
+    results[row[0]].append(res)
+    if res:
+        print(f"  round {rnd + 1}: {row[0]}: {say(res)}", flush=True)
+    return res
+
+
+def _said_live(res):
+    return (f"TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, 4 streams {res['tcp4'] or 0:.2f} Gbps, "
+            f"small frames {res['kpps']:.0f} kpps (generator {res['gen_kpps']:.0f}), monitor CPU "
+            f"{res.get('cpu', 0):.0f}%, {res.get('us_user', 0):.2f} + {res.get('us_sys', 0):.2f} "
+            f"µs/data frame"
+            + (f", copies {res['observed']} lost {res['observe_lost']}" if "observed" in res else ""))
 
 
 def bench_live(argv, rounds=3):
@@ -530,16 +543,8 @@ def bench_live(argv, rounds=3):
             tb.wait_listen("srv", 5201)
             for rnd in range(rounds):
                 for row in rows:
-                    res = measured(rnd, _measure_row, tb, row, args.seconds, args.frame_size,
-                                   workdir, flooder)
-                    results[row[0]].append(res)
-                    if res:
-                        print(f"  round {rnd + 1}: {row[0]}: TCP 1 stream {res['tcp1'] or 0:.2f} Gbps, "
-                              f"4 streams {res['tcp4'] or 0:.2f} Gbps, small frames {res['kpps']:.0f} kpps "
-                              f"(generator {res['gen_kpps']:.0f}), monitor CPU {res.get('cpu', 0):.0f}%, "
-                              f"{res.get('us_user', 0):.2f} + {res.get('us_sys', 0):.2f} µs/data frame"
-                              + (f", copies {res['observed']} lost {res['observe_lost']}"
-                                 if "observed" in res else ""), flush=True)
+                    measured(results, rnd, row, _said_live, _measure_row, tb, row, args.seconds,
+                             args.frame_size, workdir, flooder)
             tb.stop(srv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

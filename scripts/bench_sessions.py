@@ -121,7 +121,8 @@ def _run_row(tb, row, args, workdir, flooder, want_sha, rnd, capture=False):
         if capture:
             for ns, ifn in (("cli", tb.cli_if), ("srv", tb.srv_if)):
                 pcap = os.path.join(workdir, f"{ifn}.pcap")
-                p = tb.popen(ns, ["tcpdump", "-i", ifn, "-s", "128", "-B", "65536", "-n", "-w", pcap,
+                p = tb.popen(ns, ["tcpdump", "-i", ifn, "-s", "128", "-B", "65536", "-n",
+                                  "--immediate-mode", "-U", "-w", pcap,
                                   f"tcp port {TLS_PORT}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 dumps.append((p, pcap))
@@ -174,6 +175,21 @@ def _check_conn(logdir, workdir, count, base):
         if seen != wire:
             problems.append(f"client port {port}: conn.log pkts/ip_bytes {seen}, receivers {wire}")
     return problems
+
+
+def _checked_row(tb, row, args, workdir, flooder, want_sha, rnd):
+    """One timed row; after a zeeklog round, the SNI names its ssl.log misses."""
+    res = _run_row(tb, row, args, workdir, flooder, want_sha, rnd)
+    if res and row[2]:
+        res["sni_missing"] = _check_ssl(os.path.join(workdir, f"zeek{rnd}"), args.count)
+    return res
+
+
+def _said(res, args):
+    return (f"{res['gbps']:.2f} Gbps ({args.count} x {args.mb} MiB in {res['wall']:.2f} s), "
+            f"monitor CPU {res.get('cpu', 0):.1f}%, failed {res['failed']}, bodies differing "
+            f"{len(res['bad_bodies'])}"
+            + (f", SNI missing {len(res['sni_missing'])}" if 'sni_missing' in res else ""))
 
 
 def bench_sessions(argv, rounds=3):
@@ -233,17 +249,8 @@ def bench_sessions(argv, rounds=3):
             tb.wait_listen("srv", TLS_PORT)
             for rnd in range(rounds):
                 for row in rows:
-                    res = bench.measured(rnd, _run_row, tb, row, args, workdir, flooder, want_sha, rnd)
-                    if res and row[2]:
-                        res["sni_missing"] = _check_ssl(os.path.join(workdir, f"zeek{rnd}"), args.count)
-                    results[row[0]].append(res)
-                    if res:
-                        print(f"  round {rnd + 1}: {row[0]}: {res['gbps']:.2f} Gbps "
-                              f"({args.count} x {args.mb} MiB in {res['wall']:.2f} s), monitor CPU "
-                              f"{res.get('cpu', 0):.1f}%, failed {res['failed']}, bodies differing "
-                              f"{len(res['bad_bodies'])}"
-                              + (f", SNI missing {len(res['sni_missing'])}" if 'sni_missing' in res else ""),
-                              flush=True)
+                    bench.measured(results, rnd, row, lambda res: _said(res, args), _checked_row,
+                                   tb, row, args, workdir, flooder, want_sha, rnd)
             # the untimed check of conn.log against the receivers: tcpdump sees what GRO
             # merged as one frame, so GRO off, and XDP_PASS programs on the endpoints (a veth
             # takes frames redirected to it only with GRO or an XDP program)
