@@ -1,5 +1,6 @@
-"""The compiled hot path: Cython compiles the per-packet modules of mosxdp/core from their
-Python source, as they are (pure-Python mode), into extension modules next to the .py files.
+"""The compiled hot path: Cython compiles the per-packet modules (mosxdp/core's, and the loops
+of io and engine that feed it: HOT_MODULES) from their Python source, as they are
+(pure-Python mode), into extension modules next to the .py files.
 `pip install -e .` (scripts/setup.sh) builds them; MOSXDP_PURE_PYTHON=1 or a missing .so runs
 the .py files instead (mosxdp/core/compiled.py). One small C extension, mosxdp/io/_batchio.c,
 runs an output directory's file operations in batches without the GIL (its Python twin is
@@ -35,7 +36,7 @@ class ReuseBuiltExt(build_ext):
 
 setup(
     ext_modules=cythonize(
-        [f"mosxdp/core/{name}.py" for name in HOT_MODULES],
+        [f"mosxdp/{name.replace('.', '/')}.py" for name in HOT_MODULES],
         # Annotations stay what they are in Python (no C types, no checks): same behaviour.
         compiler_directives={"language_level": 3, "annotation_typing": False},
     ) + [Extension("mosxdp.io._batchio", ["mosxdp/io/_batchio.c"])],

@@ -15,9 +15,14 @@ import importlib.util
 import os
 import sys
 
-# The modules of mosxdp/core every frame passes through.
-HOT_MODULES = ("packet", "frames", "reassembly", "streams", "tcp", "flow", "stack", "events",
-               "sockets", "datagrams", "checksum")
+# The modules every frame passes through, under mosxdp: the core's, and the loops that feed
+# it (the pcap readers, the offline, split and live loops, the AF_XDP rings, the observe
+# ring buffer).
+HOT_MODULES = ("core.packet", "core.frames", "core.reassembly", "core.streams", "core.tcp",
+               "core.flow", "core.stack", "core.events", "core.sockets", "core.datagrams",
+               "core.checksum", "io.pcap", "io.pcapng", "io.xsk_rings", "io.ringbuf",
+               "engine.offline", "engine.split_feed", "engine.split_worker", "engine.live",
+               "engine.live_frames", "engine.observe")
 
 PURE_PYTHON = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
 
@@ -47,7 +52,7 @@ def hot_path():
     "compiled": [names], "pure": [names]} (imports them)."""
     compiled, pure = [], []
     for name in HOT_MODULES:
-        module = importlib.import_module(f"mosxdp.core.{name}")
+        module = importlib.import_module(f"mosxdp.{name}")
         (compiled if is_compiled(module) else pure).append(name)
     build = "compiled" if not pure else "pure" if not compiled else "partial"
     return {"build": build, "compiled": compiled, "pure": pure}

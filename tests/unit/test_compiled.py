@@ -15,7 +15,6 @@ from mosxdp.core.reassembly import StreamBuffer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data")
-CORE = os.path.join(ROOT, "mosxdp", "core")
 
 
 def _env(pure):
@@ -34,7 +33,7 @@ def _mosxdp(args, pure, cwd):
 def test_setup_built_every_hot_module():
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     missing = [name for name in _compiled.HOT_MODULES
-               if not os.path.isfile(os.path.join(CORE, name + suffix))]
+               if not os.path.isfile(os.path.join(ROOT, "mosxdp", *name.split(".")) + suffix)]
     assert missing == [], f"scripts/setup.sh built no extension module for {missing}"
 
 
