@@ -4,6 +4,7 @@ zeeklog). Written only against the public mOS API, as the apps are; the leading
 underscore keeps it out of `mosxdp run`'s list of apps."""
 import argparse
 import errno
+import re
 import socket
 
 from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
@@ -14,6 +15,16 @@ from mosxdp import (MOS_CLIBUF, MOS_HK_RCV, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CO
 
 MIN_INTERVAL = 0.001
 MAX_INTERVAL = 365 * 86400
+
+
+_PORT_SUFFIX = re.compile(r"(.*):(\d{1,5})")
+
+
+def split_host(host):
+    """A Host header as (name, port or None): "example.com:8080" -> ("example.com", 8080);
+    an IPv6 literal keeps its brackets ("[::1]:80" -> ("[::1]", 80))."""
+    m = _PORT_SUFFIX.fullmatch(host)
+    return (m.group(1), int(m.group(2))) if m else (host, None)
 
 
 def integer(text, what, low=0, high=None):

@@ -31,7 +31,6 @@ socket or Redis).
 """
 import hashlib
 import json
-import re
 import time
 
 from mosxdp import (MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_BOTH, MOS_SIDE_CLI,
@@ -42,7 +41,7 @@ from mosxdp import (MOS_NULL, MOS_ON_CONN_NEW_DATA, MOS_SIDE_BOTH, MOS_SIDE_CLI,
                     mtcp_getsockopt, mtcp_register_callback)
 
 from ._common import (add_flow_log_arguments, bypass_past, byte_count, community_id_seed,
-                      flow_log_socket, watch_datagrams)
+                      flow_log_socket, split_host, watch_datagrams)
 
 DESCRIPTION = ("log Suricata EVE JSON lines: event_type flow per flow when it ends, tls, "
                "http and dns per session")
@@ -73,7 +72,6 @@ _FLAG_NAMES = (("syn", TH_SYN), ("fin", TH_FIN), ("rst", TH_RST), ("psh", TH_PUS
 _TLS_VERSIONS = {0x0002: "SSLv2", 0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLS 1.1",
                  0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
 _IP_PROTO = {"tcp": 6, "udp": 17}
-_PORT_SUFFIX = re.compile(r"(.*):(\d{1,5})")
 # Suricata's flow_id fits in 51 bits (JSON readers that hold numbers as doubles).
 _FLOW_ID_MASK = (1 << 51) - 1
 
@@ -151,10 +149,9 @@ def http_object(t):
     http = {}
     if t.host is not None:
         # Suricata: the Host header's name, its port apart
-        m = _PORT_SUFFIX.fullmatch(t.host)
-        http["hostname"] = m.group(1) if m else t.host
-        if m:
-            http["http_port"] = int(m.group(2))
+        http["hostname"], port = split_host(t.host)
+        if port is not None:
+            http["http_port"] = port
     if t.target is not None:
         http["url"] = t.target
     if t.user_agent is not None:

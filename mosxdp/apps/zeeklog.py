@@ -24,7 +24,7 @@ from mosxdp import (MOS_SIDE_CLI, mosx_conn_record, mosx_open_log, mosx_open_out
                     mosx_session_counts, mosx_session_options, mosx_subscribe,
                     mosx_watch_datagrams)
 
-from ._common import community_id_seed, flow_log_socket, integer
+from ._common import community_id_seed, flow_log_socket, integer, split_host
 
 DESCRIPTION = "write Zeek's conn.log, ssl.log, http.log, dns.log and weird.log (JSON lines)"
 LOGS = ("conn", "ssl", "http", "dns", "weird")
@@ -76,7 +76,9 @@ def ssl_line(event):
 
 def http_line(event):
     t = event.record
-    return _set(_conn_id(event), trans_depth=t.trans_depth, method=t.method, host=t.host,
+    # Zeek's host is the Host header's name, without its port
+    host = split_host(t.host)[0] if t.host is not None else None
+    return _set(_conn_id(event), trans_depth=t.trans_depth, method=t.method, host=host,
                 uri=t.uri, referrer=t.referrer, version=t.version, user_agent=t.user_agent,
                 origin=t.origin, request_body_len=t.request_body_len,
                 response_body_len=t.response_body_len, status_code=t.status_code,
