@@ -164,14 +164,21 @@ class _Response:
             self.owner._response_done(self.txn)
 
 
+def _lenient(parser):
+    """llhttp as an observer reads headers: a header value with a control byte (a user agent
+    with \x01, say) is the endpoints' business, as in Zeek, not a failed request."""
+    parser.set_dangerous_leniencies(lenient_headers=True)
+    return parser
+
+
 class HttpParser:
     """The HTTP/1.x transactions of one TCP connection, fed with both reassembled streams."""
 
     def __init__(self):
         self._req = _Request(self)
         self._resp = _Response(self)
-        self._req_parser = httptools.HttpRequestParser(self._req)
-        self._resp_parser = httptools.HttpResponseParser(self._resp)
+        self._req_parser = _lenient(httptools.HttpRequestParser(self._req))
+        self._resp_parser = _lenient(httptools.HttpResponseParser(self._resp))
         self._pending: deque[HttpTransaction] = deque()  # requests waiting for their response
         self._rbuf = bytearray()       # response bytes not given to llhttp yet
         self._qheld = bytearray()      # client bytes after an upgrade request, until its answer
@@ -284,7 +291,7 @@ class HttpParser:
             self._response_done(txn)
             resp.idle = True
             # llhttp still waits for the body the headers announce: start a fresh one.
-            self._resp_parser = httptools.HttpResponseParser(resp)
+            self._resp_parser = _lenient(httptools.HttpResponseParser(resp))
         elif resp.chunked:
             self._chunk_state, self._chunk_left = _SIZE, 0
         return True

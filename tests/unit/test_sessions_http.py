@@ -179,6 +179,18 @@ def test_bad_requests_are_named_and_stop_that_side(request_bytes):
     assert parser.feed(ORIG, b"GET / HTTP/1.1\r\n\r\n") == []
 
 
+def test_a_control_byte_in_a_header_value_is_logged_not_a_bad_request():
+    # An observer logs what the endpoints exchanged (Zeek does): llhttp's strict header
+    # values would drop the whole request.
+    ua = "caf\u00e9 \x01".encode()
+    txns, weirds = transactions([(ORIG, b"GET /ua HTTP/1.1\r\nHost: h:80\r\nUser-Agent: " + ua
+                                  + b"\r\n\r\n"),
+                                 (RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-B: \x7f\r\n\r\nok")])
+    assert weirds == []
+    assert [(t.method, t.uri, t.user_agent, t.status_code, t.response_body_len) for t in txns] == \
+        [("GET", "/ua", "caf\u00e9 \x01", 200, 2)]
+
+
 def test_a_bad_reply_keeps_the_request_for_the_log():
     txns, weirds = transactions([(ORIG, b"GET /x HTTP/1.1\r\n\r\n"),
                                  (RESP, b"HTTP/1.1 200 OK\r\nContent-Length: zz\r\n\r\n")])
