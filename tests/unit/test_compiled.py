@@ -1,5 +1,6 @@
 """The compiled hot path (setup.py, mosxdp/core/compiled.py): after scripts/setup.sh the hot
-modules of mosxdp/core are Cython extension modules, MOSXDP_PURE_PYTHON=1 runs their .py
+modules (HOT_MODULES: the core's and the loops of io and engine that feed it) are Cython
+extension modules, MOSXDP_PURE_PYTHON=1 runs their .py
 files, and both builds give the same outputs and counters on real captures."""
 import importlib.machinery
 import json
