@@ -62,6 +62,8 @@ CLI_IP6, SRV_IP6, PREFIX6 = "fd77::1", "fd77::2", 64
 CLI_MAC, SRV_MAC = "02:77:00:00:00:01", "02:77:00:00:00:02"
 MON_A_MAC, MON_B_MAC = "02:77:00:00:01:0a", "02:77:00:00:01:0b"
 IFA_F_NODAD = 0x02
+# the endpoints' own client ports; tests that fix a client port take one below
+EPHEMERAL_PORTS = (50000, 60999)
 # Where `python -m mosxdp...` finds the package when run inside a namespace.
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -346,6 +348,11 @@ class Testbed:
         if not self.ipv6:
             for ns, ifn in ((self.cli_ns, self.cli_if), (self.srv_ns, self.srv_if)):
                 self._sysctl(ns, f"net.ipv6.conf.{ifn}.disable_ipv6", 1)
+
+        # Clients pick their own ports from this range only, so a port a test gives curl
+        # (always below it) never meets an earlier connection of the same run.
+        for ns in (self.cli_ns, self.srv_ns):
+            self._sysctl(ns, "net.ipv4.ip_local_port_range", "%d %d" % EPHEMERAL_PORTS)
 
         # addresses and link state
         ends = [(self.cli_ns, self.cli_if, self.cli_ip, self.cli_ip6),
