@@ -4,7 +4,9 @@ of io and engine that feed it: HOT_MODULES) from their Python source, as they ar
 `pip install -e .` (scripts/setup.sh) builds them; MOSXDP_PURE_PYTHON=1 or a missing .so runs
 the .py files instead (mosxdp/core/compiled.py). One small C extension, mosxdp/io/_batchio.c,
 runs an output directory's file operations in batches without the GIL (its Python twin is
-in mosxdp/io/filewriter.py). Everything else is in pyproject.toml."""
+in mosxdp/io/filewriter.py); another, mosxdp/engine/_kerneltwin.c, is the per-frame step of
+the offline model of the kernel's verdicts (its twin: mosxdp/engine/kernel_twin.py).
+Everything else is in pyproject.toml."""
 import os
 import runpy
 import shutil
@@ -39,6 +41,7 @@ setup(
         [f"mosxdp/{name.replace('.', '/')}.py" for name in HOT_MODULES],
         # Annotations stay what they are in Python (no C types, no checks): same behaviour.
         compiler_directives={"language_level": 3, "annotation_typing": False},
-    ) + [Extension("mosxdp.io._batchio", ["mosxdp/io/_batchio.c"])],
+    ) + [Extension("mosxdp.io._batchio", ["mosxdp/io/_batchio.c"]),
+         Extension("mosxdp.engine._kerneltwin", ["mosxdp/engine/_kerneltwin.c"])],
     cmdclass={"build_ext": ReuseBuiltExt},
 )

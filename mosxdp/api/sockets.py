@@ -151,6 +151,8 @@ def mtcp_getsockopt(mctx, sock, level, optname):
 
 
 def _flow_stats(stack, flow):
+    if flow.kernel_verdict is not None and stack.kernel_sync is not None:
+        stack.kernel_sync(flow)   # what the kernel counted so far joins the flow first
     stats = FlowStats()
     stats.start_ts = flow.start_ts + stack.wall_offset_us
     stats.last_ts = flow.last_ts + stack.wall_offset_us

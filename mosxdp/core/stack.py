@@ -279,12 +279,20 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery)
                     # The kernel handles such frames live (the few that reach user space
                     # meanwhile are counted here); offline we only count them.
                     self._counters["bypassed_packets"] += 1
-                    snd.bypassed_bytes += pkt.payload_len
+                    carried = pkt.payload_len
+                    if len(pkt.buf) < pkt.frame_len:
+                        # cut by the capture's snap length: the bytes cut off are missed
+                        carried = max(0, min(carried, len(pkt.buf) - pkt.payload_off))
+                    snd.bypassed_bytes += carried
                     snd.bypassed_pkts += 1
                     snd.bypassed_l2_bytes += pkt.frame_len
                     end = (pkt.seq + pkt.payload_len) & SEQ_MASK
                     if snd.carried_end is None or seq_delta(end, snd.carried_end) > 0:
                         snd.carried_end = end
+                    if self.kernel_sync is not None and not snd.history_bits & (
+                            32 if pkt.payload_len else 4 if flags & TH_ACK else 0xFF):
+                        # A new letter: those of the frames the kernel kept before come first.
+                        self.kernel_sync(flow)
                     self._history(flow, snd, sender, pkt, flags)
                     return self._verdict(VERDICT_DROP if flow.kernel_verdict == "drop"
                                          else VERDICT_FORWARD)

@@ -12,9 +12,10 @@ import sys
 import time
 from contextlib import nullcontext
 
-from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED
+from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, Stack
 from ..io.pcap import PcapReader, PcapWriter
 from .callback_log import counts_text
+from .kernel_twin import TwinProcessor, claim
 from .result import RunResult
 
 
@@ -43,6 +44,10 @@ class OfflineEngine:
         if wire_len is not None:
             self.stack.wire_len = wire_len
         self._wire_len = wire_len
+        # The kernel's verdicts, in process (engine/kernel_twin.py): the frames of a flow
+        # handed to the kernel are counted by the twin as the XDP program counts them live.
+        # (Several contexts on one engine, a ContextGroup: their stacks count them.)
+        self.twin = TwinProcessor(self.stack) if isinstance(self.stack, Stack) else None
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
@@ -89,36 +94,58 @@ class OfflineEngine:
             tick = _both(tick, self.progress.tick)
         ts_us = 0
         wire_len = self._wire_len
+        twin = self.twin
+        table = twin.table if twin is not None else {}
+        processor = twin if twin is not None else stack
+        lru, half_open = (stack.lru, stack.half_open) if twin is not None else (None, None)
         try:
             for ts_us, frame in self.source:
-                verdict = process(frame, ts_us, 0)
-                if stack.outbox:
-                    self._flush_outbox(ts_us)
-                if sink is None:
-                    pass
-                elif wire_len is not None and wire_len():
-                    # A record its capture cut goes out cut, with its length on the wire
-                    # (an edit keeps a cut frame's length: sink(ts, frame, wire length)).
-                    self._sink_cut(ts_us, frame, verdict, wire_len())
-                elif verdict == VERDICT_FORWARD:
-                    sink(ts_us, frame)
-                    self.frames_out += 1
-                elif verdict == VERDICT_REPLACED:
-                    for edited in stack.wire_frames:
-                        sink(ts_us, edited)
+                flow = None
+                if table and not stack.raw_sockets and (wire_len is None or not wire_len()):
+                    flow = claim(table, frame, ts_us, frames_in + 1)
+                if flow is not None:
+                    # Kept by the kernel's verdict: the flow is active as the core would
+                    # have it (its clock, last frame, place in the LRU and half-open orders).
+                    stack.now = flow.last_ts = ts_us
+                    stack.tcp_segments += 1
+                    flow.last_no = stack.frame_no
+                    lru.move_to_end(flow)
+                    if half_open and flow in half_open:
+                        half_open.move_to_end(flow)
+                    if sink is not None and flow.kernel_verdict != "drop":
+                        sink(ts_us, frame)
                         self.frames_out += 1
+                else:
+                    verdict = process(frame, ts_us, 0)
+                    if twin is not None and stack.kernel_updates:
+                        twin.apply()   # at once: the next frame may be the flow's
+                    if stack.outbox:
+                        self._flush_outbox(ts_us)
+                    if sink is None:
+                        pass
+                    elif wire_len is not None and wire_len():
+                        # A record its capture cut goes out cut, with its length on the wire
+                        # (an edit keeps a cut frame's length: sink(ts, frame, wire length)).
+                        self._sink_cut(ts_us, frame, verdict, wire_len())
+                    elif verdict == VERDICT_FORWARD:
+                        sink(ts_us, frame)
+                        self.frames_out += 1
+                    elif verdict == VERDICT_REPLACED:
+                        for edited in stack.wire_frames:
+                            sink(ts_us, edited)
+                            self.frames_out += 1
                 frames_in += 1
                 if frames_in == batch_end:
                     batch_end += batch_size
                     self.frames_in = frames_in
-                    stack.end_batch()
+                    processor.end_batch()
                     self._flush_outbox(ts_us)
                     tick()
         finally:
             self.frames_in = frames_in
             # Also when the input is cut short: what was read is complete
             # and its flows end (reason eof) before the error is reported.
-            stack.finish()
+            processor.finish()
             self._flush_outbox(ts_us)
             self.seconds = time.perf_counter() - started
         return RunResult("offline", self.frames_in, self.frames_out, self.seconds, "end of input")

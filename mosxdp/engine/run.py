@@ -1,7 +1,9 @@
 """The composition behind ``mtcp_app_join``: which engine runs a context, and around it.
 
-Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``), every
-frame through the core (a listener's MOSX_STATE_ONLY changes nothing there). Live
+Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``), with
+the kernel's verdicts modelled in process (engine/kernel_twin.py); every frame of a flow
+without a verdict goes through the core (a listener's MOSX_STATE_ONLY changes nothing there:
+only the emulation counts missed bytes exactly). Live
 (``config.iface``) a ``LiveRun`` puts together the hybrid fast path (mosxdp.engine.hybrid: the
 XDP program filters with the monitor filters of the start and keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics

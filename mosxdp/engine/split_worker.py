@@ -13,6 +13,7 @@ from array import array
 
 from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
 from .forked import exception_line, pin, worker_exit
+from .kernel_twin import TwinProcessor, claim
 from .split_feed import MSG, PCAP_MAGIC
 
 FRAME_KEY = (0,)                      # Stack.order_key while a frame is processed
@@ -126,6 +127,8 @@ class _Worker:
         if self.write:
             self.verdicts = _Verdicts(self.stack, os.path.join(self.spooldir, f"w{self.index}-write"))
         mctx.engine = self
+        # As an offline run: the kernel's verdicts in process (engine/kernel_twin.py).
+        self.twin = TwinProcessor(self.stack)
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
@@ -142,6 +145,9 @@ class _Worker:
         batch_size = self.mctx.config.batch_size
         verdicts = self.verdicts
         outbox = stack.outbox
+        twin = self.twin
+        table = twin.table
+        lru, half_open = stack.lru, stack.half_open
         frames_in = 0
         last_ts = 0
         stop = total = None
@@ -168,18 +174,35 @@ class _Worker:
                         number = numbers[k]
                         off = offsets[k]
                         k += 1
-                        sec, frac, caplen, _ = rec(mm, off)
+                        sec, frac, caplen, wire = rec(mm, off)
                         ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
                         frame = view[off + 16:off + 16 + caplen]
                         stack.frame_no = number
                         frames_in += 1
+                        if table and caplen == wire and not stack.raw_sockets:
+                            flow = claim(table, frame, ts, number + 1)
+                            if flow is not None:
+                                # kept by the kernel's verdict (engine/offline.py's loop)
+                                stack.now = flow.last_ts = ts
+                                stack.tcp_segments += 1
+                                flow.last_no = number
+                                lru.move_to_end(flow)
+                                if half_open and flow in half_open:
+                                    half_open.move_to_end(flow)
+                                if verdicts is not None and flow.kernel_verdict == "drop":
+                                    verdicts.add(number, VERDICT, ts, [])
+                                continue
                         if verdicts is None:
                             process(frame, ts, 0)
+                            if stack.kernel_updates:
+                                twin.apply()
                             if outbox:
                                 outbox.clear()
                             continue
                         original = bytes(frame)
                         verdict = process(frame, ts, 0)
+                        if stack.kernel_updates:
+                            twin.apply()
                         if outbox:
                             verdicts.sent(ts)
                         if verdict == VERDICT_FORWARD:
@@ -193,7 +216,7 @@ class _Worker:
                     if b < n_ends:
                         stack.frame_no = end_no
                         stack.now = ends[b]
-                        stack.end_batch()
+                        twin.end_batch()
                         self._flush(ends[b])
         except StopMonitor as exc:
             stop = (str(exc), exc.code, stack.frame_no)
@@ -205,7 +228,7 @@ class _Worker:
                 stack.frame_no = total
                 stack.now = last_ts
             try:
-                stack.finish()
+                self.twin.finish()
             except StopMonitor as exc:
                 stop = stop or (str(exc), exc.code, stack.frame_no)
             self._flush(stack.now)

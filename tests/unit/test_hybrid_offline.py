@@ -43,6 +43,12 @@ def listener(mctx, syn=None, orphan=None, domain=socket.AF_UNSPEC):
     return s
 
 
+def verdicts(mctx):
+    """(verdicts set, entries removed) in the offline run's model of the kernel's map."""
+    kernel = mctx.engine.twin.kernel
+    return kernel["verdicts_set"], kernel["verdicts_removed"]
+
+
 def raw_socket(mctx, flt):
     s = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_RAW, 0)
     mtcp_bind_monitor_filter(mctx, s, MonitorFilter(raw_pkt_filter=flt))
@@ -294,7 +300,7 @@ def test_bypassed_data_frames_are_forwarded_counted_not_processed(ctx):
     assert [f for _, f in out] == [f for _, f in conv.frames]       # all forwarded
     # after the bypass only FIN, FIN and the ACK of the second FIN were processed
     assert len(pkt_in) - bypass_at[0] == 3
-    assert mctx.stack.kernel_updates == [] or mctx.stack.kernel_updates[0][0] == "bypass"
+    assert verdicts(mctx) == (1, 1)
 
 
 def test_drop_flow_drops_the_rest_and_counts_it(ctx):
@@ -318,22 +324,26 @@ def test_drop_flow_drops_the_rest_and_counts_it(ctx):
     conv.data("c", b"more")
     out = run_frames(mctx, conv.frames)
     assert len(out) == 4                                # handshake + the first data segment
-    assert [u[0] for u in mctx.stack.kernel_updates] == ["drop", "remove"]
+    # one drop verdict, its entry removed with the flow (the offline model of the kernel's)
+    assert verdicts(mctx) == (1, 1)
     assert mctx.stack.counters["dropped"] == 6
     st = ends[0]
     assert (st.pkts[0], st.pkts[1]) == (4, 6)           # dropped frames still count
 
 
-def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(ctx):
+def test_stop_mon_both_asks_for_a_kernel_bypass_and_its_removal(ctx, monkeypatch):
     mctx = ctx()
     s = listener(mctx)
     mtcp_register_callback(mctx, s, MOS_ON_CONN_START, MOS_HK_RCV, lambda m, sock, side, e, a:
                            mtcp_setsockopt(m, sock, SOL_MONSOCKET, MOS_STOP_MON, MOS_SIDE_BOTH))
+    flows = []
+    flow_end = HybridProcessor._flow_end
+    monkeypatch.setattr(HybridProcessor, "_flow_end",
+                        lambda self, flow: (flows.append(flow), flow_end(self, flow)))
     conv = Conv().full()
     run_frames(mctx, conv.frames)
-    ups = mctx.stack.kernel_updates
-    assert [u[0] for u in ups] == ["bypass", "remove"] and ups[0][1] is ups[1][1]
-    assert ups[0][1].end_reason == "fin"     # the ACK of the last FIN ended it
+    assert verdicts(mctx) == (1, 1)
+    assert [f.end_reason for f in flows] == ["fin"]   # the ACK of the last FIN ended it
 
 
 # ---------------------------------------------------------- the model of the XDP program
@@ -794,8 +804,7 @@ def test_state_only_needs_every_socket_of_the_flow(ctx):
         if both:
             mtcp_setsockopt(mctx, b, SOL_MONSOCKET, MOSX_STATE_ONLY, 1)
         run_frames(mctx, conv.frames)
-        actions = [u[0] for u in mctx.stack.kernel_updates]
-        assert actions == (["state_only", "remove"] if honoured and both else []), (honoured, both)
+        assert verdicts(mctx) == ((1, 1) if honoured and both else (0, 0)), (honoured, both)
 
 
 @pytest.mark.parametrize("raw_filter,handed", [("tcp port 80", False), (None, False),
@@ -812,8 +821,7 @@ def test_state_only_not_for_flows_a_raw_socket_takes(ctx, raw_filter, handed):
     if raw_filter is not None:
         mtcp_bind_monitor_filter(mctx, raw, MonitorFilter(raw_pkt_filter=raw_filter))
     run_frames(mctx, conv.frames)
-    actions = [u[0] for u in mctx.stack.kernel_updates]
-    assert actions == (["state_only", "remove"] if handed else []), actions
+    assert verdicts(mctx) == ((1, 1) if handed else (0, 0))
 
 
 def test_state_only_option_errors(ctx):

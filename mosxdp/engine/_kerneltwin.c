@@ -1,0 +1,277 @@
+/*
+ * _kerneltwin: the per-frame step of mosxdp/engine/kernel_twin.py in C (that module has the
+ * same function in Python for when this one is absent or MOSXDP_PURE_PYTHON=1).
+ *
+ *     claim(table, frame, ts_us, stamp) -> the flow, or None
+ *
+ * table: a dict {key: (record, flow)}, the key the 40 bytes of struct mx_flow_key
+ * (bpf/mosxdp.h) and the record a bytearray holding struct kt_record: struct mx_verdict
+ * and the TCP flags OR-ed per direction. For a TCP frame of an entry the record is
+ * updated as bpf/mosxdp.c's verdict path updates the entry (ACK watch, history stamps,
+ * counters, sequence end), with last_seen_ns = ts_us * 1000 and the stamps `stamp`
+ * (the frame's number: only their order counts). The flow is returned when the frame is
+ * one the kernel keeps (counted, no SYN, FIN or RST, no ACK the watch waits for); None
+ * sends the frame to the emulation, as the program sends it to user space.
+ *
+ * Only frames that mosxdp/core/packet.py's parse_frame reads whole and to the same values
+ * are looked up: Ethernet with up to two VLAN tags (ids not 0), IPv4 (not a fragment) or
+ * IPv6 without extension headers, TCP, the IP packet inside the frame. Any other frame
+ * goes to the emulation, which handles it as it handles every frame without the twin.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+#define WATCH_ANY 2
+#define WATCH_ARMED 1
+
+struct kt_key {                 /* struct mx_flow_key */
+	uint8_t lo_addr[16];
+	uint8_t hi_addr[16];
+	uint8_t lo_port[2];     /* network order */
+	uint8_t hi_port[2];
+	uint16_t vlan_outer;
+	uint16_t vlan_inner;
+	uint8_t ip_version;
+	uint8_t ip_proto;
+	uint8_t pad[2];
+};
+
+struct kt_record {              /* struct mx_verdict, then what only the twin keeps */
+	uint32_t action;
+	uint32_t pad;
+	uint64_t last_seen_ns;
+	uint64_t packets[2];
+	uint64_t bytes[2];
+	uint64_t frame_bytes[2];
+	uint64_t ip_bytes[2];
+	uint32_t ack_watch[2];
+	uint32_t watch_armed[2];
+	uint64_t first_data_ns[2];
+	uint64_t first_ack_ns[2];
+	uint32_t seq_end[2];
+	uint8_t tcp_flags[2];
+	uint8_t pad2[6];
+};
+
+#define ACTION_BYPASS 1
+#define ACTION_DROP 2
+#define ACTION_STATE_ONLY 3
+
+static inline unsigned be16(const uint8_t *p) { return ((unsigned)p[0] << 8) | p[1]; }
+static inline uint32_t be32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* The TCP frame's key, direction and fields; 0 when it is not one to look up. */
+struct kt_frame {
+	unsigned flags;
+	uint32_t seq, ack;
+	uint64_t ip_len, payload_len;
+};
+
+static int parse(const uint8_t *p, Py_ssize_t len, struct kt_key *key, int *dir,
+		 struct kt_frame *f)
+{
+	Py_ssize_t off = 14, l4, ip_end, doff;
+	unsigned et, vlan[2] = {0, 0};
+	int tags = 0, alen;
+	const uint8_t *src, *dst;
+	uint8_t a[18], b[18];
+
+	if (len < 14)
+		return 0;
+	et = be16(p + 12);
+	while (et == 0x8100 || et == 0x88A8 || et == 0x9100) {
+		unsigned id;
+
+		if (tags == 2 || off + 4 > len)
+			return 0;
+		id = be16(p + off) & 0xFFF;
+		if (!id)
+			return 0;
+		vlan[tags++] = id;
+		et = be16(p + off + 2);
+		off += 4;
+	}
+	if (et == 0x0800) {
+		unsigned ihl, ip_len;
+
+		if (off + 20 > len || p[off] >> 4 != 4)
+			return 0;
+		ihl = (p[off] & 0xF) * 4;
+		ip_len = be16(p + off + 2);
+		if (ihl < 20 || ip_len < ihl || off + ip_len > len)
+			return 0;
+		if (be16(p + off + 6) & 0x3FFF || p[off + 9] != 6)
+			return 0;
+		src = p + off + 12;
+		dst = p + off + 16;
+		alen = 4;
+		l4 = off + ihl;
+		ip_end = off + ip_len;
+		f->ip_len = ip_len;
+	} else if (et == 0x86DD) {
+		unsigned plen;
+
+		if (off + 40 > len || p[off] >> 4 != 6 || p[off + 6] != 6)
+			return 0;
+		plen = be16(p + off + 4);
+		if (off + 40 + plen > len)
+			return 0;
+		src = p + off + 8;
+		dst = p + off + 24;
+		alen = 16;
+		l4 = off + 40;
+		ip_end = off + 40 + plen;
+		f->ip_len = 40 + plen;
+	} else {
+		return 0;
+	}
+	if (l4 + 20 > ip_end)
+		return 0;
+	doff = (p[l4 + 12] >> 4) * 4;
+	if (doff < 20 || l4 + doff > ip_end)
+		return 0;
+	f->flags = p[l4 + 13];
+	f->seq = be32(p + l4 + 4);
+	f->ack = be32(p + l4 + 8);
+	f->payload_len = ip_end - l4 - doff;
+
+	/* (address, port) as big-endian byte strings: the lower one is the key's lo */
+	memset(a, 0, sizeof(a));
+	memset(b, 0, sizeof(b));
+	memcpy(a, src, alen);
+	memcpy(a + 16, p + l4, 2);
+	memcpy(b, dst, alen);
+	memcpy(b + 16, p + l4 + 2, 2);
+	*dir = memcmp(a, b, 18) > 0;
+	memcpy(key->lo_addr, *dir ? b : a, 16);
+	memcpy(key->hi_addr, *dir ? a : b, 16);
+	memcpy(key->lo_port, (*dir ? b : a) + 16, 2);
+	memcpy(key->hi_port, (*dir ? a : b) + 16, 2);
+	key->vlan_outer = vlan[0];
+	key->vlan_inner = vlan[1];
+	key->ip_version = alen == 4 ? 4 : 6;
+	key->ip_proto = 6;
+	key->pad[0] = key->pad[1] = 0;
+	return 1;
+}
+
+static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *table, *entry, *kbytes, *record, *flow;
+	Py_buffer view;
+	struct kt_key key;
+	struct kt_frame f;
+	struct kt_record *vd;
+	unsigned long long ts_us, stamp, now;
+	Py_ssize_t frame_len;
+	int dir, ok, watched;
+
+	if (nargs != 4 || !PyDict_Check(args[0])) {
+		PyErr_SetString(PyExc_TypeError, "claim(table: dict, frame, ts_us, stamp)");
+		return NULL;
+	}
+	table = args[0];
+	if (!PyDict_GET_SIZE(table))
+		Py_RETURN_NONE;
+	ts_us = PyLong_AsUnsignedLongLong(args[2]);
+	stamp = PyLong_AsUnsignedLongLong(args[3]);
+	if (PyErr_Occurred())
+		return NULL;
+	if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	ok = parse(view.buf, view.len, &key, &dir, &f);
+	frame_len = view.len;
+	PyBuffer_Release(&view);
+	if (!ok)
+		Py_RETURN_NONE;
+	kbytes = PyBytes_FromStringAndSize((const char *)&key, sizeof(key));
+	if (!kbytes)
+		return NULL;
+	entry = PyDict_GetItemWithError(table, kbytes);
+	Py_DECREF(kbytes);
+	if (!entry) {
+		if (PyErr_Occurred())
+			return NULL;
+		Py_RETURN_NONE;
+	}
+	if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+	    !PyByteArray_Check(PyTuple_GET_ITEM(entry, 0)) ||
+	    PyByteArray_GET_SIZE(PyTuple_GET_ITEM(entry, 0)) != (Py_ssize_t)sizeof(struct kt_record)) {
+		PyErr_SetString(PyExc_TypeError, "a table entry is (bytearray record, flow)");
+		return NULL;
+	}
+	record = PyTuple_GET_ITEM(entry, 0);
+	flow = PyTuple_GET_ITEM(entry, 1);
+	vd = (struct kt_record *)PyByteArray_AS_STRING(record);
+	if (vd->action < ACTION_BYPASS || vd->action > ACTION_STATE_ONLY)
+		Py_RETURN_NONE;      /* as the program: an entry of another action is ignored */
+	now = ts_us * 1000;
+
+	watched = vd->watch_armed[dir] && (f.flags & TH_ACK) &&
+		  (vd->watch_armed[dir] == WATCH_ANY || (int32_t)(f.ack - vd->ack_watch[dir]) >= 0);
+	vd->last_seen_ns = now;
+	if (!(f.flags & (TH_SYN | TH_FIN | TH_RST))) {
+		if (f.payload_len) {
+			if (!vd->first_data_ns[dir])
+				vd->first_data_ns[dir] = stamp;
+		} else if ((f.flags & TH_ACK) && !vd->first_ack_ns[dir]) {
+			vd->first_ack_ns[dir] = stamp;
+		}
+		if (!watched) {
+			uint32_t end = f.seq + (uint32_t)f.payload_len;
+
+			if (!vd->packets[dir] || (int32_t)(end - vd->seq_end[dir]) > 0)
+				vd->seq_end[dir] = end;
+			vd->packets[dir] += 1;
+			vd->bytes[dir] += f.payload_len;
+			vd->frame_bytes[dir] += frame_len;
+			vd->ip_bytes[dir] += f.ip_len;
+			vd->tcp_flags[dir] |= f.flags;
+			Py_INCREF(flow);
+			return flow;
+		}
+		vd->watch_armed[dir] = 0;
+	} else if (vd->action != ACTION_DROP) {
+		if (watched)
+			vd->watch_armed[dir] = 0;
+		if (f.flags & (TH_SYN | TH_FIN)) {
+			vd->ack_watch[dir ^ 1] = f.seq + (uint32_t)f.payload_len +
+						 ((f.flags & TH_SYN) ? 1 : 0) + ((f.flags & TH_FIN) ? 1 : 0);
+			vd->watch_armed[dir ^ 1] = WATCH_ARMED;
+		}
+	}
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+	{"claim", (PyCFunction)(void (*)(void))claim, METH_FASTCALL,
+	 "claim(table, frame, ts_us, stamp) -> the flow whose entry counted the frame, or None"},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT, "_kerneltwin",
+	"The per-frame step of mosxdp.engine.kernel_twin in C.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__kerneltwin(void)
+{
+	PyObject *m = PyModule_Create(&module);
+
+	if (m && (PyModule_AddIntConstant(m, "KEY_SIZE", sizeof(struct kt_key)) < 0 ||
+		  PyModule_AddIntConstant(m, "RECORD_SIZE", sizeof(struct kt_record)) < 0)) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}
