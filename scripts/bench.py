@@ -85,7 +85,7 @@ def bench_offline(pcap, repeat):
         count, no_app = _run_offline_once(pcap, None, [], repeat)
         rows.append(("no app (parse + flow table)", no_app))
         _, state = _run_offline_once(pcap, "connlog", ["--output", os.path.join(workdir, "conn.log")], repeat)
-        rows.append(("connlog (state only)", state))
+        rows.append(("connlog (TCP state, no payload)", state))
         flows = os.path.join(workdir, "flows")
         _, full = _run_offline_once(pcap, "flowdump", ["--outdir", flows], repeat, fresh=flows)
         rows.append(("flowdump (full reassembly)", full))

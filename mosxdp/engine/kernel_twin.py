@@ -21,9 +21,9 @@ the core: only the emulation counts missed bytes exactly, engine/run.py.)
 from __future__ import annotations
 
 import ctypes as ct
-import os
 import struct
 
+from ..core.compiled import PURE_PYTHON
 from ..core.datagrams import DatagramFlow
 from ..core.tcp import SYN_RCVD
 from ..io.bpfstructs import (ACTION_NAMES, ACTIONS, MX_ACTION_DROP, MX_WATCH_ANY, MX_WATCH_ARMED,
@@ -247,9 +247,6 @@ def claim_python(table, frame, ts_us, stamp):
 
 
 def _compiled_claim():
-    # The same switch as mosxdp/core/compiled.py.
-    if os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0"):
-        return None
     try:
         from ._kerneltwin import RECORD_SIZE, claim as compiled
     except ImportError:
@@ -258,4 +255,4 @@ def _compiled_claim():
     return compiled
 
 
-claim = _compiled_claim() or claim_python
+claim = (None if PURE_PYTHON else _compiled_claim()) or claim_python
