@@ -5,7 +5,9 @@ of io and engine that feed it: HOT_MODULES) from their Python source, as they ar
 the .py files instead (mosxdp/core/compiled.py). One small C extension, mosxdp/io/_batchio.c,
 runs an output directory's file operations in batches without the GIL (its Python twin is
 in mosxdp/io/filewriter.py); another, mosxdp/engine/_kerneltwin.c, is the per-frame step of
-the offline model of the kernel's verdicts (its twin: mosxdp/engine/kernel_twin.py).
+the offline model of the kernel's verdicts (its twin: mosxdp/engine/kernel_twin.py); a
+third, mosxdp/engine/_splitscan.c, the loops over a split run's input (twins in
+mosxdp/engine/split_feed.py).
 Everything else is in pyproject.toml."""
 import os
 import runpy
@@ -42,6 +44,7 @@ setup(
         # Annotations stay what they are in Python (no C types, no checks): same behaviour.
         compiler_directives={"language_level": 3, "annotation_typing": False},
     ) + [Extension("mosxdp.io._batchio", ["mosxdp/io/_batchio.c"]),
-         Extension("mosxdp.engine._kerneltwin", ["mosxdp/engine/_kerneltwin.c"])],
+         Extension("mosxdp.engine._kerneltwin", ["mosxdp/engine/_kerneltwin.c"]),
+         Extension("mosxdp.engine._splitscan", ["mosxdp/engine/_splitscan.c"])],
     cmdclass={"build_ext": ReuseBuiltExt},
 )

@@ -5,9 +5,11 @@ offsets (0 = first payload byte after the SYN; Python ints, so they never wrap).
 window ``[head, head + capacity)`` is kept: data ending beyond it moves `head` forward and
 the oldest bytes (and holes) are dropped, as mOS does with its tcp ring buffer.
 
-Storage is a ``bytearray`` ring of ``capacity`` bytes indexed by ``offset % capacity``:
-the window maps one-to-one onto the ring, so a contiguous range is at most two slice
-copies. Which offsets are actually held is kept as sorted, disjoint, non-touching runs in
+Storage is a ``bytearray`` ring indexed by ``offset % len(ring)``, so a contiguous range is
+at most two slice copies. The ring starts at INITIAL_RING bytes (or the capacity, if
+smaller) and doubles, laid out anew, whenever bytes to store would reach past
+``head + len(ring)``, up to ``capacity``: a flow of a few kB never allocates (nor zeroes)
+the whole window, which is most flows, while a long stream pays its growth once. Which offsets are actually held is kept as sorted, disjoint, non-touching runs in
 two parallel lists (``_starts``, ``_ends``) searched with `bisect`.
 
 A hole the receiver is known to have (its ACK passed it) while the bytes never reached
@@ -28,6 +30,9 @@ __all__ = ["StreamBuffer", "DEFAULT_MAX_FRAGMENTS"]
 DEFAULT_MAX_FRAGMENTS = 1024
 
 OVERLAP_POLICIES = (MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST)
+
+# The ring's first size: a few full-size segments.
+INITIAL_RING = 16384
 
 
 class StreamBuffer:
@@ -53,14 +58,17 @@ class StreamBuffer:
 
     # `head` and `next_offset` are plain attributes (read-only for callers), kept up to
     # date by every insert: the stack reads them for each segment.
-    __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_view", "head",
+    __slots__ = ("_capacity", "_policy", "_max_fragments", "_ring", "_ring_len", "_view", "head",
                  "next_offset", "_starts", "_ends", "_tail", "refused_fragments",
                  "last_insert_refused", "_lost_starts", "_lost_ends")
 
     def __init__(self, capacity: int, policy: int = MOS_OVERLAP_POLICY_FIRST, *,
-                 max_fragments: int = DEFAULT_MAX_FRAGMENTS):
+                 max_fragments: int = DEFAULT_MAX_FRAGMENTS, ring: int = INITIAL_RING):
         if max_fragments < 1:
             raise ValueError(f"max_fragments must be >= 1, not {max_fragments!r}")
+        if ring < 1:
+            raise ValueError(f"ring must be >= 1 byte, not {ring!r}")
+        self._ring_len = ring      # the ring's first length (_alloc caps it at the capacity)
         self._alloc(capacity)
         self.policy = policy
         self._max_fragments = max_fragments
@@ -85,8 +93,38 @@ class StreamBuffer:
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0 bytes, not {capacity!r}")
         self._capacity = capacity
-        self._ring = bytearray(capacity)
+        if self._ring_len > capacity:
+            self._ring_len = capacity
+        self._ring = bytearray(self._ring_len)
         self._view = memoryview(self._ring)
+
+    def _fit(self, end: int) -> int:
+        """Grow the ring so that [head, end) fits (at most to the capacity: bytes below
+        ``end - capacity`` are about to leave the window); returns its new length. Every
+        byte stored is in [head, head + old length) (an insert may be half done, its runs
+        not yet recorded), so that whole range is copied to its new place."""
+        old_len = self._ring_len
+        size = old_len
+        while size < end - self.head and size < self._capacity:
+            size *= 2
+        if size > self._capacity:
+            size = self._capacity
+        if size == old_len:
+            return size
+        old_view = self._view
+        ring = bytearray(size)
+        start = self.head
+        stop = start + old_len
+        while start < stop:
+            src = start % old_len
+            dst = start % size
+            n = min(stop - start, old_len - src, size - dst)
+            ring[dst:dst + n] = old_view[src:src + n]
+            start += n
+        self._ring = ring
+        self._view = memoryview(ring)
+        self._ring_len = size
+        return size
 
     # -- configuration ------------------------------------------------------------------
 
@@ -117,21 +155,9 @@ class StreamBuffer:
 
     def grow(self, capacity: int) -> None:
         """Widen the window to `capacity` bytes, keeping every byte held (a smaller value
-        changes nothing). The ring is laid out anew: offsets map to ``offset % capacity``."""
-        old_cap = self._capacity
-        if capacity <= old_cap:
-            return
-        old_view = self._view
-        head = self.head
-        self._alloc(capacity)
-        for start, end in zip(self._starts, self._ends):
-            if start < head:
-                start = head
-            while start < end:
-                pos = start % old_cap
-                n = min(end - start, old_cap - pos)
-                self._store(start, old_view[pos:pos + n])
-                start += n
+        changes nothing). The ring grows when bytes beyond its length come (_fit)."""
+        if capacity > self._capacity:
+            self._capacity = capacity
 
     # -- state --------------------------------------------------------------------------
 
@@ -200,8 +226,11 @@ class StreamBuffer:
         if offset == self._tail and n <= self._capacity:
             end = offset + n
             cap = self._capacity
-            pos = offset % cap
-            if pos + n <= cap:
+            size = self._ring_len
+            if end - self.head > size and size < cap:
+                size = self._fit(end)
+            pos = offset % size
+            if pos + n <= size:
                 self._ring[pos:pos + n] = data
             else:
                 self._store(offset, data)
@@ -440,8 +469,11 @@ class StreamBuffer:
     def _store(self, offset: int, chunk) -> None:
         """Copy bytes-like chunk (at most capacity bytes, inside the window) into the ring."""
         n = len(chunk)
-        pos = offset % self._capacity
-        split = self._capacity - pos
+        size = self._ring_len
+        if offset + n - self.head > size and size < self._capacity:
+            size = self._fit(offset + n)
+        pos = offset % size
+        split = size - pos
         if n <= split:
             self._ring[pos:pos + n] = chunk
         else:
@@ -477,8 +509,8 @@ class StreamBuffer:
         n = self._span(offset, max_len)
         if not n:
             return b""
-        pos = offset % self._capacity
-        split = self._capacity - pos
+        pos = offset % self._ring_len
+        split = self._ring_len - pos
         view = self._view
         if n <= split:
             return bytes(view[pos:pos + n])
@@ -490,8 +522,8 @@ class StreamBuffer:
         n = self._span(offset, len(target))
         if not n:
             return 0
-        pos = offset % self._capacity
-        split = self._capacity - pos
+        pos = offset % self._ring_len
+        split = self._ring_len - pos
         view = self._view
         if n <= split:
             target[:n] = view[pos:pos + n]

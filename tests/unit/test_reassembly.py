@@ -586,9 +586,11 @@ class ReassemblyMachine(RuleBasedStateMachine):
     """Random inserts, policy switches and reads; every observable must match the model."""
 
     @initialize(capacity=st.integers(1, 24), policy=st.sampled_from([FIRST, LAST]),
-                max_fragments=st.sampled_from([1, 2, 3, 5, DEFAULT_MAX_FRAGMENTS]))
-    def setup(self, capacity, policy, max_fragments):
-        self.sb = StreamBuffer(capacity, policy, max_fragments=max_fragments)
+                max_fragments=st.sampled_from([1, 2, 3, 5, DEFAULT_MAX_FRAGMENTS]),
+                ring=st.integers(1, 24))
+    def setup(self, capacity, policy, max_fragments, ring):
+        # A ring smaller than the window grows (laid out anew) as the bytes come.
+        self.sb = StreamBuffer(capacity, policy, max_fragments=max_fragments, ring=ring)
         self.model = NaiveStream(capacity, policy, max_fragments)
 
     def _insert(self, offset, data):

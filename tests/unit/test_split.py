@@ -1,6 +1,7 @@
 """The split of a run over workers (core/split.py, engine/workers.py): both directions of
 every flow reach one worker, the parent's fast path for untagged IPv4 gives each frame the
-worker the core's parser does, and flows spread over the workers."""
+bucket the core's parser does, flows spread over the workers by the hash (live) and the
+offline split balances the workers' frames."""
 import os
 import random
 import socket
@@ -11,7 +12,7 @@ from scapy.all import ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6
 
 from mosxdp.core.frames import build_tcp_frame
 from mosxdp.core.packet import PacketError, parse_frame
-from mosxdp.core.split import flow_hash, frame_worker
+from mosxdp.core.split import BUCKET_BITS, balance, flow_hash, frame_hash, frame_worker
 from mosxdp.engine import split_feed
 from mosxdp.io.pcap import PcapReader, PcapWriter
 
@@ -105,7 +106,7 @@ def owners_by_fast_path(path, workers, batch_size=4):
     return [owner[i] for i in range(frames)]
 
 
-def test_fast_path_gives_each_frame_the_parsers_worker(tmp_path):
+def test_fast_path_gives_each_frame_the_parsers_bucket(tmp_path):
     paths = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA)) if name.endswith(".pcap")]
     crafted = str(tmp_path / "odd.pcap")
     with PcapWriter(crafted) as writer:
@@ -118,10 +119,66 @@ def test_fast_path_gives_each_frame_the_parsers_worker(tmp_path):
         valid = [i for i, frame in enumerate(frames) if _parses(frame)]
         assert len(valid) > len(frames) // 2
         for workers in (2, 3):
-            expected = [frame_worker(memoryview(frame), workers) for frame in frames]
             got = owners_by_fast_path(path, workers)
-            # A malformed frame is only counted: any worker will do.
-            assert [got[i] for i in valid] == [expected[i] for i in valid], path
+            # Every frame of a bucket (so of a flow, both ways) on one worker, and the
+            # frames without IP on worker 0. A malformed frame is only counted: any worker
+            # will do.
+            by_bucket = {}
+            for i in valid:
+                value = frame_hash(memoryview(frames[i]))
+                if value is None:
+                    assert got[i] == 0, path
+                else:
+                    bucket = value >> (32 - BUCKET_BITS)
+                    assert by_bucket.setdefault(bucket, got[i]) == got[i], path
+
+
+def test_offline_split_balances_heavy_flows(tmp_path):
+    """Flows of very different sizes whose hashes would put most frames on one worker
+    (live's hash * N >> 32) are balanced by the bucket table: each new flow goes to the
+    worker with the fewest frames so far."""
+    rng = random.Random(7)
+    flows = []
+    for k in range(40):
+        sport = 30000 + k
+        size = rng.choice((2, 3, 5, 200, 400))
+        flows.append((sport, size))
+    path = str(tmp_path / "heavy.pcap")
+    frames = []
+    with PcapWriter(path) as writer:
+        # The flows start one after the other and overlap, as in a busy capture.
+        active = []
+        pending = list(flows)
+        ts = 1_000_000
+        while pending or active:
+            if pending and (not active or rng.random() < 0.3):
+                active.append(list(pending.pop(0)))
+            flow = rng.choice(active)
+            frame = tcp("10.1.0.1", flow[0], "10.1.0.2", 80)
+            writer.write(ts, frame)
+            frames.append(frame)
+            ts += 10
+            flow[1] -= 1
+            if not flow[1]:
+                active.remove(flow)
+    got = owners_by_fast_path(path, 2)
+    loads = [0, 0]
+    for worker in got:
+        loads[worker] += 1
+    assert max(loads) <= 0.55 * len(frames), loads
+    static = [0, 0]
+    for frame in frames:
+        static[frame_worker(memoryview(frame), 2)] += 1
+    assert loads != static     # the table, not the live hash, made the split
+
+
+def test_balance_puts_the_largest_buckets_first_on_the_least_loaded_worker():
+    counts = [0] * 8
+    counts[3], counts[5], counts[6], counts[1] = 10, 7, 4, 4
+    # 10 -> worker 0; 7 -> 1; 4 (bucket 1, the lower of the two 4s) -> 1; 4 -> 0.
+    table = balance(counts, 2)
+    assert [table[b] for b in (3, 5, 1, 6)] == [0, 1, 1, 0]
+    assert balance([1, 1, 1, 1, 1], 3) == [0, 1, 2, 0, 1]
 
 
 def _parses(frame):
@@ -222,3 +279,36 @@ def test_workers_value_is_auto_or_a_count(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(str(conf))
     assert "workers" in str(exc.value) and '"auto"' in str(exc.value), exc.value
+
+
+def test_c_loops_give_the_workers_their_python_twins_give(tmp_path, monkeypatch):
+    """_splitscan.c and its twins in split_feed.py: the same worker for every frame the
+    core parses (a malformed one may go anywhere), the same batch ends, and the same
+    bucket counts of the frames they hash."""
+    from mosxdp.engine import _splitscan
+    crafted = str(tmp_path / "odd.pcap")
+    with PcapWriter(crafted) as writer:
+        for i, frame in enumerate(odd_frames()):
+            writer.write(1_000_000 + i, frame)
+    paths = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA))
+             if name.endswith(".pcap")] + [crafted]
+    for path in paths:
+        with PcapReader(path) as reader:
+            frames = [bytes(frame) for _, frame in reader]
+        valid = [i for i, frame in enumerate(frames) if _parses(frame)]
+        runs = {}
+        for name, loops in (("c", (_splitscan.assign, _splitscan.count_buckets)),
+                            ("python", (split_feed.assign, split_feed.count_buckets))):
+            monkeypatch.setattr(split_feed, "_assign", loops[0])
+            monkeypatch.setattr(split_feed, "_count_buckets", loops[1])
+            scan = split_feed.Scan(path)
+            try:
+                counts = split_feed.bucket_counts(scan)
+            finally:
+                scan.close()
+            runs[name] = (owners_by_fast_path(path, 3, batch_size=5), counts)
+        (c_owner, c_counts), (py_owner, py_counts) = runs["c"], runs["python"]
+        assert [c_owner[i] for i in valid] == [py_owner[i] for i in valid], path
+        assert sum(c_counts) == sum(py_counts) == len(frames), path
+        if len(valid) == len(frames):
+            assert c_counts == py_counts, path
