@@ -14,3 +14,9 @@ cpdef parse_frame(buf)
 
 @cython.locals(pkt=Packet)
 cdef _clear_l4(Packet pkt)
+
+from cpython.buffer cimport Py_buffer
+
+@cython.locals(pkt=Packet, view=Py_buffer, b=cython.p_uchar, flags=cython.uchar,
+               ip_len=Py_ssize_t, tcp_hdr_len=Py_ssize_t, ip_end=Py_ssize_t)
+cdef _parse_tcp_ipv4(buf, Py_ssize_t frame_len)

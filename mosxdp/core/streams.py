@@ -11,8 +11,14 @@ ENOMEM and MOS_ON_ERROR, and `memcap_refused` counts it.
 import errno
 from copy import copy
 
+# Type declarations for the compiled build (streams.pxd cimports the types); in plain Python
+# cython.locals is a decorator that changes nothing.
+import cython
+
 from .constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TH_SYN, TH_URG
 from .events import EV_CONN_NEW_DATA, EV_ERROR, EV_REXMIT, HOOK_NULL
+from .flow import Flow, Side
+from .packet import Packet
 from .reassembly import OVERLAP_POLICIES, StreamBuffer
 from .tcp import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
@@ -68,6 +74,9 @@ class StreamDelivery:
         if charged:
             self.reassembly_mem -= charged
 
+    # Compiled, the segment's Packet, its Flow and the receiving Side are read as C structs
+    # (one segment in two comes here).
+    @cython.locals(flow=Flow, pkt=Packet, rcv=Side)
     def _receive_payload(self, flow, pkt, receiver, rcv):
         """Reassemble the segment's payload into the receiver's buffer."""
         if pkt is self.cut_pkt:

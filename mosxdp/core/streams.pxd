@@ -1,0 +1,4 @@
+# Compiled declarations of streams.py (setup.py): the types StreamDelivery._receive_payload
+# declares.
+from mosxdp.core.packet cimport Packet
+from mosxdp.core.flow cimport Flow, Side
