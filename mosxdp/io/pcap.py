@@ -54,7 +54,15 @@ import stat
 import struct
 import zlib
 
+# The compiled build's declarations (setup.py); decorators that change nothing in plain
+# Python.
+import cython
+
 from .pcapng import MAX_RECORD as _MAX_RECORD, PCAPNG_SHB, PcapngBlocks
+
+if cython.compiled:
+    from cython.cimports.cpython.bytearray import PyByteArray_FromStringAndSize
+    from cython.cimports.cpython.memoryview import PyMemoryView_GET_BUFFER
 
 __all__ = [
     "PcapFormatError",
@@ -220,7 +228,11 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         if self._eof:
             return view, len(view), off
         rest = len(view) - off
-        buf = bytearray(rest + max(_CHUNK, min(need - rest, _MAX_GROW)))
+        size = rest + max(_CHUNK, min(need - rest, _MAX_GROW))
+        # Compiled, not zeroed first (a megabyte a chunk): the read fills it, and what it
+        # does not fill is cut off below.
+        buf = PyByteArray_FromStringAndSize(cython.NULL, size) if cython.compiled \
+            else bytearray(size)
         buf[:rest] = view[off:]
         n = rest
         # At most one read of the stream below per call: what a pipe or a decompressor has
@@ -379,10 +391,17 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
             f"truncated at byte offset {self._base + off}: {what} cut short, "
             f"{n} packet{'s' if n != 1 else ''} read")
 
+    # Compiled, the offsets, lengths and the timestamp are C integers.
+    @cython.locals(size=cython.Py_ssize_t, rec_size=cython.Py_ssize_t, off=cython.Py_ssize_t,
+                   start=cython.Py_ssize_t, end=cython.Py_ssize_t, count=cython.Py_ssize_t,
+                   sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
+                   origlen=cython.Py_ssize_t, ts=cython.longlong, ns=cython.bint,
+                   little=cython.bint, head=cython.p_uchar)
     def _iter_pcap(self, with_orig: bool):
         view = self._view
         size = len(view)
         rec = _REC_HDR[self._order].unpack_from
+        little = self._order == "<"
         rec_size = self._rec_size
         ns = self.nanosecond
         off = 24 - self._base
@@ -395,7 +414,15 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
                     return
                 if off + rec_size > size:
                     raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
-            sec, frac, caplen, origlen = rec(view, off)
+            if cython.compiled:
+                # The record header read in place (rec's four fields, either byte order).
+                head = cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off
+                sec = _rd32(head, little)
+                frac = _rd32(head + 4, little)
+                caplen = _rd32(head + 8, little)
+                origlen = _rd32(head + 12, little)
+            else:
+                sec, frac, caplen, origlen = rec(view, off)
             start = off + rec_size
             end = start + caplen
             if end > size:
@@ -426,6 +453,17 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         if f is not None:
             f.close()
         self._view = memoryview(b"")
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(p=cython.p_uchar, little=cython.bint)
+@cython.returns(cython.uint)
+def _rd32(p, little):
+    """The 32-bit unsigned integer at p (compiled build only)."""
+    if little:
+        return p[0] | (p[1] << 8) | (p[2] << 16) | (cython.cast(cython.uint, p[3]) << 24)
+    return p[3] | (p[2] << 8) | (p[1] << 16) | (cython.cast(cython.uint, p[0]) << 24)
 
 
 class PcapWriter(_ClosedOnExit):
