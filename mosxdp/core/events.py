@@ -15,10 +15,15 @@ import heapq
 import os
 import sysconfig
 
+# Type declarations for the compiled build (events.pxd); decorators that change nothing in
+# plain Python.
+import cython
+
 from .constants import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                         MOS_ON_CONN_START, MOS_ON_ERROR, MOS_ON_ORPHAN, MOS_ON_PKT_IN,
                         MOS_ON_REXMIT, MOS_ON_TCP_STATE_CHANGE, MOS_ON_TIMEOUT, UDE_FIRST_BIT,
                         UDE_LAST_BIT)
+from .stack_state import StackState
 
 # Frames of these files are mosxdp's own or the standard library's, not the app's line
 # that an error report should name (mosxdp/apps are apps).
@@ -280,6 +285,9 @@ class EventDispatch:
         """MOS_DROP from a callback: the packet being processed is not forwarded."""
         self.cur_drop = True
 
+    # Compiled, the Stack's per-frame attributes are C struct members (stack_state.pxd): a
+    # per-packet callback passes here, _fire and _fire_flow on every frame.
+    @cython.locals(self=StackState)
     def _call(self, callback, sock_id, side, event, arg, no_packet=False):
         saved = (self.cur_side, self.cur_pkt)
         self.cur_side = side
@@ -314,6 +322,7 @@ class EventDispatch:
             self.exit_request = (callback, exc)
         self._stop_requested = self._exit_work = True
 
+    @cython.locals(self=StackState)
     def _fire(self, sock, hook, side, event):
         table = sock.table
         if not table.masks[hook] & event:
@@ -356,6 +365,7 @@ class EventDispatch:
         if children:
             self._fire_udes(sock, hook, side, event_id, children)
 
+    @cython.locals(self=StackState)
     def _fire_flow(self, flow, hook, side, events):
         """Raise `events` (a bit set) at `hook` for `side` on every socket of the flow."""
         for sock in flow.socks:

@@ -2,3 +2,4 @@
 # declares.
 from mosxdp.core.packet cimport Packet
 from mosxdp.core.flow cimport Flow, Side
+from mosxdp.core.stack_state cimport StackState

@@ -19,6 +19,7 @@ from .constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TH_SYN, TH_URG
 from .events import EV_CONN_NEW_DATA, EV_ERROR, EV_REXMIT, HOOK_NULL
 from .flow import Flow, Side
 from .packet import Packet
+from .stack_state import StackState
 from .reassembly import OVERLAP_POLICIES, StreamBuffer
 from .tcp import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
@@ -74,9 +75,9 @@ class StreamDelivery:
         if charged:
             self.reassembly_mem -= charged
 
-    # Compiled, the segment's Packet, its Flow and the receiving Side are read as C structs
-    # (one segment in two comes here).
-    @cython.locals(flow=Flow, pkt=Packet, rcv=Side)
+    # Compiled, the segment's Packet, its Flow, the receiving Side and the Stack's per-frame
+    # attributes are read as C structs (one segment in two comes here).
+    @cython.locals(self=StackState, flow=Flow, pkt=Packet, rcv=Side)
     def _receive_payload(self, flow, pkt, receiver, rcv):
         """Reassemble the segment's payload into the receiver's buffer."""
         if pkt is self.cut_pkt:
