@@ -21,7 +21,16 @@ Sans-IO: stdlib and mosxdp.constants only.
 """
 from bisect import bisect_left, bisect_right
 
+# The compiled build's declarations (reassembly.pxd); decorators that change nothing in
+# plain Python.
+import cython
+
 from .constants import MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST
+
+if cython.compiled:
+    from cython.cimports.cpython.buffer import PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+    from cython.cimports.cpython.bytearray import PyByteArray_AS_STRING
+    from cython.cimports.libc.string import memcpy
 
 __all__ = ["StreamBuffer", "DEFAULT_MAX_FRAGMENTS"]
 
@@ -33,6 +42,21 @@ OVERLAP_POLICIES = (MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST)
 
 # The ring's first size: a few full-size segments.
 INITIAL_RING = 16384
+
+
+def _copy_into(ring, pos, data, n):
+    """Copy the n bytes of ``data`` (a contiguous buffer of n bytes) into the bytearray
+    ``ring`` at ``pos`` (in range) with one memcpy; False for any other ``data``, which the
+    caller copies by slice assignment. Compiled build only."""
+    try:
+        PyObject_GetBuffer(data, cython.address(view), PyBUF_SIMPLE)
+    except (TypeError, BufferError, ValueError):
+        return False
+    copied = view.len == n
+    if copied:
+        memcpy(PyByteArray_AS_STRING(ring) + pos, view.buf, n)
+    PyBuffer_Release(cython.address(view))
+    return copied
 
 
 class StreamBuffer:
@@ -230,10 +254,10 @@ class StreamBuffer:
             if end - self.head > size and size < cap:
                 size = self._fit(end)
             pos = offset % size
-            if pos + n <= size:
-                self._ring[pos:pos + n] = data
-            else:
+            if pos + n > size:
                 self._store(offset, data)
+            elif not (cython.compiled and _copy_into(self._ring, pos, data, n)):
+                self._ring[pos:pos + n] = data
             starts, ends = self._starts, self._ends
             self._tail = ends[-1] = end
             head = end - cap

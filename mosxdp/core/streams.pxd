@@ -3,3 +3,4 @@
 from mosxdp.core.packet cimport Packet
 from mosxdp.core.flow cimport Flow, Side
 from mosxdp.core.stack_state cimport StackState
+from mosxdp.core.reassembly cimport StreamBuffer

@@ -77,7 +77,7 @@ class StreamDelivery:
 
     # Compiled, the segment's Packet, its Flow, the receiving Side and the Stack's per-frame
     # attributes are read as C structs (one segment in two comes here).
-    @cython.locals(self=StackState, flow=Flow, pkt=Packet, rcv=Side)
+    @cython.locals(self=StackState, flow=Flow, pkt=Packet, rcv=Side, buf=StreamBuffer)
     def _receive_payload(self, flow, pkt, receiver, rcv):
         """Reassemble the segment's payload into the receiver's buffer."""
         if pkt is self.cut_pkt:
@@ -117,7 +117,7 @@ class StreamDelivery:
             buf, events = self._new_buffer(flow, rcv, events)
         if buf is not None:
             head_before = buf.head
-            if offset > buf.next_offset and end - buf.capacity > buf.next_offset:
+            if offset > buf.next_offset and end - buf._capacity > buf.next_offset:
                 self._grow(flow, buf, end)
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
