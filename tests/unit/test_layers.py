@@ -4,7 +4,8 @@ imports under TYPE_CHECKING alike:
 
 * `mosxdp/core` imports nothing outside `mosxdp.core` but the standard library and
   `cython` (the compiled build's type declarations, decorators that do nothing in plain
-  Python, and `cython.cimports`: CPython's C API, imported under `if cython.compiled`);
+  Python, and `cython.cimports` of CPython's C API and the C library, imported under
+  `if cython.compiled`);
 * `mosxdp/io` imports nothing of `mosxdp.core`, `mosxdp.engine`, `mosxdp.api` or the
   public face that re-exports them (`mosxdp`, `mosxdp.constants`, `mosxdp.types`,
   `mosxdp.facade`);
@@ -80,7 +81,7 @@ def within(target: str, *packages: str) -> bool:
 
 def core_rule(target: str) -> str | None:
     if within(target, "mosxdp.core") or target.split(".")[0] in STDLIB or target == "cython" \
-            or target.startswith("cython.cimports.cpython."):
+            or target.startswith(("cython.cimports.cpython.", "cython.cimports.libc.")):
         return None
     return "core imports only mosxdp.core, the standard library and cython"
 
@@ -197,5 +198,6 @@ def test_core_may_use_only_the_standard_library():
     assert core_rule("collections.abc") is None and core_rule("mosxdp.core.tcp") is None
     assert core_rule("cython") is None   # pure-Python mode declarations
     assert core_rule("cython.cimports.cpython.bytes") is None   # the C API, compiled only
+    assert core_rule("cython.cimports.libc.string") is None
     assert core_rule("cython.cimports.numpy")
     assert core_rule("mosxdp.constants") and core_rule("scapy.all") and core_rule("mosxdp")
