@@ -84,6 +84,8 @@ def mtcp_get_uctx(mctx, sock):
 def _peer(flow, side):
     addr = flow.addrs[side]
     port = flow.ports_tcp[side]
+    if len(addr) == 4:     # inet_ntop writes IPv4 as ipaddress does, at a tenth of the cost
+        return (socket.inet_ntop(socket.AF_INET, addr), port)
     return (str(ipaddress.ip_address(addr)), port)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import socket
 import struct
 
 __all__ = ["community_id", "PROTO_ICMP", "PROTO_TCP", "PROTO_UDP", "PROTO_ICMPV6", "PROTO_SCTP"]
@@ -48,7 +49,12 @@ def _packed(addr) -> bytes:
             raise ValueError(f"a packed address has 4 or 16 bytes, not {len(addr)}")
         return addr
     if isinstance(addr, str):
-        addr = ipaddress.ip_address(addr)
+        # inet_pton: the same bytes as ipaddress for every address both read, at a tenth of
+        # the cost (once per flow that ends); ipaddress for the rest (a scope id) and errors.
+        try:
+            return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+        except OSError:
+            addr = ipaddress.ip_address(addr)
     return addr.packed
 
 
