@@ -10,6 +10,10 @@ order) in `TcpEmulation`, the Stack's part that updates both sides for a segment
 SYN, FIN or RST (the common data segment is inlined in Stack.process); every state
 change goes through `next_state` and the tables.
 """
+# Type declarations for the compiled build (tcp.pxd cimports the types, named here as
+# strings: flow.py imports this module); decorators that change nothing in plain Python.
+import cython
+
 from .constants import (MOS_SIDE_CLI, MOS_SIDE_SVR, TH_ACK, TH_FIN, TH_RST, TH_SYN, TcpState)
 from .events import (EV_CONN_START, EV_ERROR, EV_PKT_IN, EV_REXMIT, EV_TCP_STATE_CHANGE,
                      HOOK_NULL, HOOK_RCV, HOOK_SND, VERDICT_DROP, VERDICT_FORWARD)
@@ -108,6 +112,9 @@ class TcpEmulation:
     """The Stack's part that updates both emulated sides for a segment with SYN, FIN or
     RST, or one of a stream not yet known (a mixin: called from Stack.process)."""
 
+    # Compiled, the Stack's per-frame attributes, the packet, the flow and its sides are
+    # read as C structs (tcp.pxd).
+    @cython.locals(self="StackState", flow="Flow", pkt="Packet", snd="Side")
     def _history(self, flow, snd, sender, pkt, flags):
         """Zeek's conn.log history letters (upper case: originator)."""
         if flags & TH_SYN:
@@ -129,6 +136,7 @@ class TcpEmulation:
             snd.history_bits |= 32
             flow.history.append("D" if sender == MOS_SIDE_CLI else "d")
 
+    @cython.locals(pkt="Packet", snd="Side", rcv="Side")
     def _rst_acceptable(self, pkt, snd, rcv):
         """RFC 793/5961: an RST counts only inside the receiver's window."""
         if rcv.state == SYN_SENT:
@@ -143,6 +151,7 @@ class TcpEmulation:
             window = 1 << 30
         return 0 <= delta < window or (delta == -1 and rcv.fin_received)
 
+    @cython.locals(self="StackState", flow="Flow", pkt="Packet", snd="Side", rcv="Side")
     def _segment(self, flow, pkt, sender, snd, rcv):
         """A segment with SYN, FIN or RST, or one of a stream not yet known."""
         flags = pkt.flags
@@ -286,6 +295,7 @@ class TcpEmulation:
         self._after_packet(flow)
         return VERDICT_DROP if self.cur_drop else VERDICT_FORWARD
 
+    @cython.locals(self="StackState", rcv="Side")
     def _receiver_ack(self, rcv, ack, flags):
         """What an ACK arriving at `rcv` acknowledges of what it sent."""
         transitions = 0
@@ -310,6 +320,7 @@ class TcpEmulation:
         for sock in flow.socks:
             sock.peek_off[1 - flow.sides.index(snd)] = 0
 
+    @cython.locals(self="StackState", flow="Flow", pkt="Packet", snd="Side")
     def _sender_ack(self, flow, pkt, sender, snd):
         """What the sender's ACK tells about its own receive side; returns the
         number of state transitions it caused."""
@@ -333,6 +344,7 @@ class TcpEmulation:
             return self._receive_fin(snd)
         return 0
 
+    @cython.locals(self="StackState", side="Side")
     def _receive_fin(self, side):
         side.fin_received = True
         nxt = next_state(RECEIVER_TRANSITIONS, side.state, RECV_FIN)
