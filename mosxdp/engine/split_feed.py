@@ -117,15 +117,11 @@ def split_records(scan, workers, batch_size, send):
             start, caplen = record
             value = frame_hash(memoryview(mm)[start:start + caplen])
             worker = 0 if value is None else table[value >> BUCKET_SHIFT]
-            numbers[worker][owned[worker]] = index
-            offsets[worker][owned[worker]] = off
-            owned[worker] += 1
+            n_ends = _give(mm, little, ns, batch_size, worker, index, off, numbers, offsets,
+                           owned, ends, n_ends)
             last = off
             off = start + caplen
             index += 1
-            if index % batch_size == 0:
-                ends[n_ends] = _ts(mm, last, little, ns)
-                n_ends += 1
         if index == first:
             break
         going = True
@@ -180,23 +176,31 @@ def _fast_hash(mm, start, caplen):
         ^ ((((dst << 16) | dport) * MULTIPLIER & _MASK64) >> 32)
 
 
+def _fast_record(mm, off, caplen_at):
+    """(start, caplen, flow hash) of the whole record at ``off`` when its frame is on the
+    fast path, else None (the end, a record cut short, or a frame the parser must read)."""
+    if off + 16 > len(mm):
+        return None
+    caplen = caplen_at(mm, off + 8)[0]
+    start = off + 16
+    if start + caplen > len(mm) or caplen > _MAX_RECORD:
+        return None
+    value = _fast_hash(mm, start, caplen)
+    return None if value is None else (start, caplen, value)
+
+
 def count_buckets(mm, off, little, counts):
     """Count the fast-path frames' buckets into ``counts`` from the record at ``off`` on;
     returns the offset of the first record it did not count: the end, a record cut short,
     or a frame off the fast path."""
-    size = len(mm)
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
-    while off + 16 <= size:
-        caplen = caplen_at(mm, off + 8)[0]
-        start = off + 16
-        if start + caplen > size or caplen > _MAX_RECORD:
-            break
-        value = _fast_hash(mm, start, caplen)
-        if value is None:
-            break
+    while True:
+        record = _fast_record(mm, off, caplen_at)
+        if record is None:
+            return off
+        start, caplen, value = record
         counts[value >> BUCKET_SHIFT] += 1
         off = start + caplen
-    return off
 
 
 def assign(mm, off, last, little, ns, index, limit, batch_size, table, numbers, offsets,
@@ -206,27 +210,31 @@ def assign(mm, off, last, little, ns, index, limit, batch_size, table, numbers, 
     each worker's frame numbers and offsets go to numbers[w] and offsets[w] at owned[w]
     (then counted), the timestamp of every batch's last frame to ``ends`` at ``n_ends``.
     Returns (index, off, offset of the last record given (``last`` if none), n_ends)."""
-    size = len(mm)
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
-    while index < limit and off + 16 <= size:
-        caplen = caplen_at(mm, off + 8)[0]
-        start = off + 16
-        if start + caplen > size or caplen > _MAX_RECORD:
+    while index < limit:
+        record = _fast_record(mm, off, caplen_at)
+        if record is None:
             break
-        value = _fast_hash(mm, start, caplen)
-        if value is None:
-            break
-        worker = table[value >> BUCKET_SHIFT]
-        numbers[worker][owned[worker]] = index
-        offsets[worker][owned[worker]] = off
-        owned[worker] += 1
+        start, caplen, value = record
+        n_ends = _give(mm, little, ns, batch_size, table[value >> BUCKET_SHIFT], index, off,
+                       numbers, offsets, owned, ends, n_ends)
         last = off
         off = start + caplen
         index += 1
-        if index % batch_size == 0:
-            ends[n_ends] = _ts(mm, last, little, ns)
-            n_ends += 1
     return index, off, last, n_ends
+
+
+def _give(mm, little, ns, batch_size, worker, index, off, numbers, offsets, owned, ends,
+          n_ends):
+    """Frame ``index`` (its record at ``off``) to ``worker``; returns n_ends, one more when
+    the frame ends a batch (its timestamp in ``ends``)."""
+    numbers[worker][owned[worker]] = index
+    offsets[worker][owned[worker]] = off
+    owned[worker] += 1
+    if (index + 1) % batch_size == 0:
+        ends[n_ends] = _ts(mm, off, little, ns)
+        n_ends += 1
+    return n_ends
 
 
 try:
