@@ -417,10 +417,10 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
             if cython.compiled:
                 # The record header read in place (rec's four fields, either byte order).
                 head = cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off
-                sec = _rd32(head, little)
-                frac = _rd32(head + 4, little)
-                caplen = _rd32(head + 8, little)
-                origlen = _rd32(head + 12, little)
+                sec = read_u32(head, little)
+                frac = read_u32(head + 4, little)
+                caplen = read_u32(head + 8, little)
+                origlen = read_u32(head + 12, little)
             else:
                 sec, frac, caplen, origlen = rec(view, off)
             start = off + rec_size
@@ -455,12 +455,9 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         self._view = memoryview(b"")
 
 
-@cython.cfunc
-@cython.inline
-@cython.locals(p=cython.p_uchar, little=cython.bint)
-@cython.returns(cython.uint)
-def _rd32(p, little):
-    """The 32-bit unsigned integer at p (compiled build only)."""
+def read_u32(p, little):
+    """The 32-bit unsigned integer at p (compiled build only: a C function, pcap.pxd, that
+    engine/split_worker.py uses too)."""
     if little:
         return p[0] | (p[1] << 8) | (p[2] << 16) | (cython.cast(cython.uint, p[3]) << 24)
     return p[3] | (p[2] << 8) | (p[1] << 16) | (cython.cast(cython.uint, p[0]) << 24)
