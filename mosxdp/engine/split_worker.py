@@ -143,8 +143,7 @@ class _Worker:
     # Compiled, the per-frame offsets, lengths and the timestamp are C integers.
     @cython.locals(k=cython.Py_ssize_t, n_own=cython.Py_ssize_t, off=cython.Py_ssize_t,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
-                   wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint,
-                   record=cython.p_uchar)
+                   wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint)
     def run(self, rd):
         stack = self.stack
         process = stack.process
@@ -189,12 +188,10 @@ class _Worker:
                         k += 1
                         if cython.compiled:
                             # The record header read in place, as io/pcap.py's reader does.
-                            record = cython.cast(cython.p_uchar,
-                                                 PyMemoryView_GET_BUFFER(view).buf) + off
-                            sec = read_u32(record, little)
-                            frac = read_u32(record + 4, little)
-                            caplen = read_u32(record + 8, little)
-                            wire = read_u32(record + 12, little)
+                            read_header(cython.cast(cython.p_uchar,
+                                                    PyMemoryView_GET_BUFFER(view).buf) + off,
+                                        little, cython.address(sec), cython.address(frac),
+                                        cython.address(caplen), cython.address(wire))
                         else:
                             sec, frac, caplen, wire = rec(mm, off)
                         ts = sec * 1_000_000 + (frac // 1000 if ns else frac)

@@ -396,7 +396,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
                    start=cython.Py_ssize_t, end=cython.Py_ssize_t, count=cython.Py_ssize_t,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
                    origlen=cython.Py_ssize_t, ts=cython.longlong, ns=cython.bint,
-                   little=cython.bint, head=cython.p_uchar)
+                   little=cython.bint)
     def _iter_pcap(self, with_orig: bool):
         view = self._view
         size = len(view)
@@ -416,11 +416,9 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
                     raise self._truncated(off, f"record header ({size - off} of {rec_size} bytes)")
             if cython.compiled:
                 # The record header read in place (rec's four fields, either byte order).
-                head = cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off
-                sec = read_u32(head, little)
-                frac = read_u32(head + 4, little)
-                caplen = read_u32(head + 8, little)
-                origlen = read_u32(head + 12, little)
+                read_header(cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off,
+                            little, cython.address(sec), cython.address(frac),
+                            cython.address(caplen), cython.address(origlen))
             else:
                 sec, frac, caplen, origlen = rec(view, off)
             start = off + rec_size
@@ -455,9 +453,18 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         self._view = memoryview(b"")
 
 
-def read_u32(p, little):
-    """The 32-bit unsigned integer at p (compiled build only: a C function, pcap.pxd, that
+def read_header(p, little, sec, frac, caplen, origlen):
+    """A classic pcap record header at p: its four fields into the integers the last four
+    arguments point to (compiled build only: a C function, pcap.pxd, that
     engine/split_worker.py uses too)."""
+    sec[0] = read_u32(p, little)
+    frac[0] = read_u32(p + 4, little)
+    caplen[0] = read_u32(p + 8, little)
+    origlen[0] = read_u32(p + 12, little)
+
+
+def read_u32(p, little):
+    """The 32-bit unsigned integer at p (compiled build only)."""
     if little:
         return p[0] | (p[1] << 8) | (p[2] << 16) | (cython.cast(cython.uint, p[3]) << 24)
     return p[3] | (p[2] << 8) | (p[1] << 16) | (cython.cast(cython.uint, p[0]) << 24)
