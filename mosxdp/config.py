@@ -26,6 +26,8 @@ MAX_RMEM = 1 << 30                   # a side's stream buffer: 1 GiB
 MAX_INT32 = (1 << 31) - 1            # mOS's int fields (mtcp_getconf copies them to C ints)
 MAX_MEMCAP = 1 << 50
 AUTO_WORKERS = 0    # `workers = "auto"`: below 2, so anything but `mosxdp run` runs one
+# The split's bucket table holds a worker per byte (engine/split_feed.py, _splitscan.c).
+MAX_WORKERS = 256
 MAX_FRAMES = 1 << 20                 # UMEM frames of 4 KiB: 4 GiB
 MAX_RING = 1 << 20
 MAX_BATCH = 1024
@@ -171,9 +173,10 @@ def _workers(key, value):
         return AUTO_WORKERS
     cpus = os.cpu_count() or 1
     try:
-        return _int(1, 4 * cpus)(key, value)
+        return _int(1, min(4 * cpus, MAX_WORKERS))(key, value)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (4 per CPU, {cpus} CPUs here), or \"auto\"") from None
+        raise ConfigError(f"{exc} (4 per CPU, {cpus} CPUs here, at most {MAX_WORKERS}), "
+                          "or \"auto\"") from None
 
 
 @dataclass

@@ -177,6 +177,18 @@ def test_settimer_refuses_what_the_clock_cannot_hold(seconds):
         mtcp_destroy()
 
 
+def test_workers_at_most_four_per_cpu_and_the_bucket_tables_limit(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    config = Config()
+    apply(config, "workers", 256)
+    assert config.workers == 256
+    with pytest.raises(ConfigError, match=r"workers = 257: .*at most 256"):
+        apply(config, "workers", 257)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"4 per CPU, 2 CPUs here"):
+        apply(config, "workers", 9)
+
+
 def test_apply_names_unknown_keys():
     with pytest.raises(ConfigError, match="unknown configuration key 'tcp_timout'"):
         apply(Config(), "tcp_timout", 3)
