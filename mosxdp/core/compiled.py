@@ -19,8 +19,8 @@ import sys
 # it (the pcap readers, the offline, split and live loops, the AF_XDP rings, the observe
 # ring buffer).
 HOT_MODULES = ("core.packet", "core.frames", "core.reassembly", "core.streams", "core.tcp",
-               "core.flow", "core.stack_state", "core.stack", "core.events", "core.sockets", "core.datagrams",
-               "core.checksum", "io.pcap", "io.pcapng", "io.xsk_rings", "io.ringbuf",
+               "core.flow", "core.stack_state", "core.stack", "core.events", "core.sockets",
+               "core.datagrams", "core.checksum", "io.pcap", "io.pcapng", "io.xsk_rings", "io.ringbuf",
                "engine.offline", "engine.split_feed", "engine.split_worker", "engine.live",
                "engine.live_frames", "engine.observe")
 

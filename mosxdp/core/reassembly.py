@@ -9,7 +9,8 @@ Storage is a ``bytearray`` ring indexed by ``offset % len(ring)``, so a contiguo
 at most two slice copies. The ring starts at INITIAL_RING bytes (or the capacity, if
 smaller) and doubles, laid out anew, whenever bytes to store would reach past
 ``head + len(ring)``, up to ``capacity``: a flow of a few kB never allocates (nor zeroes)
-the whole window, which is most flows, while a long stream pays its growth once. Which offsets are actually held is kept as sorted, disjoint, non-touching runs in
+the whole window, which is most flows, while a long stream pays its growth once. Which
+offsets are actually held is kept as sorted, disjoint, non-touching runs in
 two parallel lists (``_starts``, ``_ends``) searched with `bisect`.
 
 A hole the receiver is known to have (its ACK passed it) while the bytes never reached
