@@ -150,9 +150,10 @@ def _datapath_options(parser):
                             "128, flows are tracked from their headers and the payload beyond "
                             "the copy is counted missed")
     group.add_argument("--full-inspection", action="store_true", default=None,
-                       help="live: every frame of every flow through the monitor, also for apps "
+                       help="every frame of every flow through the monitor, also for apps "
                             "that need only counters and states (connlog, midstat: by default "
-                            "the kernel forwards and counts their flows' data frames)")
+                            "the kernel forwards and counts their flows' data frames live, "
+                            "and offline the engine counts their regular frames)")
     group.add_argument("--batch-size", type=int, metavar="N", help="frames per batch")
     group.add_argument("--workers", type=_workers_arg, metavar="N",
                        help="split the run over N processes by flow: offline the outputs are "

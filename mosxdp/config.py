@@ -219,7 +219,7 @@ class Config:
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
     workers: int = 0                 # processes the run is split over (engine/workers.py, live_workers.py); AUTO_WORKERS: one per RX queue up to the CPUs live, 1 offline
     observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
-    full_inspection: bool = False    # live: every frame through the core, also of MOSX_STATE_ONLY listeners
+    full_inspection: bool = False    # every frame through the core, also of MOSX_STATE_ONLY listeners
 
     def stack_config(self):
         return StackConfig(

@@ -97,7 +97,7 @@ class Flow:
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
         "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
-        "last_no", "tw_no", "data_no",
+        "last_no", "tw_no", "data_no", "fast_forward",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -130,6 +130,9 @@ class Flow:
         # new_data_flows: the places a single context gives it in the LRU, tw_flows and
         # new_data_flows, which order the output of several workers (engine/workers.py).
         self.last_no = self.tw_no = self.data_no = 0
+        # The engine takes its regular frames (engine/kernel_twin.py, fast forward) and
+        # brings the emulation up to date before each frame it processes (Stack.process).
+        self.fast_forward = False
 
 
 class FlowTable:
@@ -151,8 +154,15 @@ class FlowTable:
         self.on_flow_end = None
         self.kernel_sync = None
         # Listeners' MOSX_STATE_ONLY takes effect: set by a live run with a kernel verdict map
-        # (not with --full-inspection). Offline every frame is inspected either way.
+        # (not with --full-inspection).
         self.state_only = False
+        # Offline, the same listeners' flows are fast-forwarded instead (set by the offline
+        # engine, not with --full-inspection): the engine counts their regular frames and
+        # the emulation sees the others, its state brought up to date first
+        # (engine/kernel_twin.py). The hooks take the flow: ff_catch_up before the frame,
+        # ff_reload after it.
+        self.fast_forward = False
+        self.ff_catch_up = self.ff_reload = None
 
     def _new_flow(self, pkt, key, ts, midstream, listeners=None):
         if listeners is None:
@@ -207,6 +217,9 @@ class FlowTable:
             # emulation sees its SYN, FIN, RST and the ACKs of SYN and FIN (Stack.process),
             # and its history letters come with the counts.
             self.set_bypass(flow, "state_only")
+        elif self.fast_forward and all(ls.state_only for ls in listeners) \
+                and not self._raw_socket_takes(pkt):
+            self.kernel_updates.append(("fast_forward", flow))
         return flow
 
     def set_bypass(self, flow, action):
@@ -245,8 +258,9 @@ class FlowTable:
         self._flush_new_data(flow)
         flow.destroyed = True
         flow.end_reason = reason
-        if flow.kernel_verdict is not None and self.on_flow_end is not None:
-            # The kernel's counters join the flow's before anyone reads its totals.
+        if (flow.kernel_verdict is not None or flow.fast_forward) and self.on_flow_end is not None:
+            # The kernel's (or the fast-forward's) counters join the flow's before anyone
+            # reads its totals.
             self.on_flow_end(flow)
         saved_pkt = self.cur_pkt
         self.cur_pkt = None   # CONN_END has no packet context

@@ -258,6 +258,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
                     return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
                 flow, sender, snd, rcv = self.flows[key]
             self.cur_flow = flow
+            if flow.fast_forward:
+                self.ff_catch_up(flow)   # the frames the engine took since the last one
             if flow.edits is not None:
                 self._edited_frame(flow, sender, pkt)
             flow.last_ts = ts_us
@@ -378,8 +380,11 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
                 return self._verdict(VERDICT_DROP if self.cur_drop else VERDICT_FORWARD)
             return VERDICT_FORWARD
         finally:
+            flow = self.cur_flow
             self.cur_pkt = None
             self.cur_flow = None
+            if flow is not None and flow.fast_forward:
+                self.ff_reload(flow)
 
     def _unparsed(self, frame, exc):
         """A frame parse_frame refused. One the capture cut (a snap length: the engine's

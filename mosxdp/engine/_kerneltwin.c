@@ -2,7 +2,7 @@
  * _kerneltwin: the per-frame step of mosxdp/engine/kernel_twin.py in C (that module has the
  * same function in Python for when this one is absent or MOSXDP_PURE_PYTHON=1).
  *
- *     claim(table, frame, ts_us, stamp) -> the flow, or None
+ *     claim(table, frame, ts_us, stamp[, touched]) -> the flow, or None
  *
  * table: a dict {key: (record, flow)}, the key the 40 bytes of struct mx_flow_key
  * (bpf/mosxdp.h) and the record a bytearray holding struct kt_record: struct mx_verdict
@@ -12,6 +12,15 @@
  * (the frame's number: only their order counts). The flow is returned when the frame is
  * one the kernel keeps (counted, no SYN, FIN or RST, no ACK the watch waits for); None
  * sends the frame to the emulation, as the program sends it to user space.
+ *
+ * An entry of action FAST_FORWARD (offline only: no kernel has it) stands for a flow the
+ * emulation follows in full whose sockets need no packet and no payload. It takes the
+ * flow's regular frames: no SYN, FIN, RST or URG, with ACK, at the sequence number that
+ * direction's stream expects next, acknowledging no byte not seen, within the window the
+ * other side advertised. For those the emulation would only count, advance both streams
+ * and move the window's edge, which the record does (ff_*). Any other frame of the entry
+ * clears ff_ok, and the flow is appended to `touched`: the engine brings the emulation up
+ * to date before it processes the frame, and loads the record again after.
  *
  * Only frames that mosxdp/core/packet.py's parse_frame reads whole and to the same values
  * are looked up: Ethernet with up to two VLAN tags (ids not 0), IPv4 (not a fragment) or
@@ -28,6 +37,7 @@
 #define TH_SYN 0x02
 #define TH_RST 0x04
 #define TH_ACK 0x10
+#define TH_URG 0x20
 #define WATCH_ANY 2
 #define WATCH_ARMED 1
 
@@ -58,11 +68,22 @@ struct kt_record {              /* struct mx_verdict, then what only the twin ke
 	uint32_t seq_end[2];
 	uint8_t tcp_flags[2];
 	uint8_t pad2[6];
+	/* FAST_FORWARD: per direction of the data, the sequence number its stream expects
+	 * next and the right edge of the window the receiver advertised (known or not); per
+	 * direction of the ACK, the shift of its window field; whether ACKs move the edges */
+	uint32_t ff_next[2];
+	uint32_t ff_edge[2];
+	uint8_t ff_ok;
+	uint8_t ff_edge_known[2];
+	uint8_t ff_edge_moves;
+	uint8_t ff_shift[2];
+	uint8_t pad3[2];
 };
 
 #define ACTION_BYPASS 1
 #define ACTION_DROP 2
 #define ACTION_STATE_ONLY 3
+#define ACTION_FAST_FORWARD 4
 
 static inline unsigned be16(const uint8_t *p) { return ((unsigned)p[0] << 8) | p[1]; }
 static inline uint32_t be32(const uint8_t *p)
@@ -72,7 +93,7 @@ static inline uint32_t be32(const uint8_t *p)
 
 /* The TCP frame's key, direction and fields; 0 when it is not one to look up. */
 struct kt_frame {
-	unsigned flags;
+	unsigned flags, window;
 	uint32_t seq, ack;
 	uint64_t ip_len, payload_len;
 };
@@ -143,6 +164,7 @@ static int parse(const uint8_t *p, Py_ssize_t len, struct kt_key *key, int *dir,
 	f->flags = p[l4 + 13];
 	f->seq = be32(p + l4 + 4);
 	f->ack = be32(p + l4 + 8);
+	f->window = be16(p + l4 + 14);
 	f->payload_len = ip_end - l4 - doff;
 
 	/* (address, port) as big-endian byte strings: the lower one is the key's lo */
@@ -165,6 +187,41 @@ static int parse(const uint8_t *p, Py_ssize_t len, struct kt_key *key, int *dir,
 	return 1;
 }
 
+/* A frame of a FAST_FORWARD entry: 1 when it is regular (counted, both streams moved on),
+ * else 0 and the entry stops taking frames until the engine loads it again. */
+static int fast_forward(struct kt_record *vd, const struct kt_frame *f, int dir,
+			Py_ssize_t frame_len, unsigned long long stamp)
+{
+	uint32_t end = f->seq + (uint32_t)f->payload_len;
+	if (!vd->ff_ok || (f->flags & (TH_SYN | TH_FIN | TH_RST | TH_URG)) || !(f->flags & TH_ACK) ||
+	    f->seq != vd->ff_next[dir] || (int32_t)(f->ack - vd->ff_next[dir ^ 1]) > 0 ||
+	    (f->payload_len && vd->ff_edge_known[dir] && (int32_t)(end - vd->ff_edge[dir]) > 0)) {
+		vd->ff_ok = 0;
+		return 0;
+	}
+	if (vd->ff_edge_moves) {
+		/* the ACK's window: the edge for the data coming the other way */
+		uint32_t edge = f->ack + (f->window << vd->ff_shift[dir]);
+		if (!vd->ff_edge_known[dir ^ 1] || (int32_t)(edge - vd->ff_edge[dir ^ 1]) > 0) {
+			vd->ff_edge[dir ^ 1] = edge;
+			vd->ff_edge_known[dir ^ 1] = 1;
+		}
+	}
+	vd->ff_next[dir] = end;
+	if (f->payload_len) {
+		if (!vd->first_data_ns[dir])
+			vd->first_data_ns[dir] = stamp;
+	} else if (!vd->first_ack_ns[dir]) {
+		vd->first_ack_ns[dir] = stamp;
+	}
+	vd->packets[dir] += 1;
+	vd->bytes[dir] += f->payload_len;
+	vd->frame_bytes[dir] += frame_len;
+	vd->ip_bytes[dir] += f->ip_len;
+	vd->tcp_flags[dir] |= f->flags;
+	return 1;
+}
+
 static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
 	PyObject *table, *entry, *kbytes, *record, *flow;
@@ -176,8 +233,10 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	Py_ssize_t frame_len;
 	int dir, ok, watched;
 
-	if (nargs != 4 || !PyDict_Check(args[0])) {
-		PyErr_SetString(PyExc_TypeError, "claim(table: dict, frame, ts_us, stamp)");
+	if (nargs < 4 || nargs > 5 || !PyDict_Check(args[0]) ||
+	    (nargs == 5 && args[4] != Py_None && !PyList_Check(args[4]))) {
+		PyErr_SetString(PyExc_TypeError,
+				"claim(table: dict, frame, ts_us, stamp, touched: list | None = None)");
 		return NULL;
 	}
 	table = args[0];
@@ -213,6 +272,17 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	record = PyTuple_GET_ITEM(entry, 0);
 	flow = PyTuple_GET_ITEM(entry, 1);
 	vd = (struct kt_record *)PyByteArray_AS_STRING(record);
+	if (vd->action == ACTION_FAST_FORWARD) {
+		now = ts_us * 1000;
+		if (fast_forward(vd, &f, dir, frame_len, stamp)) {
+			vd->last_seen_ns = now;
+			Py_INCREF(flow);
+			return flow;
+		}
+		if (nargs == 5 && args[4] != Py_None && PyList_Append(args[4], flow) < 0)
+			return NULL;
+		Py_RETURN_NONE;
+	}
 	if (vd->action < ACTION_BYPASS || vd->action > ACTION_STATE_ONLY)
 		Py_RETURN_NONE;      /* as the program: an entry of another action is ignored */
 	now = ts_us * 1000;
@@ -255,7 +325,8 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
 	{"claim", (PyCFunction)(void (*)(void))claim, METH_FASTCALL,
-	 "claim(table, frame, ts_us, stamp) -> the flow whose entry counted the frame, or None"},
+	 "claim(table, frame, ts_us, stamp[, touched]) -> the flow whose entry counted the frame, "
+	 "or None"},
 	{NULL, NULL, 0, NULL},
 };
 

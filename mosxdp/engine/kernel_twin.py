@@ -12,8 +12,23 @@ An offline loop asks ``claim`` first; a frame it keeps never reaches the core, w
 costs a dict lookup instead of a parse and the emulation. The outputs are the ones of a
 run without the twin: the same counts, history letters in the same order (stamped with the
 frame's number), the same clock, flow order and idle timeouts (the loop moves a claimed
-frame's flow as the core would). (Offline the flows of MOSX_STATE_ONLY listeners stay with
-the core: only the emulation counts missed bytes exactly, engine/run.py.)
+frame's flow as the core would).
+
+Fast forward: the flows of MOSX_STATE_ONLY listeners are not handed to the twin as live
+to the kernel (the kernel's counts lose what only the emulation sees: a byte missed and
+never acknowledged, a segment beyond the window). The twin takes only their regular
+frames, those for which the emulation would do nothing but count and move on: no SYN,
+FIN, RST or URG, with ACK, at the sequence number the stream expects next, acknowledging
+no byte not seen, within the window the receiver advertised, while both sides are
+established and nothing waits in either stream. Before the core processes any other frame
+of such a flow (or ends it) ``_ff_catch_up`` adds what the twin counted, advances both
+streams and the window edges as the emulation would have, and adds the history letters in
+their order; after it, ``_ff_reload`` loads the record from the emulation's state, and
+says whether regular frames may be taken. The outputs are those of every frame through
+the core, except what an app could read between two frames the core processes (a
+timer's getsockopt sees the counts of the last one, as live with MOSX_STATE_ONLY), and
+mtcp_getlastpkt in CONN_END after a timeout (the last frame the core processed).
+--full-inspection turns it off.
 
 ``claim`` is C (_kerneltwin.c) unless MOSXDP_PURE_PYTHON is set or the module is missing;
 ``claim_python`` below is the same step in Python.
@@ -25,18 +40,47 @@ import struct
 
 from ..core.compiled import PURE_PYTHON
 from ..core.datagrams import DatagramFlow
-from ..core.tcp import SYN_RCVD
+from ..core.events import (EV_CONN_END, EV_CONN_START, EV_ORPHAN, EV_TCP_STATE_CHANGE,
+                           EV_TIMEOUT)
+from ..core.tcp import ESTABLISHED, SYN_RCVD, add_history
 from ..io.bpfstructs import (ACTION_NAMES, ACTIONS, MX_ACTION_DROP, MX_WATCH_ANY, MX_WATCH_ARMED,
                              MxVerdict)
 from .hybrid import HybridProcessor
 
-__all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "claim", "claim_python", "modelled"]
+__all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "claim", "claim_python", "modelled",
+           "FAST_FORWARD"]
+
+# The action of a fast-forwarded flow's entry (no kernel has it: the twin's own).
+FAST_FORWARD = 4
+# Events that no regular frame raises: a flow whose sockets wait for others is not
+# fast-forwarded (PKT_IN, CONN_NEW_DATA, REXMIT, ERROR: each would need the frame).
+_FF_EVENTS = EV_CONN_START | EV_TIMEOUT | EV_TCP_STATE_CHANGE | EV_ORPHAN | EV_CONN_END
+_SEQ_MASK = 0xFFFFFFFF
 
 
 class TwinRecord(ct.Structure):
     """struct mx_verdict, then the TCP flags of the counted frames OR-ed per direction
-    (the kernel does not keep them; Side.tcp_flags does)."""
-    _fields_ = MxVerdict._fields_ + [("tcp_flags", ct.c_uint8 * 2), ("pad2", ct.c_uint8 * 6)]
+    (the kernel does not keep them; Side.tcp_flags does), then a fast-forwarded flow's
+    state per direction of the data (_kerneltwin.c): the next sequence number, the window's
+    right edge and whether it is known, the shift of the window field of ACKs going that
+    way, whether ACKs move the edges, and whether regular frames are taken."""
+    _fields_ = MxVerdict._fields_ + [
+        ("tcp_flags", ct.c_uint8 * 2), ("pad2", ct.c_uint8 * 6),
+        ("ff_next", ct.c_uint32 * 2), ("ff_edge", ct.c_uint32 * 2), ("ff_ok", ct.c_uint8),
+        ("ff_edge_known", ct.c_uint8 * 2), ("ff_edge_moves", ct.c_uint8),
+        ("ff_shift", ct.c_uint8 * 2), ("pad3", ct.c_uint8 * 2)]
+
+
+_RECORD_SIZE = ct.sizeof(TwinRecord)
+# What a catch-up reads, and clears: the counts and stamps since the last one.
+_COUNTS_AT = TwinRecord.packets.offset
+_COUNTS = struct.Struct("<8Q")          # packets, bytes, frame_bytes, ip_bytes per direction
+_STAMPS_AT = TwinRecord.first_data_ns.offset
+_STAMPS = struct.Struct("<4Q")          # first_data_ns, first_ack_ns per direction
+_FLAGS_AT = TwinRecord.tcp_flags.offset
+_FF_AT = TwinRecord.ff_next.offset
+_FF = struct.Struct("<2I2IB2BB2B2x")
+_CLEAR = bytes(_FF_AT - _COUNTS_AT)
 
 
 def modelled(flow) -> bool:
@@ -73,6 +117,13 @@ class KernelTwin:
                 rec.ack_watch[d] = ack
                 rec.watch_armed[d] = MX_WATCH_ARMED
 
+    def install_fast_forward(self, key, flow) -> bytearray:
+        """A FAST_FORWARD entry for the flow (taking no frame until loaded): its record."""
+        raw = bytearray(_RECORD_SIZE)
+        TwinRecord.from_buffer(raw).action = FAST_FORWARD
+        self.table[bytes(key)] = (raw, flow)
+        return raw
+
     def get_verdict(self, key):
         entry = self.table.get(bytes(key))
         return None if entry is None else TwinRecord.from_buffer_copy(entry[0])
@@ -106,25 +157,168 @@ def _pending_watches(flow, cli_dir):
 class TwinProcessor(HybridProcessor):
     """HybridProcessor on a KernelTwin: the stack's verdicts go to the twin (the flows it
     models), its counts join the flows as the kernel's do live, and the frames and TCP
-    segments it counted join the stack's counters."""
+    segments it counted join the stack's counters. ``fast_forward``: the flows of
+    MOSX_STATE_ONLY listeners are fast-forwarded (the module's docstring)."""
 
-    def __init__(self, stack):
+    def __init__(self, stack, fast_forward=False):
         super().__init__(stack, KernelTwin())
         self.table = self.program.table
+        self._ff = {}          # flow -> (its entry's record, client direction)
+        self._ff_epoch = stack.mask_epoch
+        self.kernel["fast_forwarded"] = 0
+        stack.fast_forward = fast_forward
+        stack.ff_catch_up = self._ff_catch_up
+        stack.ff_reload = self._ff_reload
 
     def apply(self) -> None:
         stack = self.stack
         updates, stack.kernel_updates = stack.kernel_updates, []
         for action, flow in updates:
+            if flow in self._ff:
+                self._ff_leave(flow)      # a verdict of its own from now on
             if action == "remove":
                 self._pop(flow)
                 self._forget(flow)
+            elif action == "fast_forward":
+                if not flow.destroyed and modelled(flow):
+                    self._ff_install(flow)
             elif not flow.destroyed and modelled(flow):
                 key, cli_dir = self._key(flow)
                 self.program.install(key, action, flow,
                                      cli_dir if action == "state_only" else None,
                                      _pending_watches(flow, cli_dir))
                 self.kernel["verdicts_set"] += 1
+
+    def end_batch(self) -> None:
+        super().end_batch()
+        self._ff_masks_changed()
+
+    def advance_clock(self, ts_us: int) -> None:
+        super().advance_clock(ts_us)
+        self._ff_masks_changed()
+
+    def _flow_end(self, flow) -> None:
+        if flow in self._ff:
+            self._ff_leave(flow)
+        if flow.kernel_verdict is not None:
+            super()._flow_end(flow)
+
+    # ------------------------------------------------------------ fast forward
+    def _ff_install(self, flow) -> None:
+        key, cli_dir = self._key(flow)
+        raw = self.program.install_fast_forward(key, flow)
+        self._ff[flow] = (raw, cli_dir)
+        flow.fast_forward = True
+        self._ff_reload(flow)
+
+    def _ff_leave(self, flow) -> None:
+        """The flow is no longer fast-forwarded: what the twin counted joins it first."""
+        self._ff_catch_up(flow)
+        self._ff.pop(flow)
+        self.table.pop(bytes(self._keys[flow][0]), None)
+        flow.fast_forward = False
+
+    def _ff_masks_changed(self) -> None:
+        """A callback registered or went (a timer's, between frames): every fast-forwarded
+        flow's sockets are looked at again."""
+        if self._ff_epoch != self.stack.mask_epoch:
+            self._ff_epoch = self.stack.mask_epoch
+            for flow in list(self._ff):
+                self._ff_catch_up(flow)
+                self._ff_reload(flow)
+
+    def _ff_catch_up(self, flow) -> None:
+        """stack.ff_catch_up: the frames the twin took since the last call, as the
+        emulation would have processed them (counts, streams, window edges, history)."""
+        raw, cli_dir = self._ff[flow]
+        counts = _COUNTS.unpack_from(raw, _COUNTS_AT)
+        if not counts[0] and not counts[1]:
+            return
+        stamps = _STAMPS.unpack_from(raw, _STAMPS_AT)
+        nxt0, nxt1, edge0, edge1, _ok, known0, known1, moves, _s0, _s1 = \
+            _FF.unpack_from(raw, _FF_AT)
+        nxt, edge, known = (nxt0, nxt1), (edge0, edge1), (known0, known1)
+        sides = flow.sides
+        letters = []
+        for index in (0, 1):
+            d = cli_dir if index == 0 else 1 - cli_dir
+            side, peer = sides[index], sides[1 - index]
+            side.pkts += counts[d]
+            side.ip_bytes += counts[6 + d]
+            side.l2_bytes += counts[4 + d]
+            side.tcp_flags |= raw[_FLAGS_AT + d]
+            sent = counts[2 + d]
+            if sent:
+                side.snd_nxt = nxt[d]
+                peer.rcv_nxt += sent
+                peer.unique_bytes += sent
+                if peer.rcv_nxt > peer.max_end:
+                    peer.max_end = peer.rcv_nxt
+                peer.first_payload_seen = True
+                if peer.buf is not None:
+                    peer.buf.skip(peer.rcv_nxt)
+            letters += [(ns, index, letter) for ns, letter in ((stamps[d], "D"),
+                                                              (stamps[2 + d], "A")) if ns]
+        if moves:
+            for index in (0, 1):
+                # the edge of the data toward this side, in its stream's offsets
+                d = 1 - cli_dir if index == 0 else cli_dir
+                if known[d]:
+                    side = sides[index]
+                    dist = (edge[d] - nxt[d]) & _SEQ_MASK
+                    side.right_edge = side.rcv_nxt + (dist - (1 << 32) if dist >> 31 else dist)
+        for _, index, letter in sorted(letters):
+            add_history(flow, index, letter)
+        raw[_COUNTS_AT:_FF_AT] = _CLEAR
+        self.kernel["fast_forwarded"] += counts[0] + counts[1]
+
+    def _ff_reload(self, flow) -> None:
+        """stack.ff_reload: the record from the emulation's state after a frame the core
+        processed; regular frames are taken only if nothing but counting can follow."""
+        entry = self._ff.get(flow)
+        if entry is None:
+            return
+        raw, cli_dir = entry
+        if flow.destroyed:
+            self._ff_leave(flow)
+            return
+        sides = flow.sides
+        cli, svr = sides
+        ok = (cli.state == ESTABLISHED and svr.state == ESTABLISHED and not flow.bypass
+              and flow.edits is None)
+        if ok:
+            null_mask, snd_mask, rcv_mask = self.stack._flow_masks(flow)
+            ok = not (null_mask | snd_mask | rcv_mask) & ~_FF_EVENTS
+        nxt, edge, known, shift = [0, 0], [0, 0], [0, 0], [0, 0]
+        moves = 1 if flow.window_known else 0
+        for index in (0, 1):
+            if not ok:
+                break
+            d = cli_dir if index == 0 else 1 - cli_dir
+            side, peer = sides[index], sides[1 - index]    # the data's sender, receiver
+            if side.snd_nxt is None or peer.peer_base is None or peer.peer_fin_off is not None \
+                    or peer.beyond_edge is not None or peer.skip_to > peer.rcv_nxt \
+                    or peer.max_end > peer.rcv_nxt:
+                ok = False
+                break
+            nxt[d] = (peer.peer_base + peer.rcv_nxt) & _SEQ_MASK
+            if side.snd_nxt != nxt[d]:
+                ok = False         # bytes sent beyond those received in order
+                break
+            if peer.right_edge is not None:
+                if not -(1 << 30) < peer.right_edge - peer.rcv_nxt < 1 << 30:
+                    ok = False
+                    break
+                edge[d] = (peer.peer_base + peer.right_edge) & _SEQ_MASK
+                known[d] = 1
+            if moves:
+                scale = (side.wscale or 0) if flow.window_scaled else 0
+                if not 0 <= scale <= 14:
+                    ok = False
+                    break
+                shift[d] = scale
+        _FF.pack_into(raw, _FF_AT, nxt[0], nxt[1], edge[0], edge[1], 1 if ok else 0,
+                      known[0], known[1], moves, shift[0], shift[1])
 
     def _merge(self, flow, v) -> None:
         before = sum(side.pkts for side in flow.sides)
@@ -197,7 +391,30 @@ def _parse(frame):
     lo, hi = (b, a) if direction else (a, b)
     key = _KEY.pack(lo[:16], hi[:16], lo[16:], hi[16:], vlan[0], vlan[1], version, 6)
     seq, ack = struct.unpack_from("!II", frame, l4 + 4)
-    return key, direction, frame[l4 + 13], seq, ack, ip_len, ip_end - l4 - doff
+    window = int.from_bytes(frame[l4 + 14:l4 + 16], "big")
+    return key, direction, frame[l4 + 13], seq, ack, ip_len, ip_end - l4 - doff, window
+
+
+def _after(a, b):
+    """Whether sequence number a lies after b (signed 32-bit distance above 0)."""
+    return 0 < (a - b) & _SEQ_MASK < 0x80000000
+
+
+def _fast_forward(rec, d, flags, seq, ack, payload_len, window):
+    """_kerneltwin.c's fast_forward: whether a frame of a FAST_FORWARD entry is regular;
+    if so both streams and the window edge move on (the counts are the caller's)."""
+    end = (seq + payload_len) & _SEQ_MASK
+    if (not rec.ff_ok or flags & 0x27 or not flags & 0x10 or seq != rec.ff_next[d]
+            or _after(ack, rec.ff_next[1 - d])
+            or (payload_len and rec.ff_edge_known[d] and _after(end, rec.ff_edge[d]))):
+        return False
+    if rec.ff_edge_moves:
+        edge = (ack + (window << rec.ff_shift[d])) & _SEQ_MASK
+        if not rec.ff_edge_known[1 - d] or _after(edge, rec.ff_edge[1 - d]):
+            rec.ff_edge[1 - d] = edge
+            rec.ff_edge_known[1 - d] = 1
+    rec.ff_next[d] = end
+    return True
 
 
 def claim_python(table, frame, ts_us, stamp):
@@ -207,12 +424,28 @@ def claim_python(table, frame, ts_us, stamp):
     parsed = _parse(frame)
     if parsed is None:
         return None
-    key, d, flags, seq, ack, ip_len, payload_len = parsed
+    key, d, flags, seq, ack, ip_len, payload_len, window = parsed
     entry = table.get(key)
     if entry is None:
         return None
     raw, flow = entry
     rec = TwinRecord.from_buffer(raw)
+    if rec.action == FAST_FORWARD:
+        if not _fast_forward(rec, d, flags, seq, ack, payload_len, window):
+            rec.ff_ok = 0
+            return None
+        rec.last_seen_ns = ts_us * 1000
+        if payload_len:
+            if not rec.first_data_ns[d]:
+                rec.first_data_ns[d] = stamp
+        elif not rec.first_ack_ns[d]:
+            rec.first_ack_ns[d] = stamp
+        rec.packets[d] += 1
+        rec.bytes[d] += payload_len
+        rec.frame_bytes[d] += len(frame)
+        rec.ip_bytes[d] += ip_len
+        rec.tcp_flags[d] |= flags
+        return flow
     if rec.action not in ACTION_NAMES:
         return None
     armed = rec.watch_armed[d]

@@ -46,8 +46,12 @@ class OfflineEngine:
         self._wire_len = wire_len
         # The kernel's verdicts, in process (engine/kernel_twin.py): the frames of a flow
         # handed to the kernel are counted by the twin as the XDP program counts them live.
-        # (Several contexts on one engine, a ContextGroup: their stacks count them.)
-        self.twin = TwinProcessor(self.stack) if isinstance(self.stack, Stack) else None
+        # (Several contexts on one engine, a ContextGroup: their stacks count them.) It
+        # fast-forwards the flows of MOSX_STATE_ONLY listeners (not with --full-inspection).
+        config = getattr(mctx, "config", None)
+        full = config is not None and config.full_inspection
+        self.twin = (TwinProcessor(self.stack, fast_forward=not full)
+                     if isinstance(self.stack, Stack) else None)
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""

@@ -134,8 +134,10 @@ class _Worker:
         if self.write:
             self.verdicts = _Verdicts(self.stack, os.path.join(self.spooldir, f"w{self.index}-write"))
         mctx.engine = self
-        # As an offline run: the kernel's verdicts in process (engine/kernel_twin.py).
-        self.twin = TwinProcessor(self.stack)
+        # As an offline run: the kernel's verdicts in process, and the flows of
+        # MOSX_STATE_ONLY listeners fast-forwarded (engine/kernel_twin.py).
+        self.twin = TwinProcessor(self.stack,
+                                  fast_forward=not self.mctx.config.full_inspection)
 
     def filters_changed(self):
         """Offline, filters are applied in user space only."""

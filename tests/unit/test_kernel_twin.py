@@ -7,7 +7,11 @@
 * a frame that parse_frame does not read whole (or reads otherwise) is never claimed;
 * offline runs give the same outputs with the twin as without it (every frame through the
   core) on every capture of tests/data: flows handed over after a depth (connlog, eve),
-  after their sessions (zeeklog), dropped and accepted by a firewall.
+  after their sessions (zeeklog), dropped and accepted by a firewall, and the flows of
+  state-only listeners fast-forwarded (connlog, midstat);
+* fast forward takes exactly the regular frames (in order, acknowledging what was seen,
+  inside the window; no SYN, FIN, RST, URG) and stops at any other, the C step and the
+  Python step alike.
 """
 from __future__ import annotations
 
@@ -236,6 +240,9 @@ def test_claimed_frames_parse_to_the_same_counts():
 
 # ----------------------------------------------------------------------------- end to end
 RUNS = {
+    # MOSX_STATE_ONLY listeners: their flows fast-forwarded
+    "connlog": lambda d: ["connlog", "--output", d / "conn.log"],
+    "midstat": lambda d: ["midstat", "--json", "--output", d / "midstat.json"],
     "connlog-depth": lambda d: ["connlog", "--bypass-after-bytes", "500", "--output", d / "conn.log"],
     "zeeklog": lambda d: ["zeeklog", "--logdir", d],
     "eve-depth": lambda d: ["eve", "--bypass-after-bytes", "1000", "--output", d / "eve.json"],
@@ -288,3 +295,111 @@ def test_outputs_with_the_twin_equal_those_without(run, tmp_path, monkeypatch, c
         _same_tree(tmp_path / name / "twin", tmp_path / name / "core")
     assert sum(claimed) > 1000, run      # the twin took its part of the frames
     capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- fast forward
+def ff_table(src, dst, sport, dport, nxt, edges=(None, None), shift=(0, 0), moves=True):
+    """A FAST_FORWARD entry loaded as TwinProcessor._ff_reload loads it: per direction of
+    the data (client's first), the next sequence number and the window's right edge."""
+    twin = KernelTwin()
+    flow = Flow()
+    key, cli_dir = make_flow_key(src, sport, dst, dport)
+    rec = TwinRecord.from_buffer(twin.install_fast_forward(key, flow))
+    dirs = (cli_dir, 1 - cli_dir)
+    for i, d in enumerate(dirs):
+        rec.ff_next[d] = nxt[i]
+        if edges[i] is not None:
+            rec.ff_edge[d], rec.ff_edge_known[d] = edges[i], 1
+        rec.ff_shift[d] = shift[i]
+    rec.ff_edge_moves = int(moves)
+    rec.ff_ok = 1
+    return twin, key, dirs, flow
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_fast_forward_takes_in_order_frames_and_moves_both_streams(step):
+    claim = STEPS[step]
+    src, dst = V4
+    twin, key, (c, s), flow = ff_table(src, dst, 40000, 80, (1000, 5000), (1000 + 65535, None),
+                                       shift=(2, 0))
+    up = frame(src, dst, 40000, 80, 1000, 5000, ACK | PSH, b"x" * 100)
+    down = frame(dst, src, 80, 40000, 5000, 1100, ACK, b"y" * 10)
+    ack = frame(src, dst, 40000, 80, 1100, 5010, ACK)
+    for number, f in enumerate((up, down, ack), 1):
+        assert claim(twin.table, memoryview(f), number, number) is flow
+    rec = record(twin, key)
+    assert (rec.ff_next[c], rec.ff_next[s]) == (1100, 5010)
+    assert (rec.packets[c], rec.packets[s], rec.bytes[c], rec.bytes[s]) == (2, 1, 100, 10)
+    assert (rec.first_data_ns[c], rec.first_data_ns[s], rec.first_ack_ns[c]) == (1, 2, 3)
+    # the client's ACKs move the edge of the server's data: ack + (window << its shift)
+    assert rec.ff_edge_known[s] and rec.ff_edge[s] == (5010 + (65535 << 2)) & 0xFFFFFFFF
+    # and the server's ACK (window 65535, shift 0) that of the client's
+    assert rec.ff_edge[c] == 1100 + 65535
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("case", ["gap", "rexmit", "acks_unseen", "beyond_edge", "syn", "fin",
+                                  "rst", "urg", "no_ack", "not_loaded"])
+def test_fast_forward_refuses_any_other_frame_and_stops(step, case):
+    claim = STEPS[step]
+    src, dst = V4
+    twin, key, (c, s), flow = ff_table(src, dst, 40000, 80, (1000, 5000), (1050, None))
+    seq, ack, flags, payload = 1000, 5000, ACK, b"x" * 10
+    if case == "gap":
+        seq = 1001
+    elif case == "rexmit":
+        seq = 999
+    elif case == "acks_unseen":
+        ack = 5001
+    elif case == "beyond_edge":
+        payload = b"x" * 51
+    elif case in ("syn", "fin", "rst", "urg"):
+        flags |= {"syn": SYN, "fin": FIN, "rst": RST, "urg": 0x20}[case]
+    elif case == "no_ack":
+        flags = PSH
+    else:
+        TwinRecord.from_buffer(twin.table[bytes(key)][0]).ff_ok = 0
+    odd = frame(src, dst, 40000, 80, seq, ack, flags, payload)
+    assert claim(twin.table, memoryview(odd), 1, 1) is None
+    rec = record(twin, key)
+    assert rec.ff_ok == 0 and list(rec.packets) == [0, 0] and rec.ff_next[c] == 1000
+    # nothing more is taken until the engine loads the record again
+    regular = frame(src, dst, 40000, 80, 1000, 5000, ACK, b"x" * 10)
+    assert claim(twin.table, memoryview(regular), 2, 2) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
+                 st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
+                 st.integers(0, 14), st.integers(0, 14), st.booleans(), st.booleans()),
+       st.lists(st.tuples(st.booleans(), st.booleans(), st.sampled_from([ACK, ACK | PSH, ACK | 0x20,
+                                                                        PSH, ACK | FIN]),
+                          st.integers(-3, 3), st.integers(-3, 3), st.binary(max_size=40),
+                          st.integers(0, 65535)),
+                min_size=1, max_size=25))
+def test_fuzzed_fast_forward_the_c_step_is_the_python_step(start, frames):
+    """Frames near the expected sequence and acknowledgment numbers: both steps take the
+    same ones and leave the same records."""
+    if _kerneltwin is None:
+        pytest.skip("the C step is not built")
+    n0, n1, e0, e1, sh0, sh1, known, moves = start
+    src, dst = V4
+    twins = [ff_table(src, dst, 40000, 80, (n0, n1), (e0, e1) if known else (None, None),
+                      (sh0, sh1), moves) for _ in range(2)]
+    for number, (out, reload, flags, dseq, dack, payload, window) in enumerate(frames, 1):
+        for twin, key, _, _ in twins:
+            if reload:
+                TwinRecord.from_buffer(twin.table[bytes(key)][0]).ff_ok = 1
+        rec = record(twins[0][0], twins[0][1])
+        c, s = twins[0][2]
+        d, other = (c, s) if out else (s, c)
+        seq = (rec.ff_next[d] + dseq) & 0xFFFFFFFF
+        ack = (rec.ff_next[other] + dack) & 0xFFFFFFFF
+        a, b = (src, dst) if out else (dst, src)
+        f = bytearray(build_tcp_frame(MAC_B, MAC_A, a, b, 40000 if out else 80,
+                                      80 if out else 40000, seq, ack, flags, window, payload))
+        got = [step(twin.table, memoryview(bytearray(f)), number, number) is flow
+               for (twin, _, _, flow), step in zip(twins, (_kerneltwin.claim, claim_python))]
+        assert got[0] == got[1]
+        assert bytes(twins[0][0].table[bytes(twins[0][1])][0]) == \
+            bytes(twins[1][0].table[bytes(twins[1][1])][0])
