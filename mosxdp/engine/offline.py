@@ -12,11 +12,17 @@ import sys
 import time
 from contextlib import nullcontext
 
+import cython
+
 from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, Stack
 from ..io.pcap import PcapReader, PcapWriter
 from .callback_log import counts_text
 from .kernel_twin import TwinProcessor, claim
 from .result import RunResult
+
+if not cython.compiled:
+    from ..core.flow import Flow
+    from ..core.stack_state import StackState
 
 
 # --write keeps whole frames: the largest IPv4 or IPv6 packet with its Ethernet header and
@@ -79,6 +85,9 @@ class OfflineEngine:
                 self.sink(ts_us, out)
             self.frames_out += 1
 
+    # Compiled, a frame the twin kept updates its flow and the stack as C struct members
+    # (offline.pxd): `state` is the stack when there is a twin (a Stack), else None.
+    @cython.locals(flow=Flow, state=StackState)
     def run(self) -> RunResult:
         """Every frame of the source through the stack, then the stack's end of run."""
         started = time.perf_counter()
@@ -102,6 +111,7 @@ class OfflineEngine:
         table = twin.table if twin is not None else {}
         processor = twin if twin is not None else stack
         lru, half_open = (stack.lru, stack.half_open) if twin is not None else (None, None)
+        state = stack if twin is not None else None
         try:
             for ts_us, frame in self.source:
                 flow = None
@@ -110,9 +120,9 @@ class OfflineEngine:
                 if flow is not None:
                     # Kept by the kernel's verdict: the flow is active as the core would
                     # have it (its clock, last frame, place in the LRU and half-open orders).
-                    stack.now = flow.last_ts = ts_us
-                    stack.tcp_segments += 1
-                    flow.last_no = stack.frame_no
+                    state.now = flow.last_ts = ts_us
+                    state.tcp_segments += 1
+                    flow.last_no = state.frame_no
                     lru.move_to_end(flow)
                     if half_open and flow in half_open:
                         half_open.move_to_end(flow)
