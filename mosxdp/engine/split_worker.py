@@ -22,6 +22,9 @@ from .split_feed import MSG, PCAP_MAGIC
 
 if cython.compiled:
     from cython.cimports.cpython.memoryview import PyMemoryView_GET_BUFFER
+else:
+    from ..core.flow import Flow
+    from ..core.stack_state import StackState
 
 FRAME_KEY = (0,)                      # Stack.order_key while a frame is processed
 TEARDOWN_KEY = (99,)
@@ -142,10 +145,12 @@ class _Worker:
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
 
-    # Compiled, the per-frame offsets, lengths and the timestamp are C integers.
+    # Compiled, the per-frame offsets, lengths and the timestamp are C integers, and a frame
+    # the twin kept updates its Flow and the Stack as C struct members.
     @cython.locals(k=cython.Py_ssize_t, n_own=cython.Py_ssize_t, off=cython.Py_ssize_t,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
-                   wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint)
+                   wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint,
+                   flow=Flow, state=StackState)
     def run(self, rd):
         stack = self.stack
         process = stack.process
@@ -162,6 +167,7 @@ class _Worker:
         twin = self.twin
         table = twin.table
         lru, half_open = stack.lru, stack.half_open
+        state = stack
         frames_in = 0
         last_ts = 0
         stop = total = None
@@ -204,8 +210,8 @@ class _Worker:
                             flow = claim(table, frame, ts, number + 1)
                             if flow is not None:
                                 # kept by the kernel's verdict (engine/offline.py's loop)
-                                stack.now = flow.last_ts = ts
-                                stack.tcp_segments += 1
+                                state.now = flow.last_ts = ts
+                                state.tcp_segments += 1
                                 flow.last_no = number
                                 lru.move_to_end(flow)
                                 if half_open and flow in half_open:
