@@ -2,7 +2,8 @@
 """Benchmarks: packets per second through the monitor, next to a baseline.
 
   scripts/bench.py --offline PCAP   core throughput with no app, connlog (state
-                                    only) and flowdump (full reassembly), and the
+                                    only: fast-forwarded; and --full-inspection),
+                                    flowdump (full reassembly) and zeeklog, and the
                                     ratio to `tcpflow -r PCAP` on the same file.
   scripts/bench.py --live           the AF_XDP datapath on a veth testbed (root).
   scripts/bench.py --live --workers N
@@ -39,11 +40,12 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _run_offline_once(pcap, app_name, app_argv, repeat, fresh=None):
+def _run_offline_once(pcap, app_name, app_argv, repeat, fresh=None, config=None):
     """Best wall time of `repeat` runs of one app over the whole file, in-process, the
     app's outputs written and closed (its teardown and the context's end timed too);
     ``fresh``: a directory removed before each run (an earlier run's files would change
-    what flowdump does: each connection would take the next suffix)."""
+    what flowdump does: each connection would take the next suffix); ``config``: keys
+    for mtcp_init."""
     import argparse as _argparse
 
     from mosxdp import api
@@ -57,7 +59,7 @@ def _run_offline_once(pcap, app_name, app_argv, repeat, fresh=None):
     for _ in range(repeat):
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
-        api.mtcp_init(None)
+        api.mtcp_init(None, **(config or {}))
         mctx = api.mtcp_create_context(0)
         app = None
         module = None
@@ -85,7 +87,10 @@ def bench_offline(pcap, repeat):
         count, no_app = _run_offline_once(pcap, None, [], repeat)
         rows.append(("no app (parse + flow table)", no_app))
         _, state = _run_offline_once(pcap, "connlog", ["--output", os.path.join(workdir, "conn.log")], repeat)
-        rows.append(("connlog (TCP state, no payload)", state))
+        rows.append(("connlog (state-only, fast fwd)", state))
+        _, every = _run_offline_once(pcap, "connlog", ["--output", os.path.join(workdir, "conn.log")],
+                                     repeat, config={"full_inspection": True})
+        rows.append(("connlog --full-inspection", every))
         flows = os.path.join(workdir, "flows")
         _, full = _run_offline_once(pcap, "flowdump", ["--outdir", flows], repeat, fresh=flows)
         rows.append(("flowdump (full reassembly)", full))

@@ -40,8 +40,10 @@ XDP program forwards its data frames and counts them (packets, bytes, the histor
 D and A, the highest sequence end, per direction) and sends only the SYN, FIN and RST
 frames and the ACK of each SYN and FIN on to the monitor, which merges the kernel's counts
 before it handles them: the lines are those of full inspection. --full-inspection (a
-datapath option) brings every frame through the monitor; offline every frame is inspected
-anyway.
+datapath option) brings every frame through the monitor. Offline the engine fast-forwards
+such flows: it counts their regular frames (in order, inside the window) and the emulation
+sees the rest, its state brought up to date first, so the lines are those of full
+inspection (docs/datapath.md, Fast forward).
 
 --bypass-after-bytes N (stream depth, as Suricata's stream.reassembly.depth with
 stream.bypass): the monitor follows the first N bytes of each direction; once EITHER

@@ -24,7 +24,8 @@ batch. Flows that start without a SYN (midstream pickup) raise no CONN_START and
 are not listed, as in mOS. Reassembly buffers are turned off, and the listening socket says
 it needs only states (MOSX_STATE_ONLY): live, the kernel forwards the flows' data frames
 and the monitor sees only SYN, FIN, RST and the ACK of each SYN and FIN, which is all the
-states change on (--full-inspection: every frame through the monitor).
+states change on; offline the engine fast-forwards them the same way, the states unchanged
+(--full-inspection: every frame through the monitor).
 
 Workers (`--workers N`, offline): each worker has the table of its flows, and its timer
 fires at the same points of the input as one worker's. At each refresh the workers'

@@ -2,8 +2,8 @@
 
 Offline (``config.pcap``) the offline engine replays the file (``offline.run_offline``), with
 the kernel's verdicts modelled in process (engine/kernel_twin.py); every frame of a flow
-without a verdict goes through the core (a listener's MOSX_STATE_ONLY changes nothing there:
-only the emulation counts missed bytes exactly). Live
+without a verdict goes through the core, except the regular frames of the flows of
+MOSX_STATE_ONLY listeners, which the twin fast-forwards (the same outputs). Live
 (``config.iface``) a ``LiveRun`` puts together the hybrid fast path (mosxdp.engine.hybrid: the
 XDP program filters with the monitor filters of the start and keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
