@@ -225,8 +225,9 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
                          f"MOS_SIDE_BOTH, not {optval!r}")
         stack.stop_monitoring(sock_obj, optval)
         return 0
-    if optname in (C.MOSX_MIDSTREAM, C.MOSX_STATE_ONLY):
-        name = "MOSX_MIDSTREAM" if optname == C.MOSX_MIDSTREAM else "MOSX_STATE_ONLY"
+    if optname in (C.MOSX_MIDSTREAM, C.MOSX_STATE_ONLY, C.MOSX_STREAM_ONLY):
+        name = {C.MOSX_MIDSTREAM: "MOSX_MIDSTREAM", C.MOSX_STATE_ONLY: "MOSX_STATE_ONLY",
+                C.MOSX_STREAM_ONLY: "MOSX_STREAM_ONLY"}[optname]
         if sock_obj.kind != "listener":
             raise _error(errno.ENOTSOCK, f"socket {sock} is a flow socket: {name} "
                          "applies to listening sockets")
@@ -234,6 +235,9 @@ def mtcp_setsockopt(mctx, sock, level, optname, optval):
             raise _error(errno.EINVAL, f"{name} takes 0 or 1, not {optval!r}")
         if optname == C.MOSX_STATE_ONLY:
             sock_obj.state_only = bool(optval)
+            return 0
+        if optname == C.MOSX_STREAM_ONLY:
+            sock_obj.stream_only = bool(optval)
             return 0
         sock_obj.midstream = bool(optval)
         # The kernel filter must now let this listener's orphans through (or no longer).

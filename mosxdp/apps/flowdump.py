@@ -12,6 +12,11 @@ Flows already under way when the capture starts are dumped too, as tcpflow does
 (MOSX_MIDSTREAM on the listening socket; --no-midstream turns it off).
 Written only against the public mOS API.
 
+It needs the streams and no packet (MOSX_STREAM_ONLY on the listening socket): offline the
+engine fast-forwards the flows' in-order frames, counting them and appending their payload
+to the streams without the emulation, which sees the others (docs/datapath.md, Fast
+forward; --full-inspection: every frame through the emulation). The files are the same.
+
 Output (mosx_open_outdir): --outdir is made if absent and checked at start, live with the
 privileges the monitor keeps after set-up, so a directory it could not write is refused
 before anything is attached. Files are created O_EXCL|O_NOFOLLOW: a name already taken
@@ -28,7 +33,8 @@ import sys
 
 from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
-                    MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM, SOL_MONSOCKET, MonitorFilter,
+                    MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM, MOSX_STREAM_ONLY, SOL_MONSOCKET,
+                    MonitorFilter,
                     PeekOverrunError, mosx_open_outdir, mtcp_bind_monitor_filter, mtcp_get_uctx,
                     mtcp_getpeername, mtcp_peek, mtcp_register_callback, mtcp_set_uctx,
                     mtcp_setsockopt, mtcp_socket)
@@ -177,6 +183,8 @@ def setup(mctx, args):
     # Flows already under way are dumped too, as tcpflow does.
     mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_MIDSTREAM,
                     0 if getattr(args, "no_midstream", False) else 1)
+    # Streams only: no callback of it reads a packet (offline, fast forward).
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_STREAM_ONLY, 1)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_START, MOS_HK_SND, app.on_start)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, app.on_new_data)
     mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, app.on_end)

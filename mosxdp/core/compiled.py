@@ -22,7 +22,7 @@ HOT_MODULES = ("core.packet", "core.frames", "core.reassembly", "core.streams", 
                "core.flow", "core.stack_state", "core.stack", "core.events", "core.sockets",
                "core.datagrams", "core.checksum", "io.pcap", "io.pcapng", "io.xsk_rings", "io.ringbuf",
                "engine.offline", "engine.split_feed", "engine.split_worker", "engine.live",
-               "engine.live_frames", "engine.observe")
+               "engine.live_frames", "engine.observe", "engine.fast_forward")
 
 PURE_PYTHON = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
 

@@ -100,6 +100,7 @@ MOSX_DROP_FLOW = 0x101
 MOSX_FLOW_STATS = 0x102   # getsockopt: a FlowStats of the flow (packets, bytes, history)
 MOSX_MIDSTREAM = 0x103    # setsockopt on a listener: 1 picks up flows without a handshake, 0 never
 MOSX_STATE_ONLY = 0x104   # setsockopt on a listener: 1 its flows need only counters, flags and states
+MOSX_STREAM_ONLY = 0x105  # setsockopt on a listener: 1 its flows need their streams, no packet
 
 MOS_OVERLAP_POLICY_FIRST = 0
 MOS_OVERLAP_POLICY_LAST = 1

@@ -97,7 +97,7 @@ class Flow:
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
         "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
-        "last_no", "tw_no", "data_no", "fast_forward",
+        "last_no", "tw_no", "data_no", "fast_forward", "ff_record",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -131,8 +131,11 @@ class Flow:
         # new_data_flows, which order the output of several workers (engine/workers.py).
         self.last_no = self.tw_no = self.data_no = 0
         # The engine takes its regular frames (engine/kernel_twin.py, fast forward) and
-        # brings the emulation up to date before each frame it processes (Stack.process).
-        self.fast_forward = False
+        # brings the emulation up to date before each frame it processes (Stack.process):
+        # 0 not, FF_COUNTS counting them, FF_STREAM also delivering their payload. Its
+        # record in the engine's table: ff_record.
+        self.fast_forward = 0
+        self.ff_record = None
 
 
 class FlowTable:
@@ -156,11 +159,12 @@ class FlowTable:
         # Listeners' MOSX_STATE_ONLY takes effect: set by a live run with a kernel verdict map
         # (not with --full-inspection).
         self.state_only = False
-        # Offline, the same listeners' flows are fast-forwarded instead (set by the offline
-        # engine, not with --full-inspection): the engine counts their regular frames and
-        # the emulation sees the others, its state brought up to date first
-        # (engine/kernel_twin.py). The hooks take the flow: ff_catch_up before the frame,
-        # ff_reload after it.
+        # Offline, the same listeners' flows (and those of MOSX_STREAM_ONLY listeners, their
+        # payload delivered too) are fast-forwarded instead (set by the offline engine, not
+        # with --full-inspection): the engine takes their regular frames and the emulation
+        # sees the others, its state brought up to date first (engine/kernel_twin.py). The
+        # hooks take the flow: ff_catch_up before the core reads it (a frame, the end of the
+        # batch, the flow's end), ff_reload after a frame.
         self.fast_forward = False
         self.ff_catch_up = self.ff_reload = None
 
@@ -217,7 +221,7 @@ class FlowTable:
             # emulation sees its SYN, FIN, RST and the ACKs of SYN and FIN (Stack.process),
             # and its history letters come with the counts.
             self.set_bypass(flow, "state_only")
-        elif self.fast_forward and all(ls.state_only for ls in listeners) \
+        elif self.fast_forward and all(ls.state_only or ls.stream_only for ls in listeners) \
                 and not self._raw_socket_takes(pkt):
             self.kernel_updates.append(("fast_forward", flow))
         return flow
@@ -254,6 +258,8 @@ class FlowTable:
     def destroy_flow(self, flow, reason):
         if flow.destroyed:
             return
+        if flow.fast_forward:
+            self.ff_catch_up(flow)
         self._end_streams(flow)
         self._flush_new_data(flow)
         flow.destroyed = True

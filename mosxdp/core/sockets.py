@@ -17,7 +17,7 @@ ENDED_IDS_KEPT = 65536
 class Listener:
     """A MOS_SOCK_MONITOR_STREAM socket: the template of its flows' sockets."""
     __slots__ = ("id", "domain", "syn_filter", "orphan_filter", "table", "bufsize", "policy",
-                 "midstream", "state_only", "closed")
+                 "midstream", "state_only", "stream_only", "closed")
     kind = "listener"
 
     def __init__(self, sock_id, domain):
@@ -30,6 +30,7 @@ class Listener:
         self.policy = [None, None]
         self.midstream = None         # None: midstream_pickup; else MOSX_MIDSTREAM's choice
         self.state_only = False       # MOSX_STATE_ONLY: its flows need no frame but the control ones
+        self.stream_only = False      # MOSX_STREAM_ONLY: its flows need their streams, no packet
         self.closed = False
 
 

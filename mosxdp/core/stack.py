@@ -550,6 +550,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
             for flow in flows:
                 if not flow.destroyed:
                     self.order_key = (ORDER_NEW_DATA, flow.data_no)
+                    if flow.fast_forward:
+                        self.ff_catch_up(flow)   # its counts, before its callbacks read them
                     self._flush_new_data(flow)
         try:
             self._expire()

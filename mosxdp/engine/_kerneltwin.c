@@ -2,7 +2,7 @@
  * _kerneltwin: the per-frame step of mosxdp/engine/kernel_twin.py in C (that module has the
  * same function in Python for when this one is absent or MOSXDP_PURE_PYTHON=1).
  *
- *     claim(table, frame, ts_us, stamp[, touched]) -> the flow, or None
+ *     claim(table, frame, ts_us, stamp) -> the flow, or None
  *
  * table: a dict {key: (record, flow)}, the key the 40 bytes of struct mx_flow_key
  * (bpf/mosxdp.h) and the record a bytearray holding struct kt_record: struct mx_verdict
@@ -18,9 +18,10 @@
  * flow's regular frames: no SYN, FIN, RST or URG, with ACK, at the sequence number that
  * direction's stream expects next, acknowledging no byte not seen, within the window the
  * other side advertised. For those the emulation would only count, advance both streams
- * and move the window's edge, which the record does (ff_*). Any other frame of the entry
- * clears ff_ok, and the flow is appended to `touched`: the engine brings the emulation up
- * to date before it processes the frame, and loads the record again after.
+ * and move the window's edge, which the record does (ff_*); with ff_stream the engine
+ * then delivers the payload (ff_last_*: where it lies in the frame). Any other frame of
+ * the entry clears ff_ok and goes to the emulation, which is brought up to date before it
+ * processes the frame (the flow's ff_catch_up hook), and loads the record again after.
  *
  * Only frames that mosxdp/core/packet.py's parse_frame reads whole and to the same values
  * are looked up: Ethernet with up to two VLAN tags (ids not 0), IPv4 (not a fragment) or
@@ -77,7 +78,18 @@ struct kt_record {              /* struct mx_verdict, then what only the twin ke
 	uint8_t ff_edge_known[2];
 	uint8_t ff_edge_moves;
 	uint8_t ff_shift[2];
-	uint8_t pad3[2];
+	/* per direction of the data: whether frames with payload are taken (the engine
+	 * delivers their payload when ff_stream: the receiver's buffer must exist) */
+	uint8_t ff_data_ok[2];
+	uint8_t ff_stream;
+	/* the last frame taken: its direction, and its payload's offset and length in it;
+	 * the client's direction (for the engine's delivery) */
+	uint8_t ff_last_dir;
+	uint8_t ff_cli_dir;
+	uint8_t pad3;
+	uint32_t ff_last_off;
+	uint32_t ff_last_len;
+	uint8_t pad4[4];
 };
 
 #define ACTION_BYPASS 1
@@ -95,7 +107,7 @@ static inline uint32_t be32(const uint8_t *p)
 struct kt_frame {
 	unsigned flags, window;
 	uint32_t seq, ack;
-	uint64_t ip_len, payload_len;
+	uint64_t ip_len, payload_len, payload_off;
 };
 
 static int parse(const uint8_t *p, Py_ssize_t len, struct kt_key *key, int *dir,
@@ -166,6 +178,7 @@ static int parse(const uint8_t *p, Py_ssize_t len, struct kt_key *key, int *dir,
 	f->ack = be32(p + l4 + 8);
 	f->window = be16(p + l4 + 14);
 	f->payload_len = ip_end - l4 - doff;
+	f->payload_off = l4 + doff;
 
 	/* (address, port) as big-endian byte strings: the lower one is the key's lo */
 	memset(a, 0, sizeof(a));
@@ -195,7 +208,8 @@ static int fast_forward(struct kt_record *vd, const struct kt_frame *f, int dir,
 	uint32_t end = f->seq + (uint32_t)f->payload_len;
 	if (!vd->ff_ok || (f->flags & (TH_SYN | TH_FIN | TH_RST | TH_URG)) || !(f->flags & TH_ACK) ||
 	    f->seq != vd->ff_next[dir] || (int32_t)(f->ack - vd->ff_next[dir ^ 1]) > 0 ||
-	    (f->payload_len && vd->ff_edge_known[dir] && (int32_t)(end - vd->ff_edge[dir]) > 0)) {
+	    (f->payload_len && (!vd->ff_data_ok[dir] ||
+				(vd->ff_edge_known[dir] && (int32_t)(end - vd->ff_edge[dir]) > 0)))) {
 		vd->ff_ok = 0;
 		return 0;
 	}
@@ -208,6 +222,9 @@ static int fast_forward(struct kt_record *vd, const struct kt_frame *f, int dir,
 		}
 	}
 	vd->ff_next[dir] = end;
+	vd->ff_last_dir = dir;
+	vd->ff_last_off = (uint32_t)f->payload_off;
+	vd->ff_last_len = (uint32_t)f->payload_len;
 	if (f->payload_len) {
 		if (!vd->first_data_ns[dir])
 			vd->first_data_ns[dir] = stamp;
@@ -233,10 +250,8 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	Py_ssize_t frame_len;
 	int dir, ok, watched;
 
-	if (nargs < 4 || nargs > 5 || !PyDict_Check(args[0]) ||
-	    (nargs == 5 && args[4] != Py_None && !PyList_Check(args[4]))) {
-		PyErr_SetString(PyExc_TypeError,
-				"claim(table: dict, frame, ts_us, stamp, touched: list | None = None)");
+	if (nargs != 4 || !PyDict_Check(args[0])) {
+		PyErr_SetString(PyExc_TypeError, "claim(table: dict, frame, ts_us, stamp)");
 		return NULL;
 	}
 	table = args[0];
@@ -279,8 +294,6 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			Py_INCREF(flow);
 			return flow;
 		}
-		if (nargs == 5 && args[4] != Py_None && PyList_Append(args[4], flow) < 0)
-			return NULL;
 		Py_RETURN_NONE;
 	}
 	if (vd->action < ACTION_BYPASS || vd->action > ACTION_STATE_ONLY)
@@ -325,8 +338,7 @@ static PyObject *claim(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
 	{"claim", (PyCFunction)(void (*)(void))claim, METH_FASTCALL,
-	 "claim(table, frame, ts_us, stamp[, touched]) -> the flow whose entry counted the frame, "
-	 "or None"},
+	 "claim(table, frame, ts_us, stamp) -> the flow whose entry counted the frame, or None"},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -40,21 +40,28 @@ import struct
 
 from ..core.compiled import PURE_PYTHON
 from ..core.datagrams import DatagramFlow
-from ..core.events import (EV_CONN_END, EV_CONN_START, EV_ORPHAN, EV_TCP_STATE_CHANGE,
-                           EV_TIMEOUT)
+from ..core.events import (EV_CONN_END, EV_CONN_NEW_DATA, EV_CONN_START, EV_ORPHAN,
+                           EV_TCP_STATE_CHANGE, EV_TIMEOUT)
 from ..core.tcp import ESTABLISHED, SYN_RCVD, add_history
 from ..io.bpfstructs import (ACTION_NAMES, ACTIONS, MX_ACTION_DROP, MX_WATCH_ANY, MX_WATCH_ARMED,
                              MxVerdict)
+from . import fast_forward
+from .fast_forward import catch_up
 from .hybrid import HybridProcessor
 
 __all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "claim", "claim_python", "modelled",
            "FAST_FORWARD"]
 
-# The action of a fast-forwarded flow's entry (no kernel has it: the twin's own).
+# The action of a fast-forwarded flow's entry (no kernel has it: the twin's own), and the
+# two kinds (Flow.fast_forward): counting its regular frames (MOSX_STATE_ONLY), or also
+# delivering their payload to the receiver's stream (MOSX_STREAM_ONLY: fast_forward.py).
 FAST_FORWARD = 4
+FF_COUNTS, FF_STREAM = 1, 2
 # Events that no regular frame raises: a flow whose sockets wait for others is not
 # fast-forwarded (PKT_IN, CONN_NEW_DATA, REXMIT, ERROR: each would need the frame).
 _FF_EVENTS = EV_CONN_START | EV_TIMEOUT | EV_TCP_STATE_CHANGE | EV_ORPHAN | EV_CONN_END
+# ... and with the payload delivered, the end of the batch raises CONN_NEW_DATA as ever.
+_FF_STREAM_EVENTS = _FF_EVENTS | EV_CONN_NEW_DATA
 _SEQ_MASK = 0xFFFFFFFF
 
 
@@ -63,24 +70,27 @@ class TwinRecord(ct.Structure):
     (the kernel does not keep them; Side.tcp_flags does), then a fast-forwarded flow's
     state per direction of the data (_kerneltwin.c): the next sequence number, the window's
     right edge and whether it is known, the shift of the window field of ACKs going that
-    way, whether ACKs move the edges, and whether regular frames are taken."""
+    way, whether ACKs move the edges, and whether regular frames are taken; per direction of
+    the data whether frames with payload are, whether the engine delivers their payload
+    (FF_STREAM), and the last frame taken: its direction, its payload's place in it."""
     _fields_ = MxVerdict._fields_ + [
         ("tcp_flags", ct.c_uint8 * 2), ("pad2", ct.c_uint8 * 6),
         ("ff_next", ct.c_uint32 * 2), ("ff_edge", ct.c_uint32 * 2), ("ff_ok", ct.c_uint8),
         ("ff_edge_known", ct.c_uint8 * 2), ("ff_edge_moves", ct.c_uint8),
-        ("ff_shift", ct.c_uint8 * 2), ("pad3", ct.c_uint8 * 2)]
+        ("ff_shift", ct.c_uint8 * 2), ("ff_data_ok", ct.c_uint8 * 2), ("ff_stream", ct.c_uint8),
+        ("ff_last_dir", ct.c_uint8), ("ff_cli_dir", ct.c_uint8), ("pad3", ct.c_uint8),
+        ("ff_last_off", ct.c_uint32), ("ff_last_len", ct.c_uint32), ("pad4", ct.c_uint8 * 4)]
 
 
 _RECORD_SIZE = ct.sizeof(TwinRecord)
-# What a catch-up reads, and clears: the counts and stamps since the last one.
-_COUNTS_AT = TwinRecord.packets.offset
-_COUNTS = struct.Struct("<8Q")          # packets, bytes, frame_bytes, ip_bytes per direction
-_STAMPS_AT = TwinRecord.first_data_ns.offset
-_STAMPS = struct.Struct("<4Q")          # first_data_ns, first_ack_ns per direction
-_FLAGS_AT = TwinRecord.tcp_flags.offset
+# Where a reload writes the fast-forward state (ff_next .. ff_data_ok); fast_forward.py reads
+# the record at the same offsets.
 _FF_AT = TwinRecord.ff_next.offset
-_FF = struct.Struct("<2I2IB2BB2B2x")
-_CLEAR = bytes(_FF_AT - _COUNTS_AT)
+_FF = struct.Struct("<2I2IB2BB2B2B")
+assert (fast_forward.COUNTS_AT, fast_forward.STAMPS_AT, fast_forward.FLAGS_AT,
+        fast_forward.FF_AT, fast_forward.LAST_AT) == (
+    TwinRecord.packets.offset, TwinRecord.first_data_ns.offset, TwinRecord.tcp_flags.offset,
+    _FF_AT, TwinRecord.ff_last_dir.offset) and TwinRecord.ff_cli_dir.offset == _FF_AT + 26
 
 
 def modelled(flow) -> bool:
@@ -117,10 +127,15 @@ class KernelTwin:
                 rec.ack_watch[d] = ack
                 rec.watch_armed[d] = MX_WATCH_ARMED
 
-    def install_fast_forward(self, key, flow) -> bytearray:
-        """A FAST_FORWARD entry for the flow (taking no frame until loaded): its record."""
+    def install_fast_forward(self, key, flow, cli_dir=0, stream=False) -> bytearray:
+        """A FAST_FORWARD entry for the flow (taking no frame until loaded): its record.
+        ``cli_dir``: the direction of the client's frames; ``stream``: the engine delivers
+        the payload of the frames taken."""
         raw = bytearray(_RECORD_SIZE)
-        TwinRecord.from_buffer(raw).action = FAST_FORWARD
+        rec = TwinRecord.from_buffer(raw)
+        rec.action = FAST_FORWARD
+        rec.ff_cli_dir = cli_dir
+        rec.ff_stream = int(stream)
         self.table[bytes(key)] = (raw, flow)
         return raw
 
@@ -206,9 +221,12 @@ class TwinProcessor(HybridProcessor):
     # ------------------------------------------------------------ fast forward
     def _ff_install(self, flow) -> None:
         key, cli_dir = self._key(flow)
-        raw = self.program.install_fast_forward(key, flow)
+        # Counts only if every listener said MOSX_STATE_ONLY; else one wants the streams.
+        stream = not all(sock.listener.state_only for sock in flow.socks)
+        raw = self.program.install_fast_forward(key, flow, cli_dir, stream)
         self._ff[flow] = (raw, cli_dir)
-        flow.fast_forward = True
+        flow.fast_forward = FF_STREAM if stream else FF_COUNTS
+        flow.ff_record = raw
         self._ff_reload(flow)
 
     def _ff_leave(self, flow) -> None:
@@ -216,7 +234,8 @@ class TwinProcessor(HybridProcessor):
         self._ff_catch_up(flow)
         self._ff.pop(flow)
         self.table.pop(bytes(self._keys[flow][0]), None)
-        flow.fast_forward = False
+        flow.fast_forward = 0
+        flow.ff_record = None
 
     def _ff_masks_changed(self) -> None:
         """A callback registered or went (a timer's, between frames): every fast-forwarded
@@ -229,48 +248,9 @@ class TwinProcessor(HybridProcessor):
 
     def _ff_catch_up(self, flow) -> None:
         """stack.ff_catch_up: the frames the twin took since the last call, as the
-        emulation would have processed them (counts, streams, window edges, history)."""
-        raw, cli_dir = self._ff[flow]
-        counts = _COUNTS.unpack_from(raw, _COUNTS_AT)
-        if not counts[0] and not counts[1]:
-            return
-        stamps = _STAMPS.unpack_from(raw, _STAMPS_AT)
-        nxt0, nxt1, edge0, edge1, _ok, known0, known1, moves, _s0, _s1 = \
-            _FF.unpack_from(raw, _FF_AT)
-        nxt, edge, known = (nxt0, nxt1), (edge0, edge1), (known0, known1)
-        sides = flow.sides
-        letters = []
-        for index in (0, 1):
-            d = cli_dir if index == 0 else 1 - cli_dir
-            side, peer = sides[index], sides[1 - index]
-            side.pkts += counts[d]
-            side.ip_bytes += counts[6 + d]
-            side.l2_bytes += counts[4 + d]
-            side.tcp_flags |= raw[_FLAGS_AT + d]
-            sent = counts[2 + d]
-            if sent:
-                side.snd_nxt = nxt[d]
-                peer.rcv_nxt += sent
-                peer.unique_bytes += sent
-                if peer.rcv_nxt > peer.max_end:
-                    peer.max_end = peer.rcv_nxt
-                peer.first_payload_seen = True
-                if peer.buf is not None:
-                    peer.buf.skip(peer.rcv_nxt)
-            letters += [(ns, index, letter) for ns, letter in ((stamps[d], "D"),
-                                                              (stamps[2 + d], "A")) if ns]
-        if moves:
-            for index in (0, 1):
-                # the edge of the data toward this side, in its stream's offsets
-                d = 1 - cli_dir if index == 0 else cli_dir
-                if known[d]:
-                    side = sides[index]
-                    dist = (edge[d] - nxt[d]) & _SEQ_MASK
-                    side.right_edge = side.rcv_nxt + (dist - (1 << 32) if dist >> 31 else dist)
-        for _, index, letter in sorted(letters):
-            add_history(flow, index, letter)
-        raw[_COUNTS_AT:_FF_AT] = _CLEAR
-        self.kernel["fast_forwarded"] += counts[0] + counts[1]
+        emulation would have processed them (fast_forward.catch_up)."""
+        if flow.fast_forward:
+            self.kernel["fast_forwarded"] += catch_up(flow, flow.fast_forward == FF_STREAM)
 
     def _ff_reload(self, flow) -> None:
         """stack.ff_reload: the record from the emulation's state after a frame the core
@@ -284,12 +264,14 @@ class TwinProcessor(HybridProcessor):
             return
         sides = flow.sides
         cli, svr = sides
+        stream = flow.fast_forward == FF_STREAM
         ok = (cli.state == ESTABLISHED and svr.state == ESTABLISHED and not flow.bypass
               and flow.edits is None)
         if ok:
             null_mask, snd_mask, rcv_mask = self.stack._flow_masks(flow)
-            ok = not (null_mask | snd_mask | rcv_mask) & ~_FF_EVENTS
-        nxt, edge, known, shift = [0, 0], [0, 0], [0, 0], [0, 0]
+            ok = not (null_mask | snd_mask | rcv_mask) & ~(
+                _FF_STREAM_EVENTS if stream else _FF_EVENTS)
+        nxt, edge, known, shift, data = [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]
         moves = 1 if flow.window_known else 0
         for index in (0, 1):
             if not ok:
@@ -305,6 +287,11 @@ class TwinProcessor(HybridProcessor):
             if side.snd_nxt != nxt[d]:
                 ok = False         # bytes sent beyond those received in order
                 break
+            # Payload is taken if it needs no buffer, or goes to the end of the buffer there
+            # (the emulation makes the buffer, at the first byte).
+            buf = peer.buf
+            data[d] = 1 if not stream or (buf is None and not peer.bufsize) or (
+                buf is not None and buf.next_offset == peer.rcv_nxt) else 0
             if peer.right_edge is not None:
                 if not -(1 << 30) < peer.right_edge - peer.rcv_nxt < 1 << 30:
                     ok = False
@@ -318,7 +305,7 @@ class TwinProcessor(HybridProcessor):
                     break
                 shift[d] = scale
         _FF.pack_into(raw, _FF_AT, nxt[0], nxt[1], edge[0], edge[1], 1 if ok else 0,
-                      known[0], known[1], moves, shift[0], shift[1])
+                      known[0], known[1], moves, shift[0], shift[1], data[0], data[1])
 
     def _merge(self, flow, v) -> None:
         before = sum(side.pkts for side in flow.sides)
@@ -392,7 +379,7 @@ def _parse(frame):
     key = _KEY.pack(lo[:16], hi[:16], lo[16:], hi[16:], vlan[0], vlan[1], version, 6)
     seq, ack = struct.unpack_from("!II", frame, l4 + 4)
     window = int.from_bytes(frame[l4 + 14:l4 + 16], "big")
-    return key, direction, frame[l4 + 13], seq, ack, ip_len, ip_end - l4 - doff, window
+    return key, direction, frame[l4 + 13], seq, ack, ip_len, ip_end - l4 - doff, window, l4 + doff
 
 
 def _after(a, b):
@@ -400,13 +387,14 @@ def _after(a, b):
     return 0 < (a - b) & _SEQ_MASK < 0x80000000
 
 
-def _fast_forward(rec, d, flags, seq, ack, payload_len, window):
+def _fast_forward(rec, d, flags, seq, ack, payload_len, window, payload_off):
     """_kerneltwin.c's fast_forward: whether a frame of a FAST_FORWARD entry is regular;
     if so both streams and the window edge move on (the counts are the caller's)."""
     end = (seq + payload_len) & _SEQ_MASK
     if (not rec.ff_ok or flags & 0x27 or not flags & 0x10 or seq != rec.ff_next[d]
             or _after(ack, rec.ff_next[1 - d])
-            or (payload_len and rec.ff_edge_known[d] and _after(end, rec.ff_edge[d]))):
+            or (payload_len and (not rec.ff_data_ok[d]
+                                 or (rec.ff_edge_known[d] and _after(end, rec.ff_edge[d]))))):
         return False
     if rec.ff_edge_moves:
         edge = (ack + (window << rec.ff_shift[d])) & _SEQ_MASK
@@ -414,6 +402,7 @@ def _fast_forward(rec, d, flags, seq, ack, payload_len, window):
             rec.ff_edge[1 - d] = edge
             rec.ff_edge_known[1 - d] = 1
     rec.ff_next[d] = end
+    rec.ff_last_dir, rec.ff_last_off, rec.ff_last_len = d, payload_off, payload_len
     return True
 
 
@@ -424,14 +413,14 @@ def claim_python(table, frame, ts_us, stamp):
     parsed = _parse(frame)
     if parsed is None:
         return None
-    key, d, flags, seq, ack, ip_len, payload_len, window = parsed
+    key, d, flags, seq, ack, ip_len, payload_len, window, payload_off = parsed
     entry = table.get(key)
     if entry is None:
         return None
     raw, flow = entry
     rec = TwinRecord.from_buffer(raw)
     if rec.action == FAST_FORWARD:
-        if not _fast_forward(rec, d, flags, seq, ack, payload_len, window):
+        if not _fast_forward(rec, d, flags, seq, ack, payload_len, window, payload_off):
             rec.ff_ok = 0
             return None
         rec.last_seen_ns = ts_us * 1000

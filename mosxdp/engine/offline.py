@@ -17,7 +17,8 @@ import cython
 from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, Stack
 from ..io.pcap import PcapReader, PcapWriter
 from .callback_log import counts_text
-from .kernel_twin import TwinProcessor, claim
+from .fast_forward import deliver
+from .kernel_twin import FF_STREAM, TwinProcessor, claim
 from .result import RunResult
 
 if not cython.compiled:
@@ -123,6 +124,8 @@ class OfflineEngine:
                     state.now = flow.last_ts = ts_us
                     state.tcp_segments += 1
                     flow.last_no = state.frame_no
+                    if flow.fast_forward == FF_STREAM:
+                        deliver(state, flow, frame)   # its payload into the stream
                     lru.move_to_end(flow)
                     if half_open and flow in half_open:
                         half_open.move_to_end(flow)

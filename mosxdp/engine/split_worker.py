@@ -17,7 +17,8 @@ import cython
 
 from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
 from .forked import exception_line, pin, worker_exit
-from .kernel_twin import TwinProcessor, claim
+from .fast_forward import deliver
+from .kernel_twin import FF_STREAM, TwinProcessor, claim
 from .split_feed import MSG, PCAP_MAGIC
 
 if cython.compiled:
@@ -213,6 +214,8 @@ class _Worker:
                                 state.now = flow.last_ts = ts
                                 state.tcp_segments += 1
                                 flow.last_no = number
+                                if flow.fast_forward == FF_STREAM:
+                                    deliver(state, flow, frame)
                                 lru.move_to_end(flow)
                                 if half_open and flow in half_open:
                                     half_open.move_to_end(flow)

@@ -1,8 +1,9 @@
-"""Fast forward (engine/kernel_twin.py): offline, the regular frames of a state-only flow
-are counted by the twin and the emulation is brought up to date before each other frame.
-Whatever the traffic (loss, reordering, duplicates, retransmissions, small and zero
-windows, window scaling, acknowledgments of bytes never seen, resets, flows left open),
-connlog's lines are those of --full-inspection, where every frame goes through the core."""
+"""Fast forward (engine/kernel_twin.py): offline, the regular frames of a state-only or
+stream-only flow are counted by the twin (a stream-only flow's payload appended to its
+stream) and the emulation is brought up to date before each other frame. Whatever the
+traffic (loss, reordering, duplicates, retransmissions, small and zero windows, window
+scaling, acknowledgments of bytes never seen, resets, flows left open), connlog's lines and
+flowdump's files are those of --full-inspection, where every frame goes through the core."""
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -63,6 +64,62 @@ def _connlog(pcap, out, *extra):
     return out.read_text()
 
 
+# A stream-only app that logs what each CONN_NEW_DATA reads and the flow's counters then,
+# and each flow's conn.log record at its end: every stream byte and count must match.
+STREAM_APP = """
+import json
+import socket
+
+from mosxdp import *
+
+
+def add_arguments(parser):
+    parser.add_argument("--output")
+
+
+def setup(mctx, args):
+    out = open(args.output, "w")
+    sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
+    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOSX_STREAM_ONLY, 1)
+    buf = bytearray(1 << 16)
+
+    def on_data(mctx, s, side, event, arg):
+        try:
+            n = mtcp_peek(mctx, s, side, buf, len(buf))
+        except PeekOverrunError as exc:
+            n = -exc.lost
+        st = mtcp_getsockopt(mctx, s, SOL_MONSOCKET, MOSX_FLOW_STATS)
+        out.write(json.dumps([s, side, n, bytes(buf[:max(n, 0)]).hex(), list(st.pkts),
+                              list(st.ip_bytes), list(st.stream_bytes), list(st.missed_bytes),
+                              st.history]) + "\\n")
+
+    def on_end(mctx, s, side, event, arg):
+        if side == MOS_SIDE_CLI:
+            out.write(json.dumps(mosx_conn_record(mctx, s)) + "\\n")
+
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, on_data)
+    mtcp_register_callback(mctx, sock, MOS_ON_CONN_END, MOS_HK_RCV, on_end)
+    return out
+
+
+def teardown(out):
+    out.close()
+"""
+
+
+def _stream_app(pcap, app, out, *extra):
+    assert cli.main(["run", str(app), "--output", str(out), "--pcap", str(pcap),
+                     "--no-progress", *extra]) == 0
+    return out.read_text()
+
+
+def _flowdump(pcap, out, *extra):
+    """flowdump's files: {name: bytes}."""
+    assert cli.main(["run", "flowdump", "--outdir", str(out), "--pcap", str(pcap),
+                     "--no-progress", *extra]) == 0
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
 FLOW = st.tuples(st.tuples(st.sampled_from([None, 0, 2, 7, 14]), st.sampled_from([None, 0, 3, 9])),
                  st.lists(STEP, min_size=1, max_size=14), PERTURB,
                  st.sampled_from(["close", "rst", "open"]))
@@ -71,7 +128,8 @@ FLOW = st.tuples(st.tuples(st.sampled_from([None, 0, 2, 7, 14]), st.sampled_from
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(st.lists(FLOW, min_size=1, max_size=3))
-def test_connlog_lines_equal_those_of_full_inspection(tmp_path_factory, flows):
+def test_connlog_lines_and_flowdump_files_equal_those_of_full_inspection(tmp_path_factory,
+                                                                         flows):
     tmp = tmp_path_factory.mktemp("ff")
     frames = []
     for n, (wscales, steps, perturb, ending) in enumerate(flows):
@@ -84,6 +142,11 @@ def test_connlog_lines_equal_those_of_full_inspection(tmp_path_factory, flows):
     fast = _connlog(pcap, tmp / "fast.log")
     full = _connlog(pcap, tmp / "full.log", "--full-inspection")
     assert fast == full
+    assert _flowdump(pcap, tmp / "fast") == _flowdump(pcap, tmp / "full", "--full-inspection")
+    app = tmp / "stream_app.py"
+    app.write_text(STREAM_APP)
+    assert _stream_app(pcap, app, tmp / "fast.txt") == \
+        _stream_app(pcap, app, tmp / "full.txt", "--full-inspection")
 
 
 def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
@@ -93,8 +156,8 @@ def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
     catch_up = kernel_twin.TwinProcessor._ff_catch_up
 
     def counted(self, flow):
-        raw = self._ff[flow][0]
-        taken.append(kernel_twin._COUNTS.unpack_from(raw, kernel_twin._COUNTS_AT)[:2])
+        rec = kernel_twin.TwinRecord.from_buffer(self._ff[flow][0])
+        taken.append(tuple(rec.packets))
         return catch_up(self, flow)
 
     monkeypatch.setattr(kernel_twin.TwinProcessor, "_ff_catch_up", counted)

@@ -8,7 +8,7 @@
 * offline runs give the same outputs with the twin as without it (every frame through the
   core) on every capture of tests/data: flows handed over after a depth (connlog, eve),
   after their sessions (zeeklog), dropped and accepted by a firewall, and the flows of
-  state-only listeners fast-forwarded (connlog, midstat);
+  state-only and stream-only listeners fast-forwarded (connlog, midstat, flowdump);
 * fast forward takes exactly the regular frames (in order, acknowledging what was seen,
   inside the window; no SYN, FIN, RST, URG) and stops at any other, the C step and the
   Python step alike.
@@ -240,9 +240,10 @@ def test_claimed_frames_parse_to_the_same_counts():
 
 # ----------------------------------------------------------------------------- end to end
 RUNS = {
-    # MOSX_STATE_ONLY listeners: their flows fast-forwarded
+    # MOSX_STATE_ONLY listeners: their flows fast-forwarded; MOSX_STREAM_ONLY: with payload
     "connlog": lambda d: ["connlog", "--output", d / "conn.log"],
     "midstat": lambda d: ["midstat", "--json", "--output", d / "midstat.json"],
+    "flowdump": lambda d: ["flowdump", "--outdir", d / "flows"],
     "connlog-depth": lambda d: ["connlog", "--bypass-after-bytes", "500", "--output", d / "conn.log"],
     "zeeklog": lambda d: ["zeeklog", "--logdir", d],
     "eve-depth": lambda d: ["eve", "--bypass-after-bytes", "1000", "--output", d / "eve.json"],
@@ -298,9 +299,11 @@ def test_outputs_with_the_twin_equal_those_without(run, tmp_path, monkeypatch, c
 
 
 # ----------------------------------------------------------------------------- fast forward
-def ff_table(src, dst, sport, dport, nxt, edges=(None, None), shift=(0, 0), moves=True):
+def ff_table(src, dst, sport, dport, nxt, edges=(None, None), shift=(0, 0), moves=True,
+             data_ok=(1, 1)):
     """A FAST_FORWARD entry loaded as TwinProcessor._ff_reload loads it: per direction of
-    the data (client's first), the next sequence number and the window's right edge."""
+    the data (client's first), the next sequence number, the window's right edge, and
+    whether frames with payload are taken."""
     twin = KernelTwin()
     flow = Flow()
     key, cli_dir = make_flow_key(src, sport, dst, dport)
@@ -311,6 +314,7 @@ def ff_table(src, dst, sport, dport, nxt, edges=(None, None), shift=(0, 0), move
         if edges[i] is not None:
             rec.ff_edge[d], rec.ff_edge_known[d] = edges[i], 1
         rec.ff_shift[d] = shift[i]
+        rec.ff_data_ok[d] = data_ok[i]
     rec.ff_edge_moves = int(moves)
     rec.ff_ok = 1
     return twin, key, dirs, flow
@@ -329,12 +333,32 @@ def test_fast_forward_takes_in_order_frames_and_moves_both_streams(step):
         assert claim(twin.table, memoryview(f), number, number) is flow
     rec = record(twin, key)
     assert (rec.ff_next[c], rec.ff_next[s]) == (1100, 5010)
+    # the last frame taken, for the engine's delivery of its payload: none (a bare ACK)
+    assert (rec.ff_last_dir, rec.ff_last_len) == (c, 0)
     assert (rec.packets[c], rec.packets[s], rec.bytes[c], rec.bytes[s]) == (2, 1, 100, 10)
     assert (rec.first_data_ns[c], rec.first_data_ns[s], rec.first_ack_ns[c]) == (1, 2, 3)
     # the client's ACKs move the edge of the server's data: ack + (window << its shift)
     assert rec.ff_edge_known[s] and rec.ff_edge[s] == (5010 + (65535 << 2)) & 0xFFFFFFFF
     # and the server's ACK (window 65535, shift 0) that of the client's
     assert rec.ff_edge[c] == 1100 + 65535
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_fast_forward_payload_only_where_its_stream_takes_it(step):
+    """ff_data_ok per direction: the server's receiving buffer is not made yet (the
+    emulation makes it at the first byte): the client's data is refused, its bare ACKs and
+    the server's data are taken; a frame taken says where its payload lies."""
+    claim = STEPS[step]
+    src, dst = V4
+    twin, key, (c, s), flow = ff_table(src, dst, 40000, 80, (1000, 5000), data_ok=(0, 1))
+    down = frame(dst, src, 80, 40000, 5000, 1000, ACK | PSH, b"y" * 10)
+    assert claim(twin.table, memoryview(down), 1, 1) is flow
+    rec = record(twin, key)
+    assert (rec.ff_last_dir, rec.ff_last_off, rec.ff_last_len) == (s, 14 + 20 + 20, 10)
+    assert claim(twin.table, memoryview(frame(src, dst, 40000, 80, 1000, 5010, ACK)), 2, 2) is flow
+    up = frame(src, dst, 40000, 80, 1000, 5010, ACK | PSH, b"x")
+    assert claim(twin.table, memoryview(up), 3, 3) is None
+    assert record(twin, key).ff_ok == 0
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -371,7 +395,8 @@ def test_fast_forward_refuses_any_other_frame_and_stops(step, case):
 @settings(max_examples=300, deadline=None)
 @given(st.tuples(st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
                  st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
-                 st.integers(0, 14), st.integers(0, 14), st.booleans(), st.booleans()),
+                 st.integers(0, 14), st.integers(0, 14), st.booleans(), st.booleans(),
+                 st.tuples(st.integers(0, 1), st.integers(0, 1))),
        st.lists(st.tuples(st.booleans(), st.booleans(), st.sampled_from([ACK, ACK | PSH, ACK | 0x20,
                                                                         PSH, ACK | FIN]),
                           st.integers(-3, 3), st.integers(-3, 3), st.binary(max_size=40),
@@ -382,10 +407,10 @@ def test_fuzzed_fast_forward_the_c_step_is_the_python_step(start, frames):
     same ones and leave the same records."""
     if _kerneltwin is None:
         pytest.skip("the C step is not built")
-    n0, n1, e0, e1, sh0, sh1, known, moves = start
+    n0, n1, e0, e1, sh0, sh1, known, moves, data_ok = start
     src, dst = V4
     twins = [ff_table(src, dst, 40000, 80, (n0, n1), (e0, e1) if known else (None, None),
-                      (sh0, sh1), moves) for _ in range(2)]
+                      (sh0, sh1), moves, data_ok) for _ in range(2)]
     for number, (out, reload, flags, dseq, dack, payload, window) in enumerate(frames, 1):
         for twin, key, _, _ in twins:
             if reload:
