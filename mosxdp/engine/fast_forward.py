@@ -6,6 +6,9 @@ _receive_payload), so the end of the batch raises CONN_NEW_DATA for the same byt
 twin took the frame only if it is the next in order, inside the window, and the
 receiver's buffer ends where its stream does.
 
+``load``: the record from the emulation's state after a frame the core processed (what
+the twin checks a frame against), and whether it takes frames at all.
+
 ``catch_up``: what the twin counted since the last call joins the flow as the emulation
 would have made it: counts, the senders' next sequence numbers, the streams (FF_COUNTS:
 their payload was not delivered), the window edges, the history letters in order.
@@ -19,7 +22,7 @@ import struct
 
 import cython
 
-from ..core.tcp import add_history
+from ..core.tcp import ESTABLISHED, add_history
 
 if cython.compiled:
     from cython.cimports.cpython.bytearray import PyByteArray_AS_STRING
@@ -36,6 +39,7 @@ COUNTS_AT, STAMPS_AT, FLAGS_AT, FF_AT, LAST_AT = 16, 96, 136, 144, 169
 _COUNTS = struct.Struct("<8Q")
 _STAMPS = struct.Struct("<4Q")
 _FF_HEAD = struct.Struct("<2I2IB2BB")
+_FF_LOAD = struct.Struct("<2I2IB2BB2B2B")   # ff_next .. ff_data_ok
 _LAST = struct.Struct("<BBxII")
 _CLEAR = bytes(FF_AT - COUNTS_AT)
 _LAST_AT = cython.declare(cython.Py_ssize_t, LAST_AT)
@@ -138,3 +142,60 @@ def catch_up(flow, delivered) -> int:
             add_history(flow, index, letter)
     raw[COUNTS_AT:FF_AT] = _CLEAR
     return frames
+
+
+@cython.locals(flow=Flow, side=Side, peer=Side, cli=Side, svr=Side, raw=bytearray,
+               cli_dir=cython.int, index=cython.int, d=cython.int, ok=cython.bint,
+               moves=cython.int, stream=cython.bint, allowed=cython.longlong,
+               null_mask=cython.longlong, snd_mask=cython.longlong, rcv_mask=cython.longlong)
+def load(stack, flow, allowed, stream) -> None:
+    """After a frame the core processed: the record's next sequence numbers, window edges
+    and shifts from the emulation's state, and whether regular frames are taken: both
+    sides established, no bypass or edit, no socket waiting for an event outside
+    ``allowed``, in each direction every byte sent received in order, no FIN pending,
+    nothing beyond the window. ``stream``: payload is delivered (taken only where the
+    receiver's buffer ends where its stream does, or it needs none)."""
+    raw = flow.ff_record
+    cli_dir = raw[LAST_AT + 1]
+    sides = flow.sides
+    cli = sides[0]
+    svr = sides[1]
+    ok = (cli.state == ESTABLISHED and svr.state == ESTABLISHED and not flow.bypass
+          and flow.edits is None)
+    if ok:
+        null_mask, snd_mask, rcv_mask = stack._flow_masks(flow)
+        ok = not (null_mask | snd_mask | rcv_mask) & ~allowed
+    nxt, edge, known, shift, data = [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]
+    moves = 1 if flow.window_known else 0
+    for index in range(2):
+        if not ok:
+            break
+        d = cli_dir if index == 0 else 1 - cli_dir
+        side = sides[index]           # the data's sender
+        peer = sides[1 - index]       # and its receiver
+        if side.snd_nxt is None or peer.peer_base is None or peer.peer_fin_off is not None \
+                or peer.beyond_edge is not None or peer.skip_to > peer.rcv_nxt \
+                or peer.max_end > peer.rcv_nxt:
+            ok = False
+            break
+        nxt[d] = (peer.peer_base + peer.rcv_nxt) & _SEQ_MASK
+        if side.snd_nxt != nxt[d]:
+            ok = False         # bytes sent beyond those received in order
+            break
+        buf = peer.buf
+        data[d] = 1 if not stream or (buf is None and not peer.bufsize) or (
+            buf is not None and buf.next_offset == peer.rcv_nxt) else 0
+        if peer.right_edge is not None:
+            if not -(1 << 30) < peer.right_edge - peer.rcv_nxt < 1 << 30:
+                ok = False
+                break
+            edge[d] = (peer.peer_base + peer.right_edge) & _SEQ_MASK
+            known[d] = 1
+        if moves:
+            scale = (side.wscale or 0) if flow.window_scaled else 0
+            if not 0 <= scale <= 14:
+                ok = False
+                break
+            shift[d] = scale
+    _FF_LOAD.pack_into(raw, FF_AT, nxt[0], nxt[1], edge[0], edge[1], 1 if ok else 0,
+                       known[0], known[1], moves, shift[0], shift[1], data[0], data[1])

@@ -42,11 +42,11 @@ from ..core.compiled import PURE_PYTHON
 from ..core.datagrams import DatagramFlow
 from ..core.events import (EV_CONN_END, EV_CONN_NEW_DATA, EV_CONN_START, EV_ORPHAN,
                            EV_TCP_STATE_CHANGE, EV_TIMEOUT)
-from ..core.tcp import ESTABLISHED, SYN_RCVD, add_history
+from ..core.tcp import SYN_RCVD
 from ..io.bpfstructs import (ACTION_NAMES, ACTIONS, MX_ACTION_DROP, MX_WATCH_ANY, MX_WATCH_ARMED,
                              MxVerdict)
 from . import fast_forward
-from .fast_forward import catch_up
+from .fast_forward import catch_up, load
 from .hybrid import HybridProcessor
 
 __all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "claim", "claim_python", "modelled",
@@ -83,14 +83,12 @@ class TwinRecord(ct.Structure):
 
 
 _RECORD_SIZE = ct.sizeof(TwinRecord)
-# Where a reload writes the fast-forward state (ff_next .. ff_data_ok); fast_forward.py reads
-# the record at the same offsets.
-_FF_AT = TwinRecord.ff_next.offset
-_FF = struct.Struct("<2I2IB2BB2B2B")
+# fast_forward.py reads and writes the record at these offsets.
 assert (fast_forward.COUNTS_AT, fast_forward.STAMPS_AT, fast_forward.FLAGS_AT,
         fast_forward.FF_AT, fast_forward.LAST_AT) == (
     TwinRecord.packets.offset, TwinRecord.first_data_ns.offset, TwinRecord.tcp_flags.offset,
-    _FF_AT, TwinRecord.ff_last_dir.offset) and TwinRecord.ff_cli_dir.offset == _FF_AT + 26
+    TwinRecord.ff_next.offset, TwinRecord.ff_last_dir.offset)
+assert TwinRecord.ff_cli_dir.offset == fast_forward.LAST_AT + 1
 
 
 def modelled(flow) -> bool:
@@ -262,50 +260,8 @@ class TwinProcessor(HybridProcessor):
         if flow.destroyed:
             self._ff_leave(flow)
             return
-        sides = flow.sides
-        cli, svr = sides
         stream = flow.fast_forward == FF_STREAM
-        ok = (cli.state == ESTABLISHED and svr.state == ESTABLISHED and not flow.bypass
-              and flow.edits is None)
-        if ok:
-            null_mask, snd_mask, rcv_mask = self.stack._flow_masks(flow)
-            ok = not (null_mask | snd_mask | rcv_mask) & ~(
-                _FF_STREAM_EVENTS if stream else _FF_EVENTS)
-        nxt, edge, known, shift, data = [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]
-        moves = 1 if flow.window_known else 0
-        for index in (0, 1):
-            if not ok:
-                break
-            d = cli_dir if index == 0 else 1 - cli_dir
-            side, peer = sides[index], sides[1 - index]    # the data's sender, receiver
-            if side.snd_nxt is None or peer.peer_base is None or peer.peer_fin_off is not None \
-                    or peer.beyond_edge is not None or peer.skip_to > peer.rcv_nxt \
-                    or peer.max_end > peer.rcv_nxt:
-                ok = False
-                break
-            nxt[d] = (peer.peer_base + peer.rcv_nxt) & _SEQ_MASK
-            if side.snd_nxt != nxt[d]:
-                ok = False         # bytes sent beyond those received in order
-                break
-            # Payload is taken if it needs no buffer, or goes to the end of the buffer there
-            # (the emulation makes the buffer, at the first byte).
-            buf = peer.buf
-            data[d] = 1 if not stream or (buf is None and not peer.bufsize) or (
-                buf is not None and buf.next_offset == peer.rcv_nxt) else 0
-            if peer.right_edge is not None:
-                if not -(1 << 30) < peer.right_edge - peer.rcv_nxt < 1 << 30:
-                    ok = False
-                    break
-                edge[d] = (peer.peer_base + peer.right_edge) & _SEQ_MASK
-                known[d] = 1
-            if moves:
-                scale = (side.wscale or 0) if flow.window_scaled else 0
-                if not 0 <= scale <= 14:
-                    ok = False
-                    break
-                shift[d] = scale
-        _FF.pack_into(raw, _FF_AT, nxt[0], nxt[1], edge[0], edge[1], 1 if ok else 0,
-                      known[0], known[1], moves, shift[0], shift[1], data[0], data[1])
+        load(self.stack, flow, _FF_STREAM_EVENTS if stream else _FF_EVENTS, stream)
 
     def _merge(self, flow, v) -> None:
         before = sum(side.pkts for side in flow.sides)
