@@ -97,7 +97,7 @@ class Flow:
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
         "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
-        "last_no", "tw_no", "data_no", "fast_forward", "ff_record",
+        "last_no", "tw_no", "data_no", "fast_forward", "ff_record", "pkt_listed",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -136,6 +136,8 @@ class Flow:
         # record in the engine's table: ff_record.
         self.fast_forward = 0
         self.ff_record = None
+        # In Stack.pkt_flows: a side's last packet was set since the last copy of them.
+        self.pkt_listed = False
 
 
 class FlowTable:
@@ -167,6 +169,8 @@ class FlowTable:
         # batch, the flow's end), ff_reload after a frame.
         self.fast_forward = False
         self.ff_catch_up = self.ff_reload = None
+        # Flows whose last packets were set since the frames were last kept (pkt_listed).
+        self.pkt_flows = []
 
     def _new_flow(self, pkt, key, ts, midstream, listeners=None):
         if listeners is None:

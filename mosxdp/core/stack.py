@@ -266,6 +266,9 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
             flow.last_no = self.frame_no
             self.lru.move_to_end(flow)
             snd.last_pkt = pkt
+            if not flow.pkt_listed:   # its frame is copied before the engine reuses it
+                flow.pkt_listed = True
+                self.pkt_flows.append(flow)
             half_open = self.half_open
             if half_open and flow in half_open:   # usually empty: no lookup then
                 half_open.move_to_end(flow)
@@ -586,18 +589,19 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
 
     def _keep_last_packets(self):
         """Copy the frames the flows' last packets point into (the engine reuses frame
-        buffers after the batch; CONN_NEW_DATA and CONN_END callbacks may still read them).
-        Only the flows touched since the last call need it: they are the LRU's tail, which
-        ends at the first flow with nothing left to copy."""
-        for flow in reversed(self.lru):
-            copied = False
-            for side in flow.sides:
-                pkt = side.last_pkt
-                if pkt is not None and type(pkt.buf) is not bytes:
-                    pkt.buf = bytes(pkt.buf)
-                    copied = True
-            if not copied:
-                return
+        buffers after the batch, and offline a view keeps the reader's whole chunk;
+        CONN_NEW_DATA and CONN_END callbacks may still read them). Only the flows whose
+        last packet was set since the last call need it (pkt_flows: the LRU's tail is not
+        them when the engine took frames of other flows without the core)."""
+        flows = self.pkt_flows
+        if flows:
+            self.pkt_flows = []
+            for flow in flows:
+                flow.pkt_listed = False
+                for side in flow.sides:
+                    pkt = side.last_pkt
+                    if pkt is not None and type(pkt.buf) is not bytes:
+                        pkt.buf = bytes(pkt.buf)
 
     def advance_clock(self, ts_us):
         if ts_us > self.now:

@@ -7,7 +7,7 @@ cdef class StackState:
     cdef public object cur_sock, cur_hook, cur_side, handle, registry
     # Tables every TCP segment looks up (flow.py, sockets.py, datagrams.py).
     cdef public object flows, lru, half_open, raw_sockets, mask_epoch, datagrams, kernel_sync
-    cdef public object ff_catch_up, ff_reload
+    cdef public object ff_catch_up, ff_reload, pkt_flows
     # Stop requests (events.py), counters, the batch's flows with new data (streams.py).
     cdef public object _exit_work, _stop_requested, _counters, new_data_flows
     cdef public long long tcp_segments

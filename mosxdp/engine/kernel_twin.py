@@ -215,6 +215,8 @@ class TwinProcessor(HybridProcessor):
             self._ff_leave(flow)
         if flow.kernel_verdict is not None:
             super()._flow_end(flow)
+        else:
+            self._forget(flow)     # its key, kept since the fast forward began
 
     # ------------------------------------------------------------ fast forward
     def _ff_install(self, flow) -> None:

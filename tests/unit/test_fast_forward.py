@@ -6,6 +6,8 @@ scaling, acknowledgments of bytes never seen, resets, flows left open), connlog'
 flowdump's files are those of --full-inspection, where every frame goes through the core."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,8 @@ from mosxdp.engine import kernel_twin
 from mosxdp.io.pcap import PcapWriter
 
 from flowcraft import Conv
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 STEP = st.tuples(st.sampled_from(["c", "s"]),                 # who sends
                  st.sampled_from(["data", "data", "data", "ack", "ack_ahead", "keepalive"]),
@@ -175,3 +179,54 @@ def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
     assert sum(map(sum, taken)) == 20      # the 20 data frames: the handshake ended before
     assert fast == _connlog(pcap, tmp_path / "full.log", "--full-inspection")
     assert '"orig_pkts": 14' in fast and '"resp_bytes": 10000' in fast
+
+
+def _offline(app_name, argv, capture, check_batch=None):
+    """Run an app in process on a capture; ``check_batch(stack)`` after each batch's end.
+    Returns the engine."""
+    import argparse
+
+    from mosxdp import api
+    from mosxdp.cli import load_app
+    from mosxdp.engine import OfflineEngine
+    from mosxdp.io.pcap import PcapReader
+
+    api.mtcp_destroy()
+    api.mtcp_init(None)
+    mctx = api.mtcp_create_context(0)
+    module = load_app(app_name)
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    app = module.setup(mctx, parser.parse_args(argv))
+    with PcapReader(capture) as reader:
+        engine = OfflineEngine(mctx, reader, None, batch_size=8)
+        if check_batch is not None:
+            end_batch = engine.stack.end_batch
+
+            def checked():
+                end_batch()
+                check_batch(engine.stack)
+            engine.stack.end_batch = checked
+        engine.run()
+    module.teardown(app)
+    api.mtcp_destroy()
+    return engine
+
+
+def test_nothing_of_a_flow_is_kept_after_its_end(tmp_path):
+    """The twin lets go of every fast-forwarded flow at its end (its entry, its key: the
+    flow and its buffers are freed), and each batch's end copies the frames of the last
+    packets the core kept, also of flows the twin took frames of since (a view would keep
+    the reader's whole chunk alive)."""
+    def views_copied(stack):
+        for flow in stack.lru:
+            for side in flow.sides:
+                assert side.last_pkt is None or type(side.last_pkt.buf) is bytes
+
+    for app, argv, capture in (
+            ("flowdump", ["--outdir", str(tmp_path / "flows")], DATA / "concurrent.pcap"),
+            ("connlog", ["--output", str(tmp_path / "conn.log")], DATA / "concurrent.pcap"),
+            ("connlog", ["--output", str(tmp_path / "conn2.log")], DATA / "http_sizes.pcap")):
+        twin = _offline(app, argv, capture, views_copied).twin
+        assert twin.kernel["fast_forwarded"] > 100, app
+        assert not twin.table and not twin._ff and not twin._keys, app
