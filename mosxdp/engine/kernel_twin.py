@@ -364,6 +364,15 @@ def _fast_forward(rec, d, flags, seq, ack, payload_len, window, payload_off):
     return True
 
 
+def _count(rec, d, frame_len, ip_len, payload_len, flags):
+    """A frame the entry keeps, counted in direction d."""
+    rec.packets[d] += 1
+    rec.bytes[d] += payload_len
+    rec.frame_bytes[d] += frame_len
+    rec.ip_bytes[d] += ip_len
+    rec.tcp_flags[d] |= flags
+
+
 def claim_python(table, frame, ts_us, stamp):
     """_kerneltwin.claim in Python: the flow whose entry counted the frame, or None."""
     if not table:
@@ -387,11 +396,7 @@ def claim_python(table, frame, ts_us, stamp):
                 rec.first_data_ns[d] = stamp
         elif not rec.first_ack_ns[d]:
             rec.first_ack_ns[d] = stamp
-        rec.packets[d] += 1
-        rec.bytes[d] += payload_len
-        rec.frame_bytes[d] += len(frame)
-        rec.ip_bytes[d] += ip_len
-        rec.tcp_flags[d] |= flags
+        _count(rec, d, len(frame), ip_len, payload_len, flags)
         return flow
     if rec.action not in ACTION_NAMES:
         return None
@@ -409,11 +414,7 @@ def claim_python(table, frame, ts_us, stamp):
             end = (seq + payload_len) & 0xFFFFFFFF
             if not rec.packets[d] or 0 < (end - rec.seq_end[d]) & 0xFFFFFFFF < 0x80000000:
                 rec.seq_end[d] = end
-            rec.packets[d] += 1
-            rec.bytes[d] += payload_len
-            rec.frame_bytes[d] += len(frame)
-            rec.ip_bytes[d] += ip_len
-            rec.tcp_flags[d] |= flags
+            _count(rec, d, len(frame), ip_len, payload_len, flags)
             return flow
         rec.watch_armed[d] = 0
     elif rec.action != MX_ACTION_DROP:
