@@ -587,6 +587,11 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
         """Connections tracked now (ended ones are gone from the LRU)."""
         return len(self.lru)
 
+    def keep_frames(self):
+        """An engine is about to reuse the frames it handed over (a ring's space given
+        back): the flows' last packets get copies of theirs."""
+        self._keep_last_packets()
+
     def _keep_last_packets(self):
         """Copy the frames the flows' last packets point into (the engine reuses frame
         buffers after the batch, and offline a view keeps the reader's whole chunk;

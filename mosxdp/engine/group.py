@@ -98,6 +98,10 @@ class ContextGroup:
         for stack in self.stacks:
             stack.advance_clock(self.now)
 
+    def keep_frames(self):
+        for stack in self.stacks:
+            stack.keep_frames()
+
     def advance_clock(self, ts_us):
         if ts_us > self.now:
             self.now = ts_us

@@ -185,6 +185,9 @@ class HybridProcessor:
         if self.tick is not None:
             self.tick()
 
+    def keep_frames(self) -> None:
+        self.stack.keep_frames()
+
     def advance_clock(self, ts_us: int) -> None:
         self.stack.advance_clock(ts_us)
         if self.stack.kernel_updates:

@@ -10,7 +10,8 @@ monitor only (``observe_lost``, counted by the program, reported with the other 
 and the stream reassembly marks the bytes it never saw as missed.
 
 The processor is the same as the AF_XDP engine's (``process(frame, ts_us, port)``,
-``end_batch()``, ``advance_clock(ts_us)``, ``finish()``, ``outbox``): its verdicts have no
+``end_batch()``, ``advance_clock(ts_us)``, ``finish()``, ``outbox``, and ``keep_frames()``
+if it keeps views of frames: called before the ring's space goes back): its verdicts have no
 effect (the frame is gone already) and frames it sends are not sent; both are counted
 (``verdicts_ignored``, ``outbox_dropped``) and said once.
 """
@@ -196,6 +197,11 @@ class ObserveEngine(LiveDatapath):
                 self._say_ignored()
             if cut:
                 c["cut_frames"] += cut
+            # The flows' last packets point into the ring: copied before its space goes
+            # back to the kernel (the batch's CONN_NEW_DATA callbacks may read them).
+            keep = getattr(proc, "keep_frames", None)
+            if keep is not None:
+                keep()
         del records
         ring.release()
         c["batches"] += 1
