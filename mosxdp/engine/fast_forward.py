@@ -1,5 +1,9 @@
 """The per-frame and per-catch-up steps of fast forward (engine/kernel_twin.py), compiled.
 
+``took``: a frame the twin took for a flow, as the core would have had it: the clock, the
+flow's last activity and place in the LRU and half-open orders, the TCP segment count, and
+for an FF_STREAM flow its payload (``deliver``). The live engines' loops call it.
+
 ``deliver``: the payload of a frame the twin took for an FF_STREAM flow, appended to its
 receiver's stream as the emulation appends an in-order segment (core/streams.py
 _receive_payload), so the end of the batch raises CONN_NEW_DATA for the same bytes. The
@@ -199,3 +203,18 @@ def load(stack, flow, allowed, stream) -> None:
             shift[d] = scale
     _FF_LOAD.pack_into(raw, FF_AT, nxt[0], nxt[1], edge[0], edge[1], 1 if ok else 0,
                        known[0], known[1], moves, shift[0], shift[1], data[0], data[1])
+
+
+@cython.locals(stack=StackState, flow=Flow)
+def took(stack, flow, frame, ts_us) -> None:
+    """The bookkeeping of a frame ``claim`` took for ``flow`` (the offline loops do the
+    same inline)."""
+    stack.now = flow.last_ts = ts_us
+    stack.tcp_segments += 1
+    flow.last_no = stack.frame_no
+    stack.lru.move_to_end(flow)
+    half_open = stack.half_open
+    if half_open and flow in half_open:
+        half_open.move_to_end(flow)
+    if flow.fast_forward == 2:       # FF_STREAM
+        deliver(stack, flow, frame)

@@ -49,8 +49,8 @@ from . import fast_forward
 from .fast_forward import catch_up, load
 from .hybrid import HybridProcessor
 
-__all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "claim", "claim_python", "modelled",
-           "FAST_FORWARD"]
+__all__ = ["TwinRecord", "KernelTwin", "TwinProcessor", "FastForwardProcessor", "claim",
+           "claim_python", "modelled", "FAST_FORWARD"]
 
 # The action of a fast-forwarded flow's entry (no kernel has it: the twin's own), and the
 # two kinds (Flow.fast_forward): counting its regular frames (MOSX_STATE_ONLY), or also
@@ -100,6 +100,19 @@ def modelled(flow) -> bool:
     return len(vlan_ids) <= 2 and 0 not in vlan_ids
 
 
+def install_fast_forward(table, key, flow, cli_dir=0, stream=False) -> bytearray:
+    """A FAST_FORWARD entry for the flow in ``table`` (taking no frame until loaded): its
+    record. ``cli_dir``: the direction of the client's frames; ``stream``: the engine
+    delivers the payload of the frames taken."""
+    raw = bytearray(_RECORD_SIZE)
+    rec = TwinRecord.from_buffer(raw)
+    rec.action = FAST_FORWARD
+    rec.ff_cli_dir = cli_dir
+    rec.ff_stream = int(stream)
+    table[bytes(key)] = (raw, flow)
+    return raw
+
+
 class KernelTwin:
     """The verdict map: ``table`` {bytes(MxFlowKey): (bytearray(TwinRecord), flow)}."""
 
@@ -126,16 +139,7 @@ class KernelTwin:
                 rec.watch_armed[d] = MX_WATCH_ARMED
 
     def install_fast_forward(self, key, flow, cli_dir=0, stream=False) -> bytearray:
-        """A FAST_FORWARD entry for the flow (taking no frame until loaded): its record.
-        ``cli_dir``: the direction of the client's frames; ``stream``: the engine delivers
-        the payload of the frames taken."""
-        raw = bytearray(_RECORD_SIZE)
-        rec = TwinRecord.from_buffer(raw)
-        rec.action = FAST_FORWARD
-        rec.ff_cli_dir = cli_dir
-        rec.ff_stream = int(stream)
-        self.table[bytes(key)] = (raw, flow)
-        return raw
+        return install_fast_forward(self.table, key, flow, cli_dir, stream)
 
     def get_verdict(self, key):
         entry = self.table.get(bytes(key))
@@ -167,40 +171,32 @@ def _pending_watches(flow, cli_dir):
     return watches
 
 
-class TwinProcessor(HybridProcessor):
-    """HybridProcessor on a KernelTwin: the stack's verdicts go to the twin (the flows it
-    models), its counts join the flows as the kernel's do live, and the frames and TCP
-    segments it counted join the stack's counters. ``fast_forward``: the flows of
-    MOSX_STATE_ONLY listeners are fast-forwarded (the module's docstring)."""
+class FastForward:
+    """The fast forward's part of a processor (a HybridProcessor, before it in the MRO): the
+    flows' FAST_FORWARD entries in ``ff_table`` (the dict a loop gives ``claim``), and the
+    stack's hooks. ``_ff_apply`` takes the stack's updates that concern it and returns the
+    others, in order, for the kernel's verdict map."""
 
-    def __init__(self, stack, fast_forward=False):
-        super().__init__(stack, KernelTwin())
-        self.table = self.program.table
+    def _ff_init(self, stack, table, enabled) -> None:
+        self.ff_table = table
         self._ff = {}          # flow -> (its entry's record, client direction)
         self._ff_epoch = stack.mask_epoch
         self.kernel["fast_forwarded"] = 0
-        stack.fast_forward = fast_forward
+        stack.fast_forward = enabled
         stack.ff_catch_up = self._ff_catch_up
         stack.ff_reload = self._ff_reload
 
-    def apply(self) -> None:
-        stack = self.stack
-        updates, stack.kernel_updates = stack.kernel_updates, []
+    def _ff_apply(self, updates) -> list:
+        rest = []
         for action, flow in updates:
             if flow in self._ff:
                 self._ff_leave(flow)      # a verdict of its own from now on
-            if action == "remove":
-                self._pop(flow)
-                self._forget(flow)
-            elif action == "fast_forward":
+            if action == "fast_forward":
                 if not flow.destroyed and modelled(flow):
                     self._ff_install(flow)
-            elif not flow.destroyed and modelled(flow):
-                key, cli_dir = self._key(flow)
-                self.program.install(key, action, flow,
-                                     cli_dir if action == "state_only" else None,
-                                     _pending_watches(flow, cli_dir))
-                self.kernel["verdicts_set"] += 1
+            else:
+                rest.append((action, flow))
+        return rest
 
     def end_batch(self) -> None:
         super().end_batch()
@@ -218,12 +214,11 @@ class TwinProcessor(HybridProcessor):
         else:
             self._forget(flow)     # its key, kept since the fast forward began
 
-    # ------------------------------------------------------------ fast forward
     def _ff_install(self, flow) -> None:
         key, cli_dir = self._key(flow)
         # Counts only if every listener said MOSX_STATE_ONLY; else one wants the streams.
         stream = not all(sock.listener.state_only for sock in flow.socks)
-        raw = self.program.install_fast_forward(key, flow, cli_dir, stream)
+        raw = install_fast_forward(self.ff_table, key, flow, cli_dir, stream)
         self._ff[flow] = (raw, cli_dir)
         flow.fast_forward = FF_STREAM if stream else FF_COUNTS
         flow.ff_record = raw
@@ -233,7 +228,7 @@ class TwinProcessor(HybridProcessor):
         """The flow is no longer fast-forwarded: what the twin counted joins it first."""
         self._ff_catch_up(flow)
         self._ff.pop(flow)
-        self.table.pop(bytes(self._keys[flow][0]), None)
+        self.ff_table.pop(bytes(self._keys[flow][0]), None)
         flow.fast_forward = 0
         flow.ff_record = None
 
@@ -264,6 +259,50 @@ class TwinProcessor(HybridProcessor):
             return
         stream = flow.fast_forward == FF_STREAM
         load(self.stack, flow, _FF_STREAM_EVENTS if stream else _FF_EVENTS, stream)
+
+
+
+class FastForwardProcessor(FastForward, HybridProcessor):
+    """The live engines' HybridProcessor, the kernel's verdict map in ``program``, with the
+    fast forward of the flows of MOSX_STREAM_ONLY listeners (those of MOSX_STATE_ONLY
+    listeners get the kernel's state_only verdict instead) in a table of its own: the
+    engines' loops offer each frame to ``claim`` on ``ff_table`` first."""
+
+    def __init__(self, stack, program=None, fast_forward=False):
+        HybridProcessor.__init__(self, stack, program)
+        self._ff_init(stack, {}, fast_forward)
+
+    def apply(self) -> None:
+        stack = self.stack
+        stack.kernel_updates = self._ff_apply(stack.kernel_updates)
+        super().apply()
+
+
+class TwinProcessor(FastForward, HybridProcessor):
+    """HybridProcessor on a KernelTwin: the stack's verdicts go to the twin (the flows it
+    models), its counts join the flows as the kernel's do live, and the frames and TCP
+    segments it counted join the stack's counters. ``fast_forward``: the flows of
+    MOSX_STATE_ONLY and MOSX_STREAM_ONLY listeners are fast-forwarded (the module's
+    docstring), their entries in the same table."""
+
+    def __init__(self, stack, fast_forward=False):
+        HybridProcessor.__init__(self, stack, KernelTwin())
+        self.table = self.program.table
+        self._ff_init(stack, self.table, fast_forward)
+
+    def apply(self) -> None:
+        stack = self.stack
+        updates, stack.kernel_updates = stack.kernel_updates, []
+        for action, flow in self._ff_apply(updates):
+            if action == "remove":
+                self._pop(flow)
+                self._forget(flow)
+            elif not flow.destroyed and modelled(flow):
+                key, cli_dir = self._key(flow)
+                self.program.install(key, action, flow,
+                                     cli_dir if action == "state_only" else None,
+                                     _pending_watches(flow, cli_dir))
+                self.kernel["verdicts_set"] += 1
 
     def _merge(self, flow, v) -> None:
         before = sum(side.pkts for side in flow.sides)

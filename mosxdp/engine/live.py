@@ -27,6 +27,8 @@ from ..io import libxdp as _x
 from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count, \
     xskmap_delete, xskmap_update
 from .datapath import LiveDatapath, monotonic_us as _monotonic_us
+from .fast_forward import took
+from .kernel_twin import claim
 from .live_frames import FrameMoves
 from .loss import lost_frames
 
@@ -472,6 +474,13 @@ class LiveEngine(FrameMoves, LiveDatapath):
         process = proc.process
         buf = umem.buf
         ts = _monotonic_us()
+        # The fast forward (kernel_twin.FastForwardProcessor): the regular frames of its
+        # flows are taken before the core, and forwarded (stamped in TCP segment order,
+        # which orders their history letters).
+        ff = getattr(proc, "ff_table", None)
+        stack = proc.stack if ff else None
+        if stack is not None and stack.raw_sockets:
+            ff = None
         # fwd stays None while every frame so far is forwarded and nothing was
         # sent (the common case: then the batch's own descriptor list is what
         # goes out); the first drop or outbox frame switches to a list.
@@ -483,14 +492,29 @@ class LiveEngine(FrameMoves, LiveDatapath):
                 fwd = []
                 for i in range(0, n + n, 2):
                     a = d[i]
-                    process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                    frame = buf[a:a + (d[i + 1] & M32)]
+                    if ff:
+                        flow = claim(ff, frame, ts, stack.tcp_segments + 1)
+                        if flow is not None:
+                            took(stack, flow, frame, ts)
+                            continue
+                    process(frame, ts, port)
                     if proc.outbox:
                         extra = self._take_outbox(ln, None, extra)
                 recycle = d[0::2]
             else:
                 for i in range(0, n + n, 2):
                     a = d[i]
-                    v = process(buf[a:a + (d[i + 1] & M32)], ts, port)
+                    frame = buf[a:a + (d[i + 1] & M32)]
+                    if ff:
+                        flow = claim(ff, frame, ts, stack.tcp_segments + 1)
+                        if flow is not None:
+                            took(stack, flow, frame, ts)
+                            if fwd is not None:
+                                fwd.append(a)
+                                fwd.append(d[i + 1])
+                            continue
+                    v = process(frame, ts, port)
                     if proc.outbox:
                         if fwd is None:
                             fwd = d[:i]

@@ -24,6 +24,8 @@ import time
 
 from ..io.ringbuf import RingBuffer
 from .datapath import LiveDatapath, monotonic_us as _monotonic_us
+from .fast_forward import took
+from .kernel_twin import claim
 from .loss import lost_frames
 
 __all__ = ["ObserveEngine", "DEFAULT_SNAP", "DEFAULT_RING_BYTES"]
@@ -182,15 +184,29 @@ class ObserveEngine(LiveDatapath):
             process = proc.process
             ignored = 0
             cut = 0
+            # The fast forward (kernel_twin.FastForwardProcessor): the regular frames of its
+            # flows, copied whole, are taken before the core (stamped in TCP segment order).
+            ff = getattr(proc, "ff_table", None)
+            stack = proc.stack if ff else None
+            if stack is not None and stack.raw_sockets:
+                ff = None
             for rec in records:
                 ts_ns, slot, frame_len, cap = unpack(rec)
+                by_port[slot] += 1
+                frame = rec[_HDR:_HDR + cap]
                 if frame_len != cap:
                     cut += 1
                     self._cut_len = frame_len
-                elif self._cut_len:
-                    self._cut_len = 0
-                by_port[slot] += 1
-                if process(rec[_HDR:_HDR + cap], ts_ns // 1000, slot):
+                else:
+                    if self._cut_len:
+                        self._cut_len = 0
+                    if ff:
+                        ts_us = ts_ns // 1000
+                        flow = claim(ff, frame, ts_us, stack.tcp_segments + 1)
+                        if flow is not None:
+                            took(stack, flow, frame, ts_us)
+                            continue
+                if process(frame, ts_ns // 1000, slot):
                     ignored += 1
             if ignored:
                 c["verdicts_ignored"] += ignored

@@ -22,7 +22,8 @@ import sys
 import time
 
 from .group import GroupContext
-from .hybrid import HybridProcessor, kernel_filter
+from .hybrid import kernel_filter
+from .kernel_twin import FastForwardProcessor
 from .live import LiveEngine
 from .observe import ObserveEngine
 from .offline import cut_line, run_offline
@@ -118,8 +119,9 @@ def preflight(config) -> None:
 class LiveRun:
     """One live run of a context, from AF_XDP sockets on its interfaces until a signal.
 
-    The processor is the stack wrapped by ``HybridProcessor`` (its kernel verdicts kept in
-    the program's verdict map); the XDP program is compiled with the ``KernelFilter`` of the
+    The processor is the stack wrapped by ``FastForwardProcessor`` (a HybridProcessor: its
+    kernel verdicts kept in the program's verdict map; stream-only flows fast-forwarded by
+    the engine's loop); the XDP program is compiled with the ``KernelFilter`` of the
     sockets as they are at the start. While it runs, ``mctx.engine`` is this object: the API
     calls :meth:`filters_changed` when a filter is bound. ``print_stats``: the status line."""
 
@@ -134,12 +136,15 @@ class LiveRun:
         self.publish = publish
         self.stack = mctx.stack
         self.kernel_filter = kernel_filter(self.stack)
-        self.processor = HybridProcessor(self.stack)
+        # Listeners that need only counters, flags and states (MOSX_STATE_ONLY) get their
+        # flows handed to the kernel at their start, and those that need only the streams
+        # (MOSX_STREAM_ONLY) theirs fast-forwarded by the engine (engine/kernel_twin.py),
+        # unless every frame is to be inspected.
+        self.processor = FastForwardProcessor(self.stack,
+                                              fast_forward=not config.full_inspection)
+        self.stack.state_only = not config.full_inspection
         # Inline, the receiver of an edited stream acknowledges the edited bytes.
         self.stack.acks_on_wire = config.peer is not None
-        # Listeners that need only counters, flags and states (MOSX_STATE_ONLY) get their
-        # flows handed to the kernel at their start, unless every frame is to be inspected.
-        self.stack.state_only = not config.full_inspection
         if config.observe:
             self.engine = ObserveEngine(
                 config.iface, config.peer, self.processor, batch_size=config.batch_size,
