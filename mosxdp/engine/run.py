@@ -21,8 +21,9 @@ import stat
 import sys
 import time
 
+from ..core.stack import Stack
 from .group import GroupContext
-from .hybrid import kernel_filter
+from .hybrid import HybridProcessor, kernel_filter
 from .kernel_twin import FastForwardProcessor
 from .live import LiveEngine
 from .observe import ObserveEngine
@@ -139,9 +140,11 @@ class LiveRun:
         # Listeners that need only counters, flags and states (MOSX_STATE_ONLY) get their
         # flows handed to the kernel at their start, and those that need only the streams
         # (MOSX_STREAM_ONLY) theirs fast-forwarded by the engine (engine/kernel_twin.py),
-        # unless every frame is to be inspected.
-        self.processor = FastForwardProcessor(self.stack,
-                                              fast_forward=not config.full_inspection)
+        # unless every frame is to be inspected. (Several contexts on one run, a
+        # ContextGroup: no fast forward.)
+        self.processor = (FastForwardProcessor(self.stack,
+                                               fast_forward=not config.full_inspection)
+                          if isinstance(self.stack, Stack) else HybridProcessor(self.stack))
         self.stack.state_only = not config.full_inspection
         # Inline, the receiver of an edited stream acknowledges the edited bytes.
         self.stack.acks_on_wire = config.peer is not None
