@@ -16,8 +16,9 @@ frame's flow as the core would).
 
 Fast forward: the flows of MOSX_STATE_ONLY listeners are not handed to the twin as live
 to the kernel (the kernel's counts lose what only the emulation sees: a byte missed and
-never acknowledged, a segment beyond the window). The twin takes only their regular
-frames, those for which the emulation would do nothing but count and move on: no SYN,
+never acknowledged, a segment beyond the window), and those of MOSX_STREAM_ONLY listeners
+(offline and live: FastForwardProcessor) have their payload delivered too
+(fast_forward.py). The twin takes only their regular frames, those for which the emulation would do nothing but count and move on: no SYN,
 FIN, RST or URG, with ACK, at the sequence number the stream expects next, acknowledging
 no byte not seen, within the window the receiver advertised, while both sides are
 established and nothing waits in either stream. Before the core processes any other frame
@@ -179,7 +180,7 @@ class FastForward:
 
     def _ff_init(self, stack, table, enabled) -> None:
         self.ff_table = table
-        self._ff = {}          # flow -> (its entry's record, client direction)
+        self._ff = set()       # the flows fast-forwarded (their record: Flow.ff_record)
         self._ff_epoch = stack.mask_epoch
         self.kernel["fast_forwarded"] = 0
         stack.fast_forward = enabled
@@ -219,7 +220,7 @@ class FastForward:
         # Counts only if every listener said MOSX_STATE_ONLY; else one wants the streams.
         stream = not all(sock.listener.state_only for sock in flow.socks)
         raw = install_fast_forward(self.ff_table, key, flow, cli_dir, stream)
-        self._ff[flow] = (raw, cli_dir)
+        self._ff.add(flow)
         flow.fast_forward = FF_STREAM if stream else FF_COUNTS
         flow.ff_record = raw
         self._ff_reload(flow)
@@ -227,7 +228,7 @@ class FastForward:
     def _ff_leave(self, flow) -> None:
         """The flow is no longer fast-forwarded: what the twin counted joins it first."""
         self._ff_catch_up(flow)
-        self._ff.pop(flow)
+        self._ff.discard(flow)
         self.ff_table.pop(bytes(self._keys[flow][0]), None)
         flow.fast_forward = 0
         flow.ff_record = None
@@ -250,10 +251,8 @@ class FastForward:
     def _ff_reload(self, flow) -> None:
         """stack.ff_reload: the record from the emulation's state after a frame the core
         processed; regular frames are taken only if nothing but counting can follow."""
-        entry = self._ff.get(flow)
-        if entry is None:
+        if flow not in self._ff:
             return
-        raw, cli_dir = entry
         if flow.destroyed:
             self._ff_leave(flow)
             return

@@ -160,7 +160,7 @@ def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
     catch_up = kernel_twin.TwinProcessor._ff_catch_up
 
     def counted(self, flow):
-        rec = kernel_twin.TwinRecord.from_buffer(self._ff[flow][0])
+        rec = kernel_twin.TwinRecord.from_buffer(flow.ff_record)
         taken.append(tuple(rec.packets))
         return catch_up(self, flow)
 
