@@ -240,7 +240,9 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    if mctx.config.workers == AUTO_WORKERS:
+    if mctx.config.workers == AUTO_WORKERS and mctx.config.iface is None:
+        mctx.config.workers = 1    # auto_workers' offline rule, without the live modules' imports
+    elif mctx.config.workers == AUTO_WORKERS:
         from .engine.live_workers import auto_workers
         mctx.config.workers = auto_workers(mctx.config, module)
     split = mctx.config.workers > 1

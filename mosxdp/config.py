@@ -7,7 +7,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, fields
 
 from .constants import MOS_OVERLAP_POLICY_FIRST, MOS_OVERLAP_POLICY_LAST
@@ -335,6 +334,7 @@ def load_config(path=None, **overrides):
 
 
 def _load_toml(config, path, text):
+    import tomllib    # only for a TOML file: a few ms of every start otherwise
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,6 +1,6 @@
 """The hybrid fast path: what the live engine keeps in the kernel for the core.
 
-Two things, both set up by ``engine.run.LiveRun``:
+Two things, both set up by ``engine.live_run.LiveRun``:
 
 * **The kernel filter** (``kernel_filter``): one C expression for the XDP program from
   every monitor socket's filters, so that frames no socket can want never leave the

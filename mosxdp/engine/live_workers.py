@@ -385,7 +385,7 @@ def _occupancy(program):
 def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent):
     """A worker's life after the fork (the stop signals blocked until its handler is in
     place, then ``sigmask``); never returns."""
-    from .run import LiveRun
+    from .live_run import LiveRun
 
     def body():
         # The parent gone (even by SIGKILL), the worker stops too.

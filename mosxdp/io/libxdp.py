@@ -12,7 +12,6 @@ Every function returns a negative errno on failure; :func:`check` turns that int
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -120,6 +119,7 @@ def load() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
+    import ctypes.util    # runs ldconfig: only when libxdp is loaded
     names = ["libxdp.so.1"]
     found = ctypes.util.find_library("xdp")
     if found and found not in names:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -402,7 +401,7 @@ class OutputDir:
 
     def _probe(self) -> int:
         """0 when a new file can be made and removed here, else the errno."""
-        name = f".mosxdp-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f".mosxdp-probe-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.close(os.open(name, _NEW_FILE, 0o600, dir_fd=self._fd))
             os.unlink(name, dir_fd=self._fd)

@@ -45,14 +45,10 @@ kept; ``wire_len``: the length on the wire of a frame that came cut).
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import os
 import stat
 import struct
-import zlib
 
 # The compiled build's declarations (setup.py); decorators that change nothing in plain
 # Python.
@@ -116,14 +112,23 @@ _CHUNK = 1 << 20
 # A long record's buffer grows by at most this much per read: a corrupt length costs only
 # what the input really holds.
 _MAX_GROW = 16 << 20
-# Compressed captures, by their magic bytes: (name, opener of a binary stream).
-_COMPRESSED = (
-    (b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
-    (b"BZh", "bzip2", lambda f: bz2.BZ2File(f, mode="rb")),
-    (b"\xfd7zXZ\x00", "xz", lambda f: lzma.LZMAFile(f, mode="rb")),
-)
+# Compressed captures, by their magic bytes: (name, the module that opens them). The
+# modules are imported when a capture needs one (a few ms of every start otherwise).
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_DECOMPRESS_ERRORS = (OSError, zlib.error, lzma.LZMAError, ValueError)
+
+
+def _open_compressed(name, f):
+    """(a binary stream of ``f``'s decompressed bytes, the errors its decompressor raises)."""
+    if name == "gzip":
+        import gzip
+        import zlib
+        return gzip.GzipFile(fileobj=f, mode="rb"), (zlib.error,)
+    if name == "bzip2":
+        import bz2
+        return bz2.BZ2File(f, mode="rb"), ()
+    import lzma
+    return lzma.LZMAFile(f, mode="rb"), (lzma.LZMAError,)
 
 _MAGIC = struct.Struct("<I")
 _PCAP_HDR = {"<": struct.Struct("<HHiIII"), ">": struct.Struct(">HHiIII")}
@@ -184,6 +189,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         self.snaplen = None
         self.nanosecond = False
         self.compression = None
+        self._read_errors = (OSError, ValueError)   # and the decompressor's, if any
         self._cut = (0, 0)            # (packet number, wire length) of the last cut frame
         self.cut_length = 0           # the longest captured length of a cut frame
         self._eof = False
@@ -253,7 +259,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         except EOFError:
             # The decompressor's input ended inside a compressed stream.
             self._eof = self._compressed_cut = True
-        except _DECOMPRESS_ERRORS as e:
+        except self._read_errors as e:
             if self.compression is None and isinstance(e, OSError):
                 raise self._err(f"cannot read at byte offset {self._base + len(view)}: "
                                 f"{e.strerror or e}, {self.packets} packets read") from None
@@ -268,10 +274,12 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
     def _decompress(self) -> None:
         """A compressed capture is read through its decompressor (known by its magic)."""
         head = bytes(self._view)
-        for magic, name, opener in _COMPRESSED:
+        for magic, name in _COMPRESSED:
             if head.startswith(magic):
                 self.compression = name
-                self._file = opener(io.BufferedReader(_Rejoined(head, self._file)))
+                self._file, errors = _open_compressed(
+                    name, io.BufferedReader(_Rejoined(head, self._file)))
+                self._read_errors = (OSError, ValueError) + errors
                 self._view = memoryview(b"")
                 self._eof = False
                 self._more(0, 6)
