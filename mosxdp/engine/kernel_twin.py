@@ -277,6 +277,16 @@ class FastForwardProcessor(FastForward, HybridProcessor):
         super().apply()
 
 
+def live_claim_table(proc):
+    """(the table a live loop offers its frames to ``claim`` while it holds entries, the
+    stack) of a processor, or (None, None): no fast forward (not a FastForwardProcessor),
+    or a raw socket, which wants every frame in the core."""
+    table = getattr(proc, "ff_table", None)
+    if table is None or proc.stack.raw_sockets:
+        return None, None
+    return table, proc.stack
+
+
 class TwinProcessor(FastForward, HybridProcessor):
     """HybridProcessor on a KernelTwin: the stack's verdicts go to the twin (the flows it
     models), its counts join the flows as the kernel's do live, and the frames and TCP

@@ -28,7 +28,7 @@ from ..io.xsk import M32, AccountingError, Umem, rx_queue_count, tx_queue_count,
     xskmap_delete, xskmap_update
 from .datapath import LiveDatapath, monotonic_us as _monotonic_us
 from .fast_forward import took
-from .kernel_twin import claim
+from .kernel_twin import claim, live_claim_table
 from .live_frames import FrameMoves
 from .loss import lost_frames
 
@@ -477,10 +477,7 @@ class LiveEngine(FrameMoves, LiveDatapath):
         # The fast forward (kernel_twin.FastForwardProcessor): the regular frames of its
         # flows are taken before the core, and forwarded (stamped in TCP segment order,
         # which orders their history letters).
-        ff = getattr(proc, "ff_table", None)
-        stack = proc.stack if ff else None
-        if stack is not None and stack.raw_sockets:
-            ff = None
+        ff, stack = live_claim_table(proc)
         # fwd stays None while every frame so far is forwarded and nothing was
         # sent (the common case: then the batch's own descriptor list is what
         # goes out); the first drop or outbox frame switches to a list.

@@ -25,7 +25,7 @@ import time
 from ..io.ringbuf import RingBuffer
 from .datapath import LiveDatapath, monotonic_us as _monotonic_us
 from .fast_forward import took
-from .kernel_twin import claim
+from .kernel_twin import claim, live_claim_table
 from .loss import lost_frames
 
 __all__ = ["ObserveEngine", "DEFAULT_SNAP", "DEFAULT_RING_BYTES"]
@@ -186,10 +186,7 @@ class ObserveEngine(LiveDatapath):
             cut = 0
             # The fast forward (kernel_twin.FastForwardProcessor): the regular frames of its
             # flows, copied whole, are taken before the core (stamped in TCP segment order).
-            ff = getattr(proc, "ff_table", None)
-            stack = proc.stack if ff else None
-            if stack is not None and stack.raw_sockets:
-                ff = None
+            ff, stack = live_claim_table(proc)
             for rec in records:
                 ts_ns, slot, frame_len, cap = unpack(rec)
                 by_port[slot] += 1
