@@ -13,4 +13,4 @@ cdef class Flow:
     cdef public object start_ts, last_ts, history, end_reason, pending_data, bypass
     cdef public object rst_seen, tw_deadline, window_scaled, window_known
     cdef public object destroyed, midstream, kernel_verdict, masks, masks_epoch, edits
-    cdef public object last_no, tw_no, data_no, fast_forward, ff_record, pkt_listed
+    cdef public object last_no, tw_no, data_no, fast_forward, ff_record, pkt_listed, ff_wait

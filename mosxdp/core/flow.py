@@ -23,6 +23,10 @@ from .sockets import FlowSocket
 from .tcp import CLOSED, ESTABLISHED, FINISHED_STATES, LISTEN, SYN_RCVD
 
 DEFAULT_TCP_SYN_TIMEOUT = 5.0         # idle seconds of a half-open flow
+# A flow that may be fast-forwarded (engine/kernel_twin.py) is, after the core processed
+# this many of its frames: its handshake and first segments. Fewer frames in all, and it
+# never is (its entry, loads and catch-ups would cost more than the frames they take).
+FF_AFTER_FRAMES = 8
 
 # Server-side states of a flow whose handshake has not completed.
 HALF_OPEN_STATES = frozenset((LISTEN, SYN_RCVD))
@@ -97,7 +101,7 @@ class Flow:
         "start_ts", "last_ts", "history", "end_reason", "pending_data", "bypass",
         "rst_seen", "tw_deadline", "window_scaled", "window_known",
         "destroyed", "midstream", "kernel_verdict", "masks", "masks_epoch", "edits",
-        "last_no", "tw_no", "data_no", "fast_forward", "ff_record", "pkt_listed",
+        "last_no", "tw_no", "data_no", "fast_forward", "ff_record", "pkt_listed", "ff_wait",
     )
 
     def __init__(self, key_cli, key_svr, pkt, ts):
@@ -136,6 +140,9 @@ class Flow:
         # record in the engine's table: ff_record.
         self.fast_forward = 0
         self.ff_record = None
+        # Frames the core still processes before the fast forward is asked for (0: not
+        # waiting): FF_AFTER_FRAMES from its start if it may be fast-forwarded.
+        self.ff_wait = 0
         # In Stack.pkt_flows: a side's last packet was set since the last copy of them.
         self.pkt_listed = False
 
@@ -227,7 +234,9 @@ class FlowTable:
             self.set_bypass(flow, "state_only")
         elif self.fast_forward and all(ls.state_only or ls.stream_only for ls in listeners) \
                 and not self._raw_socket_takes(pkt):
-            self.kernel_updates.append(("fast_forward", flow))
+            # Asked for after its first frames (Stack.process): a short flow would cost
+            # more to fast-forward than its few regular frames save.
+            flow.ff_wait = FF_AFTER_FRAMES
         return flow
 
     def set_bypass(self, flow, action):

@@ -386,8 +386,13 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
             flow = self.cur_flow
             self.cur_pkt = None
             self.cur_flow = None
-            if flow is not None and flow.fast_forward:
-                self.ff_reload(flow)
+            if flow is not None:
+                if flow.fast_forward:
+                    self.ff_reload(flow)
+                elif flow.ff_wait:
+                    flow.ff_wait -= 1
+                    if not flow.ff_wait:
+                        self.kernel_updates.append(("fast_forward", flow))
 
     def _unparsed(self, frame, exc):
         """A frame parse_frame refused. One the capture cut (a snap length: the engine's

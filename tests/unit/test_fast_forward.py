@@ -7,11 +7,13 @@ flowdump's files are those of --full-inspection, where every frame goes through 
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mosxdp import cli
+from mosxdp.core import flow as flow_module
 from mosxdp.engine import kernel_twin
 from mosxdp.io.pcap import PcapWriter
 
@@ -131,10 +133,17 @@ FLOW = st.tuples(st.tuples(st.sampled_from([None, 0, 2, 7, 14]), st.sampled_from
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(st.lists(FLOW, min_size=1, max_size=3))
+@given(st.lists(FLOW, min_size=1, max_size=3),
+       st.sampled_from([1, 2, 5, flow_module.FF_AFTER_FRAMES]))
 def test_connlog_lines_and_flowdump_files_equal_those_of_full_inspection(tmp_path_factory,
-                                                                         flows):
-    tmp = tmp_path_factory.mktemp("ff")
+                                                                         flows, after):
+    """``after``: the frames the core processes before the fast forward begins (the
+    default's, and earlier ones, which the conversations here are long enough to leave)."""
+    with mock.patch.object(flow_module, "FF_AFTER_FRAMES", after):
+        _equal_to_full_inspection(tmp_path_factory.mktemp("ff"), flows)
+
+
+def _equal_to_full_inspection(tmp, flows):
     frames = []
     for n, (wscales, steps, perturb, ending) in enumerate(flows):
         frames += perturbed(conversation(wscales, steps, ending, 40000 + n), perturb)
@@ -155,7 +164,8 @@ def test_connlog_lines_and_flowdump_files_equal_those_of_full_inspection(tmp_pat
 
 def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
     """The equality above is not the twin standing aside: in a plain conversation the
-    frames between the handshake and the FINs are taken."""
+    frames between the core's first FF_AFTER_FRAMES (its handshake and first segments) and
+    the FINs are taken."""
     taken = []
     catch_up = kernel_twin.TwinProcessor._ff_catch_up
 
@@ -176,9 +186,38 @@ def test_regular_frames_are_fast_forwarded(tmp_path, monkeypatch):
         for ts, frame in c.frames:
             writer.write(ts, frame)
     fast = _connlog(pcap, tmp_path / "fast.log")
-    assert sum(map(sum, taken)) == 20      # the 20 data frames: the handshake ended before
+    # the 20 data frames but those among the first FF_AFTER_FRAMES (3 handshake frames)
+    assert sum(map(sum, taken)) == 20 - (flow_module.FF_AFTER_FRAMES - 3)
     assert fast == _connlog(pcap, tmp_path / "full.log", "--full-inspection")
     assert '"orig_pkts": 14' in fast and '"resp_bytes": 10000' in fast
+
+
+def test_a_short_flow_is_not_fast_forwarded(tmp_path, monkeypatch):
+    """A flow of fewer frames than FF_AFTER_FRAMES never gets an entry: every frame of it
+    goes through the core, which is cheaper than the entry for so few."""
+    installed = []
+    install = kernel_twin.TwinProcessor._ff_install
+    monkeypatch.setattr(kernel_twin.TwinProcessor, "_ff_install",
+                        lambda self, flow: installed.append(flow) or install(self, flow))
+    frames = []
+    for n, rounds in enumerate((1, 10)):       # a short flow (left open), then a long one
+        c = Conv(cport=41000 + n, t0=1_000_000 + 500 * n)
+        c.handshake(7, 7)
+        for _ in range(rounds):
+            c.data("c", b"q" * 100)
+            c.data("s", b"r" * 1000)
+        if n:
+            c.close()
+        else:
+            assert len(c.frames) < flow_module.FF_AFTER_FRAMES
+        frames += c.frames
+    pcap = tmp_path / "in.pcap"
+    with PcapWriter(pcap) as writer:
+        for ts, frame in sorted(frames, key=lambda item: item[0]):
+            writer.write(ts, frame)
+    fast = _connlog(pcap, tmp_path / "fast.log")
+    assert [f.ports_tcp[0] for f in installed] == [41001]
+    assert fast == _connlog(pcap, tmp_path / "full.log", "--full-inspection")
 
 
 def _offline(app_name, argv, capture, check_batch=None):
