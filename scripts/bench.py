@@ -17,6 +17,9 @@
                                     tests/data, each copy on its own addresses and
                                     starting 20 ms after the one before (many flows at
                                     once), until OUT has the size asked for.
+  scripts/bench.py --make-capture OUT --short-flows 20000
+                                    N short web-like flows of 8 frames, 64 at once:
+                                    the cost per flow (--offline OUT measures it).
   scripts/bench.py --sessions [--count 20 --mb 50 --parallel 4]
                                     HTTPS downloads through zeeklog (each TLS flow
                                     handed to the kernel after its handshake) next to
@@ -678,6 +681,61 @@ def make_capture(out_path, size_mb, names=_CAPTURE_SOURCES):
           f"{os.path.getsize(out_path) / 1e6:.1f} MB")
 
 
+def make_short_flows(out_path, flows, at_once=64):
+    """``flows`` short web-like TCP flows (8 frames each: handshake, a 40-byte request, a
+    650-byte response, FIN both ways, the last ACK), ``at_once`` of them open at a time,
+    their frames interleaved at random (seeded), 20 µs apart, valid checksums: what costs
+    per flow (its start, end and conn.log line), where the big capture costs per frame."""
+    import random
+    import struct
+
+    from mosxdp.core.checksum import fix_ipv4_checksum, fix_tcp_checksum
+    from mosxdp.core.packet import parse_frame
+    from mosxdp.io.pcap import PcapWriter
+
+    def frame(src, dst, sport, dport, seq, ack, flags, payload):
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0x4000, 64, 6, 0,
+                         src, dst)
+        buf = bytearray(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + tcp + payload)
+        pkt = parse_frame(memoryview(buf))
+        fix_ipv4_checksum(pkt)
+        fix_tcp_checksum(pkt)
+        return bytes(buf)
+
+    rnd = random.Random(1)
+
+    def conversation(i):
+        cli, svr = bytes((10, 1, i >> 8 & 255, i & 255)), bytes((10, 2, 0, 1 + i % 50))
+        port, c, s = 10000 + i % 50000, rnd.randrange(1 << 32), rnd.randrange(1 << 32)
+        req = b"GET /%08d HTTP/1.1\r\nHost: x\r\n\r\n" % i
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 610\r\n\r\n" + rnd.randbytes(610)
+        c1, s1 = (c + 1) & 0xFFFFFFFF, (s + 1) & 0xFFFFFFFF
+        c2, s2 = (c1 + len(req)) & 0xFFFFFFFF, (s1 + len(resp)) & 0xFFFFFFFF
+        up, down = (cli, svr, port, 80), (svr, cli, 80, port)
+        return [up + (c, 0, 0x02, b""), down + (s, c1, 0x12, b""), up + (c1, s1, 0x10, b""),
+                up + (c1, s1, 0x18, req), down + (s1, c2, 0x18, resp),
+                up + (c2, s2, 0x11, b""), down + (s2, (c2 + 1) & 0xFFFFFFFF, 0x11, b""),
+                up + ((c2 + 1) & 0xFFFFFFFF, (s2 + 1) & 0xFFFFFFFF, 0x10, b"")]
+
+    ts, started, active, count = 1_700_000_000_000_000, 0, [], 0
+    with PcapWriter(out_path, snaplen=262144) as writer:
+        while started < flows or active:
+            while len(active) < at_once and started < flows:
+                active.append([conversation(started), 0])
+                started += 1
+            k = rnd.randrange(len(active))
+            steps, at = active[k]
+            writer.write(ts, frame(*steps[at]))
+            ts += 20
+            count += 1
+            active[k][1] += 1
+            if active[k][1] == len(steps):
+                active.pop(k)
+    print(f"{out_path}: {count} frames, {flows} flows of 8 frames, "
+          f"{os.path.getsize(out_path) / 1e6:.1f} MB")
+
+
 def _timed_run(argv):
     """(the process's wall time, the run's: --stats's seconds, start-up and exit left out)"""
     import re
@@ -779,12 +837,18 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (best is kept)")
     parser.add_argument("--make-capture", metavar="OUT", help="write the big capture to OUT")
     parser.add_argument("--size-mb", type=int, default=110, help="with --make-capture: its size")
+    parser.add_argument("--short-flows", type=int, metavar="N",
+                        help="with --make-capture: N short flows of 8 frames instead (64 at "
+                             "once): the cost per flow")
     parser.add_argument("--workers", metavar="PCAP",
                         help="wall time with 1..N workers (with --live: N, rows of N workers)")
     parser.add_argument("--max-workers", type=int, default=2, help="with --workers: N")
     args, rest = parser.parse_known_args(argv)
     if args.make_capture:
-        make_capture(args.make_capture, args.size_mb)
+        if args.short_flows:
+            make_short_flows(args.make_capture, args.short_flows)
+        else:
+            make_capture(args.make_capture, args.size_mb)
         return 0
     if args.workers and not args.live:
         bench_workers(args.workers, args.max_workers, args.repeat)

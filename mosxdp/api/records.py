@@ -12,16 +12,17 @@ import time
 
 from ..core import zeeklog, zeekconn
 from ..core.communityid import community_id
-from ..core.constants import MOS_SIDE_BOTH, MOS_TCP_STATE_CLI, MOS_TCP_STATE_SVR, MOSX_FLOW_STATS, \
-    SOL_MONSOCKET
+from ..core.constants import MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR, MOSX_FLOW_STATS, \
+    SOL_MONSOCKET, TcpState
 from ..core.events import ORDER_EOF
-from .context import _stack
+from .context import _sock, _stack
 from ..io.sinks import SinkSpecError, parse_sink
 from .outputs import mosx_open_sink
-from .sockets import mtcp_getpeername, mtcp_getsockopt
+from .sockets import _flow_stats, _option_flow, _peer, mtcp_getpeername, mtcp_getsockopt
 from ..types import DatagramFlowStats
 
 FORMATS = ("json", "tsv")
+_STATE_NAMES = {state.value: state.name for state in TcpState}
 #: conn.log's columns and their Zeek types ((name, type), ...), for a TSV log of them
 MOSX_CONN_FIELDS = zeekconn.FIELDS
 
@@ -43,13 +44,16 @@ def mosx_conn_record(mctx, flow, seed=0):
     if isinstance(flow, DatagramFlowStats):
         return zeekconn.datagram_record(flow, community_id(
             flow.ip_proto, flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p, seed))
-    stats = mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOSX_FLOW_STATS)
-    peers = mtcp_getpeername(mctx, flow, MOS_SIDE_BOTH)
-    (orig_h, orig_p), (resp_h, resp_p) = peers
+    # What mtcp_getsockopt (MOSX_FLOW_STATS, MOS_TCP_STATE_CLI/SVR) and mtcp_getpeername
+    # give, read once from the flow (once per flow that ends: a line of connlog's).
+    stack = _stack(mctx)
+    tcp = _option_flow(mctx, flow, _sock(stack, flow))
+    cli, svr = tcp.sides
     return zeekconn.tcp_record(
-        stats, peers, mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_CLI).name,
-        mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOS_TCP_STATE_SVR).name,
-        community_id(6, orig_h, resp_h, orig_p, resp_p, seed))
+        _flow_stats(stack, tcp), (_peer(tcp, MOS_SIDE_CLI), _peer(tcp, MOS_SIDE_SVR)),
+        _STATE_NAMES[cli.state], _STATE_NAMES[svr.state],
+        community_id(6, tcp.addrs[MOS_SIDE_CLI], tcp.addrs[MOS_SIDE_SVR],
+                     tcp.ports_tcp[MOS_SIDE_CLI], tcp.ports_tcp[MOS_SIDE_SVR], seed))
 
 
 def mosx_conn_uid(mctx, flow):

@@ -120,11 +120,7 @@ def mtcp_getsockopt(mctx, sock, level, optname):
         return sock_obj.so_error
     if level != C.SOL_MONSOCKET:
         raise _error(errno.ENOSYS, f"level {level!r} is not SOL_SOCKET or SOL_MONSOCKET")
-    _own_stack(mctx)    # mOS: SOL_MONSOCKET options only on the context's thread
-    if sock_obj.kind != "flow":
-        raise _error(errno.ENOTSOCK, f"socket {sock} is not a flow socket (options belong to "
-                     "the sockets callbacks receive)")
-    flow = sock_obj.flow
+    flow = _option_flow(mctx, sock, sock_obj)
     if optname in (C.MOS_FRAGINFO_CLIBUF, C.MOS_FRAGINFO_SVRBUF):
         side = C.MOS_SIDE_CLI if optname == C.MOS_FRAGINFO_CLIBUF else C.MOS_SIDE_SVR
         ring = flow.sides[side].buf
@@ -150,6 +146,16 @@ def mtcp_getsockopt(mctx, sock, level, optname):
     if optname == C.MOSX_FLOW_STATS:
         return _flow_stats(stack, flow)
     raise _error(errno.ENOSYS, f"option {optname!r} is not implemented at SOL_MONSOCKET")
+
+
+def _option_flow(mctx, sock, sock_obj):
+    """The flow of a socket whose SOL_MONSOCKET options are read (mtcp_getsockopt's checks:
+    the context's thread, a flow socket)."""
+    _own_stack(mctx)    # mOS: SOL_MONSOCKET options only on the context's thread
+    if sock_obj.kind != "flow":
+        raise _error(errno.ENOTSOCK, f"socket {sock} is not a flow socket (options belong to "
+                     "the sockets callbacks receive)")
+    return sock_obj.flow
 
 
 def _flow_stats(stack, flow):

@@ -17,12 +17,14 @@ import sys
 
 # The modules every frame passes through, under mosxdp: the core's, and the loops that feed
 # it (the pcap readers, the offline, split and live loops, the AF_XDP rings, the observe
-# ring buffer).
+# ring buffer); and those every flow's end passes through in the usual apps (conn.log's
+# record: its uid, Community ID and counters; the socket calls).
 HOT_MODULES = ("core.packet", "core.frames", "core.reassembly", "core.streams", "core.tcp",
                "core.flow", "core.stack_state", "core.stack", "core.events", "core.sockets",
                "core.datagrams", "core.checksum", "io.pcap", "io.pcapng", "io.xsk_rings", "io.ringbuf",
                "engine.offline", "engine.split_feed", "engine.split_worker", "engine.live",
-               "engine.live_frames", "engine.observe", "engine.fast_forward")
+               "engine.live_frames", "engine.observe", "engine.fast_forward",
+               "core.zeekconn", "core.communityid", "api.records", "api.sockets", "api.streams")
 
 PURE_PYTHON = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
 

@@ -24,8 +24,9 @@ from .tcp import CLOSED, ESTABLISHED, FINISHED_STATES, LISTEN, SYN_RCVD
 
 DEFAULT_TCP_SYN_TIMEOUT = 5.0         # idle seconds of a half-open flow
 # A flow that may be fast-forwarded (engine/kernel_twin.py) is, after the core processed
-# this many of its frames: its handshake and first segments. Fewer frames in all, and it
-# never is (its entry, loads and catch-ups would cost more than the frames they take).
+# this many of its frames (its handshake and first segments), unless its end began by
+# then: with fewer frames in all, its entry, loads and catch-ups would cost more than the
+# frames they take.
 FF_AFTER_FRAMES = 8
 
 # Server-side states of a flow whose handshake has not completed.

@@ -391,7 +391,9 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
                     self.ff_reload(flow)
                 elif flow.ff_wait:
                     flow.ff_wait -= 1
-                    if not flow.ff_wait:
+                    cli, svr = flow.sides
+                    if not flow.ff_wait and not flow.rst_seen and cli.fin_seq is None \
+                            and svr.fin_seq is None:   # not once its end began
                         self.kernel_updates.append(("fast_forward", flow))
 
     def _unparsed(self, frame, exc):

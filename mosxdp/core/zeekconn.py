@@ -6,8 +6,11 @@ logs of zeeklog join them by ``uid``.
 """
 import hashlib
 import re
+from functools import lru_cache
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Two base-62 digits at once, the lower first: _BASE62_PAIRS[n] for n < 62 * 62.
+_BASE62_PAIRS = tuple(_BASE62[n % 62] + _BASE62[n // 62] for n in range(62 * 62))
 
 # The columns of Zeek's TSV, with their Zeek types (conn.log's own, then mosxdp's).
 FIELDS = (
@@ -82,11 +85,17 @@ def conn_state(history, orig_bytes=0, resp_bytes=0):
     """Zeek's conn_state (base/protocols/conn/main.zeek) from the endpoints' final states:
     a flow without a handshake is OTH while open, SF once both sides sent a FIN, SH or SHR
     when one did, RSTRH or OTH after a RST."""
+    return _conn_state(history, orig_bytes == resp_bytes == 0)
+
+
+# Most flows share a handful of histories (ShADadFf, S, ShR ...): each is replayed once.
+@lru_cache(maxsize=4096)
+def _conn_state(history, no_bytes):
     os_, rs = zeek_states(history)
     o_inactive = os_ in (INACTIVE, PARTIAL)
     r_inactive = rs in (INACTIVE, PARTIAL)
     if rs == RESET:
-        if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and orig_bytes == resp_bytes == 0):
+        if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and no_bytes):
             return "REJ"
         return "RSTRH" if o_inactive else "RSTR"
     if os_ == RESET:
@@ -109,11 +118,12 @@ def conn_state(history, orig_bytes=0, resp_bytes=0):
 def make_uid(*parts):
     """A Zeek-like connection uid, deterministic for a given flow and run."""
     digest = int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:12], "big")
-    chars = []
-    for _ in range(17):
-        digest, rem = divmod(digest, 62)
-        chars.append(_BASE62[rem])
-    return "C" + "".join(chars)
+    chars = ["C"]
+    for _ in range(8):          # 17 base-62 digits, the lowest first: 8 pairs and one
+        digest, rem = divmod(digest, 62 * 62)
+        chars.append(_BASE62_PAIRS[rem])
+    chars.append(_BASE62[digest % 62])
+    return "".join(chars)
 
 
 def tcp_uid(start_ts, orig_h, orig_p, resp_h, resp_p, vlan_ids):
