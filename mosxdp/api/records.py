@@ -81,6 +81,10 @@ def mosx_frame_count(mctx):
     return stack.frame_no if key is not None and key[0] >= ORDER_EOF else stack.frame_no + 1
 
 
+# json.dumps's output; records hold no cycles, so none is looked for (a line per flow).
+_ENCODE = json.JSONEncoder(check_circular=False).encode
+
+
 class _JsonLog:
     """One JSON object per line."""
 
@@ -88,7 +92,7 @@ class _JsonLog:
         self.output = output
 
     def write(self, record):
-        self.output.write(json.dumps(record) + "\n")
+        self.output.write(_ENCODE(record) + "\n")
 
     def close(self):
         self.output.close()
