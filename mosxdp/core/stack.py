@@ -391,10 +391,10 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
                     self.ff_reload(flow)
                 elif flow.ff_wait:
                     flow.ff_wait -= 1
-                    cli, svr = flow.sides
-                    if not flow.ff_wait and not flow.rst_seen and cli.fin_seq is None \
-                            and svr.fin_seq is None:   # not once its end began
-                        self.kernel_updates.append(("fast_forward", flow))
+                    if not flow.ff_wait and not flow.rst_seen:
+                        cli, svr = flow.sides
+                        if cli.fin_seq is None and svr.fin_seq is None:   # its end not begun
+                            self.kernel_updates.append(("fast_forward", flow))
 
     def _unparsed(self, frame, exc):
         """A frame parse_frame refused. One the capture cut (a snap length: the engine's
