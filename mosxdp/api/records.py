@@ -12,13 +12,12 @@ import time
 
 from ..core import zeeklog, zeekconn
 from ..core.communityid import community_id
-from ..core.constants import MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR, MOSX_FLOW_STATS, \
-    SOL_MONSOCKET, TcpState
+from ..core.constants import MOS_SIDE_CLI, MOS_SIDE_SVR, TcpState
 from ..core.events import ORDER_EOF
 from .context import _sock, _stack
 from ..io.sinks import SinkSpecError, parse_sink
 from .outputs import mosx_open_sink
-from .sockets import _flow_stats, _option_flow, _peer, mtcp_getpeername, mtcp_getsockopt
+from .sockets import _flow_stats, _option_flow, _peer
 from ..types import DatagramFlowStats
 
 FORMATS = ("json", "tsv")
@@ -63,9 +62,16 @@ def mosx_conn_uid(mctx, flow):
     if isinstance(flow, DatagramFlowStats):
         return zeekconn.datagram_uid(flow.start_ts, flow.orig_h, flow.orig_p, flow.resp_h,
                                      flow.resp_p, flow.vlan_ids, flow.proto)
-    stats = mtcp_getsockopt(mctx, flow, SOL_MONSOCKET, MOSX_FLOW_STATS)
-    (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, flow, MOS_SIDE_BOTH)
-    return zeekconn.tcp_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids)
+    stack = _stack(mctx)
+    tcp = _option_flow(mctx, flow, _sock(stack, flow))
+    return tcp_flow_uid(stack, tcp, _peer(tcp, MOS_SIDE_CLI), _peer(tcp, MOS_SIDE_SVR))
+
+
+def tcp_flow_uid(stack, tcp, cli, svr):
+    """The uid of a core TCP flow whose peers (address text, port) are ``cli`` and ``svr``:
+    what MOSX_FLOW_STATS would give for it, read from the flow alone."""
+    return zeekconn.tcp_uid(tcp.start_ts + stack.wall_offset_us, cli[0], cli[1], svr[0],
+                            svr[1], tcp.vlan_ids)
 
 
 def mosx_frame_count(mctx):

@@ -8,16 +8,16 @@ import socket
 
 from .. import constants as C
 from ..core.datagrams import IPPROTO_UDP
-from ..core.zeekconn import datagram_uid, tcp_uid
+from ..core.zeekconn import datagram_uid
 from ..sessions import ORIG, RESP, DnsParser, HttpParser, TlsParser, Weird
 from ..sessions.dns import DnsTransaction
 from ..sessions.http import HttpTransaction
 from ..sessions.tls import ClientHello, ServerHello, TlsSession
 from ..types import SessionEvent
-from .context import _stack
+from .context import _flow_sock, _stack
+from .records import tcp_flow_uid
 from .events import mtcp_register_callback
-from .sockets import (_compile, mtcp_get_uctx, mtcp_getpeername, mtcp_getsockopt, mtcp_set_uctx,
-                      mtcp_setsockopt, mtcp_socket)
+from .sockets import _compile, _peer, mtcp_get_uctx, mtcp_setsockopt, mtcp_socket
 from .streams import PeekOverrunError, mtcp_peek
 
 DEFAULT_DNS_PORTS = (53, 5353, 5355)     # DNS, mDNS, LLMNR: Zeek's DNS ports
@@ -58,14 +58,26 @@ class _Flow:
         self.sock = sock
 
 
-def _env(proto, orig_h, orig_p, resp_h, resp_p):
-    src, dst = ipaddress.ip_address(orig_h), ipaddress.ip_address(resp_h)
+def _host(packed):
+    """An address's text as mtcp_getpeername gives it (inet_ntop: a tenth of ipaddress's
+    cost, IPv4 only: it writes IPv6 otherwise in corner cases)."""
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return str(ipaddress.ip_address(packed))
+
+
+def _env(proto, src, orig_p, dst, resp_p, addresses):
+    """The packet fields of a flow whose packed addresses are ``src`` and ``dst``; with
+    ``addresses`` false (no subscription's filter reads them) without ip.src and ip.dst,
+    which cost the most to make."""
     tcp = proto == "tcp"
     # The other transport's ports are known to be absent (a test of them is false).
-    return {"tcp": tcp, "udp": not tcp, "ipv4": src.version == 4, "ipv6": src.version == 6,
-            "ip.src": src, "ip.dst": dst,
-            "tcp.sport": orig_p if tcp else None, "tcp.dport": resp_p if tcp else None,
-            "udp.sport": None if tcp else orig_p, "udp.dport": None if tcp else resp_p}
+    env = {"tcp": tcp, "udp": not tcp, "ipv4": len(src) == 4, "ipv6": len(src) == 16,
+           "tcp.sport": orig_p if tcp else None, "tcp.dport": resp_p if tcp else None,
+           "udp.sport": None if tcp else orig_p, "udp.dport": None if tcp else resp_p}
+    if addresses:
+        env["ip.src"], env["ip.dst"] = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    return env
 
 
 def _record_fields(record):
@@ -110,6 +122,8 @@ class SessionRuntime:
         self.watcher = None
         self.udp = {}                 # datagram flow -> _Flow
         self.buf = bytearray(65536)
+        self.view = memoryview(self.buf)
+        self._addresses = (0, False)  # (subscriptions looked at, one reads addresses)
         self.counts = dict.fromkeys(("flows", "released", "bypassed", "records", "weirds"), 0)
 
     # -- set-up
@@ -141,6 +155,13 @@ class SessionRuntime:
         if getattr(engine, "filters_changed", None) is not None:
             engine.filters_changed()
 
+    def _reads_addresses(self):
+        """Whether a subscription's filter reads ip.src or ip.dst (ip.addr reads both)."""
+        if self._addresses[0] != len(self.subs):
+            self._addresses = (len(self.subs), any(
+                field in ("ip.src", "ip.dst") for sub in self.subs for field in sub.filter.fields))
+        return self._addresses[1]
+
     def now(self):
         stack = self.stack
         return (stack.now + stack.wall_offset_us) / 1e6
@@ -152,12 +173,11 @@ class SessionRuntime:
             flow = self._new_tcp(mctx, sock)
             if flow is None:
                 return
-        ts = self.now()
         try:
             data = self._read(sock, side)
         except PeekOverrunError as exc:
             self._weird(flow, Weird("content_gap", f"{exc.args[0] if exc.args else ''} bytes "
-                                    "never seen", None), ts)
+                                    "never seen", None), self.now())
             self._release(flow)
             return
         except OSError as exc:
@@ -170,6 +190,7 @@ class SessionRuntime:
             return
         if not data:
             return
+        ts = self.now()
         # what the server received is the client's
         orig, resp = (data, b"") if side == C.MOS_SIDE_SVR else (b"", data)
         if flow.session is None:
@@ -187,12 +208,17 @@ class SessionRuntime:
             self._release(flow)
 
     def _new_tcp(self, mctx, sock):
-        (orig_h, orig_p), (resp_h, resp_p) = mtcp_getpeername(mctx, sock, C.MOS_SIDE_BOTH)
-        stats = mtcp_getsockopt(mctx, sock, C.SOL_MONSOCKET, C.MOSX_FLOW_STATS)
-        uid = tcp_uid(stats.start_ts, orig_h, orig_p, resp_h, resp_p, stats.vlan_ids)
-        flow = _Flow(_env("tcp", orig_h, orig_p, resp_h, resp_p), uid,
-                     (orig_h, orig_p, resp_h, resp_p), "tcp", sock)
-        mtcp_set_uctx(mctx, sock, flow)
+        # (mtcp_getpeername's and MOSX_FLOW_STATS's values, read from the flow once)
+        stack = self.stack
+        sock_obj = _flow_sock(stack, sock, errno.EBADF)
+        tcp = sock_obj.flow
+        cli, svr = _peer(tcp, C.MOS_SIDE_CLI), _peer(tcp, C.MOS_SIDE_SVR)
+        (orig_h, orig_p), (resp_h, resp_p) = cli, svr
+        flow = _Flow(_env("tcp", tcp.addrs[C.MOS_SIDE_CLI], orig_p, tcp.addrs[C.MOS_SIDE_SVR],
+                          resp_p, self._reads_addresses()),
+                     tcp_flow_uid(stack, tcp, cli, svr), (orig_h, orig_p, resp_h, resp_p),
+                     "tcp", sock)
+        sock_obj.uctx = flow
         self.counts["flows"] += 1
         flow.subs = [s for s in self.subs if s.filter.evaluate(flow.env) is not False]
         if not flow.subs:
@@ -201,12 +227,16 @@ class SessionRuntime:
         return flow
 
     def _read(self, sock, side):
-        buf, chunks = self.buf, []
+        buf, view = self.buf, self.view
+        count = mtcp_peek(self.mctx, sock, side, buf)
+        if not count:
+            return b""     # most packets: an ACK, a SYN or FIN
+        chunks = [bytes(view[:count])]
         while True:
             count = mtcp_peek(self.mctx, sock, side, buf)
             if not count:
-                return b"".join(chunks)
-            chunks.append(bytes(buf[:count]))
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.append(bytes(view[:count]))
 
     def _tell(self, flow, orig, resp):
         """The session type of a TCP flow from its first bytes: True once told and kept."""
@@ -268,10 +298,10 @@ class SessionRuntime:
 
     def _new_udp(self, dflow):
         (src, sport, dst, dport, vlan_ids), _ = dflow.keys
-        orig_h, resp_h = str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst))
+        orig_h, resp_h = _host(src), _host(dst)
         uid = datagram_uid(dflow.start_ts + self.stack.wall_offset_us, orig_h, sport, resp_h,
                            dport, vlan_ids, dflow.proto)
-        flow = _Flow(_env("udp", orig_h, sport, resp_h, dport), uid,
+        flow = _Flow(_env("udp", src, sport, dst, dport, self._reads_addresses()), uid,
                      (orig_h, sport, resp_h, dport), "udp")
         self.udp[dflow] = flow
         self.counts["flows"] += 1

@@ -22,12 +22,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from struct import unpack_from
 
-import dns.exception
-import dns.message
-import dns.name
-import dns.rdata
-import dns.rdatatype
-
 from .common import Weird, text
 
 __all__ = ["DnsParser", "DnsTransaction", "qtype_name", "rcode_name", "qclass_name"]
@@ -58,16 +52,29 @@ _RCODES = {
 _QCLASSES = {1: "C_INTERNET", 2: "C_CSNET", 3: "C_CHAOS", 4: "C_HESIOD", 254: "C_NONE",
              255: "C_ANY"}
 
+# dnspython, imported by the first DnsParser: it takes 30 ms, a third of a run's start-up.
+dns = None
 # dnspython's complaints, named as Zeek names the same faults where it has a name.
-_ERROR_NAMES = {
-    dns.message.ShortHeader: "DNS_truncated_len_lt_hdr_len",
-    dns.name.BadPointer: "DNS_label_forward_compress_offset",
-    dns.name.LabelTooLong: "DNS_label_too_long",
-    dns.name.NameTooLong: "DNS_NAME_too_long",
-}
+_ERROR_NAMES: dict = {}
 # What dnspython may raise on hostile bytes (beyond its own DNSException family).
-_PARSE_ERRORS = (dns.exception.DNSException, ValueError, IndexError, KeyError, TypeError,
-                 UnicodeError, OverflowError)
+_PARSE_ERRORS: tuple = ()
+
+
+def _import_dnspython() -> None:
+    global dns, _ERROR_NAMES, _PARSE_ERRORS
+    import dns.exception
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdatatype
+    _ERROR_NAMES = {
+        dns.message.ShortHeader: "DNS_truncated_len_lt_hdr_len",
+        dns.name.BadPointer: "DNS_label_forward_compress_offset",
+        dns.name.LabelTooLong: "DNS_label_too_long",
+        dns.name.NameTooLong: "DNS_NAME_too_long",
+    }
+    _PARSE_ERRORS = (dns.exception.DNSException, ValueError, IndexError, KeyError, TypeError,
+                     UnicodeError, OverflowError)
 
 
 def qtype_name(qtype: int) -> str:
@@ -166,6 +173,8 @@ class DnsParser:
     def __init__(self, transport: str = "udp"):
         if transport not in ("udp", "tcp"):
             raise ValueError(f"DnsParser transport must be 'udp' or 'tcp', not {transport!r}")
+        if dns is None:
+            _import_dnspython()
         self.proto = transport
         self._streams = (bytearray(), bytearray())
         self._queries: dict[int, deque[DnsTransaction]] = {}  # waiting for their response

@@ -148,6 +148,19 @@ def test_packet_and_session_fields_mix_in_one_filter():
     assert e.uid.startswith("C") and len(e.uid) == 18
 
 
+def test_address_fields_select_tcp_and_udp_flows():
+    # The flows' addresses are made for the filters only when one reads them.
+    (tls, both, none, v6), counts, errors = subscribed(
+        TLS_PCAP, "tls", "tls and ip.src == 10.77.0.1 and ip.dst == 10.77.0.0/24",
+        "tls and ip.addr == 192.0.2.9", "tls and ipv6")
+    assert errors == 0 and len(tls) == 7 and v6 == [] and none == []
+    assert [e.record for e in both] == [e.record for e in tls]
+    (dns, server, client), _, errors = subscribed(
+        DNS_PCAP, "dns", "dns and ip.dst == 10.77.0.2 and ipv4", "dns and ip.dst == 10.77.0.1")
+    assert errors == 0 and client == [] and {e.proto for e in dns} == {"tcp", "udp"}
+    assert [e.record for e in server] == [e.record for e in dns]
+
+
 def test_a_flow_no_subscription_can_match_is_released_at_once():
     (none,), counts, _ = subscribed(TLS_PCAP, "tls and tcp.dport == 443")
     # released at each flow's first packet: never parsed, no record
