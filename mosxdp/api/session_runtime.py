@@ -18,7 +18,7 @@ from .context import _flow_sock, _stack
 from .records import tcp_flow_uid
 from .events import mtcp_register_callback
 from .sockets import _compile, _peer, mtcp_get_uctx, mtcp_setsockopt, mtcp_socket
-from .streams import PeekOverrunError, mtcp_peek
+from .streams import PeekOverrunError, _readable, peek_into
 
 DEFAULT_DNS_PORTS = (53, 5353, 5355)     # DNS, mDNS, LLMNR: Zeek's DNS ports
 _TLS_RECORD = re.compile(rb"\x16\x03[\x00-\x04]")
@@ -121,8 +121,7 @@ class SessionRuntime:
         self.sock = None
         self.watcher = None
         self.udp = {}                 # datagram flow -> _Flow
-        self.buf = bytearray(65536)
-        self.view = memoryview(self.buf)
+        self.view = memoryview(bytearray(65536))    # what _read peeks into
         self._addresses = (0, False)  # (subscriptions looked at, one reads addresses)
         self.counts = dict.fromkeys(("flows", "released", "bypassed", "records", "weirds"), 0)
 
@@ -227,13 +226,17 @@ class SessionRuntime:
         return flow
 
     def _read(self, sock, side):
-        buf, view = self.buf, self.view
-        count = mtcp_peek(self.mctx, sock, side, buf)
+        # mtcp_peek's checks (a callback of the runtime's socket runs on the context's
+        # thread, with the runtime's buffer): once for all the reads
+        sock_obj, flow_side = _readable(self.stack, sock, side, errno.ENOTSOCK)
+        view = self.view
+        size = len(view)
+        count = peek_into(sock_obj, flow_side, side, view, size)
         if not count:
             return b""     # most packets: an ACK, a SYN or FIN
         chunks = [bytes(view[:count])]
         while True:
-            count = mtcp_peek(self.mctx, sock, side, buf)
+            count = peek_into(sock_obj, flow_side, side, view, size)
             if not count:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             chunks.append(bytes(view[:count]))

@@ -57,6 +57,12 @@ def mtcp_peek(mctx, sock, side, buf, len=None):
     sock_obj, flow_side = _readable(stack, sock, side, errno.ENOTSOCK)
     view = _writable_bytes(buf)
     want = view.nbytes if len is None else min(_length(len), view.nbytes)
+    return peek_into(sock_obj, flow_side, side, view, want)
+
+
+def peek_into(sock_obj, flow_side, side, view, want):
+    """mtcp_peek once its arguments are checked (``_readable``'s socket and side, a
+    writable byte view): the library's own readers call it with their buffer."""
     ring = flow_side.buf
     offset = sock_obj.peek_off[side]
     if ring is None:
