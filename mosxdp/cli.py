@@ -170,7 +170,8 @@ def _datapath_options(parser):
                             "set-up keep only CAP_NET_ADMIN, to detach at exit, and set "
                             "no_new_privs)")
     group.add_argument("--stats", action="store_true",
-                       help="print counters on stderr: live a status line every second and a summary at exit; offline a summary at the end")
+                       help="print counters on stderr: live a status line every second and "
+                            "a summary at exit; offline a summary at the end")
     group.add_argument("--stats-json", metavar="FILE",
                        help="at exit, write the counters as JSON: the core's, and live the "
                             "datapath's (XDP program, kernel verdicts, UMEM accounting)")
@@ -240,10 +241,8 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
-    if mctx.config.workers == AUTO_WORKERS and mctx.config.iface is None:
-        mctx.config.workers = 1    # auto_workers' offline rule, without the live modules' imports
-    elif mctx.config.workers == AUTO_WORKERS:
-        from .engine.live_workers import auto_workers
+    if mctx.config.workers == AUTO_WORKERS:
+        from .engine.worker_count import auto_workers
         mctx.config.workers = auto_workers(mctx.config, module)
     split = mctx.config.workers > 1
     # Before the app's set-up creates its outputs, and before anything is attached.

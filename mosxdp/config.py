@@ -166,7 +166,7 @@ def _num_cores(key, value):
 
 def _workers(key, value):
     """Worker processes of a run: "auto" or 0 (AUTO_WORKERS: `mosxdp run` decides, see
-    engine/live_workers.auto_workers) or 1 to 4 per CPU (more than the CPUs only adds
+    engine/worker_count.auto_workers) or 1 to 4 per CPU (more than the CPUs only adds
     overhead, but lets a small machine test the split)."""
     if value == "auto" or (value == AUTO_WORKERS and not isinstance(value, bool)):
         return AUTO_WORKERS
@@ -216,7 +216,9 @@ class Config:
     keep_privileges: bool = False    # live: keep every capability after set-up (default: drop)
     detach_on_exit: bool = False     # inline: detach at exit (default: the kernel path stays, fail-open)
     observe: bool = False            # live: the kernel forwards, Python reads copies (engine/observe.py)
-    workers: int = 0                 # processes the run is split over (engine/workers.py, live_workers.py); AUTO_WORKERS: one per RX queue up to the CPUs live, 1 offline
+    # processes the run is split over (engine/workers.py, live_workers.py); AUTO_WORKERS:
+    # one per RX queue up to the CPUs live, 1 offline (engine/worker_count.py)
+    workers: int = 0
     observe_snap: int = DEFAULT_OBSERVE_SNAP  # observe: a copy holds a frame's first observe_snap - 1 bytes
     full_inspection: bool = False    # every frame through the core, also of MOSX_STATE_ONLY listeners
 

@@ -4,8 +4,9 @@ zeeklog's lines, mosxdp/core/zeekconn.py) and MOSX_CONN_FIELDS.
 
 A log opened with mosx_open_log writes through mosx_open_sink (a file as mosx_open_output
 opens it: bounded buffering, planted links refused, failed writes counted and reported;
-or, for JSON lines, a unix socket or Redis), one record per ``write``: a JSON line, or a line of Zeek's TSV format (mosxdp/core/zeeklog.py)
-after its header. docs/pipeline.md says how the formats join up downstream.
+or, for JSON lines, a unix socket or Redis), one record per ``write``: a JSON line, or a
+line of Zeek's TSV format (mosxdp/core/zeeklog.py) after its header. docs/pipeline.md says
+how the formats join up downstream.
 """
 import json
 import time
@@ -129,10 +130,10 @@ def mosx_open_log(mctx, path, fmt="json", *, zeek_path=None, fields=(), types=()
                   option="--output"):
     """A log of records (dicts) at ``path`` ('-': standard output), opened now as
     mosx_open_sink opens it (``option``: the option that named it, for messages); JSON
-    lines may also go to a unix socket or Redis, Zeek's TSV only to a file. ``fmt`` "json": one JSON object per line. "tsv": Zeek's
-    TSV, whose header names the log ``zeek_path`` (conn, ...) and lists ``fields`` (a
-    record's keys, in column order) and their Zeek ``types`` (time, interval, string, enum,
-    addr, port, count); a key a record lacks is written unset (``-``). Returns an object
+    lines may also go to a unix socket or Redis, Zeek's TSV only to a file. ``fmt`` "json":
+    one JSON object per line. "tsv": Zeek's TSV, whose header names the log ``zeek_path``
+    (conn, ...) and lists ``fields`` (a record's keys, in column order) and their Zeek
+    ``types`` (time, interval, string, enum, addr, port, count); a key a record lacks is written unset (``-``). Returns an object
     with ``write(record)`` and ``close()`` (TSV: writes ``#close``). ValueError for an
     unknown format or type; OSError naming a path that cannot be opened."""
     if fmt not in FORMATS:

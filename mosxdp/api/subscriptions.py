@@ -5,8 +5,9 @@ kernel once no subscription needs more of them (docs/subscriptions.md).
 
 The runtime is written on the mOS API: one monitor stream socket of its own (bytestream
 buffers on, no mid-stream pickup: a session needs its start), PKT_IN at MOS_HK_RCV to
-read the receiving side's new bytes with mtcp_peek (in the order they came), CONN_END to close the parsers, MOSX_BYPASS
-to hand a flow over. UDP flows (DNS) come through the datagram table's session hook (the
+read the receiving side's new bytes with mtcp_peek (in the order they came), CONN_END to
+close the parsers, MOSX_BYPASS to hand a flow over. UDP flows (DNS) come through the
+datagram table's session hook (the
 mOS API has no UDP). Each flow is parsed once, whatever the number of subscriptions:
 
 * at a flow's first bytes the session type is told: DNS by port (``dns_ports``), TLS by a

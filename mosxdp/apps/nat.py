@@ -40,8 +40,9 @@ address's family) and whose destination is not N. NAT66 works the same way when
 `--nat-ip` is an IPv6 address. NAT never stops monitoring a flow (a kernel bypass
 would forward untranslated frames), and keeps no bytestream buffers.
 
-`--log SINK` writes a JSON line per mapping and release (a file, or a sink: docs/outputs.md); `--stats-output FILE` the
-final counters (JSON); a summary line goes to stderr at the end.
+`--log SINK` writes a JSON line per mapping and release (a file, or a sink:
+docs/outputs.md); `--stats-output FILE` the final counters (JSON); a summary line goes to
+stderr at the end.
 """
 import collections
 import errno

@@ -395,8 +395,9 @@ class StreamDelivery:
         kernel (or the bypass path), so its receiver's stream jumps to the segment's
         sequence number as if they had arrived; they count as received, not missed, up to
         the payload those frames carried (a stream that moved further than that missed the
-        rest: a lower bound, as retransmissions count too). The stream buffer stops (there is a gap nobody will fill) and the receive
-        window is unknown until the receiver's next ACK."""
+        rest: a lower bound, as retransmissions count too). The stream buffer stops (there
+        is a gap nobody will fill) and the receive window is unknown until the receiver's
+        next ACK."""
         if rcv.peer_base is None or pkt.flags & TH_SYN:
             return
         dist = carried_distance(snd, rcv, pkt.seq)

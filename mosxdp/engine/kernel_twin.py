@@ -18,8 +18,9 @@ Fast forward: the flows of MOSX_STATE_ONLY listeners are not handed to the twin 
 to the kernel (the kernel's counts lose what only the emulation sees: a byte missed and
 never acknowledged, a segment beyond the window), and those of MOSX_STREAM_ONLY listeners
 (offline and live: FastForwardProcessor) have their payload delivered too
-(fast_forward.py). The twin takes only their regular frames, those for which the emulation would do nothing but count and move on: no SYN,
-FIN, RST or URG, with ACK, at the sequence number the stream expects next, acknowledging
+(fast_forward.py). The twin takes only their regular frames, those for which the emulation
+would do nothing but count and move on: no SYN, FIN, RST or URG, with ACK, at the sequence
+number the stream expects next, acknowledging
 no byte not seen, within the window the receiver advertised, while both sides are
 established and nothing waits in either stream. Before the core processes any other frame
 of such a flow (or ends it) ``_ff_catch_up`` adds what the twin counted, advances both

@@ -4,8 +4,9 @@ Offline (``config.pcap``) the offline engine replays the file (``offline.run_off
 the kernel's verdicts modelled in process (engine/kernel_twin.py); every frame of a flow
 without a verdict goes through the core, except the regular frames of the flows of
 MOSX_STATE_ONLY listeners, which the twin fast-forwards (the same outputs). Live
-(``config.iface``) a ``LiveRun`` (engine/live_run.py) puts together the hybrid fast path (mosxdp.engine.hybrid: the
-XDP program filters with the monitor filters of the start and keeps the stack's kernel
+(``config.iface``) a ``LiveRun`` (engine/live_run.py) puts together the hybrid fast path
+(mosxdp.engine.hybrid: the XDP program filters with the monitor filters of the start and
+keeps the stack's kernel
 verdicts), the AF_XDP engine (mosxdp.engine.live), the status line and metrics
 (mosxdp.engine.status) and the capability drop after set-up (mosxdp.io.privileges). Either
 way ``run`` returns the run's ``RunResult``. Several contexts share one run

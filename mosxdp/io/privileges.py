@@ -1,8 +1,9 @@
 """Capabilities: the check before XDP set-up, and the drop once the live datapath is set up.
 
 :func:`check_privileges` reads the effective set (/proc/self/status) and says what is
-missing for loading and attaching XDP programs. Loading and attaching the XDP program, creating the AF_XDP sockets and registering the
-UMEM need root's capabilities; the running loop and the clean exit need far less (see
+missing for loading and attaching XDP programs. Loading and attaching the XDP program,
+creating the AF_XDP sockets and registering the UMEM need root's capabilities; the running
+loop and the clean exit need far less (see
 ``RUNTIME_CAPS`` and docs/datapath.md, "Privileges"). :func:`drop_to` keeps only the
 given capabilities in the effective and permitted sets, empties the inheritable and
 ambient sets, removes every other capability from the bounding set and sets

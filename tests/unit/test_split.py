@@ -246,7 +246,7 @@ def test_auto_workers_is_one_per_rx_queue_up_to_the_cpus(monkeypatch):
 
     import mosxdp.io.netdev as netdev
     from mosxdp.apps import nat
-    from mosxdp.engine.live_workers import auto_workers
+    from mosxdp.engine.worker_count import auto_workers
     queues = {"a": 2, "b": 2, "wide": 8, "one": 1}
     monkeypatch.setattr(netdev, "rx_queue_count", lambda name: queues[name])
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
