@@ -5,7 +5,8 @@ flowdump makes a file per stream direction and writes each stream's bytes as the
 order. Made in the packet thread, a file costs an inode in the directory (tens to hundreds
 of µs on ext4, much more on a busy disk) and every write a system call: time the packet
 thread does not spend on packets. Here the packet thread only queues the operation (its
-bytes copied, so a buffer it reuses may change) and goes on; one thread per directory
+bytes copied, so a buffer it reuses may change) and goes on, handing its operations over
+in lots (LOT_OPS, or at the engines' tick and at close: one lock for many); one thread per directory
 runs the queue in order, a batch at a time: with the C helper (_batchio.c) a whole batch
 runs with the GIL released once (a thread that takes the GIL back after each system call
 waits up to a switch interval, 5 ms, while the packet thread runs), in Python
@@ -28,6 +29,7 @@ import array
 import errno
 import os
 import threading
+from collections import deque
 
 __all__ = ["DirWriter", "FileGroup", "OutFile", "MAX_QUEUED_BYTES", "run_batch",
            "run_batch_python", "suffixed"]
@@ -35,6 +37,9 @@ __all__ = ["DirWriter", "FileGroup", "OutFile", "MAX_QUEUED_BYTES", "run_batch",
 CREATE, WRITE, CLOSE, GROUP = 0, 1, 2, 3     # the batch's operations (_batchio.c)
 FREE_GROUP = 4                              # the writer's own: a group slot back, after its files
 MAX_QUEUED_BYTES = 32 << 20       # bytes queued before the packet thread waits
+# The packet thread hands its operations over in lots (one lock for many): at this many,
+# or at an eighth of MAX_QUEUED_BYTES, or at a flush (the engines' tick, close).
+LOT_OPS = 64
 MAX_SUFFIX = 1000000              # a group's suffix numbers tried before its file fails
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -201,12 +206,16 @@ class DirWriter:
         self._ops: list = []
         self._owners: list = []
         self._queued = 0
+        self._lot: list = []                # the packet thread's (owner, op) not handed over
+        self._lot_bytes = 0
         self._closing = False
         self._fds = array.array("i")
-        self._free: list[int] = []          # slots whose file the writer has closed
+        # slots whose file the writer has closed (a deque: the writer appends, the packet
+        # thread pops, each atomic, no lock)
+        self._free: deque[int] = deque()
         self._next_slot = 0
         self._groups = array.array("i")     # a group's suffix number, -1 before its first file
-        self._free_groups: list[int] = []
+        self._free_groups: deque[int] = deque()
         self._next_group = 0
         self.pending: set[str] = set()      # names queued to be made, not made yet
         self._thread = threading.Thread(target=self._run, name="mosxdp-outdir-writer",
@@ -225,10 +234,7 @@ class DirWriter:
         """A new file ``name`` (the caller checked that nothing has the name)."""
         if self._pid != os.getpid():
             self._start()     # a forked worker: the parent's thread is not here
-        with self._cond:
-            slot = self._free.pop() if self._free else self._next_slot
-            if slot == self._next_slot:
-                self._next_slot += 1
+        slot = self._new_slot()
         self.pending.add(name)
         out = OutFile(self, name, slot)
         self.put(out, (CREATE, slot, os.fsencode(name), 0), 0)
@@ -237,19 +243,17 @@ class DirWriter:
     def group(self, bases) -> FileGroup:
         if self._pid != os.getpid():
             self._start()
-        with self._cond:
-            slot = self._free_groups.pop() if self._free_groups else self._next_group
-            if slot == self._next_group:
-                self._next_group += 1
+        try:
+            slot = self._free_groups.pop()
+        except IndexError:
+            slot = self._next_group
+            self._next_group += 1
         return FileGroup(self, bases, slot)
 
     def open_in_group(self, group: FileGroup, index: int) -> OutFile:
         if group.slot is None:
             raise ValueError("the file group is closed")
-        with self._cond:
-            slot = self._free.pop() if self._free else self._next_slot
-            if slot == self._next_slot:
-                self._next_slot += 1
+        slot = self._new_slot()
         out = OutFile(self, os.fsdecode(group.bases[index]), slot)
         self.put(out, (GROUP, slot, (group.slot, group.bases, index), 0), 0)
         return out
@@ -258,14 +262,36 @@ class DirWriter:
         # after what is queued: the writer resets its suffix and takes the slot back
         self.put(None, (FREE_GROUP, 0, gslot, 0), 0)
 
+    def _new_slot(self) -> int:
+        try:
+            return self._free.pop()
+        except IndexError:
+            self._next_slot += 1      # (read by the writer once an operation names it)
+            return self._next_slot - 1
+
     def put(self, owner: OutFile, op: tuple, size: int) -> None:
+        lot = self._lot
+        lot.append((owner, op))
+        self._lot_bytes += size
+        if len(lot) >= LOT_OPS or self._lot_bytes >= MAX_QUEUED_BYTES >> 3:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the operations asked for so far to the writer thread (waiting while more
+        than MAX_QUEUED_BYTES are queued)."""
+        lot = self._lot
+        if not lot or self._pid != os.getpid():
+            return
+        self._lot, size, self._lot_bytes = [], self._lot_bytes, 0
         with self._cond:
             while self._queued > MAX_QUEUED_BYTES and self._thread.is_alive():
                 self._cond.wait()
-            self._ops.append(op)
-            self._owners.append(owner)
+            was_empty = not self._ops
+            for owner, op in lot:
+                self._ops.append(op)
+                self._owners.append(owner)
             self._queued += size
-            if len(self._ops) == 1:
+            if was_empty:
                 self._cond.notify_all()
 
     def skipped(self, size: int) -> None:
@@ -275,6 +301,7 @@ class DirWriter:
         """Run what is queued, then stop the thread; files left open are closed."""
         if self._pid != os.getpid():
             return
+        self.flush()
         with self._cond:
             self._closing = True
             self._cond.notify_all()

@@ -490,7 +490,9 @@ class OutputDir:
             self.lost += size
 
     def flush(self) -> None:
-        """Nothing to do: the writer thread writes as it gets the bytes."""
+        """What the packet thread asked for so far goes to the writer thread."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def finish(self) -> None:
         """Everything asked for is done (made, written, closed, failures counted)."""

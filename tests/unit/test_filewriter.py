@@ -198,6 +198,7 @@ def test_a_batch_that_raises_fails_its_files_and_the_writer_goes_on(tmp_path, mo
     writer = DirWriter(dfd, counts.failed, counts.skip)
     try:
         first = writer.open("first")
+        writer.flush()                        # the lot so far to the writer
         deadline = time.monotonic() + 10
         while not first.failed:               # the first batch ran (and raised)
             assert time.monotonic() < deadline
@@ -269,3 +270,42 @@ def test_a_live_runs_writer_waits_for_the_start_after_the_capability_drop(tmp_pa
     d2.create("late").write_at(b"x", 0)
     d2.close()
     assert (tmp_path / "out2" / "late").read_bytes() == b"x"
+
+
+def _wait_for(path, data):
+    import time
+    deadline = time.monotonic() + 10
+    while not (path.exists() and path.read_bytes() == data):
+        assert time.monotonic() < deadline, path
+        time.sleep(0.005)
+
+
+def test_the_packet_thread_hands_its_operations_over_in_lots(tmp_path, monkeypatch):
+    """One lock for many operations: they reach the writer LOT_OPS at a time, or at a
+    flush (the engines' tick) or close, in the order asked for."""
+    import time
+    monkeypatch.setattr(filewriter, "LOT_OPS", 4)
+    counts = Counts()
+    dfd = _dir(tmp_path)
+    writer = DirWriter(dfd, counts.failed, counts.skip)
+    try:
+        a = writer.open("a")
+        a.write_at(b"x", 0)
+        time.sleep(0.05)
+        assert not (tmp_path / "a").exists()      # two operations: still the thread's
+        writer.flush()
+        _wait_for(tmp_path / "a", b"x")
+        b = writer.open("b")
+        b.write_at(b"1", 0)
+        b.write_at(b"2", 1)
+        a.write_at(b"y", 1)                        # the fourth: the lot goes
+        _wait_for(tmp_path / "b", b"12")
+        _wait_for(tmp_path / "a", b"xy")
+        b.write_at(b"3", 2)
+        a.close()
+        b.close()
+        writer.close()                             # what is left goes first
+    finally:
+        os.close(dfd)
+    assert counts.failures == [] and counts.skipped == 0
+    assert (tmp_path / "b").read_bytes() == b"123" and len(writer._fds) == 2
