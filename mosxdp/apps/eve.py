@@ -29,6 +29,7 @@ docs/pipeline.md says where these records differ from Suricata's, and why. Writt
 against the public mOS API; through mosx_open_sink, as connlog's lines (a file, a unix
 socket or Redis).
 """
+import functools
 import hashlib
 import json
 import time
@@ -95,7 +96,18 @@ def iso_time(us):
     """Microseconds since the epoch as Suricata writes times: 2026-12-05T01:02:03.123456+0000
     (in UTC)."""
     seconds, micro = divmod(us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}+0000"
+    return _iso_second(seconds) + f".{micro:06d}+0000"
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_second(seconds):
+    # A flow's records fall in a few seconds: each second is formatted once.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+# One encoder for every line (json.dumps makes one per call when given separators); the
+# cycle check is off: a record is a tree.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 def session_state(client, server):
@@ -310,7 +322,7 @@ class Eve:
         if self.pcap is not None:
             record["pcap_cnt"] = mosx_frame_count(mctx)
             record["pcap_filename"] = self.pcap
-        self.output.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.output.write(_ENCODE(record) + "\n")
 
     def close(self):
         self.output.close()
