@@ -15,8 +15,8 @@ from ..sessions.http import HttpTransaction
 from ..sessions.tls import ClientHello, ServerHello, TlsSession
 from ..types import SessionEvent
 from .context import _flow_sock, _stack
-from .records import tcp_flow_uid
 from .events import mtcp_register_callback
+from .records import tcp_flow_uid
 from .sockets import _compile, _peer, mtcp_get_uctx, mtcp_setsockopt, mtcp_socket
 from .streams import PeekOverrunError, _readable, peek_into
 
@@ -59,8 +59,8 @@ class _Flow:
 
 
 def _host(packed):
-    """An address's text as mtcp_getpeername gives it (inet_ntop: a tenth of ipaddress's
-    cost, IPv4 only: it writes IPv6 otherwise in corner cases)."""
+    """An address's text as mtcp_getpeername gives it: IPv4 by inet_ntop (a tenth of
+    ipaddress's cost), IPv6 by ipaddress (glibc writes some IPv6 addresses otherwise)."""
     if len(packed) == 4:
         return socket.inet_ntop(socket.AF_INET, packed)
     return str(ipaddress.ip_address(packed))

@@ -6,10 +6,10 @@ order. Made in the packet thread, a file costs an inode in the directory (tens t
 of µs on ext4, much more on a busy disk) and every write a system call: time the packet
 thread does not spend on packets. Here the packet thread only queues the operation (its
 bytes copied, so a buffer it reuses may change) and goes on, handing its operations over
-in lots (LOT_OPS, or at the engines' tick and at close: one lock for many); one thread per directory
-runs the queue in order, a batch at a time: with the C helper (_batchio.c) a whole batch
-runs with the GIL released once (a thread that takes the GIL back after each system call
-waits up to a switch interval, 5 ms, while the packet thread runs), in Python
+in lots (LOT_OPS, or at the engines' tick and at close: one lock for many); one thread
+per directory runs the queue in order, a batch at a time: with the C helper (_batchio.c)
+a whole batch runs with the GIL released once (a thread that takes the GIL back after each
+system call waits up to a switch interval, 5 ms, while the packet thread runs), in Python
 (``run_batch_python``: no compiled module, or MOSXDP_PURE_PYTHON=1) one call at a time.
 
 What the queue holds is bounded (``MAX_QUEUED_BYTES``): past it the packet thread waits,
