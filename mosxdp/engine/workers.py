@@ -33,7 +33,7 @@ import tempfile
 import time
 
 from ..core.stack import StopMonitor
-from ..io.pcap import PcapReader, PcapWriter
+from ..io.pcap import LINKTYPE_ETHERNET, PcapReader, PcapWriter, linktype_name
 from .forked import ForkedParent, add_dirs, describe_status
 from .offline import WRITE_SNAPLEN, summary_line
 from .result import RunResult
@@ -68,6 +68,10 @@ def check_input(config) -> None:
             raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is {what}; a "
                           "split run maps a classic pcap file (convert it first: editcap -F "
                           "pcap IN OUT, after decompressing)")
+        if reader.linktype != LINKTYPE_ETHERNET:
+            raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is of link type "
+                          f"{reader.linktype} ({linktype_name(reader.linktype)}); a split run "
+                          "maps Ethernet captures: run it on one worker")
 
 
 class SplitRun(ForkedParent):

@@ -6,8 +6,10 @@ Reader
 or nanosecond magic, and the "modified" Kuznetzov variant) or a pcapng file
 (any number of sections of either byte order, any number of interfaces,
 ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and obsolete Packet
-Blocks; every other block type is skipped: io/pcapng.py).  Only Ethernet (link type 1) is
-accepted.  ``path`` ``"-"`` is the standard input; a pipe or FIFO is read as a
+Blocks; every other block type is skipped: io/pcapng.py).  The link layer is Ethernet, or
+one that io/linklayer.py turns into Ethernet in place (Linux cooked SLL and SLL2, raw IP,
+IPv4, IPv6, BSD loopback): the frames are always Ethernet frames, ``linktype`` says what
+the capture holds.  ``path`` ``"-"`` is the standard input; a pipe or FIFO is read as a
 stream like a file, and a capture compressed with gzip, bzip2 or xz (known by
 its magic bytes, whatever its name) is decompressed as it is read.
 
@@ -54,6 +56,7 @@ import struct
 # Python.
 import cython
 
+from .linklayer import LINK_LAYERS
 from .pcapng import MAX_RECORD as _MAX_RECORD, PCAPNG_SHB, PcapngBlocks
 
 if cython.compiled:
@@ -93,6 +96,10 @@ _LINKTYPE_NAMES = {
 
 def linktype_name(linktype: int) -> str:
     return _LINKTYPE_NAMES.get(linktype, "unknown")
+
+
+_LINKTYPES_READ = ("the link types read are Ethernet (1), " + ", ".join(
+    f"{layer.name} ({number})" for number, layer in sorted(LINK_LAYERS.items())))
 
 
 class PcapFormatError(ValueError):
@@ -166,7 +173,7 @@ class _ClosedOnExit:
 
 
 class PcapReader(PcapngBlocks, _ClosedOnExit):
-    """Iterate over the frames of an Ethernet pcap or pcapng capture.
+    """Iterate over the frames of a pcap or pcapng capture, as Ethernet frames.
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
     module docstring for the guarantees on ``frame``.  Attributes: ``path``,
@@ -186,6 +193,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         self.packets = 0
         self.cut_frames = 0
         self.linktype = None
+        self._link = None             # classic pcap: the LinkLayer of a non-Ethernet capture
         self.snaplen = None
         self.nanosecond = False
         self.compression = None
@@ -316,15 +324,16 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
     def _err(self, msg: str) -> PcapFormatError:
         return PcapFormatError(f"{self.name}: {msg}")
 
-    def _check_linktype(self, linktype: int) -> None:
+    def _check_linktype(self, linktype: int):
+        """The ``LinkLayer`` that makes Ethernet frames of the link type's (None for
+        Ethernet); PcapFormatError for a link type not read here."""
         if linktype == LINKTYPE_ETHERNET:
-            return
-        name = linktype_name(linktype)
-        if linktype in (113, 276):
-            hint = "capture with -i IFACE, not -i any"
-        else:
-            hint = "only Ethernet (link type 1) captures are supported"
-        raise self._err(f"link type {linktype} ({name}) is not Ethernet; {hint}")
+            return None
+        link = LINK_LAYERS.get(linktype)
+        if link is None:
+            raise self._err(f"link type {linktype} ({linktype_name(linktype)}) is not read "
+                            f"here: {_LINKTYPES_READ}")
+        return link
 
     def _parse_header(self) -> None:
         view = self._view
@@ -364,7 +373,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         linktype = network & 0xFFFF  # upper bits: FCS length flags
         self.linktype = linktype
         self.snaplen = snaplen
-        self._check_linktype(linktype)
+        self._link = self._check_linktype(linktype)
 
     # -- iteration -----------------------------------------------------------
 
@@ -404,7 +413,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
                    start=cython.Py_ssize_t, end=cython.Py_ssize_t, count=cython.Py_ssize_t,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
                    origlen=cython.Py_ssize_t, ts=cython.longlong, ns=cython.bint,
-                   little=cython.bint)
+                   little=cython.bint, grown=cython.Py_ssize_t)
     def _iter_pcap(self, with_orig: bool):
         view = self._view
         size = len(view)
@@ -412,6 +421,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         little = self._order == "<"
         rec_size = self._rec_size
         ns = self.nanosecond
+        link = self._link
         off = 24 - self._base
         count = 0
         while True:
@@ -445,7 +455,12 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
             ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
             count += 1
             self.packets = count
-            frame = view[start:end]
+            if link is None:
+                frame = view[start:end]
+            else:
+                frame, grown = link.ethernet(view, off, start, end)
+                caplen += grown
+                origlen += grown
             if caplen < origlen:
                 self._cut_frame(count, caplen, origlen)
             yield (ts, frame, origlen) if with_orig else (ts, frame)

@@ -28,12 +28,14 @@ _OPT_HDR = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
 
 
 class _Interface:
-    """One pcapng interface: link type, snap length and timestamp conversion."""
+    """One pcapng interface: link type (and its ``LinkLayer``, None for Ethernet), snap
+    length and timestamp conversion."""
 
-    __slots__ = ("linktype", "snaplen", "mul", "div", "shift", "off_us", "identity")
+    __slots__ = ("linktype", "link", "snaplen", "mul", "div", "shift", "off_us", "identity")
 
-    def __init__(self, linktype, snaplen, mul=1, div=1, shift=0, off_us=0):
+    def __init__(self, linktype, link, snaplen, mul=1, div=1, shift=0, off_us=0):
         self.linktype = linktype
+        self.link = link
         self.snaplen = snaplen
         self.mul = mul
         self.div = div
@@ -100,7 +102,7 @@ class PcapngBlocks:
             raise self._err(f"corrupt pcapng interface block at byte offset {self._base + off} "
                             f"(length {blen})")
         _t, _l, linktype, _res, snaplen = _IDB_HDR[order].unpack_from(buf, off)
-        self._check_linktype(linktype)
+        link = self._check_linktype(linktype)
         mul, div, shift, off_us = 1, 1, 0, 0
         opt = off + 16
         end = off + blen - 4
@@ -125,7 +127,7 @@ class PcapngBlocks:
                 (secs,) = _I64[order].unpack_from(buf, val)
                 off_us = secs * 1_000_000
             opt = val + ((olen + 3) & ~3)
-        return _Interface(linktype, snaplen, mul, div, shift, off_us)
+        return _Interface(linktype, link, snaplen, mul, div, shift, off_us)
 
     def _iter_pcapng(self, with_orig: bool):
         view = self._view
@@ -192,7 +194,12 @@ class PcapngBlocks:
                 last_ts = ts
                 count += 1
                 self.packets = count
-                frame = view[start:end]
+                if iface.link is None:
+                    frame = view[start:end]
+                else:
+                    frame, grown = iface.link.ethernet(view, off, start, end)
+                    caplen += grown
+                    origlen += grown
                 if caplen < origlen:
                     self._cut_frame(count, caplen, origlen)
                 yield (ts, frame, origlen) if with_orig else (ts, frame)
@@ -219,7 +226,12 @@ class PcapngBlocks:
                 count += 1
                 self.packets = count
                 # A simple packet block has no timestamp: reuse the last one.
-                frame = view[start:start + caplen]
+                if ifaces[0].link is None:
+                    frame = view[start:start + caplen]
+                else:
+                    frame, grown = ifaces[0].link.ethernet(view, off, start, start + caplen)
+                    caplen += grown
+                    origlen += grown
                 if caplen < origlen:
                     self._cut_frame(count, caplen, origlen)
                 yield (last_ts, frame, origlen) if with_orig else (last_ts, frame)

@@ -40,21 +40,22 @@ def flowdump_on(path, *extra):
 
 
 # ---------------------------------------------------------------- input files
-def test_non_ethernet_link_type_classic():
+def test_a_link_type_not_read_classic():
     _, records = read_pcap(REUSE)
-    path = tmpdir("sll") / "sll.pcap"
-    write_pcap(path, records, linktype=113)          # LINKTYPE_LINUX_SLL
+    path = tmpdir("wifi") / "wifi.pcap"
+    write_pcap(path, records, linktype=127)          # LINKTYPE_IEEE802_11_RADIOTAP
     proc, outdir = flowdump_on(path)
-    assert_one_line_error(proc, str(path), "113", "not Ethernet")
+    assert_one_line_error(proc, str(path), "link type 127 (IEEE802_11_RADIOTAP) is not read "
+                          "here", "LINUX_SLL2 (276)")
     assert read_streams(outdir) == {}
 
 
-def test_non_ethernet_link_type_pcapng():
-    path = tmpdir("rawip") / "rawip.pcapng"
-    subprocess.run(["editcap", "-F", "pcapng", "-T", "rawip", str(REUSE), str(path)],
+def test_a_link_type_not_read_pcapng():
+    path = tmpdir("wifi") / "wifi.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", "-T", "ieee-802-11", str(REUSE), str(path)],
                    check=True, capture_output=True, timeout=60)
     proc, _ = flowdump_on(path)
-    assert_one_line_error(proc, str(path), "not Ethernet")
+    assert_one_line_error(proc, str(path), "link type 105", "is not read here")
 
 
 def test_truncated_pcap_keeps_complete_packets():
