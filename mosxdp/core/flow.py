@@ -42,7 +42,7 @@ class Side:
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "tcp_flags", "history_bits", "l2_header", "port",
         "bypassed_bytes", "bypassed_pkts", "bypassed_l2_bytes", "carried_end", "beyond_edge",
-        "last_pkt", "skip_to", "mss", "rexmit",
+        "last_pkt", "skip_to", "mss", "rexmit", "flush_mark",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -94,6 +94,9 @@ class Side:
         self.last_pkt = None
         self.mss = None            # the MSS option of our SYN
         self.rexmit = None         # (seq, payload length) of our last retransmission
+        # rcv_nxt when CONN_NEW_DATA was last raised for this side (streams.py
+        # _flush_before_overrun).
+        self.flush_mark = 0
 
 
 class Flow:

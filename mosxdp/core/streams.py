@@ -119,6 +119,9 @@ class StreamDelivery:
             head_before = buf.head
             if offset > buf.next_offset and end - buf._capacity > buf.next_offset:
                 self._grow(flow, buf, end)
+            if end - buf._capacity > buf.head and flow.pending_data >> receiver & 1 \
+                    and rcv.rcv_nxt - rcv.flush_mark >= buf._capacity >> 1:
+                self._flush_before_overrun(flow, receiver, end - buf._capacity)
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
                 self._counters["refused_fragments"] += 1
@@ -434,6 +437,25 @@ class StreamDelivery:
             end = rcv.peer_fin_off
         return end if end > extent else extent
 
+    def _flush_before_overrun(self, flow, receiver, head):
+        """CONN_NEW_DATA is raised once a batch, at its end; a batch of large segments (a
+        capture of GRO or TSO frames, a loopback's 64 KiB ones) can bring more than the
+        receiver's buffer holds before then. When moving the buffer's head to ``head`` would
+        push out bytes a monitoring socket has not read, the flow's CONN_NEW_DATA is raised
+        now, before the segment goes in, so that an app that reads its streams at each
+        CONN_NEW_DATA loses nothing. At most once per half a buffer of a side's stream (a
+        socket that does not read is not called at every segment); the flow's place in the
+        batch's order is taken again by the bytes that follow."""
+        for sock in flow.socks:
+            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+                break
+        else:
+            return
+        if flow.fast_forward:
+            self.ff_catch_up(flow)   # its counts, before its callbacks read them
+        self.new_data_flows.remove(flow)
+        self._flush_new_data(flow)
+
     def _flush_new_data(self, flow):
         pending = flow.pending_data
         if not pending:
@@ -446,6 +468,10 @@ class StreamDelivery:
             self._skip_lost(flow, MOS_SIDE_SVR, svr, svr.skip_to)
         pending = flow.pending_data
         flow.pending_data = 0
+        if pending & 1:
+            cli.flush_mark = cli.rcv_nxt
+        if pending & 2:
+            svr.flush_mark = svr.rcv_nxt
         saved_pkt = self.cur_pkt
         self.cur_pkt = None
         try:

@@ -489,6 +489,44 @@ def test_no_error_when_the_socket_peeks_in_time(api):
     assert b"".join(got) == b"a" * 10 + b"b" * 10 + b"c" * 10
 
 
+def test_a_batch_bigger_than_the_buffer_raises_new_data_before_it_would_overrun(api):
+    """CONN_NEW_DATA is raised once a batch, at its end, unless the batch brings more than
+    the buffer holds: then before the segment that would push out unread bytes, so that a
+    socket that reads at each CONN_NEW_DATA loses nothing (large GRO/TSO segments)."""
+    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
+    mon.setsockopt(MOS_SVRBUF, 16)
+    got = []
+
+    def drain(mctx, sock, side, ev, arg):
+        buf = bytearray(64)
+        got.append(bytes(buf[:mtcp_peek(mctx, sock, side, buf)]))
+    on(mon, MOS_ON_CONN_NEW_DATA, MOS_NULL, drain)
+    conv = Conv()
+    conv.handshake()
+    for chunk in (b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 4):
+        conv.data("c", chunk)
+    mon.run(conv, batch_size=64)
+    assert mon.events("ERROR") == []
+    # Before b (a would be pushed out), before c, then at the end of the batch (c, d).
+    assert got == [b"a" * 10, b"b" * 10, b"c" * 10 + b"d" * 4]
+
+
+def test_a_socket_that_does_not_read_gets_new_data_once_per_half_buffer(api):
+    """A full buffer whose socket does not read: the early CONN_NEW_DATA comes at most once
+    per half a buffer of the stream, not at every segment."""
+    mon = Monitor()
+    mon.setsockopt(MOS_SVRBUF, 16)
+    calls = []
+    on(mon, MOS_ON_CONN_NEW_DATA, MOS_NULL, lambda *args: calls.append(args[2]))
+    conv = Conv()
+    conv.handshake()
+    for i in range(40):
+        conv.data("c", bytes([65 + i % 26]) * 2)
+    mon.run(conv, batch_size=64)
+    # 80 bytes: early at bytes 16, 24, ..., 72 (every 8), and at the end of the batch.
+    assert calls == [MOS_SIDE_SVR] * 9
+
+
 def test_peek_after_overrun_raises_enodata_with_count_then_continues(api):
     mon = Monitor()
     mon.setsockopt(MOS_SVRBUF, 16)
