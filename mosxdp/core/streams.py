@@ -119,9 +119,8 @@ class StreamDelivery:
             head_before = buf.head
             if offset > buf.next_offset and end - buf._capacity > buf.next_offset:
                 self._grow(flow, buf, end)
-            if end - buf._capacity > buf.head and flow.pending_data >> receiver & 1 \
-                    and rcv.rcv_nxt - rcv.flush_mark >= buf._capacity >> 1:
-                self._flush_before_overrun(flow, receiver, end - buf._capacity)
+            if end - buf._capacity > rcv.flush_mark and flow.pending_data >> receiver & 1:
+                self._flush_before_overrun(flow, receiver, rcv, end - buf._capacity)
             overlapped = buf.insert(offset, pkt.buf[start:start + (end - offset)])
             if buf.last_insert_refused:
                 self._counters["refused_fragments"] += 1
@@ -437,17 +436,19 @@ class StreamDelivery:
             end = rcv.peer_fin_off
         return end if end > extent else extent
 
-    def _flush_before_overrun(self, flow, receiver, head):
+    def _flush_before_overrun(self, flow, receiver, rcv, head):
         """CONN_NEW_DATA is raised once a batch, at its end; a batch of large segments (a
-        capture of GRO or TSO frames, a loopback's 64 KiB ones) can bring more than the
-        receiver's buffer holds before then. When moving the buffer's head to ``head`` would
-        push out bytes a monitoring socket has not read, the flow's CONN_NEW_DATA is raised
-        now, before the segment goes in, so that an app that reads its streams at each
-        CONN_NEW_DATA loses nothing. At most once per half a buffer of a side's stream (a
-        socket that does not read is not called at every segment); the flow's place in the
-        batch's order is taken again by the bytes that follow."""
+        capture of GRO or TSO frames, a loopback's 64 KiB ones), or of the bytes after a
+        hole, can bring more than the receiver's buffer holds before then. When moving the
+        buffer's head to ``head`` would push out bytes that a socket which read its stream
+        at the last CONN_NEW_DATA has not read, the flow's CONN_NEW_DATA is raised now,
+        before the segment goes in, so that an app that reads at each CONN_NEW_DATA loses
+        nothing. A socket that did not read then is not called again for it; the flow's
+        place in the batch's order is taken again by the bytes that follow."""
+        mark = rcv.flush_mark
         for sock in flow.socks:
-            if sock.peek_off[receiver] < head and sock.monitoring[receiver]:
+            read = sock.peek_off[receiver]
+            if mark <= read < head and sock.monitoring[receiver]:
                 break
         else:
             return

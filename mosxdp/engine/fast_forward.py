@@ -73,9 +73,8 @@ def deliver(stack, flow, frame) -> None:
     before = rcv.rcv_nxt
     buf = rcv.buf
     if buf is not None:
-        if before + n - buf._capacity > buf.head and flow.pending_data >> receiver & 1 \
-                and before - rcv.flush_mark >= buf._capacity >> 1:
-            stack._flush_before_overrun(flow, receiver, before + n - buf._capacity)
+        if before + n - buf._capacity > rcv.flush_mark and flow.pending_data >> receiver & 1:
+            stack._flush_before_overrun(flow, receiver, rcv, before + n - buf._capacity)
         head = buf.head
         buf.insert(before, frame[off:off + n])
         rcv_nxt = rcv.rcv_nxt = buf.next_offset

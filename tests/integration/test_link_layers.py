@@ -78,17 +78,19 @@ def test_a_split_run_refuses_another_link_layer():
         "worker") in proc.stderr, proc.stderr
 
 
-def large_segments(path, sizes):
+def large_segments(path, sizes, lost=()):
     """A conversation whose data segments are ``sizes`` bytes each (up to 64 KiB, as GRO and
     TSO give them to a capture on a host), one way then the other, the receiver
-    acknowledging every second one (window scale 7 both ways); returns what each side sent."""
+    acknowledging every second one (window scale 7 both ways); the segments whose index is
+    in ``lost`` are left out of the capture (their bytes zeros in what is returned), as a
+    capture that drops frames has them; returns what each side sent."""
     cli, srv = ("10.9.0.1", 40001), ("10.9.0.2", 8080)
     macs = {"c": bytes.fromhex("02000000aa02"), "s": SENDER}
     records, sent = [], {"c": b"", "s": b""}
     seq = {"c": 1000, "s": 5000}
     clock = [1_700_000_000_000_000]
 
-    def segment(who, flags, payload=b""):
+    def segment(who, flags, payload=b"", captured=True):
         src, dst = (cli, srv) if who == "c" else (srv, cli)
         other = "s" if who == "c" else "c"
         options = b"\x01\x03\x03\x07" if flags & 0x02 else b""    # NOP, window scale 7
@@ -98,17 +100,19 @@ def large_segments(path, sizes):
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
                          bytes(map(int, src[0].split("."))), bytes(map(int, dst[0].split("."))))
         clock[0] += 10
-        records.append((clock[0] // 1_000_000, clock[0] % 1_000_000,
-                        macs[other] + macs[who] + b"\x08\x00" + ip + tcp))
+        if captured:
+            records.append((clock[0] // 1_000_000, clock[0] % 1_000_000,
+                            macs[other] + macs[who] + b"\x08\x00" + ip + tcp))
         seq[who] += len(payload) + (1 if flags & 0x03 else 0)
-        sent[who] += payload
+        sent[who] += payload if captured else bytes(len(payload))
 
     segment("c", 0x02)
     segment("s", 0x12)
     segment("c", 0x10)
     for who, peer in (("c", "s"), ("s", "c")):
         for i, size in enumerate(sizes):
-            segment(who, 0x18, bytes((i * 7 + j) & 0xFF for j in range(size)))
+            segment(who, 0x18, bytes((i * 7 + j) & 0xFF for j in range(size)),
+                    captured=i not in lost)
             if i % 2:
                 segment(peer, 0x10)
         segment(peer, 0x10)
@@ -132,3 +136,14 @@ def test_segments_larger_than_a_batch_fits_lose_nothing():
     (record,) = connlog(path).result()
     assert (record["orig_bytes"], record["resp_bytes"], record.get("missed_bytes", 0)) == (
         len(sent["c"]), len(sent["s"]), 0)
+
+
+def test_the_bytes_before_a_hole_survive_the_window_behind_it():
+    """A capture that dropped a segment: the receiver acknowledges the hole with the
+    window behind it (more than a stream buffer) in one batch. The bytes before the hole
+    are written, the hole is zeros, as tcpflow writes them."""
+    path = tmpdir("lossy") / "lossy.pcap"
+    sent = large_segments(path, [20_000] * 4 + [60_000] * 10, lost={4})
+    streams = flowdump(path).result()
+    assert sorted(streams.values()) == sorted(sent.values())
+    assert streams == tcpflow(path).result()
