@@ -6,7 +6,7 @@ cdef class Side:
     cdef public object peer_fin_off, fin_received, unique_bytes, max_end, first_payload_seen
     cdef public object pkts, ip_bytes, l2_bytes, tcp_flags, history_bits, l2_header, port
     cdef public object bypassed_bytes, bypassed_pkts, bypassed_l2_bytes, beyond_edge, last_pkt
-    cdef public object skip_to, mss, rexmit, carried_end, flush_mark
+    cdef public object skip_to, skip_due, mss, rexmit, carried_end, flush_mark
 
 cdef class Flow:
     cdef public object keys, ip_version, vlan_ids, addrs, ports_tcp, sides, socks

@@ -42,7 +42,7 @@ class Side:
         "peer_fin_off", "fin_received", "unique_bytes", "max_end", "first_payload_seen",
         "pkts", "ip_bytes", "l2_bytes", "tcp_flags", "history_bits", "l2_header", "port",
         "bypassed_bytes", "bypassed_pkts", "bypassed_l2_bytes", "carried_end", "beyond_edge",
-        "last_pkt", "skip_to", "mss", "rexmit", "flush_mark",
+        "last_pkt", "skip_to", "skip_due", "mss", "rexmit", "flush_mark",
     )
 
     def __init__(self, state, bufsize, policy):
@@ -56,8 +56,11 @@ class Side:
         self.peer_base = None      # peer's sequence number of stream offset 0 (peer ISN + 1)
         self.rcv_nxt = 0           # offset of the first byte not yet received in order
         # The furthest offset an ACK of ours passed beyond rcv_nxt: what is missing below it
-        # at the end of the batch is lost (streams.py _flush_new_data); 0 when none.
+        # at the end of the next batch is lost (streams.py _flush_new_data); 0 when none.
         self.skip_to = 0
+        # skip_to as it was at the end of the last batch: what is still missing below it at
+        # the end of this one is lost (a copy captured just after the ACK still fills it).
+        self.skip_due = 0
         self.buf = None
         self.bufsize = bufsize
         self.policy = policy

@@ -554,6 +554,8 @@ class Stack(EventDispatch, SocketTable, FlowTable, TcpEmulation, StreamDelivery,
         """End of an RX batch: CONN_NEW_DATA, then timers and timeouts."""
         self.cut_pkt = None   # nor its frame's buffer kept for it
         self._keep_last_packets()
+        if self.holes_due:
+            self.holes_due_now()
         flows = self.new_data_flows
         if flows:
             self.new_data_flows = []

@@ -45,6 +45,7 @@ class StreamDelivery:
 
     def _init_streams(self):
         self.new_data_flows = []             # flows with new in-order data this batch
+        self.holes_due = {}                  # flows with acknowledged holes (holes_due_now)
         self.buffer_mem = {}                 # flow -> bytes of stream buffers charged
         self.reassembly_mem = 0              # sum of buffer_mem (reassembly_memcap)
         self.reassembly_mem_peak = 0
@@ -295,8 +296,9 @@ class StreamDelivery:
         """The receiver acknowledged up to ack_off, beyond the monitor's in-order stream:
         bytes held beyond the window edge below it join the stream, the stream extends at
         least to it, and the bytes below it the monitor has not seen by the end of the
-        batch are lost there (_flush_new_data: a hole in the capture, the stream goes on
-        after it; a copy later in the same batch still fills it)."""
+        next batch are lost there (_flush_new_data: a hole in the capture, the stream goes
+        on after it; a copy captured after the ACK, as a capture on a host reorders them,
+        still fills it)."""
         if rcv.beyond_edge is not None:
             self._accept_acked(flow, receiver, rcv, ack_off)
         fin_off = rcv.peer_fin_off
@@ -307,10 +309,7 @@ class StreamDelivery:
         # In a bypassed flow such bytes went through the kernel: _catch_up counts them.
         if ack_off > rcv.rcv_nxt and ack_off > rcv.skip_to and not flow.bypass:
             rcv.skip_to = ack_off
-            if not flow.pending_data:
-                self.new_data_flows.append(flow)
-                flow.data_no = self.frame_no
-            flow.pending_data |= 1 << receiver
+            self.holes_due[flow] = None
 
     def _skip_lost(self, flow, receiver, rcv, to):
         """The receiver has every byte below `to`: those the monitor has not seen are lost
@@ -457,17 +456,29 @@ class StreamDelivery:
         self.new_data_flows.remove(flow)
         self._flush_new_data(flow)
 
+    def holes_due_now(self):
+        """At the end of a batch, before its CONN_NEW_DATA: the bytes a receiver acknowledged
+        by the end of the last batch (skip_due) and no copy filled are lost now, and the
+        stream goes on after them; those acknowledged since (skip_to) get one batch more,
+        for a copy that a capture on a host put after the ACK."""
+        due = self.holes_due
+        self.holes_due = {}
+        for flow in due:
+            if flow.destroyed:
+                continue
+            for receiver in (MOS_SIDE_CLI, MOS_SIDE_SVR):
+                rcv = flow.sides[receiver]
+                if rcv.skip_due > rcv.rcv_nxt:
+                    self._skip_lost(flow, receiver, rcv, rcv.skip_due)
+                if rcv.skip_to > rcv.rcv_nxt:
+                    rcv.skip_due = rcv.skip_to
+                    self.holes_due[flow] = None
+
     def _flush_new_data(self, flow):
         pending = flow.pending_data
         if not pending:
             return
-        # Holes the receiver acknowledged this batch and no copy filled: lost.
         cli, svr = flow.sides
-        if pending & 1 and cli.skip_to > cli.rcv_nxt:
-            self._skip_lost(flow, MOS_SIDE_CLI, cli, cli.skip_to)
-        if pending & 2 and svr.skip_to > svr.rcv_nxt:
-            self._skip_lost(flow, MOS_SIDE_SVR, svr, svr.skip_to)
-        pending = flow.pending_data
         flow.pending_data = 0
         if pending & 1:
             cli.flush_mark = cli.rcv_nxt

@@ -313,7 +313,7 @@ class TcpEmulation:
 
     def _restart_side(self, flow, snd, rcv):
         """A new SYN with another ISN: the stream starts over."""
-        rcv.rcv_nxt = rcv.skip_to = 0
+        rcv.rcv_nxt = rcv.skip_to = rcv.skip_due = 0
         rcv.buf = rcv.peer_fin_off = rcv.right_edge = rcv.beyond_edge = None
         rcv.first_payload_seen = rcv.fin_received = False
         snd.fin_seq = None
