@@ -40,19 +40,31 @@ class Conversation:
 
     def send(self, who, size):
         """``size`` bytes from ``who`` in segments of random sizes, the peer acknowledging
-        every one to four of them."""
+        every one to four of them; now and then the sender sends again a segment, or a range
+        of the bytes not acknowledged yet cut otherwise (repacketized)."""
         peer = "s" if who == "c" else "c"
         rng, left, since_ack = self.rng, size, 0
+        stream, acked, base = b"", 0, self.seq[who]
         while left:
             # At most 65481 bytes: a frame of 65535, the most tcpflow reads whole.
             n = min(left, rng.choice((1, rng.randrange(1, 1460), 1448, rng.randrange(1, 65482))))
-            frame = self.segment(who, 0x18, rng.randbytes(n))
+            payload = rng.randbytes(n)
+            frame = self.segment(who, 0x18, payload)
+            stream += payload
             if rng.random() < 0.05:        # a retransmission the sender made: same bytes
                 self.frames.append((frame, True))
+            if rng.random() < 0.05 and len(stream) - acked > 1:
+                start = rng.randrange(acked, len(stream) - 1)
+                end = rng.randrange(start + 1, min(len(stream), start + 65481) + 1)
+                nxt = self.seq[who]
+                self.seq[who] = base + start
+                self.segment(who, 0x18, stream[start:end])
+                self.seq[who] = nxt
             left -= n
             since_ack += 1
             if since_ack >= rng.randrange(1, 5):
                 self.segment(peer, 0x10)
+                acked = len(stream)
                 since_ack = 0
         self.segment(peer, 0x10)
 
