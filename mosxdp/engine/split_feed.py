@@ -18,6 +18,7 @@ from array import array
 
 from ..core.compiled import PURE_PYTHON
 from ..core.split import BUCKET_BITS, BUCKET_SHIFT, MULTIPLIER, balance, frame_hash
+from ..io.linklayer import LINK_LAYERS
 from ..io.pcap import _MAX_RECORD, PcapFormatError, PcapReader
 
 # Frames per message to the workers (rounded up to whole batches); a pipe holds a few.
@@ -43,6 +44,26 @@ class Scan:
         self.order, self.nanosecond = PCAP_MAGIC[bytes(self.map[:4])]
         self.record = struct.Struct(self.order + "IIII")
         self.size = size
+        self.link = self.link_of(self.map, self.order)
+
+    @staticmethod
+    def link_of(mm, order):
+        """The LinkLayer (io/linklayer.py) that makes Ethernet frames of the capture's, None
+        for an Ethernet capture (the reader refused the link types not read)."""
+        (network,) = struct.unpack_from(order + "I", mm, 20)
+        return LINK_LAYERS.get(network & 0xFFFF)
+
+    def ethernet(self, start, caplen, origlen=None):
+        """The record's frame at ``start`` as the core gets it: as it is in an Ethernet
+        capture, else an Ethernet copy (the map is read-only). With ``origlen``: (the frame,
+        its length on the wire when the capture cut it, else 0)."""
+        frame = memoryview(self.map)[start:start + caplen]
+        grown = 0
+        if self.link is not None:
+            frame, grown = self.link.ethernet(memoryview(bytearray(frame)), 0, 0, caplen)
+        if origlen is None:
+            return frame
+        return frame, origlen + grown if caplen < origlen else 0
 
     def close(self):
         if isinstance(self.map, mmap.mmap):
@@ -73,12 +94,13 @@ def bucket_counts(scan):
     mm = scan.map
     off = 24
     while True:
-        off = _count_buckets(mm, off, scan.order == "<", counts)
+        if scan.link is None:     # the C loop reads Ethernet frames only
+            off = _count_buckets(mm, off, scan.order == "<", counts)
         record = _record_at(scan, off)
         if record is None:
             return counts
         start, caplen = record
-        value = frame_hash(memoryview(mm)[start:start + caplen])
+        value = frame_hash(scan.ethernet(start, caplen))
         counts[0 if value is None else value >> BUCKET_SHIFT] += 1   # worker 0: any bucket
         off = start + caplen
 
@@ -105,17 +127,18 @@ def split_records(scan, workers, batch_size, send):
         ends = array("q", bytes(8 * (chunk // batch_size)))
         n_ends = 0
         while index < limit:
-            index, off, last, n_ends = _assign(mm, off, last, little, ns, index, limit,
-                                               batch_size, table, numbers, offsets, owned,
-                                               ends, n_ends)
-            if index == limit:
-                break
+            if scan.link is None:     # the C loop reads Ethernet frames only
+                index, off, last, n_ends = _assign(mm, off, last, little, ns, index, limit,
+                                                   batch_size, table, numbers, offsets, owned,
+                                                   ends, n_ends)
+                if index == limit:
+                    break
             record = _record_at(scan, off)
             if record is None:
                 break
             # A frame off the fast path: its hash by the core's parser.
             start, caplen = record
-            value = frame_hash(memoryview(mm)[start:start + caplen])
+            value = frame_hash(scan.ethernet(start, caplen))
             worker = 0 if value is None else table[value >> BUCKET_SHIFT]
             n_ends = _give(mm, little, ns, batch_size, worker, index, off, numbers, offsets,
                            owned, ends, n_ends)

@@ -69,7 +69,9 @@ def merge_write(writer, scan, frames, paths):
     mm = scan.map
     rec = scan.record.unpack_from
     ns = scan.nanosecond
-    verbatim = scan.order == "<" and not ns
+    # Records PcapWriter writes as they are: little-endian microseconds of Ethernet frames.
+    verbatim = scan.order == "<" and not ns and scan.link is None
+    ethernet = scan.ethernet
     out = writer._f
     view = memoryview(mm)
 
@@ -94,7 +96,8 @@ def merge_write(writer, scan, frames, paths):
                 continue
             if run_start < off:
                 copy(run_start, off)
-            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
+            frame, wire = ethernet(start, caplen, origlen)
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), frame, wire)
             written += 1
             off = run_start = end
             continue
@@ -102,16 +105,20 @@ def merge_write(writer, scan, frames, paths):
             copy(run_start, off)
         own = True
         # Sent by its callbacks (before it), then its own verdict; then the batch's end.
+        frame, wire = ethernet(start, caplen, origlen)
         while pending is not None and pending[0][0] == number and pending[0][1] == FRAME_KEY:
             _, kind, rts, data = pending
-            for frame in data:
-                write(rts, frame)
+            for out_frame in data:
+                # The input's frame changed in place keeps its length on the wire (as
+                # engine/offline.py's _sink_cut writes it).
+                write(rts, out_frame, wire if kind == VERDICT and len(out_frame) == len(frame)
+                      else 0)
                 written += 1
             if kind == VERDICT:
                 own = False
             pending = next(records, None)
         if own:
-            write(sec * 1_000_000 + (frac // 1000 if ns else frac), mm[start:end])
+            write(sec * 1_000_000 + (frac // 1000 if ns else frac), frame, wire)
             written += 1
         while pending is not None and pending[0][0] == number:
             for frame in pending[3]:

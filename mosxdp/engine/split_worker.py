@@ -19,7 +19,7 @@ from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
 from .forked import exception_line, pin, worker_exit
 from .fast_forward import deliver
 from .kernel_twin import FF_STREAM, TwinProcessor, claim
-from .split_feed import MSG, PCAP_MAGIC
+from .split_feed import MSG, PCAP_MAGIC, Scan
 
 if cython.compiled:
     from cython.cimports.cpython.memoryview import PyMemoryView_GET_BUFFER
@@ -123,6 +123,7 @@ class _Worker:
         self.write = write
         self.spooldir = spooldir
         self.frames_in = 0
+        self.cut_length = 0           # the longest captured length of a cut frame
         self.verdicts = None
         self.spools = []
 
@@ -160,6 +161,7 @@ class _Worker:
         view = memoryview(mm)
         with open(self.path, "rb") as probe:
             order, ns = PCAP_MAGIC[probe.read(4)]
+        link = Scan.link_of(mm, order)
         rec = struct.Struct(order + "IIII").unpack_from
         little = order == "<"
         batch_size = self.mctx.config.batch_size
@@ -172,6 +174,10 @@ class _Worker:
         frames_in = 0
         last_ts = 0
         stop = total = None
+        # The current frame's length on the wire when its capture cut it, else 0: the core
+        # parses such a frame from its headers (Stack.wire_len), as a one-worker run does.
+        cut = [0]
+        stack.wire_len = lambda: cut[0]
         try:
             while True:
                 head = rd.read(MSG.size)
@@ -204,7 +210,18 @@ class _Worker:
                         else:
                             sec, frac, caplen, wire = rec(mm, off)
                         ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
-                        frame = view[off + 16:off + 16 + caplen]
+                        if link is None:
+                            frame = view[off + 16:off + 16 + caplen]
+                        else:
+                            frame, grown = link.ethernet(view, off, off + 16, off + 16 + caplen)
+                            caplen += grown
+                            wire += grown
+                        if caplen < wire:
+                            cut[0] = wire
+                            if caplen > self.cut_length:
+                                self.cut_length = caplen
+                        elif cut[0]:
+                            cut[0] = 0
                         stack.frame_no = number
                         frames_in += 1
                         if table and caplen == wire and not stack.raw_sockets:
@@ -295,6 +312,7 @@ class _Worker:
             "counters": dict(stack.counters), "malformed": dict(stack.malformed),
             "callback_errors": dict(stack.callback_errors),
             "reassembly_mem_peak": stack.reassembly_mem_peak, "frames_in": self.frames_in,
+            "cut_length": self.cut_length,
             "spools": [(number, spool.path) for number, spool in self.spools],
             "write": write_path, "dirs": dirs, "stop": stop, "error": error,
             "seconds": seconds, "pid": os.getpid(),

@@ -33,9 +33,9 @@ import tempfile
 import time
 
 from ..core.stack import StopMonitor
-from ..io.pcap import LINKTYPE_ETHERNET, PcapReader, PcapWriter, linktype_name
+from ..io.pcap import PcapReader, PcapWriter
 from .forked import ForkedParent, add_dirs, describe_status
-from .offline import WRITE_SNAPLEN, summary_line
+from .offline import WRITE_SNAPLEN, cut_line, summary_line
 from .result import RunResult
 from .split_feed import MSG, Scan, split_records
 from .split_merge import merge_output, merge_write
@@ -68,10 +68,6 @@ def check_input(config) -> None:
             raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is {what}; a "
                           "split run maps a classic pcap file (convert it first: editcap -F "
                           "pcap IN OUT, after decompressing)")
-        if reader.linktype != LINKTYPE_ETHERNET:
-            raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is of link type "
-                          f"{reader.linktype} ({linktype_name(reader.linktype)}); a split run "
-                          "maps Ethernet captures: run it on one worker")
 
 
 class SplitRun(ForkedParent):
@@ -141,6 +137,11 @@ class SplitRun(ForkedParent):
         if self.print_stats:
             print(summary_line(mctx.stack, frames, frames_out, seconds)
                   + f", workers {workers}", file=sys.stderr)
+        snap = max(r.get("cut_length", 0) for r in results)
+        line = cut_line(mctx.stack.counters, "the capture's snap length"
+                        + (f" ({snap} bytes)" if snap else ""))
+        if line:
+            print(line, file=sys.stderr)
         if error is not None:
             raise error
         if stops:

@@ -70,12 +70,22 @@ def test_flowdump_and_connlog_read_other_link_layers_as_ethernet(name, linktype)
     assert connlog(path).result() == connlog(original).result()
 
 
-def test_a_split_run_refuses_another_link_layer():
-    path = relinked("concurrent", 113)
-    proc = run_mosxdp("run", "connlog", "--pcap", path, "--workers", 2)
-    assert proc.returncode == 2 and (
-        "is of link type 113 (LINUX_SLL); a split run maps Ethernet captures: run it on one "
-        "worker") in proc.stderr, proc.stderr
+@pytest.mark.parametrize("linktype", [276, 101])
+def test_a_split_run_of_another_link_layer_writes_what_one_worker_writes(linktype):
+    path = relinked("concurrent", linktype)
+    outputs = {}
+    for workers in (1, 2):
+        out = tmpdir(f"split{workers}")
+        proc = run_mosxdp("run", "flowdump", "--pcap", path, "--outdir", out / "flows",
+                          "--write", out / "out.pcap", "--workers", workers)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        proc = run_mosxdp("run", "connlog", "--pcap", path, "--output", out / "conn.log",
+                          "--workers", workers)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        outputs[workers] = {p.relative_to(out): p.read_bytes()
+                            for p in out.rglob("*") if p.is_file()}
+    assert outputs[1] == outputs[2]
+    assert len(outputs[1]) > 3
 
 
 def large_segments(path, sizes, lost=()):

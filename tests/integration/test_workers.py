@@ -114,6 +114,22 @@ def test_many_flows_identical_with_workers():
     assert proc.returncode == 0 and proc.stderr.rstrip().endswith("workers 3"), proc.stderr
 
 
+def test_a_capture_cut_by_a_snap_length_identical_with_workers():
+    """Frames cut by a snap length are parsed from their headers in every worker, and
+    --write keeps their length on the wire, changed in place (scrub) or not."""
+    pcap = tmpdir("cut") / "cut.pcap"
+    subprocess.run(["editcap", "-F", "pcap", "-s", "80", many_flows(), pcap], check=True)
+    lines, _ = check_identical(pcap)
+    assert any(json.loads(line)["missed_bytes"] for line in lines)
+    said = {n: run_mosxdp("run", "connlog", "--pcap", pcap, "--output", tmpdir("c") / "c.log",
+                          "--workers", n).stderr for n in (1, 2)}
+    assert said[1] == said[2] and "were cut by the capture's snap length (80 bytes)" in said[1]
+    out = _identical_runs(["scrub", "--pattern", "HTTP", "--side", "both", "--log",
+                           "{out}/hits.log", "--write", "{out}/out.pcap"],
+                          ["hits.log", "out.pcap"], pcap)
+    assert (out / "hits.log").read_text()
+
+
 def _identical_runs(app_argv, files, pcap):
     """app_argv (with {out}) run with 1, 2, 3 workers: every named output file identical."""
     outs = {}
