@@ -471,15 +471,22 @@ def test_error_on_buffer_overrun_of_unpeeked_bytes(api):
     assert recorded_errors(conv, svrbuf=16) == [("ERROR", "NULL", MOS_SIDE_SVR)]
 
 
-def test_no_error_when_the_socket_peeks_in_time(api):
+def draining_monitor(svrbuf):
+    """(a Monitor recording ERROR whose server buffer holds ``svrbuf`` bytes, the list of
+    what its CONN_NEW_DATA callback reads at each call)."""
     mon = Monitor().record_null(events=(MOS_ON_ERROR,))
-    mon.setsockopt(MOS_SVRBUF, 16)
+    mon.setsockopt(MOS_SVRBUF, svrbuf)
     got = []
 
     def drain(mctx, sock, side, ev, arg):
         buf = bytearray(64)
         got.append(bytes(buf[:mtcp_peek(mctx, sock, side, buf)]))
     on(mon, MOS_ON_CONN_NEW_DATA, MOS_NULL, drain)
+    return mon, got
+
+
+def test_no_error_when_the_socket_peeks_in_time(api):
+    mon, got = draining_monitor(16)
     conv = Conv()
     conv.handshake()
     for chunk in (b"a" * 10, b"b" * 10, b"c" * 10):
@@ -493,14 +500,7 @@ def test_a_batch_bigger_than_the_buffer_raises_new_data_before_it_would_overrun(
     """CONN_NEW_DATA is raised once a batch, at its end, unless the batch brings more than
     the buffer holds: then before the segment that would push out unread bytes, so that a
     socket that reads at each CONN_NEW_DATA loses nothing (large GRO/TSO segments)."""
-    mon = Monitor().record_null(events=(MOS_ON_ERROR,))
-    mon.setsockopt(MOS_SVRBUF, 16)
-    got = []
-
-    def drain(mctx, sock, side, ev, arg):
-        buf = bytearray(64)
-        got.append(bytes(buf[:mtcp_peek(mctx, sock, side, buf)]))
-    on(mon, MOS_ON_CONN_NEW_DATA, MOS_NULL, drain)
+    mon, got = draining_monitor(16)
     conv = Conv()
     conv.handshake()
     for chunk in (b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 4):
