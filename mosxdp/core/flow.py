@@ -56,7 +56,7 @@ class Side:
         self.peer_base = None      # peer's sequence number of stream offset 0 (peer ISN + 1)
         self.rcv_nxt = 0           # offset of the first byte not yet received in order
         # The furthest offset an ACK of ours passed beyond rcv_nxt: what is missing below it
-        # at the end of the next batch is lost (streams.py _flush_new_data); 0 when none.
+        # at the end of the next batch is lost (streams.py holes_due_now); 0 when none.
         self.skip_to = 0
         # skip_to as it was at the end of the last batch: what is still missing below it at
         # the end of this one is lost (a copy captured just after the ACK still fills it).

@@ -296,9 +296,9 @@ class StreamDelivery:
         """The receiver acknowledged up to ack_off, beyond the monitor's in-order stream:
         bytes held beyond the window edge below it join the stream, the stream extends at
         least to it, and the bytes below it the monitor has not seen by the end of the
-        next batch are lost there (_flush_new_data: a hole in the capture, the stream goes
-        on after it; a copy captured after the ACK, as a capture on a host reorders them,
-        still fills it)."""
+        next batch are lost there (holes_due_now: a hole in the capture, the stream goes on
+        after it; a copy captured after the ACK, as a capture on a host reorders them, still
+        fills it)."""
         if rcv.beyond_edge is not None:
             self._accept_acked(flow, receiver, rcv, ack_off)
         fin_off = rcv.peer_fin_off
