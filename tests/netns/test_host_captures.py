@@ -34,7 +34,7 @@ def captures(tmp_path_factory):
     served.write_bytes(os.urandom(SIZE))
     ns = f"mxhost{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    procs, dumps = [], {}
+    procs = []
 
     def inside(argv):
         return ["ip", "netns", "exec", ns, *map(str, argv)]
@@ -44,6 +44,7 @@ def captures(tmp_path_factory):
                                           "--directory", served.parent]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(server)
+
         def listening():
             probe = subprocess.run(inside(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                            "http://127.0.0.1:8080/"]), capture_output=True,
@@ -55,11 +56,10 @@ def captures(tmp_path_factory):
             err = path.with_suffix(".err")
             extra = ["-y", "LINUX_SLL"] if kind == "sll" else []
             with open(err, "w") as err_file:
-                dumps[kind] = subprocess.Popen(
+                procs.append(subprocess.Popen(
                     inside(["tcpdump", "-i", "any", "-s", "0", "-B", "65536", "-U",
                             "--immediate-mode", *extra, "-w", path, "tcp port 8080"]),
-                    stdout=subprocess.DEVNULL, stderr=err_file)
-            procs.append(dumps[kind])
+                    stdout=subprocess.DEVNULL, stderr=err_file))
             wait_until(f"tcpdump ({kind})", lambda: "listening on" in err.read_text(), 10)
 
         for url in ("http://127.0.0.1:8080/big.bin", "http://[::1]:8080/big.bin",
