@@ -175,8 +175,9 @@ class SessionRuntime:
         try:
             data = self._read(sock, side)
         except PeekOverrunError as exc:
-            self._weird(flow, Weird("content_gap", f"{exc.args[0] if exc.args else ''} bytes "
-                                    "never seen", None), self.now())
+            what = "never seen" if exc.hole else "overwritten before they were read"
+            self._weird(flow, Weird("content_gap", f"{exc.lost} bytes {what}", None),
+                        self.now())
             self._release(flow)
             return
         except OSError as exc:
@@ -345,10 +346,15 @@ class SessionRuntime:
                     self._call(sub, event)
 
     def _weird(self, flow, weird, ts):
+        """A weird goes once to each callback of the flow's subscriptions (before its session
+        is known, those of every protocol may share one)."""
         self.counts["weirds"] += 1
         event = self._event(flow, "weird", weird, ts)
+        called = []
         for sub in flow.subs or ():
-            self._call(sub, event)
+            if sub.callback not in called:
+                called.append(sub.callback)
+                self._call(sub, event)
 
     def _event(self, flow, kind, record, ts):
         orig_h, orig_p, resp_h, resp_p = flow.peers

@@ -99,9 +99,11 @@ def dns_line(event):
 
 
 def weird_line(event):
+    """A weird of a session's parser has its analyzer as source; one of the stream under it
+    (content_gap, before the session was known) has none, as Zeek's core weirds."""
     w = event.record
     return _set(_conn_id(event), name=w.name, addl=w.addl or None, notice=False,
-                peer="mosxdp", source=_SOURCES[event.session])
+                peer="mosxdp", source=_SOURCES.get(event.session))
 
 
 class ZeekLog:

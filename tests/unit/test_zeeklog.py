@@ -256,3 +256,27 @@ def test_malformed_sessions_are_named_in_weird_log_and_the_rest_is_logged(tmp_pa
     assert logs["ssl"] == []      # no hello was whole
     assert {line["id.orig_p"] for line in logs["conn"]} == {41001, 41002, 41003, 41004, 41005,
                                                              41006}
+
+
+def test_a_gap_before_the_session_is_known_is_a_weird_without_source(tmp_path):
+    """The capture missed a flow's first request bytes (the server acknowledged them): the
+    gap reaches the runtime before any parser knows the session, so weird.log names it
+    content_gap with no analyzer as source (as Zeek's core weirds), and the run goes on."""
+    conv = Conv(cport=41007, sport=80)
+    conv.handshake()
+    conv.data("c", b"GET /lost HTTP/1.1\r\n", emit=False)
+    conv.data("c", b"Host: gap\r\n\r\n")
+    conv.ack("s")
+    for _ in range(3):
+        conv.data("c", b"more")
+    conv.close()
+    pcap = tmp_path / "gap.pcap"
+    with PcapWriter(str(pcap)) as writer:
+        for ts, frame in conv.frames:
+            writer.write(ts, frame)
+    logs, err = run_zeeklog(pcap, tmp_path / "logs", "--batch-size", "1")
+    assert "callback" not in err, err
+    (weird,) = logs["weird"]      # once, though zeeklog subscribes to three protocols
+    assert (weird["id.orig_p"], weird["name"], weird["addl"], "source" in weird) == (
+        41007, "content_gap", "20 bytes never seen", False)
+    assert weird["uid"] == logs["conn"][0]["uid"] and logs["conn"][0]["missed_bytes"] == 20
