@@ -247,9 +247,14 @@ def parse_frame(buf):
                 raise InvalidHeader(
                     "ipv4_ihl", f"IPv4 IHL {version_ihl & 0xF} < 5 at offset {l3_off}")
         if ip_len < ip_hdr_len:
-            raise InvalidHeader(
-                "ipv4_total_length", f"IPv4 total length {ip_len} < header length "
-                f"{ip_hdr_len} at offset {l3_off}")
+            if ip_len or frame_len - l3_off <= ip_hdr_len:
+                raise InvalidHeader(
+                    "ipv4_total_length", f"IPv4 total length {ip_len} < header length "
+                    f"{ip_hdr_len} at offset {l3_off}")
+            # Total length 0 with more than a header: a segment captured before TSO cut it
+            # (or a BIG TCP one, over 64 KiB): the packet is the rest of the frame, as
+            # Wireshark reads it.
+            ip_len = frame_len - l3_off
         ip_end = l3_off + ip_len
         if ip_end > frame_len:
             raise _past_frame("truncated_ipv4", f"IPv4 total length {ip_len}", l3_off, frame_len)

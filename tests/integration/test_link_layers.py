@@ -157,3 +157,21 @@ def test_the_bytes_before_a_hole_survive_the_window_behind_it():
     streams = flowdump(path).result()
     assert sorted(streams.values()) == sorted(sent.values())
     assert streams == tcpflow(path).result()
+
+
+def test_tso_segments_with_a_total_length_of_zero_are_read_whole():
+    """A capture that saw segments before TSO cut them shows their IPv4 total length as 0
+    (tshark reads the rest of the frame; tcpflow drops them): flowdump writes every byte and
+    connlog counts the frames' IP bytes."""
+    path = tmpdir("tso") / "tso.pcap"
+    sent = large_segments(path, [20_000] * 6)
+    _, records = read_pcap(path)
+    zeroed = [(sec, usec, frame[:16] + b"\x00\x00" + frame[18:] if len(frame) > 1000 else frame)
+              for sec, usec, frame in records]
+    write_pcap(path, zeroed)
+    assert sorted(flowdump(path).result().values()) == sorted(sent.values())
+    (record,) = connlog(path).result()
+    assert (record["orig_bytes"], record["resp_bytes"], record["missed_bytes"]) == (
+        len(sent["c"]), len(sent["s"]), 0)
+    assert record["orig_ip_bytes"] + record["resp_ip_bytes"] == sum(
+        len(frame) - 14 for _, _, frame in zeroed)

@@ -292,6 +292,19 @@ def test_ethernet_padding_beyond_total_length_is_fine():
     assert verify_tcp_checksum(pkt)
 
 
+def test_a_total_length_of_zero_is_a_tso_segment_of_the_whole_frame():
+    """A capture that saw a segment before TSO cut it (or a BIG TCP one) shows an IPv4 total
+    length of 0: the packet is the rest of the frame, as Wireshark reads it. A frame with
+    only the header left is still malformed."""
+    payload = bytes(range(256)) * 300                   # 76,800 bytes: over 64 KiB
+    frame = bytes(Ether() / IP(len=0) / TCP(sport=7, flags="PA") / payload)
+    pkt = parse(frame)
+    assert (pkt.ip_len, pkt.sport, pkt.payload_len) == (len(frame) - 14, 7, len(payload))
+    assert bytes(pkt.payload) == payload
+    with pytest.raises(InvalidHeader, match="IPv4 total length 0 < header length 20"):
+        parse(patch(bytes(Ether() / IP(proto=6)), 16, "!H", 0))
+
+
 def test_ipv4_options_move_tcp():
     frame = bytes(Ether() / IP(options=[IPOption_RR(routers=["9.9.9.9"] * 9)]) / TCP(sport=5))
     pkt = parse(frame)
