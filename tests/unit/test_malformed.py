@@ -196,9 +196,17 @@ def test_ipv4_total_length_larger_than_the_frame(api, extra):
     assert_counted(run_with(put16(frame, ETH + 2, total)), "truncated_ipv4")
 
 
-@pytest.mark.parametrize("total", [0, 19])
+@pytest.mark.parametrize("total", [1, 19])
 def test_ipv4_total_length_smaller_than_its_header(api, total):
     assert_counted(run_with(put16(data_frame(), ETH + 2, total)), "ipv4_total_length")
+
+
+def test_ipv4_total_length_zero_is_a_tso_segment_of_the_whole_frame(api):
+    # A capture taken before TSO cut the segment: total length 0, the packet is the rest of
+    # the frame (as Wireshark reads it); the frame goes out unchanged.
+    run = run_with(put16(data_frame(), ETH + 2, 0))
+    assert run.counters["malformed"] == 0 and run.forwarded_unchanged()
+    assert run.streams[MOS_SIDE_SVR] == b"GET / HTTP/1.0\r\n\r\n"
 
 
 def test_ipv4_total_length_smaller_than_the_frame_is_padding(api):
