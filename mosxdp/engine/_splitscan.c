@@ -3,12 +3,13 @@
  * (a run split over workers) in C; that module has the same functions in Python for when
  * this one is absent or MOSXDP_PURE_PYTHON=1.
  *
- *     count_buckets(map, off, little, counts) -> off
+ *     count_buckets(map, off, little, counts, linktype) -> off
  *     assign(map, off, last, little, ns, index, limit, batch_size, table, numbers, offsets,
- *            owned, ends, n_ends) -> (index, off, last, n_ends)
+ *            owned, ends, n_ends, linktype) -> (index, off, last, n_ends)
  *
  * Both read only the frames of the fast path (fast_hash below): IPv4 without options and
- * IPv6 without extension headers, under up to two VLAN tags; a TCP segment that is not a
+ * IPv6 without extension headers, under up to two VLAN tags, after the link header of the
+ * capture's link type (those mosxdp/io/linklayer.py reads); a TCP segment that is not a
  * fragment is hashed by its addresses and ports, any other such frame by its address pair
  * (mosxdp/core/split.py, bpf/flowhash.h), and a frame of another ethertype goes to worker
  * 0. Each stops at the first record it does not handle (cut short, corrupt, or a frame
@@ -62,20 +63,91 @@ static uint32_t fold6(const uint8_t *a)
 	return be32(a) ^ be32(a + 4) ^ be32(a + 8) ^ be32(a + 12);
 }
 
+/* The EtherType of a loopback capture's address family (io/linklayer.py's _AF_INET6). */
+static unsigned family_type(uint32_t family)
+{
+	if (family == 2)
+		return 0x0800;
+	if (family == 10 || family == 24 || family == 28 || family == 30)
+		return 0x86DD;
+	return 0;
+}
+
+/*
+ * Where the frame's network layer starts (*l3) and its EtherType (*type), by the capture's
+ * link type, as io/linklayer.py gives the core the frame; 0 when the frame is shorter than
+ * its link header or the link type is not one of those.
+ */
+static int link_layer(const uint8_t *f, uint32_t caplen, unsigned linktype, uint32_t *l3,
+		      unsigned *type)
+{
+	uint32_t family;
+
+	switch (linktype) {
+	case 1:         /* Ethernet */
+		if (caplen < 14)
+			return 0;
+		*l3 = 14;
+		*type = ((unsigned)f[12] << 8) | f[13];
+		return 1;
+	case 113:       /* Linux cooked v1: the protocol ends its 16 bytes */
+		if (caplen < 16)
+			return 0;
+		*l3 = 16;
+		*type = ((unsigned)f[14] << 8) | f[15];
+		return 1;
+	case 276:       /* Linux cooked v2: the protocol begins its 20 bytes */
+		if (caplen < 20)
+			return 0;
+		*l3 = 20;
+		*type = ((unsigned)f[0] << 8) | f[1];
+		return 1;
+	case 12: case 14: case 101:     /* raw IP: the version nibble */
+		if (caplen < 1)
+			return 0;
+		*l3 = 0;
+		*type = f[0] >> 4 == 4 ? 0x0800 : f[0] >> 4 == 6 ? 0x86DD : 0;
+		return 1;
+	case 228:
+		*l3 = 0;
+		*type = 0x0800;
+		return 1;
+	case 229:
+		*l3 = 0;
+		*type = 0x86DD;
+		return 1;
+	case 0:         /* BSD loopback: the family in the capturing host's byte order */
+		if (caplen < 4)
+			return 0;
+		memcpy(&family, f, 4);
+		if (family > 0xFFFF)
+			family = __builtin_bswap32(family);
+		*l3 = 4;
+		*type = family_type(family);
+		return 1;
+	case 108:       /* OpenBSD loopback: network byte order */
+		if (caplen < 4)
+			return 0;
+		*l3 = 4;
+		*type = family_type(be32(f));
+		return 1;
+	}
+	return 0;
+}
+
 /*
  * The flow hash of the frame at f (caplen bytes): HASHED with the hash in *hash, NO_IP for
  * a frame of another ethertype, or 0 when the core's parser must read it: IPv4 with
  * options, IPv6 with extension headers (or a protocol other than TCP, UDP and ICMPv6),
  * more than two VLAN tags, a frame shorter than its headers.
  */
-static int fast_hash(const uint8_t *f, uint32_t caplen, uint32_t *hash)
+static int fast_hash(const uint8_t *f, uint32_t caplen, unsigned linktype, uint32_t *hash)
 {
-	uint32_t l3 = 14, sport = 0, dport = 0;
+	uint32_t l3, sport = 0, dport = 0;
 	unsigned type, tags;
 
-	if (caplen < 14)
+	if (!link_layer(f, caplen, linktype, &l3, &type))
 		return 0;
-	type = ((unsigned)f[12] << 8) | f[13];
 	for (tags = 0; is_tpid(type); tags++) {
 		if (tags == 2 || caplen < l3 + 4)
 			return 0;
@@ -148,10 +220,11 @@ static PyObject *count_buckets(PyObject *self, PyObject *args)
 	PyObject *map_obj, *counts_obj;
 	Py_ssize_t off;
 	int little;
+	unsigned linktype;
 	Py_buffer map, counts;
 	uint32_t caplen;
 
-	if (!PyArg_ParseTuple(args, "OnpO", &map_obj, &off, &little, &counts_obj))
+	if (!PyArg_ParseTuple(args, "OnpOI", &map_obj, &off, &little, &counts_obj, &linktype))
 		return NULL;
 	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
 		return NULL;
@@ -164,7 +237,7 @@ static PyObject *count_buckets(PyObject *self, PyObject *args)
 
 	while (off >= 0 && whole_record(base, map.len, off, little, &caplen)) {
 		uint32_t hash = 0;
-		int kind = fast_hash(base + off + 16, caplen, &hash);
+		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
 
 		if (!kind)
 			break;
@@ -183,14 +256,15 @@ static PyObject *assign(PyObject *self, PyObject *args)
 	PyObject *map_obj, *table_obj, *numbers_obj, *offsets_obj, *owned_obj, *ends_obj;
 	Py_ssize_t off, last, index, limit, batch, n_ends, workers, i;
 	int little, ns;
+	unsigned linktype;
 	Py_buffer map, table, owned, ends, numbers[MAX_WORKERS], offsets[MAX_WORKERS];
 	Py_ssize_t got_numbers = 0, got_offsets = 0;
 	PyObject *result = NULL;
 	uint32_t caplen;
 
-	if (!PyArg_ParseTuple(args, "OnnppnnnOOOOOn", &map_obj, &off, &last, &little, &ns, &index,
+	if (!PyArg_ParseTuple(args, "OnnppnnnOOOOOnI", &map_obj, &off, &last, &little, &ns, &index,
 			      &limit, &batch, &table_obj, &numbers_obj, &offsets_obj, &owned_obj,
-			      &ends_obj, &n_ends))
+			      &ends_obj, &n_ends, &linktype))
 		return NULL;
 	if (!PyList_Check(numbers_obj) || !PyList_Check(offsets_obj)
 	    || PyList_GET_SIZE(numbers_obj) != PyList_GET_SIZE(offsets_obj)) {
@@ -227,7 +301,7 @@ static PyObject *assign(PyObject *self, PyObject *args)
 
 	while (index < limit && off >= 0 && whole_record(base, map.len, off, little, &caplen)) {
 		uint32_t hash = 0;
-		int kind = fast_hash(base + off + 16, caplen, &hash);
+		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
 		unsigned w;
 
 		if (!kind)

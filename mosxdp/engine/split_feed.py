@@ -19,7 +19,7 @@ from array import array
 from ..core.compiled import PURE_PYTHON
 from ..core.split import BUCKET_BITS, BUCKET_SHIFT, MULTIPLIER, balance, frame_hash
 from ..io.linklayer import LINK_LAYERS
-from ..io.pcap import _MAX_RECORD, PcapFormatError, PcapReader
+from ..io.pcap import _MAX_RECORD, LINKTYPE_ETHERNET, PcapFormatError, PcapReader
 
 # Frames per message to the workers (rounded up to whole batches); a pipe holds a few.
 CHUNK_FRAMES = 4096
@@ -44,14 +44,14 @@ class Scan:
         self.order, self.nanosecond = PCAP_MAGIC[bytes(self.map[:4])]
         self.record = struct.Struct(self.order + "IIII")
         self.size = size
-        self.link = self.link_of(self.map, self.order)
+        self.linktype = self.linktype_of(self.map, self.order)
+        self.link = LINK_LAYERS.get(self.linktype)
 
     @staticmethod
-    def link_of(mm, order):
-        """The LinkLayer (io/linklayer.py) that makes Ethernet frames of the capture's, None
-        for an Ethernet capture (the reader refused the link types not read)."""
+    def linktype_of(mm, order):
+        """The capture's link type (the reader refused the link types not read)."""
         (network,) = struct.unpack_from(order + "I", mm, 20)
-        return LINK_LAYERS.get(network & 0xFFFF)
+        return network & 0xFFFF
 
     def ethernet(self, start, caplen, origlen=None):
         """The record's frame at ``start`` as the core gets it: as it is in an Ethernet
@@ -94,8 +94,7 @@ def bucket_counts(scan):
     mm = scan.map
     off = 24
     while True:
-        if scan.link is None:     # the C loop reads Ethernet frames only
-            off = _count_buckets(mm, off, scan.order == "<", counts)
+        off = _count_buckets(mm, off, scan.order == "<", counts, scan.linktype)
         record = _record_at(scan, off)
         if record is None:
             return counts
@@ -127,12 +126,11 @@ def split_records(scan, workers, batch_size, send):
         ends = array("q", bytes(8 * (chunk // batch_size)))
         n_ends = 0
         while index < limit:
-            if scan.link is None:     # the C loop reads Ethernet frames only
-                index, off, last, n_ends = _assign(mm, off, last, little, ns, index, limit,
-                                                   batch_size, table, numbers, offsets, owned,
-                                                   ends, n_ends)
-                if index == limit:
-                    break
+            index, off, last, n_ends = _assign(mm, off, last, little, ns, index, limit,
+                                               batch_size, table, numbers, offsets, owned,
+                                               ends, n_ends, scan.linktype)
+            if index == limit:
+                break
             record = _record_at(scan, off)
             if record is None:
                 break
@@ -212,10 +210,12 @@ def _fast_record(mm, off, caplen_at):
     return None if value is None else (start, caplen, value)
 
 
-def count_buckets(mm, off, little, counts):
+def count_buckets(mm, off, little, counts, linktype):
     """Count the fast-path frames' buckets into ``counts`` from the record at ``off`` on;
     returns the offset of the first record it did not count: the end, a record cut short,
-    or a frame off the fast path."""
+    or a frame off the fast path (here every frame of a link type other than Ethernet)."""
+    if linktype != LINKTYPE_ETHERNET:
+        return off
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
     while True:
         record = _fast_record(mm, off, caplen_at)
@@ -227,12 +227,14 @@ def count_buckets(mm, off, little, counts):
 
 
 def assign(mm, off, last, little, ns, index, limit, batch_size, table, numbers, offsets,
-           owned, ends, n_ends):
+           owned, ends, n_ends, linktype):
     """Give the records from ``off`` (frame number ``index``) their workers by ``table``
     until frame ``limit``, the end, a record cut short or a frame off the fast path:
     each worker's frame numbers and offsets go to numbers[w] and offsets[w] at owned[w]
     (then counted), the timestamp of every batch's last frame to ``ends`` at ``n_ends``.
     Returns (index, off, offset of the last record given (``last`` if none), n_ends)."""
+    if linktype != LINKTYPE_ETHERNET:
+        return index, off, last, n_ends
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
     while index < limit:
         record = _fast_record(mm, off, caplen_at)

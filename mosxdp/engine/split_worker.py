@@ -19,6 +19,7 @@ from ..core.stack import VERDICT_FORWARD, VERDICT_REPLACED, StopMonitor
 from .forked import exception_line, pin, worker_exit
 from .fast_forward import deliver
 from .kernel_twin import FF_STREAM, TwinProcessor, claim
+from ..io.linklayer import LINK_LAYERS
 from .split_feed import MSG, PCAP_MAGIC, Scan
 
 if cython.compiled:
@@ -161,7 +162,7 @@ class _Worker:
         view = memoryview(mm)
         with open(self.path, "rb") as probe:
             order, ns = PCAP_MAGIC[probe.read(4)]
-        link = Scan.link_of(mm, order)
+        link = LINK_LAYERS.get(Scan.linktype_of(mm, order))
         rec = struct.Struct(order + "IIII").unpack_from
         little = order == "<"
         batch_size = self.mctx.config.batch_size

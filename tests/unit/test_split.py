@@ -5,6 +5,7 @@ offline split balances the workers' frames."""
 import os
 import random
 import socket
+import struct
 
 from hypothesis import given, strategies as st
 from scapy.all import ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6, \
@@ -312,3 +313,52 @@ def test_c_loops_give_the_workers_their_python_twins_give(tmp_path, monkeypatch)
         assert sum(c_counts) == sum(py_counts) == len(frames), path
         if len(valid) == len(frames):
             assert c_counts == py_counts, path
+
+
+def _relinked(frame, linktype):
+    """An Ethernet frame as a capture of ``linktype`` holds it (None: one it cannot carry)."""
+    ethertype = struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else None
+    if ethertype is None:
+        return None
+    if linktype == 113:
+        return struct.pack("!HHH8sH", 0, 1, 6, frame[6:12] + bytes(2), ethertype) + frame[14:]
+    if linktype == 276:
+        return struct.pack("!HHIHBB8s", ethertype, 0, 2, 1, 0, 6, frame[6:12] + bytes(2)) \
+            + frame[14:]
+    if ethertype not in (0x0800, 0x86DD):
+        return None
+    family = 2 if ethertype == 0x0800 else 24
+    if linktype == 0:
+        return struct.pack("=I", family) + frame[14:]
+    if linktype == 108:
+        return struct.pack(">I", family) + frame[14:]
+    return frame[14:]                       # raw IP
+
+
+def test_c_loops_read_other_link_layers_as_the_core_does(tmp_path, monkeypatch):
+    """Captures of the link layers io/linklayer.py reads, hashed by _splitscan.c after their
+    link header: every frame the core parses goes to the worker of its Ethernet original
+    (the Python twins give each such frame to the core's parser)."""
+    from mosxdp.engine import _splitscan
+    monkeypatch.setattr(split_feed, "_assign", _splitscan.assign)
+    monkeypatch.setattr(split_feed, "_count_buckets", _splitscan.count_buckets)
+    with PcapReader(os.path.join(DATA, "concurrent.pcap")) as reader:
+        records = [(ts, bytes(frame)) for ts, frame in reader]
+    records += [(2_000_000 + i, frame) for i, frame in enumerate(odd_frames())]
+    for linktype in (113, 276, 101, 0, 108):
+        kept = [(ts, frame, _relinked(frame, linktype)) for ts, frame in records]
+        kept = [(ts, frame, other) for ts, frame, other in kept if other is not None]
+        plain, other = str(tmp_path / "plain.pcap"), str(tmp_path / f"{linktype}.pcap")
+        with PcapWriter(plain) as writer:
+            for ts, frame, _ in kept:
+                writer.write(ts, frame)
+        with PcapWriter(other) as writer:
+            for ts, _, frame in kept:
+                writer.write(ts, frame)
+        with open(other, "r+b") as f:       # PcapWriter writes Ethernet's link type
+            f.seek(20)
+            f.write(struct.pack("<I", linktype))
+        valid = [i for i, (_, frame, _) in enumerate(kept) if _parses(frame)]
+        want, got = owners_by_fast_path(plain, 3), owners_by_fast_path(other, 3)
+        assert [got[i] for i in valid] == [want[i] for i in valid], linktype
+        assert len(valid) > 50
