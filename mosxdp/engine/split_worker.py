@@ -153,7 +153,7 @@ class _Worker:
     @cython.locals(k=cython.Py_ssize_t, n_own=cython.Py_ssize_t, off=cython.Py_ssize_t,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
                    wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint,
-                   flow=Flow, state=StackState)
+                   cutting=cython.bint, flow=Flow, state=StackState)
     def run(self, rd):
         stack = self.stack
         process = stack.process
@@ -178,6 +178,7 @@ class _Worker:
         # The current frame's length on the wire when its capture cut it, else 0: the core
         # parses such a frame from its headers (Stack.wire_len), as a one-worker run does.
         cut = [0]
+        cutting = False           # cut[0] is set (a C flag: no list read per frame)
         stack.wire_len = lambda: cut[0]
         try:
             while True:
@@ -219,10 +220,12 @@ class _Worker:
                             wire += grown
                         if caplen < wire:
                             cut[0] = wire
+                            cutting = True
                             if caplen > self.cut_length:
                                 self.cut_length = caplen
-                        elif cut[0]:
+                        elif cutting:
                             cut[0] = 0
+                            cutting = False
                         stack.frame_no = number
                         frames_in += 1
                         if table and caplen == wire and not stack.raw_sockets:
