@@ -1,25 +1,22 @@
 /*
- * _splitscan: the two loops over a classic pcap file's records of mosxdp/engine/split_feed.py
- * (a run split over workers) in C; that module has the same functions in Python for when
+ * _splitscan: the loop over a classic pcap file's records of mosxdp/engine/split_feed.py
+ * (a run split over workers) in C; that module has the same function in Python for when
  * this one is absent or MOSXDP_PURE_PYTHON=1.
  *
- *     count_buckets(map, off, little, counts, linktype) -> off
- *     assign(map, off, last, little, ns, index, limit, batch_size, table, numbers, offsets,
- *            owned, ends, n_ends, linktype) -> (index, off, last, n_ends)
+ *     scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)
  *
- * Both read only the frames of the fast path (fast_hash below): IPv4 without options and
+ * It reads only the frames of the fast path (fast_hash below): IPv4 without options and
  * IPv6 without extension headers, under up to two VLAN tags, after the link header of the
  * capture's link type (those mosxdp/io/linklayer.py reads); a TCP segment that is not a
  * fragment is hashed by its addresses and ports, any other such frame by its address pair
  * (mosxdp/core/split.py, bpf/flowhash.h), and a frame of another ethertype goes to worker
- * 0. Each stops at the first record it does not handle (cut short, corrupt, or a frame
- * off the fast path) and returns its offset: the caller reads that one with the core's
+ * 0. It stops at the first record it does not handle (cut short, corrupt, or a frame off
+ * the fast path) and returns its offset: the caller reads that one with the core's
  * parser. A frame the parser finds malformed may be hashed here: it is only counted,
  * wherever it goes.
  *
- * counts: int64 per bucket (writable buffer); table: a worker (uint8) per bucket;
- * numbers, offsets: a list of writable int64 buffers per worker, filled at owned[w]
- * (a writable int64 buffer, one per worker); ends: int64 per batch, filled at n_ends.
+ * counts: int64 per bucket (writable buffer); buckets: uint16 per frame; sizes: uint32 per
+ * frame (writable buffers, filled from frame number index on).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -195,13 +192,6 @@ static int whole_record(const uint8_t *base, Py_ssize_t size, Py_ssize_t off, in
 	return 1;
 }
 
-static int64_t record_ts(const uint8_t *base, Py_ssize_t at, int little, int ns)
-{
-	int64_t sec = rd32(base + at, little), frac = rd32(base + at + 4, little);
-
-	return sec * 1000000 + (ns ? frac / 1000 : frac);
-}
-
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t at_least,
 		      const char *what)
 {
@@ -215,140 +205,84 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t a
 	return 0;
 }
 
-static PyObject *count_buckets(PyObject *self, PyObject *args)
+/*
+ * scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)
+ *
+ * From the record at off (frame number index) on: each fast-path frame's bucket counted in
+ * counts, stored in buckets[index] (NO_IP_BUCKET for a frame without IP: worker 0), and
+ * its record's length (header included) in sizes[index]. Stops at the end, at a record cut
+ * short, at a frame off the fast path, or when buckets or sizes is full. The walk runs
+ * without the GIL: the parent scans in a thread while the app sets up.
+ */
+#define NO_IP_BUCKET (1u << BUCKET_BITS)
+
+static PyObject *scan_records(PyObject *self, PyObject *args)
 {
-	PyObject *map_obj, *counts_obj;
-	Py_ssize_t off;
+	PyObject *map_obj, *counts_obj, *buckets_obj, *sizes_obj;
+	Py_ssize_t off, index, room;
 	int little;
 	unsigned linktype;
-	Py_buffer map, counts;
-	uint32_t caplen;
-
-	if (!PyArg_ParseTuple(args, "OnpOI", &map_obj, &off, &little, &counts_obj, &linktype))
-		return NULL;
-	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
-		return NULL;
-	if (get_buffer(counts_obj, &counts, 1, 8 << BUCKET_BITS, "counts") < 0) {
-		PyBuffer_Release(&map);
-		return NULL;
-	}
-	const uint8_t *base = map.buf;
-	int64_t *count = counts.buf;
-
-	while (off >= 0 && whole_record(base, map.len, off, little, &caplen)) {
-		uint32_t hash = 0;
-		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
-
-		if (!kind)
-			break;
-		count[kind == HASHED ? hash >> BUCKET_SHIFT : 0]++;
-		off += 16 + caplen;
-	}
-	PyBuffer_Release(&counts);
-	PyBuffer_Release(&map);
-	return PyLong_FromSsize_t(off);
-}
-
-#define MAX_WORKERS 256
-
-static PyObject *assign(PyObject *self, PyObject *args)
-{
-	PyObject *map_obj, *table_obj, *numbers_obj, *offsets_obj, *owned_obj, *ends_obj;
-	Py_ssize_t off, last, index, limit, batch, n_ends, workers, i;
-	int little, ns;
-	unsigned linktype;
-	Py_buffer map, table, owned, ends, numbers[MAX_WORKERS], offsets[MAX_WORKERS];
-	Py_ssize_t got_numbers = 0, got_offsets = 0;
+	Py_buffer map, counts, buckets, sizes;
 	PyObject *result = NULL;
-	uint32_t caplen;
 
-	if (!PyArg_ParseTuple(args, "OnnppnnnOOOOOnI", &map_obj, &off, &last, &little, &ns, &index,
-			      &limit, &batch, &table_obj, &numbers_obj, &offsets_obj, &owned_obj,
-			      &ends_obj, &n_ends, &linktype))
+	if (!PyArg_ParseTuple(args, "OnpOIOOn", &map_obj, &off, &little, &counts_obj, &linktype,
+			      &buckets_obj, &sizes_obj, &index))
 		return NULL;
-	if (!PyList_Check(numbers_obj) || !PyList_Check(offsets_obj)
-	    || PyList_GET_SIZE(numbers_obj) != PyList_GET_SIZE(offsets_obj)) {
-		PyErr_SetString(PyExc_TypeError, "numbers and offsets: lists of one buffer per worker");
-		return NULL;
-	}
-	workers = PyList_GET_SIZE(numbers_obj);
-	if (workers < 1 || workers > MAX_WORKERS || batch < 1) {
-		PyErr_SetString(PyExc_ValueError, "1 to 256 workers, a batch of at least 1 frame");
-		return NULL;
-	}
 	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
 		return NULL;
-	if (get_buffer(table_obj, &table, 0, 1 << BUCKET_BITS, "table") < 0)
+	if (get_buffer(counts_obj, &counts, 1, 8 << BUCKET_BITS, "counts") < 0)
 		goto map_done;
-	if (get_buffer(owned_obj, &owned, 1, 8 * workers, "owned") < 0)
-		goto table_done;
-	if (get_buffer(ends_obj, &ends, 1, 0, "ends") < 0)
-		goto owned_done;
-	for (; got_numbers < workers; got_numbers++)
-		if (get_buffer(PyList_GET_ITEM(numbers_obj, got_numbers), &numbers[got_numbers], 1, 0,
-			       "numbers") < 0)
-			goto buffers_done;
-	for (; got_offsets < workers; got_offsets++)
-		if (get_buffer(PyList_GET_ITEM(offsets_obj, got_offsets), &offsets[got_offsets], 1, 0,
-			       "offsets") < 0)
-			goto buffers_done;
+	if (get_buffer(buckets_obj, &buckets, 1, 0, "buckets") < 0)
+		goto counts_done;
+	if (get_buffer(sizes_obj, &sizes, 1, 0, "sizes") < 0)
+		goto buckets_done;
+	room = buckets.len / 2 < sizes.len / 4 ? buckets.len / 2 : sizes.len / 4;
+	if (index < 0 || index > room) {
+		PyErr_Format(PyExc_ValueError, "frame %zd: outside buckets and sizes (%zd)", index, room);
+		goto sizes_done;
+	}
 
 	const uint8_t *base = map.buf;
-	const uint8_t *worker_of = table.buf;
-	int64_t *own = owned.buf;
-	int64_t *end_ts = ends.buf;
-	Py_ssize_t ends_room = ends.len / 8;
+	Py_ssize_t size = map.len;
+	int64_t *count = counts.buf;
+	uint16_t *bucket_of = buckets.buf;
+	uint32_t *size_of = sizes.buf;
+	uint32_t caplen;
 
-	while (index < limit && off >= 0 && whole_record(base, map.len, off, little, &caplen)) {
+	Py_BEGIN_ALLOW_THREADS
+	while (index < room && off >= 0 && whole_record(base, size, off, little, &caplen)) {
 		uint32_t hash = 0;
 		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
-		unsigned w;
 
 		if (!kind)
 			break;
-		w = kind == HASHED ? worker_of[hash >> BUCKET_SHIFT] : 0;
-		if (w >= (unsigned)workers || (own[w] + 1) * 8 > numbers[w].len
-		    || (own[w] + 1) * 8 > offsets[w].len) {
-			PyErr_Format(PyExc_ValueError, "worker %u: no room for frame %zd", w, index);
-			goto buffers_done;
+		if (kind == HASHED) {
+			count[hash >> BUCKET_SHIFT]++;
+			bucket_of[index] = hash >> BUCKET_SHIFT;
+		} else {
+			count[0]++;
+			bucket_of[index] = NO_IP_BUCKET;
 		}
-		((int64_t *)numbers[w].buf)[own[w]] = index;
-		((int64_t *)offsets[w].buf)[own[w]] = off;
-		own[w]++;
-		last = off;
+		size_of[index++] = 16 + caplen;
 		off += 16 + caplen;
-		index++;
-		if (index % batch == 0) {
-			if (n_ends >= ends_room) {
-				PyErr_Format(PyExc_ValueError, "ends: no room for batch end %zd", n_ends);
-				goto buffers_done;
-			}
-			end_ts[n_ends++] = record_ts(base, last, little, ns);
-		}
 	}
-	result = Py_BuildValue("nnnn", index, off, last, n_ends);
+	Py_END_ALLOW_THREADS
+	result = Py_BuildValue("nn", off, index);
 
-buffers_done:
-	for (i = 0; i < got_offsets; i++)
-		PyBuffer_Release(&offsets[i]);
-	for (i = 0; i < got_numbers; i++)
-		PyBuffer_Release(&numbers[i]);
-	PyBuffer_Release(&ends);
-owned_done:
-	PyBuffer_Release(&owned);
-table_done:
-	PyBuffer_Release(&table);
+sizes_done:
+	PyBuffer_Release(&sizes);
+buckets_done:
+	PyBuffer_Release(&buckets);
+counts_done:
+	PyBuffer_Release(&counts);
 map_done:
 	PyBuffer_Release(&map);
 	return result;
 }
 
 static PyMethodDef methods[] = {
-	{"count_buckets", count_buckets, METH_VARARGS,
-	 "count_buckets(map, off, little, counts) -> offset of the first record not counted"},
-	{"assign", assign, METH_VARARGS,
-	 "assign(map, off, last, little, ns, index, limit, batch_size, table, numbers, offsets, "
-	 "owned, ends, n_ends) -> (index, off, last, n_ends)"},
+	{"scan_records", scan_records, METH_VARARGS,
+	 "scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)"},
 	{NULL, NULL, 0, NULL},
 };
 

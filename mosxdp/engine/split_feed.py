@@ -1,13 +1,10 @@
-"""The input of a split run (engine/workers.py): the capture mapped, and its records given
-to the workers by the symmetric flow hash of core/split.py, through a bucket table that
-balances the workers' frames over the whole capture, in messages of chunks. The loops over
-the records are C (_splitscan.c) unless MOSXDP_PURE_PYTHON is set or the module is
-missing; their twins here in Python do the same.
-
-A message (``MSG``) is the first frame number of its chunk, the chunk's frames, how many
-are the worker's own and how many batches end in it; then the own frames' numbers in the
-input, their record offsets and the timestamps of the batch ends (arrays of int64). A
-first frame number below zero ends the input: (-1, frames, last timestamp, 0).
+"""The input of a split run (engine/workers.py): the capture mapped, and a plan of its
+records that every worker reads: per frame its bucket of the symmetric flow hash of
+core/split.py and its record's length, and the bucket table that gives each bucket a
+worker, balanced over the whole capture. The parent makes the plan in one pass before
+the fork; each worker then walks it and processes the frames of its buckets. The loop over
+the records is C (_splitscan.c) unless MOSXDP_PURE_PYTHON is set or the module is missing;
+its twin here in Python does the same.
 """
 from __future__ import annotations
 
@@ -21,9 +18,10 @@ from ..core.split import BUCKET_BITS, BUCKET_SHIFT, MULTIPLIER, balance, frame_h
 from ..io.linklayer import LINK_LAYERS
 from ..io.pcap import _MAX_RECORD, LINKTYPE_ETHERNET, PcapFormatError, PcapReader
 
-# Frames per message to the workers (rounded up to whole batches); a pipe holds a few.
-CHUNK_FRAMES = 4096
-MSG = struct.Struct("<qqqq")          # first frame number, frames, own frames, batch ends
+# Frames per chunk of the plan's arrays (6 bytes a frame: 384 KiB a chunk).
+CHUNK_FRAMES = 1 << 16
+# The bucket of a frame without IP: worker 0 (the table's last entry).
+NO_IP_BUCKET = 1 << BUCKET_BITS
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
               b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True)}
 _MASK64 = (1 << 64) - 1
@@ -87,76 +85,69 @@ class Scan:
         return None
 
 
-def bucket_counts(scan):
-    """Frames per bucket of the flow hash (core/split.py) over the whole capture, up to its
-    last whole record: what balance() fills the bucket table from."""
+class Plan:
+    """A split run's input as its workers read it, made by the parent before the fork and
+    only read after it: the capture's records in order, in chunks of (buckets, sizes,
+    count): each frame's bucket (uint16; NO_IP_BUCKET for a frame without IP) and its
+    record's length in the file (uint32, header included); ``table``, the worker of each
+    bucket; the number of frames, the last one's timestamp, and the reader's error for what
+    follows the last whole record (None when the capture ends there)."""
+
+    def __init__(self, chunks, table, frames, last_ts, error):
+        self.chunks = chunks
+        self.table = table
+        self.frames = frames
+        self.last_ts = last_ts
+        self.error = error
+
+    def owners(self):
+        """The worker of each frame, in order."""
+        table = self.table
+        for buckets, _sizes, count in self.chunks:
+            for i in range(count):
+                yield table[buckets[i]]
+
+
+def plan_split(scan, workers):
+    """One pass over the capture up to its last whole record: every frame's bucket and
+    record length, the frames per bucket, and from them the bucket table (core/split.py's
+    balance: the largest buckets first, each to the worker with the fewest frames)."""
     counts = array("q", bytes(8 << BUCKET_BITS))
     mm = scan.map
-    off = 24
-    while True:
-        off = _count_buckets(mm, off, scan.order == "<", counts, scan.linktype)
-        record = _record_at(scan, off)
-        if record is None:
-            return counts
-        start, caplen = record
-        value = frame_hash(scan.ethernet(start, caplen))
-        counts[0 if value is None else value >> BUCKET_SHIFT] += 1   # worker 0: any bucket
-        off = start + caplen
-
-
-def split_records(scan, workers, batch_size, send):
-    """Give each record its worker by the bucket table balanced over the capture (one pass
-    to count, one to split); ``send(worker, message)`` says whether the worker goes on
-    (False: it stopped, and so does the split, after this chunk). Returns (frames, last
-    ts, error or None)."""
-    table = bytes(balance(bucket_counts(scan), workers))
-    mm = scan.map
     little = scan.order == "<"
-    ns = scan.nanosecond
-    chunk = -(-CHUNK_FRAMES // batch_size) * batch_size
+    chunks = []
     off = 24
-    index = 0
-    last = 24
-    while True:
-        first = index
-        limit = first + chunk
-        numbers = [array("q", bytes(8 * chunk)) for _ in range(workers)]
-        offsets = [array("q", bytes(8 * chunk)) for _ in range(workers)]
-        owned = array("q", bytes(8 * workers))
-        ends = array("q", bytes(8 * (chunk // batch_size)))
-        n_ends = 0
-        while index < limit:
-            index, off, last, n_ends = _assign(mm, off, last, little, ns, index, limit,
-                                               batch_size, table, numbers, offsets, owned,
-                                               ends, n_ends, scan.linktype)
-            if index == limit:
+    last = None
+    frames = 0
+    more = True
+    while more:
+        buckets = array("H", bytes(2 * CHUNK_FRAMES))
+        sizes = array("I", bytes(4 * CHUNK_FRAMES))
+        n = 0
+        while n < CHUNK_FRAMES:
+            off, n = _scan_records(mm, off, little, counts, scan.linktype, buckets, sizes, n)
+            if n == CHUNK_FRAMES:
                 break
             record = _record_at(scan, off)
             if record is None:
+                more = False
                 break
             # A frame off the fast path: its hash by the core's parser.
             start, caplen = record
             value = frame_hash(scan.ethernet(start, caplen))
-            worker = 0 if value is None else table[value >> BUCKET_SHIFT]
-            n_ends = _give(mm, little, ns, batch_size, worker, index, off, numbers, offsets,
-                           owned, ends, n_ends)
-            last = off
+            bucket = NO_IP_BUCKET if value is None else value >> BUCKET_SHIFT
+            counts[0 if value is None else bucket] += 1
+            buckets[n] = bucket
+            sizes[n] = 16 + caplen
             off = start + caplen
-            index += 1
-        if index == first:
-            break
-        going = True
-        tail = ends[:n_ends].tobytes()
-        for worker in range(workers):
-            own = owned[worker]
-            going &= send(worker, MSG.pack(first, index - first, own, n_ends)
-                          + numbers[worker][:own].tobytes() + offsets[worker][:own].tobytes()
-                          + tail)
-        if not going:
-            return index, _ts(mm, last, little, ns), None
-        if index < limit:
-            break
-    return index, _ts(mm, last, little, ns) if index else 0, scan.check_end(off)
+            n += 1
+        if n:
+            chunks.append((buckets, sizes, n))
+            frames += n
+            last = off - sizes[n - 1]
+    table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
+    last_ts = _ts(mm, last, little, scan.nanosecond) if last is not None else 0
+    return Plan(chunks, table, frames, last_ts, scan.check_end(off))
 
 
 def _record_at(scan, off):
@@ -210,61 +201,33 @@ def _fast_record(mm, off, caplen_at):
     return None if value is None else (start, caplen, value)
 
 
-def count_buckets(mm, off, little, counts, linktype):
-    """Count the fast-path frames' buckets into ``counts`` from the record at ``off`` on;
-    returns the offset of the first record it did not count: the end, a record cut short,
-    or a frame off the fast path (here every frame of a link type other than Ethernet)."""
+def scan_records(mm, off, little, counts, linktype, buckets, sizes, index):
+    """From the record at ``off`` (frame number ``index``) on: each fast-path frame's bucket
+    counted in ``counts`` and stored in ``buckets[index]``, its record's length in
+    ``sizes[index]``; stops at the end, a record cut short, a frame off the fast path (here
+    every frame of a link type other than Ethernet) or when the arrays are full. Returns
+    (offset of the first record not read, index)."""
     if linktype != LINKTYPE_ETHERNET:
-        return off
+        return off, index
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
-    while True:
-        record = _fast_record(mm, off, caplen_at)
-        if record is None:
-            return off
-        start, caplen, value = record
-        counts[value >> BUCKET_SHIFT] += 1
-        off = start + caplen
-
-
-def assign(mm, off, last, little, ns, index, limit, batch_size, table, numbers, offsets,
-           owned, ends, n_ends, linktype):
-    """Give the records from ``off`` (frame number ``index``) their workers by ``table``
-    until frame ``limit``, the end, a record cut short or a frame off the fast path:
-    each worker's frame numbers and offsets go to numbers[w] and offsets[w] at owned[w]
-    (then counted), the timestamp of every batch's last frame to ``ends`` at ``n_ends``.
-    Returns (index, off, offset of the last record given (``last`` if none), n_ends)."""
-    if linktype != LINKTYPE_ETHERNET:
-        return index, off, last, n_ends
-    caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
-    while index < limit:
+    room = min(len(buckets), len(sizes))
+    while index < room:
         record = _fast_record(mm, off, caplen_at)
         if record is None:
             break
         start, caplen, value = record
-        n_ends = _give(mm, little, ns, batch_size, table[value >> BUCKET_SHIFT], index, off,
-                       numbers, offsets, owned, ends, n_ends)
-        last = off
+        bucket = value >> BUCKET_SHIFT
+        counts[bucket] += 1
+        buckets[index] = bucket
+        sizes[index] = 16 + caplen
         off = start + caplen
         index += 1
-    return index, off, last, n_ends
-
-
-def _give(mm, little, ns, batch_size, worker, index, off, numbers, offsets, owned, ends,
-          n_ends):
-    """Frame ``index`` (its record at ``off``) to ``worker``; returns n_ends, one more when
-    the frame ends a batch (its timestamp in ``ends``)."""
-    numbers[worker][owned[worker]] = index
-    offsets[worker][owned[worker]] = off
-    owned[worker] += 1
-    if (index + 1) % batch_size == 0:
-        ends[n_ends] = _ts(mm, off, little, ns)
-        n_ends += 1
-    return n_ends
+    return off, index
 
 
 try:
     if PURE_PYTHON:
         raise ImportError
-    from ._splitscan import assign as _assign, count_buckets as _count_buckets
+    from ._splitscan import scan_records as _scan_records
 except ImportError:
-    _assign, _count_buckets = assign, count_buckets
+    _scan_records = scan_records

@@ -1,6 +1,7 @@
-"""A worker process of a split run (engine/workers.py), after the fork: it runs the offline
-engine's loop on the frames the parent sends it (engine/split_feed.py) and keeps everything
-it writes with its place in the run, for the parent's merge (engine/split_merge.py).
+"""A worker process of a split run (engine/workers.py), after the fork: it walks the
+parent's plan of the capture (engine/split_feed.py), runs the offline engine's loop on the
+frames of its buckets, and keeps everything it writes with its place in the run, for the
+parent's merge (engine/split_merge.py).
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import mmap
 import os
 import struct
 import time
-from array import array
 
 # The compiled build's declarations (split_worker.pxd); decorators that change nothing in
 # plain Python.
@@ -20,7 +20,7 @@ from .forked import exception_line, pin, worker_exit
 from .fast_forward import deliver
 from .kernel_twin import FF_STREAM, TwinProcessor, claim
 from ..io.linklayer import LINK_LAYERS
-from .split_feed import MSG, PCAP_MAGIC, Scan
+from .split_feed import PCAP_MAGIC, Scan
 
 if cython.compiled:
     from cython.cimports.cpython.memoryview import PyMemoryView_GET_BUFFER
@@ -148,13 +148,24 @@ class _Worker:
     def filters_changed(self):
         """Offline, filters are applied in user space only."""
 
-    # Compiled, the per-frame offsets, lengths and the timestamp are C integers, and a frame
-    # the twin kept updates its Flow and the Stack as C struct members.
-    @cython.locals(k=cython.Py_ssize_t, n_own=cython.Py_ssize_t, off=cython.Py_ssize_t,
+    # Compiled, the per-frame offsets, lengths and the timestamp are C integers, the plan's
+    # arrays typed memoryviews, and a frame the twin kept updates its Flow and the Stack as
+    # C struct members.
+    @cython.locals(i=cython.Py_ssize_t, count=cython.Py_ssize_t, number=cython.Py_ssize_t,
+                   current=cython.Py_ssize_t, left=cython.Py_ssize_t,
+                   batch_size=cython.Py_ssize_t, me=cython.int, workers=cython.Py_ssize_t,
+                   off=cython.Py_ssize_t, next_off=cython.Py_ssize_t,
+                   own_last=cython.Py_ssize_t, own_ts=cython.longlong,
                    sec=cython.longlong, frac=cython.longlong, caplen=cython.Py_ssize_t,
-                   wire=cython.Py_ssize_t, ts=cython.longlong, little=cython.bint,
-                   cutting=cython.bint, flow=Flow, state=StackState)
-    def run(self, rd):
+                   wire=cython.Py_ssize_t, ts=cython.longlong, end_ts=cython.longlong,
+                   little=cython.bint, ns=cython.bint, cutting=cython.bint, w=cython.Py_ssize_t,
+                   table="const unsigned char[:]", buckets="const unsigned short[:]",
+                   sizes="const unsigned int[:]", stops="long long[:]",
+                   flow=Flow, state=StackState)
+    def run(self, plan, stop_slots, parent):
+        """Walk the plan: process the frames of this worker's buckets, end a batch after
+        every batch_size frames of the input (whoever's), and stop early when another
+        worker stopped the run (its frame in ``stop_slots``) or the parent is gone."""
         stack = self.stack
         process = stack.process
         f = open(self.path, "rb")
@@ -166,118 +177,147 @@ class _Worker:
         rec = struct.Struct(order + "IIII").unpack_from
         little = order == "<"
         batch_size = self.mctx.config.batch_size
+        me = self.index
+        table = plan.table
+        stops = stop_slots
+        workers = len(stops)
         verdicts = self.verdicts
         outbox = stack.outbox
         twin = self.twin
-        table = twin.table
+        table_kept = twin.table
         lru, half_open = stack.lru, stack.half_open
         state = stack
         frames_in = 0
-        last_ts = 0
-        stop = total = None
+        ended = None              # (frames, clock) where the input ended for this worker
+        stop = None
         # The current frame's length on the wire when its capture cut it, else 0: the core
         # parses such a frame from its headers (Stack.wire_len), as a one-worker run does.
         cut = [0]
         cutting = False           # cut[0] is set (a C flag: no list read per frame)
         stack.wire_len = lambda: cut[0]
+        number = 0                # the input's frames walked
+        left = batch_size         # frames until the batch ends
+        off = next_off = 24
+        # The timestamp of this worker's last frame: an other link layer's Ethernet header
+        # is written over its record header, so a batch end that is this worker's frame
+        # takes its time from here.
+        own_last = -1
+        own_ts = 0
         try:
-            while True:
-                head = rd.read(MSG.size)
-                if len(head) < MSG.size:
-                    raise WorkerFailed("the parent stopped sending frames")
-                first, count, n_own, n_ends = MSG.unpack(head)
-                if first < 0:
-                    total, last_ts = count, n_own
-                    break
-                body = rd.read(8 * (2 * n_own + n_ends))
-                numbers = array("q")
-                numbers.frombytes(body[:8 * n_own])
-                offsets = array("q")
-                offsets.frombytes(body[8 * n_own:16 * n_own])
-                ends = array("q")
-                ends.frombytes(body[16 * n_own:])
-                k = 0
-                for b in range(n_ends + 1):
-                    end_no = first + (b + 1) * batch_size - 1 if b < n_ends else first + count
-                    while k < n_own and numbers[k] <= end_no:
-                        number = numbers[k]
-                        off = offsets[k]
-                        k += 1
-                        if cython.compiled:
-                            # The record header read in place, as io/pcap.py's reader does.
-                            read_header(cython.cast(cython.p_uchar,
-                                                    PyMemoryView_GET_BUFFER(view).buf) + off,
-                                        little, cython.address(sec), cython.address(frac),
-                                        cython.address(caplen), cython.address(wire))
+            for chunk, sizes_array, count in plan.chunks:
+                buckets = chunk
+                sizes = sizes_array
+                for i in range(count):
+                    if left == 0:
+                        left = batch_size
+                        if own_last == number - 1:
+                            end_ts = own_ts
                         else:
-                            sec, frac, caplen, wire = rec(mm, off)
-                        ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
-                        if link is None:
-                            frame = view[off + 16:off + 16 + caplen]
-                        else:
-                            frame, grown = link.ethernet(view, off, off + 16, off + 16 + caplen)
-                            caplen += grown
-                            wire += grown
-                        if caplen < wire:
-                            cut[0] = wire
-                            cutting = True
-                            if caplen > self.cut_length:
-                                self.cut_length = caplen
-                        elif cutting:
-                            cut[0] = 0
-                            cutting = False
-                        stack.frame_no = number
-                        frames_in += 1
-                        if table and caplen == wire and not stack.raw_sockets:
-                            flow = claim(table, frame, ts, number + 1)
-                            if flow is not None:
-                                # kept by the kernel's verdict (engine/offline.py's loop)
-                                state.now = flow.last_ts = ts
-                                state.tcp_segments += 1
-                                flow.last_no = number
-                                if flow.fast_forward == FF_STREAM:
-                                    deliver(state, flow, frame)
-                                lru.move_to_end(flow)
-                                if half_open and flow in half_open:
-                                    half_open.move_to_end(flow)
-                                if verdicts is not None and flow.kernel_verdict == "drop":
-                                    verdicts.add(number, VERDICT, ts, [])
-                                continue
-                        if verdicts is None:
-                            process(frame, ts, 0)
-                            if stack.kernel_updates:
-                                twin.apply()
-                            if outbox:
-                                outbox.clear()
+                            if cython.compiled:
+                                read_header(cython.cast(cython.p_uchar,
+                                                        PyMemoryView_GET_BUFFER(view).buf) + off,
+                                            little, cython.address(sec), cython.address(frac),
+                                            cython.address(caplen), cython.address(wire))
+                            else:
+                                sec, frac, caplen, wire = rec(mm, off)
+                            end_ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+                        self._end_batch(number - 1, end_ts)
+                        if os.getppid() != parent:
+                            raise WorkerFailed("the parent is gone")
+                        for w in range(workers):
+                            if stops[w] < number:
+                                # Another worker stopped the run at a frame this batch
+                                # passed: end here, as a run on one worker ends there.
+                                ended = (number, end_ts)
+                        if ended is not None:
+                            break
+                    left -= 1
+                    current = number
+                    number += 1
+                    off = next_off
+                    next_off = off + sizes[i]
+                    if table[buckets[i]] != me:
+                        continue
+                    if cython.compiled:
+                        # The record header read in place, as io/pcap.py's reader does.
+                        read_header(cython.cast(cython.p_uchar,
+                                                PyMemoryView_GET_BUFFER(view).buf) + off,
+                                    little, cython.address(sec), cython.address(frac),
+                                    cython.address(caplen), cython.address(wire))
+                    else:
+                        sec, frac, caplen, wire = rec(mm, off)
+                    ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
+                    own_last = current
+                    own_ts = ts
+                    if link is None:
+                        frame = view[off + 16:off + 16 + caplen]
+                    else:
+                        frame, grown = link.ethernet(view, off, off + 16, off + 16 + caplen)
+                        caplen += grown
+                        wire += grown
+                    if caplen < wire:
+                        cut[0] = wire
+                        cutting = True
+                        if caplen > self.cut_length:
+                            self.cut_length = caplen
+                    elif cutting:
+                        cut[0] = 0
+                        cutting = False
+                    stack.frame_no = current
+                    frames_in += 1
+                    if table_kept and caplen == wire and not stack.raw_sockets:
+                        flow = claim(table_kept, frame, ts, current + 1)
+                        if flow is not None:
+                            # kept by the kernel's verdict (engine/offline.py's loop)
+                            state.now = flow.last_ts = ts
+                            state.tcp_segments += 1
+                            flow.last_no = current
+                            if flow.fast_forward == FF_STREAM:
+                                deliver(state, flow, frame)
+                            lru.move_to_end(flow)
+                            if half_open and flow in half_open:
+                                half_open.move_to_end(flow)
+                            if verdicts is not None and flow.kernel_verdict == "drop":
+                                verdicts.add(current, VERDICT, ts, [])
                             continue
-                        original = bytes(frame)
-                        verdict = process(frame, ts, 0)
+                    if verdicts is None:
+                        process(frame, ts, 0)
                         if stack.kernel_updates:
                             twin.apply()
                         if outbox:
-                            verdicts.sent(ts)
-                        if verdict == VERDICT_FORWARD:
-                            # (memoryview == bytes compares item by item: 20x slower)
-                            if frame.tobytes() != original:
-                                verdicts.add(number, VERDICT, ts, [bytes(frame)])
-                        else:
-                            verdicts.add(number, VERDICT, ts,
-                                         [bytes(f) for f in stack.wire_frames]
-                                         if verdict == VERDICT_REPLACED else [])
-                    if b < n_ends:
-                        stack.frame_no = end_no
-                        stack.now = ends[b]
-                        twin.end_batch()
-                        self._flush(ends[b])
+                            outbox.clear()
+                        continue
+                    original = bytes(frame)
+                    verdict = process(frame, ts, 0)
+                    if stack.kernel_updates:
+                        twin.apply()
+                    if outbox:
+                        verdicts.sent(ts)
+                    if verdict == VERDICT_FORWARD:
+                        # (memoryview == bytes compares item by item: 20x slower)
+                        if frame.tobytes() != original:
+                            verdicts.add(current, VERDICT, ts, [bytes(frame)])
+                    else:
+                        verdicts.add(current, VERDICT, ts,
+                                     [bytes(f) for f in stack.wire_frames]
+                                     if verdict == VERDICT_REPLACED else [])
+                else:
+                    continue
+                break
+            else:
+                if left == 0 and number:
+                    # The input's last frame ends a batch.
+                    self._end_batch(number - 1, plan.last_ts)
+                ended = (plan.frames, plan.last_ts)
         except StopMonitor as exc:
             stop = (str(exc), exc.code, stack.frame_no)
+            stops[me] = stack.frame_no
         finally:
             self.frames_in = frames_in
             # As the offline engine: what was read ends (reason eof), also when cut short
             # (then at the frame where it stopped).
-            if total is not None:
-                stack.frame_no = total
-                stack.now = last_ts
+            if ended is not None:
+                stack.frame_no, stack.now = ended
             try:
                 self.twin.finish()
             except StopMonitor as exc:
@@ -285,6 +325,13 @@ class _Worker:
             self._flush(stack.now)
             view.release()
         return stop
+
+    def _end_batch(self, end_no, ts):
+        stack = self.stack
+        stack.frame_no = end_no
+        stack.now = ts
+        self.twin.end_batch()
+        self._flush(ts)
 
     def _flush(self, ts):
         """The frames the apps sent at the end of a batch or of the input."""
@@ -323,7 +370,7 @@ class _Worker:
         }
 
 
-def child(mctx, module, app, index, workers, rd, spooldir):
+def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir):
     """A worker's life after the fork; never returns."""
     def body():
         pin(index, workers)
@@ -333,7 +380,7 @@ def child(mctx, module, app, index, workers, rd, spooldir):
         error = None
         stop = None
         try:
-            stop = worker.run(rd)
+            stop = worker.run(plan, stop_slots, parent)
         except KeyboardInterrupt:
             error = "interrupted"
         except WorkerFailed as exc:

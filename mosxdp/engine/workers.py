@@ -1,11 +1,11 @@
 """Offline runs split over several worker processes (``--workers N``): docs/workers.md.
 
-The parent has set the context up (the app's setup ran, its outputs are open) and forks N
-workers, each with that context. It then reads the capture once (a classic pcap file,
-mapped), gives each frame to a worker by the symmetric flow hash of core/split.py, and
-sends each worker, per chunk of frames, where its frames are in the file and their
-numbers in the input, with the timestamp of the last frame of every batch. Frames do not
-cross the pipes: each worker maps the file itself and reads its frames from the page cache.
+The parent has set the context up (the app's setup ran, its outputs are open). It reads
+the capture once (a classic pcap file, mapped) and makes the plan every worker reads:
+each frame's bucket of the symmetric flow hash of core/split.py and its record's length,
+and a table that gives each bucket a worker, balanced over the capture. It then forks N
+workers, each with that context and that plan. Each worker maps the file itself, walks
+the plan and processes the frames of its buckets: frames never cross a pipe.
 
 A worker runs the offline engine's loop on its frames with the frame numbers of the input:
 its batches end where one worker's would (every batch_size frames of the input, whoever's
@@ -17,13 +17,14 @@ would run it in), and the parent merges the workers' records by that place: the 
 the one worker's. flowdump's files are made by the workers themselves in the shared
 directory (one file per direction of a flow, all of a 4-tuple's flows on one worker).
 
-This module is the parent's side (fork, feed, wait, merge); the input's split and the
-messages are engine/split_feed.py, a worker's run engine/split_worker.py, the merge of
-their records engine/split_merge.py.
+This module is the parent's side (plan, fork, wait, merge); the plan is
+engine/split_feed.py, a worker's run engine/split_worker.py, the merge of their records
+engine/split_merge.py.
 """
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import pickle
 import shutil
@@ -37,13 +38,14 @@ from ..io.pcap import PcapReader, PcapWriter
 from .forked import ForkedParent, add_dirs, describe_status
 from .offline import WRITE_SNAPLEN, cut_line, summary_line
 from .result import RunResult
-from .split_feed import MSG, Scan, split_records
+from .split_feed import Scan, plan_split
 from .split_merge import merge_output, merge_write
 from .split_worker import WorkerFailed, child
 
 __all__ = ["SplitRun", "WorkerFailed", "check_input", "max_workers"]
 
-PIPE_BYTES = 1 << 20
+# A worker's stop slot before it stops the run: past any frame number.
+NOT_STOPPED = (1 << 63) - 1
 
 
 def max_workers() -> int:
@@ -91,29 +93,27 @@ class SplitRun(ForkedParent):
         outputs.flush()
         spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
         scan = Scan(config.pcap)
-        pipes = []
+        # Each worker's frame number when it stopped the run (a callback's sys.exit): the
+        # others end at their next batch end past it. Shared: an anonymous map, before the fork.
+        slots = mmap.mmap(-1, 8 * workers)
+        stop_slots = memoryview(slots).cast("q")
         try:
+            plan = plan_split(scan, workers)
+            for w in range(workers):
+                stop_slots[w] = NOT_STOPPED
+            parent = os.getpid()
             for index in range(workers):
-                rd, wr = os.pipe()
-                try:
-                    import fcntl
-                    fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-                except OSError:
-                    pass     # the default size: the parent waits more often
                 sys.stdout.flush()
                 sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    os.close(wr)
-                    for other in pipes:
-                        os.close(other)
-                    child(mctx, self.module, self.app, index, workers,
-                           os.fdopen(rd, "rb", buffering=PIPE_BYTES), spooldir)
-                os.close(rd)
-                pipes.append(wr)
+                    child(mctx, self.module, self.app, index, workers, plan, stop_slots,
+                          parent, spooldir)
                 self.pids[pid] = index
-            frames, last_ts, error = self._feed(scan, pipes)
             results = self._wait()
+            stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
+            # Stopped by a callback: the input ends at its frame, as with one worker.
+            frames = stops[0][0] if stops else plan.frames
             # The network sinks' threads, after the forks (a forked child gets no thread):
             # the parent sends the merged records.
             outputs.start()
@@ -122,18 +122,14 @@ class SplitRun(ForkedParent):
             self._kill()
             raise
         finally:
-            for fd in pipes:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            stop_slots.release()
+            slots.close()
             scan.close()
             if writer is not None:
                 writer.flush()
             shutil.rmtree(spooldir, ignore_errors=True)
         seconds = time.perf_counter() - started
         self._aggregate(results)
-        stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
         if self.print_stats:
             print(summary_line(mctx.stack, frames, frames_out, seconds)
                   + f", workers {workers}", file=sys.stderr)
@@ -142,48 +138,13 @@ class SplitRun(ForkedParent):
                         + (f" ({snap} bytes)" if snap else ""))
         if line:
             print(line, file=sys.stderr)
-        if error is not None:
-            raise error
+        if plan.error is not None:
+            raise plan.error
         if stops:
             message, code, _ = stops[0][1]
             raise StopMonitor(message, code)
         return RunResult("offline", frames, frames_out, seconds, "end of input",
                          workers=self.worker_stats)
-
-    def _feed(self, scan, pipes):
-        stopped = set()
-
-        def send(worker, message):
-            if worker in stopped:
-                return False
-            try:
-                _write_all(pipes[worker], message)
-            except BrokenPipeError:
-                # A worker that stopped the run (sys.exit in a callback, on_callback_error
-                # 'stop') left with its results; any other end is a failure.
-                pid = self.ended(worker)
-                self._result(worker, pid)
-                stopped.add(worker)
-                return False
-            return True
-
-        frames, last_ts, error = split_records(scan, self.workers, self.mctx.config.batch_size, send)
-        for worker in range(self.workers):
-            send(worker, MSG.pack(-1, frames, last_ts, 0))
-            os.close(pipes[worker])
-            pipes[worker] = -1
-        return frames, last_ts, error
-
-    def ended(self, worker):
-        """Wait for a worker whose pipe broke: its pid; WorkerFailed unless it exited 0."""
-        pid = next((p for p, i in self.pids.items() if i == worker), None)
-        _, status = os.waitpid(pid, 0)
-        del self.pids[pid]
-        self.done[worker] = pid
-        if status != 0:
-            raise WorkerFailed(f"worker {worker} (pid {pid}) {describe_status(status)} during the "
-                               "run; the run is stopped")
-        return pid
 
     def _wait(self):
         while self.pids:
@@ -245,9 +206,3 @@ class SplitRun(ForkedParent):
         self.worker_stats = [{"frames": r["frames_in"], "seconds": round(r["seconds"], 3),
                               "pid": r["pid"]} for r in results]
 
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        done = os.write(fd, view)
-        view = view[done:]

@@ -88,23 +88,14 @@ def odd_frames():
     return frames
 
 
-def owners_by_fast_path(path, workers, batch_size=4):
+def owners_by_fast_path(path, workers):
     scan = split_feed.Scan(path)
-    owner = {}
-
-    def send(worker, message):
-        first, count, n_own, _ = split_feed.MSG.unpack_from(message)
-        numbers = memoryview(message)[split_feed.MSG.size:].cast("q")[:n_own]
-        for number in numbers:
-            owner[number] = worker
-        return True
-
     try:
-        frames, _, error = split_feed.split_records(scan, workers, batch_size, send)
+        plan = split_feed.plan_split(scan, workers)
     finally:
         scan.close()
-    assert error is None
-    return [owner[i] for i in range(frames)]
+    assert plan.error is None
+    return list(plan.owners())
 
 
 def test_fast_path_gives_each_frame_the_parsers_bucket(tmp_path):
@@ -197,7 +188,7 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
     path.write_bytes(data[:-7])
     scan = split_feed.Scan(str(path))
     try:
-        frames, _, error = split_feed.split_records(scan, 2, 64, lambda worker, message: True)
+        plan = split_feed.plan_split(scan, 2)
     finally:
         scan.close()
     with PcapReader(str(path)) as reader:
@@ -206,8 +197,8 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
                 pass
         except ValueError as exc:
             expected = str(exc)
-    assert str(error) == expected and "truncated" in expected
-    assert frames == 36
+    assert str(plan.error) == expected and "truncated" in expected
+    assert plan.frames == 36 == len(list(plan.owners()))
 
 
 def _live_config(**kw):
@@ -282,9 +273,9 @@ def test_workers_value_is_auto_or_a_count(tmp_path):
     assert "workers" in str(exc.value) and '"auto"' in str(exc.value), exc.value
 
 
-def test_c_loops_give_the_workers_their_python_twins_give(tmp_path, monkeypatch):
-    """_splitscan.c and its twins in split_feed.py: the same worker for every frame the
-    core parses (a malformed one may go anywhere), the same batch ends, and the same
+def test_c_loop_gives_the_workers_its_python_twin_gives(tmp_path, monkeypatch):
+    """_splitscan.c and its twin in split_feed.py: the same worker for every frame the
+    core parses (a malformed one may go anywhere), the same record lengths, and the same
     bucket counts of the frames they hash."""
     from mosxdp.engine import _splitscan
     crafted = str(tmp_path / "odd.pcap")
@@ -293,23 +284,30 @@ def test_c_loops_give_the_workers_their_python_twins_give(tmp_path, monkeypatch)
             writer.write(1_000_000 + i, frame)
     paths = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA))
              if name.endswith(".pcap")] + [crafted]
+    monkeypatch.setattr(split_feed, "CHUNK_FRAMES", 7)     # frames across chunks
+    real_balance = split_feed.balance
     for path in paths:
         with PcapReader(path) as reader:
             frames = [bytes(frame) for _, frame in reader]
         valid = [i for i, frame in enumerate(frames) if _parses(frame)]
-        runs = {}
-        for name, loops in (("c", (_splitscan.assign, _splitscan.count_buckets)),
-                            ("python", (split_feed.assign, split_feed.count_buckets))):
-            monkeypatch.setattr(split_feed, "_assign", loops[0])
-            monkeypatch.setattr(split_feed, "_count_buckets", loops[1])
+        plans = {}
+        for name, loop in (("c", _splitscan.scan_records), ("python", split_feed.scan_records)):
+            monkeypatch.setattr(split_feed, "_scan_records", loop)
             scan = split_feed.Scan(path)
+            counts = []
+            monkeypatch.setattr(split_feed, "balance",
+                                lambda c, w: counts.append(list(c)) or real_balance(c, w))
             try:
-                counts = split_feed.bucket_counts(scan)
+                plans[name] = (split_feed.plan_split(scan, 3), counts[0])
             finally:
                 scan.close()
-            runs[name] = (owners_by_fast_path(path, 3, batch_size=5), counts)
-        (c_owner, c_counts), (py_owner, py_counts) = runs["c"], runs["python"]
+        (c_plan, c_counts), (py_plan, py_counts) = plans["c"], plans["python"]
+        c_owner, py_owner = list(c_plan.owners()), list(py_plan.owners())
         assert [c_owner[i] for i in valid] == [py_owner[i] for i in valid], path
+        sizes = [16 + len(frame) for frame in frames]
+        for plan in (c_plan, py_plan):
+            assert [n for _, s, count in plan.chunks for n in s[:count]] == sizes, path
+            assert plan.frames == len(frames) and plan.error is None, path
         assert sum(c_counts) == sum(py_counts) == len(frames), path
         if len(valid) == len(frames):
             assert c_counts == py_counts, path
@@ -340,8 +338,7 @@ def test_c_loops_read_other_link_layers_as_the_core_does(tmp_path, monkeypatch):
     link header: every frame the core parses goes to the worker of its Ethernet original
     (the Python twins give each such frame to the core's parser)."""
     from mosxdp.engine import _splitscan
-    monkeypatch.setattr(split_feed, "_assign", _splitscan.assign)
-    monkeypatch.setattr(split_feed, "_count_buckets", _splitscan.count_buckets)
+    monkeypatch.setattr(split_feed, "_scan_records", _splitscan.scan_records)
     with PcapReader(os.path.join(DATA, "concurrent.pcap")) as reader:
         records = [(ts, bytes(frame)) for ts, frame in reader]
     records += [(2_000_000 + i, frame) for i, frame in enumerate(odd_frames())]
