@@ -38,9 +38,11 @@ def pin(index, workers):
     return cpus[index]
 
 
-def worker_exit(body, spooldir, index):
+def worker_exit(body, spooldir, index, done_fd=None):
     """Run a worker's ``body`` after the fork, pickle what it returns to ``w{index}.result``
-    for the parent and end the process (status 1 when anything escaped); never returns."""
+    for the parent, say so with a byte on ``done_fd`` (the parent merges while this process
+    is still being torn down) and end the process (status 1 when anything escaped); never
+    returns."""
     code = 0
     try:
         result = body()
@@ -53,6 +55,8 @@ def worker_exit(body, spooldir, index):
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            if done_fd is not None and code == 0:
+                os.write(done_fd, b"\x01")
         finally:
             os._exit(code)
 

@@ -10,10 +10,11 @@ from .split_worker import FRAME_KEY, VERDICT, WorkerFailed
 
 
 def _records(path):
+    """A worker's records of one output (engine/split_worker.py's _Spool: in blocks)."""
     with open(path, "rb") as f:
         while True:
             try:
-                yield marshal.load(f)
+                yield from marshal.load(f)
             except EOFError:
                 return
 

@@ -41,21 +41,27 @@ class WorkerFailed(Exception):
 
 
 class _Spool:
-    """A worker's records of one output, each with its place in the run."""
+    """A worker's records of one output, each with its place in the run; written to a
+    file in blocks (marshal: one load per block in the merge, not one per record)."""
 
     def __init__(self, stack, path):
         self.stack = stack
         self.path = path
-        self.file = open(path, "wb", buffering=1 << 16)
+        self.file = open(path, "wb")
+        self.block = []
         self.seq = 0
 
     def write(self, data):
         stack = self.stack
         self.seq += 1
-        marshal.dump(((stack.frame_no, stack.order_key or FRAME_KEY, self.seq), bytes(data)),
-                     self.file)
+        self.block.append(((stack.frame_no, stack.order_key or FRAME_KEY, self.seq), bytes(data)))
+        if len(self.block) >= 1024:
+            marshal.dump(self.block, self.file)
+            self.block = []
 
     def close(self):
+        if self.block:
+            marshal.dump(self.block, self.file)
         self.file.close()
 
 
@@ -370,7 +376,7 @@ class _Worker:
         }
 
 
-def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir):
+def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir, done_fd):
     """A worker's life after the fork; never returns."""
     def body():
         pin(index, workers)
@@ -392,4 +398,4 @@ def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir)
         except Exception as exc:
             error = error or f"teardown: {exception_line(exc)}"
         return worker.result(stop, error, time.perf_counter() - started)
-    worker_exit(body, spooldir, index)
+    worker_exit(body, spooldir, index, done_fd)

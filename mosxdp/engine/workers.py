@@ -27,6 +27,7 @@ import errno
 import mmap
 import os
 import pickle
+import select
 import shutil
 import signal
 import sys
@@ -77,7 +78,7 @@ class SplitRun(ForkedParent):
 
     def __init__(self, mctx, module, app, print_stats=False):
         super().__init__(mctx, module, app, print_stats)
-        self.done = [None] * self.workers         # pids of the workers that ended
+        self._done_fds = []     # per worker, the pipe on which it says its result is written
 
     def run(self) -> RunResult:
         mctx = self.mctx
@@ -105,10 +106,16 @@ class SplitRun(ForkedParent):
             for index in range(workers):
                 sys.stdout.flush()
                 sys.stderr.flush()
+                rd, wr = os.pipe()
                 pid = os.fork()
                 if pid == 0:
+                    os.close(rd)
+                    for fd in self._done_fds:
+                        os.close(fd)
                     child(mctx, self.module, self.app, index, workers, plan, stop_slots,
-                          parent, spooldir)
+                          parent, spooldir, wr)
+                os.close(wr)
+                self._done_fds.append(rd)
                 self.pids[pid] = index
             results = self._wait()
             stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
@@ -122,6 +129,10 @@ class SplitRun(ForkedParent):
             self._kill()
             raise
         finally:
+            for fd in self._done_fds:
+                os.close(fd)
+            self._done_fds = []
+            self._reap()
             stop_slots.release()
             slots.close()
             scan.close()
@@ -147,16 +158,37 @@ class SplitRun(ForkedParent):
                          workers=self.worker_stats)
 
     def _wait(self):
-        while self.pids:
-            pid, status = os.wait()
-            index = self.pids.pop(pid, None)
-            if index is None:
-                continue
-            if status != 0:
+        """Each worker's result, as soon as it says it wrote it (its process may still be
+        ending); WorkerFailed at once for a worker that ends without it."""
+        poller = select.poll()
+        index_of = {}
+        for index, fd in enumerate(self._done_fds):
+            poller.register(fd, select.POLLIN)
+            index_of[fd] = index
+        pid_of = {index: pid for pid, index in self.pids.items()}
+        results = [None] * self.workers
+        while index_of:
+            for fd, _events in poller.poll():
+                index = index_of.pop(fd)
+                poller.unregister(fd)
+                if os.read(fd, 1):
+                    results[index] = self._result(index, pid_of[index])
+                    continue
+                pid = pid_of[index]
+                _, status = os.waitpid(pid, 0)
+                del self.pids[pid]
                 raise WorkerFailed(f"worker {index} (pid {pid}) {describe_status(status)} during "
                                    "the run; the run is stopped")
-            self.done[index] = pid
-        return [self._result(i, pid) for i, pid in enumerate(self.done)]
+        return results
+
+    def _reap(self):
+        """The workers' processes, ended or ending (killed when the run failed)."""
+        for pid in list(self.pids):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            del self.pids[pid]
 
     def _result(self, index, pid):
         path = os.path.join(self._dir, f"w{index}.result")
