@@ -3,7 +3,9 @@
  * (a run split over workers) in C; that module has the same function in Python for when
  * this one is absent or MOSXDP_PURE_PYTHON=1.
  *
- *     scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)
+ *     scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index)
+ *         -> (off, index)
+ *     resync(map, at, little, ns) -> offset of a record header at or after at, or -1
  *
  * It reads only the frames of the fast path (fast_hash below): IPv4 without options and
  * IPv6 without extension headers, under up to two VLAN tags, after the link header of the
@@ -206,27 +208,29 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t a
 }
 
 /*
- * scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)
+ * scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index)
+ *     -> (off, index)
  *
- * From the record at off (frame number index) on: each fast-path frame's bucket counted in
- * counts, stored in buckets[index] (NO_IP_BUCKET for a frame without IP: worker 0), and
- * its record's length (header included) in sizes[index]. Stops at the end, at a record cut
+ * From the record at off (frame number index) on, up to the record at stop_at (-1: the
+ * end): each fast-path frame's bucket counted in counts, stored in buckets[index]
+ * (NO_IP_BUCKET for a frame without IP: worker 0), and its record's length (header
+ * included) in sizes[index]. Stops at stop_at or past it, at the end, at a record cut
  * short, at a frame off the fast path, or when buckets or sizes is full. The walk runs
- * without the GIL: the parent scans in a thread while the app sets up.
+ * without the GIL: the parent scans parts of the capture in threads.
  */
 #define NO_IP_BUCKET (1u << BUCKET_BITS)
 
 static PyObject *scan_records(PyObject *self, PyObject *args)
 {
 	PyObject *map_obj, *counts_obj, *buckets_obj, *sizes_obj;
-	Py_ssize_t off, index, room;
+	Py_ssize_t off, stop_at, index, room;
 	int little;
 	unsigned linktype;
 	Py_buffer map, counts, buckets, sizes;
 	PyObject *result = NULL;
 
-	if (!PyArg_ParseTuple(args, "OnpOIOOn", &map_obj, &off, &little, &counts_obj, &linktype,
-			      &buckets_obj, &sizes_obj, &index))
+	if (!PyArg_ParseTuple(args, "OnnpOIOOn", &map_obj, &off, &stop_at, &little, &counts_obj,
+			      &linktype, &buckets_obj, &sizes_obj, &index))
 		return NULL;
 	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
 		return NULL;
@@ -249,8 +253,11 @@ static PyObject *scan_records(PyObject *self, PyObject *args)
 	uint32_t *size_of = sizes.buf;
 	uint32_t caplen;
 
+	if (stop_at < 0 || stop_at > size)
+		stop_at = size;
 	Py_BEGIN_ALLOW_THREADS
-	while (index < room && off >= 0 && whole_record(base, size, off, little, &caplen)) {
+	while (index < room && off >= 0 && off < stop_at
+	       && whole_record(base, size, off, little, &caplen)) {
 		uint32_t hash = 0;
 		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
 
@@ -280,9 +287,76 @@ map_done:
 	return result;
 }
 
+/*
+ * resync(map, at, little, ns) -> offset, or -1
+ *
+ * The first offset at or after at where RESYNC_CHAIN record headers follow one another
+ * as a capture's do (or reach the end of the file exactly): a fraction of a second under
+ * a second, a captured length within the length on the wire and MAX_RECORD, a time within
+ * a day of the record before. A guess, looked for within RESYNC_WINDOW bytes: the caller
+ * accepts it only when the walk from the records before lands on it exactly.
+ */
+#define RESYNC_CHAIN 16
+#define RESYNC_WINDOW (8 << 20)
+
+static int plausible_chain(const uint8_t *base, Py_ssize_t size, Py_ssize_t at, int little,
+			   uint32_t frac_max)
+{
+	uint32_t prev_sec = 0;
+	int k;
+
+	for (k = 0; k < RESYNC_CHAIN; k++) {
+		uint32_t sec, frac, caplen, origlen;
+
+		if (at == size)
+			return k > 0;
+		if (at + 16 > size)
+			return 0;
+		sec = rd32(base + at, little);
+		frac = rd32(base + at + 4, little);
+		caplen = rd32(base + at + 8, little);
+		origlen = rd32(base + at + 12, little);
+		if (frac >= frac_max || caplen == 0 || caplen > origlen || caplen > MAX_RECORD
+		    || at + 16 + (Py_ssize_t)caplen > size)
+			return 0;
+		if (k > 0 && (sec < prev_sec ? prev_sec - sec : sec - prev_sec) > 86400)
+			return 0;
+		prev_sec = sec;
+		at += 16 + caplen;
+	}
+	return 1;
+}
+
+static PyObject *resync(PyObject *self, PyObject *args)
+{
+	PyObject *map_obj;
+	Py_ssize_t at, end, found = -1;
+	int little, ns;
+	Py_buffer map;
+
+	if (!PyArg_ParseTuple(args, "Onpp", &map_obj, &at, &little, &ns))
+		return NULL;
+	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
+		return NULL;
+	end = at + RESYNC_WINDOW < map.len ? at + RESYNC_WINDOW : map.len;
+	Py_BEGIN_ALLOW_THREADS
+	for (; at >= 0 && at < end; at++) {
+		if (plausible_chain(map.buf, map.len, at, little, ns ? 1000000000u : 1000000u)) {
+			found = at;
+			break;
+		}
+	}
+	Py_END_ALLOW_THREADS
+	PyBuffer_Release(&map);
+	return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef methods[] = {
 	{"scan_records", scan_records, METH_VARARGS,
-	 "scan_records(map, off, little, counts, linktype, buckets, sizes, index) -> (off, index)"},
+	 "scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index) "
+	 "-> (off, index)"},
+	{"resync", resync, METH_VARARGS,
+	 "resync(map, at, little, ns) -> offset of a plausible record header at or after at, or -1"},
 	{NULL, NULL, 0, NULL},
 };
 

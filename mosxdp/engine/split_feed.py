@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import threading
 from array import array
 
 from ..core.compiled import PURE_PYTHON
@@ -20,30 +21,34 @@ from ..io.pcap import _MAX_RECORD, LINKTYPE_ETHERNET, PcapFormatError, PcapReade
 
 # Frames per chunk of the plan's arrays (6 bytes a frame: 384 KiB a chunk).
 CHUNK_FRAMES = 1 << 16
+# The least of the capture a thread of the plan's pass reads; what a part reads at once;
+# what resync() looks through for a part's first record.
+PART_BYTES = 8 << 20
+BLOCK_BYTES = 1 << 20
+RESYNC_BYTES = 4 << 20
 # The bucket of a frame without IP: worker 0 (the table's last entry).
 NO_IP_BUCKET = 1 << BUCKET_BITS
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
               b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True)}
 _MASK64 = (1 << 64) - 1
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class Scan:
-    """The records of a classic pcap file, mapped: (frame number, record offset, ts)."""
+    """A classic pcap file as a split run reads it: its header, reads of its records for
+    the plan's pass (os.preadv into a block per part: no page tables to build and tear
+    down), and a read-only map for the merge of --write."""
 
     def __init__(self, path):
         self.path = path
-        self.file = open(path, "rb")
-        size = os.fstat(self.file.fileno()).st_size
-        # Read-only and shared: populated at once (one pass of the kernel over the page
-        # cache instead of a fault per page while counting; the split reads every page).
-        self.map = mmap.mmap(self.file.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE,
-                             prot=mmap.PROT_READ) if size else b""
-        self.order, self.nanosecond = PCAP_MAGIC[bytes(self.map[:4])]
+        self.file = open(path, "rb", buffering=0)
+        self.fd = self.file.fileno()
+        self.size = os.fstat(self.fd).st_size
+        header = os.pread(self.fd, 24, 0)
+        self.order, self.nanosecond = PCAP_MAGIC[header[:4]]
         self.record = struct.Struct(self.order + "IIII")
-        self.size = size
-        self.linktype = self.linktype_of(self.map, self.order)
+        self.linktype = self.linktype_of(header, self.order)
         self.link = LINK_LAYERS.get(self.linktype)
+        self._map = None
 
     @staticmethod
     def linktype_of(mm, order):
@@ -51,22 +56,35 @@ class Scan:
         (network,) = struct.unpack_from(order + "I", mm, 20)
         return network & 0xFFFF
 
+    @property
+    def map(self):
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        return self._map
+
     def ethernet(self, start, caplen, origlen=None):
-        """The record's frame at ``start`` as the core gets it: as it is in an Ethernet
-        capture, else an Ethernet copy (the map is read-only). With ``origlen``: (the frame,
-        its length on the wire when the capture cut it, else 0)."""
-        frame = memoryview(self.map)[start:start + caplen]
-        grown = 0
-        if self.link is not None:
-            frame, grown = self.link.ethernet(memoryview(bytearray(frame)), 0, 0, caplen)
+        """The record's frame at ``start`` in the map as the core gets it: as it is in an
+        Ethernet capture, else an Ethernet copy (the map is read-only). With ``origlen``:
+        (the frame, its length on the wire when the capture cut it, else 0)."""
+        frame, grown = self.as_ethernet(memoryview(self.map)[start:start + caplen])
         if origlen is None:
             return frame
         return frame, origlen + grown if caplen < origlen else 0
 
+    def as_ethernet(self, frame):
+        """(``frame`` as the core gets it, the bytes its link header grew by)."""
+        if self.link is None:
+            return frame, 0
+        return self.link.ethernet(memoryview(bytearray(frame)), 0, 0, len(frame))
+
+    def read_ts(self, at):
+        """The timestamp of the record at ``at`` (microseconds)."""
+        return _ts(os.pread(self.fd, 8, at), 0, self.order == "<", self.nanosecond)
+
     def close(self):
-        if isinstance(self.map, mmap.mmap):
+        if self._map is not None:
             try:
-                self.map.close()
+                self._map.close()
             except BufferError:
                 pass      # a view is still held (a failed merge): freed with it
         self.file.close()
@@ -108,58 +126,131 @@ class Plan:
                 yield table[buckets[i]]
 
 
-def plan_split(scan, workers):
+def plan_split(scan, workers, parts=None):
     """One pass over the capture up to its last whole record: every frame's bucket and
     record length, the frames per bucket, and from them the bucket table (core/split.py's
-    balance: the largest buckets first, each to the worker with the fewest frames)."""
-    counts = array("q", bytes(8 << BUCKET_BITS))
-    mm = scan.map
+    balance: the largest buckets first, each to the worker with the fewest frames).
+
+    The pass is cut in ``parts`` (by default one per worker, up to the CPUs the process may
+    use, when the capture is large enough to pay for a thread), read at once in threads:
+    each part begins at a record header found by resync() near its share of the file, and
+    is kept only when the part before it ends exactly there (a walk from the first record
+    only lands on record headers); otherwise the pass goes on from where that part ended."""
+    if parts is None:
+        parts = max(1, min(workers, _cpus(), scan.size // PART_BYTES))
     little = scan.order == "<"
+    starts = [24]
+    for k in range(1, parts):
+        guess = scan.size * k // parts
+        window = os.pread(scan.fd, RESYNC_BYTES, guess)
+        at = _resync(window, 0, little, scan.nanosecond)
+        if at >= 0 and guess + at > starts[-1]:
+            starts.append(guess + at)
+    stops = starts[1:] + [-1]
+    found = [None] * len(starts)
+    failed = []
+
+    def part(k):
+        try:
+            found[k] = _scan_part(scan, starts[k], stops[k])
+        except BaseException as exc:     # re-raised by the caller's thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=part, args=(k,), daemon=True)
+               for k in range(1, len(starts))]
+    for thread in threads:
+        thread.start()
+    part(0)
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    counts = array("q", bytes(8 << BUCKET_BITS))
     chunks = []
-    off = 24
     last = None
-    frames = 0
+    off = 24
+    for k, result in enumerate(found):
+        rest = starts[k] != off
+        if rest:
+            # The part before ended elsewhere (its guess was no record header, or the
+            # capture is cut short before it): the pass goes on from there, alone.
+            result = _scan_part(scan, off, -1)
+        part_chunks, part_counts, off, part_last = result
+        for bucket, count in enumerate(part_counts):
+            counts[bucket] += count
+        chunks += part_chunks
+        last = part_last if part_last is not None else last
+        if rest:
+            break
+    frames = sum(count for _, _, count in chunks)
+    table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
+    last_ts = scan.read_ts(last) if last is not None else 0
+    return Plan(chunks, table, frames, last_ts, scan.check_end(off))
+
+
+def _scan_part(scan, off, stop_at):
+    """The records from ``off`` up to the one at ``stop_at`` (-1: the end), read in blocks:
+    (chunks, counts, offset where the walk stopped, offset of its last record or None)."""
+    counts = array("q", bytes(8 << BUCKET_BITS))
+    little = scan.order == "<"
+    caplen_at = struct.Struct(scan.order + "I").unpack_from
+    fd, size = scan.fd, scan.size
+    end = size if stop_at < 0 else stop_at
+    block = bytearray(BLOCK_BYTES)
+    base, have = off, 0              # the block holds the file's bytes [base, base + have)
+    chunks = []
+    last = None
     more = True
     while more:
         buckets = array("H", bytes(2 * CHUNK_FRAMES))
         sizes = array("I", bytes(4 * CHUNK_FRAMES))
         n = 0
         while n < CHUNK_FRAMES:
-            off, n = _scan_records(mm, off, little, counts, scan.linktype, buckets, sizes, n)
-            if n == CHUNK_FRAMES:
-                break
-            record = _record_at(scan, off)
-            if record is None:
+            if off >= end:
                 more = False
                 break
+            view = memoryview(block)[:have]
+            rel, n = _scan_records(view, off - base, end - base, little, counts, scan.linktype,
+                                   buckets, sizes, n)
+            off = base + rel
+            if n == CHUNK_FRAMES or off >= end:
+                continue
+            # Stopped at a record not whole in the block, or at a frame off the fast path.
+            caplen = caplen_at(view, rel + 8)[0] if rel + 16 <= have else None
+            if caplen is not None and caplen > _MAX_RECORD:
+                more = False               # corrupt: check_end names it
+                break
+            if caplen is None or rel + 16 + caplen > have:
+                if base + have >= size:
+                    more = False           # the end, or a record cut short
+                    break
+                base = off
+                wanted = max(BLOCK_BYTES, 16 + (caplen or 0))
+                if len(block) < wanted:
+                    block = bytearray(wanted)
+                view.release()
+                have = os.preadv(fd, [block], base)
+                continue
             # A frame off the fast path: its hash by the core's parser.
-            start, caplen = record
-            value = frame_hash(scan.ethernet(start, caplen))
+            frame, _ = scan.as_ethernet(view[rel + 16:rel + 16 + caplen])
+            value = frame_hash(frame)
             bucket = NO_IP_BUCKET if value is None else value >> BUCKET_SHIFT
             counts[0 if value is None else bucket] += 1
             buckets[n] = bucket
             sizes[n] = 16 + caplen
-            off = start + caplen
+            off += 16 + caplen
             n += 1
         if n:
             chunks.append((buckets, sizes, n))
-            frames += n
             last = off - sizes[n - 1]
-    table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
-    last_ts = _ts(mm, last, little, scan.nanosecond) if last is not None else 0
-    return Plan(chunks, table, frames, last_ts, scan.check_end(off))
+    return chunks, counts, off, last
 
 
-def _record_at(scan, off):
-    """(start, caplen) of the whole record at ``off``, or None at the end of the capture or
-    where a record is cut short or corrupt (check_end names it)."""
-    if off + 16 > scan.size:
-        return None
-    caplen = struct.unpack_from(scan.order + "I", scan.map, off + 8)[0]
-    start = off + 16
-    if start + caplen > scan.size or caplen > _MAX_RECORD:
-        return None
-    return start, caplen
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _ts(mm, at, little, ns):
@@ -201,17 +292,20 @@ def _fast_record(mm, off, caplen_at):
     return None if value is None else (start, caplen, value)
 
 
-def scan_records(mm, off, little, counts, linktype, buckets, sizes, index):
-    """From the record at ``off`` (frame number ``index``) on: each fast-path frame's bucket
-    counted in ``counts`` and stored in ``buckets[index]``, its record's length in
-    ``sizes[index]``; stops at the end, a record cut short, a frame off the fast path (here
-    every frame of a link type other than Ethernet) or when the arrays are full. Returns
-    (offset of the first record not read, index)."""
+def scan_records(mm, off, stop_at, little, counts, linktype, buckets, sizes, index):
+    """From the record at ``off`` (frame number ``index``) on, up to the record at
+    ``stop_at`` (-1: the end): each fast-path frame's bucket counted in ``counts`` and
+    stored in ``buckets[index]``, its record's length in ``sizes[index]``; stops at or past
+    stop_at, at the end, a record cut short, a frame off the fast path (here every frame of
+    a link type other than Ethernet) or when the arrays are full. Returns (offset of the
+    first record not read, index)."""
     if linktype != LINKTYPE_ETHERNET:
         return off, index
     caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
     room = min(len(buckets), len(sizes))
-    while index < room:
+    if stop_at < 0:
+        stop_at = len(mm)
+    while index < room and off < stop_at:
         record = _fast_record(mm, off, caplen_at)
         if record is None:
             break
@@ -225,9 +319,34 @@ def scan_records(mm, off, little, counts, linktype, buckets, sizes, index):
     return off, index
 
 
+def resync(mm, at, little, ns):
+    """The first offset at or after ``at`` (within 8 MiB) where 16 record headers follow
+    one another as a capture's do, or reach its end exactly; -1 if none. A guess:
+    plan_split keeps a part that begins there only when the walk before lands on it."""
+    fmt = struct.Struct(("<" if little else ">") + "IIII").unpack_from
+    frac_max = 1_000_000_000 if ns else 1_000_000
+    size = len(mm)
+    for start in range(at, min(size, at + (8 << 20))):
+        pos = start
+        prev = None
+        k = 0
+        while k < 16 and pos + 16 <= size:
+            sec, frac, caplen, origlen = fmt(mm, pos)
+            if (frac >= frac_max or caplen == 0 or caplen > origlen or caplen > _MAX_RECORD
+                    or pos + 16 + caplen > size
+                    or (prev is not None and abs(sec - prev) > 86400)):
+                break
+            prev = sec
+            pos += 16 + caplen
+            k += 1
+        if k == 16 or (k and pos == size):
+            return start
+    return -1
+
+
 try:
     if PURE_PYTHON:
         raise ImportError
-    from ._splitscan import scan_records as _scan_records
+    from ._splitscan import resync as _resync, scan_records as _scan_records
 except ImportError:
-    _scan_records = scan_records
+    _resync, _scan_records = resync, scan_records

@@ -313,6 +313,58 @@ def test_c_loop_gives_the_workers_its_python_twin_gives(tmp_path, monkeypatch):
             assert c_counts == py_counts, path
 
 
+def _plan_of(path, parts):
+    scan = split_feed.Scan(path)
+    try:
+        plan = split_feed.plan_split(scan, 3, parts=parts)
+    finally:
+        scan.close()
+    return (plan.table, [b for buckets, _, n in plan.chunks for b in buckets[:n]],
+            [z for _, sizes, n in plan.chunks for z in sizes[:n]], plan.frames, plan.last_ts,
+            str(plan.error))
+
+
+def _fake_records(count):
+    """Bytes that read as ``count`` pcap records of 40-byte frames, one after the other."""
+    return b"".join(struct.pack("<IIII", 1_700_000_000, 5, 40, 40) + bytes(40)
+                    for _ in range(count))
+
+
+def test_plan_read_in_parts_is_the_one_pass_plan(tmp_path, monkeypatch):
+    """The plan's pass cut in parts read by threads gives the plan of one pass: for the
+    shipped captures (parts beginning where resync() finds a header), a capture cut short,
+    and one whose middle frame carries a chain of fake record headers where the second
+    part's guess falls: that part is dropped (the first part does not land on it) and the
+    pass goes on from where the first part ended."""
+    monkeypatch.setattr(split_feed, "BLOCK_BYTES", 4096)      # records across blocks
+    paths = [os.path.join(DATA, name) for name in sorted(os.listdir(DATA))
+             if name.endswith(".pcap")]
+    cut = tmp_path / "cut.pcap"
+    with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
+        cut.write_bytes(f.read()[:-7])
+    paths.append(str(cut))
+    for path in paths:
+        whole = _plan_of(path, 1)
+        for parts in (2, 3, 7):
+            assert _plan_of(path, parts) == whole, (path, parts)
+    fooled = str(tmp_path / "fooled.pcap")
+    frame = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=5, dport=6))
+    with PcapWriter(fooled) as writer:
+        writer.write(1_000_000, frame)
+        writer.write(1_000_001, frame[:54] + _fake_records(60))
+        writer.write(1_000_002, frame)
+    calls = []
+    scan_part = split_feed._scan_part
+    monkeypatch.setattr(split_feed, "_scan_part",
+                        lambda scan, off, stop_at: calls.append((off, stop_at))
+                        or scan_part(scan, off, stop_at))
+    whole = _plan_of(fooled, 1)
+    assert whole[3] == 3
+    calls.clear()
+    assert _plan_of(fooled, 2) == whole
+    assert len(calls) == 3 and calls[2][1] == -1, calls    # part 0, the fake part, the rest
+
+
 def _relinked(frame, linktype):
     """An Ethernet frame as a capture of ``linktype`` holds it (None: one it cannot carry)."""
     ethertype = struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else None
