@@ -60,40 +60,93 @@ def _verdict_records(worker, path):
                 yield place, kind, ts, data
 
 
-def merge_write(writer, scan, frames, paths):
+class _Offsets:
+    """The record offsets of frame numbers asked in increasing order, added up from the
+    plan's record lengths (engine/split_feed.py) instead of read from each header."""
+
+    def __init__(self, plan):
+        self.chunks = plan.chunks
+        self.k = self.i = self.number = 0
+        self.off = 24
+
+    def at(self, number):
+        while self.number < number and self.k < len(self.chunks):
+            _, sizes, count = self.chunks[self.k]
+            take = min(count - self.i, number - self.number)
+            self.off += sum(sizes[self.i:self.i + take])
+            self.i += take
+            self.number += take
+            if self.i == count:
+                self.k += 1
+                self.i = 0
+        return self.off
+
+
+def merge_write(writer, scan, plan, frames, paths, uncut):
     """--write: the input's frames in their order, as the workers' verdicts say, with the
     frames the apps sent where one worker sends them. A run of frames forwarded unchanged
     whose records PcapWriter would write as they are in the input (little-endian
-    microseconds, not cut by a snap length) is copied in one write."""
+    microseconds, not cut by a snap length) is copied whole, by the kernel when the output
+    is a file (OutputFile.copy_range). ``uncut``: no frame of the capture was cut (no
+    worker saw one): then every frame between two frames with verdicts is such a frame,
+    and the merge reads only the headers of the frames with verdicts."""
     records = heapq.merge(*(_verdict_records(w, p) for w, p in enumerate(paths)),
                           key=lambda r: r[0])
-    mm = scan.map
     rec = scan.record.unpack_from
     ns = scan.nanosecond
     # Records PcapWriter writes as they are: little-endian microseconds of Ethernet frames.
     verbatim = scan.order == "<" and not ns and scan.link is None
+    whole_runs = verbatim and uncut
+    offsets = _Offsets(plan)
     ethernet = scan.ethernet
     out = writer._f
-    view = memoryview(mm)
+    copy_range = getattr(out, "copy_range", None)
+
+    def whole(start):
+        """The bytes of whole records in the first n bytes from ``start``."""
+        def records_in(n):
+            at = start
+            while at + 16 <= start + n:
+                following = at + 16 + rec(scan.map, at)[2]
+                if following > start + n:
+                    break
+                at = following
+            return at - start
+        return records_in
 
     def copy(start, end):
+        if copy_range is not None:
+            copy_range(scan.fd, start, end - start, whole(start))
+            return
+        view = memoryview(scan.map)
         for at in range(start, end, 1 << 20):
             out.write(view[at:min(end, at + (1 << 20))])
+        view.release()
 
     write = writer.write
     written = 0
     pending = next(records, None)
+    number = 0
     off = 24
     run_start = off          # input bytes not yet written, all verbatim records
-    for number in range(frames):
+    while number < frames:
+        target = frames if pending is None else min(pending[0][0], frames)
+        if whole_runs and number < target:
+            # Nothing happened to these frames: forwarded as they came, copied as they are.
+            off = offsets.at(target)
+            written += target - number
+            number = target
+            continue
+        mm = scan.map
         sec, frac, caplen, origlen = rec(mm, off)
         start = off + 16
         end = start + caplen
-        if pending is None or pending[0][0] != number:
+        if number < target:
             # Nothing happened to this frame: forwarded as it came.
             if verbatim and caplen == origlen:
                 off = end
                 written += 1
+                number += 1
                 continue
             if run_start < off:
                 copy(run_start, off)
@@ -101,6 +154,7 @@ def merge_write(writer, scan, frames, paths):
             write(sec * 1_000_000 + (frac // 1000 if ns else frac), frame, wire)
             written += 1
             off = run_start = end
+            number += 1
             continue
         if run_start < off:
             copy(run_start, off)
@@ -127,9 +181,11 @@ def merge_write(writer, scan, frames, paths):
                 written += 1
             pending = next(records, None)
         off = run_start = end
+        if whole_runs:
+            offsets.at(number + 1)
+        number += 1
     if run_start < off:
         copy(run_start, off)
-    view.release()
     while pending is not None:
         for frame in pending[3]:
             write(pending[2], frame)

@@ -131,6 +131,7 @@ class _Worker:
         self.spooldir = spooldir
         self.frames_in = 0
         self.cut_length = 0           # the longest captured length of a cut frame
+        self.cut_records = 0          # frames the capture cut (shorter than on the wire)
         self.verdicts = None
         self.spools = []
 
@@ -264,6 +265,7 @@ class _Worker:
                     if caplen < wire:
                         cut[0] = wire
                         cutting = True
+                        self.cut_records += 1
                         if caplen > self.cut_length:
                             self.cut_length = caplen
                     elif cutting:
@@ -369,7 +371,7 @@ class _Worker:
             "counters": dict(stack.counters), "malformed": dict(stack.malformed),
             "callback_errors": dict(stack.callback_errors),
             "reassembly_mem_peak": stack.reassembly_mem_peak, "frames_in": self.frames_in,
-            "cut_length": self.cut_length,
+            "cut_length": self.cut_length, "cut_records": self.cut_records,
             "spools": [(number, spool.path) for number, spool in self.spools],
             "write": write_path, "dirs": dirs, "stop": stop, "error": error,
             "seconds": seconds, "pid": os.getpid(),

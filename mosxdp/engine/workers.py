@@ -124,7 +124,7 @@ class SplitRun(ForkedParent):
             # The network sinks' threads, after the forks (a forked child gets no thread):
             # the parent sends the merged records.
             outputs.start()
-            frames_out = self._merge(results, writer, scan, frames)
+            frames_out = self._merge(results, writer, scan, plan, frames)
         except BaseException:
             self._kill()
             raise
@@ -210,7 +210,7 @@ class SplitRun(ForkedParent):
                 pass
             self.pids.pop(pid, None)
 
-    def _merge(self, results, writer, scan, frames):
+    def _merge(self, results, writer, scan, plan, frames):
         items = self.mctx.outputs.items
         for number, item in enumerate(items):
             paths = [dict(r["spools"]).get(number) for r in results]
@@ -220,7 +220,8 @@ class SplitRun(ForkedParent):
             add_dirs(items, r["dirs"])
         if writer is None:
             return 0
-        return merge_write(writer, scan, frames, [r["write"] for r in results])
+        return merge_write(writer, scan, plan, frames, [r["write"] for r in results],
+                           uncut=not any(r["cut_records"] for r in results))
 
     def _aggregate(self, results):
         stack = self.mctx.stack

@@ -238,6 +238,48 @@ class OutputFile:
         if len(buf) >= FLUSH_BYTES:
             self.flush()
 
+    def copy_range(self, fd, offset: int, count: int, whole=None) -> None:
+        """``count`` bytes of the file ``fd`` from ``offset``, after what is buffered:
+        copied by the kernel (sendfile: page cache to page cache, not through this
+        process), else read and written. A failure is counted as a write's; a regular file
+        is cut back to the records it holds whole: ``whole(n)``, the bytes of whole records
+        in the first n copied (None: the copy is one record)."""
+        if self._sink is not None:
+            self.write(os.pread(fd, count, offset))
+            return
+        self.flush()
+        if self._dead:
+            self.lost += count
+            return
+        done = 0
+        try:
+            while done < count:
+                try:
+                    sent = os.sendfile(self._fd, fd, offset + done, count - done)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    sent = os.write(self._fd, os.pread(fd, min(count - done, 1 << 20),
+                                                       offset + done))
+                if sent == 0:
+                    raise OSError(errno.EIO, "the input ended before the bytes to copy")
+                done += sent
+        except OSError as exc:
+            kept = done
+            if self._regular and done:
+                cut = whole(done) if whole is not None else 0
+                try:
+                    os.ftruncate(self._fd, self.written + cut)
+                    kept = cut
+                except OSError:
+                    pass
+            self._dead = True
+            self.written += kept
+            self.lost += count - kept
+            self._record(exc)
+            return
+        self.written += done
+
     def redirect(self, sink) -> None:
         """From now on each record goes to ``sink(bytes)``, never to the file: a worker
         process of a split run (engine/workers.py), whose parent writes the file. Flush

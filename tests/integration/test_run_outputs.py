@@ -119,6 +119,18 @@ def test_write_on_a_full_disk_keeps_whole_records_and_the_log(tmpfs):
         connlog(HTTP).result()
 
 
+def test_a_split_runs_write_on_a_full_disk_keeps_whole_records(tmpfs):
+    """Two workers: the parent copies the runs of frames forwarded unchanged with sendfile;
+    the run that does not fit is cut back to the records before it."""
+    out = tmpfs("256k") / "out.pcap"
+    proc = run_mosxdp("run", "flowdump", "--pcap", HTTP, "--outdir", tmpdir("flows"),
+                      "--write", out, "--workers", 2)
+    one_error_line(proc, f"cannot write {out}: No space left on device", code=3)
+    _, written = read_pcap(out)                     # asserts no cut record at the end
+    _, frames = read_pcap(HTTP)
+    assert 0 < len(written) < len(frames) and written == frames[:len(written)]
+
+
 def test_connlog_to_a_device_that_refuses_writes():
     with open("/dev/full", "w") as full:
         proc = subprocess.run(mosxdp_command() + ["run", "connlog", "--pcap", str(HTTP)],
