@@ -8,6 +8,7 @@ from __future__ import annotations
 import marshal
 import mmap
 import os
+import shutil
 import struct
 import time
 
@@ -38,6 +39,10 @@ OUT, VERDICT = 0, 1
 class WorkerFailed(Exception):
     """A worker died or failed: the run's one line (the command line prints it as an
     error)."""
+
+
+class ParentGone(Exception):
+    """The parent of a split run died (kill -9): its workers stop and clean up."""
 
 
 class _Spool:
@@ -230,7 +235,7 @@ class _Worker:
                             end_ts = sec * 1_000_000 + (frac // 1000 if ns else frac)
                         self._end_batch(number - 1, end_ts)
                         if os.getppid() != parent:
-                            raise WorkerFailed("the parent is gone")
+                            raise ParentGone
                         for w in range(workers):
                             if stops[w] < number:
                                 # Another worker stopped the run at a frame this batch
@@ -389,6 +394,10 @@ def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir,
         stop = None
         try:
             stop = worker.run(plan, stop_slots, parent)
+        except ParentGone:
+            # Nobody merges what this worker wrote: its spool goes, and so does it.
+            shutil.rmtree(spooldir, ignore_errors=True)
+            os._exit(1)
         except KeyboardInterrupt:
             error = "interrupted"
         except WorkerFailed as exc:

@@ -269,6 +269,31 @@ def test_ctrl_c_stops_every_worker():
     assert _session(proc.pid) == []
 
 
+def test_workers_of_a_killed_parent_stop_and_clean_up():
+    """kill -9 of the parent: its workers notice at their next batch end, remove the
+    spool directory nobody will merge, and end; nothing is left running."""
+    out = tmpdir("orphans")
+    spool = tmpdir("orphans-tmp")
+    pcap = tmpdir("big-orphans") / "big.pcap"
+    _bench().make_capture(str(pcap), 30)
+    proc = subprocess.Popen(
+        mosxdp_command() + ["run", "flowdump", "--pcap", str(pcap), "--outdir", str(out),
+                            "--workers", "2", "--batch-size", "1"],
+        start_new_session=True, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, TMPDIR=str(spool)))
+    deadline = time.monotonic() + 30
+    while len(_session(proc.pid)) < 3 and time.monotonic() < deadline:   # the 2 workers run
+        time.sleep(0.02)
+    assert proc.poll() is None and len(_session(proc.pid)) == 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=20)
+    deadline = time.monotonic() + 20
+    while _session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _session(proc.pid) == []
+    assert list(spool.iterdir()) == []
+
+
 def _session(sid):
     out = subprocess.run(["pgrep", "-s", str(sid)], capture_output=True, text=True).stdout
     return out.split()
