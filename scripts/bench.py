@@ -737,16 +737,21 @@ def make_short_flows(out_path, flows, at_once=64):
 
 
 def _timed_run(argv):
-    """(the process's wall time, the run's: --stats's seconds, start-up and exit left out)"""
+    """(the process's wall time, the run's: --stats's seconds, start-up and exit left out,
+    and a split run's phases: --stats-json's ``split``, None for one worker)"""
+    import json
     import re
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mosxdp.cli", "run", *argv, "--stats"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench --workers: mosxdp run {' '.join(argv)} failed: "
-                         f"{proc.stderr.strip()[-500:]}")
-    return elapsed, float(re.search(r", ([0-9.]+) s,", proc.stderr).group(1))
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as stats:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "mosxdp.cli", "run", *argv, "--stats",
+                               "--stats-json", stats.name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"bench --workers: mosxdp run {' '.join(argv)} failed: "
+                             f"{proc.stderr.strip()[-500:]}")
+        split = json.load(stats).get("split")
+    return elapsed, float(re.search(r", ([0-9.]+) s,", proc.stderr).group(1)), split
 
 
 def _same_tree(a, b):
@@ -781,18 +786,21 @@ def bench_workers(pcap, max_workers, repeat):
               f"{repeat} runs [all runs]; process: the whole `mosxdp run`, run: without "
               f"its start-up (--stats); outputs in {os.path.dirname(workdir)}")
         print(f"{'configuration':<18} {'workers':>7} {'process s':>24} {'speed-up':>8} "
-              f"{'run s':>24} {'speed-up':>8} {'identical':>9}")
+              f"{'run s':>24} {'speed-up':>8} {'identical':>9}  plan / workers / merge s")
         for label, name, argv_of in configs:
             tag = label.replace(" ", "_")
             times = {n: ([], []) for n in counts}
+            phases = {n: [] for n in counts}
             for rnd in range(repeat):
                 for workers in counts:
                     out = os.path.join(workdir, f"{tag}-{workers}-{rnd}", name)
                     os.makedirs(os.path.dirname(out), exist_ok=True)
-                    whole, run = _timed_run(argv_of(out) + ["--pcap", pcap,
-                                                            "--workers", str(workers)])
+                    whole, run, split = _timed_run(argv_of(out) + ["--pcap", pcap,
+                                                                   "--workers", str(workers)])
                     times[workers][0].append(whole)
                     times[workers][1].append(run)
+                    if split:
+                        phases[workers].append(split)
                     first = os.path.join(workdir, f"{tag}-1-0", name)
                     same = _same_tree(first, out) and (
                         not label.endswith("--write") or _same_tree(first + ".flows", out + ".flows"))
@@ -808,7 +816,13 @@ def bench_workers(pcap, max_workers, repeat):
                     median = statistics.median(times[workers][kind])
                     runs = " ".join(f"{t:.2f}" for t in times[workers][kind])
                     cells.append(f"{f'{median:.2f} [{runs}]':>24} {base[kind] / median:>7.2f}x")
-                print(f"{label:<18} {workers:>7} {cells[0]} {cells[1]} {'yes':>9}", flush=True)
+                split = ""
+                if phases[workers]:
+                    split = "  " + " / ".join(
+                        f"{statistics.median(p[key] for p in phases[workers]):.3f}"
+                        for key in ("plan_seconds", "workers_seconds", "merge_seconds"))
+                print(f"{label:<18} {workers:>7} {cells[0]} {cells[1]} {'yes':>9}{split}",
+                      flush=True)
             shutil.rmtree(os.path.join(workdir, f"{tag}-1-0"), ignore_errors=True)
         print(f"1-minute load after: {_loadavg()}")
     finally:

@@ -20,6 +20,8 @@ def write_stats_json(output, mctx, result):
            "live": result.live_stats() if result is not None else None}
     if result is not None and result.workers is not None:
         out["workers"] = result.workers
+    if result is not None and result.split is not None:
+        out["split"] = result.split
     output.write(json.dumps(out, indent=1, default=str) + "\n")
     output.close()
 

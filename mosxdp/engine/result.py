@@ -21,7 +21,9 @@ class RunResult:
     capability drop after set-up did (``io.privileges.after_setup``).
 
     A split offline run (``--workers N``, engine/workers.py): ``workers``, per worker its
-    frames, seconds and pid (None otherwise).
+    frames, seconds and pid, and ``split``, where the run's time went: the plan of the
+    capture (seconds, and the parts read at once), the workers (from the plan until the
+    last one's result), the merge and the end (None otherwise).
     """
 
     mode: str
@@ -34,6 +36,7 @@ class RunResult:
     verdict_entries_left: int | None = None
     privileges: dict | None = None
     workers: list | None = None
+    split: dict | None = None
 
     def live_stats(self) -> dict | None:
         """The live datapath's counters as one JSON-ready dict (None offline)."""

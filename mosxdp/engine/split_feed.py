@@ -111,7 +111,8 @@ class Plan:
     bucket; the number of frames, the last one's timestamp, and the reader's error for what
     follows the last whole record (None when the capture ends there)."""
 
-    def __init__(self, chunks, table, frames, last_ts, error):
+    def __init__(self, chunks, table, frames, last_ts, error, parts=1):
+        self.parts = parts              # the parts of the pass kept (read at once)
         self.chunks = chunks
         self.table = table
         self.frames = frames
@@ -169,8 +170,10 @@ def plan_split(scan, workers, parts=None):
     chunks = []
     last = None
     off = 24
+    kept = 0
     for k, result in enumerate(found):
         rest = starts[k] != off
+        kept += not rest
         if rest:
             # The part before ended elsewhere (its guess was no record header, or the
             # capture is cut short before it): the pass goes on from there, alone.
@@ -185,7 +188,7 @@ def plan_split(scan, workers, parts=None):
     frames = sum(count for _, _, count in chunks)
     table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
     last_ts = scan.read_ts(last) if last is not None else 0
-    return Plan(chunks, table, frames, last_ts, scan.check_end(off))
+    return Plan(chunks, table, frames, last_ts, scan.check_end(off), kept)
 
 
 def _scan_part(scan, off, stop_at):

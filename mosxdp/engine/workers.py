@@ -100,6 +100,7 @@ class SplitRun(ForkedParent):
         stop_slots = memoryview(slots).cast("q")
         try:
             plan = plan_split(scan, workers)
+            planned = time.perf_counter()
             for w in range(workers):
                 stop_slots[w] = NOT_STOPPED
             parent = os.getpid()
@@ -118,6 +119,7 @@ class SplitRun(ForkedParent):
                 self._done_fds.append(rd)
                 self.pids[pid] = index
             results = self._wait()
+            waited = time.perf_counter()
             stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
             # Stopped by a callback: the input ends at its frame, as with one worker.
             frames = stops[0][0] if stops else plan.frames
@@ -139,8 +141,12 @@ class SplitRun(ForkedParent):
             if writer is not None:
                 writer.flush()
             shutil.rmtree(spooldir, ignore_errors=True)
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        seconds = ended - started
         self._aggregate(results)
+        phases = {"plan_seconds": round(planned - started, 4), "plan_parts": plan.parts,
+                  "workers_seconds": round(waited - planned, 4),
+                  "merge_seconds": round(ended - waited, 4)}
         if self.print_stats:
             print(summary_line(mctx.stack, frames, frames_out, seconds)
                   + f", workers {workers}", file=sys.stderr)
@@ -155,7 +161,7 @@ class SplitRun(ForkedParent):
             message, code, _ = stops[0][1]
             raise StopMonitor(message, code)
         return RunResult("offline", frames, frames_out, seconds, "end of input",
-                         workers=self.worker_stats)
+                         workers=self.worker_stats, split=phases)
 
     def _wait(self):
         """Each worker's result, as soon as it says it wrote it (its process may still be
