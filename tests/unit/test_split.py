@@ -313,15 +313,33 @@ def test_c_loop_gives_the_workers_its_python_twin_gives(tmp_path, monkeypatch):
             assert c_counts == py_counts, path
 
 
-def _plan_of(path, parts):
+def _plan_of(path, parts, kept=None):
     scan = split_feed.Scan(path)
     try:
         plan = split_feed.plan_split(scan, 3, parts=parts)
     finally:
         scan.close()
+    if kept is not None:
+        kept.append(plan.parts)
     return (plan.table, [b for buckets, _, n in plan.chunks for b in buckets[:n]],
             [z for _, sizes, n in plan.chunks for z in sizes[:n]], plan.frames, plan.last_ts,
             str(plan.error))
+
+
+def _rewritten(src, dst, order, nanosecond):
+    """``src`` (little-endian microseconds) in another byte order and resolution."""
+    with open(src, "rb") as f:
+        data = f.read()
+    head = struct.unpack_from("<IHHiIII", data)
+    out = [struct.pack(order + "IHHiIII", 0xA1B23C4D if nanosecond else 0xA1B2C3D4, *head[1:])]
+    off = 24
+    while off < len(data):
+        sec, frac, caplen, origlen = struct.unpack_from("<IIII", data, off)
+        out.append(struct.pack(order + "IIII", sec, frac * 1000 if nanosecond else frac,
+                               caplen, origlen) + data[off + 16:off + 16 + caplen])
+        off += 16 + caplen
+    dst.write_bytes(b"".join(out))
+    return dst
 
 
 def _fake_records(count):
@@ -343,10 +361,17 @@ def test_plan_read_in_parts_is_the_one_pass_plan(tmp_path, monkeypatch):
     with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
         cut.write_bytes(f.read()[:-7])
     paths.append(str(cut))
+    for order, nanosecond in ((">", False), ("<", True), (">", True)):
+        other = tmp_path / f"{'big' if order == '>' else 'little'}-{nanosecond}.pcap"
+        paths.append(str(_rewritten(os.path.join(DATA, "concurrent.pcap"), other, order,
+                                    nanosecond)))
     for path in paths:
         whole = _plan_of(path, 1)
         for parts in (2, 3, 7):
-            assert _plan_of(path, parts) == whole, (path, parts)
+            kept = []
+            assert _plan_of(path, parts, kept) == whole, (path, parts)
+            if os.path.getsize(path) > 1 << 20 and not path.endswith("cut.pcap"):
+                assert kept == [parts], (path, kept)     # every part's guess was right
     fooled = str(tmp_path / "fooled.pcap")
     frame = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=5, dport=6))
     with PcapWriter(fooled) as writer:
