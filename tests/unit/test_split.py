@@ -201,6 +201,32 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
     assert plan.frames == 36 == len(list(plan.owners()))
 
 
+def test_a_corrupt_record_in_the_middle_ends_every_parts_plan_there(tmp_path):
+    """A record header with an impossible length a third into the capture: the one-pass
+    plan and the plan read in parts both end at the record before it, with the reader's
+    error (the part after it began at a guess the first part never lands on)."""
+    with open(os.path.join(DATA, "concurrent.pcap"), "rb") as f:
+        data = bytearray(f.read())
+    off = 24
+    frames = 0
+    while off < len(data) // 3:
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+        frames += 1
+    struct.pack_into("<I", data, off + 8, 0x7FFFFFFF)
+    path = tmp_path / "corrupt.pcap"
+    path.write_bytes(bytes(data))
+    with PcapReader(str(path)) as reader:
+        try:
+            for _ in reader:
+                pass
+        except ValueError as exc:
+            expected = str(exc)
+    whole = _plan_of(str(path), 1)
+    assert whole[3] == frames and whole[5] == expected, whole[3:]
+    for parts in (2, 3, 5):
+        assert _plan_of(str(path), parts) == whole, parts
+
+
 def _live_config(**kw):
     from types import SimpleNamespace
     base = {"workers": 2, "iface": "lo", "peer": None, "queues": "all", "observe": False,
