@@ -15,13 +15,13 @@ import importlib.util
 import json
 import os
 import signal
-import struct
 import subprocess
 import time
 
 import pytest
 
 from integ_helpers import DATA, REPO, cached, mosxdp_command, run_mosxdp, tmpdir
+from pcapforms import rewritten
 
 CAPTURES = sorted(p for p in DATA.iterdir() if p.suffix == ".pcap")
 WORKERS = (1, 2, 3)
@@ -115,30 +115,13 @@ def test_many_flows_identical_with_workers():
     assert proc.returncode == 0 and proc.stderr.rstrip().endswith("workers 3"), proc.stderr
 
 
-def _rewritten(src, dst, order, nanosecond):
-    """``src`` (little-endian microseconds) as a capture of another byte order and
-    timestamp resolution: the same frames and times."""
-    data = src.read_bytes()
-    magic, major, minor, zone, sigfigs, snaplen, network = struct.unpack_from("<IHHiIII", data)
-    out = [struct.pack(order + "IHHiIII", 0xA1B23C4D if nanosecond else 0xA1B2C3D4, major,
-                       minor, zone, sigfigs, snaplen, network)]
-    off = 24
-    while off < len(data):
-        sec, frac, caplen, origlen = struct.unpack_from("<IIII", data, off)
-        out.append(struct.pack(order + "IIII", sec, frac * 1000 if nanosecond else frac,
-                               caplen, origlen) + data[off + 16:off + 16 + caplen])
-        off += 16 + caplen
-    dst.write_bytes(b"".join(out))
-    return dst
-
-
 @pytest.mark.parametrize("order, nanosecond", [(">", False), ("<", True), (">", True)],
                          ids=["big-endian", "nanosecond", "big-endian-nanosecond"])
 def test_other_byte_orders_and_resolutions_identical_with_workers(order, nanosecond):
     """The plan's C pass, its resync, the workers' reads of the record headers and the
     merge of --write (not a verbatim copy then: PcapWriter writes little-endian
     microseconds) on a capture of another byte order or timestamp resolution."""
-    pcap = _rewritten(many_flows(), tmpdir("order") / "other.pcap", order, nanosecond)
+    pcap = rewritten(many_flows(), tmpdir("order") / "other.pcap", order, nanosecond)
     for extra in ((), ("--batch-size", "7", "--config", SHORT)):
         for n in WORKERS:
             outputs_of(pcap, n, *extra)

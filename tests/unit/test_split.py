@@ -16,6 +16,7 @@ from mosxdp.core.packet import PacketError, parse_frame
 from mosxdp.core.split import BUCKET_BITS, balance, flow_hash, frame_hash, frame_worker
 from mosxdp.engine import split_feed
 from mosxdp.io.pcap import PcapReader, PcapWriter
+from pcapforms import rewritten
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 MAC_A, MAC_B = b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"
@@ -181,6 +182,17 @@ def _parses(frame):
     return True
 
 
+def _readers_error(path):
+    """What one worker's reader says of the capture at ``path`` (None: nothing)."""
+    with PcapReader(str(path)) as reader:
+        try:
+            for _ in reader:
+                pass
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def test_a_truncated_capture_gives_the_readers_error(tmp_path):
     path = tmp_path / "cut.pcap"
     with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
@@ -191,12 +203,7 @@ def test_a_truncated_capture_gives_the_readers_error(tmp_path):
         plan = split_feed.plan_split(scan, 2)
     finally:
         scan.close()
-    with PcapReader(str(path)) as reader:
-        try:
-            for _ in reader:
-                pass
-        except ValueError as exc:
-            expected = str(exc)
+    expected = _readers_error(path)
     assert str(plan.error) == expected and "truncated" in expected
     assert plan.frames == 36 == len(list(plan.owners()))
 
@@ -215,12 +222,7 @@ def test_a_corrupt_record_in_the_middle_ends_every_parts_plan_there(tmp_path):
     struct.pack_into("<I", data, off + 8, 0x7FFFFFFF)
     path = tmp_path / "corrupt.pcap"
     path.write_bytes(bytes(data))
-    with PcapReader(str(path)) as reader:
-        try:
-            for _ in reader:
-                pass
-        except ValueError as exc:
-            expected = str(exc)
+    expected = _readers_error(path)
     whole = _plan_of(str(path), 1)
     assert whole[3] == frames and whole[5] == expected, whole[3:]
     for parts in (2, 3, 5):
@@ -352,22 +354,6 @@ def _plan_of(path, parts, kept=None):
             str(plan.error))
 
 
-def _rewritten(src, dst, order, nanosecond):
-    """``src`` (little-endian microseconds) in another byte order and resolution."""
-    with open(src, "rb") as f:
-        data = f.read()
-    head = struct.unpack_from("<IHHiIII", data)
-    out = [struct.pack(order + "IHHiIII", 0xA1B23C4D if nanosecond else 0xA1B2C3D4, *head[1:])]
-    off = 24
-    while off < len(data):
-        sec, frac, caplen, origlen = struct.unpack_from("<IIII", data, off)
-        out.append(struct.pack(order + "IIII", sec, frac * 1000 if nanosecond else frac,
-                               caplen, origlen) + data[off + 16:off + 16 + caplen])
-        off += 16 + caplen
-    dst.write_bytes(b"".join(out))
-    return dst
-
-
 def _fake_records(count):
     """Bytes that read as ``count`` pcap records of 40-byte frames, one after the other."""
     return b"".join(struct.pack("<IIII", 1_700_000_000, 5, 40, 40) + bytes(40)
@@ -389,7 +375,7 @@ def test_plan_read_in_parts_is_the_one_pass_plan(tmp_path, monkeypatch):
     paths.append(str(cut))
     for order, nanosecond in ((">", False), ("<", True), (">", True)):
         other = tmp_path / f"{'big' if order == '>' else 'little'}-{nanosecond}.pcap"
-        paths.append(str(_rewritten(os.path.join(DATA, "concurrent.pcap"), other, order,
+        paths.append(str(rewritten(os.path.join(DATA, "concurrent.pcap"), other, order,
                                     nanosecond)))
     for path in paths:
         whole = _plan_of(path, 1)
