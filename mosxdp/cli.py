@@ -303,7 +303,7 @@ def cmd_run(argv):
                     workers_failed = True
             elif split:
                 from .engine.workers import SplitRun
-                result = SplitRun(mctx, module, app, print_stats).run()
+                result = SplitRun(mctx, module, app, print_stats, progress).run()
             else:
                 result = run(mctx, print_stats=print_stats, progress=progress)
         finally:

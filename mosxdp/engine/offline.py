@@ -197,7 +197,7 @@ def run_offline(mctx, pcap_path, write_path=None, batch_size=64, print_stats=Fal
             bar = None
             if progress:
                 from .progress import OfflineProgress
-                bar = engine.progress = OfflineProgress(reader, engine, sys.stderr)
+                bar = engine.progress = OfflineProgress.of_reader(reader, engine, sys.stderr)
             try:
                 return engine.run()
             finally:

@@ -30,6 +30,10 @@ else:
     from ..core.stack_state import StackState
 
 FRAME_KEY = (0,)                      # Stack.order_key while a frame is processed
+# The board the workers and the parent share (an anonymous map, int64s), per worker: the
+# frame where it stopped the run (or past any), the input's frames and bytes it walked, the
+# flows it created.
+BOARD = 4
 TEARDOWN_KEY = (99,)
 # --write records: an app's frame (sent, or the frames replacing the input's), or the
 # input's frame dropped or changed in place.
@@ -174,10 +178,11 @@ class _Worker:
                    table="const unsigned char[:]", buckets="const unsigned short[:]",
                    sizes="const unsigned int[:]", stops="long long[:]",
                    flow=Flow, state=StackState)
-    def run(self, plan, stop_slots, parent):
+    def run(self, plan, board, parent):
         """Walk the plan: process the frames of this worker's buckets, end a batch after
         every batch_size frames of the input (whoever's), and stop early when another
-        worker stopped the run (its frame in ``stop_slots``) or the parent is gone."""
+        worker stopped the run (its frame on the ``board``) or the parent is gone. At each
+        batch end the worker's progress goes on the board (engine/workers.py's BOARD)."""
         stack = self.stack
         process = stack.process
         f = open(self.path, "rb")
@@ -191,8 +196,9 @@ class _Worker:
         batch_size = self.mctx.config.batch_size
         me = self.index
         table = plan.table
-        stops = stop_slots
-        workers = len(stops)
+        stops = board
+        workers = len(stops) // BOARD
+        counters = stack._counters
         verdicts = self.verdicts
         outbox = stack.outbox
         twin = self.twin
@@ -231,8 +237,11 @@ class _Worker:
                         self._end_batch(number - 1, end_ts)
                         if os.getppid() != parent:
                             raise ParentGone
+                        stops[me * BOARD + 1] = number
+                        stops[me * BOARD + 2] = next_off
+                        stops[me * BOARD + 3] = counters["flows_created"]
                         for w in range(workers):
-                            if stops[w] < number:
+                            if stops[w * BOARD] < number:
                                 # Another worker stopped the run at a frame this batch
                                 # passed: end here, as a run on one worker ends there.
                                 ended = (number, end_ts)
@@ -317,9 +326,11 @@ class _Worker:
                     # The input's last frame ends a batch.
                     self._end_batch(number - 1, plan.last_ts)
                 ended = (plan.frames, plan.last_ts)
+                stops[me * BOARD + 1] = number
+                stops[me * BOARD + 2] = next_off
         except StopMonitor as exc:
             stop = (str(exc), exc.code, stack.frame_no)
-            stops[me] = stack.frame_no
+            stops[me * BOARD] = stack.frame_no
         finally:
             self.frames_in = frames_in
             # As the offline engine: what was read ends (reason eof), also when cut short
@@ -378,7 +389,7 @@ class _Worker:
         }
 
 
-def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir, done_fd):
+def child(mctx, module, app, index, workers, plan, board, parent, spooldir, done_fd):
     """A worker's life after the fork; never returns."""
     def body():
         pin(index, workers)
@@ -388,7 +399,7 @@ def child(mctx, module, app, index, workers, plan, stop_slots, parent, spooldir,
         error = None
         stop = None
         try:
-            stop = worker.run(plan, stop_slots, parent)
+            stop = worker.run(plan, board, parent)
         except ParentGone:
             # Nobody merges what this worker wrote: its spool goes, and so does it.
             shutil.rmtree(spooldir, ignore_errors=True)

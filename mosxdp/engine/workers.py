@@ -41,7 +41,7 @@ from .offline import WRITE_SNAPLEN, cut_line, summary_line
 from .result import RunResult
 from .split_feed import Scan, plan_split
 from .split_merge import merge_output, merge_write
-from .split_worker import WorkerFailed, child
+from .split_worker import BOARD, WorkerFailed, child
 
 __all__ = ["SplitRun", "WorkerFailed", "check_input", "max_workers"]
 
@@ -76,8 +76,9 @@ def check_input(config) -> None:
 class SplitRun(ForkedParent):
     """The parent's side: fork the workers, split the input, merge what they wrote."""
 
-    def __init__(self, mctx, module, app, print_stats=False):
+    def __init__(self, mctx, module, app, print_stats=False, progress=False):
         super().__init__(mctx, module, app, print_stats)
+        self.progress = progress        # the progress line on stderr (a terminal)
         self._done_fds = []     # per worker, the pipe on which it says its result is written
 
     def run(self) -> RunResult:
@@ -94,15 +95,16 @@ class SplitRun(ForkedParent):
         outputs.flush()
         spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
         scan = Scan(config.pcap)
-        # Each worker's frame number when it stopped the run (a callback's sys.exit): the
-        # others end at their next batch end past it. Shared: an anonymous map, before the fork.
-        slots = mmap.mmap(-1, 8 * workers)
-        stop_slots = memoryview(slots).cast("q")
+        # The board (split_worker.BOARD): each worker's frame when it stopped the run (a
+        # callback's sys.exit: the others end at their next batch end past it) and its
+        # progress. Shared: an anonymous map, made before the fork.
+        shared = mmap.mmap(-1, 8 * BOARD * workers)
+        board = memoryview(shared).cast("q")
         try:
             plan = plan_split(scan, workers)
             planned = time.perf_counter()
             for w in range(workers):
-                stop_slots[w] = NOT_STOPPED
+                board[w * BOARD] = NOT_STOPPED
             parent = os.getpid()
             for index in range(workers):
                 sys.stdout.flush()
@@ -113,12 +115,12 @@ class SplitRun(ForkedParent):
                     os.close(rd)
                     for fd in self._done_fds:
                         os.close(fd)
-                    child(mctx, self.module, self.app, index, workers, plan, stop_slots,
-                          parent, spooldir, wr)
+                    child(mctx, self.module, self.app, index, workers, plan, board, parent,
+                          spooldir, wr)
                 os.close(wr)
                 self._done_fds.append(rd)
                 self.pids[pid] = index
-            results = self._wait()
+            results = self._wait(self._progress(scan, board))
             waited = time.perf_counter()
             stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])
             # Stopped by a callback: the input ends at its frame, as with one worker.
@@ -135,8 +137,8 @@ class SplitRun(ForkedParent):
                 os.close(fd)
             self._done_fds = []
             self._reap()
-            stop_slots.release()
-            slots.close()
+            board.release()
+            shared.close()
             scan.close()
             if writer is not None:
                 writer.flush()
@@ -163,9 +165,10 @@ class SplitRun(ForkedParent):
         return RunResult("offline", frames, frames_out, seconds, "end of input",
                          workers=self.worker_stats, split=phases)
 
-    def _wait(self):
+    def _wait(self, progress=None):
         """Each worker's result, as soon as it says it wrote it (its process may still be
-        ending); WorkerFailed at once for a worker that ends without it."""
+        ending); WorkerFailed at once for a worker that ends without it. ``progress``:
+        ticked every ``progress.interval`` meanwhile, closed at the end."""
         poller = select.poll()
         index_of = {}
         for index, fd in enumerate(self._done_fds):
@@ -173,19 +176,42 @@ class SplitRun(ForkedParent):
             index_of[fd] = index
         pid_of = {index: pid for pid, index in self.pids.items()}
         results = [None] * self.workers
-        while index_of:
-            for fd, _events in poller.poll():
-                index = index_of.pop(fd)
-                poller.unregister(fd)
-                if os.read(fd, 1):
-                    results[index] = self._result(index, pid_of[index])
-                    continue
-                pid = pid_of[index]
-                _, status = os.waitpid(pid, 0)
-                del self.pids[pid]
-                raise WorkerFailed(f"worker {index} (pid {pid}) {describe_status(status)} during "
-                                   "the run; the run is stopped")
+        timeout = None if progress is None else int(progress.interval * 1000)
+        try:
+            while index_of:
+                for fd, _events in poller.poll(timeout):
+                    index = index_of.pop(fd)
+                    poller.unregister(fd)
+                    if os.read(fd, 1):
+                        results[index] = self._result(index, pid_of[index])
+                        continue
+                    pid = pid_of[index]
+                    _, status = os.waitpid(pid, 0)
+                    del self.pids[pid]
+                    raise WorkerFailed(f"worker {index} (pid {pid}) {describe_status(status)} "
+                                       "during the run; the run is stopped")
+                if progress is not None:
+                    progress.tick(force=not index_of)
+        finally:
+            if progress is not None:
+                progress.close()
         return results
+
+    def _progress(self, scan, board):
+        """The progress line of the run (engine/progress.py), as far as its slowest worker
+        went, or None."""
+        if not self.progress:
+            return None
+        from .progress import OfflineProgress
+        workers = self.workers
+
+        def walked(field):
+            return min(board[w * BOARD + field] for w in range(workers))
+
+        return OfflineProgress(os.path.basename(scan.path), scan.size,
+                               lambda: max(walked(2), 24), lambda: walked(1),
+                               lambda: sum(board[w * BOARD + 3] for w in range(workers)),
+                               sys.stderr)
 
     def _reap(self):
         """The workers' processes, ended or ending (killed when the run failed)."""

@@ -89,3 +89,19 @@ def test_progress_line_then_the_summary_on_a_terminal():
     # the bar is cleared before the summary is printed
     last = seen.rstrip("\r\n").rsplit("\r", 1)[-1].lstrip("\n")
     assert last.startswith("mosxdp: frames in 1540"), repr(seen[-300:])
+
+
+def test_progress_line_of_a_run_split_over_workers():
+    """Two workers: the line follows the slower one through the file, reaches 100 % and is
+    cleared; the flows are both workers'."""
+    code, seen, seconds, stdout = on_a_terminal(
+        ["run", str(APPS / "slow.py"), "--ms", "3", "--pcap", HTTP, "--workers", "2"])
+    assert code == 0 and seconds > 1.5, (code, seen)
+    found = progress_lines(seen)
+    assert found, repr(seen)
+    percents = [int(p) for p, *_ in found]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert found[-1][2] == "1.28M" and found[-1][1] == "1.28M"
+    assert int(found[-1][4]) == 4
+    assert seen.endswith("\r") and seen.rsplit("\r", 2)[-2].strip() == ""
+    assert stdout == b""
