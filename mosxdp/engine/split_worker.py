@@ -176,13 +176,13 @@ class _Worker:
                    wire=cython.Py_ssize_t, ts=cython.longlong, end_ts=cython.longlong,
                    little=cython.bint, ns=cython.bint, cutting=cython.bint, w=cython.Py_ssize_t,
                    table="const unsigned char[:]", buckets="const unsigned short[:]",
-                   sizes="const unsigned int[:]", stops="long long[:]",
+                   sizes="const unsigned int[:]", board="long long[:]",
                    flow=Flow, state=StackState)
     def run(self, plan, board, parent):
         """Walk the plan: process the frames of this worker's buckets, end a batch after
         every batch_size frames of the input (whoever's), and stop early when another
         worker stopped the run (its frame on the ``board``) or the parent is gone. At each
-        batch end the worker's progress goes on the board (engine/workers.py's BOARD)."""
+        batch end the worker's progress goes on the board (BOARD above)."""
         stack = self.stack
         process = stack.process
         f = open(self.path, "rb")
@@ -196,8 +196,7 @@ class _Worker:
         batch_size = self.mctx.config.batch_size
         me = self.index
         table = plan.table
-        stops = board
-        workers = len(stops) // BOARD
+        workers = len(board) // BOARD
         counters = stack._counters
         verdicts = self.verdicts
         outbox = stack.outbox
@@ -216,7 +215,7 @@ class _Worker:
         number = 0                # the input's frames walked
         left = batch_size         # frames until the batch ends
         off = next_off = 24
-        # The timestamp of this worker's last frame: an other link layer's Ethernet header
+        # The timestamp of this worker's last frame: another link layer's Ethernet header
         # is written over its record header, so a batch end that is this worker's frame
         # takes its time from here.
         own_last = -1
@@ -237,11 +236,11 @@ class _Worker:
                         self._end_batch(number - 1, end_ts)
                         if os.getppid() != parent:
                             raise ParentGone
-                        stops[me * BOARD + 1] = number
-                        stops[me * BOARD + 2] = next_off
-                        stops[me * BOARD + 3] = counters["flows_created"]
+                        board[me * BOARD + 1] = number
+                        board[me * BOARD + 2] = next_off
+                        board[me * BOARD + 3] = counters["flows_created"]
                         for w in range(workers):
-                            if stops[w * BOARD] < number:
+                            if board[w * BOARD] < number:
                                 # Another worker stopped the run at a frame this batch
                                 # passed: end here, as a run on one worker ends there.
                                 ended = (number, end_ts)
@@ -326,11 +325,11 @@ class _Worker:
                     # The input's last frame ends a batch.
                     self._end_batch(number - 1, plan.last_ts)
                 ended = (plan.frames, plan.last_ts)
-                stops[me * BOARD + 1] = number
-                stops[me * BOARD + 2] = next_off
+                board[me * BOARD + 1] = number
+                board[me * BOARD + 2] = next_off
         except StopMonitor as exc:
             stop = (str(exc), exc.code, stack.frame_no)
-            stops[me * BOARD] = stack.frame_no
+            board[me * BOARD] = stack.frame_no
         finally:
             self.frames_in = frames_in
             # As the offline engine: what was read ends (reason eof), also when cut short
