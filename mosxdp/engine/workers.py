@@ -120,6 +120,11 @@ class SplitRun(ForkedParent):
                 os.close(wr)
                 self._done_fds.append(rd)
                 self.pids[pid] = index
+            if writer is not None:
+                # The output's pages made while the workers run: the merge only fills them.
+                reserve = getattr(writer._f, "reserve", None)
+                if reserve is not None:
+                    reserve(scan.size)
             results = self._wait(self._progress(scan, board))
             waited = time.perf_counter()
             stops = sorted((r["stop"][2], r["stop"]) for r in results if r["stop"])

@@ -197,6 +197,7 @@ class OutputFile:
         self._closed = False
         self._sink = None       # redirect()'s
         self.combine = None     # see mosx_open_output
+        self._reserved = 0      # reserve()'s end: allocated beyond the file's size
 
     @staticmethod
     def _open(path: str) -> int:
@@ -280,6 +281,17 @@ class OutputFile:
             return
         self.written += done
 
+    def reserve(self, count: int) -> None:
+        """Allocate the next ``count`` bytes of the file now, its size unchanged
+        (fallocate, FALLOC_FL_KEEP_SIZE): the pages a later copy_range fills are made
+        while the process waits for something else (a split run's workers). Best effort:
+        nothing where the file system cannot; what is not written is given back at
+        close."""
+        if not self._regular or self._dead or self._sink is not None or count <= 0:
+            return
+        if _fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, self.written, count):
+            self._reserved = self.written + count
+
     def redirect(self, sink) -> None:
         """From now on each record goes to ``sink(bytes)``, never to the file: a worker
         process of a split run (engine/workers.py), whose parent writes the file. Flush
@@ -337,6 +349,12 @@ class OutputFile:
             return
         self.flush()
         self._closed = True
+        if self._reserved > self.written:
+            try:
+                # to its own size: what was allocated past it goes back (ext4, tmpfs)
+                os.ftruncate(self._fd, self.written)
+            except OSError:
+                pass
         try:
             os.close(self._fd)
         except OSError as exc:      # a network file system may report write errors here
@@ -347,6 +365,18 @@ class OutputFile:
 
     def failure_line(self) -> str:
         return f"{self.failure_text()} ({self.written} bytes written, {self.lost} not)"
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _fallocate(fd, mode, offset, count) -> bool:
+    """fallocate(2) (Python has posix_fallocate only, which grows the file): True when done."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.fallocate
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return call(fd, mode, offset, count) == 0
 
 
 class StdoutFile:

@@ -8,7 +8,10 @@ limit never touches the test process.
 import errno
 import os
 import resource
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 from forked import in_child
@@ -93,6 +96,35 @@ def test_records_are_buffered_bounded_and_flushed_by_tick(tmp_path):
     assert path.read_bytes().endswith(b"\ntail\n")
     assert (f.written, f.lost, f.error) == (path.stat().st_size, 0, None)
     assert outputs.failure_lines() == []
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_reserved_pages_are_filled_by_copy_range_and_the_rest_given_back(tmp_path, where):
+    """reserve() allocates ahead with the file's size unchanged (a reader sees only what was
+    written), copy_range() fills it from another file, and close() gives back what was
+    reserved and not written: the file ends as big as what it holds, on a disk (ext4) and
+    in memory (tmpfs)."""
+    base = tmp_path if where == "tmp" else Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        source = base / "in.bin"
+        source.write_bytes(bytes(range(256)) * 4096)           # 1 MiB
+        outputs = O.Outputs()
+        path = base / "out.bin"
+        f = outputs.open_file(path)
+        f.write(b"head")
+        f.reserve(8 << 20)
+        assert path.stat().st_size == 0                          # nothing visible yet
+        assert path.stat().st_blocks * 512 >= 8 << 20            # but allocated
+        with open(source, "rb") as src:
+            f.copy_range(src.fileno(), 4096, 65536)
+        f.close()
+        data = path.read_bytes()
+        assert data == b"head" + (bytes(range(256)) * 4096)[4096:4096 + 65536]
+        assert (f.written, f.lost, f.error) == (len(data), 0, None)
+        assert path.stat().st_blocks * 512 < 1 << 20             # the rest given back
+    finally:
+        if where == "shm":
+            shutil.rmtree(base)
 
 
 # ------------------------------------------------------------------ failures
