@@ -1,7 +1,7 @@
 """Offline runs split over several worker processes (``--workers N``): docs/workers.md.
 
 The parent has set the context up (the app's setup ran, its outputs are open). It reads
-the capture once (a classic pcap file, mapped) and makes the plan every worker reads:
+the capture once (a classic pcap file) and makes the plan every worker reads:
 each frame's bucket of the symmetric flow hash of core/split.py and its record's length,
 and a table that gives each bucket a worker, balanced over the capture. It then forks N
 workers, each with that context and that plan. Each worker maps the file itself, walks
@@ -74,7 +74,7 @@ def check_input(config) -> None:
 
 
 class SplitRun(ForkedParent):
-    """The parent's side: fork the workers, split the input, merge what they wrote."""
+    """The parent's side: plan the input, fork the workers, merge what they wrote."""
 
     def __init__(self, mctx, module, app, print_stats=False, progress=False):
         super().__init__(mctx, module, app, print_stats)
