@@ -28,7 +28,6 @@ class OfflineProgress:
 
     def __init__(self, name, size, position, frames, flows, stream, delay=DELAY,
                  interval=INTERVAL, clock=time.monotonic):
-        self.size = size
         self.position = position
         self.frames = frames
         self.flows = flows

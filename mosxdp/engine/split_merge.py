@@ -103,11 +103,12 @@ def merge_write(writer, scan, plan, frames, paths, uncut):
     copy_range = getattr(out, "copy_range", None)
 
     def whole(start):
-        """The bytes of whole records in the first n bytes from ``start``."""
+        """For copy_range, of a copy from ``start``: the bytes of whole records in its
+        first n bytes."""
         def records_in(n):
             at = start
             while at + 16 <= start + n:
-                following = at + 16 + rec(scan.map, at)[2]
+                following = at + 16 + rec(mm, at)[2]
                 if following > start + n:
                     break
                 at = following
@@ -118,12 +119,14 @@ def merge_write(writer, scan, plan, frames, paths, uncut):
         if copy_range is not None:
             copy_range(scan.fd, start, end - start, whole(start))
             return
-        view = memoryview(scan.map)
+        view = memoryview(mm)
         for at in range(start, end, 1 << 20):
             out.write(view[at:min(end, at + (1 << 20))])
         view.release()
 
     write = writer.write
+    # Mapped, not populated: only the pages of the headers read are faulted in.
+    mm = scan.map
     written = 0
     pending = next(records, None)
     number = 0
@@ -137,7 +140,6 @@ def merge_write(writer, scan, plan, frames, paths, uncut):
             written += target - number
             number = target
             continue
-        mm = scan.map
         sec, frac, caplen, origlen = rec(mm, off)
         start = off + 16
         end = start + caplen
