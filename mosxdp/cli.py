@@ -11,7 +11,6 @@ import sys
 import traceback
 
 from . import apps as apps_package
-from .config import AUTO_WORKERS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -241,6 +240,7 @@ def cmd_run(argv):
     except OSError as exc:
         raise CliError(exc.strerror, EXIT_USAGE) from None
     mctx = api.mtcp_create_context(0)
+    from .config import AUTO_WORKERS
     if mctx.config.workers == AUTO_WORKERS:
         from .engine.worker_count import auto_workers
         mctx.config.workers = auto_workers(mctx.config, module)
@@ -519,6 +519,28 @@ def _log_callbacks_to_stderr():
         logger.addHandler(handler)
 
 
+def _option(argv, name):
+    """The value of option ``name`` on a command line (the last one given), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
+
+
+def _begin_plan(argv):
+    """A split offline run (``--pcap FILE --workers N``, N > 1): its plan's pass begun
+    before anything else is imported (engine/split_feed.py's begin_plan). Only a head
+    start: the run checks its options as always, and takes the pass only for its input."""
+    pcap, workers = _option(argv, "--pcap"), _option(argv, "--workers")
+    if pcap in (None, "-") or workers is None or not workers.isdigit() or int(workers) < 2:
+        return
+    from .engine.split_feed import begin_plan
+    begin_plan(pcap, int(workers))
+
+
 def main(argv=None):
     global _debug
     argv = sys.argv[1:] if argv is None else argv
@@ -537,6 +559,8 @@ def main(argv=None):
         print("\n'mosxdp COMMAND --help' for details.")
         return 0 if argv else EXIT_USAGE
     command = COMMANDS.get(argv[0])
+    if argv[0] == "run":
+        _begin_plan(argv[1:])
     if command is None:
         print(f"mosxdp: error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",
               file=sys.stderr)

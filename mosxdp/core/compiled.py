@@ -11,7 +11,6 @@ No imports of mosxdp here: setup.py reads HOT_MODULES from this file alone, and
 mosxdp/core/__init__.py imports it before any hot module.
 """
 import importlib.machinery
-import importlib.util
 import os
 import sys
 
@@ -36,6 +35,7 @@ class SourceFirstFinder:
     def find_spec(name, path=None, target=None):
         if path is None or not name.startswith("mosxdp."):
             return None
+        import importlib.util      # here: it costs every process's start-up milliseconds
         leaf = name.rpartition(".")[2]
         for entry in path:
             source = os.path.join(entry, leaf + ".py")

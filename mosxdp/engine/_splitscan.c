@@ -5,7 +5,10 @@
  *
  *     scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index)
  *         -> (off, index)
+ *     scan_blocks(fd, block, base, have, off, stop_at, size, little, counts, linktype,
+ *                 buckets, sizes, index) -> (off, index, base, have)
  *     resync(map, at, little, ns) -> offset of a record header at or after at, or -1
+ *     die_with_parent() -> None: this process is killed when its parent ends
  *
  * It reads only the frames of the fast path (fast_hash below): IPv4 without options and
  * IPv6 without extension headers, under up to two VLAN tags, after the link header of the
@@ -23,8 +26,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #define BUCKET_BITS 12
 #define BUCKET_SHIFT (32 - BUCKET_BITS)
@@ -207,6 +214,42 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t a
 	return 0;
 }
 
+#define NO_IP_BUCKET (1u << BUCKET_BITS)
+
+/*
+ * The records of base[0:size) from off on, up to stop_at: each fast-path frame's bucket
+ * counted and stored at *index, its record's length too; returns the offset of the first
+ * record not read (stop_at or past it, a record not whole in base, a frame off the fast
+ * path, or room frames stored). Runs without the GIL.
+ */
+static Py_ssize_t walk(const uint8_t *base, Py_ssize_t size, Py_ssize_t off,
+		       Py_ssize_t stop_at, int little, unsigned linktype, int64_t *count,
+		       uint16_t *bucket_of, uint32_t *size_of, Py_ssize_t *index, Py_ssize_t room)
+{
+	Py_ssize_t i = *index;
+	uint32_t caplen;
+
+	while (i < room && off >= 0 && off < stop_at
+	       && whole_record(base, size, off, little, &caplen)) {
+		uint32_t hash = 0;
+		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
+
+		if (!kind)
+			break;
+		if (kind == HASHED) {
+			count[hash >> BUCKET_SHIFT]++;
+			bucket_of[i] = hash >> BUCKET_SHIFT;
+		} else {
+			count[0]++;
+			bucket_of[i] = NO_IP_BUCKET;
+		}
+		size_of[i++] = 16 + caplen;
+		off += 16 + caplen;
+	}
+	*index = i;
+	return off;
+}
+
 /*
  * scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index)
  *     -> (off, index)
@@ -218,7 +261,6 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t a
  * short, at a frame off the fast path, or when buckets or sizes is full. The walk runs
  * without the GIL: the parent scans parts of the capture in threads.
  */
-#define NO_IP_BUCKET (1u << BUCKET_BITS)
 
 static PyObject *scan_records(PyObject *self, PyObject *args)
 {
@@ -251,28 +293,12 @@ static PyObject *scan_records(PyObject *self, PyObject *args)
 	int64_t *count = counts.buf;
 	uint16_t *bucket_of = buckets.buf;
 	uint32_t *size_of = sizes.buf;
-	uint32_t caplen;
 
 	if (stop_at < 0 || stop_at > size)
 		stop_at = size;
 	Py_BEGIN_ALLOW_THREADS
-	while (index < room && off >= 0 && off < stop_at
-	       && whole_record(base, size, off, little, &caplen)) {
-		uint32_t hash = 0;
-		int kind = fast_hash(base + off + 16, caplen, linktype, &hash);
-
-		if (!kind)
-			break;
-		if (kind == HASHED) {
-			count[hash >> BUCKET_SHIFT]++;
-			bucket_of[index] = hash >> BUCKET_SHIFT;
-		} else {
-			count[0]++;
-			bucket_of[index] = NO_IP_BUCKET;
-		}
-		size_of[index++] = 16 + caplen;
-		off += 16 + caplen;
-	}
+	off = walk(base, size, off, stop_at, little, linktype, count, bucket_of, size_of, &index,
+		   room);
 	Py_END_ALLOW_THREADS
 	result = Py_BuildValue("nn", off, index);
 
@@ -284,6 +310,117 @@ counts_done:
 	PyBuffer_Release(&counts);
 map_done:
 	PyBuffer_Release(&map);
+	return result;
+}
+
+/* Fills block[0:len) from the file at pos (short only at the end); -1 with errno. */
+static Py_ssize_t read_block(int fd, uint8_t *block, Py_ssize_t len, Py_ssize_t pos)
+{
+	Py_ssize_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(fd, block + got, len - got, pos + got);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		got += n;
+	}
+	return got;
+}
+
+/*
+ * scan_blocks(fd, block, base, have, off, stop_at, size, little, counts, linktype,
+ *             buckets, sizes, index) -> (off, index, base, have)
+ *
+ * scan_records over the file itself: block holds the file's bytes [base, base + have);
+ * when the walk stops at a record not whole in it, the block is read again from that
+ * record (pread) and the walk goes on. Returns where it stopped, as scan_records does,
+ * with what the block then holds: at stop_at, at the end of the file (size) or a record
+ * cut short there, at a frame off the fast path, when buckets or sizes is full, or at a
+ * record larger than the block (the caller grows it). The whole walk runs without the
+ * GIL: a plan begun while the main thread imports the package (split_feed.py's early
+ * pass) does not wait for the GIL at every block.
+ */
+static PyObject *scan_blocks(PyObject *self, PyObject *args)
+{
+	PyObject *block_obj, *counts_obj, *buckets_obj, *sizes_obj;
+	Py_ssize_t base, have, off, stop_at, size, index, room;
+	int fd, little, failed = 0;
+	unsigned linktype;
+	Py_buffer block, counts, buckets, sizes;
+	PyObject *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "iOnnnnnpOIOOn", &fd, &block_obj, &base, &have, &off,
+			      &stop_at, &size, &little, &counts_obj, &linktype, &buckets_obj,
+			      &sizes_obj, &index))
+		return NULL;
+	if (get_buffer(block_obj, &block, 1, 0, "block") < 0)
+		return NULL;
+	if (get_buffer(counts_obj, &counts, 1, 8 << BUCKET_BITS, "counts") < 0)
+		goto block_done;
+	if (get_buffer(buckets_obj, &buckets, 1, 0, "buckets") < 0)
+		goto counts_done;
+	if (get_buffer(sizes_obj, &sizes, 1, 0, "sizes") < 0)
+		goto buckets_done;
+	room = buckets.len / 2 < sizes.len / 4 ? buckets.len / 2 : sizes.len / 4;
+	if (index < 0 || index > room || have < 0 || have > block.len || off < base) {
+		PyErr_Format(PyExc_ValueError, "frame %zd, block [%zd, +%zd) of %zd, offset %zd: "
+			     "outside the arrays or the block", index, base, have, block.len, off);
+		goto sizes_done;
+	}
+	if (stop_at < 0 || stop_at > size)
+		stop_at = size;
+
+	Py_BEGIN_ALLOW_THREADS
+	for (;;) {
+		uint32_t caplen;
+		Py_ssize_t rel;
+
+		off = base + walk(block.buf, have, off - base, stop_at - base, little, linktype,
+				  counts.buf, buckets.buf, sizes.buf, &index, room);
+		rel = off - base;
+		if (index == room || off >= stop_at)
+			break;
+		if (whole_record(block.buf, have, rel, little, &caplen))
+			break;                  /* a frame off the fast path */
+		if (base + have >= size)
+			break;                  /* the end, or a record cut short there */
+		if (rel + 16 <= have) {
+			caplen = rd32((const uint8_t *)block.buf + rel + 8, little);
+			if (caplen > MAX_RECORD || 16 + (Py_ssize_t)caplen > block.len)
+				break;          /* corrupt, or larger than the block */
+		}
+		if (rel == 0 && have == block.len)
+			break;                  /* nothing more would fit */
+		base = off;
+		have = read_block(fd, block.buf, block.len, base);
+		if (have < 0) {
+			failed = errno;
+			have = 0;
+			break;
+		}
+	}
+	Py_END_ALLOW_THREADS
+	if (failed) {
+		errno = failed;
+		PyErr_SetFromErrno(PyExc_OSError);
+	} else {
+		result = Py_BuildValue("nnnn", off, index, base, have);
+	}
+
+sizes_done:
+	PyBuffer_Release(&sizes);
+buckets_done:
+	PyBuffer_Release(&buckets);
+counts_done:
+	PyBuffer_Release(&counts);
+block_done:
+	PyBuffer_Release(&block);
 	return result;
 }
 
@@ -351,12 +488,25 @@ static PyObject *resync(PyObject *self, PyObject *args)
 	return PyLong_FromSsize_t(found);
 }
 
+/* die_with_parent(): SIGKILL when the parent ends (prctl PR_SET_PDEATHSIG). */
+static PyObject *die_with_parent(PyObject *self, PyObject *unused)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		return PyErr_SetFromErrno(PyExc_OSError);
+	Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
 	{"scan_records", scan_records, METH_VARARGS,
 	 "scan_records(map, off, stop_at, little, counts, linktype, buckets, sizes, index) "
 	 "-> (off, index)"},
+	{"scan_blocks", scan_blocks, METH_VARARGS,
+	 "scan_blocks(fd, block, base, have, off, stop_at, size, little, counts, linktype, "
+	 "buckets, sizes, index) -> (off, index, base, have)"},
 	{"resync", resync, METH_VARARGS,
 	 "resync(map, at, little, ns) -> offset of a plausible record header at or after at, or -1"},
+	{"die_with_parent", die_with_parent, METH_NOARGS,
+	 "die_with_parent(): this process is killed (SIGKILL) when its parent ends"},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -8,9 +8,13 @@ set or the module is missing; its twin here in Python does the same.
 """
 from __future__ import annotations
 
+import atexit
+import marshal
 import mmap
 import os
+import signal
 import struct
+import sys
 import threading
 from array import array
 
@@ -111,8 +115,9 @@ class Plan:
     bucket; the number of frames, the last one's timestamp, and the reader's error for what
     follows the last whole record (None when the capture ends there)."""
 
-    def __init__(self, chunks, table, frames, last_ts, error, parts=1):
+    def __init__(self, chunks, table, frames, last_ts, error, parts=1, early=False):
         self.parts = parts              # the parts of the pass kept (read at once)
+        self.early = early              # the pass begin_plan() began
         self.chunks = chunks
         self.table = table
         self.frames = frames
@@ -136,9 +141,46 @@ def plan_split(scan, workers, parts=None):
     use, when the capture is large enough to pay for a thread), read at once in threads:
     each part begins at a record header found by resync() near its share of the file, and
     is kept only when the part before it ends exactly there (a walk from the first record
-    only lands on record headers); otherwise the pass goes on from where that part ended."""
-    if parts is None:
-        parts = max(1, min(workers, _cpus(), scan.size // PART_BYTES))
+    only lands on record headers); otherwise the pass goes on from where that part ended.
+    Without ``parts``, the pass begin_plan() began on the same file is taken when there
+    is one."""
+    read = _take_early(scan) if parts is None else None
+    early = read is not None
+    if not early:
+        read = _read_parts(scan, parts or _parts(scan.size, workers, _cpus()))
+    starts, found = read
+    counts = array("q", bytes(8 << BUCKET_BITS))
+    chunks = []
+    last = None
+    off = 24
+    kept = 0
+    for k, result in enumerate(found):
+        rest = starts[k] != off
+        kept += not rest
+        if rest:
+            # The part before ended elsewhere (its guess was no record header, or the
+            # capture is cut short before it): the pass goes on from there, alone.
+            result = _scan_part(scan, off, -1)
+        part_chunks, part_counts, off, part_last = result
+        for bucket, count in enumerate(part_counts):
+            counts[bucket] += count
+        chunks += part_chunks
+        last = part_last if part_last is not None else last
+        if rest:
+            break
+    frames = sum(count for _, _, count in chunks)
+    table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
+    last_ts = scan.read_ts(last) if last is not None else 0
+    return Plan(chunks, table, frames, last_ts, scan.check_end(off), kept, early)
+
+
+def _parts(size, workers, cpus):
+    return max(1, min(workers, cpus, size // PART_BYTES))
+
+
+def _read_parts(scan, parts):
+    """The pass in ``parts`` read at once: (the offset where each part begins, each part's
+    (chunks, counts, offset where its walk stopped, offset of its last record))."""
     little = scan.order == "<"
     starts = [24]
     for k in range(1, parts):
@@ -166,29 +208,129 @@ def plan_split(scan, workers, parts=None):
         thread.join()
     if failed:
         raise failed[0]
-    counts = array("q", bytes(8 << BUCKET_BITS))
-    chunks = []
-    last = None
-    off = 24
-    kept = 0
-    for k, result in enumerate(found):
-        rest = starts[k] != off
-        kept += not rest
-        if rest:
-            # The part before ended elsewhere (its guess was no record header, or the
-            # capture is cut short before it): the pass goes on from there, alone.
-            result = _scan_part(scan, off, -1)
-        part_chunks, part_counts, off, part_last = result
-        for bucket, count in enumerate(part_counts):
-            counts[bucket] += count
-        chunks += part_chunks
-        last = part_last if part_last is not None else last
-        if rest:
-            break
-    frames = sum(count for _, _, count in chunks)
-    table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
-    last_ts = scan.read_ts(last) if last is not None else 0
-    return Plan(chunks, table, frames, last_ts, scan.check_end(off), kept)
+    return starts, found
+
+
+# The pass begun by begin_plan(), until plan_split() takes it.
+_early = None
+
+
+def begin_plan(path, workers):
+    """Begin the pass of a split run's plan over the capture file at ``path`` before the
+    run needs it: the command line calls this first thing when it names a capture file
+    and workers. A child process reads the file while the parent imports the package and
+    sets the app up (about 50 ms: on two CPUs the plan of 110 MB is then ready when the
+    run comes to it). plan_split() takes the pass when it is of the same file (device,
+    inode, size, modification time); what the pass meets (no such file, not a classic
+    pcap) is left to the run's own reading to name. Only with the C loops.
+
+    A new interpreter (posix_spawn), neither a thread nor a fork: beside a thread, or with
+    a forked child holding its pages (each first write a copy), the parent's imports took
+    as long as the pass saved."""
+    global _early
+    if _early is not None:
+        _early.cancel()          # a pass no run took (the last one failed before its plan)
+        _early = None
+    if _scan_blocks is scan_blocks or not sys.executable:
+        return
+    try:
+        _early = _EarlyPass(path, workers)
+    except OSError:
+        _early = None
+
+
+# The descriptor of the memory file the child writes the pass to.
+EARLY_FD = 3
+
+
+def _identity(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _EarlyPass:
+    """The child process of begin_plan(): it writes the pass (marshal) to a memory file
+    and ends (_early_child); take() waits for it and reads the pass back."""
+
+    def __init__(self, path, workers):
+        self.fd = os.memfd_create("mosxdp-plan", os.MFD_CLOEXEC)
+        # The folder holding this mosxdp, alone: the child imports nothing else (-S).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        argv = [sys.executable, "-S", "-c",
+                "from mosxdp.engine.split_feed import _early_child; _early_child()",
+                path, str(workers), str(os.getpid())]
+        try:
+            self.pid = os.posix_spawn(sys.executable, argv, dict(os.environ, PYTHONPATH=root),
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, self.fd, EARLY_FD)])
+        except OSError:
+            os.close(self.fd)
+            raise
+        atexit.register(self.cancel)
+
+    def take(self, scan):
+        """The pass as _read_parts gives it when the child read ``scan``'s file, else
+        None."""
+        _, status = os.waitpid(self.pid, 0)
+        atexit.unregister(self.cancel)
+        self.pid = None
+        try:
+            if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+                return None
+            with open(self.fd, "rb", closefd=False) as f:
+                f.seek(0)
+                identity, starts, parts = marshal.loads(f.read())
+        finally:
+            os.close(self.fd)
+        if tuple(identity) != _identity(scan.fd):
+            return None
+        found = [([(array("H", b), array("I", s), n) for b, s, n in chunks], array("q", counts),
+                  off, last) for chunks, counts, off, last in parts]
+        return starts, found
+
+    def cancel(self):
+        """The run ended without taking the pass: the child is ended and reaped."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = None
+            os.close(self.fd)
+
+
+def _early_child():
+    """The process begin_plan() starts (``path workers parent`` in sys.argv): the pass,
+    written to EARLY_FD; exit status 1, silent, when it cannot be made."""
+    code = 1
+    try:
+        path, workers, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        # Killed with the parent: a pass of gigabytes outlives no run.
+        _die_with_parent()
+        if os.getppid() == parent:
+            scan = Scan(path)
+            try:
+                # Before the reading: a file changed meanwhile is not the parent's.
+                identity = _identity(scan.fd)
+                # A CPU left to the parent, which imports meanwhile.
+                starts, found = _read_parts(scan, _parts(scan.size, workers, _cpus() - 1))
+            finally:
+                scan.close()
+            parts = [([(b.tobytes(), s.tobytes(), n) for b, s, n in chunks], counts.tobytes(),
+                      off, last) for chunks, counts, off, last in found]
+            with open(EARLY_FD, "wb") as out:
+                out.write(marshal.dumps((identity, starts, parts)))
+            code = 0
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _take_early(scan):
+    """The early pass's (starts, parts) when it read this scan's file, else None."""
+    global _early
+    early, _early = _early, None
+    return None if early is None else early.take(scan)
 
 
 def _scan_part(scan, off, stop_at):
@@ -212,30 +354,28 @@ def _scan_part(scan, off, stop_at):
             if off >= end:
                 more = False
                 break
-            view = memoryview(block)[:have]
-            rel, n = _scan_records(view, off - base, end - base, little, counts, scan.linktype,
-                                   buckets, sizes, n)
-            off = base + rel
+            off, n, base, have = _scan_blocks(fd, block, base, have, off, end, size, little,
+                                              counts, scan.linktype, buckets, sizes, n)
             if n == CHUNK_FRAMES or off >= end:
                 continue
-            # Stopped at a record not whole in the block, or at a frame off the fast path.
-            caplen = caplen_at(view, rel + 8)[0] if rel + 16 <= have else None
-            if caplen is not None and caplen > _MAX_RECORD:
-                more = False               # corrupt: check_end names it
-                break
-            if caplen is None or rel + 16 + caplen > have:
-                if base + have >= size:
-                    more = False           # the end, or a record cut short
+            # Stopped at a record not whole in the block (the end, or larger than the
+            # block), or at a frame off the fast path.
+            rel = off - base
+            with memoryview(block) as whole, whole[:have] as view:
+                caplen = caplen_at(view, rel + 8)[0] if rel + 16 <= have else None
+                if caplen is not None and caplen > _MAX_RECORD:
+                    more = False               # corrupt: check_end names it
                     break
-                base = off
-                wanted = max(BLOCK_BYTES, 16 + (caplen or 0))
-                if len(block) < wanted:
-                    block = bytearray(wanted)
-                view.release()
-                have = os.preadv(fd, [block], base)
-                continue
-            # A frame off the fast path: its hash by the core's parser.
-            frame, _ = scan.as_ethernet(view[rel + 16:rel + 16 + caplen])
+                if caplen is None or rel + 16 + caplen > have:
+                    if base + have >= size:
+                        more = False           # the end, or a record cut short
+                        break
+                    if len(block) < 16 + (caplen or 0):
+                        block = bytearray(16 + caplen)
+                    base, have = off, 0
+                    continue
+                # A frame off the fast path: its hash by the core's parser.
+                frame, _ = scan.as_ethernet(view[rel + 16:rel + 16 + caplen])
             value = frame_hash(frame)
             bucket = NO_IP_BUCKET if value is None else value >> BUCKET_SHIFT
             counts[0 if value is None else bucket] += 1
@@ -322,6 +462,38 @@ def scan_records(mm, off, stop_at, little, counts, linktype, buckets, sizes, ind
     return off, index
 
 
+def scan_blocks(fd, block, base, have, off, stop_at, size, little, counts, linktype, buckets,
+                sizes, index):
+    """scan_records over the file itself: ``block`` holds the file's bytes [base, base +
+    have); when the walk stops at a record not whole in it, the block is read again from
+    that record and the walk goes on. Returns (offset, index, base, have): stopped at
+    stop_at, at the end of the file (``size``) or a record cut short there, at a frame off
+    the fast path, when the arrays are full, or at a record larger than the block."""
+    room = min(len(buckets), len(sizes))
+    caplen_at = struct.Struct(("<" if little else ">") + "I").unpack_from
+    if stop_at < 0 or stop_at > size:
+        stop_at = size
+    while True:
+        with memoryview(block) as whole, whole[:have] as view:
+            rel, index = _scan_records(view, off - base, stop_at - base, little, counts,
+                                       linktype, buckets, sizes, index)
+            off = base + rel
+            if index == room or off >= stop_at:
+                break
+            caplen = caplen_at(view, rel + 8)[0] if rel + 16 <= have else None
+            if caplen is not None and rel + 16 + caplen <= have and caplen <= _MAX_RECORD:
+                break                       # a frame off the fast path
+            if base + have >= size:
+                break                       # the end, or a record cut short there
+            if caplen is not None and (caplen > _MAX_RECORD or 16 + caplen > len(block)):
+                break                       # corrupt, or larger than the block
+            if rel == 0 and have == len(block):
+                break
+        base = off
+        have = os.preadv(fd, [block], base)
+    return off, index, base, have
+
+
 def resync(mm, at, little, ns):
     """The first offset at or after ``at`` (within 8 MiB) where 16 record headers follow
     one another as a capture's do, or reach its end exactly; -1 if none. A guess:
@@ -350,6 +522,7 @@ def resync(mm, at, little, ns):
 try:
     if PURE_PYTHON:
         raise ImportError
-    from ._splitscan import resync as _resync, scan_records as _scan_records
+    from ._splitscan import (die_with_parent as _die_with_parent, resync as _resync,
+                             scan_blocks as _scan_blocks, scan_records as _scan_records)
 except ImportError:
-    _resync, _scan_records = resync, scan_records
+    _resync, _scan_blocks, _scan_records = resync, scan_blocks, scan_records

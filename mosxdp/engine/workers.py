@@ -152,6 +152,7 @@ class SplitRun(ForkedParent):
         seconds = ended - started
         self._aggregate(results)
         phases = {"plan_seconds": round(planned - started, 4), "plan_parts": plan.parts,
+                  "plan_early": plan.early,
                   "workers_seconds": round(waited - planned, 4),
                   "merge_seconds": round(ended - waited, 4)}
         if self.print_stats:

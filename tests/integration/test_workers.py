@@ -110,9 +110,14 @@ def test_many_flows_identical_with_workers():
     reasons = {json.loads(line)["end_reason"] for line in lines}
     assert "timeout" in reasons and {"fin", "rst"} & reasons   # ends on timers, at frames
     # The flows are spread: each of 3 workers has some (the summary counts them).
+    stats = tmpdir("s") / "stats.json"
     proc = run_mosxdp("run", "connlog", "--pcap", pcap, "--output", tmpdir("s") / "c.log",
-                      "--workers", 3, "--stats")
+                      "--workers", 3, "--stats", "--stats-json", stats)
     assert proc.returncode == 0 and proc.stderr.rstrip().endswith("workers 3"), proc.stderr
+    # The plan's pass began before the imports (with the C loops: not in pure Python).
+    split = json.loads(stats.read_text())["split"]
+    pure = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
+    assert split["plan_early"] is not pure and split["plan_parts"] >= 1, split
 
 
 @pytest.mark.parametrize("order, nanosecond", [(">", False), ("<", True), (">", True)],

@@ -302,7 +302,8 @@ def test_workers_value_is_auto_or_a_count(tmp_path):
 
 
 def test_c_loop_gives_the_workers_its_python_twin_gives(tmp_path, monkeypatch):
-    """_splitscan.c and its twin in split_feed.py: the same worker for every frame the
+    """_splitscan.c and its twins in split_feed.py (the record loop and the block loop):
+    the same worker for every frame the
     core parses (a malformed one may go anywhere), the same record lengths, and the same
     bucket counts of the frames they hash."""
     from mosxdp.engine import _splitscan
@@ -319,8 +320,10 @@ def test_c_loop_gives_the_workers_its_python_twin_gives(tmp_path, monkeypatch):
             frames = [bytes(frame) for _, frame in reader]
         valid = [i for i, frame in enumerate(frames) if _parses(frame)]
         plans = {}
-        for name, loop in (("c", _splitscan.scan_records), ("python", split_feed.scan_records)):
+        for name, loop, blocks in (("c", _splitscan.scan_records, _splitscan.scan_blocks),
+                                   ("python", split_feed.scan_records, split_feed.scan_blocks)):
             monkeypatch.setattr(split_feed, "_scan_records", loop)
+            monkeypatch.setattr(split_feed, "_scan_blocks", blocks)
             scan = split_feed.Scan(path)
             counts = []
             monkeypatch.setattr(split_feed, "balance",
@@ -400,6 +403,134 @@ def test_plan_read_in_parts_is_the_one_pass_plan(tmp_path, monkeypatch):
     calls.clear()
     assert _plan_of(fooled, 2) == whole
     assert len(calls) == 3 and calls[2][1] == -1, calls    # part 0, the fake part, the rest
+
+
+def _block_walk(loop, path, block_bytes, chunk):
+    """Every stop of the block loop ``loop`` over the capture at ``path``, from its first
+    record, with a block of ``block_bytes`` and arrays of ``chunk`` frames; the caller's
+    part of _scan_part (a frame off the fast path, a record larger than the block) done
+    the simplest way."""
+    counts = memoryview(bytearray(8 << BUCKET_BITS)).cast("q")
+    size = os.path.getsize(path)
+    stops = []
+    with open(path, "rb", buffering=0) as f:
+        little = f.read(4) == b"\xd4\xc3\xb2\xa1"
+        block = bytearray(block_bytes)
+        base, have, off = 24, 0, 24
+        while True:
+            buckets, sizes = bytearray(2 * chunk), bytearray(4 * chunk)
+            off, n, base, have = loop(f.fileno(), block, base, have, off, -1, size, little,
+                                      counts, 1, memoryview(buckets).cast("H"),
+                                      memoryview(sizes).cast("I"), 0)
+            stops.append((off, n, base, have, bytes(buckets[:2 * n]), bytes(sizes[:4 * n])))
+            if off >= size or len(stops) > 10_000:
+                break
+            if n == chunk:
+                continue                                # the arrays are full
+            rel = off - base
+            caplen = struct.unpack_from("<I" if little else ">I", block, rel + 8)[0] \
+                if rel + 16 <= have else None
+            if caplen is None and base + have >= size:
+                break                                   # cut short
+            if caplen is not None and rel + 16 + caplen > have:
+                if base + have >= size:
+                    break
+                block = bytearray(16 + caplen)          # larger than the block
+                base, have = off, 0
+                continue
+            off += 16 + caplen                          # off the fast path: skipped here
+    return stops, list(counts)
+
+
+def test_block_loop_in_c_stops_where_its_python_twin_does(tmp_path, monkeypatch):
+    """_splitscan.scan_blocks and split_feed.scan_blocks (over the same record loop: the
+    C one, whose fast path is the wider): the same stops (offset, frames, the block's place
+    and length), buckets, record lengths and counts, with blocks smaller than some records,
+    arrays that fill in the middle of a block, frames off the fast path and a capture cut
+    short."""
+    from mosxdp.engine import _splitscan
+    monkeypatch.setattr(split_feed, "_scan_records", _splitscan.scan_records)
+    odd = str(tmp_path / "odd.pcap")
+    with PcapWriter(odd) as writer:
+        for i, frame in enumerate(odd_frames()):
+            writer.write(1_000_000 + i, frame)
+    cut = tmp_path / "cut.pcap"
+    with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
+        cut.write_bytes(f.read()[:-7])
+    big = str(rewritten(os.path.join(DATA, "concurrent.pcap"), tmp_path / "big.pcap", ">",
+                        False))
+    paths = [os.path.join(DATA, "concurrent.pcap"), os.path.join(DATA, "http_sizes.pcap"),
+             odd, str(cut), big]
+    for path in paths:
+        for block_bytes, chunk in ((200, 7), (4096, 64), (1 << 20, 1 << 16)):
+            c = _block_walk(_splitscan.scan_blocks, path, block_bytes, chunk)
+            py = _block_walk(split_feed.scan_blocks, path, block_bytes, chunk)
+            assert c == py, (path, block_bytes, chunk)
+            assert len(c[0]) > 1 or block_bytes == 1 << 20, (path, block_bytes)
+
+
+def test_the_early_pass_is_taken_for_its_file_only(tmp_path, monkeypatch):
+    """begin_plan() reads the plan's pass in a child process (the command line begins it
+    before the imports); plan_split() takes it for the same file, and the plan equals the
+    one read then. A file replaced meanwhile, or one that is no classic pcap, is read again
+    by the run (or named by it): the early pass changes no plan, raises nothing and leaves
+    no process behind."""
+    import threading
+    path = os.path.join(DATA, "concurrent.pcap")
+
+    def plan(target, workers=3, parts=None):
+        scan = split_feed.Scan(target)
+        try:
+            got = split_feed.plan_split(scan, workers, parts=parts)
+        finally:
+            scan.close()
+        return (got.table, list(got.owners()), got.frames, got.last_ts, str(got.error))
+
+    readers = []
+    read_parts = split_feed._read_parts
+    monkeypatch.setattr(split_feed, "_read_parts",
+                        lambda scan, parts: readers.append(threading.current_thread().name)
+                        or read_parts(scan, parts))
+    fresh = plan(path, parts=1)
+    readers.clear()
+    early = split_feed._scan_blocks is not split_feed.scan_blocks    # only with the C loops
+    split_feed.begin_plan(path, 3)
+    child = split_feed._early.pid if early else None
+    assert plan(path) == fresh
+    assert readers == ([] if early else ["MainThread"]), readers
+    assert split_feed._early is None
+    if early:
+        assert not os.path.exists(f"/proc/{child}"), "the child was reaped"
+
+    moved = tmp_path / "moved.pcap"
+    with open(path, "rb") as f:
+        moved.write_bytes(f.read())
+    split_feed.begin_plan(str(moved), 3)
+    if early:
+        os.waitid(os.P_PID, split_feed._early.pid, os.WEXITED | os.WNOWAIT)   # the pass is read
+    os.unlink(moved)                                  # replaced by another capture
+    with open(os.path.join(DATA, "reuse.pcap"), "rb") as f:
+        moved.write_bytes(f.read())
+    readers.clear()
+    assert plan(str(moved)) == plan(str(moved), parts=1)
+    assert readers[0] == "MainThread", readers
+
+    for name, data in (("missing.pcap", None), ("garbage.pcap", b"\x00" * 100),
+                       ("short.pcap", b"\xd4\xc3")):
+        target = tmp_path / name
+        if data is not None:
+            target.write_bytes(data)
+        split_feed.begin_plan(str(target), 2)
+        readers.clear()
+        assert plan(path) == fresh                  # another file: read again
+        assert readers == ["MainThread"], readers
+    # A pass no run took: the next one ends it.
+    split_feed.begin_plan(path, 2)
+    left = split_feed._early.pid if early else None
+    split_feed.begin_plan(path, 2)
+    if early:
+        assert not os.path.exists(f"/proc/{left}") and split_feed._early.pid != left
+    assert plan(path) == fresh
 
 
 def _relinked(frame, linktype):
