@@ -1,11 +1,10 @@
 """The mosxdp command line: run, detach, status, demo."""
 import argparse
 import errno
+import gc
 import importlib
-import importlib.util
 import logging
 import os
-import pkgutil
 import signal
 import sys
 import traceback
@@ -57,6 +56,7 @@ def _app_error(name, what, exc):
 
 
 def builtin_apps():
+    import pkgutil
     names = {}
     for info in pkgutil.iter_modules(apps_package.__path__):
         if not info.name.startswith("_"):
@@ -74,9 +74,10 @@ def load_app(name):
         if not name.endswith(".py"):
             raise CliError(f"app {name!r} is not a .py file (an app is a built-in app's name "
                            "or a Python file that defines setup(mctx, args))", EXIT_USAGE)
-        spec = importlib.util.spec_from_file_location(
+        from importlib.util import module_from_spec, spec_from_file_location
+        spec = spec_from_file_location(
             "mosxdp_user_app_" + os.path.splitext(os.path.basename(name))[0], name)
-        module = importlib.util.module_from_spec(spec)
+        module = module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
         except SyntaxError as exc:
@@ -87,11 +88,18 @@ def load_app(name):
         except (Exception, SystemExit) as exc:
             raise CliError(_app_error(name, "loading", exc), EXIT_USAGE) from exc
     else:
-        known = builtin_apps()
-        if name not in known:
+        # The app's module straight away (listing the apps costs every start-up pkgutil).
+        module_name = f"{apps_package.__name__}.{name}"
+        try:
+            if not name.isidentifier() or name.startswith("_"):
+                raise ModuleNotFoundError(name=module_name)
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise                   # the app's own import of something missing
+            known = builtin_apps()
             raise CliError(f"unknown app {name!r} (apps: {', '.join(sorted(known))}; "
-                           "or give a path to a .py file)", EXIT_USAGE)
-        module = importlib.import_module(known[name])
+                           "or give a path to a .py file)", EXIT_USAGE) from None
     if not hasattr(module, "setup"):
         raise CliError(f"app {name!r} has no setup(mctx, args) function", EXIT_USAGE)
     return module
@@ -599,5 +607,15 @@ def main(argv=None):
         return EXIT_FAILURE
 
 
+def entry():
+    """The `mosxdp` command (pyproject.toml's script, and `python -m mosxdp.cli`): main(),
+    then the interpreter's exit without its last walks over every object: what is left
+    is frozen (gc.freeze), so that the exit only frees it, 10 ms less after any run. The
+    outputs are closed by then; main() called from Python leaves the collector as it was."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

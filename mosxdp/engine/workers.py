@@ -24,6 +24,7 @@ engine/split_merge.py.
 from __future__ import annotations
 
 import errno
+import gc
 import mmap
 import os
 import pickle
@@ -106,6 +107,9 @@ class SplitRun(ForkedParent):
             for w in range(workers):
                 board[w * BOARD] = NOT_STOPPED
             parent = os.getpid()
+            # The objects of the set-up frozen across the forks: a worker's collections
+            # do not walk them, so their pages stay shared (gc.freeze's documented use).
+            gc.freeze()
             for index in range(workers):
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -120,6 +124,7 @@ class SplitRun(ForkedParent):
                 os.close(wr)
                 self._done_fds.append(rd)
                 self.pids[pid] = index
+            gc.unfreeze()
             if writer is not None:
                 # The output's pages made while the workers run: the merge only fills them.
                 reserve = getattr(writer._f, "reserve", None)

@@ -579,3 +579,20 @@ def test_c_loops_read_other_link_layers_as_the_core_does(tmp_path, monkeypatch):
         want, got = owners_by_fast_path(plain, 3), owners_by_fast_path(other, 3)
         assert [got[i] for i in valid] == [want[i] for i in valid], linktype
         assert len(valid) > 50
+
+
+def test_a_split_run_called_from_python_leaves_the_collector_as_it_was(tmp_path):
+    """cli.main with --workers 2 in this process: the conn.log of one worker, and the
+    collector as it was (the parent freezes the set-up's objects only across the forks;
+    the freeze before the exit is the `mosxdp` command's, not main's)."""
+    import gc
+    from mosxdp import cli
+    pcap = os.path.join(DATA, "concurrent.pcap")
+    logs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"conn-{workers}.log"
+        assert cli.main(["run", "connlog", "--pcap", pcap, "--output", str(out),
+                         "--workers", str(workers)]) == 0
+        logs[workers] = out.read_bytes()
+    assert logs[1] and logs[1] == logs[2]
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
