@@ -187,11 +187,20 @@ def _datapath_options(parser):
                             "(also MOSXDP_DEBUG=1)")
 
 
+class _RunParser(_Parser):
+    """`mosxdp run`'s parser: the list of apps in its help is made when the help is shown
+    (it imports every app)."""
+
+    def format_help(self):
+        if self.epilog is None:
+            self.epilog = _apps_epilog()
+        return super().format_help()
+
+
 def _run_parser():
-    parser = _Parser(
+    parser = _RunParser(
         prog="mosxdp run", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run a monitor app on a pcap file (offline) or an interface (live).",
-        epilog=_apps_epilog())
+        description="Run a monitor app on a pcap file (offline) or an interface (live).")
     parser.add_argument("app", help="app name or path to a .py file")
     _datapath_options(parser)
     return parser

@@ -9,10 +9,12 @@ set or the module is missing; its twin here in Python does the same.
 from __future__ import annotations
 
 import atexit
+import errno
 import marshal
 import mmap
 import os
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -234,6 +236,9 @@ def begin_plan(path, workers):
     if _scan_blocks is scan_blocks or not sys.executable:
         return
     try:
+        # A regular file only: the child must not open a pipe, whose bytes are the run's.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
         _early = _EarlyPass(path, workers)
     except OSError:
         _early = None
@@ -312,6 +317,8 @@ def _early_child():
             try:
                 # Before the reading: a file changed meanwhile is not the parent's.
                 identity = _identity(scan.fd)
+                if not stat.S_ISREG(os.fstat(scan.fd).st_mode):
+                    raise OSError(errno.EINVAL, path)
                 # A CPU left to the parent, which imports meanwhile.
                 starts, found = _read_parts(scan, _parts(scan.size, workers, _cpus() - 1))
             finally:

@@ -31,6 +31,7 @@ import pickle
 import select
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -66,6 +67,14 @@ def check_input(config) -> None:
     if config.pcap == "-":
         raise OSError(errno.EINVAL, f"--workers {workers}: each worker reads the capture "
                                     "itself: give a file, not the standard input")
+    try:
+        regular = stat.S_ISREG(os.stat(config.pcap).st_mode)
+    except OSError:
+        regular = True          # the reader names the problem
+    if not regular:
+        # A pipe could be read once, and opening one waits for its writer.
+        raise OSError(errno.EINVAL, f"--workers {workers}: each worker maps the capture: "
+                                    f"{config.pcap} is not a regular file (save it to one)")
     with PcapReader(config.pcap) as reader:
         if reader.compression or reader.format != "pcap":
             what = f"{reader.compression}-compressed" if reader.compression else "pcapng"

@@ -39,7 +39,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field as dataclass_field
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["SinkSpec", "SinkSpecError", "SinkDown", "parse_sink", "redact", "NetworkSink",
            "UnixTransport", "RedisTransport", "open_network_sink", "SCHEMES", "MODES",
@@ -129,6 +128,8 @@ def parse_sink(spec: str) -> SinkSpec:
 
 
 def _parse_redis(spec: str, scheme: str) -> SinkSpec:
+    # Here, not at the top: a run without a sink does not pay for urllib at its start.
+    from urllib.parse import unquote, urlsplit
     try:
         url = urlsplit(spec)
     except ValueError as exc:
@@ -191,6 +192,7 @@ def _parse_redis(spec: str, scheme: str) -> SinkSpec:
 
 
 def _query(query: str, scheme: str) -> dict:
+    from urllib.parse import parse_qsl
     allowed = _PARAMS[scheme]
     params = {}
     try:

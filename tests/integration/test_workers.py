@@ -319,12 +319,25 @@ def _session(sid):
     return out.split()
 
 
+def test_a_named_pipe_is_refused_before_anything_reads_it(tmp_path):
+    """--workers with a named pipe as the capture: one line at once (opening the pipe to
+    check it would wait for a writer: the run hung there before)."""
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    proc = run_mosxdp("run", "connlog", "--pcap", fifo, "--output", tmp_path / "c.log",
+                      "--workers", "2", timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"mosxdp: error: --workers 2: each worker maps the capture: {fifo} "
+                           "is not a regular file (save it to one)\n"), proc.stderr
+
+
 # ---------------------------------------------------------------- bad values
 @pytest.mark.parametrize("argv, needle", [
     (["--workers", "-1"], "[datapath] workers = -1: must be between 1 and"),
     (["--workers", "two"], "argument --workers: 'two': \"auto\" or a count of processes"),
     (["--workers", "100000"], "[datapath] workers = 100000: must be between 1 and"),
     (["--pcap", "-"], "each worker reads the capture itself: give a file, not the standard input"),
+    (["--pcap", "/dev/null"], "each worker maps the capture: /dev/null is not a regular file"),
 ])
 def test_bad_workers_values_are_one_line(argv, needle):
     args = ["run", "connlog", "--pcap", DATA / "reuse.pcap", "--workers", "2", *argv]
