@@ -217,6 +217,37 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t a
 #define NO_IP_BUCKET (1u << BUCKET_BITS)
 
 /*
+ * The writable arrays of the record loops: counts (int64 per bucket), buckets (uint16 per
+ * frame) and sizes (uint32 per frame); *room, the frames both hold. -1 with the error set
+ * (nothing held), else 0: release_arrays() gives them back.
+ */
+static int get_arrays(PyObject *counts_obj, PyObject *buckets_obj, PyObject *sizes_obj,
+		      Py_buffer *counts, Py_buffer *buckets, Py_buffer *sizes, Py_ssize_t *room)
+{
+	if (get_buffer(counts_obj, counts, 1, 8 << BUCKET_BITS, "counts") < 0)
+		return -1;
+	if (get_buffer(buckets_obj, buckets, 1, 0, "buckets") < 0) {
+		PyBuffer_Release(counts);
+		return -1;
+	}
+	if (get_buffer(sizes_obj, sizes, 1, 0, "sizes") < 0) {
+		PyBuffer_Release(buckets);
+		PyBuffer_Release(counts);
+		return -1;
+	}
+	*room = buckets->len / 2 < sizes->len / 4 ? buckets->len / 2 : sizes->len / 4;
+	return 0;
+}
+
+static void release_arrays(Py_buffer *counts, Py_buffer *buckets, Py_buffer *sizes)
+{
+	PyBuffer_Release(sizes);
+	PyBuffer_Release(buckets);
+	PyBuffer_Release(counts);
+}
+
+
+/*
  * The records of base[0:size) from off on, up to stop_at: each fast-path frame's bucket
  * counted and stored at *index, its record's length too; returns the offset of the first
  * record not read (stop_at or past it, a record not whole in base, a frame off the fast
@@ -276,16 +307,11 @@ static PyObject *scan_records(PyObject *self, PyObject *args)
 		return NULL;
 	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
 		return NULL;
-	if (get_buffer(counts_obj, &counts, 1, 8 << BUCKET_BITS, "counts") < 0)
+	if (get_arrays(counts_obj, buckets_obj, sizes_obj, &counts, &buckets, &sizes, &room) < 0)
 		goto map_done;
-	if (get_buffer(buckets_obj, &buckets, 1, 0, "buckets") < 0)
-		goto counts_done;
-	if (get_buffer(sizes_obj, &sizes, 1, 0, "sizes") < 0)
-		goto buckets_done;
-	room = buckets.len / 2 < sizes.len / 4 ? buckets.len / 2 : sizes.len / 4;
 	if (index < 0 || index > room) {
 		PyErr_Format(PyExc_ValueError, "frame %zd: outside buckets and sizes (%zd)", index, room);
-		goto sizes_done;
+		goto arrays_done;
 	}
 
 	const uint8_t *base = map.buf;
@@ -302,12 +328,8 @@ static PyObject *scan_records(PyObject *self, PyObject *args)
 	Py_END_ALLOW_THREADS
 	result = Py_BuildValue("nn", off, index);
 
-sizes_done:
-	PyBuffer_Release(&sizes);
-buckets_done:
-	PyBuffer_Release(&buckets);
-counts_done:
-	PyBuffer_Release(&counts);
+arrays_done:
+	release_arrays(&counts, &buckets, &sizes);
 map_done:
 	PyBuffer_Release(&map);
 	return result;
@@ -361,17 +383,12 @@ static PyObject *scan_blocks(PyObject *self, PyObject *args)
 		return NULL;
 	if (get_buffer(block_obj, &block, 1, 0, "block") < 0)
 		return NULL;
-	if (get_buffer(counts_obj, &counts, 1, 8 << BUCKET_BITS, "counts") < 0)
+	if (get_arrays(counts_obj, buckets_obj, sizes_obj, &counts, &buckets, &sizes, &room) < 0)
 		goto block_done;
-	if (get_buffer(buckets_obj, &buckets, 1, 0, "buckets") < 0)
-		goto counts_done;
-	if (get_buffer(sizes_obj, &sizes, 1, 0, "sizes") < 0)
-		goto buckets_done;
-	room = buckets.len / 2 < sizes.len / 4 ? buckets.len / 2 : sizes.len / 4;
 	if (index < 0 || index > room || have < 0 || have > block.len || off < base) {
 		PyErr_Format(PyExc_ValueError, "frame %zd, block [%zd, +%zd) of %zd, offset %zd: "
 			     "outside the arrays or the block", index, base, have, block.len, off);
-		goto sizes_done;
+		goto arrays_done;
 	}
 	if (stop_at < 0 || stop_at > size)
 		stop_at = size;
@@ -413,12 +430,8 @@ static PyObject *scan_blocks(PyObject *self, PyObject *args)
 		result = Py_BuildValue("nnnn", off, index, base, have);
 	}
 
-sizes_done:
-	PyBuffer_Release(&sizes);
-buckets_done:
-	PyBuffer_Release(&buckets);
-counts_done:
-	PyBuffer_Release(&counts);
+arrays_done:
+	release_arrays(&counts, &buckets, &sizes);
 block_done:
 	PyBuffer_Release(&block);
 	return result;
