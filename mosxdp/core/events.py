@@ -13,7 +13,6 @@ applies the on_callback_error policy when a callback raises.
 import errno
 import heapq
 import os
-import sysconfig
 
 # Type declarations for the compiled build (events.pxd); decorators that change nothing in
 # plain Python.
@@ -31,8 +30,17 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 _APPS_DIR = _PACKAGE_DIR + "apps" + os.sep
 # The frames of a compiled module (setup.py) name its source relative to the project root.
 _COMPILED_PREFIX = "mosxdp" + os.sep
-_STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
-                      for k in ("stdlib", "platstdlib")})
+_stdlib_dirs = None
+
+
+def _stdlib():
+    # Found at the first report: sysconfig costs every start-up 2 ms.
+    global _stdlib_dirs
+    if _stdlib_dirs is None:
+        import sysconfig
+        _stdlib_dirs = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
+                              for k in ("stdlib", "platstdlib")})
+    return _stdlib_dirs
 
 
 # Stack.order_key while the end of a batch (or of the input) runs callbacks: the phase, then
@@ -42,6 +50,7 @@ _STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep
 # TCP flows, UDP before ICMP.
 (ORDER_NEW_DATA, ORDER_TIMER, ORDER_TIME_WAIT, ORDER_HALF_OPEN, ORDER_IDLE, ORDER_UDP_IDLE,
  ORDER_ICMP_IDLE, ORDER_EOF, ORDER_UDP_EOF, ORDER_ICMP_EOF) = range(1, 11)
+
 
 def exception_site(exc):
     """'FILE:LINE' where ``exc`` was raised, for a one-line report: the innermost frame of
@@ -58,7 +67,7 @@ def exception_site(exc):
             path = _PACKAGE_DIR + path[len(_COMPILED_PREFIX):]
         path = os.path.abspath(path)
         ours = path.startswith(_PACKAGE_DIR) and not path.startswith(_APPS_DIR)
-        if not ours and not path.startswith(_STDLIB_DIRS) and not code.co_filename.startswith("<"):
+        if not ours and not path.startswith(_stdlib()) and not code.co_filename.startswith("<"):
             site = innermost
         tb = tb.tb_next
     return site or innermost or ""
