@@ -524,11 +524,16 @@ def test_the_early_pass_is_taken_for_its_file_only(tmp_path, monkeypatch):
         readers.clear()
         assert plan(path) == fresh                  # another file: read again
         assert readers == ["MainThread"], readers
-    # No pass of what is not a regular file (a pipe's bytes are the run's).
+    # No pass of what is not a regular file (a pipe's bytes are the run's), nor of a
+    # capture the parent would read sooner in parts of its own.
     fifo = tmp_path / "pipe.pcap"
     os.mkfifo(fifo)
     split_feed.begin_plan(str(fifo), 2)
     assert split_feed._early is None
+    monkeypatch.setattr(split_feed, "EARLY_MAX_BYTES", os.path.getsize(path) - 1)
+    split_feed.begin_plan(path, 2)
+    assert split_feed._early is None
+    monkeypatch.undo()
     # A pass no run took: the next one ends it.
     split_feed.begin_plan(path, 2)
     left = split_feed._early.pid if early else None
