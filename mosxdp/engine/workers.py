@@ -1,7 +1,8 @@
 """Offline runs split over several worker processes (``--workers N``): docs/workers.md.
 
 The parent has set the context up (the app's setup ran, its outputs are open). It reads
-the capture once (a classic pcap file) and makes the plan every worker reads:
+the capture once (a classic pcap file; the pass may have begun before the imports, in a
+child process: split_feed.begin_plan) and makes the plan every worker reads:
 each frame's bucket of the symmetric flow hash of core/split.py and its record's length,
 and a table that gives each bucket a worker, balanced over the capture. It then forks N
 workers, each with that context and that plan. Each worker maps the file itself, walks
