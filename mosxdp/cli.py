@@ -619,7 +619,7 @@ def main(argv=None):
 def entry():
     """The `mosxdp` command (pyproject.toml's script, and `python -m mosxdp.cli`): main(),
     then the interpreter's exit without its last walks over every object: what is left
-    is frozen (gc.freeze), so that the exit only frees it, 10 ms less after any run. The
+    is frozen (gc.freeze), so that the exit only frees it: 6-10 ms less a run. The
     outputs are closed by then; main() called from Python leaves the collector as it was."""
     code = main()
     gc.freeze()

@@ -4,8 +4,8 @@ and its record's length, and the bucket table that gives each bucket a worker, b
 over the whole capture. The parent makes the plan in one pass before the fork (in parts
 read by threads on a large capture), or takes the pass a child process began while the
 command line imported the package (begin_plan); each worker then walks it and processes
-the frames of its buckets. The loop over the records is C (_splitscan.c) unless MOSXDP_PURE_PYTHON is
-set or the module is missing; its twin here in Python does the same.
+the frames of its buckets. The loop over the records is C (_splitscan.c) unless
+MOSXDP_PURE_PYTHON is set or the module is missing; its twin here in Python does the same.
 """
 from __future__ import annotations
 

@@ -120,21 +120,23 @@ class SplitRun(ForkedParent):
             # The objects of the set-up frozen across the forks: a worker's collections
             # do not walk them, so their pages stay shared (gc.freeze's documented use).
             gc.freeze()
-            for index in range(workers):
-                sys.stdout.flush()
-                sys.stderr.flush()
-                rd, wr = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(rd)
-                    for fd in self._done_fds:
-                        os.close(fd)
-                    child(mctx, self.module, self.app, index, workers, plan, board, parent,
-                          spooldir, wr)
-                os.close(wr)
-                self._done_fds.append(rd)
-                self.pids[pid] = index
-            gc.unfreeze()
+            try:
+                for index in range(workers):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    rd, wr = os.pipe()
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(rd)
+                        for fd in self._done_fds:
+                            os.close(fd)
+                        child(mctx, self.module, self.app, index, workers, plan, board,
+                              parent, spooldir, wr)
+                    os.close(wr)
+                    self._done_fds.append(rd)
+                    self.pids[pid] = index
+            finally:
+                gc.unfreeze()
             if writer is not None:
                 # The output's pages made while the workers run: the merge only fills them.
                 reserve = getattr(writer._f, "reserve", None)
