@@ -23,7 +23,8 @@ _NAMED = ["TcpState", "MosEvent", "MosHook", "SocketType", "DatagramFlowStats", 
 _PARTS = ("api", "apps", "cli", "config", "constants", "core", "demo", "engine", "facade", "io", "sessions",
           "types")
 # Monitor: explicit import only, not in __all__ (`import *` stays the C API).
-_named = lazy_exports(__name__, globals(), {".types": _TYPES, ".facade": ("Monitor",)})
+_structure_or_monitor, _structures_dir = lazy_exports(
+    __name__, globals(), {".types": _TYPES, ".facade": ("Monitor",)})
 
 
 def _module(name):
@@ -47,14 +48,15 @@ def __getattr__(name):
     if name in _PARTS:
         return _module("." + name)
     if name in _TYPES or name == "Monitor":
-        return _named[0](name)
+        return _structure_or_monitor(name)
     api = _module(".api")
+    constants = _constants()
     if name == "__all__":
         value = _all()
     elif name in api.__all__:
         value = getattr(api, name)
-    elif name in _constants():
-        value = _constants()[name]
+    elif name in constants:
+        value = constants[name]
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -63,4 +65,4 @@ def __getattr__(name):
 
 def __dir__():
     api = _module(".api")
-    return sorted(set(globals()) | set(api.__all__) | set(_constants()) | set(_named[1]()))
+    return sorted(set(globals()) | set(api.__all__) | set(_constants()) | set(_structures_dir()))
