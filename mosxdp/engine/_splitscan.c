@@ -9,6 +9,7 @@
  *                 buckets, sizes, index) -> (off, index, base, have)
  *     resync(map, at, little, ns) -> offset of a record header at or after at, or -1
  *     die_with_parent() -> None: this process is killed when its parent ends
+ *     pcapng_to_pcap(map, fd) -> (linktype, frames), or None
  *
  * It reads only the frames of the fast path (fast_hash below): IPv4 without options and
  * IPv6 without extension headers, under up to two VLAN tags, after the link header of the
@@ -27,6 +28,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -501,6 +503,287 @@ static PyObject *resync(PyObject *self, PyObject *args)
 	return PyLong_FromSsize_t(found);
 }
 
+/*
+ * pcapng_to_pcap(map, fd) -> (linktype, frames), or None
+ *
+ * A pcapng capture (map: its bytes) written to fd as the classic pcap a split run's
+ * workers map (engine/split_input.py): a little-endian microsecond header, then per
+ * Enhanced Packet Block a record of its timestamp in microseconds (io/pcapng.py's
+ * if_tsresol and if_tsoffset rules), its captured length, its length on the wire (never
+ * below the captured one: io/pcap.py's PcapWriter writes such a frame whole) and its
+ * bytes as captured. Blocks of other types are skipped, as the reader skips them.
+ *
+ * Only what io/pcapng.py reads the same way: None, with fd's content undefined, for a
+ * capture with any block the reader would name an error or read otherwise (cut short,
+ * corrupt, a simple or obsolete packet block, interfaces of more than one link type, a
+ * time before 1970 or past 2106); the caller then writes the reader's frames instead.
+ * The walk runs without the GIL.
+ */
+#define SHB 0x0A0D0D0Au
+#define IDB 1u
+#define EPB 6u
+#define OUT_BYTES (1 << 20)
+
+struct interface {
+	uint64_t mul, div;      /* div 0: every timestamp divides to 0 */
+	unsigned shift;
+	int64_t off_us;
+};
+
+struct pcapng_walk {
+	const uint8_t *in;
+	Py_ssize_t size;
+	int fd;
+	uint8_t *out;
+	Py_ssize_t used;
+	struct interface *ifaces;
+	Py_ssize_t n_ifaces, room;
+	long linktype;          /* -1: no interface yet */
+	Py_ssize_t frames;
+	int error;              /* errno of a failed write */
+};
+
+static int flush_out(struct pcapng_walk *w)
+{
+	Py_ssize_t done = 0;
+
+	while (done < w->used) {
+		ssize_t n = write(w->fd, w->out + done, w->used - done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			w->error = errno;
+			return -1;
+		}
+		done += n;
+	}
+	w->used = 0;
+	return 0;
+}
+
+static int put(struct pcapng_walk *w, const void *bytes, Py_ssize_t len)
+{
+	const uint8_t *p = bytes;
+
+	while (len > 0) {
+		Py_ssize_t take = OUT_BYTES - w->used;
+
+		if (take > len)
+			take = len;
+		memcpy(w->out + w->used, p, take);
+		w->used += take;
+		p += take;
+		len -= take;
+		if (w->used == OUT_BYTES && flush_out(w) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static void le32(uint8_t *p, uint32_t v)
+{
+	p[0] = v & 0xFF;
+	p[1] = (v >> 8) & 0xFF;
+	p[2] = (v >> 16) & 0xFF;
+	p[3] = v >> 24;
+}
+
+/* The interface block at off (blen bytes): 1 kept, 0 declined (io/pcapng.py _parse_idb). */
+static int add_interface(struct pcapng_walk *w, Py_ssize_t off, uint32_t blen, int little)
+{
+	const uint8_t *b = w->in + off;
+	struct interface iface = {1, 1, 0, 0};
+	unsigned linktype;
+	Py_ssize_t opt = 16, end = (Py_ssize_t)blen - 4;
+
+	if (blen < 20)
+		return 0;
+	linktype = little ? (b[8] | (b[9] << 8)) : ((b[8] << 8) | b[9]);
+	if (w->linktype >= 0 && (unsigned long)w->linktype != linktype)
+		return 0;
+	while (opt + 4 <= end) {
+		unsigned code = little ? (b[opt] | (b[opt + 1] << 8)) : ((b[opt] << 8) | b[opt + 1]);
+		unsigned olen = little ? (b[opt + 2] | (b[opt + 3] << 8))
+				       : ((b[opt + 2] << 8) | b[opt + 3]);
+		Py_ssize_t val = opt + 4;
+
+		if (code == 0 || val + olen > end)
+			break;
+		if (code == 9 && olen >= 1) {           /* if_tsresol */
+			unsigned r = b[val];
+
+			iface.mul = 1;
+			iface.div = 1;
+			iface.shift = 0;
+			if (r & 0x80) {
+				iface.mul = 1000000;
+				iface.shift = r & 0x7F;
+			} else if (r >= 6) {
+				iface.div = 1;
+				for (unsigned k = 6; k < r; k++) {
+					if (iface.div > UINT64_MAX / 10) {
+						iface.div = 0;
+						break;
+					}
+					iface.div *= 10;
+				}
+			} else {
+				for (unsigned k = r; k < 6; k++)
+					iface.mul *= 10;
+			}
+		} else if (code == 14 && olen >= 8) {   /* if_tsoffset, seconds */
+			uint64_t raw;
+			int64_t secs;
+
+			memcpy(&raw, b + val, 8);
+			secs = (int64_t)(little ? raw : __builtin_bswap64(raw));
+			if (secs > ((int64_t)1 << 40) || secs < -((int64_t)1 << 40))
+				return 0;
+			iface.off_us = secs * 1000000;
+		}
+		opt = val + ((olen + 3) & ~3u);
+	}
+	if (w->n_ifaces == w->room) {
+		Py_ssize_t room = w->room ? 2 * w->room : 8;
+		struct interface *grown = realloc(w->ifaces, room * sizeof(*grown));
+
+		if (grown == NULL)
+			return 0;
+		w->ifaces = grown;
+		w->room = room;
+	}
+	w->ifaces[w->n_ifaces++] = iface;
+	w->linktype = linktype;
+	return 1;
+}
+
+/* 1: the capture written, 0: declined, -1: a write failed (w->error). */
+static int walk_pcapng(struct pcapng_walk *w)
+{
+	Py_ssize_t off = 0;
+	int little = -1;          /* no section yet */
+	uint8_t header[24] = {0};
+
+	if (put(w, header, 24) < 0)
+		return -1;
+	while (off < w->size) {
+		uint32_t btype, blen;
+		const uint8_t *b = w->in + off;
+
+		if (w->size - off < 12)
+			return 0;
+		btype = rd32(b, 1);
+		if (btype == SHB) {
+			uint32_t bom = rd32(b + 8, 1);
+
+			if (bom == 0x1A2B3C4Du)
+				little = 1;
+			else if (bom == 0x4D3C2B1Au)
+				little = 0;
+			else
+				return 0;
+			w->n_ifaces = 0;
+		} else if (little < 0) {
+			return 0;
+		} else {
+			btype = rd32(b, little);
+		}
+		blen = rd32(b + 4, little);
+		if (blen < 12 || blen & 3 || blen > MAX_RECORD || (Py_ssize_t)blen > w->size - off)
+			return 0;
+		if (btype == EPB) {
+			uint32_t ifid, caplen, origlen;
+			uint8_t rec[16];
+			uint64_t raw;
+			int64_t ts;
+			const struct interface *iface;
+
+			if (blen < 32)
+				return 0;
+			ifid = rd32(b + 8, little);
+			caplen = rd32(b + 20, little);
+			origlen = rd32(b + 24, little);
+			if (caplen > blen - 32 || ifid >= w->n_ifaces)
+				return 0;
+			iface = &w->ifaces[ifid];
+			raw = ((uint64_t)rd32(b + 12, little) << 32) | rd32(b + 16, little);
+			if (iface->div == 0) {
+				ts = iface->off_us;
+			} else {
+				unsigned __int128 v = ((unsigned __int128)raw * iface->mul)
+						      >> iface->shift;
+
+				v /= iface->div;
+				if (v > ((unsigned __int128)1 << 62))
+					return 0;
+				ts = (int64_t)v + iface->off_us;
+			}
+			if (ts < 0 || ts / 1000000 > UINT32_MAX)
+				return 0;
+			le32(rec, (uint32_t)(ts / 1000000));
+			le32(rec + 4, (uint32_t)(ts % 1000000));
+			le32(rec + 8, caplen);
+			le32(rec + 12, origlen > caplen ? origlen : caplen);
+			if (put(w, rec, 16) < 0 || put(w, b + 28, caplen) < 0)
+				return -1;
+			w->frames++;
+		} else if (btype == IDB) {
+			if (!add_interface(w, off, blen, little))
+				return 0;
+		} else if (btype == 2 || btype == 3) {
+			return 0;               /* obsolete and simple packet blocks */
+		}
+		off += blen;
+	}
+	if (flush_out(w) < 0)
+		return -1;
+	le32(header, 0xA1B2C3D4u);
+	le32(header + 4, 2 | (4u << 16));               /* version 2.4 */
+	le32(header + 16, 262144);                      /* snap length */
+	le32(header + 20, w->linktype < 0 ? 1 : (uint32_t)w->linktype);
+	if (pwrite(w->fd, header, 24, 0) != 24) {
+		w->error = errno ? errno : EIO;
+		return -1;
+	}
+	return 1;
+}
+
+static PyObject *pcapng_to_pcap(PyObject *self, PyObject *args)
+{
+	PyObject *map_obj;
+	Py_buffer map;
+	struct pcapng_walk w = {0};
+	int fd, done;
+
+	if (!PyArg_ParseTuple(args, "Oi", &map_obj, &fd))
+		return NULL;
+	if (get_buffer(map_obj, &map, 0, 0, "map") < 0)
+		return NULL;
+	w.in = map.buf;
+	w.size = map.len;
+	w.fd = fd;
+	w.linktype = -1;
+	w.out = malloc(OUT_BYTES);
+	if (w.out == NULL) {
+		PyBuffer_Release(&map);
+		return PyErr_NoMemory();
+	}
+	Py_BEGIN_ALLOW_THREADS
+	done = walk_pcapng(&w);
+	Py_END_ALLOW_THREADS
+	free(w.out);
+	free(w.ifaces);
+	PyBuffer_Release(&map);
+	if (done < 0) {
+		errno = w.error;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	if (done == 0)
+		Py_RETURN_NONE;
+	return Py_BuildValue("ln", w.linktype < 0 ? 1L : w.linktype, w.frames);
+}
+
 /* die_with_parent(): SIGKILL when the parent ends (prctl PR_SET_PDEATHSIG). */
 static PyObject *die_with_parent(PyObject *self, PyObject *unused)
 {
@@ -518,6 +801,9 @@ static PyMethodDef methods[] = {
 	 "buckets, sizes, index) -> (off, index, base, have)"},
 	{"resync", resync, METH_VARARGS,
 	 "resync(map, at, little, ns) -> offset of a plausible record header at or after at, or -1"},
+	{"pcapng_to_pcap", pcapng_to_pcap, METH_VARARGS,
+	 "pcapng_to_pcap(map, fd) -> (linktype, frames) of the classic pcap written to fd, or "
+	 "None when the capture needs the reader"},
 	{"die_with_parent", die_with_parent, METH_NOARGS,
 	 "die_with_parent(): this process is killed (SIGKILL) when its parent ends"},
 	{NULL, NULL, 0, NULL},

@@ -45,8 +45,9 @@ class Scan:
     the plan's pass (os.preadv into a block per part: no page tables to build and tear
     down), and a read-only map for the merge of --write."""
 
-    def __init__(self, path):
+    def __init__(self, path, name=None):
         self.path = path
+        self.name = path if name is None else name      # the capture's, for messages
         self.file = open(path, "rb", buffering=0)
         self.fd = self.file.fileno()
         self.size = os.fstat(self.fd).st_size
@@ -106,7 +107,11 @@ class Scan:
                 for _ in reader:
                     pass
         except PcapFormatError as exc:
-            return exc
+            if self.name == self.path:
+                return exc
+            # The copy of a compressed capture (engine/split_input.py): its offsets are
+            # those the reader names in the decompressed capture.
+            return PcapFormatError(f"{self.name}{str(exc)[len(self.path):]}")
         return None
 
 
@@ -116,9 +121,11 @@ class Plan:
     count): each frame's bucket (uint16; NO_IP_BUCKET for a frame without IP) and its
     record's length in the file (uint32, header included); ``table``, the worker of each
     bucket; the number of frames, the last one's timestamp, and the reader's error for what
-    follows the last whole record (None when the capture ends there)."""
+    follows the last whole record (None when the capture ends there); ``path``, the file
+    the workers map."""
 
-    def __init__(self, chunks, table, frames, last_ts, error, parts=1, early=False):
+    def __init__(self, chunks, table, frames, last_ts, error, parts=1, early=False, path=None):
+        self.path = path
         self.parts = parts              # the parts of the pass kept (read at once)
         self.early = early              # the pass begin_plan() began
         self.chunks = chunks
@@ -174,7 +181,7 @@ def plan_split(scan, workers, parts=None):
     frames = sum(count for _, _, count in chunks)
     table = bytes(balance(counts, workers)) + b"\x00"       # NO_IP_BUCKET: worker 0
     last_ts = scan.read_ts(last) if last is not None else 0
-    return Plan(chunks, table, frames, last_ts, scan.check_end(off), kept, early)
+    return Plan(chunks, table, frames, last_ts, scan.check_end(off), kept, early, scan.path)
 
 
 def _parts(size, workers, cpus):
@@ -224,9 +231,9 @@ def begin_plan(path, workers):
     and workers. A child process reads the file while the parent imports the package and
     sets the app up (about 50 ms: on two CPUs the plan of 110 MB is then ready when the
     run comes to it). plan_split() takes the pass when it is of the same file (device,
-    inode, size, modification time); what the pass meets (no such file, not a classic
-    pcap) is left to the run's own reading to name. Only with the C loops, and for a
-    capture of at most EARLY_MAX_BYTES.
+    inode, size, modification time); what the pass meets (no such file, a file cut
+    short) is left to the run's own reading to name. Only with the C loops, for a classic
+    pcap file of at most EARLY_MAX_BYTES.
 
     A new interpreter (posix_spawn), neither a thread nor a fork: beside a thread, or with
     a forked child holding its pages (each first write a copy), the parent's imports took
@@ -242,6 +249,9 @@ def begin_plan(path, workers):
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > EARLY_MAX_BYTES:
             return
+        with open(path, "rb", buffering=0) as f:
+            if f.read(4) not in PCAP_MAGIC:
+                return           # the run makes a classic pcap copy first (split_input.py)
         _early = _EarlyPass(path, workers)
     except OSError:
         _early = None

@@ -392,7 +392,7 @@ def child(mctx, module, app, index, workers, plan, board, parent, spooldir, done
     """A worker's life after the fork; never returns."""
     def body():
         pin(index, workers)
-        worker = _Worker(mctx, index, mctx.config.pcap, mctx.config.write, spooldir)
+        worker = _Worker(mctx, index, plan.path, mctx.config.write, spooldir)
         worker.prepare()
         started = time.perf_counter()
         error = None

@@ -43,6 +43,7 @@ from .forked import ForkedParent, add_dirs, describe_status
 from .offline import WRITE_SNAPLEN, cut_line, summary_line
 from .result import RunResult
 from .split_feed import Scan, plan_split
+from .split_input import prepare
 from .split_merge import merge_output, merge_write
 from .split_worker import BOARD, WorkerFailed, child
 
@@ -57,9 +58,9 @@ def max_workers() -> int:
 
 
 def check_input(config) -> None:
-    """What a split run needs of its input: offline a classic pcap file (the workers map
-    it), live an RX queue per worker (engine/live_workers.py). OSError (EINVAL) with one
-    line otherwise."""
+    """What a split run needs of its input: offline a capture file the reader reads (the
+    workers map it, or its classic pcap copy: engine/split_input.py), live an RX queue per
+    worker (engine/live_workers.py). OSError (EINVAL) with one line otherwise."""
     workers = config.workers
     if config.iface is not None:
         from .live_workers import check_live
@@ -76,12 +77,9 @@ def check_input(config) -> None:
         # A pipe could be read once, and opening one waits for its writer.
         raise OSError(errno.EINVAL, f"--workers {workers}: each worker maps the capture: "
                                     f"{config.pcap} is not a regular file (save it to one)")
-    with PcapReader(config.pcap) as reader:
-        if reader.compression or reader.format != "pcap":
-            what = f"{reader.compression}-compressed" if reader.compression else "pcapng"
-            raise OSError(errno.EINVAL, f"--workers {workers}: {config.pcap} is {what}; a "
-                          "split run maps a classic pcap file (convert it first: editcap -F "
-                          "pcap IN OUT, after decompressing)")
+    # What the reader refuses at open (not a capture, a link type not read), as one
+    # worker says it.
+    PcapReader(config.pcap).close()
 
 
 class SplitRun(ForkedParent):
@@ -105,14 +103,19 @@ class SplitRun(ForkedParent):
         # What setup wrote stays the parent's, written once.
         outputs.flush()
         spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
-        scan = Scan(config.pcap)
+        scan = None
         # The board (split_worker.BOARD): each worker's frame when it stopped the run (a
         # callback's sys.exit: the others end at their next batch end past it) and its
         # progress. Shared: an anonymous map, made before the fork.
         shared = mmap.mmap(-1, 8 * BOARD * workers)
         board = memoryview(shared).cast("q")
         try:
+            source = prepare(config.pcap, spooldir, self.progress)
+            scan = Scan(source.path, config.pcap)
+            prepared = time.perf_counter()
             plan = plan_split(scan, workers)
+            if source.error is not None:
+                plan.error = source.error
             planned = time.perf_counter()
             for w in range(workers):
                 board[w * BOARD] = NOT_STOPPED
@@ -161,14 +164,17 @@ class SplitRun(ForkedParent):
             self._reap()
             board.release()
             shared.close()
-            scan.close()
+            if scan is not None:
+                scan.close()
             if writer is not None:
                 writer.flush()
             shutil.rmtree(spooldir, ignore_errors=True)
         ended = time.perf_counter()
         seconds = ended - started
         self._aggregate(results)
-        phases = {"plan_seconds": round(planned - started, 4), "plan_parts": plan.parts,
+        phases = {"input_converted": source.converted,
+                  "input_seconds": round(prepared - started, 4),
+                  "plan_seconds": round(planned - prepared, 4), "plan_parts": plan.parts,
                   "plan_early": plan.early,
                   "workers_seconds": round(waited - planned, 4),
                   "merge_seconds": round(ended - waited, 4)}
@@ -231,7 +237,7 @@ class SplitRun(ForkedParent):
         def walked(field):
             return min(board[w * BOARD + field] for w in range(workers))
 
-        return OfflineProgress(os.path.basename(scan.path), scan.size,
+        return OfflineProgress(os.path.basename(scan.name), scan.size,
                                lambda: max(walked(2), 24), lambda: walked(1),
                                lambda: sum(board[w * BOARD + 3] for w in range(workers)),
                                sys.stderr)
