@@ -6,6 +6,13 @@ from __future__ import annotations
 
 import struct
 
+# The compiled build's declarations (setup.py); decorators that change nothing in plain
+# Python.
+import cython
+
+if cython.compiled:
+    from cython.cimports.cpython.memoryview import PyMemoryView_GET_BUFFER
+
 # A record claiming more than this is a corrupt header, not a short file (both formats).
 MAX_RECORD = 256 << 20
 
@@ -129,6 +136,15 @@ class PcapngBlocks:
             opt = val + ((olen + 3) & ~3)
         return _Interface(linktype, link, snaplen, mul, div, shift, off_us)
 
+    # Compiled, the offsets, lengths and the packet block's fields are C integers, read in
+    # place (the timestamp stays a Python integer: an interface's resolution may make it
+    # any size).
+    @cython.locals(size=cython.Py_ssize_t, off=cython.Py_ssize_t, bend=cython.Py_ssize_t,
+                   blen=cython.Py_ssize_t, btype=cython.uint, start=cython.Py_ssize_t,
+                   end=cython.Py_ssize_t, count=cython.Py_ssize_t, caplen=cython.Py_ssize_t,
+                   origlen=cython.Py_ssize_t, ifid=cython.Py_ssize_t, hi=cython.ulonglong,
+                   lo=cython.ulonglong, little=cython.bint, p=cython.p_uchar,
+                   grown=cython.Py_ssize_t)
     def _iter_pcapng(self, with_orig: bool):
         view = self._view
         size = len(view)
@@ -141,6 +157,7 @@ class PcapngBlocks:
         epb = None
         opb = None
         u32le = _U32["<"].unpack_from
+        little = True
         while True:
             if off + 12 > size:
                 view, size, off = self._more(off, 12)
@@ -149,9 +166,14 @@ class PcapngBlocks:
                     return
                 if off + 12 > size:
                     raise self._truncated(off, f"block header ({size - off} of 12 bytes)")
-            (btype,) = u32le(view, off)
+            if cython.compiled:
+                p = cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off
+                btype = _u32_at(p, True)
+            else:
+                (btype,) = u32le(view, off)
             if btype == PCAPNG_SHB:
                 order = self._shb_order(view, off)
+                little = order == "<"
                 u32 = _U32[order].unpack_from
                 epb = _EPB_HDR[order].unpack_from
                 opb = _OPB_HDR[order].unpack_from
@@ -159,9 +181,9 @@ class PcapngBlocks:
             elif order is None:
                 raise self._err(
                     f"not a pcap or pcapng file (magic 0x{bytes(view[off:off + 4]).hex()})")
-            elif order == ">":
-                (btype,) = u32(view, off)
-            (blen,) = u32(view, off + 4)
+            elif not little:
+                btype = _u32_at(p, False) if cython.compiled else u32(view, off)[0]
+            blen = _u32_at(p + 4, little) if cython.compiled else u32(view, off + 4)[0]
             bend = off + blen
             if bend > size:
                 if blen < 12 or blen & 3 or blen > MAX_RECORD:
@@ -175,8 +197,16 @@ class PcapngBlocks:
             if btype == _PCAPNG_EPB or btype == _PCAPNG_OPB:
                 if blen < 32 or blen & 3:
                     self._bad_block(off, blen)
-                (_t, _l, ifid, hi, lo, caplen, origlen) = (
-                    epb if btype == _PCAPNG_EPB else opb)(view, off)
+                if cython.compiled and btype == _PCAPNG_EPB:
+                    p = cython.cast(cython.p_uchar, PyMemoryView_GET_BUFFER(view).buf) + off
+                    ifid = _u32_at(p + 8, little)
+                    hi = _u32_at(p + 12, little)
+                    lo = _u32_at(p + 16, little)
+                    caplen = _u32_at(p + 20, little)
+                    origlen = _u32_at(p + 24, little)
+                else:
+                    (_t, _l, ifid, hi, lo, caplen, origlen) = (
+                        epb if btype == _PCAPNG_EPB else opb)(view, off)
                 start = off + 28
                 end = start + caplen
                 if end > bend - 4:
@@ -243,3 +273,14 @@ class PcapngBlocks:
         raise self._err(
             f"corrupt pcapng block at byte offset {self._base + off} (block length {blen}), "
             f"{self.packets} packets read")
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(p=cython.p_uchar, little=cython.bint)
+@cython.returns(cython.uint)
+def _u32_at(p, little):
+    """The 32-bit unsigned integer at p (compiled build only)."""
+    if little:
+        return p[0] | (p[1] << 8) | (p[2] << 16) | (cython.cast(cython.uint, p[3]) << 24)
+    return p[3] | (p[2] << 8) | (p[1] << 16) | (cython.cast(cython.uint, p[0]) << 24)
