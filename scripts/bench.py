@@ -786,7 +786,7 @@ def bench_workers(pcap, max_workers, repeat):
               f"{repeat} runs [all runs]; process: the whole `mosxdp run`, run: without "
               f"its start-up (--stats); outputs in {os.path.dirname(workdir)}")
         print(f"{'configuration':<18} {'workers':>7} {'process s':>24} {'speed-up':>8} "
-              f"{'run s':>24} {'speed-up':>8} {'identical':>9}  plan / workers / merge s")
+              f"{'run s':>24} {'speed-up':>8} {'identical':>9}  input / plan / workers / merge s")
         for label, name, argv_of in configs:
             tag = label.replace(" ", "_")
             times = {n: ([], []) for n in counts}
@@ -820,7 +820,8 @@ def bench_workers(pcap, max_workers, repeat):
                 if phases[workers]:
                     split = "  " + " / ".join(
                         f"{statistics.median(p[key] for p in phases[workers]):.3f}"
-                        for key in ("plan_seconds", "workers_seconds", "merge_seconds"))
+                        for key in ("input_seconds", "plan_seconds", "workers_seconds",
+                                    "merge_seconds"))
                 print(f"{label:<18} {workers:>7} {cells[0]} {cells[1]} {'yes':>9}{split}",
                       flush=True)
             shutil.rmtree(os.path.join(workdir, f"{tag}-1-0"), ignore_errors=True)

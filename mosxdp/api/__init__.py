@@ -19,7 +19,8 @@ from .context import (MtcpContext, mtcp_app_join, mtcp_create_context, mtcp_dest
                       mtcp_setconf)
 from .events import (mtcp_alloc_event, mtcp_cb_get_ts, mtcp_define_event, mtcp_raise_event,
                      mtcp_register_callback, mtcp_settimer, mtcp_unregister_callback)
-from .outputs import MOSX_SINK_HELP, mosx_open_outdir, mosx_open_output, mosx_open_sink
+from .outputs import (MOSX_SINK_HELP, mosx_open_outdir, mosx_open_output, mosx_open_report,
+                      mosx_open_sink, mosx_sum_counts)
 from .records import (MOSX_CONN_FIELDS, mosx_community_id, mosx_conn_record, mosx_conn_uid,
                       mosx_frame_count,
                       mosx_open_log)
@@ -38,7 +39,8 @@ __all__ = [
     "mtcp_ppeek", "mtcp_getsockopt", "mtcp_setsockopt", "mtcp_getlastpkt", "mtcp_setlastpkt",
     "mtcp_sendpkt", "mtcp_reset_conn", "mtcp_getpeername", "mtcp_settimer", "mtcp_cb_get_ts",
     "mtcp_unregister_callback", "mtcp_clonepkt", "mtcp_get_connection_cnt",
-    "mosx_open_output", "mosx_open_sink", "mosx_open_outdir", "MOSX_SINK_HELP",
+    "mosx_open_output", "mosx_open_sink", "mosx_open_outdir", "mosx_open_report",
+    "mosx_sum_counts", "MOSX_SINK_HELP",
     "mosx_watch_datagrams", "mosx_open_log", "mosx_community_id", "mosx_frame_count",
     "mosx_conn_record", "mosx_conn_uid", "MOSX_CONN_FIELDS", "mosx_subscribe", "mosx_session_options",
     "mosx_session_counts",

@@ -1,4 +1,5 @@
-"""Outputs (an extension): mosx_open_output, mosx_open_sink, mosx_open_outdir.
+"""Outputs (an extension): mosx_open_output, mosx_open_sink, mosx_open_outdir,
+mosx_open_report and mosx_sum_counts.
 
 What an app writes to a file through these is safe against planted links, checked at
 start, and loud when it fails (mosxdp/io/outputs.py): a failed write is counted, the run
@@ -7,6 +8,8 @@ reason. A log app's records can go to a unix socket or a Redis server instead
 (mosx_open_sink, mosxdp/io/sinks.py): the run never waits for them, and what they drop is
 counted and said.
 """
+import re
+
 from .context import _stack
 
 
@@ -58,6 +61,34 @@ def mosx_open_sink(mctx, spec, option="--output", combine=None):
     out = mctx.outputs.open_sink(spec, option=option, after_drop=after_drop)
     out.combine = combine
     return out
+
+
+def mosx_open_report(mctx, combine=None):
+    """The run's standard error as an output, for an app's report lines (its summary at
+    teardown): ``write(line)`` (the line with its newline), ``flush()``, ``close()``. With
+    one worker a line goes out when written, as a ``print`` to stderr; a run split over
+    workers writes the workers' lines where one worker writes them, and at a moment of
+    every worker (a timer, the teardown) gives them to ``combine`` as mosx_open_output
+    does: ``mosx_sum_counts`` makes one line of lines that differ only in their counts."""
+    _stack(mctx)
+    out = mctx.outputs.open_stderr()
+    out.combine = combine
+    return out
+
+
+_COUNT = re.compile(rb"\d+")
+
+
+def mosx_sum_counts(records):
+    """Records (bytes) that are the same text but for their whole numbers, as one record
+    with each number the sum of those at its place ("scrub: 3 hits" and "scrub: 4 hits":
+    "scrub: 7 hits"). Records that differ otherwise are returned as they are."""
+    texts = {tuple(_COUNT.split(record)) for record in records}
+    if len(texts) != 1:
+        return list(records)
+    counts = [[int(n) for n in _COUNT.findall(record)] for record in records]
+    sums = iter(str(sum(column)).encode() for column in zip(*counts))
+    return [_COUNT.sub(lambda _match: next(sums), records[0])]
 
 
 def mosx_open_outdir(mctx, path):

@@ -28,14 +28,15 @@ it has and gets no more; the other files go on, and the run exits 3 naming the f
 that failed and why.
 """
 import ipaddress
+import re
 import socket
-import sys
 
 from mosxdp import (MOS_HK_RCV, MOS_HK_SND, MOS_NULL, MOS_ON_CONN_END, MOS_ON_CONN_NEW_DATA,
                     MOS_ON_CONN_START, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
                     MOS_SOCK_MONITOR_STREAM, MOSX_MIDSTREAM, MOSX_STREAM_ONLY, SOL_MONSOCKET,
                     MonitorFilter,
-                    PeekOverrunError, mosx_open_outdir, mtcp_bind_monitor_filter, mtcp_get_uctx,
+                    PeekOverrunError, mosx_open_outdir, mosx_open_report,
+                    mtcp_bind_monitor_filter, mtcp_get_uctx,
                     mtcp_getpeername, mtcp_peek, mtcp_register_callback, mtcp_set_uctx,
                     mtcp_setsockopt, mtcp_socket)
 
@@ -160,21 +161,37 @@ class FlowDump:
 
     def report(self):
         """The line that says which bytes the files miss (None when they miss none)."""
-        if not self.lost_bytes:
-            return None
-        parts = []
-        if self.hole_bytes:
-            parts.append(f"{self.hole_bytes} stream bytes the monitor never saw (holes in "
-                         "the capture, or payload its snap length cut)")
-        overwritten = self.lost_bytes - self.hole_bytes
-        if overwritten:
-            parts.append(f"{overwritten} overwritten before they were read (window overruns)")
-        return ("flowdump: " + " and ".join(parts) + " are zeros in the files, or absent "
-                "from their ends")
+        return report_line(self.hole_bytes, self.lost_bytes - self.hole_bytes)
+
+
+def report_line(holes, overwritten):
+    """flowdump's line for ``holes`` bytes never seen and ``overwritten`` bytes lost to
+    window overruns (None when both are 0)."""
+    parts = []
+    if holes:
+        parts.append(f"{holes} stream bytes the monitor never saw (holes in the capture, or "
+                     "payload its snap length cut)")
+    if overwritten:
+        parts.append(f"{overwritten} overwritten before they were read (window overruns)")
+    if not parts:
+        return None
+    return "flowdump: " + " and ".join(parts) + " are zeros in the files, or absent from their ends"
+
+
+_HOLES = re.compile(rb"(\d+) stream bytes the monitor never saw")
+_OVERWRITTEN = re.compile(rb"(\d+) overwritten before")
+
+
+def combine_reports(lines):
+    """The workers' lines of a split run as one line of their counts summed."""
+    def total(pattern):
+        return sum(int(m.group(1)) for line in lines for m in [pattern.search(line)] if m)
+    return [(report_line(total(_HOLES), total(_OVERWRITTEN)) + "\n").encode()]
 
 
 def setup(mctx, args):
     app = FlowDump(mosx_open_outdir(mctx, args.outdir))
+    app.summary = mosx_open_report(mctx, combine=combine_reports)
     sock = mtcp_socket(mctx, socket.AF_UNSPEC, MOS_SOCK_MONITOR_STREAM, 0)
     if args.filter:
         # Also for flows picked up mid-stream, whose first frame is an orphan.
@@ -194,4 +211,5 @@ def setup(mctx, args):
 def teardown(app):
     line = app.report()
     if line:
-        print(line, file=sys.stderr)
+        app.summary.write(line + "\n")
+        app.summary.flush()

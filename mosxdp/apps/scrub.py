@@ -57,13 +57,12 @@ import collections
 import errno
 import json
 import struct
-import sys
 
 from mosxdp import (MOS_CLIBUF, MOS_DROP, MOS_HK_RCV, MOS_ON_CONN_END, MOS_ON_PKT_IN,
                     MOS_OVERWRITE, MOS_SIDE_BOTH, MOS_SIDE_CLI, MOS_SIDE_SVR,
                     MOS_SVRBUF, MOS_TCP_PAYLOAD, MOS_UPDATE_TCP_CHKSUM, MOSX_DROP_FLOW,
                     MOSX_FLOW_STATS, MOSX_SINK_HELP, SOL_MONSOCKET, PeekOverrunError, PktInfo,
-                    mosx_open_sink, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
+                    mosx_open_report, mosx_open_sink, mosx_sum_counts, mtcp_cb_get_ts, mtcp_get_uctx, mtcp_getlastpkt,
                     mtcp_getpeername, mtcp_getsockopt, mtcp_peek, mtcp_register_callback,
                     mtcp_sendpkt, mtcp_set_uctx, mtcp_setlastpkt, mtcp_setsockopt, mtcp_settimer)
 
@@ -190,8 +189,9 @@ def _endpoint(addr, port):
 
 
 class Scrub:
-    def __init__(self, pattern, mask, reset, sides, hold_ms, log):
+    def __init__(self, pattern, mask, reset, sides, hold_ms, log, report):
         self.pattern = pattern
+        self.report = report        # the summary line (stderr; summed over workers)
         self.mask = bytes(mask[i % len(mask)] for i in range(len(pattern)))
         self.reset_mode = reset
         self.sides = sides
@@ -391,10 +391,11 @@ class Scrub:
 
     def close(self):
         c = self.counters
-        print(f"scrub: {c['hits']} hits, {c['masked_bytes']} bytes masked in "
-              f"{c['masked_frames']} frames, {c['held_frames']} frames held "
-              f"({c['released_frames']} sent on), {c['resets']} connections reset",
-              file=sys.stderr)
+        self.report.write(f"scrub: {c['hits']} hits, {c['masked_bytes']} bytes masked in "
+                          f"{c['masked_frames']} frames, {c['held_frames']} frames held "
+                          f"({c['released_frames']} sent on), {c['resets']} connections "
+                          "reset\n")
+        self.report.flush()
         if self.log is not None:
             self.log.close()
 
@@ -425,7 +426,8 @@ def setup(mctx, args):
     if args.log:
         log = mosx_open_sink(mctx, args.log, "--log")
     sides = SIDES[args.side]
-    app = Scrub(pattern, mask, args.reset, sides, args.hold_ms, log)
+    app = Scrub(pattern, mask, args.reset, sides, args.hold_ms, log,
+                mosx_open_report(mctx, combine=mosx_sum_counts))
     # Buffers only for the directions we scan (MOS_SVRBUF holds what the client sends).
     if MOS_SIDE_SVR not in sides:
         mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_SVRBUF, 0)

@@ -18,11 +18,10 @@ sessions are the same; the flows' frames all come up). Written only against the 
 mOS API.
 """
 import os
-import sys
 
 from mosxdp import (MOS_SIDE_CLI, mosx_conn_record, mosx_open_log, mosx_open_outdir,
-                    mosx_session_counts, mosx_session_options, mosx_subscribe,
-                    mosx_watch_datagrams)
+                    mosx_open_report, mosx_session_counts, mosx_session_options,
+                    mosx_subscribe, mosx_sum_counts, mosx_watch_datagrams)
 
 from ._common import community_id_seed, flow_log_socket, integer, split_host
 
@@ -153,11 +152,14 @@ def setup(mctx, args):
     for session in ("tls", "http", "dns"):
         mosx_subscribe(mctx, session, app.on_session)
     app.mctx = mctx
+    # The summary line (stderr): one line of the counts summed over workers.
+    app.report = mosx_open_report(mctx, combine=mosx_sum_counts)
     return app
 
 
 def teardown(app):
     counts = mosx_session_counts(app.mctx)
-    print(f"zeeklog: {', '.join(f'{n}.log {app.lines[n]}' for n in LOGS)}; flows followed "
-          f"{counts['flows']}, handed to the kernel {counts['bypassed']}", file=sys.stderr)
+    app.report.write(f"zeeklog: {', '.join(f'{n}.log {app.lines[n]}' for n in LOGS)}; flows "
+                     f"followed {counts['flows']}, handed to the kernel {counts['bypassed']}\n")
+    app.report.flush()
     app.close()

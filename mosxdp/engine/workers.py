@@ -82,6 +82,23 @@ def check_input(config) -> None:
     PcapReader(config.pcap).close()
 
 
+class _Held:
+    """An output's merged records kept to be written later (write_out)."""
+
+    def __init__(self, item):
+        self.item = item
+        self.combine = item.combine
+        self.records = []
+
+    def write(self, record):
+        self.records.append(record)
+
+    def write_out(self):
+        for record in self.records:
+            self.item.write(record)
+        self.item.flush()
+
+
 class SplitRun(ForkedParent):
     """The parent's side: plan the input, fork the workers, merge what they wrote."""
 
@@ -89,6 +106,7 @@ class SplitRun(ForkedParent):
         super().__init__(mctx, module, app, print_stats)
         self.progress = progress        # the progress line on stderr (a terminal)
         self._done_fds = []     # per worker, the pipe on which it says its result is written
+        self._reports = []      # _Held: the app's report lines, written after the run's
 
     def run(self) -> RunResult:
         mctx = self.mctx
@@ -186,6 +204,8 @@ class SplitRun(ForkedParent):
                         + (f" ({snap} bytes)" if snap else ""))
         if line:
             print(line, file=sys.stderr)
+        for held in self._reports:
+            held.write_out()
         if plan.error is not None:
             raise plan.error
         if stops:
@@ -273,10 +293,18 @@ class SplitRun(ForkedParent):
 
     def _merge(self, results, writer, scan, plan, frames):
         items = self.mctx.outputs.items
+        self._reports = []
         for number, item in enumerate(items):
             paths = [dict(r["spools"]).get(number) for r in results]
             if any(paths):
-                merge_output(item, paths)
+                if getattr(item, "kind", None) == "stderr":
+                    # An app's report lines (mosx_open_report): written after the run's
+                    # own lines, where one worker's teardown writes them.
+                    held = _Held(item)
+                    merge_output(held, paths)
+                    self._reports.append(held)
+                else:
+                    merge_output(item, paths)
         for r in results:
             add_dirs(items, r["dirs"])
         if writer is None:

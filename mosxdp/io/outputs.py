@@ -45,7 +45,8 @@ from bisect import bisect_right
 
 from .filewriter import _NEW_FILE, DirWriter, FileGroup, OutFile
 
-__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "Outputs", "OutputFile", "StdoutFile", "OutputDir"]
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "Outputs", "OutputFile", "StdoutFile", "StderrFile",
+           "OutputDir"]
 
 FLUSH_BYTES = 1 << 16
 FLUSH_SECONDS = 1.0
@@ -79,6 +80,12 @@ class Outputs:
         path = os.fspath(path)
         self._check_not_worker(path)
         out = StdoutFile(self, binary) if path == "-" else OutputFile(self, path)
+        self.items.append(out)
+        return out
+
+    def open_stderr(self) -> "StderrFile":
+        """The process's standard error as an output (an app's report lines)."""
+        out = StderrFile(self)
         self.items.append(out)
         return out
 
@@ -390,11 +397,16 @@ class StdoutFile:
     def __init__(self, outputs: Outputs, binary: bool = False):
         self.outputs = outputs
         self.binary = binary
-        self.stream = sys.stdout.buffer if binary else sys.stdout
+        stream = self._stream()
+        self.stream = stream.buffer if binary else stream
         self.error = None
         self.lost = 0           # bytes given after the failure
         self._sink = None
         self.combine = None
+
+    @staticmethod
+    def _stream():
+        return sys.stdout
 
     def redirect(self, sink) -> None:
         """As OutputFile.redirect: records go to ``sink(bytes)``, not to standard output."""
@@ -442,6 +454,17 @@ class StdoutFile:
     def failure_line(self) -> str:
         return self.failure_text() + (f" ({self.lost} more bytes not written after that)"
                                       if self.lost else "")
+
+
+class StderrFile(StdoutFile):
+    """The process's standard error (``sys.stderr`` when opened), as StdoutFile."""
+
+    path = "<stderr>"
+    kind = "stderr"
+
+    @staticmethod
+    def _stream():
+        return sys.stderr
 
 
 class OutputDir:

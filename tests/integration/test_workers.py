@@ -369,6 +369,34 @@ def test_workers_config_key_and_refusals():
     assert proc.returncode == 2 and "give a file, not the standard input" in proc.stderr
 
 
+def _lossy():
+    """Copies of the captures with holes: flows that lose bytes on every worker."""
+    path = tmpdir("lossy") / "lossy.pcap"
+    _bench().make_capture(str(path), 1, ("holes", "lost"))
+    return path
+
+
+@pytest.mark.parametrize("app, argv, capture", [
+    ("zeeklog", ["--logdir", "{out}"], lambda: DATA / "sessions" / "http.pcap"),
+    ("zeeklog", ["--logdir", "{out}"], lambda: DATA / "sessions" / "tls.pcap"),
+    ("scrub", ["--pattern", "HTTP", "--side", "both"], many_flows),
+    ("flowdump", ["--outdir", "{out}"], _lossy),
+])
+def test_the_apps_summary_line_is_one_workers(app, argv, capture):
+    """An app's summary at teardown (mosx_open_report): one line of the counts of all
+    workers, after the run's own lines, as one worker prints it."""
+    pcap = capture()
+    errs = {}
+    for n in WORKERS:
+        out = tmpdir(f"summary-{app}-{n}") / "out"
+        proc = run_mosxdp("run", app, *[a.format(out=out) for a in argv], "--pcap", pcap,
+                          "--workers", n)
+        assert proc.returncode == 0, proc.stderr
+        errs[n] = proc.stderr
+    assert errs[1].startswith(f"{app}: ") and len(errs[1].splitlines()) == 1, errs[1]
+    assert errs[2] == errs[1] and errs[3] == errs[1], errs
+
+
 PURE = os.environ.get("MOSXDP_PURE_PYTHON", "") not in ("", "0")
 # Each form of the many-flows capture: how it is made, and what the split run's classic
 # pcap copy is made from (engine/split_input.py; in pure Python the reader writes every

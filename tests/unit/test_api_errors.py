@@ -242,6 +242,7 @@ def test_bad_or_destroyed_mctx_eacces(api):
         raises(errno.EACCES, mtcp_destroy_context, bad)
         raises(errno.EACCES, mtcp_app_join, bad)
         raises(errno.EACCES, mosx_open_output, bad, os.devnull)
+        raises(errno.EACCES, mosx_open_report, bad)
         raises(errno.EACCES, mosx_open_outdir, bad, "never-made")
 
 

@@ -292,3 +292,35 @@ def test_contexts_of_one_run_share_its_outputs(tmp_path):
     assert all(lines) and len(lines[0]) + len(lines[1]) == 8
     with open(pcap, "rb") as f:
         assert (tmp_path / "out.pcap").read_bytes() == f.read()   # every frame, once
+
+
+# ------------------------------------------------------------------ report lines
+def test_the_report_output_writes_to_standard_error_at_once(capsys):
+    outputs = O.Outputs()
+    report = outputs.open_stderr()
+    report.write("app: 3 hits\n")
+    assert capsys.readouterr().err == "app: 3 hits\n"
+    assert report.kind == "stderr" and report.path == "<stderr>"
+    spooled = []
+    report.redirect(spooled.append)          # a worker of a split run
+    report.write("app: 4 hits\n")
+    assert spooled == [b"app: 4 hits\n"] and capsys.readouterr().err == ""
+
+
+def test_sum_counts_makes_one_line_of_lines_that_differ_in_their_counts():
+    from mosxdp.api import mosx_sum_counts
+    assert mosx_sum_counts([b"scrub: 3 hits, 10 bytes in 2 frames\n",
+                            b"scrub: 4 hits, 0 bytes in 5 frames\n",
+                            b"scrub: 0 hits, 7 bytes in 0 frames\n"]) == [
+        b"scrub: 7 hits, 17 bytes in 7 frames\n"]
+    other = [b"a: 3 of x\n", b"a: 4 of y\n"]
+    assert mosx_sum_counts(other) == other
+    assert mosx_sum_counts([b"no counts\n", b"no counts\n"]) == [b"no counts\n"]
+
+
+def test_flowdump_combines_its_lines_of_lost_bytes():
+    from mosxdp.apps.flowdump import combine_reports, report_line
+    holes, both = report_line(5, 0), report_line(2, 3)
+    assert report_line(0, 0) is None and "5 stream bytes" in holes and "3 overwritten" in both
+    assert combine_reports([(holes + "\n").encode(), (both + "\n").encode()]) == [
+        (report_line(7, 3) + "\n").encode()]
