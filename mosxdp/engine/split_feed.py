@@ -230,7 +230,9 @@ def begin_plan(path, workers):
     run needs it: the command line calls this first thing when it names a capture file
     and workers. A child process reads the file while the parent imports the package and
     sets the app up (about 50 ms: on two CPUs the plan of 110 MB is then ready when the
-    run comes to it). plan_split() takes the pass when it is of the same file (device,
+    run comes to it). Of a pcapng file the child first writes the classic pcap copy the
+    workers map (engine/split_input.py) into an unnamed file in the temporary folder
+    (O_TMPFILE: gone with the last descriptor), and makes the pass of the copy. plan_split() takes the pass when it is of the same file (device,
     inode, size, modification time); what the pass meets (no such file, a file cut
     short) is left to the run's own reading to name. Only with the C loops, for a classic
     pcap file of at most EARLY_MAX_BYTES.
@@ -250,15 +252,20 @@ def begin_plan(path, workers):
         if not stat.S_ISREG(st.st_mode) or st.st_size > EARLY_MAX_BYTES:
             return
         with open(path, "rb", buffering=0) as f:
-            if f.read(4) not in PCAP_MAGIC:
-                return           # the run makes a classic pcap copy first (split_input.py)
-        _early = _EarlyPass(path, workers)
+            magic = f.read(4)
+        if magic in PCAP_MAGIC:
+            _early = _EarlyPass(path, workers)
+        elif magic == PCAPNG_MAGIC and _pcapng_to_pcap is not None:
+            _early = _EarlyPass(path, workers, copy=True)
     except OSError:
         _early = None
 
 
-# The descriptor of the memory file the child writes the pass to.
+# The descriptors of the memory file the child writes the pass to, and of the unnamed file
+# it writes a pcapng capture's classic pcap copy to.
 EARLY_FD = 3
+COPY_FD = 4
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 # The largest capture whose pass begins early. The child reads in one part (a CPU left
 # to the parent's imports): 110 MB in about the parent's start-up, while a larger capture
 # makes the parent wait for it longer than the parts it reads itself take (550 MB on two
@@ -273,38 +280,71 @@ def _identity(fd):
 
 class _EarlyPass:
     """The child process of begin_plan(): it writes the pass (marshal) to a memory file
-    and ends (_early_child); take() waits for it and reads the pass back."""
+    and ends (_early_child); take() waits for it and reads the pass back. With ``copy``
+    (a pcapng capture), the child writes the classic pcap copy first, and copy_of() gives
+    it to the run."""
 
-    def __init__(self, path, workers):
+    def __init__(self, path, workers, copy=False):
         self.fd = os.memfd_create("mosxdp-plan", os.MFD_CLOEXEC)
-        # The folder holding this mosxdp, alone: the child imports nothing else (-S).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        argv = [sys.executable, "-S", "-c",
-                "from mosxdp.engine.split_feed import _early_child; _early_child()",
-                path, str(workers), str(os.getpid())]
+        self.copy_fd = None
+        self._read = None           # the child's pass once read: (identity, starts, parts, copy)
+        actions = [(os.POSIX_SPAWN_DUP2, self.fd, EARLY_FD)]
         try:
+            if copy:
+                self.copy_fd = os.open(_temp_folder(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
+                                       0o600)
+                actions.append((os.POSIX_SPAWN_DUP2, self.copy_fd, COPY_FD))
+            # The folder holding this mosxdp, alone: the child imports nothing else (-S).
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            argv = [sys.executable, "-S", "-c",
+                    "from mosxdp.engine.split_feed import _early_child; _early_child()",
+                    path, str(workers), str(os.getpid()), "copy" if copy else "map"]
             self.pid = os.posix_spawn(sys.executable, argv, dict(os.environ, PYTHONPATH=root),
-                                      file_actions=[(os.POSIX_SPAWN_DUP2, self.fd, EARLY_FD)])
+                                      file_actions=actions)
         except OSError:
-            os.close(self.fd)
+            self._close()
             raise
         atexit.register(self.cancel)
 
-    def take(self, scan):
-        """The pass as _read_parts gives it when the child read ``scan``'s file, else
-        None."""
-        _, status = os.waitpid(self.pid, 0)
-        atexit.unregister(self.cancel)
-        self.pid = None
+    def _result(self):
+        """The child's pass, waited for and read once: (identity of the capture, starts,
+        parts, identity of the copy or None), or None when it made none."""
+        if self.pid is not None:
+            _, status = os.waitpid(self.pid, 0)
+            atexit.unregister(self.cancel)
+            self.pid = None
+            self._read = False
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                with open(self.fd, "rb", closefd=False) as f:
+                    f.seek(0)
+                    self._read = marshal.loads(f.read())
+        return self._read or None
+
+    def copy_of(self, path):
+        """A descriptor (the caller's to close) of the classic pcap copy the child wrote
+        of the capture at ``path``, or None."""
+        read = self._result()
+        if read is None or self.copy_fd is None:
+            return None
         try:
-            if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-                return None
-            with open(self.fd, "rb", closefd=False) as f:
-                f.seek(0)
-                identity, starts, parts = marshal.loads(f.read())
+            st = os.stat(path)
+        except OSError:
+            return None
+        if tuple(read[0]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+            return None
+        return os.dup(self.copy_fd)
+
+    def take(self, scan):
+        """The pass as _read_parts gives it when the child read ``scan``'s file (the
+        capture, or the copy of it), else None."""
+        try:
+            read = self._result()
         finally:
-            os.close(self.fd)
-        if tuple(identity) != _identity(scan.fd):
+            self._close()
+        if read is None:
+            return None
+        identity, starts, parts, copy = read
+        if tuple(identity if copy is None else copy) != _identity(scan.fd):
             return None
         found = [([(array("H", b), array("I", s), n) for b, s, n in chunks], array("q", counts),
                   off, last) for chunks, counts, off, last in parts]
@@ -319,22 +359,53 @@ class _EarlyPass:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.pid = None
-            os.close(self.fd)
+        self._close()
+
+    def _close(self):
+        for fd in (self.fd, self.copy_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.copy_fd = None
+
+
+def _temp_folder():
+    """Where the copy of a pcapng capture goes: TMPDIR's folder as tempfile finds it,
+    without importing tempfile (a few ms of the start-up this pass exists to shorten)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        folder = os.environ.get(name)
+        if folder:
+            return folder
+    return "/tmp"
+
+
+def early_copy(path):
+    """A descriptor of the classic pcap copy of the pcapng capture at ``path`` that
+    begin_plan's child wrote (the caller's to close), or None."""
+    return None if _early is None else _early.copy_of(path)
 
 
 def _early_child():
-    """The process begin_plan() starts (``path workers parent`` in sys.argv): the pass,
-    written to EARLY_FD; exit status 1, silent, when it cannot be made."""
+    """The process begin_plan() starts (``path workers parent map|copy`` in sys.argv): the
+    pass, written to EARLY_FD (with ``copy``, of the classic pcap copy of the pcapng at
+    ``path``, written to COPY_FD first); exit status 1, silent, when it cannot be made."""
     code = 1
     try:
         path, workers, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        copy = sys.argv[4] == "copy"
         # Killed with the parent: a pass of gigabytes outlives no run.
         _die_with_parent()
         if os.getppid() == parent:
+            copied = None
+            if copy:
+                identity = _copy_pcapng(path)
+                path = f"/proc/self/fd/{COPY_FD}"
             scan = Scan(path)
             try:
                 # Before the reading: a file changed meanwhile is not the parent's.
-                identity = _identity(scan.fd)
+                if copy:
+                    copied = _identity(scan.fd)
+                else:
+                    identity = _identity(scan.fd)
                 if not stat.S_ISREG(os.fstat(scan.fd).st_mode):
                     raise OSError(errno.EINVAL, path)
                 # A CPU left to the parent, which imports meanwhile.
@@ -344,11 +415,26 @@ def _early_child():
             parts = [([(b.tobytes(), s.tobytes(), n) for b, s, n in chunks], counts.tobytes(),
                       off, last) for chunks, counts, off, last in found]
             with open(EARLY_FD, "wb") as out:
-                out.write(marshal.dumps((identity, starts, parts)))
+                out.write(marshal.dumps((identity, starts, parts, copied)))
             code = 0
     except BaseException:
         pass
     os._exit(code)
+
+
+def _copy_pcapng(path):
+    """The classic pcap copy of the pcapng capture at ``path`` written to COPY_FD, as
+    split_input.py writes it: the capture's identity, taken before the reading. OSError
+    when the C loop declines it (the run then makes its copy itself)."""
+    with open(path, "rb") as f:
+        identity = _identity(f.fileno())
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, path)
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            done = _pcapng_to_pcap(mm, COPY_FD)
+    if done is None or (done[0] != LINKTYPE_ETHERNET and done[0] not in LINK_LAYERS):
+        raise OSError(errno.EINVAL, path)
+    return identity
 
 
 def _take_early(scan):
@@ -547,7 +633,9 @@ def resync(mm, at, little, ns):
 try:
     if PURE_PYTHON:
         raise ImportError
-    from ._splitscan import (die_with_parent as _die_with_parent, resync as _resync,
+    from ._splitscan import (die_with_parent as _die_with_parent,
+                             pcapng_to_pcap as _pcapng_to_pcap, resync as _resync,
                              scan_blocks as _scan_blocks, scan_records as _scan_records)
 except ImportError:
     _resync, _scan_blocks, _scan_records = resync, scan_blocks, scan_records
+    _pcapng_to_pcap = None

@@ -7,7 +7,9 @@ one worker:
 - a compressed capture is decompressed (the decompressor's own loop, no frame read);
 - a pcapng capture is written record by record by _splitscan.pcapng_to_pcap (C), when the
   reader would read it without a word: whole, no simple or obsolete packet blocks, its
-  interfaces of one link type;
+  interfaces of one link type (of a capture up to split_feed.EARLY_MAX_BYTES, by the
+  child process of split_feed.begin_plan while the command line imports the package,
+  into an unnamed file);
 - anything else, and a capture the reader ends with an error (cut short, corrupt), is
   written from the reader's own frames; the error is kept and the run raises it at its
   end, as one worker does after its last whole frame.
@@ -25,6 +27,7 @@ from ..core.compiled import PURE_PYTHON
 from ..io.linklayer import LINK_LAYERS
 from ..io.pcap import (_COMPRESSED, LINKTYPE_ETHERNET, PcapFormatError, PcapReader,
                        _open_compressed)
+from .split_feed import early_copy
 
 # The classic pcap magics a split run maps as they are (split_feed.PCAP_MAGIC).
 CLASSIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -41,11 +44,17 @@ class SplitInput:
     when the capture is mapped as it is, else "pcapng", "gzip", "gzip pcapng", "reader"
     and so on)."""
 
-    def __init__(self, path, name, error=None, converted=None):
+    def __init__(self, path, name, error=None, converted=None, fd=None):
         self.path = path
         self.name = name
         self.error = error
         self.converted = converted
+        self._fd = fd               # the unnamed copy's descriptor (path: /proc/self/fd/N)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def prepare(path, folder, progress=False) -> SplitInput:
@@ -56,6 +65,10 @@ def prepare(path, folder, progress=False) -> SplitInput:
     head = _head(path)
     if head[:4] in CLASSIC:
         return SplitInput(path, path)
+    fd = early_copy(path)
+    if fd is not None:
+        # Written while the command line imported the package (split_feed.begin_plan).
+        return SplitInput(f"/proc/self/fd/{fd}", path, None, "pcapng", fd)
     compression = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
     decompressed = os.path.join(folder, "decompressed")
     mapped = None               # the decompressed file when the workers map it

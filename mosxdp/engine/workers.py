@@ -121,7 +121,7 @@ class SplitRun(ForkedParent):
         # What setup wrote stays the parent's, written once.
         outputs.flush()
         spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
-        scan = None
+        scan = source = None
         # The board (split_worker.BOARD): each worker's frame when it stopped the run (a
         # callback's sys.exit: the others end at their next batch end past it) and its
         # progress. Shared: an anonymous map, made before the fork.
@@ -184,6 +184,8 @@ class SplitRun(ForkedParent):
             shared.close()
             if scan is not None:
                 scan.close()
+            if source is not None:
+                source.close()
             if writer is not None:
                 writer.flush()
             shutil.rmtree(spooldir, ignore_errors=True)

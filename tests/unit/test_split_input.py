@@ -142,3 +142,55 @@ def test_a_folder_that_cannot_take_the_copy_is_named(tmp_path):
     missing = tmp_path / "gone"
     with pytest.raises(OSError, match=f"cannot make the capture's classic pcap copy in {missing}"):
         prepare(str(capture), str(missing))
+
+
+def test_the_early_pass_writes_the_copy_of_a_pcapng(tmp_path):
+    """With the C loops, begin_plan()'s child writes a pcapng's copy into an unnamed file
+    and makes the plan of it while the command line imports: prepare() takes the copy,
+    plan_split() the plan, both only for the same file; the copy is gone once closed."""
+    from mosxdp.engine import split_feed
+    capture = as_pcapng(SOURCE, tmp_path / "in.pcapng", ">", 9, sections=2)
+
+    def run(folder):
+        made = prepare(str(capture), str(folder))
+        scan = split_feed.Scan(made.path, str(capture))
+        try:
+            plan = split_feed.plan_split(scan, 2)
+            return made, plan, frames_of(made.path), (plan.table, list(plan.owners()))
+        finally:
+            scan.close()
+            made.close()
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    split_feed.begin_plan(str(capture), 2)
+    made, plan, frames, owners = run(tmp_path / "a")
+    assert made.converted == ("pcapng" if C_LOOP else "reader") and plan.early is C_LOOP
+    assert made.path.startswith("/proc/self/fd/") is C_LOOP
+    assert frames == frames_of(capture) and split_feed._early is None
+    if C_LOOP:
+        assert not os.path.exists(made.path)        # the unnamed copy: closed, gone
+        assert os.listdir(tmp_path / "a") == []     # nothing written in the spool folder
+    alone, plan_alone, frames_alone, owners_alone = run(tmp_path / "b")
+    assert not plan_alone.early and (frames_alone, owners_alone) == (frames, owners)
+
+    # Another capture at that name meanwhile: the run makes its own copy of it.
+    split_feed.begin_plan(str(capture), 2)
+    if C_LOOP:
+        os.waitid(os.P_PID, split_feed._early.pid, os.WEXITED | os.WNOWAIT)
+    os.unlink(capture)
+    as_pcapng(SOURCE, capture, "<", 6)
+    (tmp_path / "c").mkdir()
+    made, plan, frames, _ = run(tmp_path / "c")
+    assert not plan.early and not made.path.startswith("/proc/self/fd/")
+    assert frames == frames_of(capture)
+
+    # A pcapng the C loop declines (a simple packet block): the child makes nothing, the
+    # run writes the reader's frames.
+    frame = ipv4_tcp()
+    capture.write_bytes(section("<") + interface("<")
+                        + _block("<", 3, struct.pack("<I", len(frame)) + frame))
+    split_feed.begin_plan(str(capture), 2)
+    (tmp_path / "d").mkdir()
+    made, plan, frames, _ = run(tmp_path / "d")
+    assert made.converted == "reader" and not plan.early and frames == frames_of(capture)
