@@ -320,6 +320,7 @@ class LiveSplitRun(ForkedParent):
         result = RunResult("live", frames, out, seconds, reason, datapath=datapath,
                            kernel_filter=kf, verdict_entries_left=entries,
                            privileges=privileges, workers=workers)
+        self._reports([r for r in results if r is not None])
         stop = [r["stop"] for r in results if r and r["stop"]]
         for line in errors:
             print(f"mosxdp: error: {line}", file=sys.stderr)
@@ -328,6 +329,21 @@ class LiveSplitRun(ForkedParent):
         if self.died or errors:
             raise WorkersFailed(result, len(self.died) + len(errors))
         return result
+
+    def _reports(self, results):
+        """The workers' report lines (each worker's in its order), the i-th of every worker
+        combined when they all wrote as many (a worker that died wrote none)."""
+        items = self.mctx.outputs.items
+        for number in sorted({n for r in results for n in r["reports"]}):
+            item = items[number]
+            lists = [r["reports"].get(number, []) for r in results]
+            if item.combine is not None and len(lists) > 1 and len(set(map(len, lists))) == 1:
+                records = [record for group in zip(*lists) for record in item.combine(list(group))]
+            else:
+                records = [record for records in lists for record in records]
+            for record in records:
+                item.write(record)
+            item.flush()
 
     def _outputs(self, r):
         """A worker's output failures and flowdump counts onto the parent's outputs."""
@@ -369,6 +385,12 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
         cpu = pin(index, workers)
         mctx.cpu = index
         mctx.outputs.worker = index
+        # The app's report lines (mosx_open_report) go to the parent, which writes them
+        # once, combined (every other output is written by the worker itself).
+        reports = {}
+        for number, item in enumerate(mctx.outputs.items):
+            if item.kind == "stderr":
+                item.redirect(reports.setdefault(number, []).append)
         run = LiveRun(mctx, False, share=(index, workers), program=program,
                       publish=Publisher(os.path.join(spooldir, f"w{index}.snap")))
         engine = run.engine
@@ -423,6 +445,7 @@ def _child(mctx, module, app, program, index, workers, spooldir, sigmask, parent
                                and item.kind != "dir"],
             "dirs": [(number, item.files, item.incomplete, item.lost, item.error, item.error_name)
                      for number, item in outdirs],
+            "reports": reports,
         }
     worker_exit(body, spooldir, index)
 

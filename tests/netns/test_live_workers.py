@@ -21,6 +21,7 @@ monitor's veth receives it on that RX queue): symmetric RSS, as a real NIC does 
 * a clean SIGTERM (with --detach-on-exit): exit 0, every worker gone, each ran the app's
   teardown, nothing left attached;
 * a callback that stops its worker (--on-callback-error stop) stops the run: exit 1;
+* an app's summary line at teardown (scrub's) is one line of every worker's counts;
 * passive (--iface A alone): each flow's SYNs reach one worker, none off its worker;
 * without the steering program, frames off their worker are counted and still forwarded.
 """
@@ -281,6 +282,25 @@ def test_sigterm_stops_every_worker_and_leaves_nothing_but_the_fail_open_program
         mon.close()
     # each worker ran the app's teardown
     assert len(list(tables.glob("flows-*.json"))) == QUEUES
+
+
+def test_the_apps_summary_is_one_line_of_every_worker(bed, www):
+    """scrub's line at teardown (mosx_open_report): the workers give it to the parent,
+    which writes one line of their counts summed, as one worker prints it."""
+    log = bed.out_path("hits.json")
+    mon = monitor(bed, "scrub", "--pattern", "curl/", "--side", "both", "--log", log)
+    try:
+        mon.warm_up(lambda: len(json_lines(log)) > 0)
+        downloads(bed, www, [(4, "f1k", port) for worker in range(QUEUES)
+                             for port in ports_for(bed, 4, worker, 2)])
+        mon.stop_clean()
+    finally:
+        mon.close()
+    hits = json_lines(log)
+    lines = [line for line in mon.log().splitlines() if line.startswith("scrub: ")]
+    assert len(lines) == 1, mon.log()
+    assert lines[0].startswith(f"scrub: {len(hits)} hits, "), (lines, len(hits))
+    assert len({(h["client"], h["server"]) for h in hits}) >= 1 + 2 * QUEUES
 
 
 def test_a_callback_that_stops_its_worker_stops_the_run(bed, www):
