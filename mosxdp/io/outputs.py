@@ -398,6 +398,10 @@ class StdoutFile:
         self.outputs = outputs
         self.binary = binary
         stream = self._stream()
+        if stream is None:
+            # The process began with the descriptor closed (Python's sys.stdout is None).
+            raise OSError(errno.EBADF, f"the process has no {self.path[1:-1]} (its "
+                                       "descriptor was closed)", self.path)
         self.stream = stream.buffer if binary else stream
         self.error = None
         self.lost = 0           # bytes given after the failure
@@ -457,14 +461,15 @@ class StdoutFile:
 
 
 class StderrFile(StdoutFile):
-    """The process's standard error (``sys.stderr`` when opened), as StdoutFile."""
+    """The process's standard error (``sys.stderr`` when opened), as StdoutFile; when the
+    process began without one, what is written goes nowhere, as a ``print`` to it."""
 
     path = "<stderr>"
     kind = "stderr"
 
     @staticmethod
     def _stream():
-        return sys.stderr
+        return sys.stderr or open(os.devnull, "w")
 
 
 class OutputDir:

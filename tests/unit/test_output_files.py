@@ -324,3 +324,18 @@ def test_flowdump_combines_its_lines_of_lost_bytes():
     assert report_line(0, 0) is None and "5 stream bytes" in holes and "3 overwritten" in both
     assert combine_reports([(holes + "\n").encode(), (both + "\n").encode()]) == [
         (report_line(7, 3) + "\n").encode()]
+
+
+def test_a_closed_standard_output_or_error(monkeypatch):
+    """A process begun with its descriptor closed (sys.stdout None): '-' is refused at
+    open with one line; report lines go nowhere, as a print to it would."""
+    outputs = O.Outputs()
+    monkeypatch.setattr("sys.stdout", None)
+    with pytest.raises(OSError) as exc:
+        outputs.open_file("-")
+    assert exc.value.errno == errno.EBADF and "the process has no stdout" in str(exc.value)
+    monkeypatch.setattr("sys.stderr", None)
+    report = outputs.open_stderr()
+    report.write("app: 1 hit\n")
+    report.flush()
+    assert report.error is None
