@@ -397,7 +397,9 @@ def _early_child():
         if os.getppid() == parent:
             copied = None
             if copy:
-                identity = _copy_pcapng(path)
+                identity = copy_pcapng(path, COPY_FD)
+                if identity is None:
+                    raise OSError(errno.EINVAL, path)     # the run makes the copy itself
                 path = f"/proc/self/fd/{COPY_FD}"
             scan = Scan(path)
             try:
@@ -422,18 +424,23 @@ def _early_child():
     os._exit(code)
 
 
-def _copy_pcapng(path):
-    """The classic pcap copy of the pcapng capture at ``path`` written to COPY_FD, as
-    split_input.py writes it: the capture's identity, taken before the reading. OSError
-    when the C loop declines it (the run then makes its copy itself)."""
+def copy_pcapng(path, out_fd):
+    """The pcapng capture at ``path`` written to ``out_fd`` as the classic pcap a split
+    run's workers map (_splitscan.pcapng_to_pcap): the capture's identity, taken before
+    the reading, or None when the C loop declines it or is not built, or the file is
+    empty or not regular (the run then writes the reader's frames: split_input.py)."""
+    if _pcapng_to_pcap is None:
+        return None
     with open(path, "rb") as f:
-        identity = _identity(f.fileno())
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(errno.EINVAL, path)
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
-            done = _pcapng_to_pcap(mm, COPY_FD)
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+            done = _pcapng_to_pcap(mm, out_fd)
     if done is None or (done[0] != LINKTYPE_ETHERNET and done[0] not in LINK_LAYERS):
-        raise OSError(errno.EINVAL, path)
+        return None                 # the reader names the link type
     return identity
 
 

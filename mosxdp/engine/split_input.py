@@ -19,15 +19,12 @@ The copy takes the capture's size in the spool folder (TMPDIR, else /tmp) for th
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import struct
 
-from ..core.compiled import PURE_PYTHON
-from ..io.linklayer import LINK_LAYERS
 from ..io.pcap import (_COMPRESSED, LINKTYPE_ETHERNET, PcapFormatError, PcapReader,
                        _open_compressed)
-from .split_feed import early_copy
+from .split_feed import copy_pcapng, early_copy
 
 # The classic pcap magics a split run maps as they are (split_feed.PCAP_MAGIC).
 CLASSIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -133,22 +130,11 @@ def _decompress(path, compression, dest, progress):
 def _pcapng(source, dest):
     """``source`` (pcapng) as a classic pcap at ``dest`` by the C loop, or None when the
     reader must read it (or the loop is not built)."""
-    if _pcapng_to_pcap is None:
-        return None
-    with open(source, "rb") as f, open(dest, "wb") as out:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return None
-        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
-            mm.madvise(mmap.MADV_SEQUENTIAL)
-            done = _pcapng_to_pcap(mm, out.fileno())
+    with open(dest, "wb") as out:
+        done = copy_pcapng(source, out.fileno())
     if done is None:
         os.unlink(dest)
         return None
-    linktype, _frames = done
-    if linktype != LINKTYPE_ETHERNET and linktype not in LINK_LAYERS:
-        os.unlink(dest)
-        return None                 # the reader names the link type
     return dest
 
 
@@ -198,11 +184,3 @@ def _bar(path, size, progress):
     return tqdm(total=size, unit="B", unit_scale=True, delay=1.0, leave=False,
                 dynamic_ncols=True, file=sys.stderr,
                 desc=f"{os.path.basename(path)}: to classic pcap")
-
-
-try:
-    if PURE_PYTHON:
-        raise ImportError
-    from ._splitscan import pcapng_to_pcap as _pcapng_to_pcap
-except ImportError:
-    _pcapng_to_pcap = None

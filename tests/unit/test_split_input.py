@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from mosxdp.core.compiled import PURE_PYTHON
-from mosxdp.engine import split_input
+from mosxdp.engine import split_feed
 from mosxdp.engine.split_input import OutsideClassicPcap, prepare
 from mosxdp.io.pcap import PcapFormatError, PcapReader
 
@@ -20,7 +20,7 @@ from test_linklayer import ipv4_tcp
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 SOURCE = os.path.join(DATA, "reuse.pcap")
-C_LOOP = not PURE_PYTHON and split_input._pcapng_to_pcap is not None
+C_LOOP = not PURE_PYTHON and split_feed._pcapng_to_pcap is not None
 
 
 def frames_of(path):
@@ -148,7 +148,6 @@ def test_the_early_pass_writes_the_copy_of_a_pcapng(tmp_path):
     """With the C loops, begin_plan()'s child writes a pcapng's copy into an unnamed file
     and makes the plan of it while the command line imports: prepare() takes the copy,
     plan_split() the plan, both only for the same file; the copy is gone once closed."""
-    from mosxdp.engine import split_feed
     capture = as_pcapng(SOURCE, tmp_path / "in.pcapng", ">", 9, sections=2)
 
     def run(folder):
