@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 
 from ..io.pcap import (_COMPRESSED, LINKTYPE_ETHERNET, PcapFormatError, PcapReader,
-                       _open_compressed)
+                       _open_compressed, empty_input_error)
 from .split_feed import copy_pcapng, early_copy
 
 # The classic pcap magics a split run maps as they are (split_feed.PCAP_MAGIC).
@@ -54,35 +55,113 @@ class SplitInput:
             self._fd = None
 
 
-def prepare(path, folder, progress=False) -> SplitInput:
+def spool(path, folder, progress=False):
+    """The capture of a split run as a file every worker can map: ``path`` itself when it
+    is a regular file; else (``-``, the standard input; a pipe; a FIFO) the bytes it
+    gives, read to their end before any worker starts and written as they come into
+    ``folder`` (compressed or not: prepare() reads the copy as it reads a file). Returns
+    (the file, the name the run's messages give the capture, whether the file is such a
+    copy). OSError naming the folder when the copy cannot be written; the reader's error
+    for a terminal."""
+    name = "stdin" if path == "-" else path
+    if path == "-":
+        if os.isatty(0):
+            PcapReader("-")         # raises the reader's own line for a terminal
+        source = 0
+    else:
+        source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(source)
+        if stat.S_ISREG(st.st_mode) and (source != 0 or os.lseek(0, 0, os.SEEK_CUR) == 0):
+            # A regular file (a capture redirected into the standard input too): mapped.
+            return (path if source != 0 else "/proc/self/fd/0"), name, False
+        dest = os.path.join(folder, "input")
+        try:
+            with open(dest, "wb", buffering=0) as out:
+                copied = _copy_stream(source, out.fileno(), name, progress)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the input ({name}) into {folder} "
+                                     f"(TMPDIR): {exc.strerror or exc}") from None
+        if not copied:
+            raise empty_input_error(name, False)    # what the reader says of an empty pipe
+        return dest, name, True
+    finally:
+        if source != 0:
+            os.close(source)
+
+
+def _copy_stream(source, out_fd, name, progress):
+    """Everything ``source`` gives, to its end, into ``out_fd`` (a pipe moved by splice:
+    no copy through this process; anything else read and written): the bytes copied."""
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+        bar = tqdm(unit="B", unit_scale=True, delay=1.0, leave=False, dynamic_ncols=True,
+                   file=sys.stderr, desc=f"{name}: read to its end before the split")
+    try:
+        splice = getattr(os, "splice", None)
+        buf = None
+        copied = 0
+        while True:
+            n = -1
+            if splice is not None:
+                try:
+                    n = splice(source, out_fd, COPY_BYTES)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    splice = None       # not a pipe: read and write
+            if n < 0:
+                if buf is None:
+                    buf = bytearray(COPY_BYTES)
+                n = os.readv(source, [buf])
+                with memoryview(buf)[:n] as chunk:
+                    done = 0
+                    while done < n:
+                        done += os.write(out_fd, chunk[done:])
+            if n == 0:
+                return copied
+            copied += n
+            if bar is not None:
+                bar.update(n)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def prepare(path, folder, progress=False, name=None) -> SplitInput:
     """The classic pcap of the capture at ``path`` for a split run, written into
     ``folder`` when the capture is not one. OSError when the copy cannot be made (the
     message names the folder) or holds a time a classic pcap cannot; PcapFormatError as
-    the reader raises it at open."""
+    the reader raises it at open. ``name``: the capture's in messages (default ``path``;
+    spool()'s name for a copy of the standard input or a pipe)."""
+    name = path if name is None else name
     head = _head(path)
     if head[:4] in CLASSIC:
-        return SplitInput(path, path)
+        return SplitInput(path, name)
     fd = early_copy(path)
     if fd is not None:
         # Written while the command line imported the package (split_feed.begin_plan).
-        return SplitInput(f"/proc/self/fd/{fd}", path, None, "pcapng", fd)
-    compression = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
+        return SplitInput(f"/proc/self/fd/{fd}", name, None, "pcapng", fd)
+    compression = next((kind for magic, kind in _COMPRESSED if head.startswith(magic)), None)
     decompressed = os.path.join(folder, "decompressed")
     mapped = None               # the decompressed file when the workers map it
     try:
         source = path
         if compression is not None:
-            if not _decompress(path, compression, decompressed, progress):
-                return _from_reader(path, folder, progress)
+            if not _decompress(path, name, compression, decompressed, progress):
+                return _from_reader(path, name, folder, progress)
             source = decompressed
             if _head(source)[:4] in CLASSIC:
                 mapped = decompressed
-                return SplitInput(source, path, None, compression)
+                return SplitInput(source, name, None, compression)
         converted = _pcapng(source, os.path.join(folder, "capture.pcap"))
         if converted is None:
-            return _from_reader(path, folder, progress)
+            return _from_reader(path, name, folder, progress)
         what = "pcapng" if compression is None else f"{compression} pcapng"
-        return SplitInput(converted, path, None, what)
+        return SplitInput(converted, name, None, what)
     except OutsideClassicPcap:
         raise
     except OSError as exc:
@@ -102,12 +181,12 @@ def _head(path):
         return f.read(6)
 
 
-def _decompress(path, compression, dest, progress):
+def _decompress(path, name, compression, dest, progress):
     """``path``'s decompressed bytes into ``dest``: False when the decompressor fails (a
     stream cut short or corrupt: the reader then names it)."""
     with open(path, "rb") as raw, open(dest, "wb") as out:
         stream, errors = _open_compressed(compression, raw)
-        bar = _bar(path, os.fstat(raw.fileno()).st_size, progress)
+        bar = _bar(name, os.fstat(raw.fileno()).st_size, progress)
         buf = bytearray(COPY_BYTES)
         try:
             with stream, memoryview(buf) as view:
@@ -138,13 +217,13 @@ def _pcapng(source, dest):
     return dest
 
 
-def _from_reader(path, folder, progress):
+def _from_reader(path, name, folder, progress):
     """The reader's frames of ``path`` (Ethernet, microseconds) as a classic pcap: what a
     run on one worker reads, error included."""
     dest = os.path.join(folder, "capture.pcap")
     error = None
-    with PcapReader(path) as reader, open(dest, "wb") as out:
-        bar = _bar(path, reader.size, progress)
+    with PcapReader(path, name) as reader, open(dest, "wb") as out:
+        bar = _bar(name, reader.size, progress)
         out.write(_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_ETHERNET))
         parts = []
         held = 0
@@ -171,10 +250,10 @@ def _from_reader(path, folder, progress):
             if bar is not None:
                 bar.close()
         out.write(b"".join(parts))
-    return SplitInput(dest, path, error, "reader")
+    return SplitInput(dest, name, error, "reader")
 
 
-def _bar(path, size, progress):
+def _bar(name, size, progress):
     """The line shown while a long copy is made (on a terminal, after a second)."""
     if not progress or size is None:
         return None
@@ -183,4 +262,4 @@ def _bar(path, size, progress):
     from tqdm import tqdm
     return tqdm(total=size, unit="B", unit_scale=True, delay=1.0, leave=False,
                 dynamic_ncols=True, file=sys.stderr,
-                desc=f"{os.path.basename(path)}: to classic pcap")
+                desc=f"{os.path.basename(name)}: to classic pcap")

@@ -24,7 +24,6 @@ engine/split_merge.py.
 """
 from __future__ import annotations
 
-import errno
 import gc
 import mmap
 import os
@@ -32,18 +31,17 @@ import pickle
 import select
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import time
 
 from ..core.stack import StopMonitor
-from ..io.pcap import PcapReader, PcapWriter
+from ..io.pcap import PcapWriter
 from .forked import ForkedParent, add_dirs, describe_status
 from .offline import WRITE_SNAPLEN, cut_line, summary_line
 from .result import RunResult
 from .split_feed import Scan, plan_split
-from .split_input import prepare
+from .split_input import prepare, spool
 from .split_merge import merge_output, merge_write
 from .split_worker import BOARD, WorkerFailed, child
 
@@ -58,28 +56,12 @@ def max_workers() -> int:
 
 
 def check_input(config) -> None:
-    """What a split run needs of its input: offline a capture file the reader reads (the
-    workers map it, or its classic pcap copy: engine/split_input.py), live an RX queue per
+    """What a split run needs of its input: offline, nothing more than one worker (the
+    workers map the capture, or its copy: engine/split_input.py); live, an RX queue per
     worker (engine/live_workers.py). OSError (EINVAL) with one line otherwise."""
-    workers = config.workers
     if config.iface is not None:
         from .live_workers import check_live
         check_live(config)
-        return
-    if config.pcap == "-":
-        raise OSError(errno.EINVAL, f"--workers {workers}: each worker reads the capture "
-                                    "itself: give a file, not the standard input")
-    try:
-        regular = stat.S_ISREG(os.stat(config.pcap).st_mode)
-    except OSError:
-        regular = True          # the reader names the problem
-    if not regular:
-        # A pipe could be read once, and opening one waits for its writer.
-        raise OSError(errno.EINVAL, f"--workers {workers}: each worker maps the capture: "
-                                    f"{config.pcap} is not a regular file (save it to one)")
-    # What the reader refuses at open (not a capture, a link type not read), as one
-    # worker says it.
-    PcapReader(config.pcap).close()
 
 
 class _Held:
@@ -115,11 +97,6 @@ class SplitRun(ForkedParent):
         started = time.perf_counter()
         outputs = mctx.outputs
         writer = None
-        if config.write:
-            out = outputs.open_file(config.write, binary=True)
-            writer = PcapWriter(config.write, snaplen=WRITE_SNAPLEN, out=out)
-        # What setup wrote stays the parent's, written once.
-        outputs.flush()
         spooldir = self._dir = tempfile.mkdtemp(prefix="mosxdp-workers-")
         scan = source = None
         # The board (split_worker.BOARD): each worker's frame when it stopped the run (a
@@ -128,8 +105,17 @@ class SplitRun(ForkedParent):
         shared = mmap.mmap(-1, 8 * BOARD * workers)
         board = memoryview(shared).cast("q")
         try:
-            source = prepare(config.pcap, spooldir, self.progress)
-            scan = Scan(source.path, config.pcap)
+            path, name, spooled = spool(config.pcap, spooldir, self.progress)
+            source = prepare(path, spooldir, self.progress, name)
+            if spooled and path != source.path:
+                os.unlink(path)     # copied again (pcapng, compressed): its space back
+            scan = Scan(source.path, source.name)
+            if config.write:
+                # Once the input opened as a capture, as one worker opens it.
+                out = outputs.open_file(config.write, binary=True)
+                writer = PcapWriter(config.write, snaplen=WRITE_SNAPLEN, out=out)
+            # What setup wrote stays the parent's, written once.
+            outputs.flush()
             prepared = time.perf_counter()
             plan = plan_split(scan, workers)
             if source.error is not None:
@@ -192,7 +178,7 @@ class SplitRun(ForkedParent):
         ended = time.perf_counter()
         seconds = ended - started
         self._aggregate(results)
-        phases = {"input_converted": source.converted,
+        phases = {"input_spooled": spooled, "input_converted": source.converted,
                   "input_seconds": round(prepared - started, 4),
                   "plan_seconds": round(planned - prepared, 4), "plan_parts": plan.parts,
                   "plan_early": plan.early,

@@ -172,12 +172,19 @@ class _ClosedOnExit:
         return False
 
 
+def empty_input_error(name, regular) -> PcapFormatError:
+    """The reader's error for an input without a byte: an empty file, or no data from a
+    pipe (or a decompressor)."""
+    return PcapFormatError(f"{name}: not a pcap or pcapng file "
+                           f"({'empty file' if regular else 'no data'})")
+
+
 class PcapReader(PcapngBlocks, _ClosedOnExit):
     """Iterate over the frames of a pcap or pcapng capture, as Ethernet frames.
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
     module docstring for the guarantees on ``frame``.  Attributes: ``path``,
-    ``name`` (for messages), ``format`` ("pcap" or "pcapng"), ``compression``
+    ``name`` (for messages: the path, "stdin" for ``-``, or the ``name`` given), ``format`` ("pcap" or "pcapng"), ``compression``
     (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
     yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``cut_length``
@@ -185,11 +192,11 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
     ``size`` (of a regular file, compressed or not: None for a pipe), and ``bytes_read()``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, name=None):
         self.path = os.fspath(path)
         stdin = self.path in ("-", b"-")
-        self.name = "stdin" if stdin else (
-            self.path if isinstance(self.path, str) else os.fsdecode(self.path))
+        self.name = name or ("stdin" if stdin else (
+            self.path if isinstance(self.path, str) else os.fsdecode(self.path)))
         self.packets = 0
         self.cut_frames = 0
         self.linktype = None
@@ -341,8 +348,7 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
         if size < 4:
             self._end_of_input()
             if size == 0:
-                what = "empty file" if self._regular and not self.compression else "no data"
-                raise self._err(f"not a pcap or pcapng file ({what})")
+                raise empty_input_error(self.name, self._regular and not self.compression)
             raise self._err(f"not a pcap or pcapng file (magic 0x{bytes(view).hex()}, file is "
                             f"{size} bytes)")
         (magic,) = _MAGIC.unpack_from(view, 0)

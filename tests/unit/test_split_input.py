@@ -7,12 +7,13 @@ import gzip
 import lzma
 import os
 import struct
+import threading
 
 import pytest
 
 from mosxdp.core.compiled import PURE_PYTHON
 from mosxdp.engine import split_feed
-from mosxdp.engine.split_input import OutsideClassicPcap, prepare
+from mosxdp.engine.split_input import OutsideClassicPcap, prepare, spool
 from mosxdp.io.pcap import PcapFormatError, PcapReader
 
 from pcapforms import (_block, as_modified_pcap, as_pcapng, interface, packet, section)
@@ -142,6 +143,70 @@ def test_a_folder_that_cannot_take_the_copy_is_named(tmp_path):
     missing = tmp_path / "gone"
     with pytest.raises(OSError, match=f"cannot make the capture's classic pcap copy in {missing}"):
         prepare(str(capture), str(missing))
+
+
+def _fifo_fed(tmp_path, data):
+    """A named pipe, and the thread that writes ``data`` into it in parts."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as w:
+            for at in range(0, len(data), 4096):
+                w.write(data[at:at + 4096])
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    return str(fifo), thread
+
+
+@pytest.mark.parametrize("kind", ["pcap", "gzip pcapng"])
+def test_a_pipe_is_read_to_its_end_into_the_folder(tmp_path, kind):
+    """A named pipe's bytes, whatever their form, copied as they come; prepare() then
+    reads the copy as it reads a file, under the pipe's name."""
+    original = open(SOURCE, "rb").read()
+    if kind != "pcap":
+        original = gzip.compress(as_pcapng(SOURCE, tmp_path / "in.pcapng").read_bytes())
+    fifo, thread = _fifo_fed(tmp_path, original)
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    path, name, spooled = spool(fifo, str(folder))
+    thread.join()
+    assert spooled and name == fifo and path == str(folder / "input")
+    assert open(path, "rb").read() == original
+    made = prepare(path, str(folder), name=name)
+    assert made.name == fifo and made.converted == (None if kind == "pcap" else
+                                                    "gzip pcapng" if C_LOOP else "reader")
+    assert frames_of(made.path) == frames_of(SOURCE)
+
+
+def test_a_regular_file_is_not_spooled(tmp_path):
+    assert spool(SOURCE, str(tmp_path)) == (SOURCE, SOURCE, False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_pipe_without_data_says_what_the_reader_says(tmp_path):
+    fifo, thread = _fifo_fed(tmp_path, b"")
+    with pytest.raises(PcapFormatError) as spooled:
+        spool(fifo, str(tmp_path))
+    thread.join()
+    read, write = os.pipe()
+    os.close(write)
+    with pytest.raises(PcapFormatError) as one_worker:
+        PcapReader(f"/proc/self/fd/{read}", name=fifo)
+    os.close(read)
+    assert str(spooled.value) == str(one_worker.value) == (
+        f"{fifo}: not a pcap or pcapng file (no data)")
+
+
+def test_a_folder_that_cannot_take_the_spooled_input_is_named(tmp_path):
+    fifo, thread = _fifo_fed(tmp_path, open(SOURCE, "rb").read())
+    missing = tmp_path / "gone"
+    with pytest.raises(OSError, match=f"cannot write the input \\({fifo}\\) into {missing}"):
+        spool(fifo, str(missing))
+    with open(fifo, "rb") as r:       # the writer's end
+        r.read()
+    thread.join()
 
 
 def test_the_early_pass_writes_the_copy_of_a_pcapng(tmp_path):
