@@ -61,15 +61,19 @@ def spool(path, folder, progress=False):
     gives, read to their end before any worker starts and written as they come into
     ``folder`` (compressed or not: prepare() reads the copy as it reads a file). Returns
     (the file, the name the run's messages give the capture, whether the file is such a
-    copy). OSError naming the folder when the copy cannot be written; the reader's error
-    for a terminal."""
+    copy). OSError naming the folder when the copy cannot be made; the reader's error for
+    a terminal or an input it cannot open."""
     name = "stdin" if path == "-" else path
     if path == "-":
         if os.isatty(0):
             PcapReader("-")         # raises the reader's own line for a terminal
         source = 0
     else:
-        source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            PcapReader(path).close()    # raises the reader's own line (cannot read: ...)
+            raise
     try:
         st = os.fstat(source)
         if stat.S_ISREG(st.st_mode) and (source != 0 or os.lseek(0, 0, os.SEEK_CUR) == 0):
@@ -80,7 +84,7 @@ def spool(path, folder, progress=False):
             with open(dest, "wb", buffering=0) as out:
                 copied = _copy_stream(source, out.fileno(), name, progress)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot write the input ({name}) into {folder} "
+            raise OSError(exc.errno, f"cannot copy the input ({name}) into {folder} "
                                      f"(TMPDIR): {exc.strerror or exc}") from None
         if not copied:
             raise empty_input_error(name, False)    # what the reader says of an empty pipe

@@ -202,7 +202,7 @@ def test_a_pipe_without_data_says_what_the_reader_says(tmp_path):
 def test_a_folder_that_cannot_take_the_spooled_input_is_named(tmp_path):
     fifo, thread = _fifo_fed(tmp_path, open(SOURCE, "rb").read())
     missing = tmp_path / "gone"
-    with pytest.raises(OSError, match=f"cannot write the input \\({fifo}\\) into {missing}"):
+    with pytest.raises(OSError, match=f"cannot copy the input \\({fifo}\\) into {missing}"):
         spool(fifo, str(missing))
     with open(fifo, "rb") as r:       # the writer's end
         r.read()
