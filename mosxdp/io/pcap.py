@@ -184,7 +184,8 @@ class PcapReader(PcapngBlocks, _ClosedOnExit):
 
     ``for ts_us, frame in PcapReader(path)`` or as a context manager.  See the
     module docstring for the guarantees on ``frame``.  Attributes: ``path``,
-    ``name`` (for messages: the path, "stdin" for ``-``, or the ``name`` given), ``format`` ("pcap" or "pcapng"), ``compression``
+    ``name`` (for messages: the path, "stdin" for ``-``, or the ``name`` given),
+    ``format`` ("pcap" or "pcapng"), ``compression``
     (None, "gzip", "bzip2" or "xz"), ``linktype``, ``snaplen`` (of the first
     interface for pcapng), ``nanosecond`` (classic pcap), ``packets`` (frames
     yielded so far), ``cut_frames`` (of them, those cut by a snap length), ``cut_length``

@@ -323,12 +323,12 @@ def _session(sid):
     return out.split()
 
 
-def _stdin_run(workers, argv, source, pipe, env=None):
+def _stdin_run(workers, argv, source, pipe):
     """A run whose capture is the standard input: ``source``'s bytes through a pipe a
     writer fills while the run reads (``pipe``), or the file itself redirected."""
     cmd = mosxdp_command() + ["run", *[str(a) for a in argv], "--pcap", "-",
                               "--workers", str(workers)]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {}))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     with open(source, "rb") as f:
         if not pipe:
             return subprocess.run(cmd, stdin=f, capture_output=True, text=True, cwd=REPO,
